@@ -1,0 +1,32 @@
+"""Settings from the environment (`TIDINGS_*`), defaulting to the local dev stack's loopback ports."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_KAFKA_PORT = 19092
+DEV_KAFKA_CONTROLLER_PORT = 19093
+DEV_POSTGRES_PORT = 15432
+DEV_REDIS_PORT = 16379
+
+
+class Settings(BaseSettings):
+    """Example: `TIDINGS_KAFKA_BOOTSTRAP=broker:9092 tidings topics apply`."""
+
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_", frozen=True)
+
+    kafka_bootstrap: str = f"127.0.0.1:{DEV_KAFKA_PORT}"
+    postgres_dsn: str = f"postgresql://postgres@127.0.0.1:{DEV_POSTGRES_PORT}/tidings"
+    redis_url: str = f"redis://127.0.0.1:{DEV_REDIS_PORT}/0"
+    partitions: int = Field(default=6, ge=1, description="Partitions of every per-recipient topic.")
+    replication_factor: int = Field(default=1, ge=1)
+    retry_tiers: str = Field(default="10s,1m,10m,1h,6h", description="Retry tiers of every channel.")
+    client_id: str = "tidings"
+
+
+@cache
+def settings() -> Settings:
+    return Settings()

@@ -1,0 +1,62 @@
+"""The error tree of tidings. Every error says whether trying again can help.
+
+* TidingsError
+  + ConfigError                 bad settings; fix and restart
+  + CodecError                  bytes that are not a record we know (poison: dead-letter them)
+    - BadMagic
+    - UnknownFingerprint
+    - TruncatedRecord
+    - CorruptRecord
+  + InvalidEvent                a decoded record that breaks a rule (poison: dead-letter it)
+  + SchemaCompatibilityError    a schema change would break readers or writers
+  + KafkaUnavailable            the broker did not answer in time (retriable)
+  + DevStackError               the local stack could not be installed or started
+"""
+
+from __future__ import annotations
+
+
+class TidingsError(Exception):
+    """Root of every error tidings raises on purpose."""
+
+    retriable: bool = False
+
+
+class ConfigError(TidingsError):
+    pass
+
+
+class CodecError(TidingsError):
+    """The bytes cannot be decoded into a known record; retrying cannot help."""
+
+
+class BadMagic(CodecError):
+    pass
+
+
+class UnknownFingerprint(CodecError):
+    pass
+
+
+class TruncatedRecord(CodecError):
+    pass
+
+
+class CorruptRecord(CodecError):
+    pass
+
+
+class InvalidEvent(TidingsError):
+    """A record decoded but its content is not acceptable (missing or malformed fields)."""
+
+
+class SchemaCompatibilityError(TidingsError):
+    pass
+
+
+class KafkaUnavailable(TidingsError):
+    retriable = True
+
+
+class DevStackError(TidingsError):
+    pass

@@ -1,0 +1,292 @@
+"""The events of tidings as frozen pydantic models, one per Avro record in `schemas/`.
+
+Field names, order and optionality mirror the current `.avsc` of the same name (a unit test checks it).
+Models validate what Avro cannot say: identifiers, channel and status vocabularies, JSON fields,
+UTC millisecond timestamps. Vocabularies are strings on the wire, not Avro enums, so adding a channel or a
+status never breaks an old reader at the Avro level; the model is where unknown words are refused.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal
+from uuid import UUID, uuid4
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+Channel = Literal["in_app", "push", "email", "sms", "webhook"]
+CHANNELS: tuple[Channel, ...] = ("in_app", "push", "email", "sms", "webhook")
+Priority = Literal["low", "normal", "high", "critical"]
+Platform = Literal["apns", "fcm", "webpush"]
+OutcomeStatus = Literal[
+    "QUEUED", "DEFERRED", "SKIPPED", "SENT", "DELIVERED", "RETRYING",
+    "FAILED", "SUPPRESSED", "EXPIRED", "CANCELLED", "REJECTED",
+]
+FeedbackKind = Literal[
+    "hard_bounce", "soft_bounce", "complaint", "unsubscribe", "resubscribe", "sms_stop", "sms_start",
+    "token_invalid", "endpoint_disabled", "delivered", "opened",
+]
+MAX_ID_LENGTH = 256
+MAX_DATA_BYTES = 256 * 1024
+
+
+def _utc_millis(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware (UTC)")
+    value = value.astimezone(UTC)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def _identifier(value: str) -> str:
+    if not value or len(value) > MAX_ID_LENGTH:
+        raise ValueError(f"must be 1..{MAX_ID_LENGTH} characters")
+    if any(ord(c) < 32 for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _tenant(value: str) -> str:
+    if "/" in _identifier(value):
+        raise ValueError("must not contain '/': it separates tenant and recipient in keys")
+    return value
+
+
+def _json_object(value: str) -> str:
+    if len(value.encode()) > MAX_DATA_BYTES:
+        raise ValueError(f"JSON is larger than {MAX_DATA_BYTES} bytes")
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise ValueError("must be a JSON object")
+    return value
+
+
+Millis = Annotated[datetime, AfterValidator(_utc_millis)]
+Identifier = Annotated[str, AfterValidator(_identifier)]
+TenantId = Annotated[str, AfterValidator(_tenant)]
+JsonObject = Annotated[str, AfterValidator(_json_object)]
+
+
+def utcnow() -> datetime:
+    return _utc_millis(datetime.now(UTC))
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def to_avro(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+class Event(Record):
+    """The envelope every event carries; subclasses register themselves by class name."""
+
+    registry: ClassVar[dict[str, type[Event]]] = {}
+
+    event_id: UUID = Field(default_factory=uuid4)
+    tenant_id: TenantId
+    occurred_at: Millis = Field(default_factory=utcnow)
+    correlation_id: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        Event.registry[cls.__name__] = cls
+
+    @property
+    def key(self) -> str:
+        """The Kafka key: `tenant/recipient` for per-recipient events."""
+        recipient = getattr(self, "recipient_id", None)
+        return f"{self.tenant_id}/{recipient}" if recipient else self.tenant_id
+
+
+class NotificationRequested(Event):
+    notification_id: UUID
+    recipient_id: Identifier
+    notification_type: Identifier
+    data_json: JsonObject = "{}"
+    priority: Priority | None = None
+    channels: list[Channel] | None = None
+    scheduled_at: Millis | None = None
+    expires_at: Millis | None = None
+    locale: str | None = None
+    recipient_overrides: dict[str, str] | None = None
+    actor_id: str | None = None
+    broadcast_id: UUID | None = None
+    source: str | None = None
+
+    @property
+    def data(self) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(self.data_json)
+        return result
+
+
+class NotificationCancelled(Event):
+    notification_id: UUID
+    recipient_id: Identifier
+    reason: str | None = None
+
+
+class RecipientUpdated(Event):
+    recipient_id: Identifier
+    email: str | None = None
+    phone: str | None = None
+    locale: str | None = None
+    timezone: str | None = None
+    name: str | None = None
+    properties_json: JsonObject | None = None
+    unset: list[str] = []
+
+
+class PreferenceRule(Record):
+    scope: Literal["category", "type"]
+    key: Identifier
+    channel: Channel | None = None
+    enabled: bool
+
+
+class QuietHours(Record):
+    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    timezone: str | None = None
+
+
+class PreferencesUpdated(Event):
+    recipient_id: Identifier
+    replace: bool = False
+    muted: bool | None = None
+    rules: list[PreferenceRule] = []
+    quiet_hours: QuietHours | None = None
+    clear_quiet_hours: bool = False
+    digest: dict[str, str] = {}
+
+
+class DeviceRegistered(Event):
+    recipient_id: Identifier
+    device_id: Identifier
+    platform: Platform
+    token: str = Field(min_length=1)
+    keys: dict[str, str] = {}
+    app_id: str | None = None
+
+
+class DeviceRemoved(Event):
+    recipient_id: Identifier
+    device_id: Identifier
+    reason: str | None = None
+
+
+class ChannelTemplate(Record):
+    channel: Channel
+    locale: str
+    subject: str | None = None
+    title: str | None = None
+    body: str | None = None
+    html: str | None = None
+    data_json: JsonObject | None = None
+
+
+class NotificationTypePublished(Event):
+    notification_type: Identifier
+    version: int = Field(ge=1)
+    category: Identifier
+    priority: Priority = "normal"
+    critical: bool = False
+    default_channels: list[Channel]
+    templates: list[ChannelTemplate] = []
+    expires_after_seconds: int | None = Field(default=None, ge=1)
+    digest_json: JsonObject | None = None
+    escalation_json: JsonObject | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.tenant_id}/{self.notification_type}"
+
+
+class _InboxItemEvent(Event):
+    recipient_id: Identifier
+    notification_id: UUID
+    delivery_id: UUID
+
+
+class InboxItemSeen(_InboxItemEvent):
+    pass
+
+
+class InboxItemRead(_InboxItemEvent):
+    pass
+
+
+class InboxItemArchived(_InboxItemEvent):
+    pass
+
+
+class NotificationOpened(_InboxItemEvent):
+    channel: Channel
+
+
+class NotificationClicked(_InboxItemEvent):
+    channel: Channel
+    url: str | None = None
+
+
+class ProviderFeedback(Event):
+    kind: FeedbackKind
+    channel: Channel
+    address: str = Field(min_length=1)
+    recipient_id: str | None = None
+    notification_id: UUID | None = None
+    delivery_id: UUID | None = None
+    provider: str | None = None
+    provider_timestamp: Millis | None = None
+    category: str | None = None
+    detail: str | None = None
+
+
+class RenderedContent(Record):
+    subject: str | None = None
+    title: str | None = None
+    body: str | None = None
+    html: str | None = None
+    data_json: JsonObject | None = None
+
+
+class DeliveryCommand(Event):
+    delivery_id: UUID
+    notification_id: UUID
+    recipient_id: Identifier
+    notification_type: Identifier
+    category: str | None = None
+    channel: Channel
+    priority: Priority
+    address: str = Field(min_length=1)
+    address_params: dict[str, str] = {}
+    content: RenderedContent
+    locale: str | None = None
+    template_version: int | None = None
+    attempt: int = Field(default=0, ge=0)
+    not_before: Millis | None = None
+    expires_at: Millis | None = None
+
+
+class DeliveryOutcome(Event):
+    notification_id: UUID
+    delivery_id: UUID | None = None
+    recipient_id: str | None = None
+    channel: Channel | None = None
+    status: OutcomeStatus
+    reason: str | None = None
+    provider: str | None = None
+    provider_message_id: str | None = None
+    attempt: int = Field(default=0, ge=0)
+    template_version: int | None = None
+    detail: str | None = None
+
+    @property
+    def key(self) -> str:
+        return str(self.notification_id)
+
+
+Event.registry.pop("_InboxItemEvent", None)

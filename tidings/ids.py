@@ -1,0 +1,24 @@
+"""Identifiers: time-ordered notification ids and deterministic delivery ids."""
+
+from __future__ import annotations
+
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from uuid6 import uuid7
+
+IDEMPOTENCY_NAMESPACE = uuid5(NAMESPACE_URL, "https://tidings.dev/idempotency-key")
+
+
+def new_notification_id() -> UUID:
+    """A UUIDv7: unique, and sortable by creation time."""
+    return UUID(str(uuid7()))
+
+
+def notification_id_for(tenant_id: str, idempotency_key: str) -> UUID:
+    """Map a producer's own idempotency key (an order id, say) to a stable notification id."""
+    return uuid5(IDEMPOTENCY_NAMESPACE, f"{tenant_id}/{idempotency_key}")
+
+
+def delivery_id(notification_id: UUID, channel: str, address: str) -> UUID:
+    """Deterministic, so a re-run of the router yields the same id and every later step can dedupe on it."""
+    return uuid5(notification_id, f"{channel}/{address}")

@@ -1,0 +1,24 @@
+"""The Kafka runtime: the only package in tidings that imports a Kafka client.
+
+Everything else sees client-neutral records (`Incoming`, `Output`) and plain functions.
+"""
+
+from tidings.kafka.admin import TopicReport, apply_topics, wait_until_ready
+from tidings.kafka.consumer import AtLeastOnceLoop, read_topic
+from tidings.kafka.producer import EventProducer
+from tidings.kafka.records import Handler, Incoming, Output, PoisonHandler
+from tidings.kafka.transactional import TransactionalLoop
+
+__all__ = [
+    "AtLeastOnceLoop",
+    "EventProducer",
+    "Handler",
+    "Incoming",
+    "Output",
+    "PoisonHandler",
+    "TopicReport",
+    "TransactionalLoop",
+    "apply_topics",
+    "read_topic",
+    "wait_until_ready",
+]

@@ -1,0 +1,79 @@
+"""Creates the registry's topics and reports drift; waits for a broker to answer."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+from tidings.config import Settings
+from tidings.errors import KafkaUnavailable
+from tidings.kafka import config
+from tidings.topics import TopicSpec
+
+
+@dataclass
+class TopicReport:
+    name: str
+    action: str
+    drift: list[str] = field(default_factory=list)
+
+
+def admin(settings: Settings) -> AdminClient:
+    return AdminClient(config.base(settings))
+
+
+def wait_until_ready(settings: Settings, timeout: float = 60.0) -> int:
+    """Block until the cluster's metadata lists a broker; returns how many brokers it lists."""
+    client = admin(settings)
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            meta = client.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+            if meta.brokers:
+                return len(meta.brokers)
+        except KafkaException as exc:
+            last = exc
+        time.sleep(0.3)
+    raise KafkaUnavailable(f"Kafka at {settings.kafka_bootstrap} did not answer within {timeout:.0f}s: {last}")
+
+
+def apply_topics(settings: Settings, specs: list[TopicSpec], *, timeout: float = 30.0) -> list[TopicReport]:
+    """Create missing topics; for existing ones compare partitions and config (idempotent)."""
+    client = admin(settings)
+    existing = client.list_topics(timeout=timeout).topics
+    reports: dict[str, TopicReport] = {}
+    missing = [s for s in specs if s.name not in existing]
+    if missing:
+        futures = client.create_topics(
+            [NewTopic(s.name, s.partition_count(settings), settings.replication_factor, config=s.config())
+             for s in missing], operation_timeout=timeout, request_timeout=timeout)
+        for name, fut in futures.items():
+            try:
+                fut.result()
+                reports[name] = TopicReport(name, "created")
+            except KafkaException as exc:
+                if exc.args[0].code() != exc.args[0].TOPIC_ALREADY_EXISTS:
+                    raise
+                reports[name] = TopicReport(name, "exists")
+    present = [s for s in specs if s.name in existing]
+    if present:
+        resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in present]
+        described = {r.name: f.result() for r, f in client.describe_configs(resources).items()}
+        for spec in present:
+            report = TopicReport(spec.name, "ok")
+            partitions = len(existing[spec.name].partitions)
+            if partitions != spec.partition_count(settings):
+                report.drift.append(f"partitions {partitions} != {spec.partition_count(settings)}")
+            actual = described[spec.name]
+            for key, want in spec.config().items():
+                have = actual[key].value if key in actual else None
+                if have != want:
+                    report.drift.append(f"{key} {have} != {want}")
+            if report.drift:
+                report.action = "drift"
+            reports[spec.name] = report
+    return [reports[s.name] for s in specs]

@@ -1,0 +1,124 @@
+"""Consumes topics at least once, committing only fully handled offsets; reads topics for tools.
+
+`AtLeastOnceLoop` hands each record to a handler in partition order. A handled record's offset is
+committed after the batch; a poison record is dead-lettered (the dead letter is acknowledged by the broker
+before its offset is committed) and the loop goes on; a retriable failure rewinds the partition to the
+failed record and retries it after a back-off, so nothing after it is committed first.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
+
+from tidings.config import Settings
+from tidings.kafka import config
+from tidings.kafka.producer import EventProducer
+from tidings.kafka.records import Handler, Incoming, dead_letter
+from tidings.kafka.transactional import is_retriable, next_offsets, to_incoming
+
+log = logging.getLogger(__name__)
+
+
+class AtLeastOnceLoop:
+    def __init__(self, settings: Settings, *, group_id: str, topics: Sequence[str], handle: Handler,
+                 batch_size: int = 500, poll_timeout: float = 0.1, retry_backoff: float = 1.0,
+                 consumer_overrides: dict[str, Any] | None = None) -> None:
+        self.group_id = group_id
+        self.topics = list(topics)
+        self.handle = handle
+        self.batch_size = batch_size
+        self.poll_timeout = poll_timeout
+        self.retry_backoff = retry_backoff
+        self.consumer = Consumer(config.consumer(settings, group_id, **(consumer_overrides or {})))
+        self.producer = EventProducer(settings)
+        self.stopping = threading.Event()
+        self.handled = 0
+        self.dead_letters = 0
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run(self, *, idle_exit_after: float | None = None) -> None:
+        self.consumer.subscribe(self.topics)
+        last_input = time.monotonic()
+        try:
+            while not self.stopping.is_set():
+                msgs = self.consumer.consume(self.batch_size, self.poll_timeout)
+                batch = []
+                for m in msgs:
+                    if (err := m.error()) is None:
+                        batch.append(to_incoming(m))
+                    elif err.fatal():
+                        raise KafkaException(err)
+                if batch:
+                    last_input = time.monotonic()
+                    self.process(batch)
+                elif idle_exit_after is not None and time.monotonic() - last_input > idle_exit_after:
+                    return
+        finally:
+            self.consumer.close()
+            self.producer.close()
+
+    def process(self, batch: list[Incoming]) -> None:
+        done: list[Incoming] = []
+        failed: set[tuple[str, int]] = set()
+        for record in batch:
+            tp = (record.topic, record.partition)
+            if tp in failed:
+                continue
+            try:
+                self.handle(record)
+                self.handled += 1
+            except Exception as exc:
+                if is_retriable(exc):
+                    log.warning("retriable failure at %s[%d]@%d: %s", *tp, record.offset, exc)
+                    failed.add(tp)
+                    self.consumer.seek(TopicPartition(record.topic, record.partition, record.offset))
+                    continue
+                log.warning("dead-lettering %s[%d]@%d: %s", *tp, record.offset, exc)
+                self.producer.produce(dead_letter(record, exc, self.group_id))
+                self.dead_letters += 1
+            done.append(record)
+        if done:
+            self.producer.flush()
+            self.consumer.commit(offsets=next_offsets(done), asynchronous=False)
+        if failed:
+            time.sleep(self.retry_backoff)
+
+
+def read_topic(settings: Settings, topic: str, *, from_beginning: bool = False,
+               max_records: int | None = None, idle_timeout: float | None = None,
+               read_committed: bool = True) -> Iterator[Incoming]:
+    """Every partition of a topic, without a consumer group (nothing is committed)."""
+    consumer = Consumer(config.consumer(settings, f"tidings-reader-{uuid.uuid4()}", **{
+        "isolation.level": "read_committed" if read_committed else "read_uncommitted"}))
+    try:
+        meta = consumer.list_topics(topic, timeout=10)
+        tmeta = meta.topics.get(topic)
+        if tmeta is None or tmeta.error is not None:
+            raise KafkaException(tmeta.error if tmeta else f"unknown topic {topic}")
+        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        consumer.assign([TopicPartition(topic, p, start) for p in sorted(tmeta.partitions)])
+        seen = 0
+        last = time.monotonic()
+        while max_records is None or seen < max_records:
+            msg = consumer.poll(0.2)
+            if msg is None:
+                if idle_timeout is not None and time.monotonic() - last > idle_timeout:
+                    return
+                continue
+            if msg.error():
+                log.warning("read error: %s", msg.error())
+                continue
+            last = time.monotonic()
+            seen += 1
+            yield to_incoming(msg)
+    finally:
+        consumer.close()

@@ -1,0 +1,99 @@
+"""Client-neutral consumed and produced records, and the dead-letter record built from a failure."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from tidings.codec import Codec, default_codec
+from tidings.events import Event
+from tidings.topics import DLQ
+from tidings.tracing import TRACEPARENT, new_traceparent
+
+Headers = list[tuple[str, bytes]]
+
+ERROR_TYPE = "tidings.error.type"
+ERROR_MESSAGE = "tidings.error.message"
+ERROR_RETRIABLE = "tidings.error.retriable"
+SOURCE_TOPIC = "tidings.source.topic"
+SOURCE_PARTITION = "tidings.source.partition"
+SOURCE_OFFSET = "tidings.source.offset"
+SOURCE_TIMESTAMP = "tidings.source.timestamp"
+CONSUMER_GROUP = "tidings.consumer.group"
+FAILED_AT = "tidings.failed.at"
+FAILED_HOST = "tidings.failed.host"
+MAX_ERROR_MESSAGE = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = field(default_factory=list)
+    timestamp_ms: int = 0
+
+    def header(self, name: str) -> bytes | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+    def decode(self, codec: Codec | None = None) -> Event:
+        from tidings.errors import TruncatedRecord
+
+        if self.value is None:
+            raise TruncatedRecord("record has no value (tombstone)")
+        return (codec or default_codec()).decode(self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = field(default_factory=list)
+
+    @classmethod
+    def event(cls, topic: str, event: Event, *, traceparent: bytes | None = None,
+              codec: Codec | None = None) -> Output:
+        value = (codec or default_codec()).encode(event)
+        trace = traceparent or new_traceparent().encode()
+        return cls(topic, event.key.encode(), value, [(TRACEPARENT, trace)])
+
+
+Handler = Callable[[Incoming], Iterable[Output]]
+PoisonHandler = Callable[[Incoming, BaseException], Iterable[Output]]
+
+
+def dead_letter(record: Incoming, error: BaseException, group_id: str) -> Output:
+    """The original bytes and headers, plus headers naming the error and where the record came from."""
+    message = str(error) or type(error).__name__
+    headers = [*record.headers,
+               (ERROR_TYPE, type(error).__name__.encode()),
+               (ERROR_MESSAGE, message[:MAX_ERROR_MESSAGE].encode()),
+               (ERROR_RETRIABLE, str(bool(getattr(error, "retriable", False))).lower().encode()),
+               (SOURCE_TOPIC, record.topic.encode()),
+               (SOURCE_PARTITION, str(record.partition).encode()),
+               (SOURCE_OFFSET, str(record.offset).encode()),
+               (SOURCE_TIMESTAMP, str(record.timestamp_ms).encode()),
+               (CONSUMER_GROUP, group_id.encode()),
+               (FAILED_AT, datetime.now(UTC).isoformat().encode()),
+               (FAILED_HOST, f"{socket.gethostname()}:{os.getpid()}".encode())]
+    return Output(DLQ, record.key, record.value, headers)
+
+
+def header_map(headers: Headers) -> dict[str, str]:
+    return {k: v.decode(errors="replace") for k, v in headers}
+
+
+def as_headers(raw: Any) -> Headers:
+    if not raw:
+        return []
+    return [(k, v if isinstance(v, bytes) else (v or b"")) for k, v in raw]

@@ -1,0 +1,192 @@
+"""Consumes input topics; produces the handler's outputs exactly once (Kafka transactions, KIP-447).
+
+One transactional producer per process. Each polled batch is one transaction holding the outputs, any
+dead letters and the consumed offsets (`send_offsets_to_transaction` with the consumer group metadata, so
+a zombie from an older group generation is fenced). Consumers read `read_committed`. Rebalances happen
+only inside `consume()`, when no transaction is open, so a revoked partition never has uncommitted work.
+
+A record whose handler raises a non-retriable error is a poison record: it is dead-lettered inside the
+same transaction and the loop goes on. A retriable error aborts the transaction, rewinds the batch and
+retries it after a back-off. After an abort the batch is re-read from its first offset.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from tidings.config import Settings
+from tidings.kafka import config
+from tidings.kafka.records import Handler, Incoming, Output, PoisonHandler, as_headers, dead_letter
+
+log = logging.getLogger(__name__)
+PartitionsCallback = Callable[[list[tuple[str, int]]], None]
+TXN_TIMEOUT_S = 30.0
+MAX_COMMIT_RETRIES = 5
+
+
+def to_incoming(msg: Message) -> Incoming:
+    return Incoming(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
+                    as_headers(msg.headers()), msg.timestamp()[1])
+
+
+def is_retriable(exc: BaseException) -> bool:
+    return bool(getattr(exc, "retriable", False))
+
+
+class TransactionalLoop:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        group_id: str,
+        topics: Sequence[str],
+        handle: Handler,
+        transactional_id: str,
+        on_poison: PoisonHandler | None = None,
+        on_assign: PartitionsCallback | None = None,
+        on_revoke: PartitionsCallback | None = None,
+        batch_size: int = 500,
+        poll_timeout: float = 0.1,
+        consumer_overrides: dict[str, Any] | None = None,
+        producer_overrides: dict[str, Any] | None = None,
+    ) -> None:
+        self.group_id = group_id
+        self.topics = list(topics)
+        self.handle = handle
+        self.on_poison = on_poison
+        self.batch_size = batch_size
+        self.poll_timeout = poll_timeout
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+        self.consumer = Consumer(config.consumer(settings, group_id, **(consumer_overrides or {})))
+        self.producer = Producer(config.producer(settings, **{
+            "transactional.id": transactional_id,
+            "transaction.timeout.ms": 30_000,
+            "linger.ms": 10,
+            **(producer_overrides or {}),
+        }))
+        self.stopping = threading.Event()
+        self.committed_batches = 0
+        self.aborted_batches = 0
+        self.dead_letters = 0
+
+    def _assigned(self, _c: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._on_assign:
+            self._on_assign([(p.topic, p.partition) for p in partitions])
+
+    def _revoked(self, _c: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._on_revoke:
+            self._on_revoke([(p.topic, p.partition) for p in partitions])
+
+    def run(self, *, idle_exit_after: float | None = None) -> None:
+        """Loop until `stop()`; with `idle_exit_after`, also return after that many seconds with no input."""
+        self.producer.init_transactions(TXN_TIMEOUT_S)
+        self.consumer.subscribe(self.topics, on_assign=self._assigned, on_revoke=self._revoked,
+                                on_lost=self._revoked)
+        last_input = time.monotonic()
+        try:
+            while not self.stopping.is_set():
+                msgs = self.consumer.consume(self.batch_size, self.poll_timeout)
+                batch = [to_incoming(m) for m in msgs if self._usable(m)]
+                if batch:
+                    last_input = time.monotonic()
+                    self.process(batch)
+                elif idle_exit_after is not None and time.monotonic() - last_input > idle_exit_after:
+                    return
+        finally:
+            self.consumer.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _usable(self, msg: Message) -> bool:
+        err = msg.error()
+        if err is None:
+            return True
+        if err.fatal():
+            raise KafkaException(err)
+        log.warning("consumer error: %s", err)
+        return False
+
+    def _outputs(self, record: Incoming) -> Iterable[Output]:
+        try:
+            return list(self.handle(record))
+        except Exception as exc:
+            if is_retriable(exc):
+                raise
+            log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
+            self.dead_letters += 1
+            extra = list(self.on_poison(record, exc)) if self.on_poison else []
+            return [*extra, dead_letter(record, exc, self.group_id)]
+
+    def process(self, batch: list[Incoming]) -> None:
+        """One transaction: outputs of every record in the batch plus the batch's offsets."""
+        self.producer.begin_transaction()
+        try:
+            for record in batch:
+                for out in self._outputs(record):
+                    self._produce(out)
+            self.producer.send_offsets_to_transaction(
+                next_offsets(batch), self.consumer.consumer_group_metadata(), TXN_TIMEOUT_S)
+            self._commit()
+            self.committed_batches += 1
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            if not err.txn_requires_abort():
+                raise
+            log.warning("aborting transaction: %s", err)
+            self._abort(batch)
+        except Exception as exc:
+            if not is_retriable(exc):
+                raise
+            log.warning("retriable failure, retrying batch: %s", exc)
+            self._abort(batch)
+            time.sleep(1.0)
+
+    def _produce(self, out: Output) -> None:
+        while True:
+            try:
+                self.producer.produce(out.topic, out.value, out.key, headers=out.headers)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def _commit(self) -> None:
+        for attempt in range(MAX_COMMIT_RETRIES):
+            try:
+                self.producer.commit_transaction(TXN_TIMEOUT_S)
+                return
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                if not err.retriable() or attempt == MAX_COMMIT_RETRIES - 1:
+                    raise
+                log.warning("retrying commit: %s", err)
+
+    def _abort(self, batch: list[Incoming]) -> None:
+        self.producer.abort_transaction(TXN_TIMEOUT_S)
+        self.aborted_batches += 1
+        for tp in first_offsets(batch):
+            try:
+                self.consumer.seek(tp)
+            except KafkaException as exc:
+                log.info("not rewinding %s[%d] (no longer assigned): %s", tp.topic, tp.partition, exc)
+
+
+def next_offsets(batch: list[Incoming]) -> list[TopicPartition]:
+    last: dict[tuple[str, int], int] = {}
+    for r in batch:
+        last[(r.topic, r.partition)] = max(last.get((r.topic, r.partition), -1), r.offset)
+    return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+
+
+def first_offsets(batch: list[Incoming]) -> list[TopicPartition]:
+    first: dict[tuple[str, int], int] = {}
+    for r in batch:
+        first.setdefault((r.topic, r.partition), r.offset)
+    return [TopicPartition(t, p, o) for (t, p), o in first.items()]

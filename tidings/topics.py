@@ -1,0 +1,124 @@
+"""The registry of every Kafka topic: name, key, records, partitions, cleanup policy, retention.
+
+Topics are created by `tidings topics apply` from this registry, never by broker auto-creation.
+Every per-recipient topic has the same partition count and the default partitioner, so a recipient's
+requests, profile, feedback and commands land on partitions with the same number (co-partitioning).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from tidings.config import Settings
+from tidings.events import CHANNELS
+
+DAY_MS = 24 * 3600 * 1000
+FOREVER = -1
+
+REQUESTED = "notifications.requested"
+RECIPIENTS = "notifications.recipients"
+CATALOG = "notifications.catalog"
+ENGAGEMENT = "notifications.engagement"
+FEEDBACK = "notifications.feedback"
+SCHEDULED = "notifications.scheduled"
+OUTCOMES = "notifications.outcomes"
+DLQ = "notifications.dlq"
+
+
+def delivery(channel: str, *, urgent: bool = False) -> str:
+    return f"notifications.delivery.{channel}" + (".urgent" if urgent else "")
+
+
+def retry(channel: str, tier: str) -> str:
+    return f"notifications.delivery.{channel}.retry.{tier}"
+
+
+def changelog(component: str, store: str) -> str:
+    return f"tidings.{component}.{store}.changelog"
+
+
+_TIER = re.compile(r"^(\d+)([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def tier_seconds(tier: str) -> int:
+    match = _TIER.match(tier)
+    if not match:
+        raise ValueError(f"retry tier {tier!r} is not like 10s, 1m, 6h or 2d")
+    return int(match[1]) * _UNIT_SECONDS[match[2]]
+
+
+def parse_tiers(text: str) -> list[str]:
+    tiers = [t.strip() for t in text.split(",") if t.strip()]
+    seconds = [tier_seconds(t) for t in tiers]
+    if seconds != sorted(seconds) or len(set(seconds)) != len(seconds):
+        raise ValueError(f"retry tiers must grow strictly: {text!r}")
+    return tiers
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    key: str
+    records: tuple[str, ...]
+    cleanup_policy: str = "delete"
+    retention_ms: int = 7 * DAY_MS
+    per_recipient: bool = True
+    partitions: int | None = None
+    extra_config: dict[str, str] = field(default_factory=dict)
+
+    def config(self) -> dict[str, str]:
+        conf = {"cleanup.policy": self.cleanup_policy, **self.extra_config}
+        if self.cleanup_policy == "delete":
+            conf["retention.ms"] = str(self.retention_ms)
+        return conf
+
+    def partition_count(self, settings: Settings) -> int:
+        return self.partitions or settings.partitions
+
+
+RECIPIENT_KEY = "tenant/recipient"
+COMMAND = ("DeliveryCommand",)
+
+
+def registry(settings: Settings) -> list[TopicSpec]:
+    """Every topic tidings uses, for the given settings (partitions, retry tiers)."""
+    specs = [
+        TopicSpec(REQUESTED, RECIPIENT_KEY, ("NotificationRequested", "NotificationCancelled"),
+                  retention_ms=FOREVER),
+        TopicSpec(RECIPIENTS, RECIPIENT_KEY,
+                  ("RecipientUpdated", "PreferencesUpdated", "DeviceRegistered", "DeviceRemoved"),
+                  retention_ms=FOREVER),
+        TopicSpec(CATALOG, "tenant/type", ("NotificationTypePublished",), cleanup_policy="compact",
+                  per_recipient=False, partitions=1),
+        TopicSpec(ENGAGEMENT, RECIPIENT_KEY, ("InboxItemSeen", "InboxItemRead", "InboxItemArchived",
+                                              "NotificationOpened", "NotificationClicked"),
+                  retention_ms=30 * DAY_MS),
+        TopicSpec(FEEDBACK, RECIPIENT_KEY, ("ProviderFeedback",), retention_ms=90 * DAY_MS),
+        TopicSpec(SCHEDULED, RECIPIENT_KEY, COMMAND, retention_ms=400 * DAY_MS),
+        TopicSpec(OUTCOMES, "notification_id", ("DeliveryOutcome",), per_recipient=False,
+                  retention_ms=30 * DAY_MS),
+        TopicSpec(DLQ, "original key", (), per_recipient=False, retention_ms=FOREVER),
+    ]
+    tiers = parse_tiers(settings.retry_tiers)
+    for channel in CHANNELS:
+        specs.append(TopicSpec(delivery(channel), RECIPIENT_KEY, COMMAND))
+        specs.append(TopicSpec(delivery(channel, urgent=True), RECIPIENT_KEY, COMMAND))
+        specs.extend(TopicSpec(retry(channel, tier), RECIPIENT_KEY, COMMAND,
+                               retention_ms=max(7 * DAY_MS, 3 * 1000 * tier_seconds(tier)))
+                     for tier in tiers)
+    return specs
+
+
+def changelog_spec(component: str, store: str) -> TopicSpec:
+    """A processor's state store changelog: compacted, co-partitioned with its input."""
+    return TopicSpec(changelog(component, store), "store key", (), cleanup_policy="compact",
+                     extra_config={"min.compaction.lag.ms": "0", "segment.ms": str(DAY_MS)})
+
+
+def records_of(topic: str, settings: Settings) -> tuple[str, ...]:
+    for spec in registry(settings):
+        if spec.name == topic:
+            return spec.records
+    return ()
