@@ -59,7 +59,9 @@ class Codec:
         except (ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError, OverflowError) as exc:
             raise CorruptRecord(f"{writer.name} body does not match its schema: {exc}") from exc
         if body.tell() != len(data) - HEADER_SIZE:
-            raise CorruptRecord(f"{writer.name} body has {len(data) - HEADER_SIZE - body.tell()} trailing bytes")
+            raise CorruptRecord(
+                f"{writer.name} body has {len(data) - HEADER_SIZE - body.tell()} trailing bytes"
+            )
         if not isinstance(record, dict):
             raise CorruptRecord(f"{writer.name} did not decode to a record")
         return writer.name, record

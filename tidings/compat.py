@@ -35,11 +35,15 @@ def _parse(sv: SchemaVersion) -> avro.schema.Schema:
 
 
 def _incompatible(reader: SchemaVersion, writer: SchemaVersion) -> str | None:
-    result = ReaderWriterCompatibilityChecker().get_compatibility(_parse(reader), _parse(writer))
+    result = ReaderWriterCompatibilityChecker().get_compatibility(  # type: ignore[no-untyped-call]
+        _parse(reader), _parse(writer)
+    )
     if result.compatibility is SchemaCompatibilityType.compatible:
         return None
     where = ", ".join(sorted(result.locations))
-    return f"v{reader.version} cannot read v{writer.version} ({'; '.join(sorted(result.messages))} at {where})"
+    return (
+        f"v{reader.version} cannot read v{writer.version} ({'; '.join(sorted(result.messages))} at {where})"
+    )
 
 
 def mode(record: str) -> str:
@@ -76,8 +80,13 @@ def check_released(schemas: SchemaSet, directory: Path) -> list[Problem]:
         if label not in present:
             problems.append(Problem(record, f"released version {label} was deleted"))
         elif present[label] != fp:
-            problems.append(Problem(record, f"released version {label} was edited (fingerprint {fp} -> "
-                                            f"{present[label]}); add a new version instead"))
+            problems.append(
+                Problem(
+                    record,
+                    f"released version {label} was edited (fingerprint {fp} -> "
+                    f"{present[label]}); add a new version instead",
+                )
+            )
     return problems
 
 

@@ -20,12 +20,30 @@ CHANNELS: tuple[Channel, ...] = ("in_app", "push", "email", "sms", "webhook")
 Priority = Literal["low", "normal", "high", "critical"]
 Platform = Literal["apns", "fcm", "webpush"]
 OutcomeStatus = Literal[
-    "QUEUED", "DEFERRED", "SKIPPED", "SENT", "DELIVERED", "RETRYING",
-    "FAILED", "SUPPRESSED", "EXPIRED", "CANCELLED", "REJECTED",
+    "QUEUED",
+    "DEFERRED",
+    "SKIPPED",
+    "SENT",
+    "DELIVERED",
+    "RETRYING",
+    "FAILED",
+    "SUPPRESSED",
+    "EXPIRED",
+    "CANCELLED",
+    "REJECTED",
 ]
 FeedbackKind = Literal[
-    "hard_bounce", "soft_bounce", "complaint", "unsubscribe", "resubscribe", "sms_stop", "sms_start",
-    "token_invalid", "endpoint_disabled", "delivered", "opened",
+    "hard_bounce",
+    "soft_bounce",
+    "complaint",
+    "unsubscribe",
+    "resubscribe",
+    "sms_stop",
+    "sms_start",
+    "token_invalid",
+    "endpoint_disabled",
+    "delivered",
+    "opened",
 ]
 MAX_ID_LENGTH = 256
 MAX_DATA_BYTES = 256 * 1024

@@ -85,36 +85,67 @@ COMMAND = ("DeliveryCommand",)
 def registry(settings: Settings) -> list[TopicSpec]:
     """Every topic tidings uses, for the given settings (partitions, retry tiers)."""
     specs = [
-        TopicSpec(REQUESTED, RECIPIENT_KEY, ("NotificationRequested", "NotificationCancelled"),
-                  retention_ms=FOREVER),
-        TopicSpec(RECIPIENTS, RECIPIENT_KEY,
-                  ("RecipientUpdated", "PreferencesUpdated", "DeviceRegistered", "DeviceRemoved"),
-                  retention_ms=FOREVER),
-        TopicSpec(CATALOG, "tenant/type", ("NotificationTypePublished",), cleanup_policy="compact",
-                  per_recipient=False, partitions=1),
-        TopicSpec(ENGAGEMENT, RECIPIENT_KEY, ("InboxItemSeen", "InboxItemRead", "InboxItemArchived",
-                                              "NotificationOpened", "NotificationClicked"),
-                  retention_ms=30 * DAY_MS),
+        TopicSpec(
+            REQUESTED, RECIPIENT_KEY, ("NotificationRequested", "NotificationCancelled"), retention_ms=FOREVER
+        ),
+        TopicSpec(
+            RECIPIENTS,
+            RECIPIENT_KEY,
+            ("RecipientUpdated", "PreferencesUpdated", "DeviceRegistered", "DeviceRemoved"),
+            retention_ms=FOREVER,
+        ),
+        TopicSpec(
+            CATALOG,
+            "tenant/type",
+            ("NotificationTypePublished",),
+            cleanup_policy="compact",
+            per_recipient=False,
+            partitions=1,
+        ),
+        TopicSpec(
+            ENGAGEMENT,
+            RECIPIENT_KEY,
+            (
+                "InboxItemSeen",
+                "InboxItemRead",
+                "InboxItemArchived",
+                "NotificationOpened",
+                "NotificationClicked",
+            ),
+            retention_ms=30 * DAY_MS,
+        ),
         TopicSpec(FEEDBACK, RECIPIENT_KEY, ("ProviderFeedback",), retention_ms=90 * DAY_MS),
         TopicSpec(SCHEDULED, RECIPIENT_KEY, COMMAND, retention_ms=400 * DAY_MS),
-        TopicSpec(OUTCOMES, "notification_id", ("DeliveryOutcome",), per_recipient=False,
-                  retention_ms=30 * DAY_MS),
+        TopicSpec(
+            OUTCOMES, "notification_id", ("DeliveryOutcome",), per_recipient=False, retention_ms=30 * DAY_MS
+        ),
         TopicSpec(DLQ, "original key", (), per_recipient=False, retention_ms=FOREVER),
     ]
     tiers = parse_tiers(settings.retry_tiers)
     for channel in CHANNELS:
         specs.append(TopicSpec(delivery(channel), RECIPIENT_KEY, COMMAND))
         specs.append(TopicSpec(delivery(channel, urgent=True), RECIPIENT_KEY, COMMAND))
-        specs.extend(TopicSpec(retry(channel, tier), RECIPIENT_KEY, COMMAND,
-                               retention_ms=max(7 * DAY_MS, 3 * 1000 * tier_seconds(tier)))
-                     for tier in tiers)
+        specs.extend(
+            TopicSpec(
+                retry(channel, tier),
+                RECIPIENT_KEY,
+                COMMAND,
+                retention_ms=max(7 * DAY_MS, 3 * 1000 * tier_seconds(tier)),
+            )
+            for tier in tiers
+        )
     return specs
 
 
 def changelog_spec(component: str, store: str) -> TopicSpec:
     """A processor's state store changelog: compacted, co-partitioned with its input."""
-    return TopicSpec(changelog(component, store), "store key", (), cleanup_policy="compact",
-                     extra_config={"min.compaction.lag.ms": "0", "segment.ms": str(DAY_MS)})
+    return TopicSpec(
+        changelog(component, store),
+        "store key",
+        (),
+        cleanup_policy="compact",
+        extra_config={"min.compaction.lag.ms": "0", "segment.ms": str(DAY_MS)},
+    )
 
 
 def records_of(topic: str, settings: Settings) -> tuple[str, ...]:

@@ -12,8 +12,11 @@ from tidings.config import Settings
 from tidings.devstack import kafka, postgres, redis
 from tidings.devstack.common import ServiceStatus
 
-EXTERNAL_ENV = {"kafka": "TIDINGS_KAFKA_BOOTSTRAP", "postgres": "TIDINGS_POSTGRES_DSN",
-                "redis": "TIDINGS_REDIS_URL"}
+EXTERNAL_ENV = {
+    "kafka": "TIDINGS_KAFKA_BOOTSTRAP",
+    "postgres": "TIDINGS_POSTGRES_DSN",
+    "redis": "TIDINGS_REDIS_URL",
+}
 _UP: dict[str, Callable[[Settings], str]] = {"kafka": kafka.up, "postgres": postgres.up, "redis": redis.up}
 _DOWN: dict[str, Callable[[], bool]] = {"kafka": kafka.down, "postgres": postgres.down, "redis": redis.down}
 
@@ -40,9 +43,11 @@ def status(settings: Settings) -> list[ServiceStatus]:
 
 
 def env(settings: Settings) -> dict[str, str]:
-    return {"TIDINGS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-            "TIDINGS_POSTGRES_DSN": settings.postgres_dsn,
-            "TIDINGS_REDIS_URL": settings.redis_url}
+    return {
+        "TIDINGS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "TIDINGS_POSTGRES_DSN": settings.postgres_dsn,
+        "TIDINGS_REDIS_URL": settings.redis_url,
+    }
 
 
 __all__ = ["ServiceStatus", "down", "env", "is_external", "status", "up"]

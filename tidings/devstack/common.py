@@ -47,12 +47,19 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
-def run(cmd: Sequence[str], *, what: str, env: dict[str, str] | None = None, timeout: float = 600,
-        as_user: str | None = None) -> str:
+def run(
+    cmd: Sequence[str],
+    *,
+    what: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+    as_user: str | None = None,
+) -> str:
     full = ["runuser", "-u", as_user, "--", *cmd] if as_user else list(cmd)
     try:
-        proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, **(env or {})})
+        proc = subprocess.run(
+            full, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+        )
     except FileNotFoundError as exc:
         raise DevStackError(f"{what}: {exc.filename} is not installed") from exc
     except subprocess.TimeoutExpired as exc:
@@ -67,14 +74,19 @@ def apt_install(packages: Sequence[str], *, why: str) -> None:
     """Install Debian packages (root only); a non-root user is told what to install."""
     global _apt_updated
     if not is_root() or not shutil.which("apt-get"):
-        raise DevStackError(f"{why}: install the Debian packages {' '.join(packages)} "
-                            "(or point TIDINGS_* at running services)")
+        raise DevStackError(
+            f"{why}: install the Debian packages {' '.join(packages)} "
+            "(or point TIDINGS_* at running services)"
+        )
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     if not _apt_updated:
         run(["apt-get", "update", "-qq"], what="apt-get update", env=env)
         _apt_updated = True
-    run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
-        what=f"apt-get install {' '.join(packages)}", env=env)
+    run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
+        what=f"apt-get install {' '.join(packages)}",
+        env=env,
+    )
 
 
 def require(binary: str, packages: Sequence[str], *, why: str) -> str:
@@ -117,8 +129,14 @@ def stop_pid(pid_file: Path, *, timeout: float = 30.0) -> bool:
     return True
 
 
-def wait_for(check: Callable[[], bool], *, timeout: float, what: str, log: Path,
-             alive: Callable[[], bool] = lambda: True) -> None:
+def wait_for(
+    check: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    log: Path,
+    alive: Callable[[], bool] = lambda: True,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():

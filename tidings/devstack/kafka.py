@@ -83,8 +83,11 @@ def libs_dir() -> Path:
     require("java", ["openjdk-17-jre-headless"], why="running Kafka")
     staging = target / "staging"
     shutil.rmtree(staging, ignore_errors=True)
-    run([mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies", f"-DoutputDirectory={staging}"],
-        what="Maven fetching the Kafka jars", timeout=900)
+    run(
+        [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies", f"-DoutputDirectory={staging}"],
+        what="Maven fetching the Kafka jars",
+        timeout=900,
+    )
     shutil.rmtree(libs, ignore_errors=True)
     staging.rename(libs)
     (target / ".complete").touch()
@@ -92,9 +95,16 @@ def libs_dir() -> Path:
 
 
 def _java(libs: Path, main: str, *args: str, logs: Path) -> list[str]:
-    return ["java", *HEAP.split(), f"-Dkafka.logs.dir={logs}",
-            f"-Dlog4j2.configurationFile={home() / 'log4j2.properties'}",
-            "-cp", f"{libs}/*", main, *args]
+    return [
+        "java",
+        *HEAP.split(),
+        f"-Dkafka.logs.dir={logs}",
+        f"-Dlog4j2.configurationFile={home() / 'log4j2.properties'}",
+        "-cp",
+        f"{libs}/*",
+        main,
+        *args,
+    ]
 
 
 def _port_open(port: int) -> bool:
@@ -121,23 +131,46 @@ def up(settings: Settings, timeout: float = 120.0) -> str:
     libs = libs_dir()
     data, logs = root / "data", root / "logs"
     logs.mkdir(exist_ok=True)
-    (root / "server.properties").write_text(SERVER_PROPERTIES.format(
-        port=DEV_KAFKA_PORT, controller=DEV_KAFKA_CONTROLLER_PORT, data=data))
+    (root / "server.properties").write_text(
+        SERVER_PROPERTIES.format(port=DEV_KAFKA_PORT, controller=DEV_KAFKA_CONTROLLER_PORT, data=data)
+    )
     (root / "log4j2.properties").write_text(LOG4J2.format(logs=logs))
     if not (data / "meta.properties").exists():
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-        run(_java(libs, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                  "-c", str(root / "server.properties"), logs=logs), what="formatting Kafka storage")
+        run(
+            _java(
+                libs,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(root / "server.properties"),
+                logs=logs,
+            ),
+            what="formatting Kafka storage",
+        )
     if _port_open(DEV_KAFKA_PORT):
-        raise DevStackError(f"port {DEV_KAFKA_PORT} is taken by another process; stop it or set "
-                            "TIDINGS_KAFKA_BOOTSTRAP")
+        raise DevStackError(
+            f"port {DEV_KAFKA_PORT} is taken by another process; stop it or set TIDINGS_KAFKA_BOOTSTRAP"
+        )
     with open(log, "ab") as out:
-        proc = subprocess.Popen(_java(libs, "kafka.Kafka", str(root / "server.properties"), logs=logs),
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=root)
+        proc = subprocess.Popen(
+            _java(libs, "kafka.Kafka", str(root / "server.properties"), logs=logs),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=root,
+        )
     pid_file.write_text(str(proc.pid))
-    wait_for(lambda: _ready(settings), timeout=timeout, what="Kafka", log=logs / "server.log",
-             alive=lambda: proc.poll() is None)
+    wait_for(
+        lambda: _ready(settings),
+        timeout=timeout,
+        what="Kafka",
+        log=logs / "server.log",
+        alive=lambda: proc.poll() is None,
+    )
     return f"started (pid {proc.pid})"
 
 

@@ -19,26 +19,26 @@ from tidings.devstack.common import ServiceStatus, apt_install, is_root, run, sh
 from tidings.errors import DevStackError
 
 DATABASE = "tidings"
-OPTIONS = ("-c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-           "-c max_connections=200")
+OPTIONS = (
+    "-c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+    "-c max_connections=200"
+)
 
 
 def bin_dir() -> Path:
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parent.parent.name))
     if not found:
         apt_install(["postgresql"], why="running PostgreSQL")
-        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
-                       key=lambda p: int(p.parent.parent.name))
+        found = sorted(
+            Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parent.parent.name)
+        )
     if not found:
         raise DevStackError("PostgreSQL binaries not found under /usr/lib/postgresql")
     return found[-1].parent
 
 
 def home() -> Path:
-    if is_root():
-        path = Path("/var/tmp/tidings") / short_hash(str(stack_dir()))
-    else:
-        path = stack_dir() / "postgres"
+    path = Path("/var/tmp/tidings") / short_hash(str(stack_dir())) if is_root() else stack_dir() / "postgres"
     (stack_dir() / "postgres.path").write_text(str(path) + "\n")
     return path
 
@@ -77,11 +77,29 @@ def up(settings: Settings, timeout: float = 60.0) -> str:
     data, log = root / "data", root / "postgres.log"
     _prepare(root)
     if not (data / "PG_VERSION").exists():
-        run([str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"],
-            what="initdb", as_user=_user())
-    run([str(binaries / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", str(int(timeout)),
-         "-o", f"-p {DEV_POSTGRES_PORT} -k {root} {OPTIONS}", "start"],
-        what=f"starting PostgreSQL (log: {log})", as_user=_user(), timeout=timeout + 10)
+        run(
+            [str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"],
+            what="initdb",
+            as_user=_user(),
+        )
+    run(
+        [
+            str(binaries / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(log),
+            "-w",
+            "-t",
+            str(int(timeout)),
+            "-o",
+            f"-p {DEV_POSTGRES_PORT} -k {root} {OPTIONS}",
+            "start",
+        ],
+        what=f"starting PostgreSQL (log: {log})",
+        as_user=_user(),
+        timeout=timeout + 10,
+    )
     wait_for(lambda: _answers(settings, "postgres"), timeout=timeout, what="PostgreSQL", log=log)
     with _connect(settings, "postgres") as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone() is None:
@@ -93,8 +111,11 @@ def down() -> bool:
     root = home()
     if not (root / "data" / "postmaster.pid").exists():
         return False
-    run([str(bin_dir() / "pg_ctl"), "-D", str(root / "data"), "-m", "fast", "-w", "stop"],
-        what="stopping PostgreSQL", as_user=_user())
+    run(
+        [str(bin_dir() / "pg_ctl"), "-D", str(root / "data"), "-m", "fast", "-w", "stop"],
+        what="stopping PostgreSQL",
+        as_user=_user(),
+    )
     return True
 
 

@@ -32,9 +32,28 @@ def up(settings: Settings, timeout: float = 30.0) -> str:
     binary = require("redis-server", ["redis-server"], why="running Redis")
     root = home()
     log = root / "redis.log"
-    run([binary, "--port", str(DEV_REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--daemonize", "yes", "--dir", str(root), "--logfile", str(log), "--pidfile", str(root / "pid")],
-        what="starting Redis")
+    run(
+        [
+            binary,
+            "--port",
+            str(DEV_REDIS_PORT),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "yes",
+            "--dir",
+            str(root),
+            "--logfile",
+            str(log),
+            "--pidfile",
+            str(root / "pid"),
+        ],
+        what="starting Redis",
+    )
     wait_for(lambda: _answers(settings), timeout=timeout, what="Redis", log=log)
     return "started"
 

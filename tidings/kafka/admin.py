@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type: ignore[attr-defined]
 
 from tidings.config import Settings
 from tidings.errors import KafkaUnavailable
@@ -38,7 +38,9 @@ def wait_until_ready(settings: Settings, timeout: float = 60.0) -> int:
         except KafkaException as exc:
             last = exc
         time.sleep(0.3)
-    raise KafkaUnavailable(f"Kafka at {settings.kafka_bootstrap} did not answer within {timeout:.0f}s: {last}")
+    raise KafkaUnavailable(
+        f"Kafka at {settings.kafka_bootstrap} did not answer within {timeout:.0f}s: {last}"
+    )
 
 
 def apply_topics(settings: Settings, specs: list[TopicSpec], *, timeout: float = 30.0) -> list[TopicReport]:
@@ -49,8 +51,13 @@ def apply_topics(settings: Settings, specs: list[TopicSpec], *, timeout: float =
     missing = [s for s in specs if s.name not in existing]
     if missing:
         futures = client.create_topics(
-            [NewTopic(s.name, s.partition_count(settings), settings.replication_factor, config=s.config())
-             for s in missing], operation_timeout=timeout, request_timeout=timeout)
+            [
+                NewTopic(s.name, s.partition_count(settings), settings.replication_factor, config=s.config())
+                for s in missing
+            ],
+            operation_timeout=timeout,
+            request_timeout=timeout,
+        )
         for name, fut in futures.items():
             try:
                 fut.result()

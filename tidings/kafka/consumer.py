@@ -27,9 +27,18 @@ log = logging.getLogger(__name__)
 
 
 class AtLeastOnceLoop:
-    def __init__(self, settings: Settings, *, group_id: str, topics: Sequence[str], handle: Handler,
-                 batch_size: int = 500, poll_timeout: float = 0.1, retry_backoff: float = 1.0,
-                 consumer_overrides: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        group_id: str,
+        topics: Sequence[str],
+        handle: Handler,
+        batch_size: int = 500,
+        poll_timeout: float = 0.1,
+        retry_backoff: float = 1.0,
+        consumer_overrides: dict[str, Any] | None = None,
+    ) -> None:
         self.group_id = group_id
         self.topics = list(topics)
         self.handle = handle
@@ -93,12 +102,23 @@ class AtLeastOnceLoop:
             time.sleep(self.retry_backoff)
 
 
-def read_topic(settings: Settings, topic: str, *, from_beginning: bool = False,
-               max_records: int | None = None, idle_timeout: float | None = None,
-               read_committed: bool = True) -> Iterator[Incoming]:
+def read_topic(
+    settings: Settings,
+    topic: str,
+    *,
+    from_beginning: bool = False,
+    max_records: int | None = None,
+    idle_timeout: float | None = None,
+    read_committed: bool = True,
+) -> Iterator[Incoming]:
     """Every partition of a topic, without a consumer group (nothing is committed)."""
-    consumer = Consumer(config.consumer(settings, f"tidings-reader-{uuid.uuid4()}", **{
-        "isolation.level": "read_committed" if read_committed else "read_uncommitted"}))
+    consumer = Consumer(
+        config.consumer(
+            settings,
+            f"tidings-reader-{uuid.uuid4()}",
+            **{"isolation.level": "read_committed" if read_committed else "read_uncommitted"},
+        )
+    )
     try:
         meta = consumer.list_topics(topic, timeout=10)
         tmeta = meta.topics.get(topic)

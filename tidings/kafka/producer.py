@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -34,8 +34,13 @@ class EventProducer:
     def produce(self, output: Output) -> None:
         while True:
             try:
-                self._producer.produce(output.topic, output.value, output.key, headers=output.headers,
-                                       on_delivery=self._on_delivery)
+                self._producer.produce(
+                    output.topic,
+                    output.value,
+                    output.key,
+                    headers=cast(Any, output.headers),
+                    on_delivery=self._on_delivery,
+                )
                 break
             except BufferError:
                 self._producer.poll(0.1)

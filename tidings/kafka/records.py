@@ -61,8 +61,9 @@ class Output:
     headers: Headers = field(default_factory=list)
 
     @classmethod
-    def event(cls, topic: str, event: Event, *, traceparent: bytes | None = None,
-              codec: Codec | None = None) -> Output:
+    def event(
+        cls, topic: str, event: Event, *, traceparent: bytes | None = None, codec: Codec | None = None
+    ) -> Output:
         value = (codec or default_codec()).encode(event)
         trace = traceparent or new_traceparent().encode()
         return cls(topic, event.key.encode(), value, [(TRACEPARENT, trace)])
@@ -75,17 +76,19 @@ PoisonHandler = Callable[[Incoming, BaseException], Iterable[Output]]
 def dead_letter(record: Incoming, error: BaseException, group_id: str) -> Output:
     """The original bytes and headers, plus headers naming the error and where the record came from."""
     message = str(error) or type(error).__name__
-    headers = [*record.headers,
-               (ERROR_TYPE, type(error).__name__.encode()),
-               (ERROR_MESSAGE, message[:MAX_ERROR_MESSAGE].encode()),
-               (ERROR_RETRIABLE, str(bool(getattr(error, "retriable", False))).lower().encode()),
-               (SOURCE_TOPIC, record.topic.encode()),
-               (SOURCE_PARTITION, str(record.partition).encode()),
-               (SOURCE_OFFSET, str(record.offset).encode()),
-               (SOURCE_TIMESTAMP, str(record.timestamp_ms).encode()),
-               (CONSUMER_GROUP, group_id.encode()),
-               (FAILED_AT, datetime.now(UTC).isoformat().encode()),
-               (FAILED_HOST, f"{socket.gethostname()}:{os.getpid()}".encode())]
+    headers = [
+        *record.headers,
+        (ERROR_TYPE, type(error).__name__.encode()),
+        (ERROR_MESSAGE, message[:MAX_ERROR_MESSAGE].encode()),
+        (ERROR_RETRIABLE, str(bool(getattr(error, "retriable", False))).lower().encode()),
+        (SOURCE_TOPIC, record.topic.encode()),
+        (SOURCE_PARTITION, str(record.partition).encode()),
+        (SOURCE_OFFSET, str(record.offset).encode()),
+        (SOURCE_TIMESTAMP, str(record.timestamp_ms).encode()),
+        (CONSUMER_GROUP, group_id.encode()),
+        (FAILED_AT, datetime.now(UTC).isoformat().encode()),
+        (FAILED_HOST, f"{socket.gethostname()}:{os.getpid()}".encode()),
+    ]
     return Output(DLQ, record.key, record.value, headers)
 
 

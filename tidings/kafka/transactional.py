@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -31,8 +31,15 @@ MAX_COMMIT_RETRIES = 5
 
 
 def to_incoming(msg: Message) -> Incoming:
-    return Incoming(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
-                    as_headers(msg.headers()), msg.timestamp()[1])
+    return Incoming(
+        cast(str, msg.topic()),
+        cast(int, msg.partition()),
+        cast(int, msg.offset()),
+        msg.key(),
+        msg.value(),
+        as_headers(msg.headers()),
+        msg.timestamp()[1],
+    )
 
 
 def is_retriable(exc: BaseException) -> bool:
@@ -65,12 +72,17 @@ class TransactionalLoop:
         self._on_assign = on_assign
         self._on_revoke = on_revoke
         self.consumer = Consumer(config.consumer(settings, group_id, **(consumer_overrides or {})))
-        self.producer = Producer(config.producer(settings, **{
-            "transactional.id": transactional_id,
-            "transaction.timeout.ms": 30_000,
-            "linger.ms": 10,
-            **(producer_overrides or {}),
-        }))
+        self.producer = Producer(
+            config.producer(
+                settings,
+                **{
+                    "transactional.id": transactional_id,
+                    "transaction.timeout.ms": 30_000,
+                    "linger.ms": 10,
+                    **(producer_overrides or {}),
+                },
+            )
+        )
         self.stopping = threading.Event()
         self.committed_batches = 0
         self.aborted_batches = 0
@@ -87,8 +99,9 @@ class TransactionalLoop:
     def run(self, *, idle_exit_after: float | None = None) -> None:
         """Loop until `stop()`; with `idle_exit_after`, also return after that many seconds with no input."""
         self.producer.init_transactions(TXN_TIMEOUT_S)
-        self.consumer.subscribe(self.topics, on_assign=self._assigned, on_revoke=self._revoked,
-                                on_lost=self._revoked)
+        self.consumer.subscribe(
+            self.topics, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
+        )
         last_input = time.monotonic()
         try:
             while not self.stopping.is_set():
@@ -133,7 +146,8 @@ class TransactionalLoop:
                 for out in self._outputs(record):
                     self._produce(out)
             self.producer.send_offsets_to_transaction(
-                next_offsets(batch), self.consumer.consumer_group_metadata(), TXN_TIMEOUT_S)
+                next_offsets(batch), self.consumer.consumer_group_metadata(), TXN_TIMEOUT_S
+            )
             self._commit()
             self.committed_batches += 1
         except KafkaException as exc:
@@ -152,7 +166,7 @@ class TransactionalLoop:
     def _produce(self, out: Output) -> None:
         while True:
             try:
-                self.producer.produce(out.topic, out.value, out.key, headers=out.headers)
+                self.producer.produce(out.topic, out.value, out.key, headers=cast(Any, out.headers))
                 return
             except BufferError:
                 self.producer.poll(0.05)

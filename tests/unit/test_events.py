@@ -1,0 +1,89 @@
+import json
+import typing
+from datetime import UTC, datetime, timedelta, timezone
+from uuid import UUID
+
+import pytest
+from pydantic import ValidationError
+
+from tidings.events import MAX_DATA_BYTES, Event, NotificationRequested, PreferencesUpdated, QuietHours
+from tidings.ids import delivery_id, new_notification_id, notification_id_for
+from tidings.schemas import default_schemas
+
+
+def _optional(annotation: object) -> bool:
+    return type(None) in typing.get_args(annotation)
+
+
+@pytest.mark.parametrize("name", sorted(Event.registry))
+def test_model_mirrors_current_schema(name: str) -> None:
+    schema = default_schemas().current(name).raw
+    model = Event.registry[name]
+    assert list(model.model_fields) == [f["name"] for f in schema["fields"]]
+    for f in schema["fields"]:
+        field = model.model_fields[f["name"]]
+        nullable = isinstance(f["type"], list) and "null" in f["type"]
+        assert _optional(field.annotation) == nullable, f["name"]
+        if "default" in f:
+            assert not field.is_required(), f"{f['name']} has an Avro default but is required in the model"
+
+
+def make(**changes: object) -> NotificationRequested:
+    base: dict[str, object] = {
+        "tenant_id": "acme",
+        "notification_id": new_notification_id(),
+        "recipient_id": "u1",
+        "notification_type": "t",
+    }
+    return NotificationRequested(**(base | changes))
+
+
+@pytest.mark.parametrize(
+    "changes,field",
+    [
+        ({"tenant_id": "a/b"}, "tenant_id"),
+        ({"tenant_id": ""}, "tenant_id"),
+        ({"recipient_id": "x" * 300}, "recipient_id"),
+        ({"recipient_id": "a\nb"}, "recipient_id"),
+        ({"data_json": "[1,2]"}, "data_json"),
+        ({"data_json": "{not json"}, "data_json"),
+        ({"data_json": json.dumps({"x": "y" * MAX_DATA_BYTES})}, "data_json"),
+        ({"priority": "urgent"}, "priority"),
+        ({"channels": ["email", "pigeon"]}, "channels"),
+        ({"scheduled_at": datetime(2030, 1, 1)}, "scheduled_at"),
+    ],
+)
+def test_invalid_requests_name_the_field(changes: dict[str, object], field: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        make(**changes)
+    assert field in str(info.value)
+
+
+def test_timestamps_become_utc_milliseconds() -> None:
+    local = datetime(2030, 3, 1, 12, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
+    assert make(scheduled_at=local).scheduled_at == datetime(2030, 3, 1, 10, 0, 0, 123000, tzinfo=UTC)
+
+
+def test_events_are_frozen_and_keyed_by_tenant_and_recipient() -> None:
+    event = make()
+    with pytest.raises(ValidationError):
+        event.recipient_id = "other"  # type: ignore[misc]
+    assert event.key == "acme/u1"
+    assert event.data == {}
+
+
+def test_quiet_hours_format() -> None:
+    QuietHours(start="22:00", end="07:30")
+    with pytest.raises(ValidationError):
+        QuietHours(start="25:00", end="07:00")
+    PreferencesUpdated(tenant_id="t", recipient_id="r", quiet_hours={"start": "22:00", "end": "06:00"})
+
+
+def test_ids() -> None:
+    nid = new_notification_id()
+    assert nid.version == 7
+    assert delivery_id(nid, "email", "a@example.com") == delivery_id(nid, "email", "a@example.com")
+    assert delivery_id(nid, "email", "a@example.com") != delivery_id(nid, "sms", "a@example.com")
+    assert notification_id_for("acme", "order-1") == notification_id_for("acme", "order-1")
+    assert notification_id_for("acme", "order-1") != notification_id_for("globex", "order-1")
+    assert isinstance(notification_id_for("acme", "x"), UUID)

@@ -1,0 +1,61 @@
+import pytest
+
+from tidings.cli.io import parse_data
+from tidings.errors import InvalidEvent, KafkaUnavailable
+from tidings.kafka import Incoming
+from tidings.kafka.records import dead_letter, header_map
+from tidings.kafka.transactional import first_offsets, next_offsets
+from tidings.topics import DLQ
+from tidings.tracing import child_traceparent, new_traceparent
+
+
+def test_dead_letter_keeps_bytes_and_names_the_failure() -> None:
+    record = Incoming(
+        "notifications.requested", 3, 42, b"acme/u1", b"\x00garbage", [("traceparent", b"x")], 99
+    )
+    out = dead_letter(record, InvalidEvent("tenant_id: bad"), "router")
+    assert out.topic == DLQ and out.key == b"acme/u1" and out.value == b"\x00garbage"
+    headers = header_map(out.headers)
+    assert headers["traceparent"] == "x"
+    assert headers["tidings.error.type"] == "InvalidEvent"
+    assert headers["tidings.error.message"] == "tenant_id: bad"
+    assert headers["tidings.error.retriable"] == "false"
+    assert (
+        headers["tidings.source.topic"],
+        headers["tidings.source.partition"],
+        headers["tidings.source.offset"],
+    ) == ("notifications.requested", "3", "42")
+    assert headers["tidings.consumer.group"] == "router"
+    assert (
+        header_map(dead_letter(record, KafkaUnavailable("x"), "g").headers)["tidings.error.retriable"]
+        == "true"
+    )
+
+
+def test_batch_offsets() -> None:
+    batch = [Incoming("t", p, o, None, b"") for p, o in [(0, 5), (1, 7), (0, 6), (1, 8), (0, 7)]]
+    assert {(tp.partition, tp.offset) for tp in next_offsets(batch)} == {(0, 8), (1, 9)}
+    assert {(tp.partition, tp.offset) for tp in first_offsets(batch)} == {(0, 5), (1, 7)}
+
+
+def test_traceparent() -> None:
+    parent = new_traceparent()
+    child = child_traceparent(parent.encode())
+    assert child.split("-")[1] == parent.split("-")[1] and child != parent
+    assert len(child_traceparent(b"garbage").split("-")) == 4
+
+
+def test_cli_data_pairs() -> None:
+    assert parse_data('{"a": 1}', ["b=two", "c:=3", "d:=[1,2]", "url=https://x?a=b"]) == {
+        "a": 1,
+        "b": "two",
+        "c": 3,
+        "d": [1, 2],
+        "url": "https://x?a=b",
+    }
+    with pytest.raises(InvalidEvent):
+        parse_data(None, ["novalue"])
+    with pytest.raises(InvalidEvent):
+        parse_data("[1]", [])
+    with pytest.raises(InvalidEvent):
+        parse_data(None, ["x:=not json"])

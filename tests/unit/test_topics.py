@@ -1,0 +1,67 @@
+import pytest
+
+from tidings.config import Settings
+from tidings.topics import (
+    CATALOG,
+    DLQ,
+    OUTCOMES,
+    REQUESTED,
+    changelog,
+    changelog_spec,
+    parse_tiers,
+    registry,
+    retry,
+    tier_seconds,
+)
+
+
+def test_registry_holds_every_design_topic() -> None:
+    names = {s.name for s in registry(Settings())}
+    for expected in [
+        REQUESTED,
+        "notifications.recipients",
+        CATALOG,
+        "notifications.engagement",
+        "notifications.feedback",
+        "notifications.scheduled",
+        OUTCOMES,
+        DLQ,
+        "notifications.delivery.email",
+        "notifications.delivery.push.urgent",
+        "notifications.delivery.sms.retry.10s",
+        "notifications.delivery.webhook.retry.6h",
+        "notifications.delivery.in_app",
+    ]:
+        assert expected in names
+    assert len(names) == len(registry(Settings()))
+
+
+def test_per_recipient_topics_share_the_partition_count() -> None:
+    s = Settings(partitions=12)
+    counts = {spec.partition_count(s) for spec in registry(s) if spec.per_recipient}
+    assert counts == {12}
+    assert changelog_spec("router", "dedupe").partition_count(s) == 12
+
+
+def test_policies() -> None:
+    specs = {s.name: s for s in registry(Settings())}
+    assert specs[CATALOG].config() == {"cleanup.policy": "compact"}
+    assert specs[REQUESTED].config()["retention.ms"] == "-1"
+    assert specs[OUTCOMES].key == "notification_id"
+    assert changelog("router", "recipients") == "tidings.router.recipients.changelog"
+    assert changelog_spec("router", "dedupe").config()["cleanup.policy"] == "compact"
+
+
+def test_retry_tiers() -> None:
+    assert tier_seconds("10s") == 10 and tier_seconds("6h") == 21600 and tier_seconds("2d") == 172800
+    assert parse_tiers("10s, 1m,1h") == ["10s", "1m", "1h"]
+    assert retry("email", "1m") == "notifications.delivery.email.retry.1m"
+    with pytest.raises(ValueError):
+        parse_tiers("1m,10s")
+    with pytest.raises(ValueError):
+        tier_seconds("ten seconds")
+    names = {s.name for s in registry(Settings(retry_tiers="30s,5m"))}
+    assert (
+        "notifications.delivery.sms.retry.30s" in names
+        and "notifications.delivery.sms.retry.10s" not in names
+    )

@@ -1,0 +1,32 @@
+"""The `tidings` command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from tidings.cli import dev, io, schemas, topics
+from tidings.errors import TidingsError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="tidings: event-sourced, multi-channel notifications on Apache Kafka.",
+)
+app.add_typer(dev.app, name="dev")
+app.add_typer(topics.app, name="topics")
+app.add_typer(schemas.app, name="schemas")
+app.command("send")(io.send)
+app.command("tail")(io.tail)
+app.command("demo")(io.demo)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except TidingsError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(1)

@@ -1,0 +1,49 @@
+"""`tidings topics apply|list`: create the registry's topics and report drift."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tidings.config import settings
+from tidings.kafka import apply_topics
+from tidings.topics import registry
+
+app = typer.Typer(no_args_is_help=True, help="Kafka topics from the registry in tidings/topics.py.")
+
+
+@app.command()
+def apply(check: bool = typer.Option(False, "--check", help="Exit 1 when any topic drifts.")) -> None:
+    """Create missing topics; report existing ones whose partitions or config differ (idempotent)."""
+    reports = apply_topics(settings(), registry(settings()))
+    console = Console()
+    for r in reports:
+        colour = {"created": "green", "ok": "dim", "exists": "dim", "drift": "yellow"}[r.action]
+        console.print(
+            f"[{colour}]{r.action:<8}[/] {r.name}" + (f"  ({'; '.join(r.drift)})" if r.drift else "")
+        )
+    created = sum(r.action == "created" for r in reports)
+    drifted = [r for r in reports if r.drift]
+    console.print(f"{len(reports)} topics: {created} created, {len(drifted)} drifted")
+    if check and drifted:
+        raise typer.Exit(1)
+
+
+@app.command("list")
+def list_() -> None:
+    """Show the registry."""
+    s = settings()
+    table = Table("topic", "key", "records", "partitions", "policy")
+    for spec in registry(s):
+        policy = (
+            spec.cleanup_policy
+            if spec.cleanup_policy != "delete"
+            else (
+                "delete, forever" if spec.retention_ms < 0 else f"delete, {spec.retention_ms // 86_400_000}d"
+            )
+        )
+        table.add_row(
+            spec.name, spec.key, ", ".join(spec.records) or "raw bytes", str(spec.partition_count(s)), policy
+        )
+    Console().print(table)

@@ -1,0 +1,146 @@
+"""Produces NotificationRequested and other events to Kafka: the producer SDK.
+
+Example:
+
+    with Client() as client:
+        notification_id = client.send(tenant="acme", recipient="u-42", type="order.shipped",
+                                      data={"order": "A-1001"})
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from pydantic import ValidationError
+
+from tidings.codec import Codec, default_codec
+from tidings.config import Settings
+from tidings.config import settings as default_settings
+from tidings.errors import InvalidEvent
+from tidings.events import Event, NotificationCancelled, NotificationRequested
+from tidings.ids import new_notification_id, notification_id_for
+from tidings.kafka import EventProducer, Output
+from tidings.topics import registry
+
+
+def _validated(model: type[Event], **fields: Any) -> Event:
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise InvalidEvent(f"invalid {model.__name__}: {problems}") from None
+
+
+class Client:
+    """Sends events with an idempotent producer. `send()` waits for the broker's acknowledgement unless
+    `wait=False`; then call `flush()` to wait for everything sent so far."""
+
+    def __init__(
+        self, settings: Settings | None = None, *, source: str | None = None, codec: Codec | None = None
+    ) -> None:
+        self.settings = settings or default_settings()
+        self.source = source
+        self.codec = codec or default_codec()
+        self._producer = EventProducer(self.settings)
+        homes: dict[str, list[str]] = {}
+        for spec in registry(self.settings):
+            for record in spec.records:
+                homes.setdefault(record, []).append(spec.name)
+        self._topics = {record: names[0] for record, names in homes.items() if len(names) == 1}
+
+    def send(
+        self,
+        *,
+        tenant: str,
+        recipient: str,
+        type: str,
+        data: Mapping[str, Any] | None = None,
+        notification_id: UUID | str | None = None,
+        idempotency_key: str | None = None,
+        priority: str | None = None,
+        channels: Sequence[str] | None = None,
+        scheduled_at: datetime | None = None,
+        expires_at: datetime | None = None,
+        locale: str | None = None,
+        to: Mapping[str, str] | None = None,
+        actor: str | None = None,
+        wait: bool = True,
+    ) -> UUID:
+        """Request a notification; returns its id (a new UUIDv7 unless given or derived from
+        `idempotency_key`). Sending the same id twice is harmless: the router drops the duplicate."""
+        if notification_id is not None and idempotency_key is not None:
+            raise InvalidEvent("give notification_id or idempotency_key, not both")
+        if idempotency_key is not None:
+            notification_id = notification_id_for(tenant, idempotency_key)
+        nid = UUID(str(notification_id)) if notification_id is not None else new_notification_id()
+        try:
+            data_json = json.dumps(dict(data or {}), separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidEvent(f"data is not JSON-serialisable: {exc}") from None
+        event = _validated(
+            NotificationRequested,
+            tenant_id=tenant,
+            notification_id=nid,
+            correlation_id=str(nid),
+            recipient_id=recipient,
+            notification_type=type,
+            data_json=data_json,
+            priority=priority,
+            channels=list(channels) if channels is not None else None,
+            scheduled_at=scheduled_at,
+            expires_at=expires_at,
+            locale=locale,
+            recipient_overrides=dict(to) if to else None,
+            actor_id=actor,
+            source=self.source,
+        )
+        self.publish(event, wait=wait)
+        return nid
+
+    def cancel(
+        self,
+        *,
+        tenant: str,
+        recipient: str,
+        notification_id: UUID | str,
+        reason: str | None = None,
+        wait: bool = True,
+    ) -> None:
+        nid = UUID(str(notification_id))
+        self.publish(
+            _validated(
+                NotificationCancelled,
+                tenant_id=tenant,
+                notification_id=nid,
+                correlation_id=str(nid),
+                recipient_id=recipient,
+                reason=reason,
+            ),
+            wait=wait,
+        )
+
+    def publish(self, event: Event, *, topic: str | None = None, wait: bool = True) -> None:
+        """Produce any event to its topic (from the topic registry unless given)."""
+        name = type(event).__name__
+        target = topic or self._topics.get(name)
+        if target is None:
+            raise InvalidEvent(f"{name} goes to several topics; pass topic=")
+        self._producer.produce(Output.event(target, event, codec=self.codec))
+        if wait:
+            self.flush()
+
+    def flush(self, timeout: float = 30.0) -> None:
+        self._producer.flush(timeout)
+
+    def close(self) -> None:
+        self._producer.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
