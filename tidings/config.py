@@ -1,16 +1,21 @@
-"""Settings from the environment (`TIDINGS_*`), defaulting to the local dev stack's loopback ports."""
+"""Settings from the environment (`TIDINGS_*`), defaulting to the local dev stack's loopback ports.
+
+The dev stack's own ports can be moved with `TIDINGS_DEV_KAFKA_PORT`, `TIDINGS_DEV_POSTGRES_PORT` and
+`TIDINGS_DEV_REDIS_PORT` (read once, at import).
+"""
 
 from __future__ import annotations
 
+import os
 from functools import cache
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEV_KAFKA_PORT = 19092
-DEV_KAFKA_CONTROLLER_PORT = 19093
-DEV_POSTGRES_PORT = 15432
-DEV_REDIS_PORT = 16379
+DEV_KAFKA_PORT = int(os.environ.get("TIDINGS_DEV_KAFKA_PORT", "19092"))
+DEV_KAFKA_CONTROLLER_PORT = int(os.environ.get("TIDINGS_DEV_KAFKA_CONTROLLER_PORT", str(DEV_KAFKA_PORT + 1)))
+DEV_POSTGRES_PORT = int(os.environ.get("TIDINGS_DEV_POSTGRES_PORT", "15432"))
+DEV_REDIS_PORT = int(os.environ.get("TIDINGS_DEV_REDIS_PORT", "16379"))
 
 
 class Settings(BaseSettings):

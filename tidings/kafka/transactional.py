@@ -8,6 +8,11 @@ only inside `consume()`, when no transaction is open, so a revoked partition nev
 A record whose handler raises a non-retriable error is a poison record: it is dead-lettered inside the
 same transaction and the loop goes on. A retriable error aborts the transaction, rewinds the batch and
 retries it after a back-off. After an abort the batch is re-read from its first offset.
+
+`transactional_id` must be stable per process slot (say `router-0`), so a restarted process fences its
+killed predecessor at once instead of waiting for the broker to time its transaction out. With
+`static_membership` it is also the consumer's `group.instance.id`: a restart reclaims the same partitions
+without a rebalance.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ class TransactionalLoop:
         on_revoke: PartitionsCallback | None = None,
         batch_size: int = 500,
         poll_timeout: float = 0.1,
+        static_membership: bool = False,
         consumer_overrides: dict[str, Any] | None = None,
         producer_overrides: dict[str, Any] | None = None,
     ) -> None:
@@ -71,7 +77,10 @@ class TransactionalLoop:
         self.poll_timeout = poll_timeout
         self._on_assign = on_assign
         self._on_revoke = on_revoke
-        self.consumer = Consumer(config.consumer(settings, group_id, **(consumer_overrides or {})))
+        membership = {"group.instance.id": transactional_id} if static_membership else {}
+        self.consumer = Consumer(
+            config.consumer(settings, group_id, **membership, **(consumer_overrides or {}))
+        )
         self.producer = Producer(
             config.producer(
                 settings,

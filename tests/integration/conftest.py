@@ -1,0 +1,44 @@
+"""Session fixtures on the real local stack: `tidings dev up` once, then a fresh topic and group per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from tidings import devstack
+from tidings.config import Settings, settings
+from tidings.kafka import apply_topics, read_topic
+from tidings.kafka.records import Incoming
+from tidings.topics import TopicSpec, registry
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def stack() -> Settings:
+    s = settings()
+    devstack.up(s)
+    apply_topics(s, registry(s))
+    return s
+
+
+@pytest.fixture
+def topic_factory(stack: Settings) -> Callable[..., str]:
+    def make(prefix: str = "test", partitions: int = 3, **kwargs: object) -> str:
+        name = f"{prefix}.{uuid.uuid4().hex[:10]}"
+        spec = TopicSpec(name, "test", (), partitions=partitions, **kwargs)  # type: ignore[arg-type]
+        assert apply_topics(stack, [spec])[0].action == "created"
+        return name
+
+    return make
+
+
+@pytest.fixture
+def group_id() -> str:
+    return f"test-group-{uuid.uuid4().hex[:10]}"
+
+
+def read_all(s: Settings, topic: str, *, idle: float = 3.0, committed: bool = True) -> list[Incoming]:
+    return list(read_topic(s, topic, from_beginning=True, idle_timeout=idle, read_committed=committed))

@@ -1,0 +1,67 @@
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.integration.conftest import read_all
+from tidings.client import Client
+from tidings.codec import default_codec
+from tidings.config import Settings
+from tidings.errors import InvalidEvent
+from tidings.events import DeviceRegistered, NotificationRequested, ProviderFeedback
+from tidings.kafka import read_topic
+from tidings.topics import REQUESTED
+
+
+def test_send_produces_a_decodable_request_keyed_by_tenant_and_recipient(stack: Settings) -> None:
+    expires = datetime.now(UTC) + timedelta(hours=1)
+    with Client(stack, source="test") as client:
+        nid = client.send(tenant="acme", recipient="u-42", type="order.shipped", data={"order": "A-1", "n": 2},
+                          priority="high", channels=["email", "push"], expires_at=expires, to={"email": "a@b.c"})
+    found = None
+    for record in read_topic(stack, REQUESTED, from_beginning=True, idle_timeout=5):
+        event = record.decode()
+        if isinstance(event, NotificationRequested) and event.notification_id == nid:
+            found = (record, event)
+            break
+    assert found is not None
+    record, event = found
+    assert record.key == b"acme/u-42"
+    assert record.header("traceparent") is not None
+    assert event.data == {"order": "A-1", "n": 2} and event.priority == "high"
+    assert event.channels == ["email", "push"] and event.recipient_overrides == {"email": "a@b.c"}
+    assert event.expires_at == expires.replace(microsecond=expires.microsecond // 1000 * 1000)
+    assert event.correlation_id == str(nid) and event.source == "test" and nid.version == 7
+
+
+def test_idempotency_key_gives_a_stable_id(stack: Settings, topic_factory: Callable[..., str]) -> None:
+    with Client(stack) as client:
+        first = client.send(tenant="acme", recipient="u", type="t", idempotency_key="order-9", wait=False)
+        second = client.send(tenant="acme", recipient="u", type="t", idempotency_key="order-9", wait=False)
+    assert first == second
+
+
+def test_invalid_input_is_refused_before_producing(stack: Settings) -> None:
+    with Client(stack) as client:
+        with pytest.raises(InvalidEvent, match="tenant_id"):
+            client.send(tenant="a/b", recipient="u", type="t")
+        with pytest.raises(InvalidEvent, match="JSON"):
+            client.send(tenant="a", recipient="u", type="t", data={"x": object()})
+        with pytest.raises(InvalidEvent, match="channels"):
+            client.send(tenant="a", recipient="u", type="t", channels=["fax"])
+
+
+def test_publish_any_event_to_a_topic(stack: Settings, topic_factory: Callable[..., str]) -> None:
+    topic = topic_factory()
+    events = [
+        DeviceRegistered(tenant_id="acme", recipient_id="u1", device_id="d1", platform="webpush",
+                         token="https://push.example/abc", keys={"p256dh": "k", "auth": "a"}),
+        ProviderFeedback(tenant_id="acme", recipient_id="u1", kind="hard_bounce", channel="email",
+                         address="u1@example.com", provider="smtp"),
+    ]
+    with Client(stack) as client:
+        for event in events:
+            client.publish(event, topic=topic, wait=False)
+    records = read_all(stack, topic)
+    assert sorted((default_codec().decode(r.value or b"") for r in records), key=lambda e: e.event_id.int) == \
+        sorted(events, key=lambda e: e.event_id.int)
