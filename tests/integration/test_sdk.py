@@ -16,8 +16,16 @@ from tidings.topics import REQUESTED
 def test_send_produces_a_decodable_request_keyed_by_tenant_and_recipient(stack: Settings) -> None:
     expires = datetime.now(UTC) + timedelta(hours=1)
     with Client(stack, source="test") as client:
-        nid = client.send(tenant="acme", recipient="u-42", type="order.shipped", data={"order": "A-1", "n": 2},
-                          priority="high", channels=["email", "push"], expires_at=expires, to={"email": "a@b.c"})
+        nid = client.send(
+            tenant="acme",
+            recipient="u-42",
+            type="order.shipped",
+            data={"order": "A-1", "n": 2},
+            priority="high",
+            channels=["email", "push"],
+            expires_at=expires,
+            to={"email": "a@b.c"},
+        )
     found = None
     for record in read_topic(stack, REQUESTED, from_beginning=True, idle_timeout=5):
         event = record.decode()
@@ -54,14 +62,27 @@ def test_invalid_input_is_refused_before_producing(stack: Settings) -> None:
 def test_publish_any_event_to_a_topic(stack: Settings, topic_factory: Callable[..., str]) -> None:
     topic = topic_factory()
     events = [
-        DeviceRegistered(tenant_id="acme", recipient_id="u1", device_id="d1", platform="webpush",
-                         token="https://push.example/abc", keys={"p256dh": "k", "auth": "a"}),
-        ProviderFeedback(tenant_id="acme", recipient_id="u1", kind="hard_bounce", channel="email",
-                         address="u1@example.com", provider="smtp"),
+        DeviceRegistered(
+            tenant_id="acme",
+            recipient_id="u1",
+            device_id="d1",
+            platform="webpush",
+            token="https://push.example/abc",
+            keys={"p256dh": "k", "auth": "a"},
+        ),
+        ProviderFeedback(
+            tenant_id="acme",
+            recipient_id="u1",
+            kind="hard_bounce",
+            channel="email",
+            address="u1@example.com",
+            provider="smtp",
+        ),
     ]
     with Client(stack) as client:
         for event in events:
             client.publish(event, topic=topic, wait=False)
     records = read_all(stack, topic)
-    assert sorted((default_codec().decode(r.value or b"") for r in records), key=lambda e: e.event_id.int) == \
-        sorted(events, key=lambda e: e.event_id.int)
+    assert sorted(
+        (default_codec().decode(r.value or b"") for r in records), key=lambda e: e.event_id.int
+    ) == sorted(events, key=lambda e: e.event_id.int)

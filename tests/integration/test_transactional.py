@@ -22,8 +22,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def requests(n: int, recipients: int = 20) -> list[NotificationRequested]:
-    return [NotificationRequested(tenant_id="acme", notification_id=new_notification_id(),
-                                  recipient_id=f"r{i % recipients}", notification_type="t") for i in range(n)]
+    return [
+        NotificationRequested(
+            tenant_id="acme",
+            notification_id=new_notification_id(),
+            recipient_id=f"r{i % recipients}",
+            notification_type="t",
+        )
+        for i in range(n)
+    ]
 
 
 def produce(s: Settings, topic: str, outputs: Iterable[Output]) -> None:
@@ -36,7 +43,9 @@ def outcome_handler(target: str) -> Callable[[Incoming], list[Output]]:
     def handle(record: Incoming) -> list[Output]:
         event = record.decode()
         assert isinstance(event, NotificationRequested)
-        outcome = DeliveryOutcome(tenant_id=event.tenant_id, notification_id=event.notification_id, status="QUEUED")
+        outcome = DeliveryOutcome(
+            tenant_id=event.tenant_id, notification_id=event.notification_id, status="QUEUED"
+        )
         return [Output.event(target, outcome)]
 
     return handle
@@ -63,17 +72,29 @@ def test_poison_records_are_dead_lettered_and_valid_ones_flow(
         outputs.insert(i * 7 + 1, Output(source, b"acme/r1", blob, [("traceparent", b"t")]))
     produce(stack, source, outputs)
     seen_poison: list[str] = []
-    loop = TransactionalLoop(stack, group_id=group_id, topics=[source], handle=outcome_handler(target),
-                             transactional_id=f"{group_id}-0",
-                             on_poison=lambda r, exc: seen_poison.append(type(exc).__name__) or [])
+    loop = TransactionalLoop(
+        stack,
+        group_id=group_id,
+        topics=[source],
+        handle=outcome_handler(target),
+        transactional_id=f"{group_id}-0",
+        on_poison=lambda r, exc: seen_poison.append(type(exc).__name__) or [],
+    )
     loop.run(idle_exit_after=3)
 
     assert ids_in(stack, target) == Counter({e.notification_id: 1 for e in good})
-    letters = [header_map(r.headers) | {"value": r.value} for r in read_all(stack, DLQ)
-               if header_map(r.headers).get("tidings.source.topic") == source]
+    letters = [
+        header_map(r.headers) | {"value": r.value}
+        for r in read_all(stack, DLQ)
+        if header_map(r.headers).get("tidings.source.topic") == source
+    ]
     assert sorted(x["value"] or b"" for x in letters) == sorted(poison)
-    assert {x["tidings.error.type"] for x in letters} == {"BadMagic", "UnknownFingerprint", "InvalidEvent",
-                                                           "TruncatedRecord"}
+    assert {x["tidings.error.type"] for x in letters} == {
+        "BadMagic",
+        "UnknownFingerprint",
+        "InvalidEvent",
+        "TruncatedRecord",
+    }
     assert all(x["tidings.consumer.group"] == group_id and x["traceparent"] == "t" for x in letters)
     assert sorted(seen_poison) == sorted(x["tidings.error.type"] for x in letters)
     assert loop.dead_letters == 4
@@ -94,8 +115,14 @@ def test_retriable_failure_aborts_and_retries_without_duplicates(
             raise KafkaUnavailable("downstream not reachable")
         return outputs
 
-    loop = TransactionalLoop(stack, group_id=group_id, topics=[source], handle=flaky,
-                             transactional_id=f"{group_id}-0", batch_size=100)
+    loop = TransactionalLoop(
+        stack,
+        group_id=group_id,
+        topics=[source],
+        handle=flaky,
+        transactional_id=f"{group_id}-0",
+        batch_size=100,
+    )
     loop.run(idle_exit_after=4)
     assert loop.aborted_batches == 2
     assert ids_in(stack, target) == Counter({e.notification_id: 1 for e in good})
@@ -107,11 +134,21 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(
     source, target = topic_factory("in"), topic_factory("out")
     good = requests(3000, recipients=200)
     produce(stack, source, [Output.event(source, e) for e in good])
-    cmd = [sys.executable, "-m", "tests.integration.apps.copy_loop", source, target, group_id, f"{group_id}-0",
-           "0.002"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.integration.apps.copy_loop",
+        source,
+        target,
+        group_id,
+        f"{group_id}-0",
+        "0.002",
+    ]
     kills = 0
     for _ in range(3):
-        with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, env=os.environ.copy()) as proc:
+        with subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, env=os.environ.copy()
+        ) as proc:
             assert proc.stdout is not None
             for line in proc.stdout:
                 if line.startswith("committed") and int(line.split()[1]) >= 5:

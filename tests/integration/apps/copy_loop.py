@@ -21,8 +21,12 @@ def copy(output_topic: str, delay: float) -> object:
         assert isinstance(event, NotificationRequested)
         if delay:
             time.sleep(delay)
-        outcome = DeliveryOutcome(tenant_id=event.tenant_id, notification_id=event.notification_id,
-                                  recipient_id=event.recipient_id, status="QUEUED")
+        outcome = DeliveryOutcome(
+            tenant_id=event.tenant_id,
+            notification_id=event.notification_id,
+            recipient_id=event.recipient_id,
+            status="QUEUED",
+        )
         return [Output.event(output_topic, outcome)]
 
     return handle
@@ -31,8 +35,15 @@ def copy(output_topic: str, delay: float) -> object:
 def main() -> None:
     source, target, group, txn_id = sys.argv[1:5]
     delay = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
-    loop = TransactionalLoop(settings(), group_id=group, topics=[source], handle=copy(target, delay),  # type: ignore[arg-type]
-                             transactional_id=txn_id, batch_size=50, static_membership=True)
+    loop = TransactionalLoop(
+        settings(),
+        group_id=group,
+        topics=[source],
+        handle=copy(target, delay),  # type: ignore[arg-type]
+        transactional_id=txn_id,
+        batch_size=50,
+        static_membership=True,
+    )
     original = loop.process
 
     def process(batch: list[Incoming]) -> None:

@@ -1,0 +1,67 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tidings.config import Settings
+
+TIDINGS = str(Path(sys.executable).with_name("tidings"))
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TIDINGS, *args], capture_output=True, text=True, timeout=timeout, env=os.environ.copy()
+    )
+
+
+def test_send_then_tail_shows_the_request_decoded(stack: Settings) -> None:
+    sent = run(
+        "send",
+        "--tenant",
+        "acme",
+        "--recipient",
+        "cli-user",
+        "--type",
+        "order.shipped",
+        "order=A-7",
+        "items:=3",
+        "--json",
+    )
+    assert sent.returncode == 0, sent.stderr
+    nid = json.loads(sent.stdout)["notification_id"]
+    tail = run("tail", "notifications.requested", "--from-beginning", "--timeout", "5")
+    assert tail.returncode == 0, tail.stderr
+    lines = [json.loads(line) for line in tail.stdout.splitlines()]
+    [mine] = [line for line in lines if line["value"] and line["value"]["notification_id"] == nid]
+    assert mine["record"] == "NotificationRequested" and mine["key"] == "acme/cli-user"
+    assert json.loads(mine["value"]["data_json"]) == {"order": "A-7", "items": 3}
+
+    first = run("tail", "notifications.requested", "--from-beginning", "--max", "1")
+    assert first.returncode == 0 and len(first.stdout.splitlines()) == 1
+
+
+def test_send_rejects_bad_input_with_a_clear_error(stack: Settings) -> None:
+    bad = run("send", "--tenant", "acme/x", "--recipient", "u", "--type", "t")
+    assert bad.returncode == 1 and "tenant_id" in bad.stderr
+
+
+def test_tail_shows_undecodable_records_instead_of_crashing(stack: Settings) -> None:
+    from tidings.kafka import EventProducer, Output
+
+    with EventProducer(stack) as producer:
+        producer.produce(Output("notifications.dlq", b"k", b"\x01\x02 not avro"))
+    tail = run("tail", "notifications.dlq", "--from-beginning", "--timeout", "4")
+    assert tail.returncode == 0
+    assert any(json.loads(line).get("error", "").startswith("BadMagic") for line in tail.stdout.splitlines())
+
+
+def test_dev_status_and_env(stack: Settings) -> None:
+    status = run("dev", "status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert status.stdout.count("running") == 3
+    env = run("dev", "env")
+    assert f"export TIDINGS_KAFKA_BOOTSTRAP={stack.kafka_bootstrap}" in env.stdout
+    assert "export TIDINGS_POSTGRES_DSN=" in env.stdout and "export TIDINGS_REDIS_URL=" in env.stdout
+    schemas = run("schemas", "check")
+    assert schemas.returncode == 0 and "compatible" in schemas.stdout

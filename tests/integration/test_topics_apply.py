@@ -1,0 +1,22 @@
+import uuid
+
+from tidings.config import Settings
+from tidings.kafka import apply_topics
+from tidings.topics import DAY_MS, TopicSpec, registry
+
+
+def test_apply_is_idempotent_for_the_registry(stack: Settings) -> None:
+    reports = apply_topics(stack, registry(stack))
+    assert {r.action for r in reports} == {"ok"}, [r for r in reports if r.action != "ok"]
+
+
+def test_apply_creates_then_reports_drift(stack: Settings) -> None:
+    name = f"drift.{uuid.uuid4().hex[:8]}"
+    spec = TopicSpec(name, "k", (), partitions=2, retention_ms=DAY_MS)
+    assert [r.action for r in apply_topics(stack, [spec])] == ["created"]
+    assert [r.action for r in apply_topics(stack, [spec])] == ["ok"]
+    changed = TopicSpec(name, "k", (), partitions=4, retention_ms=2 * DAY_MS, cleanup_policy="delete")
+    [report] = apply_topics(stack, [changed])
+    assert report.action == "drift"
+    assert any(d.startswith("partitions 2 != 4") for d in report.drift)
+    assert any(d.startswith("retention.ms 86400000 != 172800000") for d in report.drift)
