@@ -1,8 +1,8 @@
 """Runs a private PostgreSQL instance (Debian package) on a loopback port, database `tidings`.
 
-PostgreSQL refuses to run as root, so as root it runs as the `postgres` user, and its data lives under
-/var/tmp/tidings/<hash of the stack dir>: a checkout under /root is not traversable by that user.
-`.devstack/postgres.path` records where it is. Durability settings are relaxed (fsync off): this is a
+PostgreSQL refuses to run as root, so as root it runs as the `postgres` user. Its data lives in
+`.devstack/postgres`; where that user cannot reach it (a checkout under /root), `.devstack/postgres` is a
+symlink to /var/tmp/tidings/<hash of the stack dir>. Durability settings are relaxed (fsync off): this is a
 disposable dev and test instance.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import psycopg
@@ -38,9 +39,26 @@ def bin_dir() -> Path:
 
 
 def home() -> Path:
-    path = Path("/var/tmp/tidings") / short_hash(str(stack_dir())) if is_root() else stack_dir() / "postgres"
-    (stack_dir() / "postgres.path").write_text(str(path) + "\n")
-    return path
+    """`.devstack/postgres`, or (as root, when `postgres` cannot reach it) a symlink from there to
+    /var/tmp/tidings/<hash>."""
+    local = stack_dir() / "postgres"
+    if local.is_symlink():
+        return local.resolve()
+    if not is_root() or _reachable_by_postgres(local):
+        return local
+    target = Path("/var/tmp/tidings") / short_hash(str(stack_dir()))
+    target.mkdir(parents=True, exist_ok=True)
+    if local.is_dir():
+        local.rmdir()
+    local.symlink_to(target, target_is_directory=True)
+    return target
+
+
+def _reachable_by_postgres(path: Path) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.chown(path, "postgres", "postgres")
+    probe = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-w", str(path)], check=False)
+    return probe.returncode == 0
 
 
 def _user() -> str | None:
@@ -50,9 +68,10 @@ def _user() -> str | None:
 def _prepare(root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     if is_root():
-        for parent in (root.parent, root):
-            os.chmod(parent, 0o755)
+        if root.parent == Path("/var/tmp/tidings"):
+            os.chmod(root.parent, 0o755)
         shutil.chown(root, "postgres", "postgres")
+        os.chmod(root, 0o755)
 
 
 def _connect(settings: Settings, dbname: str | None = None) -> psycopg.Connection[tuple[object, ...]]:
@@ -108,11 +127,11 @@ def up(settings: Settings, timeout: float = 60.0) -> str:
 
 
 def down() -> bool:
-    root = home()
-    if not (root / "data" / "postmaster.pid").exists():
+    data = (stack_dir() / "postgres").resolve() / "data"
+    if not (data / "postmaster.pid").exists():
         return False
     run(
-        [str(bin_dir() / "pg_ctl"), "-D", str(root / "data"), "-m", "fast", "-w", "stop"],
+        [str(bin_dir() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
         what="stopping PostgreSQL",
         as_user=_user(),
     )

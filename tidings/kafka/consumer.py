@@ -66,8 +66,9 @@ class AtLeastOnceLoop:
                         batch.append(to_incoming(m))
                     elif err.fatal():
                         raise KafkaException(err)
-                if batch:
+                if batch or not self.consumer.assignment():
                     last_input = time.monotonic()
+                if batch:
                     self.process(batch)
                 elif idle_exit_after is not None and time.monotonic() - last_input > idle_exit_after:
                     return

@@ -106,7 +106,8 @@ class TransactionalLoop:
             self._on_revoke([(p.topic, p.partition) for p in partitions])
 
     def run(self, *, idle_exit_after: float | None = None) -> None:
-        """Loop until `stop()`; with `idle_exit_after`, also return after that many seconds with no input."""
+        """Loop until `stop()`; with `idle_exit_after`, also return after that many seconds with partitions
+        assigned and no input."""
         self.producer.init_transactions(TXN_TIMEOUT_S)
         self.consumer.subscribe(
             self.topics, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
@@ -116,8 +117,9 @@ class TransactionalLoop:
             while not self.stopping.is_set():
                 msgs = self.consumer.consume(self.batch_size, self.poll_timeout)
                 batch = [to_incoming(m) for m in msgs if self._usable(m)]
-                if batch:
+                if batch or not self.consumer.assignment():
                     last_input = time.monotonic()
+                if batch:
                     self.process(batch)
                 elif idle_exit_after is not None and time.monotonic() - last_input > idle_exit_after:
                     return
