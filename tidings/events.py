@@ -203,7 +203,7 @@ class ChannelTemplate(Record):
     title: str | None = None
     body: str | None = None
     html: str | None = None
-    data_json: JsonObject | None = None
+    data_json: str | None = None  # a template that must render to a JSON object
 
 
 class NotificationTypePublished(Event):

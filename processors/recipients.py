@@ -1,0 +1,169 @@
+"""Folds recipient and feedback events into one recipient's state: contacts, preferences, devices,
+suppressions. Pure: `fold(state, event) -> state`, replayable from the topics at any time.
+
+Suppression rules: a hard bounce, complaint, SMS STOP or token-invalid is permanent until lifted (START,
+resubscribe, or the address being set again); `SOFT_BOUNCE_LIMIT` soft bounces within
+`SOFT_BOUNCE_WINDOW` suppress too. An unsubscribe with a category opts out of that category's
+non-critical messages; without one it suppresses the address for non-critical messages.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from tidings.events import (
+    DeviceRegistered,
+    DeviceRemoved,
+    Event,
+    PreferencesUpdated,
+    ProviderFeedback,
+    QuietHours,
+    RecipientUpdated,
+)
+
+SOFT_BOUNCE_LIMIT = 3
+SOFT_BOUNCE_WINDOW = timedelta(days=7)
+PERMANENT = {"hard_bounce", "complaint", "sms_stop", "token_invalid", "endpoint_disabled"}
+LIFTING = {"sms_start", "resubscribe"}
+PROFILE = ("email", "phone", "locale", "timezone", "name")
+
+
+class Device(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    platform: str
+    token: str
+    keys: dict[str, str] = {}
+    app_id: str | None = None
+    registered_at: datetime
+
+
+class Suppression(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    reason: str
+    since: datetime
+    all_messages: bool = True
+
+
+class RecipientState(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    email: str | None = None
+    phone: str | None = None
+    locale: str | None = None
+    timezone: str | None = None
+    name: str | None = None
+    properties: dict[str, Any] = {}
+    muted: bool = False
+    rules: dict[str, bool] = {}
+    quiet_hours: QuietHours | None = None
+    digest: dict[str, str] = {}
+    devices: dict[str, Device] = {}
+    suppressions: dict[str, Suppression] = {}
+    unsubscribed_categories: dict[str, datetime] = {}
+    soft_bounces: dict[str, list[datetime]] = {}
+
+    def rule(self, scope: str, key: str, channel: str | None) -> bool | None:
+        return self.rules.get(rule_key(scope, key, channel))
+
+
+def rule_key(scope: str, key: str, channel: str | None) -> str:
+    return f"{scope}:{key}:{channel or '*'}"
+
+
+def address_key(channel: str, address: str) -> str:
+    return f"{channel}:{address.lower() if channel == 'email' else address}"
+
+
+def fold(state: RecipientState | None, event: Event) -> RecipientState:
+    state = state or RecipientState()
+    if isinstance(event, RecipientUpdated):
+        return _profile(state, event)
+    if isinstance(event, PreferencesUpdated):
+        return _preferences(state, event)
+    if isinstance(event, DeviceRegistered):
+        device = Device(
+            platform=event.platform,
+            token=event.token,
+            keys=event.keys,
+            app_id=event.app_id,
+            registered_at=event.occurred_at,
+        )
+        lifted = {k: v for k, v in state.suppressions.items() if k != address_key("push", event.token)}
+        return state.model_copy(
+            update={"devices": {**state.devices, event.device_id: device}, "suppressions": lifted}
+        )
+    if isinstance(event, DeviceRemoved):
+        return state.model_copy(
+            update={"devices": {k: v for k, v in state.devices.items() if k != event.device_id}}
+        )
+    if isinstance(event, ProviderFeedback):
+        return _feedback(state, event)
+    return state
+
+
+def _profile(state: RecipientState, event: RecipientUpdated) -> RecipientState:
+    update: dict[str, Any] = {f: getattr(event, f) for f in PROFILE if getattr(event, f) is not None}
+    for f in event.unset:
+        if f in PROFILE:
+            update[f] = None
+        elif f == "properties":
+            update["properties"] = {}
+    if event.properties_json is not None:
+        update["properties"] = {**state.properties, **json.loads(event.properties_json)}
+    suppressions = dict(state.suppressions)
+    for channel, field in (("email", "email"), ("sms", "phone")):
+        if field in update and update[field] and getattr(state, field) != update[field]:
+            suppressions.pop(address_key(channel, update[field]), None)
+    return state.model_copy(update={**update, "suppressions": suppressions})
+
+
+def _preferences(state: RecipientState, event: PreferencesUpdated) -> RecipientState:
+    base = RecipientState() if event.replace else state
+    rules = dict(base.rules)
+    for r in event.rules:
+        rules[rule_key(r.scope, r.key, r.channel)] = r.enabled
+    quiet = None if event.clear_quiet_hours else (event.quiet_hours or base.quiet_hours)
+    return state.model_copy(
+        update={
+            "rules": rules,
+            "quiet_hours": quiet,
+            "digest": {**base.digest, **event.digest},
+            "muted": event.muted if event.muted is not None else base.muted,
+        }
+    )
+
+
+def _feedback(state: RecipientState, event: ProviderFeedback) -> RecipientState:
+    key = address_key(event.channel, event.address)
+    at = event.provider_timestamp or event.occurred_at
+    suppressions = dict(state.suppressions)
+    update: dict[str, Any] = {}
+    if event.kind in PERMANENT:
+        if event.kind == "token_invalid":
+            devices = {
+                k: d for k, d in state.devices.items() if d.token != event.address or d.registered_at > at
+            }
+            if len(devices) == len(state.devices):
+                return state
+            update["devices"] = devices
+        suppressions[key] = Suppression(reason=event.kind, since=at)
+    elif event.kind == "soft_bounce":
+        recent = [t for t in state.soft_bounces.get(key, []) if t > at - SOFT_BOUNCE_WINDOW] + [at]
+        update["soft_bounces"] = {**state.soft_bounces, key: recent[-SOFT_BOUNCE_LIMIT:]}
+        if len(recent) >= SOFT_BOUNCE_LIMIT:
+            suppressions[key] = Suppression(reason="soft_bounce_limit", since=at)
+    elif event.kind == "unsubscribe":
+        if event.category:
+            update["unsubscribed_categories"] = {**state.unsubscribed_categories, event.category: at}
+        else:
+            suppressions[key] = Suppression(reason="unsubscribe", since=at, all_messages=False)
+    elif event.kind in LIFTING:
+        suppressions.pop(key, None)
+        if event.kind == "resubscribe" and event.category:
+            update["unsubscribed_categories"] = {
+                c: t for c, t in state.unsubscribed_categories.items() if c != event.category
+            }
+    return state.model_copy(update={**update, "suppressions": suppressions})

@@ -1,0 +1,61 @@
+from pathlib import Path
+
+import pytest
+
+from tidings.catalog import load, next_versions, parse_type
+from tidings.errors import InvalidEvent
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_example_catalog_is_valid() -> None:
+    types = {t.notification_type: t for t in load(ROOT / "catalog")}
+    assert {"order.shipped", "password.reset", "comment.mention"} <= set(types)
+    reset = types["password.reset"]
+    assert reset.critical and reset.priority == "critical" and reset.expires_after_seconds == 1800
+    assert types["comment.mention"].escalation_json is not None
+
+
+def base(**changes: object) -> dict[str, object]:
+    raw: dict[str, object] = {
+        "key": "t",
+        "category": "c",
+        "channels": ["email"],
+        "templates": {"email": {"default": {"subject": "Hi {{ name }}"}}},
+    }
+    return raw | changes
+
+
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        (base(channels=["email", "fax"]), "fax"),
+        (base(channels=["email", "sms"]), "without templates"),
+        (base(templates={"email": {"de": {"subject": "x"}}}), "default"),
+        (base(templates={"email": {"default": {"subject": "{{ oops "}}}), "subject"),
+        (base(templates={"email": {"default": {"footer": "x"}}}), "unknown template fields"),
+        (base(priority="urgent"), "priority"),
+        (base(colour="blue"), "unknown fields"),
+        (base(expires_after="soon"), "soon"),
+    ],
+)
+def test_invalid_types_are_refused_with_the_reason(raw: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidEvent, match=message):
+        parse_type("acme", raw)
+
+
+def test_versions_increase_only_on_change() -> None:
+    first = next_versions([parse_type("acme", base())], {})
+    assert [t.version for t in first] == [1]
+    current = {t.key: t for t in first}
+    assert next_versions([parse_type("acme", base())], current) == []
+    changed = next_versions([parse_type("acme", base(category="other"))], current)
+    assert [t.version for t in changed] == [2]
+
+
+def test_duplicate_keys_across_files_are_refused(tmp_path: Path) -> None:
+    text = '[[type]]\nkey = "a"\ncategory = "c"\nchannels = []\n'
+    (tmp_path / "one.toml").write_text(text)
+    (tmp_path / "two.toml").write_text(text)
+    with pytest.raises(InvalidEvent, match="twice"):
+        load(tmp_path)

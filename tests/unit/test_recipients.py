@@ -1,0 +1,112 @@
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from processors.recipients import RecipientState, address_key, fold
+from tidings.events import (
+    DeviceRegistered,
+    DeviceRemoved,
+    PreferencesUpdated,
+    ProviderFeedback,
+    RecipientUpdated,
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def fb(
+    kind: str, address: str = "a@x.io", channel: str = "email", at: datetime = T0, **kw: object
+) -> ProviderFeedback:
+    return ProviderFeedback(
+        tenant_id="t", recipient_id="r", kind=kind, channel=channel, address=address, occurred_at=at, **kw
+    )
+
+
+def replay(*events: object) -> RecipientState:
+    state = None
+    for e in events:
+        state = fold(state, e)  # type: ignore[arg-type]
+    assert state is not None
+    return state
+
+
+def test_profile_patch_and_unset() -> None:
+    s = replay(
+        RecipientUpdated(
+            tenant_id="t",
+            recipient_id="r",
+            email="a@x.io",
+            phone="+4915112345678",
+            properties_json='{"plan": "pro"}',
+        ),
+        RecipientUpdated(tenant_id="t", recipient_id="r", locale="de-AT", unset=["phone"]),
+    )
+    assert (s.email, s.phone, s.locale, s.properties) == ("a@x.io", None, "de-AT", {"plan": "pro"})
+
+
+def test_preferences_merge_and_replace() -> None:
+    s = replay(
+        PreferencesUpdated(
+            tenant_id="t",
+            recipient_id="r",
+            muted=True,
+            rules=[{"scope": "category", "key": "social", "channel": "email", "enabled": False}],
+            quiet_hours={"start": "22:00", "end": "07:00"},
+        ),
+        PreferencesUpdated(
+            tenant_id="t", recipient_id="r", rules=[{"scope": "type", "key": "x", "enabled": True}]
+        ),
+    )
+    assert s.muted and s.rule("category", "social", "email") is False and s.rule("type", "x", None) is True
+    assert s.quiet_hours is not None
+    s = fold(s, PreferencesUpdated(tenant_id="t", recipient_id="r", replace=True))
+    assert not s.muted and s.rules == {} and s.quiet_hours is None
+
+
+def test_one_hard_bounce_suppresses_and_a_new_address_lifts() -> None:
+    s = replay(RecipientUpdated(tenant_id="t", recipient_id="r", email="a@x.io"), fb("hard_bounce"))
+    assert address_key("email", "A@X.IO") in s.suppressions
+    s = fold(s, RecipientUpdated(tenant_id="t", recipient_id="r", email="b@x.io"))
+    assert address_key("email", "a@x.io") in s.suppressions
+    s = fold(s, RecipientUpdated(tenant_id="t", recipient_id="r", email="a@x.io"))
+    assert s.suppressions == {}
+
+
+def test_soft_bounces_below_and_at_the_limit() -> None:
+    two = replay(fb("soft_bounce", at=T0), fb("soft_bounce", at=T0 + timedelta(days=1)))
+    assert two.suppressions == {}
+    spread = fold(two, fb("soft_bounce", at=T0 + timedelta(days=30)))
+    assert spread.suppressions == {}
+    three = fold(two, fb("soft_bounce", at=T0 + timedelta(days=2)))
+    assert three.suppressions[address_key("email", "a@x.io")].reason == "soft_bounce_limit"
+
+
+def test_sms_stop_then_start_and_category_unsubscribe() -> None:
+    s = replay(fb("sms_stop", "+4915112345678", "sms"))
+    assert s.suppressions
+    assert fold(s, fb("sms_start", "+4915112345678", "sms")).suppressions == {}
+    s = replay(fb("unsubscribe", category="marketing"))
+    assert "marketing" in s.unsubscribed_categories and s.suppressions == {}
+    assert fold(s, fb("resubscribe", category="marketing")).unsubscribed_categories == {}
+
+
+def test_token_invalid_removes_device_unless_registered_later() -> None:
+    reg = DeviceRegistered(
+        tenant_id="t",
+        recipient_id="r",
+        device_id="d",
+        platform="fcm",
+        token="tok",
+        occurred_at=T0 + timedelta(hours=1),
+    )
+    assert replay(reg, fb("token_invalid", "tok", "push", at=T0 + timedelta(hours=2))).devices == {}
+    stale = replay(reg, fb("token_invalid", "tok", "push", at=T0))
+    assert "d" in stale.devices
+    assert replay(reg, DeviceRemoved(tenant_id="t", recipient_id="r", device_id="d")).devices == {}
+
+
+@given(st.permutations([fb("hard_bounce"), fb("hard_bounce"), fb("complaint")]))
+def test_duplicate_and_reordered_permanent_feedback_agree(events: list[ProviderFeedback]) -> None:
+    s = replay(*events)
+    assert list(s.suppressions) == [address_key("email", "a@x.io")]

@@ -1,0 +1,104 @@
+import pytest
+
+from tidings.render import (
+    MAX_OUTPUT,
+    RenderError,
+    check_template,
+    locale_chain,
+    pick_locale,
+    render,
+    render_field,
+)
+
+TEMPLATES = {
+    "default": {"subject": "Order {{ order }} shipped", "html": "<p>{{ note }}</p>", "body": None},
+    "de": {"subject": "Bestellung {{ order }} versandt"},
+    "de-CH": {"subject": "Bestellig {{ order }}"},
+}
+
+
+def test_locale_chain() -> None:
+    assert locale_chain("de-AT") == ["de-AT", "de", "default"]
+    assert locale_chain("zh_Hant_TW") == ["zh-Hant-TW", "zh-Hant", "zh", "default"]
+    assert locale_chain(None) == ["default"]
+
+
+@pytest.mark.parametrize(
+    "locale,chosen,subject",
+    [
+        ("de-AT", "de", "Bestellung A-1 versandt"),
+        ("de-ch", "de-CH", "Bestellig A-1"),
+        ("fr-FR", "default", "Order A-1 shipped"),
+        (None, "default", "Order A-1 shipped"),
+    ],
+)
+def test_locale_fallback(locale: str | None, chosen: str, subject: str) -> None:
+    rendered = render(TEMPLATES, locale, {"order": "A-1", "note": "x"})
+    assert rendered.locale == chosen and rendered.fields["subject"] == subject
+
+
+def test_no_matching_locale_is_an_error() -> None:
+    assert pick_locale({"de": {}}, "fr") is None
+    with pytest.raises(RenderError, match="locale"):
+        render({"de": {"subject": "x"}}, "fr", {})
+
+
+def test_html_is_escaped_text_is_not() -> None:
+    rendered = render(TEMPLATES, None, {"order": "<b>", "note": "<script>alert(1)</script>"})
+    assert rendered.fields["html"] == "<p>&lt;script&gt;alert(1)&lt;/script&gt;</p>"
+    assert rendered.fields["subject"] == "Order <b> shipped"
+    assert rendered.fields["body"] is None
+
+
+def test_missing_variable_is_an_error_not_an_empty_string() -> None:
+    with pytest.raises(RenderError, match="order"):
+        render_field("subject", "Order {{ order }}", {})
+
+
+def test_data_is_never_evaluated_as_a_template() -> None:
+    payload = "{{ ''.__class__.__mro__ }}"
+    assert render_field("body", "{{ x }}", {"x": payload}) == payload
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ ''.__class__.__mro__ }}",
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ x.__init__.__globals__ }}",
+        "{{ cycler.__init__.__globals__.os }}",
+        "{{ x.append(1) }}",
+        "{% for i in range(10**9) %}{% endfor %}",
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        "{{ 'x' * 10**8 }}",
+        "{{ [1] * 10**8 }}",
+        "{{ 2 ** 100000000 }}",
+        "{{ x ** 100000000 }}",
+        "{% for i in range(9000) %}{{ 'abcdefghij' }}{% endfor %}",
+        "{{ x|attr('__class__') }}",
+    ],
+)
+def test_injection_and_resource_payloads_are_refused_safely(template: str) -> None:
+    with pytest.raises(RenderError):
+        render_field(
+            "body" if "abcdefghij" not in template else "subject",
+            template,
+            {"x": [] if "x **" not in template else 7},
+        )
+
+
+def test_output_cap() -> None:
+    with pytest.raises(RenderError, match="larger than"):
+        render_field("subject", "{{ s }}", {"s": "x" * (MAX_OUTPUT["subject"] + 1)})
+
+
+def test_data_json_must_render_to_an_object() -> None:
+    assert render_field("data_json", '{"order": {{ order|tojson }}}', {"order": "A"}) == '{"order": "A"}'
+    with pytest.raises(RenderError, match="JSON object"):
+        render_field("data_json", "[{{ order|tojson }}]", {"order": "A"})
+
+
+def test_check_template_reports_syntax_errors() -> None:
+    check_template("subject", "Hello {{ name }}")
+    with pytest.raises(RenderError, match="subject"):
+        check_template("subject", "Hello {{ name ")

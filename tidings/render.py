@@ -1,0 +1,140 @@
+"""Renders catalog templates safely: Jinja2's immutable sandbox, strict variables, bounded work and output.
+
+Templates come from the catalog (tenant-authored); data comes from producers. The sandbox refuses
+attribute tricks (`''.__class__.__mro__`), `StrictUndefined` turns a missing variable into an error
+instead of an empty string, `range()` is limited per render, string and list repetition (`*`, `**`) are
+capped, and output is streamed and cut off at a size cap. Locales fall back `de-AT` → `de` → `default`.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from tidings.errors import TidingsError
+
+MAX_OUTPUT = {"subject": 998, "title": 256, "body": 64 * 1024, "html": 512 * 1024, "data_json": 4 * 1024}
+MAX_RANGE = 10_000
+MAX_REPEAT = 100_000
+FIELDS = ("subject", "title", "body", "html", "data_json")
+
+
+class RenderError(TidingsError):
+    """A template failed on this data; permanent for this request."""
+
+
+class _Environment(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
+        if operator_ == "**":
+            if isinstance(right, int | float) and abs(right) > 64:
+                raise SecurityError("exponent too large")
+            return operator.pow(left, right)
+        for seq, count in ((left, right), (right, left)):
+            if (
+                isinstance(seq, str | list | tuple)
+                and isinstance(count, int)
+                and len(seq) * count > MAX_REPEAT
+            ):
+                raise SecurityError(f"repetition larger than {MAX_REPEAT} items")
+        return operator.mul(left, right)
+
+
+def _bounded_range(*args: int) -> range:
+    r = range(*args)
+    if len(r) > MAX_RANGE:
+        raise SecurityError(f"range() larger than {MAX_RANGE}")
+    return r
+
+
+def _environment(autoescape: bool) -> _Environment:
+    env = _Environment(undefined=StrictUndefined, autoescape=autoescape, keep_trailing_newline=False)
+    env.globals["range"] = _bounded_range
+    env.policies["json.dumps_kwargs"] = {"sort_keys": True, "ensure_ascii": False}
+    return env
+
+
+_TEXT = _environment(autoescape=False)
+_HTML = _environment(autoescape=True)
+
+
+def _env(field: str) -> _Environment:
+    return _HTML if field == "html" else _TEXT
+
+
+def check_template(field: str, source: str) -> None:
+    """Raise RenderError when a template does not compile (catalog validation)."""
+    try:
+        _env(field).from_string(source)
+    except TemplateError as exc:
+        raise RenderError(f"{field}: {exc}") from exc
+
+
+def render_field(field: str, source: str, context: Mapping[str, Any]) -> str:
+    cap = MAX_OUTPUT[field]
+    parts: list[str] = []
+    size = 0
+    try:
+        for chunk in _env(field).from_string(source).generate(**context):
+            size += len(chunk)
+            if size > cap:
+                raise RenderError(f"{field}: output larger than {cap} characters")
+            parts.append(chunk)
+    except RenderError:
+        raise
+    except (TemplateError, ArithmeticError, TypeError, ValueError, RecursionError) as exc:
+        raise RenderError(f"{field}: {type(exc).__name__}: {exc}") from exc
+    text = "".join(parts)
+    if field == "data_json":
+        try:
+            if not isinstance(json.loads(text), dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            raise RenderError(f"data_json: rendered text is not a JSON object: {exc}") from exc
+    return text
+
+
+def locale_chain(locale: str | None) -> list[str]:
+    """`de-AT` → [`de-AT`, `de`, `default`]; case-insensitive, `_` accepted for `-`."""
+    chain: list[str] = []
+    if locale:
+        parts = locale.replace("_", "-").split("-")
+        chain = ["-".join(parts[:i]) for i in range(len(parts), 0, -1)]
+    return [*chain, "default"]
+
+
+@dataclass(frozen=True)
+class Rendered:
+    locale: str
+    fields: dict[str, str | None]
+
+
+def pick_locale(available: Mapping[str, Any], locale: str | None) -> str | None:
+    lowered = {k.lower(): k for k in available}
+    for candidate in locale_chain(locale):
+        if candidate.lower() in lowered:
+            return lowered[candidate.lower()]
+    return None
+
+
+def render(
+    templates: Mapping[str, Mapping[str, str | None]], locale: str | None, context: Mapping[str, Any]
+) -> Rendered:
+    """Render one channel's templates (locale → field → source) for the best matching locale."""
+    chosen = pick_locale(templates, locale)
+    if chosen is None:
+        raise RenderError(f"no template for locale {locale!r} or 'default'")
+    fields = {
+        f: (render_field(f, src, context) if src is not None else None)
+        for f, src in templates[chosen].items()
+        if f in FIELDS
+    }
+    return Rendered(chosen, fields)
