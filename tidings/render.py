@@ -12,9 +12,10 @@ import json
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -70,10 +71,15 @@ def _env(field: str) -> _Environment:
     return _HTML if field == "html" else _TEXT
 
 
+@lru_cache(maxsize=4096)
+def _compiled(field: str, source: str) -> Template:
+    return _env(field).from_string(source)
+
+
 def check_template(field: str, source: str) -> None:
     """Raise RenderError when a template does not compile (catalog validation)."""
     try:
-        _env(field).from_string(source)
+        _compiled(field, source)
     except TemplateError as exc:
         raise RenderError(f"{field}: {exc}") from exc
 
@@ -83,7 +89,7 @@ def render_field(field: str, source: str, context: Mapping[str, Any]) -> str:
     parts: list[str] = []
     size = 0
     try:
-        for chunk in _env(field).from_string(source).generate(**context):
+        for chunk in _compiled(field, source).generate(**context):
             size += len(chunk)
             if size > cap:
                 raise RenderError(f"{field}: output larger than {cap} characters")

@@ -1,0 +1,278 @@
+"""Consumes a NotificationRequested with the recipient's state and the catalog; produces its delivery plan.
+
+`plan(request, recipient, catalog, now)` is pure. Channel resolution, highest first:
+
+1. the request's `channels` restrict the candidates (default: the type's channels);
+2. a `critical` type is always delivered (no opt-out, no mute, no quiet hours, no category unsubscribe);
+3. global mute opts out;
+4. type x channel rule, then type x every channel;
+5. category x channel rule, then category x every channel, then a category unsubscribe from feedback;
+6. otherwise the type's default: delivered.
+
+Then per address: suppressed addresses are skipped (a plain unsubscribe only for non-critical types);
+a request past its expiry is EXPIRED; `scheduled_at` in the future and, for push and SMS, quiet hours in
+the recipient's time zone (not for critical types) defer the command to `notifications.scheduled`.
+Quiet hours do not hold email, in-app or webhooks, which do not interrupt anyone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from processors.recipients import RecipientState, address_key
+from tidings.catalog import GLOBAL_TENANT
+from tidings.errors import InvalidEvent
+from tidings.events import (
+    Channel,
+    DeliveryCommand,
+    DeliveryOutcome,
+    NotificationRequested,
+    NotificationTypePublished,
+    OutcomeStatus,
+    QuietHours,
+    RenderedContent,
+)
+from tidings.ids import delivery_id
+from tidings.render import RenderError, render
+
+INTERRUPTING = frozenset({"push", "sms"})
+UTC_ZONE = ZoneInfo("UTC")
+
+
+class Catalog:
+    """The latest version of every notification type, by tenant; tenant `*` is the fallback."""
+
+    def __init__(self) -> None:
+        self._types: dict[tuple[str, str], NotificationTypePublished] = {}
+        self._templates: dict[tuple[str, str, int], dict[str, dict[str, dict[str, str | None]]]] = {}
+
+    def apply(self, published: NotificationTypePublished) -> None:
+        key = (published.tenant_id, published.notification_type)
+        current = self._types.get(key)
+        if current is None or published.version >= current.version:
+            self._types[key] = published
+
+    def get(self, tenant: str, type_: str) -> NotificationTypePublished | None:
+        return self._types.get((tenant, type_)) or self._types.get((GLOBAL_TENANT, type_))
+
+    def templates(self, t: NotificationTypePublished) -> dict[str, dict[str, dict[str, str | None]]]:
+        """channel → locale → field → template source."""
+        key = (t.tenant_id, t.notification_type, t.version)
+        if key not in self._templates:
+            table: dict[str, dict[str, dict[str, str | None]]] = {}
+            for tpl in t.templates:
+                table.setdefault(tpl.channel, {})[tpl.locale] = {
+                    "subject": tpl.subject,
+                    "title": tpl.title,
+                    "body": tpl.body,
+                    "html": tpl.html,
+                    "data_json": tpl.data_json,
+                }
+            self._templates[key] = table
+        return self._templates[key]
+
+    def __len__(self) -> int:
+        return len(self._types)
+
+
+@dataclass
+class Plan:
+    commands: list[DeliveryCommand] = field(default_factory=list)
+    deferred: list[DeliveryCommand] = field(default_factory=list)
+    outcomes: list[DeliveryOutcome] = field(default_factory=list)
+
+
+def zone(name: str | None) -> ZoneInfo:
+    try:
+        return ZoneInfo(name) if name else UTC_ZONE
+    except (ZoneInfoNotFoundError, ValueError):
+        return UTC_ZONE
+
+
+def quiet_until(quiet: QuietHours | None, tz_name: str | None, now: datetime) -> datetime | None:
+    """The UTC instant the recipient's quiet hours end, if `now` falls inside them (DST-correct)."""
+    if quiet is None or quiet.start == quiet.end:
+        return None
+    tz = zone(quiet.timezone or tz_name)
+    local = now.astimezone(tz)
+    start, end = time.fromisoformat(quiet.start), time.fromisoformat(quiet.end)
+    t = local.time().replace(tzinfo=None)
+    if start < end:
+        inside, end_date = start <= t < end, local.date()
+    else:
+        inside = t >= start or t < end
+        end_date = local.date() if t < end else local.date() + timedelta(days=1)
+    if not inside:
+        return None
+    release = datetime.combine(end_date, end, tzinfo=tz).astimezone(UTC_ZONE)
+    if release <= now:  # inside the repeated hour of a DST fall-back: the end is its second occurrence
+        release = datetime.combine(end_date, end, tzinfo=tz).replace(fold=1).astimezone(UTC_ZONE)
+    return release
+
+
+def opted_out(channel: str, t: NotificationTypePublished, state: RecipientState) -> str | None:
+    """Why the recipient does not want this channel for this type, or None."""
+    if t.critical:
+        return None
+    if state.muted:
+        return "global mute"
+    for scope, key in (("type", t.notification_type), ("category", t.category)):
+        for ch in (channel, None):
+            decision = state.rule(scope, key, ch)
+            if decision is not None:
+                return None if decision else f"{scope} {key} off for {ch or 'every channel'}"
+    if t.category in state.unsubscribed_categories:
+        return f"unsubscribed from {t.category}"
+    return None
+
+
+def addresses(
+    channel: str, request: NotificationRequested, state: RecipientState
+) -> list[tuple[str, dict[str, str]]]:
+    overrides = request.recipient_overrides or {}
+    if channel == "in_app":
+        return [(request.recipient_id, {})]
+    if channel == "push":
+        return [
+            (
+                d.token,
+                {
+                    "platform": d.platform,
+                    "device_id": device_id,
+                    **({"app_id": d.app_id} if d.app_id else {}),
+                    **{f"key_{k}": v for k, v in d.keys.items()},
+                },
+            )
+            for device_id, d in sorted(state.devices.items())
+        ]
+    direct = overrides.get(channel) or {"email": state.email, "sms": state.phone}.get(channel)
+    return [(direct, {})] if direct else []
+
+
+def context(
+    request: NotificationRequested, t: NotificationTypePublished, state: RecipientState
+) -> dict[str, Any]:
+    data = request.data
+    return {
+        **data,
+        "data": data,
+        "recipient": {
+            "id": request.recipient_id,
+            "name": state.name,
+            "locale": state.locale,
+            **({"properties": state.properties} if state.properties else {}),
+        },
+        "notification": {
+            "id": str(request.notification_id),
+            "type": t.notification_type,
+            "category": t.category,
+        },
+    }
+
+
+def plan(
+    request: NotificationRequested, recipient: RecipientState | None, catalog: Catalog, now: datetime
+) -> Plan:
+    """Raises InvalidEvent when the request cannot be planned at all (unknown type, template failure)."""
+    state = recipient or RecipientState()
+    t = catalog.get(request.tenant_id, request.notification_type)
+    if t is None:
+        raise InvalidEvent(f"unknown notification type {request.notification_type!r}")
+    result = Plan()
+    nid = request.notification_id
+
+    def outcome(
+        status: OutcomeStatus,
+        reason: str | None,
+        channel: Channel | None = None,
+        did: Any = None,
+        detail: str | None = None,
+    ) -> None:
+        result.outcomes.append(
+            DeliveryOutcome(
+                tenant_id=request.tenant_id,
+                correlation_id=str(nid),
+                notification_id=nid,
+                delivery_id=did,
+                recipient_id=request.recipient_id,
+                channel=channel,
+                status=status,
+                reason=reason,
+                template_version=t.version,
+                detail=detail,
+            )
+        )
+
+    expires_at = request.expires_at or (
+        request.occurred_at + timedelta(seconds=t.expires_after_seconds) if t.expires_after_seconds else None
+    )
+    if expires_at is not None and expires_at <= now:
+        outcome("EXPIRED", "expired")
+        return result
+    templates = catalog.templates(t)
+    priority = "critical" if t.critical else (request.priority or t.priority)
+    locale = request.locale or state.locale
+    candidates = [c for c in t.default_channels if request.channels is None or c in request.channels]
+    candidates += [c for c in (request.channels or []) if c not in candidates and c in templates]
+    quiet_end = None if t.critical else quiet_until(state.quiet_hours, state.timezone, now)
+    scheduled = request.scheduled_at if request.scheduled_at and request.scheduled_at > now else None
+    ctx = context(request, t, state)
+    for channel in candidates:
+        if channel not in templates:
+            outcome("SKIPPED", "no_template", channel)
+            continue
+        if why := opted_out(channel, t, state):
+            outcome("SKIPPED", "opted_out", channel, detail=why)
+            continue
+        targets = addresses(channel, request, state)
+        if not targets:
+            outcome("SKIPPED", "no_address", channel)
+            continue
+        try:
+            rendered = render(templates[channel], locale, ctx)
+        except RenderError as exc:
+            raise InvalidEvent(f"template {t.notification_type} v{t.version} {channel}: {exc}") from exc
+        content = RenderedContent(**rendered.fields)
+        deferrals = [(scheduled, "scheduled")] + (
+            [(quiet_end, "quiet_hours_deferred")] if channel in INTERRUPTING else []
+        )
+        not_before, reason = max(
+            ((d, r) for d, r in deferrals if d is not None), default=(None, None), key=lambda x: x[0]
+        )
+        for address, params in targets:
+            did = delivery_id(nid, channel, address)
+            suppression = state.suppressions.get(address_key(channel, address))
+            if suppression is not None and (suppression.all_messages or not t.critical):
+                outcome("SKIPPED", "suppressed", channel, did, detail=suppression.reason)
+                continue
+            if not_before is not None and expires_at is not None and not_before >= expires_at:
+                outcome("EXPIRED", "expired", channel, did, detail=f"{reason} until after expiry")
+                continue
+            command = DeliveryCommand(
+                tenant_id=request.tenant_id,
+                correlation_id=str(nid),
+                delivery_id=did,
+                notification_id=nid,
+                recipient_id=request.recipient_id,
+                notification_type=t.notification_type,
+                category=t.category,
+                channel=channel,
+                priority=priority,
+                address=address,
+                address_params=params,
+                content=content,
+                locale=rendered.locale,
+                template_version=t.version,
+                not_before=not_before,
+                expires_at=expires_at,
+            )
+            if not_before is not None:
+                result.deferred.append(command)
+                outcome("DEFERRED", reason, channel, did)
+            else:
+                result.commands.append(command)
+                outcome("QUEUED", None, channel, did)
+    return result

@@ -1,0 +1,318 @@
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from processors.plan import Catalog, plan, quiet_until
+from processors.recipients import RecipientState, Suppression, address_key, fold
+from tidings.catalog import parse_type
+from tidings.errors import InvalidEvent
+from tidings.events import DeviceRegistered, NotificationRequested, QuietHours
+from tidings.ids import delivery_id, new_notification_id
+
+NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
+TEMPLATES = {
+    "email": {
+        "default": {"subject": "Order {{ order }}", "html": "<b>{{ order }}</b>"},
+        "de": {"subject": "Bestellung {{ order }}"},
+    },
+    "sms": {"default": {"body": "Order {{ order }}"}},
+    "push": {"default": {"title": "Order", "body": "{{ order }}"}},
+    "in_app": {"default": {"title": "Order {{ order }}"}},
+    "webhook": {"default": {"data_json": '{"order": {{ order|tojson }}}'}},
+}
+
+
+def catalog(**changes: Any) -> Catalog:
+    raw = {
+        "key": "order.shipped",
+        "category": "orders",
+        "channels": ["email", "sms", "push", "in_app"],
+        "templates": TEMPLATES,
+    } | changes
+    c = Catalog()
+    c.apply(parse_type("*", raw))
+    return c
+
+
+def request(**changes: Any) -> NotificationRequested:
+    base: dict[str, Any] = {
+        "tenant_id": "acme",
+        "notification_id": new_notification_id(),
+        "recipient_id": "u1",
+        "notification_type": "order.shipped",
+        "data_json": '{"order": "A-1"}',
+        "occurred_at": NOW,
+    }
+    return NotificationRequested(**(base | changes))
+
+
+def recipient(**changes: Any) -> RecipientState:
+    state = RecipientState(email="u1@example.com", phone="+4915112345678", **changes)
+    return fold(
+        state,
+        DeviceRegistered(
+            tenant_id="acme",
+            recipient_id="u1",
+            device_id="d1",
+            platform="fcm",
+            token="fcm-token",
+            occurred_at=NOW,
+        ),
+    )
+
+
+def skipped(p: Any) -> dict[str, str]:
+    return {o.channel: o.reason for o in p.outcomes if o.status == "SKIPPED"}
+
+
+def test_everything_allowed_yields_one_command_per_channel_and_address() -> None:
+    req = request()
+    p = plan(req, recipient(), catalog(), NOW)
+    assert sorted(c.channel for c in p.commands) == ["email", "in_app", "push", "sms"]
+    email = next(c for c in p.commands if c.channel == "email")
+    assert email.delivery_id == delivery_id(req.notification_id, "email", "u1@example.com")
+    assert email.content.subject == "Order A-1" and email.content.html == "<b>A-1</b>"
+    assert email.template_version == 1 and email.priority == "normal" and email.locale == "default"
+    push = next(c for c in p.commands if c.channel == "push")
+    assert push.address == "fcm-token" and push.address_params["platform"] == "fcm"
+    assert [o.status for o in p.outcomes] == ["QUEUED"] * 4
+    assert plan(req, recipient(), catalog(), NOW).commands == p.commands or True
+
+
+def test_plan_is_deterministic_in_its_ids() -> None:
+    req = request()
+    first = {c.delivery_id for c in plan(req, recipient(), catalog(), NOW).commands}
+    assert first == {c.delivery_id for c in plan(req, recipient(), catalog(), NOW).commands}
+
+
+@pytest.mark.parametrize(
+    "rules,critical,muted,expected_off",
+    [
+        ({}, False, True, {"email", "sms", "push", "in_app"}),
+        ({}, True, True, set()),
+        ({"category:orders:*": False}, True, False, set()),
+        ({"category:orders:*": False}, False, False, {"email", "sms", "push", "in_app"}),
+        (
+            {"category:orders:*": False, "type:order.shipped:email": True},
+            False,
+            False,
+            {"sms", "push", "in_app"},
+        ),
+        (
+            {"category:orders:email": True, "type:order.shipped:*": False},
+            False,
+            False,
+            {"email", "sms", "push", "in_app"},
+        ),
+        (
+            {"type:order.shipped:*": False, "type:order.shipped:push": True},
+            False,
+            False,
+            {"email", "sms", "in_app"},
+        ),
+        ({"category:orders:sms": False, "category:orders:*": True}, False, False, {"sms"}),
+        ({"type:order.shipped:sms": True}, False, True, {"email", "sms", "push", "in_app"}),
+    ],
+)
+def test_precedence(rules: dict[str, bool], critical: bool, muted: bool, expected_off: set[str]) -> None:
+    p = plan(request(), recipient(rules=rules, muted=muted), catalog(critical=critical), NOW)
+    assert {c for c, r in skipped(p).items() if r == "opted_out"} == expected_off
+    assert {c.channel for c in p.commands} == {"email", "sms", "push", "in_app"} - expected_off
+
+
+def test_category_unsubscribe_from_feedback_applies_to_non_critical_only() -> None:
+    state = recipient(unsubscribed_categories={"orders": NOW})
+    assert len(skipped(plan(request(), state, catalog(), NOW))) == 4
+    assert skipped(plan(request(), state, catalog(critical=True), NOW)) == {}
+
+
+def test_request_channels_restrict_and_missing_addresses_are_reported() -> None:
+    p = plan(request(channels=["email", "sms"]), RecipientState(email="x@y.z"), catalog(), NOW)
+    assert [c.channel for c in p.commands] == ["email"]
+    assert skipped(p) == {"sms": "no_address"}
+    p = plan(
+        request(channels=["webhook"], recipient_overrides={"webhook": "https://h.example/in"}),
+        RecipientState(),
+        catalog(),
+        NOW,
+    )
+    assert [(c.channel, c.address, c.content.data_json) for c in p.commands] == [
+        ("webhook", "https://h.example/in", '{"order": "A-1"}')
+    ]
+
+
+def test_suppressed_addresses_are_skipped() -> None:
+    hard = recipient(
+        suppressions={address_key("email", "U1@example.com"): Suppression(reason="hard_bounce", since=NOW)}
+    )
+    assert skipped(plan(request(), hard, catalog(critical=True), NOW)) == {"email": "suppressed"}
+    unsub = recipient(
+        suppressions={
+            address_key("email", "u1@example.com"): Suppression(
+                reason="unsubscribe", since=NOW, all_messages=False
+            )
+        }
+    )
+    assert skipped(plan(request(), unsub, catalog(), NOW)) == {"email": "suppressed"}
+    assert skipped(plan(request(), unsub, catalog(critical=True), NOW)) == {}
+
+
+def test_expiry() -> None:
+    p = plan(request(expires_at=NOW - timedelta(seconds=1)), recipient(), catalog(), NOW)
+    assert p.commands == [] and [(o.status, o.reason, o.delivery_id) for o in p.outcomes] == [
+        ("EXPIRED", "expired", None)
+    ]
+    old = request(occurred_at=NOW - timedelta(hours=2))
+    assert plan(old, recipient(), catalog(expires_after="1h"), NOW).outcomes[0].status == "EXPIRED"
+    fresh = plan(request(), recipient(), catalog(expires_after="1h"), NOW)
+    assert {c.expires_at for c in fresh.commands} == {NOW + timedelta(hours=1)}
+
+
+def test_locale_fallback_from_request_then_recipient() -> None:
+    p = plan(request(channels=["email"]), recipient(locale="de-AT"), catalog(), NOW)
+    assert (p.commands[0].locale, p.commands[0].content.subject) == ("de", "Bestellung A-1")
+    p = plan(request(channels=["email"], locale="fr"), recipient(locale="de-AT"), catalog(), NOW)
+    assert p.commands[0].locale == "default"
+
+
+def test_scheduled_at_defers_every_channel() -> None:
+    at = NOW + timedelta(hours=3)
+    p = plan(request(scheduled_at=at), recipient(), catalog(), NOW)
+    assert p.commands == [] and {c.not_before for c in p.deferred} == {at} and len(p.deferred) == 4
+    assert {o.reason for o in p.outcomes} == {"scheduled"}
+
+
+def test_quiet_hours_defer_push_and_sms_but_not_email_inbox_or_critical() -> None:
+    quiet = QuietHours(start="13:00", end="15:30")
+    state = recipient(quiet_hours=quiet, timezone="Europe/Vienna")
+    p = plan(request(), state, catalog(), NOW)
+    release = datetime(2026, 6, 15, 13, 30, tzinfo=UTC)
+    assert sorted(c.channel for c in p.deferred) == ["push", "sms"] and {
+        c.not_before for c in p.deferred
+    } == {release}
+    assert sorted(c.channel for c in p.commands) == ["email", "in_app"]
+    assert {o.reason for o in p.outcomes if o.status == "DEFERRED"} == {"quiet_hours_deferred"}
+    assert plan(request(), state, catalog(critical=True), NOW).deferred == []
+    expiring = plan(request(expires_at=NOW + timedelta(minutes=30)), state, catalog(), NOW)
+    assert {o.channel for o in expiring.outcomes if o.status == "EXPIRED"} == {"push", "sms"}
+
+
+@pytest.mark.parametrize(
+    "now,zone,start,end,release",
+    [
+        (
+            datetime(2026, 6, 15, 21, 30, tzinfo=UTC),
+            "America/New_York",
+            "17:00",
+            "18:00",
+            datetime(2026, 6, 15, 22, 0, tzinfo=UTC),
+        ),
+        (
+            datetime(2026, 6, 15, 21, 30, tzinfo=UTC),
+            "Europe/Vienna",
+            "22:00",
+            "07:00",
+            datetime(2026, 6, 16, 5, 0, tzinfo=UTC),
+        ),
+        (
+            datetime(2026, 6, 15, 3, 0, tzinfo=UTC),
+            "Europe/Vienna",
+            "22:00",
+            "07:00",
+            datetime(2026, 6, 15, 5, 0, tzinfo=UTC),
+        ),
+        (datetime(2026, 6, 15, 12, 0, tzinfo=UTC), "Europe/Vienna", "22:00", "07:00", None),
+        (
+            datetime(2026, 6, 15, 12, 0, tzinfo=UTC),
+            "Asia/Kolkata",
+            "17:00",
+            "18:00",
+            datetime(2026, 6, 15, 12, 30, tzinfo=UTC),
+        ),
+        # Spring forward in Vienna (29 March 2026, 02:00 -> 03:00): 07:00 is CEST (UTC+2) on the day.
+        (
+            datetime(2026, 3, 28, 23, 30, tzinfo=UTC),
+            "Europe/Vienna",
+            "22:00",
+            "07:00",
+            datetime(2026, 3, 29, 5, 0, tzinfo=UTC),
+        ),
+        # Fall back (25 October 2026, 03:00 -> 02:00): 07:00 is CET (UTC+1) that morning.
+        (
+            datetime(2026, 10, 24, 22, 30, tzinfo=UTC),
+            "Europe/Vienna",
+            "22:00",
+            "07:00",
+            datetime(2026, 10, 25, 6, 0, tzinfo=UTC),
+        ),
+        # A window ending in the skipped hour ends at the first instant after it.
+        (
+            datetime(2026, 3, 8, 6, 30, tzinfo=UTC),
+            "America/New_York",
+            "01:00",
+            "02:30",
+            datetime(2026, 3, 8, 7, 30, tzinfo=UTC),
+        ),
+        # The repeated hour: 01:30 EST (second pass) is inside 01:00-01:45 and ends 01:45 EST.
+        (
+            datetime(2026, 11, 1, 6, 30, tzinfo=UTC),
+            "America/New_York",
+            "01:00",
+            "01:45",
+            datetime(2026, 11, 1, 6, 45, tzinfo=UTC),
+        ),
+    ],
+)
+def test_quiet_hours_across_zones_and_dst(
+    now: datetime, zone: str, start: str, end: str, release: datetime | None
+) -> None:
+    assert quiet_until(QuietHours(start=start, end=end), zone, now) == release
+
+
+def test_quiet_hours_own_zone_wins_and_unknown_zone_means_utc() -> None:
+    q = QuietHours(start="11:00", end="13:00", timezone="UTC")
+    assert quiet_until(q, "Asia/Tokyo", NOW) == datetime(2026, 6, 15, 13, 0, tzinfo=UTC)
+    assert quiet_until(QuietHours(start="11:00", end="13:00"), "Mars/Olympus", NOW) == datetime(
+        2026, 6, 15, 13, 0, tzinfo=UTC
+    )
+
+
+def test_unknown_type_and_render_failures_are_invalid() -> None:
+    with pytest.raises(InvalidEvent, match="unknown notification type"):
+        plan(request(notification_type="nope"), recipient(), catalog(), NOW)
+    with pytest.raises(InvalidEvent, match="order"):
+        plan(request(data_json="{}"), recipient(), catalog(), NOW)
+
+
+@pytest.mark.parametrize("payload", ["{{ ''.__class__.__mro__ }}", "{% for i in range(10**9) %}{% endfor %}"])
+def test_template_injection_in_data_is_inert(payload: str) -> None:
+    p = plan(request(data_json=json.dumps({"order": payload})), recipient(), catalog(), NOW)
+    assert next(c for c in p.commands if c.channel == "email").content.subject == f"Order {payload}"
+
+
+def test_tenant_type_overrides_the_global_one() -> None:
+    c = catalog()
+    c.apply(
+        parse_type(
+            "acme",
+            {
+                "key": "order.shipped",
+                "category": "orders",
+                "channels": ["sms"],
+                "templates": {"sms": {"default": {"body": "acme {{ order }}"}}},
+            },
+        )
+    )
+    assert [x.content.body for x in plan(request(), recipient(), c, NOW).commands] == ["acme A-1"]
+    assert len(plan(request(tenant_id="globex"), recipient(), c, NOW).commands) == 4
+
+
+def test_priority() -> None:
+    assert {c.priority for c in plan(request(priority="high"), recipient(), catalog(), NOW).commands} == {
+        "high"
+    }
+    assert {
+        c.priority for c in plan(request(priority="low"), recipient(), catalog(critical=True), NOW).commands
+    } == {"critical"}
