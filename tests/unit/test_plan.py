@@ -78,7 +78,6 @@ def test_everything_allowed_yields_one_command_per_channel_and_address() -> None
     push = next(c for c in p.commands if c.channel == "push")
     assert push.address == "fcm-token" and push.address_params["platform"] == "fcm"
     assert [o.status for o in p.outcomes] == ["QUEUED"] * 4
-    assert plan(req, recipient(), catalog(), NOW).commands == p.commands or True
 
 
 def test_plan_is_deterministic_in_its_ids() -> None:

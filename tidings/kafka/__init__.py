@@ -4,7 +4,7 @@ Everything else sees client-neutral records (`Incoming`, `Output`) and plain fun
 """
 
 from tidings.kafka.admin import TopicReport, apply_topics, wait_until_ready
-from tidings.kafka.consumer import AtLeastOnceLoop, read_topic
+from tidings.kafka.consumer import AtLeastOnceLoop, TopicFollower, read_partition, read_topic
 from tidings.kafka.producer import EventProducer
 from tidings.kafka.records import Handler, Incoming, Output, PoisonHandler
 from tidings.kafka.transactional import TransactionalLoop
@@ -16,9 +16,11 @@ __all__ = [
     "Incoming",
     "Output",
     "PoisonHandler",
+    "TopicFollower",
     "TopicReport",
     "TransactionalLoop",
     "apply_topics",
+    "read_partition",
     "read_topic",
     "wait_until_ready",
 ]

@@ -18,6 +18,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
 from tidings.config import Settings
+from tidings.errors import KafkaUnavailable
 from tidings.kafka import config
 from tidings.kafka.producer import EventProducer
 from tidings.kafka.records import Handler, Incoming, dead_letter
@@ -143,3 +144,60 @@ def read_topic(
             yield to_incoming(msg)
     finally:
         consumer.close()
+
+
+def read_partition(
+    settings: Settings, topic: str, partition: int, *, timeout: float = 120.0
+) -> Iterator[Incoming]:
+    """One partition from its start to its end (the last stable offset: read_committed), then stop."""
+    consumer = Consumer(config.consumer(settings, f"tidings-restore-{uuid.uuid4()}"))
+    try:
+        _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        if high <= 0:
+            return
+        consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = consumer.poll(0.2)
+            if msg is not None and msg.error() is None:
+                yield to_incoming(msg)
+            [position] = consumer.position([TopicPartition(topic, partition)])
+            if position.offset >= high:
+                return
+            if time.monotonic() > deadline:
+                raise KafkaUnavailable(
+                    f"{topic}[{partition}] not read to offset {high} within {timeout:.0f}s"
+                )
+    finally:
+        consumer.close()
+
+
+class TopicFollower:
+    """Reads a whole topic into the caller without a group: `catch_up()` to its end, then `poll()`."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.topic = topic
+        self.consumer = Consumer(config.consumer(settings, f"tidings-follower-{uuid.uuid4()}"))
+        meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
+        self.partitions = sorted(meta.partitions)
+        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in self.partitions])
+
+    def catch_up(self, timeout: float = 60.0) -> list[Incoming]:
+        ends = {
+            p: self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1]
+            for p in self.partitions
+        }
+        records: list[Incoming] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            records += self.poll(timeout=0.2)
+            positions = self.consumer.position([TopicPartition(self.topic, p) for p in self.partitions])
+            if all(tp.offset >= ends[tp.partition] or ends[tp.partition] == 0 for tp in positions):
+                return records
+        raise KafkaUnavailable(f"{self.topic} not read to its end within {timeout:.0f}s")
+
+    def poll(self, max_records: int = 500, timeout: float = 0.0) -> list[Incoming]:
+        return [to_incoming(m) for m in self.consumer.consume(max_records, timeout) if m.error() is None]
+
+    def close(self) -> None:
+        self.consumer.close()

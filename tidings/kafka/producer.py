@@ -38,6 +38,7 @@ class EventProducer:
                     output.topic,
                     output.value,
                     output.key,
+                    partition=-1 if output.partition is None else output.partition,
                     headers=cast(Any, output.headers),
                     on_delivery=self._on_delivery,
                 )

@@ -59,6 +59,7 @@ class Output:
     key: bytes | None
     value: bytes | None
     headers: Headers = field(default_factory=list)
+    partition: int | None = None
 
     @classmethod
     def event(

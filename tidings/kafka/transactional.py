@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -30,6 +30,22 @@ from tidings.kafka import config
 from tidings.kafka.records import Handler, Incoming, Output, PoisonHandler, as_headers, dead_letter
 
 log = logging.getLogger(__name__)
+
+
+class TransactionalState(Protocol):
+    """A state store whose writes commit and abort with the loop's transactions (see tidings.state)."""
+
+    topic: str
+
+    def record_done(self) -> None: ...
+    def record_failed(self) -> None: ...
+    def changelog(self) -> list[Output]: ...
+    def committed(self) -> None: ...
+    def aborted(self) -> None: ...
+    def restore(self, partition: int, records: Iterable[Incoming]) -> int: ...
+    def drop(self, partition: int) -> None: ...
+
+
 PartitionsCallback = Callable[[list[tuple[str, int]]], None]
 TXN_TIMEOUT_S = 30.0
 MAX_COMMIT_RETRIES = 5
@@ -66,6 +82,8 @@ class TransactionalLoop:
         batch_size: int = 500,
         poll_timeout: float = 0.1,
         static_membership: bool = False,
+        stores: Sequence[TransactionalState] = (),
+        before_batch: Callable[[], None] | None = None,
         consumer_overrides: dict[str, Any] | None = None,
         producer_overrides: dict[str, Any] | None = None,
     ) -> None:
@@ -77,7 +95,12 @@ class TransactionalLoop:
         self.poll_timeout = poll_timeout
         self._on_assign = on_assign
         self._on_revoke = on_revoke
-        membership = {"group.instance.id": transactional_id} if static_membership else {}
+        self.settings = settings
+        self.stores = list(stores)
+        self.before_batch = before_batch
+        membership: dict[str, Any] = {"group.instance.id": transactional_id} if static_membership else {}
+        if self.stores:
+            membership["partition.assignment.strategy"] = "range"  # co-partitioned inputs, one state slice
         self.consumer = Consumer(
             config.consumer(settings, group_id, **membership, **(consumer_overrides or {}))
         )
@@ -98,10 +121,19 @@ class TransactionalLoop:
         self.dead_letters = 0
 
     def _assigned(self, _c: Consumer, partitions: list[TopicPartition]) -> None:
+        from tidings.kafka.consumer import read_partition
+
+        for number in sorted({p.partition for p in partitions}):
+            for store in self.stores:
+                keys = store.restore(number, read_partition(self.settings, store.topic, number))
+                log.info("restored %s[%d]: %d keys", store.topic, number, keys)
         if self._on_assign:
             self._on_assign([(p.topic, p.partition) for p in partitions])
 
     def _revoked(self, _c: Consumer, partitions: list[TopicPartition]) -> None:
+        for number in {p.partition for p in partitions}:
+            for store in self.stores:
+                store.drop(number)
         if self._on_revoke:
             self._on_revoke([(p.topic, p.partition) for p in partitions])
 
@@ -140,10 +172,15 @@ class TransactionalLoop:
 
     def _outputs(self, record: Incoming) -> Iterable[Output]:
         try:
-            return list(self.handle(record))
+            outputs = list(self.handle(record))
+            for store in self.stores:
+                store.record_done()
+            return outputs
         except Exception as exc:
             if is_retriable(exc):
                 raise
+            for store in self.stores:
+                store.record_failed()
             log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
             self.dead_letters += 1
             extra = list(self.on_poison(record, exc)) if self.on_poison else []
@@ -151,15 +188,22 @@ class TransactionalLoop:
 
     def process(self, batch: list[Incoming]) -> None:
         """One transaction: outputs of every record in the batch plus the batch's offsets."""
+        if self.before_batch:
+            self.before_batch()
         self.producer.begin_transaction()
         try:
             for record in batch:
                 for out in self._outputs(record):
                     self._produce(out)
+            for store in self.stores:
+                for out in store.changelog():
+                    self._produce(out)
             self.producer.send_offsets_to_transaction(
                 next_offsets(batch), self.consumer.consumer_group_metadata(), TXN_TIMEOUT_S
             )
             self._commit()
+            for store in self.stores:
+                store.committed()
             self.committed_batches += 1
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
@@ -177,7 +221,9 @@ class TransactionalLoop:
     def _produce(self, out: Output) -> None:
         while True:
             try:
-                self.producer.produce(out.topic, out.value, out.key, headers=cast(Any, out.headers))
+                self.producer.produce(
+                    out.topic, out.value, out.key, partition=partition_of(out), headers=cast(Any, out.headers)
+                )
                 return
             except BufferError:
                 self.producer.poll(0.05)
@@ -194,6 +240,8 @@ class TransactionalLoop:
                 log.warning("retrying commit: %s", err)
 
     def _abort(self, batch: list[Incoming]) -> None:
+        for store in self.stores:
+            store.aborted()
         self.producer.abort_transaction(TXN_TIMEOUT_S)
         self.aborted_batches += 1
         for tp in first_offsets(batch):
@@ -201,6 +249,11 @@ class TransactionalLoop:
                 self.consumer.seek(tp)
             except KafkaException as exc:
                 log.info("not rewinding %s[%d] (no longer assigned): %s", tp.topic, tp.partition, exc)
+
+
+def partition_of(out: Output) -> int:
+    """The explicit partition, or -1 (librdkafka's 'unassigned': the default partitioner decides)."""
+    return -1 if out.partition is None else out.partition
 
 
 def next_offsets(batch: list[Incoming]) -> list[TopicPartition]:

@@ -1,0 +1,101 @@
+import json
+from datetime import timedelta
+
+import pytest
+from hypothesis import given, strategies as st
+
+from tidings.kafka import Incoming
+from tidings.state import Store
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def store(clock: Clock | None = None, ttl: timedelta | None = None) -> Store[dict[str, int]]:
+    s: Store[dict[str, int]] = Store(
+        "router",
+        "test",
+        encode=lambda v: json.dumps(v).encode(),
+        decode=json.loads,
+        ttl=ttl,
+        clock=clock or Clock(),
+    )
+    s.restore(0, [])
+    s.restore(1, [])
+    return s
+
+
+def as_incoming(outputs: list) -> list[Incoming]:  # type: ignore[type-arg]
+    return [Incoming(o.topic, o.partition, i, o.key, o.value) for i, o in enumerate(outputs)]
+
+
+def test_writes_are_visible_to_the_batch_and_kept_only_after_commit() -> None:
+    s = store()
+    s.put(0, "a", {"n": 1})
+    s.record_done()
+    assert s.get(0, "a") == {"n": 1}
+    s.aborted()
+    assert s.get(0, "a") is None
+    s.put(0, "a", {"n": 2})
+    s.record_done()
+    [out] = s.changelog()
+    assert (out.topic, out.partition, out.key) == ("tidings.router.test.changelog", 0, b"a")
+    s.committed()
+    assert s.get(0, "a") == {"n": 2} and s.changelog() == []
+
+
+def test_a_failed_record_drops_only_its_own_writes() -> None:
+    s = store()
+    s.put(0, "a", {"n": 1})
+    s.record_done()
+    s.put(0, "a", {"n": 99})
+    s.put(1, "b", {"n": 99})
+    s.record_failed()
+    assert s.get(0, "a") == {"n": 1} and s.get(1, "b") is None
+
+
+def test_writes_to_unassigned_partitions_are_refused() -> None:
+    with pytest.raises(KeyError):
+        store().put(7, "a", {})
+
+
+def test_ttl_and_purge() -> None:
+    clock = Clock()
+    s = store(clock, ttl=timedelta(seconds=10))
+    s.put(0, "a", {"n": 1})
+    s.committed()
+    clock.now += 11
+    assert s.get(0, "a") is None
+    clock.now += 60
+    [tombstone] = s.changelog()
+    assert tombstone.key == b"a" and tombstone.value is None
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([0, 1]), st.sampled_from("abc"), st.one_of(st.none(), st.integers())),
+        max_size=30,
+    )
+)
+def test_restore_from_changelog_equals_committed_memory(ops: list[tuple[int, str, int | None]]) -> None:
+    s = store()
+    log = []
+    for partition, key, value in ops:
+        if value is None:
+            s.delete(partition, key)
+        else:
+            s.put(partition, key, {"v": value})
+        s.record_done()
+        log += s.changelog()
+        s.committed()
+    restored = store()
+    for partition in (0, 1):
+        restored.restore(partition, [r for r in as_incoming(log) if r.partition == partition])
+    for partition in (0, 1):
+        for key in "abc":
+            assert restored.get(partition, key) == s.get(partition, key)

@@ -1,0 +1,149 @@
+"""Per-partition key/value state of a processor, backed by a compacted changelog topic.
+
+The Kafka Streams model: partition p of the changelog holds the state of input partition p (inputs are
+co-partitioned). Writes are staged during a batch, written to the changelog inside the batch's
+transaction, and applied to memory only when that transaction commits; an abort drops them, and a poison
+record's staged writes are dropped alone. On assignment a partition's state is restored from its
+changelog (read_committed, last value per key wins) before any of its input is processed.
+
+Changelog values are 8 bytes of big-endian expiry (epoch ms, 0 = never) followed by the encoded value;
+a tombstone deletes. Expired entries are invisible at once and purged with tombstones periodically.
+Values live in memory: fine for recipient state and dedupe ids at this scale, not for billions of keys.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from typing import Generic, TypeVar
+
+from tidings.kafka.records import Incoming, Output
+from tidings.topics import changelog
+
+V = TypeVar("V")
+_EXPIRY = struct.Struct(">q")
+_MISSING = object()
+PURGE_INTERVAL_S = 60.0
+
+
+class Store(Generic[V]):
+    def __init__(
+        self,
+        component: str,
+        name: str,
+        *,
+        encode: Callable[[V], bytes],
+        decode: Callable[[bytes], V],
+        ttl: timedelta | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.topic = changelog(component, name)
+        self.encode, self.decode = encode, decode
+        self.ttl_ms = int(ttl.total_seconds() * 1000) if ttl else 0
+        self.clock = clock
+        self._data: dict[int, dict[str, tuple[V, int]]] = {}
+        self._staged: dict[tuple[int, str], tuple[V | None, int]] = {}
+        self._undo: list[tuple[tuple[int, str], object]] = []
+        self._last_purge = clock()
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def _live(self, entry: tuple[V | None, int] | None) -> V | None:
+        if entry is None or (entry[1] and entry[1] <= self._now_ms()):
+            return None
+        return entry[0]
+
+    def get(self, partition: int, key: str) -> V | None:
+        staged = self._staged.get((partition, key))
+        if staged is not None:
+            return self._live(staged)
+        return self._live(self._data.get(partition, {}).get(key))
+
+    def _stage(self, partition: int, key: str, value: V | None, expiry: int) -> None:
+        if partition not in self._data:
+            raise KeyError(f"{self.topic}: partition {partition} is not assigned to this process")
+        self._undo.append(((partition, key), self._staged.get((partition, key), _MISSING)))
+        self._staged[(partition, key)] = (value, expiry)
+
+    def put(self, partition: int, key: str, value: V, ttl: timedelta | None = None) -> None:
+        ttl_ms = int(ttl.total_seconds() * 1000) if ttl else self.ttl_ms
+        self._stage(partition, key, value, self._now_ms() + ttl_ms if ttl_ms else 0)
+
+    def delete(self, partition: int, key: str) -> None:
+        self._stage(partition, key, None, 0)
+
+    def record_done(self) -> None:
+        self._undo.clear()
+
+    def record_failed(self) -> None:
+        for slot, previous in reversed(self._undo):
+            if previous is _MISSING:
+                self._staged.pop(slot, None)
+            else:
+                self._staged[slot] = previous  # type: ignore[assignment]
+        self._undo.clear()
+
+    def changelog(self) -> list[Output]:
+        """The batch's writes as changelog records (the last write per key), plus due purges."""
+        if self.clock() - self._last_purge > PURGE_INTERVAL_S:
+            self._purge()
+        return [
+            Output(
+                self.topic,
+                key.encode(),
+                None if value is None else _EXPIRY.pack(expiry) + self.encode(value),
+                partition=p,
+            )
+            for (p, key), (value, expiry) in self._staged.items()
+        ]
+
+    def _purge(self) -> None:
+        now = self._now_ms()
+        self._last_purge = self.clock()
+        for p, entries in self._data.items():
+            for key, (_, expiry) in entries.items():
+                if expiry and expiry <= now and (p, key) not in self._staged:
+                    self._staged[(p, key)] = (None, 0)
+
+    def committed(self) -> None:
+        for (p, key), (value, expiry) in self._staged.items():
+            if p not in self._data:
+                continue
+            if value is None:
+                self._data[p].pop(key, None)
+            else:
+                self._data[p][key] = (value, expiry)
+        self._staged.clear()
+        self._undo.clear()
+
+    def aborted(self) -> None:
+        self._staged.clear()
+        self._undo.clear()
+
+    def restore(self, partition: int, records: Iterable[Incoming]) -> int:
+        """Rebuild one partition from its changelog; returns the number of live keys."""
+        data: dict[str, tuple[V, int]] = {}
+        now = self._now_ms()
+        for r in records:
+            key = (r.key or b"").decode()
+            if r.value is None:
+                data.pop(key, None)
+                continue
+            (expiry,) = _EXPIRY.unpack_from(r.value)
+            if expiry and expiry <= now:
+                data.pop(key, None)
+            else:
+                data[key] = (self.decode(r.value[_EXPIRY.size :]), expiry)
+        self._data[partition] = data
+        return len(data)
+
+    def drop(self, partition: int) -> None:
+        self._data.pop(partition, None)
+        for slot in [s for s in self._staged if s[0] == partition]:
+            del self._staged[slot]
+
+    def partitions(self) -> list[int]:
+        return sorted(self._data)
