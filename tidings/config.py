@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     replication_factor: int = Field(default=1, ge=1)
     retry_tiers: str = Field(default="10s,1m,10m,1h,6h", description="Retry tiers of every channel.")
     client_id: str = "tidings"
+    topic_prefix: str = Field(default="", description="Prefix of every topic name, e.g. 'staging.'.")
 
 
 @cache

@@ -20,7 +20,6 @@ from datetime import timedelta
 from typing import Generic, TypeVar
 
 from tidings.kafka.records import Incoming, Output
-from tidings.topics import changelog
 
 V = TypeVar("V")
 _EXPIRY = struct.Struct(">q")
@@ -31,15 +30,14 @@ PURGE_INTERVAL_S = 60.0
 class Store(Generic[V]):
     def __init__(
         self,
-        component: str,
-        name: str,
+        topic: str,
         *,
         encode: Callable[[V], bytes],
         decode: Callable[[bytes], V],
         ttl: timedelta | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.topic = changelog(component, name)
+        self.topic = topic
         self.encode, self.decode = encode, decode
         self.ttl_ms = int(ttl.total_seconds() * 1000) if ttl else 0
         self.clock = clock

@@ -8,7 +8,7 @@ requests, profile, feedback and commands land on partitions with the same number
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tidings.config import Settings
 from tidings.events import CHANNELS
@@ -36,6 +36,59 @@ def retry(channel: str, tier: str) -> str:
 
 def changelog(component: str, store: str) -> str:
     return f"tidings.{component}.{store}.changelog"
+
+
+@dataclass(frozen=True)
+class Names:
+    """Topic names under an optional prefix (`TIDINGS_TOPIC_PREFIX`, e.g. `staging.`), so several
+    environments or test runs share one cluster without seeing each other's records."""
+
+    prefix: str = ""
+
+    @property
+    def requested(self) -> str:
+        return self.prefix + REQUESTED
+
+    @property
+    def recipients(self) -> str:
+        return self.prefix + RECIPIENTS
+
+    @property
+    def catalog(self) -> str:
+        return self.prefix + CATALOG
+
+    @property
+    def engagement(self) -> str:
+        return self.prefix + ENGAGEMENT
+
+    @property
+    def feedback(self) -> str:
+        return self.prefix + FEEDBACK
+
+    @property
+    def scheduled(self) -> str:
+        return self.prefix + SCHEDULED
+
+    @property
+    def outcomes(self) -> str:
+        return self.prefix + OUTCOMES
+
+    @property
+    def dlq(self) -> str:
+        return self.prefix + DLQ
+
+    def delivery(self, channel: str, *, urgent: bool = False) -> str:
+        return self.prefix + delivery(channel, urgent=urgent)
+
+    def retry(self, channel: str, tier: str) -> str:
+        return self.prefix + retry(channel, tier)
+
+    def changelog(self, component: str, store: str) -> str:
+        return self.prefix + changelog(component, store)
+
+
+def names(settings: Settings) -> Names:
+    return Names(settings.topic_prefix)
 
 
 _TIER = re.compile(r"^(\d+)([smhd])$")
@@ -83,7 +136,7 @@ COMMAND = ("DeliveryCommand",)
 
 
 def registry(settings: Settings) -> list[TopicSpec]:
-    """Every topic tidings uses, for the given settings (partitions, retry tiers)."""
+    """Every topic tidings uses, for the given settings (prefix, partitions, retry tiers)."""
     specs = [
         TopicSpec(
             REQUESTED, RECIPIENT_KEY, ("NotificationRequested", "NotificationCancelled"), retention_ms=FOREVER
@@ -134,13 +187,13 @@ def registry(settings: Settings) -> list[TopicSpec]:
             )
             for tier in tiers
         )
-    return specs
+    return [replace(spec, name=settings.topic_prefix + spec.name) for spec in specs]
 
 
-def changelog_spec(component: str, store: str) -> TopicSpec:
+def changelog_spec(component: str, store: str, prefix: str = "") -> TopicSpec:
     """A processor's state store changelog: compacted, co-partitioned with its input."""
     return TopicSpec(
-        changelog(component, store),
+        prefix + changelog(component, store),
         "store key",
         (),
         cleanup_policy="compact",

@@ -2,7 +2,8 @@ import json
 from datetime import timedelta
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tidings.kafka import Incoming
 from tidings.state import Store
@@ -18,8 +19,7 @@ class Clock:
 
 def store(clock: Clock | None = None, ttl: timedelta | None = None) -> Store[dict[str, int]]:
     s: Store[dict[str, int]] = Store(
-        "router",
-        "test",
+        "tidings.router.test.changelog",
         encode=lambda v: json.dumps(v).encode(),
         decode=json.loads,
         ttl=ttl,

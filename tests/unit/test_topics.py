@@ -65,3 +65,14 @@ def test_retry_tiers() -> None:
         "notifications.delivery.sms.retry.30s" in names
         and "notifications.delivery.sms.retry.10s" not in names
     )
+
+
+def test_prefix_namespaces_every_topic() -> None:
+    from tidings.topics import names
+
+    s = Settings(topic_prefix="staging.")
+    assert all(spec.name.startswith("staging.notifications.") for spec in registry(s))
+    n = names(s)
+    assert n.requested == "staging.notifications.requested"
+    assert n.delivery("sms", urgent=True) == "staging.notifications.delivery.sms.urgent"
+    assert n.changelog("router", "seen") == "staging.tidings.router.seen.changelog"

@@ -15,7 +15,7 @@ from tidings.client import Client
 from tidings.config import settings
 from tidings.errors import InvalidEvent
 from tidings.kafka import apply_topics, read_topic
-from tidings.topics import REQUESTED, registry
+from tidings.topics import names, registry
 from tidings.views import record_view
 
 console = Console(stderr=True)
@@ -118,10 +118,10 @@ def demo(
                 sent[str(nid)] = (tenant, recipient, type_)
         client.flush()
     console.print(f"sent {len(sent)} requests in {time.monotonic() - started:.2f}s")
-    console.rule(f"read back from {REQUESTED}")
+    console.rule(f"read back from {names(s).requested}")
     table = Table("notification_id", "key", "type", "data", "partition@offset")
     found = 0
-    for record in read_topic(s, REQUESTED, from_beginning=True, idle_timeout=5.0):
+    for record in read_topic(s, names(s).requested, from_beginning=True, idle_timeout=5.0):
         view = record_view(record)
         value = view.get("value") or {}
         if value.get("notification_id") in sent:

@@ -23,6 +23,7 @@ from tidings.kafka import config
 from tidings.kafka.producer import EventProducer
 from tidings.kafka.records import Handler, Incoming, dead_letter
 from tidings.kafka.transactional import is_retriable, next_offsets, to_incoming
+from tidings.topics import names
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class AtLeastOnceLoop:
         consumer_overrides: dict[str, Any] | None = None,
     ) -> None:
         self.group_id = group_id
+        self.dlq_topic = names(settings).dlq
         self.topics = list(topics)
         self.handle = handle
         self.batch_size = batch_size
@@ -94,7 +96,7 @@ class AtLeastOnceLoop:
                     self.consumer.seek(TopicPartition(record.topic, record.partition, record.offset))
                     continue
                 log.warning("dead-lettering %s[%d]@%d: %s", *tp, record.offset, exc)
-                self.producer.produce(dead_letter(record, exc, self.group_id))
+                self.producer.produce(dead_letter(record, exc, self.group_id, self.dlq_topic))
                 self.dead_letters += 1
             done.append(record)
         if done:

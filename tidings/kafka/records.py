@@ -74,7 +74,7 @@ Handler = Callable[[Incoming], Iterable[Output]]
 PoisonHandler = Callable[[Incoming, BaseException], Iterable[Output]]
 
 
-def dead_letter(record: Incoming, error: BaseException, group_id: str) -> Output:
+def dead_letter(record: Incoming, error: BaseException, group_id: str, topic: str = DLQ) -> Output:
     """The original bytes and headers, plus headers naming the error and where the record came from."""
     message = str(error) or type(error).__name__
     headers = [
@@ -90,7 +90,7 @@ def dead_letter(record: Incoming, error: BaseException, group_id: str) -> Output
         (FAILED_AT, datetime.now(UTC).isoformat().encode()),
         (FAILED_HOST, f"{socket.gethostname()}:{os.getpid()}".encode()),
     ]
-    return Output(DLQ, record.key, record.value, headers)
+    return Output(topic, record.key, record.value, headers)
 
 
 def header_map(headers: Headers) -> dict[str, str]:

@@ -28,6 +28,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from tidings.config import Settings
 from tidings.kafka import config
 from tidings.kafka.records import Handler, Incoming, Output, PoisonHandler, as_headers, dead_letter
+from tidings.topics import names
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class TransactionalLoop:
         producer_overrides: dict[str, Any] | None = None,
     ) -> None:
         self.group_id = group_id
+        self.dlq_topic = names(settings).dlq
         self.topics = list(topics)
         self.handle = handle
         self.on_poison = on_poison
@@ -184,7 +186,7 @@ class TransactionalLoop:
             log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
             self.dead_letters += 1
             extra = list(self.on_poison(record, exc)) if self.on_poison else []
-            return [*extra, dead_letter(record, exc, self.group_id)]
+            return [*extra, dead_letter(record, exc, self.group_id, self.dlq_topic)]
 
     def process(self, batch: list[Incoming]) -> None:
         """One transaction: outputs of every record in the batch plus the batch's offsets."""
