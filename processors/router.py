@@ -30,6 +30,7 @@ from tidings.events import (
     NotificationCancelled,
     NotificationRequested,
     NotificationTypePublished,
+    OutcomeStatus,
     utcnow,
 )
 from tidings.kafka import Incoming, Output, TopicFollower, TransactionalLoop
