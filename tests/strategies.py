@@ -67,6 +67,10 @@ def for_type(avro: Any, name: str, annotation: Any) -> st.SearchStrategy[Any]:
             return JSON_OBJECT
         if name in ("start", "end"):
             return HHMM
+        if name == "phone":
+            return st.sampled_from(["+4915112345678", "+14155550123", "+447911123456", "+81312345678"])
+        if name == "email":
+            return st.emails()
         return TEXT
     return {
         "int": st.integers(1, 2**31 - 1),

@@ -21,7 +21,15 @@ from tidings.codec import Codec, default_codec
 from tidings.config import Settings
 from tidings.config import settings as default_settings
 from tidings.errors import InvalidEvent
-from tidings.events import Event, NotificationCancelled, NotificationRequested
+from tidings.events import (
+    DeviceRegistered,
+    DeviceRemoved,
+    Event,
+    NotificationCancelled,
+    NotificationRequested,
+    PreferencesUpdated,
+    RecipientUpdated,
+)
 from tidings.ids import new_notification_id, notification_id_for
 from tidings.kafka import EventProducer, Output
 from tidings.topics import registry
@@ -120,6 +128,52 @@ class Client:
                 recipient_id=recipient,
                 reason=reason,
             ),
+            wait=wait,
+        )
+
+    def update_recipient(self, *, tenant: str, recipient: str, wait: bool = True, **fields: Any) -> None:
+        """Patch contact points: email, phone (E.164), locale, timezone, name, properties (dict), unset."""
+        if "properties" in fields:
+            fields["properties_json"] = json.dumps(fields.pop("properties"))
+        self.publish(
+            _validated(RecipientUpdated, tenant_id=tenant, recipient_id=recipient, **fields), wait=wait
+        )
+
+    def update_preferences(self, *, tenant: str, recipient: str, wait: bool = True, **fields: Any) -> None:
+        """Merge (or `replace`) preferences: muted, rules, quiet_hours, clear_quiet_hours, digest."""
+        self.publish(
+            _validated(PreferencesUpdated, tenant_id=tenant, recipient_id=recipient, **fields), wait=wait
+        )
+
+    def register_device(
+        self,
+        *,
+        tenant: str,
+        recipient: str,
+        device_id: str,
+        platform: str,
+        token: str,
+        keys: Mapping[str, str] | None = None,
+        app_id: str | None = None,
+        wait: bool = True,
+    ) -> None:
+        self.publish(
+            _validated(
+                DeviceRegistered,
+                tenant_id=tenant,
+                recipient_id=recipient,
+                device_id=device_id,
+                platform=platform,
+                token=token,
+                keys=dict(keys or {}),
+                app_id=app_id,
+            ),
+            wait=wait,
+        )
+
+    def remove_device(self, *, tenant: str, recipient: str, device_id: str, wait: bool = True) -> None:
+        self.publish(
+            _validated(DeviceRemoved, tenant_id=tenant, recipient_id=recipient, device_id=device_id),
             wait=wait,
         )
 

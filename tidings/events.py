@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 from uuid import UUID, uuid4
 
+import phonenumbers
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Channel = Literal["in_app", "push", "email", "sms", "webhook"]
@@ -82,10 +83,22 @@ def _json_object(value: str) -> str:
     return value
 
 
+def _e164(value: str) -> str:
+    try:
+        number = phonenumbers.parse(value, None)
+    except phonenumbers.NumberParseException as exc:
+        raise ValueError(f"not an E.164 phone number: {exc}") from None
+    formatted = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    if formatted != value or not phonenumbers.is_possible_number(number):
+        raise ValueError(f"not an E.164 phone number (expected like {formatted})")
+    return value
+
+
 Millis = Annotated[datetime, AfterValidator(_utc_millis)]
 Identifier = Annotated[str, AfterValidator(_identifier)]
 TenantId = Annotated[str, AfterValidator(_tenant)]
 JsonObject = Annotated[str, AfterValidator(_json_object)]
+PhoneNumber = Annotated[str, AfterValidator(_e164)]
 
 
 def utcnow() -> datetime:
@@ -149,8 +162,8 @@ class NotificationCancelled(Event):
 
 class RecipientUpdated(Event):
     recipient_id: Identifier
-    email: str | None = None
-    phone: str | None = None
+    email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+$")
+    phone: PhoneNumber | None = None
     locale: str | None = None
     timezone: str | None = None
     name: str | None = None
