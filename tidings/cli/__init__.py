@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from tidings.cli import dev, io, schemas, topics
+from tidings.cli import dev, io, pipeline, schemas, topics
 from tidings.errors import TidingsError
 
 app = typer.Typer(
@@ -18,6 +18,9 @@ app = typer.Typer(
 app.add_typer(dev.app, name="dev")
 app.add_typer(topics.app, name="topics")
 app.add_typer(schemas.app, name="schemas")
+app.add_typer(pipeline.catalog_app, name="catalog")
+app.add_typer(pipeline.recipients_app, name="recipients")
+app.add_typer(pipeline.run_app, name="run")
 app.command("send")(io.send)
 app.command("tail")(io.tail)
 app.command("demo")(io.demo)

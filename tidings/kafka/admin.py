@@ -84,3 +84,22 @@ def apply_topics(settings: Settings, specs: list[TopicSpec], *, timeout: float =
                 report.action = "drift"
             reports[spec.name] = report
     return [reports[s.name] for s in specs]
+
+
+def group_lag(settings: Settings, group_id: str, topics: list[str], timeout: float = 10.0) -> int:
+    """Records in `topics` not yet committed by the consumer group (read_committed end offsets)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(config.consumer(settings, group_id))
+    try:
+        lag = 0
+        for topic in topics:
+            meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
+            partitions = [TopicPartition(topic, p) for p in meta.partitions]
+            committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=timeout)}
+            for tp in partitions:
+                _, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+                lag += max(0, high - max(committed.get(tp.partition, 0), 0))
+        return lag
+    finally:
+        consumer.close()

@@ -1,0 +1,122 @@
+"""`tidings catalog publish`, `tidings recipients set` and `tidings run <component>`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from tidings.catalog import GLOBAL_TENANT, load, next_versions
+from tidings.client import Client
+from tidings.config import settings
+from tidings.events import NotificationTypePublished
+from tidings.kafka import TopicFollower
+from tidings.topics import names
+
+catalog_app = typer.Typer(no_args_is_help=True, help="Notification types and their templates.")
+recipients_app = typer.Typer(no_args_is_help=True, help="Recipient contacts, preferences and devices.")
+run_app = typer.Typer(no_args_is_help=True, help="Run one component in the foreground.")
+console = Console(stderr=True)
+
+
+def published_types() -> dict[str, NotificationTypePublished]:
+    s = settings()
+    follower = TopicFollower(s, names(s).catalog)
+    current: dict[str, NotificationTypePublished] = {}
+    try:
+        for record in follower.catch_up():
+            event = record.decode()
+            if isinstance(event, NotificationTypePublished):
+                current[event.key] = event
+    finally:
+        follower.close()
+    return current
+
+
+@catalog_app.command("publish")
+def publish(
+    directory: Path = typer.Argument(..., exists=True, help="A .toml file or a folder of them."),
+    tenant: str = typer.Option(GLOBAL_TENANT, "--tenant", help="Tenant; '*' = every tenant."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate only."),
+) -> None:
+    """Validate every type (templates compile, channels known) and publish the changed ones, versioned."""
+    types = load(directory, tenant)
+    if dry_run:
+        console.print(f"[green]valid[/] {len(types)} types")
+        return
+    changed = next_versions(types, published_types())
+    with Client(source="catalog") as client:
+        for t in changed:
+            client.publish(t, wait=False)
+    for t in changed:
+        console.print(f"[green]published[/] {t.tenant_id}/{t.notification_type} v{t.version}")
+    console.print(f"{len(types)} types, {len(changed)} published, {len(types) - len(changed)} unchanged")
+
+
+@recipients_app.command("set")
+def set_recipient(
+    tenant: str = typer.Option(..., "--tenant", "-t"),
+    recipient: str = typer.Option(..., "--recipient", "-r"),
+    email: str | None = typer.Option(None),
+    phone: str | None = typer.Option(None, help="E.164"),
+    locale: str | None = typer.Option(None),
+    timezone: str | None = typer.Option(None, help="IANA zone"),
+    name: str | None = typer.Option(None),
+    muted: bool | None = typer.Option(None, "--muted/--unmuted"),
+    opt_out: list[str] = typer.Option(None, "--opt-out", help="category:KEY[:CHANNEL] or type:KEY[:CHANNEL]"),
+    opt_in: list[str] = typer.Option(None, "--opt-in", help="category:KEY[:CHANNEL] or type:KEY[:CHANNEL]"),
+    quiet: str | None = typer.Option(None, "--quiet-hours", help="HH:MM-HH:MM in the recipient's zone"),
+) -> None:
+    """Produce RecipientUpdated and/or PreferencesUpdated for one recipient."""
+    profile = {
+        k: v
+        for k, v in {
+            "email": email,
+            "phone": phone,
+            "locale": locale,
+            "timezone": timezone,
+            "name": name,
+        }.items()
+        if v is not None
+    }
+    rules = [_rule(r, False) for r in opt_out or []] + [_rule(r, True) for r in opt_in or []]
+    prefs: dict[str, Any] = {"rules": rules} if rules else {}
+    if muted is not None:
+        prefs["muted"] = muted
+    if quiet:
+        start, _, end = quiet.partition("-")
+        prefs["quiet_hours"] = {"start": start, "end": end}
+    with Client(source="cli") as client:
+        if profile:
+            client.update_recipient(tenant=tenant, recipient=recipient, **profile)
+        if prefs:
+            client.update_preferences(tenant=tenant, recipient=recipient, **prefs)
+    console.print(f"[green]updated[/] {tenant}/{recipient}: {json.dumps(profile | prefs)}")
+
+
+def _rule(text: str, enabled: bool) -> dict[str, Any]:
+    scope, _, rest = text.partition(":")
+    key, _, channel = rest.partition(":")
+    if scope not in ("category", "type") or not key:
+        raise typer.BadParameter(f"{text!r}: expected category:KEY[:CHANNEL] or type:KEY[:CHANNEL]")
+    return {"scope": scope, "key": key, "channel": channel or None, "enabled": enabled}
+
+
+@run_app.command("router")
+def run_router(
+    instance: str | None = typer.Option(None, "--instance", help="Stable slot name, e.g. 0, 1."),
+    idle_exit: float | None = typer.Option(None, "--idle-exit", help="Exit after this many idle seconds."),
+) -> None:
+    """Resolve preferences and plan deliveries (exactly once). Run one per core; scale by adding more."""
+    from processors.router import Router
+
+    logging.getLogger().setLevel(logging.INFO)
+    router = Router(settings(), instance=instance)
+    signal.signal(signal.SIGTERM, lambda *_: router.stop())
+    signal.signal(signal.SIGINT, lambda *_: router.stop())
+    router.run(idle_exit_after=idle_exit)
