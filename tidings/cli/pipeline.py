@@ -73,7 +73,7 @@ def set_recipient(
     quiet: str | None = typer.Option(None, "--quiet-hours", help="HH:MM-HH:MM in the recipient's zone"),
 ) -> None:
     """Produce RecipientUpdated and/or PreferencesUpdated for one recipient."""
-    profile = {
+    profile: dict[str, Any] = {
         k: v
         for k, v in {
             "email": email,
