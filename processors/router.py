@@ -79,6 +79,7 @@ class Router:
             transactional_id=f"{group_id}-{slot}",
             static_membership=instance is not None,
             stores=[self.recipients, self.seen],
+            align_max_idle=1.0,
             before_batch=self.refresh_catalog,
         )
 

@@ -42,3 +42,15 @@ def group_id() -> str:
 
 def read_all(s: Settings, topic: str, *, idle: float = 3.0, committed: bool = True) -> list[Incoming]:
     return list(read_topic(s, topic, from_beginning=True, idle_timeout=idle, read_committed=committed))
+
+
+@pytest.fixture
+def topology(stack: Settings) -> Settings:
+    """A whole fresh topology (every registry topic and the router's changelogs) under a unique prefix."""
+    from tidings.topics import changelog_spec
+
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    s = Settings(topic_prefix=prefix, partitions=3, retry_tiers="10s")
+    specs = registry(s) + [changelog_spec("router", store, prefix) for store in ("recipients", "seen")]
+    apply_topics(s, specs)
+    return s

@@ -27,6 +27,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from tidings.config import Settings
 from tidings.kafka import config
+from tidings.kafka.align import Aligner
 from tidings.kafka.records import Handler, Incoming, Output, PoisonHandler, as_headers, dead_letter
 from tidings.topics import names
 
@@ -85,6 +86,7 @@ class TransactionalLoop:
         static_membership: bool = False,
         stores: Sequence[TransactionalState] = (),
         before_batch: Callable[[], None] | None = None,
+        align_max_idle: float | None = None,
         consumer_overrides: dict[str, Any] | None = None,
         producer_overrides: dict[str, Any] | None = None,
     ) -> None:
@@ -100,6 +102,8 @@ class TransactionalLoop:
         self.settings = settings
         self.stores = list(stores)
         self.before_batch = before_batch
+        self.aligner = Aligner(align_max_idle) if align_max_idle is not None else None
+        self._paused: set[tuple[str, int]] = set()
         membership: dict[str, Any] = {"group.instance.id": transactional_id} if static_membership else {}
         if self.stores:
             membership["partition.assignment.strategy"] = "range"  # co-partitioned inputs, one state slice
@@ -136,6 +140,9 @@ class TransactionalLoop:
         for number in {p.partition for p in partitions}:
             for store in self.stores:
                 store.drop(number)
+        if self.aligner:
+            self.aligner.drop((p.topic, p.partition) for p in partitions)
+            self._paused -= {(p.topic, p.partition) for p in partitions}
         if self._on_revoke:
             self._on_revoke([(p.topic, p.partition) for p in partitions])
 
@@ -151,7 +158,9 @@ class TransactionalLoop:
             while not self.stopping.is_set():
                 msgs = self.consumer.consume(self.batch_size, self.poll_timeout)
                 batch = [to_incoming(m) for m in msgs if self._usable(m)]
-                if batch or not self.consumer.assignment():
+                if self.aligner:
+                    batch = self._aligned(batch)
+                if batch or not self.consumer.assignment() or (self.aligner and self.aligner.pending()):
                     last_input = time.monotonic()
                 if batch:
                     self.process(batch)
@@ -162,6 +171,30 @@ class TransactionalLoop:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def _aligned(self, records: list[Incoming]) -> list[Incoming]:
+        """Buffer, release in timestamp order, and pause topic-partitions that run far ahead."""
+        assert self.aligner is not None
+        self.aligner.add(records)
+        assigned = [(tp.topic, tp.partition) for tp in self.consumer.assignment()]
+        released = self.aligner.release(assigned, self._caught_up, self.batch_size)
+        for tp in assigned:
+            pending = self.aligner.pending(tp)
+            if pending > 4 * self.batch_size and tp not in self._paused:
+                self.consumer.pause([TopicPartition(*tp)])
+                self._paused.add(tp)
+            elif pending < self.batch_size and tp in self._paused:
+                self.consumer.resume([TopicPartition(*tp)])
+                self._paused.discard(tp)
+        return released
+
+    def _caught_up(self, topic: str, partition: int) -> bool:
+        tp = TopicPartition(topic, partition)
+        low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+        if high <= max(low, 0):
+            return True
+        [position] = self.consumer.position([tp])
+        return bool(position.offset >= high)
 
     def _usable(self, msg: Message) -> bool:
         err = msg.error()
@@ -246,6 +279,8 @@ class TransactionalLoop:
             store.aborted()
         self.producer.abort_transaction(TXN_TIMEOUT_S)
         self.aborted_batches += 1
+        if self.aligner:
+            self.aligner.drop((r.topic, r.partition) for r in batch)
         for tp in first_offsets(batch):
             try:
                 self.consumer.seek(tp)

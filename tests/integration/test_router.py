@@ -1,0 +1,207 @@
+"""The router on the real broker: catalog, recipients, requests in; commands, outcomes, dead letters out."""
+
+import json
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from processors.router import Router
+from tests.integration.conftest import read_all
+from tidings.catalog import load
+from tidings.client import Client
+from tidings.codec import default_codec
+from tidings.config import Settings
+from tidings.events import DeliveryCommand, DeliveryOutcome, Event
+from tidings.ids import new_notification_id
+from tidings.kafka import EventProducer, Output
+from tidings.kafka.records import header_map
+from tidings.topics import names
+
+ROOT = Path(__file__).resolve().parents[2]
+CHANNELS = ("email", "sms", "push", "in_app", "webhook")
+
+
+def publish_catalog(s: Settings) -> None:
+    with Client(s) as client:
+        for t in load(ROOT / "catalog"):
+            client.publish(t, wait=False)
+
+
+def run_router(s: Settings, idle: float = 4.0) -> Router:
+    router = Router(s, instance="0", group_id=f"router-{s.topic_prefix}")
+    thread = threading.Thread(target=router.run, kwargs={"idle_exit_after": idle})
+    thread.start()
+    thread.join(timeout=180)
+    assert not thread.is_alive()
+    return router
+
+
+def decoded(s: Settings, topic: str) -> list[Event]:
+    return [default_codec().decode(r.value or b"") for r in read_all(s, topic)]
+
+
+def commands(s: Settings) -> list[DeliveryCommand]:
+    n = names(s)
+    found: list[Any] = []
+    for channel in CHANNELS:
+        found += decoded(s, n.delivery(channel)) + decoded(s, n.delivery(channel, urgent=True))
+    return found
+
+
+def test_requests_become_commands_on_the_right_lanes_with_outcomes(topology: Settings) -> None:
+    s = topology
+    publish_catalog(s)
+    with Client(s) as client:
+        client.update_recipient(
+            tenant="acme",
+            recipient="ada",
+            email="ada@example.com",
+            phone="+4915112345678",
+            locale="de-AT",
+            name="Ada",
+        )
+        client.register_device(
+            tenant="acme", recipient="ada", device_id="phone", platform="fcm", token="tok-1"
+        )
+        client.update_recipient(tenant="acme", recipient="bob", email="bob@example.com")
+        client.update_preferences(
+            tenant="acme",
+            recipient="bob",
+            rules=[{"scope": "category", "key": "orders", "channel": "email", "enabled": False}],
+        )
+        shipped = client.send(
+            tenant="acme", recipient="ada", type="order.shipped", data={"order": "A-1", "carrier": "DHL"}
+        )
+        reset = client.send(
+            tenant="acme", recipient="ada", type="password.reset", data={"link": "https://x/r"}
+        )
+        bob = client.send(
+            tenant="acme", recipient="bob", type="order.shipped", data={"order": "B-1", "carrier": "UPS"}
+        )
+        client.send(
+            tenant="acme",
+            recipient="ada",
+            type="order.shipped",
+            notification_id=shipped,
+            data={"order": "A-1", "carrier": "DHL"},
+        )
+    run_router(s)
+
+    found = commands(s)
+    by_nid = Counter((c.notification_id, c.channel) for c in found)
+    assert by_nid == Counter(
+        {
+            (shipped, "email"): 1,
+            (shipped, "push"): 1,
+            (shipped, "in_app"): 1,
+            (reset, "email"): 1,
+            (reset, "sms"): 1,
+            (bob, "in_app"): 1,
+        }
+    )
+    email = next(c for c in found if c.notification_id == shipped and c.channel == "email")
+    assert email.content.subject == "Ihre Bestellung A-1 ist unterwegs" and email.locale == "de"
+    urgent = decoded(s, names(s).delivery("sms", urgent=True))
+    assert [c.notification_id for c in urgent] == [reset]  # type: ignore[attr-defined]
+
+    outcomes = [o for o in decoded(s, names(s).outcomes) if isinstance(o, DeliveryOutcome)]
+    bob_outcomes = {(o.channel, o.status, o.reason) for o in outcomes if o.notification_id == bob}
+    assert bob_outcomes == {
+        ("in_app", "QUEUED", None),
+        ("email", "SKIPPED", "opted_out"),
+        ("push", "SKIPPED", "no_address"),
+    }
+    assert [o.reason for o in outcomes if o.notification_id == shipped and o.status == "SKIPPED"] == [
+        "duplicate"
+    ]
+
+
+def test_poison_requests_are_dead_lettered_and_rejected_while_valid_ones_flow(topology: Settings) -> None:
+    s = topology
+    n = names(s)
+    publish_catalog(s)
+    codec = default_codec()
+
+    def request(**changes: Any) -> dict[str, Any]:
+        nid = new_notification_id()
+        base = {
+            "event_id": new_notification_id(),
+            "tenant_id": "acme",
+            "occurred_at": int(time.time() * 1000),
+            "correlation_id": str(nid),
+            "notification_id": nid,
+            "recipient_id": "u1",
+            "notification_type": "order.shipped",
+            "data_json": '{"order": "X", "carrier": "Y"}',
+            "priority": None,
+            "channels": ["in_app"],
+            "scheduled_at": None,
+            "expires_at": None,
+            "locale": None,
+            "recipient_overrides": None,
+            "actor_id": None,
+            "broadcast_id": None,
+            "source": None,
+        }
+        return base | changes
+
+    valid = [request() for _ in range(6)]
+    poison = {
+        "garbage": b"\x00\x01 definitely not avro",
+        "wrong schema": codec.encode_record(
+            "DeliveryOutcome",
+            {
+                "event_id": new_notification_id(),
+                "tenant_id": "acme",
+                "occurred_at": 0,
+                "correlation_id": None,
+                "notification_id": (wrong_nid := new_notification_id()),
+                "delivery_id": None,
+                "recipient_id": "u1",
+                "channel": None,
+                "status": "QUEUED",
+                "reason": None,
+                "provider": None,
+                "provider_message_id": None,
+                "attempt": 0,
+                "template_version": None,
+                "detail": None,
+            },
+        ),
+        "missing fields": codec.encode_record("NotificationRequested", missing := request(recipient_id="")),
+        "1 MB payload": codec.encode_record(
+            "NotificationRequested", big := request(data_json=json.dumps({"blob": "x" * 1_000_000}))
+        ),
+        "unknown type": codec.encode_record(
+            "NotificationRequested", unknown := request(notification_type="nope")
+        ),
+    }
+    outputs = []
+    for i, v in enumerate(valid):
+        outputs.append(Output(n.requested, b"acme/u1", codec.encode_record("NotificationRequested", v)))
+        if i < len(poison):
+            outputs.append(Output(n.requested, b"acme/u1", list(poison.values())[i]))
+    with EventProducer(s) as producer:
+        for out in outputs:
+            producer.produce(out)
+    router = run_router(s)
+
+    assert {c.notification_id for c in commands(s)} == {v["notification_id"] for v in valid}
+    letters = [r for r in read_all(s, n.dlq)]
+    assert sorted(r.value or b"" for r in letters) == sorted(poison.values())
+    reasons = {header_map(r.headers)["tidings.error.type"] for r in letters}
+    assert reasons == {"BadMagic", "InvalidEvent"}
+    rejected = {
+        o.notification_id
+        for o in decoded(s, n.outcomes)
+        if isinstance(o, DeliveryOutcome) and o.status == "REJECTED"
+    }
+    assert rejected == {
+        wrong_nid,
+        missing["notification_id"],
+        big["notification_id"],
+        unknown["notification_id"],
+    }
+    assert router.loop.dead_letters == len(poison)
