@@ -9,7 +9,7 @@ import pytest
 
 from tidings import devstack
 from tidings.config import Settings, settings
-from tidings.kafka import apply_topics, read_topic
+from tidings.kafka import TopicFollower, apply_topics, read_topic
 from tidings.kafka.records import Incoming
 from tidings.topics import TopicSpec, registry
 
@@ -41,7 +41,14 @@ def group_id() -> str:
 
 
 def read_all(s: Settings, topic: str, *, idle: float = 3.0, committed: bool = True) -> list[Incoming]:
-    return list(read_topic(s, topic, from_beginning=True, idle_timeout=idle, read_committed=committed))
+    """Everything in a topic now: read_committed up to its end, or read_uncommitted until idle."""
+    if not committed:
+        return list(read_topic(s, topic, from_beginning=True, idle_timeout=idle, read_committed=False))
+    follower = TopicFollower(s, topic)
+    try:
+        return follower.catch_up()
+    finally:
+        follower.close()
 
 
 @pytest.fixture
