@@ -80,6 +80,7 @@ class Router:
             static_membership=instance is not None,
             stores=[self.recipients, self.seen],
             align_max_idle=1.0,
+            align_first=[self.names.recipients, self.names.feedback],
             before_batch=self.refresh_catalog,
         )
 

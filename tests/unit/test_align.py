@@ -52,3 +52,9 @@ def test_groups_do_not_block_each_other_and_limit_holds() -> None:
     assert [(r.partition, r.offset) for r in out] == [(1, 0), (1, 1), (1, 2)]
     a.drop([("req", 1)])
     assert a.pending() == 1
+
+
+def test_equal_timestamps_release_state_topics_first() -> None:
+    a = Aligner(first=["rcp"])
+    a.add([rec("req", 0, 0, 10), rec("rcp", 0, 0, 10)])
+    assert [r.topic for r in a.release(ASSIGNED, lambda t, p: True, 10)] == ["rcp", "req"]

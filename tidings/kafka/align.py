@@ -5,7 +5,7 @@ change produced before a request before it plans that request, although the two 
 independently. As in Kafka Streams, records are buffered per topic-partition and, for each partition
 number, the buffered head with the smallest timestamp goes first. While a topic-partition of the group
 has nothing buffered but is not caught up to its end, the group waits for it, at most `max_idle`
-seconds, then proceeds.
+seconds, then proceeds. On equal timestamps, topics named in `first` go first (state before requests).
 """
 
 from __future__ import annotations
@@ -20,8 +20,11 @@ TP = tuple[str, int]
 
 
 class Aligner:
-    def __init__(self, max_idle: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, max_idle: float = 1.0, clock: Callable[[], float] = time.monotonic, first: Iterable[str] = ()
+    ) -> None:
         self.max_idle = max_idle
+        self.rank = {topic: i for i, topic in enumerate(first)}
         self.clock = clock
         self.buffers: dict[TP, deque[Incoming]] = {}
         self._blocked_since: dict[int, float] = {}
@@ -56,8 +59,8 @@ class Aligner:
                         break
                 else:
                     self._blocked_since.pop(number, None)
-                first = min(heads, key=lambda r: r.timestamp_ms)
-                out.append(self.buffers[(first.topic, first.partition)].popleft())
+                head = min(heads, key=lambda r: (r.timestamp_ms, self.rank.get(r.topic, len(self.rank))))
+                out.append(self.buffers[(head.topic, head.partition)].popleft())
         return out
 
     def drop(self, partitions: Iterable[TP]) -> None:

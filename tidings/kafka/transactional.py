@@ -87,6 +87,7 @@ class TransactionalLoop:
         stores: Sequence[TransactionalState] = (),
         before_batch: Callable[[], None] | None = None,
         align_max_idle: float | None = None,
+        align_first: Sequence[str] = (),
         consumer_overrides: dict[str, Any] | None = None,
         producer_overrides: dict[str, Any] | None = None,
     ) -> None:
@@ -102,7 +103,7 @@ class TransactionalLoop:
         self.settings = settings
         self.stores = list(stores)
         self.before_batch = before_batch
-        self.aligner = Aligner(align_max_idle) if align_max_idle is not None else None
+        self.aligner = Aligner(align_max_idle, first=align_first) if align_max_idle is not None else None
         self._paused: set[tuple[str, int]] = set()
         membership: dict[str, Any] = {"group.instance.id": transactional_id} if static_membership else {}
         if self.stores:
@@ -191,6 +192,8 @@ class TransactionalLoop:
     def _caught_up(self, topic: str, partition: int) -> bool:
         tp = TopicPartition(topic, partition)
         low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+        if high < 0:
+            return False  # no fetch response yet: unknown, so not caught up
         if high <= max(low, 0):
             return True
         [position] = self.consumer.position([tp])
