@@ -35,7 +35,7 @@ from tidings.events import (
     QuietHours,
     RenderedContent,
 )
-from tidings.ids import delivery_id
+from tidings.ids import command_id, delivery_id, outcome_id
 from tidings.render import RenderError, render
 
 INTERRUPTING = frozenset({"push", "sms"})
@@ -193,6 +193,8 @@ def plan(
     ) -> None:
         result.outcomes.append(
             DeliveryOutcome(
+                event_id=outcome_id(nid, status, channel, did, reason),
+                occurred_at=now,
                 tenant_id=request.tenant_id,
                 correlation_id=str(nid),
                 notification_id=nid,
@@ -252,6 +254,8 @@ def plan(
                 outcome("EXPIRED", "expired", channel, did, detail=f"{reason} until after expiry")
                 continue
             command = DeliveryCommand(
+                event_id=command_id(did),
+                occurred_at=now,
                 tenant_id=request.tenant_id,
                 correlation_id=str(nid),
                 delivery_id=did,

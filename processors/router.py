@@ -16,7 +16,7 @@ import logging
 import socket
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from uuid import UUID, uuid5
+from uuid import UUID
 
 from processors.plan import Catalog, plan
 from processors.recipients import RecipientState, fold
@@ -33,6 +33,7 @@ from tidings.events import (
     OutcomeStatus,
     utcnow,
 )
+from tidings.ids import outcome_id
 from tidings.kafka import Incoming, Output, TopicFollower, TransactionalLoop
 from tidings.state import Store
 from tidings.topics import names
@@ -144,7 +145,7 @@ class Router:
             for c in result.commands
         ]
         outputs += [self._command(c, self.names.scheduled, trace) for c in result.deferred]
-        outputs += [self._event(self.names.outcomes, _stable(o), trace) for o in result.outcomes]
+        outputs += [self._event(self.names.outcomes, o, trace) for o in result.outcomes]
         return outputs
 
     def _cancel(self, record: Incoming, event: NotificationCancelled, trace: bytes) -> list[Output]:
@@ -190,6 +191,7 @@ class Router:
         detail: str | None = None,
     ) -> Output:
         outcome = DeliveryOutcome(
+            event_id=outcome_id(nid, status, None, None, reason),
             tenant_id=tenant if "/" not in tenant else "-",
             correlation_id=str(nid),
             notification_id=nid,
@@ -198,18 +200,10 @@ class Router:
             reason=reason,
             detail=detail,
         )
-        return self._event(self.names.outcomes, _stable(outcome), trace)
+        return self._event(self.names.outcomes, outcome, trace)
 
     def _command(self, command: DeliveryCommand, topic: str, trace: bytes) -> Output:
-        return self._event(
-            topic, command.model_copy(update={"event_id": uuid5(command.delivery_id, "command")}), trace
-        )
+        return self._event(topic, command, trace)
 
     def _event(self, topic: str, event: Event, trace: bytes) -> Output:
         return Output.event(topic, event, traceparent=trace, codec=self.codec)
-
-
-def _stable(outcome: DeliveryOutcome) -> DeliveryOutcome:
-    """Outcome event ids derived from what they say, so a replayed decision has the same id."""
-    basis = f"{outcome.status}/{outcome.channel}/{outcome.delivery_id}/{outcome.reason}"
-    return outcome.model_copy(update={"event_id": uuid5(outcome.notification_id, basis)})

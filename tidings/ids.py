@@ -22,3 +22,14 @@ def notification_id_for(tenant_id: str, idempotency_key: str) -> UUID:
 def delivery_id(notification_id: UUID, channel: str, address: str) -> UUID:
     """Deterministic, so a re-run of the router yields the same id and every later step can dedupe on it."""
     return uuid5(notification_id, f"{channel}/{address}")
+
+
+def outcome_id(
+    notification_id: UUID, status: str, channel: str | None, delivery: UUID | None, reason: str | None
+) -> UUID:
+    """An outcome's event id derived from what it says, so a replayed decision has the same id."""
+    return uuid5(notification_id, f"{status}/{channel}/{delivery}/{reason}")
+
+
+def command_id(delivery: UUID) -> UUID:
+    return uuid5(delivery, "command")

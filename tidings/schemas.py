@@ -47,7 +47,7 @@ def load_version(path: Path) -> SchemaVersion:
     raw = json.loads(path.read_text())
     if raw.get("name") != match["name"]:
         raise ConfigError(f"{path}: record name {raw.get('name')!r} differs from the file name")
-    parsed = cast(dict[str, Any], parse_schema(raw, _write_hint=False))
+    parsed = cast(dict[str, Any], parse_schema(raw))
     canonical = to_parsing_canonical_form(raw)
     fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
     return SchemaVersion(match["name"], int(match["version"]), path, raw, parsed, canonical, fp)

@@ -124,6 +124,9 @@ class TransactionalLoop:
         )
         self.stopping = threading.Event()
         self.committed_batches = 0
+        self.committed_records = 0
+        self.first_batch_at: float | None = None
+        self.last_commit_at: float | None = None
         self.aborted_batches = 0
         self.dead_letters = 0
 
@@ -226,6 +229,8 @@ class TransactionalLoop:
 
     def process(self, batch: list[Incoming]) -> None:
         """One transaction: outputs of every record in the batch plus the batch's offsets."""
+        if self.first_batch_at is None:
+            self.first_batch_at = time.monotonic()
         if self.before_batch:
             self.before_batch()
         self.producer.begin_transaction()
@@ -243,6 +248,8 @@ class TransactionalLoop:
             for store in self.stores:
                 store.committed()
             self.committed_batches += 1
+            self.committed_records += len(batch)
+            self.last_commit_at = time.monotonic()
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
             if not err.txn_requires_abort():
