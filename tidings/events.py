@@ -9,6 +9,7 @@ status never breaks an old reader at the Avro level; the model is where unknown 
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 from uuid import UUID, uuid4
@@ -47,6 +48,7 @@ FeedbackKind = Literal[
     "opened",
 ]
 MAX_ID_LENGTH = 256
+_CONTROL = re.compile(r"[\x00-\x1f]")
 MAX_DATA_BYTES = 256 * 1024
 
 
@@ -60,7 +62,7 @@ def _utc_millis(value: datetime) -> datetime:
 def _identifier(value: str) -> str:
     if not value or len(value) > MAX_ID_LENGTH:
         raise ValueError(f"must be 1..{MAX_ID_LENGTH} characters")
-    if any(ord(c) < 32 for c in value):
+    if _CONTROL.search(value):
         raise ValueError("must not contain control characters")
     return value
 

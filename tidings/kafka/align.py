@@ -46,13 +46,20 @@ class Aligner:
             groups.setdefault(tp[1], []).append(tp)
         out: list[Incoming] = []
         now = self.clock()
+        known: dict[TP, bool] = {}
+
+        def settled(tp: TP) -> bool:
+            if tp not in known:
+                known[tp] = caught_up(*tp)
+            return known[tp]
+
         for number, members in sorted(groups.items()):
             while len(out) < limit:
                 heads = [self.buffers[tp][0] for tp in members if self.buffers.get(tp)]
                 if not heads:
                     self._blocked_since.pop(number, None)
                     break
-                waiting = [tp for tp in members if not self.buffers.get(tp) and not caught_up(*tp)]
+                waiting = [tp for tp in members if not self.buffers.get(tp) and not settled(tp)]
                 if waiting:
                     since = self._blocked_since.setdefault(number, now)
                     if now - since < self.max_idle:

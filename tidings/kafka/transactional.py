@@ -160,7 +160,8 @@ class TransactionalLoop:
         last_input = time.monotonic()
         try:
             while not self.stopping.is_set():
-                msgs = self.consumer.consume(self.batch_size, self.poll_timeout)
+                backlog = self.aligner is not None and self.aligner.pending() >= self.batch_size
+                msgs = self.consumer.consume(self.batch_size, 0 if backlog else self.poll_timeout)
                 batch = [to_incoming(m) for m in msgs if self._usable(m)]
                 if self.aligner:
                     batch = self._aligned(batch)
