@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from tidings.cli import dev, io, pipeline, schemas, topics
+from tidings.cli import demo, dev, io, pipeline, schemas, topics
 from tidings.errors import TidingsError
 
 app = typer.Typer(
@@ -23,7 +23,7 @@ app.add_typer(pipeline.recipients_app, name="recipients")
 app.add_typer(pipeline.run_app, name="run")
 app.command("send")(io.send)
 app.command("tail")(io.tail)
-app.command("demo")(io.demo)
+app.command("demo")(demo.demo)
 
 
 def main() -> None:

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from tidings import devstack
 from tidings.client import Client
 from tidings.config import settings
 from tidings.errors import InvalidEvent
-from tidings.kafka import apply_topics, read_topic
-from tidings.topics import names, registry
+from tidings.kafka import read_topic
 from tidings.views import record_view
 
 console = Console(stderr=True)
@@ -88,55 +84,3 @@ def tail(
         settings(), topic, from_beginning=from_beginning, max_records=max_records, idle_timeout=timeout
     ):
         print(json.dumps(record_view(record), ensure_ascii=False), flush=True)
-
-
-DEMO_REQUESTS: list[tuple[str, str, str, dict[str, Any]]] = [
-    ("acme", "ada", "order.shipped", {"order": "A-1001", "carrier": "DHL"}),
-    ("acme", "grace", "password.reset", {"link": "https://example.com/r/abc"}),
-    ("acme", "alan", "comment.mention", {"by": "ada", "thread": "T-7"}),
-    ("globex", "linus", "invoice.due", {"amount": 129.5, "currency": "EUR"}),
-    ("globex", "margaret", "weekly.digest", {"items": 12}),
-]
-
-
-def demo(
-    count: int = typer.Option(1, "--rounds", min=1, help="Send the demo requests this many times."),
-) -> None:
-    """Start the stack, create topics, send requests with the SDK and read them back decoded."""
-    s = settings()
-    console.rule("local stack")
-    devstack.up(s, lambda svc, msg: console.print(f"[bold]{svc:<9}[/] {msg}"))
-    created = sum(r.action == "created" for r in apply_topics(s, registry(s)))
-    console.print(f"topics: {len(registry(s))} in the registry, {created} created now")
-    console.rule("send (tidings.client)")
-    sent: dict[str, tuple[str, str, str]] = {}
-    started = time.monotonic()
-    with Client(s, source="demo") as client:
-        for _ in range(count):
-            for tenant, recipient, type_, data in DEMO_REQUESTS:
-                nid = client.send(tenant=tenant, recipient=recipient, type=type_, data=data, wait=False)
-                sent[str(nid)] = (tenant, recipient, type_)
-        client.flush()
-    console.print(f"sent {len(sent)} requests in {time.monotonic() - started:.2f}s")
-    console.rule(f"read back from {names(s).requested}")
-    table = Table("notification_id", "key", "type", "data", "partition@offset")
-    found = 0
-    for record in read_topic(s, names(s).requested, from_beginning=True, idle_timeout=5.0):
-        view = record_view(record)
-        value = view.get("value") or {}
-        if value.get("notification_id") in sent:
-            found += 1
-            table.add_row(
-                value["notification_id"],
-                view["key"],
-                value["notification_type"],
-                value["data_json"],
-                f"{record.partition}@{record.offset}",
-            )
-            if found == len(sent):
-                break
-    Console().print(table)
-    if found != len(sent):
-        console.print(f"[red]only {found} of {len(sent)} requests were read back[/]")
-        raise typer.Exit(1)
-    console.print(f"[green]all {found} requests read back decoded[/]")
