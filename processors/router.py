@@ -53,10 +53,11 @@ class Router:
         instance: str | None = None,
         clock: Callable[[], datetime] = utcnow,
         codec: Codec | None = None,
-        group_id: str = GROUP,
+        group_id: str | None = None,
     ) -> None:
         self.settings = settings
         self.names = names(settings)
+        group_id = group_id or settings.topic_prefix + GROUP
         self.codec = codec or default_codec()
         self.clock = clock
         self.catalog = Catalog()

@@ -135,7 +135,7 @@ def start_router(env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 def lag(s: Settings) -> int:
     n = names(s)
-    return group_lag(s, "tidings.router", [n.requested, n.recipients, n.feedback])
+    return group_lag(s, s.topic_prefix + "tidings.router", [n.requested, n.recipients, n.feedback])
 
 
 def wait_for_lag(s: Settings, below: int, timeout: float = 180) -> None:

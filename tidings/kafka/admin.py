@@ -66,6 +66,9 @@ def apply_topics(settings: Settings, specs: list[TopicSpec], *, timeout: float =
                 if exc.args[0].code() != exc.args[0].TOPIC_ALREADY_EXISTS:
                     raise
                 reports[name] = TopicReport(name, "exists")
+    created = [name for name, r in reports.items() if r.action == "created"]
+    if created:
+        _wait_for_leaders(client, created, timeout)
     present = [s for s in specs if s.name in existing]
     if present:
         resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in present]
@@ -84,6 +87,25 @@ def apply_topics(settings: Settings, specs: list[TopicSpec], *, timeout: float =
                 report.action = "drift"
             reports[spec.name] = report
     return [reports[s.name] for s in specs]
+
+
+def _wait_for_leaders(client: AdminClient, topics: list[str], timeout: float) -> None:
+    """New topics are usable once every partition has a leader."""
+    deadline = time.monotonic() + timeout
+    while True:
+        meta = client.list_topics(timeout=timeout).topics
+        pending = [
+            t
+            for t in topics
+            if t not in meta
+            or meta[t].error is not None
+            or any(p.leader < 0 or p.error is not None for p in meta[t].partitions.values())
+        ]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise KafkaUnavailable(f"no partition leaders after {timeout:.0f}s for {pending[:3]}")
+        time.sleep(0.1)
 
 
 def group_lag(settings: Settings, group_id: str, topics: list[str], timeout: float = 10.0) -> int:

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
 from tidings.config import Settings
 from tidings.errors import KafkaUnavailable
@@ -154,7 +154,7 @@ def read_partition(
     """One partition from its start to its end (the last stable offset: read_committed), then stop."""
     consumer = Consumer(config.consumer(settings, f"tidings-restore-{uuid.uuid4()}"))
     try:
-        _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        high = high_watermark(consumer, TopicPartition(topic, partition))
         if high <= 0:
             return
         consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
@@ -174,6 +174,20 @@ def read_partition(
         consumer.close()
 
 
+def high_watermark(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) -> int:
+    """The partition's end offset, retrying while leadership settles (a just-created topic)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return int(consumer.get_watermark_offsets(tp, timeout=10)[1])
+        except KafkaException as exc:
+            if not exc.args[0].retriable() and exc.args[0].code() != KafkaError.NOT_LEADER_FOR_PARTITION:
+                raise
+            if time.monotonic() > deadline:
+                raise KafkaUnavailable(f"no end offset for {tp.topic}[{tp.partition}]: {exc}") from exc
+            time.sleep(0.2)
+
+
 class TopicFollower:
     """Reads a whole topic into the caller without a group: `catch_up()` to its end, then `poll()`."""
 
@@ -186,7 +200,7 @@ class TopicFollower:
 
     def catch_up(self, timeout: float = 60.0) -> list[Incoming]:
         ends = {
-            p: self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1]
+            p: high_watermark(self.consumer, TopicPartition(self.topic, p))
             for p in self.partitions
         }
         records: list[Incoming] = []
