@@ -189,20 +189,23 @@ def high_watermark(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0
 
 
 class TopicFollower:
-    """Reads a whole topic into the caller without a group: `catch_up()` to its end, then `poll()`."""
+    """Reads a whole topic into the caller without a group: `catch_up()` to its end, then `poll()`.
+
+    Its fetches wait at most 20 ms at the broker: an end-offset query queues behind an open long-poll
+    fetch on the same connection, and the default 500 ms wait made every query cost half a second.
+    """
 
     def __init__(self, settings: Settings, topic: str) -> None:
         self.topic = topic
-        self.consumer = Consumer(config.consumer(settings, f"tidings-follower-{uuid.uuid4()}"))
+        self.consumer = Consumer(
+            config.consumer(settings, f"tidings-follower-{uuid.uuid4()}", **{"fetch.wait.max.ms": 20})
+        )
         meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
         self.partitions = sorted(meta.partitions)
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in self.partitions])
 
     def catch_up(self, timeout: float = 60.0) -> list[Incoming]:
-        ends = {
-            p: high_watermark(self.consumer, TopicPartition(self.topic, p))
-            for p in self.partitions
-        }
+        ends = {p: high_watermark(self.consumer, TopicPartition(self.topic, p)) for p in self.partitions}
         records: list[Incoming] = []
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
