@@ -164,20 +164,26 @@ def test_sigkill_three_times_yields_exactly_the_planned_commands(topology: Setti
     first, changes = profiles(rng, 200), preference_changes(rng, 200)
     batch_a, batch_c = requests(rng, 5000, 200), requests(rng, 5000, 200)
 
-    with Client(s) as client:
-        produce(s, [*catalog_types, *first, *batch_a], client)
-        router = start_router(env)
-        wait_for_lag(s, below=4000)
-        kill(router)  # 1: mid-stream
-        router = start_router(env)
-        wait_for_lag(s, below=0)
-        produce(s, changes, client)
-        wait_for_lag(s, below=0)
-        kill(router)  # 2: the preference changes are committed only in the changelog
-        router = start_router(env)
-        produce(s, batch_c, client)
-        wait_for_lag(s, below=3000)
-        kill(router)  # 3: mid-stream again
+    router = None
+    try:
+        with Client(s) as client:
+            produce(s, [*catalog_types, *first, *batch_a], client)
+            router = start_router(env)
+            wait_for_lag(s, below=4000)
+            kill(router)  # 1: mid-stream
+            router = start_router(env)
+            wait_for_lag(s, below=0)
+            produce(s, changes, client)
+            wait_for_lag(s, below=0)
+            kill(router)  # 2: the preference changes are committed only in the changelog
+            router = start_router(env)
+            produce(s, batch_c, client)
+            wait_for_lag(s, below=3000)
+            kill(router)  # 3: mid-stream again
+    finally:
+        if router is not None and router.poll() is None:
+            router.kill()
+            router.wait()
     final = subprocess.run(
         [TIDINGS, "run", "router", "--instance", "0", "--idle-exit", "5"],
         env=env,

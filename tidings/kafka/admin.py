@@ -108,20 +108,29 @@ def _wait_for_leaders(client: AdminClient, topics: list[str], timeout: float) ->
         time.sleep(0.1)
 
 
-def group_lag(settings: Settings, group_id: str, topics: list[str], timeout: float = 10.0) -> int:
-    """Records in `topics` not yet committed by the consumer group (read_committed end offsets)."""
+def group_lag(settings: Settings, group_id: str, topics: list[str], timeout: float = 30.0) -> int:
+    """Records in `topics` not yet committed by the consumer group (read_committed end offsets).
+
+    Retries while the group coordinator or partition leaders are still loading (a fresh cluster)."""
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer(config.consumer(settings, group_id))
+    deadline = time.monotonic() + timeout
     try:
-        lag = 0
-        for topic in topics:
-            meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
-            partitions = [TopicPartition(topic, p) for p in meta.partitions]
-            committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=timeout)}
-            for tp in partitions:
-                _, high = consumer.get_watermark_offsets(tp, timeout=timeout)
-                lag += max(0, high - max(committed.get(tp.partition, 0), 0))
-        return lag
+        while True:
+            try:
+                lag = 0
+                for topic in topics:
+                    meta = consumer.list_topics(topic, timeout=10).topics[topic]
+                    partitions = [TopicPartition(topic, p) for p in meta.partitions]
+                    committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=10)}
+                    for tp in partitions:
+                        _, high = consumer.get_watermark_offsets(tp, timeout=10)
+                        lag += max(0, high - max(committed.get(tp.partition, 0), 0))
+                return lag
+            except KafkaException as exc:
+                if time.monotonic() > deadline:
+                    raise KafkaUnavailable(f"lag of {group_id} unknown: {exc}") from exc
+                time.sleep(0.3)
     finally:
         consumer.close()
