@@ -24,7 +24,6 @@ from tidings.codec import Codec, default_codec
 from tidings.config import Settings
 from tidings.errors import CodecError, InvalidEvent
 from tidings.events import (
-    DeliveryCommand,
     DeliveryOutcome,
     Event,
     NotificationCancelled,
@@ -142,10 +141,10 @@ class Router:
         result = plan(event, self.recipients.get(record.partition, key), self.catalog, self.clock())
         self.seen.put(record.partition, seen_key, "requested")
         outputs = [
-            self._command(c, self.names.delivery(c.channel, urgent=c.priority in URGENT), trace)
+            self._event(self.names.delivery(c.channel, urgent=c.priority in URGENT), c, trace)
             for c in result.commands
         ]
-        outputs += [self._command(c, self.names.scheduled, trace) for c in result.deferred]
+        outputs += [self._event(self.names.scheduled, c, trace) for c in result.deferred]
         outputs += [self._event(self.names.outcomes, o, trace) for o in result.outcomes]
         return outputs
 
@@ -202,9 +201,6 @@ class Router:
             detail=detail,
         )
         return self._event(self.names.outcomes, outcome, trace)
-
-    def _command(self, command: DeliveryCommand, topic: str, trace: bytes) -> Output:
-        return self._event(topic, command, trace)
 
     def _event(self, topic: str, event: Event, trace: bytes) -> Output:
         return Output.event(topic, event, traceparent=trace, codec=self.codec)
