@@ -9,9 +9,11 @@
 5. category x channel rule, then category x every channel, then a category unsubscribe from feedback;
 6. otherwise the type's default: delivered.
 
-Then per address: suppressed addresses are skipped (a plain unsubscribe only for non-critical types);
-a request past its expiry is EXPIRED; `scheduled_at` in the future and, for push and SMS, quiet hours in
-the recipient's time zone (not for critical types) defer the command to `notifications.scheduled`.
+Webhooks go to every enabled endpoint of the recipient whose `event_types` name the type or its
+category (or are empty), unless the request overrides the address. Then per address: suppressed
+addresses are skipped (a plain unsubscribe only for non-critical types); a request past its expiry
+is EXPIRED; `scheduled_at` in the future and, for push and SMS, quiet hours in the recipient's time
+zone (not for critical types) defer the command to `notifications.scheduled`.
 Quiet hours do not hold email, in-app or webhooks, which do not interrupt anyone.
 """
 
@@ -130,7 +132,7 @@ def opted_out(channel: str, t: NotificationTypePublished, state: RecipientState)
 
 
 def addresses(
-    channel: str, request: NotificationRequested, state: RecipientState
+    channel: str, request: NotificationRequested, state: RecipientState, t: NotificationTypePublished
 ) -> list[tuple[str, dict[str, str]]]:
     overrides = request.recipient_overrides or {}
     if channel == "in_app":
@@ -147,6 +149,13 @@ def addresses(
                 },
             )
             for device_id, d in sorted(state.devices.items())
+        ]
+    if channel == "webhook" and "webhook" not in overrides:
+        wanted = {t.notification_type, t.category}
+        return [
+            (e.url, {"endpoint_id": endpoint_id, "secret": e.secret})
+            for endpoint_id, e in sorted(state.webhooks.items())
+            if e.enabled and (not e.event_types or wanted & set(e.event_types))
         ]
     direct = overrides.get(channel) or {"email": state.email, "sms": state.phone}.get(channel)
     return [(direct, {})] if direct else []
@@ -229,7 +238,7 @@ def plan(
         if why := opted_out(channel, t, state):
             outcome("SKIPPED", "opted_out", channel, detail=why)
             continue
-        targets = addresses(channel, request, state)
+        targets = addresses(channel, request, state, t)
         if not targets:
             outcome("SKIPPED", "no_address", channel)
             continue

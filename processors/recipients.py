@@ -4,7 +4,8 @@ suppressions. Pure: `fold(state, event) -> state`, replayable from the topics at
 Suppression rules: a hard bounce, complaint, SMS STOP or token-invalid is permanent until lifted (START,
 resubscribe, or the address being set again); `SOFT_BOUNCE_LIMIT` soft bounces within
 `SOFT_BOUNCE_WINDOW` suppress too. An unsubscribe with a category opts out of that category's
-non-critical messages; without one it suppresses the address for non-critical messages.
+non-critical messages; without one it suppresses the address for non-critical messages. A webhook
+endpoint disabled by the gateway (`endpoint_disabled`) stays suppressed until it is updated again.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from tidings.events import (
     ProviderFeedback,
     QuietHours,
     RecipientUpdated,
+    WebhookEndpointRemoved,
+    WebhookEndpointUpdated,
 )
 
 SOFT_BOUNCE_LIMIT = 3
@@ -39,6 +42,14 @@ class Device(BaseModel):
     keys: dict[str, str] = {}
     app_id: str | None = None
     registered_at: datetime
+
+
+class WebhookEndpoint(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    url: str
+    secret: str
+    event_types: list[str] = []
+    enabled: bool = True
 
 
 class Suppression(BaseModel):
@@ -61,6 +72,7 @@ class RecipientState(BaseModel):
     quiet_hours: QuietHours | None = None
     digest: dict[str, str] = {}
     devices: dict[str, Device] = {}
+    webhooks: dict[str, WebhookEndpoint] = {}
     suppressions: dict[str, Suppression] = {}
     unsubscribed_categories: dict[str, datetime] = {}
     soft_bounces: dict[str, list[datetime]] = {}
@@ -98,6 +110,18 @@ def fold(state: RecipientState | None, event: Event) -> RecipientState:
     if isinstance(event, DeviceRemoved):
         return state.model_copy(
             update={"devices": {k: v for k, v in state.devices.items() if k != event.device_id}}
+        )
+    if isinstance(event, WebhookEndpointUpdated):
+        endpoint = WebhookEndpoint(
+            url=event.url, secret=event.secret, event_types=event.event_types, enabled=event.enabled
+        )
+        lifted = {k: v for k, v in state.suppressions.items() if k != address_key("webhook", event.url)}
+        return state.model_copy(
+            update={"webhooks": {**state.webhooks, event.endpoint_id: endpoint}, "suppressions": lifted}
+        )
+    if isinstance(event, WebhookEndpointRemoved):
+        return state.model_copy(
+            update={"webhooks": {k: v for k, v in state.webhooks.items() if k != event.endpoint_id}}
         )
     if isinstance(event, ProviderFeedback):
         return _feedback(state, event)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import typing
 from datetime import UTC, datetime
@@ -71,6 +72,10 @@ def for_type(avro: Any, name: str, annotation: Any) -> st.SearchStrategy[Any]:
             return st.sampled_from(["+4915112345678", "+14155550123", "+447911123456", "+81312345678"])
         if name == "email":
             return st.emails()
+        if name == "url":
+            return st.from_regex(r"\Ahttps://[a-z]{1,12}\.example/[a-z0-9]{0,12}\Z")
+        if name == "secret":
+            return st.binary(min_size=24, max_size=32).map(lambda b: "whsec_" + base64.b64encode(b).decode())
         return TEXT
     return {
         "int": st.integers(1, 2**31 - 1),

@@ -29,6 +29,7 @@ from tidings.events import (
     NotificationRequested,
     PreferencesUpdated,
     RecipientUpdated,
+    WebhookEndpointUpdated,
 )
 from tidings.ids import new_notification_id, notification_id_for
 from tidings.kafka import EventProducer, Output
@@ -174,6 +175,33 @@ class Client:
     def remove_device(self, *, tenant: str, recipient: str, device_id: str, wait: bool = True) -> None:
         self.publish(
             _validated(DeviceRemoved, tenant_id=tenant, recipient_id=recipient, device_id=device_id),
+            wait=wait,
+        )
+
+    def set_webhook_endpoint(
+        self,
+        *,
+        tenant: str,
+        recipient: str,
+        endpoint_id: str,
+        url: str,
+        secret: str,
+        event_types: Sequence[str] = (),
+        enabled: bool = True,
+        wait: bool = True,
+    ) -> None:
+        """Create or change an endpoint; `secret` is a Standard Webhooks `whsec_...` secret."""
+        self.publish(
+            _validated(
+                WebhookEndpointUpdated,
+                tenant_id=tenant,
+                recipient_id=recipient,
+                endpoint_id=endpoint_id,
+                url=url,
+                secret=secret,
+                event_types=list(event_types),
+                enabled=enabled,
+            ),
             wait=wait,
         )
 

@@ -211,6 +211,21 @@ class DeviceRemoved(Event):
     reason: str | None = None
 
 
+class WebhookEndpointUpdated(Event):
+    recipient_id: Identifier
+    endpoint_id: Identifier
+    url: str = Field(pattern=r"^https?://\S+$")
+    secret: str = Field(pattern=r"^whsec_[A-Za-z0-9+/=]{16,}$")
+    event_types: list[str] = []
+    enabled: bool = True
+
+
+class WebhookEndpointRemoved(Event):
+    recipient_id: Identifier
+    endpoint_id: Identifier
+    reason: str | None = None
+
+
 class ChannelTemplate(Record):
     channel: Channel
     locale: str

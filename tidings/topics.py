@@ -144,7 +144,14 @@ def registry(settings: Settings) -> list[TopicSpec]:
         TopicSpec(
             RECIPIENTS,
             RECIPIENT_KEY,
-            ("RecipientUpdated", "PreferencesUpdated", "DeviceRegistered", "DeviceRemoved"),
+            (
+                "RecipientUpdated",
+                "PreferencesUpdated",
+                "DeviceRegistered",
+                "DeviceRemoved",
+                "WebhookEndpointUpdated",
+                "WebhookEndpointRemoved",
+            ),
             retention_ms=FOREVER,
         ),
         TopicSpec(

@@ -315,3 +315,46 @@ def test_priority() -> None:
     assert {
         c.priority for c in plan(request(priority="low"), recipient(), catalog(critical=True), NOW).commands
     } == {"critical"}
+
+
+def test_webhooks_go_to_matching_enabled_endpoints() -> None:
+    from tidings.events import ProviderFeedback, WebhookEndpointRemoved, WebhookEndpointUpdated
+
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+    def endpoint(eid: str, url: str, **kw: Any) -> WebhookEndpointUpdated:
+        return WebhookEndpointUpdated(
+            tenant_id="acme", recipient_id="u1", endpoint_id=eid, url=url, secret=secret, **kw
+        )
+
+    state = recipient()
+    for e in (
+        endpoint("all", "https://a.example/in"),
+        endpoint("orders", "https://b.example/in", event_types=["orders"]),
+        endpoint("billing", "https://c.example/in", event_types=["invoice.due"]),
+        endpoint("off", "https://d.example/in", enabled=False),
+    ):
+        state = fold(state, e)
+    p = plan(request(channels=["webhook"]), state, catalog(), NOW)
+    assert [(c.address, c.address_params["endpoint_id"]) for c in p.commands] == [
+        ("https://a.example/in", "all"),
+        ("https://b.example/in", "orders"),
+    ]
+    assert p.commands[0].address_params["secret"] == secret
+    disabled = fold(
+        state,
+        ProviderFeedback(
+            tenant_id="acme",
+            recipient_id="u1",
+            kind="endpoint_disabled",
+            channel="webhook",
+            address="https://a.example/in",
+        ),
+    )
+    assert skipped(plan(request(channels=["webhook"]), disabled, catalog(), NOW)) == {"webhook": "suppressed"}
+    revived = fold(disabled, endpoint("all", "https://a.example/in"))
+    assert skipped(plan(request(channels=["webhook"]), revived, catalog(), NOW)) == {}
+    removed = fold(state, WebhookEndpointRemoved(tenant_id="acme", recipient_id="u1", endpoint_id="orders"))
+    assert [c.address for c in plan(request(channels=["webhook"]), removed, catalog(), NOW).commands] == [
+        "https://a.example/in"
+    ]

@@ -82,6 +82,15 @@ def demo(
             token="demo-fcm-token",
             wait=False,
         )
+        client.set_webhook_endpoint(
+            tenant="acme",
+            recipient="grace",
+            endpoint_id="billing",
+            url="https://hooks.example/grace",
+            secret="whsec_" + "ZGVtby1zZWNyZXQtMTIzNDU2",
+            event_types=["billing"],
+            wait=False,
+        )
         client.update_preferences(
             tenant="acme",
             recipient="alan",
