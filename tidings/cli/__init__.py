@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from tidings.cli import demo, dev, io, pipeline, schemas, topics
+from tidings.cli import data, demo, dev, io, pipeline, schemas, topics
 from tidings.errors import TidingsError
 
 app = typer.Typer(
@@ -21,6 +21,10 @@ app.add_typer(schemas.app, name="schemas")
 app.add_typer(pipeline.catalog_app, name="catalog")
 app.add_typer(pipeline.recipients_app, name="recipients")
 app.add_typer(pipeline.run_app, name="run")
+app.add_typer(data.db_app, name="db")
+app.add_typer(data.projections_app, name="projections")
+pipeline.run_app.command("projection")(data.run_projection)
+app.command("status")(data.status)
 app.command("send")(io.send)
 app.command("tail")(io.tail)
 app.command("demo")(demo.demo)

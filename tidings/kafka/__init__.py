@@ -7,6 +7,7 @@ from tidings.kafka.admin import TopicReport, apply_topics, group_lag, wait_until
 from tidings.kafka.consumer import AtLeastOnceLoop, TopicFollower, read_partition, read_topic
 from tidings.kafka.producer import EventProducer
 from tidings.kafka.records import Handler, Incoming, Output, PoisonHandler
+from tidings.kafka.stored import StoredOffsetsLoop
 from tidings.kafka.transactional import TransactionalLoop
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "Incoming",
     "Output",
     "PoisonHandler",
+    "StoredOffsetsLoop",
     "TopicFollower",
     "TopicReport",
     "TransactionalLoop",

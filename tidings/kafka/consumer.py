@@ -205,15 +205,30 @@ class TopicFollower:
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in self.partitions])
 
     def catch_up(self, timeout: float = 60.0) -> list[Incoming]:
+        return [r for batch in self.batches(500, timeout) for r in batch]
+
+    def end_total(self) -> int:
+        """How many records the topic holds now (end minus start offsets, control records included)."""
+        total = 0
+        for p in self.partitions:
+            low, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
+            total += max(0, high - max(low, 0))
+        return total
+
+    def batches(self, size: int = 500, timeout: float = 60.0) -> Iterator[list[Incoming]]:
+        """Batches up to the topic's end as of the call; `timeout` bounds a stretch without progress."""
         ends = {p: high_watermark(self.consumer, TopicPartition(self.topic, p)) for p in self.partitions}
-        records: list[Incoming] = []
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            records += self.poll(timeout=0.2)
+        while True:
+            got = self.poll(size, timeout=0.2)
+            if got:
+                deadline = time.monotonic() + timeout
+                yield got
             positions = self.consumer.position([TopicPartition(self.topic, p) for p in self.partitions])
             if all(tp.offset >= ends[tp.partition] or ends[tp.partition] == 0 for tp in positions):
-                return records
-        raise KafkaUnavailable(f"{self.topic} not read to its end within {timeout:.0f}s")
+                return
+            if time.monotonic() > deadline:
+                raise KafkaUnavailable(f"{self.topic} not read to its end: no progress for {timeout:.0f}s")
 
     def poll(self, max_records: int = 500, timeout: float = 0.0) -> list[Incoming]:
         return [to_incoming(m) for m in self.consumer.consume(max_records, timeout) if m.error() is None]

@@ -1,0 +1,143 @@
+"""Consumes topics into PostgreSQL: the shared runner of every projection.
+
+Each batch is decoded, applied by the projection and its next offsets written in one PostgreSQL
+transaction, so a projection killed at any moment resumes exactly where its rows end. Undecodable
+records go to the DLQ (acknowledged before the transaction commits) and are skipped. `rebuild` truncates
+the projection's tables and offsets in one transaction and replays its topics from offset 0 to their
+current end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import psycopg
+
+from tidings.codec import default_codec
+from tidings.config import Settings
+from tidings.errors import CodecError, InvalidEvent, TidingsError
+from tidings.events import Event
+from tidings.kafka import EventProducer, Incoming, StoredOffsetsLoop, TopicFollower
+from tidings.kafka.records import dead_letter
+from tidings.topics import Names, names
+
+Cursor = psycopg.Cursor[tuple[Any, ...]]
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+
+class DatabaseUnavailable(TidingsError):
+    retriable = True
+
+
+class Projection:
+    """A table family fed by topics. Subclasses set `name`, `tables`, `sources` and implement `apply`."""
+
+    registry: ClassVar[dict[str, type[Projection]]] = {}
+    name: ClassVar[str]
+    tables: ClassVar[tuple[str, ...]]
+    sources: ClassVar[tuple[str, ...]]  # attribute names of tidings.topics.Names
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        Projection.registry[cls.name] = cls
+
+    def topics(self, n: Names) -> list[str]:
+        return [getattr(n, source) for source in self.sources]
+
+    def apply(self, cur: Cursor, events: list[Event]) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class Runner:
+    settings: Settings
+    projection: Projection
+
+    def __post_init__(self) -> None:
+        self.conn: Connection = psycopg.connect(self.settings.postgres_dsn, autocommit=False)
+        self.producer = EventProducer(self.settings)
+        self.dlq = names(self.settings).dlq
+        self.group = f"{self.settings.topic_prefix}tidings.projection.{self.projection.name}"
+
+    def load_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        with self.conn.transaction():
+            rows = self.conn.execute(
+                "SELECT topic, partition, next_offset FROM projection_offsets WHERE projection = %s",
+                (self.projection.name,),
+            ).fetchall()
+        return {(t, p): o for t, p, o in rows}
+
+    def store(self, batch: list[Incoming]) -> None:
+        events: list[Event] = []
+        poison = []
+        for record in batch:
+            try:
+                events.append(record.decode(default_codec()))
+            except (CodecError, InvalidEvent) as exc:
+                poison.append(dead_letter(record, exc, self.group, self.dlq))
+        for letter in poison:
+            self.producer.produce(letter)
+        if poison:
+            self.producer.flush()
+        offsets: dict[tuple[str, int], int] = {}
+        for r in batch:
+            offsets[(r.topic, r.partition)] = max(offsets.get((r.topic, r.partition), 0), r.offset + 1)
+        try:
+            with self.conn.transaction(), self.conn.cursor() as cur:
+                self.projection.apply(cur, events)
+                cur.executemany(
+                    "INSERT INTO projection_offsets (projection, topic, partition, next_offset) "
+                    "VALUES (%s, %s, %s, %s) ON CONFLICT (projection, topic, partition) "
+                    "DO UPDATE SET next_offset = EXCLUDED.next_offset",
+                    [(self.projection.name, t, p, o) for (t, p), o in offsets.items()],
+                )
+        except psycopg.OperationalError as exc:
+            self.conn = psycopg.connect(self.settings.postgres_dsn, autocommit=False)
+            raise DatabaseUnavailable(str(exc)) from exc
+
+    def run(self, *, idle_exit_after: float | None = None) -> StoredOffsetsLoop:
+        loop = StoredOffsetsLoop(
+            self.settings,
+            group_id=self.group,
+            topics=self.projection.topics(names(self.settings)),
+            handle_batch=self.store,
+            load_offsets=self.load_offsets,
+        )
+        self._loop = loop
+        loop.run(idle_exit_after=idle_exit_after)
+        return loop
+
+    def stop(self) -> None:
+        if getattr(self, "_loop", None):
+            self._loop.stop()
+
+    def rebuild(self, progress: Callable[[int, int], None] = lambda done, total: None) -> tuple[int, float]:
+        """Truncate and replay from offset 0; returns (records, seconds)."""
+        with self.conn.transaction():
+            self.conn.execute(f"TRUNCATE {', '.join(self.projection.tables)}".encode())
+            self.conn.execute("DELETE FROM projection_offsets WHERE projection = %s", (self.projection.name,))
+        started = time.monotonic()
+        done = 0
+        followers = [TopicFollower(self.settings, t) for t in self.projection.topics(names(self.settings))]
+        try:
+            total = sum(f.end_total() for f in followers)
+            for follower in followers:
+                for batch in follower.batches(2000):
+                    self.store(batch)
+                    done += len(batch)
+                    progress(done, total)
+        finally:
+            for f in followers:
+                f.close()
+        return done, time.monotonic() - started
+
+    def close(self) -> None:
+        self.producer.close()
+        self.conn.close()
+
+
+def grouped(events: Iterable[Event], kind: type[Event]) -> list[Any]:
+    return [e for e in events if isinstance(e, kind)]

@@ -1,0 +1,75 @@
+"""Consumes notifications.feedback; produces the suppressions table (per tenant, channel and address).
+
+Hard bounce, complaint, SMS STOP, dead token, disabled endpoint and an address-wide unsubscribe suppress;
+`SOFT_BOUNCE_LIMIT` soft bounces within `SOFT_BOUNCE_WINDOW` suppress; START and resubscribe lift. Each
+row changes only for feedback newer (by provider time) than the last it took, so duplicated and
+reordered feedback converge to the same row.
+"""
+
+from __future__ import annotations
+
+from processors.recipients import LIFTING, PERMANENT, SOFT_BOUNCE_LIMIT, SOFT_BOUNCE_WINDOW
+from projections.base import Cursor, Projection, grouped
+from tidings.events import Event, ProviderFeedback
+
+UPSERT = """
+INSERT INTO suppressions AS s (tenant_id, channel, address, active, reason, source, since, last_event_at)
+VALUES (%(tenant)s, %(channel)s, %(address)s, %(active)s, %(reason)s, %(source)s, %(at)s, %(at)s)
+ON CONFLICT (tenant_id, channel, address) DO UPDATE SET
+    active = EXCLUDED.active, reason = EXCLUDED.reason, source = EXCLUDED.source,
+    since = CASE WHEN s.active = EXCLUDED.active THEN LEAST(s.since, EXCLUDED.since) ELSE EXCLUDED.since END,
+    last_event_at = EXCLUDED.last_event_at
+WHERE EXCLUDED.last_event_at > s.last_event_at
+   OR (EXCLUDED.last_event_at = s.last_event_at AND EXCLUDED.active AND NOT s.active)
+"""
+BOUNCE = """
+INSERT INTO soft_bounces (tenant_id, channel, address, event_id, at) VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT DO NOTHING
+"""
+WINDOW_FULL = """
+SELECT max(w.last) FROM (
+    SELECT b.at, (SELECT count(*) FROM soft_bounces c WHERE c.tenant_id = b.tenant_id AND c.channel = b.channel
+                    AND c.address = b.address AND c.at >= b.at AND c.at < b.at + %(window)s) AS n,
+           (SELECT max(c.at) FROM soft_bounces c WHERE c.tenant_id = b.tenant_id AND c.channel = b.channel
+                    AND c.address = b.address AND c.at >= b.at AND c.at < b.at + %(window)s) AS last
+    FROM soft_bounces b WHERE b.tenant_id = %(tenant)s AND b.channel = %(channel)s AND b.address = %(address)s
+) w WHERE w.n >= %(limit)s
+"""
+
+
+def normalized(channel: str, address: str) -> str:
+    return address.lower() if channel == "email" else address
+
+
+class Suppressions(Projection):
+    name = "suppressions"
+    tables = ("suppressions", "soft_bounces")
+    sources = ("feedback",)
+
+    def apply(self, cur: Cursor, events: list[Event]) -> None:
+        rows = []
+        for f in grouped(events, ProviderFeedback):
+            at = f.provider_timestamp or f.occurred_at
+            key = {
+                "tenant": f.tenant_id,
+                "channel": f.channel,
+                "address": normalized(f.channel, f.address),
+                "source": f.provider,
+                "at": at,
+            }
+            if f.kind in PERMANENT or (f.kind == "unsubscribe" and not f.category):
+                rows.append(key | {"active": True, "reason": f.kind})
+            elif f.kind in LIFTING and not f.category:
+                rows.append(key | {"active": False, "reason": f.kind})
+            elif f.kind == "soft_bounce":
+                if rows:
+                    cur.executemany(UPSERT, rows)
+                    rows = []
+                cur.execute(BOUNCE, (f.tenant_id, f.channel, key["address"], f.event_id, at))
+                full = cur.execute(
+                    WINDOW_FULL, key | {"window": SOFT_BOUNCE_WINDOW, "limit": SOFT_BOUNCE_LIMIT}
+                ).fetchone()
+                if full and full[0] is not None:
+                    cur.execute(UPSERT, key | {"active": True, "reason": "soft_bounce_limit", "at": full[0]})
+        if rows:
+            cur.executemany(UPSERT, rows)
