@@ -1,8 +1,10 @@
 """Consumes notifications.requested and notifications.outcomes; produces the notifications, deliveries and
 delivery_events tables (status and timeline).
 
-Status only moves forward by rank (QUEUED < RETRYING < SENT < terminal < DELIVERED), so duplicate and
-out-of-order outcomes are harmless; a request's fields are kept from its first record. Rows hold event
+A delivery's status only moves forward by rank (QUEUED < RETRYING < SENT < terminal < DELIVERED), so
+duplicate and out-of-order outcomes are harmless. A notification's summary is the furthest any of its
+channels got (DELIVERED > SENT > RETRYING > QUEUED > DEFERRED), else its failure (FAILED, EXPIRED,
+CANCELLED, REJECTED), else SKIPPED/SUPPRESSED when no channel was used; a request's fields are kept from its first record. Rows hold event
 times only, so a rebuild reproduces them exactly.
 """
 
@@ -25,6 +27,19 @@ RANK = {
     "DELIVERED": 6,
 }
 TERMINAL_RANK = 4
+SUMMARY_RANK = {
+    "SKIPPED": 0,
+    "SUPPRESSED": 0,
+    "EXPIRED": 1,
+    "FAILED": 1,
+    "CANCELLED": 1,
+    "REJECTED": 1,
+    "DEFERRED": 2,
+    "QUEUED": 3,
+    "RETRYING": 4,
+    "SENT": 5,
+    "DELIVERED": 6,
+}
 
 REQUEST = """
 INSERT INTO notifications (notification_id, tenant_id, recipient_id, notification_type, priority, requested_at)
@@ -58,7 +73,7 @@ ON CONFLICT (delivery_id) DO UPDATE SET
 """
 SUMMARY = """
 INSERT INTO notifications AS n (notification_id, tenant_id, recipient_id, status, status_rank, terminal_at)
-VALUES (%(notification_id)s, %(tenant_id)s, %(recipient_id)s, %(status)s, %(rank)s, %(terminal_at)s)
+VALUES (%(notification_id)s, %(tenant_id)s, %(recipient_id)s, %(status)s, %(summary_rank)s, %(terminal_at)s)
 ON CONFLICT (notification_id) DO UPDATE SET
     status = CASE WHEN EXCLUDED.status_rank > n.status_rank THEN EXCLUDED.status ELSE n.status END,
     status_rank = GREATEST(n.status_rank, EXCLUDED.status_rank),
@@ -124,6 +139,7 @@ class DeliveryStatus(Projection):
                 "attempt": o.attempt,
                 "status": o.status,
                 "rank": RANK[o.status],
+                "summary_rank": SUMMARY_RANK[o.status],
                 "reason": o.reason,
                 "at": o.occurred_at,
                 "terminal_at": o.occurred_at if RANK[o.status] >= TERMINAL_RANK else None,

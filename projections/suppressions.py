@@ -2,8 +2,8 @@
 
 Hard bounce, complaint, SMS STOP, dead token, disabled endpoint and an address-wide unsubscribe suppress;
 `SOFT_BOUNCE_LIMIT` soft bounces within `SOFT_BOUNCE_WINDOW` suppress; START and resubscribe lift. Each
-row changes only for feedback newer (by provider time) than the last it took, so duplicated and
-reordered feedback converge to the same row.
+row's state changes only for feedback newer (by provider time) than the last it took, and `since` is the
+earliest time of the current state, so duplicated and reordered feedback converge to the same row.
 """
 
 from __future__ import annotations
@@ -16,12 +16,16 @@ UPSERT = """
 INSERT INTO suppressions AS s (tenant_id, channel, address, active, reason, source, since, last_event_at)
 VALUES (%(tenant)s, %(channel)s, %(address)s, %(active)s, %(reason)s, %(source)s, %(at)s, %(at)s)
 ON CONFLICT (tenant_id, channel, address) DO UPDATE SET
-    active = EXCLUDED.active, reason = EXCLUDED.reason, source = EXCLUDED.source,
-    since = CASE WHEN s.active = EXCLUDED.active THEN LEAST(s.since, EXCLUDED.since) ELSE EXCLUDED.since END,
-    last_event_at = EXCLUDED.last_event_at
-WHERE EXCLUDED.last_event_at > s.last_event_at
-   OR (EXCLUDED.last_event_at = s.last_event_at AND EXCLUDED.active AND NOT s.active)
-"""
+    active = CASE WHEN {newer} THEN EXCLUDED.active ELSE s.active END,
+    reason = CASE WHEN {newer} THEN EXCLUDED.reason ELSE s.reason END,
+    source = CASE WHEN {newer} THEN EXCLUDED.source ELSE s.source END,
+    since = CASE WHEN EXCLUDED.active = s.active THEN LEAST(s.since, EXCLUDED.since)
+                 WHEN {newer} THEN EXCLUDED.since ELSE s.since END,
+    last_event_at = GREATEST(s.last_event_at, EXCLUDED.last_event_at)
+""".format(
+    newer="(EXCLUDED.last_event_at > s.last_event_at OR "
+    "(EXCLUDED.last_event_at = s.last_event_at AND EXCLUDED.active AND NOT s.active))"
+)
 BOUNCE = """
 INSERT INTO soft_bounces (tenant_id, channel, address, event_id, at) VALUES (%s, %s, %s, %s, %s)
 ON CONFLICT DO NOTHING

@@ -61,3 +61,32 @@ def topology(stack: Settings) -> Settings:
     specs = registry(s) + [changelog_spec("router", store, prefix) for store in ("recipients", "seen")]
     apply_topics(s, specs)
     return s
+
+
+@pytest.fixture
+def database(topology: Settings) -> Settings:
+    """A fresh, migrated PostgreSQL database for the topology, so projections never share tables."""
+    import psycopg
+
+    from projections.db import migrate
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(topology.postgres_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}".encode())
+    dsn = topology.postgres_dsn.rsplit("/", 1)[0] + "/" + name
+    s = Settings(**(topology.model_dump() | {"postgres_dsn": dsn}))
+    migrate(dsn)
+    return s
+
+
+def table_checksums(s: Settings, tables: list[str]) -> dict[str, tuple[int, str]]:
+    import psycopg
+
+    with psycopg.connect(s.postgres_dsn) as conn:
+        return {
+            t: conn.execute(
+                f"SELECT count(*), coalesce(md5(string_agg(x::text, '|' ORDER BY x::text)), '') "
+                f"FROM {t} x".encode()
+            ).fetchone()
+            for t in tables
+        }  # type: ignore[misc]

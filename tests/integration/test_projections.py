@@ -1,0 +1,140 @@
+"""Projections on the real stack: rows and offsets in one PostgreSQL transaction, rebuilds, feedback rules."""
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from projections import Projection, Runner
+from tests.integration.conftest import table_checksums
+from tests.integration.test_router import publish_catalog, run_router
+from tidings.client import Client
+from tidings.config import Settings
+from tidings.events import DeviceRegistered, ProviderFeedback
+
+T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def project(s: Settings, name: str, idle: float = 3.0) -> None:
+    runner = Runner(s, Projection.registry[name]())
+    try:
+        runner.run(idle_exit_after=idle)
+    finally:
+        runner.close()
+
+
+def rows(s: Settings, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(s.postgres_dsn) as conn:
+        return conn.execute(sql.encode(), args).fetchall()  # type: ignore[arg-type]
+
+
+def test_delivery_status_follows_the_router_and_rebuilds_identically(database: Settings) -> None:
+    s = database
+    publish_catalog(s)
+    with Client(s) as client:
+        client.update_recipient(
+            tenant="acme", recipient="ada", email="ada@example.com", phone="+4915112345678"
+        )
+        nid = client.send(
+            tenant="acme", recipient="ada", type="order.shipped", data={"order": "A", "carrier": "B"}
+        )
+        bad = client.send(tenant="acme", recipient="ada", type="order.shipped", data={})
+    run_router(s)
+    project(s, "delivery_status")
+    [(status, type_)] = rows(
+        s, "SELECT status, notification_type FROM notifications WHERE notification_id = %s", nid
+    )
+    assert (status, type_) == ("QUEUED", "order.shipped")
+    channels = rows(
+        s, "SELECT channel, status, reason FROM deliveries WHERE notification_id = %s ORDER BY 1", nid
+    )
+    assert channels == [("email", "QUEUED", None), ("in_app", "QUEUED", None)]
+    assert rows(s, "SELECT status FROM notifications WHERE notification_id = %s", bad) == [("REJECTED",)]
+    assert rows(s, "SELECT count(*) FROM delivery_events WHERE notification_id = %s", nid) == [(3,)]
+    tables = ["notifications", "deliveries", "delivery_events"]
+    before = table_checksums(s, tables)
+    runner = Runner(s, Projection.registry["delivery_status"]())
+    runner.rebuild()
+    runner.close()
+    assert table_checksums(s, tables) == before
+
+
+def feedback(
+    kind: str, address: str = "a@x.io", channel: str = "email", at: datetime = T0, **kw: Any
+) -> ProviderFeedback:
+    return ProviderFeedback(
+        tenant_id="acme",
+        recipient_id="u",
+        kind=kind,
+        channel=channel,
+        address=address,
+        occurred_at=at,
+        provider="test",
+        **kw,
+    )
+
+
+def test_feedback_rules(database: Settings) -> None:
+    s = database
+    day = timedelta(days=1)
+    events = [
+        feedback("hard_bounce", "hard@x.io"),
+        feedback("soft_bounce", "two@x.io", at=T0),
+        feedback("soft_bounce", "two@x.io", at=T0 + day),
+        feedback("soft_bounce", "three@x.io", at=T0 + 2 * day),
+        feedback("soft_bounce", "three@x.io", at=T0),
+        feedback("soft_bounce", "three@x.io", at=T0 + day),
+        feedback("soft_bounce", "spread@x.io", at=T0),
+        feedback("soft_bounce", "spread@x.io", at=T0 + 5 * day),
+        feedback("soft_bounce", "spread@x.io", at=T0 + 10 * day),
+        feedback("complaint", "Complains@X.io"),
+        feedback("sms_stop", "+4915112345678", "sms", at=T0),
+        feedback("sms_start", "+4915112345678", "sms", at=T0 + day),
+        feedback("sms_start", "+4915199999999", "sms", at=T0 + day),
+        feedback("sms_stop", "+4915199999999", "sms", at=T0),
+        feedback("unsubscribe", "cat@x.io", category="marketing"),
+    ]
+    dup = feedback("hard_bounce", "dup@x.io")
+    events += [dup, dup, feedback("hard_bounce", "dup@x.io", at=T0 - day)]
+    with Client(s) as client:
+        for e in events:
+            client.publish(e, wait=False)
+    project(s, "suppressions")
+    table = {
+        a: (active, reason)
+        for a, active, reason in rows(s, "SELECT address, active, reason FROM suppressions")
+    }
+    assert table == {
+        "hard@x.io": (True, "hard_bounce"),
+        "three@x.io": (True, "soft_bounce_limit"),
+        "complains@x.io": (True, "complaint"),
+        "+4915112345678": (False, "sms_start"),
+        "+4915199999999": (False, "sms_start"),
+        "dup@x.io": (True, "hard_bounce"),
+    }
+    assert rows(s, "SELECT since FROM suppressions WHERE address = 'dup@x.io'") == [(T0 - day,)]
+
+
+def test_devices_invalidated_unless_registered_later_in_any_order(database: Settings) -> None:
+    s = database
+    n = s.topic_prefix
+    later = DeviceRegistered(
+        tenant_id="acme",
+        recipient_id="u",
+        device_id="phone",
+        platform="fcm",
+        token="tok",
+        occurred_at=T0 + timedelta(hours=2),
+    )
+    early = DeviceRegistered(
+        tenant_id="acme", recipient_id="v", device_id="tab", platform="apns", token="old", occurred_at=T0
+    )
+    with Client(s) as client:
+        client.publish(feedback("token_invalid", "old", "push", at=T0 + timedelta(hours=1)), wait=False)
+        client.publish(feedback("token_invalid", "tok", "push", at=T0 + timedelta(hours=1)), wait=False)
+        client.flush()
+        client.publish(later, wait=False)
+        client.publish(early, wait=False)
+    assert n
+    project(s, "devices")
+    assert rows(s, "SELECT device_id, active FROM devices ORDER BY 1") == [("phone", True), ("tab", False)]
