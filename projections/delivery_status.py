@@ -75,7 +75,8 @@ SUMMARY = """
 INSERT INTO notifications AS n (notification_id, tenant_id, recipient_id, status, status_rank, terminal_at)
 VALUES (%(notification_id)s, %(tenant_id)s, %(recipient_id)s, %(status)s, %(summary_rank)s, %(terminal_at)s)
 ON CONFLICT (notification_id) DO UPDATE SET
-    status = CASE WHEN EXCLUDED.status_rank > n.status_rank THEN EXCLUDED.status ELSE n.status END,
+    status = CASE WHEN EXCLUDED.status_rank > n.status_rank OR n.status IS NULL THEN EXCLUDED.status
+                  ELSE n.status END,
     status_rank = GREATEST(n.status_rank, EXCLUDED.status_rank),
     recipient_id = COALESCE(n.recipient_id, EXCLUDED.recipient_id),
     terminal_at = GREATEST(n.terminal_at, EXCLUDED.terminal_at)
