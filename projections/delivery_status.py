@@ -4,13 +4,18 @@ delivery_events tables (status and timeline).
 A delivery's status only moves forward by rank (QUEUED < RETRYING < SENT < terminal < DELIVERED), so
 duplicate and out-of-order outcomes are harmless. A notification's summary is the furthest any of its
 channels got (DELIVERED > SENT > RETRYING > QUEUED > DEFERRED), else its failure (FAILED, EXPIRED,
-CANCELLED, REJECTED), else SKIPPED/SUPPRESSED when no channel was used; a request's fields are kept from its first record. Rows hold event
-times only, so a rebuild reproduces them exactly.
+CANCELLED, REJECTED), else SKIPPED/SUPPRESSED when no channel was used; a request's fields are kept from
+its first record. Rows hold event times only, so a rebuild reproduces them exactly.
+
+Writes are set-based: a batch is folded per key in Python exactly as the upserts would fold it one by
+one, COPYed into temporary tables, and merged with one INSERT ... ON CONFLICT per table.
 """
 
 from __future__ import annotations
 
-from projections.base import Cursor, Projection, grouped
+from typing import Any
+
+from projections.base import Cursor, Projection
 from tidings.events import DeliveryOutcome, Event, NotificationRequested
 
 RANK = {
@@ -41,26 +46,24 @@ SUMMARY_RANK = {
     "DELIVERED": 6,
 }
 
-REQUEST = """
-INSERT INTO notifications (notification_id, tenant_id, recipient_id, notification_type, priority, requested_at)
-VALUES (%s, %s, %s, %s, %s, %s)
+STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS stage_requests (LIKE notifications INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_summaries (LIKE notifications INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_deliveries (LIKE deliveries INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_events (LIKE delivery_events) ON COMMIT DELETE ROWS;
+"""
+MERGE_REQUESTS = """
+INSERT INTO notifications AS n (notification_id, tenant_id, recipient_id, notification_type, priority, requested_at)
+SELECT notification_id, tenant_id, recipient_id, notification_type, priority, requested_at FROM stage_requests
 ON CONFLICT (notification_id) DO UPDATE SET
-    recipient_id = COALESCE(notifications.recipient_id, EXCLUDED.recipient_id),
-    notification_type = COALESCE(notifications.notification_type, EXCLUDED.notification_type),
-    priority = COALESCE(notifications.priority, EXCLUDED.priority),
-    requested_at = COALESCE(notifications.requested_at, EXCLUDED.requested_at)
+    recipient_id = COALESCE(n.recipient_id, EXCLUDED.recipient_id),
+    notification_type = COALESCE(n.notification_type, EXCLUDED.notification_type),
+    priority = COALESCE(n.priority, EXCLUDED.priority),
+    requested_at = COALESCE(n.requested_at, EXCLUDED.requested_at)
 """
-EVENT = """
-INSERT INTO delivery_events (event_id, notification_id, delivery_id, tenant_id, channel, status, reason, provider,
-                             attempt, template_version, detail, occurred_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (event_id) DO NOTHING
-"""
-DELIVERY = """
-INSERT INTO deliveries AS d (delivery_id, notification_id, tenant_id, recipient_id, channel, provider,
-                             provider_message_id, attempts, status, status_rank, reason, first_at, last_at)
-VALUES (%(delivery_id)s, %(notification_id)s, %(tenant_id)s, %(recipient_id)s, %(channel)s, %(provider)s,
-        %(provider_message_id)s, %(attempt)s, %(status)s, %(rank)s, %(reason)s, %(at)s, %(at)s)
+MERGE_EVENTS = "INSERT INTO delivery_events SELECT * FROM stage_events ON CONFLICT (event_id) DO NOTHING"
+MERGE_DELIVERIES = """
+INSERT INTO deliveries AS d SELECT * FROM stage_deliveries
 ON CONFLICT (delivery_id) DO UPDATE SET
     status = CASE WHEN EXCLUDED.status_rank > d.status_rank THEN EXCLUDED.status ELSE d.status END,
     reason = CASE WHEN EXCLUDED.status_rank > d.status_rank THEN EXCLUDED.reason ELSE d.reason END,
@@ -71,9 +74,9 @@ ON CONFLICT (delivery_id) DO UPDATE SET
     first_at = LEAST(d.first_at, EXCLUDED.first_at),
     last_at = GREATEST(d.last_at, EXCLUDED.last_at)
 """
-SUMMARY = """
+MERGE_SUMMARIES = """
 INSERT INTO notifications AS n (notification_id, tenant_id, recipient_id, status, status_rank, terminal_at)
-VALUES (%(notification_id)s, %(tenant_id)s, %(recipient_id)s, %(status)s, %(summary_rank)s, %(terminal_at)s)
+SELECT notification_id, tenant_id, recipient_id, status, status_rank, terminal_at FROM stage_summaries
 ON CONFLICT (notification_id) DO UPDATE SET
     status = CASE WHEN EXCLUDED.status_rank > n.status_rank OR n.status IS NULL THEN EXCLUDED.status
                   ELSE n.status END,
@@ -81,6 +84,80 @@ ON CONFLICT (notification_id) DO UPDATE SET
     recipient_id = COALESCE(n.recipient_id, EXCLUDED.recipient_id),
     terminal_at = GREATEST(n.terminal_at, EXCLUDED.terminal_at)
 """
+DELIVERY_COLUMNS = (
+    "delivery_id",
+    "notification_id",
+    "tenant_id",
+    "recipient_id",
+    "channel",
+    "provider",
+    "provider_message_id",
+    "attempts",
+    "status",
+    "status_rank",
+    "reason",
+    "first_at",
+    "last_at",
+)
+
+
+def fold_deliveries(outcomes: list[DeliveryOutcome]) -> list[tuple[Any, ...]]:
+    """Per delivery, what the row upsert applied outcome by outcome would leave (first of the top rank wins)."""
+    rows: dict[Any, dict[str, Any]] = {}
+    for o in outcomes:
+        if o.delivery_id is None:
+            continue
+        rank = RANK[o.status]
+        row = rows.get(o.delivery_id)
+        if row is None:
+            rows[o.delivery_id] = {
+                "delivery_id": o.delivery_id,
+                "notification_id": o.notification_id,
+                "tenant_id": o.tenant_id,
+                "recipient_id": o.recipient_id,
+                "channel": o.channel,
+                "provider": o.provider,
+                "provider_message_id": o.provider_message_id,
+                "attempts": o.attempt,
+                "status": o.status,
+                "status_rank": rank,
+                "reason": o.reason,
+                "first_at": o.occurred_at,
+                "last_at": o.occurred_at,
+            }
+            continue
+        if rank > row["status_rank"]:
+            row.update(status=o.status, reason=o.reason, status_rank=rank)
+        row["provider"] = o.provider or row["provider"]
+        row["provider_message_id"] = row["provider_message_id"] or o.provider_message_id
+        row["attempts"] = max(row["attempts"], o.attempt)
+        row["first_at"] = min(row["first_at"], o.occurred_at)
+        row["last_at"] = max(row["last_at"], o.occurred_at)
+    return [tuple(r[c] for c in DELIVERY_COLUMNS) for r in rows.values()]
+
+
+def fold_summaries(outcomes: list[DeliveryOutcome]) -> list[tuple[Any, ...]]:
+    rows: dict[Any, list[Any]] = {}
+    for o in outcomes:
+        rank = SUMMARY_RANK[o.status]
+        terminal = o.occurred_at if RANK[o.status] >= TERMINAL_RANK else None
+        row = rows.get(o.notification_id)
+        if row is None:
+            rows[o.notification_id] = [
+                o.notification_id,
+                o.tenant_id,
+                o.recipient_id,
+                o.status,
+                rank,
+                terminal,
+            ]
+            continue
+        if rank > row[4]:
+            row[3], row[4] = o.status, rank
+        row[2] = row[2] or o.recipient_id
+        if terminal is not None and (row[5] is None or terminal > row[5]):
+            row[5] = terminal
+    return [tuple(r) for r in rows.values()]
 
 
 class DeliveryStatus(Projection):
@@ -89,27 +166,37 @@ class DeliveryStatus(Projection):
     sources = ("requested", "outcomes")
 
     def apply(self, cur: Cursor, events: list[Event]) -> None:
-        requests: list[NotificationRequested] = grouped(events, NotificationRequested)
-        outcomes: list[DeliveryOutcome] = grouped(events, DeliveryOutcome)
-        if requests:
-            cur.executemany(
-                REQUEST,
-                [
+        cur.execute(STAGING.encode())
+        requests: dict[Any, tuple[Any, ...]] = {}
+        outcomes: list[DeliveryOutcome] = []
+        for e in events:
+            if isinstance(e, NotificationRequested):
+                requests.setdefault(
+                    e.notification_id,
                     (
-                        r.notification_id,
-                        r.tenant_id,
-                        r.recipient_id,
-                        r.notification_type,
-                        r.priority,
-                        r.occurred_at,
-                    )
-                    for r in requests
-                ],
+                        e.notification_id,
+                        e.tenant_id,
+                        e.recipient_id,
+                        e.notification_type,
+                        e.priority,
+                        e.occurred_at,
+                    ),
+                )
+            elif isinstance(e, DeliveryOutcome):
+                outcomes.append(e)
+        if requests:
+            _copy(
+                cur,
+                "stage_requests (notification_id, tenant_id, recipient_id, notification_type, priority, "
+                "requested_at)",
+                requests.values(),
             )
+            cur.execute(MERGE_REQUESTS.encode())
         if not outcomes:
             return
-        cur.executemany(
-            EVENT,
+        _copy(
+            cur,
+            "stage_events",
             [
                 (
                     o.event_id,
@@ -128,26 +215,19 @@ class DeliveryStatus(Projection):
                 for o in outcomes
             ],
         )
-        rows = [
-            {
-                "delivery_id": o.delivery_id,
-                "notification_id": o.notification_id,
-                "tenant_id": o.tenant_id,
-                "recipient_id": o.recipient_id,
-                "channel": o.channel,
-                "provider": o.provider,
-                "provider_message_id": o.provider_message_id,
-                "attempt": o.attempt,
-                "status": o.status,
-                "rank": RANK[o.status],
-                "summary_rank": SUMMARY_RANK[o.status],
-                "reason": o.reason,
-                "at": o.occurred_at,
-                "terminal_at": o.occurred_at if RANK[o.status] >= TERMINAL_RANK else None,
-            }
-            for o in outcomes
-        ]
-        deliveries = [r for r in rows if r["delivery_id"] is not None]
-        if deliveries:
-            cur.executemany(DELIVERY, deliveries)
-        cur.executemany(SUMMARY, rows)
+        cur.execute(MERGE_EVENTS.encode())
+        if deliveries := fold_deliveries(outcomes):
+            _copy(cur, f"stage_deliveries ({', '.join(DELIVERY_COLUMNS)})", deliveries)
+            cur.execute(MERGE_DELIVERIES.encode())
+        _copy(
+            cur,
+            "stage_summaries (notification_id, tenant_id, recipient_id, status, status_rank, terminal_at)",
+            fold_summaries(outcomes),
+        )
+        cur.execute(MERGE_SUMMARIES.encode())
+
+
+def _copy(cur: Cursor, target: str, rows: Any) -> None:
+    with cur.copy(f"COPY {target} FROM STDIN".encode()) as copy:
+        for row in rows:
+            copy.write_row(row)
