@@ -53,7 +53,7 @@ class Codec:
         reader = self.schemas.current(writer.name)
         body = io.BytesIO(data[HEADER_SIZE:])
         try:
-            record = schemaless_reader(body, writer.parsed, reader.parsed)
+            record = schemaless_reader(body, writer.parsed, None if reader is writer else reader.parsed)
         except (EOFError, StopIteration) as exc:
             raise TruncatedRecord(f"{writer.name} body ends early") from exc
         except (ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError, OverflowError) as exc:
