@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from tidings.cli import data, demo, dev, io, pipeline, schemas, topics
+from tidings.cli import audit, data, demo, dev, io, pipeline, schemas, topics
 from tidings.errors import TidingsError
 
 app = typer.Typer(
@@ -25,6 +25,9 @@ app.add_typer(data.db_app, name="db")
 app.add_typer(data.projections_app, name="projections")
 pipeline.run_app.command("projection")(data.run_projection)
 app.command("status")(data.status)
+app.command("audit")(audit.audit)
+app.command("replay")(audit.replay)
+app.add_typer(audit.dlq_app, name="dlq")
 app.command("send")(io.send)
 app.command("tail")(io.tail)
 app.command("demo")(demo.demo)

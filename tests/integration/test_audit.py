@@ -1,0 +1,86 @@
+"""Audit, replay and dead-letter tools read the topics of an isolated topology through the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from tests.integration.test_router import commands, publish_catalog, run_router
+from tidings.catalog import parse_type
+from tidings.client import Client
+from tidings.config import Settings
+
+TIDINGS = str(Path(sys.executable).with_name("tidings"))
+
+
+def cli(s: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {
+        "TIDINGS_TOPIC_PREFIX": s.topic_prefix,
+        "TIDINGS_PARTITIONS": str(s.partitions),
+        "COLUMNS": "250",
+    }
+    return subprocess.run([TIDINGS, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_audit_replay_and_dead_letter_round_trip(topology: Settings) -> None:
+    s = topology
+    publish_catalog(s)
+    with Client(s) as client:
+        client.update_recipient(tenant="acme", recipient="ada", email="ada@example.com")
+        nid = client.send(
+            tenant="acme", recipient="ada", type="order.shipped", data={"order": "A", "carrier": "B"}
+        )
+        late = client.send(tenant="acme", recipient="ada", type="late.type", data={"x": 1})
+        client.send(tenant="acme", recipient="bob", type="order.shipped", data={"order": "C", "carrier": "D"})
+    run_router(s)
+
+    audit = cli(s, "audit", str(nid), "--json")
+    assert audit.returncode == 0, audit.stderr
+    lines = [json.loads(line) for line in audit.stdout.splitlines()]
+    assert lines[0]["record"] == "NotificationRequested"
+    assert {x["record"] for x in lines} == {"NotificationRequested", "DeliveryCommand", "DeliveryOutcome"}
+    assert sorted(x["value"]["channel"] for x in lines if x["record"] == "DeliveryCommand") == [
+        "email",
+        "in_app",
+    ]
+    assert all(x["value"]["template_version"] == 1 for x in lines if x["record"] == "DeliveryCommand")
+
+    since = (datetime.now(UTC) - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S")
+    replayed = cli(
+        s,
+        "replay",
+        f"{s.topic_prefix}notifications.requested",
+        "--from",
+        since,
+        "--filter",
+        "recipient_id=ada",
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    assert {json.loads(x)["value"]["notification_id"] for x in replayed.stdout.splitlines()} == {
+        str(nid),
+        str(late),
+    }
+    future = cli(s, "replay", f"{s.topic_prefix}notifications.requested", "--from", "2999-01-01T00:00:00")
+    assert future.returncode == 0 and future.stdout == ""
+
+    listed = cli(s, "dlq", "list")
+    assert listed.returncode == 0 and "InvalidEvent" in listed.stdout and "late.type" in listed.stdout
+    with Client(s) as client:
+        client.publish(
+            parse_type(
+                "*",
+                {
+                    "key": "late.type",
+                    "category": "misc",
+                    "channels": ["in_app"],
+                    "templates": {"in_app": {"default": {"title": "x={{ x }}"}}},
+                },
+            )
+        )
+    again = cli(s, "dlq", "replay", "--source", f"{s.topic_prefix}notifications.requested")
+    assert again.returncode == 0 and "replayed 1 dead letters" in again.stderr
+    run_router(s)
+    fixed = [c for c in commands(s) if c.notification_id == late]
+    assert [(c.channel, c.content.title) for c in fixed] == [("in_app", "x=1")]

@@ -1,0 +1,72 @@
+"""Reads the topics themselves for auditors: one notification's full history, time-ranged replays, and the
+dead-letter queue. No database is involved, so the answer is what was decided and sent, not a view of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from tidings.codec import default_codec
+from tidings.config import Settings
+from tidings.errors import CodecError, InvalidEvent
+from tidings.events import CHANNELS, Event
+from tidings.kafka import EventProducer, Incoming, Output, TopicFollower
+from tidings.kafka.records import header_map
+from tidings.topics import names
+
+
+def read_all(s: Settings, topic: str) -> Iterator[Incoming]:
+    follower = TopicFollower(s, topic)
+    try:
+        for batch in follower.batches(2000):
+            yield from batch
+    finally:
+        follower.close()
+
+
+def history_topics(s: Settings) -> list[str]:
+    n = names(s)
+    deliveries = [n.delivery(c, urgent=u) for c in CHANNELS for u in (False, True)]
+    return [n.requested, *deliveries, n.scheduled, n.outcomes, n.feedback, n.engagement]
+
+
+def history(s: Settings, notification_id: str) -> list[tuple[Incoming, Event]]:
+    """Every event about one notification across the pipeline's topics, in event-time order."""
+    found: list[tuple[Incoming, Event]] = []
+    for topic in history_topics(s):
+        for record in read_all(s, topic):
+            try:
+                event = record.decode(default_codec())
+            except (CodecError, InvalidEvent):
+                continue
+            nid = getattr(event, "notification_id", None)
+            if nid is not None and str(nid) == notification_id:
+                found.append((record, event))
+    found.sort(key=lambda pair: (pair[1].occurred_at, pair[0].topic, pair[0].offset))
+    return found
+
+
+def matches(value: dict[str, Any], filters: dict[str, str]) -> bool:
+    return all(str(value.get(k)) == v for k, v in filters.items())
+
+
+def in_range(record: Incoming, start: datetime | None, end: datetime | None) -> bool:
+    ms = record.timestamp_ms
+    return (start is None or ms >= start.timestamp() * 1000) and (end is None or ms < end.timestamp() * 1000)
+
+
+def dead_letters(s: Settings) -> Iterator[tuple[Incoming, dict[str, str]]]:
+    for record in read_all(s, names(s).dlq):
+        yield record, header_map(record.headers)
+
+
+def replay_dead_letter(producer: EventProducer, record: Incoming) -> str:
+    """Re-inject the original record into its source topic, without the error headers."""
+    headers = header_map(record.headers)
+    source = headers["tidings.source.topic"]
+    kept = [(k, v) for k, v in record.headers if not k.startswith("tidings.")]
+    kept.append(("tidings.replayed.from", f"{record.topic}/{record.partition}/{record.offset}".encode()))
+    producer.produce(Output(source, record.key, record.value, kept))
+    return source

@@ -1,0 +1,131 @@
+"""`tidings audit`, `tidings replay` and `tidings dlq list|show|replay`."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tidings.audit import dead_letters, history, in_range, matches, read_all, replay_dead_letter
+from tidings.config import settings
+from tidings.kafka import EventProducer
+from tidings.views import record_view
+
+dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and re-inject dead letters.")
+console = Console(stderr=True)
+
+
+def audit(notification_id: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
+    """The full history of one notification, read from the topics (request, commands, outcomes, feedback)."""
+    events = history(settings(), notification_id)
+    if not events:
+        console.print(f"[red]nothing about {notification_id} in the topics[/]")
+        raise typer.Exit(1)
+    if as_json:
+        for record, event in events:
+            print(
+                json.dumps(
+                    {
+                        "topic": record.topic,
+                        "partition": record.partition,
+                        "offset": record.offset,
+                        "record": type(event).__name__,
+                        "value": event.model_dump(mode="json"),
+                    }
+                )
+            )
+        return
+    table = Table("time", "topic", "record", "channel", "status / detail", "template")
+    for record, event in events:
+        fields = event.model_dump()
+        status = " ".join(str(fields[k]) for k in ("status", "reason", "kind") if fields.get(k))
+        table.add_row(
+            event.occurred_at.isoformat(timespec="milliseconds"),
+            record.topic,
+            type(event).__name__,
+            str(fields.get("channel") or ""),
+            status or str(fields.get("address") or ""),
+            str(fields.get("template_version") or ""),
+        )
+    Console().print(table)
+
+
+def replay(
+    topic: str = typer.Argument(...),
+    start: datetime | None = typer.Option(
+        None, "--from", help="Record time, inclusive (ISO 8601, UTC if naive)."
+    ),
+    end: datetime | None = typer.Option(None, "--to", help="Record time, exclusive."),
+    filters: list[str] = typer.Option(
+        None, "--filter", help="field=value on the decoded record, repeatable."
+    ),
+) -> None:
+    """Print a topic's records in a time range as JSON lines (read_committed), for auditors."""
+    wanted = dict(f.split("=", 1) for f in filters or [])
+    start, end = (_utc(t) for t in (start, end))
+    for record in read_all(settings(), topic):
+        if not in_range(record, start, end):
+            continue
+        view = record_view(record)
+        if wanted and not matches(view.get("value") or {}, wanted):
+            continue
+        print(json.dumps(view, ensure_ascii=False), flush=True)
+
+
+def _utc(t: datetime | None) -> datetime | None:
+    from datetime import UTC
+
+    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
+
+
+@dlq_app.command("list")
+def dlq_list(
+    source: str | None = typer.Option(None, "--source", help="Only letters from this topic."),
+) -> None:
+    """Every dead letter: where it came from and why."""
+    table = Table("dlq p@offset", "source", "error", "message", "failed at")
+    for record, h in dead_letters(settings()):
+        if source and h.get("tidings.source.topic") != source:
+            continue
+        table.add_row(
+            f"{record.partition}@{record.offset}",
+            f"{h.get('tidings.source.topic')}[{h.get('tidings.source.partition')}]@"
+            f"{h.get('tidings.source.offset')}",
+            h.get("tidings.error.type", ""),
+            h.get("tidings.error.message", "")[:80],
+            h.get("tidings.failed.at", ""),
+        )
+    Console().print(table)
+
+
+@dlq_app.command("show")
+def dlq_show(partition: int = typer.Argument(...), offset: int = typer.Argument(...)) -> None:
+    """One dead letter in full: headers and the record decoded where possible."""
+    for record, _ in dead_letters(settings()):
+        if (record.partition, record.offset) == (partition, offset):
+            print(json.dumps(record_view(record), indent=2, ensure_ascii=False))
+            return
+    raise typer.BadParameter(f"no dead letter at {partition}@{offset}")
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    source: str | None = typer.Option(None, "--source", help="Only letters from this topic."),
+    error_type: str | None = typer.Option(None, "--error-type", help="Only letters with this error type."),
+    dry_run: bool = typer.Option(False, "--dry-run"),
+) -> None:
+    """Re-inject dead letters into their source topics (after a fix); consumers dedupe as usual."""
+    count = 0
+    with EventProducer(settings()) as producer:
+        for record, h in dead_letters(settings()):
+            if (source and h.get("tidings.source.topic") != source) or (
+                error_type and h.get("tidings.error.type") != error_type
+            ):
+                continue
+            count += 1
+            if not dry_run:
+                replay_dead_letter(producer, record)
+    console.print(f"{'would replay' if dry_run else 'replayed'} {count} dead letters")
