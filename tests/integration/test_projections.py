@@ -138,3 +138,42 @@ def test_devices_invalidated_unless_registered_later_in_any_order(database: Sett
     assert n
     project(s, "devices")
     assert rows(s, "SELECT device_id, active FROM devices ORDER BY 1") == [("phone", True), ("tab", False)]
+
+
+def test_cli_migrate_status_and_rebuild(database: Settings) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    s = database
+    tidings = str(Path(sys.executable).with_name("tidings"))
+    env = os.environ | {
+        "TIDINGS_TOPIC_PREFIX": s.topic_prefix,
+        "TIDINGS_POSTGRES_DSN": s.postgres_dsn,
+        "TIDINGS_PARTITIONS": str(s.partitions),
+    }
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([tidings, *args], env=env, capture_output=True, text=True, timeout=120)
+
+    assert "nothing, up to date" in cli("db", "migrate").stderr
+    publish_catalog(s)
+    with Client(s) as client:
+        client.update_recipient(tenant="acme", recipient="ada", email="ada@example.com")
+        nid = client.send(tenant="acme", recipient="ada", type="password.reset", data={"link": "x"})
+    run_router(s)
+    assert cli("run", "projection", "delivery_status", "--idle-exit", "3").returncode == 0
+    status = cli("status", str(nid), "--json")
+    assert status.returncode == 0, status.stderr
+    body = json.loads(status.stdout)
+    assert (
+        body["notification"]["status"] == "QUEUED"
+        and body["notification"]["notification_type"] == "password.reset"
+    )
+    assert [(d["channel"], d["status"]) for d in body["deliveries"]] == [("email", "QUEUED")]
+    rebuilt = cli("projections", "rebuild", "delivery_status")
+    assert rebuilt.returncode == 0 and "rebuilt delivery_status" in rebuilt.stderr, rebuilt.stderr
+    assert json.loads(cli("status", str(nid), "--json").stdout) == body
+    assert cli("status", "00000000-0000-0000-0000-000000000000").returncode == 1
