@@ -17,6 +17,7 @@ install: $(STAMP)
 up: install
 	$(BIN)/tidings dev up
 	$(BIN)/tidings topics apply
+	$(BIN)/tidings db migrate
 
 down: install
 	$(BIN)/tidings dev down

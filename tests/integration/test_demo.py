@@ -18,4 +18,5 @@ def test_demo_runs_the_pipeline_end_to_end(stack: Settings) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "5 requests planned: 10 delivery commands, 13 outcomes" in result.stderr
     assert "Ihre Bestellung A-1001 ist unterwegs" in result.stdout
+    assert "5 notifications in PostgreSQL" in result.stderr
     assert "opted_out" in result.stdout and "dead letters" in result.stderr

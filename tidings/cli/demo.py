@@ -1,8 +1,8 @@
 """`tidings demo`: the whole pipeline that exists, end to end, on the local stack.
 
 Starts the stack, creates topics, publishes the example catalog, registers recipients with preferences,
-sends requests with the SDK, runs the router until it is idle, and shows the delivery commands and
-outcomes read back from Kafka.
+sends requests with the SDK, runs the router until it is idle, shows the delivery commands and outcomes
+read back from Kafka, and folds the outcomes into PostgreSQL with the delivery-status projection.
 """
 
 from __future__ import annotations
@@ -116,6 +116,34 @@ def demo(
         f"(including 3s idle wait), {router.loop.dead_letters} dead letters"
     )
     show(sent, n)
+    project(sent)
+
+
+def project(sent: dict[str, tuple[str, str]]) -> None:
+    """Fold the outcomes into PostgreSQL and read the summaries back, as `tidings status` does."""
+    import psycopg
+
+    from projections import Runner
+    from projections.db import migrate
+    from projections.delivery_status import DeliveryStatus
+
+    console.rule("delivery-status projection (PostgreSQL, exactly once)")
+    s = settings()
+    migrate(s.postgres_dsn)
+    runner = Runner(s, DeliveryStatus())
+    try:
+        runner.run(idle_exit_after=2.0)
+    finally:
+        runner.close()
+    with psycopg.connect(s.postgres_dsn) as conn:
+        rows = conn.execute(
+            "SELECT notification_id::text, status FROM notifications WHERE notification_id = ANY(%s)",
+            ([*sent],),
+        ).fetchall()
+    summary = ", ".join(f"{sent[nid][1]}: {status}" for nid, status in sorted(rows, key=lambda r: sent[r[0]]))
+    console.print(f"{len(rows)} notifications in PostgreSQL: {summary}")
+    if len(rows) != len(sent):
+        raise typer.Exit(1)
 
 
 def show(sent: dict[str, tuple[str, str]], n: Any) -> None:
