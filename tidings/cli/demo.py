@@ -16,12 +16,13 @@ from rich.console import Console
 from rich.table import Table
 
 from tidings import devstack
+from tidings.audit import read_all
 from tidings.catalog import load, next_versions
 from tidings.cli.pipeline import published_types
 from tidings.client import Client
 from tidings.config import settings
 from tidings.events import CHANNELS, DeliveryCommand, DeliveryOutcome
-from tidings.kafka import TopicFollower, apply_topics
+from tidings.kafka import apply_topics
 from tidings.topics import changelog_spec, names, registry
 
 console = Console(stderr=True)
@@ -47,11 +48,7 @@ REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
 
 
 def read(topic: str) -> list[Any]:
-    follower = TopicFollower(settings(), topic)
-    try:
-        return [r.decode() for r in follower.catch_up()]
-    finally:
-        follower.close()
+    return [r.decode() for r in read_all(settings(), topic)]
 
 
 def demo(

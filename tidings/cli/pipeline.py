@@ -11,11 +11,11 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from tidings.audit import read_all
 from tidings.catalog import GLOBAL_TENANT, load, next_versions
 from tidings.client import Client
 from tidings.config import settings
 from tidings.events import NotificationTypePublished
-from tidings.kafka import TopicFollower
 from tidings.topics import names
 
 catalog_app = typer.Typer(no_args_is_help=True, help="Notification types and their templates.")
@@ -26,15 +26,11 @@ console = Console(stderr=True)
 
 def published_types() -> dict[str, NotificationTypePublished]:
     s = settings()
-    follower = TopicFollower(s, names(s).catalog)
     current: dict[str, NotificationTypePublished] = {}
-    try:
-        for record in follower.catch_up():
-            event = record.decode()
-            if isinstance(event, NotificationTypePublished):
-                current[event.key] = event
-    finally:
-        follower.close()
+    for record in read_all(s, names(s).catalog):
+        event = record.decode()
+        if isinstance(event, NotificationTypePublished):
+            current[event.key] = event
     return current
 
 
