@@ -1,0 +1,80 @@
+"""The provider contract every channel gateway uses: typed errors that say whether to retry, a send result,
+and automatic registration (a provider is one file; adding one touches no other file).
+
+* ProviderError
+  + ProviderThrottled(retry_after)   retriable after a pause; the runner opens the circuit
+  + ProviderUnavailable              retriable now or on the next tier (5xx, timeout, reset)
+  + DeliveryRejected(reason, permanent)  the provider refused this message; never retried if permanent
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import aiohttp
+
+from tidings.errors import TidingsError
+from tidings.events import DeliveryCommand
+
+
+class ProviderError(TidingsError):
+    pass
+
+
+class ProviderThrottled(ProviderError):
+    retriable = True
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ProviderUnavailable(ProviderError):
+    retriable = True
+
+
+class DeliveryRejected(ProviderError):
+    def __init__(self, reason: str, *, permanent: bool = True, address_dead: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent
+        self.retriable = not permanent
+        self.address_dead = address_dead
+
+
+@dataclass(frozen=True)
+class Sent:
+    provider: str
+    provider_message_id: str | None = None
+
+
+class Provider:
+    """Subclasses set `channel` and `name` and implement `send`; they register themselves."""
+
+    registry: ClassVar[dict[tuple[str, str], type[Provider]]] = {}
+    channel: ClassVar[str]
+    name: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if getattr(cls, "name", None):
+            Provider.registry[(cls.channel, cls.name)] = cls
+
+    async def send(self, session: aiohttp.ClientSession, command: DeliveryCommand) -> Sent:
+        raise NotImplementedError
+
+
+def load_providers() -> dict[tuple[str, str], type[Provider]]:
+    """Import every module under gateways/<channel>/ so each provider registers itself."""
+    import gateways
+
+    for channel in pkgutil.iter_modules(gateways.__path__):
+        if channel.ispkg:
+            package = importlib.import_module(f"gateways.{channel.name}")
+            for module in pkgutil.iter_modules(package.__path__):
+                if not module.name.startswith("_"):
+                    importlib.import_module(f"gateways.{channel.name}.{module.name}")
+    return dict(Provider.registry)

@@ -1,0 +1,1 @@
+"""The webhook channel: Standard Webhooks deliveries to recipients' endpoints."""

@@ -1,0 +1,85 @@
+"""Refuses webhook targets inside private networks (SSRF guard).
+
+A URL's host is resolved once; every address it resolves to must be globally routable, and the caller
+connects to the checked address (not to the name again), so DNS rebinding cannot swap it afterwards.
+IP literals are normalised first, including the legacy spellings `inet_aton` accepts (decimal
+`2130706433`, hex `0x7f000001`, octal `0177.0.0.1`, short `127.1`), and IPv4-mapped or NAT64 IPv6
+addresses are judged by the IPv4 address they carry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from gateways.base import DeliveryRejected
+
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+@dataclass(frozen=True)
+class Target:
+    scheme: str
+    host: str
+    ip: str
+    port: int
+    path: str
+
+
+def literal(host: str) -> IP | None:
+    """The address an IP literal denotes, in any spelling; None for a host name."""
+    bare = host.strip("[]")
+    try:
+        return ipaddress.ip_address(bare)
+    except ValueError:
+        pass
+    if bare.replace(".", "").replace("x", "").replace("X", "").isalnum() and any(c.isdigit() for c in bare):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(bare))
+        except OSError:
+            return None
+    return None
+
+
+def forbidden(ip: IP, allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()) -> bool:
+    if any(ip in net for net in allow if net.version == ip.version):
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return forbidden(ip.ipv4_mapped, allow)
+        if ip in NAT64:
+            return forbidden(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF), allow)
+        if ip.sixtofour is not None:
+            return forbidden(ip.sixtofour, allow)
+    return not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified
+
+
+async def check(url: str, allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()) -> Target:
+    """Parse and resolve `url`; raise DeliveryRejected (permanent) when it may not be called."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise DeliveryRejected(f"webhook URL must be http(s) with a host: {parts.scheme}://…")
+    if parts.username or parts.password:
+        raise DeliveryRejected("webhook URL must not carry credentials")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise DeliveryRejected(f"webhook URL has a bad port: {exc}") from None
+    host = parts.hostname
+    address = literal(host)
+    if address is not None:
+        candidates = [address]
+    else:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise DeliveryRejected(f"webhook host does not resolve: {exc}", permanent=False) from None
+        candidates = [ipaddress.ip_address(info[4][0]) for info in infos]
+    if not candidates or any(forbidden(ip, allow) for ip in candidates):
+        raise DeliveryRejected("webhook target is not a public address (SSRF guard)")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return Target(parts.scheme, host, str(candidates[0]), port, path)

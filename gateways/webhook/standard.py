@@ -1,0 +1,129 @@
+"""Delivers one command to a webhook endpoint per Standard Webhooks (standardwebhooks.com).
+
+`webhook-id` is the delivery id (stable across retries, so receivers dedupe), `webhook-timestamp` the
+send time, `webhook-signature` one `v1,<base64 HMAC-SHA256>` per secret (several during rotation:
+`address_params["secret"]` may hold space-separated `whsec_` secrets). The target passes the SSRF guard
+and is connected to by its checked IP with the original Host header and TLS server name; redirects are
+refused, and at most `max_response_bytes` of the answer is read.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from datetime import UTC, datetime
+
+import aiohttp
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from standardwebhooks import Webhook
+
+from gateways.base import DeliveryRejected, Provider, ProviderThrottled, ProviderUnavailable, Sent
+from gateways.webhook.ssrf import check
+from tidings.events import DeliveryCommand
+
+USER_AGENT = "tidings-webhooks/0.1"
+
+
+class WebhookSettings(BaseSettings):
+    """`TIDINGS_WEBHOOK_ALLOW_CIDRS=127.0.0.1/32` lets tests reach a local receiver; never in production."""
+
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_WEBHOOK_", frozen=True)
+
+    connect_timeout: float = Field(default=5.0, gt=0)
+    read_timeout: float = Field(default=10.0, gt=0)
+    max_response_bytes: int = Field(default=64 * 1024, gt=0)
+    allow_cidrs: str = ""
+
+    def allowed(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(c.strip()) for c in self.allow_cidrs.split(",") if c.strip())
+
+
+def payload(command: DeliveryCommand) -> str:
+    if command.content.data_json:
+        return command.content.data_json
+    return json.dumps(
+        {
+            "type": command.notification_type,
+            "notification_id": str(command.notification_id),
+            "title": command.content.title,
+            "body": command.content.body,
+        },
+        separators=(",", ":"),
+    )
+
+
+def signatures(secrets: str, msg_id: str, at: datetime, body: str) -> str:
+    return " ".join(Webhook(secret).sign(msg_id, at, body) for secret in secrets.split())
+
+
+def retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+class StandardWebhook(Provider):
+    channel = "webhook"
+    name = "standard"
+
+    def __init__(self, settings: WebhookSettings | None = None) -> None:
+        self.settings = settings or WebhookSettings()
+
+    async def send(self, session: aiohttp.ClientSession, command: DeliveryCommand) -> Sent:
+        secrets = command.address_params.get("secret", "")
+        if not secrets:
+            raise DeliveryRejected("webhook endpoint has no signing secret")
+        target = await check(command.address, self.settings.allowed())
+        body = payload(command)
+        msg_id = str(command.delivery_id)
+        now = datetime.now(UTC)
+        host = target.host if ":" not in target.host else f"[{target.host}]"
+        ip = target.ip if ":" not in target.ip else f"[{target.ip}]"
+        default_port = target.port == (443 if target.scheme == "https" else 80)
+        headers = {
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": signatures(secrets, msg_id, now, body),
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            "host": host if default_port else f"{host}:{target.port}",
+        }
+        timeout = aiohttp.ClientTimeout(
+            sock_connect=self.settings.connect_timeout,
+            sock_read=self.settings.read_timeout,
+            total=self.settings.connect_timeout + self.settings.read_timeout,
+        )
+        url = f"{target.scheme}://{ip}:{target.port}{target.path}"
+        tls_name = target.host if target.scheme == "https" else None
+        try:
+            async with session.post(
+                url,
+                data=body.encode(),
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,
+                server_hostname=tls_name,
+            ) as response:
+                await response.content.read(self.settings.max_response_bytes)
+                return self._outcome(response.status, response.headers.get("retry-after"), msg_id)
+        except TimeoutError as exc:
+            raise ProviderUnavailable(f"webhook timed out: {type(exc).__name__}") from None
+        except aiohttp.ClientError as exc:
+            raise ProviderUnavailable(f"webhook connection failed: {type(exc).__name__}") from None
+
+    def _outcome(self, status: int, retry_header: str | None, msg_id: str) -> Sent:
+        if 200 <= status < 300:
+            return Sent(self.name, msg_id)
+        if status == 410:
+            raise DeliveryRejected("endpoint gone (410)", address_dead=True)
+        if status == 429:
+            raise ProviderThrottled("endpoint throttled (429)", retry_after(retry_header))
+        if 300 <= status < 400:
+            raise DeliveryRejected(f"redirect refused ({status})")
+        if status == 408 or status >= 500:
+            raise ProviderUnavailable(f"endpoint failed ({status})")
+        raise DeliveryRejected(f"endpoint refused ({status})")

@@ -1,0 +1,87 @@
+import asyncio
+import ipaddress
+
+import pytest
+
+from gateways.base import DeliveryRejected
+from gateways.webhook.ssrf import check, forbidden, literal
+
+REFUSED = [
+    "127.0.0.1",
+    "10.1.2.3",
+    "172.16.0.1",
+    "192.168.1.1",
+    "169.254.169.254",
+    "100.64.0.1",
+    "224.0.0.1",
+    "0.0.0.0",
+    "240.0.0.1",
+    "255.255.255.255",
+    "::1",
+    "::",
+    "fe80::1",
+    "fc00::1",
+    "ff02::1",
+    "::ffff:127.0.0.1",
+    "::ffff:169.254.169.254",
+    "64:ff9b::7f00:1",
+    "64:ff9b::a9fe:a9fe",
+    "2002:7f00:1::1",
+]
+SPELLINGS = {
+    "2130706433": "127.0.0.1",
+    "0x7f000001": "127.0.0.1",
+    "0177.0.0.1": "127.0.0.1",
+    "127.1": "127.0.0.1",
+    "0x7f.1": "127.0.0.1",
+    "0xa9fea9fe": "169.254.169.254",
+    "[::ffff:7f00:1]": "::ffff:127.0.0.1",
+}
+
+
+@pytest.mark.parametrize("address", REFUSED)
+def test_private_and_special_ranges_are_refused(address: str) -> None:
+    ip = literal(address)
+    assert ip is not None and forbidden(ip)
+
+
+@pytest.mark.parametrize("spelling,meaning", SPELLINGS.items())
+def test_odd_ip_spellings_are_normalised(spelling: str, meaning: str) -> None:
+    assert literal(spelling) == ipaddress.ip_address(meaning)
+
+
+def test_public_addresses_and_names_pass() -> None:
+    for public in ("93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "8.8.8.8"):
+        ip = literal(public)
+        assert ip is not None and not forbidden(ip)
+    assert literal("example.com") is None and literal("abc1.example") is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"http://{a}/hook"
+        for a in (
+            "2130706433",
+            "0x7f000001",
+            "0177.0.0.1",
+            "127.1",
+            "[::1]",
+            "[::ffff:127.0.0.1]",
+            "169.254.169.254",
+        )
+    ]
+    + ["http://localhost:8080/x", "ftp://example.com/", "http://user:pw@example.com/", "http:///nohost"],
+)
+def test_check_refuses(url: str) -> None:
+    with pytest.raises(DeliveryRejected) as info:
+        asyncio.run(check(url))
+    assert info.value.permanent
+
+
+def test_allow_list_is_explicit() -> None:
+    allow = (ipaddress.ip_network("127.0.0.1/32"),)
+    target = asyncio.run(check("http://127.0.0.1:9999/in?x=1", allow))
+    assert (target.ip, target.port, target.path, target.host) == ("127.0.0.1", 9999, "/in?x=1", "127.0.0.1")
+    with pytest.raises(DeliveryRejected):
+        asyncio.run(check("http://127.0.0.2:9999/in", allow))
