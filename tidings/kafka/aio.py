@@ -1,0 +1,104 @@
+"""Asyncio Kafka clients for gateways (aiokafka): a consumer of client-neutral batches and a producer.
+
+Consumers read `read_committed` with auto-commit off; the caller commits offsets it has fully handled.
+The producer is idempotent; `flush()` waits for every record sent so far.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from tidings.config import Settings
+from tidings.kafka.records import Incoming, Output
+
+TP = tuple[str, int]
+
+
+class AsyncConsumer:
+    def __init__(self, settings: Settings, *, group_id: str, topics: Sequence[str]) -> None:
+        self._consumer = AIOKafkaConsumer(
+            *topics,
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            client_id=settings.client_id,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000,
+            max_poll_records=500,
+        )
+
+    async def start(self) -> None:
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    async def batch(self, timeout_ms: int = 200) -> dict[TP, list[Incoming]]:
+        fetched = await self._consumer.getmany(timeout_ms=timeout_ms)
+        return {
+            (tp.topic, tp.partition): [
+                Incoming(
+                    m.topic,
+                    m.partition,
+                    m.offset,
+                    m.key,
+                    m.value,
+                    [(k, v) for k, v in m.headers],
+                    m.timestamp,
+                )
+                for m in messages
+            ]
+            for tp, messages in fetched.items()
+        }
+
+    async def commit(self, offsets: dict[TP, int]) -> None:
+        if offsets:
+            await self._consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self._consumer.seek(TopicPartition(*tp), offset)
+
+    def pause(self, tps: Sequence[TP]) -> None:
+        self._consumer.pause(*(TopicPartition(*tp) for tp in tps))
+
+    def resume(self, tps: Sequence[TP]) -> None:
+        self._consumer.resume(*(TopicPartition(*tp) for tp in tps))
+
+    def assignment(self) -> list[TP]:
+        return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
+
+
+class AsyncProducer:
+    def __init__(self, settings: Settings) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            client_id=settings.client_id,
+        )
+        self._pending: list[asyncio.Future[Any]] = []
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self.flush()
+        await self._producer.stop()
+
+    async def send(self, out: Output) -> None:
+        self._pending.append(
+            await self._producer.send(
+                out.topic, out.value, out.key, partition=out.partition, headers=list(out.headers)
+            )
+        )
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        await asyncio.gather(*pending)
