@@ -116,3 +116,31 @@ def run_router(
     signal.signal(signal.SIGTERM, lambda *_: router.stop())
     signal.signal(signal.SIGINT, lambda *_: router.stop())
     router.run(idle_exit_after=idle_exit)
+
+
+@run_app.command("gateway")
+def run_gateway(
+    channel: str = typer.Argument(..., help="in_app, push, email, sms or webhook"),
+    providers: list[str] = typer.Option(None, "--provider", help="Provider chain in order (default: all)."),
+    idle_exit: float | None = typer.Option(None, "--idle-exit", help="Exit after this many idle seconds."),
+) -> None:
+    """Send the channel's delivery commands through its provider chain (retries, failover, DLQ)."""
+    import asyncio
+
+    from gateways.base import load_providers
+    from gateways.runner import GatewayRunner
+
+    available = {name: cls for (ch, name), cls in load_providers().items() if ch == channel}
+    chosen = providers or sorted(available)
+    if not chosen or any(p not in available for p in chosen):
+        raise typer.BadParameter(f"providers for {channel}: {', '.join(sorted(available)) or 'none yet'}")
+    logging.getLogger().setLevel(logging.INFO)
+
+    async def main() -> None:
+        runner = GatewayRunner(settings(), channel, [available[p]() for p in chosen])
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, runner.stop)
+        await runner.run(idle_exit_after=idle_exit)
+
+    asyncio.run(main())
