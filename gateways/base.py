@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import aiohttp
+from pydantic_settings import BaseSettings
 
 from tidings.errors import TidingsError
 from tidings.events import DeliveryCommand
@@ -52,11 +53,36 @@ class Sent:
 
 
 class Provider:
-    """Subclasses set `channel` and `name` and implement `send`; they register themselves."""
+    """Subclasses set `channel`, `name` and `settings_class`, take their settings as the only constructor
+    argument, and implement `send`; they register themselves.
+
+    `label` names the instance in outcomes: a chain may hold the same provider twice with different
+    settings (`smtp` then `smtp@backup`, the latter read from `TIDINGS_SMTP_BACKUP_*`).
+    """
 
     registry: ClassVar[dict[tuple[str, str], type[Provider]]] = {}
     channel: ClassVar[str]
     name: ClassVar[str]
+    settings_class: ClassVar[type[BaseSettings] | None] = None
+    _label: str | None = None
+
+    @classmethod
+    def from_env(cls, profile: str | None = None) -> Provider:
+        if cls.settings_class is None:
+            provider = cls()
+        else:
+            prefix = str(cls.settings_class.model_config.get("env_prefix", ""))
+            env_prefix = f"{prefix}{profile.upper()}_" if profile else prefix
+            provider = cls(cls.settings_class(_env_prefix=env_prefix))  # type: ignore[call-arg]
+        return provider.named(f"{cls.name}@{profile}" if profile else cls.name)
+
+    @property
+    def label(self) -> str:
+        return self._label or self.name
+
+    def named(self, label: str) -> Provider:
+        self._label = label
+        return self
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -152,9 +152,9 @@ class GatewayRunner:
                     failure = exc
                     continue
                 await self.redis.set(done_key, b"failed", ex=DONE_TTL_S)
-                outputs = [self._outcome(command, "FAILED", exc.reason, provider=provider.name)]
+                outputs = [self._outcome(command, "FAILED", exc.reason, provider=provider.label)]
                 if exc.address_dead:
-                    outputs.append(self._feedback(command, provider.name, exc.reason))
+                    outputs.append(self._feedback(command, provider.label, exc.reason))
                 return outputs
             except ProviderError as exc:
                 failure = exc
@@ -166,7 +166,7 @@ class GatewayRunner:
                     command,
                     "SENT",
                     None,
-                    provider=sent.provider,
+                    provider=provider.label,
                     provider_message_id=sent.provider_message_id,
                 )
             ]

@@ -69,6 +69,7 @@ def retry_after(value: str | None) -> float | None:
 class StandardWebhook(Provider):
     channel = "webhook"
     name = "standard"
+    settings_class = WebhookSettings
 
     def __init__(self, settings: WebhookSettings | None = None) -> None:
         self.settings = settings or WebhookSettings()

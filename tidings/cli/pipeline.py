@@ -121,7 +121,9 @@ def run_router(
 @run_app.command("gateway")
 def run_gateway(
     channel: str = typer.Argument(..., help="in_app, push, email, sms or webhook"),
-    providers: list[str] = typer.Option(None, "--provider", help="Provider chain in order (default: all)."),
+    providers: list[str] = typer.Option(
+        None, "--provider", help="Provider chain in order; smtp@backup reads TIDINGS_SMTP_BACKUP_*."
+    ),
     idle_exit: float | None = typer.Option(None, "--idle-exit", help="Exit after this many idle seconds."),
 ) -> None:
     """Send the channel's delivery commands through its provider chain (retries, failover, DLQ)."""
@@ -132,12 +134,13 @@ def run_gateway(
 
     available = {name: cls for (ch, name), cls in load_providers().items() if ch == channel}
     chosen = providers or sorted(available)
-    if not chosen or any(p not in available for p in chosen):
+    if not chosen or any(p.partition("@")[0] not in available for p in chosen):
         raise typer.BadParameter(f"providers for {channel}: {', '.join(sorted(available)) or 'none yet'}")
+    chain = [available[p.partition("@")[0]].from_env(p.partition("@")[2] or None) for p in chosen]
     logging.getLogger().setLevel(logging.INFO)
 
     async def main() -> None:
-        runner = GatewayRunner(settings(), channel, [available[p]() for p in chosen])
+        runner = GatewayRunner(settings(), channel, chain)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, runner.stop)

@@ -1,0 +1,114 @@
+"""Builds the email every email provider sends for a DeliveryCommand, so SMTP and the HTTP APIs agree.
+
+* `multipart/alternative` with the text body first and the HTML body last (RFC 2046: the richest last);
+  a command without HTML is a single text/plain part.
+* `Message-ID: <delivery_id@domain>`: stable across retries and failover, so a receiving MTA or a
+  support engineer can tie a message to its delivery, and a re-send after a crash is recognisably the
+  same message.
+* RFC 8058 one-click unsubscribe (`List-Unsubscribe: <https://...>` and
+  `List-Unsubscribe-Post: List-Unsubscribe=One-Click`) on every non-critical message. The URL carries a
+  signed token (JWT, HS256) naming tenant, recipient, category and address; the HTTP edge verifies it
+  with `unsubscribe_claims` and produces an `unsubscribe` ProviderFeedback. Critical messages (password
+  resets, security alerts) carry no unsubscribe header: recipients cannot opt out of them.
+"""
+
+from __future__ import annotations
+
+import email.policy
+from datetime import UTC, datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, formataddr
+from typing import Any
+
+import jwt
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateways.base import DeliveryRejected
+from tidings.events import DeliveryCommand
+
+ONE_CLICK = "List-Unsubscribe=One-Click"
+POLICY = email.policy.SMTP.clone(max_line_length=998)
+"""RFC 5322 allows 998 octets a line; at the usual 78 the long unsubscribe URL would become an
+RFC 2047 encoded word, which mail clients do not read as a List-Unsubscribe URL."""
+TOKEN_AUDIENCE = "tidings:unsubscribe"
+
+
+class EmailSettings(BaseSettings):
+    """Sender identity and unsubscribe links shared by every email provider (`TIDINGS_EMAIL_*`)."""
+
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_EMAIL_", frozen=True)
+
+    from_address: str = "notifications@tidings.localhost"
+    from_name: str = "tidings"
+    message_id_domain: str = "tidings.localhost"
+    unsubscribe_url: str = Field(
+        default="http://127.0.0.1:8080/unsubscribe", description="Base URL; the token is appended."
+    )
+    unsubscribe_secret: SecretStr = SecretStr("dev-only-unsubscribe-secret-change-me")
+
+
+def message_id(command: DeliveryCommand, settings: EmailSettings) -> str:
+    return f"<{command.delivery_id}@{settings.message_id_domain}>"
+
+
+def unsubscribe_token(command: DeliveryCommand, settings: EmailSettings) -> str:
+    claims = {
+        "aud": TOKEN_AUDIENCE,
+        "tenant": command.tenant_id,
+        "recipient": command.recipient_id,
+        "category": command.category,
+        "channel": command.channel,
+        "address": command.address,
+    }
+    return jwt.encode(claims, settings.unsubscribe_secret.get_secret_value(), algorithm="HS256")
+
+
+def unsubscribe_claims(token: str, settings: EmailSettings) -> dict[str, Any]:
+    """The claims of a token this gateway issued; raises `jwt.InvalidTokenError` for anything else."""
+    claims: dict[str, Any] = jwt.decode(
+        token, settings.unsubscribe_secret.get_secret_value(), algorithms=["HS256"], audience=TOKEN_AUDIENCE
+    )
+    return claims
+
+
+def headers(command: DeliveryCommand, settings: EmailSettings) -> dict[str, str]:
+    """The headers beyond From/To/Subject that every provider must pass through."""
+    out = {"Message-ID": message_id(command, settings)}
+    if command.priority != "critical":
+        out["List-Unsubscribe"] = f"<{settings.unsubscribe_url}/{unsubscribe_token(command, settings)}>"
+        out["List-Unsubscribe-Post"] = ONE_CLICK
+    return out
+
+
+def sender(settings: EmailSettings) -> str:
+    return formataddr((settings.from_name, settings.from_address))
+
+
+def parts(command: DeliveryCommand) -> tuple[str, str, str | None]:
+    """Subject, text and HTML; a command with neither text nor HTML is refused permanently."""
+    content = command.content
+    subject = (content.subject or content.title or "").replace("\r", " ").replace("\n", " ")
+    if not content.body and not content.html:
+        raise DeliveryRejected("email has no body")
+    return subject, content.body or "", content.html
+
+
+def build(command: DeliveryCommand, settings: EmailSettings) -> EmailMessage:
+    subject, text, html = parts(command)
+    try:
+        to = Address(addr_spec=command.address)
+    except (ValueError, IndexError) as exc:
+        raise DeliveryRejected(f"invalid email address: {exc}") from None
+    msg = EmailMessage(policy=POLICY)
+    msg["From"] = sender(settings)
+    msg["To"] = str(to)
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(datetime.now(UTC))
+    for name, value in headers(command, settings).items():
+        msg[name] = value
+    msg.set_content(text)
+    if html is not None:
+        msg.add_alternative(html, subtype="html")
+    return msg
