@@ -34,7 +34,13 @@ class ProviderThrottled(ProviderError):
 
 
 class ProviderUnavailable(ProviderError):
+    """`retry_after` is a floor for the next attempt (SMTP 4xx: no sooner than the configured minimum)."""
+
     retriable = True
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class DeliveryRejected(ProviderError):
@@ -91,6 +97,9 @@ class Provider:
 
     async def send(self, session: aiohttp.ClientSession, command: DeliveryCommand) -> Sent:
         raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release pooled connections; the runner calls it once at shutdown."""
 
 
 def load_providers() -> dict[tuple[str, str], type[Provider]]:

@@ -1,0 +1,134 @@
+"""Sends a DeliveryCommand as an email over SMTP (aiosmtplib): STARTTLS, implicit TLS or plain, with auth.
+
+Connections are pooled (`pool_size` per provider instance) because the TLS handshake and EHLO/AUTH cost
+more than a message; a connection that saw any error is discarded, never reused.
+
+Replies map to the provider contract by RFC 5321 / RFC 3463 codes:
+
+* 4xx with enhanced status 4.7.x (rate limiting, greylisting) -> ProviderThrottled
+* 421 and every other 4xx -> ProviderUnavailable
+  (both carry `retry_after = min_retry_seconds`: a transient SMTP refusal is retried no sooner than that)
+* 530/534/535 authentication failures -> ProviderUnavailable: the provider is misconfigured, not the
+  message wrong, so the chain fails over and the circuit opens instead of failing every message
+* 5.1.x mailbox errors (550 5.1.1 unknown user, 553 bad address) -> DeliveryRejected, address dead
+  (a hard bounce the suppression projection acts on)
+* any other 5xx -> DeliveryRejected, permanent
+* timeouts, refused connections, disconnects -> ProviderUnavailable
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+from typing import Literal
+
+import aiohttp
+import aiosmtplib
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateways.base import DeliveryRejected, Provider, ProviderThrottled, ProviderUnavailable, Sent
+from gateways.email._message import EmailSettings, build, message_id
+from tidings.events import DeliveryCommand
+
+ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})")
+AUTH_CODES = {530, 534, 535}
+
+
+class SmtpSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_SMTP_", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=587, gt=0, lt=65536)
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: str | None = Field(default=None, description="Extra CA bundle, e.g. for a private relay.")
+    timeout: float = Field(default=30.0, gt=0)
+    pool_size: int = Field(default=4, ge=1)
+    min_retry_seconds: float = Field(default=300.0, ge=0)
+
+
+def classify(code: int, message: str, min_retry: float) -> Exception:
+    enhanced = ENHANCED.match(message)
+    detail = f"smtp {code} {message.strip()}"[:300]
+    if code in AUTH_CODES:
+        return ProviderUnavailable(f"smtp authentication failed: {detail}", min_retry)
+    if 400 <= code < 500:
+        if enhanced and enhanced.group(2) == "7" and code != 421:
+            return ProviderThrottled(detail, min_retry)
+        return ProviderUnavailable(detail, min_retry)
+    if 500 <= code < 600:
+        dead = code in (550, 551, 553) and (enhanced is None or enhanced.group(2) == "1")
+        return DeliveryRejected(detail, permanent=True, address_dead=dead)
+    return ProviderUnavailable(f"unexpected smtp reply: {detail}")
+
+
+class Smtp(Provider):
+    channel = "email"
+    name = "smtp"
+    settings_class = SmtpSettings
+
+    def __init__(self, settings: SmtpSettings | None = None, email: EmailSettings | None = None) -> None:
+        self.settings = settings or SmtpSettings()
+        self.email = email or EmailSettings()
+        self.idle: list[aiosmtplib.SMTP] = []
+        self.slots = asyncio.Semaphore(self.settings.pool_size)
+
+    def _client(self) -> aiosmtplib.SMTP:
+        s = self.settings
+        context = None
+        if s.security != "none":
+            context = ssl.create_default_context(cafile=s.ca_file)
+        return aiosmtplib.SMTP(
+            hostname=s.host,
+            port=s.port,
+            username=s.username,
+            password=s.password.get_secret_value() if s.password else None,
+            use_tls=s.security == "tls",
+            start_tls=s.security == "starttls",
+            tls_context=context,
+            timeout=s.timeout,
+        )
+
+    async def send(self, session: aiohttp.ClientSession, command: DeliveryCommand) -> Sent:
+        message = build(command, self.email)
+        async with self.slots:
+            client = self.idle.pop() if self.idle else None
+            try:
+                if client is None or not client.is_connected:
+                    client = self._client()
+                    await client.connect()
+                refused, _ = await client.send_message(message)
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                first = exc.recipients[0]
+                raise self._discard(client, classify(first.code, first.message, self._floor())) from None
+            except aiosmtplib.SMTPResponseException as exc:
+                raise self._discard(client, classify(exc.code, exc.message, self._floor())) from None
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                raise self._discard(
+                    client, ProviderUnavailable(f"smtp connection failed: {type(exc).__name__}: {exc}")
+                ) from None
+            if refused:
+                response = next(iter(refused.values()))
+                raise self._discard(client, classify(response.code, response.message, self._floor()))
+            self.idle.append(client)
+        return Sent(self.name, message_id(command, self.email))
+
+    def _floor(self) -> float:
+        return self.settings.min_retry_seconds
+
+    def _discard(self, client: aiosmtplib.SMTP | None, error: Exception) -> Exception:
+        if client is not None and client.is_connected:
+            client.close()
+        return error
+
+    async def close(self) -> None:
+        while self.idle:
+            client = self.idle.pop()
+            if client.is_connected:
+                try:
+                    await asyncio.wait_for(client.quit(), timeout=2)
+                except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                    client.close()

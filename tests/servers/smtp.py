@@ -1,0 +1,127 @@
+"""A local SMTP server (aiosmtpd, in the test's event loop) answering in each contract mode."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import ssl
+import uuid
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.smtp import SMTP as SMTPProtocol
+from aiosmtpd.smtp import Envelope, Session
+
+from gateways.base import Provider
+from gateways.email.smtp import Smtp, SmtpSettings
+from tests.servers.base import Mode, register
+from tidings.events import DeliveryCommand, RenderedContent
+
+REPLIES: dict[str, str] = {
+    "reject": "550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown",
+    "throttle": "451 4.7.1 <{rcpt}>: Too many messages, slow down",
+    "unavailable": "421 4.3.2 Service shutting down, closing transmission channel",
+}
+
+
+class Handler:
+    def __init__(self, server: SmtpServer) -> None:
+        self.server = server
+
+    async def handle_RCPT(
+        self, smtp: SMTPProtocol, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        mode = self.server.mode
+        if mode == "timeout":
+            await asyncio.sleep(self.server.stall)
+        if mode == "reset":
+            assert smtp.transport is not None
+            smtp.transport.abort()
+            return "250 OK"
+        if mode in REPLIES:
+            return REPLIES[mode].format(rcpt=address)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, smtp: SMTPProtocol, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        message = email.message_from_bytes(raw, policy=email.policy.SMTP)
+        assert isinstance(message, EmailMessage)
+        self.server.accepted.append(message)
+        self.server.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+        return f"250 2.0.0 Ok: queued as {uuid.uuid4().hex[:12].upper()}"
+
+
+class SmtpServer:
+    """`accepted` holds parsed RFC 5322 messages; `tls` serves STARTTLS with the given context."""
+
+    def __init__(self, *, tls: ssl.SSLContext | None = None, port: int = 0) -> None:
+        self.mode: Mode = "ok"
+        self.retry_after = 7
+        self.stall = 5.0
+        self.accepted: list[EmailMessage] = []
+        self.envelopes: list[tuple[str | None, list[str]]] = []
+        self.tls = tls
+        self.port = port
+        self.protocols: list[SMTPProtocol] = []
+        self.server: asyncio.Server | None = None
+
+    def _protocol(self) -> SMTPProtocol:
+        protocol = SMTPProtocol(
+            Handler(self),
+            hostname="smtp.test",
+            tls_context=self.tls,
+            require_starttls=self.tls is not None,
+            auth_require_tls=self.tls is not None,
+        )
+        self.protocols.append(protocol)
+        return protocol
+
+    async def __aenter__(self) -> SmtpServer:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(self._protocol, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for protocol in self.protocols:
+                if protocol.transport is not None:
+                    protocol.transport.abort()
+            await self.server.wait_closed()
+            self.server = None
+
+    def provider(self, *, timeout: float = 5.0, **settings: Any) -> Provider:
+        fields: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "security": "none",
+            "timeout": timeout,
+            "min_retry_seconds": float(self.retry_after),
+        }
+        return Smtp(SmtpSettings(**(fields | settings)))
+
+    def command(self, **changes: Any) -> DeliveryCommand:
+        fields: dict[str, Any] = {
+            "tenant_id": "acme",
+            "delivery_id": uuid.uuid4(),
+            "notification_id": uuid.uuid4(),
+            "recipient_id": "ann",
+            "notification_type": "order.shipped",
+            "category": "orders",
+            "channel": "email",
+            "priority": "normal",
+            "address": "ann@example.com",
+            "content": RenderedContent(
+                subject="Your order shipped", body="On its way.", html="<p>On its way.</p>"
+            ),
+        }
+        return DeliveryCommand(**(fields | changes))
+
+
+register("email", "smtp")(SmtpServer)
