@@ -1,0 +1,146 @@
+"""Sends one email command through the SendGrid v3 Mail Send API (`POST /v3/mail/send`).
+
+The request carries From from `EmailSettings`, the command's address as the only recipient, the text part
+before the HTML part (SendGrid requires text/plain first), the `Message-ID` and unsubscribe headers of
+`_message.headers`, and `custom_args` (tenant, delivery, notification, recipient) that SendGrid copies into
+every Event Webhook event, so `callbacks.sendgrid_events` can tie bounces back to the delivery.
+
+Answers: 2xx is Sent with the `X-Message-Id` header; 429 is ProviderThrottled (`Retry-After`, else the
+`X-RateLimit-Reset` epoch); 5xx, timeouts and connection errors are ProviderUnavailable; any other 4xx
+is a permanent DeliveryRejected carrying the messages of SendGrid's `errors` array.
+
+401/403 are permanent rejections too, with a reason that names the credentials: SendGrid answers 401 to a
+revoked or wrong key and 403 to a key without the mail.send scope or a From that is not a verified sender.
+Retrying the same request cannot succeed until someone fixes the configuration, and a rejection shows up
+as FAILED outcomes that say so at once, where a retriable error would silently fill the retry tiers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDictProxy
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateways.base import DeliveryRejected, Provider, ProviderThrottled, ProviderUnavailable, Sent
+from gateways.email._message import EmailSettings, headers, parts
+from tidings.events import DeliveryCommand
+
+USER_AGENT = "tidings-email/0.1"
+
+
+class SendGridSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_SENDGRID_", frozen=True)
+
+    api_key: SecretStr
+    base_url: str = "https://api.sendgrid.com"
+    timeout: float = Field(default=10.0, gt=0)
+    max_response_bytes: int = Field(default=64 * 1024, gt=0)
+
+
+def custom_args(command: DeliveryCommand) -> dict[str, str]:
+    return {
+        "tenant_id": command.tenant_id,
+        "delivery_id": str(command.delivery_id),
+        "notification_id": str(command.notification_id),
+        "recipient_id": command.recipient_id,
+    }
+
+
+def payload(command: DeliveryCommand, email: EmailSettings) -> dict[str, Any]:
+    subject, text, html = parts(command)
+    content = [{"type": "text/plain", "value": text}] if text else []
+    if html:
+        content.append({"type": "text/html", "value": html})
+    return {
+        "personalizations": [{"to": [{"email": command.address}]}],
+        "from": {"email": email.from_address, "name": email.from_name},
+        "subject": subject,
+        "content": content,
+        "headers": headers(command, email),
+        "custom_args": custom_args(command),
+    }
+
+
+def retry_after(response_headers: CIMultiDictProxy[str]) -> float | None:
+    value = response_headers.get("Retry-After")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            try:
+                return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+            except (TypeError, ValueError):
+                pass
+    reset = response_headers.get("X-RateLimit-Reset")
+    try:
+        return max(0.0, float(reset) - time.time()) if reset else None
+    except ValueError:
+        return None
+
+
+def errors(body: bytes) -> str:
+    try:
+        found = json.loads(body).get("errors") or []
+        messages = [str(e.get("message")) for e in found if isinstance(e, dict) and e.get("message")]
+    except (ValueError, AttributeError):
+        messages = []
+    return "; ".join(messages) or body[:200].decode(errors="replace") or "no details"
+
+
+async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    data = b""
+    while len(data) < limit and (chunk := await response.content.read(limit - len(data))):
+        data += chunk
+    return data
+
+
+class SendGrid(Provider):
+    channel = "email"
+    name = "sendgrid"
+    settings_class = SendGridSettings
+
+    def __init__(
+        self, settings: SendGridSettings | None = None, *, email: EmailSettings | None = None
+    ) -> None:
+        self.settings = settings or SendGridSettings()  # type: ignore[call-arg]
+        self.email = email or EmailSettings()
+
+    async def send(self, session: aiohttp.ClientSession, command: DeliveryCommand) -> Sent:
+        body = json.dumps(payload(command, self.email), separators=(",", ":")).encode()
+        request_headers = {
+            "Authorization": f"Bearer {self.settings.api_key.get_secret_value()}",
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        url = f"{self.settings.base_url.rstrip('/')}/v3/mail/send"
+        try:
+            async with session.post(
+                url,
+                data=body,
+                headers=request_headers,
+                timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
+                allow_redirects=False,
+            ) as response:
+                answer = await read_capped(response, self.settings.max_response_bytes)
+                return self._outcome(response.status, response.headers, answer)
+        except TimeoutError as exc:
+            raise ProviderUnavailable(f"sendgrid timed out: {type(exc).__name__}") from None
+        except aiohttp.ClientError as exc:
+            raise ProviderUnavailable(f"sendgrid connection failed: {type(exc).__name__}") from None
+
+    def _outcome(self, status: int, response_headers: CIMultiDictProxy[str], body: bytes) -> Sent:
+        if 200 <= status < 300:
+            return Sent(self.name, response_headers.get("X-Message-Id"))
+        if status == 429:
+            raise ProviderThrottled("sendgrid throttled (429)", retry_after(response_headers))
+        if status >= 500:
+            raise ProviderUnavailable(f"sendgrid failed ({status})")
+        if status in (401, 403):
+            raise DeliveryRejected(f"sendgrid refused the credentials ({status}): {errors(body)}")
+        raise DeliveryRejected(f"sendgrid rejected the message ({status}): {errors(body)}")
