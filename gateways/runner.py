@@ -1,14 +1,19 @@
 """Consumes notifications.delivery.<channel> (urgent lane first) and its retry tiers; produces outcomes,
 retries, feedback and dead letters. The one consume loop of every channel gateway.
 
-Per command: dedupe on `delivery_id` in Redis (a delivery marked done is never sent again), drop it as
-EXPIRED past `expires_at`, else try the channel's provider chain in order (a retriable error moves to the
-next provider). Success is SENT; a permanent refusal is FAILED (with feedback when the address is dead);
-when every provider failed retriably the command goes to the next retry tier, due after the tier's delay
-(or the provider's Retry-After if longer), with a RETRYING outcome; after the last tier it is FAILED and
-dead-lettered. A retry partition whose head is not due yet is paused until it is. Offsets are committed
-only after a batch's outputs are acknowledged, so a crash re-sends at most the commands in flight, and
-the Redis mark makes even those rare.
+Per command: claim its `delivery_id` in Redis (`gateways.marks`: a delivery sent, failed or expired is
+never sent again, one in flight elsewhere waits), refuse an address this gateway saw die, drop it as
+EXPIRED past `expires_at`, else walk the provider chain, skipping providers whose circuit is open and
+waiting for each provider's cluster-wide rate limit (`gateways.limits`). Success is SENT; a permanent
+refusal is FAILED (with feedback when the address is dead); when every provider failed retriably the
+command goes to the next retry tier, due after the tier's delay or the provider's Retry-After, with a
+RETRYING outcome; after the last tier it is FAILED and dead-lettered.
+
+Within a partition up to `concurrency` commands are in flight at once; the committed offset is the end
+of the contiguous handled prefix. A partition stops where a command cannot proceed yet (a retry not yet
+due, every circuit open, a delivery in flight elsewhere) and is paused until then, so a throttled
+provider pauses consumption instead of spinning retries. Offsets are committed only after the batch's
+outputs are acknowledged; `stop()` finishes the sends in flight, emits and commits before returning.
 """
 
 from __future__ import annotations
@@ -16,52 +21,102 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateways.base import DeliveryRejected, Provider, ProviderError, ProviderThrottled
+from gateways.base import DeliveryRejected, Provider, ProviderError, ProviderThrottled, ProviderUnavailable
+from gateways.limits import Circuits, TokenBucket
+from gateways.marks import Marks
+from gateways.outputs import DUE, from_mark
 from tidings.codec import default_codec
 from tidings.config import Settings
 from tidings.errors import CodecError, InvalidEvent
-from tidings.events import DeliveryCommand, DeliveryOutcome, FeedbackKind, OutcomeStatus, ProviderFeedback
-from tidings.ids import outcome_id
+from tidings.events import DeliveryCommand
 from tidings.kafka import Incoming, Output
-from tidings.kafka.aio import AsyncConsumer, AsyncProducer
+from tidings.kafka.aio import TP, AsyncConsumer, AsyncProducer
 from tidings.kafka.records import dead_letter
 from tidings.topics import names, parse_tiers, tier_seconds
 
 log = logging.getLogger(__name__)
-DUE = "tidings.due"
-DONE_TTL_S = 7 * 24 * 3600
-DEAD_ADDRESS: dict[str, FeedbackKind] = {
-    "webhook": "endpoint_disabled",
-    "push": "token_invalid",
-    "email": "hard_bounce",
-    "sms": "sms_stop",
-}
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_GATEWAY_", frozen=True)
+
+    concurrency: int = Field(default=64, ge=1, description="Sends in flight per gateway process.")
+    inflight_ttl: int = Field(default=60, ge=1, description="Seconds a crashed sender's claim lasts.")
+    done_ttl: int = Field(default=7 * 24 * 3600, ge=60, description="Seconds a delivery stays deduped.")
+    circuit_failures: int = Field(default=5, ge=1)
+    circuit_cooloff: float = Field(default=30.0, gt=0)
+    busy_backoff: float = Field(default=2.0, gt=0)
+    suppress_ttl: int = Field(default=900, ge=1, description="Seconds a dead address is refused here.")
+    endpoint_disable_failures: int = Field(default=5, ge=1, description="Exhausted webhooks in a row...")
+    endpoint_disable_after: float = Field(default=24 * 3600, ge=0, description="...spanning this long.")
+    rates: str = Field(default="", description="Cluster-wide limits, e.g. 'smtp=50:100,sendgrid=600'.")
+
+    def rate_limits(self) -> dict[str, tuple[float, int]]:
+        """`label=rate_per_second[:burst]` pairs; the burst defaults to one second's worth."""
+        limits: dict[str, tuple[float, int]] = {}
+        for item in filter(None, (part.strip() for part in self.rates.split(","))):
+            label, _, spec = item.partition("=")
+            rate, _, burst = spec.partition(":")
+            limits[label.strip()] = (float(rate), int(burst) if burst else max(1, int(float(rate))))
+        return limits
+
+
+@dataclass
+class Handled:
+    outputs: list[Output] = field(default_factory=list)
+    mark: tuple[str, dict[str, Any]] | None = None
+    replayed: bool = False
+
+
+@dataclass
+class Blocked:
+    until: float
 
 
 class GatewayRunner:
     def __init__(
-        self, settings: Settings, channel: str, providers: Sequence[Provider], *, concurrency: int = 32
+        self,
+        settings: Settings,
+        channel: str,
+        providers: Sequence[Provider],
+        gateway: GatewaySettings | None = None,
+        *,
+        rates: dict[str, tuple[float, int]] | None = None,
     ) -> None:
         n = names(settings)
         self.channel, self.providers, self.names = channel, list(providers), n
+        self.config = gateway or GatewaySettings()
         self.tiers = parse_tiers(settings.retry_tiers)
         self.urgent, self.standard = n.delivery(channel, urgent=True), n.delivery(channel)
         self.retries = [n.retry(channel, t) for t in self.tiers]
+        self.prefix = settings.topic_prefix
         self.group = f"{settings.topic_prefix}tidings.gateway.{channel}"
         self.consumer = AsyncConsumer(
             settings, group_id=self.group, topics=[self.urgent, self.standard, *self.retries]
         )
         self.producer = AsyncProducer(settings)
         self.redis = aioredis.Redis.from_url(settings.redis_url)
-        self.limit = asyncio.Semaphore(concurrency)
+        owner = f"{channel}/{uuid.uuid4()}"
+        c = self.config
+        self.marks = Marks(self.redis, self.prefix, owner, c.inflight_ttl, c.done_ttl)
+        self.circuits = Circuits(c.circuit_failures, c.circuit_cooloff)
+        self.buckets = {
+            label: TokenBucket(self.redis, f"{self.prefix}tidings:rate:{channel}:{label}", rate, burst)
+            for label, (rate, burst) in (c.rate_limits() if rates is None else rates).items()
+        }
+        self.limit = asyncio.Semaphore(c.concurrency)
         self.stopping = asyncio.Event()
-        self.paused_until: dict[tuple[str, int], float] = {}
+        self.paused_until: dict[TP, float] = {}
         self.counts: dict[str, int] = {}
 
     async def run(self, *, idle_exit_after: float | None = None) -> None:
@@ -81,6 +136,8 @@ class GatewayRunner:
                     elif idle_exit_after is not None and time.monotonic() - last_input > idle_exit_after:
                         return
         finally:
+            for provider in self.providers:
+                await provider.close()
             await self.producer.stop()
             await self.consumer.stop()
             await self.redis.aclose()
@@ -89,147 +146,189 @@ class GatewayRunner:
         self.stopping.set()
 
     def _resume_due(self) -> None:
-        now = time.time()
-        due = [tp for tp, at in self.paused_until.items() if at <= now]
+        now, assigned = time.time(), set(self.consumer.assignment())
+        due = [tp for tp, at in self.paused_until.items() if at <= now or tp not in assigned]
         for tp in due:
             del self.paused_until[tp]
-        if due:
-            self.consumer.resume(due)
+        if resumable := [tp for tp in due if tp in assigned]:
+            self.consumer.resume(resumable)
 
-    async def _process(self, fetched: dict[tuple[str, int], list[Incoming]]) -> None:
+    async def _process(self, fetched: dict[TP, list[Incoming]]) -> None:
         lanes = {self.urgent: 0, **{t: 1 for t in self.retries}, self.standard: 2}
         ordered = sorted(fetched.items(), key=lambda item: lanes.get(item[0][0], 3))
         results = await asyncio.gather(*(self._partition(tp, records) for tp, records in ordered))
-        outputs = [out for outs, _ in results for out in outs]
-        for out in outputs:
-            await self.producer.send(out)
+        marks: dict[str, dict[str, Any]] = {}
+        for outputs, _, handled_marks in results:
+            for out in outputs:
+                await self.producer.send(out)
+            marks.update(handled_marks)
         await self.producer.flush()
+        await self.marks.emitted(marks)
         await self.consumer.commit(
-            {tp: offset for (_, offset), (tp, _) in zip(results, ordered, strict=True) if offset is not None}
+            {tp: offset for (tp, _), (_, offset, _) in zip(ordered, results, strict=True) if offset}
         )
 
     async def _partition(
-        self, tp: tuple[str, int], records: list[Incoming]
-    ) -> tuple[list[Output], int | None]:
-        outputs: list[Output] = []
-        next_offset = None
+        self, tp: TP, records: list[Incoming]
+    ) -> tuple[list[Output], int | None, dict[str, dict[str, Any]]]:
+        tasks: list[tuple[Incoming, asyncio.Task[Handled | Blocked]]] = []
+        hold: float | None = None
         for record in records:
             due = record.header(DUE)
             if due is not None and int(due) / 1000 > time.time():
-                self.consumer.pause([tp])
-                self.consumer.seek(tp, record.offset)
-                self.paused_until[tp] = int(due) / 1000
+                hold = int(due) / 1000
                 break
-            async with self.limit:
-                outputs += await self.handle(record)
-            next_offset = record.offset + 1
-        return outputs, next_offset
+            if tasks and tasks[-1][1].done() and isinstance(tasks[-1][1].result(), Blocked):
+                break
+            await self.limit.acquire()
+            tasks.append((record, asyncio.create_task(self._guarded(record))))
+        outputs: list[Output] = []
+        marks: dict[str, dict[str, Any]] = {}
+        next_offset: int | None = None
+        blocked = False
+        for record, task in tasks:
+            result = await task
+            if isinstance(result, Blocked):
+                hold = hold if blocked else result.until
+                blocked = True
+                continue
+            if not blocked:
+                next_offset = record.offset + 1
+            if result.replayed and result.mark and result.mark[0] in marks:
+                self._count("duplicates")
+                continue
+            if result.replayed:
+                self._count("re_emitted")
+            outputs += result.outputs
+            if result.mark:
+                marks[result.mark[0]] = result.mark[1]
+        if hold is not None:
+            self.consumer.pause([tp])
+            self.consumer.seek(tp, records[0].offset if next_offset is None else next_offset)
+            self.paused_until[tp] = hold
+        return outputs, next_offset, marks
+
+    async def _guarded(self, record: Incoming) -> Handled | Blocked:
+        try:
+            return await self.handle(record)
+        finally:
+            self.limit.release()
 
     def _count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
 
-    async def handle(self, record: Incoming) -> list[Output]:
+    async def handle(self, record: Incoming) -> Handled | Blocked:
         try:
             command = record.decode(default_codec())
             if not isinstance(command, DeliveryCommand):
                 raise InvalidEvent(f"{type(command).__name__} is not a DeliveryCommand")
         except (CodecError, InvalidEvent) as exc:
             self._count("dead_letters")
-            return [dead_letter(record, exc, self.group, self.names.dlq)]
-        done_key = f"tidings:delivery:{command.delivery_id}"
-        if await self.redis.get(done_key) is not None:
-            self._count("duplicates")
-            return []
+            return Handled([dead_letter(record, exc, self.group, self.names.dlq)])
+        mark = await self.marks.claim(command.delivery_id, command.attempt)
+        if mark is not None:
+            if mark["state"] == "inflight":
+                self._count("busy")
+                return Blocked(time.time() + self.config.busy_backoff)
+            if mark.get("emitted"):
+                self._count("duplicates")
+                return Handled()
+            return Handled(from_mark(self.names, command, mark), (str(command.delivery_id), mark), True)
+        if await self.redis.exists(self._suppressed_key(command)):
+            return await self._finish(command, "SUPPRESSED", "address_dead")
         if command.expires_at is not None and command.expires_at.timestamp() <= time.time():
-            await self.redis.set(done_key, b"expired", ex=DONE_TTL_S)
-            return [self._outcome(command, "EXPIRED", "expired")]
+            return await self._finish(command, "EXPIRED", "expired")
+        return await self._send(record, command)
+
+    async def _send(self, record: Incoming, command: DeliveryCommand) -> Handled | Blocked:
+        chain = [p for p in self.providers if self.circuits.closed(p.label)]
+        if not chain:
+            await self.marks.release(command.delivery_id, command.attempt)
+            self._count("circuit_open")
+            return Blocked(self.circuits.reopens_at([p.label for p in self.providers]))
         failure: ProviderError | None = None
-        for provider in self.providers:
+        for provider in chain:
+            if bucket := self.buckets.get(provider.label):
+                await asyncio.sleep(await bucket.wait())
             try:
                 sent = await provider.send(self.session, command)
             except DeliveryRejected as exc:
                 if not exc.permanent:
                     failure = exc
                     continue
-                await self.redis.set(done_key, b"failed", ex=DONE_TTL_S)
-                outputs = [self._outcome(command, "FAILED", exc.reason, provider=provider.label)]
-                if exc.address_dead:
-                    outputs.append(self._feedback(command, provider.label, exc.reason))
-                return outputs
+                self.circuits.success(provider.label)
+                dead = exc.reason if exc.address_dead else None
+                if dead:
+                    await self.redis.set(self._suppressed_key(command), dead, ex=self.config.suppress_ttl)
+                return await self._finish(
+                    command, "FAILED", exc.reason, provider=provider.label, feedback=dead
+                )
             except ProviderError as exc:
+                self.circuits.failure(provider.label, exc)
                 failure = exc
                 continue
-            await self.redis.set(done_key, b"sent", ex=DONE_TTL_S)
+            self.circuits.success(provider.label)
             self._count("sent")
-            return [
-                self._outcome(
-                    command,
-                    "SENT",
-                    None,
-                    provider=provider.label,
-                    provider_message_id=sent.provider_message_id,
-                )
-            ]
-        return self._retry(record, command, failure)
+            if self.channel == "webhook":
+                await self.redis.delete(self._endpoint_key(command))
+            return await self._finish(
+                command, "SENT", None, provider=provider.label, provider_message_id=sent.provider_message_id
+            )
+        return await self._retry(record, command, failure)
 
-    def _retry(
+    async def _retry(
         self, record: Incoming, command: DeliveryCommand, failure: ProviderError | None
-    ) -> list[Output]:
+    ) -> Handled:
         detail = str(failure) if failure else "no provider"
         if command.attempt >= len(self.tiers):
             self._count("exhausted")
-            return [
-                self._outcome(command, "FAILED", "retries_exhausted", detail=detail),
-                dead_letter(record, failure or ProviderError(detail), self.group, self.names.dlq),
-            ]
+            dead = await self._endpoint_failed(command)
+            handled = await self._finish(command, "FAILED", "retries_exhausted", detail=detail, feedback=dead)
+            error = failure or ProviderUnavailable(detail)
+            handled.outputs.append(dead_letter(record, error, self.group, self.names.dlq))
+            return handled
         tier = self.tiers[command.attempt]
         delay = float(tier_seconds(tier))
-        if isinstance(failure, ProviderThrottled) and failure.retry_after:
+        if isinstance(failure, ProviderThrottled | ProviderUnavailable) and failure.retry_after:
             delay = max(delay, failure.retry_after)
-        retry = command.model_copy(update={"attempt": command.attempt + 1})
-        out = Output.event(self.names.retry(self.channel, tier), retry)
-        due = str(int((time.time() + delay) * 1000)).encode()
         self._count("retries")
-        return [
-            Output(out.topic, out.key, out.value, [*out.headers, (DUE, due)]),
-            self._outcome(command, "RETRYING", tier, detail=detail),
-        ]
+        mark = {
+            "state": "retry",
+            "attempt": command.attempt + 1,
+            "tier": tier,
+            "due": int((time.time() + delay) * 1000),
+            "detail": detail,
+        }
+        await self.marks.put(command.delivery_id, mark)
+        return Handled(from_mark(self.names, command, mark), (str(command.delivery_id), mark))
 
-    def _outcome(
-        self, command: DeliveryCommand, status: OutcomeStatus, reason: str | None, **fields: Any
-    ) -> Output:
-        outcome = DeliveryOutcome(
-            event_id=outcome_id(
-                command.notification_id,
-                status,
-                command.channel,
-                command.delivery_id,
-                f"{reason}/{command.attempt}",
-            ),
-            tenant_id=command.tenant_id,
-            correlation_id=str(command.notification_id),
-            notification_id=command.notification_id,
-            delivery_id=command.delivery_id,
-            recipient_id=command.recipient_id,
-            channel=command.channel,
-            status=status,
-            reason=reason,
-            attempt=command.attempt + 1,
-            template_version=command.template_version,
-            **fields,
-        )
-        return Output.event(self.names.outcomes, outcome)
+    async def _finish(
+        self, command: DeliveryCommand, status: str, reason: str | None, **fields: Any
+    ) -> Handled:
+        mark = {"state": "done", "status": status, "reason": reason, "attempt": command.attempt, **fields}
+        await self.marks.put(command.delivery_id, mark)
+        return Handled(from_mark(self.names, command, mark), (str(command.delivery_id), mark))
 
-    def _feedback(self, command: DeliveryCommand, provider: str, detail: str) -> Output:
-        feedback = ProviderFeedback(
-            tenant_id=command.tenant_id,
-            kind=DEAD_ADDRESS[command.channel],
-            channel=command.channel,
-            address=command.address,
-            recipient_id=command.recipient_id,
-            notification_id=command.notification_id,
-            delivery_id=command.delivery_id,
-            provider=provider,
-            detail=detail,
-        )
-        return Output.event(self.names.feedback, feedback)
+    def _suppressed_key(self, command: DeliveryCommand) -> str:
+        return f"{self.prefix}tidings:dead:{command.tenant_id}:{command.channel}:{command.address}"
+
+    def _endpoint_key(self, command: DeliveryCommand) -> str:
+        return f"{self.prefix}tidings:failing:{command.tenant_id}:{command.address}"
+
+    async def _endpoint_failed(self, command: DeliveryCommand) -> str | None:
+        """Counts a webhook endpoint's exhausted deliveries; disables it after sustained failure."""
+        if self.channel != "webhook":
+            return None
+        key, now = self._endpoint_key(command), time.time()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, "since", now)
+            pipe.hincrby(key, "failures", 1)
+            pipe.hget(key, "since")
+            pipe.expire(key, self.config.done_ttl)
+            _, failures, since, _ = await pipe.execute()
+        c = self.config
+        if failures < c.endpoint_disable_failures or now - float(since) < c.endpoint_disable_after:
+            return None
+        reason = f"endpoint failing since {int(float(since))}: {failures} deliveries exhausted retries"
+        await self.redis.set(self._suppressed_key(command), reason, ex=c.suppress_ttl)
+        return reason

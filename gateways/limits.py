@@ -1,0 +1,78 @@
+"""Rate limits and circuit breakers of the provider chain.
+
+`TokenBucket` is cluster-wide: every gateway process draws from one bucket per provider in Redis, so
+`rate_per_second` is the provider's contract limit however many gateways run. A draw reserves a token
+even when the bucket is empty and returns how long to wait for it (the bucket goes into debt), which
+spreads a burst evenly instead of letting every waiter retry at once; the clock is Redis's own `TIME`,
+so hosts with skewed clocks agree.
+
+`Circuits` is per process: a provider that throttles (429, Retry-After, SMTP 4.7.x) is skipped until
+its Retry-After passes, and one that fails `failures` times in a row (5xx, timeouts, resets) is skipped
+for `cooloff` seconds, then tried again (half-open: one more failure reopens it). When every provider
+of a chain is open, the runner pauses consumption until the first reopens instead of spinning retries.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+
+from gateways.base import ProviderError, ProviderThrottled
+
+DRAW = """
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or burst
+local at = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + (now - at) * rate / 1000) - 1
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) * 1000 / rate) + 1000)
+if tokens >= 0 then return 0 end
+return math.ceil(-tokens * 1000 / rate)
+"""
+
+
+class TokenBucket:
+    def __init__(self, client: aioredis.Redis, key: str, rate_per_second: float, burst: int) -> None:
+        self.client, self.key = client, key
+        self.rate, self.burst = rate_per_second, max(1, burst)
+        self.script = client.register_script(DRAW)
+
+    async def wait(self) -> float:
+        """Seconds the caller must wait before its send fits the rate (the token is already reserved)."""
+        millis = await self.script(keys=[self.key], args=[self.rate, self.burst])
+        return int(millis) / 1000
+
+
+@dataclass
+class Circuit:
+    failures: int = 0
+    open_until: float = 0.0
+
+
+@dataclass
+class Circuits:
+    failures: int = 5
+    cooloff: float = 30.0
+    state: dict[str, Circuit] = field(default_factory=dict)
+
+    def closed(self, label: str) -> bool:
+        return self.state.get(label, Circuit()).open_until <= time.time()
+
+    def success(self, label: str) -> None:
+        self.state.pop(label, None)
+
+    def failure(self, label: str, error: ProviderError) -> None:
+        circuit = self.state.setdefault(label, Circuit())
+        circuit.failures += 1
+        if isinstance(error, ProviderThrottled):
+            circuit.open_until = time.time() + (error.retry_after or self.cooloff)
+        elif circuit.failures >= self.failures:
+            circuit.open_until = time.time() + self.cooloff
+
+    def reopens_at(self, labels: list[str]) -> float:
+        return min(self.state.get(label, Circuit()).open_until for label in labels)

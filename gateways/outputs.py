@@ -1,0 +1,98 @@
+"""Produces the records a gateway emits for one command: outcomes, feedback, retries and dead letters.
+
+Everything here is a pure function of the command and its Redis mark, so re-emitting after a crash
+yields the same records with the same deterministic event ids.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tidings.events import DeliveryCommand, DeliveryOutcome, FeedbackKind, OutcomeStatus, ProviderFeedback
+from tidings.ids import outcome_id
+from tidings.kafka import Output
+from tidings.topics import Names
+
+DUE = "tidings.due"
+DEAD_ADDRESS: dict[str, FeedbackKind] = {
+    "webhook": "endpoint_disabled",
+    "push": "token_invalid",
+    "email": "hard_bounce",
+    "sms": "sms_stop",
+}
+
+
+def outcome(
+    names: Names,
+    command: DeliveryCommand,
+    status: OutcomeStatus,
+    reason: str | None,
+    *,
+    attempt: int | None = None,
+    **fields: Any,
+) -> Output:
+    attempt = command.attempt if attempt is None else attempt
+    event = DeliveryOutcome(
+        event_id=outcome_id(
+            command.notification_id, status, command.channel, command.delivery_id, f"{reason}/{attempt}"
+        ),
+        tenant_id=command.tenant_id,
+        correlation_id=str(command.notification_id),
+        notification_id=command.notification_id,
+        delivery_id=command.delivery_id,
+        recipient_id=command.recipient_id,
+        channel=command.channel,
+        status=status,
+        reason=reason,
+        attempt=attempt + 1,
+        template_version=command.template_version,
+        **fields,
+    )
+    return Output.event(names.outcomes, event)
+
+
+def feedback(names: Names, command: DeliveryCommand, provider: str | None, detail: str) -> Output:
+    event = ProviderFeedback(
+        event_id=outcome_id(
+            command.notification_id, "FEEDBACK", command.channel, command.delivery_id, detail[:100]
+        ),
+        tenant_id=command.tenant_id,
+        kind=DEAD_ADDRESS[command.channel],
+        channel=command.channel,
+        address=command.address,
+        recipient_id=command.recipient_id,
+        notification_id=command.notification_id,
+        delivery_id=command.delivery_id,
+        provider=provider,
+        category=command.category,
+        detail=detail,
+    )
+    return Output.event(names.feedback, event)
+
+
+def from_mark(names: Names, command: DeliveryCommand, mark: dict[str, Any]) -> list[Output]:
+    """The records a mark stands for: a terminal outcome (and feedback), or a retry and RETRYING."""
+    if mark["state"] == "retry":
+        retry = command.model_copy(update={"attempt": mark["attempt"]})
+        out = Output.event(names.retry(command.channel, mark["tier"]), retry)
+        return [
+            Output(out.topic, out.key, out.value, [*out.headers, (DUE, str(mark["due"]).encode())]),
+            outcome(
+                names, command, "RETRYING", mark["tier"], attempt=mark["attempt"] - 1, detail=mark["detail"]
+            ),
+        ]
+    outputs = [
+        outcome(
+            names,
+            command,
+            mark["status"],
+            mark.get("reason"),
+            attempt=mark["attempt"],
+            provider=mark.get("provider"),
+            provider_message_id=mark.get("provider_message_id"),
+            detail=mark.get("detail"),
+        )
+    ]
+    if mark.get("feedback"):
+        outputs.append(feedback(names, command, mark.get("provider"), mark["feedback"]))
+    return outputs
