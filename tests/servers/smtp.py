@@ -11,7 +11,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from aiosmtpd.smtp import SMTP as SMTPProtocol
-from aiosmtpd.smtp import Envelope, Session
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from gateways.base import Provider
 from gateways.email.smtp import Smtp, SmtpSettings
@@ -33,6 +33,7 @@ class Handler:
         self, smtp: SMTPProtocol, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         mode = self.server.mode
+        self.server.attempts += 1
         if mode == "timeout":
             await asyncio.sleep(self.server.stall)
         if mode == "reset":
@@ -56,13 +57,21 @@ class Handler:
 class SmtpServer:
     """`accepted` holds parsed RFC 5322 messages; `tls` serves STARTTLS with the given context."""
 
-    def __init__(self, *, tls: ssl.SSLContext | None = None, port: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        tls: ssl.SSLContext | None = None,
+        implicit_tls: bool = False,
+        login: tuple[str, str] | None = None,
+        port: int = 0,
+    ) -> None:
         self.mode: Mode = "ok"
         self.retry_after = 7
         self.stall = 5.0
         self.accepted: list[EmailMessage] = []
         self.envelopes: list[tuple[str | None, list[str]]] = []
-        self.tls = tls
+        self.tls, self.implicit_tls, self.login = tls, implicit_tls, login
+        self.attempts = 0
         self.port = port
         self.protocols: list[SMTPProtocol] = []
         self.server: asyncio.Server | None = None
@@ -71,21 +80,30 @@ class SmtpServer:
         protocol = SMTPProtocol(
             Handler(self),
             hostname="smtp.test",
-            tls_context=self.tls,
-            require_starttls=self.tls is not None,
+            tls_context=None if self.implicit_tls else self.tls,
+            require_starttls=self.tls is not None and not self.implicit_tls,
+            auth_required=self.login is not None,
             auth_require_tls=self.tls is not None,
+            authenticator=self._authenticate if self.login else None,
         )
         self.protocols.append(protocol)
         return protocol
 
     async def __aenter__(self) -> SmtpServer:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(self._protocol, "127.0.0.1", self.port)
+        self.server = await loop.create_server(
+            self._protocol, "127.0.0.1", self.port, ssl=self.tls if self.implicit_tls else None
+        )
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    def _authenticate(self, *args: Any) -> AuthResult:
+        data = args[-1]
+        ok = isinstance(data, LoginPassword) and (data.login.decode(), data.password.decode()) == self.login
+        return AuthResult(success=ok, handled=False)
 
     async def stop(self) -> None:
         if self.server is not None:

@@ -1,0 +1,159 @@
+"""The SMTP provider against a local aiosmtpd server: TLS, auth, the message it writes, pooling."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import ssl
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from gateways.base import DeliveryRejected, Provider, ProviderThrottled, ProviderUnavailable, Sent
+from gateways.email._message import EmailSettings, unsubscribe_claims
+from gateways.email.smtp import classify
+from tests.servers.smtp import SmtpServer
+from tidings.events import RenderedContent
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    folder = tmp_path_factory.mktemp("tls")
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return folder / "cert.pem", folder / "key.pem"
+
+
+def server_context(files: tuple[Path, Path]) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*files)
+    return context
+
+
+async def send_all(server: SmtpServer, provider: Provider, count: int, **changes: Any) -> list[Any]:
+    results: list[Any] = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(count):
+            try:
+                results.append(await provider.send(session, server.command(**changes)))
+            except Exception as exc:
+                results.append(exc)
+    await provider.close()
+    return results
+
+
+def test_starttls_with_auth_writes_the_documented_message(tls_files: tuple[Path, Path]) -> None:
+    async def scenario() -> tuple[list[Any], SmtpServer]:
+        async with SmtpServer(tls=server_context(tls_files), login=("relay", "s3cret")) as server:
+            provider = server.provider(
+                security="starttls",
+                ca_file=str(tls_files[0]),
+                username="relay",
+                password="s3cret",
+                pool_size=2,
+            )
+            results = await send_all(server, provider, 6)
+            return results, server
+
+    results, server = asyncio.run(scenario())
+    assert all(isinstance(r, Sent) for r in results), results
+    assert len(server.accepted) == 6 and len(server.protocols) <= 2
+    message = server.accepted[0]
+    sent = results[0]
+    assert message["Message-ID"] == sent.provider_message_id and sent.provider_message_id.endswith(
+        "@tidings.localhost>"
+    )
+    assert (
+        message["From"] == "tidings <notifications@tidings.localhost>" and message["To"] == "ann@example.com"
+    )
+    assert (
+        message["Subject"] == "Your order shipped" and message.get_content_type() == "multipart/alternative"
+    )
+    assert [p.get_content_type() for p in message.iter_parts()] == ["text/plain", "text/html"]
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    url = str(message["List-Unsubscribe"]).strip("<>")
+    claims = unsubscribe_claims(url.rsplit("/", 1)[1], EmailSettings())
+    assert (claims["tenant"], claims["recipient"], claims["category"]) == ("acme", "ann", "orders")
+    with pytest.raises(jwt.InvalidTokenError):
+        unsubscribe_claims(url.rsplit("/", 1)[1][:-4] + "AAAA", EmailSettings())
+
+
+def test_critical_mail_has_no_unsubscribe_and_text_only_is_single_part() -> None:
+    async def scenario() -> SmtpServer:
+        async with SmtpServer() as server:
+            content = RenderedContent(subject="Reset your password", body="Use code 123456.")
+            await send_all(server, server.provider(), 1, priority="critical", content=content)
+            return server
+
+    [message] = asyncio.run(scenario()).accepted
+    assert "List-Unsubscribe" not in message and message.get_content_type() == "text/plain"
+    assert message.get_content().strip() == "Use code 123456."
+
+
+def test_implicit_tls(tls_files: tuple[Path, Path]) -> None:
+    async def scenario() -> list[Any]:
+        async with SmtpServer(tls=server_context(tls_files), implicit_tls=True) as server:
+            return await send_all(server, server.provider(security="tls", ca_file=str(tls_files[0])), 2)
+
+    assert all(isinstance(r, Sent) for r in asyncio.run(scenario()))
+
+
+def test_untrusted_certificate_and_wrong_password_fail_over_not_reject(tls_files: tuple[Path, Path]) -> None:
+    async def scenario() -> list[Any]:
+        async with SmtpServer(tls=server_context(tls_files), login=("relay", "s3cret")) as server:
+            untrusted = await send_all(
+                server, server.provider(security="starttls", username="relay", password="x"), 1
+            )
+            wrong = server.provider(
+                security="starttls", ca_file=str(tls_files[0]), username="relay", password="x"
+            )
+            return [*untrusted, *await send_all(server, wrong, 1)]
+
+    untrusted, wrong = asyncio.run(scenario())
+    assert isinstance(untrusted, ProviderUnavailable)
+    assert isinstance(wrong, ProviderUnavailable) and "authentication" in str(wrong)
+
+
+def test_dead_mailbox_is_a_hard_bounce_and_policy_refusal_is_not() -> None:
+    async def scenario() -> list[Any]:
+        async with SmtpServer() as server:
+            server.mode = "reject"
+            return await send_all(server, server.provider(), 1)
+
+    [dead] = asyncio.run(scenario())
+    assert isinstance(dead, DeliveryRejected) and dead.permanent and dead.address_dead
+    policy = classify(554, "5.7.1 Message rejected as spam", 60)
+    assert isinstance(policy, DeliveryRejected) and policy.permanent and not policy.address_dead
+    greylisted = classify(450, "4.7.1 Greylisted, try again later", 60)
+    assert isinstance(greylisted, ProviderThrottled) and greylisted.retry_after == 60
+    full = classify(452, "4.2.2 Mailbox full", 60)
+    assert isinstance(full, ProviderUnavailable) and full.retry_after == 60
