@@ -1,0 +1,495 @@
+"""Callback parsers: SNS-delivered SES notifications, the signed SendGrid Event Webhook, Postmark webhooks.
+
+Signatures are made here the way the vendors document them (SNS: "Key\\nValue\\n" pairs in a fixed order,
+RSA PKCS#1 v1.5 with SHA1 or SHA256; SendGrid: ECDSA P-256 SHA256 over timestamp + body), with keys made
+for the test, so a parser that builds the wrong string or skips the check fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import NameOID
+
+from gateways.email import callbacks
+from gateways.email.postmark import metadata
+from gateways.email.sendgrid import custom_args
+from gateways.email.ses import email_tags
+from tests.servers.email_apis import email_command
+from tidings.errors import InvalidEvent
+
+TOPIC = "arn:aws:sns:eu-west-1:123456789012:ses-feedback"
+CERT_URL = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123456789abcdef.pem"
+DELIVERY = uuid.uuid4()
+NOTIFICATION = uuid.uuid4()
+
+
+def certificate(key: rsa.RSAPrivateKey, *, expired: bool = False) -> bytes:
+    now = datetime.now(UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
+    start, end = (
+        (now - timedelta(days=3), now - timedelta(days=1))
+        if expired
+        else (now - timedelta(1), now + timedelta(1))
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def cert(rsa_key: rsa.RSAPrivateKey) -> bytes:
+    return certificate(rsa_key)
+
+
+def sns(
+    key: rsa.RSAPrivateKey, message: dict[str, Any] | str, *, version: str = "1", **extra: str
+) -> dict[str, str]:
+    envelope = {
+        "Type": "Notification",
+        "MessageId": str(uuid.uuid4()),
+        "TopicArn": TOPIC,
+        "Message": message if isinstance(message, str) else json.dumps(message),
+        "Timestamp": "2026-11-25T17:00:00.000Z",
+        "SignatureVersion": version,
+        "SigningCertURL": CERT_URL,
+        "UnsubscribeURL": "https://sns.eu-west-1.amazonaws.com/?Action=Unsubscribe",
+        **extra,
+    }
+    if envelope["Type"] == "Notification":
+        order = ["Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"]
+    else:
+        order = ["Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type"]
+    signed = "".join(f"{k}\n{envelope[k]}\n" for k in order if k in envelope).encode()
+    digest = hashes.SHA1() if version == "1" else hashes.SHA256()
+    envelope["Signature"] = base64.b64encode(key.sign(signed, padding.PKCS1v15(), digest)).decode()
+    return envelope
+
+
+def ses_bounce(bounce_type: str, *addresses: str, tags: bool = True) -> dict[str, Any]:
+    mail: dict[str, Any] = {
+        "timestamp": "2026-11-25T16:59:58.000Z",
+        "messageId": "0102019abc-ses",
+        "commonHeaders": {"messageId": f"<{DELIVERY}@tidings.localhost>"},
+    }
+    if tags:
+        mail["tags"] = {
+            "delivery_id": [str(DELIVERY)],
+            "notification_id": [str(NOTIFICATION)],
+            "recipient_id": ["user-42"],
+            "ses:configuration-set": ["tidings"],
+        }
+    recipients = [
+        {"emailAddress": a, "action": "failed", "status": "5.1.1", "diagnosticCode": f"smtp; 550 {a} unknown"}
+        for a in addresses
+    ]
+    return {
+        "notificationType": "Bounce",
+        "bounce": {
+            "bounceType": bounce_type,
+            "bounceSubType": "General",
+            "bouncedRecipients": recipients,
+            "timestamp": "2026-11-25T16:59:59.500Z",
+            "feedbackId": "0102-feedback",
+        },
+        "mail": mail,
+    }
+
+
+def parse_sns(envelope: dict[str, str], cert: bytes | None, **kwargs: Any) -> list[Any]:
+    return callbacks.ses_sns(json.dumps(envelope).encode(), certificate_pem=cert, tenant_id="acme", **kwargs)
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_ses_permanent_bounce_is_one_hard_bounce_per_recipient(
+    rsa_key: rsa.RSAPrivateKey, cert: bytes, version: str
+) -> None:
+    got = parse_sns(
+        sns(rsa_key, ses_bounce("Permanent", "a@example.com", "b@example.com"), version=version), cert
+    )
+    assert [(f.kind, f.address) for f in got] == [
+        ("hard_bounce", "a@example.com"),
+        ("hard_bounce", "b@example.com"),
+    ]
+    first = got[0]
+    assert (first.tenant_id, first.provider, first.channel) == ("acme", "ses", "email")
+    assert (first.delivery_id, first.notification_id, first.recipient_id) == (
+        DELIVERY,
+        NOTIFICATION,
+        "user-42",
+    )
+    assert first.provider_timestamp == datetime(2026, 11, 25, 16, 59, 59, 500000, tzinfo=UTC)
+    assert first.detail == "smtp; 550 a@example.com unknown"
+
+
+@pytest.mark.parametrize("bounce_type", ["Transient", "Undetermined"])
+def test_ses_other_bounces_are_soft(rsa_key: rsa.RSAPrivateKey, cert: bytes, bounce_type: str) -> None:
+    got = parse_sns(sns(rsa_key, ses_bounce(bounce_type, "a@example.com")), cert)
+    assert [f.kind for f in got] == ["soft_bounce"]
+
+
+def test_ses_without_tags_ties_back_through_the_original_message_id(
+    rsa_key: rsa.RSAPrivateKey, cert: bytes
+) -> None:
+    (got,) = parse_sns(sns(rsa_key, ses_bounce("Permanent", "a@example.com", tags=False)), cert)
+    assert (got.delivery_id, got.notification_id, got.recipient_id) == (DELIVERY, None, None)
+
+
+def test_ses_tags_written_by_the_provider_come_back(rsa_key: rsa.RSAPrivateKey, cert: bytes) -> None:
+    command = email_command().model_copy(update={"recipient_id": "user@acme/7", "tenant_id": "acme-eu"})
+    note = ses_bounce("Permanent", "a@example.com", tags=False)
+    note["mail"]["tags"] = {t["Name"]: [t["Value"]] for t in email_tags(command)}
+    assert "recipient_id_b64" in note["mail"]["tags"]
+    (got,) = parse_sns(sns(rsa_key, note), cert)
+    assert (got.tenant_id, got.recipient_id) == ("acme-eu", "user@acme/7")
+    assert (got.delivery_id, got.notification_id) == (command.delivery_id, command.notification_id)
+
+
+def test_ses_complaint_and_delivery_events(rsa_key: rsa.RSAPrivateKey, cert: bytes) -> None:
+    complaint = {
+        "notificationType": "Complaint",
+        "complaint": {
+            "complainedRecipients": [{"emailAddress": "c@example.com"}],
+            "timestamp": "2026-11-25T17:01:00Z",
+            "complaintFeedbackType": "abuse",
+        },
+        "mail": {"tags": {"delivery_id": [str(DELIVERY)]}},
+    }
+    delivery = {
+        "eventType": "Delivery",
+        "delivery": {
+            "recipients": ["d@example.com"],
+            "timestamp": "2026-11-25T17:02:00Z",
+            "smtpResponse": "250 2.6.0 Message received",
+        },
+        "mail": {},
+    }
+    (c,) = parse_sns(sns(rsa_key, complaint), cert)
+    (d,) = parse_sns(sns(rsa_key, delivery, version="2", Subject="Amazon SES Email Event Notification"), cert)
+    assert (c.kind, c.address, c.detail, c.delivery_id) == ("complaint", "c@example.com", "abuse", DELIVERY)
+    assert (d.kind, d.address, d.detail) == ("delivered", "d@example.com", "250 2.6.0 Message received")
+
+
+def test_ses_events_of_no_interest_and_confirmations_yield_nothing(
+    rsa_key: rsa.RSAPrivateKey, cert: bytes
+) -> None:
+    assert parse_sns(sns(rsa_key, {"eventType": "Open", "open": {}, "mail": {}}), cert) == []
+    confirmation = sns(
+        rsa_key,
+        "You have chosen to subscribe to the topic.",
+        Type="SubscriptionConfirmation",
+        Token="2336412f37",
+        SubscribeURL="https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&Token=2336412f37",
+    )
+    assert parse_sns(confirmation, cert) == []
+    confirmation["Token"] = "forged"
+    with pytest.raises(InvalidEvent, match="does not match"):
+        parse_sns(confirmation, cert)
+
+
+@pytest.mark.parametrize("field", ["Message", "Subject", "TopicArn", "Timestamp"])
+def test_ses_tampered_notification_is_refused(rsa_key: rsa.RSAPrivateKey, cert: bytes, field: str) -> None:
+    envelope = sns(rsa_key, ses_bounce("Permanent", "a@example.com"), Subject="bounce")
+    envelope[field] = envelope[field].replace("a@example.com", "z@example.com") + (
+        "" if field == "Message" else "x"
+    )
+    with pytest.raises(InvalidEvent, match="does not match"):
+        parse_sns(envelope, cert)
+
+
+def test_ses_refuses_without_a_valid_certificate(rsa_key: rsa.RSAPrivateKey, cert: bytes) -> None:
+    envelope = sns(rsa_key, ses_bounce("Permanent", "a@example.com"))
+    with pytest.raises(InvalidEvent, match="no signing certificate"):
+        parse_sns(envelope, None)
+    other = certificate(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    with pytest.raises(InvalidEvent, match="does not match"):
+        parse_sns(envelope, other)
+    with pytest.raises(InvalidEvent, match="not valid now"):
+        parse_sns(envelope, certificate(rsa_key, expired=True))
+    with pytest.raises(InvalidEvent, match="unreadable"):
+        parse_sns(envelope, b"not a certificate")
+    with pytest.raises(InvalidEvent, match="SignatureVersion"):
+        parse_sns({**envelope, "SignatureVersion": "3"}, cert)
+    with pytest.raises(InvalidEvent, match="unexpected topic"):
+        parse_sns(envelope, cert, topic_arn="arn:aws:sns:eu-west-1:123456789012:other")
+    assert len(parse_sns(envelope, cert, topic_arn=TOPIC)) == 1
+
+
+def test_ses_malformed_bodies_are_refused(rsa_key: rsa.RSAPrivateKey, cert: bytes) -> None:
+    with pytest.raises(InvalidEvent, match="not JSON"):
+        callbacks.ses_sns(b"{", certificate_pem=cert, tenant_id="acme")
+    with pytest.raises(InvalidEvent, match="not a JSON object"):
+        callbacks.ses_sns(b"[]", certificate_pem=cert, tenant_id="acme")
+    with pytest.raises(InvalidEvent, match="SES notification is not JSON"):
+        parse_sns(sns(rsa_key, "not json"), cert)
+    with pytest.raises(InvalidEvent, match="unknown SNS message type"):
+        parse_sns({**sns(rsa_key, {}), "Type": "Other"}, cert)
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        (CERT_URL, True),
+        ("https://sns.cn-north-1.amazonaws.com.cn/SimpleNotificationService-1.pem", True),
+        ("http://sns.eu-west-1.amazonaws.com/SimpleNotificationService-1.pem", False),
+        ("https://sns.eu-west-1.amazonaws.com.evil.example/SimpleNotificationService-1.pem", False),
+        ("https://evil.example/sns.eu-west-1.amazonaws.com/x.pem", False),
+        ("https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-1.txt", False),
+    ],
+)
+def test_signing_cert_url_only_trusts_sns_hosts(url: str, ok: bool) -> None:
+    body = json.dumps({"Type": "Notification", "SigningCertURL": url}).encode()
+    if ok:
+        assert callbacks.signing_cert_url(body) == url
+    else:
+        with pytest.raises(InvalidEvent):
+            callbacks.signing_cert_url(body)
+
+
+@pytest.fixture(scope="module")
+def ec_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def sendgrid_public(key: ec.EllipticCurvePrivateKey, *, pem: bool = False) -> str:
+    public = key.public_key()
+    if pem:
+        return public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode()
+    der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(der).decode()
+
+
+def sendgrid_sign(
+    key: ec.EllipticCurvePrivateKey, body: bytes, timestamp: str = "1764090000"
+) -> dict[str, str]:
+    signature = key.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
+    return {"signature": base64.b64encode(signature).decode(), "timestamp": timestamp}
+
+
+def sendgrid_event(event: str, email: str = "a@example.com", **fields: Any) -> dict[str, Any]:
+    ids = {"delivery_id": str(DELIVERY), "notification_id": str(NOTIFICATION), "recipient_id": "user-42"}
+    return {"email": email, "timestamp": 1764090000, "event": event, "sg_event_id": "e1", **ids, **fields}
+
+
+def parse_sendgrid(key: ec.EllipticCurvePrivateKey, events: Any, *, pem: bool = False) -> list[Any]:
+    body = json.dumps(events).encode()
+    return callbacks.sendgrid_events(
+        body, **sendgrid_sign(key, body), public_key_pem=sendgrid_public(key, pem=pem), tenant_id="acme"
+    )
+
+
+@pytest.mark.parametrize("pem", [False, True])
+def test_sendgrid_events_map_to_feedback(ec_key: ec.EllipticCurvePrivateKey, pem: bool) -> None:
+    events = [
+        sendgrid_event("bounce", type="bounce", reason="550 5.1.1 no such user", status="5.1.1"),
+        sendgrid_event("bounce", type="blocked", reason="550 blocked by policy"),
+        sendgrid_event("dropped", reason="Bounced Address"),
+        sendgrid_event("dropped", reason="Invalid SMTPAPI header"),
+        sendgrid_event("spamreport"),
+        sendgrid_event("unsubscribe"),
+        sendgrid_event("group_unsubscribe", asm_group_id=12),
+        sendgrid_event("group_resubscribe", asm_group_id=12),
+        sendgrid_event("delivered", response="250 OK"),
+        sendgrid_event("open"),
+        sendgrid_event("processed"),
+        sendgrid_event("deferred"),
+    ]
+    got = parse_sendgrid(ec_key, events, pem=pem)
+    assert [f.kind for f in got] == [
+        "hard_bounce",
+        "soft_bounce",
+        "hard_bounce",
+        "complaint",
+        "unsubscribe",
+        "unsubscribe",
+        "resubscribe",
+        "delivered",
+    ]
+    assert got[0].detail == "550 5.1.1 no such user 5.1.1"
+    assert got[5].detail == "group 12"
+    assert all(f.category is None for f in got)
+    assert {(f.delivery_id, f.notification_id, f.recipient_id, f.tenant_id) for f in got} == {
+        (DELIVERY, NOTIFICATION, "user-42", "acme")
+    }
+    assert got[0].provider_timestamp == datetime.fromtimestamp(1764090000, UTC)
+
+
+def test_sendgrid_custom_args_written_by_the_provider_come_back(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    command = email_command().model_copy(update={"tenant_id": "globex"})
+    (got,) = parse_sendgrid(ec_key, [{**sendgrid_event("spamreport"), **custom_args(command)}])
+    assert (got.tenant_id, got.recipient_id) == ("globex", command.recipient_id)
+    assert (got.delivery_id, got.notification_id) == (command.delivery_id, command.notification_id)
+    (fallback,) = parse_sendgrid(
+        ec_key, [sendgrid_event("spamreport", tenant_id="bad/tenant", delivery_id="x")]
+    )
+    assert (fallback.tenant_id, fallback.delivery_id) == ("acme", None)
+
+
+def test_sendgrid_refuses_bad_signatures(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    body = json.dumps([sendgrid_event("bounce", type="bounce")]).encode()
+    signed = sendgrid_sign(ec_key, body)
+    public = sendgrid_public(ec_key)
+    assert len(callbacks.sendgrid_events(body, **signed, public_key_pem=public, tenant_id="acme")) == 1
+    tampered = body.replace(b"a@example.com", b"z@example.com")
+    other = sendgrid_public(ec.generate_private_key(ec.SECP256R1()))
+    p384 = sendgrid_public(ec.generate_private_key(ec.SECP384R1()))
+    cases = [
+        (tampered, signed, public, "does not match"),
+        (body, {**signed, "timestamp": "1764090001"}, public, "does not match"),
+        (body, signed, other, "does not match"),
+        (body, {**signed, "signature": "!!not base64"}, public, "does not match"),
+        (body, signed, "not a key", "unreadable"),
+        (body, signed, p384, "P-256"),
+    ]
+    for payload, headers, key, message in cases:
+        with pytest.raises(InvalidEvent, match=message):
+            callbacks.sendgrid_events(payload, **headers, public_key_pem=key, tenant_id="acme")
+
+
+def test_sendgrid_malformed_signed_bodies_are_refused(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    with pytest.raises(InvalidEvent, match="not a JSON array"):
+        parse_sendgrid(ec_key, {"event": "bounce"})
+    with pytest.raises(InvalidEvent, match="not a JSON object"):
+        parse_sendgrid(ec_key, ["bounce"])
+    body = b"[{"
+    with pytest.raises(InvalidEvent, match="not JSON"):
+        callbacks.sendgrid_events(
+            body, **sendgrid_sign(ec_key, body), public_key_pem=sendgrid_public(ec_key), tenant_id="acme"
+        )
+
+
+def postmark_record(record_type: str, **fields: Any) -> bytes:
+    ids = {"delivery_id": str(DELIVERY), "notification_id": str(NOTIFICATION), "recipient_id": "user-42"}
+    return json.dumps(
+        {"RecordType": record_type, "MessageStream": "outbound", "Metadata": ids, **fields}
+    ).encode()
+
+
+def bounce(kind: str) -> bytes:
+    return postmark_record(
+        "Bounce",
+        Type=kind,
+        Email="a@example.com",
+        BouncedAt="2026-11-25T16:33:54.9070259Z",
+        Description="The server was unable to deliver your message",
+        Details="smtp;550 5.1.1 user unknown",
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("HardBounce", "hard_bounce"),
+        ("BadEmailAddress", "hard_bounce"),
+        ("SoftBounce", "soft_bounce"),
+        ("Transient", "soft_bounce"),
+        ("SpamComplaint", "complaint"),
+        ("AutoResponder", None),
+        ("OpenRelayTest", None),
+    ],
+)
+def test_postmark_bounce_types(kind: str, expected: str | None) -> None:
+    got = callbacks.postmark(bounce(kind), "acme")
+    assert [f.kind for f in got] == ([expected] if expected else [])
+    if got:
+        assert (got[0].address, got[0].delivery_id, got[0].recipient_id) == (
+            "a@example.com",
+            DELIVERY,
+            "user-42",
+        )
+        assert got[0].provider_timestamp == datetime(2026, 11, 25, 16, 33, 54, 907000, tzinfo=UTC)
+        assert got[0].detail is not None and "550 5.1.1" in got[0].detail
+
+
+def test_postmark_spam_complaint_subscription_change_and_delivery() -> None:
+    complaint = postmark_record(
+        "SpamComplaint", Type="SpamComplaint", Email="c@example.com", BouncedAt="2026-11-25T17:00:00Z"
+    )
+    change = {"Recipient": "u@example.com", "ChangedAt": "2026-11-25T17:05:00-05:00", "Origin": "Recipient"}
+    delivered = postmark_record(
+        "Delivery", Recipient="d@example.com", DeliveredAt="2026-11-25T17:06:00Z", Details="250 OK"
+    )
+    cases = [
+        (complaint, "complaint", "c@example.com"),
+        (
+            postmark_record(
+                "SubscriptionChange", SuppressSending=True, SuppressionReason="ManualSuppression", **change
+            ),
+            "unsubscribe",
+            "u@example.com",
+        ),
+        (
+            postmark_record(
+                "SubscriptionChange", SuppressSending=True, SuppressionReason="HardBounce", **change
+            ),
+            "hard_bounce",
+            "u@example.com",
+        ),
+        (
+            postmark_record("SubscriptionChange", SuppressSending=False, **change),
+            "resubscribe",
+            "u@example.com",
+        ),
+        (delivered, "delivered", "d@example.com"),
+    ]
+    for body, kind, address in cases:
+        (got,) = callbacks.postmark(body, "acme")
+        assert (got.kind, got.address, got.provider, got.category) == (kind, address, "postmark", None)
+    (unsubscribed,) = callbacks.postmark(cases[1][0], "acme")
+    assert unsubscribed.provider_timestamp == datetime(2026, 11, 25, 22, 5, tzinfo=UTC)
+    assert callbacks.postmark(postmark_record("Open", Recipient="d@example.com"), "acme") == []
+
+
+def test_postmark_metadata_written_by_the_provider_comes_back() -> None:
+    command = email_command()
+    body = json.dumps(
+        {
+            "RecordType": "Bounce",
+            "Type": "HardBounce",
+            "Email": command.address,
+            "Metadata": metadata(command),
+        }
+    )
+    (got,) = callbacks.postmark(body.encode(), "ignored")
+    assert (got.tenant_id, got.recipient_id, got.delivery_id) == (
+        command.tenant_id,
+        command.recipient_id,
+        command.delivery_id,
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"not json", "not JSON"),
+        (b"[]", "not a JSON object"),
+        (b'{"Type": "HardBounce"}', "no RecordType"),
+        (b'{"RecordType": "SubscriptionChange", "Recipient": "u@example.com"}', "SuppressSending"),
+    ],
+)
+def test_postmark_malformed_bodies_are_refused(body: bytes, message: str) -> None:
+    with pytest.raises(InvalidEvent, match=message):
+        callbacks.postmark(body, "acme")
