@@ -1,0 +1,221 @@
+"""The SendGrid, SES and Postmark providers against their local API servers, beyond the shared contract:
+what each request carries (Message-ID, RFC 8058 unsubscribe headers, both bodies, From/To/Subject, the ids
+for callbacks) and the vendor-specific refusals (credentials, SigV4, inactive recipients)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from email.utils import parseaddr
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateways.base import DeliveryRejected, Provider, ProviderThrottled, Sent
+from gateways.email._message import ONE_CLICK, EmailSettings, unsubscribe_claims
+from tests.servers.email_apis import HttpApiServer, PostmarkServer, SendGridServer, SesServer, email_command
+from tidings.events import DeliveryCommand, RenderedContent
+
+SERVERS: dict[str, type[HttpApiServer]] = {
+    "sendgrid": SendGridServer,
+    "ses": SesServer,
+    "postmark": PostmarkServer,
+}
+EMAIL = EmailSettings()
+
+
+def send(
+    server_class: type[HttpApiServer],
+    command: DeliveryCommand | None = None,
+    setup: Callable[[Any], None] = lambda server: None,
+    **provider_options: Any,
+) -> tuple[Any, Any]:
+    async def scenario() -> tuple[Any, Any]:
+        async with server_class() as server:
+            setup(server)
+            provider: Provider = server.provider(timeout=2.0, **provider_options)
+            async with aiohttp.ClientSession() as session:
+                try:
+                    result: Any = await provider.send(session, command or server.command())
+                except Exception as exc:
+                    result = exc
+            return result, server
+
+    return asyncio.run(scenario())
+
+
+def view(name: str, accepted: Any) -> dict[str, Any]:
+    """One accepted request as From, To, Subject, custom headers, text and HTML, whatever the API."""
+    if name == "sendgrid":
+        content = {c["type"]: c["value"] for c in accepted["content"]}
+        return {
+            "from": accepted["from"]["email"],
+            "to": [t["email"] for p in accepted["personalizations"] for t in p["to"]],
+            "subject": accepted["subject"],
+            "headers": accepted["headers"],
+            "text": content.get("text/plain"),
+            "html": content.get("text/html"),
+        }
+    if name == "ses":
+        message = accepted["message"]
+        text, html = message.get_body(("plain",)), message.get_body(("html",))
+        return {
+            "from": parseaddr(message["From"])[1],
+            "to": [parseaddr(message["To"])[1]],
+            "subject": message["Subject"],
+            "headers": {
+                k: str(message[k])
+                for k in ("Message-ID", "List-Unsubscribe", "List-Unsubscribe-Post")
+                if k in message
+            },
+            "text": text.get_content().rstrip("\r\n") if text else None,
+            "html": html.get_content().rstrip("\r\n") if html else None,
+        }
+    return {
+        "from": parseaddr(accepted["From"])[1],
+        "to": [accepted["To"]],
+        "subject": accepted["Subject"],
+        "headers": {h["Name"]: h["Value"] for h in accepted["Headers"]},
+        "text": accepted.get("TextBody"),
+        "html": accepted.get("HtmlBody"),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(SERVERS))
+def test_request_carries_the_message(name: str) -> None:
+    command = email_command()
+    result, server = send(SERVERS[name], command)
+    assert isinstance(result, Sent) and result.provider == name and result.provider_message_id
+    (accepted,) = server.accepted
+    got = view(name, accepted)
+    assert got["from"] == EMAIL.from_address
+    assert got["to"] == [command.address]
+    assert got["subject"] == command.content.subject
+    assert (got["text"], got["html"]) == (command.content.body, command.content.html)
+    headers = got["headers"]
+    assert headers["Message-ID"] == f"<{command.delivery_id}@{EMAIL.message_id_domain}>"
+    assert headers["List-Unsubscribe-Post"] == ONE_CLICK
+    link = headers["List-Unsubscribe"]
+    assert link.startswith(f"<{EMAIL.unsubscribe_url}/") and link.endswith(">")
+    claims = unsubscribe_claims(link[1:-1].rsplit("/", 1)[1], EMAIL)
+    assert (claims["tenant"], claims["recipient"], claims["category"]) == ("acme", "user-42", "billing")
+
+
+@pytest.mark.parametrize("name", sorted(SERVERS))
+def test_critical_messages_carry_no_unsubscribe_headers(name: str) -> None:
+    command = email_command(priority="critical")
+    result, server = send(SERVERS[name], command)
+    assert isinstance(result, Sent)
+    headers = view(name, server.accepted[0])["headers"]
+    assert headers == {"Message-ID": f"<{command.delivery_id}@{EMAIL.message_id_domain}>"}
+
+
+@pytest.mark.parametrize("name", sorted(SERVERS))
+def test_html_only_message(name: str) -> None:
+    """The JSON APIs get no text part (SendGrid refuses an empty one); SES gets `_message.build` as is,
+    which keeps an empty text/plain alternative."""
+    command = email_command().model_copy(update={"content": RenderedContent(subject="Hi", html="<p>Hi</p>")})
+    result, server = send(SERVERS[name], command)
+    assert isinstance(result, Sent), result
+    got = view(name, server.accepted[0])
+    assert (got["text"], got["html"]) == ("" if name == "ses" else None, "<p>Hi</p>")
+
+
+def test_sendgrid_custom_args_tie_events_back() -> None:
+    command = email_command()
+    _, server = send(SendGridServer, command)
+    assert server.accepted[0]["custom_args"] == {
+        "tenant_id": "acme",
+        "delivery_id": str(command.delivery_id),
+        "notification_id": str(command.notification_id),
+        "recipient_id": "user-42",
+    }
+
+
+def test_sendgrid_wrong_key_is_a_permanent_credentials_rejection() -> None:
+    result, server = send(SendGridServer, api_key="SG.revoked")
+    assert isinstance(result, DeliveryRejected) and result.permanent and not result.address_dead
+    assert "credentials" in result.reason and "authorization grant is invalid" in result.reason
+    assert server.accepted == [] and server.requests == 1
+
+
+def test_sendgrid_validation_errors_are_reported() -> None:
+    command = email_command().model_copy(update={"content": RenderedContent(body="no subject")})
+    result, server = send(SendGridServer, command)
+    assert isinstance(result, DeliveryRejected) and result.permanent
+    assert "The subject is required." in result.reason and server.accepted == []
+
+
+def test_sendgrid_throttle_falls_back_to_the_rate_limit_reset() -> None:
+    def no_retry_after(server: SendGridServer) -> None:
+        server.mode, server.send_retry_after, server.retry_after = "throttle", False, 30
+
+    result, _ = send(SendGridServer, setup=no_retry_after)
+    assert isinstance(result, ProviderThrottled) and result.retry_after is not None
+    assert 28 <= result.retry_after <= 30
+
+
+def test_ses_request_is_raw_mime_with_tags_and_configuration_set() -> None:
+    command = email_command()
+    result, server = send(SesServer, command, configuration_set="tidings")
+    assert isinstance(result, Sent)
+    request = server.accepted[0]["request"]
+    assert request["Destination"] == {"ToAddresses": [command.address]}
+    assert request["ConfigurationSetName"] == "tidings"
+    tags = {t["Name"]: t["Value"] for t in request["EmailTags"]}
+    assert tags["delivery_id"] == str(command.delivery_id) and tags["recipient_id"] == "user-42"
+
+
+def test_ses_signature_is_checked_by_the_server() -> None:
+    result, server = send(SesServer, secret_access_key="wrong-secret")
+    assert isinstance(result, DeliveryRejected) and result.permanent
+    assert "credentials" in result.reason and "SignatureDoesNotMatch" in result.reason
+    assert server.accepted == [] and server.requests == 1
+
+
+def test_ses_session_token_is_sent_and_signed() -> None:
+    def with_token(server: SesServer) -> None:
+        server.session_token = "FwoGZXIvYXdzEJr-session"
+
+    result, server = send(SesServer, setup=with_token)
+    assert isinstance(result, Sent) and len(server.accepted) == 1
+
+    async def without_token_on_the_provider() -> Any:
+        async with SesServer() as server:
+            provider = server.provider(timeout=2.0)
+            server.session_token = "FwoGZXIvYXdzEJr-session"
+            async with aiohttp.ClientSession() as session:
+                with pytest.raises(DeliveryRejected, match="UnrecognizedClientException"):
+                    await provider.send(session, server.command())
+
+    asyncio.run(without_token_on_the_provider())
+
+
+def test_ses_unknown_configuration_set_is_permanent() -> None:
+    result, _ = send(SesServer, configuration_set="missing")
+    assert isinstance(result, DeliveryRejected) and result.permanent and "NotFoundException" in result.reason
+
+
+def test_postmark_inactive_recipient_marks_the_address_dead() -> None:
+    command = email_command(address="gone@example.com")
+    result, server = send(PostmarkServer, command, setup=lambda s: s.inactive.add("gone@example.com"))
+    assert isinstance(result, DeliveryRejected) and result.permanent and result.address_dead
+    assert "406" in result.reason and server.accepted == []
+
+
+def test_postmark_invalid_request_is_permanent_but_not_dead() -> None:
+    command = email_command(address="not-an-address")
+    result, _ = send(PostmarkServer, command)
+    assert isinstance(result, DeliveryRejected) and result.permanent and not result.address_dead
+    assert "ErrorCode 300" in result.reason
+
+
+def test_postmark_wrong_token_and_metadata() -> None:
+    result, _ = send(PostmarkServer, server_token="00000000-0000-0000-0000-000000000000")
+    assert isinstance(result, DeliveryRejected) and result.permanent and "credentials" in result.reason
+    command = email_command()
+    result, server = send(PostmarkServer, command)
+    assert isinstance(result, Sent)
+    assert server.accepted[0]["MessageStream"] == "outbound"
+    assert server.accepted[0]["Metadata"]["delivery_id"] == str(command.delivery_id)
