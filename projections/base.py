@@ -47,7 +47,11 @@ class Projection:
     def topics(self, n: Names) -> list[str]:
         return [getattr(n, source) for source in self.sources]
 
-    def apply(self, cur: Cursor, events: list[Event]) -> None:
+    def decode(self, record: Incoming) -> Any:
+        """What `apply` receives for a record; raises CodecError or InvalidEvent for a poison record."""
+        return record.decode(default_codec())
+
+    def apply(self, cur: Cursor, events: list[Any]) -> None:
         raise NotImplementedError
 
 
@@ -71,11 +75,12 @@ class Runner:
         return {(t, p): o for t, p, o in rows}
 
     def store(self, batch: list[Incoming]) -> None:
-        events: list[Event] = []
+        events: list[Any] = []
         poison = []
+        decode = self.projection.decode
         for record in batch:
             try:
-                events.append(record.decode(default_codec()))
+                events.append(decode(record))
             except (CodecError, InvalidEvent) as exc:
                 poison.append(dead_letter(record, exc, self.group, self.dlq))
         for letter in poison:

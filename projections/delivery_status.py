@@ -16,7 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 from projections.base import Cursor, Projection
-from tidings.events import DeliveryOutcome, Event, NotificationRequested
+from projections.outcome_rows import OutcomeDecoder, Row
+from tidings.events import Event, NotificationRequested
+from tidings.kafka import Incoming
 
 RANK = {
     "DEFERRED": 1,
@@ -101,60 +103,70 @@ DELIVERY_COLUMNS = (
 )
 
 
-def fold_deliveries(outcomes: list[DeliveryOutcome]) -> list[tuple[Any, ...]]:
+EVENT_ID, NOTIFICATION_ID, DELIVERY_ID, TENANT_ID, CHANNEL, STATUS, REASON, PROVIDER, ATTEMPT = range(9)
+OCCURRED_AT, RECIPIENT_ID, PROVIDER_MESSAGE_ID = 11, 12, 13
+
+
+def fold_deliveries(outcomes: list[Row]) -> list[tuple[Any, ...]]:
     """Per delivery, what the row upsert applied outcome by outcome would leave (first of the top rank wins)."""
-    rows: dict[Any, dict[str, Any]] = {}
-    for o in outcomes:
-        if o.delivery_id is None:
-            continue
-        rank = RANK[o.status]
-        row = rows.get(o.delivery_id)
-        if row is None:
-            rows[o.delivery_id] = {
-                "delivery_id": o.delivery_id,
-                "notification_id": o.notification_id,
-                "tenant_id": o.tenant_id,
-                "recipient_id": o.recipient_id,
-                "channel": o.channel,
-                "provider": o.provider,
-                "provider_message_id": o.provider_message_id,
-                "attempts": o.attempt,
-                "status": o.status,
-                "status_rank": rank,
-                "reason": o.reason,
-                "first_at": o.occurred_at,
-                "last_at": o.occurred_at,
-            }
-            continue
-        if rank > row["status_rank"]:
-            row.update(status=o.status, reason=o.reason, status_rank=rank)
-        row["provider"] = o.provider or row["provider"]
-        row["provider_message_id"] = row["provider_message_id"] or o.provider_message_id
-        row["attempts"] = max(row["attempts"], o.attempt)
-        row["first_at"] = min(row["first_at"], o.occurred_at)
-        row["last_at"] = max(row["last_at"], o.occurred_at)
-    return [tuple(r[c] for c in DELIVERY_COLUMNS) for r in rows.values()]
-
-
-def fold_summaries(outcomes: list[DeliveryOutcome]) -> list[tuple[Any, ...]]:
     rows: dict[Any, list[Any]] = {}
     for o in outcomes:
-        rank = SUMMARY_RANK[o.status]
-        terminal = o.occurred_at if RANK[o.status] >= TERMINAL_RANK else None
-        row = rows.get(o.notification_id)
+        key = o[DELIVERY_ID]
+        if key is None:
+            continue
+        rank = RANK[o[STATUS]]
+        row = rows.get(key)
         if row is None:
-            rows[o.notification_id] = [
-                o.notification_id,
-                o.tenant_id,
-                o.recipient_id,
-                o.status,
+            rows[key] = [
+                key,
+                o[NOTIFICATION_ID],
+                o[TENANT_ID],
+                o[RECIPIENT_ID],
+                o[CHANNEL],
+                o[PROVIDER],
+                o[PROVIDER_MESSAGE_ID],
+                o[ATTEMPT],
+                o[STATUS],
+                rank,
+                o[REASON],
+                o[OCCURRED_AT],
+                o[OCCURRED_AT],
+            ]
+            continue
+        if rank > row[9]:
+            row[8], row[9], row[10] = o[STATUS], rank, o[REASON]
+        row[5] = o[PROVIDER] or row[5]
+        row[6] = row[6] or o[PROVIDER_MESSAGE_ID]
+        if o[ATTEMPT] > row[7]:
+            row[7] = o[ATTEMPT]
+        at = o[OCCURRED_AT]
+        if at < row[11]:
+            row[11] = at
+        if at > row[12]:
+            row[12] = at
+    return [tuple(r) for r in rows.values()]
+
+
+def fold_summaries(outcomes: list[Row]) -> list[tuple[Any, ...]]:
+    rows: dict[Any, list[Any]] = {}
+    for o in outcomes:
+        status = o[STATUS]
+        rank = SUMMARY_RANK[status]
+        terminal = o[OCCURRED_AT] if RANK[status] >= TERMINAL_RANK else None
+        row = rows.get(o[NOTIFICATION_ID])
+        if row is None:
+            rows[o[NOTIFICATION_ID]] = [
+                o[NOTIFICATION_ID],
+                o[TENANT_ID],
+                o[RECIPIENT_ID],
+                status,
                 rank,
                 terminal,
             ]
             continue
         if rank > row[4]:
-            row[3], row[4] = o.status, rank
-        row[2] = row[2] or o.recipient_id
+            row[3], row[4] = status, rank
+        row[2] = row[2] or o[RECIPIENT_ID]
         if terminal is not None and (row[5] is None or terminal > row[5]):
             row[5] = terminal
     return [tuple(r) for r in rows.values()]
@@ -165,12 +177,20 @@ class DeliveryStatus(Projection):
     tables = ("notifications", "deliveries", "delivery_events")
     sources = ("requested", "outcomes")
 
-    def apply(self, cur: Cursor, events: list[Event]) -> None:
+    def __init__(self) -> None:
+        self.decoder = OutcomeDecoder()
+
+    def decode(self, record: Incoming) -> Row | Event:
+        return self.decoder.decode(record)
+
+    def apply(self, cur: Cursor, events: list[Row | Event]) -> None:
         cur.execute(STAGING.encode())
         requests: dict[Any, tuple[Any, ...]] = {}
-        outcomes: list[DeliveryOutcome] = []
+        outcomes: list[Row] = []
         for e in events:
-            if isinstance(e, NotificationRequested):
+            if type(e) is tuple:
+                outcomes.append(e)
+            elif isinstance(e, NotificationRequested):
                 requests.setdefault(
                     e.notification_id,
                     (
@@ -182,8 +202,6 @@ class DeliveryStatus(Projection):
                         e.occurred_at,
                     ),
                 )
-            elif isinstance(e, DeliveryOutcome):
-                outcomes.append(e)
         if requests:
             _copy(
                 cur,
@@ -194,27 +212,7 @@ class DeliveryStatus(Projection):
             cur.execute(MERGE_REQUESTS.encode())
         if not outcomes:
             return
-        _copy(
-            cur,
-            "stage_events",
-            [
-                (
-                    o.event_id,
-                    o.notification_id,
-                    o.delivery_id,
-                    o.tenant_id,
-                    o.channel,
-                    o.status,
-                    o.reason,
-                    o.provider,
-                    o.attempt,
-                    o.template_version,
-                    o.detail,
-                    o.occurred_at,
-                )
-                for o in outcomes
-            ],
-        )
+        _copy(cur, "stage_events", [o[:12] for o in outcomes])
         cur.execute(MERGE_EVENTS.encode())
         if deliveries := fold_deliveries(outcomes):
             _copy(cur, f"stage_deliveries ({', '.join(DELIVERY_COLUMNS)})", deliveries)
