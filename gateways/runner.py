@@ -102,7 +102,7 @@ class GatewayRunner:
         self.prefix = settings.topic_prefix
         self.group = f"{settings.topic_prefix}tidings.gateway.{channel}"
         self.consumer = AsyncConsumer(
-            settings, group_id=self.group, topics=[self.urgent, self.standard, *self.retries]
+            settings, group_id=self.group, topics=[self.urgent, self.standard, *self.retries], max_records=100
         )
         self.producer = AsyncProducer(settings)
         self.redis = aioredis.Redis.from_url(settings.redis_url)
@@ -118,6 +118,9 @@ class GatewayRunner:
         self.stopping = asyncio.Event()
         self.paused_until: dict[TP, float] = {}
         self.counts: dict[str, int] = {}
+        self.finalizing: asyncio.Task[None] | None = None
+        self.first_batch_at: float | None = None
+        self.last_commit_at: float | None = None
 
     async def run(self, *, idle_exit_after: float | None = None) -> None:
         await self.consumer.start()
@@ -136,6 +139,8 @@ class GatewayRunner:
                     elif idle_exit_after is not None and time.monotonic() - last_input > idle_exit_after:
                         return
         finally:
+            if self.finalizing is not None:
+                await self.finalizing
             for provider in self.providers:
                 await provider.close()
             await self.producer.stop()
@@ -154,19 +159,37 @@ class GatewayRunner:
             self.consumer.resume(resumable)
 
     async def _process(self, fetched: dict[TP, list[Incoming]]) -> None:
+        """Handles one batch and queues its records, then acknowledges it in the background while the
+        next batch is handled: emitted flags and the offset commit wait for the batch's records and
+        for the previous batch's commit, so commits stay in order and never precede their outputs."""
+        if self.finalizing is not None and self.finalizing.done():
+            self.finalizing.result()
+        self.first_batch_at = self.first_batch_at or time.monotonic()
         lanes = {self.urgent: 0, **{t: 1 for t in self.retries}, self.standard: 2}
         ordered = sorted(fetched.items(), key=lambda item: lanes.get(item[0][0], 3))
         results = await asyncio.gather(*(self._partition(tp, records) for tp, records in ordered))
         marks: dict[str, dict[str, Any]] = {}
+        acks: list[asyncio.Future[Any]] = []
         for outputs, _, handled_marks in results:
             for out in outputs:
-                await self.producer.send(out)
+                acks.append(await self.producer.send(out))
             marks.update(handled_marks)
-        await self.producer.flush()
+        offsets = {tp: offset for (tp, _), (_, offset, _) in zip(ordered, results, strict=True) if offset}
+        self.finalizing = asyncio.create_task(self._acknowledge(self.finalizing, acks, marks, offsets))
+
+    async def _acknowledge(
+        self,
+        previous: asyncio.Task[None] | None,
+        acks: list[asyncio.Future[Any]],
+        marks: dict[str, dict[str, Any]],
+        offsets: dict[TP, int],
+    ) -> None:
+        if previous is not None:
+            await previous
+        await asyncio.gather(*acks)
         await self.marks.emitted(marks)
-        await self.consumer.commit(
-            {tp: offset for (tp, _), (_, offset, _) in zip(ordered, results, strict=True) if offset}
-        )
+        await self.consumer.commit(offsets)
+        self.last_commit_at = time.monotonic()
 
     async def _partition(
         self, tp: TP, records: list[Incoming]
@@ -225,7 +248,9 @@ class GatewayRunner:
         except (CodecError, InvalidEvent) as exc:
             self._count("dead_letters")
             return Handled([dead_letter(record, exc, self.group, self.names.dlq)])
-        mark = await self.marks.claim(command.delivery_id, command.attempt)
+        mark = await self.marks.claim(command.delivery_id, command.attempt, self._suppressed_key(command))
+        if mark is not None and mark["state"] == "suppressed":
+            return await self._finish(command, "SUPPRESSED", "address_dead")
         if mark is not None:
             if mark["state"] == "inflight":
                 self._count("busy")
@@ -234,8 +259,6 @@ class GatewayRunner:
                 self._count("duplicates")
                 return Handled()
             return Handled(from_mark(self.names, command, mark), (str(command.delivery_id), mark), True)
-        if await self.redis.exists(self._suppressed_key(command)):
-            return await self._finish(command, "SUPPRESSED", "address_dead")
         if command.expires_at is not None and command.expires_at.timestamp() <= time.time():
             return await self._finish(command, "EXPIRED", "expired")
         return await self._send(record, command)

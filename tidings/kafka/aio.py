@@ -7,19 +7,24 @@ The producer is idempotent; `flush()` waits for every record sent so far.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from tidings.config import Settings
 from tidings.kafka.records import Incoming, Output
 
 TP = tuple[str, int]
+log = logging.getLogger(__name__)
 
 
 class AsyncConsumer:
-    def __init__(self, settings: Settings, *, group_id: str, topics: Sequence[str]) -> None:
+    def __init__(
+        self, settings: Settings, *, group_id: str, topics: Sequence[str], max_records: int = 500
+    ) -> None:
         self._consumer = AIOKafkaConsumer(
             *topics,
             bootstrap_servers=settings.kafka_bootstrap,
@@ -30,7 +35,7 @@ class AsyncConsumer:
             client_id=settings.client_id,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
-            max_poll_records=500,
+            max_poll_records=max_records,
         )
 
     async def start(self) -> None:
@@ -57,9 +62,17 @@ class AsyncConsumer:
             for tp, messages in fetched.items()
         }
 
-    async def commit(self, offsets: dict[TP, int]) -> None:
-        if offsets:
+    async def commit(self, offsets: dict[TP, int]) -> bool:
+        """False when a rebalance took the partitions away first: the new owner re-reads from the
+        last committed offsets, which every caller here tolerates (its handling is idempotent)."""
+        if not offsets:
+            return True
+        try:
             await self._consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
+        except (CommitFailedError, IllegalStateError) as exc:
+            log.warning("offset commit refused after a rebalance: %s", exc)
+            return False
+        return True
 
     def seek(self, tp: TP, offset: int) -> None:
         self._consumer.seek(TopicPartition(*tp), offset)
@@ -92,12 +105,13 @@ class AsyncProducer:
         await self.flush()
         await self._producer.stop()
 
-    async def send(self, out: Output) -> None:
-        self._pending.append(
-            await self._producer.send(
-                out.topic, out.value, out.key, partition=out.partition, headers=list(out.headers)
-            )
+    async def send(self, out: Output) -> asyncio.Future[Any]:
+        """Queues a record; the returned future resolves when the broker acknowledged it."""
+        future: asyncio.Future[Any] = await self._producer.send(
+            out.topic, out.value, out.key, partition=out.partition, headers=list(out.headers)
         )
+        self._pending.append(future)
+        return future
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, []
