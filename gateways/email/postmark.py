@@ -11,7 +11,7 @@ on 422: 406 (inactive recipient: it hard-bounced, complained or was suppressed) 
 with `address_dead`, so the runner emits feedback that suppresses the address; 405 (the account has
 run out of credits) is ProviderUnavailable, like a paused SES account: the account, not this message,
 cannot send, so the runner fails over and retries later; every other code (300 invalid request, ...) is
-permanent. 401 (bad or missing token) is a permanent rejection naming the credentials, as for SendGrid;
+permanent. 401 (bad or missing token) is ProviderUnavailable naming the credentials, as for SendGrid;
 429 is ProviderThrottled (`Retry-After`); 5xx, timeouts and connection errors are ProviderUnavailable.
 """
 
@@ -137,7 +137,7 @@ class Postmark(Provider):
         if status >= 500:
             raise ProviderUnavailable(f"postmark failed ({status})")
         if status == 401:
-            raise DeliveryRejected(f"postmark refused the credentials (401, ErrorCode {code}): {message}")
+            raise ProviderUnavailable(f"postmark refused the credentials (401, ErrorCode {code}): {message}")
         if code == INACTIVE_RECIPIENT:
             raise DeliveryRejected(f"postmark inactive recipient (406): {message}", address_dead=True)
         if code == NOT_ALLOWED_TO_SEND:

@@ -9,10 +9,11 @@ Answers: 2xx is Sent with the `X-Message-Id` header; 429 is ProviderThrottled (`
 `X-RateLimit-Reset` epoch); 5xx, timeouts and connection errors are ProviderUnavailable; any other 4xx
 is a permanent DeliveryRejected carrying the messages of SendGrid's `errors` array.
 
-401/403 are permanent rejections too, with a reason that names the credentials: SendGrid answers 401 to a
+401/403 are ProviderUnavailable with a reason that names the credentials: SendGrid answers 401 to a
 revoked or wrong key and 403 to a key without the mail.send scope or a From that is not a verified sender.
-Retrying the same request cannot succeed until someone fixes the configuration, and a rejection shows up
-as FAILED outcomes that say so at once, where a retriable error would silently fill the retry tiers.
+The provider is misconfigured, not the message wrong, so (as for SMTP authentication failures) the
+chain fails over and the provider's circuit opens, pausing consumption when no provider is left, rather
+than failing every message permanently while a key is being rotated.
 """
 
 from __future__ import annotations
@@ -142,5 +143,5 @@ class SendGrid(Provider):
         if status >= 500:
             raise ProviderUnavailable(f"sendgrid failed ({status})")
         if status in (401, 403):
-            raise DeliveryRejected(f"sendgrid refused the credentials ({status}): {errors(body)}")
+            raise ProviderUnavailable(f"sendgrid refused the credentials ({status}): {errors(body)}")
         raise DeliveryRejected(f"sendgrid rejected the message ({status}): {errors(body)}")

@@ -13,7 +13,7 @@ Answers (rest-json: the error code is the `x-amzn-ErrorType` header, the text th
 ProviderThrottled; `AccountSuspendedException` and `SendingPausedException` are ProviderUnavailable: the
 account, not this message, cannot send, so the runner should fail over to the next provider and retry
 later instead of failing every command permanently; 5xx, timeouts and connection errors are
-ProviderUnavailable; 401/403 (bad signature, unknown or expired key, denied) are permanent rejections
+ProviderUnavailable; 401/403 (bad signature, unknown or expired key, denied) are ProviderUnavailable
 naming the credentials, as for SendGrid; every other 4xx (`MessageRejected`,
 `MailFromDomainNotVerifiedException`, `BadRequestException`, ...) is a permanent DeliveryRejected.
 """
@@ -168,5 +168,5 @@ class Ses(Provider):
         if status >= 500:
             raise ProviderUnavailable(f"ses failed ({status}): {code}")
         if status in (401, 403):
-            raise DeliveryRejected(f"ses refused the credentials ({status} {code}): {message}")
+            raise ProviderUnavailable(f"ses refused the credentials ({status} {code}): {message}")
         raise DeliveryRejected(f"ses rejected the message ({status} {code}): {message}")

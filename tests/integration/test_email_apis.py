@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateways.base import DeliveryRejected, Provider, ProviderThrottled, Sent
+from gateways.base import DeliveryRejected, Provider, ProviderThrottled, ProviderUnavailable, Sent
 from gateways.email._message import ONE_CLICK, EmailSettings, unsubscribe_claims
 from tests.servers.email_apis import HttpApiServer, PostmarkServer, SendGridServer, SesServer, email_command
 from tidings.events import DeliveryCommand, RenderedContent
@@ -133,10 +133,10 @@ def test_sendgrid_custom_args_tie_events_back() -> None:
     }
 
 
-def test_sendgrid_wrong_key_is_a_permanent_credentials_rejection() -> None:
+def test_sendgrid_wrong_key_fails_over_naming_the_credentials() -> None:
     result, server = send(SendGridServer, api_key="SG.revoked")
-    assert isinstance(result, DeliveryRejected) and result.permanent and not result.address_dead
-    assert "credentials" in result.reason and "authorization grant is invalid" in result.reason
+    assert isinstance(result, ProviderUnavailable)
+    assert "credentials" in str(result) and "authorization grant is invalid" in str(result)
     assert server.accepted == [] and server.requests == 1
 
 
@@ -169,8 +169,8 @@ def test_ses_request_is_raw_mime_with_tags_and_configuration_set() -> None:
 
 def test_ses_signature_is_checked_by_the_server() -> None:
     result, server = send(SesServer, secret_access_key="wrong-secret")
-    assert isinstance(result, DeliveryRejected) and result.permanent
-    assert "credentials" in result.reason and "SignatureDoesNotMatch" in result.reason
+    assert isinstance(result, ProviderUnavailable)
+    assert "credentials" in str(result) and "SignatureDoesNotMatch" in str(result)
     assert server.accepted == [] and server.requests == 1
 
 
@@ -186,7 +186,7 @@ def test_ses_session_token_is_sent_and_signed() -> None:
             provider = server.provider(timeout=2.0)
             server.session_token = "FwoGZXIvYXdzEJr-session"
             async with aiohttp.ClientSession() as session:
-                with pytest.raises(DeliveryRejected, match="UnrecognizedClientException"):
+                with pytest.raises(ProviderUnavailable, match="UnrecognizedClientException"):
                     await provider.send(session, server.command())
 
     asyncio.run(without_token_on_the_provider())
@@ -213,7 +213,7 @@ def test_postmark_invalid_request_is_permanent_but_not_dead() -> None:
 
 def test_postmark_wrong_token_and_metadata() -> None:
     result, _ = send(PostmarkServer, server_token="00000000-0000-0000-0000-000000000000")
-    assert isinstance(result, DeliveryRejected) and result.permanent and "credentials" in result.reason
+    assert isinstance(result, ProviderUnavailable) and "credentials" in str(result)
     command = email_command()
     result, server = send(PostmarkServer, command)
     assert isinstance(result, Sent)
