@@ -1,0 +1,213 @@
+"""Runner behaviour on the real stack: circuits pause consumption, cluster-wide rate limits, webhook
+endpoints disabled after sustained failure, and a graceful stop that commits what it sent."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from gateways.runner import GatewayRunner, GatewaySettings
+from gateways.webhook.standard import StandardWebhook, WebhookSettings
+from tests.integration.conftest import read_all
+from tests.servers.webhook import SECRET
+from tidings.codec import default_codec
+from tidings.config import Settings
+from tidings.events import DeliveryCommand, DeliveryOutcome, ProviderFeedback, RenderedContent
+from tidings.kafka import EventProducer, Output, apply_topics
+from tidings.topics import names, registry
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def fresh(stack: Settings, tiers: str = "1s") -> Settings:
+    prefix = f"r{uuid.uuid4().hex[:8]}."
+    s = Settings(**(stack.model_dump() | {"topic_prefix": prefix, "partitions": 3, "retry_tiers": tiers}))
+    apply_topics(s, registry(s))
+    return s
+
+
+def commands(url: str, count: int) -> list[DeliveryCommand]:
+    return [
+        DeliveryCommand(
+            tenant_id="acme",
+            delivery_id=uuid.uuid4(),
+            notification_id=uuid.uuid4(),
+            recipient_id=f"u{i % 7}",
+            notification_type="invoice.due",
+            channel="webhook",
+            priority="normal",
+            address=url,
+            address_params={"secret": SECRET},
+            content=RenderedContent(data_json=f'{{"i": {i}}}'),
+        )
+        for i in range(count)
+    ]
+
+
+def produce(s: Settings, batch: list[DeliveryCommand]) -> None:
+    with EventProducer(s) as producer:
+        for c in batch:
+            producer.produce(Output.event(names(s).delivery("webhook"), c))
+
+
+def runner(s: Settings, **config: Any) -> GatewayRunner:
+    provider = StandardWebhook(WebhookSettings(allow_cidrs="127.0.0.1/32", read_timeout=2))
+    rates = config.pop("rates", None)
+    return GatewayRunner(s, "webhook", [provider], GatewaySettings(**config), rates=rates)
+
+
+async def serve(handler: Handler) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    app.router.add_post("/{name}", handler)
+    app_runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
+    await app_runner.setup()
+    await web.TCPSite(app_runner, "127.0.0.1", 0).start()
+    return app_runner, f"http://127.0.0.1:{app_runner.addresses[0][1]}"
+
+
+def outcomes(s: Settings) -> list[DeliveryOutcome]:
+    decoded = [default_codec().decode(r.value or b"") for r in read_all(s, names(s).outcomes)]
+    return [o for o in decoded if isinstance(o, DeliveryOutcome)]
+
+
+def test_throttled_provider_pauses_consumption_instead_of_spinning(stack: Settings) -> None:
+    s = fresh(stack)
+    hits: list[tuple[float, int]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        status = 429 if not hits else 204
+        hits.append((time.monotonic(), status))
+        return web.Response(status=status, headers={"Retry-After": "2"} if status == 429 else {})
+
+    async def scenario() -> GatewayRunner:
+        app_runner, base = await serve(handler)
+        produce(s, commands(f"{base}/hook", 30))
+        gateway = runner(s, concurrency=1)
+        await gateway.run(idle_exit_after=3)
+        await app_runner.cleanup()
+        return gateway
+
+    gateway = asyncio.run(scenario())
+    throttled_at = hits[0][0]
+    assert hits[0][1] == 429 and len(hits) == 31
+    assert all(at - throttled_at >= 1.9 for at, _ in hits[1:]), "sent while the circuit was open"
+    assert gateway.counts["circuit_open"] >= 1 and gateway.counts["sent"] == 30
+    statuses = [o.status for o in outcomes(s)]
+    assert statuses.count("SENT") == 30 and statuses.count("RETRYING") == 1
+
+
+def test_consecutive_failures_open_the_circuit_for_the_cooloff(stack: Settings) -> None:
+    s = fresh(stack, tiers="1s,2s,3s,4s")
+    hits: list[float] = []
+    healthy_after = time.monotonic() + 1e9
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        hits.append(time.monotonic())
+        return web.Response(status=503 if time.monotonic() < healthy_after else 204)
+
+    async def scenario() -> None:
+        nonlocal healthy_after
+        app_runner, base = await serve(handler)
+        produce(s, commands(f"{base}/hook", 10))
+        healthy_after = time.monotonic() + 1.0
+        await runner(s, concurrency=1, circuit_failures=3, circuit_cooloff=2.0).run(idle_exit_after=4)
+        await app_runner.cleanup()
+
+    asyncio.run(scenario())
+    assert len([h for h in hits if h < hits[0] + 1.9]) == 3, "kept sending after 3 failures in a row"
+    assert [o.status for o in outcomes(s)].count("SENT") == 10
+
+
+def test_rate_limit_holds_across_two_gateways(stack: Settings) -> None:
+    s = fresh(stack)
+    hits: list[float] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        hits.append(time.monotonic())
+        return web.Response(status=204)
+
+    async def scenario() -> None:
+        app_runner, base = await serve(handler)
+        produce(s, commands(f"{base}/hook", 60))
+        rates = {"standard": (20.0, 1)}
+        await asyncio.gather(
+            runner(s, rates=rates).run(idle_exit_after=3), runner(s, rates=rates).run(idle_exit_after=3)
+        )
+        await app_runner.cleanup()
+
+    asyncio.run(scenario())
+    assert len(hits) == 60
+    span = max(hits) - min(hits)
+    assert span >= 59 / 20 * 0.95, f"60 sends in {span:.2f}s exceed 20/s"
+
+
+def test_endpoint_disabled_after_sustained_failure(stack: Settings) -> None:
+    s = fresh(stack)
+    calls: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        calls.append(request.match_info["name"])
+        return web.Response(status=500)
+
+    async def scenario() -> None:
+        app_runner, base = await serve(handler)
+        config = {"endpoint_disable_failures": 2, "endpoint_disable_after": 0.0}
+        first = commands(f"{base}/broken", 2)
+        produce(s, first[:1])
+        await runner(s, **config).run(idle_exit_after=3)
+        produce(s, first[1:])
+        await runner(s, **config).run(idle_exit_after=3)
+        produce(s, commands(f"{base}/broken", 1))
+        await runner(s, **config).run(idle_exit_after=2)
+        await app_runner.cleanup()
+
+    asyncio.run(scenario())
+    assert len(calls) == 4, "the disabled endpoint was called again"
+    feedback = [default_codec().decode(r.value or b"") for r in read_all(s, names(s).feedback)]
+    [disabled] = [f for f in feedback if isinstance(f, ProviderFeedback)]
+    assert disabled.kind == "endpoint_disabled" and disabled.address.endswith("/broken")
+    statuses = [(o.status, o.reason) for o in outcomes(s)]
+    assert statuses.count(("FAILED", "retries_exhausted")) == 2
+    assert statuses.count(("SUPPRESSED", "address_dead")) == 1
+
+
+def test_stop_finishes_in_flight_sends_and_commits_them(stack: Settings) -> None:
+    s = fresh(stack)
+    received: list[str] = []
+    first = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        first.set()
+        await asyncio.sleep(0.3)
+        received.append(request.headers["webhook-id"])
+        return web.Response(status=204)
+
+    async def scenario() -> GatewayRunner:
+        app_runner, base = await serve(handler)
+        produce(s, commands(f"{base}/slow", 200))
+        gateway = runner(s, concurrency=8)
+        task = asyncio.create_task(gateway.run())
+        await first.wait()
+        gateway.stop()
+        await task
+        sent_before = len(received)
+        again = runner(s)
+        await again.run(idle_exit_after=3)
+        await app_runner.cleanup()
+        assert sent_before == gateway.counts["sent"] and 0 < sent_before < 200
+        return again
+
+    again = asyncio.run(scenario())
+    assert len(received) == len(set(received)) == 200
+    assert again.counts.get("duplicates", 0) == 0 and again.counts.get("re_emitted", 0) == 0
+    assert [o.status for o in outcomes(s)].count("SENT") == 200
