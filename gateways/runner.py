@@ -293,7 +293,8 @@ class GatewayRunner:
             self.circuits.success(provider.label)
             self._count("sent")
             if self.channel == "webhook":
-                await self.redis.delete(self._endpoint_key(command))
+                key = self._endpoint_key(command)
+                await self.marks.pipelined.call(lambda pipe: pipe.delete(key))
             return await self._finish(
                 command, "SENT", None, provider=provider.label, provider_message_id=sent.provider_message_id
             )
