@@ -115,6 +115,9 @@ class Marks:
         value = json.dumps(mark)
         await self.pipelined.call(lambda pipe: pipe.set(self.key(delivery_id), value, ex=self.done_ttl))
 
+    async def delete(self, key: str) -> None:
+        await self.pipelined.call(lambda pipe: pipe.delete(key))
+
     async def release(self, delivery_id: object, attempt: int) -> None:
         """Give back a claim without sending: the same command (same attempt) may claim it again."""
         await self.put(delivery_id, {"state": "retry", "attempt": attempt, "emitted": True})

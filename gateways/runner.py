@@ -293,8 +293,7 @@ class GatewayRunner:
             self.circuits.success(provider.label)
             self._count("sent")
             if self.channel == "webhook":
-                key = self._endpoint_key(command)
-                await self.marks.pipelined.call(lambda pipe: pipe.delete(key))
+                await self.marks.delete(self._endpoint_key(command))
             return await self._finish(
                 command, "SENT", None, provider=provider.label, provider_message_id=sent.provider_message_id
             )

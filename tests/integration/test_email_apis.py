@@ -112,14 +112,13 @@ def test_critical_messages_carry_no_unsubscribe_headers(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(SERVERS))
-def test_html_only_message(name: str) -> None:
-    """The JSON APIs get no text part (SendGrid refuses an empty one); SES gets `_message.build` as is,
-    which keeps an empty text/plain alternative."""
-    command = email_command().model_copy(update={"content": RenderedContent(subject="Hi", html="<p>Hi</p>")})
+def test_html_only_message_gets_a_text_alternative(name: str) -> None:
+    html = "<html><head><style>p{}</style></head><body><p>Hi &amp; welcome</p><p>Line <b>two</b></p></body>"
+    command = email_command().model_copy(update={"content": RenderedContent(subject="Hi", html=html)})
     result, server = send(SERVERS[name], command)
     assert isinstance(result, Sent), result
     got = view(name, server.accepted[0])
-    assert (got["text"], got["html"]) == ("" if name == "ses" else None, "<p>Hi</p>")
+    assert (got["text"].replace("\r\n", "\n").strip(), got["html"]) == ("Hi & welcome\n\nLine two", html)
 
 
 def test_sendgrid_custom_args_tie_events_back() -> None:
