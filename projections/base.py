@@ -10,7 +10,8 @@ current end.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -18,14 +19,16 @@ import psycopg
 
 from tidings.codec import default_codec
 from tidings.config import Settings
-from tidings.errors import CodecError, InvalidEvent, TidingsError
+from tidings.errors import CodecError, InvalidEvent, TidingsError, TruncatedRecord
 from tidings.events import Event
 from tidings.kafka import EventProducer, Incoming, StoredOffsetsLoop, TopicFollower
 from tidings.kafka.records import dead_letter
+from tidings.kafka.stored import Batch, RecordBatch
 from tidings.topics import Names, names
 
 Cursor = psycopg.Cursor[tuple[Any, ...]]
 Connection = psycopg.Connection[tuple[Any, ...]]
+Prepared = tuple[list[Any], dict[tuple[str, int], int]]
 
 
 class DatabaseUnavailable(TidingsError):
@@ -47,9 +50,11 @@ class Projection:
     def topics(self, n: Names) -> list[str]:
         return [getattr(n, source) for source in self.sources]
 
-    def decode(self, record: Incoming) -> Any:
+    def decode(self, value: bytes | None) -> Any:
         """What `apply` receives for a record; raises CodecError or InvalidEvent for a poison record."""
-        return record.decode(default_codec())
+        if value is None:
+            raise TruncatedRecord("record has no value (tombstone)")
+        return default_codec().decode(value)
 
     def apply(self, cur: Cursor, events: list[Any]) -> None:
         raise NotImplementedError
@@ -66,49 +71,63 @@ class Runner:
         self.dlq = names(self.settings).dlq
         self.group = f"{self.settings.topic_prefix}tidings.projection.{self.projection.name}"
 
+    @contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        """A transaction on the connection, reconnecting first if a failure closed it."""
+        try:
+            if self.conn.closed:
+                self.conn = psycopg.connect(self.settings.postgres_dsn, autocommit=False)
+            with self.conn.transaction(), self.conn.cursor() as cur:
+                yield cur
+        except psycopg.OperationalError as exc:
+            self.conn.close()
+            raise DatabaseUnavailable(str(exc)) from exc
+
     def load_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        with self.conn.transaction():
-            rows = self.conn.execute(
+        with self.transaction() as cur:
+            rows = cur.execute(
                 "SELECT topic, partition, next_offset FROM projection_offsets WHERE projection = %s",
                 (self.projection.name,),
             ).fetchall()
         return {(t, p): o for t, p, o in rows}
 
-    def store(self, batch: list[Incoming]) -> None:
+    def prepare(self, batch: Batch) -> Prepared:
+        """Decode a batch outside the transaction; poison records go to the DLQ, acknowledged."""
         events: list[Any] = []
         poison = []
         decode = self.projection.decode
-        for record in batch:
+        for i, value in enumerate(batch.values()):
             try:
-                events.append(decode(record))
+                events.append(decode(value))
             except (CodecError, InvalidEvent) as exc:
-                poison.append(dead_letter(record, exc, self.group, self.dlq))
+                poison.append(dead_letter(batch.record(i), exc, self.group, self.dlq))
         for letter in poison:
             self.producer.produce(letter)
         if poison:
             self.producer.flush()
-        offsets: dict[tuple[str, int], int] = {}
-        for r in batch:
-            offsets[(r.topic, r.partition)] = max(offsets.get((r.topic, r.partition), 0), r.offset + 1)
-        try:
-            with self.conn.transaction(), self.conn.cursor() as cur:
-                self.projection.apply(cur, events)
-                cur.executemany(
-                    "INSERT INTO projection_offsets (projection, topic, partition, next_offset) "
-                    "VALUES (%s, %s, %s, %s) ON CONFLICT (projection, topic, partition) "
-                    "DO UPDATE SET next_offset = EXCLUDED.next_offset",
-                    [(self.projection.name, t, p, o) for (t, p), o in offsets.items()],
-                )
-        except psycopg.OperationalError as exc:
-            self.conn = psycopg.connect(self.settings.postgres_dsn, autocommit=False)
-            raise DatabaseUnavailable(str(exc)) from exc
+        return events, batch.next_offsets()
 
-    def run(self, *, idle_exit_after: float | None = None) -> StoredOffsetsLoop:
+    def write(self, prepared: Prepared) -> None:
+        events, offsets = prepared
+        with self.transaction() as cur:
+            self.projection.apply(cur, events)
+            cur.executemany(
+                "INSERT INTO projection_offsets (projection, topic, partition, next_offset) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (projection, topic, partition) "
+                "DO UPDATE SET next_offset = EXCLUDED.next_offset",
+                [(self.projection.name, t, p, o) for (t, p), o in offsets.items()],
+            )
+
+    def store(self, batch: list[Incoming]) -> None:
+        self.write(self.prepare(RecordBatch(batch)))
+
+    def run(self, *, idle_exit_after: float | None = None) -> StoredOffsetsLoop[Prepared]:
         loop = StoredOffsetsLoop(
             self.settings,
             group_id=self.group,
             topics=self.projection.topics(names(self.settings)),
-            handle_batch=self.store,
+            prepare=self.prepare,
+            write=self.write,
             load_offsets=self.load_offsets,
         )
         self._loop = loop
@@ -121,9 +140,9 @@ class Runner:
 
     def rebuild(self, progress: Callable[[int, int], None] = lambda done, total: None) -> tuple[int, float]:
         """Truncate and replay from offset 0; returns (records, seconds)."""
-        with self.conn.transaction():
-            self.conn.execute(f"TRUNCATE {', '.join(self.projection.tables)}".encode())
-            self.conn.execute("DELETE FROM projection_offsets WHERE projection = %s", (self.projection.name,))
+        with self.transaction() as cur:
+            cur.execute(f"TRUNCATE {', '.join(self.projection.tables)}".encode())
+            cur.execute("DELETE FROM projection_offsets WHERE projection = %s", (self.projection.name,))
         started = time.monotonic()
         done = 0
         followers = [TopicFollower(self.settings, t) for t in self.projection.topics(names(self.settings))]

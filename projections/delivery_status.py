@@ -18,7 +18,6 @@ from typing import Any
 from projections.base import Cursor, Projection
 from projections.outcome_rows import OutcomeDecoder, Row
 from tidings.events import Event, NotificationRequested
-from tidings.kafka import Incoming
 
 RANK = {
     "DEFERRED": 1,
@@ -180,8 +179,8 @@ class DeliveryStatus(Projection):
     def __init__(self) -> None:
         self.decoder = OutcomeDecoder()
 
-    def decode(self, record: Incoming) -> Row | Event:
-        return self.decoder.decode(record)
+    def decode(self, value: bytes | None) -> Row | Event:
+        return self.decoder.decode(value)
 
     def apply(self, cur: Cursor, events: list[Row | Event]) -> None:
         cur.execute(STAGING.encode())

@@ -27,8 +27,8 @@ from typing import Any, get_args
 from fastavro import parse_schema, schemaless_reader
 
 from tidings.codec import HEADER_SIZE, Codec, default_codec
+from tidings.errors import TruncatedRecord
 from tidings.events import CHANNELS, DeliveryOutcome, Event, OutcomeStatus, _tenant, _utc_millis
-from tidings.kafka import Incoming
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def _strip(schema: Any, field: str, removed: dict[str, str]) -> Any:
 
 
 class OutcomeDecoder:
-    """`decode(record)` is a row tuple for a DeliveryOutcome, the event for any other record."""
+    """`decode(value)` is a row tuple for a DeliveryOutcome, the event for any other record."""
 
     def __init__(self, codec: Codec | None = None) -> None:
         self.codec = codec or default_codec()
@@ -133,13 +133,14 @@ class OutcomeDecoder:
             )
             self.header = None
 
-    def decode(self, record: Incoming) -> Row | Event:
-        value = record.value
-        if value is not None and value[:HEADER_SIZE] == self.header:
+    def decode(self, value: bytes | None) -> Row | Event:
+        if value is None:
+            raise TruncatedRecord("record has no value (tombstone)")
+        if value[:HEADER_SIZE] == self.header:
             row = self.fast(value)
             if row is not None:
                 return row
-        event = record.decode(self.codec)
+        event = self.codec.decode(value)
         return row_of(event) if isinstance(event, DeliveryOutcome) else event
 
     def fast(self, value: bytes) -> Row | None:

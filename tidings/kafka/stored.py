@@ -1,9 +1,19 @@
 """Consumes topics read_committed for a sink that stores its own offsets (a projection in PostgreSQL).
 
-The handler writes a batch and the batch's next offsets in one external transaction; on assignment the
+The sink writes a batch and the batch's next offsets in one external transaction; on assignment the
 loop seeks each partition to the offset the sink holds (or the beginning), so the sink sees every record
-exactly once however the process dies. Nothing is committed to Kafka. A retriable error rewinds the
-batch and retries it after a back-off; any other error stops the loop (the sink decides what is poison).
+exactly once however the process dies. Nothing is committed to Kafka.
+
+Batches are pipelined: while a writer thread writes batch N, the consuming thread fetches and prepares
+(decodes) batch N+1, so the database's share of the work overlaps Python's. One write at most is in
+flight and writes run in consumption order. A rebalance first finishes the write in flight, so no write
+straddles a change of assignment. A retriable error drops everything consumed since the last write and,
+after a back-off, seeks every assigned partition back to the offsets the sink holds: whether or not the
+failed commit landed, the sink's offsets say where its rows end. Any other error stops the loop (the sink
+decides what is poison).
+
+Records reach the sink as a `Batch`: values and positions are read straight off the client's messages,
+and a full `Incoming` is built only for a record the sink asks for (to dead-letter it).
 """
 
 from __future__ import annotations
@@ -12,86 +22,191 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Generic, Protocol, TypeVar, cast
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from tidings.config import Settings
 from tidings.kafka import config
 from tidings.kafka.records import Incoming
-from tidings.kafka.transactional import first_offsets, is_retriable, to_incoming
+from tidings.kafka.transactional import is_retriable, to_incoming
 
 log = logging.getLogger(__name__)
 TP = tuple[str, int]
-BatchHandler = Callable[[list[Incoming]], None]
 OffsetLoader = Callable[[list[TP]], dict[TP, int]]
+T = TypeVar("T")
 
 
-class StoredOffsetsLoop:
+class Batch(Protocol):
+    def __len__(self) -> int: ...
+    def values(self) -> list[bytes | None]: ...
+    def record(self, index: int) -> Incoming: ...
+    def next_offsets(self) -> dict[TP, int]: ...
+
+
+class MessageBatch:
+    def __init__(self, messages: list[Message]) -> None:
+        self.messages = messages
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def values(self) -> list[bytes | None]:
+        return [m.value() for m in self.messages]
+
+    def record(self, index: int) -> Incoming:
+        return to_incoming(self.messages[index])
+
+    def next_offsets(self) -> dict[TP, int]:
+        offsets: dict[TP, int] = {}
+        for m in self.messages:
+            tp, after = cast(TP, (m.topic(), m.partition())), cast(int, m.offset()) + 1
+            if after > offsets.get(tp, 0):
+                offsets[tp] = after
+        return offsets
+
+
+class RecordBatch:
+    def __init__(self, records: list[Incoming]) -> None:
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def values(self) -> list[bytes | None]:
+        return [r.value for r in self.records]
+
+    def record(self, index: int) -> Incoming:
+        return self.records[index]
+
+    def next_offsets(self) -> dict[TP, int]:
+        offsets: dict[TP, int] = {}
+        for r in self.records:
+            tp = (r.topic, r.partition)
+            offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+        return offsets
+
+
+class StoredOffsetsLoop(Generic[T]):
+    """`prepare` runs on the consuming thread, `write` (the sink's transaction) on the writer thread."""
+
     def __init__(
         self,
         settings: Settings,
         *,
         group_id: str,
         topics: Sequence[str],
-        handle_batch: BatchHandler,
+        prepare: Callable[[Batch], T],
+        write: Callable[[T], None],
         load_offsets: OffsetLoader,
         batch_size: int = 2000,
         poll_timeout: float = 0.2,
         retry_backoff: float = 1.0,
     ) -> None:
         self.topics = list(topics)
-        self.handle_batch = handle_batch
+        self.prepare = prepare
+        self.write = write
         self.load_offsets = load_offsets
         self.batch_size = batch_size
         self.poll_timeout = poll_timeout
         self.retry_backoff = retry_backoff
         self.consumer = Consumer(config.consumer(settings, group_id))
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="stored-offsets-writer")
+        self.pending: tuple[Future[float], int] | None = None
         self.stopping = threading.Event()
         self.handled = 0
         self.first_batch_at: float | None = None
         self.last_batch_at: float | None = None
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._drain()
         stored = self.load_offsets([(p.topic, p.partition) for p in partitions])
         for p in partitions:
             p.offset = stored.get((p.topic, p.partition), OFFSET_BEGINNING)
         consumer.assign(partitions)
 
+    def _revoked(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
+        self._drain()
+
     def stop(self) -> None:
         self.stopping.set()
 
     def run(self, *, idle_exit_after: float | None = None) -> None:
-        self.consumer.subscribe(self.topics, on_assign=self._assigned)
+        self.consumer.subscribe(self.topics, on_assign=self._assigned, on_revoke=self._revoked)
         last_input = time.monotonic()
         try:
             while not self.stopping.is_set():
-                batch = []
+                messages = []
                 for m in self.consumer.consume(self.batch_size, self.poll_timeout):
                     if (err := m.error()) is None:
-                        batch.append(to_incoming(m))
+                        messages.append(m)
                     elif err.fatal():
                         raise KafkaException(err)
-                if batch or not self.consumer.assignment():
+                if messages or not self.consumer.assignment():
                     last_input = time.monotonic()
-                if batch:
-                    self._process(batch)
+                if messages:
+                    self._process(MessageBatch(messages))
+                elif not self._drain():
+                    self._rewind()
                 elif idle_exit_after is not None and time.monotonic() - last_input > idle_exit_after:
                     return
+            self._drain()
         finally:
+            self.writer.shutdown(wait=True)
             self.consumer.close()
 
-    def _process(self, batch: list[Incoming]) -> None:
+    def _process(self, batch: MessageBatch) -> None:
         if self.first_batch_at is None:
             self.first_batch_at = time.monotonic()
         try:
-            self.handle_batch(batch)
+            prepared = self.prepare(batch)
         except Exception as exc:
             if not is_retriable(exc):
                 raise
-            log.warning("retriable failure, rewinding the batch: %s", exc)
-            for tp in first_offsets(batch):
-                self.consumer.seek(tp)
-            time.sleep(self.retry_backoff)
+            log.warning("retriable failure preparing a batch, rewinding: %s", exc)
+            self._drain()
+            self._rewind()
             return
-        self.handled += len(batch)
-        self.last_batch_at = time.monotonic()
+        if not self._drain():
+            self._rewind()
+            return
+        self.pending = (self.writer.submit(self._write, prepared), len(batch))
+
+    def _write(self, prepared: T) -> float:
+        self.write(prepared)
+        return time.monotonic()
+
+    def _drain(self) -> bool:
+        """Wait for the write in flight; False if it failed retriably (the sink holds the older offsets)."""
+        if self.pending is None:
+            return True
+        future, size = self.pending
+        self.pending = None
+        try:
+            written_at = future.result()
+        except Exception as exc:
+            if not is_retriable(exc):
+                raise
+            log.warning("retriable failure writing a batch, rewinding to the stored offsets: %s", exc)
+            return False
+        self.handled += size
+        self.last_batch_at = written_at
+        return True
+
+    def _rewind(self) -> None:
+        while not self.stopping.is_set():
+            time.sleep(self.retry_backoff)
+            assigned = self.consumer.assignment()
+            try:
+                stored = self.load_offsets([(p.topic, p.partition) for p in assigned])
+            except Exception as exc:
+                if not is_retriable(exc):
+                    raise
+                log.warning("retriable failure loading the stored offsets: %s", exc)
+                continue
+            for p in assigned:
+                self.consumer.seek(
+                    TopicPartition(p.topic, p.partition, stored.get((p.topic, p.partition), OFFSET_BEGINNING))
+                )
+            return
