@@ -24,7 +24,7 @@ from tidings.client import Client
 from tidings.config import Settings, settings
 from tidings.events import DeviceRegistered, NotificationRequested, RecipientUpdated
 from tidings.ids import new_notification_id
-from tidings.kafka import EventProducer, Incoming, Output, TransactionalLoop, apply_topics
+from tidings.kafka import EventProducer, Incoming, Output, TransactionalLoop, apply_topics, delete_topics
 from tidings.topics import TopicSpec, changelog_spec, names, registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,10 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     routers, copies = [], []
     for _ in range(args.runs):
         s = topology(base, args.partitions)
-        values = load_inputs(s, args.requests, args.recipients)
-        copies.append(run_copy(s))
-        router_rate, _ = run_router(s)
-        routers.append(router_rate)
+        try:
+            values = load_inputs(s, args.requests, args.recipients)
+            copies.append(run_copy(s))
+            router_rate, _ = run_router(s)
+            routers.append(router_rate)
+        finally:
+            delete_topics(s, s.topic_prefix)
     result: dict[str, Any] = {
         "benchmark": "router",
         "requests": args.requests,

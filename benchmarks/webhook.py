@@ -29,7 +29,7 @@ from gateways.webhook.standard import StandardWebhook, WebhookSettings
 from tidings import devstack
 from tidings.config import Settings, settings
 from tidings.events import DeliveryCommand, RenderedContent
-from tidings.kafka import EventProducer, Output, apply_topics
+from tidings.kafka import EventProducer, Output, apply_topics, delete_topics
 from tidings.topics import names, registry
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -99,7 +99,10 @@ def gateway(base: Settings, url: str, payloads: list[str], concurrency: int) -> 
         await runner.run(idle_exit_after=2)
         return runner
 
-    runner = asyncio.run(run())
+    try:
+        runner = asyncio.run(run())
+    finally:
+        delete_topics(s, s.topic_prefix)
     assert runner.counts.get("sent") == len(payloads), runner.counts
     assert runner.first_batch_at is not None and runner.last_commit_at is not None
     return len(payloads) / (runner.last_commit_at - runner.first_batch_at)

@@ -132,7 +132,7 @@ class GatewayRunner:
                 while not self.stopping.is_set():
                     self._resume_due()
                     fetched = await self.consumer.batch()
-                    if fetched or self.paused_until or not self.consumer.assignment():
+                    if fetched or self._resuming_soon(idle_exit_after) or not self.consumer.assignment():
                         last_input = time.monotonic()
                     if fetched:
                         await self._process(fetched)
@@ -149,6 +149,11 @@ class GatewayRunner:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def _resuming_soon(self, within: float | None) -> bool:
+        """A paused partition counts as pending work only if it resumes before the idle exit would."""
+        horizon = time.time() + (within or 0.0)
+        return any(at <= horizon for at in self.paused_until.values())
 
     def _resume_due(self) -> None:
         now, assigned = time.time(), set(self.consumer.assignment())

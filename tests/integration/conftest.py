@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from tidings import devstack
 from tidings.config import Settings, settings
-from tidings.kafka import TopicFollower, apply_topics, read_topic
+from tidings.kafka import TopicFollower, apply_topics, delete_topics, read_topic
 from tidings.kafka.records import Incoming
 from tidings.topics import TopicSpec, registry
 
@@ -25,14 +25,17 @@ def stack() -> Settings:
 
 
 @pytest.fixture
-def topic_factory(stack: Settings) -> Callable[..., str]:
+def topic_factory(stack: Settings) -> Iterator[Callable[..., str]]:
+    namespace = f"tf{uuid.uuid4().hex[:8]}-"
+
     def make(prefix: str = "test", partitions: int = 3, **kwargs: object) -> str:
-        name = f"{prefix}.{uuid.uuid4().hex[:10]}"
+        name = f"{namespace}{prefix}.{uuid.uuid4().hex[:10]}"
         spec = TopicSpec(name, "test", (), partitions=partitions, **kwargs)  # type: ignore[arg-type]
         assert apply_topics(stack, [spec])[0].action == "created"
         return name
 
-    return make
+    yield make
+    delete_topics(stack, namespace)
 
 
 @pytest.fixture
@@ -52,19 +55,34 @@ def read_all(s: Settings, topic: str, *, idle: float = 3.0, committed: bool = Tr
 
 
 @pytest.fixture
-def topology(stack: Settings) -> Settings:
-    """A whole fresh topology (every registry topic and the router's changelogs) under a unique prefix."""
+def namespace(stack: Settings) -> Iterator[Callable[..., Settings]]:
+    """Fresh topologies (every registry topic and the router's changelogs) under unique prefixes,
+    deleted after the test so the broker does not accumulate thousands of partitions."""
     from tidings.topics import changelog_spec
 
-    prefix = f"t{uuid.uuid4().hex[:8]}."
-    s = Settings(topic_prefix=prefix, partitions=3, retry_tiers="10s")
-    specs = registry(s) + [changelog_spec("router", store, prefix) for store in ("recipients", "seen")]
-    apply_topics(s, specs)
-    return s
+    prefixes: list[str] = []
+
+    def make(**changes: object) -> Settings:
+        prefix = f"t{uuid.uuid4().hex[:8]}."
+        prefixes.append(prefix)
+        fields = {"topic_prefix": prefix, "partitions": 3, "retry_tiers": "10s"} | changes
+        s = Settings(**(stack.model_dump() | fields))
+        specs = registry(s) + [changelog_spec("router", store, prefix) for store in ("recipients", "seen")]
+        apply_topics(s, specs)
+        return s
+
+    yield make
+    for prefix in prefixes:
+        delete_topics(stack, prefix)
 
 
 @pytest.fixture
-def database(topology: Settings) -> Settings:
+def topology(namespace: Callable[..., Settings]) -> Settings:
+    return namespace()
+
+
+@pytest.fixture
+def database(topology: Settings) -> Iterator[Settings]:
     """A fresh, migrated PostgreSQL database for the topology, so projections never share tables."""
     import psycopg
 
@@ -76,7 +94,9 @@ def database(topology: Settings) -> Settings:
     dsn = topology.postgres_dsn.rsplit("/", 1)[0] + "/" + name
     s = Settings(**(topology.model_dump() | {"postgres_dsn": dsn}))
     migrate(dsn)
-    return s
+    yield s
+    with psycopg.connect(topology.postgres_dsn, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)".encode())
 
 
 def table_checksums(s: Settings, tables: list[str]) -> dict[str, tuple[int, str]]:

@@ -18,17 +18,10 @@ from tests.servers.webhook import SECRET
 from tidings.codec import default_codec
 from tidings.config import Settings
 from tidings.events import DeliveryCommand, DeliveryOutcome, ProviderFeedback, RenderedContent
-from tidings.kafka import EventProducer, Output, apply_topics
-from tidings.topics import names, registry
+from tidings.kafka import EventProducer, Output
+from tidings.topics import names
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
-
-
-def fresh(stack: Settings, tiers: str = "1s") -> Settings:
-    prefix = f"r{uuid.uuid4().hex[:8]}."
-    s = Settings(**(stack.model_dump() | {"topic_prefix": prefix, "partitions": 3, "retry_tiers": tiers}))
-    apply_topics(s, registry(s))
-    return s
 
 
 def commands(url: str, count: int) -> list[DeliveryCommand]:
@@ -75,8 +68,10 @@ def outcomes(s: Settings) -> list[DeliveryOutcome]:
     return [o for o in decoded if isinstance(o, DeliveryOutcome)]
 
 
-def test_throttled_provider_pauses_consumption_instead_of_spinning(stack: Settings) -> None:
-    s = fresh(stack)
+def test_throttled_provider_pauses_consumption_instead_of_spinning(
+    namespace: Callable[..., Settings],
+) -> None:
+    s = namespace(retry_tiers="1s")
     hits: list[tuple[float, int]] = []
 
     async def handler(request: web.Request) -> web.Response:
@@ -102,8 +97,8 @@ def test_throttled_provider_pauses_consumption_instead_of_spinning(stack: Settin
     assert statuses.count("SENT") == 30 and statuses.count("RETRYING") == 1
 
 
-def test_consecutive_failures_open_the_circuit_for_the_cooloff(stack: Settings) -> None:
-    s = fresh(stack, tiers="1s,2s,3s,4s")
+def test_consecutive_failures_open_the_circuit_for_the_cooloff(namespace: Callable[..., Settings]) -> None:
+    s = namespace(retry_tiers="1s,2s,3s,4s")
     hits: list[float] = []
     healthy_after = time.monotonic() + 1e9
 
@@ -125,8 +120,8 @@ def test_consecutive_failures_open_the_circuit_for_the_cooloff(stack: Settings) 
     assert [o.status for o in outcomes(s)].count("SENT") == 10
 
 
-def test_rate_limit_holds_across_two_gateways(stack: Settings) -> None:
-    s = fresh(stack)
+def test_rate_limit_holds_across_two_gateways(namespace: Callable[..., Settings]) -> None:
+    s = namespace(retry_tiers="1s")
     hits: list[float] = []
 
     async def handler(request: web.Request) -> web.Response:
@@ -149,8 +144,8 @@ def test_rate_limit_holds_across_two_gateways(stack: Settings) -> None:
     assert span >= 59 / 20 * 0.95, f"60 sends in {span:.2f}s exceed 20/s"
 
 
-def test_endpoint_disabled_after_sustained_failure(stack: Settings) -> None:
-    s = fresh(stack)
+def test_endpoint_disabled_after_sustained_failure(namespace: Callable[..., Settings]) -> None:
+    s = namespace(retry_tiers="1s")
     calls: list[str] = []
 
     async def handler(request: web.Request) -> web.Response:
@@ -180,8 +175,8 @@ def test_endpoint_disabled_after_sustained_failure(stack: Settings) -> None:
     assert statuses.count(("SUPPRESSED", "address_dead")) == 1
 
 
-def test_stop_finishes_in_flight_sends_and_commits_them(stack: Settings) -> None:
-    s = fresh(stack)
+def test_stop_finishes_in_flight_sends_and_commits_them(namespace: Callable[..., Settings]) -> None:
+    s = namespace(retry_tiers="1s")
     received: list[str] = []
     first = asyncio.Event()
 

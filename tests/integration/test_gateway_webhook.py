@@ -3,6 +3,7 @@
 import asyncio
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,9 +16,9 @@ from tests.integration.conftest import read_all
 from tidings.codec import default_codec
 from tidings.config import Settings
 from tidings.events import DeliveryCommand, DeliveryOutcome, ProviderFeedback, RenderedContent
-from tidings.kafka import EventProducer, Output, apply_topics
+from tidings.kafka import EventProducer, Output
 from tidings.kafka.records import header_map
-from tidings.topics import names, registry
+from tidings.topics import names
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 TERMINAL = {"SENT", "FAILED", "EXPIRED"}
@@ -39,14 +40,8 @@ def command(base: str, path: str, **changes: Any) -> DeliveryCommand:
     return DeliveryCommand(**(fields | changes))
 
 
-def test_deliveries_retries_failures_and_duplicates(stack: Settings) -> None:
-    s = Settings(
-        **(
-            stack.model_dump()
-            | {"topic_prefix": f"g{uuid.uuid4().hex[:8]}.", "partitions": 3, "retry_tiers": "1s,2s"}
-        )
-    )
-    apply_topics(s, registry(s))
+def test_deliveries_retries_failures_and_duplicates(namespace: Callable[..., Settings]) -> None:
+    s = namespace(retry_tiers="1s,2s")
     n = names(s)
     received: Counter[tuple[str, str]] = Counter()
     calls: Counter[str] = Counter()

@@ -1,12 +1,16 @@
 """`tidings demo`: the whole pipeline that exists, end to end, on the local stack.
 
 Starts the stack, creates topics, publishes the example catalog, registers recipients with preferences,
-sends requests with the SDK, runs the router until it is idle, shows the delivery commands and outcomes
-read back from Kafka, and folds the outcomes into PostgreSQL with the delivery-status projection.
+sends requests with the SDK, runs the router until it is idle, runs the email gateway (SMTP to a local
+mail sink) and the webhook gateway (to a local receiver that verifies signatures), shows the commands and
+outcomes read back from Kafka, and folds the outcomes into PostgreSQL with the delivery-status projection.
+The local receivers are the only stand-ins: push, SMS and in-app gateways do not exist yet, so those
+commands stay QUEUED.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -20,13 +24,15 @@ from tidings.audit import read_all
 from tidings.catalog import load, next_versions
 from tidings.cli.pipeline import published_types
 from tidings.client import Client
-from tidings.config import settings
+from tidings.config import Settings, settings
+from tidings.devstack.sinks import MailSink, WebhookSink
 from tidings.events import CHANNELS, DeliveryCommand, DeliveryOutcome
 from tidings.kafka import apply_topics
 from tidings.topics import changelog_spec, names, registry
 
 console = Console(stderr=True)
 CATALOG = Path(__file__).resolve().parents[2] / "catalog"
+WEBHOOK_SECRET = "whsec_" + "ZGVtby1zZWNyZXQtMTIzNDU2"
 RECIPIENTS: list[dict[str, Any]] = [
     {
         "recipient": "ada",
@@ -54,10 +60,15 @@ def read(topic: str) -> list[Any]:
 def demo(
     rounds: int = typer.Option(1, "--rounds", min=1, help="Send the demo requests this many times."),
 ) -> None:
-    """Run the pipeline end to end on the local stack and show what was decided."""
+    """Run the pipeline end to end on the local stack and show what was decided and sent."""
+    s, n = settings(), names(settings())
+    with MailSink() as mail, WebhookSink(WEBHOOK_SECRET) as hooks:
+        run_demo(s, n, rounds, mail, hooks)
+
+
+def run_demo(s: Settings, n: Any, rounds: int, mail: MailSink, hooks: WebhookSink) -> None:
     from processors.router import Router
 
-    s, n = settings(), names(settings())
     console.rule("local stack and topics")
     devstack.up(s, lambda svc, msg: console.print(f"[bold]{svc:<9}[/] {msg}"))
     specs = registry(s) + [changelog_spec("router", st, s.topic_prefix) for st in ("recipients", "seen")]
@@ -83,8 +94,8 @@ def demo(
             tenant="acme",
             recipient="grace",
             endpoint_id="billing",
-            url="https://hooks.example/grace",
-            secret="whsec_" + "ZGVtby1zZWNyZXQtMTIzNDU2",
+            url=f"http://127.0.0.1:{hooks.port}/grace",
+            secret=WEBHOOK_SECRET,
             event_types=["billing"],
             wait=False,
         )
@@ -112,8 +123,38 @@ def demo(
         f"router: {router.loop.committed_records} records in {time.monotonic() - started:.1f}s "
         f"(including 3s idle wait), {router.loop.dead_letters} dead letters"
     )
+    deliver(s, mail, hooks)
     show(sent, n)
     project(sent)
+
+
+def deliver(s: Settings, mail: MailSink, hooks: WebhookSink) -> None:
+    """The email and webhook gateways until idle, against the local receivers (loopback allowed)."""
+    from gateways.email.smtp import Smtp, SmtpSettings
+    from gateways.runner import GatewayRunner
+    from gateways.webhook.standard import StandardWebhook, WebhookSettings
+
+    console.rule("gateways: email over SMTP to a local sink, webhooks to a local receiver")
+
+    async def run() -> list[GatewayRunner]:
+        smtp = Smtp(SmtpSettings(host="127.0.0.1", port=mail.port, security="none"))
+        webhook = StandardWebhook(WebhookSettings(allow_cidrs="127.0.0.1/32"))
+        runners = [GatewayRunner(s, "email", [smtp]), GatewayRunner(s, "webhook", [webhook])]
+        await asyncio.gather(*(r.run(idle_exit_after=2.0) for r in runners))
+        return runners
+
+    email, webhook = asyncio.run(run())
+    unsubscribe = sum("List-Unsubscribe" in m for m in mail.messages)
+    console.print(
+        f"email: {email.counts.get('sent', 0)} sent; the sink holds {len(mail.messages)} messages "
+        f"({unsubscribe} with one-click List-Unsubscribe, critical ones without)"
+    )
+    for m in mail.messages[:3]:
+        console.print(f"  {m['To']:<20} {m['Subject']!s:<40} {m['Message-ID']}")
+    console.print(
+        f"webhook: {webhook.counts.get('sent', 0)} sent; "
+        f"the receiver verified {len(hooks.received)} signatures"
+    )
 
 
 def project(sent: dict[str, tuple[str, str]]) -> None:
@@ -154,7 +195,7 @@ def show(sent: dict[str, tuple[str, str]], n: Any) -> None:
         o for o in read(n.outcomes) if isinstance(o, DeliveryOutcome) and str(o.notification_id) in sent
     ]
     table = Table("recipient", "type", "channel", "status", "detail")
-    for o in sorted(outcomes, key=lambda o: (sent[str(o.notification_id)], o.channel or "")):
+    for o in sorted(outcomes, key=lambda o: (sent[str(o.notification_id)], o.channel or "", o.occurred_at)):
         recipient, type_ = sent[str(o.notification_id)]
         command = next((c for c in commands if c.delivery_id == o.delivery_id), None)
         detail = (
@@ -176,5 +217,5 @@ def show(sent: dict[str, tuple[str, str]], n: Any) -> None:
         raise typer.Exit(1)
     console.print(
         f"[green]{len(sent)} requests planned: {len(commands)} delivery commands, "
-        f"{len(outcomes)} outcomes[/] (gateways that send them are the next step)"
+        f"{len(outcomes)} outcomes[/] (push, SMS and in-app gateways are not built yet: those stay QUEUED)"
     )

@@ -51,6 +51,7 @@ group.initial.rebalance.delay.ms=0
 transaction.max.timeout.ms=900000
 message.max.bytes=2097152
 log.retention.check.interval.ms=60000
+file.delete.delay.ms=1000
 """
 
 LOG4J2 = """\

@@ -3,7 +3,7 @@
 Everything else sees client-neutral records (`Incoming`, `Output`) and plain functions.
 """
 
-from tidings.kafka.admin import TopicReport, apply_topics, group_lag, wait_until_ready
+from tidings.kafka.admin import TopicReport, apply_topics, delete_topics, group_lag, wait_until_ready
 from tidings.kafka.consumer import AtLeastOnceLoop, TopicFollower, read_partition, read_topic
 from tidings.kafka.producer import EventProducer
 from tidings.kafka.records import Handler, Incoming, Output, PoisonHandler
@@ -22,6 +22,7 @@ __all__ = [
     "TopicReport",
     "TransactionalLoop",
     "apply_topics",
+    "delete_topics",
     "group_lag",
     "read_partition",
     "read_topic",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type: ignore[attr-defined]
 
 from tidings.config import Settings
@@ -41,6 +41,26 @@ def wait_until_ready(settings: Settings, timeout: float = 60.0) -> int:
     raise KafkaUnavailable(
         f"Kafka at {settings.kafka_bootstrap} did not answer within {timeout:.0f}s: {last}"
     )
+
+
+def delete_topics(settings: Settings, prefix: str, *, timeout: float = 30.0) -> list[str]:
+    """Delete every topic whose name starts with `prefix` (a test's or benchmark's namespace).
+
+    A broker keeps files open for every partition; tests that each create a whole topology would
+    otherwise pile up thousands of partitions and run it out of file descriptors."""
+    if not prefix:
+        raise ValueError("refusing to delete topics without a prefix")
+    client = admin(settings)
+    doomed = sorted(t for t in client.list_topics(timeout=timeout).topics if t.startswith(prefix))
+    if doomed:
+        futures = client.delete_topics(doomed, operation_timeout=timeout, request_timeout=timeout)
+        for future in futures.values():
+            try:
+                future.result()
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise
+    return doomed
 
 
 def apply_topics(settings: Settings, specs: list[TopicSpec], *, timeout: float = 30.0) -> list[TopicReport]:
