@@ -7,17 +7,21 @@ channels got (DELIVERED > SENT > RETRYING > QUEUED > DEFERRED), else its failure
 CANCELLED, REJECTED), else SKIPPED/SUPPRESSED when no channel was used; a request's fields are kept from
 its first record. Rows hold event times only, so a rebuild reproduces them exactly.
 
-Writes are set-based: a batch is folded per key in Python exactly as the upserts would fold it one by
-one, COPYed into temporary tables, and merged with one INSERT ... ON CONFLICT per table.
+Writes are set-based: a batch's outcomes are COPYed once into a temporary table, in batch order, and
+each table is merged with one INSERT ... ON CONFLICT whose SELECT folds the batch per key exactly as the
+upserts would fold it one by one (window functions pick the first row, the first of the top rank, the
+last non-null provider, the first non-null message id; an empty string is a value, as in the upserts),
+so the result does not depend on where batches split. Folding in SQL moves that work from the Python
+process, one core under the GIL, to the database, where it overlaps the decoding of the next batch.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from projections.base import Cursor, Projection
-from projections.outcome_rows import OutcomeDecoder, Row
-from tidings.events import Event, NotificationRequested
+from projections.outcome_rows import COLUMNS, OutcomeDecoder, Row
+from tidings.events import Event, NotificationRequested, OutcomeStatus
 
 RANK = {
     "DEFERRED": 1,
@@ -47,11 +51,34 @@ SUMMARY_RANK = {
     "DELIVERED": 6,
 }
 
+TERMINAL = tuple(status for status, rank in RANK.items() if rank >= TERMINAL_RANK)
+if set(RANK) != set(get_args(OutcomeStatus)) or set(SUMMARY_RANK) != set(RANK):
+    raise ImportError("RANK and SUMMARY_RANK must rank every OutcomeStatus")
+
+
+def _rank_sql(ranks: dict[str, int]) -> str:
+    return "CASE status " + " ".join(f"WHEN '{s}' THEN {r}" for s, r in ranks.items()) + " END"
+
+
 STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS stage_requests (LIKE notifications INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_summaries (LIKE notifications INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_deliveries (LIKE deliveries INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_events (LIKE delivery_events) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_outcomes (
+    seq bigint GENERATED ALWAYS AS IDENTITY,
+    event_id uuid NOT NULL,
+    notification_id uuid NOT NULL,
+    delivery_id uuid,
+    tenant_id text NOT NULL,
+    channel text,
+    status text NOT NULL,
+    reason text,
+    provider text,
+    attempt integer NOT NULL,
+    template_version integer,
+    detail text,
+    occurred_at timestamptz NOT NULL,
+    recipient_id text,
+    provider_message_id text
+) ON COMMIT DELETE ROWS;
 """
 MERGE_REQUESTS = """
 INSERT INTO notifications AS n (notification_id, tenant_id, recipient_id, notification_type, priority, requested_at)
@@ -62,9 +89,39 @@ ON CONFLICT (notification_id) DO UPDATE SET
     priority = COALESCE(n.priority, EXCLUDED.priority),
     requested_at = COALESCE(n.requested_at, EXCLUDED.requested_at)
 """
-MERGE_EVENTS = "INSERT INTO delivery_events SELECT * FROM stage_events ON CONFLICT (event_id) DO NOTHING"
-MERGE_DELIVERIES = """
-INSERT INTO deliveries AS d SELECT * FROM stage_deliveries
+EVENT_COLUMNS = ", ".join(COLUMNS[:12])
+MERGE_EVENTS = f"""
+INSERT INTO delivery_events ({EVENT_COLUMNS})
+SELECT {EVENT_COLUMNS} FROM stage_outcomes ORDER BY seq
+ON CONFLICT (event_id) DO NOTHING
+"""
+MERGE_DELIVERIES = f"""
+WITH o AS (
+    SELECT delivery_id, seq, notification_id, tenant_id, recipient_id, channel, provider, provider_message_id,
+           attempt, status, reason, occurred_at, {_rank_sql(RANK)} AS status_rank,
+           min(seq) OVER d AS first_seq,
+           max(seq) FILTER (WHERE provider IS NOT NULL) OVER d AS provider_seq,
+           min(seq) FILTER (WHERE provider_message_id IS NOT NULL) OVER d AS message_seq,
+           first_value(seq) OVER (PARTITION BY delivery_id ORDER BY {_rank_sql(RANK)} DESC, seq) AS top_seq
+    FROM stage_outcomes WHERE delivery_id IS NOT NULL
+    WINDOW d AS (PARTITION BY delivery_id)
+)
+INSERT INTO deliveries AS d (delivery_id, notification_id, tenant_id, recipient_id, channel, provider,
+                             provider_message_id, attempts, status, status_rank, reason, first_at, last_at)
+SELECT delivery_id,
+       (max(notification_id::text) FILTER (WHERE seq = first_seq))::uuid,
+       max(tenant_id) FILTER (WHERE seq = first_seq),
+       max(recipient_id) FILTER (WHERE seq = first_seq),
+       max(channel) FILTER (WHERE seq = first_seq),
+       max(provider) FILTER (WHERE seq = provider_seq),
+       max(provider_message_id) FILTER (WHERE seq = message_seq),
+       max(attempt),
+       max(status) FILTER (WHERE seq = top_seq),
+       max(status_rank),
+       max(reason) FILTER (WHERE seq = top_seq),
+       min(occurred_at),
+       max(occurred_at)
+FROM o GROUP BY delivery_id
 ON CONFLICT (delivery_id) DO UPDATE SET
     status = CASE WHEN EXCLUDED.status_rank > d.status_rank THEN EXCLUDED.status ELSE d.status END,
     reason = CASE WHEN EXCLUDED.status_rank > d.status_rank THEN EXCLUDED.reason ELSE d.reason END,
@@ -75,9 +132,24 @@ ON CONFLICT (delivery_id) DO UPDATE SET
     first_at = LEAST(d.first_at, EXCLUDED.first_at),
     last_at = GREATEST(d.last_at, EXCLUDED.last_at)
 """
-MERGE_SUMMARIES = """
+MERGE_SUMMARIES = f"""
+WITH o AS (
+    SELECT notification_id, seq, tenant_id, recipient_id, status, occurred_at,
+           {_rank_sql(SUMMARY_RANK)} AS summary_rank,
+           min(seq) OVER n AS first_seq,
+           min(seq) FILTER (WHERE recipient_id IS NOT NULL) OVER n AS recipient_seq,
+           first_value(seq) OVER (PARTITION BY notification_id ORDER BY {_rank_sql(SUMMARY_RANK)} DESC, seq) AS top_seq
+    FROM stage_outcomes
+    WINDOW n AS (PARTITION BY notification_id)
+)
 INSERT INTO notifications AS n (notification_id, tenant_id, recipient_id, status, status_rank, terminal_at)
-SELECT notification_id, tenant_id, recipient_id, status, status_rank, terminal_at FROM stage_summaries
+SELECT notification_id,
+       max(tenant_id) FILTER (WHERE seq = first_seq),
+       max(recipient_id) FILTER (WHERE seq = recipient_seq),
+       max(status) FILTER (WHERE seq = top_seq),
+       max(summary_rank),
+       max(occurred_at) FILTER (WHERE status IN ({", ".join(f"'{s}'" for s in TERMINAL)}))
+FROM o GROUP BY notification_id
 ON CONFLICT (notification_id) DO UPDATE SET
     status = CASE WHEN EXCLUDED.status_rank > n.status_rank OR n.status IS NULL THEN EXCLUDED.status
                   ELSE n.status END,
@@ -85,90 +157,7 @@ ON CONFLICT (notification_id) DO UPDATE SET
     recipient_id = COALESCE(n.recipient_id, EXCLUDED.recipient_id),
     terminal_at = GREATEST(n.terminal_at, EXCLUDED.terminal_at)
 """
-DELIVERY_COLUMNS = (
-    "delivery_id",
-    "notification_id",
-    "tenant_id",
-    "recipient_id",
-    "channel",
-    "provider",
-    "provider_message_id",
-    "attempts",
-    "status",
-    "status_rank",
-    "reason",
-    "first_at",
-    "last_at",
-)
-
-
-EVENT_ID, NOTIFICATION_ID, DELIVERY_ID, TENANT_ID, CHANNEL, STATUS, REASON, PROVIDER, ATTEMPT = range(9)
-OCCURRED_AT, RECIPIENT_ID, PROVIDER_MESSAGE_ID = 11, 12, 13
-
-
-def fold_deliveries(outcomes: list[Row]) -> list[tuple[Any, ...]]:
-    """Per delivery, what the row upsert applied outcome by outcome would leave (first of the top rank wins)."""
-    rows: dict[Any, list[Any]] = {}
-    for o in outcomes:
-        key = o[DELIVERY_ID]
-        if key is None:
-            continue
-        rank = RANK[o[STATUS]]
-        row = rows.get(key)
-        if row is None:
-            rows[key] = [
-                key,
-                o[NOTIFICATION_ID],
-                o[TENANT_ID],
-                o[RECIPIENT_ID],
-                o[CHANNEL],
-                o[PROVIDER],
-                o[PROVIDER_MESSAGE_ID],
-                o[ATTEMPT],
-                o[STATUS],
-                rank,
-                o[REASON],
-                o[OCCURRED_AT],
-                o[OCCURRED_AT],
-            ]
-            continue
-        if rank > row[9]:
-            row[8], row[9], row[10] = o[STATUS], rank, o[REASON]
-        row[5] = o[PROVIDER] or row[5]
-        row[6] = row[6] or o[PROVIDER_MESSAGE_ID]
-        if o[ATTEMPT] > row[7]:
-            row[7] = o[ATTEMPT]
-        at = o[OCCURRED_AT]
-        if at < row[11]:
-            row[11] = at
-        if at > row[12]:
-            row[12] = at
-    return [tuple(r) for r in rows.values()]
-
-
-def fold_summaries(outcomes: list[Row]) -> list[tuple[Any, ...]]:
-    rows: dict[Any, list[Any]] = {}
-    for o in outcomes:
-        status = o[STATUS]
-        rank = SUMMARY_RANK[status]
-        terminal = o[OCCURRED_AT] if RANK[status] >= TERMINAL_RANK else None
-        row = rows.get(o[NOTIFICATION_ID])
-        if row is None:
-            rows[o[NOTIFICATION_ID]] = [
-                o[NOTIFICATION_ID],
-                o[TENANT_ID],
-                o[RECIPIENT_ID],
-                status,
-                rank,
-                terminal,
-            ]
-            continue
-        if rank > row[4]:
-            row[3], row[4] = status, rank
-        row[2] = row[2] or o[RECIPIENT_ID]
-        if terminal is not None and (row[5] is None or terminal > row[5]):
-            row[5] = terminal
-    return [tuple(r) for r in rows.values()]
+MERGE_OUTCOMES = ";".join((MERGE_EVENTS, MERGE_DELIVERIES, MERGE_SUMMARIES)).encode()
 
 
 class DeliveryStatus(Projection):
@@ -211,17 +200,8 @@ class DeliveryStatus(Projection):
             cur.execute(MERGE_REQUESTS.encode())
         if not outcomes:
             return
-        _copy(cur, "stage_events", [o[:12] for o in outcomes])
-        cur.execute(MERGE_EVENTS.encode())
-        if deliveries := fold_deliveries(outcomes):
-            _copy(cur, f"stage_deliveries ({', '.join(DELIVERY_COLUMNS)})", deliveries)
-            cur.execute(MERGE_DELIVERIES.encode())
-        _copy(
-            cur,
-            "stage_summaries (notification_id, tenant_id, recipient_id, status, status_rank, terminal_at)",
-            fold_summaries(outcomes),
-        )
-        cur.execute(MERGE_SUMMARIES.encode())
+        _copy(cur, f"stage_outcomes ({', '.join(COLUMNS)})", outcomes)
+        cur.execute(MERGE_OUTCOMES)
 
 
 def _copy(cur: Cursor, target: str, rows: Any) -> None:
