@@ -25,7 +25,7 @@ from tidings import devstack
 from tidings.config import Settings, settings
 from tidings.events import DeliveryOutcome
 from tidings.ids import delivery_id, new_notification_id
-from tidings.kafka import EventProducer, Output, apply_topics
+from tidings.kafka import EventProducer, Output, apply_topics, delete_topics
 from tidings.topics import names, registry
 
 FLOW = ["QUEUED", "SENT", "DELIVERED"]
@@ -47,9 +47,17 @@ def environment(base: Settings, partitions: int) -> Settings:
             }
         )
     )
-    apply_topics(s, registry(s))
+    n = names(s)
+    apply_topics(s, [spec for spec in registry(s) if spec.name in (n.requested, n.outcomes, n.dlq)])
     migrate(s.postgres_dsn)
     return s
+
+
+def cleanup(base: Settings, s: Settings) -> None:
+    """Drop the run's topics and database, so repeated runs do not pile partitions up on the broker."""
+    delete_topics(base, s.topic_prefix)
+    with psycopg.connect(base.postgres_dsn, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {s.postgres_dsn.rsplit('/', 1)[1]} WITH (FORCE)".encode())
 
 
 def outcomes(count: int) -> list[DeliveryOutcome]:
@@ -127,8 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         with EventProducer(s) as producer:
             for e in events:
                 producer.produce(Output.event(names(s).outcomes, e))
-        projected.append(projection_rate(s))
-        copied.append(copy_rate(s, events))
+        try:
+            projected.append(projection_rate(s))
+            copied.append(copy_rate(s, events))
+        finally:
+            cleanup(base, s)
     result: dict[str, Any] = {
         "benchmark": "projection.delivery_status",
         "events": args.events,
