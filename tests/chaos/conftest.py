@@ -1,3 +1,3 @@
-from tests.integration.conftest import database, group_id, stack, topic_factory, topology
+from tests.integration.conftest import database, group_id, namespace, stack, topic_factory, topology
 
-__all__ = ["database", "group_id", "stack", "topic_factory", "topology"]
+__all__ = ["database", "group_id", "namespace", "stack", "topic_factory", "topology"]
