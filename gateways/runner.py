@@ -60,6 +60,15 @@ class GatewaySettings(BaseSettings):
     endpoint_disable_failures: int = Field(default=5, ge=1, description="Exhausted webhooks in a row...")
     endpoint_disable_after: float = Field(default=24 * 3600, ge=0, description="...spanning this long.")
     rates: str = Field(default="", description="Cluster-wide limits, e.g. 'smtp=50:100,sendgrid=600'.")
+    chains: str = Field(default="", description="Per-tenant chains, e.g. 'acme=sendgrid,smtp;beta=ses'.")
+
+    def tenant_chains(self) -> dict[str, list[str]]:
+        """`tenant=label,label;...`: a tenant's own provider order; other tenants use the whole chain."""
+        chains: dict[str, list[str]] = {}
+        for item in filter(None, (part.strip() for part in self.chains.split(";"))):
+            tenant, _, labels = item.partition("=")
+            chains[tenant.strip()] = [label.strip() for label in labels.split(",") if label.strip()]
+        return chains
 
     def rate_limits(self) -> dict[str, tuple[float, int]]:
         """`label=rate_per_second[:burst]` pairs; the burst defaults to one second's worth."""
@@ -95,7 +104,12 @@ class GatewayRunner:
     ) -> None:
         n = names(settings)
         self.channel, self.providers, self.names = channel, list(providers), n
-        self.config = gateway or GatewaySettings()
+        self.config = c = gateway or GatewaySettings()
+        by_label = {p.label: p for p in self.providers}
+        unknown = {lb for labels in c.tenant_chains().values() for lb in labels if lb not in by_label}
+        if unknown:
+            raise ValueError(f"tenant chains name providers not in the chain: {', '.join(sorted(unknown))}")
+        self.chains = {t: [by_label[lb] for lb in labels] for t, labels in c.tenant_chains().items()}
         self.tiers = parse_tiers(settings.retry_tiers)
         self.urgent, self.standard = n.delivery(channel, urgent=True), n.delivery(channel)
         self.retries = [n.retry(channel, t) for t in self.tiers]
@@ -107,7 +121,6 @@ class GatewayRunner:
         self.producer = AsyncProducer(settings)
         self.redis = aioredis.Redis.from_url(settings.redis_url)
         owner = f"{channel}/{uuid.uuid4()}"
-        c = self.config
         self.marks = Marks(self.redis, self.prefix, owner, c.inflight_ttl, c.done_ttl)
         self.circuits = Circuits(c.circuit_failures, c.circuit_cooloff)
         self.buckets = {
@@ -269,11 +282,12 @@ class GatewayRunner:
         return await self._send(record, command)
 
     async def _send(self, record: Incoming, command: DeliveryCommand) -> Handled | Blocked:
-        chain = [p for p in self.providers if self.circuits.closed(p.label)]
+        providers = self.chains.get(command.tenant_id, self.providers)
+        chain = [p for p in providers if self.circuits.closed(p.label)]
         if not chain:
             await self.marks.release(command.delivery_id, command.attempt)
             self._count("circuit_open")
-            return Blocked(self.circuits.reopens_at([p.label for p in self.providers]))
+            return Blocked(self.circuits.reopens_at([p.label for p in providers]))
         failure: ProviderError | None = None
         for provider in chain:
             if bucket := self.buckets.get(provider.label):

@@ -47,7 +47,7 @@ class SmtpSettings(BaseSettings):
     ca_file: str | None = Field(default=None, description="Extra CA bundle, e.g. for a private relay.")
     timeout: float = Field(default=30.0, gt=0)
     pool_size: int = Field(default=4, ge=1)
-    min_retry_seconds: float = Field(default=300.0, ge=0)
+    min_retry_seconds: float = Field(default=1800.0, ge=0, description="SMTP 4xx: retry no sooner.")
 
 
 def classify(code: int, message: str, min_retry: float) -> Exception:

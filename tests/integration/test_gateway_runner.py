@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from gateways.runner import GatewayRunner, GatewaySettings
@@ -206,3 +207,29 @@ def test_stop_finishes_in_flight_sends_and_commits_them(namespace: Callable[...,
     assert len(received) == len(set(received)) == 200
     assert again.counts.get("duplicates", 0) == 0 and again.counts.get("re_emitted", 0) == 0
     assert [o.status for o in outcomes(s)].count("SENT") == 200
+
+
+def test_tenant_chains_choose_the_provider_order(namespace: Callable[..., Settings]) -> None:
+    s = namespace(retry_tiers="1s")
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=204)
+
+    async def scenario() -> None:
+        app_runner, base = await serve(handler)
+        batch = commands(f"{base}/hook", 6)
+        batch = [c.model_copy(update={"tenant_id": "beta"}) if i % 2 else c for i, c in enumerate(batch)]
+        produce(s, batch)
+        local = WebhookSettings(allow_cidrs="127.0.0.1/32")
+        chain = [StandardWebhook(local).named("primary"), StandardWebhook(local).named("dedicated")]
+        with pytest.raises(ValueError, match="nowhere"):
+            GatewayRunner(s, "webhook", chain, GatewaySettings(chains="acme=nowhere"))
+        gateway = GatewayRunner(s, "webhook", chain, GatewaySettings(chains="acme=dedicated,primary"))
+        await gateway.run(idle_exit_after=3)
+        await app_runner.cleanup()
+
+    asyncio.run(scenario())
+    used = {(o.event_id, o.provider) for o in outcomes(s) if o.status == "SENT"}
+    by_tenant = {(o.tenant_id, o.provider) for o in outcomes(s) if o.status == "SENT"}
+    assert len(used) == 6 and by_tenant == {("acme", "dedicated"), ("beta", "primary")}
