@@ -64,6 +64,7 @@ class Projection:
 class Runner:
     settings: Settings
     projection: Projection
+    batch_size: int = 10_000
 
     def __post_init__(self) -> None:
         self.conn: Connection = psycopg.connect(self.settings.postgres_dsn, autocommit=False)
@@ -129,6 +130,7 @@ class Runner:
             prepare=self.prepare,
             write=self.write,
             load_offsets=self.load_offsets,
+            batch_size=self.batch_size,
         )
         self._loop = loop
         loop.run(idle_exit_after=idle_exit_after)
@@ -149,7 +151,7 @@ class Runner:
         try:
             total = sum(f.end_total() for f in followers)
             for follower in followers:
-                for batch in follower.batches(2000):
+                for batch in follower.batches(self.batch_size):
                     self.store(batch)
                     done += len(batch)
                     progress(done, total)
