@@ -30,6 +30,8 @@ import aiohttp
 import redis.asyncio as aioredis
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateways.base import DeliveryRejected, Provider, ProviderError, ProviderThrottled, ProviderUnavailable
 from gateways.limits import Circuits, TokenBucket
@@ -119,7 +121,7 @@ class GatewayRunner:
             settings, group_id=self.group, topics=[self.urgent, self.standard, *self.retries], max_records=100
         )
         self.producer = AsyncProducer(settings)
-        self.redis = aioredis.Redis.from_url(settings.redis_url)
+        self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
         owner = f"{channel}/{uuid.uuid4()}"
         self.marks = Marks(self.redis, self.prefix, owner, c.inflight_ttl, c.done_ttl)
         self.circuits = Circuits(c.circuit_failures, c.circuit_cooloff)
@@ -205,7 +207,10 @@ class GatewayRunner:
         if previous is not None:
             await previous
         await asyncio.gather(*acks)
-        await self.marks.emitted(marks)
+        try:
+            await self.marks.emitted(marks)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("redis unavailable, emitted flags not set (a re-read re-emits): %s", exc)
         await self.consumer.commit(offsets)
         self.last_commit_at = time.monotonic()
 
@@ -250,8 +255,14 @@ class GatewayRunner:
         return outputs, next_offset, marks
 
     async def _guarded(self, record: Incoming) -> Handled | Blocked:
+        """Redis unreachable is not the command's fault: its partition waits and tries again, rather
+        than the process crash-looping while Redis restarts."""
         try:
             return await self.handle(record)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            self._count("redis_unavailable")
+            log.warning("redis unavailable, pausing %s[%d]: %s", record.topic, record.partition, exc)
+            return Blocked(time.time() + self.config.busy_backoff)
         finally:
             self.limit.release()
 

@@ -4,9 +4,12 @@ endpoints disabled after sustained failure, and a graceful stop that commits wha
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -233,3 +236,56 @@ def test_tenant_chains_choose_the_provider_order(namespace: Callable[..., Settin
     used = {(o.event_id, o.provider) for o in outcomes(s) if o.status == "SENT"}
     by_tenant = {(o.tenant_id, o.provider) for o in outcomes(s) if o.status == "SENT"}
     assert len(used) == 6 and by_tenant == {("acme", "dedicated"), ("beta", "primary")}
+
+
+def test_redis_outage_pauses_instead_of_crashing(namespace: Callable[..., Settings], tmp_path: Path) -> None:
+    """A private Redis is stopped mid-run and started again (empty): the gateway waits it out."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)]
+    s = namespace(retry_tiers="1s", redis_url=f"redis://127.0.0.1:{port}/0")
+    received: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        received.append(request.headers["webhook-id"])
+        await asyncio.sleep(0.05)
+        return web.Response(status=204)
+
+    async def wait_for_redis() -> None:
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                return
+            except OSError:
+                await asyncio.sleep(0.05)
+
+    async def scenario() -> GatewayRunner:
+        server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        await wait_for_redis()
+        app_runner, base = await serve(handler)
+        produce(s, commands(f"{base}/hook", 40))
+        gateway = runner(s, concurrency=2, busy_backoff=0.5)
+        task = asyncio.create_task(gateway.run(idle_exit_after=3))
+        while len(received) < 5:
+            await asyncio.sleep(0.01)
+        server.kill()
+        server.wait()
+        await asyncio.sleep(1.5)
+        assert not task.done(), "the gateway stopped while Redis was down"
+        server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        try:
+            await asyncio.wait_for(task, timeout=120)
+        finally:
+            server.kill()
+            server.wait()
+            await app_runner.cleanup()
+        return gateway
+
+    gateway = asyncio.run(scenario())
+    assert gateway.counts["redis_unavailable"] >= 1
+    sent = {(o.delivery_id, o.event_id) for o in outcomes(s) if o.status == "SENT"}
+    assert len({d for d, _ in sent}) == len(sent) == 40
+    assert len(set(received)) == 40
