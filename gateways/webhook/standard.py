@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from datetime import UTC, datetime
+from functools import cached_property, lru_cache
 
 import aiohttp
 from pydantic import Field
@@ -35,6 +36,7 @@ class WebhookSettings(BaseSettings):
     max_response_bytes: int = Field(default=64 * 1024, gt=0)
     allow_cidrs: str = ""
 
+    @cached_property
     def allowed(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(c.strip()) for c in self.allow_cidrs.split(",") if c.strip())
 
@@ -53,8 +55,13 @@ def payload(command: DeliveryCommand) -> str:
     )
 
 
+@lru_cache(maxsize=4096)
+def signer(secret: str) -> Webhook:
+    return Webhook(secret)
+
+
 def signatures(secrets: str, msg_id: str, at: datetime, body: str) -> str:
-    return " ".join(Webhook(secret).sign(msg_id, at, body) for secret in secrets.split())
+    return " ".join(signer(secret).sign(msg_id, at, body) for secret in secrets.split())
 
 
 def retry_after(value: str | None) -> float | None:
@@ -72,13 +79,16 @@ class StandardWebhook(Provider):
     settings_class = WebhookSettings
 
     def __init__(self, settings: WebhookSettings | None = None) -> None:
-        self.settings = settings or WebhookSettings()
+        self.settings = s = settings or WebhookSettings()
+        self.timeout = aiohttp.ClientTimeout(
+            sock_connect=s.connect_timeout, sock_read=s.read_timeout, total=s.connect_timeout + s.read_timeout
+        )
 
     async def send(self, session: aiohttp.ClientSession, command: DeliveryCommand) -> Sent:
         secrets = command.address_params.get("secret", "")
         if not secrets:
             raise DeliveryRejected("webhook endpoint has no signing secret")
-        target = await check(command.address, self.settings.allowed())
+        target = await check(command.address, self.settings.allowed)
         body = payload(command)
         msg_id = str(command.delivery_id)
         now = datetime.now(UTC)
@@ -93,11 +103,6 @@ class StandardWebhook(Provider):
             "user-agent": USER_AGENT,
             "host": host if default_port else f"{host}:{target.port}",
         }
-        timeout = aiohttp.ClientTimeout(
-            sock_connect=self.settings.connect_timeout,
-            sock_read=self.settings.read_timeout,
-            total=self.settings.connect_timeout + self.settings.read_timeout,
-        )
         url = f"{target.scheme}://{ip}:{target.port}{target.path}"
         tls_name = target.host if target.scheme == "https" else None
         try:
@@ -105,7 +110,7 @@ class StandardWebhook(Provider):
                 url,
                 data=body.encode(),
                 headers=headers,
-                timeout=timeout,
+                timeout=self.timeout,
                 allow_redirects=False,
                 server_hostname=tls_name,
             ) as response:
