@@ -25,6 +25,7 @@ from multidict import CIMultiDictProxy
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateways._http import post, retry_after
 from gateways.base import DeliveryRejected, Provider, ProviderThrottled, ProviderUnavailable, Sent
 from gateways.email._message import EmailSettings, headers, parts, sender
 from tidings.events import DeliveryCommand
@@ -76,20 +77,6 @@ def answer_of(body: bytes) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
-
-
-async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    data = b""
-    while len(data) < limit and (chunk := await response.content.read(limit - len(data))):
-        data += chunk
-    return data
-
-
 class Postmark(Provider):
     channel = "email"
     name = "postmark"
@@ -109,20 +96,16 @@ class Postmark(Provider):
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
         }
-        try:
-            async with session.post(
-                f"{self.settings.base_url.rstrip('/')}/email",
-                data=body,
-                headers=request_headers,
-                timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
-                allow_redirects=False,
-            ) as response:
-                answer = await read_capped(response, self.settings.max_response_bytes)
-                return self._outcome(response.status, response.headers, answer_of(answer))
-        except TimeoutError as exc:
-            raise ProviderUnavailable(f"postmark timed out: {type(exc).__name__}") from None
-        except aiohttp.ClientError as exc:
-            raise ProviderUnavailable(f"postmark connection failed: {type(exc).__name__}") from None
+        answer = await post(
+            session,
+            "postmark",
+            f"{self.settings.base_url.rstrip('/')}/email",
+            body=body,
+            limit=self.settings.max_response_bytes,
+            headers=request_headers,
+            timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
+        )
+        return self._outcome(answer.status, answer.headers, answer_of(answer.body))
 
     def _outcome(self, status: int, response_headers: CIMultiDictProxy[str], answer: dict[str, Any]) -> Sent:
         code = answer.get("ErrorCode")

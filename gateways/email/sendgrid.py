@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import time
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -28,6 +27,8 @@ from multidict import CIMultiDictProxy
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateways._http import post
+from gateways._http import retry_after as http_retry_after
 from gateways.base import DeliveryRejected, Provider, ProviderThrottled, ProviderUnavailable, Sent
 from gateways.email._message import EmailSettings, headers, parts
 from tidings.events import DeliveryCommand
@@ -69,15 +70,9 @@ def payload(command: DeliveryCommand, email: EmailSettings) -> dict[str, Any]:
 
 
 def retry_after(response_headers: CIMultiDictProxy[str]) -> float | None:
-    value = response_headers.get("Retry-After")
-    if value:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            try:
-                return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-            except (TypeError, ValueError):
-                pass
+    seconds = http_retry_after(response_headers.get("Retry-After"))
+    if seconds is not None:
+        return seconds
     reset = response_headers.get("X-RateLimit-Reset")
     try:
         return max(0.0, float(reset) - time.time()) if reset else None
@@ -92,13 +87,6 @@ def errors(body: bytes) -> str:
     except (ValueError, AttributeError):
         messages = []
     return "; ".join(messages) or body[:200].decode(errors="replace") or "no details"
-
-
-async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    data = b""
-    while len(data) < limit and (chunk := await response.content.read(limit - len(data))):
-        data += chunk
-    return data
 
 
 class SendGrid(Provider):
@@ -120,20 +108,16 @@ class SendGrid(Provider):
             "User-Agent": USER_AGENT,
         }
         url = f"{self.settings.base_url.rstrip('/')}/v3/mail/send"
-        try:
-            async with session.post(
-                url,
-                data=body,
-                headers=request_headers,
-                timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
-                allow_redirects=False,
-            ) as response:
-                answer = await read_capped(response, self.settings.max_response_bytes)
-                return self._outcome(response.status, response.headers, answer)
-        except TimeoutError as exc:
-            raise ProviderUnavailable(f"sendgrid timed out: {type(exc).__name__}") from None
-        except aiohttp.ClientError as exc:
-            raise ProviderUnavailable(f"sendgrid connection failed: {type(exc).__name__}") from None
+        answer = await post(
+            session,
+            "sendgrid",
+            url,
+            body=body,
+            limit=self.settings.max_response_bytes,
+            headers=request_headers,
+            timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
+        )
+        return self._outcome(answer.status, answer.headers, answer.body)
 
     def _outcome(self, status: int, response_headers: CIMultiDictProxy[str], body: bytes) -> Sent:
         if 200 <= status < 300:

@@ -33,6 +33,7 @@ from multidict import CIMultiDictProxy
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateways._http import post, retry_after
 from gateways.base import DeliveryRejected, Provider, ProviderThrottled, ProviderUnavailable, Sent
 from gateways.email._message import EmailSettings, build, sender
 from tidings.events import DeliveryCommand
@@ -111,20 +112,6 @@ def error_of(response_headers: CIMultiDictProxy[str], body: bytes) -> tuple[str,
     return raw.split(":")[0].split("#")[-1], message
 
 
-def retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
-
-
-async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    data = b""
-    while len(data) < limit and (chunk := await response.content.read(limit - len(data))):
-        data += chunk
-    return data
-
-
 class Ses(Provider):
     channel = "email"
     name = "ses"
@@ -136,20 +123,16 @@ class Ses(Provider):
 
     async def send(self, session: aiohttp.ClientSession, command: DeliveryCommand) -> Sent:
         body = json.dumps(payload(command, self.settings, self.email), separators=(",", ":")).encode()
-        try:
-            async with session.post(
-                self.settings.url(),
-                data=body,
-                headers=signed_headers(self.settings, body),
-                timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
-                allow_redirects=False,
-            ) as response:
-                answer = await read_capped(response, self.settings.max_response_bytes)
-                return self._outcome(response.status, response.headers, answer)
-        except TimeoutError as exc:
-            raise ProviderUnavailable(f"ses timed out: {type(exc).__name__}") from None
-        except aiohttp.ClientError as exc:
-            raise ProviderUnavailable(f"ses connection failed: {type(exc).__name__}") from None
+        answer = await post(
+            session,
+            "ses",
+            self.settings.url(),
+            body=body,
+            limit=self.settings.max_response_bytes,
+            headers=signed_headers(self.settings, body),
+            timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
+        )
+        return self._outcome(answer.status, answer.headers, answer.body)
 
     def _outcome(self, status: int, response_headers: CIMultiDictProxy[str], body: bytes) -> Sent:
         if 200 <= status < 300:

@@ -19,6 +19,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from standardwebhooks import Webhook
 
+from gateways._http import post, retry_after
 from gateways.base import DeliveryRejected, Provider, ProviderThrottled, ProviderUnavailable, Sent
 from gateways.webhook.ssrf import check
 from tidings.events import DeliveryCommand
@@ -64,15 +65,6 @@ def signatures(secrets: str, msg_id: str, at: datetime, body: str) -> str:
     return " ".join(signer(secret).sign(msg_id, at, body) for secret in secrets.split())
 
 
-def retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
-
-
 class StandardWebhook(Provider):
     channel = "webhook"
     name = "standard"
@@ -105,21 +97,17 @@ class StandardWebhook(Provider):
         }
         url = f"{target.scheme}://{ip}:{target.port}{target.path}"
         tls_name = target.host if target.scheme == "https" else None
-        try:
-            async with session.post(
-                url,
-                data=body.encode(),
-                headers=headers,
-                timeout=self.timeout,
-                allow_redirects=False,
-                server_hostname=tls_name,
-            ) as response:
-                await response.content.read(self.settings.max_response_bytes)
-                return self._outcome(response.status, response.headers.get("retry-after"), msg_id)
-        except TimeoutError as exc:
-            raise ProviderUnavailable(f"webhook timed out: {type(exc).__name__}") from None
-        except aiohttp.ClientError as exc:
-            raise ProviderUnavailable(f"webhook connection failed: {type(exc).__name__}") from None
+        answer = await post(
+            session,
+            "webhook",
+            url,
+            body=body.encode(),
+            limit=self.settings.max_response_bytes,
+            headers=headers,
+            timeout=self.timeout,
+            server_hostname=tls_name,
+        )
+        return self._outcome(answer.status, answer.headers.get("retry-after"), msg_id)
 
     def _outcome(self, status: int, retry_header: str | None, msg_id: str) -> Sent:
         if 200 <= status < 300:

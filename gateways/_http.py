@@ -1,0 +1,54 @@
+"""The HTTP call every HTTP provider makes: POST, read a capped answer, map transport failures.
+
+Timeouts and connection failures (refused, reset, TLS) are `ProviderUnavailable`, the same for every
+vendor; what a status code means is each provider's own business.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDictProxy
+
+from gateways.base import ProviderUnavailable
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+async def post(
+    session: aiohttp.ClientSession, what: str, url: str, *, body: bytes, limit: int, **options: Any
+) -> Answer:
+    """POST `body` without following redirects; at most `limit` bytes of the answer are read."""
+    try:
+        async with session.post(url, data=body, allow_redirects=False, **options) as response:
+            data = b""
+            while len(data) < limit and (chunk := await response.content.read(limit - len(data))):
+                data += chunk
+            return Answer(response.status, response.headers, data)
+    except TimeoutError as exc:
+        raise ProviderUnavailable(f"{what} timed out: {type(exc).__name__}") from None
+    except aiohttp.ClientError as exc:
+        raise ProviderUnavailable(f"{what} connection failed: {type(exc).__name__}") from None
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a `Retry-After` value: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError):
+        return None
