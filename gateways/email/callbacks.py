@@ -25,6 +25,7 @@ import base64
 import binascii
 import json
 import re
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import partial
@@ -260,9 +261,25 @@ def _sendgrid_key(public_key_pem: str) -> ec.EllipticCurvePublicKey:
 
 
 def sendgrid_events(
-    body: bytes, *, signature: str, timestamp: str, public_key_pem: str, tenant_id: str
+    body: bytes,
+    *,
+    signature: str,
+    timestamp: str,
+    public_key_pem: str,
+    tenant_id: str,
+    max_age: float | None = 600.0,
+    now: float | None = None,
 ) -> list[ProviderFeedback]:
-    """`signature` and `timestamp` are the X-Twilio-Email-Event-Webhook-Signature/-Timestamp headers."""
+    """`signature` and `timestamp` are the X-Twilio-Email-Event-Webhook-Signature/-Timestamp headers.
+    A batch signed more than `max_age` seconds away from `now` is refused, so a captured request cannot
+    be replayed later (a replayed bounce would suppress an address that has recovered)."""
+    if max_age is not None:
+        try:
+            skew = abs((time.time() if now is None else now) - float(timestamp))
+        except ValueError:
+            raise InvalidEvent("SendGrid event webhook timestamp is not a number") from None
+        if skew > max_age:
+            raise InvalidEvent(f"SendGrid event webhook timestamp is {skew:.0f}s away from now")
     key = _sendgrid_key(public_key_pem)
     try:
         key.verify(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -265,8 +266,9 @@ def sendgrid_public(key: ec.EllipticCurvePrivateKey, *, pem: bool = False) -> st
 
 
 def sendgrid_sign(
-    key: ec.EllipticCurvePrivateKey, body: bytes, timestamp: str = "1764090000"
+    key: ec.EllipticCurvePrivateKey, body: bytes, timestamp: str | None = None
 ) -> dict[str, str]:
+    timestamp = timestamp or str(int(time.time()))
     signature = key.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
     return {"signature": base64.b64encode(signature).decode(), "timestamp": timestamp}
 
@@ -331,7 +333,7 @@ def test_sendgrid_refuses_bad_signatures(ec_key: ec.EllipticCurvePrivateKey) -> 
     p384 = sendgrid_public(ec.generate_private_key(ec.SECP384R1()))
     cases = [
         (tampered, signed, public, "does not match"),
-        (body, {**signed, "timestamp": "1764090001"}, public, "does not match"),
+        (body, {**signed, "timestamp": str(int(signed["timestamp"]) + 1)}, public, "does not match"),
         (body, signed, other, "does not match"),
         (body, {**signed, "signature": "!!not base64"}, public, "does not match"),
         (body, signed, "not a key", "unreadable"),
@@ -340,6 +342,23 @@ def test_sendgrid_refuses_bad_signatures(ec_key: ec.EllipticCurvePrivateKey) -> 
     for payload, headers, key, message in cases:
         with pytest.raises(InvalidEvent, match=message):
             callbacks.sendgrid_events(payload, **headers, public_key_pem=key, tenant_id="acme")
+
+
+def test_sendgrid_refuses_stale_or_future_batches(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    body = json.dumps([sendgrid_event("bounce", type="bounce")]).encode()
+    public = sendgrid_public(ec_key)
+    for skew in (-3600, 3600):
+        signed = sendgrid_sign(ec_key, body, str(int(time.time()) + skew))
+        with pytest.raises(InvalidEvent, match="away from now"):
+            callbacks.sendgrid_events(body, **signed, public_key_pem=public, tenant_id="acme")
+        kept = callbacks.sendgrid_events(
+            body, **signed, public_key_pem=public, tenant_id="acme", max_age=None
+        )
+        assert len(kept) == 1
+    with pytest.raises(InvalidEvent, match="not a number"):
+        callbacks.sendgrid_events(
+            body, signature="x", timestamp="soon", public_key_pem=public, tenant_id="acme"
+        )
 
 
 def test_sendgrid_malformed_signed_bodies_are_refused(ec_key: ec.EllipticCurvePrivateKey) -> None:
