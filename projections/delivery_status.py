@@ -7,12 +7,13 @@ channels got (DELIVERED > SENT > RETRYING > QUEUED > DEFERRED), else its failure
 CANCELLED, REJECTED), else SKIPPED/SUPPRESSED when no channel was used; a request's fields are kept from
 its first record. Rows hold event times only, so a rebuild reproduces them exactly.
 
-Writes are set-based: a batch's outcomes are COPYed once into a temporary table, in batch order, and
-each table is merged with one INSERT ... ON CONFLICT whose SELECT folds the batch per key exactly as the
+Writes are set-based: a batch's outcomes are COPYed once into a temporary table, in batch order, and each
+table is merged with one INSERT ... ON CONFLICT whose SELECT folds the batch per key exactly as the
 upserts would fold it one by one (window functions pick the first row, the first of the top rank, the
-last non-null provider, the first non-null message id; an empty string is a value, as in the upserts),
-so the result does not depend on where batches split. Folding in SQL moves that work from the Python
-process, one core under the GIL, to the database, where it overlaps the decoding of the next batch.
+last non-null provider, the first non-null message id; an empty string is a value, as in the upserts), so
+the result does not depend on where batches split. Folding in SQL moves that work from the Python
+process, one core under the GIL, to the database, where it overlaps the decoding of the next batch. An
+upsert that would leave a row as it is skips the update, sparing a dead tuple and its WAL.
 """
 
 from __future__ import annotations
@@ -131,6 +132,10 @@ ON CONFLICT (delivery_id) DO UPDATE SET
     attempts = GREATEST(d.attempts, EXCLUDED.attempts),
     first_at = LEAST(d.first_at, EXCLUDED.first_at),
     last_at = GREATEST(d.last_at, EXCLUDED.last_at)
+WHERE EXCLUDED.status_rank > d.status_rank
+   OR COALESCE(EXCLUDED.provider, d.provider) IS DISTINCT FROM d.provider
+   OR (d.provider_message_id IS NULL AND EXCLUDED.provider_message_id IS NOT NULL)
+   OR EXCLUDED.attempts > d.attempts OR EXCLUDED.first_at < d.first_at OR EXCLUDED.last_at > d.last_at
 """
 MERGE_SUMMARIES = f"""
 WITH o AS (
@@ -156,6 +161,9 @@ ON CONFLICT (notification_id) DO UPDATE SET
     status_rank = GREATEST(n.status_rank, EXCLUDED.status_rank),
     recipient_id = COALESCE(n.recipient_id, EXCLUDED.recipient_id),
     terminal_at = GREATEST(n.terminal_at, EXCLUDED.terminal_at)
+WHERE EXCLUDED.status_rank > n.status_rank OR n.status IS NULL
+   OR (n.recipient_id IS NULL AND EXCLUDED.recipient_id IS NOT NULL)
+   OR EXCLUDED.terminal_at > n.terminal_at OR (n.terminal_at IS NULL AND EXCLUDED.terminal_at IS NOT NULL)
 """
 MERGE_OUTCOMES = ";".join((MERGE_EVENTS, MERGE_DELIVERIES, MERGE_SUMMARIES)).encode()
 
