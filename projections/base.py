@@ -1,10 +1,13 @@
 """Consumes topics into PostgreSQL: the shared runner of every projection.
 
-Each batch is decoded, applied by the projection and its next offsets written in one PostgreSQL
-transaction, so a projection killed at any moment resumes exactly where its rows end. Undecodable
-records go to the DLQ (acknowledged before the transaction commits) and are skipped. `rebuild` truncates
-the projection's tables and offsets in one transaction and replays its topics from offset 0 to their
-current end.
+Each batch is applied by the projection and its next offsets written in one PostgreSQL transaction, so a
+projection killed at any moment resumes exactly where its rows end. A batch is decoded before its
+transaction, on the consuming thread, while the previous batch's transaction runs (see
+tidings.kafka.stored); a projection may decode records into whatever its `apply` takes, rows rather than
+events. Undecodable records go to the DLQ (acknowledged before their batch's transaction commits) and
+are skipped. After a database failure the runner reconnects and the loop re-reads from the offsets
+PostgreSQL holds. `rebuild` truncates the projection's tables and offsets in one transaction and replays
+its topics from offset 0 to their current end.
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ failed commit landed, the sink's offsets say where its rows end. Any other error
 decides what is poison).
 
 While the loop runs, the interpreter switches threads every millisecond rather than every 5: the writer
-needs the GIL back after each database round trip, and waiting out the decoding thread's full slice
-stalled the pipeline (a third of the throughput, measured). Batches are large (10,000 records) so the
-round trips, plans and commits of a batch are shared by many records.
+needs the GIL back after each database round trip, and waiting out the decoding thread's whole slice
+each time stalled the pipeline (15-25% of the projection benchmark's throughput). Batches are large
+(10,000 records) so a batch's round trips, plans and commit are shared by many records.
 
 Records reach the sink as a `Batch`: values and positions are read straight off the client's messages,
 and a full `Incoming` is built only for a record the sink asks for (to dead-letter it).
@@ -165,6 +165,7 @@ class StoredOffsetsLoop(Generic[T]):
         finally:
             sys.setswitchinterval(interval)
             self.writer.shutdown(wait=True)
+            self.pending = None
             self.consumer.close()
 
     def _process(self, batch: MessageBatch) -> None:
