@@ -95,6 +95,11 @@ class Provider:
         if getattr(cls, "name", None):
             Provider.registry[(cls.channel, cls.name)] = cls
 
+    def accepts(self, command: DeliveryCommand) -> bool:
+        """Whether this provider can deliver to the command's address at all (push: the device's
+        platform). A chain skips providers that cannot; failover is among those that can."""
+        return True
+
     async def send(self, session: aiohttp.ClientSession, command: DeliveryCommand) -> Sent:
         raise NotImplementedError
 

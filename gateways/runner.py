@@ -293,7 +293,14 @@ class GatewayRunner:
         return await self._send(record, command)
 
     async def _send(self, record: Incoming, command: DeliveryCommand) -> Handled | Blocked:
-        providers = self.chains.get(command.tenant_id, self.providers)
+        providers = [p for p in self.chains.get(command.tenant_id, self.providers) if p.accepts(command)]
+        if not providers:
+            reason = f"no {self.channel} provider for this address" + (
+                f" (platform {command.address_params['platform']})"
+                if "platform" in command.address_params
+                else ""
+            )
+            return await self._finish(command, "FAILED", reason)
         chain = [p for p in providers if self.circuits.closed(p.label)]
         if not chain:
             await self.marks.release(command.delivery_id, command.attempt)
