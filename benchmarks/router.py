@@ -25,7 +25,7 @@ from tidings.config import Settings, settings
 from tidings.events import DeviceRegistered, NotificationRequested, RecipientUpdated
 from tidings.ids import new_notification_id
 from tidings.kafka import EventProducer, Incoming, Output, TransactionalLoop, apply_topics, delete_topics
-from tidings.topics import TopicSpec, changelog_spec, names, registry
+from tidings.topics import TopicSpec, names, registry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def topology(base: Settings, partitions: int) -> Settings:
             }
         )
     )
-    specs = registry(s) + [changelog_spec("router", st, s.topic_prefix) for st in ("recipients", "seen")]
+    specs = registry(s)
     specs += [
         TopicSpec(s.topic_prefix + name, "k", (), partitions=partitions) for name in ("copy.in", "copy.out")
     ]

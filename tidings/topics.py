@@ -194,7 +194,13 @@ def registry(settings: Settings) -> list[TopicSpec]:
             )
             for tier in tiers
         )
+    specs += [changelog_spec(component, store) for component, store in STORES]
     return [replace(spec, name=settings.topic_prefix + spec.name) for spec in specs]
+
+
+STORES = (("router", "recipients"), ("router", "seen"), ("scheduler", "timers"))
+"""Every processor's state store; its changelog topic is part of the registry, so `topics apply` makes
+it before the processor first starts."""
 
 
 def changelog_spec(component: str, store: str, prefix: str = "") -> TopicSpec:

@@ -58,8 +58,6 @@ def read_all(s: Settings, topic: str, *, idle: float = 3.0, committed: bool = Tr
 def namespace(stack: Settings) -> Iterator[Callable[..., Settings]]:
     """Fresh topologies (every registry topic and the router's changelogs) under unique prefixes,
     deleted after the test so the broker does not accumulate thousands of partitions."""
-    from tidings.topics import changelog_spec
-
     prefixes: list[str] = []
 
     def make(**changes: object) -> Settings:
@@ -67,8 +65,7 @@ def namespace(stack: Settings) -> Iterator[Callable[..., Settings]]:
         prefixes.append(prefix)
         fields = {"topic_prefix": prefix, "partitions": 3, "retry_tiers": "10s"} | changes
         s = Settings(**(stack.model_dump() | fields))
-        specs = registry(s) + [changelog_spec("router", store, prefix) for store in ("recipients", "seen")]
-        apply_topics(s, specs)
+        apply_topics(s, registry(s))
         return s
 
     yield make

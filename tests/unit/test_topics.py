@@ -6,6 +6,7 @@ from tidings.topics import (
     DLQ,
     OUTCOMES,
     REQUESTED,
+    TopicSpec,
     changelog,
     changelog_spec,
     parse_tiers,
@@ -67,11 +68,24 @@ def test_retry_tiers() -> None:
     )
 
 
+def n_changelogs(specs: list[TopicSpec]) -> list[str]:
+    return sorted(
+        spec.name
+        for spec in specs
+        if spec.config()["cleanup.policy"] == "compact" and "changelog" in spec.name
+    )
+
+
 def test_prefix_namespaces_every_topic() -> None:
     from tidings.topics import names
 
     s = Settings(topic_prefix="staging.")
-    assert all(spec.name.startswith("staging.notifications.") for spec in registry(s))
+    assert all(spec.name.startswith(("staging.notifications.", "staging.tidings.")) for spec in registry(s))
+    assert n_changelogs(registry(s)) == [
+        "staging.tidings.router.recipients.changelog",
+        "staging.tidings.router.seen.changelog",
+        "staging.tidings.scheduler.timers.changelog",
+    ]
     n = names(s)
     assert n.requested == "staging.notifications.requested"
     assert n.delivery("sms", urgent=True) == "staging.notifications.delivery.sms.urgent"

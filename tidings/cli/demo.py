@@ -28,7 +28,7 @@ from tidings.config import Settings, settings
 from tidings.devstack.sinks import MailSink, WebhookSink
 from tidings.events import CHANNELS, DeliveryCommand, DeliveryOutcome
 from tidings.kafka import apply_topics
-from tidings.topics import changelog_spec, names, registry
+from tidings.topics import names, registry
 
 console = Console(stderr=True)
 CATALOG = Path(__file__).resolve().parents[2] / "catalog"
@@ -71,7 +71,7 @@ def run_demo(s: Settings, n: Any, rounds: int, mail: MailSink, hooks: WebhookSin
 
     console.rule("local stack and topics")
     devstack.up(s, lambda svc, msg: console.print(f"[bold]{svc:<9}[/] {msg}"))
-    specs = registry(s) + [changelog_spec("router", st, s.topic_prefix) for st in ("recipients", "seen")]
+    specs = registry(s)
     created = sum(r.action == "created" for r in apply_topics(s, specs))
     console.print(f"{len(specs)} topics, {created} created now")
     console.rule("catalog, recipients, requests (tidings.client)")
