@@ -145,3 +145,15 @@ class Store(Generic[V]):
 
     def partitions(self) -> list[int]:
         return sorted(self._data)
+
+    def size(self, partition: int) -> int:
+        """Committed keys of a partition (expired ones included until purged): a cheap emptiness test."""
+        return len(self._data.get(partition, {}))
+
+    def keys(self, partition: int) -> list[str]:
+        """Live keys of a partition, staged writes of the open batch included, in sorted order."""
+        keys = set(self._data.get(partition, {}))
+        for (p, key), entry in self._staged.items():
+            if p == partition:
+                (keys.add if entry[0] is not None else keys.discard)(key)
+        return sorted(k for k in keys if self.get(partition, k) is not None)

@@ -118,6 +118,23 @@ def run_router(
     router.run(idle_exit_after=idle_exit)
 
 
+@run_app.command("scheduler")
+def run_scheduler(
+    instance: str | None = typer.Option(None, "--instance", help="Stable slot name, e.g. 0, 1."),
+    idle_exit: float | None = typer.Option(
+        None, "--idle-exit", help="Exit after this many idle seconds with no timer pending."
+    ),
+) -> None:
+    """Release deferred deliveries (quiet hours, scheduled_at) when due, exactly once."""
+    from processors.scheduler import Scheduler
+
+    logging.getLogger().setLevel(logging.INFO)
+    scheduler = Scheduler(settings(), instance=instance)
+    signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
+    signal.signal(signal.SIGINT, lambda *_: scheduler.stop())
+    scheduler.run(idle_exit_after=idle_exit)
+
+
 @run_app.command("gateway")
 def run_gateway(
     channel: str = typer.Argument(..., help="in_app, push, email, sms or webhook"),

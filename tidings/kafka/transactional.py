@@ -90,7 +90,13 @@ class TransactionalLoop:
         align_first: Sequence[str] = (),
         consumer_overrides: dict[str, Any] | None = None,
         producer_overrides: dict[str, Any] | None = None,
+        punctuate: Callable[[], list[Output]] | None = None,
+        punctuate_every: float = 0.2,
+        pending: Callable[[], bool] | None = None,
     ) -> None:
+        """`punctuate` runs every `punctuate_every` seconds between batches: its outputs and the stores'
+        staged writes commit in a transaction of their own (timers firing without input). While
+        `pending()` is true the loop does not count as idle."""
         self.group_id = group_id
         self.dlq_topic = names(settings).dlq
         self.topics = list(topics)
@@ -103,6 +109,8 @@ class TransactionalLoop:
         self.settings = settings
         self.stores = list(stores)
         self.before_batch = before_batch
+        self.punctuate, self.punctuate_every, self.pending = punctuate, punctuate_every, pending
+        self._punctuated = 0.0
         self.aligner = Aligner(align_max_idle, first=align_first) if align_max_idle is not None else None
         self._paused: set[tuple[str, int]] = set()
         membership: dict[str, Any] = {"group.instance.id": transactional_id} if static_membership else {}
@@ -165,10 +173,13 @@ class TransactionalLoop:
                 batch = [to_incoming(m) for m in msgs if self._usable(m)]
                 if self.aligner:
                     batch = self._aligned(batch)
-                if batch or not self.consumer.assignment() or (self.aligner and self.aligner.pending()):
+                busy = self.aligner is not None and self.aligner.pending() > 0
+                if batch or not self.consumer.assignment() or busy or (self.pending and self.pending()):
                     last_input = time.monotonic()
                 if batch:
                     self.process(batch)
+                if self.punctuate and time.monotonic() - self._punctuated >= self.punctuate_every:
+                    self._punctuate()
                 elif idle_exit_after is not None and time.monotonic() - last_input > idle_exit_after:
                     return
         finally:
@@ -263,6 +274,31 @@ class TransactionalLoop:
             log.warning("retriable failure, retrying batch: %s", exc)
             self._abort(batch)
             time.sleep(1.0)
+
+    def _punctuate(self) -> None:
+        assert self.punctuate is not None
+        self._punctuated = time.monotonic()
+        outputs = self.punctuate()
+        for store in self.stores:
+            store.record_done()
+        changelog = [out for store in self.stores for out in store.changelog()]
+        if not outputs and not changelog:
+            return
+        self.producer.begin_transaction()
+        try:
+            for out in [*outputs, *changelog]:
+                self._produce(out)
+            self._commit()
+        except Exception as exc:
+            for store in self.stores:
+                store.aborted()
+            self.producer.abort_transaction(TXN_TIMEOUT_S)
+            if isinstance(exc, KafkaException) and exc.args[0].txn_requires_abort():
+                log.warning("aborted a punctuation, its timers fire on the next one: %s", exc)
+                return
+            raise
+        for store in self.stores:
+            store.committed()
 
     def _produce(self, out: Output) -> None:
         while True:

@@ -1,0 +1,79 @@
+"""The scheduler's pure parts: timer keys sort by due time, due selection, what a release emits."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from processors.scheduler import due_keys, release, timer_key
+from tidings.codec import default_codec
+from tidings.events import DeliveryCommand, DeliveryOutcome, RenderedContent
+from tidings.state import Store
+from tidings.topics import Names
+
+N = Names("p.")
+EPOCH = datetime(2026, 11, 25, tzinfo=UTC)
+
+
+def command(due: datetime | None, **changes: object) -> DeliveryCommand:
+    fields: dict[str, object] = {
+        "tenant_id": "acme",
+        "delivery_id": uuid.uuid4(),
+        "notification_id": uuid.uuid4(),
+        "recipient_id": "ann",
+        "notification_type": "comment.mention",
+        "channel": "push",
+        "priority": "normal",
+        "address": "token-1",
+        "content": RenderedContent(title="hi", body="there"),
+        "not_before": due,
+    }
+    return DeliveryCommand(**(fields | changes))  # type: ignore[arg-type]
+
+
+@given(st.lists(st.integers(min_value=0, max_value=10**12), min_size=1, max_size=30))
+def test_timer_keys_sort_by_due_time_and_due_keys_is_a_prefix(offsets_ms: list[int]) -> None:
+    commands = [command(EPOCH + timedelta(milliseconds=ms)) for ms in offsets_ms]
+    keys = sorted(timer_key(c) for c in commands)
+    dues = [int(k.split("/")[0]) for k in keys]
+    assert dues == sorted(int(c.not_before.timestamp() * 1000) for c in commands if c.not_before)
+    now = int(EPOCH.timestamp() * 1000) + sorted(offsets_ms)[len(offsets_ms) // 2]
+    due = due_keys(keys, now)
+    assert due == keys[: len(due)] and all(d <= now for d in dues[: len(due)])
+    assert all(d > now for d in dues[len(due) :])
+
+
+def test_release_picks_the_lane_and_says_queued() -> None:
+    normal, critical = command(EPOCH), command(EPOCH, priority="critical")
+    [out, queued] = release(N, normal, EPOCH.timestamp())
+    assert out.topic == "p.notifications.delivery.push" and out.key == b"acme/ann"
+    assert release(N, critical, EPOCH.timestamp())[0].topic == "p.notifications.delivery.push.urgent"
+    event = default_codec().decode(queued.value or b"")
+    assert isinstance(event, DeliveryOutcome) and (event.status, event.reason) == ("QUEUED", "released")
+    again = default_codec().decode(release(N, normal, EPOCH.timestamp() + 5)[1].value or b"")
+    assert isinstance(again, DeliveryOutcome) and again.event_id == event.event_id
+
+
+def test_a_command_that_expired_while_waiting_is_expired_not_sent() -> None:
+    late = command(EPOCH, expires_at=EPOCH + timedelta(minutes=1))
+    [only] = release(N, late, (EPOCH + timedelta(minutes=2)).timestamp())
+    event = default_codec().decode(only.value or b"")
+    assert only.topic == "p.notifications.outcomes"
+    assert isinstance(event, DeliveryOutcome) and event.status == "EXPIRED"
+
+
+def test_store_keys_include_staged_writes_and_hide_deleted_ones() -> None:
+    store: Store[bytes] = Store("t", encode=bytes, decode=bytes)
+    store.restore(0, [])
+    store.put(0, "b", b"1")
+    store.put(0, "a", b"2")
+    store.record_done()
+    store.committed()
+    store.delete(0, "a")
+    store.put(0, "c", b"3")
+    assert store.keys(0) == ["b", "c"] and store.size(0) == 2
+    store.aborted()
+    assert store.keys(0) == ["a", "b"]
