@@ -1,0 +1,204 @@
+"""Turns inbound SMS webhooks into opt-out feedback (pure: request parts in, ProviderFeedback out).
+
+A recipient who texts a keyword back opts out of (or into) every SMS from our numbers: the whole
+message, trimmed and case-insensitive, STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT, OPTOUT or REVOKE
+is `sms_stop`; START, YES, UNSTOP or OPTIN is `sms_start` (the carriers' and Twilio's default words). Any
+other message yields nothing. The feedback's address is the sender in E.164; inbound messages carry no
+recipient id, so the router maps the address back to its recipients. Carriers make honouring STOP
+mandatory, so the vendors also block further sends themselves (Twilio 21610, Vonage status 7); this
+feedback keeps our own state in step so such sends are not even tried.
+
+* `twilio`: the form-encoded Messaging webhook. `X-Twilio-Signature` is verified first: base64
+  HMAC-SHA1, keyed with the auth token, over the webhook URL exactly as configured in Twilio followed by
+  every POST parameter's name and value, sorted by name (then value). Like Twilio's own validator, the
+  URL is also tried without its port and with the scheme's default port, because Twilio's signing is
+  inconsistent there. An `OptOutType` parameter (Advanced Opt-Out: Twilio matched the message against
+  the messaging service's own keywords, in any language) decides over our keyword list.
+* `vonage`: the JSON inbound-message webhook (`msisdn`, `text`, ...). When `signature_secret` is given,
+  the signed-webhook `sig` is verified with the account's method: `md5hash` (MD5 of the sorted
+  `&name=value` string followed by the secret, `&` and `=` in values replaced by `_`) or an HMAC (`md5`,
+  `sha1`, `sha256`, `sha512`) of that string keyed with the secret. Vonage signs only when support has
+  enabled signed webhooks; without a secret the caller must authenticate the request itself (basic
+  auth in the webhook URL, or the source address). The parts of a concatenated message (`concat`) are
+  never a whole keyword message and yield nothing.
+
+Replay: Twilio signatures carry no time, so a captured request verifies forever; for Vonage `max_age`
+can refuse a `timestamp` too far from now, but it is off by default because a refused STOP that the
+vendor retries with its original timestamp would be lost, and losing an opt-out is the worse failure.
+Bad signatures and malformed bodies raise InvalidEvent.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from pydantic import TypeAdapter, ValidationError
+
+from tidings.errors import InvalidEvent
+from tidings.events import FeedbackKind, PhoneNumber, ProviderFeedback
+
+STOP = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"})
+START = frozenset({"START", "YES", "UNSTOP", "OPTIN"})
+TWILIO_OPT_OUT: dict[str, FeedbackKind] = {"STOP": "sms_stop", "START": "sms_start"}
+DEFAULT_PORTS = {"https": 443, "http": 80}
+E164 = TypeAdapter(PhoneNumber)
+VonageMethod = Literal["md5hash", "md5", "sha1", "sha256", "sha512"]
+
+
+def keyword_kind(text: str) -> FeedbackKind | None:
+    word = text.strip().upper()
+    if word in STOP:
+        return "sms_stop"
+    if word in START:
+        return "sms_start"
+    return None
+
+
+def _feedback(
+    kind: FeedbackKind, sender: str, *, tenant_id: str, provider: str, at: datetime | None, detail: str
+) -> ProviderFeedback:
+    try:
+        address = E164.validate_python(sender)
+    except ValidationError:
+        raise InvalidEvent(f"{provider} {kind} from {sender!r}, which is not an E.164 number") from None
+    return ProviderFeedback(
+        tenant_id=tenant_id,
+        kind=kind,
+        channel="sms",
+        address=address,
+        provider=provider,
+        provider_timestamp=at,
+        detail=detail[:500],
+    )
+
+
+def twilio_signature(url: str, params: Iterable[tuple[str, str]], auth_token: str) -> str:
+    data = url + "".join(name + value for name, value in sorted(set(params)))
+    digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def _url_variants(url: str) -> set[str]:
+    parts = urlsplit(url)
+    userinfo, _, _ = parts.netloc.rpartition("@")
+    prefix = f"{userinfo}@" if userinfo else ""
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname or ""
+    port = parts.port or DEFAULT_PORTS.get(parts.scheme)
+    with_port = f"{prefix}{host}:{port}" if port else f"{prefix}{host}"
+    return {
+        url,
+        urlunsplit(parts._replace(netloc=prefix + host)),
+        urlunsplit(parts._replace(netloc=with_port)),
+    }
+
+
+def twilio(
+    body: bytes, *, url: str, signature: str | None, auth_token: str, tenant_id: str
+) -> list[ProviderFeedback]:
+    """`url` is the webhook URL as configured in Twilio (scheme, host, path and query as Twilio called
+    it, which behind a proxy is not the URL the server saw); `signature` the X-Twilio-Signature header."""
+    try:
+        params = parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=bool(body))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidEvent(f"Twilio webhook is not a form body: {exc}") from None
+    if not signature:
+        raise InvalidEvent("Twilio webhook has no X-Twilio-Signature")
+    if not any(
+        hmac.compare_digest(twilio_signature(u, params, auth_token).encode(), signature.encode())
+        for u in _url_variants(url)
+    ):
+        raise InvalidEvent("Twilio webhook signature does not match")
+    fields = dict(params)
+    text = fields.get("Body", "")
+    opt_out = fields.get("OptOutType", "").upper()
+    kind = TWILIO_OPT_OUT.get(opt_out) if opt_out else keyword_kind(text)
+    if kind is None:
+        return []
+    detail = f"{opt_out or text.strip().upper()} from MessageSid {fields.get('MessageSid')}"
+    sender = fields.get("From", "")
+    return [_feedback(kind, sender, tenant_id=tenant_id, provider="twilio", at=None, detail=detail)]
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value, separators=(",", ":"))
+
+
+def vonage_signature(params: Mapping[str, str], secret: str, method: VonageMethod = "md5hash") -> str:
+    data = "".join(
+        f"&{name}={value.replace('&', '_').replace('=', '_')}"
+        for name, value in sorted(params.items())
+        if name != "sig"
+    )
+    if method == "md5hash":
+        return hashlib.md5((data + secret).encode()).hexdigest()
+    return hmac.new(secret.encode(), data.encode(), method).hexdigest()
+
+
+def _vonage_time(value: str) -> datetime | None:
+    try:
+        return datetime.strptime(value, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def vonage(
+    body: bytes,
+    *,
+    tenant_id: str,
+    signature_secret: str | None = None,
+    signature_method: VonageMethod = "md5hash",
+    max_age: float | None = None,
+    now: float | None = None,
+) -> list[ProviderFeedback]:
+    try:
+        record = json.loads(body)
+    except ValueError as exc:
+        raise InvalidEvent(f"Vonage inbound message is not JSON: {exc}") from None
+    if not isinstance(record, dict):
+        raise InvalidEvent("Vonage inbound message is not a JSON object")
+    params = {str(k): _text(v) for k, v in record.items()}
+    if signature_secret is not None:
+        _verify_vonage(params, signature_secret, signature_method, max_age, now)
+    if params.get("concat") == "true":
+        return []
+    kind = keyword_kind(params.get("text", ""))
+    if kind is None:
+        return []
+    detail = f"{params['text'].strip().upper()} from messageId {params.get('messageId')}"
+    at = _vonage_time(params.get("message-timestamp", ""))
+    sender = "+" + params.get("msisdn", "").removeprefix("+")
+    return [_feedback(kind, sender, tenant_id=tenant_id, provider="vonage", at=at, detail=detail)]
+
+
+def _verify_vonage(
+    params: Mapping[str, str], secret: str, method: VonageMethod, max_age: float | None, now: float | None
+) -> None:
+    signature = params.get("sig", "")
+    if not signature:
+        raise InvalidEvent("Vonage inbound message is not signed (no sig)")
+    expected = vonage_signature(params, secret, method)
+    if not hmac.compare_digest(expected.encode(), signature.lower().encode()):
+        raise InvalidEvent("Vonage inbound message signature does not match")
+    if max_age is not None:
+        try:
+            skew = abs((time.time() if now is None else now) - float(params.get("timestamp", "")))
+        except ValueError:
+            raise InvalidEvent("Vonage inbound message timestamp is not a number") from None
+        if skew > max_age:
+            raise InvalidEvent(f"Vonage inbound message timestamp is {skew:.0f}s away from now")
