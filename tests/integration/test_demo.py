@@ -21,9 +21,11 @@ def test_demo_runs_the_pipeline_end_to_end(stack: Settings) -> None:
     finally:
         delete_topics(stack, prefix)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "5 requests planned: 10 delivery commands, 18 outcomes" in result.stderr
-    assert "email: 4 sent; the sink holds 4 messages (3 with one-click List-Unsubscribe" in result.stderr
+    assert "6 requests planned: 12 delivery commands, 24 outcomes" in result.stderr
+    assert "scheduler: released 2 deferred deliveries when due" in result.stderr
+    assert "email: 5 sent; the sink holds 5 messages (4 with one-click List-Unsubscribe" in result.stderr
     assert "webhook: 1 sent; the receiver verified 1 signatures" in result.stderr
     assert "Ihre Bestellung A-1001 ist unterwegs" in result.stdout
-    assert "5 notifications in PostgreSQL" in result.stderr
+    assert "6 notifications in PostgreSQL" in result.stderr
+    assert "order.shipped (scheduled): SENT" in result.stderr
     assert "opted_out" in result.stdout and "dead letters" in result.stderr

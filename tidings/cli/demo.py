@@ -1,7 +1,8 @@
 """`tidings demo`: the whole pipeline that exists, end to end, on the local stack.
 
 Starts the stack, creates topics, publishes the example catalog, registers recipients with preferences,
-sends requests with the SDK, runs the router until it is idle, runs the email gateway (SMTP to a local
+sends requests with the SDK (one scheduled a few seconds ahead), runs the router until it is idle, the
+scheduler until the deferred delivery is released, the email gateway (SMTP to a local
 mail sink) and the webhook gateway (to a local receiver that verifies signatures), shows the commands and
 outcomes read back from Kafka, and folds the outcomes into PostgreSQL with the delivery-status projection.
 The local receivers are the only stand-ins: push, SMS and in-app gateways do not exist yet, so those
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,7 @@ def demo(
 
 def run_demo(s: Settings, n: Any, rounds: int, mail: MailSink, hooks: WebhookSink) -> None:
     from processors.router import Router
+    from processors.scheduler import Scheduler
 
     console.rule("local stack and topics")
     devstack.up(s, lambda svc, msg: console.print(f"[bold]{svc:<9}[/] {msg}"))
@@ -111,6 +114,12 @@ def run_demo(s: Settings, n: Any, rounds: int, mail: MailSink, hooks: WebhookSin
             for recipient, type_, data in REQUESTS:
                 nid = client.send(tenant="acme", recipient=recipient, type=type_, data=data, wait=False)
                 sent[str(nid)] = (recipient, type_)
+        later = datetime.now(UTC) + timedelta(seconds=4)
+        data = {"order": "A-1003", "carrier": "GLS"}
+        nid = client.send(
+            tenant="acme", recipient="alan", type="order.shipped", data=data, scheduled_at=later
+        )
+        sent[str(nid)] = ("alan", "order.shipped (scheduled)")
         client.flush()
     console.print(
         f"catalog: {len(changed)} types published; {len(RECIPIENTS)} recipients; {len(sent)} requests"
@@ -123,6 +132,10 @@ def run_demo(s: Settings, n: Any, rounds: int, mail: MailSink, hooks: WebhookSin
         f"router: {router.loop.committed_records} records in {time.monotonic() - started:.1f}s "
         f"(including 3s idle wait), {router.loop.dead_letters} dead letters"
     )
+    console.rule("scheduler (durable timers) until no timer is pending")
+    scheduler = Scheduler(s, instance="demo")
+    scheduler.run(idle_exit_after=1.0)
+    console.print(f"scheduler: released {scheduler.released} deferred deliveries when due")
     deliver(s, mail, hooks)
     show(sent, n)
     project(sent)
