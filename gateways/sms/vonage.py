@@ -1,0 +1,157 @@
+"""Sends one SMS command through the Vonage (Nexmo) SMS API (`POST /sms/json`, form-encoded).
+
+The request carries `api_key` and `api_secret`, the configured sender as `from`, the command's address
+without its "+" as `to`, `text`, `type` (`unicode` when the text needs UCS-2, else `text`: Vonage would
+otherwise send a non-GSM text as GSM and garble it) and the delivery id as `client-ref`, which Vonage
+copies into every delivery receipt of every part. Texts without a body, addresses that are not E.164 and
+texts longer than `max_segments` are refused before any request (`_segments.checked_text`).
+
+Vonage answers HTTP 200 to a refused message too: `{"message-count": "N", "messages": [{"status": ...,
+"message-id": ..., "error-text": ...}]}`, one entry per segment of a concatenated text. All "0" is Sent
+with the first part's `message-id`; otherwise the first non-zero status decides (a partly accepted text
+is retried whole: the recipient may see some parts twice, which beats losing the rest):
+
+* 1 throttled, 10 too many binds: ProviderThrottled after `throttle_retry_seconds` (no Retry-After here).
+* 7 number barred, 33 number deactivated: permanent with `address_dead` (the runner emits `sms_stop`).
+* 3 invalid parameters (the value that varies per message is `to` or `text`), 6 invalid message (e.g.
+  an unroutable prefix), 12 message too long, and any status not listed here: permanent.
+* 2 missing parameters: ProviderUnavailable. Every request carries every required parameter non-empty
+  (the settings require them, the text is checked), so Vonage missing one is a configuration problem.
+* 4 invalid credentials, 14 invalid signature, 32 signature and api_secret disallowed, 8 account barred,
+  9 out of credit, 11 account not enabled for HTTP, 15 sender not allowed, 29 destination not
+  whitelisted (trial accounts), 5 internal error: ProviderUnavailable. The account or platform cannot
+  send, not this message: fail over and open the circuit rather than fail every message permanently
+  (a permanent refusal would also stop the chain before the next provider could try).
+
+HTTP 429 is ProviderThrottled (`Retry-After`, else `throttle_retry_seconds`); 401/403 name the
+credentials and 404 the URL (ProviderUnavailable); 5xx, an unexpected 3xx, a 2xx without message
+statuses, timeouts and connection errors are ProviderUnavailable; other 4xx are permanent.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+from multidict import CIMultiDictProxy
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateways._http import post, retry_after
+from gateways.base import DeliveryRejected, Provider, ProviderThrottled, ProviderUnavailable, Sent
+from gateways.sms._segments import checked_text
+from tidings.events import DeliveryCommand
+
+USER_AGENT = "tidings-sms/0.1"
+THROTTLED = {"1": "throttled", "10": "too many existing binds"}
+DEAD_ADDRESS = {"7": "number barred", "33": "number de-activated"}
+UNAVAILABLE = {
+    "2": "missing parameters",
+    "4": "invalid credentials",
+    "5": "internal error",
+    "8": "partner account barred",
+    "9": "partner quota exceeded",
+    "11": "account not enabled for HTTP",
+    "14": "invalid signature",
+    "15": "invalid sender address",
+    "29": "non-whitelisted destination",
+    "32": "signature and api_secret disallowed",
+}
+
+
+class VonageSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_VONAGE_", frozen=True)
+
+    api_key: str = Field(min_length=1)
+    api_secret: SecretStr = Field(min_length=1)
+    sender: str = Field(min_length=1)
+    base_url: str = "https://rest.nexmo.com"
+    max_segments: int = Field(default=10, ge=1)
+    throttle_retry_seconds: float = Field(default=1.0, gt=0)
+    timeout: float = Field(default=10.0, gt=0)
+    max_response_bytes: int = Field(default=64 * 1024, gt=0)
+
+
+def form(command: DeliveryCommand, settings: VonageSettings, text: str, unicode: bool) -> dict[str, str]:
+    return {
+        "api_key": settings.api_key,
+        "api_secret": settings.api_secret.get_secret_value(),
+        "from": settings.sender,
+        "to": command.address.removeprefix("+"),
+        "text": text,
+        "type": "unicode" if unicode else "text",
+        "client-ref": str(command.delivery_id),
+    }
+
+
+def messages_of(body: bytes) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return []
+    found = data.get("messages") if isinstance(data, dict) else None
+    return [m for m in found if isinstance(m, dict)] if isinstance(found, list) else []
+
+
+class Vonage(Provider):
+    channel = "sms"
+    name = "vonage"
+    settings_class = VonageSettings
+
+    def __init__(self, settings: VonageSettings | None = None) -> None:
+        self.settings = settings or VonageSettings()  # type: ignore[call-arg]
+
+    async def send(self, session: aiohttp.ClientSession, command: DeliveryCommand) -> Sent:
+        text, parts = checked_text(command, self.settings.max_segments)
+        answer = await post(
+            session,
+            "vonage",
+            f"{self.settings.base_url.rstrip('/')}/sms/json",
+            body=urlencode(form(command, self.settings, text, parts.encoding == "UCS-2")).encode(),
+            limit=self.settings.max_response_bytes,
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Accept": "application/json",
+                "User-Agent": USER_AGENT,
+            },
+            timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
+        )
+        if 200 <= answer.status < 300:
+            return self._outcome(messages_of(answer.body))
+        return self._refused(answer.status, answer.headers, answer.body)
+
+    def _outcome(self, messages: list[dict[str, Any]]) -> Sent:
+        if not messages:
+            raise ProviderUnavailable("vonage answered without message statuses")
+        failed = next((m for m in messages if str(m.get("status")) != "0"), None)
+        if failed is None:
+            message_id = messages[0].get("message-id")
+            return Sent(self.name, str(message_id) if message_id else None)
+        status = str(failed.get("status"))
+        detail = f"(status {status}): {failed.get('error-text') or 'no details'}"
+        if status in THROTTLED:
+            raise ProviderThrottled(
+                f"vonage {THROTTLED[status]} {detail}", self.settings.throttle_retry_seconds
+            )
+        if status in DEAD_ADDRESS:
+            raise DeliveryRejected(f"vonage {DEAD_ADDRESS[status]} {detail}", address_dead=True)
+        if status in UNAVAILABLE:
+            raise ProviderUnavailable(f"vonage {UNAVAILABLE[status]} {detail}")
+        raise DeliveryRejected(f"vonage rejected the message {detail}")
+
+    def _refused(self, status: int, response_headers: CIMultiDictProxy[str], body: bytes) -> Sent:
+        detail = f"({status}): {body[:200].decode(errors='replace') or 'no details'}"
+        if status == 429:
+            wait = retry_after(response_headers.get("Retry-After"))
+            raise ProviderThrottled(
+                f"vonage throttled {detail}", self.settings.throttle_retry_seconds if wait is None else wait
+            )
+        if status in (401, 403):
+            raise ProviderUnavailable(f"vonage refused the credentials {detail}")
+        if status == 404:
+            raise ProviderUnavailable(f"vonage does not know this URL {detail}")
+        if status >= 500 or status < 400:
+            raise ProviderUnavailable(f"vonage failed {detail}")
+        raise DeliveryRejected(f"vonage rejected the message {detail}")
