@@ -1,0 +1,204 @@
+"""Sends one push command to an Apple device through APNs (`POST {base_url}/3/device/{token}`), for devices
+registered with platform `apns`.
+
+APNs speaks only HTTP/2 and aiohttp has no HTTP/2 client, so this provider owns an
+`httpx.AsyncClient(http2=True)` (one multiplexed connection, kept open as Apple asks) and closes it in
+`close()`; the runner's aiohttp session is not used.
+
+Authentication is token based: an ES256 JWT with header `kid` (the key id) and claims `iss` (the team id)
+and `iat`, signed with the .p8 key. Apple refuses tokens older than an hour and answers
+TooManyProviderTokenUpdates when they are regenerated more often than every 20 minutes, so one token is
+reused for `token_refresh` seconds (50 minutes) and regenerated early only after APNs refused it.
+
+Request headers: `apns-topic` the bundle id (the device's `app_id` overrides the setting),
+`apns-push-type` alert (background, priority 5 and `content-available` when there is neither title nor
+body), `apns-priority` 10 for high/critical else 5, `apns-expiration` the epoch second of expires_at or
+`default_expiration` seconds from now, 0 meaning "try once, do not store"; `apns-id` and
+`apns-collapse-id` the delivery id, so a retried delivery replaces, not duplicates, one still pending.
+The body is `{"aps": {"alert": {title, body}}, ...data}` (a data key `aps` is dropped).
+
+Answers (`{"reason": ...}`): 200 is Sent with `apns-id`; 410 Unregistered and 400 BadDeviceToken or
+DeviceTokenNotForTopic are permanent with address_dead; other 400 and 413 are permanent; 403
+ExpiredProviderToken / InvalidProviderToken discard the token and, like any other 403 (certificate,
+forbidden), are ProviderUnavailable naming the credentials; 429 is ProviderThrottled (Retry-After if
+any); 5xx, timeouts and broken connections are ProviderUnavailable. A device token that is not hex is
+refused as BadDeviceToken without a request: it is put into the URL path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateways._http import retry_after
+from gateways.base import DeliveryRejected, Provider, ProviderThrottled, ProviderUnavailable, Sent
+from tidings.events import DeliveryCommand
+
+DEVICE_TOKEN = re.compile(r"[0-9a-fA-F]{32,200}")
+DEAD_REASONS = frozenset({"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered"})
+TOKEN_REASONS = frozenset({"ExpiredProviderToken", "InvalidProviderToken", "MissingProviderToken"})
+
+
+class ApnsSettings(BaseSettings):
+    """`private_key` is the PEM text of the .p8 key; `ca_file` adds a trusted CA (tests)."""
+
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_APNS_", frozen=True)
+
+    key_id: str
+    team_id: str
+    private_key: SecretStr
+    topic: str
+    base_url: str = "https://api.push.apple.com"
+    ca_file: Path | None = None
+    timeout: float = Field(default=10.0, gt=0)
+    max_response_bytes: int = Field(default=64 * 1024, gt=0)
+    token_refresh: float = Field(default=3000.0, gt=0, le=3600)
+    default_expiration: int = Field(default=0, ge=0)
+
+
+class ProviderToken:
+    """The ES256 JWT every request carries, regenerated once `refresh` seconds old or after a refusal."""
+
+    def __init__(self, settings: ApnsSettings) -> None:
+        key = load_pem_private_key(settings.private_key.get_secret_value().encode(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+            raise ValueError("the APNs key must be a P-256 EC private key (.p8)")
+        self.key = key
+        self.key_id = settings.key_id
+        self.team_id = settings.team_id
+        self.refresh = settings.token_refresh
+        self.value: str | None = None
+        self.issued_at = 0.0
+
+    def current(self) -> str:
+        now = time.time()
+        if self.value is None or now - self.issued_at >= self.refresh:
+            claims = {"iss": self.team_id, "iat": int(now)}
+            self.value = jwt.encode(claims, self.key, algorithm="ES256", headers={"kid": self.key_id})
+            self.issued_at = now
+        return self.value
+
+    def discard(self, value: str) -> None:
+        if self.value == value:
+            self.value = None
+
+
+def payload(command: DeliveryCommand) -> dict[str, Any]:
+    content = command.content
+    data: dict[str, Any] = json.loads(content.data_json) if content.data_json else {}
+    alert = {k: v for k, v in (("title", content.title), ("body", content.body)) if v}
+    aps: dict[str, Any] = {"alert": alert} if alert else {"content-available": 1}
+    return {**{k: v for k, v in data.items() if k != "aps"}, "aps": aps}
+
+
+def expiration(command: DeliveryCommand, default: int) -> str:
+    if command.expires_at is not None:
+        return str(int(command.expires_at.timestamp()))
+    return str(int(time.time()) + default) if default else "0"
+
+
+def reason(body: bytes) -> str:
+    try:
+        return str(json.loads(body).get("reason") or "")
+    except (ValueError, AttributeError):
+        return body[:200].decode(errors="replace")
+
+
+class Apns(Provider):
+    channel = "push"
+    name = "apns"
+    settings_class = ApnsSettings
+
+    def __init__(self, settings: ApnsSettings | None = None) -> None:
+        self.settings = settings or ApnsSettings()  # type: ignore[call-arg]
+        self.token = ProviderToken(self.settings)
+        self._client: httpx.AsyncClient | None = None
+
+    def accepts(self, command: DeliveryCommand) -> bool:
+        return command.address_params.get("platform") == "apns"
+
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            verify: ssl.SSLContext | bool = True
+            if self.settings.ca_file is not None:
+                verify = ssl.create_default_context()
+                verify.load_verify_locations(cafile=str(self.settings.ca_file))
+            self._client = httpx.AsyncClient(
+                http2=True, verify=verify, timeout=httpx.Timeout(self.settings.timeout)
+            )
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def headers(self, command: DeliveryCommand, alert: bool, token: str) -> dict[str, str]:
+        urgent = alert and command.priority in ("high", "critical")
+        return {
+            "authorization": f"bearer {token}",
+            "apns-topic": command.address_params.get("app_id") or self.settings.topic,
+            "apns-push-type": "alert" if alert else "background",
+            "apns-priority": "10" if urgent else "5",
+            "apns-expiration": expiration(command, self.settings.default_expiration),
+            "apns-id": str(command.delivery_id),
+            "apns-collapse-id": str(command.delivery_id),
+            "content-type": "application/json",
+        }
+
+    async def send(self, session: aiohttp.ClientSession, command: DeliveryCommand) -> Sent:
+        device = command.address
+        if not DEVICE_TOKEN.fullmatch(device):
+            raise DeliveryRejected(
+                "apns refused the device token (BadDeviceToken: not hex)", address_dead=True
+            )
+        body = payload(command)
+        token = self.token.current()
+        headers = self.headers(command, "alert" in body["aps"], token)
+        url = f"{self.settings.base_url.rstrip('/')}/3/device/{device}"
+        status, answer_headers, data = await self._post(url, headers, json.dumps(body).encode())
+        if 200 <= status < 300:
+            return Sent(self.name, answer_headers.get("apns-id") or str(command.delivery_id))
+        why = reason(data) or "no reason"
+        if status == 410 or (status == 400 and why in DEAD_REASONS):
+            raise DeliveryRejected(f"apns refused the device token ({status} {why})", address_dead=True)
+        if status == 403:
+            if why in TOKEN_REASONS:
+                self.token.discard(token)
+            raise ProviderUnavailable(f"apns refused the credentials ({status} {why})")
+        if status == 429:
+            raise ProviderThrottled(
+                f"apns throttled ({status} {why})", retry_after(answer_headers.get("retry-after"))
+            )
+        if status >= 500:
+            raise ProviderUnavailable(
+                f"apns failed ({status} {why})", retry_after(answer_headers.get("retry-after"))
+            )
+        raise DeliveryRejected(f"apns rejected the message ({status} {why})")
+
+    async def _post(self, url: str, headers: dict[str, str], body: bytes) -> tuple[int, httpx.Headers, bytes]:
+        limit = self.settings.max_response_bytes
+        try:
+            async with self.client().stream("POST", url, headers=headers, content=body) as response:
+                data = b""
+                async for chunk in response.aiter_bytes():
+                    data += chunk
+                    if len(data) >= limit:
+                        break
+                return response.status_code, response.headers, data[:limit]
+        except httpx.TimeoutException as exc:
+            raise ProviderUnavailable(f"apns timed out: {type(exc).__name__}") from None
+        except httpx.TransportError as exc:
+            raise ProviderUnavailable(f"apns connection failed: {type(exc).__name__}: {exc}") from None
