@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import psycopg
 
+from projections.db import connect
 from tidings.codec import default_codec
 from tidings.config import Settings
 from tidings.errors import CodecError, InvalidEvent, TidingsError, TruncatedRecord
@@ -70,7 +71,7 @@ class Runner:
     batch_size: int = 10_000
 
     def __post_init__(self) -> None:
-        self.conn: Connection = psycopg.connect(self.settings.postgres_dsn, autocommit=False)
+        self.conn: Connection = connect(self.settings.postgres_dsn)
         self.producer = EventProducer(self.settings)
         self.dlq = names(self.settings).dlq
         self.group = f"{self.settings.topic_prefix}tidings.projection.{self.projection.name}"
@@ -80,7 +81,7 @@ class Runner:
         """A transaction on the connection, reconnecting first if a failure closed it."""
         try:
             if self.conn.closed:
-                self.conn = psycopg.connect(self.settings.postgres_dsn, autocommit=False)
+                self.conn = connect(self.settings.postgres_dsn)
             with self.conn.transaction(), self.conn.cursor() as cur:
                 yield cur
         except psycopg.OperationalError as exc:

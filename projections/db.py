@@ -5,13 +5,31 @@ from __future__ import annotations
 from pathlib import Path
 
 import psycopg
+from psycopg.abc import Buffer
+from psycopg.types.string import StrBinaryDumper, StrDumperUnknown
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 LOCK_ID = 7_133_001
 
 
+class NulSafeText(StrDumperUnknown):
+    """Avro strings may hold NUL; PostgreSQL text cannot. A projection stores U+FFFD in its place:
+    refusing the value would stop the projection on one record forever (every retry fails the same)."""
+
+    def dump(self, obj: str) -> Buffer | None:
+        return super().dump(obj.replace("\x00", "\ufffd") if "\x00" in obj else obj)
+
+
+class NulSafeBinary(StrBinaryDumper):
+    def dump(self, obj: str) -> Buffer | None:
+        return super().dump(obj.replace("\x00", "\ufffd") if "\x00" in obj else obj)
+
+
 def connect(dsn: str) -> psycopg.Connection[tuple[object, ...]]:
-    return psycopg.connect(dsn, autocommit=False)
+    conn = psycopg.connect(dsn, autocommit=False)
+    conn.adapters.register_dumper(str, NulSafeText)
+    conn.adapters.register_dumper(str, NulSafeBinary)
+    return conn
 
 
 def migrate(dsn: str) -> list[str]:

@@ -177,3 +177,36 @@ def test_cli_migrate_status_and_rebuild(database: Settings) -> None:
     assert rebuilt.returncode == 0 and "rebuilt delivery_status" in rebuilt.stderr, rebuilt.stderr
     assert json.loads(cli("status", str(nid), "--json").stdout) == body
     assert cli("status", "00000000-0000-0000-0000-000000000000").returncode == 1
+
+
+def test_text_with_nul_characters_is_stored_not_a_crash(database: Settings) -> None:
+    """PostgreSQL text cannot hold NUL; Avro strings can. The projection stores U+FFFD instead of
+    crash-looping on the record."""
+    import uuid
+
+    from tidings.events import DeliveryOutcome
+    from tidings.kafka import EventProducer, Output
+    from tidings.topics import names
+
+    s = database
+    nid, did = uuid.uuid4(), uuid.uuid4()
+    outcome = DeliveryOutcome(
+        tenant_id="acme",
+        notification_id=nid,
+        delivery_id=did,
+        recipient_id="ada",
+        channel="email",
+        status="FAILED",
+        reason="smtp 550\x00",
+        detail="mailbox\x00unknown",
+    )
+    feedback = ProviderFeedback(
+        tenant_id="acme", kind="hard_bounce", channel="email", address="a\x00@example.com", detail="x\x00"
+    )
+    with EventProducer(s) as producer:
+        producer.produce(Output.event(names(s).outcomes, outcome))
+        producer.produce(Output.event(names(s).feedback, feedback))
+    project(s, "delivery_status")
+    project(s, "suppressions")
+    assert rows(s, "SELECT reason FROM deliveries WHERE delivery_id = %s", did) == [("smtp 550\ufffd",)]
+    assert rows(s, "SELECT address FROM suppressions") == [("a\ufffd@example.com",)]
