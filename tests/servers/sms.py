@@ -8,7 +8,8 @@ Vonage's HTTP 200 `{"message-count", "messages": [...]}` with a per-part status 
 (see `base.py`) overrides a valid request's answer, in the vendor's shape: Vonage throttles with status
 "1" in a 200 (no Retry-After exists there, so its `provider()` sets `throttle_retry_seconds` to
 `retry_after`) and reports `unavailable` as status "5" (internal error). Tests reach the other answers
-through `unsubscribed`/`landlines`/`barred` numbers, `force_status` and `http_status`.
+through `unsubscribed`/`landlines`/`barred` numbers, a forced Twilio error (`force_error`) or Vonage
+status (`force_status`, `http_status`). `ids` lists the message ids each accepted request was answered with.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class SmsApiServer:
         self.mode: Mode = "ok"
         self.retry_after = 7
         self.accepted: list[dict[str, str]] = []
+        self.ids: list[list[str]] = []
         self.requests = 0
         self.port = 0
         self.timeout = 1.0
@@ -131,6 +133,7 @@ class TwilioServer(SmsApiServer):
         self.numbers = {"+15005550006"}
         self.unsubscribed: set[str] = set()
         self.landlines: set[str] = set()
+        self.force_error: tuple[int, int, str] | None = None
         self.send_retry_after = True
 
     def provider(self, *, timeout: float, **settings: Any) -> Provider:
@@ -185,6 +188,8 @@ class TwilioServer(SmsApiServer):
             return self.error(400, 21610, "Attempt to send to unsubscribed recipient")
         if to in self.landlines:
             return self.error(400, 21614, f"'To' number {to} is not a valid mobile number")
+        if self.force_error is not None:
+            return self.error(*self.force_error)
         if self.mode == "reject":
             sender = form.get("From") or form.get("MessagingServiceSid")
             return self.error(
@@ -216,6 +221,7 @@ class TwilioServer(SmsApiServer):
 
     def resource(self, form: dict[str, str]) -> dict[str, Any]:
         sid = "SM" + secrets.token_hex(16)
+        self.ids.append([sid])
         now = format_datetime(datetime.now(UTC), usegmt=True)
         return {
             "sid": sid,
@@ -327,6 +333,7 @@ class VonageServer(SmsApiServer):
             }
             for _ in range(count)
         ]
+        self.ids.append([m["message-id"] for m in messages])
         return web.json_response({"message-count": str(count), "messages": messages})
 
     def invalid(self, params: dict[str, str]) -> web.Response | None:
