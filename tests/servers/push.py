@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jwt
 from aiohttp import web
 from cryptography import x509
@@ -30,6 +31,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import SecretStr
 
+from gateways.base import Provider, ProviderError, Sent
 from gateways.push.fcm import JWT_BEARER, SCOPE, Fcm, FcmSettings
 from tests.servers.base import register
 from tests.servers.email_apis import HttpApiServer
@@ -61,6 +63,15 @@ def push_command(platform: str, address: str, **changes: Any) -> DeliveryCommand
         ),
     }
     return DeliveryCommand(**(fields | changes))
+
+
+async def attempt(provider: Provider, command: DeliveryCommand) -> Sent | ProviderError:
+    """One send through a fresh aiohttp session; a provider error is returned, not raised."""
+    async with aiohttp.ClientSession() as session:
+        try:
+            return await provider.send(session, command)
+        except ProviderError as exc:
+            return exc
 
 
 def pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:

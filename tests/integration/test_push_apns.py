@@ -1,0 +1,185 @@
+"""The APNs provider against the local HTTP/2 APNs server, beyond the shared contract: the request's
+headers and payload, HTTP/2 itself, the ES256 provider token's reuse and regeneration, and the answers
+that deactivate a device token or name the credentials."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateways.base import DeliveryRejected, ProviderUnavailable, Sent
+from gateways.push.apns import Apns
+from tests.servers.push import attempt, pem, push_command
+from tests.servers.push_apns import ApnsServer
+from tidings.events import DeliveryCommand, RenderedContent
+
+Scenario = Callable[[ApnsServer, Apns], Awaitable[Any]]
+
+
+def with_apns(scenario: Scenario, **settings: Any) -> tuple[ApnsServer, Any]:
+    async def run() -> tuple[ApnsServer, Any]:
+        async with ApnsServer() as server:
+            provider = server.provider(timeout=2.0, **settings)
+            try:
+                return server, await scenario(server, provider)
+            finally:
+                await provider.close()
+
+    return asyncio.run(run())
+
+
+def send_one(command: Callable[[ApnsServer], DeliveryCommand]) -> Scenario:
+    async def scenario(server: ApnsServer, provider: Apns) -> Any:
+        return await attempt(provider, command(server))
+
+    return scenario
+
+
+@pytest.mark.parametrize("priority", ["low", "normal", "high", "critical"])
+def test_apns_request_carries_topic_priority_expiration_collapse_id_and_payload(priority: str) -> None:
+    urgent = priority in ("high", "critical")
+    expires_at = datetime.now(UTC) + timedelta(hours=1) if urgent else None
+    commands: list[DeliveryCommand] = []
+
+    def command(server: ApnsServer) -> DeliveryCommand:
+        commands.append(server.command(priority=priority, expires_at=expires_at))
+        return commands[-1]
+
+    server, sent = with_apns(send_one(command))
+    (sent_command,) = commands
+    delivery = str(sent_command.delivery_id)
+    assert sent == Sent("apns", delivery)
+    (headers,) = server.received
+    assert headers["apns-topic"] == server.topic and headers["apns-push-type"] == "alert"
+    assert headers["apns-priority"] == ("10" if urgent else "5")
+    expected = str(int(expires_at.timestamp())) if expires_at else "0"
+    assert headers["apns-expiration"] == expected
+    assert headers["apns-id"] == delivery and headers["apns-collapse-id"] == delivery
+    alert = {"title": "Invoice due", "body": "Invoice 17 is due on Friday."}
+    assert server.accepted == [{"aps": {"alert": alert}, "invoice": 17, "url": "/i/17"}]
+
+
+def test_apns_default_expiration_setting_stores_the_notification_for_that_long() -> None:
+    server, sent = with_apns(send_one(lambda s: s.command()), default_expiration=3600)
+    assert isinstance(sent, Sent), sent
+    expiration = int(server.received[0]["apns-expiration"])
+    assert 3590 <= expiration - datetime.now(UTC).timestamp() <= 3600
+
+
+def test_apns_data_only_command_is_a_background_push_and_data_cannot_replace_aps() -> None:
+    def command(server: ApnsServer) -> DeliveryCommand:
+        data_only = RenderedContent(data_json='{"aps": 1, "sync": true}')
+        return server.command(priority="critical", content=data_only)
+
+    server, sent = with_apns(send_one(command))
+    assert isinstance(sent, Sent), sent
+    assert server.accepted == [{"aps": {"content-available": 1}, "sync": True}]
+    assert server.received[0]["apns-push-type"] == "background" and server.received[0]["apns-priority"] == "5"
+
+
+def test_apns_app_id_of_the_device_overrides_the_topic() -> None:
+    def other_app(server: ApnsServer) -> DeliveryCommand:
+        device = server.register("com.example.other")
+        return push_command("apns", device, params={"app_id": "com.example.other"})
+
+    server, sent = with_apns(send_one(other_app))
+    assert isinstance(sent, Sent), sent
+    assert server.received[0]["apns-topic"] == "com.example.other"
+
+
+def test_apns_speaks_http2_and_the_server_refuses_http1() -> None:
+    async def scenario(server: ApnsServer, provider: Apns) -> Any:
+        results = [await attempt(provider, server.command()) for _ in range(2)]
+        trust = ssl.create_default_context(cafile=str(server.ca_file))
+        async with httpx.AsyncClient(http2=False, verify=trust) as http1:
+            refused = await http1.post(f"{server.base_url}/3/device/{server.register()}", content=b"{}")
+        return results, refused.status_code
+
+    server, (results, refused) = with_apns(scenario)
+    assert all(isinstance(r, Sent) for r in results), results
+    assert refused == 505 and server.versions == ["2", "2", "1.1"] and len(server.accepted) == 2
+
+
+def test_apns_provider_token_is_reused_then_regenerated_after_50_minutes() -> None:
+    async def scenario(server: ApnsServer, provider: Apns) -> list[Any]:
+        results = [await attempt(provider, server.command()) for _ in range(2)]
+        provider.token.issued_at -= 3000
+        return [*results, await attempt(provider, server.command())]
+
+    server, results = with_apns(scenario)
+    assert all(isinstance(r, Sent) for r in results), results
+    first, second, third = server.tokens
+    assert first == second and third != first
+    header = jwt.get_unverified_header(first)
+    assert header["alg"] == "ES256" and header["kid"] == server.key_id
+    claims = jwt.decode(third, server.key.public_key(), algorithms=["ES256"])
+    assert claims["iss"] == server.team_id and abs(claims["iat"] - datetime.now(UTC).timestamp()) < 60
+
+
+def test_apns_expired_provider_token_is_unavailable_and_the_next_send_uses_a_new_one() -> None:
+    async def scenario(server: ApnsServer, provider: Apns) -> list[Any]:
+        server.expired.add(provider.token.current())
+        return [await attempt(provider, server.command()) for _ in range(2)]
+
+    server, (refused, sent) = with_apns(scenario)
+    assert isinstance(refused, ProviderUnavailable), refused
+    assert "credentials" in str(refused) and "ExpiredProviderToken" in str(refused)
+    assert isinstance(sent, Sent) and len(server.tokens) == 1 and server.tokens[0] not in server.expired
+
+
+def test_apns_token_signed_with_another_key_is_unavailable_naming_the_credentials() -> None:
+    other = pem(ec.generate_private_key(ec.SECP256R1()))
+    server, result = with_apns(send_one(lambda s: s.command()), private_key=other)
+    assert isinstance(result, ProviderUnavailable), result
+    assert "credentials" in str(result) and "InvalidProviderToken" in str(result)
+    assert server.accepted == []
+
+
+def _unregistered(server: ApnsServer) -> DeliveryCommand:
+    command = server.command()
+    server.unregistered.add(command.address)
+    return command
+
+
+def _other_topic(server: ApnsServer) -> DeliveryCommand:
+    return push_command("apns", server.register("com.example.other"))
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (_unregistered, "410 Unregistered"),
+        (lambda s: push_command("apns", "ab" * 32), "400 BadDeviceToken"),
+        (_other_topic, "400 DeviceTokenNotForTopic"),
+    ],
+    ids=["unregistered", "unknown-token", "token-for-another-app"],
+)
+def test_apns_dead_tokens_are_permanent_and_address_dead(
+    make: Callable[[ApnsServer], DeliveryCommand], reason: str
+) -> None:
+    server, result = with_apns(send_one(make))
+    assert isinstance(result, DeliveryRejected), result
+    assert result.permanent and result.address_dead and reason in result.reason
+    assert server.accepted == [] and server.versions == ["2"]
+
+
+@pytest.mark.parametrize("token", ["not-hex", "../../3/device/" + "ab" * 32, "ab" * 8])
+def test_apns_token_that_is_not_a_device_token_is_dead_without_a_request(token: str) -> None:
+    server, result = with_apns(send_one(lambda s: push_command("apns", token)))
+    assert isinstance(result, DeliveryRejected) and result.address_dead, result
+    assert server.versions == []
+
+
+def test_apns_other_400_is_permanent_but_not_dead() -> None:
+    server, result = with_apns(send_one(lambda s: s.command()), topic="")
+    assert isinstance(result, DeliveryRejected), result
+    assert result.permanent and not result.address_dead and "MissingTopic" in result.reason
+    assert server.accepted == [] and server.versions == ["2"]
