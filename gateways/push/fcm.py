@@ -16,19 +16,16 @@ one still pending on the device.
 Answers are google.rpc statuses `{"error": {code, status, message, details}}`, refined by the
 `FcmError.errorCode` of `details`:
 
-=============================================  =====================================================
-UNREGISTERED (404)                              permanent, address_dead (app uninstalled, token gone)
-SENDER_ID_MISMATCH (403)                        permanent, address_dead (token of another project)
-INVALID_ARGUMENT (400) naming the token         permanent, address_dead (`message.token` violation)
-INVALID_ARGUMENT (400) otherwise                permanent (payload too big, bad data key, ...)
-QUOTA_EXCEEDED / RESOURCE_EXHAUSTED (429)       ProviderThrottled (Retry-After)
-UNAVAILABLE (503), INTERNAL (500), other 5xx    ProviderUnavailable (Retry-After as a floor)
-THIRD_PARTY_AUTH_ERROR (401)                    ProviderUnavailable: the APNs/Web Push credentials
-                                                uploaded to Firebase were refused; no token refresh
-401 after one refresh, other 403, token grant   ProviderUnavailable naming the credentials
-404 without UNREGISTERED                        ProviderUnavailable: wrong project id or base URL
-other 4xx                                       permanent
-=============================================  =====================================================
+* UNREGISTERED (404), SENDER_ID_MISMATCH (403: a token of another project), INVALID_ARGUMENT (400) naming
+  the token (a `message.token` field violation or "registration token" in the message): permanent,
+  address_dead (the app was uninstalled or the token is not ours: it never becomes valid again)
+* other INVALID_ARGUMENT and other 4xx: permanent (payload too big, reserved data key, ...)
+* 429 / QUOTA_EXCEEDED: ProviderThrottled (Retry-After)
+* 5xx / UNAVAILABLE / INTERNAL: ProviderUnavailable (Retry-After as a floor)
+* THIRD_PARTY_AUTH_ERROR (401): ProviderUnavailable, no token refresh: the APNs or Web Push credentials
+  uploaded to Firebase were refused, not our token
+* 401 after one refresh, other 401/403, a refused token grant: ProviderUnavailable naming the credentials
+* 404 without UNREGISTERED: ProviderUnavailable (wrong project id or base URL)
 
 Refused credentials fail over and open the circuit instead of failing every message (see the email
 providers); a token FCM disowns is dead for good, so the runner's `token_invalid` feedback removes it.

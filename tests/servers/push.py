@@ -1,5 +1,6 @@
-"""A local FCM HTTP v1 service, plus what the push servers share: a command builder and a throwaway CA
-with a certificate for 127.0.0.1 (the APNs and Web Push servers are in `push_apns.py`, `push_webpush.py`).
+"""A local FCM HTTP v1 service, plus what the push servers and tests share: a command builder, `attempt`
+(one send whose provider error is returned, not raised) and a throwaway CA with a certificate for
+127.0.0.1 (the APNs and Web Push servers are in `push_apns.py` and `push_webpush.py`).
 
 The FCM server issues OAuth2 access tokens at `/token` only for a jwt-bearer assertion signed by the
 service account key it generated (verified with the public half: issuer, audience, scope, key id,
