@@ -13,7 +13,8 @@ reused for `token_refresh` seconds (50 minutes) and regenerated early only after
 Request headers: `apns-topic` the bundle id (the device's `app_id` overrides the setting),
 `apns-push-type` alert (background, priority 5 and `content-available` when there is neither title nor
 body), `apns-priority` 10 for high/critical else 5, `apns-expiration` the epoch second of expires_at or
-`default_expiration` seconds from now, 0 meaning "try once, do not store"; `apns-id` and
+`default_expiration` seconds from now (a day: with 0, "try once, do not store", a device that is
+offline for a moment loses the notification); `apns-id` and
 `apns-collapse-id` the delivery id, so a retried delivery replaces, not duplicates, one still pending.
 The body is `{"aps": {"alert": {title, body}}, ...data}` (a data key `aps` is dropped).
 
@@ -65,7 +66,9 @@ class ApnsSettings(BaseSettings):
     timeout: float = Field(default=10.0, gt=0)
     max_response_bytes: int = Field(default=64 * 1024, gt=0)
     token_refresh: float = Field(default=3000.0, gt=0, le=3600)
-    default_expiration: int = Field(default=0, ge=0)
+    default_expiration: int = Field(
+        default=86_400, ge=0, description="Seconds APNs stores a push for an offline device; 0 = try once."
+    )
 
 
 class ProviderToken:
