@@ -5,8 +5,8 @@ sends requests with the SDK (one scheduled a few seconds ahead), runs the router
 scheduler until the deferred delivery is released, the email gateway (SMTP to a local
 mail sink) and the webhook gateway (to a local receiver that verifies signatures), shows the commands and
 outcomes read back from Kafka, and folds the outcomes into PostgreSQL with the delivery-status projection.
-The local receivers are the only stand-ins: push, SMS and in-app gateways do not exist yet, so those
-commands stay QUEUED.
+The local receivers are the only stand-ins. Push and SMS go to vendors (FCM, APNs, Twilio, ...) that
+need credentials, and the in-app channel has no gateway yet, so those commands stay QUEUED here.
 """
 
 from __future__ import annotations
@@ -230,5 +230,6 @@ def show(sent: dict[str, tuple[str, str]], n: Any) -> None:
         raise typer.Exit(1)
     console.print(
         f"[green]{len(sent)} requests planned: {len(commands)} delivery commands, "
-        f"{len(outcomes)} outcomes[/] (push, SMS and in-app gateways are not built yet: those stay QUEUED)"
+        f"{len(outcomes)} outcomes[/] (push and SMS need vendor credentials, "
+        "in-app has no gateway yet: those stay QUEUED)"
     )
