@@ -6,6 +6,7 @@ vendor; what a status code means is each provider's own business.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -38,6 +39,15 @@ async def post(
         raise ProviderUnavailable(f"{what} timed out: {type(exc).__name__}") from None
     except aiohttp.ClientError as exc:
         raise ProviderUnavailable(f"{what} connection failed: {type(exc).__name__}") from None
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """A vendor's JSON answer as a dict; anything else (HTML error pages, garbage) as {}."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def retry_after(value: str | None) -> float | None:

@@ -25,7 +25,7 @@ from multidict import CIMultiDictProxy
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateways._http import post, retry_after
+from gateways._http import json_object, post, retry_after
 from gateways.base import DeliveryRejected, Provider, ProviderThrottled, ProviderUnavailable, Sent
 from gateways.email._message import EmailSettings, headers, parts, sender
 from tidings.events import DeliveryCommand
@@ -69,14 +69,6 @@ def payload(command: DeliveryCommand, settings: PostmarkSettings, email: EmailSe
     return body
 
 
-def answer_of(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 class Postmark(Provider):
     channel = "email"
     name = "postmark"
@@ -105,7 +97,7 @@ class Postmark(Provider):
             headers=request_headers,
             timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
         )
-        return self._outcome(answer.status, answer.headers, answer_of(answer.body))
+        return self._outcome(answer.status, answer.headers, json_object(answer.body))
 
     def _outcome(self, status: int, response_headers: CIMultiDictProxy[str], answer: dict[str, Any]) -> Sent:
         code = answer.get("ErrorCode")

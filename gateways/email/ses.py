@@ -33,7 +33,7 @@ from multidict import CIMultiDictProxy
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateways._http import post, retry_after
+from gateways._http import json_object, post, retry_after
 from gateways.base import DeliveryRejected, Provider, ProviderThrottled, ProviderUnavailable, Sent
 from gateways.email._message import EmailSettings, build, sender
 from tidings.events import DeliveryCommand
@@ -102,11 +102,7 @@ def signed_headers(settings: SesSettings, body: bytes) -> dict[str, str]:
 
 def error_of(response_headers: CIMultiDictProxy[str], body: bytes) -> tuple[str, str]:
     """The SES error code and message of an error answer."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = None
-    data = data if isinstance(data, dict) else {}
+    data = json_object(body)
     raw = response_headers.get("x-amzn-ErrorType") or str(data.get("__type") or data.get("code") or "")
     message = str(data.get("message") or data.get("Message") or body[:200].decode(errors="replace"))
     return raw.split(":")[0].split("#")[-1], message

@@ -23,7 +23,6 @@ Answers: 201 is Sent with the message `sid`. Errors are JSON `{code, message, mo
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -32,7 +31,7 @@ from multidict import CIMultiDictProxy
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateways._http import post, retry_after
+from gateways._http import json_object, post, retry_after
 from gateways.base import DeliveryRejected, Provider, ProviderThrottled, ProviderUnavailable, Sent
 from gateways.sms._segments import checked_text
 from tidings.events import DeliveryCommand
@@ -73,14 +72,6 @@ def form(command: DeliveryCommand, settings: TwilioSettings, text: str) -> dict[
     return fields
 
 
-def answer_of(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 class Twilio(Provider):
     channel = "sms"
     name = "twilio"
@@ -112,7 +103,7 @@ class Twilio(Provider):
             },
             timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
         )
-        return self._outcome(answer.status, answer.headers, answer_of(answer.body))
+        return self._outcome(answer.status, answer.headers, json_object(answer.body))
 
     def _outcome(self, status: int, response_headers: CIMultiDictProxy[str], answer: dict[str, Any]) -> Sent:
         if 200 <= status < 300:

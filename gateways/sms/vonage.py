@@ -30,7 +30,6 @@ statuses, timeouts and connection errors are ProviderUnavailable; other 4xx are 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import urlencode
 
@@ -39,7 +38,7 @@ from multidict import CIMultiDictProxy
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateways._http import post, retry_after
+from gateways._http import json_object, post, retry_after
 from gateways.base import DeliveryRejected, Provider, ProviderThrottled, ProviderUnavailable, Sent
 from gateways.sms._segments import checked_text
 from tidings.events import DeliveryCommand
@@ -87,11 +86,7 @@ def form(command: DeliveryCommand, settings: VonageSettings, text: str, unicode:
 
 
 def messages_of(body: bytes) -> list[dict[str, Any]]:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return []
-    found = data.get("messages") if isinstance(data, dict) else None
+    found = json_object(body).get("messages")
     return [m for m in found if isinstance(m, dict)] if isinstance(found, list) else []
 
 

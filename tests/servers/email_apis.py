@@ -9,10 +9,8 @@ its own copy of the credentials. `mode` (see `base.py`) overrides a valid reques
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import contextlib
 import email
 import email.policy
 import hmac
@@ -21,7 +19,7 @@ import re
 import secrets
 import uuid
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any
 
 from aiohttp import web
 from botocore.auth import SigV4Auth
@@ -33,7 +31,8 @@ from gateways.base import Provider
 from gateways.email.postmark import Postmark, PostmarkSettings
 from gateways.email.sendgrid import SendGrid, SendGridSettings
 from gateways.email.ses import Ses, SesSettings
-from tests.servers.base import Mode, register
+from tests.servers.base import register
+from tests.servers.http import VendorServer
 from tidings.events import DeliveryCommand, RenderedContent
 
 EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
@@ -64,60 +63,11 @@ def email_command(*, priority: str = "normal", address: str = "ada@example.com")
     )
 
 
-class HttpApiServer:
-    """Lifecycle and modes shared by the three servers; subclasses implement `answer`."""
-
-    name: ClassVar[str]
-
-    def __init__(self) -> None:
-        self.mode: Mode = "ok"
-        self.retry_after = 7
-        self.accepted: list[Any] = []
-        self.requests = 0
-        self.port = 0
-        self.timeout = 1.0
-        self._closing = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def __aenter__(self) -> HttpApiServer:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._closing.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
+class HttpApiServer(VendorServer):
+    """The email API servers: their default command is an email."""
 
     def command(self) -> DeliveryCommand:
         return email_command()
-
-    def provider(self, *, timeout: float) -> Provider:
-        raise NotImplementedError
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        self.requests += 1
-        if self.mode == "reset":
-            assert request.transport is not None
-            request.transport.close()
-            return web.Response(status=503)
-        if self.mode == "timeout":
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), self.timeout + 5)
-            return web.Response(status=503)
-        return await self.answer(request, body)
-
-    async def answer(self, request: web.Request, body: bytes) -> web.StreamResponse:
-        raise NotImplementedError
 
 
 @register("email", "sendgrid")

@@ -14,10 +14,8 @@ status (`force_status`, `http_status`). `ids` lists the message ids each accepte
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import contextlib
 import hmac
 import json
 import math
@@ -26,7 +24,7 @@ import secrets
 import uuid
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -35,7 +33,8 @@ from pydantic import SecretStr
 from gateways.base import Provider
 from gateways.sms.twilio import Twilio, TwilioSettings
 from gateways.sms.vonage import Vonage, VonageSettings
-from tests.servers.base import Mode, register
+from tests.servers.base import register
+from tests.servers.http import VendorServer
 from tidings.events import DeliveryCommand, RenderedContent
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -65,60 +64,17 @@ def form_of(request: web.Request, body: bytes) -> dict[str, str]:
     return dict(parse_qsl(body.decode(errors="replace"), keep_blank_values=True))
 
 
-class SmsApiServer:
-    """Lifecycle and the transport-level modes (timeout, reset); subclasses implement `answer`."""
-
-    name: ClassVar[str]
+class SmsApiServer(VendorServer):
+    """The SMS API servers: their default command is an SMS; `ids` holds the ids they answered."""
 
     def __init__(self) -> None:
-        self.mode: Mode = "ok"
-        self.retry_after = 7
-        self.accepted: list[dict[str, str]] = []
+        super().__init__()
         self.ids: list[list[str]] = []
-        self.requests = 0
-        self.port = 0
-        self.timeout = 1.0
-        self._closing = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def __aenter__(self) -> SmsApiServer:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._closing.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     def command(self) -> DeliveryCommand:
         return sms_command()
 
     def provider(self, *, timeout: float, **settings: Any) -> Provider:
-        raise NotImplementedError
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        self.requests += 1
-        if self.mode == "reset":
-            assert request.transport is not None
-            request.transport.abort()
-            raise asyncio.CancelledError
-        if self.mode == "timeout":
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), self.timeout + 5)
-            return web.Response(status=503)
-        return await self.answer(request, body)
-
-    async def answer(self, request: web.Request, body: bytes) -> web.StreamResponse:
         raise NotImplementedError
 
 

@@ -1,0 +1,71 @@
+"""The lifecycle and transport-level modes (timeout, reset) every local vendor HTTP API server shares.
+
+Subclasses implement `answer` (the vendor's protocol, including the `reject`, `throttle` and
+`unavailable` modes), `provider` and `command`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, ClassVar, Self
+
+from aiohttp import web
+
+from gateways.base import Provider
+from tests.servers.base import Mode
+from tidings.events import DeliveryCommand
+
+
+class VendorServer:
+    name: ClassVar[str]
+
+    def __init__(self) -> None:
+        self.mode: Mode = "ok"
+        self.retry_after = 7
+        self.accepted: list[Any] = []
+        self.requests = 0
+        self.port = 0
+        self.timeout = 1.0
+        self._closing = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> Self:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._closing.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def command(self) -> DeliveryCommand:
+        raise NotImplementedError
+
+    def provider(self, *, timeout: float) -> Provider:
+        raise NotImplementedError
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.requests += 1
+        if self.mode == "reset":
+            assert request.transport is not None
+            request.transport.abort()
+            raise asyncio.CancelledError
+        if self.mode == "timeout":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self.timeout + 5)
+            return web.Response(status=503)
+        return await self.answer(request, body)
+
+    async def answer(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        raise NotImplementedError
