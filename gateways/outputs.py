@@ -32,21 +32,8 @@ def outcome(
     **fields: Any,
 ) -> Output:
     attempt = command.attempt if attempt is None else attempt
-    event = DeliveryOutcome(
-        event_id=outcome_id(
-            command.notification_id, status, command.channel, command.delivery_id, f"{reason}/{attempt}"
-        ),
-        tenant_id=command.tenant_id,
-        correlation_id=str(command.notification_id),
-        notification_id=command.notification_id,
-        delivery_id=command.delivery_id,
-        recipient_id=command.recipient_id,
-        channel=command.channel,
-        status=status,
-        reason=reason,
-        attempt=attempt + 1,
-        template_version=command.template_version,
-        **fields,
+    event = DeliveryOutcome.of_command(
+        command, status, reason, id_reason=f"{reason}/{attempt}", attempt=attempt + 1, **fields
     )
     return Output.event(names.outcomes, event)
 

@@ -22,7 +22,6 @@ from tidings.codec import Codec, default_codec
 from tidings.config import Settings
 from tidings.errors import InvalidEvent
 from tidings.events import DeliveryCommand, DeliveryOutcome, OutcomeStatus
-from tidings.ids import outcome_id
 from tidings.kafka import Incoming, Output, TransactionalLoop
 from tidings.state import Store
 from tidings.topics import Names, names
@@ -53,18 +52,7 @@ def release(n: Names, command: DeliveryCommand, now: float) -> list[Output]:
 
 
 def outcome(n: Names, command: DeliveryCommand, status: OutcomeStatus, reason: str) -> Output:
-    event = DeliveryOutcome(
-        event_id=outcome_id(command.notification_id, status, command.channel, command.delivery_id, reason),
-        tenant_id=command.tenant_id,
-        correlation_id=str(command.notification_id),
-        notification_id=command.notification_id,
-        delivery_id=command.delivery_id,
-        recipient_id=command.recipient_id,
-        channel=command.channel,
-        status=status,
-        reason=reason,
-        template_version=command.template_version,
-    )
+    event = DeliveryOutcome.of_command(command, status, reason, id_reason=reason)
     return Output.event(n.outcomes, event)
 
 

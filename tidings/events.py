@@ -17,6 +17,8 @@ from uuid import UUID, uuid4
 import phonenumbers
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from tidings.ids import outcome_id
+
 Channel = Literal["in_app", "push", "email", "sms", "webhook"]
 CHANNELS: tuple[Channel, ...] = ("in_app", "push", "email", "sms", "webhook")
 Priority = Literal["low", "normal", "high", "critical"]
@@ -335,6 +337,34 @@ class DeliveryOutcome(Event):
     @property
     def key(self) -> str:
         return str(self.notification_id)
+
+    @classmethod
+    def of_command(
+        cls,
+        command: DeliveryCommand,
+        status: OutcomeStatus,
+        reason: str | None,
+        *,
+        id_reason: str,
+        **fields: Any,
+    ) -> DeliveryOutcome:
+        """What became of one delivery command. `id_reason` names the decision within the delivery (the
+        event id derives from it), so re-emitting the same decision yields the same event id."""
+        return cls(
+            event_id=outcome_id(
+                command.notification_id, status, command.channel, command.delivery_id, id_reason
+            ),
+            tenant_id=command.tenant_id,
+            correlation_id=str(command.notification_id),
+            notification_id=command.notification_id,
+            delivery_id=command.delivery_id,
+            recipient_id=command.recipient_id,
+            channel=command.channel,
+            status=status,
+            reason=reason,
+            template_version=command.template_version,
+            **fields,
+        )
 
 
 Event.registry.pop("_InboxItemEvent", None)
