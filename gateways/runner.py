@@ -115,6 +115,7 @@ class GatewayRunner:
         self.tiers = parse_tiers(settings.retry_tiers)
         self.urgent, self.standard = n.delivery(channel, urgent=True), n.delivery(channel)
         self.retries = [n.retry(channel, t) for t in self.tiers]
+        self.lanes = {self.urgent: 0, **{t: 1 for t in self.retries}, self.standard: 2}
         self.prefix = settings.topic_prefix
         self.group = f"{settings.topic_prefix}tidings.gateway.{channel}"
         self.consumer = AsyncConsumer(
@@ -185,8 +186,7 @@ class GatewayRunner:
         if self.finalizing is not None and self.finalizing.done():
             self.finalizing.result()
         self.first_batch_at = self.first_batch_at or time.monotonic()
-        lanes = {self.urgent: 0, **{t: 1 for t in self.retries}, self.standard: 2}
-        ordered = sorted(fetched.items(), key=lambda item: lanes.get(item[0][0], 3))
+        ordered = sorted(fetched.items(), key=lambda item: self.lanes.get(item[0][0], 3))
         results = await asyncio.gather(*(self._partition(tp, records) for tp, records in ordered))
         marks: dict[str, dict[str, Any]] = {}
         acks: list[asyncio.Future[Any]] = []
@@ -319,7 +319,7 @@ class GatewayRunner:
                 self.circuits.success(provider.label)
                 dead = exc.reason if exc.address_dead else None
                 if dead:
-                    await self.redis.set(self._suppressed_key(command), dead, ex=self.config.suppress_ttl)
+                    await self._refuse_address(command, dead)
                 return await self._finish(
                     command, "FAILED", exc.reason, provider=provider.label, feedback=dead
                 )
@@ -372,6 +372,10 @@ class GatewayRunner:
     def _suppressed_key(self, command: DeliveryCommand) -> str:
         return f"{self.prefix}tidings:dead:{command.tenant_id}:{command.channel}:{command.address}"
 
+    async def _refuse_address(self, command: DeliveryCommand, reason: str) -> None:
+        """Put the address on this gateway's dead list, which the claim script checks."""
+        await self.redis.set(self._suppressed_key(command), reason, ex=self.config.suppress_ttl)
+
     def _endpoint_key(self, command: DeliveryCommand) -> str:
         return f"{self.prefix}tidings:failing:{command.tenant_id}:{command.address}"
 
@@ -390,5 +394,5 @@ class GatewayRunner:
         if failures < c.endpoint_disable_failures or now - float(since) < c.endpoint_disable_after:
             return None
         reason = f"endpoint failing since {int(float(since))}: {failures} deliveries exhausted retries"
-        await self.redis.set(self._suppressed_key(command), reason, ex=c.suppress_ttl)
+        await self._refuse_address(command, reason)
         return reason
