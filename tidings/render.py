@@ -84,12 +84,27 @@ def check_template(field: str, source: str) -> None:
         raise RenderError(f"{field}: {exc}") from exc
 
 
+def variables(context: Mapping[str, Any]) -> dict[str, Any]:
+    """The template variables for `context`: the environment's globals overlaid with it.
+
+    Built once per request and shared by every field rendered for it (`Template.new_context(shared=True)`),
+    instead of Jinja merging globals and data again for each field. Sharing is safe: the immutable
+    sandbox refuses to modify the data, and a template's own assignments go to its context, not here.
+    """
+    return {**_TEXT.globals, **context}
+
+
 def render_field(field: str, source: str, context: Mapping[str, Any]) -> str:
+    return _render_field(field, source, variables(context))
+
+
+def _render_field(field: str, source: str, parent: dict[str, Any]) -> str:
     cap = MAX_OUTPUT[field]
     parts: list[str] = []
     size = 0
+    template = _compiled(field, source)
     try:
-        for chunk in _compiled(field, source).generate(**context):
+        for chunk in template.root_render_func(template.new_context(parent, shared=True)):
             size += len(chunk)
             if size > cap:
                 raise RenderError(f"{field}: output larger than {cap} characters")
@@ -138,8 +153,9 @@ def render(
     chosen = pick_locale(templates, locale)
     if chosen is None:
         raise RenderError(f"no template for locale {locale!r} or 'default'")
+    parent = variables(context)
     fields = {
-        f: (render_field(f, src, context) if src is not None else None)
+        f: (_render_field(f, src, parent) if src is not None else None)
         for f, src in templates[chosen].items()
         if f in FIELDS
     }

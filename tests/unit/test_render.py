@@ -102,3 +102,20 @@ def test_check_template_reports_syntax_errors() -> None:
     check_template("subject", "Hello {{ name }}")
     with pytest.raises(RenderError, match="subject"):
         check_template("subject", "Hello {{ name ")
+
+
+def test_fields_of_one_request_share_data_but_not_assignments() -> None:
+    templates = {"default": {"subject": "{% set order = 'changed' %}{{ order }}", "body": "{{ order }}"}}
+    rendered = render(templates, None, {"order": "A-1"})
+    assert rendered.fields == {"subject": "changed", "body": "A-1"}
+    with pytest.raises(RenderError, match="undefined"):
+        render({"default": {"subject": "{% set x = 1 %}", "body": "{{ x }}"}}, None, {})
+
+
+def test_a_template_cannot_change_the_data_other_fields_see() -> None:
+    data = {"items": ["a"], "meta": {"k": "v"}}
+    with pytest.raises(RenderError, match="SecurityError|unsafe"):
+        render({"default": {"subject": "{{ items.append('b') }}", "body": "{{ items }}"}}, None, data)
+    with pytest.raises(RenderError):
+        render({"default": {"subject": "{{ meta.update({'k': 'x'}) }}"}}, None, data)
+    assert data == {"items": ["a"], "meta": {"k": "v"}}
