@@ -114,7 +114,7 @@ def test_fields_of_one_request_share_data_but_not_assignments() -> None:
 
 def test_a_template_cannot_change_the_data_other_fields_see() -> None:
     data = {"items": ["a"], "meta": {"k": "v"}}
-    with pytest.raises(RenderError, match="SecurityError|unsafe"):
+    with pytest.raises(RenderError, match=r"SecurityError|unsafe"):
         render({"default": {"subject": "{{ items.append('b') }}", "body": "{{ items }}"}}, None, data)
     with pytest.raises(RenderError):
         render({"default": {"subject": "{{ meta.update({'k': 'x'}) }}"}}, None, data)
