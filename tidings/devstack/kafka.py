@@ -1,4 +1,8 @@
-"""Runs a single-node Apache Kafka 4.x (KRaft, broker+controller) from Maven Central jars on loopback."""
+"""Runs a single-node Apache Kafka 4.x (KRaft, broker+controller) from Maven Central jars on loopback.
+
+The dev stack's broker lives under `.devstack/kafka` on the dev ports; tests that must kill and restart
+a broker start a private one (`root`, `port`, `controller`) so the shared one is never disturbed.
+"""
 
 from __future__ import annotations
 
@@ -68,6 +72,11 @@ logger.kafka.level = INFO
 """
 
 
+_children: dict[Path, subprocess.Popen[bytes]] = {}
+"""Brokers this process started, kept so they are reaped after they exit instead of lingering as zombies
+(and so Python does not warn about a child it forgot while it still runs)."""
+
+
 def home() -> Path:
     path = stack_dir() / "kafka"
     path.mkdir(parents=True, exist_ok=True)
@@ -100,7 +109,7 @@ def _java(libs: Path, main: str, *args: str, logs: Path) -> list[str]:
         "java",
         *HEAP.split(),
         f"-Dkafka.logs.dir={logs}",
-        f"-Dlog4j2.configurationFile={home() / 'log4j2.properties'}",
+        f"-Dlog4j2.configurationFile={logs.parent / 'log4j2.properties'}",
         "-cp",
         f"{libs}/*",
         main,
@@ -114,26 +123,35 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _ready(settings: Settings) -> bool:
+def _ready(settings: Settings, port: int = DEV_KAFKA_PORT) -> bool:
     from tidings.kafka import wait_until_ready
 
     try:
-        return _port_open(DEV_KAFKA_PORT) and wait_until_ready(settings, timeout=3) > 0
+        return _port_open(port) and wait_until_ready(settings, timeout=3) > 0
     except KafkaUnavailable:
         return False
 
 
-def up(settings: Settings, timeout: float = 120.0) -> str:
-    root = home()
+def up(
+    settings: Settings,
+    timeout: float = 120.0,
+    *,
+    root: Path | None = None,
+    port: int = DEV_KAFKA_PORT,
+    controller: int = DEV_KAFKA_CONTROLLER_PORT,
+) -> str:
+    """Start the broker unless it runs; `settings.kafka_bootstrap` must name `port`."""
+    root = root or home()
+    root.mkdir(parents=True, exist_ok=True)
     pid_file, log = root / "pid", root / "kafka.log"
-    if pid_alive(pid_file) and _ready(settings):
+    if pid_alive(pid_file) and _ready(settings, port):
         return "already running"
     stop_pid(pid_file)
     libs = libs_dir()
     data, logs = root / "data", root / "logs"
     logs.mkdir(exist_ok=True)
     (root / "server.properties").write_text(
-        SERVER_PROPERTIES.format(port=DEV_KAFKA_PORT, controller=DEV_KAFKA_CONTROLLER_PORT, data=data)
+        SERVER_PROPERTIES.format(port=port, controller=controller, data=data)
     )
     (root / "log4j2.properties").write_text(LOG4J2.format(logs=logs))
     if not (data / "meta.properties").exists():
@@ -151,10 +169,8 @@ def up(settings: Settings, timeout: float = 120.0) -> str:
             ),
             what="formatting Kafka storage",
         )
-    if _port_open(DEV_KAFKA_PORT):
-        raise DevStackError(
-            f"port {DEV_KAFKA_PORT} is taken by another process; stop it or set TIDINGS_KAFKA_BOOTSTRAP"
-        )
+    if _port_open(port):
+        raise DevStackError(f"port {port} is taken by another process; stop it or set TIDINGS_KAFKA_BOOTSTRAP")
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             _java(libs, "kafka.Kafka", str(root / "server.properties"), logs=logs),
@@ -165,8 +181,11 @@ def up(settings: Settings, timeout: float = 120.0) -> str:
             cwd=root,
         )
     pid_file.write_text(str(proc.pid))
+    if (previous := _children.pop(root, None)) is not None:
+        previous.poll()
+    _children[root] = proc
     wait_for(
-        lambda: _ready(settings),
+        lambda: _ready(settings, port),
         timeout=timeout,
         what="Kafka",
         log=logs / "server.log",
@@ -175,8 +194,8 @@ def up(settings: Settings, timeout: float = 120.0) -> str:
     return f"started (pid {proc.pid})"
 
 
-def down() -> bool:
-    return stop_pid(home() / "pid", timeout=60)
+def down(root: Path | None = None) -> bool:
+    return stop_pid((root or home()) / "pid", timeout=60)
 
 
 def status(settings: Settings) -> ServiceStatus:
