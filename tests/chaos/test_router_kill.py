@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,42 @@ def key(c: DeliveryCommand) -> tuple[Any, ...]:
     return (c.delivery_id, c.channel, c.address, c.priority, c.template_version, c.content, c.locale)
 
 
+def expected_commands(catalog: Catalog, phases: tuple[list[Any], ...]) -> list[DeliveryCommand]:
+    """The oracle: the router's pure plan() over the same events in order."""
+    states: dict[str, RecipientState] = {}
+    expected: list[DeliveryCommand] = []
+    clock = datetime.now(UTC)
+    for phase in phases:
+        for event in phase:
+            recipient = event.recipient_id
+            if isinstance(event, NotificationRequested):
+                p = plan(event, states.get(recipient), catalog, clock)
+                assert not p.deferred
+                expected += p.commands
+            else:
+                states[recipient] = fold(states.get(recipient), event)
+    return expected
+
+
+def committed_commands(s: Settings) -> list[DeliveryCommand]:
+    n, found = names(s), []
+    for channel in ("email", "sms", "push", "in_app", "webhook"):
+        for topic in (n.delivery(channel), n.delivery(channel, urgent=True)):
+            found += [default_codec().decode(r.value or b"") for r in read_all(s, topic)]
+    return found  # type: ignore[return-value]
+
+
+def assert_exactly(expected: list[DeliveryCommand], found: list[DeliveryCommand], phase_a: set[Any]) -> None:
+    counts = Counter(c.delivery_id for c in found)
+    duplicated = [d for d, k in counts.items() if k > 1]
+    missing = {c.delivery_id for c in expected} - set(counts)
+    extra = set(counts) - {c.delivery_id for c in expected}
+    diag = Counter((c.notification_id in phase_a, c.channel) for c in expected if c.delivery_id in missing)
+    diag_extra = Counter((c.notification_id in phase_a, c.channel) for c in found if c.delivery_id in extra)
+    assert (len(missing), len(duplicated), len(extra)) == (0, 0, 0), (diag, diag_extra)
+    assert sorted(map(key, found), key=str) == sorted(map(key, expected), key=str)
+
+
 def test_sigkill_three_times_yields_exactly_the_planned_commands(topology: Settings) -> None:
     s, n, rng = topology, names(topology), random.Random(7)
     env = os.environ | {"TIDINGS_TOPIC_PREFIX": s.topic_prefix, "TIDINGS_PARTITIONS": str(s.partitions)}
@@ -194,35 +231,9 @@ def test_sigkill_three_times_yields_exactly_the_planned_commands(topology: Setti
     )
     assert final.returncode == 0, final.stderr[-3000:]
 
-    states: dict[str, RecipientState] = {}
-    expected: list[DeliveryCommand] = []
-    now = time.time()
-    from datetime import UTC, datetime
-
-    clock = datetime.fromtimestamp(now, UTC)
-    for phase in (first, batch_a, changes, batch_c):
-        for event in phase:
-            recipient = event.recipient_id  # type: ignore[attr-defined]
-            if isinstance(event, NotificationRequested):
-                p = plan(event, states.get(recipient), catalog, clock)
-                assert not p.deferred
-                expected += p.commands
-            else:
-                states[recipient] = fold(states.get(recipient), event)
-
-    found: list[DeliveryCommand] = []
-    for channel in ("email", "sms", "push", "in_app", "webhook"):
-        for topic in (n.delivery(channel), n.delivery(channel, urgent=True)):
-            found += [default_codec().decode(r.value or b"") for r in read_all(s, topic)]  # type: ignore[misc]
-    counts = Counter(c.delivery_id for c in found)
-    duplicated = [d for d, k in counts.items() if k > 1]
-    missing = {c.delivery_id for c in expected} - set(counts)
-    extra = set(counts) - {c.delivery_id for c in expected}
-    phase_a = {r.notification_id for r in batch_a}
-    diag = Counter((c.notification_id in phase_a, c.channel) for c in expected if c.delivery_id in missing)
-    diag_extra = Counter((c.notification_id in phase_a, c.channel) for c in found if c.delivery_id in extra)
-    assert (len(missing), len(duplicated), len(extra)) == (0, 0, 0), (diag, diag_extra)
-    assert sorted(map(key, found), key=str) == sorted(map(key, expected), key=str)
+    expected = expected_commands(catalog, (first, batch_a, changes, batch_c))
+    found = committed_commands(s)
+    assert_exactly(expected, found, phase_a={r.notification_id for r in batch_a})
     assert len(expected) > 10_000
 
     outcomes = [

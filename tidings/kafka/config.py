@@ -1,11 +1,23 @@
-"""librdkafka configuration shared by every client tidings creates."""
+"""librdkafka configuration and error classification shared by every client tidings creates."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+from confluent_kafka import KafkaError
+
 from tidings.config import Settings
+
+
+def is_fatal(err: KafkaError) -> bool:
+    """The client is unusable: librdkafka flags the error fatal, or reports `_FATAL` in a message.
+
+    A consumed message carrying `_FATAL` (say, a static member fenced after its session timed out
+    while the broker was down) is not itself flagged fatal; treating it as a warning left the consumer
+    polling a dead client forever.
+    """
+    return bool(err.fatal()) or err.code() == KafkaError._FATAL
 
 
 def base(settings: Settings, **overrides: Any) -> dict[str, Any]:

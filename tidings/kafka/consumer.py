@@ -67,7 +67,7 @@ class AtLeastOnceLoop:
                 for m in msgs:
                     if (err := m.error()) is None:
                         batch.append(to_incoming(m))
-                    elif err.fatal():
+                    elif config.is_fatal(err):
                         raise KafkaException(err)
                 if batch or not self.consumer.assignment():
                     last_input = time.monotonic()

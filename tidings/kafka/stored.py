@@ -151,7 +151,7 @@ class StoredOffsetsLoop(Generic[T]):
                 for m in self.consumer.consume(self.batch_size, self.poll_timeout):
                     if (err := m.error()) is None:
                         messages.append(m)
-                    elif err.fatal():
+                    elif config.is_fatal(err):
                         raise KafkaException(err)
                 if messages or not self.consumer.assignment():
                     last_input = time.monotonic()

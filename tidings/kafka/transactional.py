@@ -13,6 +13,13 @@ retries it after a back-off. After an abort the batch is re-read from its first 
 killed predecessor at once instead of waiting for the broker to time its transaction out. With
 `static_membership` it is also the consumer's `group.instance.id`: a restart reclaims the same partitions
 without a rebalance.
+
+A client that becomes unusable (a fatal error: a static member fenced after its session timed out while
+the broker was down, a producer fenced after its transaction timed out) is replaced in-process, exactly
+as a restart would: new consumer and producer, `init_transactions` aborts whatever was open, the state
+stores are dropped and restored on the new assignment, and input is re-read from the committed offsets.
+More than `MAX_RECOVERIES` within `RECOVERY_WINDOW_S` raises instead, so a persistent fault still stops
+the process with its error rather than spinning.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from typing import Any, Protocol, cast
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from tidings.config import Settings
-from tidings.kafka import config
+from tidings.kafka import config, guard
 from tidings.kafka.align import Aligner
 from tidings.kafka.records import Handler, Incoming, Output, PoisonHandler, as_headers, dead_letter
 from tidings.topics import names
@@ -51,6 +58,8 @@ class TransactionalState(Protocol):
 PartitionsCallback = Callable[[list[tuple[str, int]]], None]
 TXN_TIMEOUT_S = 30.0
 MAX_COMMIT_RETRIES = 5
+MAX_RECOVERIES = 5
+RECOVERY_WINDOW_S = 300.0
 
 
 def to_incoming(msg: Message) -> Incoming:
@@ -116,20 +125,21 @@ class TransactionalLoop:
         membership: dict[str, Any] = {"group.instance.id": transactional_id} if static_membership else {}
         if self.stores:
             membership["partition.assignment.strategy"] = "range"  # co-partitioned inputs, one state slice
-        self.consumer = Consumer(
-            config.consumer(settings, group_id, **membership, **(consumer_overrides or {}))
+        self._consumer_config = config.consumer(
+            settings, group_id, **membership, **(consumer_overrides or {})
         )
-        self.producer = Producer(
-            config.producer(
-                settings,
-                **{
-                    "transactional.id": transactional_id,
-                    "transaction.timeout.ms": 30_000,
-                    "linger.ms": 10,
-                    **(producer_overrides or {}),
-                },
-            )
+        self._producer_config = config.producer(
+            settings,
+            **{
+                "transactional.id": transactional_id,
+                "transaction.timeout.ms": 30_000,
+                "linger.ms": 10,
+                **(producer_overrides or {}),
+            },
         )
+        self.consumer = Consumer(self._consumer_config)
+        self.producer = Producer(self._producer_config)
+        self.recoveries: list[float] = []
         self.stopping = threading.Event()
         self.committed_batches = 0
         self.committed_records = 0
@@ -161,29 +171,74 @@ class TransactionalLoop:
     def run(self, *, idle_exit_after: float | None = None) -> None:
         """Loop until `stop()`; with `idle_exit_after`, also return after that many seconds with partitions
         assigned and no input."""
-        self.producer.init_transactions(TXN_TIMEOUT_S)
-        self.consumer.subscribe(
-            self.topics, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
-        )
+        self._start()
         last_input = time.monotonic()
         try:
             while not self.stopping.is_set():
-                backlog = self.aligner is not None and self.aligner.pending() >= self.batch_size
-                msgs = self.consumer.consume(self.batch_size, 0 if backlog else self.poll_timeout)
-                batch = [to_incoming(m) for m in msgs if self._usable(m)]
-                if self.aligner:
-                    batch = self._aligned(batch)
-                busy = self.aligner is not None and self.aligner.pending() > 0
-                if batch or not self.consumer.assignment() or busy or (self.pending and self.pending()):
+                try:
+                    last_input = self._step(last_input)
+                except KafkaException as exc:
+                    if not config.is_fatal(exc.args[0]):
+                        raise
+                    self._recover(exc)
                     last_input = time.monotonic()
-                if batch:
-                    self.process(batch)
-                if self.punctuate and time.monotonic() - self._punctuated >= self.punctuate_every:
-                    self._punctuate()
-                elif idle_exit_after is not None and time.monotonic() - last_input > idle_exit_after:
+                if idle_exit_after is not None and time.monotonic() - last_input > idle_exit_after:
                     return
         finally:
             self.consumer.close()
+
+    def _start(self) -> None:
+        while True:
+            try:
+                self.producer.init_transactions(TXN_TIMEOUT_S)
+                break
+            except KafkaException as exc:
+                if not exc.args[0].retriable() or self.stopping.is_set():
+                    raise
+                log.warning("initialising transactions, retrying: %s", exc.args[0])
+        self.consumer.subscribe(
+            self.topics, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
+        )
+
+    def _recover(self, exc: KafkaException) -> None:
+        now = time.monotonic()
+        self.recoveries = [t for t in self.recoveries if now - t < RECOVERY_WINDOW_S] + [now]
+        if len(self.recoveries) > MAX_RECOVERIES:
+            raise exc
+        log.error("Kafka client unusable, replacing consumer and producer: %s", exc)
+        for store in self.stores:
+            store.aborted()
+        try:
+            assigned = self.consumer.assignment()
+        except KafkaException:
+            assigned = []
+        self._revoked(self.consumer, assigned)
+        if self.aligner:
+            self.aligner.clear()
+        self._paused.clear()
+        try:
+            guard.within(30, self.consumer.close, "closing the consumer")
+        except KafkaException as close_error:
+            log.warning("closing the unusable consumer: %s", close_error)
+        self.consumer = Consumer(self._consumer_config)
+        self.producer = Producer(self._producer_config)
+        self._start()
+
+    def _step(self, last_input: float) -> float:
+        """One poll, its batch and a due punctuation; returns when input was last seen."""
+        backlog = self.aligner is not None and self.aligner.pending() >= self.batch_size
+        msgs = self.consumer.consume(self.batch_size, 0 if backlog else self.poll_timeout)
+        batch = [to_incoming(m) for m in msgs if self._usable(m)]
+        if self.aligner:
+            batch = self._aligned(batch)
+        busy = self.aligner is not None and self.aligner.pending() > 0
+        if batch or not self.consumer.assignment() or busy or (self.pending and self.pending()):
+            last_input = time.monotonic()
+        if batch:
+            self.process(batch)
+        if self.punctuate and time.monotonic() - self._punctuated >= self.punctuate_every:
+            self._punctuate()
+        return last_input
 
     def stop(self) -> None:
         self.stopping.set()
@@ -218,7 +273,7 @@ class TransactionalLoop:
         err = msg.error()
         if err is None:
             return True
-        if err.fatal():
+        if config.is_fatal(err):
             raise KafkaException(err)
         log.warning("consumer error: %s", err)
         return False
@@ -253,8 +308,11 @@ class TransactionalLoop:
             for store in self.stores:
                 for out in store.changelog():
                     self._produce(out)
-            self.producer.send_offsets_to_transaction(
-                next_offsets(batch), self.consumer.consumer_group_metadata(), TXN_TIMEOUT_S
+            offsets, group = next_offsets(batch), self.consumer.consumer_group_metadata()
+            guard.within(
+                TXN_TIMEOUT_S + 15,
+                lambda: self.producer.send_offsets_to_transaction(offsets, group, TXN_TIMEOUT_S),
+                "send_offsets_to_transaction",
             )
             self._commit()
             for store in self.stores:
