@@ -1,9 +1,10 @@
-"""The broker itself is SIGKILLed twice while the router works, and restarted on the same data.
+"""The broker itself is SIGKILLed twice while a component works, and restarted on the same data.
 
 A private single-node broker (own ports, own data directory) is used, so the shared one the rest of the
-suite runs on is never disturbed. The router keeps running through both outages; it is restarted only if
-it exits (as a supervisor would), and the test reports how often that happened. Reading the command
-topics read_committed afterwards must show exactly the planned commands: none missing, none doubled.
+suite runs on is never disturbed. The component keeps running through both outages; it is restarted only
+if it exits (as a supervisor would), and the test reports how often that happened.
+- router: reading the command topics read_committed afterwards shows exactly the planned commands;
+- delivery-status projection: its tables equal those of an uninterrupted run over the same topics.
 """
 
 import os
@@ -12,12 +13,18 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from benchmarks.projection import outcomes
 from processors.plan import Catalog
+from projections import Projection, Runner
+from projections.db import migrate
+from tests.chaos.test_projection_kill import progress
 from tests.chaos.test_router_kill import (
     ROOT,
     TIDINGS,
@@ -29,13 +36,15 @@ from tests.chaos.test_router_kill import (
     profiles,
     requests,
 )
+from tests.integration.conftest import table_checksums
+from tidings import devstack
 from tidings.catalog import load
 from tidings.client import Client
-from tidings.config import Settings
+from tidings.config import Settings, settings
 from tidings.devstack import kafka
 from tidings.devstack.common import pid_alive
-from tidings.kafka import apply_topics
-from tidings.topics import registry
+from tidings.kafka import EventProducer, Output, apply_topics
+from tidings.topics import names, registry
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -78,16 +87,16 @@ def broker(tmp_path: Path) -> Iterator[PrivateBroker]:
 
 
 class Supervised:
-    """`tidings run router`, started again whenever it exits, as a process supervisor would."""
+    """`tidings run ...`, started again whenever it exits, as a process supervisor would."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env, self.restarts, self.log = env, 0, log
+    def __init__(self, env: dict[str, str], log: Path, *args: str) -> None:
+        self.env, self.restarts, self.log, self.args = env, 0, log, args
         self.proc = self._start()
 
     def _start(self) -> subprocess.Popen[bytes]:
         with self.log.open("ab") as out:
             return subprocess.Popen(
-                [TIDINGS, "run", "router", "--instance", "0"],
+                [TIDINGS, "run", *self.args],
                 env=self.env,
                 cwd=ROOT,
                 stdout=out,
@@ -119,14 +128,19 @@ def wait_for_lag(s: Settings, router: Supervised, below: int, timeout: float = 2
         time.sleep(0.2)
 
 
-def test_broker_sigkill_twice_loses_and_duplicates_no_command(broker: PrivateBroker, tmp_path: Path) -> None:
-    s, rng = broker.settings, random.Random(11)
-    apply_topics(s, registry(s))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")} | {
+def environment(s: Settings) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")} | {
         "TIDINGS_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+        "TIDINGS_POSTGRES_DSN": s.postgres_dsn,
         "TIDINGS_TOPIC_PREFIX": s.topic_prefix,
         "TIDINGS_PARTITIONS": str(s.partitions),
     }
+
+
+def test_broker_sigkill_twice_loses_and_duplicates_no_command(broker: PrivateBroker, tmp_path: Path) -> None:
+    s, rng = broker.settings, random.Random(11)
+    apply_topics(s, registry(s))
+    env = environment(s)
     catalog_types = load(ROOT / "catalog")
     catalog = Catalog()
     for t in catalog_types:
@@ -136,7 +150,7 @@ def test_broker_sigkill_twice_loses_and_duplicates_no_command(broker: PrivateBro
 
     with Client(s) as client:
         produce(s, [*catalog_types, *first, *batch_a], client)
-    router = Supervised(env, tmp_path / "router.log")
+    router = Supervised(env, tmp_path / "router.log", "router", "--instance", "0")
     try:
         wait_for_lag(s, router, below=2000)
         broker.kill()  # 1: mid-stream, transactions open
@@ -163,3 +177,65 @@ def test_broker_sigkill_twice_loses_and_duplicates_no_command(broker: PrivateBro
     assert_exactly(expected, found, phase_a={r.notification_id for r in batch_a})
     assert len(expected) > 5000
     assert router.restarts == 0, "the router exited during a broker outage instead of riding it out"
+
+
+@pytest.fixture
+def databases(broker: PrivateBroker) -> Iterator[tuple[Settings, Settings]]:
+    """Two fresh databases on the dev PostgreSQL: one for the run under test, one for the reference."""
+    base, made = settings(), []
+    devstack.up(base)
+    for _ in range(2):
+        name = "bk_" + uuid.uuid4().hex[:12]
+        with psycopg.connect(base.postgres_dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}".encode())
+        made.append(
+            Settings(
+                **(
+                    broker.settings.model_dump()
+                    | {"postgres_dsn": f"{base.postgres_dsn.rsplit('/', 1)[0]}/{name}"}
+                )
+            )
+        )
+        migrate(made[-1].postgres_dsn)
+    yield made[0], made[1]
+    with psycopg.connect(base.postgres_dsn, autocommit=True) as conn:
+        for s in made:
+            conn.execute(f"DROP DATABASE IF EXISTS {s.postgres_dsn.rsplit('/', 1)[1]} WITH (FORCE)".encode())
+
+
+def test_projection_rides_out_two_broker_kills(
+    broker: PrivateBroker, databases: tuple[Settings, Settings], tmp_path: Path
+) -> None:
+    s, reference = databases
+    apply_topics(s, registry(s))
+    with EventProducer(s) as producer:
+        for e in outcomes(20_000):
+            producer.produce(Output.event(names(s).outcomes, e))
+
+    projection = Supervised(environment(s), tmp_path / "projection.log", "projection", "delivery_status")
+    try:
+        for at in (5_000, 12_000):
+            wait_for_progress(s, projection, at)
+            broker.kill()
+            time.sleep(2)
+            broker.start()
+        wait_for_progress(s, projection, 20_000)
+    finally:
+        projection.stop()
+    runner = Runner(reference, Projection.registry["delivery_status"]())
+    try:
+        runner.run(idle_exit_after=3)
+    finally:
+        runner.close()
+    tables = ["notifications", "deliveries", "delivery_events"]
+    print(f"projection: restarts {projection.restarts} after broker kills")
+    assert table_checksums(s, tables) == table_checksums(reference, tables)
+    assert projection.restarts <= 2, "the projection crash-looped after the broker came back"
+
+
+def wait_for_progress(s: Settings, component: Supervised, at_least: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while progress(s) < at_least:
+        component.check()
+        assert time.monotonic() < deadline, f"projection stayed below offset {at_least}"
+        time.sleep(0.1)
