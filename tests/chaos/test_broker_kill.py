@@ -4,9 +4,13 @@ A private single-node broker (own ports, own data directory) is used, so the sha
 suite runs on is never disturbed. The component keeps running through both outages; it is restarted only
 if it exits (as a supervisor would), and the test reports how often that happened.
 - router: reading the command topics read_committed afterwards shows exactly the planned commands;
-- delivery-status projection: its tables equal those of an uninterrupted run over the same topics.
+- delivery-status projection: its tables equal those of an uninterrupted run over the same topics;
+- webhook gateway: every command reaches the receiver, with one terminal outcome each; deliveries sent
+  twice are counted and printed (a send whose outcome Kafka had not acknowledged at the kill).
 """
 
+import asyncio
+import json
 import os
 import random
 import signal
@@ -14,16 +18,21 @@ import socket
 import subprocess
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+from aiohttp import web
+from standardwebhooks import Webhook
 
 from benchmarks.projection import outcomes
 from processors.plan import Catalog
 from projections import Projection, Runner
 from projections.db import migrate
+from tests.chaos.test_gateway_kill import SECRET
 from tests.chaos.test_projection_kill import progress
 from tests.chaos.test_router_kill import (
     ROOT,
@@ -36,13 +45,15 @@ from tests.chaos.test_router_kill import (
     profiles,
     requests,
 )
-from tests.integration.conftest import table_checksums
+from tests.integration.conftest import read_all, table_checksums
 from tidings import devstack
 from tidings.catalog import load
 from tidings.client import Client
+from tidings.codec import default_codec
 from tidings.config import Settings, settings
 from tidings.devstack import kafka
 from tidings.devstack.common import pid_alive
+from tidings.events import DeliveryCommand, DeliveryOutcome, RenderedContent
 from tidings.kafka import EventProducer, Output, apply_topics
 from tidings.topics import names, registry
 
@@ -59,7 +70,10 @@ class PrivateBroker:
     def __init__(self, root: Path) -> None:
         self.root, self.port, self.controller = root, free_port(), free_port()
         self.settings = Settings(
-            kafka_bootstrap=f"127.0.0.1:{self.port}", topic_prefix="bk.", partitions=3, retry_tiers="10s"
+            kafka_bootstrap=f"127.0.0.1:{self.port}",
+            topic_prefix=f"bk{uuid.uuid4().hex[:8]}.",
+            partitions=3,
+            retry_tiers="10s",
         )
 
     def start(self) -> None:
@@ -239,3 +253,76 @@ def wait_for_progress(s: Settings, component: Supervised, at_least: int, timeout
         component.check()
         assert time.monotonic() < deadline, f"projection stayed below offset {at_least}"
         time.sleep(0.1)
+
+
+def test_webhook_gateway_rides_out_two_broker_kills(broker: PrivateBroker, tmp_path: Path) -> None:
+    s, n = broker.settings, names(broker.settings)
+    apply_topics(s, registry(s))
+    received: Counter[str] = Counter()
+
+    async def receiver(request: web.Request) -> web.Response:
+        body = await request.read()
+        Webhook(SECRET).verify(body, dict(request.headers))
+        received[request.headers["webhook-id"]] += 1
+        return web.Response(status=204)
+
+    async def scenario() -> tuple[set[str], int]:
+        app = web.Application()
+        app.router.add_post("/hook", receiver)
+        runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+        ids = set()
+        with EventProducer(s) as producer:
+            for i in range(3000):
+                command = webhook_command(url, i)
+                ids.add(str(command.delivery_id))
+                producer.produce(Output.event(n.delivery("webhook"), command))
+        env = environment(s) | {"TIDINGS_WEBHOOK_ALLOW_CIDRS": "127.0.0.1/32", "TIDINGS_RETRY_TIERS": "10s"}
+        gateway = Supervised(env, tmp_path / "gateway.log", "gateway", "webhook")
+        try:
+            for at in (800, 1800):
+                while len(received) < at:
+                    gateway.check()
+                    await asyncio.sleep(0.01)
+                await asyncio.to_thread(broker.kill)
+                await asyncio.sleep(2)
+                await asyncio.to_thread(broker.start)
+            deadline = time.monotonic() + 240
+            while set(received) != ids and time.monotonic() < deadline:
+                gateway.check()
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(3)
+        finally:
+            await asyncio.to_thread(gateway.stop)
+            await runner.cleanup()
+        return ids, gateway.restarts
+
+    ids, restarts = asyncio.run(scenario())
+    assert set(received) == ids, f"lost: {len(ids - set(received))}"
+    twice = sum(1 for count in received.values() if count > 1)
+    terminal: dict[str, set[Any]] = {}
+    for r in read_all(s, n.outcomes):
+        o = default_codec().decode(r.value or b"")
+        if isinstance(o, DeliveryOutcome) and o.status in {"SENT", "FAILED", "EXPIRED"}:
+            terminal.setdefault(str(o.delivery_id), set()).add((o.event_id, o.status))
+    print(f"webhook gateway, broker killed twice: {len(ids)} sent, {twice} twice, restarts {restarts}")
+    assert set(terminal) == ids
+    assert {len(v) for v in terminal.values()} == {1}
+    assert restarts <= 2, "the gateway crash-looped after the broker came back"
+
+
+def webhook_command(url: str, i: int) -> DeliveryCommand:
+    return DeliveryCommand(
+        tenant_id="acme",
+        delivery_id=uuid.uuid4(),
+        notification_id=uuid.uuid4(),
+        recipient_id=f"user-{i % 100}",
+        notification_type="invoice.due",
+        channel="webhook",
+        priority="normal",
+        address=url,
+        address_params={"secret": SECRET},
+        content=RenderedContent(data_json=json.dumps({"i": i})),
+    )
