@@ -6,7 +6,9 @@ writes of the router's two state stores: `recipients` (each recipient's folded c
 devices and suppressions) and `seen` (notification ids, 7 days, for dedupe). The catalog is a global
 table: every router process reads the whole compacted topic and follows it.
 
-Critical and high-priority commands go to the channel's `.urgent` lane. A record that cannot be decoded,
+Critical and high-priority commands go to the channel's `.urgent` lane. A cancellation of a request
+already planned is forwarded to `notifications.scheduled`, where the scheduler drops its deferred
+commands; one that arrives first makes the request SKIPPED (`cancelled`). A record that cannot be decoded,
 validated or planned is dead-lettered, with a `REJECTED` outcome when its notification id is readable.
 """
 
@@ -153,7 +155,7 @@ class Router:
         already = self.seen.get(record.partition, seen_key)
         self.seen.put(record.partition, seen_key, "cancelled")
         if already == "requested":
-            return []  # commands are out; the scheduler and gateways honour the cancellation later
+            return [self._event(self.names.scheduled, event, trace)]
         return [
             self._outcome(
                 event.tenant_id,

@@ -120,6 +120,8 @@ class TopicSpec:
     per_recipient: bool = True
     partitions: int | None = None
     extra_config: dict[str, str] = field(default_factory=dict)
+    forwarded: tuple[str, ...] = ()
+    """Records a processor also forwards here; clients publish them to their own home topic."""
 
     def config(self) -> dict[str, str]:
         conf = {"cleanup.policy": self.cleanup_policy, **self.extra_config}
@@ -175,7 +177,9 @@ def registry(settings: Settings) -> list[TopicSpec]:
             retention_ms=30 * DAY_MS,
         ),
         TopicSpec(FEEDBACK, RECIPIENT_KEY, ("ProviderFeedback",), retention_ms=90 * DAY_MS),
-        TopicSpec(SCHEDULED, RECIPIENT_KEY, COMMAND, retention_ms=400 * DAY_MS),
+        TopicSpec(
+            SCHEDULED, RECIPIENT_KEY, COMMAND, retention_ms=400 * DAY_MS, forwarded=("NotificationCancelled",)
+        ),
         TopicSpec(
             OUTCOMES, "notification_id", ("DeliveryOutcome",), per_recipient=False, retention_ms=30 * DAY_MS
         ),
@@ -212,10 +216,3 @@ def changelog_spec(component: str, store: str, prefix: str = "") -> TopicSpec:
         cleanup_policy="compact",
         extra_config={"min.compaction.lag.ms": "0", "segment.ms": str(DAY_MS)},
     )
-
-
-def records_of(topic: str, settings: Settings) -> tuple[str, ...]:
-    for spec in registry(settings):
-        if spec.name == topic:
-            return spec.records
-    return ()

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.scheduler import due_keys, release, timer_key
+from processors.scheduler import Timers, due_keys, release, timer_key
 from tidings.codec import default_codec
 from tidings.events import DeliveryCommand, DeliveryOutcome, RenderedContent
 from tidings.state import Store
@@ -77,3 +77,41 @@ def test_store_keys_include_staged_writes_and_hide_deleted_ones() -> None:
     assert store.keys(0) == ["b", "c"] and store.size(0) == 2
     store.aborted()
     assert store.keys(0) == ["a", "b"]
+
+
+def timers() -> Timers:
+    store: Store[bytes] = Store("t", encode=bytes, decode=bytes)
+    store.restore(0, [])
+    return Timers(store, default_codec())
+
+
+def add(t: Timers, c: DeliveryCommand) -> None:
+    t.add(0, c, default_codec().encode(c))
+    t.store.record_done()
+    t.store.committed()
+
+
+def test_cancel_takes_every_pending_command_of_the_notification_and_nothing_else() -> None:
+    t = timers()
+    nid, other = uuid.uuid4(), uuid.uuid4()
+    mine = [command(EPOCH + timedelta(hours=h), notification_id=nid) for h in (1, 2, 9)]
+    theirs = command(EPOCH + timedelta(hours=1), notification_id=other)
+    for c in [*mine, theirs, mine[0]]:
+        add(t, c)
+    taken = t.cancel(0, nid)
+    assert sorted(c.delivery_id for c in taken) == sorted(c.delivery_id for c in mine)
+    assert t.cancel(0, nid) == []
+    far_future = int((EPOCH + timedelta(days=365)).timestamp() * 1000)
+    assert [c.delivery_id for c in t.due(0, far_future)] == [theirs.delivery_id]
+    assert t.store.keys(0) == []
+
+
+def test_a_released_command_leaves_the_index_and_cannot_be_cancelled_later() -> None:
+    t = timers()
+    nid = uuid.uuid4()
+    early, late = (command(EPOCH + timedelta(minutes=m), notification_id=nid) for m in (1, 60))
+    add(t, early)
+    add(t, late)
+    assert t.due(0, int((EPOCH + timedelta(minutes=5)).timestamp() * 1000)) == [early]
+    assert t.cancel(0, nid) == [late]
+    assert t.store.keys(0) == []

@@ -44,6 +44,10 @@ def list_() -> None:
             )
         )
         table.add_row(
-            spec.name, spec.key, ", ".join(spec.records) or "raw bytes", str(spec.partition_count(s)), policy
+            spec.name,
+            spec.key,
+            ", ".join(spec.records + spec.forwarded) or "raw bytes",
+            str(spec.partition_count(s)),
+            policy,
         )
     Console().print(table)

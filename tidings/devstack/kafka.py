@@ -170,7 +170,9 @@ def up(
             what="formatting Kafka storage",
         )
     if _port_open(port):
-        raise DevStackError(f"port {port} is taken by another process; stop it or set TIDINGS_KAFKA_BOOTSTRAP")
+        raise DevStackError(
+            f"port {port} is taken by another process; stop it or set TIDINGS_KAFKA_BOOTSTRAP"
+        )
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             _java(libs, "kafka.Kafka", str(root / "server.properties"), logs=logs),

@@ -1,0 +1,62 @@
+"""Cancelling a notification on the real broker: before the router sees it, and while it is deferred."""
+
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+from processors.scheduler import Scheduler
+from tests.integration.test_router import commands, decoded, publish_catalog, run_router
+from tidings.client import Client
+from tidings.config import Settings
+from tidings.events import DeliveryOutcome
+from tidings.ids import new_notification_id
+from tidings.topics import names
+
+SHIPPED = {"order": "A-1", "carrier": "DHL"}
+
+
+def test_a_cancelled_deferred_notification_is_never_released(topology: Settings) -> None:
+    s = topology
+    publish_catalog(s)
+    later = datetime.now(UTC) + timedelta(minutes=10)
+    early = new_notification_id()
+    with Client(s) as client:
+        client.update_recipient(tenant="acme", recipient="ada", email="ada@example.com")
+        client.register_device(tenant="acme", recipient="ada", device_id="p", platform="fcm", token="t-1")
+        keep = client.send(
+            tenant="acme", recipient="ada", type="order.shipped", data=SHIPPED, scheduled_at=later
+        )
+        drop = client.send(
+            tenant="acme", recipient="ada", type="order.shipped", data=SHIPPED, scheduled_at=later
+        )
+        client.cancel(tenant="acme", recipient="ada", notification_id=drop, reason="order returned")
+        client.cancel(tenant="acme", recipient="ada", notification_id=early)
+        client.send(tenant="acme", recipient="ada", type="order.shipped", data=SHIPPED, notification_id=early)
+    run_router(s)
+    skew = [0.0]
+    scheduler = Scheduler(
+        s, instance="0", group_id=f"scheduler-{s.topic_prefix}", clock=lambda: time.time() + skew[0]
+    )
+    thread = threading.Thread(target=scheduler.run, kwargs={"idle_exit_after": 3})
+    thread.start()
+    deadline = time.monotonic() + 60
+    while scheduler.loop.committed_records < 7 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    skew[0] = 11 * 60  # the deferrals come due only after the cancellation was handled
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+
+    released = Counter(c.notification_id for c in commands(s))
+    assert released == {keep: 3}, released
+    outcomes = [o for o in decoded(s, names(s).outcomes) if isinstance(o, DeliveryOutcome)]
+    by = {
+        nid: Counter((o.status, o.reason) for o in outcomes if o.notification_id == nid)
+        for nid in (keep, drop)
+    }
+    assert by[keep] == {("DEFERRED", "scheduled"): 3, ("QUEUED", "released"): 3}
+    assert by[drop] == {("DEFERRED", "scheduled"): 3, ("CANCELLED", "order returned"): 3}
+    assert [(o.status, o.reason) for o in outcomes if o.notification_id == early] == [
+        ("CANCELLED", "cancelled"),
+        ("SKIPPED", "cancelled"),
+    ]
