@@ -3,9 +3,11 @@ delivery_events tables (status and timeline).
 
 A delivery's status only moves forward by rank (QUEUED < RETRYING < SENT < terminal < DELIVERED), so
 duplicate and out-of-order outcomes are harmless. A notification's summary is the furthest any of its
-channels got (DELIVERED > SENT > RETRYING > QUEUED > DEFERRED), else its failure (FAILED, EXPIRED,
-CANCELLED, REJECTED), else SKIPPED/SUPPRESSED when no channel was used; a request's fields are kept from
-its first record. Rows hold event times only, so a rebuild reproduces them exactly.
+channels got (DELIVERED > SENT > RETRYING > QUEUED), else its failure (FAILED, EXPIRED, CANCELLED,
+REJECTED), else DEFERRED while a channel waits, else SKIPPED/SUPPRESSED when no channel was used; a
+request's fields are kept from its first record. DEFERRED ranks below the failures because a deferred
+delivery ends as one of them or as QUEUED: a scheduled notification cancelled (or expired) while it
+waited must read CANCELLED (EXPIRED), not DEFERRED for ever. Rows hold event times only, so a rebuild reproduces them exactly.
 
 Writes are set-based: a batch's outcomes are COPYed once into a temporary table, in batch order, and each
 table is merged with one INSERT ... ON CONFLICT whose SELECT folds the batch per key exactly as the
@@ -41,11 +43,11 @@ TERMINAL_RANK = 4
 SUMMARY_RANK = {
     "SKIPPED": 0,
     "SUPPRESSED": 0,
-    "EXPIRED": 1,
-    "FAILED": 1,
-    "CANCELLED": 1,
-    "REJECTED": 1,
-    "DEFERRED": 2,
+    "DEFERRED": 1,
+    "EXPIRED": 2,
+    "FAILED": 2,
+    "CANCELLED": 2,
+    "REJECTED": 2,
     "QUEUED": 3,
     "RETRYING": 4,
     "SENT": 5,

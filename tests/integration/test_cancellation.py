@@ -5,7 +5,10 @@ import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import psycopg
+
 from processors.scheduler import Scheduler
+from projections import Projection, Runner
 from tests.integration.test_router import commands, decoded, publish_catalog, run_router
 from tidings.client import Client
 from tidings.config import Settings
@@ -16,8 +19,8 @@ from tidings.topics import names
 SHIPPED = {"order": "A-1", "carrier": "DHL"}
 
 
-def test_a_cancelled_deferred_notification_is_never_released(topology: Settings) -> None:
-    s = topology
+def test_a_cancelled_deferred_notification_is_never_released(database: Settings) -> None:
+    s = database
     publish_catalog(s)
     later = datetime.now(UTC) + timedelta(minutes=10)
     early = new_notification_id()
@@ -60,3 +63,16 @@ def test_a_cancelled_deferred_notification_is_never_released(topology: Settings)
         ("CANCELLED", "cancelled"),
         ("SKIPPED", "cancelled"),
     ]
+
+    runner = Runner(s, Projection.registry["delivery_status"]())
+    try:
+        runner.run(idle_exit_after=3)
+    finally:
+        runner.close()
+    with psycopg.connect(s.postgres_dsn) as conn:
+        rows = dict(conn.execute("SELECT notification_id, status FROM notifications").fetchall())
+        deliveries = conn.execute(
+            "SELECT DISTINCT status FROM deliveries WHERE notification_id = %s", (drop,)
+        )
+        assert [r[0] for r in deliveries] == ["CANCELLED"]
+    assert (rows[keep], rows[drop], rows[early]) == ("QUEUED", "CANCELLED", "CANCELLED")
