@@ -65,3 +65,26 @@ def test_dev_status_and_env(stack: Settings) -> None:
     assert "export TIDINGS_POSTGRES_DSN=" in env.stdout and "export TIDINGS_REDIS_URL=" in env.stdout
     schemas = run("schemas", "check")
     assert schemas.returncode == 0 and "compatible" in schemas.stdout
+
+
+def test_send_later_then_cancel(stack: Settings) -> None:
+    sent = run("send", "-t", "acme", "-r", "cli-later", "--type", "order.shipped", "--in", "10m", "--json")
+    assert sent.returncode == 0, sent.stderr
+    nid = json.loads(sent.stdout)["notification_id"]
+    cancelled = run("cancel", nid, "-t", "acme", "-r", "cli-later", "--reason", "changed my mind")
+    assert cancelled.returncode == 0, cancelled.stderr
+    tail = run("tail", "notifications.requested", "--from-beginning", "--timeout", "5")
+    mine = [json.loads(line) for line in tail.stdout.splitlines() if nid in line]
+    assert [m["record"] for m in mine] == ["NotificationRequested", "NotificationCancelled"]
+    assert mine[0]["value"]["scheduled_at"] is not None
+    assert mine[1]["value"]["reason"] == "changed my mind"
+
+
+def test_send_and_cancel_refuse_unclear_times_and_ids(stack: Settings) -> None:
+    naive = run("send", "-t", "acme", "-r", "u", "--type", "order.shipped", "--at", "2030-01-01T09:00")
+    assert naive.returncode == 1 and "no time zone" in naive.stderr
+    both = run("send", "-t", "acme", "-r", "u", "--type", "t", "--at", "2030-01-01T09:00Z", "--in", "1h")
+    assert both.returncode == 1 and "not both" in both.stderr
+    assert "not like" in run("send", "-t", "acme", "-r", "u", "--type", "t", "--in", "soon").stderr
+    bad_id = run("cancel", "nope", "-t", "acme", "-r", "u")
+    assert bad_id.returncode == 1 and "not a notification id" in bad_id.stderr

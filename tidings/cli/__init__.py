@@ -29,6 +29,7 @@ app.command("audit")(audit.audit)
 app.command("replay")(audit.replay)
 app.add_typer(audit.dlq_app, name="dlq")
 app.command("send")(io.send)
+app.command("cancel")(io.cancel)
 app.command("tail")(io.tail)
 app.command("demo")(demo.demo)
 

@@ -1,9 +1,11 @@
-"""`tidings send`, `tidings tail` and `tidings demo`."""
+"""`tidings send`, `tidings cancel` and `tidings tail`."""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import typer
 from rich.console import Console
@@ -12,6 +14,7 @@ from tidings.client import Client
 from tidings.config import settings
 from tidings.errors import InvalidEvent
 from tidings.kafka import read_topic
+from tidings.topics import tier_seconds
 from tidings.views import record_view
 
 console = Console(stderr=True)
@@ -53,9 +56,12 @@ def send(
     channel: list[str] = typer.Option(None, "--channel", help="Restrict to these channels."),
     notification_id: str | None = typer.Option(None, "--id", help="Notification id (default: new UUIDv7)."),
     idempotency_key: str | None = typer.Option(None, "--idempotency-key"),
+    at: str | None = typer.Option(None, "--at", help="Deliver at this ISO 8601 time (with zone, e.g. Z)."),
+    in_: str | None = typer.Option(None, "--in", help="Deliver after this long: 30s, 10m, 2h, 1d."),
     as_json: bool = typer.Option(False, "--json", help='Print {"notification_id": ...} only.'),
 ) -> None:
     """Request a notification (produces NotificationRequested to notifications.requested)."""
+    scheduled_at = when(at, in_)
     with Client(source="cli") as client:
         nid = client.send(
             tenant=tenant,
@@ -66,11 +72,48 @@ def send(
             channels=channel or None,
             notification_id=notification_id,
             idempotency_key=idempotency_key,
+            scheduled_at=scheduled_at,
         )
     if as_json:
         print(json.dumps({"notification_id": str(nid)}))
     else:
         console.print(f"[green]requested[/] {nid}")
+
+
+def when(at: str | None, after: str | None) -> datetime | None:
+    if at and after:
+        raise InvalidEvent("give --at or --in, not both")
+    if after:
+        try:
+            return datetime.now(UTC) + timedelta(seconds=tier_seconds(after))
+        except ValueError:
+            raise InvalidEvent(f"--in {after!r} is not like 30s, 10m, 2h or 1d") from None
+    if not at:
+        return None
+    try:
+        moment = datetime.fromisoformat(at)
+    except ValueError:
+        raise InvalidEvent(f"--at {at!r} is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        raise InvalidEvent(f"--at {at!r} has no time zone; add one, e.g. {at}Z")
+    return moment
+
+
+def cancel(
+    notification_id: str = typer.Argument(..., help="The notification to cancel."),
+    tenant: str = typer.Option(..., "--tenant", "-t"),
+    recipient: str = typer.Option(..., "--recipient", "-r"),
+    reason: str | None = typer.Option(None, "--reason"),
+) -> None:
+    """Cancel a notification: before the router plans it, or while its deliveries wait (scheduled or
+    quiet hours). Deliveries already handed to a gateway are not recalled."""
+    try:
+        UUID(notification_id)
+    except ValueError:
+        raise InvalidEvent(f"{notification_id!r} is not a notification id (a UUID)") from None
+    with Client(source="cli") as client:
+        client.cancel(tenant=tenant, recipient=recipient, notification_id=notification_id, reason=reason)
+    console.print(f"[yellow]cancellation requested[/] {notification_id}")
 
 
 def tail(
