@@ -10,7 +10,6 @@ if it exits (as a supervisor would), and the test reports how often that happene
 """
 
 import asyncio
-import json
 import os
 import random
 import signal
@@ -32,7 +31,6 @@ from benchmarks.projection import outcomes
 from processors.plan import Catalog
 from projections import Projection, Runner
 from projections.db import migrate
-from tests.chaos.test_gateway_kill import SECRET
 from tests.chaos.test_projection_kill import progress
 from tests.chaos.test_router_kill import (
     ROOT,
@@ -46,6 +44,9 @@ from tests.chaos.test_router_kill import (
     requests,
 )
 from tests.integration.conftest import read_all, table_checksums
+from tests.integration.test_gateway_runner import commands
+from tests.integration.test_gateway_runner import produce as produce_commands
+from tests.servers.webhook import SECRET
 from tidings import devstack
 from tidings.catalog import load
 from tidings.client import Client
@@ -53,7 +54,7 @@ from tidings.codec import default_codec
 from tidings.config import Settings, settings
 from tidings.devstack import kafka
 from tidings.devstack.common import pid_alive
-from tidings.events import DeliveryCommand, DeliveryOutcome, RenderedContent
+from tidings.events import DeliveryOutcome
 from tidings.kafka import EventProducer, Output, apply_topics
 from tidings.topics import names, registry
 
@@ -273,12 +274,9 @@ def test_webhook_gateway_rides_out_two_broker_kills(broker: PrivateBroker, tmp_p
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-        ids = set()
-        with EventProducer(s) as producer:
-            for i in range(3000):
-                command = webhook_command(url, i)
-                ids.add(str(command.delivery_id))
-                producer.produce(Output.event(n.delivery("webhook"), command))
+        sent = commands(url, 3000)
+        produce_commands(s, sent)
+        ids = {str(c.delivery_id) for c in sent}
         env = environment(s) | {"TIDINGS_WEBHOOK_ALLOW_CIDRS": "127.0.0.1/32", "TIDINGS_RETRY_TIERS": "10s"}
         gateway = Supervised(env, tmp_path / "gateway.log", "gateway", "webhook")
         try:
@@ -311,18 +309,3 @@ def test_webhook_gateway_rides_out_two_broker_kills(broker: PrivateBroker, tmp_p
     assert set(terminal) == ids
     assert {len(v) for v in terminal.values()} == {1}
     assert restarts <= 2, "the gateway crash-looped after the broker came back"
-
-
-def webhook_command(url: str, i: int) -> DeliveryCommand:
-    return DeliveryCommand(
-        tenant_id="acme",
-        delivery_id=uuid.uuid4(),
-        notification_id=uuid.uuid4(),
-        recipient_id=f"user-{i % 100}",
-        notification_type="invoice.due",
-        channel="webhook",
-        priority="normal",
-        address=url,
-        address_params={"secret": SECRET},
-        content=RenderedContent(data_json=json.dumps({"i": i})),
-    )
