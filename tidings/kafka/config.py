@@ -39,6 +39,7 @@ def producer(settings: Settings, **overrides: Any) -> dict[str, Any]:
             "acks": "all",
             "linger.ms": 5,
             "compression.type": "lz4",
+            "partitioner": "murmur2_random",
             "message.max.bytes": 2_000_000,
             **overrides,
         },
