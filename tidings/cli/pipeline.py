@@ -164,3 +164,17 @@ def run_gateway(
         await runner.run(idle_exit_after=idle_exit)
 
     asyncio.run(main())
+
+
+@run_app.command("edge")
+def run_edge(
+    port: int | None = typer.Option(None, "--port", help="Default: TIDINGS_EDGE_PORT or 8080."),
+) -> None:
+    """Serve the HTTP edge on loopback: one-click unsubscribe links (RFC 8058) → feedback."""
+    from aiohttp import web
+
+    from gateways.edge import EdgeSettings, app
+
+    edge = EdgeSettings()
+    logging.getLogger().setLevel(logging.INFO)
+    web.run_app(app(settings()), host=edge.host, port=port or edge.port, access_log=None)

@@ -110,6 +110,7 @@ class AsyncProducer:
         future: asyncio.Future[Any] = await self._producer.send(
             out.topic, out.value, out.key, partition=out.partition, headers=list(out.headers)
         )
+        self._pending = [f for f in self._pending if not f.done()]
         self._pending.append(future)
         return future
 
