@@ -1,7 +1,7 @@
-"""Consumes HTTP requests from recipients; produces ProviderFeedback to notifications.feedback.
+"""Consumes HTTP requests from recipients and providers; produces ProviderFeedback to notifications.feedback.
 
-The first part of the HTTP edge (`tidings run edge`): the unsubscribe link every non-critical email
-carries (`List-Unsubscribe: <{TIDINGS_EMAIL_UNSUBSCRIBE_URL}/{token}>`).
+The HTTP edge (`tidings run edge`). First, the unsubscribe link every non-critical email carries
+(`List-Unsubscribe: <{TIDINGS_EMAIL_UNSUBSCRIBE_URL}/{token}>`):
 
 - `POST /unsubscribe/{token}` is RFC 8058's one-click unsubscribe (mail clients post
   `List-Unsubscribe=One-Click`) and also what the confirmation page's button posts. It produces an
@@ -13,23 +13,44 @@ carries (`List-Unsubscribe: <{TIDINGS_EMAIL_UNSUBSCRIBE_URL}/{token}>`).
 - Tokens are the email gateway's HS256 JWTs, signed with `TIDINGS_EMAIL_UNSUBSCRIBE_SECRET`. A token
   that does not verify gets 400 and produces nothing; the answer does not say why.
 
-The response says "done" only after Kafka acknowledged the feedback, so a 200 means the opt-out is
-durable. A repeated click produces another event: unsubscribing twice leaves the same state, and an
-old link clicked after a resubscribe must take effect again.
+Then the providers' webhooks, each mounted only when its credential is configured (an unauthenticated
+bounce endpoint would let anyone suppress any address), with the tenant in the path:
+- `POST /callbacks/sendgrid/{tenant}`: signed Event Webhook batches
+  (`TIDINGS_EDGE_SENDGRID_VERIFICATION_KEY`);
+- `POST /callbacks/postmark/{tenant}`: Postmark webhooks behind basic auth
+  (`TIDINGS_EDGE_POSTMARK_USERNAME` and `_PASSWORD`, put in the webhook URL; Postmark does not sign);
+- `POST /inbound/twilio/{tenant}` and `POST /inbound/vonage/{tenant}`: inbound SMS, STOP/START
+  (`TIDINGS_EDGE_TWILIO_AUTH_TOKEN`, `TIDINGS_EDGE_VONAGE_SIGNATURE_SECRET`). Twilio signs the URL it
+  called: behind a proxy set `TIDINGS_EDGE_PUBLIC_URL` to the scheme and host Twilio sees.
+A request that fails its signature or is malformed gets 400 with the reason and produces nothing.
+Amazon SES (via SNS) is not mounted yet: its parser needs the signing certificate fetched from AWS.
+
+Every response says "done" only after Kafka acknowledged the feedback, so a 2xx means it is durable
+and a provider's retry after an error cannot lose it. A repeated unsubscribe click produces another
+event: unsubscribing twice leaves the same state, and an old link clicked after a resubscribe must
+take effect again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hmac
 import html
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import jwt
 from aiohttp import web
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateways.email import callbacks
 from gateways.email._message import EmailSettings, unsubscribe_claims
+from gateways.sms import inbound
 from tidings.config import Settings
+from tidings.errors import InvalidEvent
 from tidings.events import ProviderFeedback
 from tidings.kafka import Output
 from tidings.kafka.aio import AsyncProducer
@@ -50,6 +71,22 @@ class EdgeSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8080
+    public_url: str | None = None
+    sendgrid_verification_key: str | None = None
+    postmark_username: str | None = None
+    postmark_password: SecretStr | None = None
+    twilio_auth_token: SecretStr | None = None
+    vonage_signature_secret: SecretStr | None = None
+    vonage_signature_method: inbound.VonageMethod = "md5hash"
+
+
+Parse = Callable[[web.Request, bytes, str], list[ProviderFeedback]]
+TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+
+
+def basic_auth_matches(header: str | None, username: str, password: str) -> bool:
+    expected = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+    return header is not None and hmac.compare_digest(header.encode(), expected.encode())
 
 
 def page(title: str, text: str, form: str = "", status: int = 200) -> web.Response:
@@ -71,10 +108,73 @@ def feedback_of(claims: dict[str, Any]) -> ProviderFeedback:
     )
 
 
-def app(settings: Settings, email: EmailSettings | None = None) -> web.Application:
-    email = email or EmailSettings()
+def parsers(edge: EdgeSettings) -> dict[str, Parse]:
+    """Route path → parser, for the providers whose credentials are configured."""
+    mounted: dict[str, Parse] = {}
+    if (key := edge.sendgrid_verification_key) is not None:
+        mounted["/callbacks/sendgrid/{tenant}"] = lambda r, body, tenant: callbacks.sendgrid_events(
+            body,
+            signature=r.headers.get("X-Twilio-Email-Event-Webhook-Signature", ""),
+            timestamp=r.headers.get("X-Twilio-Email-Event-Webhook-Timestamp", ""),
+            public_key_pem=key,
+            tenant_id=tenant,
+        )
+    if edge.postmark_username and (password := edge.postmark_password) is not None:
+        user = edge.postmark_username
+
+        def postmark(r: web.Request, body: bytes, tenant: str) -> list[ProviderFeedback]:
+            if not basic_auth_matches(r.headers.get("Authorization"), user, password.get_secret_value()):
+                raise InvalidEvent("Postmark webhook without the configured basic auth")
+            return callbacks.postmark(body, tenant)
+
+        mounted["/callbacks/postmark/{tenant}"] = postmark
+    if (token := edge.twilio_auth_token) is not None:
+        public = edge.public_url
+
+        def twilio(r: web.Request, body: bytes, tenant: str) -> list[ProviderFeedback]:
+            url = public.rstrip("/") + r.path_qs if public else str(r.url)
+            signature = r.headers.get("X-Twilio-Signature")
+            return inbound.twilio(
+                body, url=url, signature=signature, auth_token=token.get_secret_value(), tenant_id=tenant
+            )
+
+        mounted["/inbound/twilio/{tenant}"] = twilio
+    if (secret := edge.vonage_signature_secret) is not None:
+        method = edge.vonage_signature_method
+        mounted["/inbound/vonage/{tenant}"] = lambda r, body, tenant: inbound.vonage(
+            body,
+            tenant_id=tenant,
+            signature_secret=secret.get_secret_value(),
+            signature_method=method,
+            max_age=600,
+        )
+    return mounted
+
+
+def app(
+    settings: Settings, email: EmailSettings | None = None, edge: EdgeSettings | None = None
+) -> web.Application:
+    email, edge = email or EmailSettings(), edge or EdgeSettings()
     feedback_topic = names(settings).feedback
-    application = web.Application(client_max_size=4096)
+    application = web.Application(client_max_size=1024 * 1024)
+
+    async def publish(request: web.Request, events: list[ProviderFeedback]) -> None:
+        producer = request.app[PRODUCER]
+        sent = [await producer.send(Output.event(feedback_topic, e)) for e in events]
+        await asyncio.gather(*sent)
+
+    def webhook(parse: Parse, answer: Callable[[], web.Response]) -> Callable[..., Awaitable[web.Response]]:
+        async def handle(request: web.Request) -> web.Response:
+            body = await request.read()
+            try:
+                events = parse(request, body, request.match_info["tenant"])
+            except InvalidEvent as exc:
+                log.warning("refused %s: %s", request.path, exc)
+                return web.Response(status=400, text=str(exc))
+            await publish(request, events)
+            return answer()
+
+        return handle
 
     def verified(request: web.Request) -> dict[str, Any] | None:
         try:
@@ -99,8 +199,7 @@ def app(settings: Settings, email: EmailSettings | None = None) -> web.Applicati
         except (ValueError, KeyError) as exc:
             log.warning("unsubscribe token with unusable claims: %s", exc)
             return page("Link not valid", "This unsubscribe link is not valid.", status=400)
-        future = await request.app[PRODUCER].send(Output.event(feedback_topic, event))
-        await future
+        await publish(request, [event])
         return page("Unsubscribed", f"You will no longer get {event.category or 'these'} emails.")
 
     async def producer(application: web.Application) -> Any:
@@ -112,4 +211,13 @@ def app(settings: Settings, email: EmailSettings | None = None) -> web.Applicati
     application.cleanup_ctx.append(producer)
     application.router.add_get("/unsubscribe/{token}", confirm)
     application.router.add_post("/unsubscribe/{token}", unsubscribe)
+    for path, parse in parsers(edge).items():
+        twiml = path.startswith("/inbound/twilio")
+        answer = (
+            (lambda: web.Response(text=TWIML_EMPTY, content_type="text/xml"))
+            if twiml
+            else (lambda: web.Response(status=204))
+        )
+        application.router.add_post(path, webhook(parse, answer))
+        log.info("mounted %s", path)
     return application

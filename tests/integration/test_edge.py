@@ -1,16 +1,26 @@
 """The HTTP edge on the real stack: an email's one-click unsubscribe link opts the recipient out."""
 
 import asyncio
+import base64
+import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import SecretStr
 
-from gateways.edge import app
+from gateways.edge import EdgeSettings, app
 from gateways.email._message import EmailSettings, headers
+from gateways.sms.inbound import twilio_signature
 from tests.integration.conftest import read_all
 from tests.integration.test_router import commands, decoded, publish_catalog, run_router
+from tests.unit.test_callbacks_sendgrid_postmark import bounce, sendgrid_event, sendgrid_public, sendgrid_sign
+from tests.unit.test_sms_inbound import TOKEN as TWILIO_TOKEN
+from tests.unit.test_sms_inbound import VONAGE_SECRET, twilio_form, vonage_body
 from tidings.client import Client
 from tidings.config import Settings
 from tidings.events import DeliveryOutcome, ProviderFeedback
@@ -19,8 +29,10 @@ from tidings.topics import names
 EMAIL = EmailSettings()
 
 
-async def serving(s: Settings, scenario: Callable[[str], Awaitable[Any]]) -> Any:
-    runner = web.AppRunner(app(s, EMAIL))
+async def serving(
+    s: Settings, scenario: Callable[[str], Awaitable[Any]], edge: EdgeSettings | None = None
+) -> Any:
+    runner = web.AppRunner(app(s, EMAIL, edge or EdgeSettings()))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
@@ -85,3 +97,70 @@ def test_one_click_unsubscribe_opts_the_category_out(topology: Settings) -> None
     ]
     assert skipped == [("email", "opted_out", "unsubscribed from orders")]
     assert [c.channel for c in commands(s) if c.notification_id == invoice] == ["email"]
+
+
+def test_provider_webhooks_become_feedback_only_when_authentic(topology: Settings) -> None:
+    s, key = topology, ec.generate_private_key(ec.SECP256R1())
+    edge = EdgeSettings(
+        sendgrid_verification_key=sendgrid_public(key),
+        postmark_username="pm",
+        postmark_password=SecretStr("pm-secret"),
+        twilio_auth_token=SecretStr(TWILIO_TOKEN),
+        vonage_signature_secret=SecretStr(VONAGE_SECRET),
+    )
+    grid = json.dumps([sendgrid_event("bounce"), sendgrid_event("spamreport", "b@example.com")]).encode()
+    signed = sendgrid_sign(key, grid)
+    grid_headers = {
+        "X-Twilio-Email-Event-Webhook-Signature": signed["signature"],
+        "X-Twilio-Email-Event-Webhook-Timestamp": signed["timestamp"],
+    }
+    forged = grid_headers | {"X-Twilio-Email-Event-Webhook-Timestamp": str(int(time.time()) - 1)}
+    postmark_body = bounce("HardBounce")
+    good_auth = {"Authorization": "Basic " + base64.b64encode(b"pm:pm-secret").decode()}
+    stop = vonage_body("STOP", sign="md5hash", timestamp=str(int(time.time())))
+
+    async def calls(base: str) -> list[tuple[int, str]]:
+        form = twilio_form("STOP", sender="+447700900555")
+        twilio_url = f"{base}/inbound/twilio/acme"
+        requests: list[tuple[str, bytes, dict[str, str]]] = [
+            ("/callbacks/sendgrid/acme", grid, grid_headers),
+            ("/callbacks/sendgrid/acme", grid, forged),
+            ("/callbacks/postmark/acme", postmark_body, good_auth),
+            ("/callbacks/postmark/acme", postmark_body, {"Authorization": "Basic cG06d3Jvbmc="}),
+            (
+                "/inbound/twilio/acme",
+                urlencode(form).encode(),
+                {
+                    "X-Twilio-Signature": twilio_signature(twilio_url, form, TWILIO_TOKEN),
+                    "Content-Type": "application/x-www-form-urlencoded",
+                },
+            ),
+            ("/inbound/vonage/acme", stop, {"Content-Type": "application/json"}),
+        ]
+        answers = []
+        async with aiohttp.ClientSession() as http:
+            for path, body, extra in requests:
+                async with http.post(base + path, data=body, headers=extra) as r:
+                    answers.append((r.status, await r.text()))
+        return answers
+
+    statuses = [status for status, _ in asyncio.run(serving(s, calls, edge))]
+    assert statuses == [204, 400, 204, 400, 200, 204]
+    found = [f for f in decoded(s, names(s).feedback) if isinstance(f, ProviderFeedback)]
+    assert sorted((f.provider, f.kind, f.channel, f.address) for f in found) == [
+        ("postmark", "hard_bounce", "email", "a@example.com"),
+        ("sendgrid", "complaint", "email", "b@example.com"),
+        ("sendgrid", "hard_bounce", "email", "a@example.com"),
+        ("twilio", "sms_stop", "sms", "+447700900555"),
+        ("vonage", "sms_stop", "sms", "+447700900123"),
+    ]
+    assert {f.tenant_id for f in found} == {"acme"}
+
+    async def unconfigured(base: str) -> int:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{base}/callbacks/sendgrid/acme", data=grid) as r,
+        ):
+            return r.status
+
+    assert asyncio.run(serving(s, unconfigured, EdgeSettings())) == 404
