@@ -22,8 +22,12 @@ bounce endpoint would let anyone suppress any address), with the tenant in the p
 - `POST /inbound/twilio/{tenant}` and `POST /inbound/vonage/{tenant}`: inbound SMS, STOP/START
   (`TIDINGS_EDGE_TWILIO_AUTH_TOKEN`, `TIDINGS_EDGE_VONAGE_SIGNATURE_SECRET`). Twilio signs the URL it
   called: behind a proxy set `TIDINGS_EDGE_PUBLIC_URL` to the scheme and host Twilio sees.
+- `POST /callbacks/ses/{tenant}`: SES notifications delivered by Amazon SNS over HTTPS, for the topic
+  `TIDINGS_EDGE_SES_TOPIC_ARN` only. The SNS signing certificate is fetched from the message's
+  `SigningCertURL` (HTTPS on an `sns.<region>.amazonaws.com` host only) and cached; a subscription
+  confirmation is verified the same way and confirmed by visiting its `SubscribeURL` (same host rule).
+  A certificate that cannot be fetched gets 503, so SNS retries.
 A request that fails its signature or is malformed gets 400 with the reason and produces nothing.
-Amazon SES (via SNS) is not mounted yet: its parser needs the signing certificate fetched from AWS.
 
 Every response says "done" only after Kafka acknowledged the feedback, so a 2xx means it is durable
 and a provider's retry after an error cannot lose it. A repeated unsubscribe click produces another
@@ -37,10 +41,14 @@ import asyncio
 import base64
 import hmac
 import html
+import inspect
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
+import aiohttp
 import jwt
 from aiohttp import web
 from pydantic import SecretStr
@@ -78,9 +86,41 @@ class EdgeSettings(BaseSettings):
     twilio_auth_token: SecretStr | None = None
     vonage_signature_secret: SecretStr | None = None
     vonage_signature_method: inbound.VonageMethod = "md5hash"
+    ses_topic_arn: str | None = None
 
 
 Parse = Callable[[web.Request, bytes, str], list[ProviderFeedback]]
+Fetch = Callable[[str], Awaitable[bytes]]
+MAX_FETCH_BYTES = 64 * 1024
+
+
+class FetchFailed(Exception):
+    """An SNS certificate or confirmation URL could not be fetched (the caller should retry)."""
+
+
+async def fetch_https(url: str) -> bytes:
+    """GET an Amazon SNS URL (callers validate it first): 10 s, 64 KiB, no redirects."""
+    timeout = aiohttp.ClientTimeout(total=10)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.get(url, allow_redirects=False) as response,
+        ):
+            body = await response.content.read(MAX_FETCH_BYTES + 1)
+            if response.status != 200 or len(body) > MAX_FETCH_BYTES:
+                raise FetchFailed(f"{url}: HTTP {response.status}, {len(body)} bytes")
+            return body
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise FetchFailed(f"{url}: {exc}") from exc
+
+
+def sns_url(url: object) -> str:
+    parts = urlsplit(str(url))
+    if parts.scheme != "https" or not callbacks.SNS_HOST.match(parts.hostname or ""):
+        raise InvalidEvent(f"not an Amazon SNS URL: {url!r}")
+    return str(url)
+
+
 TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
 
@@ -151,8 +191,31 @@ def parsers(edge: EdgeSettings) -> dict[str, Parse]:
     return mounted
 
 
+def ses_route(edge: EdgeSettings, fetch: Fetch) -> Callable[[web.Request, bytes, str], Awaitable[Any]] | None:
+    """The SES/SNS parser, asynchronous because it may fetch the certificate and confirm a subscription."""
+    if (arn := edge.ses_topic_arn) is None:
+        return None
+    certificates: dict[str, bytes] = {}
+
+    async def parse(request: web.Request, body: bytes, tenant: str) -> list[ProviderFeedback]:
+        url = callbacks.signing_cert_url(body)
+        if url not in certificates:
+            certificates[url] = await fetch(url)
+        events = callbacks.ses_sns(body, certificate_pem=certificates[url], tenant_id=tenant, topic_arn=arn)
+        envelope = json.loads(body)
+        if envelope.get("Type") == "SubscriptionConfirmation":
+            await fetch(sns_url(envelope.get("SubscribeURL")))
+            log.info("confirmed the SNS subscription to %s", arn)
+        return events
+
+    return parse
+
+
 def app(
-    settings: Settings, email: EmailSettings | None = None, edge: EdgeSettings | None = None
+    settings: Settings,
+    email: EmailSettings | None = None,
+    edge: EdgeSettings | None = None,
+    fetch: Fetch = fetch_https,
 ) -> web.Application:
     email, edge = email or EmailSettings(), edge or EdgeSettings()
     feedback_topic = names(settings).feedback
@@ -163,14 +226,21 @@ def app(
         sent = [await producer.send(Output.event(feedback_topic, e)) for e in events]
         await asyncio.gather(*sent)
 
-    def webhook(parse: Parse, answer: Callable[[], web.Response]) -> Callable[..., Awaitable[web.Response]]:
+    def webhook(
+        parse: Callable[..., Any], answer: Callable[[], web.Response]
+    ) -> Callable[..., Awaitable[Any]]:
         async def handle(request: web.Request) -> web.Response:
             body = await request.read()
             try:
                 events = parse(request, body, request.match_info["tenant"])
+                if inspect.isawaitable(events):
+                    events = await events
             except InvalidEvent as exc:
                 log.warning("refused %s: %s", request.path, exc)
                 return web.Response(status=400, text=str(exc))
+            except FetchFailed as exc:
+                log.warning("could not check %s: %s", request.path, exc)
+                return web.Response(status=503, text="try again later")
             await publish(request, events)
             return answer()
 
@@ -220,4 +290,6 @@ def app(
         )
         application.router.add_post(path, webhook(parse, answer))
         log.info("mounted %s", path)
+    if (ses := ses_route(edge, fetch)) is not None:
+        application.router.add_post("/callbacks/ses/{tenant}", webhook(ses, lambda: web.Response(status=204)))
     return application

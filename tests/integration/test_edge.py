@@ -10,15 +10,16 @@ from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import SecretStr
 
-from gateways.edge import EdgeSettings, app
+from gateways.edge import EdgeSettings, FetchFailed, app
 from gateways.email._message import EmailSettings, headers
 from gateways.sms.inbound import twilio_signature
 from tests.integration.conftest import read_all
 from tests.integration.test_router import commands, decoded, publish_catalog, run_router
 from tests.unit.test_callbacks_sendgrid_postmark import bounce, sendgrid_event, sendgrid_public, sendgrid_sign
+from tests.unit.test_callbacks_ses import CERT_URL, TOPIC, certificate, ses_bounce, sns
 from tests.unit.test_sms_inbound import TOKEN as TWILIO_TOKEN
 from tests.unit.test_sms_inbound import VONAGE_SECRET, twilio_form, vonage_body
 from tidings.client import Client
@@ -30,9 +31,9 @@ EMAIL = EmailSettings()
 
 
 async def serving(
-    s: Settings, scenario: Callable[[str], Awaitable[Any]], edge: EdgeSettings | None = None
+    s: Settings, scenario: Callable[[str], Awaitable[Any]], edge: EdgeSettings | None = None, **kwargs: Any
 ) -> Any:
-    runner = web.AppRunner(app(s, EMAIL, edge or EdgeSettings()))
+    runner = web.AppRunner(app(s, EMAIL, edge or EdgeSettings(), **kwargs))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
@@ -164,3 +165,41 @@ def test_provider_webhooks_become_feedback_only_when_authentic(topology: Setting
             return r.status
 
     assert asyncio.run(serving(s, unconfigured, EdgeSettings())) == 404
+
+
+def test_ses_notifications_via_sns_are_verified_with_the_fetched_certificate(topology: Settings) -> None:
+    s, key = topology, rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem, fetched = certificate(key), []
+    subscribe = "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&Token=2336412f37"
+
+    async def aws(url: str) -> bytes:
+        fetched.append(url)
+        if url == CERT_URL:
+            return pem
+        if url == subscribe:
+            return b"<ConfirmSubscriptionResponse/>"
+        raise FetchFailed(url)
+
+    confirmation = sns(
+        key, "subscribe?", Type="SubscriptionConfirmation", Token="2336412f37", SubscribeURL=subscribe
+    )
+    hard = sns(key, ses_bounce("Permanent", "gone@example.com"))
+    tampered = {**hard, "Message": hard["Message"].replace("gone@", "other@")}
+    unreachable = sns(
+        key, ses_bounce("Permanent", "x@example.com"), SigningCertURL=CERT_URL.replace("0123", "9999")
+    )
+    elsewhere = sns(key, ses_bounce("Permanent", "y@example.com"), TopicArn=TOPIC + "-other")
+
+    async def calls(base: str) -> list[int]:
+        async with aiohttp.ClientSession() as http:
+            statuses = []
+            for envelope in (confirmation, hard, tampered, unreachable, elsewhere):
+                async with http.post(f"{base}/callbacks/ses/acme", data=json.dumps(envelope)) as r:
+                    statuses.append(r.status)
+            return statuses
+
+    edge = EdgeSettings(ses_topic_arn=TOPIC)
+    assert asyncio.run(serving(s, calls, edge, fetch=aws)) == [204, 204, 400, 503, 400]
+    assert fetched.count(CERT_URL) == 1 and subscribe in fetched
+    found = [f for f in decoded(s, names(s).feedback) if isinstance(f, ProviderFeedback)]
+    assert [(f.provider, f.kind, f.address) for f in found] == [("ses", "hard_bounce", "gone@example.com")]
