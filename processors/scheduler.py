@@ -131,6 +131,7 @@ class Scheduler:
         self.timers = Timers(self.store, self.codec)
         slot = instance or f"{socket.gethostname()}-0"
         self.released = 0
+        self.cancelled = 0
         self.loop = TransactionalLoop(
             settings,
             group_id=group_id,
@@ -154,6 +155,7 @@ class Scheduler:
         if isinstance(event, NotificationCancelled):
             reason = event.reason or "cancelled"
             taken = self.timers.cancel(record.partition, event.notification_id)
+            self.cancelled += len(taken)
             return [outcome(self.names, c, "CANCELLED", reason) for c in taken]
         if not isinstance(event, DeliveryCommand):
             raise InvalidEvent(f"{type(event).__name__} does not belong on {record.topic}")

@@ -1,10 +1,12 @@
 """`tidings demo`: the whole pipeline that exists, end to end, on the local stack.
 
 Starts the stack, creates topics, publishes the example catalog, registers recipients with preferences,
-sends requests with the SDK (one scheduled a few seconds ahead), runs the router until it is idle, the
-scheduler until the deferred delivery is released, the email gateway (SMTP to a local
-mail sink) and the webhook gateway (to a local receiver that verifies signatures), shows the commands and
-outcomes read back from Kafka, and folds the outcomes into PostgreSQL with the delivery-status projection.
+sends requests with the SDK (one scheduled a few seconds ahead, one scheduled and then cancelled), runs
+the router until it is idle, the scheduler until the deferred delivery is released, the email gateway
+(SMTP to a local mail sink) and the webhook gateway (to a local receiver that verifies signatures), clicks
+one email's one-click unsubscribe link on the HTTP edge and shows the router honour it, shows the
+commands and outcomes read back from Kafka, and folds the outcomes into PostgreSQL with the
+delivery-status projection.
 The local receivers are the only stand-ins. Push and SMS go to vendors (FCM, APNs, Twilio, ...) that
 need credentials, and the in-app channel has no gateway yet, so those commands stay QUEUED here.
 """
@@ -120,6 +122,16 @@ def run_demo(s: Settings, n: Any, rounds: int, mail: MailSink, hooks: WebhookSin
             tenant="acme", recipient="alan", type="order.shipped", data=data, scheduled_at=later
         )
         sent[str(nid)] = ("alan", "order.shipped (scheduled)")
+        data = {"order": "A-1005", "carrier": "DHL"}
+        nid = client.send(
+            tenant="acme",
+            recipient="ada",
+            type="order.shipped",
+            data=data,
+            scheduled_at=later + timedelta(hours=1),
+        )
+        client.cancel(tenant="acme", recipient="ada", notification_id=nid, reason="order returned")
+        sent[str(nid)] = ("ada", "order.shipped (cancelled)")
         client.flush()
     console.print(
         f"catalog: {len(changed)} types published; {len(RECIPIENTS)} recipients; {len(sent)} requests"
@@ -135,8 +147,12 @@ def run_demo(s: Settings, n: Any, rounds: int, mail: MailSink, hooks: WebhookSin
     console.rule("scheduler (durable timers) until no timer is pending")
     scheduler = Scheduler(s, instance="demo")
     scheduler.run(idle_exit_after=1.0)
-    console.print(f"scheduler: released {scheduler.released} deferred deliveries when due")
+    console.print(
+        f"scheduler: released {scheduler.released} deferred deliveries when due, "
+        f"cancelled {scheduler.cancelled}"
+    )
     deliver(s, mail, hooks)
+    unsubscribe(s, mail, sent)
     show(sent, n)
     project(sent)
 
@@ -167,6 +183,50 @@ def deliver(s: Settings, mail: MailSink, hooks: WebhookSink) -> None:
     console.print(
         f"webhook: {webhook.counts.get('sent', 0)} sent; "
         f"the receiver verified {len(hooks.received)} signatures"
+    )
+
+
+def unsubscribe(s: Settings, mail: MailSink, sent: dict[str, tuple[str, str]]) -> None:
+    """Alan clicks his order email's one-click unsubscribe link (the RFC 8058 POST a mail client sends)
+    on the HTTP edge; his next order notification then skips email."""
+    import aiohttp
+    from aiohttp import web
+
+    from gateways.edge import app
+    from processors.router import Router
+
+    console.rule("HTTP edge: one-click unsubscribe, then the router honours it")
+    message = next(m for m in mail.messages if m["To"] == "alan@example.com" and "List-Unsubscribe" in m)
+    token = str(message["List-Unsubscribe"]).strip("<>").rsplit("/", 1)[1]
+
+    async def click() -> int:
+        runner = web.AppRunner(app(s))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/unsubscribe/{token}"
+        try:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(url, data="List-Unsubscribe=One-Click") as r,
+            ):
+                return r.status
+        finally:
+            await runner.cleanup()
+
+    status = asyncio.run(click())
+    with Client(s, source="demo") as client:
+        nid = client.send(
+            tenant="acme", recipient="alan", type="order.shipped", data={"order": "A-1004", "carrier": "DHL"}
+        )
+    sent[str(nid)] = ("alan", "order.shipped (after unsubscribe)")
+    Router(s, instance="demo").run(idle_exit_after=3.0)
+    outcomes = [
+        o for o in read(names(s).outcomes) if isinstance(o, DeliveryOutcome) and o.notification_id == nid
+    ]
+    email = next((o for o in outcomes if o.channel == "email"), None)
+    verdict = f"{email.status} ({email.detail})" if email else "no email outcome"
+    console.print(
+        f"edge: alan's one-click unsubscribe answered HTTP {status}; his next order email: {verdict}"
     )
 
 
