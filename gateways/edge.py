@@ -70,6 +70,7 @@ PAGE = """<!doctype html><html lang="en"><meta charset="utf-8"><title>{title}</t
 <body style="font-family:sans-serif;max-width:32em;margin:4em auto">
 <h1>{title}</h1><p>{text}</p>{form}</body></html>"""
 FORM = '<form method="post"><button name="List-Unsubscribe" value="One-Click">Unsubscribe</button></form>'
+TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
 
 class EdgeSettings(BaseSettings):
@@ -119,9 +120,6 @@ def sns_url(url: object) -> str:
     if parts.scheme != "https" or not callbacks.SNS_HOST.match(parts.hostname or ""):
         raise InvalidEvent(f"not an Amazon SNS URL: {url!r}")
     return str(url)
-
-
-TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
 
 def basic_auth_matches(header: str | None, username: str, password: str) -> bool:
