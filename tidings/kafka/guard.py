@@ -3,10 +3,10 @@
 `send_offsets_to_transaction()` can block forever after the group coordinator went away (a broker
 killed and restarted): librdkafka never checks the timeout of coordinator requests
 (confluentinc/librdkafka#5456, #5511, open in 2.16). A router blocked there stops without a word. The
-call runs in a daemon thread instead; when it has not returned `grace` seconds after its own timeout,
-the caller gets a fatal `KafkaException` and replaces the client. The stuck thread and its client are
-abandoned (a new producer with the same transactional id fences the old one), at most a few times per
-process before the loop gives up and exits.
+call runs in a daemon thread instead; when it has not returned by the caller's deadline (the loop allows
+15 s beyond the call's own timeout), the caller gets a fatal `KafkaException` and replaces the client.
+The stuck thread and its client are abandoned (a new producer with the same transactional id fences
+the old one), at most a few times per process before the loop gives up and exits.
 """
 
 from __future__ import annotations
