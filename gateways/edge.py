@@ -5,9 +5,9 @@ The HTTP edge (`tidings run edge`). First, the unsubscribe link every non-critic
 
 - `POST /unsubscribe/{token}` is RFC 8058's one-click unsubscribe (mail clients post
   `List-Unsubscribe=One-Click`) and also what the confirmation page's button posts. It produces an
-  `unsubscribe` feedback for the token's tenant, recipient, category and address; the router folds it
-  into the recipient's state (that category is opted out on every channel from then on) and the
-  recipients projection shows it.
+  `unsubscribe` feedback for the token's tenant, recipient, category, channel and address; the router
+  folds it into the recipient's state (that category's emails stop; its push or SMS messages do not)
+  and the recipients projection shows it.
 - `GET /unsubscribe/{token}` only shows that page: link scanners and previews fetch URLs from mail, so a
   GET must never unsubscribe anyone.
 - Tokens are the email gateway's HS256 JWTs, signed with `TIDINGS_EMAIL_UNSUBSCRIBE_SECRET`. A token

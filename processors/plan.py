@@ -126,8 +126,8 @@ def opted_out(channel: str, t: NotificationTypePublished, state: RecipientState)
             decision = state.rule(scope, key, ch)
             if decision is not None:
                 return None if decision else f"{scope} {key} off for {ch or 'every channel'}"
-    if t.category in state.unsubscribed_categories:
-        return f"unsubscribed from {t.category}"
+    if f"{t.category}/{channel}" in state.unsubscribed_categories:
+        return f"unsubscribed from {t.category} {channel}"
     return None
 
 

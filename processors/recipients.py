@@ -4,7 +4,9 @@ suppressions. Pure: `fold(state, event) -> state`, replayable from the topics at
 Suppression rules: a hard bounce, complaint, SMS STOP or token-invalid is permanent until lifted (START,
 resubscribe, or the address being set again); `SOFT_BOUNCE_LIMIT` soft bounces within
 `SOFT_BOUNCE_WINDOW` suppress too. An unsubscribe with a category opts out of that category's
-non-critical messages; without one it suppresses the address for non-critical messages. A webhook
+non-critical messages on the feedback's channel (`unsubscribed_categories` key `<category>/<channel>`:
+an email's unsubscribe link stops those emails, not the category's push notifications); without a
+category it suppresses the address for non-critical messages. A webhook
 endpoint disabled by the gateway (`endpoint_disabled`) stays suppressed until it is updated again.
 """
 
@@ -181,13 +183,15 @@ def _feedback(state: RecipientState, event: ProviderFeedback) -> RecipientState:
             suppressions[key] = Suppression(reason="soft_bounce_limit", since=at)
     elif event.kind == "unsubscribe":
         if event.category:
-            update["unsubscribed_categories"] = {**state.unsubscribed_categories, event.category: at}
+            scoped = f"{event.category}/{event.channel}"
+            update["unsubscribed_categories"] = {**state.unsubscribed_categories, scoped: at}
         else:
             suppressions[key] = Suppression(reason="unsubscribe", since=at, all_messages=False)
     elif event.kind in LIFTING:
         suppressions.pop(key, None)
         if event.kind == "resubscribe" and event.category:
+            scoped = f"{event.category}/{event.channel}"
             update["unsubscribed_categories"] = {
-                c: t for c, t in state.unsubscribed_categories.items() if c != event.category
+                c: t for c, t in state.unsubscribed_categories.items() if c != scoped
             }
     return state.model_copy(update={**update, "suppressions": suppressions})

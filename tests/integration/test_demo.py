@@ -22,7 +22,7 @@ def test_demo_runs_the_pipeline_end_to_end(stack: Settings) -> None:
         delete_topics(stack, prefix)
     assert result.returncode == 0, result.stderr[-3000:]
     err = " ".join(result.stderr.split())  # rich wraps long lines
-    assert "8 requests planned: 12 delivery commands, 33 outcomes" in err
+    assert "8 requests planned: 13 delivery commands, 33 outcomes" in err
     assert "scheduler: released 2 deferred deliveries when due, cancelled 3" in err
     assert "email: 5 sent; the sink holds 5 messages (4 with one-click List-Unsubscribe" in err
     assert "webhook: 1 sent; the receiver verified 1 signatures" in err
@@ -32,6 +32,6 @@ def test_demo_runs_the_pipeline_end_to_end(stack: Settings) -> None:
     assert "order.shipped (cancelled): CANCELLED" in err
     assert (
         "edge: alan's one-click unsubscribe answered HTTP 200; his next order email: "
-        "SKIPPED (unsubscribed from orders)"
+        "SKIPPED (unsubscribed from orders email)"
     ) in err
     assert "opted_out" in result.stdout and "dead letters" in err

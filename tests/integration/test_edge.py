@@ -96,7 +96,7 @@ def test_one_click_unsubscribe_opts_the_category_out(topology: Settings) -> None
         for o in outcomes
         if o.notification_id == later and o.channel == "email"
     ]
-    assert skipped == [("email", "opted_out", "unsubscribed from orders")]
+    assert skipped == [("email", "opted_out", "unsubscribed from orders email")]
     assert [c.channel for c in commands(s) if c.notification_id == invoice] == ["email"]
 
 

@@ -121,9 +121,9 @@ def test_precedence(rules: dict[str, bool], critical: bool, muted: bool, expecte
     assert {c.channel for c in p.commands} == {"email", "sms", "push", "in_app"} - expected_off
 
 
-def test_category_unsubscribe_from_feedback_applies_to_non_critical_only() -> None:
-    state = recipient(unsubscribed_categories={"orders": NOW})
-    assert len(skipped(plan(request(), state, catalog(), NOW))) == 4
+def test_category_unsubscribe_from_feedback_applies_to_its_channel_and_non_critical_only() -> None:
+    state = recipient(unsubscribed_categories={"orders/email": NOW})
+    assert skipped(plan(request(), state, catalog(), NOW)) == {"email": "opted_out"}
     assert skipped(plan(request(), state, catalog(critical=True), NOW)) == {}
 
 

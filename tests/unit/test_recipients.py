@@ -87,7 +87,8 @@ def test_sms_stop_then_start_and_category_unsubscribe() -> None:
     assert s.suppressions
     assert fold(s, fb("sms_start", "+4915112345678", "sms")).suppressions == {}
     s = replay(fb("unsubscribe", category="marketing"))
-    assert "marketing" in s.unsubscribed_categories and s.suppressions == {}
+    assert list(s.unsubscribed_categories) == ["marketing/email"] and s.suppressions == {}
+    assert fold(s, fb("resubscribe", category="marketing", channel="sms")).unsubscribed_categories
     assert fold(s, fb("resubscribe", category="marketing")).unsubscribed_categories == {}
 
 
