@@ -29,8 +29,12 @@ bounce endpoint would let anyone suppress any address), with the tenant in the p
   A certificate that cannot be fetched gets 503, so SNS retries.
 A request that fails its signature or is malformed gets 400 with the reason and produces nothing.
 
-Every response says "done" only after Kafka acknowledged the feedback, so a 2xx means it is durable
-and a provider's retry after an error cannot lose it. A repeated unsubscribe click produces another
+A report that names one of our deliveries (the providers echo the ids the gateway attached) also
+produces that delivery's outcome: `delivered` → DELIVERED, a hard bounce → FAILED (`bounced`), so
+the delivery-status tables show what happened after the provider accepted the message.
+
+Every response says "done" only after Kafka acknowledged the records, so a 2xx means they are durable
+and a provider's retry after an error cannot lose them. A repeated unsubscribe click produces another
 event: unsubscribing twice leaves the same state, and an old link clicked after a resubscribe must
 take effect again.
 """
@@ -56,6 +60,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateways.email import callbacks
 from gateways.email._message import EmailSettings, unsubscribe_claims
+from gateways.outputs import reported_outcome
 from gateways.sms import inbound
 from tidings.config import Settings
 from tidings.errors import InvalidEvent
@@ -216,12 +221,14 @@ def app(
     fetch: Fetch = fetch_https,
 ) -> web.Application:
     email, edge = email or EmailSettings(), edge or EdgeSettings()
-    feedback_topic = names(settings).feedback
+    feedback_topic, outcomes_topic = names(settings).feedback, names(settings).outcomes
     application = web.Application(client_max_size=1024 * 1024)
 
     async def publish(request: web.Request, events: list[ProviderFeedback]) -> None:
         producer = request.app[PRODUCER]
-        sent = [await producer.send(Output.event(feedback_topic, e)) for e in events]
+        records = [Output.event(feedback_topic, e) for e in events]
+        records += [Output.event(outcomes_topic, o) for e in events if (o := reported_outcome(e)) is not None]
+        sent = [await producer.send(r) for r in records]
         await asyncio.gather(*sent)
 
     def webhook(

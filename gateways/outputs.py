@@ -1,7 +1,9 @@
-"""Produces the records a gateway emits for one command: outcomes, feedback, retries and dead letters.
+"""Produces the records a gateway emits for one command: outcomes, feedback, retries and dead letters;
+and the outcome a provider's later report implies for a delivery.
 
-Everything here is a pure function of the command and its Redis mark, so re-emitting after a crash
-yields the same records with the same deterministic event ids.
+Everything here is a pure function of the command and its Redis mark (or of the report), so
+re-emitting after a crash, or a provider retrying its webhook, yields the same records with the same
+deterministic event ids.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from tidings.kafka import Output
 from tidings.topics import Names
 
 DUE = "tidings.due"
+REPORTED: dict[FeedbackKind, tuple[OutcomeStatus, str]] = {
+    "delivered": ("DELIVERED", "delivered"),
+    "hard_bounce": ("FAILED", "bounced"),
+}
 DEAD_ADDRESS: dict[str, FeedbackKind] = {
     "webhook": "endpoint_disabled",
     "push": "token_invalid",
@@ -83,3 +89,28 @@ def from_mark(names: Names, command: DeliveryCommand, mark: dict[str, Any]) -> l
     if mark.get("feedback"):
         outputs.append(feedback(names, command, mark.get("provider"), mark["feedback"]))
     return outputs
+
+
+def reported_outcome(report: ProviderFeedback) -> DeliveryOutcome | None:
+    """The delivery's outcome a provider callback implies: DELIVERED when the mailbox accepted it, FAILED
+    (`bounced`) on a hard bounce after the send was accepted. None when the report names no delivery
+    (the provider did not echo our ids) or implies no status: a soft bounce is retried by the provider,
+    and a complaint or unsubscribe comes after delivery and is feedback, not a status."""
+    implied = REPORTED.get(report.kind)
+    if implied is None or report.delivery_id is None or report.notification_id is None:
+        return None
+    status, reason = implied
+    return DeliveryOutcome(
+        event_id=outcome_id(report.notification_id, status, report.channel, report.delivery_id, reason),
+        occurred_at=report.provider_timestamp or report.occurred_at,
+        tenant_id=report.tenant_id,
+        correlation_id=str(report.notification_id),
+        notification_id=report.notification_id,
+        delivery_id=report.delivery_id,
+        recipient_id=report.recipient_id,
+        channel=report.channel,
+        status=status,
+        reason=reason,
+        provider=report.provider,
+        detail=report.detail,
+    )

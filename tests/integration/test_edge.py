@@ -18,8 +18,10 @@ from gateways.email._message import EmailSettings, headers
 from gateways.sms.inbound import twilio_signature
 from tests.integration.conftest import read_all
 from tests.integration.test_router import commands, decoded, publish_catalog, run_router
+from tests.unit.test_callbacks_sendgrid_postmark import DELIVERY as GRID_DELIVERY
 from tests.unit.test_callbacks_sendgrid_postmark import bounce, sendgrid_event, sendgrid_public, sendgrid_sign
 from tests.unit.test_callbacks_ses import CERT_URL, TOPIC, certificate, ses_bounce, sns
+from tests.unit.test_callbacks_ses import DELIVERY as SES_DELIVERY
 from tests.unit.test_sms_inbound import TOKEN as TWILIO_TOKEN
 from tests.unit.test_sms_inbound import VONAGE_SECRET, twilio_form, vonage_body
 from tidings.client import Client
@@ -156,6 +158,9 @@ def test_provider_webhooks_become_feedback_only_when_authentic(topology: Setting
         ("vonage", "sms_stop", "sms", "+447700900123"),
     ]
     assert {f.tenant_id for f in found} == {"acme"}
+    bounced = [o for o in decoded(s, names(s).outcomes) if isinstance(o, DeliveryOutcome)]
+    assert {(o.delivery_id, o.status, o.reason) for o in bounced} == {(GRID_DELIVERY, "FAILED", "bounced")}
+    assert len({o.event_id for o in bounced}) == 1, "SendGrid and Postmark reported the same bounce"
 
     async def unconfigured(base: str) -> int:
         async with (
@@ -203,3 +208,5 @@ def test_ses_notifications_via_sns_are_verified_with_the_fetched_certificate(top
     assert fetched.count(CERT_URL) == 1 and subscribe in fetched
     found = [f for f in decoded(s, names(s).feedback) if isinstance(f, ProviderFeedback)]
     assert [(f.provider, f.kind, f.address) for f in found] == [("ses", "hard_bounce", "gone@example.com")]
+    [failed] = [o for o in decoded(s, names(s).outcomes) if isinstance(o, DeliveryOutcome)]
+    assert (failed.delivery_id, failed.status, failed.provider) == (SES_DELIVERY, "FAILED", "ses")
