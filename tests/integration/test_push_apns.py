@@ -4,7 +4,6 @@ that deactivate a device token or name the credentials."""
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -18,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateways.base import DeliveryRejected, ProviderUnavailable, Sent
 from gateways.push.apns import Apns
-from tests.servers.push import attempt, pem, push_command
+from tests.servers.push import attempt, pem, push_command, send_one, with_server
 from tests.servers.push_apns import ApnsServer
 from tidings.events import DeliveryCommand, RenderedContent
 
@@ -26,22 +25,7 @@ Scenario = Callable[[ApnsServer, Apns], Awaitable[Any]]
 
 
 def with_apns(scenario: Scenario, **settings: Any) -> tuple[ApnsServer, Any]:
-    async def run() -> tuple[ApnsServer, Any]:
-        async with ApnsServer() as server:
-            provider = server.provider(timeout=2.0, **settings)
-            try:
-                return server, await scenario(server, provider)
-            finally:
-                await provider.close()
-
-    return asyncio.run(run())
-
-
-def send_one(command: Callable[[ApnsServer], DeliveryCommand]) -> Scenario:
-    async def scenario(server: ApnsServer, provider: Apns) -> Any:
-        return await attempt(provider, command(server))
-
-    return scenario
+    return with_server(ApnsServer, scenario, **settings)
 
 
 @pytest.mark.parametrize("priority", ["low", "normal", "high", "critical"])

@@ -17,7 +17,7 @@ from pydantic import SecretStr, ValidationError
 
 from gateways.base import DeliveryRejected, Provider, ProviderUnavailable, Sent
 from gateways.push.fcm import Fcm, FcmSettings
-from tests.servers.push import FcmServer, attempt, push_command
+from tests.servers.push import FcmServer, attempt, push_command, send_one, with_server
 from tests.servers.push_apns import ApnsServer
 from tests.servers.push_webpush import WebPushServer
 from tidings.events import DeliveryCommand, RenderedContent
@@ -28,23 +28,7 @@ def with_fcm(
     setup: Callable[[FcmServer], None] = lambda server: None,
     **settings: Any,
 ) -> tuple[FcmServer, Any]:
-    async def run() -> tuple[FcmServer, Any]:
-        async with FcmServer() as server:
-            setup(server)
-            provider = server.provider(timeout=2.0, **settings)
-            try:
-                return server, await scenario(server, provider)
-            finally:
-                await provider.close()
-
-    return asyncio.run(run())
-
-
-def send_one(command: Callable[[FcmServer], DeliveryCommand]) -> Callable[[FcmServer, Fcm], Awaitable[Any]]:
-    async def scenario(server: FcmServer, provider: Fcm) -> Any:
-        return await attempt(provider, command(server))
-
-    return scenario
+    return with_server(FcmServer, scenario, setup, **settings)
 
 
 def test_each_push_provider_accepts_only_its_platform() -> None:

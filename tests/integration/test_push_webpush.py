@@ -4,7 +4,6 @@ are gone or unusable, credentials refused, and the SSRF guard on user-supplied e
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import uuid
@@ -18,7 +17,7 @@ from pydantic import SecretStr
 
 from gateways.base import DeliveryRejected, ProviderUnavailable, Sent
 from gateways.push.webpush import WebPush, b64url
-from tests.servers.push import attempt, push_command
+from tests.servers.push import attempt, push_command, send_one, with_server
 from tests.servers.push_webpush import WebPushServer
 from tidings.events import DeliveryCommand, RenderedContent
 
@@ -26,22 +25,7 @@ Scenario = Callable[[WebPushServer, WebPush], Awaitable[Any]]
 
 
 def with_webpush(scenario: Scenario, **settings: Any) -> tuple[WebPushServer, Any]:
-    async def run() -> tuple[WebPushServer, Any]:
-        async with WebPushServer() as server:
-            provider = server.provider(timeout=2.0, **settings)
-            try:
-                return server, await scenario(server, provider)
-            finally:
-                await provider.close()
-
-    return asyncio.run(run())
-
-
-def send_one(command: Callable[[WebPushServer], DeliveryCommand]) -> Scenario:
-    async def scenario(server: WebPushServer, provider: WebPush) -> Any:
-        return await attempt(provider, command(server))
-
-    return scenario
+    return with_server(WebPushServer, scenario, **settings)
 
 
 @pytest.mark.parametrize("priority", ["low", "normal", "high", "critical"])

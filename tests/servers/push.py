@@ -12,12 +12,14 @@ answers with google.rpc error statuses carrying FcmError codes. `exchanges` coun
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import re
 import secrets
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,35 @@ async def attempt(provider: Provider, command: DeliveryCommand) -> Sent | Provid
             return await provider.send(session, command)
         except ProviderError as exc:
             return exc
+
+
+def with_server(
+    server_class: Callable[[], Any],
+    scenario: Callable[[Any, Any], Awaitable[Any]],
+    setup: Callable[[Any], None] = lambda server: None,
+    **settings: Any,
+) -> tuple[Any, Any]:
+    """Run `scenario(server, provider)` against a fresh local server and its provider (2 s timeout)."""
+
+    async def run() -> tuple[Any, Any]:
+        async with server_class() as server:
+            setup(server)
+            provider = server.provider(timeout=2.0, **settings)
+            try:
+                return server, await scenario(server, provider)
+            finally:
+                await provider.close()
+
+    return asyncio.run(run())
+
+
+def send_one(command: Callable[[Any], DeliveryCommand]) -> Callable[[Any, Any], Awaitable[Any]]:
+    """A scenario that sends the one command built from the server."""
+
+    async def scenario(server: Any, provider: Any) -> Any:
+        return await attempt(provider, command(server))
+
+    return scenario
 
 
 def pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
