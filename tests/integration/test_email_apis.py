@@ -5,17 +5,17 @@ for callbacks) and the vendor-specific refusals (credentials, SigV4, inactive re
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from email.utils import parseaddr
 from typing import Any
 
 import aiohttp
 import pytest
 
-from gateways.base import DeliveryRejected, Provider, ProviderThrottled, ProviderUnavailable, Sent
+from gateways.base import DeliveryRejected, ProviderThrottled, ProviderUnavailable, Sent
 from gateways.email._message import ONE_CLICK, EmailSettings, unsubscribe_claims
 from tests.servers.email_apis import HttpApiServer, PostmarkServer, SendGridServer, SesServer, email_command
-from tidings.events import DeliveryCommand, RenderedContent
+from tests.servers.http import send_once as send
+from tidings.events import RenderedContent
 
 SERVERS: dict[str, type[HttpApiServer]] = {
     "sendgrid": SendGridServer,
@@ -23,26 +23,6 @@ SERVERS: dict[str, type[HttpApiServer]] = {
     "postmark": PostmarkServer,
 }
 EMAIL = EmailSettings()
-
-
-def send(
-    server_class: type[HttpApiServer],
-    command: DeliveryCommand | None = None,
-    setup: Callable[[Any], None] = lambda server: None,
-    **provider_options: Any,
-) -> tuple[Any, Any]:
-    async def scenario() -> tuple[Any, Any]:
-        async with server_class() as server:
-            setup(server)
-            provider: Provider = server.provider(timeout=2.0, **provider_options)
-            async with aiohttp.ClientSession() as session:
-                try:
-                    result: Any = await provider.send(session, command or server.command())
-                except Exception as exc:
-                    result = exc
-            return result, server
-
-    return asyncio.run(scenario())
 
 
 def view(name: str, accepted: Any) -> dict[str, Any]:

@@ -15,32 +15,12 @@ from pydantic import SecretStr, ValidationError
 
 from gateways.base import DeliveryRejected, ProviderThrottled, ProviderUnavailable, Sent
 from gateways.sms.twilio import TwilioSettings
+from tests.servers.http import send_once as send
 from tests.servers.sms import SmsApiServer, TwilioServer, VonageServer, sms_command
 from tidings.events import DeliveryCommand
 
 SERVERS: dict[str, type[SmsApiServer]] = {"twilio": TwilioServer, "vonage": VonageServer}
 SERVICE = "MG" + "0123456789abcdef" * 2
-
-
-def send(
-    server_class: type[SmsApiServer],
-    command: DeliveryCommand | None = None,
-    setup: Callable[[Any], None] = lambda server: None,
-    **settings: Any,
-) -> tuple[Any, Any]:
-    async def scenario() -> tuple[Any, Any]:
-        async with server_class() as server:
-            setup(server)
-            provider = server.provider(timeout=2.0, **settings)
-            async with aiohttp.ClientSession() as session:
-                try:
-                    result: Any = await provider.send(session, command or server.command())
-                except Exception as exc:
-                    result = exc
-            await provider.close()
-            return result, server
-
-    return asyncio.run(scenario())
 
 
 def test_twilio_request_carries_to_from_and_body() -> None:

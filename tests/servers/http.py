@@ -1,15 +1,17 @@
 """The lifecycle and transport-level modes (timeout, reset) every local vendor HTTP API server shares.
 
 Subclasses implement `answer` (the vendor's protocol, including the `reject`, `throttle` and
-`unavailable` modes), `provider` and `command`.
+`unavailable` modes), `provider` and `command`. `send_once` runs one send against a fresh server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any, ClassVar, Self
 
+import aiohttp
 from aiohttp import web
 
 from gateways.base import Provider
@@ -69,3 +71,26 @@ class VendorServer:
 
     async def answer(self, request: web.Request, body: bytes) -> web.StreamResponse:
         raise NotImplementedError
+
+
+def send_once(
+    server_class: Callable[[], Any],
+    command: DeliveryCommand | None = None,
+    setup: Callable[[Any], None] = lambda server: None,
+    **settings: Any,
+) -> tuple[Any, Any]:
+    """(what `provider.send` returned or raised, the server) for one command (default: the server's own)."""
+
+    async def scenario() -> tuple[Any, Any]:
+        async with server_class() as server:
+            setup(server)
+            provider = server.provider(timeout=2.0, **settings)
+            async with aiohttp.ClientSession() as session:
+                try:
+                    result: Any = await provider.send(session, command or server.command())
+                except Exception as exc:
+                    result = exc
+            await provider.close()
+            return result, server
+
+    return asyncio.run(scenario())
