@@ -23,6 +23,7 @@ Channel = Literal["in_app", "push", "email", "sms", "webhook"]
 CHANNELS: tuple[Channel, ...] = ("in_app", "push", "email", "sms", "webhook")
 Priority = Literal["low", "normal", "high", "critical"]
 Platform = Literal["apns", "fcm", "webpush"]
+Engagement = Literal["seen", "read", "clicked"]
 OutcomeStatus = Literal[
     "QUEUED",
     "DEFERRED",
@@ -151,6 +152,7 @@ class NotificationRequested(Event):
     actor_id: str | None = None
     broadcast_id: UUID | None = None
     source: str | None = None
+    digest_of: list[UUID] | None = None
 
     @property
     def data(self) -> dict[str, Any]:
@@ -319,6 +321,7 @@ class DeliveryCommand(Event):
     attempt: int = Field(default=0, ge=0)
     not_before: Millis | None = None
     expires_at: Millis | None = None
+    unless: Engagement | None = None
 
 
 class DeliveryOutcome(Event):
