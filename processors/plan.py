@@ -15,6 +15,12 @@ addresses are skipped (a plain unsubscribe only for non-critical types); a reque
 is EXPIRED; `scheduled_at` in the future and, for push and SMS, quiet hours in the recipient's time
 zone (not for critical types) defer the command to `notifications.scheduled`.
 Quiet hours do not hold email, in-app or webhooks, which do not interrupt anyone.
+
+A channel with an escalation step is deferred by its `after` and carries `unless`, so the scheduler
+drops it if the notification is engaged with first. A channel with a digest template is not sent but
+listed in `Plan.digested` (non-critical types, no future `scheduled_at`, data up to `DIGEST_ITEM_BYTES`,
+unless the recipient turned the category's digest off); the router collects it (`processors/digest.py`).
+A digest request (`digest_of` set) renders with the digest templates and is never digested again.
 """
 
 from __future__ import annotations
@@ -25,7 +31,14 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from processors.recipients import RecipientState, address_key
-from tidings.catalog import GLOBAL_TENANT
+from tidings.catalog import (
+    GLOBAL_TENANT,
+    DigestRule,
+    EscalationStep,
+    Templates,
+    digest_rule,
+    escalation_steps,
+)
 from tidings.errors import InvalidEvent
 from tidings.events import (
     Channel,
@@ -42,6 +55,14 @@ from tidings.render import RenderError, render
 
 INTERRUPTING = frozenset({"push", "sms"})
 UTC_ZONE = ZoneInfo("UTC")
+DIGEST_ITEM_BYTES = 8 * 1024
+"""A request with more data than this is not digested: it is sent on its own."""
+
+
+@dataclass(frozen=True)
+class Rules:
+    digest: DigestRule | None
+    escalation: dict[str, EscalationStep]
 
 
 class Catalog:
@@ -49,7 +70,8 @@ class Catalog:
 
     def __init__(self) -> None:
         self._types: dict[tuple[str, str], NotificationTypePublished] = {}
-        self._templates: dict[tuple[str, str, int], dict[str, dict[str, dict[str, str | None]]]] = {}
+        self._templates: dict[tuple[str, str, int], Templates] = {}
+        self._rules: dict[tuple[str, str, int], Rules] = {}
 
     def apply(self, published: NotificationTypePublished) -> None:
         key = (published.tenant_id, published.notification_type)
@@ -60,11 +82,18 @@ class Catalog:
     def get(self, tenant: str, type_: str) -> NotificationTypePublished | None:
         return self._types.get((tenant, type_)) or self._types.get((GLOBAL_TENANT, type_))
 
-    def templates(self, t: NotificationTypePublished) -> dict[str, dict[str, dict[str, str | None]]]:
-        """channel → locale → field → template source."""
+    def rules(self, t: NotificationTypePublished) -> Rules:
+        """The type's digest rule and escalation steps; raises InvalidEvent when they are malformed."""
+        key = (t.tenant_id, t.notification_type, t.version)
+        if key not in self._rules:
+            steps = {s.channel: s for s in escalation_steps(t)}
+            self._rules[key] = Rules(digest_rule(t), steps)
+        return self._rules[key]
+
+    def templates(self, t: NotificationTypePublished) -> Templates:
         key = (t.tenant_id, t.notification_type, t.version)
         if key not in self._templates:
-            table: dict[str, dict[str, dict[str, str | None]]] = {}
+            table: Templates = {}
             for tpl in t.templates:
                 table.setdefault(tpl.channel, {})[tpl.locale] = {
                     "subject": tpl.subject,
@@ -85,6 +114,7 @@ class Plan:
     commands: list[DeliveryCommand] = field(default_factory=list)
     deferred: list[DeliveryCommand] = field(default_factory=list)
     outcomes: list[DeliveryOutcome] = field(default_factory=list)
+    digested: list[Channel] = field(default_factory=list)
 
 
 def zone(name: str | None) -> ZoneInfo:
@@ -223,13 +253,29 @@ def plan(
     if expires_at is not None and expires_at <= now:
         outcome("EXPIRED", "expired")
         return result
-    templates = catalog.templates(t)
+    rules = catalog.rules(t)
+    scheduled = request.scheduled_at if request.scheduled_at and request.scheduled_at > now else None
+    digest: frozenset[str] = frozenset()
+    if request.digest_of is not None:
+        if rules.digest is None:
+            raise InvalidEvent(f"{t.notification_type} v{t.version} has no digest templates")
+        templates = rules.digest.templates
+    else:
+        templates = catalog.templates(t)
+        if (
+            rules.digest is not None
+            and not t.critical
+            and scheduled is None
+            and len(request.data_json) <= DIGEST_ITEM_BYTES
+            and state.digest.get(t.category) != "off"
+        ):
+            digest = frozenset(rules.digest.templates)
+    escalation = rules.escalation if request.digest_of is None else {}
     priority = "critical" if t.critical else (request.priority or t.priority)
     locale = request.locale or state.locale
     candidates = [c for c in t.default_channels if request.channels is None or c in request.channels]
     candidates += [c for c in (request.channels or []) if c not in candidates and c in templates]
     quiet_end = None if t.critical else quiet_until(state.quiet_hours, state.timezone, now)
-    scheduled = request.scheduled_at if request.scheduled_at and request.scheduled_at > now else None
     ctx = context(request, t, state)
     for channel in candidates:
         if channel not in templates:
@@ -242,14 +288,20 @@ def plan(
         if not targets:
             outcome("SKIPPED", "no_address", channel)
             continue
+        if channel in digest:
+            result.digested.append(channel)
+            continue
         try:
             rendered = render(templates[channel], locale, ctx)
         except RenderError as exc:
             raise InvalidEvent(f"template {t.notification_type} v{t.version} {channel}: {exc}") from exc
         content = RenderedContent(**rendered.fields)
+        step = escalation.get(channel)
         deferrals = [(scheduled, "scheduled")] + (
             [(quiet_end, "quiet_hours_deferred")] if channel in INTERRUPTING else []
         )
+        if step is not None:
+            deferrals.append((now + timedelta(seconds=step.after_seconds), "escalation"))
         not_before, reason = max(
             ((d, r) for d, r in deferrals if d is not None), default=(None, None), key=lambda x: x[0]
         )
@@ -281,10 +333,12 @@ def plan(
                 template_version=t.version,
                 not_before=not_before,
                 expires_at=expires_at,
+                unless=step.unless if step else None,
             )
             if not_before is not None:
                 result.deferred.append(command)
-                outcome("DEFERRED", reason, channel, did)
+                why = f"sent at {not_before.isoformat()} unless {step.unless} by then" if step else None
+                outcome("DEFERRED", reason, channel, did, detail=why)
             else:
                 result.commands.append(command)
                 outcome("QUEUED", None, channel, did)

@@ -6,9 +6,14 @@ writes of the router's two state stores: `recipients` (each recipient's folded c
 devices and suppressions) and `seen` (notification ids, 7 days, for dedupe). The catalog is a global
 table: every router process reads the whole compacted topic and follows it.
 
+Requests of a type with digest templates are collected per recipient and type in two more stores,
+`digests` (the open buckets) and `digest_due` (their window ends, keys sorted by due time); a
+punctuation every 200 ms closes the due ones into digest requests (`processors/digest.py`).
+
 Critical and high-priority commands go to the channel's `.urgent` lane. A cancellation of a request
 already planned is forwarded to `notifications.scheduled`, where the scheduler drops its deferred
-commands; one that arrives first makes the request SKIPPED (`cancelled`). A record that cannot be decoded,
+commands and removes the request from an open digest; one that arrives first makes the request
+SKIPPED (`cancelled`). A record that cannot be decoded,
 validated or planned is dead-lettered, with a `REJECTED` outcome when its notification id is readable.
 """
 
@@ -20,12 +25,15 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from uuid import UUID
 
+from processors import digest
 from processors.plan import Catalog, plan
 from processors.recipients import RecipientState, fold
+from processors.scheduler import due_keys
 from tidings.codec import Codec, default_codec
 from tidings.config import Settings
 from tidings.errors import CodecError, InvalidEvent
 from tidings.events import (
+    Channel,
     DeliveryOutcome,
     Event,
     NotificationCancelled,
@@ -70,6 +78,14 @@ class Router:
         self.seen: Store[str] = Store(
             self.names.changelog("router", "seen"), encode=str.encode, decode=bytes.decode, ttl=DEDUPE_TTL
         )
+        self.digests: Store[digest.Bucket] = Store(
+            self.names.changelog("router", "digests"),
+            encode=lambda b: b.model_dump_json().encode(),
+            decode=digest.Bucket.model_validate_json,
+        )
+        self.digest_due: Store[str] = Store(
+            self.names.changelog("router", "digest_due"), encode=str.encode, decode=bytes.decode
+        )
         self.follower = TopicFollower(settings, self.names.catalog)
         self.inputs = [self.names.requested, self.names.recipients, self.names.feedback]
         slot = instance or f"{socket.gethostname()}-0"
@@ -81,10 +97,11 @@ class Router:
             on_poison=self.on_poison,
             transactional_id=f"{group_id}-{slot}",
             static_membership=instance is not None,
-            stores=[self.recipients, self.seen],
+            stores=[self.recipients, self.seen, self.digests, self.digest_due],
             align_max_idle=1.0,
             align_first=[self.names.recipients, self.names.feedback],
             before_batch=self.refresh_catalog,
+            punctuate=self.close_due_digests,
         )
 
     def refresh_catalog(self) -> None:
@@ -136,13 +153,19 @@ class Router:
                     event.notification_id,
                     event.recipient_id,
                     "SKIPPED",
-                    "duplicate" if previous == "requested" else "cancelled",
+                    "cancelled" if previous == "cancelled" else "duplicate",
                     trace,
                 )
             ]
-        result = plan(event, self.recipients.get(record.partition, key), self.catalog, self.clock())
+        now = self.clock()
+        state = self.recipients.get(record.partition, key)
+        result = plan(event, state, self.catalog, now)
         self.seen.put(record.partition, seen_key, "requested")
-        outputs = [
+        outputs = []
+        if result.digested:
+            outputs += self._collect(record.partition, event, state, result.digested, now)
+            self.seen.put(record.partition, seen_key, f"digest {event.notification_type}")
+        outputs += [
             self._event(self.names.delivery(c.channel, urgent=c.priority in URGENT), c, trace)
             for c in result.commands
         ]
@@ -154,8 +177,11 @@ class Router:
         seen_key = f"{event.tenant_id}/{event.notification_id}"
         already = self.seen.get(record.partition, seen_key)
         self.seen.put(record.partition, seen_key, "cancelled")
-        if already == "requested":
-            return [self._event(self.names.scheduled, event, trace)]
+        if already is not None and already != "cancelled":
+            outputs = [self._event(self.names.scheduled, event, trace)]
+            if already.startswith("digest "):
+                outputs += self._uncollect(record.partition, event, already.removeprefix("digest "), trace)
+            return outputs
         return [
             self._outcome(
                 event.tenant_id,
@@ -166,6 +192,79 @@ class Router:
                 trace,
             )
         ]
+
+    def _collect(
+        self,
+        partition: int,
+        request: NotificationRequested,
+        state: RecipientState | None,
+        channels: list[Channel],
+        now: datetime,
+    ) -> list[Output]:
+        """Put a request into its open digest, closing the digest first when it has no room left."""
+        t = self.catalog.get(request.tenant_id, request.notification_type)
+        rule = self.catalog.rules(t).digest if t else None
+        assert t is not None and rule is not None, "plan() digests only types with a digest rule"
+        state = state or RecipientState()
+        due = digest.window_end(rule, state.digest.get(t.category), state.timezone, now)
+        key = digest.bucket_key(request.tenant_id, request.recipient_id, request.notification_type)
+        current = self.digests.get(partition, key)
+        bucket, full = digest.join(current, request, channels, due, now)
+        outputs = self._closed(partition, full, now) if full else []
+        self.digests.put(partition, key, bucket)
+        if current is None or full is not None:
+            self.digest_due.put(partition, bucket.due_key, key)
+        outcomes = digest.deferred(bucket, request, channels, now)
+        return outputs + [Output.event(self.names.outcomes, o, codec=self.codec) for o in outcomes]
+
+    def _uncollect(
+        self, partition: int, event: NotificationCancelled, notification_type: str, trace: bytes
+    ) -> list[Output]:
+        key = digest.bucket_key(event.tenant_id, event.recipient_id, notification_type)
+        bucket = self.digests.get(partition, key)
+        if bucket is None or all(i.notification_id != event.notification_id for i in bucket.items):
+            return []
+        rest = digest.without(bucket, event.notification_id)
+        if rest is None:
+            self.digests.delete(partition, key)
+            self.digest_due.delete(partition, bucket.due_key)
+        else:
+            self.digests.put(partition, key, rest)
+        reason, now = event.reason or "cancelled", self.clock()
+        return [
+            self._event(
+                self.names.outcomes,
+                digest.item_outcome(
+                    bucket, event.notification_id, c, "CANCELLED", reason, "left its digest", now
+                ),
+                trace,
+            )
+            for c in bucket.channels
+        ]
+
+    def close_due_digests(self) -> list[Output]:
+        now = self.clock()
+        now_ms = int(now.timestamp() * 1000)
+        outputs: list[Output] = []
+        for partition in self.digest_due.partitions():
+            for due_key in due_keys(self.digest_due.keys(partition), now_ms):
+                key = self.digest_due.get(partition, due_key)
+                bucket = self.digests.get(partition, key) if key else None
+                if bucket is not None and bucket.due_key == due_key:
+                    self.digests.delete(partition, bucket.key)
+                    outputs += self._closed(partition, bucket, now)
+                else:
+                    self.digest_due.delete(partition, due_key)
+        return outputs
+
+    def _closed(self, partition: int, bucket: digest.Bucket, now: datetime) -> list[Output]:
+        """The digest request and item outcomes of a closed bucket; drops its due entry."""
+        self.digest_due.delete(partition, bucket.due_key)
+        request, outcomes = digest.close(bucket, now)
+        events = ([(self.names.requested, request)] if request else []) + [
+            (self.names.outcomes, o) for o in outcomes
+        ]
+        return [Output.event(topic, e, codec=self.codec) for topic, e in events]
 
     def on_poison(self, record: Incoming, exc: BaseException) -> list[Output]:
         """A REJECTED outcome when the notification id can be read from the record."""

@@ -15,6 +15,12 @@ planned the request; same key, so it follows that request's deferrals in the par
 notification's pending timers, each with a CANCELLED outcome. An index entry `n/<notification id>` lists
 a notification's timer keys, so a cancellation does not scan the partition; it sorts after every
 `<due ms>/...` key and is never taken for a due timer. Commands already released are not recalled.
+
+Escalation: a command with `unless` (seen, read or clicked) is dropped, with a SKIPPED `engaged`
+outcome, when `notifications.engagement` (co-partitioned, also consumed here) reports that engagement
+with its notification before the command is due. Inbox archived and seen events count as seen; read,
+opened and clicked as read; clicked as clicked. The `engaged` store remembers what each notification
+got (30 days), so an engagement that overtakes its escalation command still cancels it.
 """
 
 from __future__ import annotations
@@ -23,11 +29,23 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
 from tidings.codec import Codec, default_codec
 from tidings.config import Settings
 from tidings.errors import InvalidEvent
-from tidings.events import DeliveryCommand, DeliveryOutcome, NotificationCancelled, OutcomeStatus
+from tidings.events import (
+    DeliveryCommand,
+    DeliveryOutcome,
+    Event,
+    InboxItemArchived,
+    InboxItemRead,
+    InboxItemSeen,
+    NotificationCancelled,
+    NotificationClicked,
+    NotificationOpened,
+    OutcomeStatus,
+)
 from tidings.kafka import Incoming, Output, TransactionalLoop
 from tidings.state import Store
 from tidings.topics import Names, names
@@ -35,6 +53,14 @@ from tidings.topics import Names, names
 log = logging.getLogger(__name__)
 GROUP = "tidings.scheduler"
 URGENT = frozenset({"critical", "high"})
+ENGAGED_TTL = timedelta(days=30)
+SATISFIES: dict[type[Event], frozenset[str]] = {
+    InboxItemSeen: frozenset({"seen"}),
+    InboxItemArchived: frozenset({"seen"}),
+    InboxItemRead: frozenset({"seen", "read"}),
+    NotificationOpened: frozenset({"seen", "read"}),
+    NotificationClicked: frozenset({"seen", "read", "clicked"}),
+}
 
 
 def timer_key(command: DeliveryCommand) -> str:
@@ -88,13 +114,28 @@ class Timers:
                     self.store.delete(partition, index)
         return taken
 
-    def cancel(self, partition: int, notification_id: object) -> list[DeliveryCommand]:
-        """Take every pending command of a notification."""
+    def cancel(
+        self, partition: int, notification_id: object, which: Callable[[DeliveryCommand], bool] | None = None
+    ) -> list[DeliveryCommand]:
+        """Take every pending command of a notification, or those `which` picks."""
         index, keys = self._index(partition, notification_id)
-        if not keys:
-            return []
-        self.store.delete(partition, index)
-        return [c for c in (self._take(partition, k) for k in keys) if c is not None]
+        taken, kept = [], []
+        for key in keys:
+            value = self.store.get(partition, key)
+            command = self.codec.decode(value) if value is not None else None
+            if not isinstance(command, DeliveryCommand):
+                continue
+            if which is None or which(command):
+                self.store.delete(partition, key)
+                taken.append(command)
+            else:
+                kept.append(key)
+        if kept != keys:
+            if kept:
+                self.store.put(partition, index, " ".join(kept).encode())
+            else:
+                self.store.delete(partition, index)
+        return taken
 
 
 def release(n: Names, command: DeliveryCommand, now: float) -> list[Output]:
@@ -129,17 +170,25 @@ class Scheduler:
             self.names.changelog("scheduler", "timers"), encode=bytes, decode=bytes, clock=clock
         )
         self.timers = Timers(self.store, self.codec)
+        self.engaged: Store[str] = Store(
+            self.names.changelog("scheduler", "engaged"),
+            encode=str.encode,
+            decode=bytes.decode,
+            ttl=ENGAGED_TTL,
+            clock=clock,
+        )
         slot = instance or f"{socket.gethostname()}-0"
         self.released = 0
         self.cancelled = 0
+        self.escalations_dropped = 0
         self.loop = TransactionalLoop(
             settings,
             group_id=group_id,
-            topics=[self.names.scheduled],
+            topics=[self.names.scheduled, self.names.engagement],
             handle=self.handle,
             transactional_id=f"{group_id}-{slot}",
             static_membership=instance is not None,
-            stores=[self.store],
+            stores=[self.store, self.engaged],
             punctuate=self.fire,
             pending=self.pending,
         )
@@ -157,13 +206,30 @@ class Scheduler:
             taken = self.timers.cancel(record.partition, event.notification_id)
             self.cancelled += len(taken)
             return [outcome(self.names, c, "CANCELLED", reason) for c in taken]
-        if not isinstance(event, DeliveryCommand):
+        if type(event) in SATISFIES:
+            return self._engaged(record.partition, event)
+        if not isinstance(event, DeliveryCommand) or record.topic != self.names.scheduled:
             raise InvalidEvent(f"{type(event).__name__} does not belong on {record.topic}")
+        if event.unless is not None and event.unless in self._engagement(record.partition, event):
+            self.escalations_dropped += 1
+            return [outcome(self.names, event, "SKIPPED", "engaged")]
         if event.not_before is None or event.not_before.timestamp() <= self.clock():
             self.released += 1
             return release(self.names, event, self.clock())
         self.timers.add(record.partition, event, record.value or b"")
         return []
+
+    def _engagement(self, partition: int, event: Event) -> set[str]:
+        return set((self.engaged.get(partition, str(getattr(event, "notification_id", ""))) or "").split())
+
+    def _engaged(self, partition: int, event: Event) -> list[Output]:
+        """Remember the engagement and drop the notification's escalations it satisfies."""
+        got = self._engagement(partition, event) | SATISFIES[type(event)]
+        nid = getattr(event, "notification_id", None)
+        self.engaged.put(partition, str(nid), " ".join(sorted(got)))
+        taken = self.timers.cancel(partition, nid, lambda c: c.unless is not None and c.unless in got)
+        self.escalations_dropped += len(taken)
+        return [outcome(self.names, c, "SKIPPED", "engaged") for c in taken]
 
     def fire(self) -> list[Output]:
         now = self.clock()

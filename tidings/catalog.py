@@ -4,6 +4,12 @@ A catalog file holds `[[type]]` tables: key, category, priority, critical, chann
 optional digest and escalation rules, and `[type.templates.<channel>.<locale>]` tables with the fields
 subject/title/body/html/data_json. Every template must compile and every channel must have a `default`
 locale, so rendering can always fall back. Tenant `*` holds the types shared by every tenant.
+
+`[type.digest]` has a `window` (like `1h`) and `[type.digest.templates.<channel>.<locale>]`: the
+channels with a digest template collect a recipient's requests of the type and send one message per
+window, rendered with `items` (each request's data) and `count`. `escalation = [{ after = "5m",
+channel = "email", unless = "seen" }]` holds a channel back and sends it only if the notification was
+not engaged with (`seen`, `read` or `clicked`) by then. A channel is either digested or escalated.
 """
 
 from __future__ import annotations
@@ -11,17 +17,36 @@ from __future__ import annotations
 import json
 import tomllib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from tidings.errors import InvalidEvent
-from tidings.events import CHANNELS, ChannelTemplate, NotificationTypePublished
+from tidings.events import CHANNELS, ChannelTemplate, Engagement, NotificationTypePublished
 from tidings.render import FIELDS, RenderError, check_template
 from tidings.topics import tier_seconds
 
 GLOBAL_TENANT = "*"
+ENGAGEMENTS: tuple[Engagement, ...] = ("seen", "read", "clicked")
+Templates = dict[str, dict[str, dict[str, str | None]]]
+"""channel → locale → field → template source."""
+
+
+@dataclass(frozen=True)
+class DigestRule:
+    window_seconds: int
+    templates: Templates
+
+
+@dataclass(frozen=True)
+class EscalationStep:
+    after_seconds: int
+    channel: str
+    unless: Engagement
+
+
 _KNOWN = {
     "key",
     "category",
@@ -58,6 +83,52 @@ def _templates(key: str, raw: dict[str, Any]) -> list[ChannelTemplate]:
     return out
 
 
+def digest_rule(t: NotificationTypePublished) -> DigestRule | None:
+    """The type's digest rule; raises InvalidEvent when it is malformed."""
+    if t.digest_json is None:
+        return None
+    raw = json.loads(t.digest_json)
+    key = t.notification_type
+    if not isinstance(raw, dict) or set(raw) - {"window", "templates"} or "window" not in raw:
+        raise InvalidEvent(f"{key}: digest must be a table with a window and templates")
+    try:
+        window = tier_seconds(str(raw["window"]))
+    except ValueError as exc:
+        raise InvalidEvent(f"{key}: digest window: {exc}") from None
+    table: Templates = {}
+    for tpl in _templates(f"{key} digest", raw.get("templates", {})):
+        fields = tpl.model_dump(exclude={"channel", "locale"})
+        table.setdefault(tpl.channel, {})[tpl.locale] = fields
+    if not table:
+        raise InvalidEvent(f"{key}: a digest needs a template for at least one channel")
+    if missing := set(table) - set(t.default_channels):
+        raise InvalidEvent(f"{key}: digest templates for channels the type does not use: {sorted(missing)}")
+    return DigestRule(window, table)
+
+
+def escalation_steps(t: NotificationTypePublished) -> list[EscalationStep]:
+    """The type's escalation steps; raises InvalidEvent when they are malformed."""
+    if t.escalation_json is None:
+        return []
+    key = t.notification_type
+    steps = []
+    for raw in json.loads(t.escalation_json).get("steps", []):
+        if not isinstance(raw, dict) or set(raw) - {"after", "channel", "unless"} or "after" not in raw:
+            raise InvalidEvent(f"{key}: an escalation step is a table with after, channel and unless")
+        channel, unless = raw.get("channel"), raw.get("unless", "seen")
+        if channel not in t.default_channels:
+            raise InvalidEvent(f"{key}: escalation channel {channel!r} is not one of the type's channels")
+        if unless not in ENGAGEMENTS:
+            raise InvalidEvent(f"{key}: escalation unless {unless!r} is not one of {list(ENGAGEMENTS)}")
+        try:
+            steps.append(EscalationStep(tier_seconds(str(raw["after"])), channel, unless))
+        except ValueError as exc:
+            raise InvalidEvent(f"{key}: escalation after: {exc}") from None
+    if len({s.channel for s in steps}) != len(steps):
+        raise InvalidEvent(f"{key}: a channel can escalate only once")
+    return steps
+
+
 def parse_type(tenant: str, raw: dict[str, Any], version: int = 1) -> NotificationTypePublished:
     key = raw.get("key", "?")
     if unknown := set(raw) - _KNOWN:
@@ -67,9 +138,11 @@ def parse_type(tenant: str, raw: dict[str, Any], version: int = 1) -> Notificati
     missing = set(channels) - {t.channel for t in templates}
     if missing:
         raise InvalidEvent(f"{key}: channels without templates: {sorted(missing)}")
+    if not isinstance(raw.get("escalation", []), list):
+        raise InvalidEvent(f"{key}: escalation must be a list of steps")
     try:
         expires = tier_seconds(raw["expires_after"]) if "expires_after" in raw else None
-        return NotificationTypePublished(
+        published = NotificationTypePublished(
             tenant_id=tenant,
             notification_type=key,
             version=version,
@@ -84,6 +157,11 @@ def parse_type(tenant: str, raw: dict[str, Any], version: int = 1) -> Notificati
         )
     except (ValidationError, ValueError) as exc:
         raise InvalidEvent(f"{key}: {exc}") from None
+    digest = digest_rule(published)
+    escalated = {s.channel for s in escalation_steps(published)}
+    if digest is not None and (both := escalated & set(digest.templates)):
+        raise InvalidEvent(f"{key}: channels both digested and escalated: {sorted(both)}")
+    return published
 
 
 def load(directory: Path, tenant: str = GLOBAL_TENANT) -> list[NotificationTypePublished]:

@@ -202,7 +202,14 @@ def registry(settings: Settings) -> list[TopicSpec]:
     return [replace(spec, name=settings.topic_prefix + spec.name) for spec in specs]
 
 
-STORES = (("router", "recipients"), ("router", "seen"), ("scheduler", "timers"))
+STORES = (
+    ("router", "recipients"),
+    ("router", "seen"),
+    ("router", "digests"),
+    ("router", "digest_due"),
+    ("scheduler", "timers"),
+    ("scheduler", "engaged"),
+)
 """Every processor's state store; its changelog topic is part of the registry, so `topics apply` makes
 it before the processor first starts."""
 

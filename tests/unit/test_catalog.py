@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from tidings.catalog import load, next_versions, parse_type
+from tidings.catalog import EscalationStep, digest_rule, escalation_steps, load, next_versions, parse_type
 from tidings.errors import InvalidEvent
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,3 +59,38 @@ def test_duplicate_keys_across_files_are_refused(tmp_path: Path) -> None:
     (tmp_path / "two.toml").write_text(text)
     with pytest.raises(InvalidEvent, match="twice"):
         load(tmp_path)
+
+
+def test_digest_and_escalation_rules_are_parsed() -> None:
+    types = {t.notification_type: t for t in load(ROOT / "catalog")}
+    rule = digest_rule(types["post.liked"])
+    assert rule is not None and rule.window_seconds == 3600 and set(rule.templates) == {"email"}
+    assert escalation_steps(types["comment.mention"]) == [EscalationStep(300, "email", "seen")]
+    assert digest_rule(types["order.shipped"]) is None and escalation_steps(types["order.shipped"]) == []
+
+
+DIGEST = {"window": "1h", "templates": {"email": {"default": {"subject": "{{ count }} updates"}}}}
+
+
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        (base(digest={"window": "soon", "templates": DIGEST["templates"]}), "soon"),
+        (base(digest={"window": "1h"}), "at least one channel"),
+        (base(digest={**DIGEST, "templates": {"sms": {"default": {"body": "x"}}}}), "does not use"),
+        (base(digest={**DIGEST, "templates": {"email": {"default": {"body": "{% for %}"}}}}), "body"),
+        (base(digest={**DIGEST, "colour": "blue"}), "window and templates"),
+        (base(escalation=[{"after": "5m", "channel": "sms"}]), "not one of the type's channels"),
+        (base(escalation=[{"after": "5m", "channel": "email", "unless": "liked"}]), "liked"),
+        (base(escalation=[{"after": "later", "channel": "email"}]), "later"),
+        (base(escalation={"after": "5m"}), "list of steps"),
+        (base(escalation=[{"after": "5m", "channel": "email"}] * 2), "only once"),
+        (
+            base(digest=DIGEST, escalation=[{"after": "5m", "channel": "email"}]),
+            "both digested and escalated",
+        ),
+    ],
+)
+def test_invalid_digest_and_escalation_rules_are_refused(raw: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidEvent, match=message):
+        parse_type("acme", raw)

@@ -358,3 +358,83 @@ def test_webhooks_go_to_matching_enabled_endpoints() -> None:
     assert [c.address for c in plan(request(channels=["webhook"]), removed, catalog(), NOW).commands] == [
         "https://a.example/in"
     ]
+
+
+DIGEST = {
+    "window": "1h",
+    "templates": {
+        "email": {"default": {"subject": "{{ count }} orders: {{ items|map(attribute='order')|join(', ') }}"}}
+    },
+}
+
+
+def test_an_escalated_channel_waits_with_its_condition() -> None:
+    p = plan(request(), recipient(), catalog(escalation=[{"after": "5m", "channel": "email"}]), NOW)
+    (email,) = p.deferred
+    assert (
+        email.channel == "email" and email.unless == "seen" and email.not_before == NOW + timedelta(minutes=5)
+    )
+    deferred = [o for o in p.outcomes if o.status == "DEFERRED"]
+    assert [(o.reason, o.channel) for o in deferred] == [("escalation", "email")]
+    assert "unless seen" in (deferred[0].detail or "")
+    assert {c.channel for c in p.commands} == {"sms", "push", "in_app"}
+    assert all(c.unless is None for c in p.commands)
+
+
+def test_quiet_hours_can_push_an_escalation_later_and_keep_its_condition() -> None:
+    quiet = QuietHours(start="11:00", end="14:00", timezone="UTC")
+    c = catalog(escalation=[{"after": "10m", "channel": "sms", "unless": "read"}])
+    (sms,) = [d for d in plan(request(), recipient(quiet_hours=quiet), c, NOW).deferred if d.channel == "sms"]
+    assert sms.not_before == datetime(2026, 6, 15, 14, 0, tzinfo=UTC) and sms.unless == "read"
+
+
+def test_digested_channels_are_listed_not_sent() -> None:
+    p = plan(request(), recipient(), catalog(digest=DIGEST), NOW)
+    assert p.digested == ["email"]
+    assert {c.channel for c in p.commands} == {"sms", "push", "in_app"}
+    assert not [o for o in p.outcomes if o.channel == "email"]
+
+
+@pytest.mark.parametrize(
+    "type_changes,request_changes,state_changes",
+    [
+        ({"critical": True}, {}, {}),
+        ({}, {"scheduled_at": NOW + timedelta(hours=2)}, {}),
+        ({}, {}, {"digest": {"orders": "off"}}),
+        ({}, {"data_json": json.dumps({"order": "A-1", "blob": "x" * 9000})}, {}),
+    ],
+    ids=["critical", "scheduled", "recipient-off", "too-big"],
+)
+def test_requests_that_are_not_digested(
+    type_changes: dict[str, Any], request_changes: dict[str, Any], state_changes: dict[str, Any]
+) -> None:
+    p = plan(
+        request(**request_changes), recipient(**state_changes), catalog(digest=DIGEST, **type_changes), NOW
+    )
+    assert p.digested == []
+    assert "email" in {c.channel for c in [*p.commands, *p.deferred]}
+
+
+def test_opted_out_or_unreachable_channels_are_skipped_before_digesting() -> None:
+    c = catalog(digest=DIGEST)
+    off = recipient(rules={"category:orders:email": False})
+    assert (
+        plan(request(), off, c, NOW).digested == []
+        and skipped(plan(request(), off, c, NOW))["email"] == "opted_out"
+    )
+    p = plan(request(), RecipientState(), c, NOW)
+    assert p.digested == [] and skipped(p)["email"] == "no_address"
+
+
+def test_a_digest_request_renders_the_digest_templates_and_is_not_digested_again() -> None:
+    items = [{"order": "A-1"}, {"order": "B-2"}]
+    digest = request(
+        data_json=json.dumps({"items": items, "count": 2}),
+        channels=["email"],
+        digest_of=[new_notification_id(), new_notification_id()],
+    )
+    p = plan(digest, recipient(), catalog(digest=DIGEST), NOW)
+    (email,) = p.commands
+    assert email.content.subject == "2 orders: A-1, B-2" and p.digested == []
+    with pytest.raises(InvalidEvent, match="no digest templates"):
+        plan(digest, recipient(), catalog(), NOW)

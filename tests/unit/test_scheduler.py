@@ -115,3 +115,16 @@ def test_a_released_command_leaves_the_index_and_cannot_be_cancelled_later() -> 
     assert t.due(0, int((EPOCH + timedelta(minutes=5)).timestamp() * 1000)) == [early]
     assert t.cancel(0, nid) == [late]
     assert t.store.keys(0) == []
+
+
+def test_cancel_can_take_only_the_commands_it_picks() -> None:
+    t = timers()
+    nid = uuid.uuid4()
+    plain = command(EPOCH + timedelta(hours=1), notification_id=nid)
+    escalation = command(EPOCH + timedelta(minutes=5), notification_id=nid, channel="email", unless="seen")
+    add(t, plain)
+    add(t, escalation)
+    assert t.cancel(0, nid, lambda c: c.unless == "seen") == [escalation]
+    assert t.cancel(0, nid, lambda c: c.unless == "seen") == []
+    assert t.cancel(0, nid) == [plain]
+    assert t.store.keys(0) == []

@@ -82,8 +82,11 @@ def test_prefix_namespaces_every_topic() -> None:
     s = Settings(topic_prefix="staging.")
     assert all(spec.name.startswith(("staging.notifications.", "staging.tidings.")) for spec in registry(s))
     assert n_changelogs(registry(s)) == [
+        "staging.tidings.router.digest_due.changelog",
+        "staging.tidings.router.digests.changelog",
         "staging.tidings.router.recipients.changelog",
         "staging.tidings.router.seen.changelog",
+        "staging.tidings.scheduler.engaged.changelog",
         "staging.tidings.scheduler.timers.changelog",
     ]
     n = names(s)

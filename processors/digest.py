@@ -1,0 +1,193 @@
+"""Consumes the requests the router chose to digest; produces one digest request per window and the
+items' outcomes. Pure: the router keeps the buckets in a state store and closes them on its timer.
+
+A bucket collects one recipient's requests of one type for the channels that have a digest template.
+The first request opens it; the window ends after the type's `digest.window`, or on the recipient's
+choice for the category: `hourly` (an hour after the first request), `daily` (the next 09:00 in the
+recipient's time zone), `weekly` (the next Monday 09:00); `off` sends every request at once. A bucket
+also closes early when it holds `MAX_ITEMS` requests or `MAX_BYTES` of their data, so a digest stays
+one bounded record.
+
+Closing produces a `NotificationRequested` with `digest_of` (the items' ids) and the data
+`{"items": [...each request's data], "count": n}` on `notifications.requested`, keyed like its items:
+the router plans it like any request (preferences, suppressions and quiet hours as they are then)
+with the digest templates. Each item gets a QUEUED `digested` outcome naming the digest; an item that
+expired while it waited is EXPIRED instead.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, time, timedelta
+from typing import Any
+from uuid import UUID, uuid5
+
+from pydantic import BaseModel, ConfigDict
+
+from processors.plan import zone
+from tidings.catalog import DigestRule
+from tidings.events import Channel, DeliveryOutcome, NotificationRequested, OutcomeStatus
+from tidings.ids import outcome_id
+
+MAX_ITEMS = 100
+MAX_BYTES = 128 * 1024
+SEND_AT = time(9, 0)
+DIGEST_NAMESPACE = UUID("6f1c9a52-3a57-5d4e-9a0e-2b7c5d1e8f40")
+
+
+class Item(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    notification_id: UUID
+    data: dict[str, Any]
+    size: int
+    expires_at: datetime | None = None
+
+
+class Bucket(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    tenant_id: str
+    recipient_id: str
+    notification_type: str
+    channels: list[Channel]
+    opened_at: datetime
+    due: datetime
+    items: list[Item] = []
+    size: int = 0
+
+    @property
+    def key(self) -> str:
+        return bucket_key(self.tenant_id, self.recipient_id, self.notification_type)
+
+    @property
+    def due_key(self) -> str:
+        return f"{int(self.due.timestamp() * 1000):013d}/{self.key}"
+
+    @property
+    def digest_id(self) -> UUID:
+        opened = int(self.opened_at.timestamp() * 1000)
+        return uuid5(DIGEST_NAMESPACE, f"{self.key}/{opened}")
+
+
+def bucket_key(tenant: str, recipient: str, notification_type: str) -> str:
+    return f"{tenant}/{recipient}/{notification_type}"
+
+
+def window_end(rule: DigestRule, choice: str | None, timezone: str | None, opened: datetime) -> datetime:
+    """When a window opened at `opened` closes, by the recipient's choice or else the type's window."""
+    if choice == "hourly":
+        return opened + timedelta(hours=1)
+    if choice in ("daily", "weekly"):
+        tz = zone(timezone)
+        local = opened.astimezone(tz)
+        day = local.date() if local.time() < SEND_AT else local.date() + timedelta(days=1)
+        if choice == "weekly":
+            day += timedelta(days=(7 - day.weekday()) % 7)
+        return datetime.combine(day, SEND_AT, tzinfo=tz).astimezone(opened.tzinfo)
+    return opened + timedelta(seconds=rule.window_seconds)
+
+
+def join(
+    bucket: Bucket | None,
+    request: NotificationRequested,
+    channels: list[Channel],
+    due: datetime,
+    now: datetime,
+) -> tuple[Bucket, Bucket | None]:
+    """Add a request to its open bucket, or open one; returns the open bucket and, when the old one
+    had no room left, that one to close now."""
+    size = len(request.data_json)
+    closed = None
+    if bucket is not None and (len(bucket.items) >= MAX_ITEMS or bucket.size + size > MAX_BYTES):
+        closed, bucket = bucket, None
+    if bucket is None:
+        bucket = Bucket(
+            tenant_id=request.tenant_id,
+            recipient_id=request.recipient_id,
+            notification_type=request.notification_type,
+            channels=channels,
+            opened_at=now,
+            due=due,
+        )
+    item = Item(
+        notification_id=request.notification_id, data=request.data, size=size, expires_at=request.expires_at
+    )
+    merged = bucket.channels + [c for c in channels if c not in bucket.channels]
+    updated = bucket.model_copy(
+        update={"items": [*bucket.items, item], "size": bucket.size + size, "channels": merged}
+    )
+    return updated, closed
+
+
+def deferred(
+    bucket: Bucket, request: NotificationRequested, channels: list[Channel], now: datetime
+) -> list[DeliveryOutcome]:
+    """The DEFERRED outcomes of a request that joined a bucket."""
+    detail = f"in the {request.notification_type} digest due {bucket.due.isoformat()}"
+    return [
+        item_outcome(bucket, request.notification_id, c, "DEFERRED", "digest", detail, now) for c in channels
+    ]
+
+
+def without(bucket: Bucket, notification_id: UUID) -> Bucket | None:
+    """The bucket minus a cancelled request (None if it held nothing else)."""
+    items = [i for i in bucket.items if i.notification_id != notification_id]
+    if not items:
+        return None
+    return bucket.model_copy(update={"items": items, "size": sum(i.size for i in items)})
+
+
+def close(bucket: Bucket, now: datetime) -> tuple[NotificationRequested | None, list[DeliveryOutcome]]:
+    """The digest request of a bucket and its items' outcomes."""
+    live = [i for i in bucket.items if i.expires_at is None or i.expires_at > now]
+    outcomes = [
+        item_outcome(bucket, i.notification_id, c, "EXPIRED", "expired", "expired while in a digest", now)
+        for i in bucket.items
+        if i not in live
+        for c in bucket.channels
+    ]
+    if not live:
+        return None, outcomes
+    digest_id = bucket.digest_id
+    request = NotificationRequested(
+        event_id=uuid5(digest_id, "request"),
+        occurred_at=now,
+        tenant_id=bucket.tenant_id,
+        correlation_id=str(digest_id),
+        notification_id=digest_id,
+        recipient_id=bucket.recipient_id,
+        notification_type=bucket.notification_type,
+        data_json=json.dumps({"items": [i.data for i in live], "count": len(live)}),
+        channels=bucket.channels,
+        digest_of=[i.notification_id for i in live],
+        source="tidings.digest",
+    )
+    detail = f"in digest {digest_id}"
+    outcomes += [
+        item_outcome(bucket, i.notification_id, c, "QUEUED", "digested", detail, now)
+        for i in live
+        for c in bucket.channels
+    ]
+    return request, outcomes
+
+
+def item_outcome(
+    bucket: Bucket,
+    notification_id: UUID,
+    channel: Channel,
+    status: OutcomeStatus,
+    reason: str,
+    detail: str,
+    now: datetime,
+) -> DeliveryOutcome:
+    return DeliveryOutcome(
+        event_id=outcome_id(notification_id, status, channel, None, reason),
+        occurred_at=now,
+        tenant_id=bucket.tenant_id,
+        correlation_id=str(notification_id),
+        notification_id=notification_id,
+        recipient_id=bucket.recipient_id,
+        channel=channel,
+        status=status,
+        reason=reason,
+        detail=detail,
+    )

@@ -1,0 +1,113 @@
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from processors.digest import MAX_BYTES, MAX_ITEMS, Bucket, close, deferred, join, window_end, without
+from tidings.catalog import DigestRule
+from tidings.events import NotificationRequested
+from tidings.ids import new_notification_id
+
+RULE = DigestRule(3600, {"email": {"default": {"subject": "{{ count }}"}}})
+NOW = datetime(2026, 3, 27, 10, 30, tzinfo=UTC)  # a Friday, two days before Europe's spring-forward
+
+
+def request(n: int = 0, **changes: object) -> NotificationRequested:
+    base: dict[str, object] = {
+        "tenant_id": "acme",
+        "notification_id": new_notification_id(),
+        "recipient_id": "u1",
+        "notification_type": "post.liked",
+        "data_json": json.dumps({"n": n}),
+        "occurred_at": NOW,
+    }
+    return NotificationRequested(**(base | changes))
+
+
+@pytest.mark.parametrize(
+    "choice,zone,expected",
+    [
+        (None, None, NOW + timedelta(hours=1)),
+        ("weird", None, NOW + timedelta(hours=1)),
+        ("hourly", None, NOW + timedelta(hours=1)),
+        (
+            "daily",
+            "Europe/Berlin",
+            datetime(2026, 3, 28, 8, 0, tzinfo=UTC),
+        ),  # 11:30 local: tomorrow 09:00 CET
+        ("daily", "America/Los_Angeles", datetime(2026, 3, 27, 16, 0, tzinfo=UTC)),  # 03:30 local: today
+        ("weekly", "Europe/Berlin", datetime(2026, 3, 30, 7, 0, tzinfo=UTC)),  # Monday 09:00 CEST (after DST)
+        ("daily", "No/Such_Zone", datetime(2026, 3, 28, 9, 0, tzinfo=UTC)),
+    ],
+)
+def test_window_end(choice: str | None, zone: str | None, expected: datetime) -> None:
+    assert window_end(RULE, choice, zone, NOW) == expected
+
+
+def test_a_bucket_collects_requests_until_it_closes_into_one_digest_request() -> None:
+    first, second = request(1), request(2)
+    bucket, full = join(None, first, ["email"], NOW + timedelta(hours=1), NOW)
+    assert full is None and bucket.due == NOW + timedelta(hours=1)
+    bucket, full = join(bucket, second, ["email"], NOW + timedelta(hours=9), NOW + timedelta(minutes=5))
+    assert full is None and bucket.due == NOW + timedelta(hours=1), "the open window keeps its end"
+    (outcome,) = deferred(bucket, second, ["email"], NOW)
+    assert (outcome.status, outcome.reason, outcome.channel) == ("DEFERRED", "digest", "email")
+    digest, outcomes = close(bucket, bucket.due)
+    assert digest is not None and digest.notification_id == bucket.digest_id
+    assert digest.digest_of == [first.notification_id, second.notification_id]
+    assert json.loads(digest.data_json) == {"items": [{"n": 1}, {"n": 2}], "count": 2}
+    assert digest.channels == ["email"] and digest.key == first.key
+    assert {(o.notification_id, o.status, o.reason) for o in outcomes} == {
+        (first.notification_id, "QUEUED", "digested"),
+        (second.notification_id, "QUEUED", "digested"),
+    }
+    assert close(bucket, bucket.due)[0] == digest, "closing again yields the same request (same ids)"
+
+
+def test_items_that_expired_in_the_window_are_expired_not_digested() -> None:
+    stale = request(1, expires_at=NOW + timedelta(minutes=10))
+    bucket, _ = join(None, stale, ["email"], NOW + timedelta(hours=1), NOW)
+    digest, outcomes = close(bucket, bucket.due)
+    assert digest is None and [(o.status, o.reason) for o in outcomes] == [("EXPIRED", "expired")]
+    bucket, _ = join(bucket, request(2), ["email"], NOW, NOW)
+    digest, outcomes = close(bucket, bucket.due)
+    assert digest is not None and json.loads(digest.data_json)["count"] == 1
+    assert sorted(o.status for o in outcomes) == ["EXPIRED", "QUEUED"]
+
+
+def test_a_full_bucket_closes_early_and_a_new_window_opens() -> None:
+    bucket: Bucket | None = None
+    closed = []
+    for n in range(MAX_ITEMS + 1):
+        bucket, full = join(
+            bucket, request(n), ["email"], NOW + timedelta(hours=1, seconds=n), NOW + timedelta(seconds=n)
+        )
+        closed += [full] if full else []
+    assert bucket is not None and len(closed) == 1 and len(closed[0].items) == MAX_ITEMS
+    assert len(bucket.items) == 1 and bucket.due == NOW + timedelta(hours=1, seconds=MAX_ITEMS)
+    assert bucket.digest_id != closed[0].digest_id
+
+
+@given(st.lists(st.integers(min_value=100, max_value=8000), min_size=1, max_size=60))
+def test_a_digest_request_always_fits_its_size_limit(sizes: list[int]) -> None:
+    bucket: Bucket | None = None
+    for size in sizes:
+        r = request(data_json=json.dumps({"x": "y" * size}))
+        bucket, full = join(bucket, r, ["email"], NOW + timedelta(hours=1), NOW)
+        for b in [full, bucket]:
+            if b is not None:
+                assert b.size <= MAX_BYTES
+                digest, _ = close(b, b.due)
+                assert digest is not None  # the model validates the 256 KiB data limit
+
+
+def test_a_cancelled_request_leaves_its_bucket() -> None:
+    a, b = request(1), request(2)
+    bucket, _ = join(None, a, ["email"], NOW + timedelta(hours=1), NOW)
+    bucket, _ = join(bucket, b, ["email"], NOW, NOW)
+    rest = without(bucket, a.notification_id)
+    assert rest is not None and [i.notification_id for i in rest.items] == [b.notification_id]
+    assert rest.size == len(b.data_json)
+    assert without(rest, b.notification_id) is None
