@@ -1,0 +1,153 @@
+"""Digest windows (router) and escalation timers (scheduler) on the real broker."""
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from processors.scheduler import Scheduler
+from tests.integration.test_router import commands, decoded, publish_catalog, run_router
+from tidings.catalog import parse_type
+from tidings.client import Client
+from tidings.config import Settings
+from tidings.events import (
+    DeliveryOutcome,
+    InboxItemSeen,
+    NotificationOpened,
+    NotificationRequested,
+)
+from tidings.ids import delivery_id
+from tidings.topics import names
+
+LIKED: dict[str, Any] = {
+    "key": "post.liked",
+    "category": "social",
+    "channels": ["in_app", "email"],
+    "templates": {
+        "in_app": {"default": {"title": "{{ by }} liked {{ post }}"}},
+        "email": {"default": {"subject": "{{ by }} liked {{ post }}"}},
+    },
+    "digest": {
+        "window": "2s",
+        "templates": {
+            "email": {
+                "default": {
+                    "subject": "{{ count }} new likes",
+                    "body": "{% for l in items %}{{ l.by }} liked {{ l.post }}; {% endfor %}",
+                }
+            }
+        },
+    },
+}
+
+
+def outcomes_of(s: Settings) -> list[DeliveryOutcome]:
+    return [o for o in decoded(s, names(s).outcomes) if isinstance(o, DeliveryOutcome)]
+
+
+def test_requests_in_a_window_become_one_digest_and_a_cancelled_one_leaves_it(topology: Settings) -> None:
+    s = topology
+    with Client(s) as client:
+        client.publish(parse_type("*", LIKED))
+        client.update_recipient(tenant="acme", recipient="ada", email="ada@example.com")
+        client.update_recipient(tenant="acme", recipient="bob", email="bob@example.com")
+        client.update_preferences(tenant="acme", recipient="bob", digest={"social": "off"})
+        likes = [
+            client.send(tenant="acme", recipient="ada", type="post.liked", data={"by": by, "post": "P1"})
+            for by in ("Cy", "Di", "Ed")
+        ]
+        client.cancel(tenant="acme", recipient="ada", notification_id=likes[1], reason="unliked")
+        for by in ("Fay", "Gus"):
+            client.send(tenant="acme", recipient="bob", type="post.liked", data={"by": by, "post": "P2"})
+    run_router(s, idle=6.0)
+
+    sent = commands(s)
+    emails = [c for c in sent if c.channel == "email"]
+    ada = [c for c in emails if c.recipient_id == "ada"]
+    assert len(ada) == 1, [c.content for c in ada]
+    assert ada[0].content.subject == "2 new likes"
+    assert ada[0].content.body == "Cy liked P1; Ed liked P1; "
+    assert sorted(c.content.subject or "" for c in emails if c.recipient_id == "bob") == [
+        "Fay liked P2",
+        "Gus liked P2",
+    ]
+    assert Counter(c.recipient_id for c in sent if c.channel == "in_app") == {"ada": 3, "bob": 2}
+
+    (digest,) = [
+        r for r in decoded(s, names(s).requested) if isinstance(r, NotificationRequested) and r.digest_of
+    ]
+    assert digest.digest_of == [likes[0], likes[2]] and digest.notification_id == ada[0].notification_id
+    email_outcomes = Counter(
+        (o.notification_id, o.status, o.reason) for o in outcomes_of(s) if o.channel == "email"
+    )
+    for nid in (likes[0], likes[2]):
+        assert email_outcomes[(nid, "DEFERRED", "digest")] == 1
+        assert email_outcomes[(nid, "QUEUED", "digested")] == 1
+    assert email_outcomes[(likes[1], "CANCELLED", "unliked")] == 1
+    assert email_outcomes[(likes[1], "QUEUED", "digested")] == 0
+    assert email_outcomes[(digest.notification_id, "QUEUED", None)] == 1
+
+
+def test_an_escalation_is_dropped_when_the_notification_was_engaged_with_first(topology: Settings) -> None:
+    s = topology
+    publish_catalog(s)  # comment.mention: in_app and push now, email after 5 minutes unless seen
+    with Client(s) as client:
+        client.update_recipient(tenant="acme", recipient="ada", email="ada@example.com")
+        client.register_device(tenant="acme", recipient="ada", device_id="p", platform="fcm", token="t-1")
+        seen_early, ignored, opened_late = (
+            client.send(
+                tenant="acme", recipient="ada", type="comment.mention", data={"by": "Bo", "thread": t}
+            )
+            for t in ("T1", "T2", "T3")
+        )
+        client.publish(
+            InboxItemSeen(
+                tenant_id="acme",
+                recipient_id="ada",
+                notification_id=seen_early,
+                delivery_id=delivery_id(seen_early, "in_app", "ada"),
+            )
+        )
+    run_router(s)
+    immediate = Counter(c.channel for c in commands(s))
+    assert immediate == {"in_app": 3, "push": 3}
+
+    skew = [0.0]
+    scheduler = Scheduler(
+        s, instance="0", group_id=f"scheduler-{s.topic_prefix}", clock=lambda: time.time() + skew[0]
+    )
+    thread = threading.Thread(target=scheduler.run, kwargs={"idle_exit_after": 3})
+    thread.start()
+    deadline = time.monotonic() + 60
+    while scheduler.loop.committed_records < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with Client(s) as client:
+        client.publish(
+            NotificationOpened(
+                tenant_id="acme",
+                recipient_id="ada",
+                notification_id=opened_late,
+                delivery_id=delivery_id(opened_late, "push", "t-1"),
+                channel="push",
+            )
+        )
+    while scheduler.loop.committed_records < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    skew[0] = 6 * 60
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+
+    emails = [c for c in commands(s) if c.channel == "email"]
+    assert [c.notification_id for c in emails] == [ignored]
+    assert emails[0].unless == "seen"
+    outcomes = outcomes_of(s)
+    email_outcomes = {
+        nid: Counter(
+            (o.status, o.reason) for o in outcomes if o.notification_id == nid and o.channel == "email"
+        )
+        for nid in (seen_early, ignored, opened_late)
+    }
+    assert email_outcomes[ignored] == {("DEFERRED", "escalation"): 1, ("QUEUED", "released"): 1}
+    assert email_outcomes[seen_early] == {("DEFERRED", "escalation"): 1, ("SKIPPED", "engaged"): 1}
+    assert email_outcomes[opened_late] == {("DEFERRED", "escalation"): 1, ("SKIPPED", "engaged"): 1}
+    assert scheduler.escalations_dropped == 2
