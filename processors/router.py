@@ -102,6 +102,7 @@ class Router:
             align_first=[self.names.recipients, self.names.feedback],
             before_batch=self.refresh_catalog,
             punctuate=self.close_due_digests,
+            pending=lambda: any(self.digest_due.size(p) for p in self.digest_due.partitions()),
         )
 
     def refresh_catalog(self) -> None:

@@ -20,7 +20,9 @@ Escalation: a command with `unless` (seen, read or clicked) is dropped, with a S
 outcome, when `notifications.engagement` (co-partitioned, also consumed here) reports that engagement
 with its notification before the command is due. Inbox archived and seen events count as seen; read,
 opened and clicked as read; clicked as clicked. The `engaged` store remembers what each notification
-got (30 days), so an engagement that overtakes its escalation command still cancels it.
+got (30 days), so an engagement that overtakes its escalation command still cancels it. A due escalation
+is released only while this process has read its engagement partition to the end, so a scheduler that
+lags (restarted, say) cannot send the email for a mention whose `seen` waits unread behind it.
 """
 
 from __future__ import annotations
@@ -92,26 +94,26 @@ class Timers:
         if key not in keys:
             self.store.put(partition, index, " ".join([*keys, key]).encode())
 
-    def _take(self, partition: int, key: str) -> DeliveryCommand | None:
-        value = self.store.get(partition, key)
-        if value is None:
-            return None
-        self.store.delete(partition, key)
-        command = self.codec.decode(value)
-        return command if isinstance(command, DeliveryCommand) else None
-
-    def due(self, partition: int, now_ms: int) -> list[DeliveryCommand]:
-        """Take the commands due at `now_ms`."""
+    def due(
+        self, partition: int, now_ms: int, hold: Callable[[DeliveryCommand], bool] | None = None
+    ) -> list[DeliveryCommand]:
+        """Take the commands due at `now_ms`, except those `hold` keeps for later."""
         taken = []
         for key in due_keys(self.store.keys(partition), now_ms):
-            if (command := self._take(partition, key)) is not None:
-                taken.append(command)
-                index, keys = self._index(partition, command.notification_id)
-                rest = [k for k in keys if k != key]
-                if rest:
-                    self.store.put(partition, index, " ".join(rest).encode())
-                else:
-                    self.store.delete(partition, index)
+            value = self.store.get(partition, key)
+            command = self.codec.decode(value) if value is not None else None
+            if isinstance(command, DeliveryCommand) and hold is not None and hold(command):
+                continue
+            self.store.delete(partition, key)
+            if not isinstance(command, DeliveryCommand):
+                continue
+            taken.append(command)
+            index, keys = self._index(partition, command.notification_id)
+            rest = [k for k in keys if k != key]
+            if rest:
+                self.store.put(partition, index, " ".join(rest).encode())
+            else:
+                self.store.delete(partition, index)
         return taken
 
     def cancel(
@@ -213,7 +215,9 @@ class Scheduler:
         if event.unless is not None and event.unless in self._engagement(record.partition, event):
             self.escalations_dropped += 1
             return [outcome(self.names, event, "SKIPPED", "engaged")]
-        if event.not_before is None or event.not_before.timestamp() <= self.clock():
+        if event.unless is None and (
+            event.not_before is None or event.not_before.timestamp() <= self.clock()
+        ):
             self.released += 1
             return release(self.names, event, self.clock())
         self.timers.add(record.partition, event, record.value or b"")
@@ -235,7 +239,9 @@ class Scheduler:
         now = self.clock()
         outputs: list[Output] = []
         for partition in self.store.partitions():
-            for command in self.timers.due(partition, int(now * 1000)):
+            engagement_read = self.loop.caught_up(self.names.engagement, partition)
+            hold = None if engagement_read else lambda c: c.unless is not None
+            for command in self.timers.due(partition, int(now * 1000), hold):
                 outputs += release(self.names, command, now)
                 self.released += 1
         return outputs

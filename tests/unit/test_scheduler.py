@@ -128,3 +128,15 @@ def test_cancel_can_take_only_the_commands_it_picks() -> None:
     assert t.cancel(0, nid, lambda c: c.unless == "seen") == []
     assert t.cancel(0, nid) == [plain]
     assert t.store.keys(0) == []
+
+
+def test_due_leaves_the_commands_it_is_told_to_hold() -> None:
+    t = timers()
+    plain = command(EPOCH + timedelta(minutes=1))
+    escalation = command(EPOCH + timedelta(minutes=2), channel="email", unless="seen")
+    add(t, plain)
+    add(t, escalation)
+    later = int((EPOCH + timedelta(minutes=5)).timestamp() * 1000)
+    assert t.due(0, later, lambda c: c.unless is not None) == [plain]
+    t.store.committed()
+    assert t.due(0, later) == [escalation]

@@ -248,7 +248,7 @@ class TransactionalLoop:
         assert self.aligner is not None
         self.aligner.add(records)
         assigned = [(tp.topic, tp.partition) for tp in self.consumer.assignment()]
-        released = self.aligner.release(assigned, self._caught_up, self.batch_size)
+        released = self.aligner.release(assigned, self.caught_up, self.batch_size)
         for tp in assigned:
             pending = self.aligner.pending(tp)
             if pending > 4 * self.batch_size and tp not in self._paused:
@@ -259,7 +259,8 @@ class TransactionalLoop:
                 self._paused.discard(tp)
         return released
 
-    def _caught_up(self, topic: str, partition: int) -> bool:
+    def caught_up(self, topic: str, partition: int) -> bool:
+        """Whether this process has consumed (and so handled) everything in the partition fetched so far."""
         tp = TopicPartition(topic, partition)
         low, high = self.consumer.get_watermark_offsets(tp, cached=True)
         if high < 0:
