@@ -22,12 +22,17 @@ def test_demo_runs_the_pipeline_end_to_end(stack: Settings) -> None:
         delete_topics(stack, prefix)
     assert result.returncode == 0, result.stderr[-3000:]
     err = " ".join(result.stderr.split())  # rich wraps long lines
-    assert "8 requests planned: 13 delivery commands, 33 outcomes" in err
-    assert "scheduler: released 2 deferred deliveries when due, cancelled 3" in err
-    assert "email: 5 sent; the sink holds 5 messages (4 with one-click List-Unsubscribe" in err
+    assert "14 requests planned: 20 delivery commands, 53 outcomes" in err
+    assert "digest: 3 likes collected into 1 digest notification(s)" in err
+    assert (
+        "scheduler: released 3 deferred deliveries when due, cancelled 3, dropped 1 escalations already seen"
+    ) in err
+    assert "email: 7 sent; the sink holds 7 messages (6 with one-click List-Unsubscribe" in err
     assert "webhook: 1 sent; the receiver verified 1 signatures" in err
     assert "Ihre Bestellung A-1001 ist unterwegs" in result.stdout
-    assert "8 notifications in PostgreSQL" in err
+    assert "14 notifications in PostgreSQL" in err
+    assert "post.liked (digest of 3): SENT" in err and "3 new likes on your posts" in result.stdout
+    assert "comment.mention (seen in the app): QUEUED" in err
     assert "order.shipped (scheduled): SENT" in err
     assert "order.shipped (cancelled): CANCELLED" in err
     assert (

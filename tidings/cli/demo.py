@@ -1,8 +1,10 @@
 """`tidings demo`: the whole pipeline that exists, end to end, on the local stack.
 
 Starts the stack, creates topics, publishes the example catalog, registers recipients with preferences,
-sends requests with the SDK (one scheduled a few seconds ahead, one scheduled and then cancelled), runs
-the router until it is idle, the scheduler until the deferred delivery is released, the email gateway
+sends requests with the SDK (one scheduled a few seconds ahead, one scheduled and then cancelled, three
+likes that the router collects into one digest email, two mentions of which one is seen in the app so
+its escalation email is dropped), runs the router until it is idle, the scheduler until the deferred
+deliveries are released, the email gateway
 (SMTP to a local mail sink) and the webhook gateway (to a local receiver that verifies signatures), clicks
 one email's one-click unsubscribe link on the HTTP edge and shows the router honour it, shows the
 commands and outcomes read back from Kafka, and folds the outcomes into PostgreSQL with the
@@ -14,10 +16,12 @@ need credentials, and the in-app channel has no gateway yet, so those commands s
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import typer
 from rich.console import Console
@@ -30,7 +34,15 @@ from tidings.cli.pipeline import published_types
 from tidings.client import Client
 from tidings.config import Settings, settings
 from tidings.devstack.sinks import MailSink, WebhookSink
-from tidings.events import CHANNELS, DeliveryCommand, DeliveryOutcome
+from tidings.events import (
+    CHANNELS,
+    DeliveryCommand,
+    DeliveryOutcome,
+    InboxItemSeen,
+    NotificationRequested,
+    NotificationTypePublished,
+)
+from tidings.ids import delivery_id
 from tidings.kafka import apply_topics
 from tidings.topics import names, registry
 
@@ -54,7 +66,28 @@ REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
     ("alan", "comment.mention", {"by": "ada", "thread": "T-7"}),
     ("alan", "order.shipped", {"order": "A-1002", "carrier": "UPS"}),
     ("grace", "invoice.due", {"amount": 129.5, "currency": "EUR"}),
+    ("ada", "post.liked", {"by": "Grace", "post": "Notes on the Engine"}),
+    ("ada", "post.liked", {"by": "Alan", "post": "Notes on the Engine"}),
+    ("ada", "post.liked", {"by": "Grace", "post": "Bernoulli numbers"}),
+    ("grace", "comment.mention", {"by": "ada", "thread": "T-8"}),
+    ("grace", "comment.mention", {"by": "alan", "thread": "T-9"}),
 ]
+FAST = "3s"
+
+
+def fast_rules() -> list[NotificationTypePublished]:
+    """Tenant `acme`'s own versions of the digest and escalation types, with windows of seconds instead
+    of an hour and five minutes, so the demo need not wait (a tenant's type overrides the shared one)."""
+    fast = []
+    for t in load(CATALOG, tenant="acme"):
+        if t.digest_json:
+            fast.append(
+                t.model_copy(update={"digest_json": json.dumps(json.loads(t.digest_json) | {"window": FAST})})
+            )
+        elif t.escalation_json:
+            steps = [step | {"after": FAST} for step in json.loads(t.escalation_json)["steps"]]
+            fast.append(t.model_copy(update={"escalation_json": json.dumps({"steps": steps})}))
+    return fast
 
 
 def read(topic: str) -> list[Any]:
@@ -80,7 +113,7 @@ def run_demo(s: Settings, n: Any, rounds: int, mail: MailSink, hooks: WebhookSin
     created = sum(r.action == "created" for r in apply_topics(s, specs))
     console.print(f"{len(specs)} topics, {created} created now")
     console.rule("catalog, recipients, requests (tidings.client)")
-    changed = next_versions(load(CATALOG), published_types())
+    changed = next_versions([*load(CATALOG), *fast_rules()], published_types())
     sent: dict[str, tuple[str, str]] = {}
     with Client(s, source="demo") as client:
         for t in changed:
@@ -116,6 +149,17 @@ def run_demo(s: Settings, n: Any, rounds: int, mail: MailSink, hooks: WebhookSin
             for recipient, type_, data in REQUESTS:
                 nid = client.send(tenant="acme", recipient=recipient, type=type_, data=data, wait=False)
                 sent[str(nid)] = (recipient, type_)
+            seen = next(n for n, (r, t) in reversed(sent.items()) if (r, t) == ("grace", "comment.mention"))
+            client.publish(
+                InboxItemSeen(
+                    tenant_id="acme",
+                    recipient_id="grace",
+                    notification_id=UUID(seen),
+                    delivery_id=delivery_id(UUID(seen), "in_app", "grace"),
+                ),
+                wait=False,
+            )
+            sent[seen] = ("grace", "comment.mention (seen in the app)")
         later = datetime.now(UTC) + timedelta(seconds=4)
         data = {"order": "A-1003", "carrier": "GLS"}
         nid = client.send(
@@ -142,14 +186,25 @@ def run_demo(s: Settings, n: Any, rounds: int, mail: MailSink, hooks: WebhookSin
     router.run(idle_exit_after=3.0)
     console.print(
         f"router: {router.loop.committed_records} records in {time.monotonic() - started:.1f}s "
-        f"(including 3s idle wait), {router.loop.dead_letters} dead letters"
+        f"(including a {FAST} digest window and 3s idle wait), {router.loop.dead_letters} dead letters"
+    )
+    digests = [
+        r
+        for r in read(n.requested)
+        if isinstance(r, NotificationRequested) and r.digest_of and str(r.digest_of[0]) in sent
+    ]
+    for d in digests:
+        sent[str(d.notification_id)] = (d.recipient_id, f"post.liked (digest of {len(d.digest_of or [])})")
+    console.print(
+        f"digest: {sum(len(d.digest_of or []) for d in digests)} likes collected into "
+        f"{len(digests)} digest notification(s)"
     )
     console.rule("scheduler (durable timers) until no timer is pending")
     scheduler = Scheduler(s, instance="demo")
     scheduler.run(idle_exit_after=1.0)
     console.print(
         f"scheduler: released {scheduler.released} deferred deliveries when due, "
-        f"cancelled {scheduler.cancelled}"
+        f"cancelled {scheduler.cancelled}, dropped {scheduler.escalations_dropped} escalations already seen"
     )
     deliver(s, mail, hooks)
     unsubscribe(s, mail, sent)
