@@ -24,6 +24,7 @@ CHANNELS: tuple[Channel, ...] = ("in_app", "push", "email", "sms", "webhook")
 Priority = Literal["low", "normal", "high", "critical"]
 Platform = Literal["apns", "fcm", "webpush"]
 Engagement = Literal["seen", "read", "clicked"]
+DigestChoice = Literal["off", "hourly", "daily", "weekly"]
 OutcomeStatus = Literal[
     "QUEUED",
     "DEFERRED",
@@ -197,7 +198,7 @@ class PreferencesUpdated(Event):
     rules: list[PreferenceRule] = []
     quiet_hours: QuietHours | None = None
     clear_quiet_hours: bool = False
-    digest: dict[str, str] = {}
+    digest: dict[str, DigestChoice] = {}
 
 
 class DeviceRegistered(Event):

@@ -88,3 +88,15 @@ def test_send_and_cancel_refuse_unclear_times_and_ids(stack: Settings) -> None:
     assert "not like" in run("send", "-t", "acme", "-r", "u", "--type", "t", "--in", "soon").stderr
     bad_id = run("cancel", "nope", "-t", "acme", "-r", "u")
     assert bad_id.returncode == 1 and "not a notification id" in bad_id.stderr
+
+
+def test_recipients_set_digest_choice_and_refuse_unknown_ones(stack: Settings) -> None:
+    ok = run("recipients", "set", "-t", "acme", "-r", "cli-digest", "--digest", "social=daily")
+    assert ok.returncode == 0, ok.stderr
+    tail = run("tail", "notifications.recipients", "--from-beginning", "--timeout", "5")
+    values = [json.loads(line)["value"] for line in tail.stdout.splitlines()]
+    assert any(
+        v and v.get("recipient_id") == "cli-digest" and v.get("digest") == {"social": "daily"} for v in values
+    )
+    bad = run("recipients", "set", "-t", "acme", "-r", "cli-digest", "--digest", "social=monthly")
+    assert bad.returncode == 1 and "digest.social" in bad.stderr and "weekly" in bad.stderr

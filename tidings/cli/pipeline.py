@@ -67,6 +67,11 @@ def set_recipient(
     opt_out: list[str] = typer.Option(None, "--opt-out", help="category:KEY[:CHANNEL] or type:KEY[:CHANNEL]"),
     opt_in: list[str] = typer.Option(None, "--opt-in", help="category:KEY[:CHANNEL] or type:KEY[:CHANNEL]"),
     quiet: str | None = typer.Option(None, "--quiet-hours", help="HH:MM-HH:MM in the recipient's zone"),
+    digest: list[str] = typer.Option(
+        None,
+        "--digest",
+        help="CATEGORY=off|hourly|daily|weekly (daily/weekly: 09:00 in the recipient's zone)",
+    ),
 ) -> None:
     """Produce RecipientUpdated and/or PreferencesUpdated for one recipient."""
     profile: dict[str, Any] = {
@@ -87,6 +92,8 @@ def set_recipient(
     if quiet:
         start, _, end = quiet.partition("-")
         prefs["quiet_hours"] = {"start": start, "end": end}
+    if digest:
+        prefs["digest"] = dict(d.partition("=")[::2] for d in digest)
     with Client(source="cli") as client:
         if profile:
             client.update_recipient(tenant=tenant, recipient=recipient, **profile)
