@@ -29,6 +29,9 @@ bounce endpoint would let anyone suppress any address), with the tenant in the p
   A certificate that cannot be fetched gets 503, so SNS retries.
 A request that fails its signature or is malformed gets 400 with the reason and produces nothing.
 
+The recipients' own inbox API and WebSocket (`gateways/feed.py`) are mounted when
+`TIDINGS_EDGE_INBOX_JWT_SECRET` is set.
+
 A report that names one of our deliveries (the providers echo the ids the gateway attached) also
 produces that delivery's outcome: `delivered` → DELIVERED, a hard bounce → FAILED (`bounced`), so
 the delivery-status tables show what happened after the provider accepted the message.
@@ -55,9 +58,10 @@ from urllib.parse import urlsplit
 import aiohttp
 import jwt
 from aiohttp import web
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateways import feed
 from gateways.email import callbacks
 from gateways.email._message import EmailSettings, unsubscribe_claims
 from gateways.outputs import reported_outcome
@@ -93,6 +97,7 @@ class EdgeSettings(BaseSettings):
     vonage_signature_secret: SecretStr | None = None
     vonage_signature_method: inbound.VonageMethod = "md5hash"
     ses_topic_arn: str | None = None
+    inbox_jwt_secret: SecretStr | None = Field(default=None, min_length=32)
 
 
 Parse = Callable[[web.Request, bytes, str], list[ProviderFeedback]]
@@ -297,4 +302,6 @@ def app(
         log.info("mounted %s", path)
     if (ses := ses_route(edge, fetch)) is not None:
         application.router.add_post("/callbacks/ses/{tenant}", webhook(ses, lambda: web.Response(status=204)))
+    if (inbox := edge.inbox_jwt_secret) is not None:
+        feed.mount(application, settings, inbox.get_secret_value(), PRODUCER)
     return application

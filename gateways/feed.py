@@ -1,0 +1,240 @@
+"""Consumes recipients' inbox requests over HTTP and WebSocket; produces engagement events to
+notifications.engagement.
+
+The end-user side of the in-app channel, mounted on the edge when `TIDINGS_EDGE_INBOX_JWT_SECRET` is
+set. The customer's backend signs each user an HS256 JWT with `sub` (the recipient id), `tenant` and
+`exp`; every route below requires one (`Authorization: Bearer ...`, or the WebSocket's first frame).
+
+- `GET /v1/inbox?limit=20&before=<cursor>&archived=false`: the newest items first, with their seen,
+  read and archived times, the unread count and the cursor of the next page.
+- `POST /v1/inbox/{notification_id}/seen|read|archived`: produces InboxItemSeen/Read/Archived (202
+  once Kafka acknowledged it). The `inbox` projection folds them into the feed, and the scheduler drops
+  the escalations they satisfy ("email me if I have not seen it in 5 minutes"). An item that is not the
+  caller's is 404, as is one that does not exist.
+- `GET /v1/ws`: a WebSocket. The first frame is `{"token": "...", "cursor": 123}` (cursor optional),
+  within 10 s, else the socket closes with 4401. The server answers `{"type": "items", "items": [...],
+  "cursor": n}` with everything after the cursor (or the newest 20), then again whenever the
+  recipient's Redis doorbell rings, and at least every 30 s. aiohttp pings every 25 s.
+
+Doorbells: one Redis pattern subscription per edge process fans out to its sockets; after a Redis
+reconnect every socket re-reads, so a lost doorbell costs latency, never an item. Each read also looks
+`LOOKBACK_S` back in time and skips what the socket already sent, because two gateway processes can
+commit a recipient's items out of `seq` order (an urgent and a standard one in the same instant). A
+resumed socket's first read is exactly what follows its cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+from uuid import UUID
+
+import jwt
+import redis.asyncio as aioredis
+from aiohttp import WSMsgType, web
+from psycopg_pool import AsyncConnectionPool
+
+from gateways.inapp._feed import DELIVERY, PAGE, SINCE, UNREAD, doorbell, doorbell_pattern, item
+from tidings.config import Settings
+from tidings.events import InboxItemArchived, InboxItemRead, InboxItemSeen
+from tidings.kafka import Output
+from tidings.kafka.aio import AsyncProducer
+from tidings.topics import names
+
+log = logging.getLogger(__name__)
+ACTIONS = {"seen": InboxItemSeen, "read": InboxItemRead, "archived": InboxItemArchived}
+AUTH_TIMEOUT_S, REREAD_S, LOOKBACK_S, FIRST_PAGE, MAX_PAGE = 10.0, 30.0, 5.0, 20, 100
+UNAUTHORIZED = 4401
+POOL: web.AppKey[AsyncConnectionPool] = web.AppKey("inbox_pool", AsyncConnectionPool)
+
+
+class Doorbells:
+    """One Redis pattern subscription, fanned out to the events of the sockets listening per channel."""
+
+    def __init__(self, redis_url: str, prefix: str) -> None:
+        self.redis_url, self.pattern = redis_url, doorbell_pattern(prefix)
+        self.bells: dict[str, set[asyncio.Event]] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    def register(self, channel: str) -> asyncio.Event:
+        bell = asyncio.Event()
+        self.bells.setdefault(channel, set()).add(bell)
+        return bell
+
+    def unregister(self, channel: str, bell: asyncio.Event) -> None:
+        listeners = self.bells.get(channel, set())
+        listeners.discard(bell)
+        if not listeners:
+            self.bells.pop(channel, None)
+
+    def ring_all(self) -> None:
+        for listeners in self.bells.values():
+            for bell in listeners:
+                bell.set()
+
+    async def listen(self) -> None:
+        while True:
+            client = aioredis.Redis.from_url(self.redis_url)
+            try:
+                async with client.pubsub() as pubsub:
+                    await pubsub.psubscribe(self.pattern)
+                    self.ring_all()
+                    async for message in pubsub.listen():
+                        if message.get("type") == "pmessage":
+                            for bell in self.bells.get(message["channel"].decode(), ()):
+                                bell.set()
+            except (aioredis.RedisError, OSError) as exc:
+                log.warning("inbox doorbells lost Redis, reconnecting: %s", exc)
+                await asyncio.sleep(1.0)
+            finally:
+                await client.aclose()
+
+
+DOORBELLS: web.AppKey[Doorbells] = web.AppKey("inbox_doorbells", Doorbells)
+
+
+def recipient_of(token: str, secret: str) -> tuple[str, str] | None:
+    try:
+        claims = jwt.decode(
+            token, secret, algorithms=["HS256"], options={"require": ["exp", "sub"]}, leeway=30
+        )
+    except jwt.InvalidTokenError as exc:
+        log.info("refused an inbox token: %s", exc)
+        return None
+    tenant, recipient = claims.get("tenant"), claims.get("sub")
+    return (tenant, recipient) if isinstance(tenant, str) and isinstance(recipient, str) else None
+
+
+def mount(
+    application: web.Application, settings: Settings, secret: str, producer: web.AppKey[AsyncProducer]
+) -> None:
+    prefix, engagement = settings.topic_prefix, names(settings).engagement
+
+    def caller(request: web.Request) -> tuple[str, str]:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        found = recipient_of(token, secret) if scheme.lower() == "bearer" else None
+        if found is None:
+            raise web.HTTPUnauthorized(
+                headers={"WWW-Authenticate": "Bearer"}, text="a valid token is required"
+            )
+        return found
+
+    async def query(sql: str, args: dict[str, Any] | tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        async with application[POOL].connection() as conn:
+            return await (await conn.execute(sql, args)).fetchall()
+
+    async def feed(request: web.Request) -> web.Response:
+        tenant, recipient = caller(request)
+        try:
+            limit = min(max(int(request.query.get("limit", FIRST_PAGE)), 1), MAX_PAGE)
+            before = int(request.query["before"]) if "before" in request.query else None
+        except ValueError:
+            raise web.HTTPBadRequest(text="limit and before are integers") from None
+        archived = request.query.get("archived", "false").lower() in ("1", "true", "yes")
+        who = {"tenant": tenant, "recipient": recipient}
+        rows = await query(PAGE, who | {"archived": archived, "before": before, "limit": limit})
+        [(unread,)] = await query(UNREAD, who)
+        items = [item(r) for r in rows]
+        after = items[-1]["cursor"] if len(items) == limit else None
+        return web.json_response({"items": items, "unread": unread, "next": after})
+
+    async def engage(request: web.Request) -> web.Response:
+        tenant, recipient = caller(request)
+        kind = ACTIONS.get(request.match_info["action"])
+        try:
+            nid = UUID(request.match_info["notification_id"])
+        except ValueError:
+            raise web.HTTPNotFound() from None
+        if kind is None:
+            raise web.HTTPNotFound()
+        rows = await query(DELIVERY, (tenant, recipient, nid))
+        if not rows:
+            raise web.HTTPNotFound(text="no such item in this inbox")
+        event = kind(tenant_id=tenant, recipient_id=recipient, notification_id=nid, delivery_id=rows[0][0])
+        await await_ack(request.app[producer], Output.event(engagement, event))
+        return web.json_response({"status": "accepted", "event_id": str(event.event_id)}, status=202)
+
+    async def socket(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=25.0, max_msg_size=64 * 1024)
+        await ws.prepare(request)
+        try:
+            hello = await asyncio.wait_for(ws.receive(), AUTH_TIMEOUT_S)
+            first = json.loads(hello.data) if hello.type == WSMsgType.TEXT else {}
+            found = recipient_of(str(first.get("token", "")), secret) if isinstance(first, dict) else None
+        except (TimeoutError, ValueError):
+            found = None
+        if found is None:
+            await ws.close(code=UNAUTHORIZED, message=b"unauthorized")
+            return ws
+        tenant, recipient = found
+        cursor = first.get("cursor")
+        channel = doorbell(prefix, tenant, recipient)
+        bell = application[DOORBELLS].register(channel)
+        who = {"tenant": tenant, "recipient": recipient}
+        try:
+            if not isinstance(cursor, int):
+                rows = await query(PAGE, who | {"archived": False, "before": None, "limit": FIRST_PAGE})
+                await ws.send_json({"type": "items", "items": [item(r) for r in reversed(rows)], "cursor": 0})
+                cursor = max((r[0] for r in rows), default=0)
+                sent, greeted = {r[0] for r in rows}, True
+            else:
+                sent, greeted = set(), False
+            async for _ in rings(ws, bell):
+                lookback = LOOKBACK_S if greeted else 0.0
+                rows = await query(SINCE, who | {"after": cursor, "lookback": lookback, "limit": MAX_PAGE})
+                fresh = [r for r in rows if r[0] not in sent]
+                cursor = max([cursor, *(r[0] for r in fresh)])
+                if fresh or not greeted:
+                    await ws.send_json({"type": "items", "items": [item(r) for r in fresh], "cursor": cursor})
+                    greeted = True
+                sent.update(r[0] for r in fresh)
+                if len(sent) > 10 * MAX_PAGE:
+                    sent = {s for s in sent if s > cursor - MAX_PAGE}
+        finally:
+            application[DOORBELLS].unregister(channel, bell)
+        return ws
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        app[POOL] = AsyncConnectionPool(settings.postgres_dsn, min_size=1, max_size=8, open=False, timeout=10)
+        await app[POOL].open()
+        app[DOORBELLS] = bells = Doorbells(settings.redis_url, prefix)
+        bells.task = asyncio.create_task(bells.listen())
+        yield
+        bells.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await bells.task
+        await app[POOL].close()
+
+    application.cleanup_ctx.append(resources)
+    application.router.add_get("/v1/inbox", feed)
+    application.router.add_post("/v1/inbox/{notification_id}/{action}", engage)
+    application.router.add_get("/v1/ws", socket)
+
+
+async def rings(ws: web.WebSocketResponse, bell: asyncio.Event) -> AsyncIterator[None]:
+    """Yield once at once, then on every ring of the bell (or every REREAD_S), until the socket closes."""
+    reader = asyncio.create_task(drain(ws))
+    try:
+        while not reader.done():
+            bell.clear()
+            yield
+            waiter = asyncio.create_task(bell.wait())
+            await asyncio.wait({waiter, reader}, timeout=REREAD_S, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+    finally:
+        reader.cancel()
+
+
+async def drain(ws: web.WebSocketResponse) -> None:
+    """Read the client's frames until it closes; clients only listen, so their messages are ignored."""
+    async for message in ws:
+        if message.type == WSMsgType.ERROR:
+            break
+
+
+async def await_ack(producer: AsyncProducer, record: Output) -> None:
+    await (await producer.send(record))

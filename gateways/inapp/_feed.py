@@ -1,0 +1,72 @@
+"""The inbox's shared vocabulary: its SQL, its rows as JSON, and the Redis doorbell channel names.
+
+The in_app gateway writes items and rings the recipient's doorbell; the edge reads the feed and listens
+for doorbells. A doorbell only says "look again": the items are read from PostgreSQL, so a lost doorbell
+delays an item until the socket's next look (on reconnect, or its periodic re-read), and loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+INSERT = """
+INSERT INTO inbox_items (delivery_id, notification_id, tenant_id, recipient_id, notification_type, category,
+                         priority, title, body, data_json, locale, requested_at, expires_at)
+VALUES (%(delivery_id)s, %(notification_id)s, %(tenant_id)s, %(recipient_id)s, %(notification_type)s,
+        %(category)s, %(priority)s, %(title)s, %(body)s, %(data_json)s, %(locale)s, %(requested_at)s,
+        %(expires_at)s)
+ON CONFLICT (delivery_id) DO NOTHING
+RETURNING seq
+"""
+EXISTING = "SELECT seq FROM inbox_items WHERE delivery_id = %s"
+COLUMNS = """i.seq, i.notification_id, i.delivery_id, i.notification_type, i.category, i.priority,
+i.title, i.body, i.data_json, i.created_at, s.seen_at, s.read_at, s.archived_at"""
+FROM = """FROM inbox_items i LEFT JOIN inbox_states s ON s.notification_id = i.notification_id
+WHERE i.tenant_id = %(tenant)s AND i.recipient_id = %(recipient)s
+  AND (i.expires_at IS NULL OR i.expires_at > now())"""
+PAGE = f"""SELECT {COLUMNS} {FROM}
+  AND (%(archived)s OR s.archived_at IS NULL) AND (%(before)s::bigint IS NULL OR i.seq < %(before)s)
+ORDER BY i.seq DESC LIMIT %(limit)s"""
+SINCE = f"""SELECT {COLUMNS} {FROM}
+  AND (i.seq > %(after)s OR i.created_at > now() - make_interval(secs => %(lookback)s))
+ORDER BY i.seq LIMIT %(limit)s"""
+UNREAD = """SELECT count(*)
+FROM inbox_items i LEFT JOIN inbox_states s ON s.notification_id = i.notification_id
+WHERE i.tenant_id = %(tenant)s AND i.recipient_id = %(recipient)s AND s.read_at IS NULL
+  AND s.archived_at IS NULL AND (i.expires_at IS NULL OR i.expires_at > now())"""
+DELIVERY = """SELECT delivery_id FROM inbox_items
+WHERE tenant_id = %s AND recipient_id = %s AND notification_id = %s ORDER BY seq LIMIT 1"""
+
+
+def doorbell(prefix: str, tenant: str, recipient: str) -> str:
+    return f"{prefix}tidings:inbox:{tenant}/{recipient}"
+
+
+def doorbell_pattern(prefix: str) -> str:
+    return f"{prefix}tidings:inbox:*"
+
+
+def item(row: tuple[Any, ...]) -> dict[str, Any]:
+    seq, nid, did, type_, category, priority, title, body, data_json, created, seen, read, archived = row
+
+    def when(t: datetime | None) -> str | None:
+        return t.isoformat() if t else None
+
+    return {
+        "cursor": seq,
+        "id": str(nid),
+        "delivery_id": str(did) if isinstance(did, UUID) else did,
+        "type": type_,
+        "category": category,
+        "priority": priority,
+        "title": title,
+        "body": body,
+        "data": json.loads(data_json) if data_json else None,
+        "created_at": when(created),
+        "seen_at": when(seen),
+        "read_at": when(read),
+        "archived_at": when(archived),
+    }

@@ -1,0 +1,239 @@
+"""The in-app channel on the real stack: the gateway fills the inbox and rings the doorbell; the edge
+serves the feed over HTTP and WebSocket to JWT-authenticated recipients and turns their clicks into
+engagement events, which the inbox projection folds and the scheduler honours."""
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import jwt
+import psycopg
+import redis.asyncio as aioredis
+from aiohttp import web
+from pydantic import SecretStr
+
+from gateways.edge import EdgeSettings, app
+from gateways.inapp.inbox import Inbox, InboxSettings
+from gateways.runner import GatewayRunner
+from projections import Projection, Runner
+from tests.integration.conftest import table_checksums
+from tests.integration.test_projections import project
+from tests.integration.test_router import commands, decoded, publish_catalog, run_router
+from tidings.client import Client
+from tidings.config import Settings
+from tidings.events import (
+    DeliveryCommand,
+    DeliveryOutcome,
+    InboxItemArchived,
+    InboxItemRead,
+    InboxItemSeen,
+    NotificationOpened,
+    RenderedContent,
+)
+from tidings.ids import delivery_id
+from tidings.topics import names
+
+SECRET = "inbox-test-secret-that-is-long-enough"
+
+
+def token(recipient: str, *, tenant: str = "acme", secret: str = SECRET, ttl: float = 300) -> str:
+    claims = {"sub": recipient, "tenant": tenant, "exp": int(time.time() + ttl)}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def inbox(s: Settings) -> Inbox:
+    return Inbox(InboxSettings(postgres_dsn=s.postgres_dsn, redis_url=s.redis_url, prefix=s.topic_prefix))
+
+
+def command(recipient: str, title: str) -> DeliveryCommand:
+    nid = uuid.uuid4()
+    return DeliveryCommand(
+        tenant_id="acme",
+        delivery_id=delivery_id(nid, "in_app", recipient),
+        notification_id=nid,
+        recipient_id=recipient,
+        notification_type="comment.mention",
+        category="social",
+        channel="in_app",
+        priority="normal",
+        address=recipient,
+        content=RenderedContent(title=title, body="in T-1", data_json='{"thread": "T-1"}'),
+    )
+
+
+async def serving(s: Settings, scenario: Callable[[str], Awaitable[Any]]) -> Any:
+    edge = EdgeSettings(inbox_jwt_secret=SecretStr(SECRET))
+    runner = web.AppRunner(app(s, edge=edge))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        return await scenario(f"http://127.0.0.1:{runner.addresses[0][1]}")
+    finally:
+        await runner.cleanup()
+
+
+def test_the_gateway_fills_the_inbox_once_and_rings_the_doorbell(database: Settings) -> None:
+    s = database
+    publish_catalog(s)
+    with Client(s) as client:
+        client.update_recipient(tenant="acme", recipient="ada", email="ada@example.com")
+        for order in ("A-1", "A-2"):
+            client.send(
+                tenant="acme", recipient="ada", type="order.shipped", data={"order": order, "carrier": "D"}
+            )
+    run_router(s)
+    in_app = [c for c in commands(s) if c.channel == "in_app"]
+    assert len(in_app) == 2
+
+    async def scenario() -> tuple[list[bytes], str | None]:
+        listener = aioredis.Redis.from_url(s.redis_url)
+        async with listener.pubsub() as pubsub:
+            await pubsub.subscribe(f"{s.topic_prefix}tidings:inbox:acme/ada")
+            runner = GatewayRunner(s, "in_app", [inbox(s)])
+            await runner.run(idle_exit_after=2.0)
+            repeat = inbox(s)
+            async with aiohttp.ClientSession() as session:
+                again = await repeat.send(session, in_app[0])
+            await repeat.close()
+            rings = []
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                m = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                rings += [m["data"]] if m else []
+        await listener.aclose()
+        return rings, again.provider_message_id
+
+    rings, again = asyncio.run(scenario())
+    with psycopg.connect(s.postgres_dsn) as conn:
+        rows = conn.execute("SELECT delivery_id, seq, title FROM inbox_items").fetchall()
+    assert sorted(title for _, _, title in rows) == ["Order A-1 shipped", "Order A-2 shipped"]
+    assert len(rings) == 2, "one doorbell per new item, none for the repeated send"
+    seqs = {did: str(seq) for did, seq, _ in rows}
+    assert sorted(r.decode() for r in rings) == sorted(seqs.values())
+    assert again == seqs[in_app[0].delivery_id], "a repeated send reports the existing row"
+    outcomes = [
+        o for o in decoded(s, names(s).outcomes) if isinstance(o, DeliveryOutcome) and o.channel == "in_app"
+    ]
+    assert sorted((o.status, o.provider) for o in outcomes if o.status == "SENT") == [("SENT", "inbox")] * 2
+
+
+def test_recipients_read_their_feed_mark_items_and_get_new_ones_live(database: Settings) -> None:
+    s = database
+    first, second, bobs = (
+        command("ada", "Bo mentioned you"),
+        command("ada", "Cy mentioned you"),
+        command("bob", "x"),
+    )
+
+    async def scenario(base: str) -> dict[str, Any]:
+        provider = inbox(s)
+        session = aiohttp.ClientSession()
+        for c in (first, second, bobs):
+            await provider.send(session, c)
+        seen: dict[str, Any] = {}
+        async with aiohttp.ClientSession() as http:
+            auth = {"Authorization": f"Bearer {token('ada')}"}
+            for name, headers in [
+                ("none", {}),
+                (
+                    "forged",
+                    {"Authorization": f"Bearer {token('ada', secret='another-secret-that-is-long-enough-too')}"},
+                ),
+                ("expired", {"Authorization": f"Bearer {token('ada', ttl=-120)}"}),
+            ]:
+                async with http.get(f"{base}/v1/inbox", headers=headers) as r:
+                    seen[name] = r.status
+            async with http.get(f"{base}/v1/inbox?limit=1", headers=auth) as r:
+                seen["page"] = await r.json()
+            async with http.post(f"{base}/v1/inbox/{first.notification_id}/read", headers=auth) as r:
+                seen["read"] = r.status
+            async with http.post(f"{base}/v1/inbox/{bobs.notification_id}/read", headers=auth) as r:
+                seen["not_mine"] = r.status
+            async with http.post(f"{base}/v1/inbox/{first.notification_id}/liked", headers=auth) as r:
+                seen["bad_action"] = r.status
+
+            async with http.ws_connect(f"{base}/v1/ws") as ws:
+                await ws.send_json({"token": token("ada", secret="wrong-secret-that-is-long-enough-as-well")})
+                await ws.receive(timeout=5)
+                seen["ws_refused"] = ws.close_code
+            async with http.ws_connect(f"{base}/v1/ws") as ws:
+                await ws.send_json({"token": token("ada")})
+                seen["backlog"] = (await ws.receive_json(timeout=5))["items"]
+                live = command("ada", "Di mentioned you")
+                await provider.send(session, live)
+                seen["live"] = (await ws.receive_json(timeout=5))["items"]
+            async with http.ws_connect(f"{base}/v1/ws") as ws:
+                await ws.send_json({"token": token("ada"), "cursor": seen["backlog"][-1]["cursor"]})
+                seen["resumed"] = (await ws.receive_json(timeout=5))["items"]
+        await session.close()
+        await provider.close()
+        return seen
+
+    seen = asyncio.run(serving(s, scenario))
+    assert (seen["none"], seen["forged"], seen["expired"]) == (401, 401, 401)
+    assert [i["title"] for i in seen["page"]["items"]] == ["Cy mentioned you"]
+    assert seen["page"]["unread"] == 2 and seen["page"]["next"] is not None
+    assert (seen["read"], seen["not_mine"], seen["bad_action"]) == (202, 404, 404)
+    assert seen["ws_refused"] == 4401
+    assert [i["title"] for i in seen["backlog"]] == ["Bo mentioned you", "Cy mentioned you"]
+    assert seen["backlog"][0]["data"] == {"thread": "T-1"}
+    assert [i["title"] for i in seen["live"]] == ["Di mentioned you"]
+    assert [i["title"] for i in seen["resumed"]] == ["Di mentioned you"]
+
+    [read] = [e for e in decoded(s, names(s).engagement) if isinstance(e, InboxItemRead)]
+    assert (read.notification_id, read.delivery_id, read.recipient_id) == (
+        first.notification_id,
+        first.delivery_id,
+        "ada",
+    )
+    project(s, "inbox")
+
+    async def after(base: str) -> dict[str, Any]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{base}/v1/inbox", headers={"Authorization": f"Bearer {token('ada')}"}) as r,
+        ):
+            result: dict[str, Any] = await r.json()
+            return result
+
+    page = asyncio.run(serving(s, after))
+    states = {i["title"]: (i["seen_at"] is not None, i["read_at"] is not None) for i in page["items"]}
+    assert states == {
+        "Bo mentioned you": (True, True),
+        "Cy mentioned you": (False, False),
+        "Di mentioned you": (False, False),
+    }
+    assert page["unread"] == 2
+
+
+def test_the_inbox_projection_keeps_the_first_time_of_each_and_rebuilds_identically(
+    database: Settings,
+) -> None:
+    s = database
+    nid, did = uuid.uuid4(), uuid.uuid4()
+    base = {"tenant_id": "acme", "recipient_id": "ada", "notification_id": nid, "delivery_id": did}
+    at = [datetime.fromtimestamp(1_800_000_000 + i, UTC) for i in range(4)]
+    with Client(s) as client:
+        for event in [
+            InboxItemRead(**base, occurred_at=at[2]),
+            InboxItemSeen(**base, occurred_at=at[1]),
+            InboxItemSeen(**base, occurred_at=at[3]),
+            NotificationOpened(**base, occurred_at=at[3], channel="push"),
+            InboxItemArchived(**base, occurred_at=at[3]),
+        ]:
+            client.publish(event)
+    project(s, "inbox")
+    with psycopg.connect(s.postgres_dsn) as conn:
+        row = conn.execute("SELECT seen_at, read_at, archived_at FROM inbox_states").fetchall()
+    assert row == [(at[1], at[2], at[3])]
+    before = table_checksums(s, ["inbox_states"])
+    runner = Runner(s, Projection.registry["inbox"]())
+    try:
+        runner.rebuild()
+    finally:
+        runner.close()
+    assert table_checksums(s, ["inbox_states"]) == before
