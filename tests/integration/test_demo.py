@@ -22,7 +22,9 @@ def test_demo_runs_the_pipeline_end_to_end(stack: Settings) -> None:
         delete_topics(stack, prefix)
     assert result.returncode == 0, result.stderr[-3000:]
     err = " ".join(result.stderr.split())  # rich wraps long lines
-    assert "14 requests planned: 20 delivery commands, 53 outcomes" in err
+    assert "14 requests planned: 20 delivery commands, 62 outcomes" in err
+    assert "in_app: 9 items put in recipients' inboxes" in err
+    assert "inbox: ada has 4 unread items; the newest 3:" in err
     assert "digest: 3 likes collected into 1 digest notification(s)" in err
     assert (
         "scheduler: released 3 deferred deliveries when due, cancelled 3, dropped 1 escalations already seen"
@@ -32,7 +34,7 @@ def test_demo_runs_the_pipeline_end_to_end(stack: Settings) -> None:
     assert "Ihre Bestellung A-1001 ist unterwegs" in result.stdout
     assert "14 notifications in PostgreSQL" in err
     assert "post.liked (digest of 3): SENT" in err and "3 new likes on your posts" in result.stdout
-    assert "comment.mention (seen in the app): QUEUED" in err
+    assert "comment.mention (seen in the app): SENT" in err
     assert "order.shipped (scheduled): SENT" in err
     assert "order.shipped (cancelled): CANCELLED" in err
     assert (

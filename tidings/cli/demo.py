@@ -5,12 +5,13 @@ sends requests with the SDK (one scheduled a few seconds ahead, one scheduled an
 likes that the router collects into one digest email, two mentions of which one is seen in the app so
 its escalation email is dropped), runs the router until it is idle, the scheduler until the deferred
 deliveries are released, the email gateway
-(SMTP to a local mail sink) and the webhook gateway (to a local receiver that verifies signatures), clicks
+(SMTP to a local mail sink), the webhook gateway (to a local receiver that verifies signatures) and the
+in-app gateway (the inbox in PostgreSQL), reads ada's inbox through the HTTP edge with a JWT, clicks
 one email's one-click unsubscribe link on the HTTP edge and shows the router honour it, shows the
 commands and outcomes read back from Kafka, and folds the outcomes into PostgreSQL with the
 delivery-status projection.
 The local receivers are the only stand-ins. Push and SMS go to vendors (FCM, APNs, Twilio, ...) that
-need credentials, and the in-app channel has no gateway yet, so those commands stay QUEUED here.
+need credentials, so those commands stay QUEUED here.
 """
 
 from __future__ import annotations
@@ -207,27 +208,36 @@ def run_demo(s: Settings, n: Any, rounds: int, mail: MailSink, hooks: WebhookSin
         f"cancelled {scheduler.cancelled}, dropped {scheduler.escalations_dropped} escalations already seen"
     )
     deliver(s, mail, hooks)
+    inbox(s)
     unsubscribe(s, mail, sent)
     show(sent, n)
     project(sent)
 
 
 def deliver(s: Settings, mail: MailSink, hooks: WebhookSink) -> None:
-    """The email and webhook gateways until idle, against the local receivers (loopback allowed)."""
+    """The email, webhook and in-app gateways until idle, against the local receivers (loopback allowed)
+    and the inbox."""
     from gateways.email.smtp import Smtp, SmtpSettings
+    from gateways.inapp.inbox import Inbox
     from gateways.runner import GatewayRunner
     from gateways.webhook.standard import StandardWebhook, WebhookSettings
+    from projections.db import migrate
 
-    console.rule("gateways: email over SMTP to a local sink, webhooks to a local receiver")
+    console.rule("gateways: email over SMTP to a local sink, webhooks to a local receiver, the inbox")
+    migrate(s.postgres_dsn)
 
     async def run() -> list[GatewayRunner]:
         smtp = Smtp(SmtpSettings(host="127.0.0.1", port=mail.port, security="none"))
         webhook = StandardWebhook(WebhookSettings(allow_cidrs="127.0.0.1/32"))
-        runners = [GatewayRunner(s, "email", [smtp]), GatewayRunner(s, "webhook", [webhook])]
+        runners = [
+            GatewayRunner(s, "email", [smtp]),
+            GatewayRunner(s, "webhook", [webhook]),
+            GatewayRunner(s, "in_app", [Inbox()]),
+        ]
         await asyncio.gather(*(r.run(idle_exit_after=2.0) for r in runners))
         return runners
 
-    email, webhook = asyncio.run(run())
+    email, webhook, in_app = asyncio.run(run())
     unsubscribe = sum("List-Unsubscribe" in m for m in mail.messages)
     console.print(
         f"email: {email.counts.get('sent', 0)} sent; the sink holds {len(mail.messages)} messages "
@@ -239,6 +249,42 @@ def deliver(s: Settings, mail: MailSink, hooks: WebhookSink) -> None:
         f"webhook: {webhook.counts.get('sent', 0)} sent; "
         f"the receiver verified {len(hooks.received)} signatures"
     )
+    console.print(f"in_app: {in_app.counts.get('sent', 0)} items put in recipients' inboxes")
+
+
+def inbox(s: Settings) -> None:
+    """Ada's app reads her inbox from the HTTP edge with a JWT her backend signed."""
+    import aiohttp
+    import jwt
+    from aiohttp import web
+    from pydantic import SecretStr
+
+    from gateways.edge import EdgeSettings, app
+
+    console.rule("HTTP edge: the inbox feed (GET /v1/inbox, JWT)")
+    secret = "demo-inbox-secret-signed-by-your-backend"
+    token = jwt.encode(
+        {"sub": "ada", "tenant": "acme", "exp": int(time.time()) + 300}, secret, algorithm="HS256"
+    )
+
+    async def read_feed() -> dict[str, Any]:
+        runner = web.AppRunner(app(s, edge=EdgeSettings(inbox_jwt_secret=SecretStr(secret))))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/inbox?limit=3"
+        try:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(url, headers={"Authorization": f"Bearer {token}"}) as r,
+            ):
+                result: dict[str, Any] = await r.json()
+                return result
+        finally:
+            await runner.cleanup()
+
+    feed = asyncio.run(read_feed())
+    titles = "; ".join(str(i["title"]) for i in feed["items"])
+    console.print(f"inbox: ada has {feed['unread']} unread items; the newest 3: {titles}")
 
 
 def unsubscribe(s: Settings, mail: MailSink, sent: dict[str, tuple[str, str]]) -> None:
@@ -345,6 +391,5 @@ def show(sent: dict[str, tuple[str, str]], n: Any) -> None:
         raise typer.Exit(1)
     console.print(
         f"[green]{len(sent)} requests planned: {len(commands)} delivery commands, "
-        f"{len(outcomes)} outcomes[/] (push and SMS need vendor credentials, "
-        "in-app has no gateway yet: those stay QUEUED)"
+        f"{len(outcomes)} outcomes[/] (push and SMS need vendor credentials: those stay QUEUED)"
     )
