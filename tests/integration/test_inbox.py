@@ -141,7 +141,7 @@ def test_recipients_read_their_feed_mark_items_and_get_new_ones_live(database: S
                 ("none", {}),
                 (
                     "forged",
-                    {"Authorization": f"Bearer {token('ada', secret='another-secret-that-is-long-enough-too')}"},
+                    {"Authorization": f"Bearer {token('ada', secret='another-secret-of-32-bytes-length')}"},
                 ),
                 ("expired", {"Authorization": f"Bearer {token('ada', ttl=-120)}"}),
             ]:
