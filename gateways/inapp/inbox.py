@@ -3,28 +3,37 @@
 Sending is an idempotent insert keyed by the delivery id (a redelivered command finds its row and
 reports the same `seq`), then a PUBLISH on the recipient's doorbell channel for the edge's open
 WebSockets. The row is the delivery: a doorbell that fails is logged and not retried, since the socket
-re-reads the feed anyway. PostgreSQL unreachable is `ProviderUnavailable` (retry tiers); a row the
-database refuses (a NUL byte, say) is rejected permanently.
+re-reads the feed anyway.
+
+One connection per provider, used by one send at a time: an insert takes well under a millisecond,
+and a pool would hide why a connection failed. PostgreSQL refusing connections for load (SQLSTATE
+53300, too many clients) is `ProviderThrottled` (pause `throttle_pause` seconds); unreachable, starting
+up, timing out or dropping the connection is `ProviderUnavailable` (retry tiers); a row the database
+refuses (a NUL byte in a text) is rejected permanently.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from typing import Any
 
 import aiohttp
 import psycopg
 import redis.asyncio as aioredis
-from psycopg_pool import AsyncConnectionPool
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateways.base import DeliveryRejected, Provider, ProviderUnavailable, Sent
+from gateways.base import DeliveryRejected, Provider, ProviderThrottled, ProviderUnavailable, Sent
 from gateways.inapp._feed import EXISTING, INSERT, doorbell
 from tidings.config import settings as tidings_settings
 from tidings.events import DeliveryCommand
 
 log = logging.getLogger(__name__)
+TOO_MANY_CONNECTIONS = "53300"
+BUSY_MESSAGES = ("too many clients", "remaining connection slots are reserved")
+"""libpq reports a refused connection by message only (no SQLSTATE): PostgreSQL's English wording."""
 
 
 class InboxSettings(BaseSettings):
@@ -35,7 +44,8 @@ class InboxSettings(BaseSettings):
     postgres_dsn: str | None = None
     redis_url: str | None = None
     prefix: str | None = None
-    pool_size: int = Field(default=4, ge=1)
+    timeout: float = Field(default=10.0, gt=0)
+    throttle_pause: float = Field(default=1.0, gt=0)
 
 
 class Inbox(Provider):
@@ -49,18 +59,23 @@ class Inbox(Provider):
         self.dsn = s.postgres_dsn or (stack.postgres_dsn if stack else "")
         self.prefix = s.prefix if s.prefix is not None else (stack.topic_prefix if stack else "")
         self.redis = aioredis.Redis.from_url(s.redis_url or (stack.redis_url if stack else ""))
-        self._pool: AsyncConnectionPool | None = None
-        self._opening = asyncio.Lock()
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._lock = asyncio.Lock()
 
-    async def _connections(self) -> AsyncConnectionPool:
-        async with self._opening:
-            if self._pool is None:
-                pool = AsyncConnectionPool(
-                    self.dsn, min_size=1, max_size=self.settings.pool_size, open=False, timeout=10
-                )
-                await pool.open()
-                self._pool = pool
-        return self._pool
+    async def _insert(self, row: dict[str, Any]) -> tuple[bool, str | None]:
+        """(whether this call inserted the row, its seq)."""
+        async with self._lock:
+            if self._conn is None or self._conn.closed:
+                self._conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+            inserted = await (await self._conn.execute(INSERT, row)).fetchone()
+            found = inserted or await (await self._conn.execute(EXISTING, (row["delivery_id"],))).fetchone()
+            return inserted is not None, str(found[0]) if found else None
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(TimeoutError, psycopg.Error, OSError):
+                await asyncio.wait_for(conn.close(), 1.0)
 
     async def send(self, session: aiohttp.ClientSession, command: DeliveryCommand) -> Sent:
         c = command.content
@@ -80,15 +95,17 @@ class Inbox(Provider):
             "expires_at": command.expires_at,
         }
         try:
-            pool = await self._connections()
-            async with pool.connection() as conn:
-                inserted = await (await conn.execute(INSERT, row)).fetchone()
-                found = inserted or await (await conn.execute(EXISTING, (command.delivery_id,))).fetchone()
-        except (psycopg.OperationalError, TimeoutError) as exc:
-            raise ProviderUnavailable(f"inbox database: {exc}") from exc
+            inserted, seq = await asyncio.wait_for(self._insert(row), self.settings.timeout)
         except psycopg.DataError as exc:
             raise DeliveryRejected(f"inbox refused the item: {exc}", permanent=True) from exc
-        seq = str(found[0]) if found else None
+        except psycopg.OperationalError as exc:
+            await self._drop_connection()
+            if exc.sqlstate == TOO_MANY_CONNECTIONS or any(m in str(exc) for m in BUSY_MESSAGES):
+                raise ProviderThrottled(f"inbox database busy: {exc}", self.settings.throttle_pause) from exc
+            raise ProviderUnavailable(f"inbox database: {exc}") from exc
+        except (TimeoutError, OSError, psycopg.InterfaceError) as exc:
+            await self._drop_connection()
+            raise ProviderUnavailable(f"inbox database: {exc or type(exc).__name__}") from exc
         if inserted:
             try:
                 await self.redis.publish(
@@ -99,6 +116,5 @@ class Inbox(Provider):
         return Sent(self.label, provider_message_id=seq)
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
+        await self._drop_connection()
         await self.redis.aclose()
