@@ -33,7 +33,8 @@ def history_topics(s: Settings) -> list[str]:
 
 
 def history(s: Settings, notification_id: str) -> list[tuple[Incoming, Event]]:
-    """Every event about one notification across the pipeline's topics, in event-time order."""
+    """Every event about one notification across the pipeline's topics, in event-time order, including
+    the digest request that summarised it."""
     found: list[tuple[Incoming, Event]] = []
     for topic in history_topics(s):
         for record in read_all(s, topic):
@@ -42,7 +43,8 @@ def history(s: Settings, notification_id: str) -> list[tuple[Incoming, Event]]:
             except (CodecError, InvalidEvent):
                 continue
             nid = getattr(event, "notification_id", None)
-            if nid is not None and str(nid) == notification_id:
+            summarised = getattr(event, "digest_of", None) or ()
+            if str(nid) == notification_id or any(str(i) == notification_id for i in summarised):
                 found.append((record, event))
     found.sort(key=lambda pair: (pair[1].occurred_at, pair[0].topic, pair[0].offset))
     return found

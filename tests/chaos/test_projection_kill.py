@@ -21,7 +21,8 @@ from tests.integration.conftest import table_checksums
 from tests.integration.test_router import publish_catalog, run_router
 from tidings.client import Client
 from tidings.config import Settings
-from tidings.events import ProviderFeedback
+from tidings.events import InboxItemArchived, InboxItemRead, InboxItemSeen, ProviderFeedback
+from tidings.ids import delivery_id
 
 ROOT = Path(__file__).resolve().parents[2]
 TIDINGS = str(Path(sys.executable).with_name("tidings"))
@@ -81,10 +82,17 @@ def test_kill_9_three_times_then_rebuilds_are_identical(database: Settings) -> N
                 ),
                 wait=False,
             )
+        sent = []
         for _ in range(20_000):
-            type_ = rng.choice(list(TYPES))
-            client.send(
-                tenant="acme", recipient=f"u{rng.randrange(200)}", type=type_, data=TYPES[type_], wait=False
+            type_, recipient = rng.choice(list(TYPES)), f"u{rng.randrange(200)}"
+            nid = client.send(tenant="acme", recipient=recipient, type=type_, data=TYPES[type_], wait=False)
+            sent.append((nid, recipient))
+        for nid, recipient in rng.sample(sent, 300):
+            engaged = rng.choice([InboxItemSeen, InboxItemRead, InboxItemArchived])
+            did = delivery_id(nid, "in_app", recipient)
+            client.publish(
+                engaged(tenant_id="acme", recipient_id=recipient, notification_id=nid, delivery_id=did),
+                wait=False,
             )
         client.flush()
     run_router(s, idle=5)
@@ -114,12 +122,13 @@ def test_kill_9_three_times_then_rebuilds_are_identical(database: Settings) -> N
         timeout=600,
     )
     assert final.returncode == 0, final.stderr[-3000:]
-    for name in ("suppressions", "devices", "recipients"):
+    for name in ("suppressions", "devices", "recipients", "inbox"):
         run_all(s, name)
 
     with psycopg.connect(s.postgres_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM notifications").fetchone() == (20_000,)
         assert conn.execute("SELECT count(*) FROM devices").fetchone() == (67,)
+        assert conn.execute("SELECT count(*) FROM inbox_states").fetchone() == (300,)
     for name, cls in Projection.registry.items():
         tables = list(cls.tables)
         live = table_checksums(s, tables)

@@ -7,6 +7,7 @@ from typing import Any
 
 from processors.scheduler import Scheduler
 from tests.integration.test_router import commands, decoded, publish_catalog, run_router
+from tidings.audit import history
 from tidings.catalog import parse_type
 from tidings.client import Client
 from tidings.config import Settings
@@ -86,6 +87,8 @@ def test_requests_in_a_window_become_one_digest_and_a_cancelled_one_leaves_it(to
     assert email_outcomes[(likes[1], "CANCELLED", "unliked")] == 1
     assert email_outcomes[(likes[1], "QUEUED", "digested")] == 0
     assert email_outcomes[(digest.notification_id, "QUEUED", None)] == 1
+    audited = [e for _, e in history(s, str(likes[0]))]
+    assert digest in audited and isinstance(audited[0], NotificationRequested)
 
 
 def test_an_escalation_is_dropped_when_the_notification_was_engaged_with_first(topology: Settings) -> None:
