@@ -20,6 +20,7 @@ from uuid import UUID
 
 import pytest
 
+from tests.integration.test_digest_escalation import LIKED as BASE_LIKED
 from tests.integration.test_router import commands, decoded
 from tidings.catalog import parse_type
 from tidings.client import Client
@@ -30,16 +31,7 @@ from tidings.topics import names
 TIDINGS = str(Path(sys.executable).with_name("tidings"))
 LIKES, RECIPIENTS, SPREAD_S = 600, 30, 6.0
 pytestmark = pytest.mark.timeout(600)
-LIKED = {
-    "key": "post.liked",
-    "category": "social",
-    "channels": ["in_app", "email"],
-    "templates": {
-        "in_app": {"default": {"title": "{{ by }} liked {{ post }}"}},
-        "email": {"default": {"subject": "{{ by }} liked {{ post }}"}},
-    },
-    "digest": {"window": "1s", "templates": {"email": {"default": {"subject": "{{ count }} likes"}}}},
-}
+LIKED = BASE_LIKED | {"digest": {**BASE_LIKED["digest"], "window": "1s"}}
 
 
 def test_router_killed_three_times_puts_every_like_in_exactly_one_digest(topology: Settings) -> None:

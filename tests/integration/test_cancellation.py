@@ -1,14 +1,12 @@
 """Cancelling a notification on the real broker: before the router sees it, and while it is deferred."""
 
-import threading
-import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from processors.scheduler import Scheduler
 from projections import Projection, Runner
+from tests.integration.scheduling import SkewedScheduler
 from tests.integration.test_router import commands, decoded, publish_catalog, run_router
 from tidings.client import Client
 from tidings.config import Settings
@@ -37,18 +35,10 @@ def test_a_cancelled_deferred_notification_is_never_released(database: Settings)
         client.cancel(tenant="acme", recipient="ada", notification_id=early)
         client.send(tenant="acme", recipient="ada", type="order.shipped", data=SHIPPED, notification_id=early)
     run_router(s)
-    skew = [0.0]
-    scheduler = Scheduler(
-        s, instance="0", group_id=f"scheduler-{s.topic_prefix}", clock=lambda: time.time() + skew[0]
-    )
-    thread = threading.Thread(target=scheduler.run, kwargs={"idle_exit_after": 3})
-    thread.start()
-    deadline = time.monotonic() + 60
-    while scheduler.loop.committed_records < 7 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    skew[0] = 11 * 60  # the deferrals come due only after the cancellation was handled
-    thread.join(timeout=120)
-    assert not thread.is_alive()
+    scheduler = SkewedScheduler(s)
+    scheduler.wait_committed(7)
+    scheduler.advance(11 * 60)  # the deferrals come due only after the cancellation was handled
+    scheduler.join()
 
     released = Counter(c.notification_id for c in commands(s))
     assert released == {keep: 3}, released

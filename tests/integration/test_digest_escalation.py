@@ -1,11 +1,9 @@
 """Digest windows (router) and escalation timers (scheduler) on the real broker."""
 
-import threading
-import time
 from collections import Counter
 from typing import Any
 
-from processors.scheduler import Scheduler
+from tests.integration.scheduling import SkewedScheduler
 from tests.integration.test_router import commands, decoded, publish_catalog, run_router
 from tidings.audit import history
 from tidings.catalog import parse_type
@@ -115,15 +113,8 @@ def test_an_escalation_is_dropped_when_the_notification_was_engaged_with_first(t
     immediate = Counter(c.channel for c in commands(s))
     assert immediate == {"in_app": 3, "push": 3}
 
-    skew = [0.0]
-    scheduler = Scheduler(
-        s, instance="0", group_id=f"scheduler-{s.topic_prefix}", clock=lambda: time.time() + skew[0]
-    )
-    thread = threading.Thread(target=scheduler.run, kwargs={"idle_exit_after": 3})
-    thread.start()
-    deadline = time.monotonic() + 60
-    while scheduler.loop.committed_records < 4 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    running = SkewedScheduler(s)
+    running.wait_committed(4)
     with Client(s) as client:
         client.publish(
             NotificationOpened(
@@ -134,11 +125,9 @@ def test_an_escalation_is_dropped_when_the_notification_was_engaged_with_first(t
                 channel="push",
             )
         )
-    while scheduler.loop.committed_records < 5 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    skew[0] = 6 * 60
-    thread.join(timeout=120)
-    assert not thread.is_alive()
+    running.wait_committed(5)
+    running.advance(6 * 60)
+    scheduler = running.join()
 
     emails = [c for c in commands(s) if c.channel == "email"]
     assert [c.notification_id for c in emails] == [ignored]

@@ -13,14 +13,14 @@ import aiohttp
 import jwt
 import psycopg
 import redis.asyncio as aioredis
-from aiohttp import web
 from pydantic import SecretStr
 
-from gateways.edge import EdgeSettings, app
+from gateways.edge import EdgeSettings
 from gateways.inapp.inbox import Inbox, InboxSettings
 from gateways.runner import GatewayRunner
 from projections import Projection, Runner
 from tests.integration.conftest import table_checksums
+from tests.integration.test_edge import serving as edge_serving
 from tests.integration.test_projections import project
 from tests.integration.test_router import commands, decoded, publish_catalog, run_router
 from tidings.client import Client
@@ -66,14 +66,7 @@ def command(recipient: str, title: str) -> DeliveryCommand:
 
 
 async def serving(s: Settings, scenario: Callable[[str], Awaitable[Any]]) -> Any:
-    edge = EdgeSettings(inbox_jwt_secret=SecretStr(SECRET))
-    runner = web.AppRunner(app(s, edge=edge))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        return await scenario(f"http://127.0.0.1:{runner.addresses[0][1]}")
-    finally:
-        await runner.cleanup()
+    return await edge_serving(s, scenario, EdgeSettings(inbox_jwt_secret=SecretStr(SECRET)))
 
 
 def test_the_gateway_fills_the_inbox_once_and_rings_the_doorbell(database: Settings) -> None:

@@ -252,37 +252,41 @@ def deliver(s: Settings, mail: MailSink, hooks: WebhookSink) -> None:
     console.print(f"in_app: {in_app.counts.get('sent', 0)} items put in recipients' inboxes")
 
 
-def inbox(s: Settings) -> None:
-    """Ada's app reads her inbox from the HTTP edge with a JWT her backend signed."""
+def on_edge(s: Settings, method: str, path: str, edge: Any = None, **request: Any) -> tuple[int, Any]:
+    """One request to an HTTP edge started for it on a free loopback port: (status, JSON or text)."""
     import aiohttp
-    import jwt
     from aiohttp import web
-    from pydantic import SecretStr
 
-    from gateways.edge import EdgeSettings, app
+    from gateways.edge import app
 
-    console.rule("HTTP edge: the inbox feed (GET /v1/inbox, JWT)")
-    secret = "demo-inbox-secret-signed-by-your-backend"
-    token = jwt.encode(
-        {"sub": "ada", "tenant": "acme", "exp": int(time.time()) + 300}, secret, algorithm="HS256"
-    )
-
-    async def read_feed() -> dict[str, Any]:
-        runner = web.AppRunner(app(s, edge=EdgeSettings(inbox_jwt_secret=SecretStr(secret))))
+    async def call() -> tuple[int, Any]:
+        runner = web.AppRunner(app(s, edge=edge))
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/inbox?limit=3"
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}{path}"
         try:
-            async with (
-                aiohttp.ClientSession() as http,
-                http.get(url, headers={"Authorization": f"Bearer {token}"}) as r,
-            ):
-                result: dict[str, Any] = await r.json()
-                return result
+            async with aiohttp.ClientSession() as http, http.request(method, url, **request) as r:
+                body = await (r.json() if r.content_type == "application/json" else r.text())
+                return r.status, body
         finally:
             await runner.cleanup()
 
-    feed = asyncio.run(read_feed())
+    return asyncio.run(call())
+
+
+def inbox(s: Settings) -> None:
+    """Ada's app reads her inbox from the HTTP edge with a JWT her backend signed."""
+    import jwt
+    from pydantic import SecretStr
+
+    from gateways.edge import EdgeSettings
+
+    console.rule("HTTP edge: the inbox feed (GET /v1/inbox, JWT)")
+    secret = "demo-inbox-secret-signed-by-your-backend"
+    claims = {"sub": "ada", "tenant": "acme", "exp": int(time.time()) + 300}
+    auth = {"Authorization": f"Bearer {jwt.encode(claims, secret, algorithm='HS256')}"}
+    edge = EdgeSettings(inbox_jwt_secret=SecretStr(secret))
+    _, feed = on_edge(s, "GET", "/v1/inbox?limit=3", edge, headers=auth)
     titles = "; ".join(str(i["title"]) for i in feed["items"])
     console.print(f"inbox: ada has {feed['unread']} unread items; the newest 3: {titles}")
 
@@ -290,31 +294,13 @@ def inbox(s: Settings) -> None:
 def unsubscribe(s: Settings, mail: MailSink, sent: dict[str, tuple[str, str]]) -> None:
     """Alan clicks his order email's one-click unsubscribe link (the RFC 8058 POST a mail client sends)
     on the HTTP edge; his next order notification then skips email."""
-    import aiohttp
-    from aiohttp import web
-
-    from gateways.edge import app
     from processors.router import Router
 
     console.rule("HTTP edge: one-click unsubscribe, then the router honours it")
     message = next(m for m in mail.messages if m["To"] == "alan@example.com" and "List-Unsubscribe" in m)
     token = str(message["List-Unsubscribe"]).strip("<>").rsplit("/", 1)[1]
 
-    async def click() -> int:
-        runner = web.AppRunner(app(s))
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/unsubscribe/{token}"
-        try:
-            async with (
-                aiohttp.ClientSession() as http,
-                http.post(url, data="List-Unsubscribe=One-Click") as r,
-            ):
-                return r.status
-        finally:
-            await runner.cleanup()
-
-    status = asyncio.run(click())
+    status, _ = on_edge(s, "POST", f"/unsubscribe/{token}", data="List-Unsubscribe=One-Click")
     with Client(s, source="demo") as client:
         nid = client.send(
             tenant="acme", recipient="alan", type="order.shipped", data={"order": "A-1004", "carrier": "DHL"}
