@@ -188,14 +188,29 @@ class TransactionalLoop:
             self.consumer.close()
 
     def _start(self) -> None:
+        """Initialise transactions (fencing any earlier producer of our transactional id), then subscribe.
+        A producer whose init does not return in time is replaced, as a hung commit's would be."""
+        replaced = 0
         while True:
             try:
-                self.producer.init_transactions(TXN_TIMEOUT_S)
+                guard.within(
+                    TXN_TIMEOUT_S + 15,
+                    lambda: self.producer.init_transactions(TXN_TIMEOUT_S),
+                    "init_transactions",
+                )
                 break
             except KafkaException as exc:
-                if not exc.args[0].retriable() or self.stopping.is_set():
+                err: KafkaError = exc.args[0]
+                if self.stopping.is_set():
                     raise
-                log.warning("initialising transactions, retrying: %s", exc.args[0])
+                if err.retriable():
+                    log.warning("initialising transactions, retrying: %s", err)
+                elif config.is_fatal(err) and replaced < MAX_RECOVERIES:
+                    replaced += 1
+                    log.error("replacing the producer: %s", err)
+                    self.producer = Producer(self._producer_config)
+                else:
+                    raise
         self.consumer.subscribe(
             self.topics, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
         )
@@ -351,7 +366,13 @@ class TransactionalLoop:
         except Exception as exc:
             for store in self.stores:
                 store.aborted()
-            self.producer.abort_transaction(TXN_TIMEOUT_S)
+            if isinstance(exc, KafkaException) and config.is_fatal(exc.args[0]):
+                raise
+            guard.within(
+                TXN_TIMEOUT_S + 15,
+                lambda: self.producer.abort_transaction(TXN_TIMEOUT_S),
+                "abort_transaction",
+            )
             if isinstance(exc, KafkaException) and exc.args[0].txn_requires_abort():
                 log.warning("aborted a punctuation, its timers fire on the next one: %s", exc)
                 return
@@ -372,7 +393,11 @@ class TransactionalLoop:
     def _commit(self) -> None:
         for attempt in range(MAX_COMMIT_RETRIES):
             try:
-                self.producer.commit_transaction(TXN_TIMEOUT_S)
+                guard.within(
+                    TXN_TIMEOUT_S + 15,
+                    lambda: self.producer.commit_transaction(TXN_TIMEOUT_S),
+                    "commit_transaction",
+                )
                 return
             except KafkaException as exc:
                 err: KafkaError = exc.args[0]
@@ -383,7 +408,9 @@ class TransactionalLoop:
     def _abort(self, batch: list[Incoming]) -> None:
         for store in self.stores:
             store.aborted()
-        self.producer.abort_transaction(TXN_TIMEOUT_S)
+        guard.within(
+            TXN_TIMEOUT_S + 15, lambda: self.producer.abort_transaction(TXN_TIMEOUT_S), "abort_transaction"
+        )
         self.aborted_batches += 1
         if self.aligner:
             self.aligner.drop((r.topic, r.partition) for r in batch)
