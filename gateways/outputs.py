@@ -100,17 +100,15 @@ def reported_outcome(report: ProviderFeedback) -> DeliveryOutcome | None:
     if implied is None or report.delivery_id is None or report.notification_id is None:
         return None
     status, reason = implied
-    return DeliveryOutcome(
-        event_id=outcome_id(report.notification_id, status, report.channel, report.delivery_id, reason),
+    return DeliveryOutcome.decided(
+        report.notification_id,
+        status,
+        reason,
+        channel=report.channel,
+        delivery_id=report.delivery_id,
         occurred_at=report.provider_timestamp or report.occurred_at,
         tenant_id=report.tenant_id,
-        correlation_id=str(report.notification_id),
-        notification_id=report.notification_id,
-        delivery_id=report.delivery_id,
         recipient_id=report.recipient_id,
-        channel=report.channel,
-        status=status,
-        reason=reason,
         provider=report.provider,
         detail=report.detail,
     )

@@ -27,7 +27,6 @@ from pydantic import BaseModel, ConfigDict
 from processors.plan import zone
 from tidings.catalog import DigestRule
 from tidings.events import Channel, DeliveryOutcome, NotificationRequested, OutcomeStatus
-from tidings.ids import outcome_id
 
 MAX_ITEMS = 100
 MAX_BYTES = 128 * 1024
@@ -179,15 +178,13 @@ def item_outcome(
     detail: str,
     now: datetime,
 ) -> DeliveryOutcome:
-    return DeliveryOutcome(
-        event_id=outcome_id(notification_id, status, channel, None, reason),
+    return DeliveryOutcome.decided(
+        notification_id,
+        status,
+        reason,
+        channel=channel,
         occurred_at=now,
         tenant_id=bucket.tenant_id,
-        correlation_id=str(notification_id),
-        notification_id=notification_id,
         recipient_id=bucket.recipient_id,
-        channel=channel,
-        status=status,
-        reason=reason,
         detail=detail,
     )

@@ -50,7 +50,7 @@ from tidings.events import (
     QuietHours,
     RenderedContent,
 )
-from tidings.ids import command_id, delivery_id, outcome_id
+from tidings.ids import command_id, delivery_id
 from tidings.render import RenderError, render
 
 INTERRUPTING = frozenset({"push", "sms"})
@@ -231,17 +231,15 @@ def plan(
         detail: str | None = None,
     ) -> None:
         result.outcomes.append(
-            DeliveryOutcome(
-                event_id=outcome_id(nid, status, channel, did, reason),
+            DeliveryOutcome.decided(
+                nid,
+                status,
+                reason,
+                channel=channel,
+                delivery_id=did,
                 occurred_at=now,
                 tenant_id=request.tenant_id,
-                correlation_id=str(nid),
-                notification_id=nid,
-                delivery_id=did,
                 recipient_id=request.recipient_id,
-                channel=channel,
-                status=status,
-                reason=reason,
                 template_version=t.version,
                 detail=detail,
             )

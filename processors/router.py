@@ -42,7 +42,6 @@ from tidings.events import (
     OutcomeStatus,
     utcnow,
 )
-from tidings.ids import outcome_id
 from tidings.kafka import Incoming, Output, TopicFollower, TransactionalLoop
 from tidings.state import Store
 from tidings.topics import names
@@ -161,11 +160,11 @@ class Router:
         now = self.clock()
         state = self.recipients.get(record.partition, key)
         result = plan(event, state, self.catalog, now)
-        self.seen.put(record.partition, seen_key, "requested")
         outputs = []
         if result.digested:
             outputs += self._collect(record.partition, event, state, result.digested, now)
-            self.seen.put(record.partition, seen_key, f"digest {event.notification_type}")
+        seen = f"digest {event.notification_type}" if result.digested else "requested"
+        self.seen.put(record.partition, seen_key, seen)
         outputs += [
             self._event(self.names.delivery(c.channel, urgent=c.priority in URGENT), c, trace)
             for c in result.commands
@@ -292,14 +291,12 @@ class Router:
         trace: bytes,
         detail: str | None = None,
     ) -> Output:
-        outcome = DeliveryOutcome(
-            event_id=outcome_id(nid, status, None, None, reason),
+        outcome = DeliveryOutcome.decided(
+            nid,
+            status,
+            reason,
             tenant_id=tenant if "/" not in tenant else "-",
-            correlation_id=str(nid),
-            notification_id=nid,
             recipient_id=recipient,
-            status=status,
-            reason=reason,
             detail=detail,
         )
         return self._event(self.names.outcomes, outcome, trace)

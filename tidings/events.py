@@ -343,6 +343,33 @@ class DeliveryOutcome(Event):
         return str(self.notification_id)
 
     @classmethod
+    def decided(
+        cls,
+        notification_id: UUID,
+        status: OutcomeStatus,
+        reason: str | None,
+        *,
+        channel: Channel | None = None,
+        delivery_id: UUID | None = None,
+        id_reason: str | None = None,
+        **fields: Any,
+    ) -> DeliveryOutcome:
+        """An outcome whose event id derives from what it says (`id_reason`, default `reason`, names the
+        decision), so re-emitting the same decision yields the same event id."""
+        return cls(
+            event_id=outcome_id(
+                notification_id, status, channel, delivery_id, reason if id_reason is None else id_reason
+            ),
+            correlation_id=str(notification_id),
+            notification_id=notification_id,
+            delivery_id=delivery_id,
+            channel=channel,
+            status=status,
+            reason=reason,
+            **fields,
+        )
+
+    @classmethod
     def of_command(
         cls,
         command: DeliveryCommand,
@@ -352,20 +379,16 @@ class DeliveryOutcome(Event):
         id_reason: str,
         **fields: Any,
     ) -> DeliveryOutcome:
-        """What became of one delivery command. `id_reason` names the decision within the delivery (the
-        event id derives from it), so re-emitting the same decision yields the same event id."""
-        return cls(
-            event_id=outcome_id(
-                command.notification_id, status, command.channel, command.delivery_id, id_reason
-            ),
-            tenant_id=command.tenant_id,
-            correlation_id=str(command.notification_id),
-            notification_id=command.notification_id,
-            delivery_id=command.delivery_id,
-            recipient_id=command.recipient_id,
+        """What became of one delivery command."""
+        return cls.decided(
+            command.notification_id,
+            status,
+            reason,
             channel=command.channel,
-            status=status,
-            reason=reason,
+            delivery_id=command.delivery_id,
+            id_reason=id_reason,
+            tenant_id=command.tenant_id,
+            recipient_id=command.recipient_id,
             template_version=command.template_version,
             **fields,
         )
