@@ -55,7 +55,7 @@ from tidings.config import Settings, settings
 from tidings.devstack import kafka
 from tidings.devstack.common import pid_alive
 from tidings.errors import KafkaUnavailable
-from tidings.events import DeliveryOutcome
+from tidings.events import DeliveryCommand, DeliveryOutcome
 from tidings.kafka import EventProducer, Output, apply_topics
 from tidings.topics import names, registry
 
@@ -198,9 +198,37 @@ def test_broker_sigkill_twice_loses_and_duplicates_no_command(broker: PrivateBro
         f"broker killed twice: {len(found)} commands, router restarts {router.restarts}, "
         f"in-process client replacements {router.recoveries()}"
     )
+    missing = {c.delivery_id for c in expected} - {c.delivery_id for c in found}
+    if missing:
+        found = second_read(s, missing)
     assert_exactly(expected, found, phase_a={r.notification_id for r in batch_a})
     assert len(expected) > 5000
     assert router.restarts == 0, "the router exited during a broker outage instead of riding it out"
+
+
+def second_read(s: Settings, missing: set[Any]) -> list[DeliveryCommand]:
+    """The commands read again, after saying where the missing ones are in a read_uncommitted read.
+
+    Once in CI a read_committed reader started right after the second restart missed
+    the first committed transaction of two partitions, the ones followed by a transaction the fencing
+    aborted; the segment files showed those records with their COMMIT marker, written 0.2 s after them,
+    and every later read returned them (docs/architecture.md, "A reader that skipped committed
+    records"). The router is judged on a second, independent read; the first read's miss is printed.
+    """
+    time.sleep(5)
+    again = committed_commands(s)
+    found = {c.delivery_id for c in again}
+    print(f"{len(missing)} missing; a second read_committed read finds {len(missing & found)} of them")
+    n, places = names(s), Counter[tuple[str, int]]()
+    for channel in ("email", "in_app", "push", "sms"):
+        for topic in (n.delivery(channel), n.delivery(channel, urgent=True)):
+            for r in read_all(s, topic, committed=False):
+                c = default_codec().decode(r.value or b"")
+                if isinstance(c, DeliveryCommand) and c.delivery_id in missing:
+                    places[(topic, r.partition)] += 1
+                    print(f"  uncommitted read: {topic}[{r.partition}]@{r.offset}")
+    print(f"missing commands by partition in a read_uncommitted read: {dict(places)}")
+    return again
 
 
 @pytest.fixture
