@@ -61,7 +61,7 @@ from aiohttp import web
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateways import feed
+from gateways import api, feed, ops
 from gateways.email import callbacks
 from gateways.email._message import EmailSettings, unsubscribe_claims
 from gateways.outputs import reported_outcome
@@ -98,6 +98,7 @@ class EdgeSettings(BaseSettings):
     vonage_signature_method: inbound.VonageMethod = "md5hash"
     ses_topic_arn: str | None = None
     inbox_jwt_secret: SecretStr | None = Field(default=None, min_length=32)
+    api_keys: SecretStr | None = None
 
 
 Parse = Callable[[web.Request, bytes, str], list[ProviderFeedback]]
@@ -304,4 +305,15 @@ def app(
         application.router.add_post("/callbacks/ses/{tenant}", webhook(ses, lambda: web.Response(status=204)))
     if (inbox := edge.inbox_jwt_secret) is not None:
         feed.mount(application, settings, inbox.get_secret_value(), PRODUCER)
+        ops.add_check(application, "postgresql", lambda a: ping(a[feed.POOL]))
+    if (keys := edge.api_keys) is not None:
+        api.mount(application, settings, api.parse_keys(keys.get_secret_value()), PRODUCER)
+        ops.add_check(application, "postgresql", lambda a: ping(a[api.API_POOL]))
+    ops.add_check(application, "kafka", lambda a: a[PRODUCER].reachable())
+    ops.mount(application, api.Accepted)
     return application
+
+
+async def ping(pool: Any) -> None:
+    async with pool.connection() as conn:
+        await conn.execute("SELECT 1")

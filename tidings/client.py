@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from pydantic import ValidationError
@@ -35,13 +35,82 @@ from tidings.ids import new_notification_id, notification_id_for
 from tidings.kafka import EventProducer, Output
 from tidings.topics import registry
 
+E = TypeVar("E", bound=Event)
 
-def _validated(model: type[Event], **fields: Any) -> Event:
+
+def validated(model: type[E], **fields: Any) -> E:
+    """`model(**fields)`, or InvalidEvent naming every field that is wrong."""
     try:
         return model(**fields)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise InvalidEvent(f"invalid {model.__name__}: {problems}") from None
+
+
+def notification_request(
+    *,
+    tenant: str,
+    recipient: str,
+    type: str,
+    data: Mapping[str, Any] | None = None,
+    notification_id: UUID | str | None = None,
+    idempotency_key: str | None = None,
+    priority: str | None = None,
+    channels: Sequence[str] | None = None,
+    scheduled_at: datetime | None = None,
+    expires_at: datetime | None = None,
+    locale: str | None = None,
+    to: Mapping[str, str] | None = None,
+    actor: str | None = None,
+    source: str | None = None,
+) -> NotificationRequested:
+    """A validated request; its id is a new UUIDv7 unless given or derived from `idempotency_key`."""
+    if notification_id is not None and idempotency_key is not None:
+        raise InvalidEvent("give notification_id or idempotency_key, not both")
+    if idempotency_key is not None:
+        notification_id = notification_id_for(tenant, idempotency_key)
+    try:
+        nid = UUID(str(notification_id)) if notification_id is not None else new_notification_id()
+    except ValueError:
+        raise InvalidEvent(f"notification_id {notification_id!r} is not a UUID") from None
+    try:
+        data_json = json.dumps(dict(data or {}), separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidEvent(f"data is not JSON-serialisable: {exc}") from None
+    return validated(
+        NotificationRequested,
+        tenant_id=tenant,
+        notification_id=nid,
+        correlation_id=str(nid),
+        recipient_id=recipient,
+        notification_type=type,
+        data_json=data_json,
+        priority=priority,
+        channels=list(channels) if channels is not None else None,
+        scheduled_at=scheduled_at,
+        expires_at=expires_at,
+        locale=locale,
+        recipient_overrides=dict(to) if to else None,
+        actor_id=actor,
+        source=source,
+    )
+
+
+def recipient_update(*, tenant: str, recipient: str, **fields: Any) -> RecipientUpdated:
+    """Contact points: email, phone (E.164), locale, timezone, name, properties (dict), unset."""
+    if "properties" in fields:
+        properties = fields.pop("properties")
+        fields["properties_json"] = json.dumps(properties) if properties is not None else None
+    return validated(RecipientUpdated, tenant_id=tenant, recipient_id=recipient, **fields)
+
+
+def home_topics(settings: Settings) -> dict[str, str]:
+    """The topic of every record that has exactly one (from the topic registry)."""
+    homes: dict[str, list[str]] = {}
+    for spec in registry(settings):
+        for record in spec.records:
+            homes.setdefault(record, []).append(spec.name)
+    return {record: names[0] for record, names in homes.items() if len(names) == 1}
 
 
 class Client:
@@ -55,11 +124,7 @@ class Client:
         self.source = source
         self.codec = codec or default_codec()
         self._producer = EventProducer(self.settings)
-        homes: dict[str, list[str]] = {}
-        for spec in registry(self.settings):
-            for record in spec.records:
-                homes.setdefault(record, []).append(spec.name)
-        self._topics = {record: names[0] for record, names in homes.items() if len(names) == 1}
+        self._topics = home_topics(self.settings)
 
     def send(
         self,
@@ -81,34 +146,24 @@ class Client:
     ) -> UUID:
         """Request a notification; returns its id (a new UUIDv7 unless given or derived from
         `idempotency_key`). Sending the same id twice is harmless: the router drops the duplicate."""
-        if notification_id is not None and idempotency_key is not None:
-            raise InvalidEvent("give notification_id or idempotency_key, not both")
-        if idempotency_key is not None:
-            notification_id = notification_id_for(tenant, idempotency_key)
-        nid = UUID(str(notification_id)) if notification_id is not None else new_notification_id()
-        try:
-            data_json = json.dumps(dict(data or {}), separators=(",", ":"), ensure_ascii=False)
-        except (TypeError, ValueError) as exc:
-            raise InvalidEvent(f"data is not JSON-serialisable: {exc}") from None
-        event = _validated(
-            NotificationRequested,
-            tenant_id=tenant,
-            notification_id=nid,
-            correlation_id=str(nid),
-            recipient_id=recipient,
-            notification_type=type,
-            data_json=data_json,
+        event = notification_request(
+            tenant=tenant,
+            recipient=recipient,
+            type=type,
+            data=data,
+            notification_id=notification_id,
+            idempotency_key=idempotency_key,
             priority=priority,
-            channels=list(channels) if channels is not None else None,
+            channels=channels,
             scheduled_at=scheduled_at,
             expires_at=expires_at,
             locale=locale,
-            recipient_overrides=dict(to) if to else None,
-            actor_id=actor,
+            to=to,
+            actor=actor,
             source=self.source,
         )
         self.publish(event, wait=wait)
-        return nid
+        return event.notification_id
 
     def cancel(
         self,
@@ -121,7 +176,7 @@ class Client:
     ) -> None:
         nid = UUID(str(notification_id))
         self.publish(
-            _validated(
+            validated(
                 NotificationCancelled,
                 tenant_id=tenant,
                 notification_id=nid,
@@ -134,16 +189,12 @@ class Client:
 
     def update_recipient(self, *, tenant: str, recipient: str, wait: bool = True, **fields: Any) -> None:
         """Patch contact points: email, phone (E.164), locale, timezone, name, properties (dict), unset."""
-        if "properties" in fields:
-            fields["properties_json"] = json.dumps(fields.pop("properties"))
-        self.publish(
-            _validated(RecipientUpdated, tenant_id=tenant, recipient_id=recipient, **fields), wait=wait
-        )
+        self.publish(recipient_update(tenant=tenant, recipient=recipient, **fields), wait=wait)
 
     def update_preferences(self, *, tenant: str, recipient: str, wait: bool = True, **fields: Any) -> None:
         """Merge (or `replace`) preferences: muted, rules, quiet_hours, clear_quiet_hours, digest."""
         self.publish(
-            _validated(PreferencesUpdated, tenant_id=tenant, recipient_id=recipient, **fields), wait=wait
+            validated(PreferencesUpdated, tenant_id=tenant, recipient_id=recipient, **fields), wait=wait
         )
 
     def register_device(
@@ -159,7 +210,7 @@ class Client:
         wait: bool = True,
     ) -> None:
         self.publish(
-            _validated(
+            validated(
                 DeviceRegistered,
                 tenant_id=tenant,
                 recipient_id=recipient,
@@ -174,7 +225,7 @@ class Client:
 
     def remove_device(self, *, tenant: str, recipient: str, device_id: str, wait: bool = True) -> None:
         self.publish(
-            _validated(DeviceRemoved, tenant_id=tenant, recipient_id=recipient, device_id=device_id),
+            validated(DeviceRemoved, tenant_id=tenant, recipient_id=recipient, device_id=device_id),
             wait=wait,
         )
 
@@ -192,7 +243,7 @@ class Client:
     ) -> None:
         """Create or change an endpoint; `secret` is a Standard Webhooks `whsec_...` secret."""
         self.publish(
-            _validated(
+            validated(
                 WebhookEndpointUpdated,
                 tenant_id=tenant,
                 recipient_id=recipient,

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from tidings.config import Settings
+from tidings.errors import KafkaUnavailable
 from tidings.kafka.records import Incoming, Output
 
 TP = tuple[str, int]
@@ -117,3 +118,11 @@ class AsyncProducer:
     async def flush(self) -> None:
         pending, self._pending = self._pending, []
         await asyncio.gather(*pending)
+
+    async def reachable(self) -> int:
+        """The number of brokers in a fresh metadata response; raises KafkaUnavailable without one."""
+        try:
+            cluster = await self._producer.client.fetch_all_metadata()
+        except Exception as exc:
+            raise KafkaUnavailable(f"no broker answered: {exc}") from exc
+        return len(cluster.brokers())

@@ -1,0 +1,421 @@
+"""Consumes HTTP requests from the tenants' own services; produces NotificationRequested,
+NotificationCancelled and recipient events, and reads the delivery-status and recipients projections.
+
+The server-side API of the edge, mounted when `TIDINGS_EDGE_API_KEYS` is set (`tenant:key,...`).
+Every route requires `Authorization: Bearer <key>`; the key decides the tenant, so a service can
+neither write nor read another tenant's data (someone else's notification is 404, not 403).
+
+Writes are events, not table rows: a 202 means Kafka acknowledged the event (acks=all, idempotent
+producer), and the router, projections and gateways take it from there.
+- `POST /v1/notifications`: one request. Idempotent: with an `Idempotency-Key` header (or
+  `idempotency_key` in the body) the notification id is derived from the tenant and the key, so a
+  retried POST gets the same id and the router drops the duplicate (7 days).
+- `POST /v1/notifications/batch`: up to 100 at once, all validated before any is produced.
+- `POST /v1/notifications/{id}/cancel`.
+- `PATCH /v1/recipients/{id}` (contacts, merged), `PATCH /v1/recipients/{id}/preferences`,
+  `PUT|DELETE /v1/recipients/{id}/devices/{device_id}`,
+  `PUT|DELETE /v1/recipients/{id}/webhooks/{endpoint_id}`.
+
+Reads come from the projections, so they lag the topics by the projections' delay:
+- `GET /v1/notifications/{id}`: the notification, its deliveries and the timeline of outcomes.
+- `GET /v1/recipients/{id}`: contacts, preferences, devices and suppressions (no tokens or secrets).
+
+Errors are RFC 9457 problem documents (`application/problem+json`): 400 for a body that is not JSON,
+422 for fields that do not validate (every wrong field named), 401 without a valid key, 503 when
+PostgreSQL does not answer.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
+from uuid import UUID
+
+from aiohttp import web
+from psycopg import errors as pg_errors
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateways.ops import OPERATIONS, Operation
+from processors.recipients import RecipientState
+from tidings.client import home_topics, notification_request, recipient_update, validated
+from tidings.config import Settings
+from tidings.errors import InvalidEvent
+from tidings.events import (
+    Channel,
+    DeviceRegistered,
+    DeviceRemoved,
+    DigestChoice,
+    Event,
+    NotificationCancelled,
+    NotificationRequested,
+    Platform,
+    PreferenceRule,
+    PreferencesUpdated,
+    Priority,
+    QuietHours,
+    WebhookEndpointRemoved,
+    WebhookEndpointUpdated,
+)
+from tidings.kafka import Output
+from tidings.kafka.aio import AsyncProducer
+
+log = logging.getLogger(__name__)
+B = TypeVar("B", bound=BaseModel)
+MAX_BATCH = 100
+API_POOL: web.AppKey[AsyncConnectionPool] = web.AppKey("api_pool", AsyncConnectionPool)
+DEVICE = "/v1/recipients/{recipient}/devices/{device}"
+WEBHOOK = "/v1/recipients/{recipient}/webhooks/{endpoint}"
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NotificationBody(Body):
+    recipient: str = Field(description="The recipient's id in your system.")
+    type: str = Field(description="A notification type of the catalog, e.g. order.shipped.")
+    data: dict[str, Any] = Field(default={}, description="The template variables.")
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    notification_id: UUID | None = None
+    priority: Priority | None = None
+    channels: list[Channel] | None = Field(default=None, description="Only these of the type's channels.")
+    scheduled_at: datetime | None = None
+    expires_at: datetime | None = None
+    locale: str | None = None
+    to: dict[str, str] | None = Field(default=None, description="Addresses that override the recipient's.")
+    actor: str | None = None
+
+
+class Batch(Body):
+    notifications: list[NotificationBody] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class CancelBody(Body):
+    recipient: str
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class RecipientBody(Body):
+    email: str | None = None
+    phone: str | None = Field(default=None, description="E.164, e.g. +4915112345678.")
+    locale: str | None = None
+    timezone: str | None = Field(default=None, description="An IANA zone, e.g. Europe/Vienna.")
+    name: str | None = None
+    properties: dict[str, Any] | None = None
+    unset: list[str] = Field(default=[], description="Fields to clear.")
+
+
+class PreferencesBody(Body):
+    replace: bool = Field(default=False, description="Replace all preferences instead of merging.")
+    muted: bool | None = None
+    rules: list[PreferenceRule] = []
+    quiet_hours: QuietHours | None = None
+    clear_quiet_hours: bool = False
+    digest: dict[str, DigestChoice] = {}
+
+
+class DeviceBody(Body):
+    platform: Platform
+    token: str = Field(min_length=1)
+    keys: dict[str, str] = Field(default={}, description="Web Push: p256dh and auth.")
+    app_id: str | None = None
+
+
+class WebhookBody(Body):
+    url: str
+    secret: str = Field(description="A Standard Webhooks secret, whsec_...")
+    event_types: list[str] = []
+    enabled: bool = True
+
+
+class Accepted(BaseModel):
+    notification_id: UUID | None = None
+    notification_ids: list[UUID] | None = None
+    event_id: UUID | None = None
+
+
+BODIES: tuple[type[BaseModel], ...] = (
+    NotificationBody,
+    Batch,
+    CancelBody,
+    RecipientBody,
+    PreferencesBody,
+    DeviceBody,
+    WebhookBody,
+    Accepted,
+)
+
+
+def problem(status: int, title: str, detail: str | None = None, **extra: Any) -> web.Response:
+    document = {"type": "about:blank", "title": title, "status": status, **extra}
+    if detail is not None:
+        document["detail"] = detail
+    return web.json_response(document, status=status, content_type="application/problem+json")
+
+
+class Problem(Exception):
+    def __init__(self, response: web.Response) -> None:
+        self.response = response
+
+
+def parse_keys(spec: str) -> dict[str, str]:
+    """`tenant:key,tenant2:key2` → {key: tenant}; a key shorter than 24 characters is refused."""
+    keys: dict[str, str] = {}
+    for entry in filter(None, (e.strip() for e in spec.split(","))):
+        tenant, _, key = entry.partition(":")
+        if not tenant or len(key) < 24:
+            raise ValueError("TIDINGS_EDGE_API_KEYS wants tenant:key pairs, each key at least 24 characters")
+        keys[key] = tenant
+    return keys
+
+
+def tenant_of(header: str, keys: dict[str, str]) -> str | None:
+    """The tenant of a bearer key, comparing against every key in constant time."""
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        return None
+    found = None
+    for key, tenant in keys.items():
+        if hmac.compare_digest(key.encode(), presented.strip().encode()):
+            found = tenant
+    return found
+
+
+async def body(request: web.Request, model: type[B]) -> B:
+    try:
+        raw = json.loads(await request.read() or b"{}")
+    except ValueError as exc:
+        raise Problem(problem(400, "Body is not JSON", str(exc))) from None
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        errors = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]
+        raise Problem(problem(422, "Invalid fields", errors=errors)) from None
+
+
+def recipient_view(state: RecipientState) -> dict[str, Any]:
+    """What a tenant's backend may read back: no push tokens, Web Push keys or webhook secrets."""
+    return {
+        "contacts": {f: getattr(state, f) for f in ("email", "phone", "locale", "timezone", "name")},
+        "properties": state.properties,
+        "preferences": {
+            "muted": state.muted,
+            "rules": state.rules,
+            "quiet_hours": state.quiet_hours.model_dump() if state.quiet_hours else None,
+            "digest": state.digest,
+        },
+        "devices": {
+            d: {"platform": v.platform, "app_id": v.app_id, "registered_at": v.registered_at.isoformat()}
+            for d, v in state.devices.items()
+        },
+        "webhooks": {
+            e: {"url": v.url, "event_types": v.event_types, "enabled": v.enabled}
+            for e, v in state.webhooks.items()
+        },
+        "suppressions": {a: v.model_dump(mode="json") for a, v in state.suppressions.items()},
+        "unsubscribed": {k: v.isoformat() for k, v in state.unsubscribed_categories.items()},
+    }
+
+
+def jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: v.isoformat() if isinstance(v, datetime) else str(v) if isinstance(v, UUID) else v
+        for k, v in row.items()
+        if k != "status_rank"
+    }
+
+
+def mount(
+    application: web.Application,
+    settings: Settings,
+    keys: dict[str, str],
+    producer: web.AppKey[AsyncProducer],
+) -> None:
+    topics = home_topics(settings)
+
+    def route(
+        handler: Callable[[web.Request, str], Awaitable[web.Response]],
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def wrapped(request: web.Request) -> web.Response:
+            tenant = tenant_of(request.headers.get("Authorization", ""), keys)
+            if tenant is None:
+                response = problem(401, "A valid API key is required")
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return response
+            try:
+                return await handler(request, tenant)
+            except Problem as exc:
+                return exc.response
+            except InvalidEvent as exc:
+                return problem(422, "Invalid event", str(exc))
+            except (pg_errors.OperationalError, PoolTimeout) as exc:
+                log.warning("PostgreSQL did not answer %s: %s", request.path, exc)
+                return problem(503, "The read store is unavailable", "try again later")
+
+        return wrapped
+
+    async def produce(request: web.Request, *events: Event) -> None:
+        sent = [await request.app[producer].send(Output.event(topics[type(e).__name__], e)) for e in events]
+        for ack in sent:
+            await ack
+
+    def accepted(**fields: Any) -> web.Response:
+        return web.json_response(Accepted(**fields).model_dump(mode="json", exclude_none=True), status=202)
+
+    def request_of(b: NotificationBody, tenant: str, header_key: str | None) -> NotificationRequested:
+        if header_key is not None and b.idempotency_key not in (None, header_key):
+            raise Problem(problem(422, "Two different idempotency keys", "header and body disagree"))
+        fields = b.model_dump(exclude={"idempotency_key"})
+        return notification_request(tenant=tenant, idempotency_key=b.idempotency_key or header_key, **fields)
+
+    async def notify(request: web.Request, tenant: str) -> web.Response:
+        event = request_of(
+            await body(request, NotificationBody), tenant, request.headers.get("Idempotency-Key")
+        )
+        await produce(request, event)
+        response = accepted(notification_id=event.notification_id)
+        response.headers["Location"] = f"/v1/notifications/{event.notification_id}"
+        return response
+
+    async def notify_batch(request: web.Request, tenant: str) -> web.Response:
+        batch = await body(request, Batch)
+        events = [request_of(b, tenant, None) for b in batch.notifications]
+        await produce(request, *events)
+        return accepted(notification_ids=[e.notification_id for e in events])
+
+    async def cancel(request: web.Request, tenant: str) -> web.Response:
+        b = await body(request, CancelBody)
+        event = validated(
+            NotificationCancelled,
+            tenant_id=tenant,
+            notification_id=notification_id(request),
+            recipient_id=b.recipient,
+            reason=b.reason,
+        )
+        await produce(request, event)
+        return accepted(event_id=event.event_id)
+
+    async def patch_recipient(request: web.Request, tenant: str) -> web.Response:
+        fields = (await body(request, RecipientBody)).model_dump(exclude_unset=True)
+        event = recipient_update(tenant=tenant, recipient=request.match_info["recipient"], **fields)
+        await produce(request, event)
+        return accepted(event_id=event.event_id)
+
+    async def patch_preferences(request: web.Request, tenant: str) -> web.Response:
+        fields = (await body(request, PreferencesBody)).model_dump()
+        event = validated(
+            PreferencesUpdated, tenant_id=tenant, recipient_id=request.match_info["recipient"], **fields
+        )
+        await produce(request, event)
+        return accepted(event_id=event.event_id)
+
+    async def put_device(request: web.Request, tenant: str) -> web.Response:
+        fields = (await body(request, DeviceBody)).model_dump()
+        who = {"tenant_id": tenant, "recipient_id": request.match_info["recipient"]}
+        event = validated(DeviceRegistered, **who, device_id=request.match_info["device"], **fields)
+        await produce(request, event)
+        return accepted(event_id=event.event_id)
+
+    async def delete_device(request: web.Request, tenant: str) -> web.Response:
+        who = {"tenant_id": tenant, "recipient_id": request.match_info["recipient"]}
+        event = validated(DeviceRemoved, **who, device_id=request.match_info["device"], reason="api")
+        await produce(request, event)
+        return accepted(event_id=event.event_id)
+
+    async def put_webhook(request: web.Request, tenant: str) -> web.Response:
+        fields = (await body(request, WebhookBody)).model_dump()
+        who = {"tenant_id": tenant, "recipient_id": request.match_info["recipient"]}
+        event = validated(WebhookEndpointUpdated, **who, endpoint_id=request.match_info["endpoint"], **fields)
+        await produce(request, event)
+        return accepted(event_id=event.event_id)
+
+    async def delete_webhook(request: web.Request, tenant: str) -> web.Response:
+        who = {"tenant_id": tenant, "recipient_id": request.match_info["recipient"]}
+        event = validated(
+            WebhookEndpointRemoved, **who, endpoint_id=request.match_info["endpoint"], reason="api"
+        )
+        await produce(request, event)
+        return accepted(event_id=event.event_id)
+
+    async def rows(sql: str, *args: Any) -> list[dict[str, Any]]:
+        async with application[API_POOL].connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(sql, args)
+            return [jsonable(r) for r in await cur.fetchall()]
+
+    async def get_notification(request: web.Request, tenant: str) -> web.Response:
+        nid = notification_id(request)
+        head = await rows(
+            "SELECT * FROM notifications WHERE notification_id = %s AND tenant_id = %s", nid, tenant
+        )
+        if not head:
+            return problem(404, "Unknown notification", "not (yet) in the delivery-status projection")
+        deliveries = await rows(
+            "SELECT * FROM deliveries WHERE notification_id = %s ORDER BY channel, delivery_id", nid
+        )
+        timeline = await rows(
+            "SELECT * FROM delivery_events WHERE notification_id = %s ORDER BY occurred_at, event_id", nid
+        )
+        return web.json_response({"notification": head[0], "deliveries": deliveries, "timeline": timeline})
+
+    async def get_recipient(request: web.Request, tenant: str) -> web.Response:
+        found = await rows(
+            "SELECT state, updated_at FROM recipients WHERE tenant_id = %s AND recipient_id = %s",
+            tenant,
+            request.match_info["recipient"],
+        )
+        if not found:
+            return problem(404, "Unknown recipient", "not (yet) in the recipients projection")
+        state = RecipientState.model_validate(found[0]["state"])
+        view = {"recipient_id": request.match_info["recipient"], **recipient_view(state)}
+        return web.json_response(view | {"updated_at": found[0]["updated_at"]})
+
+    async def pool(app: web.Application) -> AsyncIterator[None]:
+        app[API_POOL] = AsyncConnectionPool(
+            settings.postgres_dsn, min_size=1, max_size=4, open=False, timeout=5
+        )
+        await app[API_POOL].open()
+        yield
+        await app[API_POOL].close()
+
+    application.cleanup_ctx.append(pool)
+    operations = [
+        Operation("POST", "/v1/notifications", notify, "Request a notification", NotificationBody, 202),
+        Operation(
+            "POST", "/v1/notifications/batch", notify_batch, "Request up to 100 notifications", Batch, 202
+        ),
+        Operation("GET", "/v1/notifications/{notification_id}", get_notification, "Status and timeline"),
+        Operation("POST", "/v1/notifications/{notification_id}/cancel", cancel, "Cancel", CancelBody, 202),
+        Operation(
+            "GET", "/v1/recipients/{recipient}", get_recipient, "A recipient's contacts and preferences"
+        ),
+        Operation("PATCH", "/v1/recipients/{recipient}", patch_recipient, "Set contacts", RecipientBody, 202),
+        Operation(
+            "PATCH",
+            "/v1/recipients/{recipient}/preferences",
+            patch_preferences,
+            "Set preferences",
+            PreferencesBody,
+            202,
+        ),
+        Operation("PUT", DEVICE, put_device, "Register a push device", DeviceBody, 202),
+        Operation("DELETE", DEVICE, delete_device, "Remove a push device", None, 202),
+        Operation("PUT", WEBHOOK, put_webhook, "Create or change a webhook endpoint", WebhookBody, 202),
+        Operation("DELETE", WEBHOOK, delete_webhook, "Remove a webhook endpoint", None, 202),
+    ]
+    for op in operations:
+        application.router.add_route(op.method, op.path, route(op.handler))
+    application.setdefault(OPERATIONS, []).extend(operations)
+
+
+def notification_id(request: web.Request) -> UUID:
+    try:
+        return UUID(request.match_info["notification_id"])
+    except ValueError:
+        raise Problem(problem(404, "Unknown notification", "not a notification id")) from None

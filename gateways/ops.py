@@ -1,0 +1,166 @@
+"""Consumes the edge's own requests; produces its operational endpoints.
+
+- `GET /healthz`: 200 while the process serves HTTP (liveness: restart it when this fails).
+- `GET /readyz`: 200 when every dependency the mounted routes need answers within 3 s (Kafka always;
+  PostgreSQL when the API or the inbox is mounted), else 503 naming the one that did not (readiness:
+  take it out of the load balancer, do not restart it).
+- `GET /metrics`: Prometheus text format: requests by method, route template and status, their
+  durations, and the process's CPU, memory and file descriptors. Route templates, not paths, keep
+  the label set bounded whatever ids clients send.
+- `GET /openapi.json`: OpenAPI 3.1 for the server-side API, generated from the routes and request
+  models it mounts, so the document cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.process_collector import ProcessCollector
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+READY_TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    handler: Callable[[web.Request, str], Awaitable[web.Response]]
+    summary: str
+    body: type[BaseModel] | None = None
+    status: int = 200
+
+
+Check = Callable[[web.Application], Awaitable[Any]]
+OPERATIONS: web.AppKey[list[Operation]] = web.AppKey("operations", list)
+CHECKS: web.AppKey[dict[str, Check]] = web.AppKey("readiness_checks", dict)
+PROBLEM = {
+    "type": "object",
+    "description": "RFC 9457 problem details",
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object"}},
+    },
+    "required": ["title", "status"],
+}
+
+
+def add_check(application: web.Application, name: str, check: Check) -> None:
+    application.setdefault(CHECKS, {})[name] = check
+
+
+def mount(application: web.Application, accepted: type[BaseModel]) -> None:
+    """Mount the endpoints and the request metrics; `accepted` is the schema of every 202 body."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    requests = Counter(
+        "tidings_edge_requests", "HTTP requests answered", ["method", "route", "status"], registry=registry
+    )
+    seconds = Histogram(
+        "tidings_edge_request_seconds",
+        "Time to answer an HTTP request",
+        ["method", "route"],
+        registry=registry,
+    )
+
+    @web.middleware
+    async def measure(request: web.Request, handler: Any) -> web.StreamResponse:
+        start, status = time.perf_counter(), 500
+        try:
+            response: web.StreamResponse = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            requests.labels(request.method, route, str(status)).inc()
+            seconds.labels(request.method, route).observe(time.perf_counter() - start)
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        checks: dict[str, Check] = request.app.get(CHECKS) or {}
+        results = await asyncio.gather(
+            *(asyncio.wait_for(check(request.app), READY_TIMEOUT_S) for check in checks.values()),
+            return_exceptions=True,
+        )
+        report = {
+            name: "ok" if not isinstance(r, BaseException) else f"{type(r).__name__}: {r}"[:300]
+            for name, r in zip(checks, results, strict=True)
+        }
+        ready = all(v == "ok" for v in report.values())
+        return web.json_response(
+            {"status": "ready" if ready else "not ready", "checks": report}, status=200 if ready else 503
+        )
+
+    async def metrics(_: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(registry))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    async def spec(request: web.Request) -> web.Response:
+        return web.json_response(openapi(request.app.get(OPERATIONS) or [], accepted))
+
+    application.middlewares.append(measure)
+    application.router.add_get("/healthz", healthz)
+    application.router.add_get("/readyz", readyz)
+    application.router.add_get("/metrics", metrics)
+    application.router.add_get("/openapi.json", spec)
+
+
+def openapi(operations: list[Operation], accepted: type[BaseModel]) -> dict[str, Any]:
+    models = sorted({op.body for op in operations if op.body} | {accepted}, key=lambda m: m.__name__)
+    _, schemas = models_json_schema(
+        [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
+    )
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    paths: dict[str, dict[str, Any]] = {}
+    for op in operations:
+        names = re.findall(r"{(\w+)}", op.path)
+        answer = (
+            {"$ref": f"#/components/schemas/{accepted.__name__}"} if op.status == 202 else {"type": "object"}
+        )
+        entry: dict[str, Any] = {
+            "summary": op.summary,
+            "operationId": op.handler.__name__,
+            "parameters": [
+                {"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names
+            ],
+            "responses": {
+                str(op.status): {
+                    "description": op.summary,
+                    "content": {"application/json": {"schema": answer}},
+                },
+                "401": {"description": "No valid API key", "content": problem},
+                "422": {"description": "Invalid fields", "content": problem},
+            },
+        }
+        if op.body is not None:
+            schema = {"$ref": f"#/components/schemas/{op.body.__name__}"}
+            entry["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+        paths.setdefault(op.path, {})[op.method.lower()] = entry
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "tidings API", "version": "1"},
+        "security": [{"apiKey": []}],
+        "paths": paths,
+        "components": {
+            "schemas": {**schemas.get("$defs", {}), "Problem": PROBLEM},
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+        },
+    }

@@ -1,0 +1,241 @@
+"""The server-side HTTP API on the real stack: requests and recipient writes become events on the real
+topics (routed by the real router), reads come from the real projections, per tenant; the operational
+endpoints report the real dependencies."""
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from openapi_spec_validator import validate
+from pydantic import SecretStr
+
+from gateways.edge import EdgeSettings
+from tests.integration.test_edge import serving as edge_serving
+from tests.integration.test_projections import project
+from tests.integration.test_router import commands, decoded, publish_catalog, run_router
+from tidings.config import Settings
+from tidings.events import (
+    DeviceRegistered,
+    DeviceRemoved,
+    NotificationCancelled,
+    NotificationRequested,
+    PreferencesUpdated,
+    RecipientUpdated,
+    WebhookEndpointUpdated,
+)
+from tidings.topics import names
+
+ACME, GLOBEX = "acme-key-0123456789abcdefghij", "globex-key-0123456789abcdefghij"
+KEYS = f"acme:{ACME},globex:{GLOBEX}"
+SHIPPED = {"recipient": "ada", "type": "order.shipped", "data": {"order": "A-1", "carrier": "DHL"}}
+
+
+async def serving(s: Settings, scenario: Callable[[str], Awaitable[Any]]) -> Any:
+    return await edge_serving(s, scenario, EdgeSettings(api_keys=SecretStr(KEYS)))
+
+
+async def call(
+    http: aiohttp.ClientSession, method: str, url: str, key: str | None = ACME, **kwargs: Any
+) -> tuple[int, Any, dict[str, str]]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers |= kwargs.pop("headers", {})
+    async with http.request(method, url, headers=headers, **kwargs) as r:
+        body = await r.json(content_type=None) if r.content_type.endswith("json") else await r.text()
+        return r.status, body, dict(r.headers)
+
+
+def test_a_posted_request_is_acknowledged_routed_and_idempotent(topology: Settings) -> None:
+    s = topology
+    publish_catalog(s)
+
+    async def scenario(base: str) -> list[tuple[int, Any, dict[str, str]]]:
+        async with aiohttp.ClientSession() as http:
+            contact = {"email": "ada@example.com", "locale": "de-AT"}
+            await call(http, "PATCH", f"{base}/v1/recipients/ada", json=contact)
+            retried = [
+                await call(
+                    http, "POST", f"{base}/v1/notifications", json=SHIPPED, headers={"Idempotency-Key": "o-1"}
+                )
+                for _ in range(2)
+            ]
+            other = await call(http, "POST", f"{base}/v1/notifications", json=SHIPPED)
+            return [*retried, other]
+
+    (s1, b1, h1), (s2, b2, _), (s3, b3, _) = asyncio.run(serving(s, scenario))
+    assert (s1, s2, s3) == (202, 202, 202)
+    assert b1 == b2 != b3
+    assert h1["Location"] == f"/v1/notifications/{b1['notification_id']}"
+    requested = [e for e in decoded(s, names(s).requested) if isinstance(e, NotificationRequested)]
+    assert [str(e.notification_id) for e in requested] == [b1["notification_id"]] * 2 + [
+        b3["notification_id"]
+    ]
+    assert {e.tenant_id for e in requested} == {"acme"}
+    run_router(s)
+    emails = [c for c in commands(s) if c.channel == "email"]
+    assert sorted(str(c.notification_id) for c in emails) == sorted(
+        [b1["notification_id"], b3["notification_id"]]
+    )
+    assert {c.content.subject for c in emails} == {"Ihre Bestellung A-1 ist unterwegs"}
+
+
+def test_bad_keys_and_bad_bodies_get_problems_and_produce_nothing(topology: Settings) -> None:
+    s = topology
+
+    async def scenario(base: str) -> list[tuple[int, Any, dict[str, str]]]:
+        url = f"{base}/v1/notifications"
+        async with aiohttp.ClientSession() as http:
+            return [
+                await call(http, "POST", url, key=None, json=SHIPPED),
+                await call(http, "POST", url, key="acme-key-0123456789abcdefghiX", json=SHIPPED),
+                await call(http, "POST", url, data=b"{not json"),
+                await call(http, "POST", url, json={"type": "order.shipped", "priority": "loud"}),
+                await call(
+                    http,
+                    "POST",
+                    url,
+                    json=SHIPPED | {"notification_id": str(uuid.uuid4())},
+                    headers={"Idempotency-Key": "k"},
+                ),
+                await call(http, "POST", url, json=SHIPPED | {"recipient": "bell\u0007"}),
+                await call(http, "POST", f"{url}/batch", json={"notifications": [SHIPPED] * 101}),
+                await call(http, "POST", f"{url}/batch", json={"notifications": [SHIPPED, {"type": "x"}]}),
+            ]
+
+    answers = asyncio.run(serving(s, scenario))
+    assert [a[0] for a in answers] == [401, 401, 400, 422, 422, 422, 422, 422]
+    assert answers[0][2]["WWW-Authenticate"] == "Bearer"
+    assert all(a[2]["Content-Type"].startswith("application/problem+json") for a in answers)
+    fields = {e["field"] for e in answers[3][1]["errors"]}
+    assert fields == {"recipient", "priority"}
+    assert "not both" in answers[4][1]["detail"]
+    assert "recipient_id" in answers[5][1]["detail"]
+    assert decoded(s, names(s).requested) == []
+
+
+def test_status_and_recipient_reads_come_from_the_projections_per_tenant(database: Settings) -> None:
+    s = database
+    publish_catalog(s)
+
+    async def writes(base: str) -> str:
+        async with aiohttp.ClientSession() as http:
+            r = f"{base}/v1/recipients/ada"
+            await call(http, "PATCH", r, json={"email": "ada@example.com", "timezone": "Europe/Vienna"})
+            await call(
+                http,
+                "PATCH",
+                f"{r}/preferences",
+                json={"rules": [{"scope": "category", "key": "marketing", "enabled": False}]},
+            )
+            await call(http, "PUT", f"{r}/devices/phone", json={"platform": "fcm", "token": "secret-token"})
+            await call(http, "PUT", f"{r}/devices/old", json={"platform": "apns", "token": "t2"})
+            await call(http, "DELETE", f"{r}/devices/old")
+            hook = {"url": "https://example.com/hook", "secret": "whsec_" + "A" * 32}
+            await call(http, "PUT", f"{r}/webhooks/main", json=hook)
+            _, body, _ = await call(http, "POST", f"{base}/v1/notifications", json=SHIPPED)
+            return str(body["notification_id"])
+
+    nid = asyncio.run(serving(s, writes))
+    kinds = [type(e) for e in decoded(s, names(s).recipients)]
+    assert kinds == [
+        RecipientUpdated,
+        PreferencesUpdated,
+        DeviceRegistered,
+        DeviceRegistered,
+        DeviceRemoved,
+        WebhookEndpointUpdated,
+    ]
+    run_router(s)
+    project(s, "delivery_status")
+    project(s, "recipients")
+
+    async def reads(base: str) -> list[tuple[int, Any, dict[str, str]]]:
+        async with aiohttp.ClientSession() as http:
+            return [
+                await call(http, "GET", f"{base}/v1/notifications/{nid}"),
+                await call(http, "GET", f"{base}/v1/notifications/{nid}", key=GLOBEX),
+                await call(http, "GET", f"{base}/v1/notifications/{uuid.uuid4()}"),
+                await call(http, "GET", f"{base}/v1/notifications/not-a-uuid"),
+                await call(http, "GET", f"{base}/v1/recipients/ada"),
+                await call(http, "GET", f"{base}/v1/recipients/ada", key=GLOBEX),
+            ]
+
+    status, other, unknown, garbled, recipient, foreign = asyncio.run(serving(s, reads))
+    assert [a[0] for a in (status, other, unknown, garbled, recipient, foreign)] == [
+        200,
+        404,
+        404,
+        404,
+        200,
+        404,
+    ]
+    view = status[1]
+    assert view["notification"]["notification_id"] == nid
+    assert [d["channel"] for d in view["deliveries"]] == ["email", "in_app", "push"]
+    assert {e["status"] for e in view["timeline"]} == {"QUEUED"}
+    ada = recipient[1]
+    assert ada["contacts"]["email"] == "ada@example.com"
+    assert ada["preferences"]["rules"] == {"category:marketing:*": False}
+    assert set(ada["devices"]) == {"phone"}
+    assert ada["webhooks"]["main"]["url"] == "https://example.com/hook"
+    assert "secret-token" not in str(ada) and "whsec_" not in str(ada)
+
+
+def test_cancel_produces_a_cancellation_for_the_callers_tenant(topology: Settings) -> None:
+    s = topology
+
+    async def scenario(base: str) -> tuple[int, Any, dict[str, str]]:
+        async with aiohttp.ClientSession() as http:
+            nid = uuid.uuid4()
+            url = f"{base}/v1/notifications/{nid}/cancel"
+            return await call(http, "POST", url, key=GLOBEX, json={"recipient": "ada", "reason": "refunded"})
+
+    code, body, _ = asyncio.run(serving(s, scenario))
+    assert code == 202
+    [cancelled] = [e for e in decoded(s, names(s).requested) if isinstance(e, NotificationCancelled)]
+    assert (cancelled.tenant_id, cancelled.recipient_id, cancelled.reason) == ("globex", "ada", "refunded")
+    assert str(cancelled.event_id) == body["event_id"]
+
+
+def test_health_readiness_metrics_and_openapi(topology: Settings) -> None:
+    s = topology
+
+    async def scenario(base: str) -> list[tuple[int, Any, dict[str, str]]]:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(3):
+                await call(http, "POST", f"{base}/v1/notifications", json=SHIPPED)
+            await call(http, "POST", f"{base}/v1/notifications", key=None, json=SHIPPED)
+            return [
+                await call(http, "GET", f"{base}/healthz", key=None),
+                await call(http, "GET", f"{base}/readyz", key=None),
+                await call(http, "GET", f"{base}/metrics", key=None),
+                await call(http, "GET", f"{base}/openapi.json", key=None),
+            ]
+
+    health, ready, metrics, spec = asyncio.run(serving(s, scenario))
+    assert health[0] == 200
+    assert ready[:2] == (200, {"status": "ready", "checks": {"postgresql": "ok", "kafka": "ok"}})
+    assert (
+        'tidings_edge_requests_total{method="POST",route="/v1/notifications",status="202"} 3.0' in metrics[1]
+    )
+    assert (
+        'tidings_edge_requests_total{method="POST",route="/v1/notifications",status="401"} 1.0' in metrics[1]
+    )
+    assert "process_resident_memory_bytes" in metrics[1]
+    validate(spec[1])
+    body = spec[1]["paths"]["/v1/notifications"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/NotificationBody"}
+
+
+def test_readiness_names_the_dependency_that_does_not_answer(topology: Settings) -> None:
+    s = Settings(**(topology.model_dump() | {"postgres_dsn": "postgresql://postgres@127.0.0.1:9/none"}))
+
+    async def scenario(base: str) -> tuple[int, Any, dict[str, str]]:
+        async with aiohttp.ClientSession() as http:
+            return await call(http, "GET", f"{base}/readyz", key=None)
+
+    code, body, _ = asyncio.run(serving(s, scenario))
+    assert code == 503
+    assert body["checks"]["kafka"] == "ok"
+    assert body["checks"]["postgresql"] != "ok"

@@ -1,0 +1,59 @@
+"""The API's pure parts: key parsing and lookup, the recipient view's redaction, the generated OpenAPI."""
+
+from datetime import UTC, datetime
+
+import pytest
+from aiohttp import web
+from openapi_spec_validator import validate
+
+from gateways import api, ops
+from gateways.edge import PRODUCER
+from processors.recipients import Device, RecipientState, WebhookEndpoint
+from tidings.config import Settings
+
+KEY = "k" * 24
+
+
+def test_keys_map_to_tenants_and_short_keys_are_refused() -> None:
+    assert api.parse_keys(f"acme:{KEY}, globex:{KEY}x,") == {KEY: "acme", KEY + "x": "globex"}
+    for spec in ("acme:short", f":{KEY}", "no-colon"):
+        with pytest.raises(ValueError, match="tenant:key"):
+            api.parse_keys(spec)
+
+
+def test_only_a_bearer_with_a_configured_key_names_a_tenant() -> None:
+    keys = {KEY: "acme"}
+    assert api.tenant_of(f"Bearer {KEY}", keys) == "acme"
+    assert api.tenant_of(f"bearer {KEY}", keys) == "acme"
+    assert api.tenant_of(f"Basic {KEY}", keys) is None
+    assert api.tenant_of(f"Bearer {KEY[:-1]}", keys) is None
+    assert api.tenant_of("Bearer ", keys) is None
+    assert api.tenant_of("", keys) is None
+
+
+def test_the_recipient_view_leaves_out_tokens_keys_and_secrets() -> None:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    state = RecipientState(
+        email="ada@example.com",
+        devices={
+            "d": Device(platform="webpush", token="tok-123", keys={"auth": "auth-456"}, registered_at=at)
+        },
+        webhooks={"w": WebhookEndpoint(url="https://example.com/h", secret="whsec_789")},
+    )
+    view = api.recipient_view(state)
+    assert view["contacts"]["email"] == "ada@example.com"
+    assert view["devices"]["d"]["platform"] == "webpush"
+    assert view["webhooks"]["w"]["url"] == "https://example.com/h"
+    assert not any(secret in str(view) for secret in ("tok-123", "auth-456", "whsec_789"))
+
+
+def test_the_openapi_document_is_valid_and_covers_every_mounted_route() -> None:
+    application = web.Application()
+    api.mount(application, Settings(), {KEY: "acme"}, PRODUCER)
+    operations = application[ops.OPERATIONS]
+    document = ops.openapi(operations, api.Accepted)
+    validate(document)
+    mounted = {(r.method, r.resource.canonical) for r in application.router.routes() if r.resource}
+    documented = {(m.upper(), p) for p, item in document["paths"].items() for m in item}
+    assert documented == mounted
+    assert "NotificationBody" in document["components"]["schemas"]
