@@ -30,7 +30,9 @@ bounce endpoint would let anyone suppress any address), with the tenant in the p
 A request that fails its signature or is malformed gets 400 with the reason and produces nothing.
 
 The recipients' own inbox API and WebSocket (`gateways/feed.py`) are mounted when
-`TIDINGS_EDGE_INBOX_JWT_SECRET` is set.
+`TIDINGS_EDGE_INBOX_JWT_SECRET` is set, the tenants' server-side API (`gateways/api.py`) when
+`TIDINGS_EDGE_API_KEYS` is; `/healthz`, `/readyz`, `/metrics` and `/openapi.json` always
+(`gateways/ops.py`).
 
 A report that names one of our deliveries (the providers echo the ids the gateway attached) also
 produces that delivery's outcome: `delivered` → DELIVERED, a hard bounce → FAILED (`bounced`), so
@@ -58,7 +60,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import jwt
 from aiohttp import web
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateways import api, feed, ops
@@ -85,7 +87,7 @@ TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 class EdgeSettings(BaseSettings):
     """Where the edge listens (`TIDINGS_EDGE_*`); the default matches the default unsubscribe URL."""
 
-    model_config = SettingsConfigDict(env_prefix="TIDINGS_EDGE_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_EDGE_", frozen=True, hide_input_in_errors=True)
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -99,6 +101,13 @@ class EdgeSettings(BaseSettings):
     ses_topic_arn: str | None = None
     inbox_jwt_secret: SecretStr | None = Field(default=None, min_length=32)
     api_keys: SecretStr | None = None
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            api.parse_keys(value.get_secret_value())
+        return value
 
 
 Parse = Callable[[web.Request, bytes, str], list[ProviderFeedback]]

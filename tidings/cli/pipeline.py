@@ -177,7 +177,8 @@ def run_gateway(
 def run_edge(
     port: int | None = typer.Option(None, "--port", help="Default: TIDINGS_EDGE_PORT or 8080."),
 ) -> None:
-    """Serve the HTTP edge on loopback: one-click unsubscribe links (RFC 8058) → feedback."""
+    """Serve the HTTP edge: unsubscribe links, provider webhooks, the inbox (with
+    TIDINGS_EDGE_INBOX_JWT_SECRET), the API (with TIDINGS_EDGE_API_KEYS), /healthz, /readyz, /metrics."""
     from aiohttp import web
 
     from gateways.edge import EdgeSettings, app
