@@ -43,4 +43,8 @@ def test_demo_runs_the_pipeline_end_to_end(stack: Settings) -> None:
         "edge: alan's one-click unsubscribe answered HTTP 200; his next order email: "
         "SKIPPED (unsubscribed from orders email)"
     ) in err
+    assert "api: the shop's backend POSTed alan's next order: HTTP 202" in err
+    assert re.search(r"api: GET /v1/notifications/\{id\} answered HTTP 200: \w+;.* email SKIPPED", err), err[
+        -2000:
+    ]
     assert "opted_out" in result.stdout and "dead letters" in err

@@ -7,9 +7,10 @@ its escalation email is dropped), runs the router until it is idle, the schedule
 deliveries are released, the email gateway
 (SMTP to a local mail sink), the webhook gateway (to a local receiver that verifies signatures) and the
 in-app gateway (the inbox in PostgreSQL), reads ada's inbox through the HTTP edge with a JWT, clicks
-one email's one-click unsubscribe link on the HTTP edge and shows the router honour it, shows the
-commands and outcomes read back from Kafka, and folds the outcomes into PostgreSQL with the
-delivery-status projection.
+one email's one-click unsubscribe link on the HTTP edge, posts the next order through the HTTP API
+(`POST /v1/notifications` with an API key) and shows the router honour the unsubscribe, shows the
+commands and outcomes read back from Kafka, folds the outcomes into PostgreSQL with the
+delivery-status projection and reads that order's status back (`GET /v1/notifications/{id}`).
 The local receivers are the only stand-ins. Push and SMS go to vendors (FCM, APNs, Twilio, ...) that
 need credentials, so those commands stay QUEUED here.
 """
@@ -74,6 +75,8 @@ REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
     ("grace", "comment.mention", {"by": "alan", "thread": "T-9"}),
 ]
 FAST = "3s"
+API_KEY = "demo-api-key-of-the-acme-shop-backend"
+API_AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def fast_rules() -> list[NotificationTypePublished]:
@@ -274,6 +277,15 @@ def on_edge(s: Settings, method: str, path: str, edge: Any = None, **request: An
     return asyncio.run(call())
 
 
+def api_edge() -> Any:
+    """An edge with the HTTP API mounted for tenant acme (its backend holds API_KEY)."""
+    from pydantic import SecretStr
+
+    from gateways.edge import EdgeSettings
+
+    return EdgeSettings(api_keys=SecretStr(f"acme:{API_KEY}"))
+
+
 def inbox(s: Settings) -> None:
     """Ada's app reads her inbox from the HTTP edge with a JWT her backend signed."""
     import jwt
@@ -301,10 +313,10 @@ def unsubscribe(s: Settings, mail: MailSink, sent: dict[str, tuple[str, str]]) -
     token = str(message["List-Unsubscribe"]).strip("<>").rsplit("/", 1)[1]
 
     status, _ = on_edge(s, "POST", f"/unsubscribe/{token}", data="List-Unsubscribe=One-Click")
-    with Client(s, source="demo") as client:
-        nid = client.send(
-            tenant="acme", recipient="alan", type="order.shipped", data={"order": "A-1004", "carrier": "DHL"}
-        )
+    order = {"recipient": "alan", "type": "order.shipped", "data": {"order": "A-1004", "carrier": "DHL"}}
+    code, accepted = on_edge(s, "POST", "/v1/notifications", api_edge(), headers=API_AUTH, json=order)
+    nid = UUID(accepted["notification_id"])
+    console.print(f"api: the shop's backend POSTed alan's next order: HTTP {code}, notification {nid}")
     sent[str(nid)] = ("alan", "order.shipped (after unsubscribe)")
     Router(s, instance="demo").run(idle_exit_after=3.0)
     outcomes = [
@@ -342,6 +354,12 @@ def project(sent: dict[str, tuple[str, str]]) -> None:
     console.print(f"{len(rows)} notifications in PostgreSQL: {summary}")
     if len(rows) != len(sent):
         raise typer.Exit(1)
+    nid = next(nid for nid, (_, label) in sent.items() if label.endswith("(after unsubscribe)"))
+    code, view = on_edge(s, "GET", f"/v1/notifications/{nid}", api_edge(), headers=API_AUTH)
+    steps = ", ".join(f"{e['channel']} {e['status']}" for e in view["timeline"])
+    console.print(
+        f"api: GET /v1/notifications/{{id}} answered HTTP {code}: {view['notification']['status']}; {steps}"
+    )
 
 
 def show(sent: dict[str, tuple[str, str]], n: Any) -> None:
