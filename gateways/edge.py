@@ -29,10 +29,10 @@ bounce endpoint would let anyone suppress any address), with the tenant in the p
   A certificate that cannot be fetched gets 503, so SNS retries.
 A request that fails its signature or is malformed gets 400 with the reason and produces nothing.
 
-The recipients' own inbox API and WebSocket (`gateways/feed.py`) are mounted when
-`TIDINGS_EDGE_INBOX_JWT_SECRET` is set, the tenants' server-side API (`gateways/api.py`) when
-`TIDINGS_EDGE_API_KEYS` is; `/healthz`, `/readyz`, `/metrics` and `/openapi.json` always
-(`gateways/ops.py`).
+The recipients' own inbox API and WebSocket (`gateways/feed.py`) and their preference centre
+(`gateways/prefs.py`) are mounted when `TIDINGS_EDGE_INBOX_JWT_SECRET` is set; the tenants'
+server-side API (`gateways/api.py`) when `TIDINGS_EDGE_API_KEYS` is; `/healthz`, `/readyz`,
+`/metrics` and `/openapi.json` always (`gateways/ops.py`).
 
 A report that names one of our deliveries (the providers echo the ids the gateway attached) also
 produces that delivery's outcome: `delivered` → DELIVERED, a hard bounce → FAILED (`bounced`), so
@@ -63,7 +63,7 @@ from aiohttp import web
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateways import api, feed, ops
+from gateways import api, feed, ops, prefs
 from gateways.email import callbacks
 from gateways.email._message import EmailSettings, unsubscribe_claims
 from gateways.outputs import reported_outcome
@@ -314,6 +314,7 @@ def app(
         application.router.add_post("/callbacks/ses/{tenant}", webhook(ses, lambda: web.Response(status=204)))
     if (inbox := edge.inbox_jwt_secret) is not None:
         feed.mount(application, settings, inbox.get_secret_value(), PRODUCER)
+        prefs.mount(application, settings, inbox.get_secret_value(), PRODUCER)
         ops.add_check(application, "postgresql", lambda a: ping(a[feed.POOL]))
     if (keys := edge.api_keys) is not None:
         api.mount(application, settings, api.parse_keys(keys.get_secret_value()), PRODUCER)

@@ -230,3 +230,50 @@ def test_the_inbox_projection_keeps_the_first_time_of_each_and_rebuilds_identica
     finally:
         runner.close()
     assert table_checksums(s, ["inbox_states"]) == before
+
+
+def test_the_preference_centre_reads_and_writes_only_the_token_holders_preferences(
+    database: Settings,
+) -> None:
+    s = database
+    opt_out = {
+        "rules": [{"scope": "category", "key": "social", "channel": "email", "enabled": False}],
+        "quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "Europe/Vienna"},
+    }
+
+    async def call(base: str, method: str, who: str | None, **kwargs: Any) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token(who)}"} if who else {}
+        url = f"{base}/v1/me/preferences"
+        async with aiohttp.ClientSession() as http, http.request(method, url, headers=headers, **kwargs) as r:
+            return r.status, await r.json(content_type=None)
+
+    async def writes(base: str) -> list[tuple[int, Any]]:
+        return [
+            await call(base, "GET", "ada"),
+            await call(base, "PATCH", "ada", json=opt_out),
+            await call(base, "PATCH", "ada", json={"digest": {"social": "sometimes"}}),
+            await call(base, "PATCH", None, json=opt_out),
+        ]
+
+    before, written, invalid, anonymous = asyncio.run(serving(s, writes))
+    assert before == (
+        200,
+        {"preferences": {"muted": False, "rules": {}, "quiet_hours": None, "digest": {}}, "unsubscribed": {}},
+    )
+    assert (written[0], invalid[0], anonymous[0]) == (202, 422, 401)
+    [event] = decoded(s, names(s).recipients)
+    assert (event.tenant_id, event.recipient_id, str(event.event_id)) == (
+        "acme",
+        "ada",
+        written[1]["event_id"],
+    )
+    project(s, "recipients")
+
+    async def reads(base: str) -> list[tuple[int, Any]]:
+        return [await call(base, "GET", "ada"), await call(base, "GET", "grace")]
+
+    (code, ada), (_, grace) = asyncio.run(serving(s, reads))
+    assert code == 200
+    assert ada["preferences"]["rules"] == {"category:social:email": False}
+    assert ada["preferences"]["quiet_hours"]["start"] == "22:00"
+    assert grace["preferences"]["rules"] == {}
