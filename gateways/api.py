@@ -45,7 +45,7 @@ from gateways.ops import OPERATIONS, Operation
 from processors.recipients import RecipientState
 from tidings.client import home_topics, notification_request, recipient_update, validated
 from tidings.config import Settings
-from tidings.errors import InvalidEvent
+from tidings.errors import InvalidEvent, KafkaUnavailable
 from tidings.events import (
     Channel,
     DeviceRegistered,
@@ -257,13 +257,14 @@ def mount(
             except (pg_errors.OperationalError, PoolTimeout) as exc:
                 log.warning("PostgreSQL did not answer %s: %s", request.path, exc)
                 return problem(503, "The read store is unavailable", "try again later")
+            except KafkaUnavailable as exc:
+                log.warning("Kafka did not acknowledge %s: %s", request.path, exc)
+                return problem(503, "Not accepted", "Kafka did not acknowledge; retry with the same key")
 
         return wrapped
 
     async def produce(request: web.Request, *events: Event) -> None:
-        sent = [await request.app[producer].send(Output.event(topics[type(e).__name__], e)) for e in events]
-        for ack in sent:
-            await ack
+        await request.app[producer].deliver(*(Output.event(topics[type(e).__name__], e) for e in events))
 
     def accepted(**fields: Any) -> web.Response:
         return web.json_response(Accepted(**fields).model_dump(mode="json", exclude_none=True), status=202)

@@ -46,7 +46,6 @@ take effect again.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hmac
 import html
@@ -243,8 +242,7 @@ def app(
         producer = request.app[PRODUCER]
         records = [Output.event(feedback_topic, e) for e in events]
         records += [Output.event(outcomes_topic, o) for e in events if (o := reported_outcome(e)) is not None]
-        sent = [await producer.send(r) for r in records]
-        await asyncio.gather(*sent)
+        await producer.deliver(*records)
 
     def webhook(
         parse: Callable[..., Any], answer: Callable[[], web.Response]

@@ -155,7 +155,7 @@ def mount(
         if not rows:
             raise web.HTTPNotFound(text="no such item in this inbox")
         event = kind(tenant_id=tenant, recipient_id=recipient, notification_id=nid, delivery_id=rows[0][0])
-        await await_ack(request.app[producer], Output.event(engagement, event))
+        await request.app[producer].deliver(Output.event(engagement, event))
         return web.json_response({"status": "accepted", "event_id": str(event.event_id)}, status=202)
 
     async def socket(request: web.Request) -> web.WebSocketResponse:
@@ -234,7 +234,3 @@ async def drain(ws: web.WebSocketResponse) -> None:
     async for message in ws:
         if message.type == WSMsgType.ERROR:
             break
-
-
-async def await_ack(producer: AsyncProducer, record: Output) -> None:
-    await (await producer.send(record))

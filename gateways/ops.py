@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,9 @@ from prometheus_client.process_collector import ProcessCollector
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from tidings.errors import KafkaUnavailable
+
+log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 3.0
 
 
@@ -90,6 +94,17 @@ def mount(application: web.Application, accepted: type[BaseModel]) -> None:
             requests.labels(request.method, route, str(status)).inc()
             seconds.labels(request.method, route).observe(time.perf_counter() - start)
 
+    @web.middleware
+    async def unavailable(request: web.Request, handler: Any) -> web.StreamResponse:
+        """Kafka not acknowledging is a 503 everywhere: the caller (a provider, an app) retries."""
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        except KafkaUnavailable as exc:
+            log.warning("Kafka did not acknowledge %s: %s", request.path, exc)
+            document = {"type": "about:blank", "title": "Not accepted", "status": 503, "detail": "try again"}
+            return web.json_response(document, status=503, content_type="application/problem+json")
+
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -116,7 +131,7 @@ def mount(application: web.Application, accepted: type[BaseModel]) -> None:
     async def spec(request: web.Request) -> web.Response:
         return web.json_response(openapi(request.app.get(OPERATIONS) or [], accepted))
 
-    application.middlewares.append(measure)
+    application.middlewares.extend([measure, unavailable])
     application.router.add_get("/healthz", healthz)
     application.router.add_get("/readyz", readyz)
     application.router.add_get("/metrics", metrics)

@@ -25,7 +25,7 @@ from gateways.feed import POOL, recipient_of
 from processors.recipients import RecipientState
 from tidings.client import validated
 from tidings.config import Settings
-from tidings.errors import InvalidEvent
+from tidings.errors import InvalidEvent, KafkaUnavailable
 from tidings.events import PreferencesUpdated
 from tidings.kafka import Output
 from tidings.kafka.aio import AsyncProducer
@@ -66,11 +66,13 @@ def mount(
             tenant, recipient = caller(request)
             fields = (await body(request, PreferencesBody)).model_dump()
             event = validated(PreferencesUpdated, tenant_id=tenant, recipient_id=recipient, **fields)
+            await request.app[producer].deliver(Output.event(topic, event))
         except Problem as exc:
             return exc.response
         except InvalidEvent as exc:
             return problem(422, "Invalid event", str(exc))
-        await (await request.app[producer].send(Output.event(topic, event)))
+        except KafkaUnavailable:
+            return problem(503, "Not accepted", "Kafka did not acknowledge; try again")
         return web.json_response({"event_id": str(event.event_id)}, status=202)
 
     application.router.add_get("/v1/me/preferences", read)

@@ -1,15 +1,18 @@
 """The API's pure parts: key parsing and lookup, the recipient view's redaction, the generated OpenAPI."""
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import validate
 
 from gateways import api, ops
 from gateways.edge import PRODUCER
 from processors.recipients import Device, RecipientState, WebhookEndpoint
 from tidings.config import Settings
+from tidings.errors import KafkaUnavailable
 
 KEY = "k" * 24
 
@@ -57,3 +60,22 @@ def test_the_openapi_document_is_valid_and_covers_every_mounted_route() -> None:
     documented = {(m.upper(), p) for p, item in document["paths"].items() for m in item}
     assert documented == mounted
     assert "NotificationBody" in document["components"]["schemas"]
+
+
+def test_kafka_not_acknowledging_is_a_503_problem_and_is_counted() -> None:
+    async def refused(_: web.Request) -> web.Response:
+        raise KafkaUnavailable("no broker answered")
+
+    async def scenario() -> tuple[int, str, dict[str, str], str]:
+        application = web.Application()
+        application.router.add_post("/v1/notifications", refused)
+        ops.mount(application, api.Accepted)
+        async with TestClient(TestServer(application)) as client:
+            r = await client.post("/v1/notifications")
+            metrics = await (await client.get("/metrics")).text()
+            return r.status, r.headers["Content-Type"], await r.json(content_type=None), metrics
+
+    status, content_type, document, metrics = asyncio.run(scenario())
+    assert (status, document["title"]) == (503, "Not accepted")
+    assert content_type.startswith("application/problem+json")
+    assert 'tidings_edge_requests_total{method="POST",route="/v1/notifications",status="503"} 1.0' in metrics

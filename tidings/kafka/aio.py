@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from tidings.config import Settings
 from tidings.errors import KafkaUnavailable
@@ -114,6 +114,16 @@ class AsyncProducer:
         self._pending = [f for f in self._pending if not f.done()]
         self._pending.append(future)
         return future
+
+    async def deliver(self, *records: Output) -> None:
+        """Send the records and wait until the broker acknowledged every one; KafkaUnavailable if it
+        did not (the caller answers "try again": an idempotent retry produces nothing twice)."""
+        try:
+            acks = [await self.send(r) for r in records]
+            for ack in acks:
+                await ack
+        except KafkaError as exc:
+            raise KafkaUnavailable(f"Kafka did not acknowledge: {exc}") from exc
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, []
