@@ -316,33 +316,27 @@ def mount(
         await produce(request, event)
         return accepted(event_id=event.event_id)
 
-    async def put_device(request: web.Request, tenant: str) -> web.Response:
-        fields = (await body(request, DeviceBody)).model_dump()
-        who = {"tenant_id": tenant, "recipient_id": request.match_info["recipient"]}
-        event = validated(DeviceRegistered, **who, device_id=request.match_info["device"], **fields)
-        await produce(request, event)
-        return accepted(event_id=event.event_id)
+    def resource(
+        name: str, model: type[Event], id_field: str, id_param: str, payload: type[Body] | None, **extra: Any
+    ) -> Callable[[web.Request, str], Awaitable[web.Response]]:
+        """A handler producing `model` for the recipient and resource id in the path (and the body)."""
 
-    async def delete_device(request: web.Request, tenant: str) -> web.Response:
-        who = {"tenant_id": tenant, "recipient_id": request.match_info["recipient"]}
-        event = validated(DeviceRemoved, **who, device_id=request.match_info["device"], reason="api")
-        await produce(request, event)
-        return accepted(event_id=event.event_id)
+        async def handle(request: web.Request, tenant: str) -> web.Response:
+            fields = (await body(request, payload)).model_dump() if payload is not None else extra
+            path = {"recipient_id": request.match_info["recipient"], id_field: request.match_info[id_param]}
+            event = validated(model, tenant_id=tenant, **path, **fields)
+            await produce(request, event)
+            return accepted(event_id=event.event_id)
 
-    async def put_webhook(request: web.Request, tenant: str) -> web.Response:
-        fields = (await body(request, WebhookBody)).model_dump()
-        who = {"tenant_id": tenant, "recipient_id": request.match_info["recipient"]}
-        event = validated(WebhookEndpointUpdated, **who, endpoint_id=request.match_info["endpoint"], **fields)
-        await produce(request, event)
-        return accepted(event_id=event.event_id)
+        handle.__name__ = name
+        return handle
 
-    async def delete_webhook(request: web.Request, tenant: str) -> web.Response:
-        who = {"tenant_id": tenant, "recipient_id": request.match_info["recipient"]}
-        event = validated(
-            WebhookEndpointRemoved, **who, endpoint_id=request.match_info["endpoint"], reason="api"
-        )
-        await produce(request, event)
-        return accepted(event_id=event.event_id)
+    put_device = resource("put_device", DeviceRegistered, "device_id", "device", DeviceBody)
+    delete_device = resource("delete_device", DeviceRemoved, "device_id", "device", None, reason="api")
+    put_webhook = resource("put_webhook", WebhookEndpointUpdated, "endpoint_id", "endpoint", WebhookBody)
+    delete_webhook = resource(
+        "delete_webhook", WebhookEndpointRemoved, "endpoint_id", "endpoint", None, reason="api"
+    )
 
     async def rows(sql: str, *args: Any) -> list[dict[str, Any]]:
         async with application[API_POOL].connection() as conn:

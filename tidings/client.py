@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Required, TypedDict, TypeVar, Unpack
 from uuid import UUID
 
 from pydantic import ValidationError
@@ -47,51 +47,61 @@ def validated(model: type[E], **fields: Any) -> E:
         raise InvalidEvent(f"invalid {model.__name__}: {problems}") from None
 
 
+class RequestFields(TypedDict, total=False):
+    """What a notification request can say (`Client.send`, `notification_request`)."""
+
+    tenant: Required[str]
+    recipient: Required[str]
+    type: Required[str]
+    data: Mapping[str, Any] | None
+    notification_id: UUID | str | None
+    idempotency_key: str | None
+    priority: str | None
+    channels: Sequence[str] | None
+    scheduled_at: datetime | None
+    expires_at: datetime | None
+    locale: str | None
+    to: Mapping[str, str] | None
+    actor: str | None
+
+
 def notification_request(
-    *,
-    tenant: str,
-    recipient: str,
-    type: str,
-    data: Mapping[str, Any] | None = None,
-    notification_id: UUID | str | None = None,
-    idempotency_key: str | None = None,
-    priority: str | None = None,
-    channels: Sequence[str] | None = None,
-    scheduled_at: datetime | None = None,
-    expires_at: datetime | None = None,
-    locale: str | None = None,
-    to: Mapping[str, str] | None = None,
-    actor: str | None = None,
-    source: str | None = None,
+    *, source: str | None = None, **fields: Unpack[RequestFields]
 ) -> NotificationRequested:
     """A validated request; its id is a new UUIDv7 unless given or derived from `idempotency_key`."""
-    if notification_id is not None and idempotency_key is not None:
+    tenant, notification_id, key = (
+        fields["tenant"],
+        fields.get("notification_id"),
+        fields.get("idempotency_key"),
+    )
+    if notification_id is not None and key is not None:
         raise InvalidEvent("give notification_id or idempotency_key, not both")
-    if idempotency_key is not None:
-        notification_id = notification_id_for(tenant, idempotency_key)
+    if key is not None:
+        notification_id = notification_id_for(tenant, key)
     try:
         nid = UUID(str(notification_id)) if notification_id is not None else new_notification_id()
     except ValueError:
         raise InvalidEvent(f"notification_id {notification_id!r} is not a UUID") from None
     try:
-        data_json = json.dumps(dict(data or {}), separators=(",", ":"), ensure_ascii=False)
+        data_json = json.dumps(dict(fields.get("data") or {}), separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise InvalidEvent(f"data is not JSON-serialisable: {exc}") from None
+    channels, to = fields.get("channels"), fields.get("to")
     return validated(
         NotificationRequested,
         tenant_id=tenant,
         notification_id=nid,
         correlation_id=str(nid),
-        recipient_id=recipient,
-        notification_type=type,
+        recipient_id=fields["recipient"],
+        notification_type=fields["type"],
         data_json=data_json,
-        priority=priority,
+        priority=fields.get("priority"),
         channels=list(channels) if channels is not None else None,
-        scheduled_at=scheduled_at,
-        expires_at=expires_at,
-        locale=locale,
+        scheduled_at=fields.get("scheduled_at"),
+        expires_at=fields.get("expires_at"),
+        locale=fields.get("locale"),
         recipient_overrides=dict(to) if to else None,
-        actor_id=actor,
+        actor_id=fields.get("actor"),
         source=source,
     )
 
@@ -126,42 +136,11 @@ class Client:
         self._producer = EventProducer(self.settings)
         self._topics = home_topics(self.settings)
 
-    def send(
-        self,
-        *,
-        tenant: str,
-        recipient: str,
-        type: str,
-        data: Mapping[str, Any] | None = None,
-        notification_id: UUID | str | None = None,
-        idempotency_key: str | None = None,
-        priority: str | None = None,
-        channels: Sequence[str] | None = None,
-        scheduled_at: datetime | None = None,
-        expires_at: datetime | None = None,
-        locale: str | None = None,
-        to: Mapping[str, str] | None = None,
-        actor: str | None = None,
-        wait: bool = True,
-    ) -> UUID:
-        """Request a notification; returns its id (a new UUIDv7 unless given or derived from
-        `idempotency_key`). Sending the same id twice is harmless: the router drops the duplicate."""
-        event = notification_request(
-            tenant=tenant,
-            recipient=recipient,
-            type=type,
-            data=data,
-            notification_id=notification_id,
-            idempotency_key=idempotency_key,
-            priority=priority,
-            channels=channels,
-            scheduled_at=scheduled_at,
-            expires_at=expires_at,
-            locale=locale,
-            to=to,
-            actor=actor,
-            source=self.source,
-        )
+    def send(self, *, wait: bool = True, **fields: Unpack[RequestFields]) -> UUID:
+        """Request a notification (`RequestFields`: tenant, recipient, type, data, ...); returns its id
+        (a new UUIDv7 unless given or derived from `idempotency_key`). Sending the same id twice is
+        harmless: the router drops the duplicate."""
+        event = notification_request(source=self.source, **fields)
         self.publish(event, wait=wait)
         return event.notification_id
 
