@@ -44,6 +44,7 @@ from tidings.events import DeliveryCommand
 from tidings.kafka import Incoming, Output
 from tidings.kafka.aio import TP, AsyncConsumer, AsyncProducer
 from tidings.kafka.records import dead_letter
+from tidings.metrics import Sample
 from tidings.topics import names, parse_tiers, tier_seconds
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,15 @@ class GatewayRunner:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def samples(self) -> list[Sample]:
+        """Commands handled by result (sent, retries, exhausted, duplicates, ...) and paused partitions."""
+        events = [
+            Sample("gateway_events", n, labels={"channel": self.channel, "event": what})
+            for what, n in sorted(dict(self.counts).items())
+        ]
+        paused = Sample("paused_partitions", len(self.paused_until), "gauge", {"channel": self.channel})
+        return [*events, paused]
 
     def _resuming_soon(self, within: float | None) -> bool:
         """A paused partition counts as pending work only if it resumes before the idle exit would."""

@@ -49,6 +49,7 @@ from tidings.events import (
     OutcomeStatus,
 )
 from tidings.kafka import Incoming, Output, TransactionalLoop
+from tidings.metrics import Sample
 from tidings.state import Store
 from tidings.topics import Names, names
 
@@ -200,6 +201,16 @@ class Scheduler:
 
     def stop(self) -> None:
         self.loop.stop()
+
+    def samples(self) -> list[Sample]:
+        return [
+            *self.loop.samples(),
+            Sample("timers_released", self.released, help="deferred deliveries released when due"),
+            Sample("timers_cancelled", self.cancelled, help="deferred deliveries dropped by cancellation"),
+            Sample(
+                "escalations_dropped", self.escalations_dropped, help="escalations the engagement satisfied"
+            ),
+        ]
 
     def handle(self, record: Incoming) -> list[Output]:
         event = record.decode(self.codec)

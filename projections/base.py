@@ -28,6 +28,7 @@ from tidings.events import Event
 from tidings.kafka import EventProducer, Incoming, StoredOffsetsLoop, TopicFollower
 from tidings.kafka.records import dead_letter
 from tidings.kafka.stored import Batch, RecordBatch
+from tidings.metrics import Sample
 from tidings.topics import Names, names
 
 Cursor = psycopg.Cursor[tuple[Any, ...]]
@@ -143,6 +144,14 @@ class Runner:
     def stop(self) -> None:
         if getattr(self, "_loop", None):
             self._loop.stop()
+
+    def samples(self) -> list[Sample]:
+        loop = getattr(self, "_loop", None)
+        return [
+            Sample(
+                "records_committed", loop.handled if loop else 0, labels={"projection": self.projection.name}
+            )
+        ]
 
     def rebuild(self, progress: Callable[[int, int], None] = lambda done, total: None) -> tuple[int, float]:
         """Truncate and replay from offset 0; returns (records, seconds)."""

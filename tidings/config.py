@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     retry_tiers: str = Field(default="10s,1m,10m,1h,6h", description="Retry tiers of every channel.")
     client_id: str = "tidings"
     topic_prefix: str = Field(default="", description="Prefix of every topic name, e.g. 'staging.'.")
+    metrics_port: int | None = Field(default=None, description="Serve /metrics of `tidings run` here.")
+    metrics_host: str = "127.0.0.1"
 
 
 @cache

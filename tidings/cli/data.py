@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tidings.cli.pipeline import expose
 from tidings.config import settings
 
 db_app = typer.Typer(no_args_is_help=True, help="The PostgreSQL schema of the projections.")
@@ -49,6 +50,7 @@ def run_projection(
 
     logging.getLogger().setLevel(logging.INFO)
     runner = Runner(settings(), _projection(name))
+    expose(f"projection-{name}", None, runner.samples)
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
     signal.signal(signal.SIGINT, lambda *_: runner.stop())
     try:

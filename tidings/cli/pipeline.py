@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from tidings.catalog import GLOBAL_TENANT, load, next_versions
 from tidings.client import Client
 from tidings.config import settings
 from tidings.events import NotificationTypePublished
+from tidings.metrics import Source, serve
 from tidings.topics import names
 
 catalog_app = typer.Typer(no_args_is_help=True, help="Notification types and their templates.")
@@ -102,6 +104,14 @@ def set_recipient(
     console.print(f"[green]updated[/] {tenant}/{recipient}: {json.dumps(profile | prefs)}")
 
 
+def expose(component: str, instance: str | None, source: Source) -> None:
+    """Serve the component's /metrics when TIDINGS_METRICS_PORT is set."""
+    s = settings()
+    if s.metrics_port is not None:
+        serve(component, instance or socket.gethostname(), source, s.metrics_port, s.metrics_host)
+        logging.getLogger(__name__).info("metrics on http://%s:%d/metrics", s.metrics_host, s.metrics_port)
+
+
 def _rule(text: str, enabled: bool) -> dict[str, Any]:
     scope, _, rest = text.partition(":")
     key, _, channel = rest.partition(":")
@@ -120,6 +130,7 @@ def run_router(
 
     logging.getLogger().setLevel(logging.INFO)
     router = Router(settings(), instance=instance)
+    expose("router", instance, router.loop.samples)
     signal.signal(signal.SIGTERM, lambda *_: router.stop())
     signal.signal(signal.SIGINT, lambda *_: router.stop())
     router.run(idle_exit_after=idle_exit)
@@ -137,6 +148,7 @@ def run_scheduler(
 
     logging.getLogger().setLevel(logging.INFO)
     scheduler = Scheduler(settings(), instance=instance)
+    expose("scheduler", instance, scheduler.samples)
     signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
     signal.signal(signal.SIGINT, lambda *_: scheduler.stop())
     scheduler.run(idle_exit_after=idle_exit)
@@ -165,6 +177,7 @@ def run_gateway(
 
     async def main() -> None:
         runner = GatewayRunner(settings(), channel, chain)
+        expose(f"gateway-{channel}", None, runner.samples)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, runner.stop)

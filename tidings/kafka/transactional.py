@@ -36,6 +36,7 @@ from tidings.config import Settings
 from tidings.kafka import config, guard
 from tidings.kafka.align import Aligner
 from tidings.kafka.records import Handler, Incoming, Output, PoisonHandler, as_headers, dead_letter
+from tidings.metrics import Sample
 from tidings.topics import names
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,9 @@ class TransactionalLoop:
         self.last_commit_at: float | None = None
         self.aborted_batches = 0
         self.dead_letters = 0
+        self.recovered = 0
+        self.lag: dict[tuple[str, int], int] = {}
+        self._lag_at = 0.0
 
     def _assigned(self, _c: Consumer, partitions: list[TopicPartition]) -> None:
         from tidings.kafka.consumer import read_partition
@@ -221,6 +225,7 @@ class TransactionalLoop:
         if len(self.recoveries) > MAX_RECOVERIES:
             raise exc
         log.error("Kafka client unusable, replacing consumer and producer: %s", exc)
+        self.recovered += 1
         for store in self.stores:
             store.aborted()
         try:
@@ -253,7 +258,35 @@ class TransactionalLoop:
             self.process(batch)
         if self.punctuate and time.monotonic() - self._punctuated >= self.punctuate_every:
             self._punctuate()
+        if time.monotonic() - self._lag_at >= 1.0:
+            self._measure_lag()
         return last_input
+
+    def _measure_lag(self) -> None:
+        """Records behind the fetched end per assigned partition, for metrics (at most once a second)."""
+        self._lag_at = time.monotonic()
+        assigned = self.consumer.assignment()
+        lag = {}
+        for tp in self.consumer.position(assigned) if assigned else []:
+            high = self.consumer.get_watermark_offsets(tp, cached=True)[1]
+            if high >= 0 and tp.offset >= 0:
+                lag[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+        self.lag = lag
+
+    def samples(self) -> list[Sample]:
+        """The loop's counters and lag, read by a metrics scrape on another thread."""
+        counters = {
+            "records_committed": self.committed_records,
+            "batches_committed": self.committed_batches,
+            "batches_aborted": self.aborted_batches,
+            "dead_letters": self.dead_letters,
+            "client_recoveries": self.recovered,
+        }
+        lag = [
+            Sample("consumer_lag", n, "gauge", {"topic": t, "partition": str(p)}, "records behind the end")
+            for (t, p), n in self.lag.items()
+        ]
+        return [Sample(name, value) for name, value in counters.items()] + lag
 
     def stop(self) -> None:
         self.stopping.set()
