@@ -28,37 +28,48 @@ PostgreSQL does not answer.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
+import redis.asyncio as aioredis
 from aiohttp import web
 from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from redis.exceptions import RedisError
 
+from gateways.api_schema import (
+    Accepted,
+    Batch,
+    Body,
+    CancelBody,
+    DeviceBody,
+    NotificationBody,
+    PreferencesBody,
+    Problem,
+    RecipientBody,
+    WebhookBody,
+    body,
+    jsonable,
+    problem,
+    recipient_view,
+)
+from gateways.limits import TokenBucket
 from gateways.ops import OPERATIONS, Operation
 from processors.recipients import RecipientState
 from tidings.client import home_topics, notification_request, recipient_update, validated
 from tidings.config import Settings
 from tidings.errors import InvalidEvent, KafkaUnavailable
 from tidings.events import (
-    Channel,
     DeviceRegistered,
     DeviceRemoved,
-    DigestChoice,
     Event,
     NotificationCancelled,
     NotificationRequested,
-    Platform,
-    PreferenceRule,
     PreferencesUpdated,
-    Priority,
-    QuietHours,
     WebhookEndpointRemoved,
     WebhookEndpointUpdated,
 )
@@ -66,102 +77,10 @@ from tidings.kafka import Output
 from tidings.kafka.aio import AsyncProducer
 
 log = logging.getLogger(__name__)
-B = TypeVar("B", bound=BaseModel)
-MAX_BATCH = 100
 API_POOL: web.AppKey[AsyncConnectionPool] = web.AppKey("api_pool", AsyncConnectionPool)
+API_REDIS: web.AppKey[aioredis.Redis] = web.AppKey("api_redis", aioredis.Redis)
 DEVICE = "/v1/recipients/{recipient}/devices/{device}"
 WEBHOOK = "/v1/recipients/{recipient}/webhooks/{endpoint}"
-
-
-class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class NotificationBody(Body):
-    recipient: str = Field(description="The recipient's id in your system.")
-    type: str = Field(description="A notification type of the catalog, e.g. order.shipped.")
-    data: dict[str, Any] = Field(default={}, description="The template variables.")
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
-    notification_id: UUID | None = None
-    priority: Priority | None = None
-    channels: list[Channel] | None = Field(default=None, description="Only these of the type's channels.")
-    scheduled_at: datetime | None = None
-    expires_at: datetime | None = None
-    locale: str | None = None
-    to: dict[str, str] | None = Field(default=None, description="Addresses that override the recipient's.")
-    actor: str | None = None
-
-
-class Batch(Body):
-    notifications: list[NotificationBody] = Field(min_length=1, max_length=MAX_BATCH)
-
-
-class CancelBody(Body):
-    recipient: str
-    reason: str | None = Field(default=None, max_length=500)
-
-
-class RecipientBody(Body):
-    email: str | None = None
-    phone: str | None = Field(default=None, description="E.164, e.g. +4915112345678.")
-    locale: str | None = None
-    timezone: str | None = Field(default=None, description="An IANA zone, e.g. Europe/Vienna.")
-    name: str | None = None
-    properties: dict[str, Any] | None = None
-    unset: list[str] = Field(default=[], description="Fields to clear.")
-
-
-class PreferencesBody(Body):
-    replace: bool = Field(default=False, description="Replace all preferences instead of merging.")
-    muted: bool | None = None
-    rules: list[PreferenceRule] = []
-    quiet_hours: QuietHours | None = None
-    clear_quiet_hours: bool = False
-    digest: dict[str, DigestChoice] = {}
-
-
-class DeviceBody(Body):
-    platform: Platform
-    token: str = Field(min_length=1)
-    keys: dict[str, str] = Field(default={}, description="Web Push: p256dh and auth.")
-    app_id: str | None = None
-
-
-class WebhookBody(Body):
-    url: str
-    secret: str = Field(description="A Standard Webhooks secret, whsec_...")
-    event_types: list[str] = []
-    enabled: bool = True
-
-
-class Accepted(BaseModel):
-    notification_id: UUID | None = None
-    notification_ids: list[UUID] | None = None
-    event_id: UUID | None = None
-
-
-BODIES: tuple[type[BaseModel], ...] = (
-    NotificationBody,
-    Batch,
-    CancelBody,
-    RecipientBody,
-    PreferencesBody,
-    DeviceBody,
-    WebhookBody,
-    Accepted,
-)
-
-
-def problem(status: int, title: str, detail: str | None = None, **extra: Any) -> web.Response:
-    document = {"type": "about:blank", "title": title, "status": status, **extra}
-    if detail is not None:
-        document["detail"] = detail
-    return web.json_response(document, status=status, content_type="application/problem+json")
-
-
-class Problem(Exception):
-    def __init__(self, response: web.Response) -> None:
-        self.response = response
 
 
 def parse_keys(spec: str) -> dict[str, str]:
@@ -187,57 +106,36 @@ def tenant_of(header: str, keys: dict[str, str]) -> str | None:
     return found
 
 
-async def body(request: web.Request, model: type[B]) -> B:
-    try:
-        raw = json.loads(await request.read() or b"{}")
-    except ValueError as exc:
-        raise Problem(problem(400, "Body is not JSON", str(exc))) from None
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        errors = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]
-        raise Problem(problem(422, "Invalid fields", errors=errors)) from None
-
-
-def recipient_view(state: RecipientState) -> dict[str, Any]:
-    """What a tenant's backend may read back: no push tokens, Web Push keys or webhook secrets."""
-    return {
-        "contacts": {f: getattr(state, f) for f in ("email", "phone", "locale", "timezone", "name")},
-        "properties": state.properties,
-        "preferences": {
-            "muted": state.muted,
-            "rules": state.rules,
-            "quiet_hours": state.quiet_hours.model_dump() if state.quiet_hours else None,
-            "digest": state.digest,
-        },
-        "devices": {
-            d: {"platform": v.platform, "app_id": v.app_id, "registered_at": v.registered_at.isoformat()}
-            for d, v in state.devices.items()
-        },
-        "webhooks": {
-            e: {"url": v.url, "event_types": v.event_types, "enabled": v.enabled}
-            for e, v in state.webhooks.items()
-        },
-        "suppressions": {a: v.model_dump(mode="json") for a, v in state.suppressions.items()},
-        "unsubscribed": {k: v.isoformat() for k, v in state.unsubscribed_categories.items()},
-    }
-
-
-def jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: v.isoformat() if isinstance(v, datetime) else str(v) if isinstance(v, UUID) else v
-        for k, v in row.items()
-        if k != "status_rank"
-    }
-
-
 def mount(
     application: web.Application,
     settings: Settings,
     keys: dict[str, str],
     producer: web.AppKey[AsyncProducer],
+    rate: float | None = None,
 ) -> None:
+    """`rate`: notifications per second each tenant may request (burst: 2 s worth, at least 100)."""
     topics = home_topics(settings)
+
+    async def admit(tenant: str, count: int) -> None:
+        """Take `count` from the tenant's cluster-wide bucket, or refuse with 429 and Retry-After. When
+        Redis does not answer, requests pass: losing the limit for a while beats refusing all ingest."""
+        if rate is None:
+            return
+        bucket = TokenBucket(
+            application[API_REDIS],
+            f"{settings.topic_prefix}tidings:rate:api:{tenant}",
+            rate,
+            max(100, int(2 * rate)),
+        )
+        try:
+            wait = await bucket.take(count)
+        except (RedisError, OSError) as exc:
+            log.warning("rate limit unchecked, Redis did not answer: %s", exc)
+            return
+        if wait > 0:
+            response = problem(429, "Too many notifications", f"{rate:g}/s for this tenant; retry later")
+            response.headers["Retry-After"] = str(math.ceil(wait))
+            raise Problem(response)
 
     def route(
         handler: Callable[[web.Request, str], Awaitable[web.Response]],
@@ -279,6 +177,7 @@ def mount(
         event = request_of(
             await body(request, NotificationBody), tenant, request.headers.get("Idempotency-Key")
         )
+        await admit(tenant, 1)
         await produce(request, event)
         response = accepted(notification_id=event.notification_id)
         response.headers["Location"] = f"/v1/notifications/{event.notification_id}"
@@ -287,6 +186,7 @@ def mount(
     async def notify_batch(request: web.Request, tenant: str) -> web.Response:
         batch = await body(request, Batch)
         events = [request_of(b, tenant, None) for b in batch.notifications]
+        await admit(tenant, len(events))
         await produce(request, *events)
         return accepted(notification_ids=[e.notification_id for e in events])
 
@@ -375,9 +275,13 @@ def mount(
         app[API_POOL] = AsyncConnectionPool(
             settings.postgres_dsn, min_size=1, max_size=4, open=False, timeout=5
         )
+        app[API_REDIS] = aioredis.Redis.from_url(
+            settings.redis_url, socket_timeout=2, socket_connect_timeout=2
+        )
         await app[API_POOL].open()
         yield
         await app[API_POOL].close()
+        await app[API_REDIS].aclose()
 
     application.cleanup_ctx.append(pool)
     operations = [

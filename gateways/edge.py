@@ -62,7 +62,7 @@ from aiohttp import web
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateways import api, feed, ops, prefs
+from gateways import api, api_schema, feed, ops, prefs
 from gateways.email import callbacks
 from gateways.email._message import EmailSettings, unsubscribe_claims
 from gateways.outputs import reported_outcome
@@ -100,6 +100,7 @@ class EdgeSettings(BaseSettings):
     ses_topic_arn: str | None = None
     inbox_jwt_secret: SecretStr | None = Field(default=None, min_length=32)
     api_keys: SecretStr | None = None
+    api_rate: float | None = Field(default=None, gt=0, description="Notifications/s per tenant.")
 
     @field_validator("api_keys")
     @classmethod
@@ -315,10 +316,10 @@ def app(
         prefs.mount(application, settings, inbox.get_secret_value(), PRODUCER)
         ops.add_check(application, "postgresql", lambda a: ping(a[feed.POOL]))
     if (keys := edge.api_keys) is not None:
-        api.mount(application, settings, api.parse_keys(keys.get_secret_value()), PRODUCER)
+        api.mount(application, settings, api.parse_keys(keys.get_secret_value()), PRODUCER, edge.api_rate)
         ops.add_check(application, "postgresql", lambda a: ping(a[api.API_POOL]))
     ops.add_check(application, "kafka", lambda a: a[PRODUCER].reachable())
-    ops.mount(application, api.Accepted)
+    ops.mount(application, api_schema.Accepted)
     return application
 
 

@@ -35,6 +35,20 @@ if tokens >= 0 then return 0 end
 return math.ceil(-tokens * 1000 / rate)
 """
 
+TAKE = """
+local rate, burst, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or burst
+tokens = math.min(burst, tokens + (now - (tonumber(state[2]) or now)) * rate / 1000)
+local wait = 0
+if tokens >= cost then tokens = tokens - cost else wait = math.ceil((cost - tokens) * 1000 / rate) end
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) * 1000 / rate) + 1000)
+return wait
+"""
+
 
 class TokenBucket:
     def __init__(self, client: aioredis.Redis, key: str, rate_per_second: float, burst: int) -> None:
@@ -45,6 +59,13 @@ class TokenBucket:
     async def wait(self) -> float:
         """Seconds the caller must wait before its send fits the rate (the token is already reserved)."""
         millis = await self.script(keys=[self.key], args=[self.rate, self.burst])
+        return int(millis) / 1000
+
+    async def take(self, cost: int = 1) -> float:
+        """0 when `cost` tokens were taken; else the seconds until they would be, taking nothing (a
+        refused caller, told to come back later, does not push everyone else's turn further out)."""
+        cost = min(cost, self.burst)  # a batch larger than the burst takes the whole bucket
+        millis = await self.client.eval(TAKE, 1, self.key, self.rate, self.burst, cost)
         return int(millis) / 1000
 
 

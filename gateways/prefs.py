@@ -20,7 +20,7 @@ from aiohttp import web
 from psycopg import errors as pg_errors
 from psycopg_pool import PoolTimeout
 
-from gateways.api import PreferencesBody, Problem, body, problem, recipient_view
+from gateways.api_schema import PreferencesBody, Problem, body, problem, recipient_view
 from gateways.feed import POOL, recipient_of
 from processors.recipients import RecipientState
 from tidings.client import validated

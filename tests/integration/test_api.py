@@ -239,3 +239,25 @@ def test_readiness_names_the_dependency_that_does_not_answer(topology: Settings)
     assert code == 503
     assert body["checks"]["kafka"] == "ok"
     assert body["checks"]["postgresql"] != "ok"
+
+
+def test_a_tenant_over_its_rate_gets_429_with_retry_after_and_others_do_not(topology: Settings) -> None:
+    s = topology
+    edge = EdgeSettings(api_keys=SecretStr(KEYS), api_rate=1.0)
+
+    async def scenario(base: str) -> list[tuple[int, Any, dict[str, str]]]:
+        url = f"{base}/v1/notifications"
+        async with aiohttp.ClientSession() as http:
+            return [
+                await call(http, "POST", f"{url}/batch", json={"notifications": [SHIPPED] * 100}),
+                await call(http, "POST", url, json=SHIPPED),
+                await call(http, "POST", url, key=GLOBEX, json=SHIPPED),
+            ]
+
+    full, refused, other = asyncio.run(edge_serving(s, scenario, edge))
+    assert (full[0], refused[0], other[0]) == (202, 429, 202)
+    assert int(refused[2]["Retry-After"]) >= 1
+    assert refused[2]["Content-Type"].startswith("application/problem+json")
+    requested = [e for e in decoded(s, names(s).requested) if isinstance(e, NotificationRequested)]
+    assert sorted(e.tenant_id for e in requested).count("acme") == 100
+    assert [e.tenant_id for e in requested].count("globex") == 1

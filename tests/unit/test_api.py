@@ -8,7 +8,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import validate
 
-from gateways import api, ops
+from gateways import api, api_schema, ops
 from gateways.edge import PRODUCER
 from processors.recipients import Device, RecipientState, WebhookEndpoint
 from tidings.config import Settings
@@ -43,7 +43,7 @@ def test_the_recipient_view_leaves_out_tokens_keys_and_secrets() -> None:
         },
         webhooks={"w": WebhookEndpoint(url="https://example.com/h", secret="whsec_789")},
     )
-    view = api.recipient_view(state)
+    view = api_schema.recipient_view(state)
     assert view["contacts"]["email"] == "ada@example.com"
     assert view["devices"]["d"]["platform"] == "webpush"
     assert view["webhooks"]["w"]["url"] == "https://example.com/h"
@@ -54,7 +54,7 @@ def test_the_openapi_document_is_valid_and_covers_every_mounted_route() -> None:
     application = web.Application()
     api.mount(application, Settings(), {KEY: "acme"}, PRODUCER)
     operations = application[ops.OPERATIONS]
-    document = ops.openapi(operations, api.Accepted)
+    document = ops.openapi(operations, api_schema.Accepted)
     validate(document)
     mounted = {(r.method, r.resource.canonical) for r in application.router.routes() if r.resource}
     documented = {(m.upper(), p) for p, item in document["paths"].items() for m in item}
@@ -69,7 +69,7 @@ def test_kafka_not_acknowledging_is_a_503_problem_and_is_counted() -> None:
     async def scenario() -> tuple[int, str, dict[str, str], str]:
         application = web.Application()
         application.router.add_post("/v1/notifications", refused)
-        ops.mount(application, api.Accepted)
+        ops.mount(application, api_schema.Accepted)
         async with TestClient(TestServer(application)) as client:
             r = await client.post("/v1/notifications")
             metrics = await (await client.get("/metrics")).text()

@@ -1,0 +1,145 @@
+"""Consumes HTTP API bodies; produces validated request models, problem documents and read views.
+
+The shapes of the server-side API (`gateways/api.py`) and the preference centre (`gateways/prefs.py`):
+pydantic models that refuse unknown fields (a typo must not be silently ignored), RFC 9457 problem
+responses, and the redacted recipient view.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, TypeVar
+from uuid import UUID
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from processors.recipients import RecipientState
+from tidings.events import Channel, DigestChoice, Platform, PreferenceRule, Priority, QuietHours
+
+B = TypeVar("B", bound=BaseModel)
+MAX_BATCH = 100
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NotificationBody(Body):
+    recipient: str = Field(description="The recipient's id in your system.")
+    type: str = Field(description="A notification type of the catalog, e.g. order.shipped.")
+    data: dict[str, Any] = Field(default={}, description="The template variables.")
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    notification_id: UUID | None = None
+    priority: Priority | None = None
+    channels: list[Channel] | None = Field(default=None, description="Only these of the type's channels.")
+    scheduled_at: datetime | None = None
+    expires_at: datetime | None = None
+    locale: str | None = None
+    to: dict[str, str] | None = Field(default=None, description="Addresses that override the recipient's.")
+    actor: str | None = None
+
+
+class Batch(Body):
+    notifications: list[NotificationBody] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class CancelBody(Body):
+    recipient: str
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class RecipientBody(Body):
+    email: str | None = None
+    phone: str | None = Field(default=None, description="E.164, e.g. +4915112345678.")
+    locale: str | None = None
+    timezone: str | None = Field(default=None, description="An IANA zone, e.g. Europe/Vienna.")
+    name: str | None = None
+    properties: dict[str, Any] | None = None
+    unset: list[str] = Field(default=[], description="Fields to clear.")
+
+
+class PreferencesBody(Body):
+    replace: bool = Field(default=False, description="Replace all preferences instead of merging.")
+    muted: bool | None = None
+    rules: list[PreferenceRule] = []
+    quiet_hours: QuietHours | None = None
+    clear_quiet_hours: bool = False
+    digest: dict[str, DigestChoice] = {}
+
+
+class DeviceBody(Body):
+    platform: Platform
+    token: str = Field(min_length=1)
+    keys: dict[str, str] = Field(default={}, description="Web Push: p256dh and auth.")
+    app_id: str | None = None
+
+
+class WebhookBody(Body):
+    url: str
+    secret: str = Field(description="A Standard Webhooks secret, whsec_...")
+    event_types: list[str] = []
+    enabled: bool = True
+
+
+class Accepted(BaseModel):
+    notification_id: UUID | None = None
+    notification_ids: list[UUID] | None = None
+    event_id: UUID | None = None
+
+
+def problem(status: int, title: str, detail: str | None = None, **extra: Any) -> web.Response:
+    document = {"type": "about:blank", "title": title, "status": status, **extra}
+    if detail is not None:
+        document["detail"] = detail
+    return web.json_response(document, status=status, content_type="application/problem+json")
+
+
+class Problem(Exception):
+    def __init__(self, response: web.Response) -> None:
+        self.response = response
+
+
+async def body(request: web.Request, model: type[B]) -> B:
+    try:
+        raw = json.loads(await request.read() or b"{}")
+    except ValueError as exc:
+        raise Problem(problem(400, "Body is not JSON", str(exc))) from None
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        errors = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]
+        raise Problem(problem(422, "Invalid fields", errors=errors)) from None
+
+
+def recipient_view(state: RecipientState) -> dict[str, Any]:
+    """What a tenant's backend may read back: no push tokens, Web Push keys or webhook secrets."""
+    return {
+        "contacts": {f: getattr(state, f) for f in ("email", "phone", "locale", "timezone", "name")},
+        "properties": state.properties,
+        "preferences": {
+            "muted": state.muted,
+            "rules": state.rules,
+            "quiet_hours": state.quiet_hours.model_dump() if state.quiet_hours else None,
+            "digest": state.digest,
+        },
+        "devices": {
+            d: {"platform": v.platform, "app_id": v.app_id, "registered_at": v.registered_at.isoformat()}
+            for d, v in state.devices.items()
+        },
+        "webhooks": {
+            e: {"url": v.url, "event_types": v.event_types, "enabled": v.enabled}
+            for e, v in state.webhooks.items()
+        },
+        "suppressions": {a: v.model_dump(mode="json") for a, v in state.suppressions.items()},
+        "unsubscribed": {k: v.isoformat() for k, v in state.unsubscribed_categories.items()},
+    }
+
+
+def jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: v.isoformat() if isinstance(v, datetime) else str(v) if isinstance(v, UUID) else v
+        for k, v in row.items()
+        if k != "status_rank"
+    }
