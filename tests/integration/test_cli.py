@@ -9,13 +9,16 @@ from tidings.config import Settings
 TIDINGS = str(Path(sys.executable).with_name("tidings"))
 
 
-def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [TIDINGS, *args], capture_output=True, text=True, timeout=timeout, env=os.environ.copy()
-    )
+def run(*args: str, timeout: float = 120, s: Settings | None = None) -> subprocess.CompletedProcess[str]:
+    """`tidings ARGS`; with `s`, inside that test's own topic namespace."""
+    env = os.environ.copy()
+    if s is not None:
+        env |= {"TIDINGS_TOPIC_PREFIX": s.topic_prefix, "TIDINGS_PARTITIONS": str(s.partitions)}
+    return subprocess.run([TIDINGS, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def test_send_then_tail_shows_the_request_decoded(stack: Settings) -> None:
+def test_send_then_tail_shows_the_request_decoded(topology: Settings) -> None:
+    s = topology
     sent = run(
         "send",
         "--tenant",
@@ -27,17 +30,18 @@ def test_send_then_tail_shows_the_request_decoded(stack: Settings) -> None:
         "order=A-7",
         "items:=3",
         "--json",
+        s=s,
     )
     assert sent.returncode == 0, sent.stderr
     nid = json.loads(sent.stdout)["notification_id"]
-    tail = run("tail", "notifications.requested", "--from-beginning", "--timeout", "5")
+    tail = run("tail", f"{s.topic_prefix}notifications.requested", "--from-beginning", "--timeout", "5")
     assert tail.returncode == 0, tail.stderr
     lines = [json.loads(line) for line in tail.stdout.splitlines()]
     [mine] = [line for line in lines if line["value"] and line["value"]["notification_id"] == nid]
     assert mine["record"] == "NotificationRequested" and mine["key"] == "acme/cli-user"
     assert json.loads(mine["value"]["data_json"]) == {"order": "A-7", "items": 3}
 
-    first = run("tail", "notifications.requested", "--from-beginning", "--max", "1")
+    first = run("tail", f"{s.topic_prefix}notifications.requested", "--from-beginning", "--max", "1")
     assert first.returncode == 0 and len(first.stdout.splitlines()) == 1
 
 
@@ -46,12 +50,13 @@ def test_send_rejects_bad_input_with_a_clear_error(stack: Settings) -> None:
     assert bad.returncode == 1 and "tenant_id" in bad.stderr
 
 
-def test_tail_shows_undecodable_records_instead_of_crashing(stack: Settings) -> None:
+def test_tail_shows_undecodable_records_instead_of_crashing(topology: Settings) -> None:
     from tidings.kafka import EventProducer, Output
 
-    with EventProducer(stack) as producer:
-        producer.produce(Output("notifications.dlq", b"k", b"\x01\x02 not avro"))
-    tail = run("tail", "notifications.dlq", "--from-beginning", "--timeout", "4")
+    dlq = f"{topology.topic_prefix}notifications.dlq"
+    with EventProducer(topology) as producer:
+        producer.produce(Output(dlq, b"k", b"\x01\x02 not avro"))
+    tail = run("tail", dlq, "--from-beginning", "--timeout", "4")
     assert tail.returncode == 0
     assert any(json.loads(line).get("error", "").startswith("BadMagic") for line in tail.stdout.splitlines())
 
@@ -67,13 +72,16 @@ def test_dev_status_and_env(stack: Settings) -> None:
     assert schemas.returncode == 0 and "compatible" in schemas.stdout
 
 
-def test_send_later_then_cancel(stack: Settings) -> None:
-    sent = run("send", "-t", "acme", "-r", "cli-later", "--type", "order.shipped", "--in", "10m", "--json")
+def test_send_later_then_cancel(topology: Settings) -> None:
+    s = topology
+    sent = run(
+        "send", "-t", "acme", "-r", "cli-later", "--type", "order.shipped", "--in", "10m", "--json", s=s
+    )
     assert sent.returncode == 0, sent.stderr
     nid = json.loads(sent.stdout)["notification_id"]
-    cancelled = run("cancel", nid, "-t", "acme", "-r", "cli-later", "--reason", "changed my mind")
+    cancelled = run("cancel", nid, "-t", "acme", "-r", "cli-later", "--reason", "changed my mind", s=s)
     assert cancelled.returncode == 0, cancelled.stderr
-    tail = run("tail", "notifications.requested", "--from-beginning", "--timeout", "5")
+    tail = run("tail", f"{s.topic_prefix}notifications.requested", "--from-beginning", "--timeout", "5")
     mine = [json.loads(line) for line in tail.stdout.splitlines() if nid in line]
     assert [m["record"] for m in mine] == ["NotificationRequested", "NotificationCancelled"]
     assert mine[0]["value"]["scheduled_at"] is not None
@@ -90,10 +98,11 @@ def test_send_and_cancel_refuse_unclear_times_and_ids(stack: Settings) -> None:
     assert bad_id.returncode == 1 and "not a notification id" in bad_id.stderr
 
 
-def test_recipients_set_digest_choice_and_refuse_unknown_ones(stack: Settings) -> None:
-    ok = run("recipients", "set", "-t", "acme", "-r", "cli-digest", "--digest", "social=daily")
+def test_recipients_set_digest_choice_and_refuse_unknown_ones(topology: Settings) -> None:
+    s = topology
+    ok = run("recipients", "set", "-t", "acme", "-r", "cli-digest", "--digest", "social=daily", s=s)
     assert ok.returncode == 0, ok.stderr
-    tail = run("tail", "notifications.recipients", "--from-beginning", "--timeout", "5")
+    tail = run("tail", f"{s.topic_prefix}notifications.recipients", "--from-beginning", "--timeout", "5")
     values = [json.loads(line)["value"] for line in tail.stdout.splitlines()]
     assert any(
         v and v.get("recipient_id") == "cli-digest" and v.get("digest") == {"social": "daily"} for v in values

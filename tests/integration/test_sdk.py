@@ -9,13 +9,12 @@ from tidings.codec import default_codec
 from tidings.config import Settings
 from tidings.errors import InvalidEvent
 from tidings.events import DeviceRegistered, NotificationRequested, ProviderFeedback
-from tidings.kafka import read_topic
-from tidings.topics import REQUESTED
+from tidings.topics import names
 
 
-def test_send_produces_a_decodable_request_keyed_by_tenant_and_recipient(stack: Settings) -> None:
+def test_send_produces_a_decodable_request_keyed_by_tenant_and_recipient(topology: Settings) -> None:
     expires = datetime.now(UTC) + timedelta(hours=1)
-    with Client(stack, source="test") as client:
+    with Client(topology, source="test") as client:
         nid = client.send(
             tenant="acme",
             recipient="u-42",
@@ -27,7 +26,7 @@ def test_send_produces_a_decodable_request_keyed_by_tenant_and_recipient(stack: 
             to={"email": "a@b.c"},
         )
     found = None
-    for record in read_topic(stack, REQUESTED, from_beginning=True, idle_timeout=5):
+    for record in read_all(topology, names(topology).requested):
         event = record.decode()
         if isinstance(event, NotificationRequested) and event.notification_id == nid:
             found = (record, event)
@@ -42,8 +41,8 @@ def test_send_produces_a_decodable_request_keyed_by_tenant_and_recipient(stack: 
     assert event.correlation_id == str(nid) and event.source == "test" and nid.version == 7
 
 
-def test_idempotency_key_gives_a_stable_id(stack: Settings, topic_factory: Callable[..., str]) -> None:
-    with Client(stack) as client:
+def test_idempotency_key_gives_a_stable_id(topology: Settings) -> None:
+    with Client(topology) as client:
         first = client.send(tenant="acme", recipient="u", type="t", idempotency_key="order-9", wait=False)
         second = client.send(tenant="acme", recipient="u", type="t", idempotency_key="order-9", wait=False)
     assert first == second
