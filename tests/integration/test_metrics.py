@@ -33,7 +33,7 @@ def value(text: str, name: str) -> float:
     return float(found.group(1)) if found else -1.0
 
 
-def test_a_running_router_serves_its_counters_and_lag(topology: Settings) -> None:
+def test_a_running_router_serves_its_counters_and_lag(topology: Settings, tmp_path: Path) -> None:
     s = topology
     publish_catalog(s)
     with Client(s) as client:
@@ -48,12 +48,14 @@ def test_a_running_router_serves_its_counters_and_lag(topology: Settings) -> Non
         "TIDINGS_PARTITIONS": str(s.partitions),
         "TIDINGS_METRICS_PORT": str(port),
     }
-    proc = subprocess.Popen([TIDINGS, "run", "router", "--instance", "m0"], env=env, stderr=subprocess.PIPE)
+    log = tmp_path / "router.log"
     requested = re.escape(s.topic_prefix + "notifications.requested")
+    with log.open("wb") as out:
+        proc = subprocess.Popen([TIDINGS, "run", "router", "--instance", "m0"], env=env, stderr=out)
     try:
         deadline, text, lags = time.monotonic() + 90, "", []
         while value(text, "tidings_records_committed_total") < 41 or not lags or any(float(v) for v in lags):
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+            assert proc.poll() is None, log.read_text()[-2000:]
             assert time.monotonic() < deadline, text[-2000:]
             time.sleep(0.5)
             try:

@@ -265,12 +265,15 @@ class TransactionalLoop:
     def _measure_lag(self) -> None:
         """Records behind the fetched end per assigned partition, for metrics (at most once a second)."""
         self._lag_at = time.monotonic()
-        assigned = self.consumer.assignment()
         lag = {}
-        for tp in self.consumer.position(assigned) if assigned else []:
-            high = self.consumer.get_watermark_offsets(tp, cached=True)[1]
-            if high >= 0 and tp.offset >= 0:
-                lag[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+        try:
+            assigned = self.consumer.assignment()
+            for tp in self.consumer.position(assigned) if assigned else []:
+                high = self.consumer.get_watermark_offsets(tp, cached=True)[1]
+                if high >= 0 and tp.offset >= 0:
+                    lag[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+        except KafkaException as exc:
+            log.debug("lag not measured: %s", exc)
         self.lag = lag
 
     def samples(self) -> list[Sample]:
