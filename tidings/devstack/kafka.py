@@ -197,7 +197,11 @@ def up(
 
 
 def down(root: Path | None = None) -> bool:
-    return stop_pid((root or home()) / "pid", timeout=60)
+    root = root or home()
+    stopped = stop_pid(root / "pid", timeout=60)
+    if (child := _children.pop(root, None)) is not None:
+        child.poll()
+    return stopped
 
 
 def status(settings: Settings) -> ServiceStatus:
