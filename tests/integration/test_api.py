@@ -99,18 +99,20 @@ def test_bad_keys_and_bad_bodies_get_problems_and_produce_nothing(topology: Sett
                     headers={"Idempotency-Key": "k"},
                 ),
                 await call(http, "POST", url, json=SHIPPED | {"recipient": "bell\u0007"}),
+                await call(http, "POST", url, json=SHIPPED | {"data": {"blob": "x" * 300_000}}),
                 await call(http, "POST", f"{url}/batch", json={"notifications": [SHIPPED] * 101}),
                 await call(http, "POST", f"{url}/batch", json={"notifications": [SHIPPED, {"type": "x"}]}),
             ]
 
     answers = asyncio.run(serving(s, scenario))
-    assert [a[0] for a in answers] == [401, 401, 400, 422, 422, 422, 422, 422]
+    assert [a[0] for a in answers] == [401, 401, 400, 422, 422, 422, 422, 422, 422]
     assert answers[0][2]["WWW-Authenticate"] == "Bearer"
     assert all(a[2]["Content-Type"].startswith("application/problem+json") for a in answers)
     fields = {e["field"] for e in answers[3][1]["errors"]}
     assert fields == {"recipient", "priority"}
     assert "not both" in answers[4][1]["detail"]
     assert "recipient_id" in answers[5][1]["detail"]
+    assert "larger than" in answers[6][1]["detail"]
     assert decoded(s, names(s).requested) == []
 
 
