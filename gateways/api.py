@@ -138,9 +138,9 @@ def mount(
             raise Problem(response)
 
     def route(
-        handler: Callable[[web.Request, str], Awaitable[web.Response]],
-    ) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def wrapped(request: web.Request) -> web.Response:
+        handler: Callable[..., Awaitable[web.StreamResponse]],
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
             tenant = tenant_of(request.headers.get("Authorization", ""), keys)
             if tenant is None:
                 response = problem(401, "A valid API key is required")

@@ -39,6 +39,7 @@ from aiohttp import WSMsgType, web
 from psycopg_pool import AsyncConnectionPool
 
 from gateways.inapp._feed import DELIVERY, PAGE, SINCE, UNREAD, doorbell, doorbell_pattern, item
+from gateways.ops import OPERATIONS, Operation
 from tidings.config import Settings
 from tidings.events import InboxItemArchived, InboxItemRead, InboxItemSeen
 from tidings.kafka import Output
@@ -213,6 +214,23 @@ def mount(
     application.router.add_get("/v1/inbox", feed)
     application.router.add_post("/v1/inbox/{notification_id}/{action}", engage)
     application.router.add_get("/v1/ws", socket)
+    token = "recipientToken"
+    application.setdefault(OPERATIONS, []).extend(
+        [
+            Operation("GET", "/v1/inbox", feed, "My inbox, newest first", security=token),
+            Operation(
+                "POST",
+                "/v1/inbox/{notification_id}/{action}",
+                engage,
+                "Mark seen, read or archived",
+                status=202,
+                security=token,
+            ),
+            Operation(
+                "GET", "/v1/ws", socket, "WebSocket: send {token, cursor?} first", status=101, security=token
+            ),
+        ]
+    )
 
 
 async def rings(ws: web.WebSocketResponse, bell: asyncio.Event) -> AsyncIterator[None]:

@@ -35,12 +35,16 @@ READY_TIMEOUT_S = 3.0
 
 @dataclass(frozen=True)
 class Operation:
+    """One documented route. `security` names who calls it: a tenant's service with its API key
+    (`apiKey`), or a recipient's app with the JWT the tenant's backend signed (`recipientToken`)."""
+
     method: str
     path: str
-    handler: Callable[[web.Request, str], Awaitable[web.Response]]
+    handler: Callable[..., Awaitable[web.StreamResponse]]
     summary: str
     body: type[BaseModel] | None = None
     status: int = 200
+    security: str = "apiKey"
 
 
 Check = Callable[[web.Application], Awaitable[Any]]
@@ -161,10 +165,12 @@ def openapi(operations: list[Operation], accepted: type[BaseModel]) -> dict[str,
                     "description": op.summary,
                     "content": {"application/json": {"schema": answer}},
                 },
-                "401": {"description": "No valid API key", "content": problem},
+                "401": {"description": "No valid credentials", "content": problem},
                 "422": {"description": "Invalid fields", "content": problem},
             },
         }
+        if op.security != "apiKey":
+            entry["security"] = [{op.security: []}]
         if op.body is not None:
             schema = {"$ref": f"#/components/schemas/{op.body.__name__}"}
             entry["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
@@ -176,6 +182,14 @@ def openapi(operations: list[Operation], accepted: type[BaseModel]) -> dict[str,
         "paths": paths,
         "components": {
             "schemas": {**schemas.get("$defs", {}), "Problem": PROBLEM},
-            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "apiKey": {"type": "http", "scheme": "bearer", "description": "A tenant's API key"},
+                "recipientToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "HS256 JWT with sub (recipient), tenant and exp",
+                },
+            },
         },
     }

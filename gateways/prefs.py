@@ -22,6 +22,7 @@ from psycopg_pool import PoolTimeout
 
 from gateways.api_schema import PreferencesBody, Problem, body, problem, recipient_view
 from gateways.feed import POOL, recipient_of
+from gateways.ops import OPERATIONS, Operation
 from processors.recipients import RecipientState
 from tidings.client import validated
 from tidings.config import Settings
@@ -31,6 +32,7 @@ from tidings.kafka import Output
 from tidings.kafka.aio import AsyncProducer
 from tidings.topics import names
 
+TOKEN = "recipientToken"
 STATE = "SELECT state FROM recipients WHERE tenant_id = %s AND recipient_id = %s"
 
 
@@ -77,3 +79,11 @@ def mount(
 
     application.router.add_get("/v1/me/preferences", read)
     application.router.add_patch("/v1/me/preferences", write)
+    application.setdefault(OPERATIONS, []).extend(
+        [
+            Operation("GET", "/v1/me/preferences", read, "My preferences", security=TOKEN),
+            Operation(
+                "PATCH", "/v1/me/preferences", write, "Set my preferences", PreferencesBody, 202, TOKEN
+            ),
+        ]
+    )

@@ -7,9 +7,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import validate
+from pydantic import SecretStr
 
 from gateways import api, api_schema, ops
-from gateways.edge import PRODUCER
+from gateways.edge import EdgeSettings, app
 from processors.recipients import Device, RecipientState, WebhookEndpoint
 from tidings.config import Settings
 from tidings.errors import KafkaUnavailable
@@ -51,15 +52,22 @@ def test_the_recipient_view_leaves_out_tokens_keys_and_secrets() -> None:
 
 
 def test_the_openapi_document_is_valid_and_covers_every_mounted_route() -> None:
-    application = web.Application()
-    api.mount(application, Settings(), {KEY: "acme"}, PRODUCER)
-    operations = application[ops.OPERATIONS]
-    document = ops.openapi(operations, api_schema.Accepted)
+    edge = EdgeSettings(api_keys=SecretStr(f"acme:{KEY}"), inbox_jwt_secret=SecretStr("s" * 32))
+    application = app(Settings(), edge=edge)
+    document = ops.openapi(application[ops.OPERATIONS], api_schema.Accepted)
     validate(document)
-    mounted = {(r.method, r.resource.canonical) for r in application.router.routes() if r.resource}
+    operational = ("/unsubscribe/", "/healthz", "/readyz", "/metrics", "/openapi.json")
+    mounted = {
+        (r.method, r.resource.canonical)
+        for r in application.router.routes()
+        if r.resource and r.method != "HEAD" and not r.resource.canonical.startswith(operational)
+    }
     documented = {(m.upper(), p) for p, item in document["paths"].items() for m in item}
     assert documented == mounted
     assert "NotificationBody" in document["components"]["schemas"]
+    inbox = document["paths"]["/v1/inbox"]["get"]
+    assert inbox["security"] == [{"recipientToken": []}]
+    assert "security" not in document["paths"]["/v1/notifications"]["post"]  # the document's default: apiKey
 
 
 def test_kafka_not_acknowledging_is_a_503_problem_and_is_counted() -> None:
