@@ -19,6 +19,7 @@ producer), and the router, projections and gateways take it from there.
 Reads come from the projections, so they lag the topics by the projections' delay:
 - `GET /v1/notifications/{id}`: the notification, its deliveries and the timeline of outcomes.
 - `GET /v1/recipients/{id}`: contacts, preferences, devices and suppressions (no tokens or secrets).
+- `GET /v1/recipients/{id}/notifications?limit=20&before=<cursor>`: what they were sent, newest first.
 
 Errors are RFC 9457 problem documents (`application/problem+json`): 400 for a body that is not JSON,
 422 for fields that do not validate (every wrong field named), 401 without a valid key, 503 when
@@ -27,10 +28,13 @@ PostgreSQL does not answer.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -79,6 +83,12 @@ from tidings.kafka.aio import AsyncProducer
 log = logging.getLogger(__name__)
 API_POOL: web.AppKey[AsyncConnectionPool] = web.AppKey("api_pool", AsyncConnectionPool)
 API_REDIS: web.AppKey[aioredis.Redis] = web.AppKey("api_redis", aioredis.Redis)
+HISTORY = """
+SELECT notification_id, notification_type, priority, status, requested_at, terminal_at FROM notifications
+WHERE tenant_id = %s AND recipient_id = %s AND requested_at IS NOT NULL
+  AND (%s::timestamptz IS NULL OR (requested_at, notification_id) < (%s, %s::uuid))
+ORDER BY requested_at DESC, notification_id DESC LIMIT %s
+"""
 DEVICE = "/v1/recipients/{recipient}/devices/{device}"
 WEBHOOK = "/v1/recipients/{recipient}/webhooks/{endpoint}"
 
@@ -259,6 +269,17 @@ def mount(
         )
         return web.json_response({"notification": head[0], "deliveries": deliveries, "timeline": timeline})
 
+    async def history(request: web.Request, tenant: str) -> web.Response:
+        try:
+            limit = min(max(int(request.query.get("limit", 20)), 1), 100)
+            at, nid = parse_cursor(request.query["before"]) if "before" in request.query else (None, None)
+        except ValueError:
+            return problem(400, "Bad query", "limit is 1..100; before is a cursor from an earlier page")
+        found = await rows(HISTORY, tenant, request.match_info["recipient"], at, at, nid, limit)
+        more = len(found) == limit
+        after = cursor(found[-1]["requested_at"], found[-1]["notification_id"]) if more else None
+        return web.json_response({"items": found, "next": after})
+
     async def get_recipient(request: web.Request, tenant: str) -> web.Response:
         found = await rows(
             "SELECT state, updated_at FROM recipients WHERE tenant_id = %s AND recipient_id = %s",
@@ -295,6 +316,7 @@ def mount(
             "GET", "/v1/recipients/{recipient}", get_recipient, "A recipient's contacts and preferences"
         ),
         Operation("PATCH", "/v1/recipients/{recipient}", patch_recipient, "Set contacts", RecipientBody, 202),
+        Operation("GET", "/v1/recipients/{recipient}/notifications", history, "A recipient's notifications"),
         Operation(
             "PATCH",
             "/v1/recipients/{recipient}/preferences",
@@ -311,6 +333,19 @@ def mount(
     for op in operations:
         application.router.add_route(op.method, op.path, route(op.handler))
     application.setdefault(OPERATIONS, []).extend(operations)
+
+
+def cursor(requested_at: str, notification_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{requested_at}|{notification_id}".encode()).decode()
+
+
+def parse_cursor(text: str) -> tuple[datetime, UUID]:
+    """ValueError unless `text` is a cursor `history` gave out."""
+    try:
+        at, _, nid = base64.urlsafe_b64decode(text.encode()).decode().partition("|")
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise ValueError(str(exc)) from None
+    return datetime.fromisoformat(at), UUID(nid)
 
 
 def notification_id(request: web.Request) -> UUID:

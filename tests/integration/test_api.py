@@ -263,3 +263,41 @@ def test_a_tenant_over_its_rate_gets_429_with_retry_after_and_others_do_not(topo
     requested = [e for e in decoded(s, names(s).requested) if isinstance(e, NotificationRequested)]
     assert sorted(e.tenant_id for e in requested).count("acme") == 100
     assert [e.tenant_id for e in requested].count("globex") == 1
+
+
+def test_a_recipients_notifications_page_newest_first_per_tenant(database: Settings) -> None:
+    s = database
+    publish_catalog(s)
+
+    async def posts(base: str) -> list[str]:
+        async with aiohttp.ClientSession() as http:
+            ids = []
+            for i in range(5):
+                order = SHIPPED | {"data": {"order": f"A-{i}", "carrier": "DHL"}}
+                _, b, _ = await call(http, "POST", f"{base}/v1/notifications", json=order)
+                ids.append(b["notification_id"])
+                await asyncio.sleep(0.01)
+            return ids
+
+    sent = asyncio.run(serving(s, posts))
+    run_router(s)
+    project(s, "delivery_status")
+
+    async def pages(base: str) -> tuple[list[list[str]], Any, Any]:
+        url = f"{base}/v1/recipients/ada/notifications?limit=2"
+        found: list[list[str]] = []
+        async with aiohttp.ClientSession() as http:
+            _, page, _ = await call(http, "GET", url)
+            while True:
+                found.append([item["notification_id"] for item in page["items"]])
+                if page["next"] is None:
+                    break
+                _, page, _ = await call(http, "GET", f"{url}&before={page['next']}")
+            _, other, _ = await call(http, "GET", url, key=GLOBEX)
+            bad = await call(http, "GET", f"{url}&before=garbage")
+            return found, other, bad[0]
+
+    found, other, bad = asyncio.run(serving(s, pages))
+    assert found == [sent[4:2:-1], sent[2:0:-1], sent[:1]]
+    assert other == {"items": [], "next": None}
+    assert bad == 400
