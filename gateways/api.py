@@ -22,7 +22,8 @@ Reads come from the projections, so they lag the topics by the projections' dela
 - `GET /v1/recipients/{id}/notifications?limit=20&before=<cursor>`: what they were sent, newest first.
 
 Errors are RFC 9457 problem documents (`application/problem+json`): 400 for a body that is not JSON,
-422 for fields that do not validate (every wrong field named), 401 without a valid key, 503 when
+422 for fields that do not validate (every wrong field named), 401 without a valid key, 429 with
+`Retry-After` over the tenant's rate (`TIDINGS_EDGE_API_RATE`), 503 when Kafka does not acknowledge or
 PostgreSQL does not answer.
 """
 
@@ -125,18 +126,17 @@ def mount(
 ) -> None:
     """`rate`: notifications per second each tenant may request (burst: 2 s worth, at least 100)."""
     topics = home_topics(settings)
+    buckets: dict[str, TokenBucket] = {}
 
     async def admit(tenant: str, count: int) -> None:
         """Take `count` from the tenant's cluster-wide bucket, or refuse with 429 and Retry-After. When
         Redis does not answer, requests pass: losing the limit for a while beats refusing all ingest."""
         if rate is None:
             return
-        bucket = TokenBucket(
-            application[API_REDIS],
-            f"{settings.topic_prefix}tidings:rate:api:{tenant}",
-            rate,
-            max(100, int(2 * rate)),
-        )
+        bucket = buckets.get(tenant)
+        if bucket is None:
+            key = f"{settings.topic_prefix}tidings:rate:api:{tenant}"
+            bucket = buckets[tenant] = TokenBucket(application[API_REDIS], key, rate, max(100, int(2 * rate)))
         try:
             wait = await bucket.take(count)
         except (RedisError, OSError) as exc:
