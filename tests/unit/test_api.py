@@ -1,11 +1,14 @@
 """The API's pure parts: key parsing and lookup, the recipient view's redaction, the generated OpenAPI."""
 
 import asyncio
+import uuid
 from datetime import UTC, datetime
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given
+from hypothesis import strategies as st
 from openapi_spec_validator import validate
 from pydantic import SecretStr
 
@@ -87,3 +90,16 @@ def test_kafka_not_acknowledging_is_a_503_problem_and_is_counted() -> None:
     assert (status, document["title"]) == (503, "Not accepted")
     assert content_type.startswith("application/problem+json")
     assert 'tidings_edge_requests_total{method="POST",route="/v1/notifications",status="503"} 1.0' in metrics
+
+
+@given(st.datetimes(timezones=st.just(UTC)), st.uuids())
+def test_history_cursors_round_trip(at: datetime, nid: uuid.UUID) -> None:
+    assert api.parse_cursor(api.cursor(at.isoformat(), str(nid))) == (at, nid)
+
+
+@pytest.mark.parametrize(
+    "text", ["garbage", "", "bm90IGEgY3Vyc29y", api.cursor("2026-01-01T00:00:00+00:00", "x")]
+)
+def test_a_cursor_that_history_did_not_give_out_is_a_value_error(text: str) -> None:
+    with pytest.raises(ValueError):
+        api.parse_cursor(text)
