@@ -197,11 +197,7 @@ def up(
 
 
 def down(root: Path | None = None) -> bool:
-    root = root or home()
-    stopped = stop_pid(root / "pid", timeout=60)
-    if (child := _children.pop(root, None)) is not None:
-        child.poll()
-    return stopped
+    return stop_pid((root or home()) / "pid", timeout=60)
 
 
 def status(settings: Settings) -> ServiceStatus:
