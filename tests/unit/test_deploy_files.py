@@ -33,3 +33,11 @@ def test_local_pom_fetches_kafka_4() -> None:
         d.findtext("m:artifactId", namespaces=ns) for d in pom.iterfind("m:dependencies/m:dependency", ns)
     }
     assert "kafka_2.13" in artifacts
+
+
+def test_new_kafka_cluster_ids_never_look_like_an_option() -> None:
+    from tidings.devstack.kafka import new_cluster_id
+
+    ids = [new_cluster_id() for _ in range(5000)]
+    assert not any(i.startswith("-") for i in ids)
+    assert all(len(i) == 22 for i in ids) and len(set(ids)) == len(ids)

@@ -104,6 +104,17 @@ def libs_dir() -> Path:
     return libs
 
 
+def new_cluster_id() -> str:
+    """A random Kafka cluster id (URL-safe base64 of 16 bytes) that does not start with '-': the
+    storage tool's argument parser reads such an id as an option and refuses to format. A 1-in-64
+    chance per fresh stack, and it failed a clean-clone CI run; Kafka's own Uuid.randomUuid() avoids
+    it the same way."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _java(libs: Path, main: str, *args: str, logs: Path) -> list[str]:
     return [
         "java",
@@ -155,7 +166,7 @@ def up(
     )
     (root / "log4j2.properties").write_text(LOG4J2.format(logs=logs))
     if not (data / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = new_cluster_id()
         run(
             _java(
                 libs,
