@@ -34,6 +34,10 @@ The recipients' own inbox API and WebSocket (`gateways/feed.py`) and their prefe
 server-side API (`gateways/api.py`) when `TIDINGS_EDGE_API_KEYS` is; `/healthz`, `/readyz`,
 `/metrics` and `/openapi.json` always (`gateways/ops.py`).
 
+The edge starts whether Kafka answers or not, as an orchestrator expects of a process it restarts and
+probes: it connects in the background, and until it is connected `/readyz` names Kafka and every route
+that produces answers 503, so a load balancer keeps it out and clients retry.
+
 A report that names one of our deliveries (the providers echo the ids the gateway attached) also
 produces that delivery's outcome: `delivered` → DELIVERED, a hard bounce → FAILED (`bounced`), so
 the delivery-status tables show what happened after the provider accepted the message.
@@ -293,7 +297,7 @@ def app(
 
     async def producer(application: web.Application) -> Any:
         application[PRODUCER] = AsyncProducer(settings)
-        await application[PRODUCER].start()
+        await application[PRODUCER].connect()
         yield
         await application[PRODUCER].stop()
 

@@ -89,26 +89,78 @@ class AsyncConsumer:
 
 
 class AsyncProducer:
+    """An idempotent producer. `start()` fails when no broker answers, which suits a gateway (it has
+    nothing to do without Kafka). `connect()` keeps trying in the background instead: the HTTP edge
+    must come up and answer `/healthz` and `/readyz` while Kafka is away, and until it is connected
+    sending raises KafkaUnavailable, which the edge answers with 503."""
+
+    RETRY_S = (0.5, 5.0)
+
     def __init__(self, settings: Settings) -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
+        self._settings = settings
+        self._producer: AIOKafkaProducer | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._pending: list[asyncio.Future[Any]] = []
+
+    def _client(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self._settings.kafka_bootstrap,
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
-            client_id=settings.client_id,
+            client_id=self._settings.client_id,
         )
-        self._pending: list[asyncio.Future[Any]] = []
 
     async def start(self) -> None:
-        await self._producer.start()
+        producer = self._client()
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producer = producer
+
+    async def connect(self, wait: float = 5.0) -> bool:
+        """Connect, retrying with backoff in the background until a broker answers; wait up to `wait`
+        seconds for the first success, so a process whose Kafka is up starts connected. True if it is."""
+        self._connecting = asyncio.create_task(self._keep_connecting(), name="kafka-connect")
+        await asyncio.wait({self._connecting}, timeout=wait)
+        return self._producer is not None
+
+    async def _keep_connecting(self) -> None:
+        delay, most = self.RETRY_S
+        while True:
+            try:
+                await self.start()
+                log.info("connected to Kafka at %s", self._settings.kafka_bootstrap)
+                return
+            except KafkaError as exc:
+                log.warning(
+                    "Kafka at %s not reachable (%s); retrying in %.1f s",
+                    self._settings.kafka_bootstrap,
+                    exc,
+                    delay,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, most)
+
+    @property
+    def connected(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise KafkaUnavailable(f"not connected to Kafka at {self._settings.kafka_bootstrap} yet")
+        return self._producer
 
     async def stop(self) -> None:
-        await self.flush()
-        await self._producer.stop()
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+            await asyncio.gather(self._connecting, return_exceptions=True)
+        if self._producer is not None:
+            await self.flush()
+            await self._producer.stop()
 
     async def send(self, out: Output) -> asyncio.Future[Any]:
         """Queues a record; the returned future resolves when the broker acknowledged it."""
-        future: asyncio.Future[Any] = await self._producer.send(
+        future: asyncio.Future[Any] = await self.connected.send(
             out.topic, out.value, out.key, partition=out.partition, headers=list(out.headers)
         )
         self._pending = [f for f in self._pending if not f.done()]
@@ -132,7 +184,9 @@ class AsyncProducer:
     async def reachable(self) -> int:
         """The number of brokers in a fresh metadata response; raises KafkaUnavailable without one."""
         try:
-            cluster = await self._producer.client.fetch_all_metadata()
+            cluster = await self.connected.client.fetch_all_metadata()
+        except KafkaUnavailable:
+            raise
         except Exception as exc:
             raise KafkaUnavailable(f"no broker answered: {exc}") from exc
         return len(cluster.brokers())
