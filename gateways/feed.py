@@ -4,6 +4,8 @@ notifications.engagement.
 The end-user side of the in-app channel, mounted on the edge when `TIDINGS_EDGE_INBOX_JWT_SECRET` is
 set. The customer's backend signs each user an HS256 JWT with `sub` (the recipient id), `tenant` and
 `exp`; every route below requires one (`Authorization: Bearer ...`, or the WebSocket's first frame).
+Each tenant signs with its own key, derived from that secret (`tidings.client.inbox_signing_key`,
+`tidings inbox-key TENANT`): with one shared secret any tenant could sign itself into another's inboxes.
 
 - `GET /v1/inbox?limit=20&before=<cursor>&archived=false`: the newest items first, with their seen,
   read and archived times, the unread count and the cursor of the next page.
@@ -40,6 +42,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from gateways.inapp._feed import DELIVERY, PAGE, SINCE, UNREAD, doorbell, doorbell_pattern, item
 from gateways.ops import OPERATIONS, Operation
+from tidings.client import inbox_signing_key
 from tidings.config import Settings
 from tidings.events import InboxItemArchived, InboxItemRead, InboxItemSeen
 from tidings.kafka import Output
@@ -98,16 +101,20 @@ class Doorbells:
 DOORBELLS: web.AppKey[Doorbells] = web.AppKey("inbox_doorbells", Doorbells)
 
 
-def recipient_of(token: str, secret: str) -> tuple[str, str] | None:
+def recipient_of(token: str, master_secret: str) -> tuple[str, str] | None:
+    """The (tenant, recipient) of a token signed with that tenant's own key (`inbox_signing_key`);
+    the unverified `tenant` claim only picks the key, which then has to verify the whole token."""
     try:
-        claims = jwt.decode(
-            token, secret, algorithms=["HS256"], options={"require": ["exp", "sub"]}, leeway=30
-        )
-    except jwt.InvalidTokenError as exc:
+        tenant = jwt.decode(token, options={"verify_signature": False}).get("tenant")
+        if not isinstance(tenant, str) or not tenant:
+            raise jwt.InvalidTokenError("no tenant claim")
+        key = inbox_signing_key(master_secret, tenant)
+        claims = jwt.decode(token, key, algorithms=["HS256"], options={"require": ["exp", "sub"]}, leeway=30)
+    except (jwt.InvalidTokenError, UnicodeError) as exc:
         log.info("refused an inbox token: %s", exc)
         return None
-    tenant, recipient = claims.get("tenant"), claims.get("sub")
-    return (tenant, recipient) if isinstance(tenant, str) and isinstance(recipient, str) else None
+    recipient = claims.get("sub")
+    return (tenant, recipient) if claims.get("tenant") == tenant and isinstance(recipient, str) else None
 
 
 def mount(

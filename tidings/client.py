@@ -9,7 +9,11 @@ Example:
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Required, TypedDict, TypeVar, Unpack
@@ -121,6 +125,22 @@ def home_topics(settings: Settings) -> dict[str, str]:
         for record in spec.records:
             homes.setdefault(record, []).append(spec.name)
     return {record: names[0] for record, names in homes.items() if len(names) == 1}
+
+
+def inbox_signing_key(master_secret: str, tenant: str) -> str:
+    """The key a tenant's backend signs its end users' inbox tokens with: derived from the edge's
+    `TIDINGS_EDGE_INBOX_JWT_SECRET` and the tenant (`tidings inbox-key TENANT` prints it), so a tenant
+    holds only its own key and a token it signs is refused for any other tenant."""
+    digest = hmac.new(master_secret.encode(), b"tidings inbox token\x00" + tenant.encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(digest.digest()).decode().rstrip("=")
+
+
+def inbox_token(signing_key: str, *, tenant: str, recipient: str, ttl_seconds: int = 3600) -> str:
+    """An end user's HS256 token for the inbox, the WebSocket and the preference centre."""
+    import jwt
+
+    claims = {"tenant": tenant, "sub": recipient, "exp": int(time.time()) + ttl_seconds}
+    return jwt.encode(claims, signing_key, algorithm="HS256")
 
 
 class Client:

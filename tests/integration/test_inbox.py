@@ -23,7 +23,7 @@ from tests.integration.conftest import table_checksums
 from tests.integration.test_edge import serving as edge_serving
 from tests.integration.test_projections import project
 from tests.integration.test_router import commands, decoded, publish_catalog, run_router
-from tidings.client import Client
+from tidings.client import Client, inbox_signing_key, inbox_token
 from tidings.config import Settings
 from tidings.events import (
     DeliveryCommand,
@@ -40,9 +40,14 @@ from tidings.topics import names
 SECRET = "inbox-test-secret-that-is-long-enough"
 
 
-def token(recipient: str, *, tenant: str = "acme", secret: str = SECRET, ttl: float = 300) -> str:
+def token(recipient: str, *, tenant: str = "acme", key: str | None = None, ttl: float = 300) -> str:
+    """Signed as the tenant's backend signs it: with the tenant's key, unless `key` says otherwise."""
     claims = {"sub": recipient, "tenant": tenant, "exp": int(time.time() + ttl)}
-    return jwt.encode(claims, secret, algorithm="HS256")
+    return jwt.encode(claims, key or inbox_signing_key(SECRET, tenant), algorithm="HS256")
+
+
+def bearer(value: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {value}"}
 
 
 def inbox(s: Settings) -> Inbox:
@@ -132,9 +137,12 @@ def test_recipients_read_their_feed_mark_items_and_get_new_ones_live(database: S
             auth = {"Authorization": f"Bearer {token('ada')}"}
             for name, headers in [
                 ("none", {}),
+                ("forged", bearer(token("ada", key="another-secret-of-32-bytes-length"))),
+                ("master_key", bearer(token("ada", key=SECRET))),
+                ("other_tenants_key", bearer(token("ada", key=inbox_signing_key(SECRET, "globex")))),
                 (
-                    "forged",
-                    {"Authorization": f"Bearer {token('ada', secret='another-secret-of-32-bytes-length')}"},
+                    "sdk",
+                    bearer(inbox_token(inbox_signing_key(SECRET, "acme"), tenant="acme", recipient="ada")),
                 ),
                 ("expired", {"Authorization": f"Bearer {token('ada', ttl=-120)}"}),
             ]:
@@ -150,7 +158,7 @@ def test_recipients_read_their_feed_mark_items_and_get_new_ones_live(database: S
                 seen["bad_action"] = r.status
 
             async with http.ws_connect(f"{base}/v1/ws") as ws:
-                await ws.send_json({"token": token("ada", secret="wrong-secret-that-is-long-enough-as-well")})
+                await ws.send_json({"token": token("ada", key="wrong-secret-that-is-long-enough-as-well")})
                 await ws.receive(timeout=5)
                 seen["ws_refused"] = ws.close_code
             async with http.ws_connect(f"{base}/v1/ws") as ws:
@@ -167,7 +175,9 @@ def test_recipients_read_their_feed_mark_items_and_get_new_ones_live(database: S
         return seen
 
     seen = asyncio.run(serving(s, scenario))
-    assert (seen["none"], seen["forged"], seen["expired"]) == (401, 401, 401)
+    refused = ("none", "forged", "expired", "master_key", "other_tenants_key")
+    assert {name: seen[name] for name in refused} == dict.fromkeys(refused, 401)
+    assert seen["sdk"] == 200
     assert [i["title"] for i in seen["page"]["items"]] == ["Cy mentioned you"]
     assert seen["page"]["unread"] == 2 and seen["page"]["next"] is not None
     assert (seen["read"], seen["not_mine"], seen["bad_action"]) == (202, 404, 404)

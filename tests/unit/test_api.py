@@ -1,9 +1,12 @@
-"""The API's pure parts: key parsing and lookup, the recipient view's redaction, the generated OpenAPI."""
+"""The API's pure parts: key parsing and lookup, the recipient view's redaction, the generated OpenAPI,
+the inbox tokens' per-tenant keys."""
 
 import asyncio
+import time
 import uuid
 from datetime import UTC, datetime
 
+import jwt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -11,12 +14,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from openapi_spec_validator import validate
 from pydantic import SecretStr
+from typer.testing import CliRunner
 
 from gateways import api, api_schema, ops
 from gateways.edge import EdgeSettings, app
+from gateways.feed import recipient_of
 from processors.recipients import Device, RecipientState, WebhookEndpoint
+from tidings import cli
+from tidings.client import inbox_signing_key, inbox_token
 from tidings.config import Settings
-from tidings.errors import KafkaUnavailable
+from tidings.errors import KafkaUnavailable, TidingsError
 
 KEY = "k" * 24
 
@@ -103,3 +110,28 @@ def test_history_cursors_round_trip(at: datetime, nid: uuid.UUID) -> None:
 def test_a_cursor_that_history_did_not_give_out_is_a_value_error(text: str) -> None:
     with pytest.raises(ValueError):
         api.parse_cursor(text)
+
+
+def test_an_inbox_token_names_its_tenant_only_when_that_tenants_key_signed_it() -> None:
+    master = "m" * 32
+    acme, globex = inbox_signing_key(master, "acme"), inbox_signing_key(master, "globex")
+    assert len({acme, globex, master}) == 3
+    assert recipient_of(inbox_token(acme, tenant="acme", recipient="ada"), master) == ("acme", "ada")
+    assert recipient_of(inbox_token(acme, tenant="globex", recipient="bob"), master) is None
+    assert recipient_of(inbox_token(master, tenant="acme", recipient="ada"), master) is None
+    assert recipient_of(inbox_token(globex, tenant="globex", recipient="bob"), "n" * 32) is None
+    untenanted = jwt.encode({"sub": "ada", "exp": int(time.time()) + 60}, acme, algorithm="HS256")
+    assert recipient_of(untenanted, master) is None
+    assert recipient_of("Bearer \udcff\udcfe", master) is None
+    assert recipient_of("", master) is None
+
+
+def test_the_cli_prints_a_tenants_inbox_key_and_refuses_without_the_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TIDINGS_EDGE_INBOX_JWT_SECRET", "m" * 32)
+    printed = CliRunner().invoke(cli.app, ["inbox-key", "acme"])
+    assert (printed.exit_code, printed.stdout.strip()) == (0, inbox_signing_key("m" * 32, "acme"))
+    monkeypatch.delenv("TIDINGS_EDGE_INBOX_JWT_SECRET")
+    refused = CliRunner().invoke(cli.app, ["inbox-key", "acme"])
+    assert isinstance(refused.exception, TidingsError)

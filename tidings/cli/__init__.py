@@ -6,6 +6,7 @@ import logging
 import sys
 
 import typer
+from pydantic import ValidationError
 
 from tidings.cli import audit, data, demo, dev, io, pipeline, schemas, topics
 from tidings.errors import TidingsError
@@ -32,6 +33,7 @@ app.command("send")(io.send)
 app.command("cancel")(io.cancel)
 app.command("tail")(io.tail)
 app.command("demo")(demo.demo)
+app.command("inbox-key")(pipeline.inbox_key)
 
 
 def main() -> None:
@@ -41,3 +43,6 @@ def main() -> None:
     except TidingsError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(1)
+    except ValidationError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(2)

@@ -288,15 +288,15 @@ def api_edge() -> Any:
 
 def inbox(s: Settings) -> None:
     """Ada's app reads her inbox from the HTTP edge with a JWT her backend signed."""
-    import jwt
     from pydantic import SecretStr
 
     from gateways.edge import EdgeSettings
+    from tidings.client import inbox_signing_key, inbox_token
 
     console.rule("HTTP edge: the inbox feed (GET /v1/inbox, JWT)")
-    secret = "demo-inbox-secret-signed-by-your-backend"
-    claims = {"sub": "ada", "tenant": "acme", "exp": int(time.time()) + 300}
-    auth = {"Authorization": f"Bearer {jwt.encode(claims, secret, algorithm='HS256')}"}
+    secret = "demo-inbox-master-secret-of-the-edge"
+    acme_key = inbox_signing_key(secret, "acme")
+    auth = {"Authorization": f"Bearer {inbox_token(acme_key, tenant='acme', recipient='ada')}"}
     edge = EdgeSettings(inbox_jwt_secret=SecretStr(secret))
     _, feed = on_edge(s, "GET", "/v1/inbox?limit=3", edge, headers=auth)
     titles = "; ".join(str(i["title"]) for i in feed["items"])

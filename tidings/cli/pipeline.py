@@ -14,8 +14,9 @@ from rich.console import Console
 
 from tidings.audit import read_all
 from tidings.catalog import GLOBAL_TENANT, load, next_versions
-from tidings.client import Client
+from tidings.client import Client, inbox_signing_key
 from tidings.config import settings
+from tidings.errors import TidingsError
 from tidings.events import NotificationTypePublished
 from tidings.metrics import Source, serve
 from tidings.topics import names
@@ -199,3 +200,14 @@ def run_edge(
     edge = EdgeSettings()
     logging.getLogger().setLevel(logging.INFO)
     web.run_app(app(settings()), host=edge.host, port=port or edge.port, access_log=None)
+
+
+def inbox_key(tenant: str = typer.Argument(..., help="The tenant whose backend signs the tokens.")) -> None:
+    """Print the key TENANT's backend signs its end users' inbox tokens with (HS256 JWT: `sub`, `tenant`,
+    `exp`), derived from TIDINGS_EDGE_INBOX_JWT_SECRET."""
+    from gateways.edge import EdgeSettings
+
+    master = EdgeSettings().inbox_jwt_secret
+    if master is None:
+        raise TidingsError("TIDINGS_EDGE_INBOX_JWT_SECRET is not set")
+    typer.echo(inbox_signing_key(master.get_secret_value(), tenant))
