@@ -9,8 +9,11 @@ Writes are events, not table rows: a 202 means Kafka acknowledged the event (ack
 producer), and the router, projections and gateways take it from there.
 - `POST /v1/notifications`: one request. Idempotent: with an `Idempotency-Key` header (or
   `idempotency_key` in the body) the notification id is derived from the tenant and the key, so a
-  retried POST gets the same id and the router drops the duplicate (7 days).
-- `POST /v1/notifications/batch`: up to 100 at once, all validated before any is produced.
+  retried POST gets the same id and the router drops the duplicate (7 days). Otherwise the id is a
+  new UUIDv7. A client never chooses the id: one tenant could otherwise take another's.
+- `POST /v1/notifications/batch`: up to 100 at once, all validated before any is produced. With an
+  `Idempotency-Key` header, item i without its own key gets the key `<header>#<i>`, so a retried
+  batch produces the same ids.
 - `POST /v1/notifications/{id}/cancel`.
 - `PATCH /v1/recipients/{id}` (contacts, merged), `PATCH /v1/recipients/{id}/preferences`,
   `PUT|DELETE /v1/recipients/{id}/devices/{device_id}`,
@@ -44,6 +47,7 @@ from aiohttp import web
 from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from pydantic import TypeAdapter, ValidationError
 from redis.exceptions import RedisError
 
 from gateways.api_schema import (
@@ -72,9 +76,11 @@ from tidings.events import (
     DeviceRegistered,
     DeviceRemoved,
     Event,
+    Identifier,
     NotificationCancelled,
     NotificationRequested,
     PreferencesUpdated,
+    TenantId,
     WebhookEndpointRemoved,
     WebhookEndpointUpdated,
 )
@@ -82,6 +88,7 @@ from tidings.kafka import Output
 from tidings.kafka.aio import AsyncProducer
 
 log = logging.getLogger(__name__)
+IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
 API_POOL: web.AppKey[AsyncConnectionPool] = web.AppKey("api_pool", AsyncConnectionPool)
 API_REDIS: web.AppKey[aioredis.Redis] = web.AppKey("api_redis", aioredis.Redis)
 HISTORY = """
@@ -101,6 +108,12 @@ def parse_keys(spec: str) -> dict[str, str]:
         tenant, _, key = entry.partition(":")
         if not tenant or len(key) < 24:
             raise ValueError("TIDINGS_EDGE_API_KEYS wants tenant:key pairs, each key at least 24 characters")
+        try:
+            TypeAdapter(TenantId).validate_python(tenant)
+        except ValidationError:
+            raise ValueError(f"TIDINGS_EDGE_API_KEYS: {tenant!r} is not a valid tenant id") from None
+        if key in keys:
+            raise ValueError("TIDINGS_EDGE_API_KEYS gives one key to two tenants (or the same one twice)")
         keys[key] = tenant
     return keys
 
@@ -111,8 +124,9 @@ def tenant_of(header: str, keys: dict[str, str]) -> str | None:
     if scheme.lower() != "bearer" or not presented:
         return None
     found = None
+    offered = presented.strip().encode("utf-8", "surrogateescape")
     for key, tenant in keys.items():
-        if hmac.compare_digest(key.encode(), presented.strip().encode()):
+        if hmac.compare_digest(key.encode(), offered):
             found = tenant
     return found
 
@@ -183,10 +197,14 @@ def mount(
         fields = b.model_dump(exclude={"idempotency_key"})
         return notification_request(tenant=tenant, idempotency_key=b.idempotency_key or header_key, **fields)
 
+    def header_key(request: web.Request) -> str | None:
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not 1 <= len(key.strip()) <= 255:
+            raise Problem(problem(422, "Invalid Idempotency-Key", "1..255 characters besides white space"))
+        return key
+
     async def notify(request: web.Request, tenant: str) -> web.Response:
-        event = request_of(
-            await body(request, NotificationBody), tenant, request.headers.get("Idempotency-Key")
-        )
+        event = request_of(await body(request, NotificationBody), tenant, header_key(request))
         await admit(tenant, 1)
         await produce(request, event)
         response = accepted(notification_id=event.notification_id)
@@ -194,8 +212,11 @@ def mount(
         return response
 
     async def notify_batch(request: web.Request, tenant: str) -> web.Response:
-        batch = await body(request, Batch)
-        events = [request_of(b, tenant, None) for b in batch.notifications]
+        batch, key = await body(request, Batch), header_key(request)
+        events = [
+            request_of(b, tenant, None if b.idempotency_key or key is None else f"{key}#{i}")
+            for i, b in enumerate(batch.notifications)
+        ]
         await admit(tenant, len(events))
         await produce(request, *events)
         return accepted(notification_ids=[e.notification_id for e in events])
@@ -262,10 +283,16 @@ def mount(
         if not head:
             return problem(404, "Unknown notification", "not (yet) in the delivery-status projection")
         deliveries = await rows(
-            "SELECT * FROM deliveries WHERE notification_id = %s ORDER BY channel, delivery_id", nid
+            "SELECT * FROM deliveries WHERE notification_id = %s AND tenant_id = %s"
+            " ORDER BY channel, delivery_id",
+            nid,
+            tenant,
         )
         timeline = await rows(
-            "SELECT * FROM delivery_events WHERE notification_id = %s ORDER BY occurred_at, event_id", nid
+            "SELECT * FROM delivery_events WHERE notification_id = %s AND tenant_id = %s"
+            " ORDER BY occurred_at, event_id",
+            nid,
+            tenant,
         )
         return web.json_response({"notification": head[0], "deliveries": deliveries, "timeline": timeline})
 
@@ -275,7 +302,7 @@ def mount(
             at, nid = parse_cursor(request.query["before"]) if "before" in request.query else (None, None)
         except ValueError:
             return problem(400, "Bad query", "limit is 1..100; before is a cursor from an earlier page")
-        found = await rows(HISTORY, tenant, request.match_info["recipient"], at, at, nid, limit)
+        found = await rows(HISTORY, tenant, recipient_id(request), at, at, nid, limit)
         more = len(found) == limit
         after = cursor(found[-1]["requested_at"], found[-1]["notification_id"]) if more else None
         return web.json_response({"items": found, "next": after})
@@ -284,7 +311,7 @@ def mount(
         found = await rows(
             "SELECT state, updated_at FROM recipients WHERE tenant_id = %s AND recipient_id = %s",
             tenant,
-            request.match_info["recipient"],
+            recipient_id(request),
         )
         if not found:
             return problem(404, "Unknown recipient", "not (yet) in the recipients projection")
@@ -346,6 +373,14 @@ def parse_cursor(text: str) -> tuple[datetime, UUID]:
     except (binascii.Error, UnicodeDecodeError) as exc:
         raise ValueError(str(exc)) from None
     return datetime.fromisoformat(at), UUID(nid)
+
+
+def recipient_id(request: web.Request) -> str:
+    """The path's recipient id; 404 for one no event could carry (PostgreSQL would refuse a NUL)."""
+    try:
+        return IDENTIFIER.validate_python(request.match_info["recipient"])
+    except ValidationError:
+        raise Problem(problem(404, "Unknown recipient", "not a recipient id")) from None
 
 
 def notification_id(request: web.Request) -> UUID:

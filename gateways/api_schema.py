@@ -15,7 +15,7 @@ from uuid import UUID
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from processors.recipients import RecipientState
+from processors.recipients import RecipientState, address_key
 from tidings.events import Channel, DigestChoice, Platform, PreferenceRule, Priority, QuietHours
 
 B = TypeVar("B", bound=BaseModel)
@@ -31,7 +31,6 @@ class NotificationBody(Body):
     type: str = Field(description="A notification type of the catalog, e.g. order.shipped.")
     data: dict[str, Any] = Field(default={}, description="The template variables.")
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
-    notification_id: UUID | None = None
     priority: Priority | None = None
     channels: list[Channel] | None = Field(default=None, description="Only these of the type's channels.")
     scheduled_at: datetime | None = None
@@ -101,11 +100,15 @@ class Problem(Exception):
         self.response = response
 
 
+def not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 async def body(request: web.Request, model: type[B]) -> B:
     try:
-        raw = json.loads(await request.read() or b"{}")
-    except ValueError as exc:
-        raise Problem(problem(400, "Body is not JSON", str(exc))) from None
+        raw = json.loads(await request.read() or b"{}", parse_constant=not_json)
+    except (ValueError, RecursionError) as exc:
+        raise Problem(problem(400, "Body is not JSON", str(exc)[:300])) from None
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
@@ -132,9 +135,21 @@ def recipient_view(state: RecipientState) -> dict[str, Any]:
             e: {"url": v.url, "event_types": v.event_types, "enabled": v.enabled}
             for e, v in state.webhooks.items()
         },
-        "suppressions": {a: v.model_dump(mode="json") for a, v in state.suppressions.items()},
+        "suppressions": visible_suppressions(state),
         "unsubscribed": {k: v.isoformat() for k, v in state.unsubscribed_categories.items()},
     }
+
+
+def visible_suppressions(state: RecipientState) -> dict[str, Any]:
+    """Suppressions by address; a dead push token is named by the device that holds it (or left out
+    when none does), as the view never shows tokens."""
+    holders = {address_key("push", d.token): f"push:device/{i}" for i, d in state.devices.items()}
+    shown: dict[str, Any] = {}
+    for key, suppression in state.suppressions.items():
+        name = holders.get(key) if key.startswith("push:") else key
+        if name is not None:
+            shown[name] = suppression.model_dump(mode="json")
+    return shown
 
 
 def jsonable(row: dict[str, Any]) -> dict[str, Any]:

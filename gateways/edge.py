@@ -318,10 +318,10 @@ def app(
     if (inbox := edge.inbox_jwt_secret) is not None:
         feed.mount(application, settings, inbox.get_secret_value(), PRODUCER)
         prefs.mount(application, settings, inbox.get_secret_value(), PRODUCER)
-        ops.add_check(application, "postgresql", lambda a: ping(a[feed.POOL]))
+        ops.add_check(application, "postgresql:inbox", lambda a: ping(a[feed.POOL]))
     if (keys := edge.api_keys) is not None:
         api.mount(application, settings, api.parse_keys(keys.get_secret_value()), PRODUCER, edge.api_rate)
-        ops.add_check(application, "postgresql", lambda a: ping(a[api.API_POOL]))
+        ops.add_check(application, "postgresql:api", lambda a: ping(a[api.API_POOL]))
     ops.add_check(application, "kafka", lambda a: a[PRODUCER].reachable())
     ops.mount(application, api_schema.Accepted)
     return application

@@ -3,7 +3,8 @@
 - `GET /healthz`: 200 while the process serves HTTP (liveness: restart it when this fails).
 - `GET /readyz`: 200 when every dependency the mounted routes need answers within 3 s (Kafka always;
   PostgreSQL when the API or the inbox is mounted), else 503 naming the one that did not (readiness:
-  take it out of the load balancer, do not restart it).
+  take it out of the load balancer, do not restart it). The answer names the error's type only; the
+  message, which can carry host and user names, goes to the log, as the edge faces the internet.
 - `GET /metrics`: Prometheus text format: requests by method, route template and status, their
   durations, and the process's CPU, memory and file descriptors. Route templates, not paths, keep
   the label set bounded whatever ids clients send.
@@ -24,6 +25,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.process_collector import ProcessCollector
+from psycopg import errors as pg_errors
+from psycopg_pool import PoolTimeout
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
@@ -64,6 +67,11 @@ PROBLEM = {
 }
 
 
+def unavailable_problem(title: str) -> web.Response:
+    document = {"type": "about:blank", "title": title, "status": 503, "detail": "try again"}
+    return web.json_response(document, status=503, content_type="application/problem+json")
+
+
 def add_check(application: web.Application, name: str, check: Check) -> None:
     application.setdefault(CHECKS, {})[name] = check
 
@@ -100,14 +108,17 @@ def mount(application: web.Application, accepted: type[BaseModel]) -> None:
 
     @web.middleware
     async def unavailable(request: web.Request, handler: Any) -> web.StreamResponse:
-        """Kafka not acknowledging is a 503 everywhere: the caller (a provider, an app) retries."""
+        """Kafka not acknowledging, or PostgreSQL not answering, is a 503 everywhere: the caller (a
+        provider, an app) retries."""
         try:
             response: web.StreamResponse = await handler(request)
             return response
         except KafkaUnavailable as exc:
             log.warning("Kafka did not acknowledge %s: %s", request.path, exc)
-            document = {"type": "about:blank", "title": "Not accepted", "status": 503, "detail": "try again"}
-            return web.json_response(document, status=503, content_type="application/problem+json")
+            return unavailable_problem("Not accepted")
+        except (pg_errors.OperationalError, PoolTimeout) as exc:
+            log.warning("PostgreSQL did not answer %s: %s", request.path, exc)
+            return unavailable_problem("The read store is unavailable")
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -118,10 +129,11 @@ def mount(application: web.Application, accepted: type[BaseModel]) -> None:
             *(asyncio.wait_for(check(request.app), READY_TIMEOUT_S) for check in checks.values()),
             return_exceptions=True,
         )
-        report = {
-            name: "ok" if not isinstance(r, BaseException) else f"{type(r).__name__}: {r}"[:300]
-            for name, r in zip(checks, results, strict=True)
-        }
+        report: dict[str, str] = {}
+        for name, r in zip(checks, results, strict=True):
+            if isinstance(r, BaseException):
+                log.warning("not ready: %s: %s: %s", name, type(r).__name__, r)
+            report[name] = "ok" if not isinstance(r, BaseException) else f"unavailable ({type(r).__name__})"
         ready = all(v == "ok" for v in report.values())
         return web.json_response(
             {"status": "ready" if ready else "not ready", "checks": report}, status=200 if ready else 503

@@ -80,6 +80,8 @@ def notification_request(
     )
     if notification_id is not None and key is not None:
         raise InvalidEvent("give notification_id or idempotency_key, not both")
+    if key is not None and not 1 <= len(key.strip()) <= 255:
+        raise InvalidEvent("idempotency_key must have 1..255 characters besides white space")
     if key is not None:
         notification_id = notification_id_for(tenant, key)
     try:
@@ -87,7 +89,9 @@ def notification_request(
     except ValueError:
         raise InvalidEvent(f"notification_id {notification_id!r} is not a UUID") from None
     try:
-        data_json = json.dumps(dict(fields.get("data") or {}), separators=(",", ":"), ensure_ascii=False)
+        data_json = json.dumps(
+            dict(fields.get("data") or {}), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
     except (TypeError, ValueError) as exc:
         raise InvalidEvent(f"data is not JSON-serialisable: {exc}") from None
     channels, to = fields.get("channels"), fields.get("to")
@@ -114,7 +118,12 @@ def recipient_update(*, tenant: str, recipient: str, **fields: Any) -> Recipient
     """Contact points: email, phone (E.164), locale, timezone, name, properties (dict), unset."""
     if "properties" in fields:
         properties = fields.pop("properties")
-        fields["properties_json"] = json.dumps(properties) if properties is not None else None
+        try:
+            fields["properties_json"] = (
+                json.dumps(properties, allow_nan=False) if properties is not None else None
+            )
+        except (TypeError, ValueError) as exc:
+            raise InvalidEvent(f"properties are not JSON-serialisable: {exc}") from None
     return validated(RecipientUpdated, tenant_id=tenant, recipient_id=recipient, **fields)
 
 

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import psycopg
 from openapi_spec_validator import validate
 from pydantic import SecretStr
 
@@ -25,6 +26,7 @@ from tidings.events import (
     RecipientUpdated,
     WebhookEndpointUpdated,
 )
+from tidings.ids import notification_id_for
 from tidings.topics import names
 
 ACME, GLOBEX = "acme-key-0123456789abcdefghij", "globex-key-0123456789abcdefghij"
@@ -80,6 +82,26 @@ def test_a_posted_request_is_acknowledged_routed_and_idempotent(topology: Settin
     assert {c.content.subject for c in emails} == {"Ihre Bestellung A-1 ist unterwegs"}
 
 
+def test_a_retried_batch_with_an_idempotency_key_gets_the_same_ids(topology: Settings) -> None:
+    s = topology
+    items = [SHIPPED, SHIPPED | {"recipient": "bob"}, SHIPPED | {"idempotency_key": "own"}]
+
+    async def scenario(base: str) -> list[tuple[int, Any, dict[str, str]]]:
+        url = f"{base}/v1/notifications/batch"
+        async with aiohttp.ClientSession() as http:
+            return [
+                await call(http, "POST", url, json={"notifications": items}, headers={"Idempotency-Key": "b"})
+                for _ in range(2)
+            ] + [await call(http, "POST", url, json={"notifications": items[:2]})]
+
+    (s1, first, _), (s2, retried, _), (s3, unkeyed, _) = asyncio.run(serving(s, scenario))
+    assert (s1, s2, s3) == (202, 202, 202)
+    assert first == retried
+    assert len(set(first["notification_ids"])) == 3
+    assert first["notification_ids"][2] == str(notification_id_for("acme", "own"))
+    assert not set(unkeyed["notification_ids"]) & set(first["notification_ids"])
+
+
 def test_bad_keys_and_bad_bodies_get_problems_and_produce_nothing(topology: Settings) -> None:
     s = topology
 
@@ -102,15 +124,44 @@ def test_bad_keys_and_bad_bodies_get_problems_and_produce_nothing(topology: Sett
                 await call(http, "POST", url, json=SHIPPED | {"data": {"blob": "x" * 300_000}}),
                 await call(http, "POST", f"{url}/batch", json={"notifications": [SHIPPED] * 101}),
                 await call(http, "POST", f"{url}/batch", json={"notifications": [SHIPPED, {"type": "x"}]}),
+                await call(http, "POST", url, data=b'{"recipient": "ada", "type": "t", "data": {"x": NaN}}'),
+                await call(http, "POST", url, data=b"[" * 100_000),
+                await call(http, "POST", url, json=SHIPPED, headers={"Idempotency-Key": "  "}),
+                await call(
+                    http,
+                    "POST",
+                    f"{url}/batch",
+                    json={"notifications": [SHIPPED]},
+                    headers={"Idempotency-Key": ""},
+                ),
+                await call(http, "GET", f"{base}/v1/recipients/a%00b"),
+                await call(http, "GET", f"{base}/v1/recipients/a%00b/notifications"),
             ]
 
     answers = asyncio.run(serving(s, scenario))
-    assert [a[0] for a in answers] == [401, 401, 400, 422, 422, 422, 422, 422, 422]
+    assert [a[0] for a in answers] == [
+        401,
+        401,
+        400,
+        422,
+        422,
+        422,
+        422,
+        422,
+        422,
+        400,
+        400,
+        422,
+        422,
+        404,
+        404,
+    ]
     assert answers[0][2]["WWW-Authenticate"] == "Bearer"
     assert all(a[2]["Content-Type"].startswith("application/problem+json") for a in answers)
     fields = {e["field"] for e in answers[3][1]["errors"]}
     assert fields == {"recipient", "priority"}
-    assert "not both" in answers[4][1]["detail"]
+    assert [e["field"] for e in answers[4][1]["errors"]] == ["notification_id"]
+    assert "NaN is not JSON" in answers[9][1]["detail"]
     assert "recipient_id" in answers[5][1]["detail"]
     assert "larger than" in answers[6][1]["detail"]
     assert decoded(s, names(s).requested) == []
@@ -151,6 +202,17 @@ def test_status_and_recipient_reads_come_from_the_projections_per_tenant(databas
     run_router(s)
     project(s, "delivery_status")
     project(s, "recipients")
+    with psycopg.connect(s.postgres_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO deliveries (delivery_id, notification_id, tenant_id, channel, status, status_rank,"
+            " first_at, last_at) VALUES (%s, %s, 'globex', 'sms', 'SENT', 2, now(), now())",
+            (uuid.uuid4(), nid),
+        )
+        conn.execute(
+            "INSERT INTO delivery_events (event_id, notification_id, tenant_id, channel, status, attempt,"
+            " occurred_at) VALUES (%s, %s, 'globex', 'sms', 'SENT', 1, now())",
+            (uuid.uuid4(), nid),
+        )
 
     async def reads(base: str) -> list[tuple[int, Any, dict[str, str]]]:
         async with aiohttp.ClientSession() as http:
@@ -176,6 +238,7 @@ def test_status_and_recipient_reads_come_from_the_projections_per_tenant(databas
     assert view["notification"]["notification_id"] == nid
     assert [d["channel"] for d in view["deliveries"]] == ["email", "in_app", "push"]
     assert {e["status"] for e in view["timeline"]} == {"QUEUED"}
+    assert {r["tenant_id"] for r in view["deliveries"] + view["timeline"]} == {"acme"}
     ada = recipient[1]
     assert ada["contacts"]["email"] == "ada@example.com"
     assert ada["preferences"]["rules"] == {"category:marketing:*": False}
@@ -217,7 +280,7 @@ def test_health_readiness_metrics_and_openapi(topology: Settings) -> None:
 
     health, ready, metrics, spec = asyncio.run(serving(s, scenario))
     assert health[0] == 200
-    assert ready[:2] == (200, {"status": "ready", "checks": {"postgresql": "ok", "kafka": "ok"}})
+    assert ready[:2] == (200, {"status": "ready", "checks": {"postgresql:api": "ok", "kafka": "ok"}})
     assert (
         'tidings_edge_requests_total{method="POST",route="/v1/notifications",status="202"} 3.0' in metrics[1]
     )
@@ -240,7 +303,8 @@ def test_readiness_names_the_dependency_that_does_not_answer(topology: Settings)
     code, body, _ = asyncio.run(serving(s, scenario))
     assert code == 503
     assert body["checks"]["kafka"] == "ok"
-    assert body["checks"]["postgresql"] != "ok"
+    assert body["checks"]["postgresql:api"] == "unavailable (TimeoutError)"
+    assert "127.0.0.1" not in str(body)
 
 
 def test_a_tenant_over_its_rate_gets_429_with_retry_after_and_others_do_not(topology: Settings) -> None:

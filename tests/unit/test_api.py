@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from gateways import api, api_schema, ops
 from gateways.edge import EdgeSettings, app
 from gateways.feed import recipient_of
-from processors.recipients import Device, RecipientState, WebhookEndpoint
+from processors.recipients import Device, RecipientState, Suppression, WebhookEndpoint
 from tidings import cli
 from tidings.client import inbox_signing_key, inbox_token
 from tidings.config import Settings
@@ -33,6 +33,10 @@ def test_keys_map_to_tenants_and_short_keys_are_refused() -> None:
     for spec in ("acme:short", f":{KEY}", "no-colon"):
         with pytest.raises(ValueError, match="tenant:key"):
             api.parse_keys(spec)
+    with pytest.raises(ValueError, match="two tenants"):
+        api.parse_keys(f"acme:{KEY},globex:{KEY}")
+    with pytest.raises(ValueError, match="not a valid tenant id"):
+        api.parse_keys(f"ac/me:{KEY}")
 
 
 def test_only_a_bearer_with_a_configured_key_names_a_tenant() -> None:
@@ -43,6 +47,7 @@ def test_only_a_bearer_with_a_configured_key_names_a_tenant() -> None:
     assert api.tenant_of(f"Bearer {KEY[:-1]}", keys) is None
     assert api.tenant_of("Bearer ", keys) is None
     assert api.tenant_of("", keys) is None
+    assert api.tenant_of("Bearer \udcff\udcfe", keys) is None
 
 
 def test_the_recipient_view_leaves_out_tokens_keys_and_secrets() -> None:
@@ -55,6 +60,13 @@ def test_the_recipient_view_leaves_out_tokens_keys_and_secrets() -> None:
         webhooks={"w": WebhookEndpoint(url="https://example.com/h", secret="whsec_789")},
     )
     view = api_schema.recipient_view(state)
+    assert view["suppressions"] == {}
+    dead = Suppression(reason="token_invalid", since=at)
+    gone = state.model_copy(
+        update={"suppressions": {"push:tok-123": dead, "push:tok-gone": dead, "email:ada@example.com": dead}}
+    )
+    assert set(api_schema.recipient_view(gone)["suppressions"]) == {"push:device/d", "email:ada@example.com"}
+    assert "tok-" not in str(api_schema.recipient_view(gone))
     assert view["contacts"]["email"] == "ada@example.com"
     assert view["devices"]["d"]["platform"] == "webpush"
     assert view["webhooks"]["w"]["url"] == "https://example.com/h"

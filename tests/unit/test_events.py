@@ -6,6 +6,8 @@ from uuid import UUID
 import pytest
 from pydantic import ValidationError
 
+from tidings.client import notification_request, recipient_update
+from tidings.errors import InvalidEvent
 from tidings.events import MAX_DATA_BYTES, Event, NotificationRequested, PreferencesUpdated, QuietHours
 from tidings.ids import delivery_id, new_notification_id, notification_id_for
 from tidings.schemas import default_schemas
@@ -87,3 +89,21 @@ def test_ids() -> None:
     assert notification_id_for("acme", "order-1") == notification_id_for("acme", "order-1")
     assert notification_id_for("acme", "order-1") != notification_id_for("globex", "order-1")
     assert isinstance(notification_id_for("acme", "x"), UUID)
+
+
+def test_nan_and_infinity_are_not_json_and_are_refused_everywhere() -> None:
+    for constant in ("NaN", "Infinity", "-Infinity"):
+        with pytest.raises(ValidationError, match=f"{constant} is not JSON"):
+            NotificationRequested(
+                tenant_id="acme",
+                notification_id=new_notification_id(),
+                recipient_id="ada",
+                notification_type="t",
+                data_json=f'{{"x": {constant}}}',
+            )
+    with pytest.raises(InvalidEvent, match="not JSON-serialisable"):
+        notification_request(tenant="acme", recipient="ada", type="t", data={"x": float("nan")})
+    with pytest.raises(InvalidEvent, match="not JSON-serialisable"):
+        recipient_update(tenant="acme", recipient="ada", properties={"x": float("inf")})
+    with pytest.raises(InvalidEvent, match="idempotency_key"):
+        notification_request(tenant="acme", recipient="ada", type="t", idempotency_key=" ")
