@@ -24,7 +24,8 @@ RETURNING seq
 EXISTING = "SELECT seq FROM inbox_items WHERE delivery_id = %s"
 COLUMNS = """i.seq, i.notification_id, i.delivery_id, i.notification_type, i.category, i.priority,
 i.title, i.body, i.data_json, i.created_at, s.seen_at, s.read_at, s.archived_at"""
-FROM = """FROM inbox_items i LEFT JOIN inbox_states s ON s.notification_id = i.notification_id
+FROM = """FROM inbox_items i LEFT JOIN inbox_states s
+  ON s.notification_id = i.notification_id AND s.tenant_id = i.tenant_id AND s.recipient_id = i.recipient_id
 WHERE i.tenant_id = %(tenant)s AND i.recipient_id = %(recipient)s
   AND (i.expires_at IS NULL OR i.expires_at > now())"""
 PAGE = f"""SELECT {COLUMNS} {FROM}
@@ -34,7 +35,8 @@ SINCE = f"""SELECT {COLUMNS} {FROM}
   AND (i.seq > %(after)s OR i.created_at > now() - make_interval(secs => %(lookback)s))
 ORDER BY i.seq LIMIT %(limit)s"""
 UNREAD = """SELECT count(*)
-FROM inbox_items i LEFT JOIN inbox_states s ON s.notification_id = i.notification_id
+FROM inbox_items i LEFT JOIN inbox_states s
+  ON s.notification_id = i.notification_id AND s.tenant_id = i.tenant_id AND s.recipient_id = i.recipient_id
 WHERE i.tenant_id = %(tenant)s AND i.recipient_id = %(recipient)s AND s.read_at IS NULL
   AND s.archived_at IS NULL AND (i.expires_at IS NULL OR i.expires_at > now())"""
 DELIVERY = """SELECT delivery_id FROM inbox_items
