@@ -17,8 +17,10 @@ Then the providers' webhooks, each mounted only when its credential is configure
 bounce endpoint would let anyone suppress any address), with the tenant in the path:
 - `POST /callbacks/sendgrid/{tenant}`: signed Event Webhook batches
   (`TIDINGS_EDGE_SENDGRID_VERIFICATION_KEY`);
-- `POST /callbacks/postmark/{tenant}`: Postmark webhooks behind basic auth
-  (`TIDINGS_EDGE_POSTMARK_USERNAME` and `_PASSWORD`, put in the webhook URL; Postmark does not sign);
+- `POST /callbacks/postmark/{tenant}`: Postmark webhooks behind basic auth, put in the webhook URL
+  (Postmark does not sign): the user `TIDINGS_EDGE_POSTMARK_USERNAME`, the password the tenant's own,
+  derived from `TIDINGS_EDGE_POSTMARK_PASSWORD` (`tidings tenant-key TENANT --for postmark`), so a
+  tenant who sees its Postmark settings cannot post bounces into another tenant's path;
 - `POST /inbound/twilio/{tenant}` and `POST /inbound/vonage/{tenant}`: inbound SMS, STOP/START
   (`TIDINGS_EDGE_TWILIO_AUTH_TOKEN`, `TIDINGS_EDGE_VONAGE_SIGNATURE_SECRET`). Twilio signs the URL it
   called: behind a proxy set `TIDINGS_EDGE_PUBLIC_URL` to the scheme and host Twilio sees.
@@ -71,6 +73,7 @@ from gateways.email import callbacks
 from gateways.email._message import EmailSettings, unsubscribe_claims
 from gateways.outputs import reported_outcome
 from gateways.sms import inbound
+from tidings.client import tenant_key
 from tidings.config import Settings
 from tidings.errors import InvalidEvent
 from tidings.events import ProviderFeedback
@@ -148,7 +151,8 @@ def sns_url(url: object) -> str:
 
 def basic_auth_matches(header: str | None, username: str, password: str) -> bool:
     expected = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
-    return header is not None and hmac.compare_digest(header.encode(), expected.encode())
+    offered = (header or "").encode("utf-8", "surrogateescape")
+    return header is not None and hmac.compare_digest(offered, expected.encode())
 
 
 def page(title: str, text: str, form: str = "", status: int = 200) -> web.Response:
@@ -185,7 +189,8 @@ def parsers(edge: EdgeSettings) -> dict[str, Parse]:
         user = edge.postmark_username
 
         def postmark(r: web.Request, body: bytes, tenant: str) -> list[ProviderFeedback]:
-            if not basic_auth_matches(r.headers.get("Authorization"), user, password.get_secret_value()):
+            expected = tenant_key(password.get_secret_value(), "postmark", tenant)
+            if not basic_auth_matches(r.headers.get("Authorization"), user, expected):
                 raise InvalidEvent("Postmark webhook without the configured basic auth")
             return callbacks.postmark(body, tenant)
 

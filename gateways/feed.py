@@ -5,7 +5,7 @@ The end-user side of the in-app channel, mounted on the edge when `TIDINGS_EDGE_
 set. The customer's backend signs each user an HS256 JWT with `sub` (the recipient id), `tenant` and
 `exp`; every route below requires one (`Authorization: Bearer ...`, or the WebSocket's first frame).
 Each tenant signs with its own key, derived from that secret (`tidings.client.inbox_signing_key`,
-`tidings inbox-key TENANT`): with one shared secret any tenant could sign itself into another's inboxes.
+`tidings tenant-key TENANT`): with one shared secret any tenant could sign itself into another's inboxes.
 
 - `GET /v1/inbox?limit=20&before=<cursor>&archived=false`: the newest items first, with their seen,
   read and archived times, the unread count and the cursor of the next page.

@@ -136,12 +136,22 @@ def home_topics(settings: Settings) -> dict[str, str]:
     return {record: names[0] for record, names in homes.items() if len(names) == 1}
 
 
+TENANT_KEYS = {"inbox": "tidings inbox token", "postmark": "tidings postmark webhook"}
+
+
+def tenant_key(master_secret: str, purpose: str, tenant: str) -> str:
+    """A tenant's own credential for `purpose` (a key of TENANT_KEYS), derived from one of the edge's
+    secrets and the tenant (`tidings tenant-key TENANT --for PURPOSE` prints it): each tenant holds
+    only its own, and what it signs or presents is refused for any other tenant."""
+    message = TENANT_KEYS[purpose].encode() + b"\x00" + tenant.encode()
+    digest = hmac.new(master_secret.encode(), message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
 def inbox_signing_key(master_secret: str, tenant: str) -> str:
-    """The key a tenant's backend signs its end users' inbox tokens with: derived from the edge's
-    `TIDINGS_EDGE_INBOX_JWT_SECRET` and the tenant (`tidings inbox-key TENANT` prints it), so a tenant
-    holds only its own key and a token it signs is refused for any other tenant."""
-    digest = hmac.new(master_secret.encode(), b"tidings inbox token\x00" + tenant.encode(), hashlib.sha256)
-    return base64.urlsafe_b64encode(digest.digest()).decode().rstrip("=")
+    """The key a tenant's backend signs its end users' inbox tokens with (from
+    `TIDINGS_EDGE_INBOX_JWT_SECRET`)."""
+    return tenant_key(master_secret, "inbox", tenant)
 
 
 def inbox_token(signing_key: str, *, tenant: str, recipient: str, ttl_seconds: int = 3600) -> str:

@@ -24,7 +24,7 @@ from tests.unit.test_callbacks_ses import CERT_URL, TOPIC, certificate, ses_boun
 from tests.unit.test_callbacks_ses import DELIVERY as SES_DELIVERY
 from tests.unit.test_sms_inbound import TOKEN as TWILIO_TOKEN
 from tests.unit.test_sms_inbound import VONAGE_SECRET, twilio_form, vonage_body
-from tidings.client import Client
+from tidings.client import Client, tenant_key
 from tidings.config import Settings
 from tidings.events import DeliveryOutcome, ProviderFeedback
 from tidings.topics import names
@@ -119,7 +119,11 @@ def test_provider_webhooks_become_feedback_only_when_authentic(topology: Setting
     }
     forged = grid_headers | {"X-Twilio-Email-Event-Webhook-Timestamp": str(int(time.time()) - 1)}
     postmark_body = bounce("HardBounce")
-    good_auth = {"Authorization": "Basic " + base64.b64encode(b"pm:pm-secret").decode()}
+
+    def postmark_auth(password: str) -> dict[str, str]:
+        return {"Authorization": "Basic " + base64.b64encode(f"pm:{password}".encode()).decode()}
+
+    acmes = tenant_key("pm-secret", "postmark", "acme")
     stop = vonage_body("STOP", sign="md5hash", timestamp=str(int(time.time())))
 
     async def calls(base: str) -> list[tuple[int, str]]:
@@ -128,8 +132,10 @@ def test_provider_webhooks_become_feedback_only_when_authentic(topology: Setting
         requests: list[tuple[str, bytes, dict[str, str]]] = [
             ("/callbacks/sendgrid/acme", grid, grid_headers),
             ("/callbacks/sendgrid/acme", grid, forged),
-            ("/callbacks/postmark/acme", postmark_body, good_auth),
+            ("/callbacks/postmark/acme", postmark_body, postmark_auth(acmes)),
             ("/callbacks/postmark/acme", postmark_body, {"Authorization": "Basic cG06d3Jvbmc="}),
+            ("/callbacks/postmark/acme", postmark_body, postmark_auth("pm-secret")),
+            ("/callbacks/postmark/globex", postmark_body, postmark_auth(acmes)),
             (
                 "/inbound/twilio/acme",
                 urlencode(form).encode(),
@@ -148,7 +154,7 @@ def test_provider_webhooks_become_feedback_only_when_authentic(topology: Setting
         return answers
 
     statuses = [status for status, _ in asyncio.run(serving(s, calls, edge))]
-    assert statuses == [204, 400, 204, 400, 200, 204]
+    assert statuses == [204, 400, 204, 400, 400, 400, 200, 204]
     found = [f for f in decoded(s, names(s).feedback) if isinstance(f, ProviderFeedback)]
     assert sorted((f.provider, f.kind, f.channel, f.address) for f in found) == [
         ("postmark", "hard_bounce", "email", "a@example.com"),

@@ -21,7 +21,7 @@ from gateways.edge import EdgeSettings, app
 from gateways.feed import recipient_of
 from processors.recipients import Device, RecipientState, Suppression, WebhookEndpoint
 from tidings import cli
-from tidings.client import inbox_signing_key, inbox_token
+from tidings.client import inbox_signing_key, inbox_token, tenant_key
 from tidings.config import Settings
 from tidings.errors import KafkaUnavailable, TidingsError
 
@@ -138,12 +138,17 @@ def test_an_inbox_token_names_its_tenant_only_when_that_tenants_key_signed_it() 
     assert recipient_of("", master) is None
 
 
-def test_the_cli_prints_a_tenants_inbox_key_and_refuses_without_the_secret(
+def test_the_cli_prints_a_tenants_keys_and_refuses_without_the_secret(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("TIDINGS_EDGE_INBOX_JWT_SECRET", "m" * 32)
-    printed = CliRunner().invoke(cli.app, ["inbox-key", "acme"])
+    monkeypatch.setenv("TIDINGS_EDGE_POSTMARK_PASSWORD", "p" * 32)
+    printed = CliRunner().invoke(cli.app, ["tenant-key", "acme"])
     assert (printed.exit_code, printed.stdout.strip()) == (0, inbox_signing_key("m" * 32, "acme"))
+    postmark = CliRunner().invoke(cli.app, ["tenant-key", "acme", "--for", "postmark"])
+    assert postmark.stdout.strip() == tenant_key("p" * 32, "postmark", "acme") != printed.stdout.strip()
     monkeypatch.delenv("TIDINGS_EDGE_INBOX_JWT_SECRET")
-    refused = CliRunner().invoke(cli.app, ["inbox-key", "acme"])
+    refused = CliRunner().invoke(cli.app, ["tenant-key", "acme"])
     assert isinstance(refused.exception, TidingsError)
+    unknown = CliRunner().invoke(cli.app, ["tenant-key", "acme", "--for", "smtp"])
+    assert isinstance(unknown.exception, TidingsError)

@@ -33,7 +33,7 @@ app.command("send")(io.send)
 app.command("cancel")(io.cancel)
 app.command("tail")(io.tail)
 app.command("demo")(demo.demo)
-app.command("inbox-key")(pipeline.inbox_key)
+app.command("tenant-key")(pipeline.tenant_key_command)
 
 
 def main() -> None:

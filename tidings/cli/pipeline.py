@@ -14,7 +14,7 @@ from rich.console import Console
 
 from tidings.audit import read_all
 from tidings.catalog import GLOBAL_TENANT, load, next_versions
-from tidings.client import Client, inbox_signing_key
+from tidings.client import Client, tenant_key
 from tidings.config import settings
 from tidings.errors import TidingsError
 from tidings.events import NotificationTypePublished
@@ -202,12 +202,22 @@ def run_edge(
     web.run_app(app(settings()), host=edge.host, port=port or edge.port, access_log=None)
 
 
-def inbox_key(tenant: str = typer.Argument(..., help="The tenant whose backend signs the tokens.")) -> None:
-    """Print the key TENANT's backend signs its end users' inbox tokens with (HS256 JWT: `sub`, `tenant`,
-    `exp`), derived from TIDINGS_EDGE_INBOX_JWT_SECRET."""
+def tenant_key_command(
+    tenant: str = typer.Argument(..., help="The tenant the key is for."),
+    purpose: str = typer.Option("inbox", "--for", help="inbox or postmark."),
+) -> None:
+    """Print TENANT's own key, derived from the edge's secret: `inbox`, what its backend signs its end
+    users' inbox JWTs with (HS256: `sub`, `tenant`, `exp`; from TIDINGS_EDGE_INBOX_JWT_SECRET);
+    `postmark`, the basic-auth password of its Postmark webhook URL (from
+    TIDINGS_EDGE_POSTMARK_PASSWORD)."""
     from gateways.edge import EdgeSettings
 
-    master = EdgeSettings().inbox_jwt_secret
+    edge = EdgeSettings()
+    masters = {"inbox": edge.inbox_jwt_secret, "postmark": edge.postmark_password}
+    if purpose not in masters:
+        raise TidingsError(f"--for is one of {', '.join(masters)}")
+    master = masters[purpose]
     if master is None:
-        raise TidingsError("TIDINGS_EDGE_INBOX_JWT_SECRET is not set")
-    typer.echo(inbox_signing_key(master.get_secret_value(), tenant))
+        variable = "INBOX_JWT_SECRET" if purpose == "inbox" else "POSTMARK_PASSWORD"
+        raise TidingsError(f"TIDINGS_EDGE_{variable} is not set")
+    typer.echo(tenant_key(master.get_secret_value(), purpose, tenant))
