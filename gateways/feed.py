@@ -173,7 +173,7 @@ def mount(
             hello = await asyncio.wait_for(ws.receive(), AUTH_TIMEOUT_S)
             first = json.loads(hello.data) if hello.type == WSMsgType.TEXT else {}
             found = recipient_of(str(first.get("token", "")), secret) if isinstance(first, dict) else None
-        except (TimeoutError, ValueError):
+        except (TimeoutError, ValueError, RecursionError):
             found = None
         if found is None:
             await ws.close(code=UNAUTHORIZED, message=b"unauthorized")

@@ -84,7 +84,7 @@ SENDGRID_KINDS: dict[str, FeedbackKind] = {
 def _json(body: bytes, what: str) -> Any:
     try:
         return json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidEvent(f"{what} is not JSON: {exc}") from None
 
 

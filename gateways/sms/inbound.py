@@ -168,7 +168,7 @@ def vonage(
 ) -> list[ProviderFeedback]:
     try:
         record = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidEvent(f"Vonage inbound message is not JSON: {exc}") from None
     if not isinstance(record, dict):
         raise InvalidEvent("Vonage inbound message is not a JSON object")

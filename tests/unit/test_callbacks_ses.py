@@ -221,6 +221,8 @@ def test_ses_refuses_without_a_valid_certificate(rsa_key: rsa.RSAPrivateKey, cer
 def test_ses_malformed_bodies_are_refused(rsa_key: rsa.RSAPrivateKey, cert: bytes) -> None:
     with pytest.raises(InvalidEvent, match="not JSON"):
         callbacks.ses_sns(b"{", certificate_pem=cert, tenant_id="acme")
+    with pytest.raises(InvalidEvent, match="not JSON"):
+        callbacks.ses_sns(b"[" * 100_000, certificate_pem=cert, tenant_id="acme")
     with pytest.raises(InvalidEvent, match="not a JSON object"):
         callbacks.ses_sns(b"[]", certificate_pem=cert, tenant_id="acme")
     with pytest.raises(InvalidEvent, match="SES notification is not JSON"):

@@ -256,3 +256,9 @@ def test_vonage_malformed_body_is_refused(body: bytes) -> None:
 def test_vonage_keyword_from_an_impossible_number_is_refused() -> None:
     with pytest.raises(InvalidEvent, match=r"E\.164"):
         vonage(vonage_body("STOP", msisdn="999"), tenant_id="acme")
+
+
+def test_vonage_bodies_that_are_not_json_objects_are_refused() -> None:
+    for body in (b"{", b"[]", b"[" * 100_000):
+        with pytest.raises(InvalidEvent, match="Vonage inbound message is not"):
+            vonage(body, tenant_id="acme")
