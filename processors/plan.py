@@ -36,8 +36,10 @@ from tidings.catalog import (
     DigestRule,
     EscalationStep,
     Templates,
+    ThrottleRule,
     digest_rule,
     escalation_steps,
+    throttle_rule,
 )
 from tidings.errors import InvalidEvent
 from tidings.events import (
@@ -63,6 +65,7 @@ DIGEST_ITEM_BYTES = 8 * 1024
 class Rules:
     digest: DigestRule | None
     escalation: dict[str, EscalationStep]
+    throttle: ThrottleRule | None = None
 
 
 class Catalog:
@@ -83,11 +86,11 @@ class Catalog:
         return self._types.get((tenant, type_)) or self._types.get((GLOBAL_TENANT, type_))
 
     def rules(self, t: NotificationTypePublished) -> Rules:
-        """The type's digest rule and escalation steps; raises InvalidEvent when they are malformed."""
+        """The type's digest, escalation and throttle rules; raises InvalidEvent when one is malformed."""
         key = (t.tenant_id, t.notification_type, t.version)
         if key not in self._rules:
             steps = {s.channel: s for s in escalation_steps(t)}
-            self._rules[key] = Rules(digest_rule(t), steps)
+            self._rules[key] = Rules(digest_rule(t), steps, throttle_rule(t))
         return self._rules[key]
 
     def templates(self, t: NotificationTypePublished) -> Templates:

@@ -6,6 +6,9 @@ writes of the router's two state stores: `recipients` (each recipient's folded c
 devices and suppressions) and `seen` (notification ids, 7 days, for dedupe). The catalog is a global
 table: every router process reads the whole compacted topic and follows it.
 
+A type's throttle (`processors/throttle.py`) is checked right after dedupe: a request over it is
+SKIPPED (`throttled`) as a whole; the times of the admitted ones are the `throttles` store.
+
 Requests of a type with digest templates are collected per recipient and type in two more stores,
 `digests` (the open buckets) and `digest_due` (their window ends, keys sorted by due time); a
 punctuation every 200 ms closes the due ones into digest requests (`processors/digest.py`).
@@ -19,13 +22,14 @@ validated or planned is dead-lettered, with a `REJECTED` outcome when its notifi
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from uuid import UUID
 
-from processors import digest
+from processors import digest, throttle
 from processors.plan import Catalog, plan
 from processors.recipients import RecipientState, fold
 from processors.scheduler import due_keys
@@ -85,6 +89,11 @@ class Router:
         self.digest_due: Store[str] = Store(
             self.names.changelog("router", "digest_due"), encode=str.encode, decode=bytes.decode
         )
+        self.throttles: Store[list[int]] = Store(
+            self.names.changelog("router", "throttles"),
+            encode=lambda t: json.dumps(t).encode(),
+            decode=json.loads,
+        )
         self.follower = TopicFollower(settings, self.names.catalog)
         self.inputs = [self.names.requested, self.names.recipients, self.names.feedback]
         slot = instance or f"{socket.gethostname()}-0"
@@ -96,7 +105,7 @@ class Router:
             on_poison=self.on_poison,
             transactional_id=f"{group_id}-{slot}",
             static_membership=instance is not None,
-            stores=[self.recipients, self.seen, self.digests, self.digest_due],
+            stores=[self.recipients, self.seen, self.digests, self.digest_due, self.throttles],
             align_max_idle=1.0,
             align_first=[self.names.recipients, self.names.feedback],
             before_batch=self.refresh_catalog,
@@ -158,6 +167,19 @@ class Router:
                 )
             ]
         now = self.clock()
+        if (limit := self._throttled(record.partition, event, now)) is not None:
+            self.seen.put(record.partition, seen_key, "throttled")
+            return [
+                self._outcome(
+                    event.tenant_id,
+                    event.notification_id,
+                    event.recipient_id,
+                    "SKIPPED",
+                    "throttled",
+                    trace,
+                    limit,
+                )
+            ]
         state = self.recipients.get(record.partition, key)
         result = plan(event, state, self.catalog, now)
         outputs = []
@@ -172,6 +194,19 @@ class Router:
         outputs += [self._event(self.names.scheduled, c, trace) for c in result.deferred]
         outputs += [self._event(self.names.outcomes, o, trace) for o in result.outcomes]
         return outputs
+
+    def _throttled(self, partition: int, request: NotificationRequested, now: datetime) -> str | None:
+        """The rule a request is over, if its type's throttle refuses it; a request it admits is counted."""
+        t = self.catalog.get(request.tenant_id, request.notification_type)
+        rule = self.catalog.rules(t).throttle if t is not None and not request.digest_of else None
+        if t is None or rule is None:
+            return None
+        key = rule.key(request.tenant_id, request.recipient_id, t)
+        before = self.throttles.get(partition, key) or []
+        passed, times = throttle.admit(rule, before, min(request.occurred_at, now))
+        if times != before:
+            self.throttles.put(partition, key, times, ttl=timedelta(seconds=rule.window_seconds))
+        return None if passed else rule.describe(t)
 
     def _cancel(self, record: Incoming, event: NotificationCancelled, trace: bytes) -> list[Output]:
         seen_key = f"{event.tenant_id}/{event.notification_id}"

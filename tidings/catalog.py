@@ -10,6 +10,8 @@ channels with a digest template collect a recipient's requests of the type and s
 window, rendered with `items` (each request's data) and `count`. `escalation = [{ after = "5m",
 channel = "email", unless = "seen" }]` holds a channel back and sends it only if the notification was
 not engaged with (`seen`, `read` or `clicked`) by then. A channel is either digested or escalated.
+`throttle = { limit = 3, window = "1h", per = "type" }` caps how many notifications of the type (or,
+with `per = "category"`, of its category) reach one recipient in any window (`processors/throttle.py`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,51 @@ class EscalationStep:
     unless: Engagement
 
 
+MAX_LIMIT = 1000
+MAX_WINDOW_SECONDS = 31 * 86_400
+"""The `throttles` store keeps an entry this long after its last write, so no window may be longer."""
+
+
+@dataclass(frozen=True)
+class ThrottleRule:
+    limit: int
+    window_seconds: int
+    per: str
+
+    def key(self, tenant: str, recipient: str, t: NotificationTypePublished) -> str:
+        """Per category, the rule is part of the key: types of the category with the same rule share
+        one budget, and a type with a shorter window can never forget times a longer one still needs."""
+        if self.per == "category":
+            return f"{tenant}/{recipient}/category:{t.category}:{self.limit}/{self.window_seconds}"
+        return f"{tenant}/{recipient}/type:{t.notification_type}"
+
+    def describe(self, t: NotificationTypePublished) -> str:
+        scope = f"category {t.category}" if self.per == "category" else t.notification_type
+        return f"at most {self.limit} per {self.window_seconds} s of {scope}"
+
+
+def throttle_rule(t: NotificationTypePublished) -> ThrottleRule | None:
+    """The type's throttle rule; raises InvalidEvent when it is malformed."""
+    if t.throttle_json is None:
+        return None
+    raw = json.loads(t.throttle_json)
+    key = t.notification_type
+    if not isinstance(raw, dict) or set(raw) - {"limit", "window", "per"} or {"limit", "window"} - set(raw):
+        raise InvalidEvent(f"{key}: throttle must be a table with limit, window and optionally per")
+    limit, per = raw["limit"], raw.get("per", "type")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise InvalidEvent(f"{key}: throttle limit must be an integer 1..{MAX_LIMIT}")
+    if per not in ("type", "category"):
+        raise InvalidEvent(f"{key}: throttle per must be 'type' or 'category', not {per!r}")
+    try:
+        window = tier_seconds(str(raw["window"]))
+    except ValueError as exc:
+        raise InvalidEvent(f"{key}: throttle window: {exc}") from None
+    if not 1 <= window <= MAX_WINDOW_SECONDS:
+        raise InvalidEvent(f"{key}: throttle window must be 1 s..31 days")
+    return ThrottleRule(limit, window, per)
+
+
 _KNOWN = {
     "key",
     "category",
@@ -57,6 +104,7 @@ _KNOWN = {
     "templates",
     "digest",
     "escalation",
+    "throttle",
 }
 
 
@@ -154,9 +202,11 @@ def parse_type(tenant: str, raw: dict[str, Any], version: int = 1) -> Notificati
             expires_after_seconds=expires,
             digest_json=json.dumps(raw["digest"]) if "digest" in raw else None,
             escalation_json=json.dumps({"steps": raw["escalation"]}) if "escalation" in raw else None,
+            throttle_json=json.dumps(raw["throttle"]) if "throttle" in raw else None,
         )
     except (ValidationError, ValueError) as exc:
         raise InvalidEvent(f"{key}: {exc}") from None
+    throttle_rule(published)
     digest = digest_rule(published)
     escalated = {s.channel for s in escalation_steps(published)}
     if digest is not None and (both := escalated & set(digest.templates)):

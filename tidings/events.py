@@ -263,6 +263,7 @@ class NotificationTypePublished(Event):
     expires_after_seconds: int | None = Field(default=None, ge=1)
     digest_json: JsonObject | None = None
     escalation_json: JsonObject | None = None
+    throttle_json: JsonObject | None = None
 
     @property
     def key(self) -> str:

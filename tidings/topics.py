@@ -207,6 +207,7 @@ STORES = (
     ("router", "seen"),
     ("router", "digests"),
     ("router", "digest_due"),
+    ("router", "throttles"),
     ("scheduler", "timers"),
     ("scheduler", "engaged"),
 )

@@ -20,6 +20,7 @@ import pytest
 
 from processors.plan import Catalog, plan
 from processors.recipients import RecipientState, fold
+from processors.throttle import admit
 from tests.integration.conftest import read_all
 from tidings.catalog import load
 from tidings.client import Client
@@ -156,15 +157,24 @@ def key(c: DeliveryCommand) -> tuple[Any, ...]:
 
 
 def expected_commands(catalog: Catalog, phases: tuple[list[Any], ...]) -> list[DeliveryCommand]:
-    """The oracle: the router's pure plan() over the same events in order; commands sent now and those
-    deferred to the scheduler (comment.mention's escalation email)."""
+    """The oracle: the router's pure throttle and plan() over the same events in order; commands sent
+    now and those deferred to the scheduler (comment.mention's escalation email). The throttles
+    (password.reset, weekly.digest) refuse most of their requests, so their counts must survive kills."""
     states: dict[str, RecipientState] = {}
+    throttled: dict[str, list[int]] = {}
     expected: list[DeliveryCommand] = []
     clock = datetime.now(UTC)
     for phase in phases:
         for event in phase:
             recipient = event.recipient_id
             if isinstance(event, NotificationRequested):
+                t = catalog.get(event.tenant_id, event.notification_type)
+                rule = catalog.rules(t).throttle if t is not None else None
+                if t is not None and rule is not None:
+                    k = rule.key(event.tenant_id, recipient, t)
+                    passed, throttled[k] = admit(rule, throttled.get(k, []), min(event.occurred_at, clock))
+                    if not passed:
+                        continue
                 p = plan(event, states.get(recipient), catalog, clock)
                 assert not p.digested
                 expected += p.commands + p.deferred

@@ -86,6 +86,7 @@ def test_prefix_namespaces_every_topic() -> None:
         "staging.tidings.router.digests.changelog",
         "staging.tidings.router.recipients.changelog",
         "staging.tidings.router.seen.changelog",
+        "staging.tidings.router.throttles.changelog",
         "staging.tidings.scheduler.engaged.changelog",
         "staging.tidings.scheduler.timers.changelog",
     ]

@@ -1,0 +1,110 @@
+"""Throttle rules from the catalog and the sliding-window admission the router applies."""
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from processors.throttle import admit
+from tidings.catalog import ThrottleRule, parse_type, throttle_rule
+from tidings.errors import InvalidEvent
+
+T0 = datetime(2026, 3, 29, 0, 59, tzinfo=UTC)
+TEMPLATES = {"email": {"default": {"subject": "s", "body": "b"}}}
+
+
+def typed(throttle: object) -> dict[str, object]:
+    return {
+        "key": "password.reset",
+        "category": "security",
+        "channels": ["email"],
+        "templates": TEMPLATES,
+    } | ({"throttle": throttle} if throttle is not None else {})
+
+
+def test_a_catalog_throttle_becomes_a_rule_with_per_type_by_default() -> None:
+    t = parse_type("*", typed({"limit": 3, "window": "15m"}))
+    assert throttle_rule(t) == ThrottleRule(limit=3, window_seconds=900, per="type")
+    assert throttle_rule(parse_type("*", typed(None))) is None
+    category = throttle_rule(parse_type("*", typed({"limit": 1, "window": "1d", "per": "category"})))
+    assert category == ThrottleRule(limit=1, window_seconds=86_400, per="category")
+
+
+@pytest.mark.parametrize(
+    ("throttle", "message"),
+    [
+        ({"window": "1h"}, "limit, window"),
+        ({"limit": 3}, "limit, window"),
+        ({"limit": 3, "window": "1h", "burst": 2}, "limit, window"),
+        ([3, "1h"], "JSON object"),
+        ({"limit": 0, "window": "1h"}, "integer 1..1000"),
+        ({"limit": 1001, "window": "1h"}, "integer 1..1000"),
+        ({"limit": True, "window": "1h"}, "integer 1..1000"),
+        ({"limit": 2.5, "window": "1h"}, "integer 1..1000"),
+        ({"limit": 3, "window": "soon"}, "throttle window"),
+        ({"limit": 3, "window": "40d"}, "1 s..31 days"),
+        ({"limit": 3, "window": "1h", "per": "tenant"}, "'type' or 'category'"),
+    ],
+)
+def test_malformed_throttles_are_refused_when_the_catalog_is_read(throttle: object, message: str) -> None:
+    with pytest.raises(InvalidEvent, match=message):
+        parse_type("*", typed(throttle))
+
+
+def test_budgets_are_per_recipient_and_per_type_or_per_category_and_rule() -> None:
+    t = parse_type("*", typed({"limit": 3, "window": "15m"}))
+    rule = throttle_rule(t)
+    assert rule is not None
+    assert rule.key("acme", "ada", t) == "acme/ada/type:password.reset"
+    assert rule.key("acme", "bob", t) != rule.key("acme", "ada", t)
+    per_category = ThrottleRule(2, 86_400, "category")
+    other = t.model_copy(update={"notification_type": "login.code", "throttle_json": json.dumps({})})
+    assert per_category.key("acme", "ada", t) == per_category.key("acme", "ada", other)
+    assert per_category.key("acme", "ada", t) != ThrottleRule(3, 86_400, "category").key("acme", "ada", t)
+
+
+def test_the_window_slides_rather_than_resetting_on_the_hour() -> None:
+    rule = ThrottleRule(limit=2, window_seconds=3600, per="type")
+    times: list[int] = []
+    decisions = []
+    for minutes in (0, 1, 2, 60.5, 61, 61.5):
+        passed, times = admit(rule, times, T0 + timedelta(minutes=minutes))
+        decisions.append(passed)
+    assert decisions == [True, True, False, True, True, False]
+    assert len(times) == 2
+
+
+def test_a_refused_request_does_not_count() -> None:
+    rule = ThrottleRule(limit=1, window_seconds=60, per="type")
+    _, times = admit(rule, [], T0)
+    for second in range(1, 60, 7):
+        passed, times = admit(rule, times, T0 + timedelta(seconds=second))
+        assert not passed
+    assert admit(rule, times, T0 + timedelta(seconds=60))[0]
+
+
+@given(
+    limit=st.integers(1, 5),
+    window=st.integers(1, 120),
+    gaps=st.lists(st.integers(0, 90_000), min_size=1, max_size=60),
+)
+def test_no_window_ever_holds_more_than_the_limit_and_only_a_full_window_refuses(
+    limit: int, window: int, gaps: list[int]
+) -> None:
+    rule = ThrottleRule(limit=limit, window_seconds=window, per="type")
+    times: list[int] = []
+    admitted: list[int] = []
+    at = T0
+    for gap in gaps:
+        at += timedelta(milliseconds=gap)
+        passed, times = admit(rule, times, at)
+        ms = int(at.timestamp() * 1000)
+        in_window = [a for a in admitted if ms - a < window * 1000]
+        assert passed == (len(in_window) < limit)
+        if passed:
+            admitted.append(ms)
+        assert len(times) <= limit
+    for i, first in enumerate(admitted):
+        assert sum(1 for a in admitted[i:] if a - first < window * 1000) <= limit
