@@ -205,3 +205,31 @@ def test_poison_requests_are_dead_lettered_and_rejected_while_valid_ones_flow(to
         unknown["notification_id"],
     }
     assert router.loop.dead_letters == len(poison)
+
+
+def test_a_throttled_type_passes_its_limit_per_recipient_and_keeps_counting_across_restarts(
+    topology: Settings,
+) -> None:
+    s = topology
+    publish_catalog(s)
+    link = {"link": "https://x/r"}
+    with Client(s) as client:
+        for r in ("ada", "bob"):
+            client.update_recipient(tenant="acme", recipient=r, email=f"{r}@example.com")
+        adas = [
+            client.send(tenant="acme", recipient="ada", type="password.reset", data=link) for _ in range(5)
+        ]
+        bobs = client.send(tenant="acme", recipient="bob", type="password.reset", data=link)
+    run_router(s)
+    with Client(s) as client:
+        later = client.send(tenant="acme", recipient="ada", type="password.reset", data=link)
+    run_router(s)
+
+    sent = {c.notification_id for c in commands(s)}
+    assert sent == {*adas[:3], bobs}
+    outcomes = [o for o in decoded(s, names(s).outcomes) if isinstance(o, DeliveryOutcome)]
+    throttled = {o.notification_id: o for o in outcomes if o.reason == "throttled"}
+    assert set(throttled) == {*adas[3:], later}
+    assert {(o.status, o.channel, o.detail) for o in throttled.values()} == {
+        ("SKIPPED", None, "at most 3 per 900 s of password.reset")
+    }
