@@ -156,30 +156,11 @@ class Router:
         seen_key = f"{event.tenant_id}/{event.notification_id}"
         previous = self.seen.get(record.partition, seen_key)
         if previous is not None:
-            return [
-                self._outcome(
-                    event.tenant_id,
-                    event.notification_id,
-                    event.recipient_id,
-                    "SKIPPED",
-                    "cancelled" if previous == "cancelled" else "duplicate",
-                    trace,
-                )
-            ]
+            return [self._skipped(event, "cancelled" if previous == "cancelled" else "duplicate", trace)]
         now = self.clock()
         if (limit := self._throttled(record.partition, event, now)) is not None:
             self.seen.put(record.partition, seen_key, "throttled")
-            return [
-                self._outcome(
-                    event.tenant_id,
-                    event.notification_id,
-                    event.recipient_id,
-                    "SKIPPED",
-                    "throttled",
-                    trace,
-                    limit,
-                )
-            ]
+            return [self._skipped(event, "throttled", trace, limit)]
         state = self.recipients.get(record.partition, key)
         result = plan(event, state, self.catalog, now)
         outputs = []
@@ -315,6 +296,13 @@ class Router:
         detail = f"{type(exc).__name__}: {exc}"[:500]
         trace = child_traceparent(record.header(TRACEPARENT)).encode()
         return [self._outcome(tenant or "-", nid, recipient, "REJECTED", reason, trace, detail=detail)]
+
+    def _skipped(
+        self, request: NotificationRequested, reason: str, trace: bytes, detail: str | None = None
+    ) -> Output:
+        return self._outcome(
+            request.tenant_id, request.notification_id, request.recipient_id, "SKIPPED", reason, trace, detail
+        )
 
     def _outcome(
         self,
