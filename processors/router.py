@@ -47,6 +47,7 @@ from tidings.events import (
     utcnow,
 )
 from tidings.kafka import Incoming, Output, TopicFollower, TransactionalLoop
+from tidings.metrics import Sample
 from tidings.state import Store
 from tidings.topics import names
 from tidings.tracing import TRACEPARENT, child_traceparent
@@ -94,6 +95,7 @@ class Router:
             encode=lambda t: json.dumps(t).encode(),
             decode=json.loads,
         )
+        self.throttled = 0
         self.follower = TopicFollower(settings, self.names.catalog)
         self.inputs = [self.names.requested, self.names.recipients, self.names.feedback]
         slot = instance or f"{socket.gethostname()}-0"
@@ -112,6 +114,12 @@ class Router:
             punctuate=self.close_due_digests,
             pending=lambda: any(self.digest_due.size(p) for p in self.digest_due.partitions()),
         )
+
+    def samples(self) -> list[Sample]:
+        return [
+            *self.loop.samples(),
+            Sample("requests_throttled", self.throttled, help="requests skipped by their type's throttle"),
+        ]
 
     def refresh_catalog(self) -> None:
         for record in self.follower.poll():
@@ -160,6 +168,7 @@ class Router:
         now = self.clock()
         if (limit := self._throttled(record.partition, event, now)) is not None:
             self.seen.put(record.partition, seen_key, "throttled")
+            self.throttled += 1
             return [self._skipped(event, "throttled", trace, limit)]
         state = self.recipients.get(record.partition, key)
         result = plan(event, state, self.catalog, now)

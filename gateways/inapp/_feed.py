@@ -26,7 +26,7 @@ COLUMNS = """i.seq, i.notification_id, i.delivery_id, i.notification_type, i.cat
 i.title, i.body, i.data_json, i.created_at, s.seen_at, s.read_at, s.archived_at"""
 FROM = """FROM inbox_items i LEFT JOIN inbox_states s
   ON s.notification_id = i.notification_id AND s.tenant_id = i.tenant_id AND s.recipient_id = i.recipient_id
-WHERE i.tenant_id = %(tenant)s AND i.recipient_id = %(recipient)s
+WHERE i.tenant_id = %(tenant)s AND i.recipient_id = %(recipient)s AND s.withdrawn_at IS NULL
   AND (i.expires_at IS NULL OR i.expires_at > now())"""
 PAGE = f"""SELECT {COLUMNS} {FROM}
   AND (%(archived)s OR s.archived_at IS NULL) AND (%(before)s::bigint IS NULL OR i.seq < %(before)s)
@@ -38,7 +38,7 @@ UNREAD = """SELECT count(*)
 FROM inbox_items i LEFT JOIN inbox_states s
   ON s.notification_id = i.notification_id AND s.tenant_id = i.tenant_id AND s.recipient_id = i.recipient_id
 WHERE i.tenant_id = %(tenant)s AND i.recipient_id = %(recipient)s AND s.read_at IS NULL
-  AND s.archived_at IS NULL AND (i.expires_at IS NULL OR i.expires_at > now())"""
+  AND s.archived_at IS NULL AND s.withdrawn_at IS NULL AND (i.expires_at IS NULL OR i.expires_at > now())"""
 DELIVERY = """SELECT delivery_id FROM inbox_items
 WHERE tenant_id = %s AND recipient_id = %s AND notification_id = %s ORDER BY seq LIMIT 1"""
 

@@ -31,6 +31,7 @@ from tidings.events import (
     InboxItemArchived,
     InboxItemRead,
     InboxItemSeen,
+    NotificationCancelled,
     NotificationOpened,
     RenderedContent,
 )
@@ -213,6 +214,37 @@ def test_recipients_read_their_feed_mark_items_and_get_new_ones_live(database: S
     assert page["unread"] == 2
 
 
+def test_a_cancelled_notification_is_withdrawn_from_the_feed_and_the_unread_count(database: Settings) -> None:
+    s = database
+    kept, withdrawn = command("ada", "Bo mentioned you"), command("ada", "Cy mentioned you")
+
+    async def deliver() -> None:
+        provider = inbox(s)
+        async with aiohttp.ClientSession() as session:
+            for c in (kept, withdrawn):
+                await provider.send(session, c)
+        await provider.close()
+
+    async def feed(base: str) -> Any:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{base}/v1/inbox", headers=bearer(token("ada"))) as r,
+        ):
+            return await r.json()
+
+    asyncio.run(deliver())
+    with Client(s) as client:
+        client.cancel(tenant="acme", recipient="ada", notification_id=withdrawn.notification_id)
+        client.send(
+            tenant="acme", recipient="ada", type="order.shipped", data={"order": "A-1", "carrier": "D"}
+        )
+    before = asyncio.run(serving(s, feed))
+    project(s, "inbox")
+    after = asyncio.run(serving(s, feed))
+    assert sorted(i["title"] for i in before["items"]) == ["Bo mentioned you", "Cy mentioned you"]
+    assert ([i["title"] for i in after["items"]], after["unread"]) == (["Bo mentioned you"], 1)
+
+
 def test_the_inbox_projection_keeps_the_first_time_of_each_and_rebuilds_identically(
     database: Settings,
 ) -> None:
@@ -227,12 +259,18 @@ def test_the_inbox_projection_keeps_the_first_time_of_each_and_rebuilds_identica
             InboxItemSeen(**base, occurred_at=at[3]),
             NotificationOpened(**base, occurred_at=at[3], channel="push"),
             InboxItemArchived(**base, occurred_at=at[3]),
+            NotificationCancelled(
+                tenant_id="acme", recipient_id="ada", notification_id=nid, occurred_at=at[3]
+            ),
+            NotificationCancelled(
+                tenant_id="acme", recipient_id="ada", notification_id=nid, occurred_at=at[2]
+            ),
         ]:
             client.publish(event)
     project(s, "inbox")
     with psycopg.connect(s.postgres_dsn) as conn:
-        row = conn.execute("SELECT seen_at, read_at, archived_at FROM inbox_states").fetchall()
-    assert row == [(at[1], at[2], at[3])]
+        row = conn.execute("SELECT seen_at, read_at, archived_at, withdrawn_at FROM inbox_states").fetchall()
+    assert row == [(at[1], at[2], at[3], at[2])]
     before = table_checksums(s, ["inbox_states"])
     runner = Runner(s, Projection.registry["inbox"]())
     try:

@@ -41,6 +41,8 @@ def test_a_running_router_serves_its_counters_and_lag(topology: Settings, tmp_pa
         for i in range(40):
             data = {"order": f"A-{i}", "carrier": "DHL"}
             client.send(tenant="acme", recipient="ada", type="order.shipped", data=data, wait=False)
+        for _ in range(5):
+            client.send(tenant="acme", recipient="ada", type="password.reset", data={"link": "x"}, wait=False)
     port = free_port()
     env = os.environ | {
         "TIDINGS_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
@@ -54,7 +56,7 @@ def test_a_running_router_serves_its_counters_and_lag(topology: Settings, tmp_pa
         proc = subprocess.Popen([TIDINGS, "run", "router", "--instance", "m0"], env=env, stderr=out)
     try:
         deadline, text, lags = time.monotonic() + 90, "", []
-        while value(text, "tidings_records_committed_total") < 41 or not lags or any(float(v) for v in lags):
+        while value(text, "tidings_records_committed_total") < 46 or not lags or any(float(v) for v in lags):
             assert proc.poll() is None, log.read_text()[-2000:]
             assert time.monotonic() < deadline, text[-2000:]
             time.sleep(0.5)
@@ -67,6 +69,7 @@ def test_a_running_router_serves_its_counters_and_lag(topology: Settings, tmp_pa
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     assert 'component="router",instance="m0"' in text
-    assert value(text, "tidings_records_committed_total") == 41
+    assert value(text, "tidings_records_committed_total") == 46
     assert value(text, "tidings_dead_letters_total") == 0
+    assert value(text, "tidings_requests_throttled_total") == 2
     assert lags == ["0.0"]  # one recipient: one partition consumed, read to its end

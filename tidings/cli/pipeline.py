@@ -131,7 +131,7 @@ def run_router(
 
     logging.getLogger().setLevel(logging.INFO)
     router = Router(settings(), instance=instance)
-    expose("router", instance, router.loop.samples)
+    expose("router", instance, router.samples)
     signal.signal(signal.SIGTERM, lambda *_: router.stop())
     signal.signal(signal.SIGINT, lambda *_: router.stop())
     router.run(idle_exit_after=idle_exit)
