@@ -73,6 +73,10 @@ REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
     ("ada", "post.liked", {"by": "Grace", "post": "Bernoulli numbers"}),
     ("grace", "comment.mention", {"by": "ada", "thread": "T-8"}),
     ("grace", "comment.mention", {"by": "alan", "thread": "T-9"}),
+    *[
+        ("grace", "password.reset", {"link": f"https://example.com/r/{code}"})
+        for code in ("b", "c", "d", "e")
+    ],
 ]
 FAST = "3s"
 API_KEY = "demo-api-key-of-the-acme-shop-backend"
@@ -191,6 +195,10 @@ def run_demo(s: Settings, n: Any, rounds: int, mail: MailSink, hooks: WebhookSin
     console.print(
         f"router: {router.loop.committed_records} records in {time.monotonic() - started:.1f}s "
         f"(including a {FAST} digest window and 3s idle wait), {router.loop.dead_letters} dead letters"
+    )
+    console.print(
+        f"throttle: {router.throttled} of grace's password resets were over the type's limit "
+        "(3 per 15 minutes) and SKIPPED"
     )
     digests = [
         r
