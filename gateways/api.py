@@ -12,8 +12,8 @@ producer), and the router, projections and gateways take it from there.
   retried POST gets the same id and the router drops the duplicate (7 days). Otherwise the id is a
   new UUIDv7. A client never chooses the id: one tenant could otherwise take another's.
 - `POST /v1/notifications/batch`: up to 100 at once, all validated before any is produced. With an
-  `Idempotency-Key` header, item i without its own key gets the key `<header>#<i>`, so a retried
-  batch produces the same ids.
+  `Idempotency-Key` header, item i without its own key gets an id derived from the tenant, the key
+  and i (`tidings.ids.batch_item_id`), so a retried batch produces the same ids.
 - `POST /v1/notifications/{id}/cancel`.
 - `PATCH /v1/recipients/{id}` (contacts, merged), `PATCH /v1/recipients/{id}/preferences`,
   `PUT|DELETE /v1/recipients/{id}/devices/{device_id}`,
@@ -84,6 +84,7 @@ from tidings.events import (
     WebhookEndpointRemoved,
     WebhookEndpointUpdated,
 )
+from tidings.ids import batch_item_id
 from tidings.kafka import Output
 from tidings.kafka.aio import AsyncProducer
 
@@ -191,10 +192,14 @@ def mount(
     def accepted(**fields: Any) -> web.Response:
         return web.json_response(Accepted(**fields).model_dump(mode="json", exclude_none=True), status=202)
 
-    def request_of(b: NotificationBody, tenant: str, header_key: str | None) -> NotificationRequested:
+    def request_of(
+        b: NotificationBody, tenant: str, header_key: str | None, item_id: UUID | None = None
+    ) -> NotificationRequested:
         if header_key is not None and b.idempotency_key not in (None, header_key):
             raise Problem(problem(422, "Two different idempotency keys", "header and body disagree"))
         fields = b.model_dump(exclude={"idempotency_key"})
+        if item_id is not None and b.idempotency_key is None:
+            return notification_request(tenant=tenant, notification_id=item_id, **fields)
         return notification_request(tenant=tenant, idempotency_key=b.idempotency_key or header_key, **fields)
 
     def header_key(request: web.Request) -> str | None:
@@ -214,7 +219,7 @@ def mount(
     async def notify_batch(request: web.Request, tenant: str) -> web.Response:
         batch, key = await body(request, Batch), header_key(request)
         events = [
-            request_of(b, tenant, None if b.idempotency_key or key is None else f"{key}#{i}")
+            request_of(b, tenant, None, batch_item_id(tenant, key, i) if key is not None else None)
             for i, b in enumerate(batch.notifications)
         ]
         await admit(tenant, len(events))

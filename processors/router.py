@@ -201,6 +201,8 @@ class Router:
     def _cancel(self, record: Incoming, event: NotificationCancelled, trace: bytes) -> list[Output]:
         seen_key = f"{event.tenant_id}/{event.notification_id}"
         already = self.seen.get(record.partition, seen_key)
+        if already == "throttled":
+            return []
         self.seen.put(record.partition, seen_key, "cancelled")
         if already is not None and already != "cancelled":
             outputs = [self._event(self.names.scheduled, event, trace)]

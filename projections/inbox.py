@@ -29,7 +29,7 @@ UPSERT = """
 INSERT INTO inbox_states AS s (notification_id, tenant_id, recipient_id, seen_at, read_at, archived_at,
                                withdrawn_at)
 VALUES (%(nid)s, %(tenant)s, %(recipient)s, %(seen)s, %(read)s, %(archived)s, %(withdrawn)s)
-ON CONFLICT (notification_id) DO UPDATE SET
+ON CONFLICT (tenant_id, recipient_id, notification_id) DO UPDATE SET
     seen_at = LEAST(s.seen_at, EXCLUDED.seen_at),
     read_at = LEAST(s.read_at, EXCLUDED.read_at),
     archived_at = LEAST(s.archived_at, EXCLUDED.archived_at),

@@ -62,10 +62,13 @@ class ThrottleRule:
 
     def key(self, tenant: str, recipient: str, t: NotificationTypePublished) -> str:
         """Per category, the rule is part of the key: types of the category with the same rule share
-        one budget, and a type with a shorter window can never forget times a longer one still needs."""
+        one budget, and a type with a shorter window can never forget times a longer one still needs.
+        NUL separates the parts, which no id may contain, so no recipient id can pose as a type."""
         if self.per == "category":
-            return f"{tenant}/{recipient}/category:{t.category}:{self.limit}/{self.window_seconds}"
-        return f"{tenant}/{recipient}/type:{t.notification_type}"
+            scope = f"category\x00{t.category}\x00{self.limit}/{self.window_seconds}"
+        else:
+            scope = f"type\x00{t.notification_type}"
+        return f"{tenant}\x00{recipient}\x00{scope}"
 
     def describe(self, t: NotificationTypePublished) -> str:
         scope = f"category {t.category}" if self.per == "category" else t.notification_type

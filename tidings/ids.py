@@ -7,6 +7,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from uuid6 import uuid7
 
 IDEMPOTENCY_NAMESPACE = uuid5(NAMESPACE_URL, "https://tidings.dev/idempotency-key")
+BATCH_NAMESPACE = uuid5(NAMESPACE_URL, "https://tidings.dev/batch-idempotency-key")
 
 
 def new_notification_id() -> UUID:
@@ -17,6 +18,12 @@ def new_notification_id() -> UUID:
 def notification_id_for(tenant_id: str, idempotency_key: str) -> UUID:
     """Map a producer's own idempotency key (an order id, say) to a stable notification id."""
     return uuid5(IDEMPOTENCY_NAMESPACE, f"{tenant_id}/{idempotency_key}")
+
+
+def batch_item_id(tenant_id: str, idempotency_key: str, index: int) -> UUID:
+    """The id of item `index` of a batch sent with `idempotency_key`: a namespace of its own, so no
+    single request's key can ever name it (a key `k#0` beside a batch keyed `k`)."""
+    return uuid5(BATCH_NAMESPACE, f"{tenant_id}/{index}/{idempotency_key}")
 
 
 def delivery_id(notification_id: UUID, channel: str, address: str) -> UUID:

@@ -26,7 +26,7 @@ from tidings.events import (
     RecipientUpdated,
     WebhookEndpointUpdated,
 )
-from tidings.ids import notification_id_for
+from tidings.ids import batch_item_id, notification_id_for
 from tidings.topics import names
 
 ACME, GLOBEX = "acme-key-0123456789abcdefghij", "globex-key-0123456789abcdefghij"
@@ -100,6 +100,7 @@ def test_a_retried_batch_with_an_idempotency_key_gets_the_same_ids(topology: Set
     assert len(set(first["notification_ids"])) == 3
     assert first["notification_ids"][2] == str(notification_id_for("acme", "own"))
     assert not set(unkeyed["notification_ids"]) & set(first["notification_ids"])
+    assert first["notification_ids"][0] == str(batch_item_id("acme", "b", 0))
 
 
 def test_bad_keys_and_bad_bodies_get_problems_and_produce_nothing(topology: Settings) -> None:

@@ -234,6 +234,8 @@ def test_a_cancelled_notification_is_withdrawn_from_the_feed_and_the_unread_coun
 
     asyncio.run(deliver())
     with Client(s) as client:
+        client.cancel(tenant="globex", recipient="ada", notification_id=kept.notification_id)
+        client.cancel(tenant="acme", recipient="bob", notification_id=kept.notification_id)
         client.cancel(tenant="acme", recipient="ada", notification_id=withdrawn.notification_id)
         client.send(
             tenant="acme", recipient="ada", type="order.shipped", data={"order": "A-1", "carrier": "D"}
@@ -241,8 +243,14 @@ def test_a_cancelled_notification_is_withdrawn_from_the_feed_and_the_unread_coun
     before = asyncio.run(serving(s, feed))
     project(s, "inbox")
     after = asyncio.run(serving(s, feed))
+    with Client(s) as client:
+        ids = {"tenant_id": "acme", "recipient_id": "ada", "notification_id": kept.notification_id}
+        client.publish(InboxItemRead(**ids, delivery_id=kept.delivery_id))
+    project(s, "inbox")
+    read = asyncio.run(serving(s, feed))
     assert sorted(i["title"] for i in before["items"]) == ["Bo mentioned you", "Cy mentioned you"]
     assert ([i["title"] for i in after["items"]], after["unread"]) == (["Bo mentioned you"], 1)
+    assert read["unread"] == 0, "another tenant's or recipient's cancel must not take the item's state row"
 
 
 def test_the_inbox_projection_keeps_the_first_time_of_each_and_rebuilds_identically(

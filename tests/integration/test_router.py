@@ -223,6 +223,7 @@ def test_a_throttled_type_passes_its_limit_per_recipient_and_keeps_counting_acro
     run_router(s)
     with Client(s) as client:
         later = client.send(tenant="acme", recipient="ada", type="password.reset", data=link)
+        client.cancel(tenant="acme", recipient="ada", notification_id=adas[4])
     run_router(s)
 
     sent = {c.notification_id for c in commands(s)}
@@ -233,3 +234,5 @@ def test_a_throttled_type_passes_its_limit_per_recipient_and_keeps_counting_acro
     assert {(o.status, o.channel, o.detail) for o in throttled.values()} == {
         ("SKIPPED", None, "at most 3 per 900 s of password.reset")
     }
+    assert [o.status for o in outcomes if o.notification_id == adas[4]] == ["SKIPPED"], "cancel is a no-op"
+    assert decoded(s, names(s).scheduled) == []

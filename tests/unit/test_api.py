@@ -152,3 +152,5 @@ def test_the_cli_prints_a_tenants_keys_and_refuses_without_the_secret(
     assert isinstance(refused.exception, TidingsError)
     unknown = CliRunner().invoke(cli.app, ["tenant-key", "acme", "--for", "smtp"])
     assert isinstance(unknown.exception, TidingsError)
+    slashed = CliRunner().invoke(cli.app, ["tenant-key", "ac/me", "--for", "postmark"])
+    assert "not a valid tenant id" in str(slashed.exception)

@@ -57,7 +57,10 @@ def test_budgets_are_per_recipient_and_per_type_or_per_category_and_rule() -> No
     t = parse_type("*", typed({"limit": 3, "window": "15m"}))
     rule = throttle_rule(t)
     assert rule is not None
-    assert rule.key("acme", "ada", t) == "acme/ada/type:password.reset"
+    assert rule.key("acme", "ada", t) == "acme\x00ada\x00type\x00password.reset"
+    assert rule.key("acme", "ada/type", t.model_copy(update={"notification_type": "x"})) != rule.key(
+        "acme", "ada", t.model_copy(update={"notification_type": "type/x"})
+    )
     assert rule.key("acme", "bob", t) != rule.key("acme", "ada", t)
     per_category = ThrottleRule(2, 86_400, "category")
     other = t.model_copy(update={"notification_type": "login.code", "throttle_json": json.dumps({})})

@@ -210,8 +210,15 @@ def tenant_key_command(
     users' inbox JWTs with (HS256: `sub`, `tenant`, `exp`; from TIDINGS_EDGE_INBOX_JWT_SECRET);
     `postmark`, the basic-auth password of its Postmark webhook URL (from
     TIDINGS_EDGE_POSTMARK_PASSWORD)."""
-    from gateways.edge import EdgeSettings
+    from pydantic import TypeAdapter, ValidationError
 
+    from gateways.edge import EdgeSettings
+    from tidings.events import TenantId
+
+    try:
+        TypeAdapter(TenantId).validate_python(tenant)
+    except ValidationError:
+        raise TidingsError(f"{tenant!r} is not a valid tenant id") from None
     edge = EdgeSettings()
     masters = {"inbox": edge.inbox_jwt_secret, "postmark": edge.postmark_password}
     if purpose not in masters:

@@ -128,13 +128,15 @@ class AsyncProducer:
         return self._producer is not None
 
     async def _keep_connecting(self) -> None:
+        """Any failure to start is retried: a task that died on an unexpected error would leave the
+        process serving 503 and reporting itself live for ever, with nothing in the log."""
         delay, most = self.RETRY_S
         while True:
             try:
                 await self.start()
                 log.info("connected to Kafka at %s", self._settings.kafka_bootstrap)
                 return
-            except KafkaError as exc:
+            except Exception as exc:
                 log.warning(
                     "Kafka at %s not reachable (%s); retrying in %.1f s",
                     self._settings.kafka_bootstrap,
