@@ -58,5 +58,9 @@ class KafkaUnavailable(TidingsError):
     retriable = True
 
 
+class HangingTransaction(TidingsError):
+    """Records of a partition stay behind a transaction that neither commits nor aborts."""
+
+
 class DevStackError(TidingsError):
     pass

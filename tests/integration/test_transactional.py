@@ -2,21 +2,27 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import pytest
+from confluent_kafka import Producer
+
 from tests.integration.conftest import read_all
 from tidings.codec import default_codec
 from tidings.config import Settings
-from tidings.errors import KafkaUnavailable
+from tidings.errors import HangingTransaction, KafkaUnavailable
 from tidings.events import DeliveryOutcome, NotificationRequested
 from tidings.ids import new_notification_id
 from tidings.kafka import EventProducer, Incoming, Output, TransactionalLoop
+from tidings.kafka import config as kafka_config
+from tidings.kafka.consumer import read_partition
 from tidings.kafka.records import header_map
-from tidings.topics import DLQ
+from tidings.topics import DLQ, names
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -166,3 +172,34 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(
     assert not missing and not duplicated, (len(missing), len(duplicated))
     uncommitted = read_all(stack, target, committed=False)
     assert len(uncommitted) > len(good), "no kill landed inside a transaction"
+
+
+def test_a_restore_waits_for_open_transactions_and_refuses_to_stop_short_of_a_hanging_one(
+    topology: Settings,
+) -> None:
+    s = topology
+    topic = names(s).changelog("router", "seen")
+    writer = Producer(kafka_config.producer(s, **{"transactional.id": f"hang-{uuid.uuid4()}"}))
+    writer.init_transactions(30)
+
+    def write(*keys: str) -> None:
+        writer.begin_transaction()
+        for key in keys:
+            writer.produce(topic, key=key, value=b"v", partition=0)
+        writer.flush(10)
+
+    def keys() -> list[str]:
+        return [(r.key or b"").decode() for r in read_partition(s, topic, 0, settle=20)]
+
+    write("k1", "k2")
+    writer.commit_transaction(30)
+    write("k3", "k4", "k5")
+    started = time.monotonic()
+    with pytest.raises(HangingTransaction, match=r"offsets 3 to 5 stayed behind an open transaction"):
+        list(read_partition(s, topic, 0, settle=2))
+    assert time.monotonic() - started >= 2
+    threading.Timer(1.0, lambda: writer.commit_transaction(30)).start()
+    assert keys() == ["k1", "k2", "k3", "k4", "k5"], "waited for the commit instead of stopping before it"
+    write("k6")
+    threading.Timer(1.0, lambda: writer.abort_transaction(30)).start()
+    assert keys() == ["k1", "k2", "k3", "k4", "k5"]

@@ -18,14 +18,16 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
 from tidings.config import Settings
-from tidings.errors import KafkaUnavailable
+from tidings.errors import HangingTransaction, KafkaUnavailable
 from tidings.kafka import config
 from tidings.kafka.producer import EventProducer
 from tidings.kafka.records import Handler, Incoming, dead_letter
-from tidings.kafka.transactional import is_retriable, next_offsets, to_incoming
+from tidings.kafka.transactional import TXN_TIMEOUT_S, is_retriable, next_offsets, to_incoming
 from tidings.topics import names
 
 log = logging.getLogger(__name__)
+SETTLE_S = TXN_TIMEOUT_S + 30
+"""How long a restore waits for an open transaction to end: a zombie's lasts at most TXN_TIMEOUT_S."""
 
 
 class AtLeastOnceLoop:
@@ -149,12 +151,20 @@ def read_topic(
 
 
 def read_partition(
-    settings: Settings, topic: str, partition: int, *, timeout: float = 120.0
+    settings: Settings, topic: str, partition: int, *, timeout: float = 120.0, settle: float = SETTLE_S
 ) -> Iterator[Incoming]:
-    """One partition from its start to its end (the last stable offset: read_committed), then stop."""
+    """One partition from its start to its end, read_committed, then stop (a state store's restore).
+
+    The end is the high watermark once every transaction before it has ended: reading only to the last
+    stable offset would silently restore a store without the records behind a transaction still open.
+    Such a transaction is waited for up to `settle` seconds, longer than any of ours may stay open; one
+    that outlives that is a transaction Kafka lost the marker of (it happened after a broker SIGKILL,
+    docs/architecture.md) and raises HangingTransaction: a processor must stop rather than decide on
+    state it knows to be incomplete (a recipient's opt-outs, say).
+    """
     consumer = Consumer(config.consumer(settings, f"tidings-restore-{uuid.uuid4()}"))
     try:
-        high = high_watermark(consumer, TopicPartition(topic, partition))
+        high = settled_end(settings, consumer, TopicPartition(topic, partition), settle)
         if high <= 0:
             return
         consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
@@ -172,6 +182,27 @@ def read_partition(
                 )
     finally:
         consumer.close()
+
+
+def settled_end(settings: Settings, committed: Consumer, tp: TopicPartition, settle: float) -> int:
+    """The partition's high watermark, once its last stable offset (what `committed`, a read_committed
+    consumer, sees as the end) has reached it; HangingTransaction if that takes over `settle` seconds."""
+    probe = Consumer(
+        config.consumer(settings, f"tidings-probe-{uuid.uuid4()}", **{"isolation.level": "read_uncommitted"})
+    )
+    try:
+        high, deadline = high_watermark(probe, tp), time.monotonic() + settle
+        while (stable := high_watermark(committed, tp)) < high:
+            if time.monotonic() > deadline:
+                raise HangingTransaction(
+                    f"{tp.topic}[{tp.partition}]: offsets {stable} to {high - 1} stayed behind an open "
+                    f"transaction for {settle:.0f}s; Kafka lost its marker (`kafka-transactions.sh "
+                    "find-hanging` lists it). Not restoring a state store without them."
+                )
+            time.sleep(0.5)
+        return high
+    finally:
+        probe.close()
 
 
 def high_watermark(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) -> int:
