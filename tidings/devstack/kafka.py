@@ -69,6 +69,8 @@ rootLogger.level = WARN
 rootLogger.appenderRef.file.ref = FILE
 logger.kafka.name = kafka.server.KafkaRaftServer
 logger.kafka.level = INFO
+logger.txn.name = kafka.coordinator.transaction
+logger.txn.level = INFO
 """
 
 
