@@ -202,7 +202,11 @@ def test_broker_sigkill_twice_loses_and_duplicates_no_command(broker: PrivateBro
     missing = {c.delivery_id for c in expected} - {c.delivery_id for c in found}
     if missing:
         found = second_read(s, missing)
-    assert_exactly(expected, found, phase_a={r.notification_id for r in batch_a})
+    try:
+        assert_exactly(expected, found, phase_a={r.notification_id for r in batch_a})
+    except AssertionError as failure:
+        (tmp_path / "failure.txt").write_text(f"{failure}\n")  # kept beside the broker's data for a rerun
+        raise
     assert len(expected) > 5000
     assert router.restarts == 0, "the router exited during a broker outage instead of riding it out"
 
