@@ -16,7 +16,15 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from processors.recipients import RecipientState, address_key
-from tidings.events import Channel, DigestChoice, Platform, PreferenceRule, Priority, QuietHours
+from tidings.events import (
+    Channel,
+    DigestChoice,
+    Platform,
+    PreferenceRule,
+    Priority,
+    QuietHours,
+    refuse_json_constant,
+)
 
 B = TypeVar("B", bound=BaseModel)
 MAX_BATCH = 100
@@ -100,13 +108,9 @@ class Problem(Exception):
         self.response = response
 
 
-def not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 async def body(request: web.Request, model: type[B]) -> B:
     try:
-        raw = json.loads(await request.read() or b"{}", parse_constant=not_json)
+        raw = json.loads(await request.read() or b"{}", parse_constant=refuse_json_constant)
     except (ValueError, RecursionError) as exc:
         raise Problem(problem(400, "Body is not JSON", str(exc)[:300])) from None
     try:

@@ -82,7 +82,7 @@ def _tenant(value: str) -> str:
     return value
 
 
-def _no_constant(name: str) -> Any:
+def refuse_json_constant(name: str) -> Any:
     """NaN and Infinity: Python's json reads and writes them, but they are not JSON, and a strict
     consumer of the outcome topic or a webhook receiver would choke on them."""
     raise ValueError(f"{name} is not JSON")
@@ -92,7 +92,7 @@ def _json_object(value: str) -> str:
     if len(value.encode()) > MAX_DATA_BYTES:
         raise ValueError(f"JSON is larger than {MAX_DATA_BYTES} bytes")
     try:
-        parsed = json.loads(value, parse_constant=_no_constant)
+        parsed = json.loads(value, parse_constant=refuse_json_constant)
     except (ValueError, RecursionError) as exc:
         raise ValueError(f"not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):
