@@ -29,7 +29,8 @@ from fastavro import parse_schema, schemaless_reader
 
 from tidings.codec import HEADER_SIZE, Codec, default_codec
 from tidings.errors import TruncatedRecord
-from tidings.events import CHANNELS, DeliveryOutcome, Event, OutcomeStatus, _tenant, _utc_millis
+from tidings.events import CHANNELS, DeliveryOutcome, Event, OutcomeStatus
+from tidings.vocabulary import _tenant, _utc_millis
 
 log = logging.getLogger(__name__)
 

