@@ -69,7 +69,7 @@ from gateways.api_schema import (
 from gateways.limits import TokenBucket
 from gateways.ops import OPERATIONS, Operation
 from processors.recipients import RecipientState
-from tidings.client import home_topics, notification_request, recipient_update, validated
+from tidings.client import home_topics, notification_request, recipient_update
 from tidings.config import Settings
 from tidings.errors import InvalidEvent, KafkaUnavailable
 from tidings.events import (
@@ -83,6 +83,7 @@ from tidings.events import (
     TenantId,
     WebhookEndpointRemoved,
     WebhookEndpointUpdated,
+    validated,
 )
 from tidings.ids import batch_item_id
 from tidings.kafka import Output

@@ -24,10 +24,9 @@ from gateways.api_schema import PreferencesBody, Problem, body, problem, recipie
 from gateways.feed import POOL, recipient_of
 from gateways.ops import OPERATIONS, Operation
 from processors.recipients import RecipientState
-from tidings.client import validated
 from tidings.config import Settings
 from tidings.errors import InvalidEvent, KafkaUnavailable
-from tidings.events import PreferencesUpdated
+from tidings.events import PreferencesUpdated, validated
 from tidings.kafka import Output
 from tidings.kafka.aio import AsyncProducer
 from tidings.topics import names

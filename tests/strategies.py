@@ -55,7 +55,7 @@ def for_type(avro: Any, name: str, annotation: Any) -> st.SearchStrategy[Any]:
         if logical == "timestamp-millis":
             return TIMESTAMP
         if kind == "array":
-            return st.lists(for_type(avro["items"], name, _item(annotation)), max_size=3)
+            return st.lists(for_type(avro["items"], name, _item(annotation)), min_size=_min(name), max_size=3)
         if kind == "map":
             return st.dictionaries(TEXT, for_type(avro["values"], name, _item(annotation)), max_size=3)
         if kind == "record":
@@ -84,6 +84,11 @@ def for_type(avro: Any, name: str, annotation: Any) -> st.SearchStrategy[Any]:
         "double": st.floats(allow_nan=False),
         "float": st.floats(allow_nan=False, width=32),
     }[avro]
+
+
+def _min(name: str) -> int:
+    """Arrays the model requires non-empty."""
+    return 1 if name == "recipient_ids" else 0
 
 
 def _item(annotation: Any) -> Any:

@@ -16,16 +16,16 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Required, TypedDict, TypeVar, Unpack
+from typing import Any, Required, TypedDict, Unpack
 from uuid import UUID
 
-from pydantic import ValidationError
-
+from tidings.broadcasts import BroadcastFields, broadcast_request, membership
 from tidings.codec import Codec, default_codec
 from tidings.config import Settings
 from tidings.config import settings as default_settings
 from tidings.errors import InvalidEvent
 from tidings.events import (
+    BroadcastCancelled,
     DeviceRegistered,
     DeviceRemoved,
     Event,
@@ -34,21 +34,12 @@ from tidings.events import (
     PreferencesUpdated,
     RecipientUpdated,
     WebhookEndpointUpdated,
+    data_json_of,
+    validated,
 )
 from tidings.ids import new_notification_id, notification_id_for
 from tidings.kafka import EventProducer, Output
 from tidings.topics import registry
-
-E = TypeVar("E", bound=Event)
-
-
-def validated(model: type[E], **fields: Any) -> E:
-    """`model(**fields)`, or InvalidEvent naming every field that is wrong."""
-    try:
-        return model(**fields)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise InvalidEvent(f"invalid {model.__name__}: {problems}") from None
 
 
 class RequestFields(TypedDict, total=False):
@@ -88,12 +79,7 @@ def notification_request(
         nid = UUID(str(notification_id)) if notification_id is not None else new_notification_id()
     except ValueError:
         raise InvalidEvent(f"notification_id {notification_id!r} is not a UUID") from None
-    try:
-        data_json = json.dumps(
-            dict(fields.get("data") or {}), separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
-    except (TypeError, ValueError) as exc:
-        raise InvalidEvent(f"data is not JSON-serialisable: {exc}") from None
+    data_json = data_json_of(fields.get("data"))
     channels, to = fields.get("channels"), fields.get("to")
     return validated(
         NotificationRequested,
@@ -204,6 +190,51 @@ class Client:
             ),
             wait=wait,
         )
+
+    def broadcast(self, *, wait: bool = True, **fields: Unpack[BroadcastFields]) -> UUID:
+        """Request one notification to every current member of an audience (`BroadcastFields`);
+        returns the broadcast id. Each member's notification id is uuid5(broadcast id, recipient)."""
+        event = broadcast_request(source=self.source, **fields)
+        self.publish(event, wait=wait)
+        return event.broadcast_id
+
+    def cancel_broadcast(
+        self,
+        *,
+        tenant: str,
+        audience: str,
+        broadcast_id: UUID | str,
+        reason: str | None = None,
+        wait: bool = True,
+    ) -> None:
+        bid = UUID(str(broadcast_id))
+        self.publish(
+            validated(
+                BroadcastCancelled,
+                tenant_id=tenant,
+                correlation_id=str(bid),
+                audience_id=audience,
+                broadcast_id=bid,
+                reason=reason,
+            ),
+            wait=wait,
+        )
+
+    def add_members(
+        self, *, tenant: str, audience: str, recipients: Sequence[str], wait: bool = True
+    ) -> None:
+        for event in membership(tenant=tenant, audience=audience, recipients=recipients):
+            self.publish(event, wait=False)
+        if wait:
+            self.flush()
+
+    def remove_members(
+        self, *, tenant: str, audience: str, recipients: Sequence[str], wait: bool = True
+    ) -> None:
+        for event in membership(tenant=tenant, audience=audience, recipients=recipients, remove=True):
+            self.publish(event, wait=False)
+        if wait:
+            self.flush()
 
     def update_recipient(self, *, tenant: str, recipient: str, wait: bool = True, **fields: Any) -> None:
         """Patch contact points: email, phone (E.164), locale, timezone, name, properties (dict), unset."""

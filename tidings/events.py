@@ -9,16 +9,20 @@ status never breaks an old reader at the Avro level; the model is where unknown 
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar, Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal, TypeVar
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tidings.errors import InvalidEvent
 from tidings.ids import outcome_id
 from tidings.vocabulary import (
     CHANNELS,
     MAX_DATA_BYTES,
     MAX_ID_LENGTH,
+    MAX_MEMBERS_PER_EVENT,
+    AudienceId,
     Channel,
     DigestChoice,
     Engagement,
@@ -39,6 +43,12 @@ __all__ = [
     "CHANNELS",
     "MAX_DATA_BYTES",
     "MAX_ID_LENGTH",
+    "MAX_MEMBERS_PER_EVENT",
+    "AudienceId",
+    "AudienceMembersAdded",
+    "AudienceMembersRemoved",
+    "BroadcastCancelled",
+    "BroadcastRequested",
     "Channel",
     "ChannelTemplate",
     "DeliveryCommand",
@@ -74,8 +84,10 @@ __all__ = [
     "TenantId",
     "WebhookEndpointRemoved",
     "WebhookEndpointUpdated",
+    "data_json_of",
     "refuse_json_constant",
     "utcnow",
+    "validated",
 ]
 
 
@@ -363,4 +375,63 @@ class DeliveryOutcome(Event):
         )
 
 
-Event.registry.pop("_InboxItemEvent", None)
+class _AudienceEvent(Event):
+    audience_id: AudienceId
+
+    @property
+    def key(self) -> str:
+        """`tenant/audience`: an audience's membership and broadcasts stay in one ordered partition."""
+        return f"{self.tenant_id}/{self.audience_id}"
+
+
+class _MembersEvent(_AudienceEvent):
+    recipient_ids: list[Identifier] = Field(min_length=1, max_length=MAX_MEMBERS_PER_EVENT)
+
+
+class AudienceMembersAdded(_MembersEvent):
+    pass
+
+
+class AudienceMembersRemoved(_MembersEvent):
+    pass
+
+
+class BroadcastRequested(_AudienceEvent):
+    broadcast_id: UUID
+    notification_type: Identifier
+    data_json: JsonObject = "{}"
+    priority: Priority | None = None
+    channels: list[Channel] | None = None
+    scheduled_at: Millis | None = None
+    expires_at: Millis | None = None
+    actor_id: str | None = None
+    source: str | None = None
+
+
+class BroadcastCancelled(_AudienceEvent):
+    broadcast_id: UUID
+    reason: str | None = None
+
+
+for _abstract in ("_InboxItemEvent", "_AudienceEvent", "_MembersEvent"):
+    Event.registry.pop(_abstract, None)
+
+
+E = TypeVar("E", bound=Event)
+
+
+def validated(model: type[E], **fields: Any) -> E:
+    """`model(**fields)`, or InvalidEvent naming every field that is wrong."""
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise InvalidEvent(f"invalid {model.__name__}: {problems}") from None
+
+
+def data_json_of(data: Mapping[str, Any] | None) -> str:
+    """`data` as the compact JSON object text of a `data_json` field."""
+    try:
+        return json.dumps(dict(data or {}), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidEvent(f"data is not JSON-serialisable: {exc}") from None

@@ -8,6 +8,7 @@ from uuid6 import uuid7
 
 IDEMPOTENCY_NAMESPACE = uuid5(NAMESPACE_URL, "https://tidings.dev/idempotency-key")
 BATCH_NAMESPACE = uuid5(NAMESPACE_URL, "https://tidings.dev/batch-idempotency-key")
+BROADCAST_NAMESPACE = uuid5(NAMESPACE_URL, "https://tidings.dev/broadcast-idempotency-key")
 
 
 def new_notification_id() -> UUID:
@@ -18,6 +19,11 @@ def new_notification_id() -> UUID:
 def notification_id_for(tenant_id: str, idempotency_key: str) -> UUID:
     """Map a producer's own idempotency key (an order id, say) to a stable notification id."""
     return uuid5(IDEMPOTENCY_NAMESPACE, f"{tenant_id}/{idempotency_key}")
+
+
+def broadcast_id_for(tenant_id: str, idempotency_key: str) -> UUID:
+    """A broadcast's stable id from the producer's own key; a namespace apart from notification ids."""
+    return uuid5(BROADCAST_NAMESPACE, f"{tenant_id}/{idempotency_key}")
 
 
 def batch_item_id(tenant_id: str, idempotency_key: str, index: int) -> UUID:

@@ -24,6 +24,7 @@ FEEDBACK = "notifications.feedback"
 SCHEDULED = "notifications.scheduled"
 OUTCOMES = "notifications.outcomes"
 DLQ = "notifications.dlq"
+BROADCASTS = "notifications.broadcasts"
 
 
 def delivery(channel: str, *, urgent: bool = False) -> str:
@@ -76,6 +77,10 @@ class Names:
     @property
     def dlq(self) -> str:
         return self.prefix + DLQ
+
+    @property
+    def broadcasts(self) -> str:
+        return self.prefix + BROADCASTS
 
     def delivery(self, channel: str, *, urgent: bool = False) -> str:
         return self.prefix + delivery(channel, urgent=urgent)
@@ -184,6 +189,13 @@ def registry(settings: Settings) -> list[TopicSpec]:
             OUTCOMES, "notification_id", ("DeliveryOutcome",), per_recipient=False, retention_ms=30 * DAY_MS
         ),
         TopicSpec(DLQ, "original key", (), per_recipient=False, retention_ms=FOREVER),
+        TopicSpec(
+            BROADCASTS,
+            "tenant/audience",
+            ("AudienceMembersAdded", "AudienceMembersRemoved", "BroadcastRequested", "BroadcastCancelled"),
+            per_recipient=False,
+            retention_ms=FOREVER,
+        ),
     ]
     tiers = parse_tiers(settings.retry_tiers)
     for channel in CHANNELS:
@@ -210,6 +222,9 @@ STORES = (
     ("router", "throttles"),
     ("scheduler", "timers"),
     ("scheduler", "engaged"),
+    ("audience", "members"),
+    ("audience", "jobs"),
+    ("audience", "broadcasts"),
 )
 """Every processor's state store; its changelog topic is part of the registry, so `topics apply` makes
 it before the processor first starts."""

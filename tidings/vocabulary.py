@@ -47,6 +47,7 @@ FeedbackKind = Literal[
 MAX_ID_LENGTH = 256
 _CONTROL = re.compile(r"[\x00-\x1f]")
 MAX_DATA_BYTES = 256 * 1024
+MAX_MEMBERS_PER_EVENT = 1000
 
 
 def _utc_millis(value: datetime) -> datetime:
@@ -72,6 +73,12 @@ def _identifier(value: str) -> str:
 def _tenant(value: str) -> str:
     if "/" in _identifier(value):
         raise ValueError("must not contain '/': it separates tenant and recipient in keys")
+    return value
+
+
+def _audience(value: str) -> str:
+    if "/" in _identifier(value):
+        raise ValueError("must not contain '/': it separates tenant and audience in keys")
     return value
 
 
@@ -107,6 +114,7 @@ def _e164(value: str) -> str:
 Millis = Annotated[datetime, AfterValidator(_utc_millis)]
 Identifier = Annotated[str, AfterValidator(_identifier)]
 TenantId = Annotated[str, AfterValidator(_tenant)]
+AudienceId = Annotated[str, AfterValidator(_audience)]
 JsonObject = Annotated[str, AfterValidator(_json_object)]
 PhoneNumber = Annotated[str, AfterValidator(_e164)]
 

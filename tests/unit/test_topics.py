@@ -82,6 +82,9 @@ def test_prefix_namespaces_every_topic() -> None:
     s = Settings(topic_prefix="staging.")
     assert all(spec.name.startswith(("staging.notifications.", "staging.tidings.")) for spec in registry(s))
     assert n_changelogs(registry(s)) == [
+        "staging.tidings.audience.broadcasts.changelog",
+        "staging.tidings.audience.jobs.changelog",
+        "staging.tidings.audience.members.changelog",
         "staging.tidings.router.digest_due.changelog",
         "staging.tidings.router.digests.changelog",
         "staging.tidings.router.recipients.changelog",

@@ -155,6 +155,24 @@ def run_scheduler(
     scheduler.run(idle_exit_after=idle_exit)
 
 
+@run_app.command("audience")
+def run_audience(
+    instance: str | None = typer.Option(None, "--instance", help="Stable slot name, e.g. 0, 1."),
+    idle_exit: float | None = typer.Option(
+        None, "--idle-exit", help="Exit after this many idle seconds with no broadcast in progress."
+    ),
+) -> None:
+    """Keep audiences' members and expand each broadcast into one request per member, exactly once."""
+    from processors.audience import Audience
+
+    logging.getLogger().setLevel(logging.INFO)
+    audience = Audience(settings(), instance=instance)
+    expose("audience", instance, audience.samples)
+    signal.signal(signal.SIGTERM, lambda *_: audience.stop())
+    signal.signal(signal.SIGINT, lambda *_: audience.stop())
+    audience.run(idle_exit_after=idle_exit)
+
+
 @run_app.command("gateway")
 def run_gateway(
     channel: str = typer.Argument(..., help="in_app, push, email, sms or webhook"),

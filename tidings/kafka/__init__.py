@@ -8,7 +8,7 @@ from tidings.kafka.consumer import AtLeastOnceLoop, TopicFollower, read_partitio
 from tidings.kafka.producer import EventProducer
 from tidings.kafka.records import Handler, Incoming, Output, PoisonHandler
 from tidings.kafka.stored import StoredOffsetsLoop
-from tidings.kafka.transactional import TransactionalLoop
+from tidings.kafka.transactional import TransactionalLoop, TransactionalState
 
 __all__ = [
     "AtLeastOnceLoop",
@@ -21,6 +21,7 @@ __all__ = [
     "TopicFollower",
     "TopicReport",
     "TransactionalLoop",
+    "TransactionalState",
     "apply_topics",
     "delete_topics",
     "group_lag",

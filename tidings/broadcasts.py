@@ -1,0 +1,88 @@
+"""Builds the events of audiences and broadcasts for `notifications.broadcasts` (processors/audience.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Required, TypedDict, Unpack
+from uuid import UUID
+
+from tidings.errors import InvalidEvent
+from tidings.events import (
+    MAX_MEMBERS_PER_EVENT,
+    AudienceMembersAdded,
+    AudienceMembersRemoved,
+    BroadcastRequested,
+    data_json_of,
+    validated,
+)
+from tidings.ids import broadcast_id_for, new_notification_id
+
+
+class BroadcastFields(TypedDict, total=False):
+    """What a broadcast can say (`Client.broadcast`, `broadcast_request`)."""
+
+    tenant: Required[str]
+    audience: Required[str]
+    type: Required[str]
+    data: Mapping[str, Any] | None
+    broadcast_id: UUID | str | None
+    idempotency_key: str | None
+    priority: str | None
+    channels: Sequence[str] | None
+    scheduled_at: datetime | None
+    expires_at: datetime | None
+    actor: str | None
+
+
+def broadcast_request(*, source: str | None = None, **fields: Unpack[BroadcastFields]) -> BroadcastRequested:
+    """A validated broadcast; its id is a new UUIDv7 unless given or derived from `idempotency_key`."""
+    tenant, given, key = fields["tenant"], fields.get("broadcast_id"), fields.get("idempotency_key")
+    if given is not None and key is not None:
+        raise InvalidEvent("give broadcast_id or idempotency_key, not both")
+    if key is not None and not 1 <= len(key.strip()) <= 255:
+        raise InvalidEvent("idempotency_key must have 1..255 characters besides white space")
+    try:
+        bid = (
+            broadcast_id_for(tenant, key)
+            if key is not None
+            else UUID(str(given))
+            if given is not None
+            else new_notification_id()
+        )
+    except ValueError:
+        raise InvalidEvent(f"broadcast_id {given!r} is not a UUID") from None
+    channels = fields.get("channels")
+    return validated(
+        BroadcastRequested,
+        tenant_id=tenant,
+        correlation_id=str(bid),
+        audience_id=fields["audience"],
+        broadcast_id=bid,
+        notification_type=fields["type"],
+        data_json=data_json_of(fields.get("data")),
+        priority=fields.get("priority"),
+        channels=list(channels) if channels is not None else None,
+        scheduled_at=fields.get("scheduled_at"),
+        expires_at=fields.get("expires_at"),
+        actor_id=fields.get("actor"),
+        source=source,
+    )
+
+
+def membership(
+    *, tenant: str, audience: str, recipients: Sequence[str], remove: bool = False
+) -> list[AudienceMembersAdded | AudienceMembersRemoved]:
+    """The events that add (or remove) recipients, at most MAX_MEMBERS_PER_EVENT each."""
+    model: type[AudienceMembersAdded | AudienceMembersRemoved] = (
+        AudienceMembersRemoved if remove else AudienceMembersAdded
+    )
+    return [
+        validated(
+            model,
+            tenant_id=tenant,
+            audience_id=audience,
+            recipient_ids=list(recipients[i : i + MAX_MEMBERS_PER_EVENT]),
+        )
+        for i in range(0, len(recipients), MAX_MEMBERS_PER_EVENT)
+    ]
