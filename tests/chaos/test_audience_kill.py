@@ -1,0 +1,95 @@
+"""Three broadcasts to 25,000 members in all; the audience processor is SIGKILLed three times while it
+expands them.
+
+Reading notifications.requested read_committed afterwards must show exactly one request per member of
+each broadcast as the audience stood at the broadcast's place in the topic: nobody missing, nobody
+twice, nobody who joined later or left before.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+
+from tests.integration.conftest import read_all
+from tidings.catalog import load
+from tidings.client import Client
+from tidings.codec import default_codec
+from tidings.config import Settings
+from tidings.events import NotificationRequested
+from tidings.topics import names
+
+ROOT = Path(__file__).resolve().parents[2]
+TIDINGS = str(Path(sys.executable).with_name("tidings"))
+pytestmark = pytest.mark.timeout(600)
+
+
+def members(prefix: str, count: int) -> list[str]:
+    return [f"{prefix}-{i}" for i in range(count)]
+
+
+def test_audience_killed_three_times_makes_each_member_request_once(topology: Settings) -> None:
+    s = topology
+    expected: Counter[tuple[UUID, str]] = Counter()
+    with Client(s, source="test") as client:
+        for t in load(ROOT / "catalog"):
+            client.publish(t, wait=False)
+        big = members("fan", 12_000)
+        client.add_members(tenant="acme", audience="fans", recipients=big + members("gone", 500), wait=False)
+        client.remove_members(tenant="acme", audience="fans", recipients=members("gone", 500), wait=False)
+        small = members("staff", 3_000)
+        client.add_members(tenant="acme", audience="staff", recipients=small, wait=False)
+        first = client.broadcast(tenant="acme", audience="fans", type="order.shipped", wait=False)
+        second = client.broadcast(tenant="acme", audience="staff", type="order.shipped", wait=False)
+        late = members("late", 1_000)
+        client.add_members(tenant="acme", audience="fans", recipients=late, wait=False)
+        third = client.broadcast(tenant="acme", audience="fans", type="order.shipped", wait=False)
+        client.add_members(tenant="acme", audience="fans", recipients=members("later", 100))
+    expected.update((first, m) for m in big)
+    expected.update((second, m) for m in small)
+    expected.update((third, m) for m in big + late)
+
+    env = os.environ | {"TIDINGS_TOPIC_PREFIX": s.topic_prefix, "TIDINGS_PARTITIONS": str(s.partitions)}
+    argv = [TIDINGS, "run", "audience", "--instance", "0", "--idle-exit", "3"]
+    progress = []
+    for delay in (1.5, 1.5, 1.5):
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=lambda p=proc: [lines.put(line) for line in p.stderr or ()])
+        reader.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "restored" not in lines.get(timeout=60):
+            pass
+        time.sleep(delay)
+        assert proc.poll() is None, "the audience processor exited before the kill"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        reader.join()
+        if proc.stderr:
+            proc.stderr.close()
+        progress.append(len(read_all(s, names(s).requested)))
+    final = subprocess.run(argv, env=env, timeout=300, capture_output=True, text=True)
+    assert final.returncode == 0, final.stderr[-2000:]
+
+    made: Counter[tuple[UUID, str]] = Counter()
+    for record in read_all(s, names(s).requested):
+        event = default_codec().decode(record.value or b"")
+        assert isinstance(event, NotificationRequested) and event.broadcast_id is not None
+        assert record.key == f"acme/{event.recipient_id}".encode()
+        made[(event.broadcast_id, event.recipient_id)] += 1
+    missing = set(expected) - set(made)
+    extra = set(made) - set(expected)
+    doubled = [k for k, n in made.items() if n > 1]
+    print(f"committed after each kill: {progress}; missing {len(missing)}, extra {len(extra)}")
+    assert progress[-1] < sum(expected.values()), "the kills came after the expansion had finished"
+    assert (len(missing), len(extra), len(doubled)) == (0, 0, 0)
