@@ -28,6 +28,7 @@ from tidings.events import (
 
 B = TypeVar("B", bound=BaseModel)
 MAX_BATCH = 100
+MAX_MEMBERS_PER_CALL = 10_000
 
 
 class Body(BaseModel):
@@ -90,10 +91,36 @@ class WebhookBody(Body):
     enabled: bool = True
 
 
+class BroadcastBody(Body):
+    audience: str = Field(description="The audience's id in your system.")
+    type: str = Field(description="A notification type of the catalog.")
+    data: dict[str, Any] = Field(default={}, description="The template variables, the same for every member.")
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    priority: Priority | None = None
+    channels: list[Channel] | None = Field(default=None, description="Only these of the type's channels.")
+    scheduled_at: datetime | None = None
+    expires_at: datetime | None = None
+    actor: str | None = None
+
+
+class MembersBody(Body):
+    add: list[str] = Field(default=[], max_length=MAX_MEMBERS_PER_CALL, description="Recipients who join.")
+    remove: list[str] = Field(
+        default=[], max_length=MAX_MEMBERS_PER_CALL, description="Recipients who leave (after the adds)."
+    )
+
+
+class BroadcastCancelBody(Body):
+    audience: str
+    reason: str | None = Field(default=None, max_length=500)
+
+
 class Accepted(BaseModel):
     notification_id: UUID | None = None
     notification_ids: list[UUID] | None = None
+    broadcast_id: UUID | None = None
     event_id: UUID | None = None
+    event_ids: list[UUID] | None = None
 
 
 def problem(status: int, title: str, detail: str | None = None, **extra: Any) -> web.Response:

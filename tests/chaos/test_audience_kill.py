@@ -34,6 +34,11 @@ TIDINGS = str(Path(sys.executable).with_name("tidings"))
 pytestmark = pytest.mark.timeout(600)
 
 
+def pump(proc: subprocess.Popen[str], lines: queue.Queue[str]) -> None:
+    for line in proc.stderr or ():
+        lines.put(line)
+
+
 def members(prefix: str, count: int) -> list[str]:
     return [f"{prefix}-{i}" for i in range(count)]
 
@@ -65,7 +70,7 @@ def test_audience_killed_three_times_makes_each_member_request_once(topology: Se
     for delay in (1.5, 1.5, 1.5):
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         lines: queue.Queue[str] = queue.Queue()
-        reader = threading.Thread(target=lambda p=proc: [lines.put(line) for line in p.stderr or ()])
+        reader = threading.Thread(target=pump, args=(proc, lines))
         reader.start()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and "restored" not in lines.get(timeout=60):

@@ -1,0 +1,93 @@
+"""Consumes HTTP requests about audiences and broadcasts; produces their events on
+notifications.broadcasts (expanded by `processors/audience.py`).
+
+Routes of the server-side API (`gateways/api.py` mounts them, with its authentication and errors):
+- `POST /v1/audiences/{audience}/members`: `{"add": [...], "remove": [...]}`, up to 10,000 each;
+  produced as events of at most 1,000 members, adds before removes, in one acknowledged write.
+- `POST /v1/broadcasts`: one notification to every current member of `audience`; 202 with the
+  broadcast id. Idempotent like `POST /v1/notifications`: an `Idempotency-Key` (header or body) derives
+  the id, and the audience processor ignores a broadcast id it has seen (30 days). Each member's
+  notification id is uuid5(broadcast id, recipient), readable with `GET /v1/notifications/{id}`.
+- `POST /v1/broadcasts/{broadcast_id}/cancel`: `{"audience": ...}`; members not yet reached get
+  nothing, the others' notifications are cancelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+from uuid import UUID
+
+from aiohttp import web
+
+from gateways.api_schema import BroadcastBody, BroadcastCancelBody, MembersBody, Problem, body, problem
+from gateways.ops import Operation
+from tidings.broadcasts import broadcast_request, membership
+from tidings.events import BroadcastCancelled, Event, validated
+
+Produce = Callable[..., Awaitable[None]]
+Accept = Callable[..., web.Response]
+
+
+def operations(
+    produce: Produce, accepted: Accept, header_key: Callable[[web.Request], str | None]
+) -> list[Operation]:
+    async def audience_members(request: web.Request, tenant: str) -> web.Response:
+        b = await body(request, MembersBody)
+        audience = request.match_info["audience"]
+        events: list[Event] = [
+            *membership(tenant=tenant, audience=audience, recipients=b.add),
+            *membership(tenant=tenant, audience=audience, recipients=b.remove, remove=True),
+        ]
+        if not events:
+            raise Problem(problem(422, "Nothing to change", "give recipients to add or remove"))
+        await produce(request, *events)
+        return accepted(event_ids=[e.event_id for e in events])
+
+    async def broadcast(request: web.Request, tenant: str) -> web.Response:
+        b, key = await body(request, BroadcastBody), header_key(request)
+        if key is not None and b.idempotency_key not in (None, key):
+            raise Problem(problem(422, "Two different idempotency keys", "header and body disagree"))
+        fields: dict[str, Any] = b.model_dump(exclude={"idempotency_key"})
+        event = broadcast_request(tenant=tenant, idempotency_key=b.idempotency_key or key, **fields)
+        await produce(request, event)
+        return accepted(broadcast_id=event.broadcast_id)
+
+    async def cancel_broadcast(request: web.Request, tenant: str) -> web.Response:
+        b = await body(request, BroadcastCancelBody)
+        try:
+            bid = UUID(request.match_info["broadcast_id"])
+        except ValueError:
+            return problem(404, "Unknown broadcast", "broadcast ids are UUIDs")
+        event = validated(
+            BroadcastCancelled,
+            tenant_id=tenant,
+            correlation_id=str(bid),
+            audience_id=b.audience,
+            broadcast_id=bid,
+            reason=b.reason,
+        )
+        await produce(request, event)
+        return accepted(event_id=event.event_id)
+
+    return [
+        Operation(
+            "POST",
+            "/v1/audiences/{audience}/members",
+            audience_members,
+            "Add or remove members",
+            MembersBody,
+            202,
+        ),
+        Operation(
+            "POST", "/v1/broadcasts", broadcast, "Notify every member of an audience", BroadcastBody, 202
+        ),
+        Operation(
+            "POST",
+            "/v1/broadcasts/{broadcast_id}/cancel",
+            cancel_broadcast,
+            "Cancel a broadcast",
+            BroadcastCancelBody,
+            202,
+        ),
+    ]

@@ -1,0 +1,112 @@
+"""Audiences and broadcasts on the real stack: membership and broadcasts posted to the HTTP API, expanded
+by the audience processor, planned by the router; cancellation; a broadcast of an unknown type."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+from uuid import UUID, uuid5
+
+import aiohttp
+
+from processors.audience import Audience
+from tests.integration.conftest import read_all
+from tests.integration.test_api import call, serving
+from tests.integration.test_router import commands, decoded, publish_catalog, run_router
+from tidings.client import Client
+from tidings.config import Settings
+from tidings.events import NotificationCancelled, NotificationRequested
+from tidings.kafka.records import ERROR_MESSAGE, header_map
+from tidings.topics import names
+
+
+def run_audience(s: Settings, idle: float = 3.0) -> Audience:
+    audience = Audience(s, instance="0", group_id=f"audience-{s.topic_prefix}")
+    thread = threading.Thread(target=audience.run, kwargs={"idle_exit_after": idle})
+    thread.start()
+    thread.join(timeout=180)
+    assert not thread.is_alive()
+    return audience
+
+
+def requests(s: Settings) -> list[NotificationRequested]:
+    return [e for e in decoded(s, names(s).requested) if isinstance(e, NotificationRequested)]
+
+
+def test_a_posted_broadcast_reaches_every_member_once_and_the_router_plans_each(topology: Settings) -> None:
+    s = topology
+    publish_catalog(s)
+    fans = [f"fan-{i}" for i in range(2_000)]
+    shipped = {
+        "audience": "fans",
+        "type": "order.shipped",
+        "data": {"order": "A-1", "carrier": "DHL"},
+        "channels": ["in_app"],
+    }
+
+    async def scenario(base: str) -> list[tuple[int, Any, dict[str, str]]]:
+        async with aiohttp.ClientSession() as http:
+            url = f"{base}/v1/audiences/fans/members"
+            joined = await call(http, "POST", url, json={"add": [*fans, "gone"]})
+            left = await call(http, "POST", url, json={"remove": ["gone"]})
+            key = {"Idempotency-Key": "launch-1"}
+            first = await call(http, "POST", f"{base}/v1/broadcasts", json=shipped, headers=key)
+            again = await call(http, "POST", f"{base}/v1/broadcasts", json=shipped, headers=key)
+            empty = await call(http, "POST", url, json={})
+            return [joined, left, first, again, empty]
+
+    joined, left, first, again, empty = asyncio.run(serving(s, scenario))
+    assert (joined[0], left[0], first[0], again[0], empty[0]) == (202, 202, 202, 202, 422)
+    assert len(joined[1]["event_ids"]) == 3
+    bid = UUID(first[1]["broadcast_id"])
+    assert again[1]["broadcast_id"] == str(bid)
+
+    audience = run_audience(s)
+    assert audience.expander.duplicates == 1
+    made = requests(s)
+    assert sorted(e.recipient_id for e in made) == sorted(fans)
+    assert {e.notification_id for e in made} == {uuid5(bid, f) for f in fans}
+    assert {(e.broadcast_id, e.notification_type, e.data_json) for e in made} == {
+        (bid, "order.shipped", '{"order":"A-1","carrier":"DHL"}')
+    }
+
+    run_router(s)
+    planned = [c for c in commands(s) if c.channel == "in_app"]
+    assert sorted(c.recipient_id for c in planned) == sorted(fans)
+
+
+def test_cancelling_a_finished_broadcast_cancels_each_member_notification(topology: Settings) -> None:
+    s = topology
+    publish_catalog(s)
+    with Client(s) as client:
+        client.add_members(tenant="acme", audience="team", recipients=["a", "b", "c"])
+        bid = client.broadcast(tenant="acme", audience="team", type="order.shipped")
+    run_audience(s)
+
+    async def scenario(base: str) -> tuple[int, Any, dict[str, str]]:
+        async with aiohttp.ClientSession() as http:
+            url = f"{base}/v1/broadcasts/{bid}/cancel"
+            return await call(http, "POST", url, json={"audience": "team", "reason": "sent by mistake"})
+
+    assert asyncio.run(serving(s, scenario))[0] == 202
+    run_audience(s)
+    cancelled = [e for e in decoded(s, names(s).requested) if isinstance(e, NotificationCancelled)]
+    assert sorted((e.recipient_id, e.reason) for e in cancelled) == [
+        (r, "sent by mistake") for r in ("a", "b", "c")
+    ]
+    assert {e.notification_id for e in cancelled} == {uuid5(bid, r) for r in ("a", "b", "c")}
+
+
+def test_a_broadcast_of_an_unknown_type_is_dead_lettered_and_the_next_one_flows(topology: Settings) -> None:
+    s = topology
+    publish_catalog(s)
+    with Client(s) as client:
+        client.add_members(tenant="acme", audience="team", recipients=["a", "b"])
+        client.broadcast(tenant="acme", audience="team", type="no.such.type")
+        good = client.broadcast(tenant="acme", audience="team", type="order.shipped")
+    run_audience(s)
+    letters = read_all(s, names(s).dlq)
+    assert len(letters) == 1
+    assert "unknown notification type 'no.such.type'" in header_map(letters[0].headers)[ERROR_MESSAGE]
+    assert {(e.broadcast_id, e.recipient_id) for e in requests(s)} == {(good, "a"), (good, "b")}
