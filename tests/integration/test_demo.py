@@ -23,9 +23,9 @@ def test_demo_runs_the_pipeline_end_to_end(stack: Settings) -> None:
         delete_topics(stack, prefix)
     assert result.returncode == 0, result.stderr[-3000:]
     err = " ".join(result.stderr.split())  # rich wraps long lines
-    assert "18 requests planned: 24 delivery commands, 70 outcomes" in err
+    assert "21 requests planned: 27 delivery commands, 76 outcomes" in err
     assert "throttle: 2 of grace's password resets were over the type's limit (3 per 15 minutes)" in err
-    assert "in_app: 9 items put in recipients' inboxes" in err
+    assert "in_app: 12 items put in recipients' inboxes" in err
     feed = r"inbox: ada has \d+ unread items; the newest 3: .*(liked your post|shipped)"
     assert re.search(feed, err), err[-2000:]
     assert "digest: 3 likes collected into 1 digest notification(s)" in err
@@ -35,8 +35,10 @@ def test_demo_runs_the_pipeline_end_to_end(stack: Settings) -> None:
     assert "email: 9 sent; the sink holds 9 messages (6 with one-click List-Unsubscribe" in err
     assert "webhook: 1 sent; the receiver verified 1 signatures" in err
     assert "Ihre Bestellung A-1001 ist unterwegs" in result.stdout
-    assert "18 notifications in PostgreSQL" in err
+    assert "21 notifications in PostgreSQL" in err
     assert "password.reset: SKIPPED" in err
+    assert "audience: 1 broadcast to the 3 members of 'beta' made 3 requests" in err
+    assert err.count("product.announcement (broadcast): SENT") == 3
     assert "post.liked (digest of 3): SENT" in err and "3 new likes on your posts" in result.stdout
     assert "comment.mention (seen in the app): SENT" in err
     assert "order.shipped (scheduled): SENT" in err

@@ -3,14 +3,14 @@
 Starts the stack, creates topics, publishes the example catalog, registers recipients with preferences,
 sends requests with the SDK (one scheduled a few seconds ahead, one scheduled and then cancelled, three
 likes that the router collects into one digest email, two mentions of which one is seen in the app so
-its escalation email is dropped), runs the router until it is idle, the scheduler until the deferred
-deliveries are released, the email gateway
-(SMTP to a local mail sink), the webhook gateway (to a local receiver that verifies signatures) and the
-in-app gateway (the inbox in PostgreSQL), reads ada's inbox through the HTTP edge with a JWT, clicks
-one email's one-click unsubscribe link on the HTTP edge, posts the next order through the HTTP API
-(`POST /v1/notifications` with an API key) and shows the router honour the unsubscribe, shows the
-commands and outcomes read back from Kafka, folds the outcomes into PostgreSQL with the
-delivery-status projection and reads that order's status back (`GET /v1/notifications/{id}`).
+its escalation email is dropped) and one broadcast to an audience of all the recipients, runs the
+audience processor and the router until idle, the scheduler until the deferred deliveries are
+released, the email gateway (SMTP to a local mail sink), the webhook gateway (to a local receiver that
+verifies signatures) and the in-app gateway (the inbox in PostgreSQL), reads ada's inbox through the
+HTTP edge with a JWT, clicks one email's one-click unsubscribe link on the HTTP edge, posts the next
+order through the HTTP API (`POST /v1/notifications` with an API key) and shows the router honour the
+unsubscribe, shows the commands and outcomes read back from Kafka, folds the outcomes into PostgreSQL
+with the delivery-status projection and reads that order's status back (`GET /v1/notifications/{id}`).
 The local receivers are the only stand-ins. Push and SMS go to vendors (FCM, APNs, Twilio, ...) that
 need credentials, so those commands stay QUEUED here.
 """
@@ -112,6 +112,7 @@ def demo(
 
 
 def run_demo(s: Settings, n: Any, rounds: int, mail: MailSink, hooks: WebhookSink) -> None:
+    from processors.audience import Audience, member_notification_id
     from processors.router import Router
     from processors.scheduler import Scheduler
 
@@ -184,9 +185,22 @@ def run_demo(s: Settings, n: Any, rounds: int, mail: MailSink, hooks: WebhookSin
         )
         client.cancel(tenant="acme", recipient="ada", notification_id=nid, reason="order returned")
         sent[str(nid)] = ("ada", "order.shipped (cancelled)")
+        beta = [r["recipient"] for r in RECIPIENTS]
+        client.add_members(tenant="acme", audience="beta", recipients=beta, wait=False)
+        news = {"title": "Dark mode is here", "body": "Try it in your settings."}
+        bid = client.broadcast(tenant="acme", audience="beta", type="product.announcement", data=news)
+        for r in beta:
+            sent[str(member_notification_id(bid, r))] = (r, "product.announcement (broadcast)")
         client.flush()
     console.print(
         f"catalog: {len(changed)} types published; {len(RECIPIENTS)} recipients; {len(sent)} requests"
+    )
+    console.rule("audience: broadcasts expanded into one request per member (exactly once)")
+    audience = Audience(s, instance="demo")
+    audience.run(idle_exit_after=1.0)
+    console.print(
+        f"audience: 1 broadcast to the {len(RECIPIENTS)} members of 'beta' made "
+        f"{audience.expander.requests_made} requests"
     )
     console.rule("router (exactly once) until idle")
     started = time.monotonic()
