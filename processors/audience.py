@@ -14,12 +14,12 @@ expansion reaches their slot are skipped (leaving means "send me nothing more").
 slot. Slots make the expansion resumable from a plain number and need no sorting of members.
 
 A broadcast's expansion is a job in the `jobs` store: the range and the next slot. The transaction
-that reads the broadcast expands the first `SLICE` slots; a punctuation every 200 ms advances every
-pending job by up to `SLICE` slots, at most `MAX_PER_TICK` requests per transaction, so a broadcast to
-a million members is many small transactions, interleaved with other audiences' work, and a kill at any
-point resumes from the last committed slot. Each member's request has the notification id
-`uuid5(broadcast_id, recipient_id)` and `broadcast_id` set, so a repeated expansion would still be a
-duplicate the router drops.
+that reads the broadcast expands the first `SLICE` slots. While any job is pending, punctuations run
+back to back (the loop's `eager` mode), each a transaction of at most `MAX_PER_TICK` requests shared
+among the pending jobs, so a broadcast to a million members is many small transactions, other
+audiences' records are read between them, and a kill at any point resumes from the last committed
+slot. Each member's request has the notification id `uuid5(broadcast_id, recipient_id)` and
+`broadcast_id` set, so a repeated expansion would still be a duplicate the router drops.
 
 A finished broadcast is kept 30 days in the `broadcasts` store: a second `BroadcastRequested` with its
 id is ignored, and a `BroadcastCancelled` walks its range again producing cancellations (members who
@@ -63,6 +63,9 @@ GROUP = "tidings.audience"
 SLICE = 500
 MAX_PER_TICK = 2000
 MAX_SCAN = 20 * SLICE
+BATCH = 5
+"""Input records per transaction: a membership event of 1,000 members writes 2,000 changelog records, so
+the loop's usual 500 records could make a million-record transaction that never commits in time."""
 DONE_TTL = timedelta(days=30)
 Action = Literal["expand", "cancel", "expanded", "cancelled"]
 
@@ -306,12 +309,15 @@ class Expander:
         ]
 
     def advance_all(self) -> list[Output]:
-        """The punctuation: every pending job a slice further, within one transaction's budget."""
+        """The punctuation: every pending job further by an equal share of one transaction's budget
+        (at least a slice each, so with many jobs the later ones wait for the next punctuation)."""
         outputs: list[Output] = []
-        for p, job in self.pending_jobs():
+        jobs = self.pending_jobs()
+        share = max(SLICE, MAX_PER_TICK // max(1, len(jobs)))
+        for p, job in jobs:
             if len(outputs) >= MAX_PER_TICK:
                 break
-            outputs += self._advance(p, job, min(SLICE, MAX_PER_TICK - len(outputs)))
+            outputs += self._advance(p, job, min(share, MAX_PER_TICK - len(outputs)))
         return outputs
 
 
@@ -344,6 +350,8 @@ class Audience:
             before_batch=self.refresh_catalog,
             punctuate=self.expander.advance_all,
             pending=self.expander.pending,
+            eager=self.expander.pending,
+            batch_size=BATCH,
         )
 
     def run(self, *, idle_exit_after: float | None = None) -> None:

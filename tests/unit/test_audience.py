@@ -154,6 +154,7 @@ def test_each_member_gets_one_request_with_a_derived_id_on_its_own_key() -> None
 
 def test_a_broadcast_covers_the_members_at_its_place_in_the_topic(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(audience, "SLICE", 2)
+    monkeypatch.setattr(audience, "MAX_PER_TICK", 2)
     h = Harness()
     h.feed(added("u1", "u2", "u3", "u4", "u5"))
     b = broadcast()
@@ -179,6 +180,7 @@ def test_cancelling_midway_stops_the_expansion_and_cancels_the_members_reached(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(audience, "SLICE", 3)
+    monkeypatch.setattr(audience, "MAX_PER_TICK", 3)
     h = Harness()
     h.feed(added(*[f"u{i}" for i in range(10)]))
     b = broadcast()
@@ -248,8 +250,8 @@ def test_crashes_anywhere_neither_lose_nor_double_a_member_request(
 ) -> None:
     """With no removal after a broadcast, each broadcast reaches exactly the members at its place,
     once, however the work is cut into transactions and wherever the process dies."""
-    original = audience.SLICE
-    audience.SLICE = slice_size
+    original = audience.SLICE, audience.MAX_PER_TICK
+    audience.SLICE, audience.MAX_PER_TICK = slice_size, 2 * slice_size
     try:
         h = Harness()
         members: set[str] = set()
@@ -278,4 +280,4 @@ def test_crashes_anywhere_neither_lose_nor_double_a_member_request(
         )
         assert made == expected
     finally:
-        audience.SLICE = original
+        audience.SLICE, audience.MAX_PER_TICK = original

@@ -103,10 +103,13 @@ class TransactionalLoop:
         punctuate: Callable[[], list[Output]] | None = None,
         punctuate_every: float = 0.2,
         pending: Callable[[], bool] | None = None,
+        eager: Callable[[], bool] | None = None,
     ) -> None:
         """`punctuate` runs every `punctuate_every` seconds between batches: its outputs and the stores'
         staged writes commit in a transaction of their own (timers firing without input). While
-        `pending()` is true the loop does not count as idle."""
+        `pending()` is true the loop does not count as idle. While `eager()` is true the punctuation has
+        work in hand (a broadcast being expanded): it runs after every poll and polls do not wait, so
+        that work goes at full speed with input still interleaved between its transactions."""
         self.group_id = group_id
         self.dlq_topic = names(settings).dlq
         self.topics = list(topics)
@@ -120,6 +123,7 @@ class TransactionalLoop:
         self.stores = list(stores)
         self.before_batch = before_batch
         self.punctuate, self.punctuate_every, self.pending = punctuate, punctuate_every, pending
+        self.eager = eager
         self._punctuated = 0.0
         self.aligner = Aligner(align_max_idle, first=align_first) if align_max_idle is not None else None
         self._paused: set[tuple[str, int]] = set()
@@ -247,7 +251,8 @@ class TransactionalLoop:
     def _step(self, last_input: float) -> float:
         """One poll, its batch and a due punctuation; returns when input was last seen."""
         backlog = self.aligner is not None and self.aligner.pending() >= self.batch_size
-        msgs = self.consumer.consume(self.batch_size, 0 if backlog else self.poll_timeout)
+        eager = self.eager is not None and self.eager()
+        msgs = self.consumer.consume(self.batch_size, 0 if backlog or eager else self.poll_timeout)
         batch = [to_incoming(m) for m in msgs if self._usable(m)]
         if self.aligner:
             batch = self._aligned(batch)
@@ -256,7 +261,7 @@ class TransactionalLoop:
             last_input = time.monotonic()
         if batch:
             self.process(batch)
-        if self.punctuate and time.monotonic() - self._punctuated >= self.punctuate_every:
+        if self.punctuate and (eager or time.monotonic() - self._punctuated >= self.punctuate_every):
             self._punctuate()
         if time.monotonic() - self._lag_at >= 1.0:
             self._measure_lag()
