@@ -98,15 +98,13 @@ def member_notification_id(broadcast_id: UUID, recipient_id: str) -> UUID:
     return uuid5(broadcast_id, recipient_id)
 
 
-def member_request(broadcast: BroadcastRequested, recipient_id: str) -> NotificationRequested:
-    nid = member_notification_id(broadcast.broadcast_id, recipient_id)
+def request_template(broadcast: BroadcastRequested) -> NotificationRequested:
+    """The request every member gets, validated once; `member_request` fills in the member."""
     return NotificationRequested(
-        event_id=uuid5(nid, "requested"),
         tenant_id=broadcast.tenant_id,
         occurred_at=broadcast.occurred_at,
-        correlation_id=str(nid),
-        notification_id=nid,
-        recipient_id=recipient_id,
+        notification_id=broadcast.broadcast_id,
+        recipient_id="-",
         notification_type=broadcast.notification_type,
         data_json=broadcast.data_json,
         priority=broadcast.priority,
@@ -117,6 +115,20 @@ def member_request(broadcast: BroadcastRequested, recipient_id: str) -> Notifica
         broadcast_id=broadcast.broadcast_id,
         source=broadcast.source,
     )
+
+
+def member_request(template: NotificationRequested, recipient_id: str) -> NotificationRequested:
+    """One member's request: a copy of the template with the member's ids. Not validated again: the
+    member id was validated when it joined, the rest with the template (half the expansion's cost)."""
+    assert template.broadcast_id is not None
+    nid = member_notification_id(template.broadcast_id, recipient_id)
+    update = {
+        "event_id": uuid5(nid, "requested"),
+        "correlation_id": str(nid),
+        "notification_id": nid,
+        "recipient_id": recipient_id,
+    }
+    return template.model_copy(update=update)
 
 
 def member_cancellation(job: Job, recipient_id: str) -> NotificationCancelled:
@@ -267,7 +279,7 @@ class Expander:
 
     def _advance(self, p: int, job: Job, budget: int) -> list[Output]:
         """Take the job up to `budget` members further and store where it stands."""
-        request = self._request(p, job) if job.action == "expand" else None
+        request = request_template(self._request(p, job)) if job.action == "expand" else None
         end = min(job.upto, job.next + MAX_SCAN)
         outputs: list[Output] = []
         resume = end
