@@ -20,7 +20,8 @@ from typing import Any
 
 from benchmarks.router import topology
 from processors import audience
-from processors.audience import Audience, member_request, request_template
+from processors.audience import Audience
+from processors.members import member_request, request_template
 from tidings import devstack
 from tidings.catalog import load
 from tidings.client import Client

@@ -32,13 +32,20 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterator
 from datetime import timedelta
-from typing import Literal
-from uuid import UUID, uuid5
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ValidationError
 
+from processors.members import (
+    Action,
+    Job,
+    Members,
+    job_key,
+    member_cancellation,
+    member_request,
+    request_template,
+    same_audience,
+)
 from processors.plan import Catalog
 from tidings.codec import Codec, default_codec
 from tidings.config import Settings
@@ -48,11 +55,17 @@ from tidings.events import (
     AudienceMembersRemoved,
     BroadcastCancelled,
     BroadcastRequested,
-    NotificationCancelled,
-    NotificationRequested,
     NotificationTypePublished,
 )
 from tidings.kafka import Incoming, Output, TopicFollower, TransactionalLoop, TransactionalState
+from tidings.kafka.records import (
+    ERROR_MESSAGE,
+    ERROR_RETRIABLE,
+    ERROR_TYPE,
+    MAX_ERROR_MESSAGE,
+    SOURCE_PARTITION,
+    SOURCE_TOPIC,
+)
 from tidings.metrics import Sample
 from tidings.state import Store
 from tidings.topics import Names, names
@@ -63,127 +76,12 @@ GROUP = "tidings.audience"
 SLICE = 500
 MAX_PER_TICK = 2000
 MAX_SCAN = 20 * SLICE
+MAX_TXN_BYTES = 16 * 1024 * 1024
+"""Request bytes per transaction: `data_json` may be 256 KiB, copied into every member's request."""
 BATCH = 5
 """Input records per transaction: a membership event of 1,000 members writes 2,000 changelog records, so
 the loop's usual 500 records could make a million-record transaction that never commits in time."""
 DONE_TTL = timedelta(days=30)
-Action = Literal["expand", "cancel", "expanded", "cancelled"]
-
-
-class Job(BaseModel):
-    """A broadcast's progress: slots `next`..`upto` are still to do for `action`."""
-
-    model_config = ConfigDict(frozen=True)
-    tenant_id: str
-    audience_id: str
-    broadcast_id: UUID
-    action: Action
-    upto: int
-    next: int = 0
-    reason: str | None = None
-    made: int = 0
-    withdrawn: int = 0
-    traceparent: str = ""
-
-    @property
-    def key(self) -> str:
-        return job_key(self.tenant_id, self.broadcast_id)
-
-
-def job_key(tenant: str, broadcast_id: UUID) -> str:
-    return f"{tenant}\0{broadcast_id}"
-
-
-def member_notification_id(broadcast_id: UUID, recipient_id: str) -> UUID:
-    return uuid5(broadcast_id, recipient_id)
-
-
-def request_template(broadcast: BroadcastRequested) -> NotificationRequested:
-    """The request every member gets, validated once; `member_request` fills in the member."""
-    return NotificationRequested(
-        tenant_id=broadcast.tenant_id,
-        occurred_at=broadcast.occurred_at,
-        notification_id=broadcast.broadcast_id,
-        recipient_id="-",
-        notification_type=broadcast.notification_type,
-        data_json=broadcast.data_json,
-        priority=broadcast.priority,
-        channels=broadcast.channels,
-        scheduled_at=broadcast.scheduled_at,
-        expires_at=broadcast.expires_at,
-        actor_id=broadcast.actor_id,
-        broadcast_id=broadcast.broadcast_id,
-        source=broadcast.source,
-    )
-
-
-def member_request(template: NotificationRequested, recipient_id: str) -> NotificationRequested:
-    """One member's request: a copy of the template with the member's ids. Not validated again: the
-    member id was validated when it joined, the rest with the template (half the expansion's cost)."""
-    assert template.broadcast_id is not None
-    nid = member_notification_id(template.broadcast_id, recipient_id)
-    update = {
-        "event_id": uuid5(nid, "requested"),
-        "correlation_id": str(nid),
-        "notification_id": nid,
-        "recipient_id": recipient_id,
-    }
-    return template.model_copy(update=update)
-
-
-def member_cancellation(job: Job, recipient_id: str) -> NotificationCancelled:
-    nid = member_notification_id(job.broadcast_id, recipient_id)
-    return NotificationCancelled(
-        event_id=uuid5(nid, "cancelled"),
-        tenant_id=job.tenant_id,
-        correlation_id=str(nid),
-        notification_id=nid,
-        recipient_id=recipient_id,
-        reason=job.reason or "broadcast cancelled",
-    )
-
-
-class Members:
-    """An audience's members in a store: `c` its counter, `m` member → slot, `s` slot → member."""
-
-    def __init__(self, store: Store[str]) -> None:
-        self.store = store
-
-    def counter(self, partition: int, tenant: str, audience: str) -> int:
-        return int(self.store.get(partition, f"c\0{tenant}\0{audience}") or 0)
-
-    def add(self, partition: int, tenant: str, audience: str, recipients: list[str]) -> int:
-        """Give each new member the next slot; returns how many were new."""
-        prefix, counter = f"{tenant}\0{audience}\0", self.counter(partition, tenant, audience)
-        start = counter
-        for r in dict.fromkeys(recipients):
-            if self.store.get(partition, f"m\0{prefix}{r}") is None:
-                self.store.put(partition, f"m\0{prefix}{r}", str(counter))
-                self.store.put(partition, f"s\0{prefix}{counter:012d}", r)
-                counter += 1
-        if counter != start:
-            self.store.put(partition, f"c\0{tenant}\0{audience}", str(counter))
-        return counter - start
-
-    def remove(self, partition: int, tenant: str, audience: str, recipients: list[str]) -> int:
-        prefix, removed = f"{tenant}\0{audience}\0", 0
-        for r in dict.fromkeys(recipients):
-            slot = self.store.get(partition, f"m\0{prefix}{r}")
-            if slot is not None:
-                self.store.delete(partition, f"m\0{prefix}{r}")
-                self.store.delete(partition, f"s\0{prefix}{int(slot):012d}")
-                removed += 1
-        return removed
-
-    def slots(
-        self, partition: int, tenant: str, audience: str, start: int, end: int
-    ) -> Iterator[tuple[int, str]]:
-        """The members in slots start..end-1 with their slots, skipping the slots of members who left."""
-        prefix = f"s\0{tenant}\0{audience}\0"
-        for slot in range(start, end):
-            member = self.store.get(partition, f"{prefix}{slot:012d}")
-            if member is not None:
-                yield slot, member
 
 
 class Expander:
@@ -206,6 +104,7 @@ class Expander:
         )
         self.stores: list[TransactionalState] = [self.store, self.jobs, self.finished]
         self.requests_made = self.cancellations_made = self.duplicates = 0
+        self._last: tuple[int, str] = (-1, "")
 
     def pending(self) -> bool:
         return any(self.jobs.size(p) for p in self.jobs.partitions())
@@ -233,7 +132,8 @@ class Expander:
 
     def _requested(self, p: int, event: BroadcastRequested, raw: bytes, trace: str) -> list[Output]:
         key = job_key(event.tenant_id, event.broadcast_id)
-        if self.job(p, key) is not None:
+        if (seen := self.job(p, key)) is not None:
+            same_audience(seen, event.audience_id)
             self.duplicates += 1
             log.info("broadcast %s seen before: ignored", event.broadcast_id)
             return []
@@ -254,6 +154,11 @@ class Expander:
         key = job_key(event.tenant_id, event.broadcast_id)
         job = self.job(p, key)
         if job is None:
+            log.warning(
+                "cancellation of broadcast %s, unknown in audience %s: it will never start here",
+                event.broadcast_id,
+                event.audience_id,
+            )
             marker = Job(
                 tenant_id=event.tenant_id,
                 audience_id=event.audience_id,
@@ -264,6 +169,7 @@ class Expander:
             )
             self.finished.put(p, key, marker)
             return []
+        same_audience(job, event.audience_id)
         if job.action not in ("expand", "expanded"):
             return []
         self.jobs.delete(p, f"r\0{key}")
@@ -277,9 +183,13 @@ class Expander:
         }
         return self._advance(p, job.model_copy(update=update), SLICE)
 
-    def _advance(self, p: int, job: Job, budget: int) -> list[Output]:
-        """Take the job up to `budget` members further and store where it stands."""
+    def _advance(self, p: int, job: Job, budget: int, max_bytes: int | None = None) -> list[Output]:
+        """Take the job up to `budget` members (and about `max_bytes` of requests) further and store
+        where it stands."""
         request = request_template(self._request(p, job)) if job.action == "expand" else None
+        if request is not None:
+            room = MAX_TXN_BYTES if max_bytes is None else max_bytes
+            budget = min(budget, max(1, room // (len(request.data_json.encode()) + 512)))
         end = min(job.upto, job.next + MAX_SCAN)
         outputs: list[Output] = []
         resume = end
@@ -299,11 +209,15 @@ class Expander:
         if resume < job.upto:
             self.jobs.put(p, f"j\0{job.key}", job.model_dump_json().encode())
             return outputs
-        self.jobs.delete(p, f"j\0{job.key}")
-        self.jobs.delete(p, f"r\0{job.key}")
         done: Action = "expanded" if request is not None else "cancelled"
-        self.finished.put(p, job.key, job.model_copy(update={"action": done}))
+        self._finish(p, job.key, job.model_copy(update={"action": done}))
         return outputs
+
+    def _finish(self, p: int, key: str, job: Job | None) -> None:
+        self.jobs.delete(p, f"j\0{key}")
+        self.jobs.delete(p, f"r\0{key}")
+        if job is not None:
+            self.finished.put(p, key, job)
 
     def _request(self, p: int, job: Job) -> BroadcastRequested:
         raw = self.jobs.get(p, f"r\0{job.key}")
@@ -312,25 +226,53 @@ class Expander:
             raise InvalidEvent(f"broadcast {job.broadcast_id} has no stored request")
         return event
 
-    def pending_jobs(self) -> list[tuple[int, Job]]:
+    def pending_jobs(self) -> list[tuple[int, str, bytes]]:
+        """Every pending job as (partition, key, stored progress), in a fixed order."""
         return [
-            (p, Job.model_validate_json(raw))
+            (p, key[2:], raw)
             for p in self.jobs.partitions()
             for key in self.jobs.keys(p)
             if key.startswith("j\0") and (raw := self.jobs.get(p, key)) is not None
         ]
 
     def advance_all(self) -> list[Output]:
-        """The punctuation: every pending job further by an equal share of one transaction's budget
-        (at least a slice each, so with many jobs the later ones wait for the next punctuation)."""
+        """The punctuation: the pending jobs further, each by an equal share of one transaction's budget
+        (at least a slice), taking turns: each punctuation starts after the job the last one served
+        last, so no broadcast waits for others to finish. A job that cannot go on (its stored request
+        is gone or invalid) is ended with a dead letter instead of failing every punctuation."""
         outputs: list[Output] = []
         jobs = self.pending_jobs()
+        start = next((i for i, (p, key, _) in enumerate(jobs) if (p, key) > self._last), 0)
         share = max(SLICE, MAX_PER_TICK // max(1, len(jobs)))
-        for p, job in jobs:
-            if len(outputs) >= MAX_PER_TICK:
+        used = 0
+        for p, key, raw in jobs[start:] + jobs[:start]:
+            if len(outputs) >= MAX_PER_TICK or used >= MAX_TXN_BYTES:
                 break
-            outputs += self._advance(p, job, min(share, MAX_PER_TICK - len(outputs)))
+            self._last = (p, key)
+            try:
+                job = Job.model_validate_json(raw)
+                made = self._advance(p, job, min(share, MAX_PER_TICK - len(outputs)), MAX_TXN_BYTES - used)
+            except (InvalidEvent, CodecError, ValidationError) as exc:
+                log.error("broadcast %s cannot be expanded, dead-lettered: %s", key.split("\0")[-1], exc)
+                made = [self._failed(p, key, raw, exc)]
+            used += sum(len(o.value or b"") for o in made)
+            outputs += made
         return outputs
+
+    def _failed(self, p: int, key: str, raw: bytes, exc: Exception) -> Output:
+        try:
+            job: Job | None = Job.model_validate_json(raw).model_copy(update={"action": "failed"})
+        except ValidationError:
+            job = None
+        self._finish(p, key, job)
+        headers = [
+            (ERROR_TYPE, type(exc).__name__.encode()),
+            (ERROR_MESSAGE, str(exc)[:MAX_ERROR_MESSAGE].encode()),
+            (ERROR_RETRIABLE, b"false"),
+            (SOURCE_TOPIC, self.names.broadcasts.encode()),
+            (SOURCE_PARTITION, str(p).encode()),
+        ]
+        return Output(self.names.dlq, key.encode(), raw, headers)
 
 
 class Audience:

@@ -44,7 +44,7 @@ def broadcast_request(*, source: str | None = None, **fields: Unpack[BroadcastFi
         raise InvalidEvent("idempotency_key must have 1..255 characters besides white space")
     try:
         bid = (
-            broadcast_id_for(tenant, key)
+            broadcast_id_for(tenant, fields["audience"], key)
             if key is not None
             else UUID(str(given))
             if given is not None

@@ -21,9 +21,10 @@ def notification_id_for(tenant_id: str, idempotency_key: str) -> UUID:
     return uuid5(IDEMPOTENCY_NAMESPACE, f"{tenant_id}/{idempotency_key}")
 
 
-def broadcast_id_for(tenant_id: str, idempotency_key: str) -> UUID:
-    """A broadcast's stable id from the producer's own key; a namespace apart from notification ids."""
-    return uuid5(BROADCAST_NAMESPACE, f"{tenant_id}/{idempotency_key}")
+def broadcast_id_for(tenant_id: str, audience_id: str, idempotency_key: str) -> UUID:
+    """A broadcast's stable id from the producer's own key, per audience (the same key used for two
+    audiences names two broadcasts); a namespace apart from notification ids."""
+    return uuid5(BROADCAST_NAMESPACE, f"{tenant_id}/{audience_id}/{idempotency_key}")
 
 
 def batch_item_id(tenant_id: str, idempotency_key: str, index: int) -> UUID:

@@ -101,7 +101,7 @@ class Harness:
         raise AssertionError("expansion never finished")
 
     def events(self) -> list[Event]:
-        return [CODEC.decode(o.value or b"") for o in self.outputs]
+        return [CODEC.decode(o.value or b"") for o in self.outputs if o.topic == NAMES.requested]
 
 
 def added(*recipients: str, audience_id: str = "all") -> AudienceMembersAdded:
@@ -281,3 +281,69 @@ def test_crashes_anywhere_neither_lose_nor_double_a_member_request(
         assert made == expected
     finally:
         audience.SLICE, audience.MAX_PER_TICK = original
+
+
+def test_concurrent_broadcasts_take_turns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(audience, "SLICE", 10)
+    monkeypatch.setattr(audience, "MAX_PER_TICK", 20)
+    h = Harness()
+    h.feed(added(*[f"u{i}" for i in range(200)]))
+    ids = [uuid4() for _ in range(5)]
+    for bid in ids:
+        h.feed(broadcast(bid))
+    for _ in range(10):
+        h.tick()
+    made = Counter(e.broadcast_id for e in h.events() if isinstance(e, NotificationRequested))
+    assert sorted(made[bid] for bid in ids) == [50] * 5
+
+
+def test_a_job_that_cannot_go_on_is_dead_lettered_and_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(audience, "SLICE", 1)
+    monkeypatch.setattr(audience, "MAX_PER_TICK", 1)
+    h = Harness()
+    h.feed(added("u1", "u2", "u3"))
+    b, other = broadcast(), broadcast()
+    h.feed(b)
+    h.feed(other)
+    h.x.jobs.delete(0, f"r\0acme\0{b.broadcast_id}")
+    h._commit([])
+    outputs = [o for _ in range(6) for o in h.tick()]
+    [letter] = [o for o in outputs if o.topic == NAMES.dlq]
+    assert (
+        dict(letter.headers)["tidings.error.message"]
+        == f"broadcast {b.broadcast_id} has no stored request".encode()
+    )
+    assert not h.x.pending()
+    assert requested_to(h, other.broadcast_id) == ["u1", "u2", "u3"]
+    assert requested_to(h, b.broadcast_id) == ["u1"]
+    assert h.feed(b) == []
+
+
+def test_large_data_makes_smaller_transactions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(audience, "MAX_TXN_BYTES", 1024 * 1024)
+    h = Harness()
+    h.feed(added(*[f"u{i}" for i in range(100)]))
+    big = '{"headline": "' + "x" * 100_000 + '"}'
+    first = h.feed(broadcast(data_json=big))
+    assert len(first) == 1024 * 1024 // (len(big) + 512)
+    assert sum(len(o.value or b"") for o in h.tick()) <= 1024 * 1024 + 120_000
+
+
+def test_a_broadcast_id_belongs_to_one_audience() -> None:
+    h = Harness()
+    h.feed(added("u1"))
+    b = broadcast()
+    h.feed(b)
+    with pytest.raises(InvalidEvent, match="went to audience 'all', not 'other'"):
+        h.feed(BroadcastCancelled(tenant_id="acme", audience_id="other", broadcast_id=b.broadcast_id))
+    with pytest.raises(InvalidEvent, match="went to audience 'all'"):
+        h.feed(broadcast(b.broadcast_id, audience_id="other"))
+
+
+def test_idempotency_keys_derive_one_broadcast_id_per_audience() -> None:
+    from tidings.broadcasts import broadcast_request
+
+    one = broadcast_request(tenant="acme", audience="a", type="news", idempotency_key="k")
+    again = broadcast_request(tenant="acme", audience="a", type="news", idempotency_key="k")
+    other = broadcast_request(tenant="acme", audience="b", type="news", idempotency_key="k")
+    assert one.broadcast_id == again.broadcast_id != other.broadcast_id

@@ -112,7 +112,8 @@ def demo(
 
 
 def run_demo(s: Settings, n: Any, rounds: int, mail: MailSink, hooks: WebhookSink) -> None:
-    from processors.audience import Audience, member_notification_id
+    from processors.audience import Audience
+    from processors.members import member_notification_id
     from processors.router import Router
     from processors.scheduler import Scheduler
 
