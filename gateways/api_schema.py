@@ -111,7 +111,6 @@ class MembersBody(Body):
 
 
 class BroadcastCancelBody(Body):
-    audience: str
     reason: str | None = Field(default=None, max_length=500)
 
 

@@ -8,8 +8,10 @@ Routes of the server-side API (`gateways/api.py` mounts them, with its authentic
   broadcast id. Idempotent like `POST /v1/notifications`: an `Idempotency-Key` (header or body) derives
   the id, and the audience processor ignores a broadcast id it has seen (30 days). Each member's
   notification id is uuid5(broadcast id, recipient), readable with `GET /v1/notifications/{id}`.
-- `POST /v1/broadcasts/{broadcast_id}/cancel`: `{"audience": ...}`; members not yet reached get
-  nothing, the others' notifications are cancelled.
+- `POST /v1/audiences/{audience}/broadcasts/{broadcast_id}/cancel`: members not yet reached get
+  nothing, the others' notifications are cancelled. The audience is in the path because a broadcast
+  lives in its audience's partition: a cancellation naming another audience cannot find it (the
+  processor dead-letters one that meets the broadcast under the wrong audience).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def operations(
             BroadcastCancelled,
             tenant_id=tenant,
             correlation_id=str(bid),
-            audience_id=b.audience,
+            audience_id=request.match_info["audience"],
             broadcast_id=bid,
             reason=b.reason,
         )
@@ -84,7 +86,7 @@ def operations(
         ),
         Operation(
             "POST",
-            "/v1/broadcasts/{broadcast_id}/cancel",
+            "/v1/audiences/{audience}/broadcasts/{broadcast_id}/cancel",
             cancel_broadcast,
             "Cancel a broadcast",
             BroadcastCancelBody,

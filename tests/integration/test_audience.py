@@ -86,8 +86,8 @@ def test_cancelling_a_finished_broadcast_cancels_each_member_notification(topolo
 
     async def scenario(base: str) -> tuple[int, Any, dict[str, str]]:
         async with aiohttp.ClientSession() as http:
-            url = f"{base}/v1/broadcasts/{bid}/cancel"
-            return await call(http, "POST", url, json={"audience": "team", "reason": "sent by mistake"})
+            url = f"{base}/v1/audiences/team/broadcasts/{bid}/cancel"
+            return await call(http, "POST", url, json={"reason": "sent by mistake"})
 
     assert asyncio.run(serving(s, scenario))[0] == 202
     run_audience(s)
