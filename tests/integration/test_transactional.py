@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 
 from tests.integration.conftest import read_all
 from tidings.codec import default_codec
@@ -203,3 +203,45 @@ def test_a_restore_waits_for_open_transactions_and_refuses_to_stop_short_of_a_ha
     write("k6")
     threading.Timer(1.0, lambda: writer.abort_transaction(30)).start()
     assert keys() == ["k1", "k2", "k3", "k4", "k5"]
+
+
+def test_a_zombies_punctuation_is_fenced_by_the_group(
+    stack: Settings, topic_factory: Callable[..., str], group_id: str
+) -> None:
+    """A process whose group membership passed to another (here: a static member replaced under the
+    same group.instance.id, as after a long pause) must not commit a punctuation: it carries the
+    group's metadata like a batch does, and the coordinator refuses the old member."""
+    source, target = topic_factory("in"), topic_factory("out")
+    produce(stack, source, [Output.event(source, e) for e in requests(10)])
+    late: list[Output] = []
+    member = {"group.instance.id": f"{group_id}-slot"}
+
+    def loop(name: str) -> TransactionalLoop:
+        return TransactionalLoop(
+            stack,
+            group_id=group_id,
+            topics=[source],
+            handle=outcome_handler(target),
+            transactional_id=f"{group_id}-{name}",
+            consumer_overrides=member,
+            punctuate=lambda: list(late),
+            punctuate_every=3600,
+        )
+
+    zombie = loop("zombie")
+    try:
+        zombie._start()
+        deadline = time.monotonic() + 60
+        while zombie.committed_records < 10 and time.monotonic() < deadline:
+            zombie._step(time.monotonic())
+        assert zombie.committed_records == 10
+        loop("successor").run(idle_exit_after=2)
+        late.append(Output(target, b"acme/r0", b"from the zombie"))
+        try:
+            zombie._punctuate()
+        except KafkaException as exc:
+            print("the zombie's punctuation failed:", exc)
+    finally:
+        zombie.consumer.close()
+    values = [r.value for r in read_all(stack, target)]
+    assert len(values) == 10 and b"from the zombie" not in values

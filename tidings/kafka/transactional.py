@@ -124,6 +124,8 @@ class TransactionalLoop:
         self.before_batch = before_batch
         self.punctuate, self.punctuate_every, self.pending = punctuate, punctuate_every, pending
         self.eager = eager
+        self._eager_after = 0.0
+        self._committed: dict[tuple[str, int], int] = {}
         self._punctuated = 0.0
         self.aligner = Aligner(align_max_idle, first=align_first) if align_max_idle is not None else None
         self._paused: set[tuple[str, int]] = set()
@@ -167,6 +169,8 @@ class TransactionalLoop:
             self._on_assign([(p.topic, p.partition) for p in partitions])
 
     def _revoked(self, _c: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._committed.pop((tp.topic, tp.partition), None)
         for number in {p.partition for p in partitions}:
             for store in self.stores:
                 store.drop(number)
@@ -237,6 +241,7 @@ class TransactionalLoop:
         except KafkaException:
             assigned = []
         self._revoked(self.consumer, assigned)
+        self._committed.clear()
         if self.aligner:
             self.aligner.clear()
         self._paused.clear()
@@ -251,7 +256,7 @@ class TransactionalLoop:
     def _step(self, last_input: float) -> float:
         """One poll, its batch and a due punctuation; returns when input was last seen."""
         backlog = self.aligner is not None and self.aligner.pending() >= self.batch_size
-        eager = self.eager is not None and self.eager()
+        eager = self.eager is not None and time.monotonic() >= self._eager_after and self.eager()
         msgs = self.consumer.consume(self.batch_size, 0 if backlog or eager else self.poll_timeout)
         batch = [to_incoming(m) for m in msgs if self._usable(m)]
         if self.aligner:
@@ -374,6 +379,7 @@ class TransactionalLoop:
             self._commit()
             for store in self.stores:
                 store.committed()
+            self._committed.update(((tp.topic, tp.partition), tp.offset) for tp in offsets)
             self.committed_batches += 1
             self.committed_records += len(batch)
             self.last_commit_at = time.monotonic()
@@ -403,6 +409,7 @@ class TransactionalLoop:
         try:
             for out in [*outputs, *changelog]:
                 self._produce(out)
+            self._fence()
             self._commit()
         except Exception as exc:
             for store in self.stores:
@@ -416,10 +423,25 @@ class TransactionalLoop:
             )
             if isinstance(exc, KafkaException) and exc.args[0].txn_requires_abort():
                 log.warning("aborted a punctuation, its timers fire on the next one: %s", exc)
+                self._eager_after = time.monotonic() + 0.5
                 return
             raise
         for store in self.stores:
             store.committed()
+
+    def _fence(self) -> None:
+        """Send the offsets already committed with the group's metadata, so a punctuation of a zombie
+        (a process whose partitions the group gave to another member meanwhile) fails like its batches
+        would (KIP-447), instead of committing timers or expansions the new owner also commits."""
+        if not self._committed:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._committed.items()]
+        group = self.consumer.consumer_group_metadata()
+        guard.within(
+            TXN_TIMEOUT_S + 15,
+            lambda: self.producer.send_offsets_to_transaction(offsets, group, TXN_TIMEOUT_S),
+            "send_offsets_to_transaction",
+        )
 
     def _produce(self, out: Output) -> None:
         while True:
