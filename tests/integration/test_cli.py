@@ -109,3 +109,41 @@ def test_recipients_set_digest_choice_and_refuse_unknown_ones(topology: Settings
     )
     bad = run("recipients", "set", "-t", "acme", "-r", "cli-digest", "--digest", "social=monthly")
     assert bad.returncode == 1 and "digest.social" in bad.stderr and "weekly" in bad.stderr
+
+
+def test_audience_add_remove_broadcast_and_cancel(topology: Settings, tmp_path: Path) -> None:
+    s = topology
+    listed = tmp_path / "members.txt"
+    listed.write_text("m1\n\nm2\n")
+    assert run("audience", "add", "beta", "m0", "--from-file", str(listed), "-t", "acme", s=s).returncode == 0
+    assert run("audience", "remove", "beta", "m1", "-t", "acme", s=s).returncode == 0
+    sent = run(
+        "audience",
+        "broadcast",
+        "beta",
+        "-t",
+        "acme",
+        "--type",
+        "product.announcement",
+        "title=Hi",
+        "--json",
+        s=s,
+    )
+    assert sent.returncode == 0, sent.stderr
+    bid = json.loads(sent.stdout)["broadcast_id"]
+    assert run("audience", "cancel", "beta", bid, "-t", "acme", "--reason", "oops", s=s).returncode == 0
+    tail = run("tail", f"{s.topic_prefix}notifications.broadcasts", "--from-beginning", "--timeout", "5")
+    records = [json.loads(line) for line in tail.stdout.splitlines()]
+    assert [r["record"] for r in records] == [
+        "AudienceMembersAdded",
+        "AudienceMembersRemoved",
+        "BroadcastRequested",
+        "BroadcastCancelled",
+    ]
+    assert {r["key"] for r in records} == {"acme/beta"}
+    assert records[0]["value"]["recipient_ids"] == ["m0", "m1", "m2"]
+    assert records[2]["value"]["broadcast_id"] == bid == records[3]["value"]["broadcast_id"]
+    bad = run("audience", "add", "beta", "-t", "acme", s=s)
+    assert bad.returncode == 1 and "name recipients" in bad.stderr
+    bad_id = run("audience", "cancel", "beta", "not-a-uuid", "-t", "acme", s=s)
+    assert bad_id.returncode == 1 and "not a broadcast id" in bad_id.stderr
