@@ -364,7 +364,7 @@ def mount(
         Operation("DELETE", DEVICE, delete_device, "Remove a push device", None, 202),
         Operation("PUT", WEBHOOK, put_webhook, "Create or change a webhook endpoint", WebhookBody, 202),
         Operation("DELETE", WEBHOOK, delete_webhook, "Remove a webhook endpoint", None, 202),
-        *broadcasts_api.operations(produce, accepted, header_key),
+        *broadcasts_api.operations(produce, accepted, header_key, rows),
     ]
     for op in operations:
         application.router.add_route(op.method, op.path, route(op.handler))

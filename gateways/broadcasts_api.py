@@ -8,6 +8,10 @@ Routes of the server-side API (`gateways/api.py` mounts them, with its authentic
   broadcast id. Idempotent like `POST /v1/notifications`: an `Idempotency-Key` (header or body) derives
   the id, and the audience processor ignores a broadcast id it has seen (30 days). Each member's
   notification id is uuid5(broadcast id, recipient), readable with `GET /v1/notifications/{id}`.
+- `GET /v1/audiences/{audience}`: its size now; `GET /v1/audiences/{audience}/members?limit=100&after=`:
+  its members by recipient id, a page at a time; `GET /v1/broadcasts/{broadcast_id}`: the broadcast,
+  the number of members it covered, its cancellation. These read the `audiences` projection, so they
+  lag the topic by the projection's delay.
 - `POST /v1/audiences/{audience}/broadcasts/{broadcast_id}/cancel`: members not yet reached get
   nothing, the others' notifications are cancelled. The audience is in the path because a broadcast
   lives in its audience's partition: a cancellation naming another audience cannot find it (the
@@ -29,10 +33,15 @@ from tidings.events import BroadcastCancelled, Event, validated
 
 Produce = Callable[..., Awaitable[None]]
 Accept = Callable[..., web.Response]
+Rows = Callable[..., Awaitable[list[dict[str, Any]]]]
+MEMBERS = """
+SELECT recipient_id, joined_at FROM audience_members
+WHERE tenant_id = %s AND audience_id = %s AND recipient_id > %s ORDER BY recipient_id LIMIT %s
+"""
 
 
 def operations(
-    produce: Produce, accepted: Accept, header_key: Callable[[web.Request], str | None]
+    produce: Produce, accepted: Accept, header_key: Callable[[web.Request], str | None], rows: Rows
 ) -> list[Operation]:
     async def audience_members(request: web.Request, tenant: str) -> web.Response:
         b = await body(request, MembersBody)
@@ -72,7 +81,39 @@ def operations(
         await produce(request, event)
         return accepted(event_id=event.event_id)
 
+    async def get_audience(request: web.Request, tenant: str) -> web.Response:
+        audience = request.match_info["audience"]
+        [found] = await rows(
+            "SELECT count(*) AS members FROM audience_members WHERE tenant_id = %s AND audience_id = %s",
+            tenant,
+            audience,
+        )
+        return web.json_response({"audience_id": audience, "members": found["members"]})
+
+    async def get_members(request: web.Request, tenant: str) -> web.Response:
+        try:
+            limit = min(max(int(request.query.get("limit", 100)), 1), 1000)
+        except ValueError:
+            return problem(400, "Bad query", "limit is 1..1000; after is the last recipient id of a page")
+        after = request.query.get("after", "")
+        found = await rows(MEMBERS, tenant, request.match_info["audience"], after, limit)
+        more = len(found) == limit
+        return web.json_response({"items": found, "next": found[-1]["recipient_id"] if more else None})
+
+    async def get_broadcast(request: web.Request, tenant: str) -> web.Response:
+        try:
+            bid = UUID(request.match_info["broadcast_id"])
+        except ValueError:
+            return problem(404, "Unknown broadcast", "broadcast ids are UUIDs")
+        found = await rows("SELECT * FROM broadcasts WHERE tenant_id = %s AND broadcast_id = %s", tenant, bid)
+        if not found:
+            return problem(404, "Unknown broadcast", "not (yet) in the audiences projection")
+        return web.json_response(found[0])
+
     return [
+        Operation("GET", "/v1/audiences/{audience}", get_audience, "An audience's size"),
+        Operation("GET", "/v1/audiences/{audience}/members", get_members, "An audience's members"),
+        Operation("GET", "/v1/broadcasts/{broadcast_id}", get_broadcast, "A broadcast and its cancellation"),
         Operation(
             "POST",
             "/v1/audiences/{audience}/members",

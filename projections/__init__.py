@@ -1,6 +1,15 @@
 """Projections: topics folded into PostgreSQL tables, offsets stored with the rows."""
 
-from projections import delivery_status, devices, inbox, recipients, suppressions
+from projections import audiences, delivery_status, devices, inbox, recipients, suppressions
 from projections.base import Projection, Runner
 
-__all__ = ["Projection", "Runner", "delivery_status", "devices", "inbox", "recipients", "suppressions"]
+__all__ = [
+    "Projection",
+    "Runner",
+    "audiences",
+    "delivery_status",
+    "devices",
+    "inbox",
+    "recipients",
+    "suppressions",
+]

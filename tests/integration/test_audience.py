@@ -11,8 +11,10 @@ from uuid import UUID, uuid5
 import aiohttp
 
 from processors.audience import Audience
-from tests.integration.conftest import read_all
-from tests.integration.test_api import call, serving
+from projections import Projection, Runner
+from tests.integration.conftest import read_all, table_checksums
+from tests.integration.test_api import GLOBEX, call, serving
+from tests.integration.test_projections import project
 from tests.integration.test_router import commands, decoded, publish_catalog, run_router
 from tidings.client import Client
 from tidings.config import Settings
@@ -110,3 +112,47 @@ def test_a_broadcast_of_an_unknown_type_is_dead_lettered_and_the_next_one_flows(
     assert len(letters) == 1
     assert "unknown notification type 'no.such.type'" in header_map(letters[0].headers)[ERROR_MESSAGE]
     assert {(e.broadcast_id, e.recipient_id) for e in requests(s)} == {(good, "a"), (good, "b")}
+
+
+def test_the_audiences_projection_answers_reads_and_rebuilds_identically(database: Settings) -> None:
+    s = database
+    with Client(s) as client:
+        client.add_members(tenant="acme", audience="fans", recipients=[f"f{i}" for i in range(5)])
+        client.remove_members(tenant="acme", audience="fans", recipients=["f0", "nobody"])
+        first = client.broadcast(tenant="acme", audience="fans", type="order.shipped")
+        client.add_members(tenant="acme", audience="fans", recipients=["late"])
+        client.cancel_broadcast(tenant="acme", audience="fans", broadcast_id=first, reason="typo")
+        never = UUID(int=7)
+        client.cancel_broadcast(tenant="acme", audience="fans", broadcast_id=never)
+        client.broadcast(tenant="acme", audience="fans", type="order.shipped", broadcast_id=never)
+        client.add_members(tenant="globex", audience="fans", recipients=["g1"])
+    project(s, "audiences")
+
+    async def scenario(base: str) -> list[tuple[int, Any, dict[str, str]]]:
+        async with aiohttp.ClientSession() as http:
+            return [
+                await call(http, "GET", f"{base}/v1/audiences/fans"),
+                await call(http, "GET", f"{base}/v1/audiences/fans/members?limit=3"),
+                await call(http, "GET", f"{base}/v1/audiences/fans/members?limit=3&after=f4"),
+                await call(http, "GET", f"{base}/v1/broadcasts/{first}"),
+                await call(http, "GET", f"{base}/v1/broadcasts/{never}"),
+                await call(http, "GET", f"{base}/v1/broadcasts/{first}", key=GLOBEX),
+            ]
+
+    size, page1, page2, one, other, foreign = asyncio.run(serving(s, scenario))
+    assert size[1] == {"audience_id": "fans", "members": 5}
+    assert [m["recipient_id"] for m in page1[1]["items"]] == ["f1", "f2", "f3"] and page1[1]["next"] == "f3"
+    assert [m["recipient_id"] for m in page2[1]["items"]] == ["late"] and page2[1]["next"] is None
+    assert (one[1]["members"], one[1]["cancel_reason"], one[1]["notification_type"]) == (
+        4,
+        "typo",
+        "order.shipped",
+    )
+    assert other[1]["members"] == 0 and other[1]["cancelled_at"] < other[1]["requested_at"]
+    assert foreign[0] == 404
+    tables = ["audience_members", "broadcasts"]
+    before = table_checksums(s, tables)
+    runner = Runner(s, Projection.registry["audiences"]())
+    runner.rebuild()
+    runner.close()
+    assert table_checksums(s, tables) == before
