@@ -25,15 +25,21 @@ from typing import Any
 from uuid import UUID
 
 from aiohttp import web
+from pydantic import TypeAdapter, ValidationError
 
 from gateways.api_schema import BroadcastBody, BroadcastCancelBody, MembersBody, Problem, body, problem
 from gateways.ops import Operation
 from tidings.broadcasts import broadcast_request, membership
-from tidings.events import BroadcastCancelled, Event, validated
+from tidings.events import BroadcastCancelled, Event, Identifier, validated
 
 Produce = Callable[..., Awaitable[None]]
 Accept = Callable[..., web.Response]
 Rows = Callable[..., Awaitable[list[dict[str, Any]]]]
+BROADCAST = """
+SELECT * FROM broadcasts WHERE tenant_id = %s AND broadcast_id = %s
+ORDER BY requested_at IS NULL, requested_at, audience_id LIMIT 1
+"""
+IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
 MEMBERS = """
 SELECT recipient_id, joined_at FROM audience_members
 WHERE tenant_id = %s AND audience_id = %s AND recipient_id > %s ORDER BY recipient_id LIMIT %s
@@ -96,6 +102,11 @@ def operations(
         except ValueError:
             return problem(400, "Bad query", "limit is 1..1000; after is the last recipient id of a page")
         after = request.query.get("after", "")
+        try:
+            if after:
+                IDENTIFIER.validate_python(after)
+        except ValidationError:
+            return problem(400, "Bad query", "after is the last recipient id of a page")
         found = await rows(MEMBERS, tenant, request.match_info["audience"], after, limit)
         more = len(found) == limit
         return web.json_response({"items": found, "next": found[-1]["recipient_id"] if more else None})
@@ -105,7 +116,7 @@ def operations(
             bid = UUID(request.match_info["broadcast_id"])
         except ValueError:
             return problem(404, "Unknown broadcast", "broadcast ids are UUIDs")
-        found = await rows("SELECT * FROM broadcasts WHERE tenant_id = %s AND broadcast_id = %s", tenant, bid)
+        found = await rows(BROADCAST, tenant, bid)
         if not found:
             return problem(404, "Unknown broadcast", "not (yet) in the audiences projection")
         return web.json_response(found[0])

@@ -16,7 +16,9 @@ Each tenant signs with its own key, derived from that secret (`tidings.client.in
 - `GET /v1/ws`: a WebSocket. The first frame is `{"token": "...", "cursor": 123}` (cursor optional),
   within 10 s, else the socket closes with 4401. The server answers `{"type": "items", "items": [...],
   "cursor": n}` with everything after the cursor (or the newest 20), then again whenever the
-  recipient's Redis doorbell rings, and at least every 30 s. aiohttp pings every 25 s.
+  recipient's Redis doorbell rings, and at least every 30 s. aiohttp pings every 25 s. On the same
+  looks, items this socket sent that were withdrawn since (their notification was cancelled) are named
+  in `{"type": "withdrawn", "ids": [...], "cursors": [...]}`, once each, so a live view can drop them.
 
 Doorbells: one Redis pattern subscription per edge process fans out to its sockets; after a Redis
 reconnect every socket re-reads, so a lost doorbell costs latency, never an item. Each read also looks
@@ -40,7 +42,7 @@ import redis.asyncio as aioredis
 from aiohttp import WSMsgType, web
 from psycopg_pool import AsyncConnectionPool
 
-from gateways.inapp._feed import DELIVERY, PAGE, SINCE, UNREAD, doorbell, doorbell_pattern, item
+from gateways.inapp._feed import DELIVERY, PAGE, SINCE, UNREAD, WITHDRAWN, doorbell, doorbell_pattern, item
 from gateways.ops import OPERATIONS, Operation
 from tidings.client import inbox_signing_key
 from tidings.config import Settings
@@ -200,6 +202,13 @@ def mount(
                     await ws.send_json({"type": "items", "items": [item(r) for r in fresh], "cursor": cursor})
                     greeted = True
                 sent.update(r[0] for r in fresh)
+                gone = await query(WITHDRAWN, who | {"seqs": sorted(sent)}) if sent else []
+                if gone:
+                    ids = sorted({str(r[1]) for r in gone})
+                    await ws.send_json(
+                        {"type": "withdrawn", "ids": ids, "cursors": sorted(r[0] for r in gone)}
+                    )
+                    sent -= {r[0] for r in gone}
                 if len(sent) > 10 * MAX_PAGE:
                     sent = {s for s in sent if s > cursor - MAX_PAGE}
         finally:

@@ -1,12 +1,16 @@
 """Consumes notifications.broadcasts; produces the audience_members and broadcasts tables.
 
-The same fold as the audience processor, in SQL, for reads (`GET /v1/audiences/{id}`, its members,
-`GET /v1/broadcasts/{id}`): membership in topic order, and for each broadcast the number of members
-it covered, counted when it is applied, which is the audience at the broadcast's place in its
-partition, as the processor sees it. The first request and the first cancellation of a broadcast id
-count; a repeat or a record naming the id under another audience changes nothing (the processor
-ignores or dead-letters those). A cancellation before its broadcast leaves a row that the broadcast
-later fills in with 0 members: it never starts.
+The membership fold of the audience processor, in SQL, for reads (`GET /v1/audiences/{id}`, its
+members, `GET /v1/broadcasts/{id}`), in topic order per audience. A broadcast's row says what was
+asked: `members` is the audience's size at the broadcast's place in its partition, the range the
+processor expands (members who leave during the expansion are skipped there, so a few may get
+nothing). It is not a receipt: a broadcast the processor refused (an unknown type, dead-lettered) has
+its row too, and if that dead letter is replayed once the type exists, the processor expands the
+audience as it is then while the row keeps the first count. The first request and the first cancellation of a broadcast id in an audience count,
+like the processor's; a cancellation before its broadcast leaves a row the broadcast fills in with 0
+members, as it never starts. Rows are per audience, because the processor's state is per partition:
+the same id under two audiences is two broadcasts there, and must not depend here on which partition
+a rebuild happens to read first.
 """
 
 from __future__ import annotations
@@ -32,17 +36,17 @@ INSERT INTO broadcasts AS b (tenant_id, broadcast_id, audience_id, notification_
                              members)
 SELECT %(tenant)s, %(broadcast)s, %(audience)s, %(type)s, %(priority)s, %(at)s, count(*)
 FROM audience_members WHERE tenant_id = %(tenant)s AND audience_id = %(audience)s
-ON CONFLICT (tenant_id, broadcast_id) DO UPDATE SET
+ON CONFLICT (tenant_id, audience_id, broadcast_id) DO UPDATE SET
     notification_type = EXCLUDED.notification_type, priority = EXCLUDED.priority,
     requested_at = EXCLUDED.requested_at, members = 0
-WHERE b.requested_at IS NULL AND b.audience_id = EXCLUDED.audience_id
+WHERE b.requested_at IS NULL
 """
 CANCEL = """
 INSERT INTO broadcasts AS b (tenant_id, broadcast_id, audience_id, cancelled_at, cancel_reason)
 VALUES (%(tenant)s, %(broadcast)s, %(audience)s, %(at)s, %(reason)s)
-ON CONFLICT (tenant_id, broadcast_id) DO UPDATE SET
+ON CONFLICT (tenant_id, audience_id, broadcast_id) DO UPDATE SET
     cancelled_at = EXCLUDED.cancelled_at, cancel_reason = EXCLUDED.cancel_reason
-WHERE b.cancelled_at IS NULL AND b.audience_id = EXCLUDED.audience_id
+WHERE b.cancelled_at IS NULL
 """
 
 

@@ -39,6 +39,10 @@ FROM inbox_items i LEFT JOIN inbox_states s
   ON s.notification_id = i.notification_id AND s.tenant_id = i.tenant_id AND s.recipient_id = i.recipient_id
 WHERE i.tenant_id = %(tenant)s AND i.recipient_id = %(recipient)s AND s.read_at IS NULL
   AND s.archived_at IS NULL AND s.withdrawn_at IS NULL AND (i.expires_at IS NULL OR i.expires_at > now())"""
+WITHDRAWN = """SELECT i.seq, i.notification_id FROM inbox_items i JOIN inbox_states s
+  ON s.notification_id = i.notification_id AND s.tenant_id = i.tenant_id AND s.recipient_id = i.recipient_id
+WHERE i.tenant_id = %(tenant)s AND i.recipient_id = %(recipient)s AND i.seq = ANY(%(seqs)s)
+  AND s.withdrawn_at IS NOT NULL"""
 DELIVERY = """SELECT delivery_id FROM inbox_items
 WHERE tenant_id = %s AND recipient_id = %s AND notification_id = %s ORDER BY seq LIMIT 1"""
 

@@ -253,6 +253,41 @@ def test_a_cancelled_notification_is_withdrawn_from_the_feed_and_the_unread_coun
     assert read["unread"] == 0, "another tenant's or recipient's cancel must not take the item's state row"
 
 
+def test_an_open_socket_is_told_of_a_withdrawn_item_once(database: Settings) -> None:
+    s = database
+    kept, withdrawn = command("ada", "Bo mentioned you"), command("ada", "Cy mentioned you")
+
+    def cancel_and_project() -> None:
+        with Client(s) as client:
+            client.cancel(tenant="acme", recipient="ada", notification_id=withdrawn.notification_id)
+        project(s, "inbox")
+
+    async def scenario(base: str) -> list[dict[str, Any]]:
+        provider = inbox(s)
+        frames = []
+        async with aiohttp.ClientSession() as session, aiohttp.ClientSession() as http:
+            for c in (kept, withdrawn):
+                await provider.send(session, c)
+            async with http.ws_connect(f"{base}/v1/ws") as ws:
+                await ws.send_json({"token": token("ada")})
+                frames.append(await ws.receive_json(timeout=5))
+                await asyncio.to_thread(cancel_and_project)
+                await provider.send(session, command("ada", "Di mentioned you"))
+                frames.append(await ws.receive_json(timeout=5))
+                frames.append(await ws.receive_json(timeout=5))
+                await provider.send(session, command("ada", "Ed mentioned you"))
+                frames.append(await ws.receive_json(timeout=5))
+        await provider.close()
+        return frames
+
+    backlog, live, gone, later = asyncio.run(serving(s, scenario))
+    assert [i["title"] for i in backlog["items"]] == ["Bo mentioned you", "Cy mentioned you"]
+    assert [i["title"] for i in live["items"]] == ["Di mentioned you"]
+    assert (gone["type"], gone["ids"]) == ("withdrawn", [str(withdrawn.notification_id)])
+    assert gone["cursors"] == [backlog["items"][1]["cursor"]]
+    assert (later["type"], [i["title"] for i in later["items"]]) == ("items", ["Ed mentioned you"])
+
+
 def test_the_inbox_projection_keeps_the_first_time_of_each_and_rebuilds_identically(
     database: Settings,
 ) -> None:

@@ -165,8 +165,25 @@ class TransactionalLoop:
             for store in self.stores:
                 keys = store.restore(number, read_partition(self.settings, store.topic, number))
                 log.info("restored %s[%d]: %d keys", store.topic, number, keys)
+        if self.punctuate is not None:
+            self._seed_fence(partitions)
         if self._on_assign:
             self._on_assign([(p.topic, p.partition) for p in partitions])
+
+    def _seed_fence(self, partitions: list[TopicPartition]) -> None:
+        """The committed offsets of newly assigned partitions (the low watermark where the group has
+        none: with `auto.offset.reset=earliest` that is where it would start), so punctuations are fenced
+        from the start, not only after the first batch. Not `position()`: the aligner may hold records
+        consumed but not yet processed. If the coordinator does not answer, fencing waits for the first
+        batch's commit, as before."""
+        try:
+            for tp in self.consumer.committed(partitions, timeout=30):
+                offset = tp.offset
+                if offset < 0:
+                    offset = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)[0]
+                self._committed[(tp.topic, tp.partition)] = offset
+        except KafkaException as exc:
+            log.warning("punctuations unfenced until the first batch commits: %s", exc)
 
     def _revoked(self, _c: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -385,7 +402,7 @@ class TransactionalLoop:
             self.last_commit_at = time.monotonic()
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
-            if not err.txn_requires_abort():
+            if not (err.txn_requires_abort() or err.retriable()):
                 raise
             log.warning("aborting transaction: %s", err)
             self._abort(batch)
@@ -414,14 +431,11 @@ class TransactionalLoop:
         except Exception as exc:
             for store in self.stores:
                 store.aborted()
-            if isinstance(exc, KafkaException) and config.is_fatal(exc.args[0]):
+            err = exc.args[0] if isinstance(exc, KafkaException) else None
+            if err is not None and config.is_fatal(err):
                 raise
-            guard.within(
-                TXN_TIMEOUT_S + 15,
-                lambda: self.producer.abort_transaction(TXN_TIMEOUT_S),
-                "abort_transaction",
-            )
-            if isinstance(exc, KafkaException) and exc.args[0].txn_requires_abort():
+            self._abort_open()
+            if err is not None and (err.txn_requires_abort() or err.retriable()):
                 log.warning("aborted a punctuation, its timers fire on the next one: %s", exc)
                 self._eager_after = time.monotonic() + 0.5
                 return
@@ -468,12 +482,25 @@ class TransactionalLoop:
                     raise
                 log.warning("retrying commit: %s", err)
 
+    def _abort_open(self) -> None:
+        """Abort the open transaction, retrying while the broker answers with a retriable error."""
+        for attempt in range(MAX_COMMIT_RETRIES):
+            try:
+                guard.within(
+                    TXN_TIMEOUT_S + 15,
+                    lambda: self.producer.abort_transaction(TXN_TIMEOUT_S),
+                    "abort_transaction",
+                )
+                return
+            except KafkaException as exc:
+                if not exc.args[0].retriable() or attempt == MAX_COMMIT_RETRIES - 1:
+                    raise
+                log.warning("retrying abort: %s", exc.args[0])
+
     def _abort(self, batch: list[Incoming]) -> None:
         for store in self.stores:
             store.aborted()
-        guard.within(
-            TXN_TIMEOUT_S + 15, lambda: self.producer.abort_transaction(TXN_TIMEOUT_S), "abort_transaction"
-        )
+        self._abort_open()
         self.aborted_batches += 1
         if self.aligner:
             self.aligner.drop((r.topic, r.partition) for r in batch)
