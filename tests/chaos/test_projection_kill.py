@@ -94,6 +94,11 @@ def test_kill_9_three_times_then_rebuilds_are_identical(database: Settings) -> N
                 engaged(tenant_id="acme", recipient_id=recipient, notification_id=nid, delivery_id=did),
                 wait=False,
             )
+        client.add_members(
+            tenant="acme", audience="all", recipients=[f"u{i}" for i in range(200)], wait=False
+        )
+        client.remove_members(tenant="acme", audience="all", recipients=["u0", "u1"], wait=False)
+        client.broadcast(tenant="acme", audience="all", type="order.shipped", wait=False)
         client.flush()
     run_router(s, idle=5)
 
@@ -122,13 +127,14 @@ def test_kill_9_three_times_then_rebuilds_are_identical(database: Settings) -> N
         timeout=600,
     )
     assert final.returncode == 0, final.stderr[-3000:]
-    for name in ("suppressions", "devices", "recipients", "inbox"):
+    for name in ("suppressions", "devices", "recipients", "inbox", "audiences"):
         run_all(s, name)
 
     with psycopg.connect(s.postgres_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM notifications").fetchone() == (20_000,)
         assert conn.execute("SELECT count(*) FROM devices").fetchone() == (67,)
         assert conn.execute("SELECT count(*) FROM inbox_states").fetchone() == (300,)
+        assert conn.execute("SELECT members FROM broadcasts").fetchall() == [(198,)]
     for name, cls in Projection.registry.items():
         tables = list(cls.tables)
         live = table_checksums(s, tables)
