@@ -55,7 +55,6 @@ from tidings.events import (
     AudienceMembersRemoved,
     BroadcastCancelled,
     BroadcastRequested,
-    NotificationTypePublished,
 )
 from tidings.kafka import Incoming, Output, TopicFollower, TransactionalLoop, TransactionalState
 from tidings.kafka.records import (
@@ -309,8 +308,7 @@ class Audience:
         )
 
     def run(self, *, idle_exit_after: float | None = None) -> None:
-        for record in self.follower.catch_up():
-            self._apply_catalog(record)
+        self.catalog.follow(self.follower.catch_up(), self.codec)
         try:
             self.loop.run(idle_exit_after=idle_exit_after)
         finally:
@@ -333,14 +331,4 @@ class Audience:
         ]
 
     def refresh_catalog(self) -> None:
-        for record in self.follower.poll():
-            self._apply_catalog(record)
-
-    def _apply_catalog(self, record: Incoming) -> None:
-        try:
-            event = record.decode(self.codec)
-        except (CodecError, InvalidEvent) as exc:
-            log.warning("ignoring undecodable catalog record at offset %d: %s", record.offset, exc)
-            return
-        if isinstance(event, NotificationTypePublished):
-            self.catalog.apply(event)
+        self.catalog.follow(self.follower.poll(), self.codec)

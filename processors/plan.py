@@ -25,6 +25,8 @@ A digest request (`digest_of` set) renders with the digest templates and is neve
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from typing import Any
@@ -41,7 +43,8 @@ from tidings.catalog import (
     escalation_steps,
     throttle_rule,
 )
-from tidings.errors import InvalidEvent
+from tidings.codec import Codec
+from tidings.errors import CodecError, InvalidEvent
 from tidings.events import (
     Channel,
     DeliveryCommand,
@@ -53,7 +56,10 @@ from tidings.events import (
     RenderedContent,
 )
 from tidings.ids import command_id, delivery_id
+from tidings.kafka.records import Incoming
 from tidings.render import RenderError, render
+
+log = logging.getLogger(__name__)
 
 INTERRUPTING = frozenset({"push", "sms"})
 UTC_ZONE = ZoneInfo("UTC")
@@ -81,6 +87,18 @@ class Catalog:
         current = self._types.get(key)
         if current is None or published.version >= current.version:
             self._types[key] = published
+
+    def follow(self, records: Iterable[Incoming], codec: Codec) -> None:
+        """Apply the catalog topic's records; an undecodable one is skipped with a warning (the topic
+        is compacted and read by every router: one bad record must not stop them)."""
+        for record in records:
+            try:
+                event = record.decode(codec)
+            except (CodecError, InvalidEvent) as exc:
+                log.warning("ignoring undecodable catalog record at offset %d: %s", record.offset, exc)
+                continue
+            if isinstance(event, NotificationTypePublished):
+                self.apply(event)
 
     def get(self, tenant: str, type_: str) -> NotificationTypePublished | None:
         return self._types.get((tenant, type_)) or self._types.get((GLOBAL_TENANT, type_))

@@ -42,7 +42,6 @@ from tidings.events import (
     Event,
     NotificationCancelled,
     NotificationRequested,
-    NotificationTypePublished,
     OutcomeStatus,
     utcnow,
 )
@@ -122,21 +121,10 @@ class Router:
         ]
 
     def refresh_catalog(self) -> None:
-        for record in self.follower.poll():
-            self._apply_catalog(record)
-
-    def _apply_catalog(self, record: Incoming) -> None:
-        try:
-            event = record.decode(self.codec)
-        except (CodecError, InvalidEvent) as exc:
-            log.warning("ignoring undecodable catalog record at offset %d: %s", record.offset, exc)
-            return
-        if isinstance(event, NotificationTypePublished):
-            self.catalog.apply(event)
+        self.catalog.follow(self.follower.poll(), self.codec)
 
     def run(self, *, idle_exit_after: float | None = None) -> None:
-        for record in self.follower.catch_up():
-            self._apply_catalog(record)
+        self.catalog.follow(self.follower.catch_up(), self.codec)
         log.info("router starting with %d notification types", len(self.catalog))
         try:
             self.loop.run(idle_exit_after=idle_exit_after)

@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import Any, Required, TypedDict, Unpack
 from uuid import UUID
 
-from tidings.errors import InvalidEvent
 from tidings.events import (
     MAX_MEMBERS_PER_EVENT,
     AudienceMembersAdded,
@@ -16,7 +15,7 @@ from tidings.events import (
     data_json_of,
     validated,
 )
-from tidings.ids import broadcast_id_for, new_notification_id
+from tidings.ids import broadcast_id_for, chosen_id
 
 
 class BroadcastFields(TypedDict, total=False):
@@ -37,27 +36,19 @@ class BroadcastFields(TypedDict, total=False):
 
 def broadcast_request(*, source: str | None = None, **fields: Unpack[BroadcastFields]) -> BroadcastRequested:
     """A validated broadcast; its id is a new UUIDv7 unless given or derived from `idempotency_key`."""
-    tenant, given, key = fields["tenant"], fields.get("broadcast_id"), fields.get("idempotency_key")
-    if given is not None and key is not None:
-        raise InvalidEvent("give broadcast_id or idempotency_key, not both")
-    if key is not None and not 1 <= len(key.strip()) <= 255:
-        raise InvalidEvent("idempotency_key must have 1..255 characters besides white space")
-    try:
-        bid = (
-            broadcast_id_for(tenant, fields["audience"], key)
-            if key is not None
-            else UUID(str(given))
-            if given is not None
-            else new_notification_id()
-        )
-    except ValueError:
-        raise InvalidEvent(f"broadcast_id {given!r} is not a UUID") from None
+    tenant, audience = fields["tenant"], fields["audience"]
+    bid = chosen_id(
+        "broadcast_id",
+        fields.get("broadcast_id"),
+        fields.get("idempotency_key"),
+        lambda key: broadcast_id_for(tenant, audience, key),
+    )
     channels = fields.get("channels")
     return validated(
         BroadcastRequested,
         tenant_id=tenant,
         correlation_id=str(bid),
-        audience_id=fields["audience"],
+        audience_id=audience,
         broadcast_id=bid,
         notification_type=fields["type"],
         data_json=data_json_of(fields.get("data")),

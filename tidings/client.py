@@ -37,7 +37,7 @@ from tidings.events import (
     data_json_of,
     validated,
 )
-from tidings.ids import new_notification_id, notification_id_for
+from tidings.ids import chosen_id, notification_id_for
 from tidings.kafka import EventProducer, Output
 from tidings.topics import registry
 
@@ -64,21 +64,13 @@ def notification_request(
     *, source: str | None = None, **fields: Unpack[RequestFields]
 ) -> NotificationRequested:
     """A validated request; its id is a new UUIDv7 unless given or derived from `idempotency_key`."""
-    tenant, notification_id, key = (
-        fields["tenant"],
+    tenant = fields["tenant"]
+    nid = chosen_id(
+        "notification_id",
         fields.get("notification_id"),
         fields.get("idempotency_key"),
+        lambda key: notification_id_for(tenant, key),
     )
-    if notification_id is not None and key is not None:
-        raise InvalidEvent("give notification_id or idempotency_key, not both")
-    if key is not None and not 1 <= len(key.strip()) <= 255:
-        raise InvalidEvent("idempotency_key must have 1..255 characters besides white space")
-    if key is not None:
-        notification_id = notification_id_for(tenant, key)
-    try:
-        nid = UUID(str(notification_id)) if notification_id is not None else new_notification_id()
-    except ValueError:
-        raise InvalidEvent(f"notification_id {notification_id!r} is not a UUID") from None
     data_json = data_json_of(fields.get("data"))
     channels, to = fields.get("channels"), fields.get("to")
     return validated(

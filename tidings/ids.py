@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from uuid6 import uuid7
+
+from tidings.errors import InvalidEvent
 
 IDEMPOTENCY_NAMESPACE = uuid5(NAMESPACE_URL, "https://tidings.dev/idempotency-key")
 BATCH_NAMESPACE = uuid5(NAMESPACE_URL, "https://tidings.dev/batch-idempotency-key")
@@ -14,6 +17,20 @@ BROADCAST_NAMESPACE = uuid5(NAMESPACE_URL, "https://tidings.dev/broadcast-idempo
 def new_notification_id() -> UUID:
     """A UUIDv7: unique, and sortable by creation time."""
     return UUID(str(uuid7()))
+
+
+def chosen_id(field: str, given: UUID | str | None, key: str | None, derive: Callable[[str], UUID]) -> UUID:
+    """The id a producer chose: `given`, or derived from its idempotency key, or else a new UUIDv7."""
+    if given is not None and key is not None:
+        raise InvalidEvent(f"give {field} or idempotency_key, not both")
+    if key is not None:
+        if not 1 <= len(key.strip()) <= 255:
+            raise InvalidEvent("idempotency_key must have 1..255 characters besides white space")
+        return derive(key)
+    try:
+        return UUID(str(given)) if given is not None else new_notification_id()
+    except ValueError:
+        raise InvalidEvent(f"{field} {given!r} is not a UUID") from None
 
 
 def notification_id_for(tenant_id: str, idempotency_key: str) -> UUID:

@@ -26,42 +26,46 @@ def _recipients(recipients: list[str] | None, from_file: Path | None) -> list[st
     return found
 
 
+AUDIENCE = typer.Argument(..., help="The audience's id.")
+RECIPIENTS = typer.Argument(None, help="Recipient ids.")
+TENANT = typer.Option(..., "--tenant", "-t")
+FROM_FILE = typer.Option(None, "--from-file", exists=True, help="One recipient id per line.")
+
+
 @app.command("add")
 def add(
-    audience: str = typer.Argument(..., help="The audience's id."),
-    recipients: list[str] = typer.Argument(None, help="Recipient ids."),
-    tenant: str = typer.Option(..., "--tenant", "-t"),
-    from_file: Path | None = typer.Option(
-        None, "--from-file", exists=True, help="One recipient id per line."
-    ),
+    audience: str = AUDIENCE,
+    recipients: list[str] = RECIPIENTS,
+    tenant: str = TENANT,
+    from_file: Path | None = FROM_FILE,
 ) -> None:
     """Add recipients to an audience (members already in it stay as they are)."""
-    found = _recipients(recipients, from_file)
-    with Client(source="cli") as client:
-        client.add_members(tenant=tenant, audience=audience, recipients=found)
-    console.print(f"[green]added[/] {len(found)} recipients to {tenant}/{audience}")
+    _change(tenant, audience, _recipients(recipients, from_file), remove=False)
 
 
 @app.command("remove")
 def remove(
-    audience: str = typer.Argument(..., help="The audience's id."),
-    recipients: list[str] = typer.Argument(None, help="Recipient ids."),
-    tenant: str = typer.Option(..., "--tenant", "-t"),
-    from_file: Path | None = typer.Option(
-        None, "--from-file", exists=True, help="One recipient id per line."
-    ),
+    audience: str = AUDIENCE,
+    recipients: list[str] = RECIPIENTS,
+    tenant: str = TENANT,
+    from_file: Path | None = FROM_FILE,
 ) -> None:
     """Remove recipients from an audience; broadcasts still being expanded skip them."""
-    found = _recipients(recipients, from_file)
+    _change(tenant, audience, _recipients(recipients, from_file), remove=True)
+
+
+def _change(tenant: str, audience: str, recipients: list[str], *, remove: bool) -> None:
     with Client(source="cli") as client:
-        client.remove_members(tenant=tenant, audience=audience, recipients=found)
-    console.print(f"[yellow]removed[/] {len(found)} recipients from {tenant}/{audience}")
+        change = client.remove_members if remove else client.add_members
+        change(tenant=tenant, audience=audience, recipients=recipients)
+    done = "[yellow]removed[/] {} recipients from" if remove else "[green]added[/] {} recipients to"
+    console.print(done.format(len(recipients)), f"{tenant}/{audience}")
 
 
 @app.command("broadcast")
 def broadcast(
-    audience: str = typer.Argument(..., help="The audience's id."),
-    tenant: str = typer.Option(..., "--tenant", "-t"),
+    audience: str = AUDIENCE,
+    tenant: str = TENANT,
     type_: str = typer.Option(..., "--type", help="Notification type key from the catalog."),
     pairs: list[str] = typer.Argument(None, help="Template data: key=value or key:=json."),
     data: str | None = typer.Option(None, "--data", help="Template data as a JSON object."),

@@ -468,34 +468,22 @@ class TransactionalLoop:
                 self.producer.poll(0.05)
 
     def _commit(self) -> None:
+        self._retrying("commit_transaction", lambda: self.producer.commit_transaction(TXN_TIMEOUT_S))
+
+    def _abort_open(self) -> None:
+        self._retrying("abort_transaction", lambda: self.producer.abort_transaction(TXN_TIMEOUT_S))
+
+    def _retrying(self, what: str, call: Callable[[], None]) -> None:
+        """Commit or abort the open transaction, again while the broker answers with a retriable error."""
         for attempt in range(MAX_COMMIT_RETRIES):
             try:
-                guard.within(
-                    TXN_TIMEOUT_S + 15,
-                    lambda: self.producer.commit_transaction(TXN_TIMEOUT_S),
-                    "commit_transaction",
-                )
+                guard.within(TXN_TIMEOUT_S + 15, call, what)
                 return
             except KafkaException as exc:
                 err: KafkaError = exc.args[0]
                 if not err.retriable() or attempt == MAX_COMMIT_RETRIES - 1:
                     raise
-                log.warning("retrying commit: %s", err)
-
-    def _abort_open(self) -> None:
-        """Abort the open transaction, retrying while the broker answers with a retriable error."""
-        for attempt in range(MAX_COMMIT_RETRIES):
-            try:
-                guard.within(
-                    TXN_TIMEOUT_S + 15,
-                    lambda: self.producer.abort_transaction(TXN_TIMEOUT_S),
-                    "abort_transaction",
-                )
-                return
-            except KafkaException as exc:
-                if not exc.args[0].retriable() or attempt == MAX_COMMIT_RETRIES - 1:
-                    raise
-                log.warning("retrying abort: %s", exc.args[0])
+                log.warning("retrying %s: %s", what, err)
 
     def _abort(self, batch: list[Incoming]) -> None:
         for store in self.stores:
