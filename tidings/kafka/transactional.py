@@ -125,6 +125,7 @@ class TransactionalLoop:
         self.punctuate, self.punctuate_every, self.pending = punctuate, punctuate_every, pending
         self.eager = eager
         self._eager_after = 0.0
+        self._assigned_at = 0.0
         self._committed: dict[tuple[str, int], int] = {}
         self._punctuated = 0.0
         self.aligner = Aligner(align_max_idle, first=align_first) if align_max_idle is not None else None
@@ -167,6 +168,7 @@ class TransactionalLoop:
                 log.info("restored %s[%d]: %d keys", store.topic, number, keys)
         if self.punctuate is not None:
             self._seed_fence(partitions)
+        self._assigned_at = time.monotonic()
         if self._on_assign:
             self._on_assign([(p.topic, p.partition) for p in partitions])
 
@@ -199,7 +201,8 @@ class TransactionalLoop:
 
     def run(self, *, idle_exit_after: float | None = None) -> None:
         """Loop until `stop()`; with `idle_exit_after`, also return after that many seconds with partitions
-        assigned and no input."""
+        assigned and no input. Time spent in an assignment (restoring stores) is not idle time: a short
+        `idle_exit_after` would otherwise end the loop before its first fetch."""
         self._start()
         last_input = time.monotonic()
         try:
@@ -281,6 +284,7 @@ class TransactionalLoop:
         busy = self.aligner is not None and self.aligner.pending() > 0
         if batch or not self.consumer.assignment() or busy or (self.pending and self.pending()):
             last_input = time.monotonic()
+        last_input = max(last_input, self._assigned_at)
         if batch:
             self.process(batch)
         if self.punctuate and (eager or time.monotonic() - self._punctuated >= self.punctuate_every):
