@@ -73,7 +73,7 @@ from tidings.tracing import TRACEPARENT, child_traceparent
 log = logging.getLogger(__name__)
 GROUP = "tidings.audience"
 SLICE = 500
-MAX_PER_TICK = 2000
+MAX_PER_TICK = 10_000
 MAX_SCAN = 20 * SLICE
 MAX_TXN_BYTES = 16 * 1024 * 1024
 """Request bytes per transaction: `data_json` may be 256 KiB, copied into every member's request."""
