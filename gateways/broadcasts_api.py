@@ -10,8 +10,9 @@ Routes of the server-side API (`gateways/api.py` mounts them, with its authentic
   notification id is uuid5(broadcast id, recipient), readable with `GET /v1/notifications/{id}`.
 - `GET /v1/audiences/{audience}`: its size now; `GET /v1/audiences/{audience}/members?limit=100&after=`:
   its members by recipient id, a page at a time; `GET /v1/broadcasts/{broadcast_id}`: the broadcast,
-  the number of members it covered, its cancellation. These read the `audiences` projection, so they
-  lag the topic by the projection's delay.
+  the number of members it covered, its cancellation, and `delivery`: its member notifications by
+  status and their deliveries by channel and status (`tidings.broadcasts.delivery_report`, from the
+  delivery-status projection). These read projections, so they lag the topics by the projections' delay.
 - `POST /v1/audiences/{audience}/broadcasts/{broadcast_id}/cancel`: members not yet reached get
   nothing, the others' notifications are cancelled. The audience is in the path because a broadcast
   lives in its audience's partition: a cancellation naming another audience cannot find it (the
@@ -29,7 +30,13 @@ from pydantic import TypeAdapter, ValidationError
 
 from gateways.api_schema import BroadcastBody, BroadcastCancelBody, MembersBody, Problem, body, problem
 from gateways.ops import Operation
-from tidings.broadcasts import broadcast_request, membership
+from tidings.broadcasts import (
+    REPORT_CHANNELS,
+    REPORT_STATUSES,
+    broadcast_request,
+    delivery_report,
+    membership,
+)
 from tidings.events import BroadcastCancelled, Event, Identifier, validated
 
 Produce = Callable[..., Awaitable[None]]
@@ -119,12 +126,20 @@ def operations(
         found = await rows(BROADCAST, tenant, bid)
         if not found:
             return problem(404, "Unknown broadcast", "not (yet) in the audiences projection")
-        return web.json_response(found[0])
+        report = delivery_report(
+            await rows(REPORT_STATUSES, tenant, bid), await rows(REPORT_CHANNELS, tenant, bid)
+        )
+        return web.json_response({**found[0], "delivery": report})
 
     return [
         Operation("GET", "/v1/audiences/{audience}", get_audience, "An audience's size"),
         Operation("GET", "/v1/audiences/{audience}/members", get_members, "An audience's members"),
-        Operation("GET", "/v1/broadcasts/{broadcast_id}", get_broadcast, "A broadcast and its cancellation"),
+        Operation(
+            "GET",
+            "/v1/broadcasts/{broadcast_id}",
+            get_broadcast,
+            "A broadcast, its cancellation and its delivery",
+        ),
         Operation(
             "POST",
             "/v1/audiences/{audience}/members",

@@ -83,14 +83,18 @@ CREATE TEMP TABLE IF NOT EXISTS stage_outcomes (
     provider_message_id text
 ) ON COMMIT DELETE ROWS;
 """
-MERGE_REQUESTS = """
-INSERT INTO notifications AS n (notification_id, tenant_id, recipient_id, notification_type, priority, requested_at)
-SELECT notification_id, tenant_id, recipient_id, notification_type, priority, requested_at FROM stage_requests
+REQUEST_COLUMNS = (
+    "notification_id, tenant_id, recipient_id, notification_type, priority, requested_at, broadcast_id"
+)
+MERGE_REQUESTS = f"""
+INSERT INTO notifications AS n ({REQUEST_COLUMNS})
+SELECT {REQUEST_COLUMNS} FROM stage_requests
 ON CONFLICT (notification_id) DO UPDATE SET
     recipient_id = COALESCE(n.recipient_id, EXCLUDED.recipient_id),
     notification_type = COALESCE(n.notification_type, EXCLUDED.notification_type),
     priority = COALESCE(n.priority, EXCLUDED.priority),
-    requested_at = COALESCE(n.requested_at, EXCLUDED.requested_at)
+    requested_at = COALESCE(n.requested_at, EXCLUDED.requested_at),
+    broadcast_id = COALESCE(n.broadcast_id, EXCLUDED.broadcast_id)
 """
 EVENT_COLUMNS = ", ".join(COLUMNS[:12])
 MERGE_EVENTS = f"""
@@ -198,15 +202,11 @@ class DeliveryStatus(Projection):
                         e.notification_type,
                         e.priority,
                         e.occurred_at,
+                        e.broadcast_id,
                     ),
                 )
         if requests:
-            _copy(
-                cur,
-                "stage_requests (notification_id, tenant_id, recipient_id, notification_type, priority, "
-                "requested_at)",
-                requests.values(),
-            )
+            _copy(cur, f"stage_requests ({REQUEST_COLUMNS})", requests.values())
             cur.execute(MERGE_REQUESTS.encode())
         if not outcomes:
             return

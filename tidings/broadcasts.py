@@ -1,8 +1,16 @@
-"""Builds the events of audiences and broadcasts for `notifications.broadcasts` (processors/audience.py)."""
+"""Builds the events of audiences and broadcasts for `notifications.broadcasts` (processors/audience.py),
+and the delivery report of a broadcast from the delivery-status projection (API and CLI).
+
+The report counts the member notifications the projection has seen, by summary status (`REQUESTED`
+where no outcome has arrived yet), and per channel their deliveries by status together with the
+channels the router skipped for a member (an opt-out, no address: skips have no delivery). It reads
+`notifications.broadcast_id` (migration 0007), so it follows the requests topic, not the audience's size:
+a member skipped during the expansion, or not reached yet, is simply not counted.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Required, TypedDict, Unpack
 from uuid import UUID
@@ -16,6 +24,20 @@ from tidings.events import (
     validated,
 )
 from tidings.ids import broadcast_id_for, chosen_id
+
+REPORT_STATUSES = """
+SELECT coalesce(status, 'REQUESTED') AS status, count(*) AS count FROM notifications
+WHERE tenant_id = %s AND broadcast_id = %s GROUP BY 1 ORDER BY 1
+"""
+REPORT_CHANNELS = """
+WITH n AS (SELECT notification_id FROM notifications WHERE tenant_id = %s AND broadcast_id = %s)
+SELECT channel, status, count(*) AS count FROM (
+    SELECT d.channel, d.status FROM n JOIN deliveries d USING (notification_id)
+    UNION ALL
+    SELECT e.channel, e.status FROM n JOIN delivery_events e USING (notification_id)
+    WHERE e.delivery_id IS NULL AND e.channel IS NOT NULL
+) x GROUP BY 1, 2 ORDER BY 1, 2
+"""
 
 
 class BroadcastFields(TypedDict, total=False):
@@ -77,3 +99,15 @@ def membership(
         )
         for i in range(0, len(recipients), MAX_MEMBERS_PER_EVENT)
     ]
+
+
+def delivery_report(
+    statuses: Iterable[Mapping[str, Any]], channels: Iterable[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """`{"notifications": n, "status": {status: n}, "channels": {channel: {status: n}}}` from the rows of
+    REPORT_STATUSES and REPORT_CHANNELS."""
+    by_status = {str(r["status"]): int(r["count"]) for r in statuses}
+    by_channel: dict[str, dict[str, int]] = {}
+    for r in channels:
+        by_channel.setdefault(str(r["channel"]), {})[str(r["status"])] = int(r["count"])
+    return {"notifications": sum(by_status.values()), "status": by_status, "channels": by_channel}

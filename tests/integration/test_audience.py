@@ -4,6 +4,7 @@ by the audience processor, planned by the router; cancellation; a broadcast of a
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from typing import Any
 from uuid import UUID, uuid5
@@ -14,6 +15,7 @@ from processors.audience import Audience
 from projections import Projection, Runner
 from tests.integration.conftest import read_all, table_checksums
 from tests.integration.test_api import GLOBEX, call, serving
+from tests.integration.test_cli import run as run_cli
 from tests.integration.test_projections import project
 from tests.integration.test_router import commands, decoded, publish_catalog, run_router
 from tidings.client import Client
@@ -157,3 +159,42 @@ def test_the_audiences_projection_answers_reads_and_rebuilds_identically(databas
     runner.rebuild()
     runner.close()
     assert table_checksums(s, tables) == before
+
+
+def test_a_broadcasts_delivery_is_reported_by_status_and_channel(database: Settings) -> None:
+    s = database
+    publish_catalog(s)
+    with Client(s) as client:
+        client.add_members(tenant="acme", audience="team", recipients=["a", "b", "c"])
+        client.update_recipient(tenant="acme", recipient="a", email="a@example.com")
+        order = {"order": "A-1", "carrier": "DHL"}
+        both = ["in_app", "email"]
+        bid = client.broadcast(
+            tenant="acme", audience="team", type="order.shipped", data=order, channels=both
+        )
+        client.send(tenant="acme", recipient="a", type="order.shipped", data=order, channels=["in_app"])
+        other = client.broadcast(tenant="acme", audience="team", type="order.shipped", channels=["in_app"])
+    run_audience(s)
+    run_router(s)
+    project(s, "audiences")
+    project(s, "delivery_status")
+
+    async def scenario(base: str) -> list[tuple[int, Any, dict[str, str]]]:
+        async with aiohttp.ClientSession() as http:
+            return [
+                await call(http, "GET", f"{base}/v1/broadcasts/{bid}"),
+                await call(http, "GET", f"{base}/v1/broadcasts/{other}"),
+            ]
+
+    first, second = asyncio.run(serving(s, scenario))
+    assert first[1]["delivery"] == {
+        "notifications": 3,
+        "status": {"QUEUED": 3},
+        "channels": {"email": {"QUEUED": 1, "SKIPPED": 2}, "in_app": {"QUEUED": 3}},
+    }
+    assert second[1]["delivery"] == {"notifications": 3, "status": {"REJECTED": 3}, "channels": {}}
+    shown = run_cli("audience", "report", str(bid), "-t", "acme", "--json", s=s)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == {"broadcast_id": str(bid), **first[1]["delivery"]}
+    foreign = run_cli("audience", "report", str(bid), "-t", "globex", s=s)
+    assert foreign.returncode == 1 and "no notification" in foreign.stderr

@@ -13,7 +13,11 @@ def run(*args: str, timeout: float = 120, s: Settings | None = None) -> subproce
     """`tidings ARGS`; with `s`, inside that test's own topic namespace."""
     env = os.environ.copy()
     if s is not None:
-        env |= {"TIDINGS_TOPIC_PREFIX": s.topic_prefix, "TIDINGS_PARTITIONS": str(s.partitions)}
+        env |= {
+            "TIDINGS_TOPIC_PREFIX": s.topic_prefix,
+            "TIDINGS_PARTITIONS": str(s.partitions),
+            "TIDINGS_POSTGRES_DSN": s.postgres_dsn,
+        }
     return subprocess.run([TIDINGS, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 

@@ -1,4 +1,5 @@
-"""`tidings audience add|remove|broadcast|cancel`: audiences and broadcasts on notifications.broadcasts."""
+"""`tidings audience add|remove|broadcast|cancel|report`: audiences and broadcasts on
+notifications.broadcasts, and a broadcast's delivery from the delivery-status projection."""
 
 from __future__ import annotations
 
@@ -6,11 +7,16 @@ import json
 from pathlib import Path
 from uuid import UUID
 
+import psycopg
 import typer
+from psycopg.rows import dict_row
 from rich.console import Console
+from rich.table import Table
 
+from tidings.broadcasts import REPORT_CHANNELS, REPORT_STATUSES, delivery_report
 from tidings.cli.io import parse_data, when
 from tidings.client import Client
+from tidings.config import settings
 from tidings.errors import InvalidEvent
 
 app = typer.Typer(no_args_is_help=True, help="Audiences (named sets of recipients) and broadcasts to them.")
@@ -110,3 +116,34 @@ def cancel(
     with Client(source="cli") as client:
         client.cancel_broadcast(tenant=tenant, audience=audience, broadcast_id=broadcast_id, reason=reason)
     console.print(f"[yellow]cancellation requested[/] {broadcast_id}")
+
+
+@app.command("report")
+def report(
+    broadcast_id: str = typer.Argument(..., help="The broadcast to report on."),
+    tenant: str = typer.Option(..., "--tenant", "-t"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """A broadcast's member notifications by status and their deliveries by channel (the projection)."""
+    try:
+        bid = UUID(broadcast_id)
+    except ValueError:
+        raise InvalidEvent(f"{broadcast_id!r} is not a broadcast id (a UUID)") from None
+    with psycopg.connect(settings().postgres_dsn, row_factory=dict_row) as conn:
+        found = delivery_report(
+            conn.execute(REPORT_STATUSES, (tenant, bid)).fetchall(),
+            conn.execute(REPORT_CHANNELS, (tenant, bid)).fetchall(),
+        )
+    if as_json:
+        print(json.dumps({"broadcast_id": str(bid), **found}))
+        return
+    if not found["notifications"]:
+        console.print(f"[red]no notification of broadcast {bid} in the projection[/]")
+        raise typer.Exit(1)
+    statuses = ", ".join(f"{status} {n}" for status, n in found["status"].items())
+    console.print(f"{bid}  {found['notifications']} notifications: {statuses}")
+    table = Table("channel", "status", "deliveries")
+    for channel, counts in found["channels"].items():
+        for status, n in counts.items():
+            table.add_row(channel, status, str(n))
+    Console().print(table)
