@@ -22,6 +22,9 @@ projections_app = typer.Typer(no_args_is_help=True, help="Rebuild projections fr
 console = Console(stderr=True)
 
 
+PROJECTIONS = "delivery_status, suppressions, devices, recipients, inbox, audiences"
+
+
 def _projection(name: str) -> Any:
     from projections import Projection
 
@@ -42,7 +45,7 @@ def migrate() -> None:
 
 
 def run_projection(
-    name: str = typer.Argument(..., help="delivery_status, suppressions, devices, recipients"),
+    name: str = typer.Argument(..., help=PROJECTIONS),
     idle_exit: float | None = typer.Option(None, "--idle-exit"),
 ) -> None:
     """Fold topics into PostgreSQL, exactly once (offsets stored with the rows)."""
@@ -60,7 +63,7 @@ def run_projection(
 
 
 @projections_app.command("rebuild")
-def rebuild(name: str = typer.Argument(...)) -> None:
+def rebuild(name: str = typer.Argument(..., help=PROJECTIONS)) -> None:
     """Truncate a projection's tables and replay its topics from offset 0 to their current end."""
     from projections import Runner
 
