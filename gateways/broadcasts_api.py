@@ -96,12 +96,10 @@ def operations(
 
     async def get_audience(request: web.Request, tenant: str) -> web.Response:
         audience = request.match_info["audience"]
-        [found] = await rows(
-            "SELECT count(*) AS members FROM audience_members WHERE tenant_id = %s AND audience_id = %s",
-            tenant,
-            audience,
+        found = await rows(
+            "SELECT members FROM audiences WHERE tenant_id = %s AND audience_id = %s", tenant, audience
         )
-        return web.json_response({"audience_id": audience, "members": found["members"]})
+        return web.json_response({"audience_id": audience, "members": found[0]["members"] if found else 0})
 
     async def get_members(request: web.Request, tenant: str) -> web.Response:
         try:

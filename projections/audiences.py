@@ -1,4 +1,4 @@
-"""Consumes notifications.broadcasts; produces the audience_members and broadcasts tables.
+"""Consumes notifications.broadcasts; produces the audience_members, audiences and broadcasts tables.
 
 The membership fold of the audience processor, in SQL, for reads (`GET /v1/audiences/{id}`, its
 members, `GET /v1/broadcasts/{id}`), in topic order per audience. A broadcast's row says what was
@@ -6,11 +6,12 @@ asked: `members` is the audience's size at the broadcast's place in its partitio
 processor expands (members who leave during the expansion are skipped there, so a few may get
 nothing). It is not a receipt: a broadcast the processor refused (an unknown type, dead-lettered) has
 its row too, and if that dead letter is replayed once the type exists, the processor expands the
-audience as it is then while the row keeps the first count. The first request and the first cancellation of a broadcast id in an audience count,
-like the processor's; a cancellation before its broadcast leaves a row the broadcast fills in with 0
+audience as it is then while the row keeps the first count. The first request and the first
+cancellation of a broadcast id in an audience count, like the processor's; a cancellation before its broadcast leaves a row the broadcast fills in with 0
 members, as it never starts. Rows are per audience, because the processor's state is per partition:
 the same id under two audiences is two broadcasts there, and must not depend here on which partition
-a rebuild happens to read first.
+a rebuild happens to read first. An audience's size is kept in `audiences` as members join and leave
+(only rows really inserted or deleted count), so neither a read nor a broadcast counts the members.
 """
 
 from __future__ import annotations
@@ -25,17 +26,29 @@ from tidings.events import (
 )
 
 JOIN = """
-INSERT INTO audience_members (tenant_id, audience_id, recipient_id, joined_at) VALUES (%s, %s, %s, %s)
-ON CONFLICT DO NOTHING
+WITH joined AS (
+    INSERT INTO audience_members (tenant_id, audience_id, recipient_id, joined_at)
+    SELECT %(tenant)s, %(audience)s, r, %(at)s FROM unnest(%(recipients)s::text[]) AS r
+    ON CONFLICT DO NOTHING RETURNING 1
+)
+INSERT INTO audiences AS a (tenant_id, audience_id, members)
+SELECT %(tenant)s, %(audience)s, count(*) FROM joined
+ON CONFLICT (tenant_id, audience_id) DO UPDATE SET members = a.members + EXCLUDED.members
 """
 LEAVE = """
-DELETE FROM audience_members WHERE tenant_id = %s AND audience_id = %s AND recipient_id = ANY(%s)
+WITH gone AS (
+    DELETE FROM audience_members
+    WHERE tenant_id = %(tenant)s AND audience_id = %(audience)s AND recipient_id = ANY(%(recipients)s)
+    RETURNING 1
+)
+UPDATE audiences SET members = members - (SELECT count(*) FROM gone)
+WHERE tenant_id = %(tenant)s AND audience_id = %(audience)s
 """
 REQUEST = """
 INSERT INTO broadcasts AS b (tenant_id, broadcast_id, audience_id, notification_type, priority, requested_at,
                              members)
-SELECT %(tenant)s, %(broadcast)s, %(audience)s, %(type)s, %(priority)s, %(at)s, count(*)
-FROM audience_members WHERE tenant_id = %(tenant)s AND audience_id = %(audience)s
+SELECT %(tenant)s, %(broadcast)s, %(audience)s, %(type)s, %(priority)s, %(at)s,
+       coalesce((SELECT members FROM audiences WHERE tenant_id = %(tenant)s AND audience_id = %(audience)s), 0)
 ON CONFLICT (tenant_id, audience_id, broadcast_id) DO UPDATE SET
     notification_type = EXCLUDED.notification_type, priority = EXCLUDED.priority,
     requested_at = EXCLUDED.requested_at, members = 0
@@ -52,18 +65,18 @@ WHERE b.cancelled_at IS NULL
 
 class Audiences(Projection):
     name = "audiences"
-    tables = ("audience_members", "broadcasts")
+    tables = ("audience_members", "audiences", "broadcasts")
     sources = ("broadcasts",)
 
     def apply(self, cur: Cursor, events: list[Event]) -> None:
         for e in events:
-            if isinstance(e, AudienceMembersAdded):
-                cur.executemany(
-                    JOIN,
-                    [(e.tenant_id, e.audience_id, r, e.occurred_at) for r in dict.fromkeys(e.recipient_ids)],
+            if isinstance(e, AudienceMembersAdded | AudienceMembersRemoved):
+                change = {"tenant": e.tenant_id, "audience": e.audience_id, "at": e.occurred_at}
+                recipients = list(dict.fromkeys(e.recipient_ids))
+                cur.execute(
+                    LEAVE if isinstance(e, AudienceMembersRemoved) else JOIN,
+                    change | {"recipients": recipients},
                 )
-            elif isinstance(e, AudienceMembersRemoved):
-                cur.execute(LEAVE, (e.tenant_id, e.audience_id, list(e.recipient_ids)))
             elif isinstance(e, BroadcastRequested):
                 fields = {"priority": e.priority, "type": e.notification_type}
                 cur.execute(REQUEST, self._keys(e) | fields)

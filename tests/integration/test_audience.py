@@ -122,7 +122,7 @@ def test_the_audiences_projection_answers_reads_and_rebuilds_identically(databas
         client.add_members(tenant="acme", audience="fans", recipients=[f"f{i}" for i in range(5)])
         client.remove_members(tenant="acme", audience="fans", recipients=["f0", "nobody"])
         first = client.broadcast(tenant="acme", audience="fans", type="order.shipped")
-        client.add_members(tenant="acme", audience="fans", recipients=["late"])
+        client.add_members(tenant="acme", audience="fans", recipients=["late", "f1", "late"])
         client.cancel_broadcast(tenant="acme", audience="fans", broadcast_id=first, reason="typo")
         never = UUID(int=7)
         client.cancel_broadcast(tenant="acme", audience="fans", broadcast_id=never)
@@ -153,7 +153,7 @@ def test_the_audiences_projection_answers_reads_and_rebuilds_identically(databas
     )
     assert other[1]["members"] == 0 and other[1]["cancelled_at"] <= other[1]["requested_at"]
     assert (foreign[0], nul[0]) == (404, 400)
-    tables = ["audience_members", "broadcasts"]
+    tables = ["audience_members", "audiences", "broadcasts"]
     before = table_checksums(s, tables)
     runner = Runner(s, Projection.registry["audiences"]())
     runner.rebuild()
