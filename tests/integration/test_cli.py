@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.integration.test_router import ROOT, publish_catalog
+from tidings.client import Client
 from tidings.config import Settings
 
 TIDINGS = str(Path(sys.executable).with_name("tidings"))
@@ -151,3 +153,39 @@ def test_audience_add_remove_broadcast_and_cancel(topology: Settings, tmp_path: 
     assert bad.returncode == 1 and "name recipients" in bad.stderr
     bad_id = run("audience", "cancel", "beta", "not-a-uuid", "-t", "acme", s=s)
     assert bad_id.returncode == 1 and "not a broadcast id" in bad_id.stderr
+
+
+def test_catalog_shadow_replays_past_requests_with_a_candidate_catalog(
+    topology: Settings, tmp_path: Path
+) -> None:
+    s = topology
+    publish_catalog(s)
+    order = {"order": "A-1", "carrier": "DHL"}
+    with Client(s) as client:
+        client.update_recipient(tenant="acme", recipient="ada", email="ada@example.com")
+        sent = [
+            client.send(tenant="acme", recipient=r, type="order.shipped", data=order) for r in ("ada", "bob")
+        ]
+        client.send(tenant="acme", recipient="ada", type="password.reset", data={"link": "https://x"})
+    examples = (ROOT / "catalog" / "examples.toml").read_text()
+    shipped = 'key = "order.shipped"\ncategory = "orders"\npriority = "normal"\n'
+    shipped += 'channels = ["email", "push", "in_app"]'
+    assert shipped in examples
+    candidate = tmp_path / "candidate.toml"
+    candidate.write_text(examples.replace(shipped, shipped.replace('"email", ', "")))
+
+    shown = run("catalog", "shadow", str(candidate), "--json", s=s)
+    assert shown.returncode == 0, shown.stderr
+    changes = {c["recipient_id"]: c for c in map(json.loads, shown.stdout.splitlines())}
+    assert {c["notification_id"] for c in changes.values()} == {str(n) for n in sent}
+    assert changes["ada"]["changes"] == [{"channel": "email", "before": "QUEUED", "after": "nothing"}]
+    assert changes["bob"]["changes"] == [
+        {"channel": "email", "before": "SKIPPED no_address", "after": "nothing"}
+    ]
+    assert "1 changed types; 3 requests replayed, 2 would be planned differently" in " ".join(
+        shown.stderr.split()
+    )
+    later = run("catalog", "shadow", str(candidate), "--from", "2099-01-01T00:00:00", s=s)
+    assert later.returncode == 0 and "0 requests replayed" in later.stderr
+    table = run("catalog", "shadow", str(candidate), s=s)
+    assert "order.shipped" in table.stdout and "SKIPPED no_address" in table.stdout
