@@ -43,6 +43,7 @@ from tidings.events import (
     InboxItemSeen,
     NotificationRequested,
     NotificationTypePublished,
+    ProviderFeedback,
 )
 from tidings.ids import delivery_id
 from tidings.kafka import apply_topics
@@ -153,6 +154,8 @@ def run_demo(s: Settings, n: Any, rounds: int, mail: MailSink, hooks: WebhookSin
             wait=False,
             rules=[{"scope": "category", "key": "social", "channel": "email", "enabled": False}],
         )
+        for category in sorted({t.category for t in load(CATALOG)}):
+            client.publish(resubscribed("alan", "alan@example.com", category), wait=False)
         client.flush()
         time.sleep(0.2)
         for _ in range(rounds):
@@ -324,6 +327,20 @@ def inbox(s: Settings) -> None:
     _, feed = on_edge(s, "GET", "/v1/inbox?limit=3", edge, headers=auth)
     titles = "; ".join(str(i["title"]) for i in feed["items"])
     console.print(f"inbox: ada has {feed['unread']} unread items; the newest 3: {titles}")
+
+
+def resubscribed(recipient: str, address: str, category: str) -> ProviderFeedback:
+    """Undoes an earlier run's one-click unsubscribe, so the demo can show it again on the same stack."""
+    return ProviderFeedback(
+        tenant_id="acme",
+        kind="resubscribe",
+        channel="email",
+        address=address,
+        recipient_id=recipient,
+        provider="demo",
+        category=category,
+        detail="the demo starts with every recipient subscribed",
+    )
 
 
 def unsubscribe(s: Settings, mail: MailSink, sent: dict[str, tuple[str, str]]) -> None:
