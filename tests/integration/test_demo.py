@@ -13,14 +13,17 @@ from tidings.kafka import delete_topics
 TIDINGS = str(Path(sys.executable).with_name("tidings"))
 
 
-@pytest.mark.timeout(300)
-def test_demo_runs_the_pipeline_end_to_end(stack: Settings) -> None:
+@pytest.mark.timeout(600)
+def test_demo_runs_the_pipeline_end_to_end_and_again_on_the_same_stack(stack: Settings) -> None:
     prefix = f"demo{uuid.uuid4().hex[:6]}."
     env = os.environ | {"TIDINGS_TOPIC_PREFIX": prefix, "TIDINGS_PARTITIONS": "3", "COLUMNS": "200"}
     try:
         result = subprocess.run([TIDINGS, "demo"], env=env, capture_output=True, text=True, timeout=280)
+        again = subprocess.run([TIDINGS, "demo"], env=env, capture_output=True, text=True, timeout=280)
     finally:
         delete_topics(stack, prefix)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "his next order email: SKIPPED (unsubscribed from orders email)" in " ".join(again.stderr.split())
     assert result.returncode == 0, result.stderr[-3000:]
     err = " ".join(result.stderr.split())  # rich wraps long lines
     assert "21 requests planned: 27 delivery commands, 76 outcomes" in err
