@@ -20,9 +20,10 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 from tidings.config import Settings
 from tidings.errors import HangingTransaction, KafkaUnavailable
 from tidings.kafka import config
+from tidings.kafka.messages import is_retriable, next_offsets, to_incoming
 from tidings.kafka.producer import EventProducer
 from tidings.kafka.records import Handler, Incoming, dead_letter
-from tidings.kafka.transactional import TXN_TIMEOUT_S, is_retriable, next_offsets, to_incoming
+from tidings.kafka.transactional import TXN_TIMEOUT_S
 from tidings.topics import names
 
 log = logging.getLogger(__name__)

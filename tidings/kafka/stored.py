@@ -35,8 +35,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 
 from tidings.config import Settings
 from tidings.kafka import config
+from tidings.kafka.messages import is_retriable, to_incoming
 from tidings.kafka.records import Incoming
-from tidings.kafka.transactional import is_retriable, to_incoming
 
 log = logging.getLogger(__name__)
 TP = tuple[str, int]

@@ -35,7 +35,15 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from tidings.config import Settings
 from tidings.kafka import config, guard
 from tidings.kafka.align import Aligner
-from tidings.kafka.records import Handler, Incoming, Output, PoisonHandler, as_headers, dead_letter
+from tidings.kafka.messages import (
+    first_offsets,
+    is_retriable,
+    lag_of,
+    next_offsets,
+    partition_of,
+    to_incoming,
+)
+from tidings.kafka.records import Handler, Incoming, Output, PoisonHandler, dead_letter
 from tidings.metrics import Sample
 from tidings.topics import names
 
@@ -61,22 +69,6 @@ TXN_TIMEOUT_S = 30.0
 MAX_COMMIT_RETRIES = 5
 MAX_RECOVERIES = 5
 RECOVERY_WINDOW_S = 300.0
-
-
-def to_incoming(msg: Message) -> Incoming:
-    return Incoming(
-        cast(str, msg.topic()),
-        cast(int, msg.partition()),
-        cast(int, msg.offset()),
-        msg.key(),
-        msg.value(),
-        as_headers(msg.headers()),
-        msg.timestamp()[1],
-    )
-
-
-def is_retriable(exc: BaseException) -> bool:
-    return bool(getattr(exc, "retriable", False))
 
 
 class TransactionalLoop:
@@ -294,18 +286,8 @@ class TransactionalLoop:
         return last_input
 
     def _measure_lag(self) -> None:
-        """Records behind the fetched end per assigned partition, for metrics (at most once a second)."""
         self._lag_at = time.monotonic()
-        lag = {}
-        try:
-            assigned = self.consumer.assignment()
-            for tp in self.consumer.position(assigned) if assigned else []:
-                high = self.consumer.get_watermark_offsets(tp, cached=True)[1]
-                if high >= 0 and tp.offset >= 0:
-                    lag[(tp.topic, tp.partition)] = max(0, high - tp.offset)
-        except KafkaException as exc:
-            log.debug("lag not measured: %s", exc)
-        self.lag = lag
+        self.lag = lag_of(self.consumer)
 
     def samples(self) -> list[Sample]:
         """The loop's counters and lag, read by a metrics scrape on another thread."""
@@ -501,22 +483,3 @@ class TransactionalLoop:
                 self.consumer.seek(tp)
             except KafkaException as exc:
                 log.info("not rewinding %s[%d] (no longer assigned): %s", tp.topic, tp.partition, exc)
-
-
-def partition_of(out: Output) -> int:
-    """The explicit partition, or -1 (librdkafka's 'unassigned': the default partitioner decides)."""
-    return -1 if out.partition is None else out.partition
-
-
-def next_offsets(batch: list[Incoming]) -> list[TopicPartition]:
-    last: dict[tuple[str, int], int] = {}
-    for r in batch:
-        last[(r.topic, r.partition)] = max(last.get((r.topic, r.partition), -1), r.offset)
-    return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
-
-
-def first_offsets(batch: list[Incoming]) -> list[TopicPartition]:
-    first: dict[tuple[str, int], int] = {}
-    for r in batch:
-        first.setdefault((r.topic, r.partition), r.offset)
-    return [TopicPartition(t, p, o) for (t, p), o in first.items()]
