@@ -3,8 +3,8 @@ import pytest
 from tidings.cli.io import parse_data
 from tidings.errors import InvalidEvent, KafkaUnavailable
 from tidings.kafka import Incoming
-from tidings.kafka.records import dead_letter, header_map
 from tidings.kafka.messages import first_offsets, next_offsets
+from tidings.kafka.records import dead_letter, header_map
 from tidings.topics import DLQ
 from tidings.tracing import child_traceparent, new_traceparent
 
