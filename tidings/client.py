@@ -26,6 +26,8 @@ from tidings.config import settings as default_settings
 from tidings.errors import InvalidEvent
 from tidings.events import (
     BroadcastCancelled,
+    DestinationRemoved,
+    DestinationUpdated,
     DeviceRegistered,
     DeviceRemoved,
     Event,
@@ -295,6 +297,37 @@ class Client:
                 enabled=enabled,
             ),
             wait=wait,
+        )
+
+    def set_destination(
+        self,
+        *,
+        tenant: str,
+        destination_id: str,
+        url: str,
+        secret: str,
+        statuses: Sequence[str] = (),
+        enabled: bool = True,
+        wait: bool = True,
+    ) -> None:
+        """Create or change a tenant's outcome destination: its outcomes (of `statuses`, default all) are
+        POSTed to `url` as Standard Webhooks signed with `secret` (`whsec_...`; `tidings run relay`)."""
+        self.publish(
+            validated(
+                DestinationUpdated,
+                tenant_id=tenant,
+                destination_id=destination_id,
+                url=url,
+                secret=secret,
+                statuses=list(statuses),
+                enabled=enabled,
+            ),
+            wait=wait,
+        )
+
+    def remove_destination(self, *, tenant: str, destination_id: str, wait: bool = True) -> None:
+        self.publish(
+            validated(DestinationRemoved, tenant_id=tenant, destination_id=destination_id), wait=wait
         )
 
     def publish(self, event: Event, *, topic: str | None = None, wait: bool = True) -> None:

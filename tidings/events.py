@@ -53,6 +53,8 @@ __all__ = [
     "ChannelTemplate",
     "DeliveryCommand",
     "DeliveryOutcome",
+    "DestinationRemoved",
+    "DestinationUpdated",
     "DeviceRegistered",
     "DeviceRemoved",
     "DigestChoice",
@@ -413,7 +415,26 @@ class BroadcastCancelled(_AudienceEvent):
     reason: str | None = None
 
 
-for _abstract in ("_InboxItemEvent", "_AudienceEvent", "_MembersEvent"):
+class _DestinationEvent(Event):
+    destination_id: Identifier
+
+    @property
+    def key(self) -> str:
+        return f"{self.tenant_id}/{self.destination_id}"
+
+
+class DestinationUpdated(_DestinationEvent):
+    url: str = Field(pattern=r"^https?://\S+$")
+    secret: str = Field(pattern=r"^whsec_[A-Za-z0-9+/=]{16,}( whsec_[A-Za-z0-9+/=]{16,})*$")
+    statuses: list[OutcomeStatus] = []
+    enabled: bool = True
+
+
+class DestinationRemoved(_DestinationEvent):
+    pass
+
+
+for _abstract in ("_InboxItemEvent", "_AudienceEvent", "_MembersEvent", "_DestinationEvent"):
     Event.registry.pop(_abstract, None)
 
 

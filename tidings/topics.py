@@ -25,6 +25,7 @@ SCHEDULED = "notifications.scheduled"
 OUTCOMES = "notifications.outcomes"
 DLQ = "notifications.dlq"
 BROADCASTS = "notifications.broadcasts"
+DESTINATIONS = "notifications.destinations"
 
 
 def delivery(channel: str, *, urgent: bool = False) -> str:
@@ -81,6 +82,10 @@ class Names:
     @property
     def broadcasts(self) -> str:
         return self.prefix + BROADCASTS
+
+    @property
+    def destinations(self) -> str:
+        return self.prefix + DESTINATIONS
 
     def delivery(self, channel: str, *, urgent: bool = False) -> str:
         return self.prefix + delivery(channel, urgent=urgent)
@@ -195,6 +200,14 @@ def registry(settings: Settings) -> list[TopicSpec]:
             ("AudienceMembersAdded", "AudienceMembersRemoved", "BroadcastRequested", "BroadcastCancelled"),
             per_recipient=False,
             retention_ms=FOREVER,
+        ),
+        TopicSpec(
+            DESTINATIONS,
+            "tenant/destination",
+            ("DestinationUpdated", "DestinationRemoved"),
+            cleanup_policy="compact",
+            per_recipient=False,
+            partitions=1,
         ),
     ]
     tiers = parse_tiers(settings.retry_tiers)

@@ -211,6 +211,22 @@ def run_audience(
     audience.run(idle_exit_after=idle_exit)
 
 
+@run_app.command("relay")
+def run_relay(
+    instance: str | None = typer.Option(None, "--instance", help="Stable slot name, e.g. 0, 1."),
+    idle_exit: float | None = typer.Option(None, "--idle-exit", help="Exit after this many idle seconds."),
+) -> None:
+    """Turn each outcome into webhook commands for its tenant's destinations (the webhook gateway sends)."""
+    from processors.relay import Relay
+
+    logging.getLogger().setLevel(logging.INFO)
+    relay = Relay(settings(), instance=instance)
+    expose("relay", instance, relay.samples)
+    signal.signal(signal.SIGTERM, lambda *_: relay.stop())
+    signal.signal(signal.SIGINT, lambda *_: relay.stop())
+    relay.run(idle_exit_after=idle_exit)
+
+
 @run_app.command("gateway")
 def run_gateway(
     channel: str = typer.Argument(..., help="in_app, push, email, sms or webhook"),

@@ -1,0 +1,201 @@
+"""Consumes notifications.outcomes and the tenants' destinations (notifications.destinations); produces a
+webhook DeliveryCommand per outcome and matching destination, exactly once.
+
+Outcome destinations are the tenant-level answer to "tell my systems what happened": each tenant can
+register HTTPS endpoints (`DestinationUpdated`: url, `whsec_` secret, the statuses it wants) and receives
+its outcomes there as Standard Webhooks events, `{"type": "delivery.sent", "timestamp": ..., "data":
+{...}}`. The relay does not send anything itself: it turns each outcome into an ordinary command on
+`notifications.delivery.webhook`, so the webhook gateway delivers it with everything it already does
+(signature, SSRF guard, retry tiers, circuit breaker, endpoint disabling, DLQ, dedupe on the
+delivery id). Ids are derived (notification id = uuid5(outcome event id, destination)), so a replayed
+outcome yields the same delivery id and the receiver's `webhook-id` dedupes it.
+
+The gateway reports on these deliveries like on any other, on the outcomes topic; their recipient id is
+`tidings:destination:<id>` (`RELAY_RECIPIENT`), and the relay never relays an outcome about such a
+recipient, so it cannot feed on itself. Recipient ids starting with `tidings:` are reserved for this.
+
+The destinations are a global table (every relay reads the whole compacted topic and follows it between
+batches). A new relay group starts at the end of the outcomes topic: deploying it, or adding a
+destination, does not replay the past (30 days) to anyone; from then on its committed offsets carry it
+through restarts. A destination receives the outcomes the relay processes while it exists and is
+enabled. Outcomes older than `max_age` when processed (a relay stopped for a long time) are dropped
+rather than delivered late, and each command expires `max_age` after its outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from uuid import uuid5
+
+from tidings.codec import Codec, default_codec
+from tidings.config import Settings
+from tidings.errors import CodecError, InvalidEvent
+from tidings.events import (
+    DeliveryCommand,
+    DeliveryOutcome,
+    DestinationRemoved,
+    DestinationUpdated,
+    RenderedContent,
+    utcnow,
+)
+from tidings.ids import command_id, delivery_id
+from tidings.kafka import Incoming, Output, TopicFollower, TransactionalLoop
+from tidings.metrics import Sample
+from tidings.topics import names
+
+log = logging.getLogger(__name__)
+GROUP = "tidings.relay"
+RELAY_RECIPIENT = "tidings:destination:"
+OUTCOME_TYPE = "tidings.outcome"
+MAX_AGE = timedelta(days=1)
+
+
+@dataclass
+class Destinations:
+    """The latest version of every destination, by tenant, in topic order (one partition)."""
+
+    tenants: dict[str, dict[str, DestinationUpdated]] = field(default_factory=dict)
+
+    def apply(self, event: DestinationUpdated | DestinationRemoved) -> None:
+        table = self.tenants.setdefault(event.tenant_id, {})
+        if isinstance(event, DestinationUpdated):
+            table[event.destination_id] = event
+        else:
+            table.pop(event.destination_id, None)
+
+    def follow(self, records: Iterable[Incoming], codec: Codec) -> None:
+        """Apply the topic's records; an undecodable one is skipped with a warning (one bad record on a
+        compacted topic every relay reads must not stop them all)."""
+        for record in records:
+            try:
+                event = record.decode(codec)
+            except (CodecError, InvalidEvent) as exc:
+                log.warning("ignoring undecodable destination record at offset %d: %s", record.offset, exc)
+                continue
+            if isinstance(event, DestinationUpdated | DestinationRemoved):
+                self.apply(event)
+
+    def matching(self, outcome: DeliveryOutcome) -> list[DestinationUpdated]:
+        found = self.tenants.get(outcome.tenant_id, {}).values()
+        return [d for d in found if d.enabled and (not d.statuses or outcome.status in d.statuses)]
+
+    def __len__(self) -> int:
+        return sum(len(t) for t in self.tenants.values())
+
+
+def payload(outcome: DeliveryOutcome) -> str:
+    """The Standard Webhooks event body: type, timestamp and the outcome's fields (no address, no content)."""
+    data = outcome.model_dump(
+        mode="json",
+        include={
+            "event_id",
+            "notification_id",
+            "delivery_id",
+            "recipient_id",
+            "channel",
+            "status",
+            "reason",
+            "provider",
+            "provider_message_id",
+            "attempt",
+            "template_version",
+            "detail",
+            "occurred_at",
+        },
+    )
+    body = {"type": f"delivery.{outcome.status.lower()}", "timestamp": data["occurred_at"], "data": data}
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def relay(
+    outcome: DeliveryOutcome, destinations: Destinations, now: datetime, max_age: timedelta = MAX_AGE
+) -> list[DeliveryCommand]:
+    """The commands that deliver `outcome` to its tenant's matching destinations."""
+    if (outcome.recipient_id or "").startswith(RELAY_RECIPIENT) or outcome.occurred_at < now - max_age:
+        return []
+    commands = []
+    for d in destinations.matching(outcome):
+        nid = uuid5(outcome.event_id, f"destination/{d.destination_id}")
+        did = delivery_id(nid, "webhook", d.url)
+        commands.append(
+            DeliveryCommand(
+                event_id=command_id(did),
+                tenant_id=outcome.tenant_id,
+                occurred_at=now,
+                correlation_id=str(outcome.notification_id),
+                delivery_id=did,
+                notification_id=nid,
+                recipient_id=RELAY_RECIPIENT + d.destination_id,
+                notification_type=OUTCOME_TYPE,
+                category=OUTCOME_TYPE,
+                channel="webhook",
+                priority="normal",
+                address=d.url,
+                address_params={"secret": d.secret},
+                content=RenderedContent(data_json=payload(outcome)),
+                expires_at=outcome.occurred_at + max_age,
+            )
+        )
+    return commands
+
+
+class Relay:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        instance: str | None = None,
+        group_id: str | None = None,
+        from_beginning: bool = False,
+        max_age: timedelta = MAX_AGE,
+    ) -> None:
+        """`from_beginning`: a new group reads the outcomes kept (tests); by default it starts at the end."""
+        self.names = names(settings)
+        self.codec = default_codec()
+        self.max_age = max_age
+        self.destinations = Destinations()
+        self.follower = TopicFollower(settings, self.names.destinations)
+        self.relayed = 0
+        group_id = group_id or settings.topic_prefix + GROUP
+        slot = instance or f"{socket.gethostname()}-0"
+        self.loop = TransactionalLoop(
+            settings,
+            group_id=group_id,
+            topics=[self.names.outcomes],
+            handle=self.handle,
+            transactional_id=f"{group_id}-{slot}",
+            static_membership=instance is not None,
+            before_batch=self.refresh,
+            consumer_overrides={"auto.offset.reset": "earliest" if from_beginning else "latest"},
+        )
+
+    def refresh(self) -> None:
+        self.destinations.follow(self.follower.poll(), self.codec)
+
+    def handle(self, record: Incoming) -> list[Output]:
+        event = record.decode(self.codec)
+        if not isinstance(event, DeliveryOutcome):
+            raise InvalidEvent(f"{type(event).__name__} does not belong on {record.topic}")
+        commands = relay(event, self.destinations, utcnow(), self.max_age)
+        self.relayed += len(commands)
+        target = self.names.delivery("webhook")
+        return [Output.event(target, c, codec=self.codec) for c in commands]
+
+    def samples(self) -> list[Sample]:
+        return [*self.loop.samples(), Sample("outcomes_relayed", self.relayed, help="outcome webhooks made")]
+
+    def run(self, *, idle_exit_after: float | None = None) -> None:
+        self.destinations.follow(self.follower.catch_up(), self.codec)
+        log.info("relay starting with %d destinations", len(self.destinations))
+        try:
+            self.loop.run(idle_exit_after=idle_exit_after)
+        finally:
+            self.follower.close()
+
+    def stop(self) -> None:
+        self.loop.stop()

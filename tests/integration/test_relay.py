@@ -1,0 +1,88 @@
+"""Outcome destinations on the real stack: the router's outcomes relayed as webhook commands, delivered by
+the webhook gateway to a local receiver that verifies their signatures, and never relayed twice."""
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+from standardwebhooks import Webhook
+
+from gateways.runner import GatewayRunner
+from gateways.webhook.standard import StandardWebhook, WebhookSettings
+from processors.relay import RELAY_RECIPIENT, Relay
+from tests.integration.test_router import commands, publish_catalog, run_router
+from tidings.client import Client
+from tidings.config import Settings
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def run_relay(s: Settings) -> Relay:
+    relay = Relay(s, instance="0", group_id=f"relay-{s.topic_prefix}", from_beginning=True)
+    relay.run(idle_exit_after=3.0)
+    return relay
+
+
+def test_outcomes_reach_each_matching_destination_signed_and_the_relay_never_relays_its_own(
+    topology: Settings,
+) -> None:
+    s = topology
+    publish_catalog(s)
+    received: list[tuple[str, str, dict[str, Any]]] = []
+
+    async def receiver(request: web.Request) -> web.Response:
+        body = await request.read()
+        Webhook(SECRET).verify(body, dict(request.headers))
+        received.append((request.match_info["name"], request.headers["webhook-id"], json.loads(body)))
+        return web.Response(status=204)
+
+    async def scenario() -> tuple[Relay, Relay, GatewayRunner]:
+        app = web.Application()
+        app.router.add_post("/{name}", receiver)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        with Client(s) as client:
+            for name, tenant, statuses in [
+                ("all", "acme", []),
+                ("skips", "acme", ["SKIPPED"]),
+                ("gone", "acme", []),
+                ("other", "globex", []),
+            ]:
+                url = f"{base}/{name}"
+                client.set_destination(
+                    tenant=tenant, destination_id=name, url=url, secret=SECRET, statuses=statuses
+                )
+            client.remove_destination(tenant="acme", destination_id="gone")
+            client.update_recipient(tenant="acme", recipient="ada", email="ada@example.com")
+            order = {"order": "A-1", "carrier": "DHL"}
+            client.send(
+                tenant="acme", recipient="ada", type="order.shipped", data=order, channels=["email", "push"]
+            )
+        run_router(s)
+        first = run_relay(s)
+        gateway = GatewayRunner(s, "webhook", [StandardWebhook(WebhookSettings(allow_cidrs="127.0.0.1/32"))])
+        try:
+            await gateway.run(idle_exit_after=4)
+        finally:
+            await runner.cleanup()
+        return first, run_relay(s), gateway
+
+    first, second, gateway = asyncio.run(scenario())
+    assert first.relayed == 3 and second.relayed == 0
+    assert gateway.counts["sent"] == 3
+    got = sorted((name, body["type"], body["data"]["channel"]) for name, _, body in received)
+    assert got == [
+        ("all", "delivery.queued", "email"),
+        ("all", "delivery.skipped", "push"),
+        ("skips", "delivery.skipped", "push"),
+    ]
+    assert len({webhook_id for _, webhook_id, _ in received}) == 3
+    assert all(body["data"]["recipient_id"] == "ada" for _, _, body in received)
+    relayed = [c for c in commands(s) if c.recipient_id.startswith(RELAY_RECIPIENT)]
+    assert sorted(c.recipient_id for c in relayed) == [RELAY_RECIPIENT + "all"] * 2 + [
+        RELAY_RECIPIENT + "skips"
+    ]

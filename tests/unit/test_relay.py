@@ -1,0 +1,87 @@
+"""The relay's pure part: which outcomes go to which destinations, as what commands."""
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from processors.relay import RELAY_RECIPIENT, Destinations, relay
+from tidings.events import DeliveryOutcome, DestinationRemoved, DestinationUpdated
+
+NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def destination(name: str, tenant: str = "acme", **changes: Any) -> DestinationUpdated:
+    fields = {"tenant_id": tenant, "destination_id": name, "url": f"https://hooks.example.com/{name}"}
+    return DestinationUpdated(**(fields | {"secret": SECRET} | changes))
+
+
+def outcome(status: str = "SENT", **changes: Any) -> DeliveryOutcome:
+    fields: dict[str, Any] = {
+        "tenant_id": "acme",
+        "notification_id": uuid.uuid4(),
+        "delivery_id": uuid.uuid4(),
+        "recipient_id": "ada",
+        "channel": "email",
+        "status": status,
+        "provider": "smtp",
+        "occurred_at": NOW - timedelta(seconds=1),
+    }
+    return DeliveryOutcome(**(fields | changes))
+
+
+def table(*events: DestinationUpdated | DestinationRemoved) -> Destinations:
+    found = Destinations()
+    for e in events:
+        found.apply(e)
+    return found
+
+
+def test_an_outcome_goes_to_each_enabled_destination_of_its_tenant_that_wants_its_status() -> None:
+    destinations = table(
+        destination("all"),
+        destination("failures", statuses=["FAILED"]),
+        destination("off", enabled=False),
+        destination("other", tenant="globex"),
+    )
+    sent = relay(outcome("SENT"), destinations, NOW)
+    assert [c.recipient_id for c in sent] == [RELAY_RECIPIENT + "all"]
+    failed = relay(outcome("FAILED"), destinations, NOW)
+    assert sorted(c.address for c in failed) == [
+        "https://hooks.example.com/all",
+        "https://hooks.example.com/failures",
+    ]
+
+
+def test_the_command_is_a_signed_webhook_of_the_outcome_with_derived_ids() -> None:
+    o = outcome("DELIVERED", reason=None, detail="250 ok")
+    [c] = relay(o, table(destination("all")), NOW)
+    [again] = relay(o, table(destination("all")), NOW + timedelta(seconds=5))
+    assert (c.delivery_id, c.notification_id) == (again.delivery_id, again.notification_id)
+    assert (c.channel, c.address_params, c.tenant_id) == ("webhook", {"secret": SECRET}, "acme")
+    assert c.correlation_id == str(o.notification_id) and c.expires_at == o.occurred_at + timedelta(days=1)
+    body = json.loads(c.content.data_json or "")
+    assert body["type"] == "delivery.delivered"
+    assert body["data"]["notification_id"] == str(o.notification_id) and body["data"]["detail"] == "250 ok"
+    assert "address" not in body["data"] and "ada@example.com" not in (c.content.data_json or "")
+    other = relay(outcome("DELIVERED"), table(destination("all")), NOW)
+    assert other[0].delivery_id != c.delivery_id
+
+
+def test_outcomes_of_the_relays_own_deliveries_and_stale_ones_are_not_relayed() -> None:
+    destinations = table(destination("all"))
+    assert relay(outcome(recipient_id=RELAY_RECIPIENT + "all", channel="webhook"), destinations, NOW) == []
+    assert relay(outcome(occurred_at=NOW - timedelta(days=2)), destinations, NOW) == []
+    assert len(relay(outcome(occurred_at=NOW - timedelta(hours=23)), destinations, NOW)) == 1
+
+
+def test_the_table_keeps_the_latest_version_and_forgets_removed_destinations() -> None:
+    destinations = table(
+        destination("a", statuses=["FAILED"]),
+        destination("b"),
+        destination("a"),
+        DestinationRemoved(tenant_id="acme", destination_id="b"),
+    )
+    assert len(destinations) == 1
+    assert [c.recipient_id for c in relay(outcome("SENT"), destinations, NOW)] == [RELAY_RECIPIENT + "a"]
