@@ -19,6 +19,7 @@ from processors.recipients import RecipientState, address_key
 from tidings.events import (
     Channel,
     DigestChoice,
+    OutcomeStatus,
     Platform,
     PreferenceRule,
     Priority,
@@ -88,6 +89,15 @@ class WebhookBody(Body):
     url: str
     secret: str = Field(description="A Standard Webhooks secret, whsec_...")
     event_types: list[str] = []
+    enabled: bool = True
+
+
+class DestinationBody(Body):
+    url: str = Field(description="Where the tenant's outcomes are POSTed (http or https).")
+    secret: str = Field(description="Standard Webhooks secret(s), whsec_..., space-separated while rotating.")
+    statuses: list[OutcomeStatus] = Field(
+        default=[], description="Only outcomes of these statuses; all if empty."
+    )
     enabled: bool = True
 
 

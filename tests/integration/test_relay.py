@@ -5,15 +5,19 @@ import asyncio
 import json
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from standardwebhooks import Webhook
 
 from gateways.runner import GatewayRunner
 from gateways.webhook.standard import StandardWebhook, WebhookSettings
 from processors.relay import RELAY_RECIPIENT, Relay
-from tests.integration.test_router import commands, publish_catalog, run_router
+from tests.integration.test_api import GLOBEX, call, serving
+from tests.integration.test_router import commands, decoded, publish_catalog, run_router
 from tidings.client import Client
 from tidings.config import Settings
+from tidings.events import DestinationUpdated
+from tidings.topics import names
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -86,3 +90,37 @@ def test_outcomes_reach_each_matching_destination_signed_and_the_relay_never_rel
     assert sorted(c.recipient_id for c in relayed) == [RELAY_RECIPIENT + "all"] * 2 + [
         RELAY_RECIPIENT + "skips"
     ]
+
+
+def test_destinations_are_written_through_the_api_per_tenant(topology: Settings) -> None:
+    s = topology
+
+    async def scenario(base: str) -> list[tuple[int, Any, dict[str, str]]]:
+        url = f"{base}/v1/destinations/ops"
+        good = {"url": "https://hooks.example.com/tidings", "secret": SECRET, "statuses": ["FAILED"]}
+        async with aiohttp.ClientSession() as http:
+            return [
+                await call(http, "PUT", url, json=good),
+                await call(http, "PUT", url, json=good | {"secret": "not-a-secret"}),
+                await call(http, "PUT", url, json=good | {"statuses": ["LOST"]}),
+                await call(http, "PUT", url, json=good, key=GLOBEX),
+                await call(http, "DELETE", url),
+                await call(http, "PUT", url, json=good, key=None),
+            ]
+
+    put, bad_secret, bad_status, foreign, deleted, anonymous = asyncio.run(serving(s, scenario))
+    assert (put[0], bad_secret[0], bad_status[0], foreign[0], deleted[0], anonymous[0]) == (
+        202,
+        422,
+        422,
+        202,
+        202,
+        401,
+    )
+    events = decoded(s, names(s).destinations)
+    assert [(type(e).__name__, e.key) for e in events] == [
+        ("DestinationUpdated", "acme/ops"),
+        ("DestinationUpdated", "globex/ops"),
+        ("DestinationRemoved", "acme/ops"),
+    ]
+    assert isinstance(events[0], DestinationUpdated) and events[0].statuses == ["FAILED"]
