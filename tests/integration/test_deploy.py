@@ -182,6 +182,7 @@ def test_running_components_export_every_metric_the_alerts_and_the_dashboard_use
         "router": ["run", "router", "--instance", "d0"],
         "scheduler": ["run", "scheduler", "--instance", "d0"],
         "audience": ["run", "audience", "--instance", "d0"],
+        "relay": ["run", "relay", "--instance", "d0"],
         "gateway-in_app": ["run", "gateway", "in_app", "--provider", "inbox"],
         "projection-delivery_status": ["run", "projection", "delivery_status"],
         "edge": ["run", "edge"],

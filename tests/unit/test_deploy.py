@@ -31,7 +31,7 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 KUBERNETES_VERSION = "1.30"
 IMAGE = "ghcr.io/tidings/tidings"
-PROCESSORS = ("router", "scheduler", "audience")
+PROCESSORS = ("router", "scheduler", "audience", "relay")
 WORKLOADS = ("Deployment", "StatefulSet", "Job")
 
 
