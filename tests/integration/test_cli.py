@@ -189,3 +189,21 @@ def test_catalog_shadow_replays_past_requests_with_a_candidate_catalog(
     assert later.returncode == 0 and "0 requests replayed" in later.stderr
     table = run("catalog", "shadow", str(candidate), s=s)
     assert "order.shipped" in table.stdout and "SKIPPED no_address" in table.stdout
+
+
+def test_destination_set_and_remove(topology: Settings) -> None:
+    s = topology
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    url = "https://hooks.example.com/t"
+    args = ["destination", "set", "ops", "-t", "acme", "--url", url, "--secret", secret]
+    assert run(*args, "--status", "FAILED", "--status", "DELIVERED", s=s).returncode == 0
+    assert run("destination", "remove", "ops", "-t", "acme", s=s).returncode == 0
+    bad = run("destination", "set", "ops", "-t", "acme", "--url", url, "--secret", "nope", s=s)
+    assert bad.returncode == 1 and "invalid DestinationUpdated: secret" in bad.stderr
+    tail = run("tail", f"{s.topic_prefix}notifications.destinations", "--from-beginning", "--timeout", "5")
+    records = [json.loads(line) for line in tail.stdout.splitlines()]
+    assert [(r["record"], r["key"]) for r in records] == [
+        ("DestinationUpdated", "acme/ops"),
+        ("DestinationRemoved", "acme/ops"),
+    ]
+    assert records[0]["value"]["statuses"] == ["FAILED", "DELIVERED"]

@@ -8,7 +8,7 @@ import sys
 import typer
 from pydantic import ValidationError
 
-from tidings.cli import audiences, audit, data, demo, dev, io, pipeline, schemas, topics
+from tidings.cli import audiences, audit, data, demo, destinations, dev, io, pipeline, schemas, topics
 from tidings.errors import TidingsError
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app.add_typer(schemas.app, name="schemas")
 app.add_typer(pipeline.catalog_app, name="catalog")
 app.add_typer(pipeline.recipients_app, name="recipients")
 app.add_typer(audiences.app, name="audience")
+app.add_typer(destinations.app, name="destination")
 app.add_typer(pipeline.run_app, name="run")
 app.add_typer(data.db_app, name="db")
 app.add_typer(data.projections_app, name="projections")
