@@ -26,6 +26,7 @@ from tidings.config import Settings
 from tidings.errors import CodecError, InvalidEvent, TidingsError, TruncatedRecord
 from tidings.events import Event
 from tidings.kafka import EventProducer, Incoming, StoredOffsetsLoop, TopicFollower
+from tidings.kafka.messages import lag_samples
 from tidings.kafka.records import dead_letter
 from tidings.kafka.stored import Batch, RecordBatch
 from tidings.metrics import Sample
@@ -147,11 +148,10 @@ class Runner:
 
     def samples(self) -> list[Sample]:
         loop = getattr(self, "_loop", None)
-        return [
-            Sample(
-                "records_committed", loop.handled if loop else 0, labels={"projection": self.projection.name}
-            )
-        ]
+        committed = Sample(
+            "records_committed", loop.handled if loop else 0, labels={"projection": self.projection.name}
+        )
+        return [committed, *lag_samples(loop.lag if loop else {})]
 
     def rebuild(self, progress: Callable[[int, int], None] = lambda done, total: None) -> tuple[int, float]:
         """Truncate and replay from offset 0; returns (records, seconds)."""

@@ -213,6 +213,9 @@ def test_running_components_export_every_metric_the_alerts_and_the_dashboard_use
             scraped = {name: scrape(port) for name, port in ports.items()}
             ready = (
                 count(scraped["router"], "tidings_consumer_lag", "notifications.requested")
+                and count(
+                    scraped["projection-delivery_status"], "tidings_consumer_lag", "notifications.outcomes"
+                )
                 and count(scraped["gateway-in_app"], "tidings_gateway_events_total", '"sent"')
                 and "tidings_edge_requests_total" in scraped["edge"]
                 and all(scraped.values())

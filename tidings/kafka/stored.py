@@ -35,7 +35,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 
 from tidings.config import Settings
 from tidings.kafka import config
-from tidings.kafka.messages import is_retriable, to_incoming
+from tidings.kafka.messages import is_retriable, lag_of, to_incoming
 from tidings.kafka.records import Incoming
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,8 @@ class StoredOffsetsLoop(Generic[T]):
         self.handled = 0
         self.first_batch_at: float | None = None
         self.last_batch_at: float | None = None
+        self.lag: dict[tuple[str, int], int] = {}
+        self._lag_at = 0.0
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._drain()
@@ -155,6 +157,8 @@ class StoredOffsetsLoop(Generic[T]):
                         raise KafkaException(err)
                 if messages or not self.consumer.assignment():
                     last_input = time.monotonic()
+                if time.monotonic() - self._lag_at >= 1.0:
+                    self.lag, self._lag_at = lag_of(self.consumer), time.monotonic()
                 if messages:
                     self._process(MessageBatch(messages))
                 elif not self._drain():

@@ -39,6 +39,7 @@ from tidings.kafka.messages import (
     first_offsets,
     is_retriable,
     lag_of,
+    lag_samples,
     next_offsets,
     partition_of,
     to_incoming,
@@ -298,11 +299,7 @@ class TransactionalLoop:
             "dead_letters": self.dead_letters,
             "client_recoveries": self.recovered,
         }
-        lag = [
-            Sample("consumer_lag", n, "gauge", {"topic": t, "partition": str(p)}, "records behind the end")
-            for (t, p), n in self.lag.items()
-        ]
-        return [Sample(name, value) for name, value in counters.items()] + lag
+        return [Sample(name, value) for name, value in counters.items()] + lag_samples(self.lag)
 
     def stop(self) -> None:
         self.stopping.set()
