@@ -44,7 +44,7 @@ from tidings.events import DeliveryCommand
 from tidings.kafka import Incoming, Output
 from tidings.kafka.aio import TP, AsyncConsumer, AsyncProducer
 from tidings.kafka.records import dead_letter
-from tidings.metrics import Sample
+from tidings.metrics import Sample, lag_samples
 from tidings.topics import names, parse_tiers, tier_seconds
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,8 @@ class GatewayRunner:
         self.finalizing: asyncio.Task[None] | None = None
         self.first_batch_at: float | None = None
         self.last_commit_at: float | None = None
+        self.lag: dict[TP, int] = {}
+        self._lag_at = 0.0
 
     async def run(self, *, idle_exit_after: float | None = None) -> None:
         await self.consumer.start()
@@ -149,6 +151,8 @@ class GatewayRunner:
                 while not self.stopping.is_set():
                     self._resume_due()
                     fetched = await self.consumer.batch()
+                    if time.monotonic() - self._lag_at >= 1.0:
+                        self.lag, self._lag_at = await self.consumer.lag(), time.monotonic()
                     if fetched or self._resuming_soon(idle_exit_after) or not self.consumer.assignment():
                         last_input = time.monotonic()
                     if fetched:
@@ -174,7 +178,7 @@ class GatewayRunner:
             for what, n in sorted(dict(self.counts).items())
         ]
         paused = Sample("paused_partitions", len(self.paused_until), "gauge", {"channel": self.channel})
-        return [*events, paused]
+        return [*events, paused, *lag_samples(self.lag)]
 
     def _resuming_soon(self, within: float | None) -> bool:
         """A paused partition counts as pending work only if it resumes before the idle exit would."""

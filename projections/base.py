@@ -26,10 +26,9 @@ from tidings.config import Settings
 from tidings.errors import CodecError, InvalidEvent, TidingsError, TruncatedRecord
 from tidings.events import Event
 from tidings.kafka import EventProducer, Incoming, StoredOffsetsLoop, TopicFollower
-from tidings.kafka.messages import lag_samples
 from tidings.kafka.records import dead_letter
 from tidings.kafka.stored import Batch, RecordBatch
-from tidings.metrics import Sample
+from tidings.metrics import Sample, lag_samples
 from tidings.topics import Names, names
 
 Cursor = psycopg.Cursor[tuple[Any, ...]]

@@ -59,3 +59,11 @@ def registry(component: str, instance: str, source: Source) -> CollectorRegistry
 def serve(component: str, instance: str, source: Source, port: int, host: str = "127.0.0.1") -> None:
     """Serve /metrics on a daemon thread for the life of the process."""
     start_http_server(port, addr=host, registry=registry(component, instance, source))
+
+
+def lag_samples(lag: dict[tuple[str, int], int]) -> list[Sample]:
+    """A consume loop's records behind the end, per topic and partition."""
+    return [
+        Sample("consumer_lag", n, "gauge", {"topic": t, "partition": str(p)}, "records behind the end")
+        for (t, p), n in lag.items()
+    ]

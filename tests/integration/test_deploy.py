@@ -217,6 +217,7 @@ def test_running_components_export_every_metric_the_alerts_and_the_dashboard_use
                     scraped["projection-delivery_status"], "tidings_consumer_lag", "notifications.outcomes"
                 )
                 and count(scraped["gateway-in_app"], "tidings_gateway_events_total", '"sent"')
+                and count(scraped["gateway-in_app"], "tidings_consumer_lag", "notifications.delivery.in_app")
                 and "tidings_edge_requests_total" in scraped["edge"]
                 and all(scraped.values())
             )

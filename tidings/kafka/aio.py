@@ -87,6 +87,16 @@ class AsyncConsumer:
     def assignment(self) -> list[TP]:
         return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
 
+    async def lag(self) -> dict[TP, int]:
+        """Records behind the last stable offset per assigned partition, from the fetched metadata (no
+        round trip); a partition not fetched yet is left out."""
+        found = {}
+        for tp in self._consumer.assignment():
+            end = self._consumer.last_stable_offset(tp)
+            if end is not None:
+                found[(tp.topic, tp.partition)] = max(0, end - await self._consumer.position(tp))
+        return found
+
 
 class AsyncProducer:
     """An idempotent producer. `start()` fails when no broker answers, which suits a gateway (it has

@@ -9,7 +9,6 @@ from typing import cast
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from tidings.kafka.records import Incoming, Output, as_headers
-from tidings.metrics import Sample
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +60,3 @@ def lag_of(consumer: Consumer) -> dict[tuple[str, int], int]:
     except KafkaException as exc:
         log.debug("lag not measured: %s", exc)
     return lag
-
-
-def lag_samples(lag: dict[tuple[str, int], int]) -> list[Sample]:
-    return [
-        Sample("consumer_lag", n, "gauge", {"topic": t, "partition": str(p)}, "records behind the end")
-        for (t, p), n in lag.items()
-    ]

@@ -39,13 +39,12 @@ from tidings.kafka.messages import (
     first_offsets,
     is_retriable,
     lag_of,
-    lag_samples,
     next_offsets,
     partition_of,
     to_incoming,
 )
 from tidings.kafka.records import Handler, Incoming, Output, PoisonHandler, dead_letter
-from tidings.metrics import Sample
+from tidings.metrics import Sample, lag_samples
 from tidings.topics import names
 
 log = logging.getLogger(__name__)
