@@ -9,13 +9,23 @@ topics up to that request, and at the request's record time. Requests whose deci
 channel: queued, deferred, digested, skipped or expired and why, or the whole request rejected, e.g.
 because a new template fails on data real producers send) are reported with both decision sets.
 
+Records are interleaved as the router's aligner releases them: each topic-partition in offset order,
+the head with the smallest timestamp first, recipient updates before feedback before requests on a
+tie; catalog records by their timestamp (the router follows the catalog as it arrives, so this is the
+approximation). Whatever `plan()` raises for a request is reported as `REJECTED`, as the router would
+dead-letter it (with our own error message, else only the exception's type, which cannot quote data).
+
 It compares plans only. The router's state across requests (dedupe, throttles, open digests) and the
-cancellations are not replayed: the difference shown is the catalog change's alone. Nothing is written
-anywhere. The window's records are held in memory, so narrow long histories with `start`/`end`.
+cancellations are not replayed: the difference shown is the catalog change's alone. History is what
+the topics still hold: the catalog topic is compacted, so both sides start from the oldest version
+kept of each type (a request older than it is planned with it), and feedback older than the feedback
+topic's retention (90 days) is missing from the recipients' state. Nothing is written anywhere. The
+records before `end` (requests only from `start`) are held in memory.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections import Counter
 from collections.abc import Iterator
@@ -26,7 +36,7 @@ from typing import Any
 from processors.plan import Catalog, plan
 from processors.recipients import RecipientState, fold
 from tidings.audit import read_all
-from tidings.codec import default_codec
+from tidings.codec import Codec, default_codec
 from tidings.config import Settings
 from tidings.errors import CodecError, InvalidEvent
 from tidings.events import Event, NotificationRequested, NotificationTypePublished
@@ -46,6 +56,8 @@ def decisions(
         result = plan(request, state, catalog, now)
     except InvalidEvent as exc:
         return (("*", "REJECTED", str(exc)[:MAX_REASON]),)
+    except Exception as exc:
+        return (("*", "REJECTED", type(exc).__name__),)
     found: list[Decision] = [(o.channel or "*", o.status, o.reason or "") for o in result.outcomes]
     found += [(c, "DIGESTED", "") for c in result.digested]
     return tuple(sorted(found))
@@ -100,6 +112,19 @@ class Shadow:
         for t in self.candidate:
             self.proposed.apply(t)
 
+    def seed(self, published: list[NotificationTypePublished]) -> None:
+        """Start both catalogs with the oldest version kept of each type. The catalog topic is compacted:
+        once older versions are cleaned away, requests from before the oldest kept one are planned with
+        it rather than reported as made for an unknown type."""
+        oldest: dict[tuple[str, str], NotificationTypePublished] = {}
+        for t in published:
+            key = (t.tenant_id, t.notification_type)
+            if key not in oldest or t.version < oldest[key].version:
+                oldest[key] = t
+        for t in oldest.values():
+            self.recorded.apply(t)
+            self.proposed.apply(t)
+
     def observe(self, event: Event, at: datetime, *, compare: bool) -> Change | None:
         if isinstance(event, NotificationTypePublished):
             self.recorded.apply(event)
@@ -126,19 +151,17 @@ class Shadow:
         return change
 
 
-def _ordered(s: Settings, end_ms: float | None) -> list[Incoming]:
-    """The catalog, recipients, feedback and requests records before `end`, in record-time order (ties:
-    catalog first, then state, then requests, so a request sees what was recorded in its millisecond)."""
-    n = names(s)
-    rank = {n.catalog: 0, n.recipients: 1, n.feedback: 1, n.requested: 2}
-    records = [
-        r
-        for topic in rank
-        for r in read_all(s, topic)
-        if r.value is not None and (end_ms is None or r.timestamp_ms < end_ms)
-    ]
-    records.sort(key=lambda r: (r.timestamp_ms, rank[r.topic], r.topic, r.partition, r.offset))
-    return records
+def merged(streams: dict[tuple[str, int], list[Incoming]], rank: dict[str, int]) -> Iterator[Incoming]:
+    """Every stream in its own (offset) order, interleaved as the router's aligner releases them: the head
+    with the smallest (timestamp, topic rank) goes next (`tidings.kafka.align`)."""
+    heads = [(q[0].timestamp_ms, rank[t], t, p, 0) for (t, p), q in streams.items() if q]
+    heapq.heapify(heads)
+    while heads:
+        _, _, topic, partition, i = heapq.heappop(heads)
+        stream = streams[(topic, partition)]
+        yield stream[i]
+        if i + 1 < len(stream):
+            heapq.heappush(heads, (stream[i + 1].timestamp_ms, rank[topic], topic, partition, i + 1))
 
 
 def replay(
@@ -149,22 +172,44 @@ def replay(
     start: datetime | None = None,
     end: datetime | None = None,
 ) -> Iterator[Change]:
-    """Every request in [start, end) (of `tenant`, if given) whose plan the candidate changes."""
+    """Every request in [start, end) (of `tenant`, if given) whose plan the candidate changes. Only the
+    records before `end`, and the requests from `start`, are held in memory."""
     start_ms = start.timestamp() * 1000 if start else None
     end_ms = end.timestamp() * 1000 if end else None
-    requested = names(s).requested
+    n = names(s)
+    rank = {n.catalog: 0, n.recipients: 1, n.feedback: 2, n.requested: 3}
     codec = default_codec()
-    for record in _ordered(s, end_ms):
-        is_request = record.topic == requested
-        if is_request and start_ms is not None and record.timestamp_ms < start_ms:
+    streams: dict[tuple[str, int], list[Incoming]] = {}
+    for topic in rank:
+        for r in read_all(s, topic):
+            if r.value is None or (end_ms is not None and r.timestamp_ms >= end_ms):
+                continue
+            if topic == n.requested and start_ms is not None and r.timestamp_ms < start_ms:
+                continue
+            streams.setdefault((topic, r.partition), []).append(r)
+    catalog = [
+        e
+        for e in _decoded(streams.get((n.catalog, 0), []), codec)
+        if isinstance(e, NotificationTypePublished)
+    ]
+    shadow.seed(catalog)
+    for record in merged(streams, rank):
+        decoded = _decoded([record], codec)
+        if not decoded:
             continue
-        try:
-            event = record.decode(codec)
-        except (CodecError, InvalidEvent) as exc:
-            log.debug("skipping undecodable %s@%d: %s", record.topic, record.offset, exc)
-            continue
+        event = decoded[0]
         at = datetime.fromtimestamp(record.timestamp_ms / 1000, UTC)
-        compare = is_request and (tenant is None or event.tenant_id == tenant)
+        compare = record.topic == n.requested and (tenant is None or event.tenant_id == tenant)
         change = shadow.observe(event, at, compare=compare)
         if change is not None:
             yield change
+
+
+def _decoded(records: list[Incoming], codec: Codec) -> list[Event]:
+    found = []
+    for record in records:
+        try:
+            found.append(record.decode(codec))
+        except (CodecError, InvalidEvent) as exc:
+            log.debug("skipping undecodable %s@%d: %s", record.topic, record.offset, exc)
+    return found

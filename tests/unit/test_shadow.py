@@ -9,7 +9,8 @@ from tests.unit.test_plan import TEMPLATES, catalog, request
 from tidings.catalog import parse_type
 from tidings.events import NotificationTypePublished, PreferencesUpdated, RecipientUpdated
 from tidings.ids import new_notification_id
-from tidings.shadow import Shadow, decisions
+from tidings.kafka import Incoming
+from tidings.shadow import Shadow, decisions, merged
 
 T0 = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 
@@ -98,3 +99,45 @@ def test_requests_outside_the_comparison_are_not_planned() -> None:
     shadow.observe(published(1), T0, compare=False)
     assert shadow.observe(request(), T0, compare=False) is None
     assert shadow.compared == 0 and not shadow.summary
+
+
+def record(topic: str, partition: int, offset: int, at: int) -> Incoming:
+    return Incoming(topic, partition, offset, None, b"", [], at)
+
+
+def test_records_interleave_as_the_router_aligns_them() -> None:
+    rank = {"catalog": 0, "recipients": 1, "feedback": 2, "requested": 3}
+    streams = {
+        ("recipients", 0): [record("recipients", 0, 0, 20), record("recipients", 0, 1, 10)],
+        ("feedback", 0): [record("feedback", 0, 0, 10)],
+        ("requested", 0): [record("requested", 0, 0, 10), record("requested", 0, 1, 30)],
+        ("catalog", 0): [record("catalog", 0, 0, 25)],
+    }
+    order = [(r.topic, r.offset) for r in merged(streams, rank)]
+    assert order == [
+        ("feedback", 0),
+        ("requested", 0),
+        ("recipients", 0),
+        ("recipients", 1),
+        ("catalog", 0),
+        ("requested", 1),
+    ]
+
+
+def test_requests_older_than_the_oldest_kept_catalog_version_are_planned_with_it() -> None:
+    shadow = Shadow([published(3, channels=["in_app"])])
+    shadow.seed([published(2), published(5)])
+    joined = RecipientUpdated(tenant_id="acme", recipient_id="u1", email="u1@example.com", occurred_at=T0)
+    [change] = history(shadow, (joined, 0), (request(), 1))
+    assert change.before == (("email", "QUEUED", ""), ("in_app", "QUEUED", ""))
+
+
+def test_a_request_plan_cannot_build_is_rejected_by_type_without_quoting_its_data() -> None:
+    data = catalog(
+        channels=["webhook"], templates={"webhook": {"default": {"data_json": '{"a": {{ amount }}}'}}}
+    )
+    state = RecipientState(webhooks={})
+    hook = {"webhook": "https://h.example.com/x"}
+    req = request(data_json='{"amount": "NaN"}', channels=["webhook"], recipient_overrides=hook)
+    [(channel, status, reason)] = decisions(req, state, data, T0)
+    assert (channel, status, reason) == ("*", "REJECTED", "ValidationError")
