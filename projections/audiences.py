@@ -11,7 +11,8 @@ cancellation of a broadcast id in an audience count, like the processor's; a can
 members, as it never starts. Rows are per audience, because the processor's state is per partition:
 the same id under two audiences is two broadcasts there, and must not depend here on which partition
 a rebuild happens to read first. An audience's size is kept in `audiences` as members join and leave
-(only rows really inserted or deleted count), so neither a read nor a broadcast counts the members.
+(only rows really inserted or deleted count; an audience without members has no row, as after
+migration 0008's seed), so neither a read nor a broadcast counts the members.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ WITH joined AS (
     ON CONFLICT DO NOTHING RETURNING 1
 )
 INSERT INTO audiences AS a (tenant_id, audience_id, members)
-SELECT %(tenant)s, %(audience)s, count(*) FROM joined
+SELECT %(tenant)s, %(audience)s, count(*) FROM joined HAVING count(*) > 0
 ON CONFLICT (tenant_id, audience_id) DO UPDATE SET members = a.members + EXCLUDED.members
 """
 LEAVE = """
@@ -43,6 +44,9 @@ WITH gone AS (
 )
 UPDATE audiences SET members = members - (SELECT count(*) FROM gone)
 WHERE tenant_id = %(tenant)s AND audience_id = %(audience)s
+"""
+EMPTIED = """
+DELETE FROM audiences WHERE tenant_id = %(tenant)s AND audience_id = %(audience)s AND members = 0
 """
 REQUEST = """
 INSERT INTO broadcasts AS b (tenant_id, broadcast_id, audience_id, notification_type, priority, requested_at,
@@ -72,11 +76,12 @@ class Audiences(Projection):
         for e in events:
             if isinstance(e, AudienceMembersAdded | AudienceMembersRemoved):
                 change = {"tenant": e.tenant_id, "audience": e.audience_id, "at": e.occurred_at}
-                recipients = list(dict.fromkeys(e.recipient_ids))
-                cur.execute(
-                    LEAVE if isinstance(e, AudienceMembersRemoved) else JOIN,
-                    change | {"recipients": recipients},
-                )
+                change["recipients"] = list(dict.fromkeys(e.recipient_ids))
+                if isinstance(e, AudienceMembersAdded):
+                    cur.execute(JOIN, change)
+                else:
+                    cur.execute(LEAVE, change)
+                    cur.execute(EMPTIED, change)
             elif isinstance(e, BroadcastRequested):
                 fields = {"priority": e.priority, "type": e.notification_type}
                 cur.execute(REQUEST, self._keys(e) | fields)

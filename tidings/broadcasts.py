@@ -3,9 +3,10 @@ and the delivery report of a broadcast from the delivery-status projection (API 
 
 The report counts the member notifications the projection has seen, by summary status (`REQUESTED`
 where no outcome has arrived yet), and per channel their deliveries by status together with the
-channels the router skipped for a member (an opt-out, no address: skips have no delivery). It reads
-`notifications.broadcast_id` (migration 0007), so it follows the requests topic, not the audience's size:
-a member skipped during the expansion, or not reached yet, is simply not counted.
+channels that have no delivery for a member: a skip (an opt-out, no address) or a digest item, counted
+once each by its latest outcome (a digested item is DEFERRED, then QUEUED when its digest is sent). It
+reads `notifications.broadcast_id` (migration 0007), so it follows the requests topic, not the
+audience's size: a member skipped during the expansion, or not reached yet, is simply not counted.
 """
 
 from __future__ import annotations
@@ -30,12 +31,15 @@ SELECT coalesce(status, 'REQUESTED') AS status, count(*) AS count FROM notificat
 WHERE tenant_id = %s AND broadcast_id = %s GROUP BY 1 ORDER BY 1
 """
 REPORT_CHANNELS = """
-WITH n AS (SELECT notification_id FROM notifications WHERE tenant_id = %s AND broadcast_id = %s)
+WITH n AS (SELECT notification_id, tenant_id FROM notifications WHERE tenant_id = %s AND broadcast_id = %s)
 SELECT channel, status, count(*) AS count FROM (
-    SELECT d.channel, d.status FROM n JOIN deliveries d USING (notification_id)
-    UNION ALL
-    SELECT e.channel, e.status FROM n JOIN delivery_events e USING (notification_id)
-    WHERE e.delivery_id IS NULL AND e.channel IS NOT NULL
+    SELECT d.channel, d.status FROM n JOIN deliveries d USING (notification_id, tenant_id)
+    UNION ALL (
+        SELECT DISTINCT ON (e.notification_id, e.channel) e.channel, e.status
+        FROM n JOIN delivery_events e USING (notification_id, tenant_id)
+        WHERE e.delivery_id IS NULL AND e.channel IS NOT NULL
+        ORDER BY e.notification_id, e.channel, e.occurred_at DESC, e.status = 'DEFERRED', e.event_id
+    )
 ) x GROUP BY 1, 2 ORDER BY 1, 2
 """
 

@@ -10,14 +10,17 @@ from typing import Any
 from uuid import UUID, uuid5
 
 import aiohttp
+import psycopg
 
 from processors.audience import Audience
 from projections import Projection, Runner
+from projections.db import MIGRATIONS
 from tests.integration.conftest import read_all, table_checksums
 from tests.integration.test_api import GLOBEX, call, serving
 from tests.integration.test_cli import run as run_cli
-from tests.integration.test_projections import project
+from tests.integration.test_projections import project, rows
 from tests.integration.test_router import commands, decoded, publish_catalog, run_router
+from tidings.cli.demo import fast_rules
 from tidings.client import Client
 from tidings.config import Settings
 from tidings.events import NotificationCancelled, NotificationRequested
@@ -128,6 +131,8 @@ def test_the_audiences_projection_answers_reads_and_rebuilds_identically(databas
         client.cancel_broadcast(tenant="acme", audience="fans", broadcast_id=never)
         client.broadcast(tenant="acme", audience="fans", type="order.shipped", broadcast_id=never)
         client.add_members(tenant="globex", audience="fans", recipients=["g1"])
+        client.add_members(tenant="acme", audience="gone", recipients=["x"])
+        client.remove_members(tenant="acme", audience="gone", recipients=["x"])
     project(s, "audiences")
 
     async def scenario(base: str) -> list[tuple[int, Any, dict[str, str]]]:
@@ -155,9 +160,18 @@ def test_the_audiences_projection_answers_reads_and_rebuilds_identically(databas
     assert (foreign[0], nul[0]) == (404, 400)
     tables = ["audience_members", "audiences", "broadcasts"]
     before = table_checksums(s, tables)
+    assert rows(s, "SELECT audience_id, members FROM audiences ORDER BY 1, tenant_id") == [
+        ("fans", 5),
+        ("fans", 1),
+    ]
     runner = Runner(s, Projection.registry["audiences"]())
     runner.rebuild()
     runner.close()
+    assert table_checksums(s, tables) == before
+    seed = (MIGRATIONS / "0008_audience_sizes.sql").read_text()
+    with psycopg.connect(s.postgres_dsn) as conn:
+        conn.execute(b"DROP TABLE audiences")
+        conn.execute(seed.encode())
     assert table_checksums(s, tables) == before
 
 
@@ -198,3 +212,25 @@ def test_a_broadcasts_delivery_is_reported_by_status_and_channel(database: Setti
     assert json.loads(shown.stdout) == {"broadcast_id": str(bid), **first[1]["delivery"]}
     foreign = run_cli("audience", "report", str(bid), "-t", "globex", s=s)
     assert foreign.returncode == 1 and "no notification" in foreign.stderr
+
+
+def test_a_digested_broadcast_counts_each_member_once_per_channel(database: Settings) -> None:
+    s = database
+    publish_catalog(s)
+    with Client(s) as client:
+        for t in fast_rules():
+            client.publish(t)
+        client.add_members(tenant="acme", audience="team", recipients=["a", "b"])
+        for r in ("a", "b"):
+            client.update_recipient(tenant="acme", recipient=r, email=f"{r}@example.com")
+        bid = client.broadcast(
+            tenant="acme", audience="team", type="post.liked", data={"by": "x", "post": "p"}
+        )
+    run_audience(s)
+    run_router(s, idle=6.0)
+    project(s, "delivery_status")
+    shown = run_cli("audience", "report", str(bid), "-t", "acme", "--json", s=s)
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
+    assert report["notifications"] == 2
+    assert report["channels"]["email"] == {"QUEUED": 2}
