@@ -51,6 +51,10 @@ def test_demo_runs_the_pipeline_end_to_end_and_again_on_the_same_stack(stack: Se
         "SKIPPED (unsubscribed from orders email)"
     ) in err
     assert "api: the shop's backend POSTed alan's next order: HTTP 202" in err
+    relayed = re.search(
+        r"relay: (\d+) outcomes became webhooks to acme's destination; the receiver verified (\d+)", err
+    )
+    assert relayed and int(relayed[1]) == int(relayed[2]) > 0, err[-2000:]
     assert re.search(r"api: GET /v1/notifications/\{id\} answered HTTP 200: \w+;.* email SKIPPED", err), err[
         -2000:
     ]

@@ -9,7 +9,8 @@ released, the email gateway (SMTP to a local mail sink), the webhook gateway (to
 verifies signatures) and the in-app gateway (the inbox in PostgreSQL), reads ada's inbox through the
 HTTP edge with a JWT, clicks one email's one-click unsubscribe link on the HTTP edge, posts the next
 order through the HTTP API (`POST /v1/notifications` with an API key) and shows the router honour the
-unsubscribe, shows the commands and outcomes read back from Kafka, folds the outcomes into PostgreSQL
+unsubscribe, relays acme's sends and failures to its own endpoint (an outcome destination), shows
+the commands and outcomes read back from Kafka, folds the outcomes into PostgreSQL
 with the delivery-status projection and reads that order's status back (`GET /v1/notifications/{id}`).
 The local receivers are the only stand-ins. Push and SMS go to vendors (FCM, APNs, Twilio, ...) that
 need credentials, so those commands stay QUEUED here.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -148,6 +150,14 @@ def run_demo(s: Settings, n: Any, rounds: int, mail: MailSink, hooks: WebhookSin
             event_types=["billing"],
             wait=False,
         )
+        client.set_destination(
+            tenant="acme",
+            destination_id="ops",
+            url=f"http://127.0.0.1:{hooks.port}/acme/outcomes",
+            secret=WEBHOOK_SECRET,
+            statuses=["SENT", "FAILED"],
+            wait=False,
+        )
         client.update_preferences(
             tenant="acme",
             recipient="alan",
@@ -239,6 +249,7 @@ def run_demo(s: Settings, n: Any, rounds: int, mail: MailSink, hooks: WebhookSin
     deliver(s, mail, hooks)
     inbox(s)
     unsubscribe(s, mail, sent)
+    relay_outcomes(s, hooks)
     show(sent, n)
     project(sent)
 
@@ -279,6 +290,33 @@ def deliver(s: Settings, mail: MailSink, hooks: WebhookSink) -> None:
         f"the receiver verified {len(hooks.received)} signatures"
     )
     console.print(f"in_app: {in_app.counts.get('sent', 0)} items put in recipients' inboxes")
+
+
+def relay_outcomes(s: Settings, hooks: WebhookSink) -> None:
+    """acme's sends and failures, POSTed to its own endpoint (its destination `ops`): the relay turns each
+    outcome into a webhook command, the webhook gateway signs and sends it."""
+    from gateways.runner import GatewayRunner
+    from gateways.webhook.standard import StandardWebhook, WebhookSettings
+    from processors.relay import Relay
+
+    console.rule("outcome destinations: acme's sends and failures POSTed to its own endpoint")
+    before = len(hooks.received)
+    relay = Relay(s, instance="demo", from_beginning=True)
+    relay.run(idle_exit_after=2.0)
+
+    async def send() -> None:
+        webhook = StandardWebhook(WebhookSettings(allow_cidrs="127.0.0.1/32"))
+        await GatewayRunner(s, "webhook", [webhook]).run(idle_exit_after=2.0)
+
+    asyncio.run(send())
+    events = [
+        body for _, body in hooks.received[before:] if str(body.get("type", "")).startswith("delivery.")
+    ]
+    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(Counter(e["type"] for e in events).items()))
+    console.print(
+        f"relay: {relay.relayed} outcomes became webhooks to acme's destination; "
+        f"the receiver verified {len(events)} signatures ({kinds})"
+    )
 
 
 def on_edge(s: Settings, method: str, path: str, edge: Any = None, **request: Any) -> tuple[int, Any]:
