@@ -32,8 +32,8 @@ from rich.console import Console
 from rich.table import Table
 
 from tidings import devstack
-from tidings.audit import read_all
 from tidings.catalog import load, next_versions
+from tidings.cli.demo_edge import API_AUTH, api_edge, inbox, on_edge, read, unsubscribe
 from tidings.cli.pipeline import published_types
 from tidings.client import Client
 from tidings.config import Settings, settings
@@ -82,8 +82,6 @@ REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
     ],
 ]
 FAST = "3s"
-API_KEY = "demo-api-key-of-the-acme-shop-backend"
-API_AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def fast_rules() -> list[NotificationTypePublished]:
@@ -99,10 +97,6 @@ def fast_rules() -> list[NotificationTypePublished]:
             steps = [step | {"after": FAST} for step in json.loads(t.escalation_json)["steps"]]
             fast.append(t.model_copy(update={"escalation_json": json.dumps({"steps": steps})}))
     return fast
-
-
-def read(topic: str) -> list[Any]:
-    return [r.decode() for r in read_all(settings(), topic)]
 
 
 def demo(
@@ -319,54 +313,6 @@ def relay_outcomes(s: Settings, hooks: WebhookSink) -> None:
     )
 
 
-def on_edge(s: Settings, method: str, path: str, edge: Any = None, **request: Any) -> tuple[int, Any]:
-    """One request to an HTTP edge started for it on a free loopback port: (status, JSON or text)."""
-    import aiohttp
-    from aiohttp import web
-
-    from gateways.edge import app
-
-    async def call() -> tuple[int, Any]:
-        runner = web.AppRunner(app(s, edge=edge))
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}{path}"
-        try:
-            async with aiohttp.ClientSession() as http, http.request(method, url, **request) as r:
-                body = await (r.json() if r.content_type == "application/json" else r.text())
-                return r.status, body
-        finally:
-            await runner.cleanup()
-
-    return asyncio.run(call())
-
-
-def api_edge() -> Any:
-    """An edge with the HTTP API mounted for tenant acme (its backend holds API_KEY)."""
-    from pydantic import SecretStr
-
-    from gateways.edge import EdgeSettings
-
-    return EdgeSettings(api_keys=SecretStr(f"acme:{API_KEY}"))
-
-
-def inbox(s: Settings) -> None:
-    """Ada's app reads her inbox from the HTTP edge with a JWT her backend signed."""
-    from pydantic import SecretStr
-
-    from gateways.edge import EdgeSettings
-    from tidings.client import inbox_signing_key, inbox_token
-
-    console.rule("HTTP edge: the inbox feed (GET /v1/inbox, JWT)")
-    secret = "demo-inbox-master-secret-of-the-edge"
-    acme_key = inbox_signing_key(secret, "acme")
-    auth = {"Authorization": f"Bearer {inbox_token(acme_key, tenant='acme', recipient='ada')}"}
-    edge = EdgeSettings(inbox_jwt_secret=SecretStr(secret))
-    _, feed = on_edge(s, "GET", "/v1/inbox?limit=3", edge, headers=auth)
-    titles = "; ".join(str(i["title"]) for i in feed["items"])
-    console.print(f"inbox: ada has {feed['unread']} unread items; the newest 3: {titles}")
-
-
 def resubscribed(recipient: str, address: str, category: str) -> ProviderFeedback:
     """Undoes an earlier run's one-click unsubscribe, so the demo can show it again on the same stack."""
     return ProviderFeedback(
@@ -378,32 +324,6 @@ def resubscribed(recipient: str, address: str, category: str) -> ProviderFeedbac
         provider="demo",
         category=category,
         detail="the demo starts with every recipient subscribed",
-    )
-
-
-def unsubscribe(s: Settings, mail: MailSink, sent: dict[str, tuple[str, str]]) -> None:
-    """Alan clicks his order email's one-click unsubscribe link (the RFC 8058 POST a mail client sends)
-    on the HTTP edge; his next order notification then skips email."""
-    from processors.router import Router
-
-    console.rule("HTTP edge: one-click unsubscribe, then the router honours it")
-    message = next(m for m in mail.messages if m["To"] == "alan@example.com" and "List-Unsubscribe" in m)
-    token = str(message["List-Unsubscribe"]).strip("<>").rsplit("/", 1)[1]
-
-    status, _ = on_edge(s, "POST", f"/unsubscribe/{token}", data="List-Unsubscribe=One-Click")
-    order = {"recipient": "alan", "type": "order.shipped", "data": {"order": "A-1004", "carrier": "DHL"}}
-    code, accepted = on_edge(s, "POST", "/v1/notifications", api_edge(), headers=API_AUTH, json=order)
-    nid = UUID(accepted["notification_id"])
-    console.print(f"api: the shop's backend POSTed alan's next order: HTTP {code}, notification {nid}")
-    sent[str(nid)] = ("alan", "order.shipped (after unsubscribe)")
-    Router(s, instance="demo").run(idle_exit_after=3.0)
-    outcomes = [
-        o for o in read(names(s).outcomes) if isinstance(o, DeliveryOutcome) and o.notification_id == nid
-    ]
-    email = next((o for o in outcomes if o.channel == "email"), None)
-    verdict = f"{email.status} ({email.detail})" if email else "no email outcome"
-    console.print(
-        f"edge: alan's one-click unsubscribe answered HTTP {status}; his next order email: {verdict}"
     )
 
 
