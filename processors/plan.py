@@ -44,7 +44,7 @@ from tidings.catalog import (
     throttle_rule,
 )
 from tidings.codec import Codec
-from tidings.errors import CodecError, InvalidEvent
+from tidings.errors import InvalidEvent
 from tidings.events import (
     Channel,
     DeliveryCommand,
@@ -56,7 +56,7 @@ from tidings.events import (
     RenderedContent,
 )
 from tidings.ids import command_id, delivery_id
-from tidings.kafka.records import Incoming
+from tidings.kafka.records import Incoming, table_events
 from tidings.render import RenderError, render
 
 log = logging.getLogger(__name__)
@@ -89,14 +89,8 @@ class Catalog:
             self._types[key] = published
 
     def follow(self, records: Iterable[Incoming], codec: Codec) -> None:
-        """Apply the catalog topic's records; an undecodable one is skipped with a warning (the topic
-        is compacted and read by every router: one bad record must not stop them)."""
-        for record in records:
-            try:
-                event = record.decode(codec)
-            except (CodecError, InvalidEvent) as exc:
-                log.warning("ignoring undecodable catalog record at offset %d: %s", record.offset, exc)
-                continue
+        """Apply the catalog topic's records (undecodable ones skipped, see `table_events`)."""
+        for event in table_events(records, codec, "catalog"):
             if isinstance(event, NotificationTypePublished):
                 self.apply(event)
 

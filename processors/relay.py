@@ -34,7 +34,7 @@ from uuid import uuid5
 
 from tidings.codec import Codec, default_codec
 from tidings.config import Settings
-from tidings.errors import CodecError, InvalidEvent
+from tidings.errors import InvalidEvent
 from tidings.events import (
     DeliveryCommand,
     DeliveryOutcome,
@@ -45,6 +45,7 @@ from tidings.events import (
 )
 from tidings.ids import command_id, delivery_id
 from tidings.kafka import Incoming, Output, TopicFollower, TransactionalLoop
+from tidings.kafka.records import table_events
 from tidings.metrics import Sample
 from tidings.topics import names
 
@@ -69,14 +70,8 @@ class Destinations:
             table.pop(event.destination_id, None)
 
     def follow(self, records: Iterable[Incoming], codec: Codec) -> None:
-        """Apply the topic's records; an undecodable one is skipped with a warning (one bad record on a
-        compacted topic every relay reads must not stop them all)."""
-        for record in records:
-            try:
-                event = record.decode(codec)
-            except (CodecError, InvalidEvent) as exc:
-                log.warning("ignoring undecodable destination record at offset %d: %s", record.offset, exc)
-                continue
+        """Apply the topic's records (undecodable ones skipped, see `table_events`)."""
+        for event in table_events(records, codec, "destination"):
             if isinstance(event, DestinationUpdated | DestinationRemoved):
                 self.apply(event)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +15,7 @@ from tidings.events import Event
 from tidings.topics import DLQ
 from tidings.tracing import TRACEPARENT, new_traceparent
 
+log = logging.getLogger(__name__)
 Headers = list[tuple[str, bytes]]
 
 ERROR_TYPE = "tidings.error.type"
@@ -51,6 +53,18 @@ class Incoming:
         if self.value is None:
             raise TruncatedRecord("record has no value (tombstone)")
         return (codec or default_codec()).decode(self.value)
+
+
+def table_events(records: Iterable[Incoming], codec: Codec, what: str) -> Iterator[Event]:
+    """The events of a compacted topic every process reads whole (the catalog, the destinations); an
+    undecodable record is skipped with a warning, since one bad record must not stop every reader."""
+    from tidings.errors import CodecError, InvalidEvent
+
+    for record in records:
+        try:
+            yield record.decode(codec)
+        except (CodecError, InvalidEvent) as exc:
+            log.warning("ignoring undecodable %s record at offset %d: %s", what, record.offset, exc)
 
 
 @dataclass(frozen=True, slots=True)
