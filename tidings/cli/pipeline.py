@@ -8,7 +8,7 @@ import signal
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import typer
 from rich.console import Console
@@ -20,7 +20,7 @@ from tidings.client import Client, tenant_key
 from tidings.config import settings
 from tidings.errors import TidingsError
 from tidings.events import NotificationTypePublished
-from tidings.metrics import Source, serve
+from tidings.metrics import Sample, Source, serve
 from tidings.topics import names
 
 catalog_app = typer.Typer(no_args_is_help=True, help="Notification types and their templates.")
@@ -151,6 +151,21 @@ def expose(component: str, instance: str | None, source: Source) -> None:
         logging.getLogger(__name__).info("metrics on http://%s:%d/metrics", s.metrics_host, s.metrics_port)
 
 
+class Component(Protocol):
+    def samples(self) -> list[Sample]: ...
+    def stop(self) -> None: ...
+    def run(self, *, idle_exit_after: float | None = None) -> None: ...
+
+
+def serve_component(name: str, instance: str | None, component: Component, idle_exit: float | None) -> None:
+    """Run a processor in the foreground: INFO logs, /metrics when configured, SIGTERM/SIGINT stop it."""
+    logging.getLogger().setLevel(logging.INFO)
+    expose(name, instance, component.samples)
+    signal.signal(signal.SIGTERM, lambda *_: component.stop())
+    signal.signal(signal.SIGINT, lambda *_: component.stop())
+    component.run(idle_exit_after=idle_exit)
+
+
 def _rule(text: str, enabled: bool) -> dict[str, Any]:
     scope, _, rest = text.partition(":")
     key, _, channel = rest.partition(":")
@@ -167,12 +182,7 @@ def run_router(
     """Resolve preferences and plan deliveries (exactly once). Run one per core; scale by adding more."""
     from processors.router import Router
 
-    logging.getLogger().setLevel(logging.INFO)
-    router = Router(settings(), instance=instance)
-    expose("router", instance, router.samples)
-    signal.signal(signal.SIGTERM, lambda *_: router.stop())
-    signal.signal(signal.SIGINT, lambda *_: router.stop())
-    router.run(idle_exit_after=idle_exit)
+    serve_component("router", instance, Router(settings(), instance=instance), idle_exit)
 
 
 @run_app.command("scheduler")
@@ -185,12 +195,7 @@ def run_scheduler(
     """Release deferred deliveries (quiet hours, scheduled_at) when due, exactly once."""
     from processors.scheduler import Scheduler
 
-    logging.getLogger().setLevel(logging.INFO)
-    scheduler = Scheduler(settings(), instance=instance)
-    expose("scheduler", instance, scheduler.samples)
-    signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
-    signal.signal(signal.SIGINT, lambda *_: scheduler.stop())
-    scheduler.run(idle_exit_after=idle_exit)
+    serve_component("scheduler", instance, Scheduler(settings(), instance=instance), idle_exit)
 
 
 @run_app.command("audience")
@@ -203,12 +208,7 @@ def run_audience(
     """Keep audiences' members and expand each broadcast into one request per member, exactly once."""
     from processors.audience import Audience
 
-    logging.getLogger().setLevel(logging.INFO)
-    audience = Audience(settings(), instance=instance)
-    expose("audience", instance, audience.samples)
-    signal.signal(signal.SIGTERM, lambda *_: audience.stop())
-    signal.signal(signal.SIGINT, lambda *_: audience.stop())
-    audience.run(idle_exit_after=idle_exit)
+    serve_component("audience", instance, Audience(settings(), instance=instance), idle_exit)
 
 
 @run_app.command("relay")
@@ -219,12 +219,7 @@ def run_relay(
     """Turn each outcome into webhook commands for its tenant's destinations (the webhook gateway sends)."""
     from processors.relay import Relay
 
-    logging.getLogger().setLevel(logging.INFO)
-    relay = Relay(settings(), instance=instance)
-    expose("relay", instance, relay.samples)
-    signal.signal(signal.SIGTERM, lambda *_: relay.stop())
-    signal.signal(signal.SIGINT, lambda *_: relay.stop())
-    relay.run(idle_exit_after=idle_exit)
+    serve_component("relay", instance, Relay(settings(), instance=instance), idle_exit)
 
 
 @run_app.command("gateway")
