@@ -1,5 +1,6 @@
-"""Consumes notifications.outcomes and the tenants' destinations (notifications.destinations); produces a
-webhook DeliveryCommand per outcome and matching destination, exactly once.
+"""Consumes notifications.outcomes, .feedback and the tenants' destinations (notifications.destinations);
+produces a webhook DeliveryCommand per outcome and matching destination, and a destination disabled
+when the gateway gives up on its endpoint, exactly once.
 
 Outcome destinations are the tenant-level answer to "tell my systems what happened": each tenant can
 register HTTPS endpoints (`DestinationUpdated`: url, `whsec_` secret, the statuses it wants) and receives
@@ -13,6 +14,9 @@ outcome yields the same delivery id and the receiver's `webhook-id` dedupes it.
 The gateway reports on these deliveries like on any other, on the outcomes topic; their recipient id is
 `tidings:destination:<id>` (`RELAY_RECIPIENT`), and the relay never relays an outcome about such a
 recipient, so it cannot feed on itself. Recipient ids starting with `tidings:` are reserved for this.
+When the gateway disables such an endpoint (410 Gone, or failure sustained past its limits: an
+`endpoint_disabled` feedback), the relay produces the destination again with `enabled: false`, so the
+tenant sees it off and can re-enable it, rather than every outcome failing there.
 
 The destinations are a global table (every relay reads the whole compacted topic and follows it between
 batches). A new relay group starts at the end of the outcomes topic: deploying it, or adding a
@@ -40,6 +44,7 @@ from tidings.events import (
     DeliveryOutcome,
     DestinationRemoved,
     DestinationUpdated,
+    ProviderFeedback,
     RenderedContent,
     utcnow,
 )
@@ -74,6 +79,9 @@ class Destinations:
         for event in table_events(records, codec, "destination"):
             if isinstance(event, DestinationUpdated | DestinationRemoved):
                 self.apply(event)
+
+    def get(self, tenant: str, destination: str) -> DestinationUpdated | None:
+        return self.tenants.get(tenant, {}).get(destination)
 
     def matching(self, outcome: DeliveryOutcome) -> list[DestinationUpdated]:
         found = self.tenants.get(outcome.tenant_id, {}).values()
@@ -139,6 +147,26 @@ def relay(
     return commands
 
 
+def disabled(
+    feedback: ProviderFeedback, destinations: Destinations, now: datetime
+) -> DestinationUpdated | None:
+    """The destination, disabled, when the webhook gateway gave up on its endpoint (410 Gone, or failure
+    sustained past its limits), so its owner sees it off (and can re-enable it) instead of every outcome
+    failing there; None for any other feedback."""
+    recipient = feedback.recipient_id or ""
+    if feedback.kind != "endpoint_disabled" or not recipient.startswith(RELAY_RECIPIENT):
+        return None
+    current = destinations.get(feedback.tenant_id, recipient.removeprefix(RELAY_RECIPIENT))
+    if current is None or not current.enabled or current.url != feedback.address:
+        return None
+    update = {
+        "event_id": uuid5(feedback.event_id, "destination-disabled"),
+        "occurred_at": now,
+        "enabled": False,
+    }
+    return current.model_copy(update=update)
+
+
 class Relay:
     def __init__(
         self,
@@ -156,12 +184,13 @@ class Relay:
         self.destinations = Destinations()
         self.follower = TopicFollower(settings, self.names.destinations)
         self.relayed = 0
+        self.disabled = 0
         group_id = group_id or settings.topic_prefix + GROUP
         slot = instance or f"{socket.gethostname()}-0"
         self.loop = TransactionalLoop(
             settings,
             group_id=group_id,
-            topics=[self.names.outcomes],
+            topics=[self.names.outcomes, self.names.feedback],
             handle=self.handle,
             transactional_id=f"{group_id}-{slot}",
             static_membership=instance is not None,
@@ -173,7 +202,13 @@ class Relay:
         self.destinations.follow(self.follower.poll(), self.codec)
 
     def handle(self, record: Incoming) -> list[Output]:
+        """Not applied to the table here: the committed event comes back through the follower, so an
+        aborted batch leaves nothing behind and its retry disables again."""
         event = record.decode(self.codec)
+        if isinstance(event, ProviderFeedback):
+            off = disabled(event, self.destinations, utcnow())
+            self.disabled += off is not None
+            return [Output.event(self.names.destinations, off, codec=self.codec)] if off else []
         if not isinstance(event, DeliveryOutcome):
             raise InvalidEvent(f"{type(event).__name__} does not belong on {record.topic}")
         commands = relay(event, self.destinations, utcnow(), self.max_age)
@@ -182,7 +217,11 @@ class Relay:
         return [Output.event(target, c, codec=self.codec) for c in commands]
 
     def samples(self) -> list[Sample]:
-        return [*self.loop.samples(), Sample("outcomes_relayed", self.relayed, help="outcome webhooks made")]
+        return [
+            *self.loop.samples(),
+            Sample("outcomes_relayed", self.relayed, help="outcome webhooks made"),
+            Sample("destinations_disabled", self.disabled, help="destinations whose endpoint was given up"),
+        ]
 
     def run(self, *, idle_exit_after: float | None = None) -> None:
         self.destinations.follow(self.follower.catch_up(), self.codec)

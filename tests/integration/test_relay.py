@@ -38,6 +38,8 @@ def test_outcomes_reach_each_matching_destination_signed_and_the_relay_never_rel
     async def receiver(request: web.Request) -> web.Response:
         body = await request.read()
         Webhook(SECRET).verify(body, dict(request.headers))
+        if request.match_info["name"] == "dead":
+            return web.Response(status=410)
         received.append((request.match_info["name"], request.headers["webhook-id"], json.loads(body)))
         return web.Response(status=204)
 
@@ -54,6 +56,7 @@ def test_outcomes_reach_each_matching_destination_signed_and_the_relay_never_rel
                 ("all", "acme", []),
                 ("skips", "acme", ["SKIPPED"]),
                 ("gone", "acme", []),
+                ("dead", "acme", ["QUEUED"]),
                 ("other", "globex", []),
             ]:
                 url = f"{base}/{name}"
@@ -76,8 +79,11 @@ def test_outcomes_reach_each_matching_destination_signed_and_the_relay_never_rel
         return first, run_relay(s), gateway
 
     first, second, gateway = asyncio.run(scenario())
-    assert first.relayed == 3 and second.relayed == 0
-    assert gateway.counts["sent"] == 3
+    assert first.relayed == 4 and second.relayed == 0
+    assert gateway.counts["sent"] == 3 and second.disabled == 1
+    latest = {e.key: e for e in decoded(s, names(s).destinations)}
+    dead = latest["acme/dead"]
+    assert isinstance(dead, DestinationUpdated) and not dead.enabled and dead.statuses == ["QUEUED"]
     got = sorted((name, body["type"], body["data"]["channel"]) for name, _, body in received)
     assert got == [
         ("all", "delivery.queued", "email"),
@@ -87,8 +93,11 @@ def test_outcomes_reach_each_matching_destination_signed_and_the_relay_never_rel
     assert len({webhook_id for _, webhook_id, _ in received}) == 3
     assert all(body["data"]["recipient_id"] == "ada" for _, _, body in received)
     relayed = [c for c in commands(s) if c.recipient_id.startswith(RELAY_RECIPIENT)]
-    assert sorted(c.recipient_id for c in relayed) == [RELAY_RECIPIENT + "all"] * 2 + [
-        RELAY_RECIPIENT + "skips"
+    assert sorted(c.recipient_id.removeprefix(RELAY_RECIPIENT) for c in relayed) == [
+        "all",
+        "all",
+        "dead",
+        "skips",
     ]
 
 

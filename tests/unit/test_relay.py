@@ -5,8 +5,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from processors.relay import RELAY_RECIPIENT, Destinations, relay
-from tidings.events import DeliveryOutcome, DestinationRemoved, DestinationUpdated
+from processors.relay import RELAY_RECIPIENT, Destinations, disabled, relay
+from tidings.events import DeliveryOutcome, DestinationRemoved, DestinationUpdated, ProviderFeedback
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -85,3 +85,27 @@ def test_the_table_keeps_the_latest_version_and_forgets_removed_destinations() -
     )
     assert len(destinations) == 1
     assert [c.recipient_id for c in relay(outcome("SENT"), destinations, NOW)] == [RELAY_RECIPIENT + "a"]
+
+
+def test_a_destination_the_gateway_gave_up_on_is_disabled_once_and_only_that_one() -> None:
+    destinations = table(destination("ops"), destination("off", enabled=False))
+
+    def given_up(name: str, **changes: Any) -> ProviderFeedback:
+        fields: dict[str, Any] = {
+            "tenant_id": "acme",
+            "kind": "endpoint_disabled",
+            "channel": "webhook",
+            "address": f"https://hooks.example.com/{name}",
+            "recipient_id": RELAY_RECIPIENT + name,
+        }
+        return ProviderFeedback(**(fields | changes))
+
+    feedback = given_up("ops")
+    off = disabled(feedback, destinations, NOW)
+    assert off is not None and not off.enabled and off.key == "acme/ops" and off.secret == SECRET
+    assert off.event_id == disabled(feedback, destinations, NOW + timedelta(seconds=1)).event_id  # type: ignore[union-attr]
+    assert disabled(given_up("off"), destinations, NOW) is None
+    assert disabled(given_up("ops", address="https://elsewhere.example.com/"), destinations, NOW) is None
+    assert disabled(given_up("ops", recipient_id="ops"), destinations, NOW) is None
+    assert disabled(given_up("ops", kind="hard_bounce"), destinations, NOW) is None
+    assert disabled(given_up("ops", tenant_id="globex"), destinations, NOW) is None
