@@ -207,3 +207,13 @@ def test_destination_set_and_remove(topology: Settings) -> None:
         ("DestinationRemoved", "acme/ops"),
     ]
     assert records[0]["value"]["statuses"] == ["FAILED", "DELIVERED"]
+
+
+def test_database_failures_are_one_clear_line(stack: Settings) -> None:
+    nid = "00000000-0000-0000-0000-000000000001"
+    down = os.environ | {"TIDINGS_POSTGRES_DSN": "postgresql://postgres@127.0.0.1:1/tidings"}
+    bare = os.environ | {"TIDINGS_POSTGRES_DSN": stack.postgres_dsn.rsplit("/", 1)[0] + "/postgres"}
+    for env, expected in [(down, "connection failed"), (bare, "(tidings db migrate?)")]:
+        shown = subprocess.run([TIDINGS, "status", nid], capture_output=True, text=True, timeout=60, env=env)
+        assert shown.returncode == 1 and "error: PostgreSQL" in shown.stderr and expected in shown.stderr
+        assert "Traceback" not in shown.stderr

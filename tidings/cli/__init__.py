@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
+import psycopg
 import typer
 from pydantic import ValidationError
 
@@ -48,3 +49,7 @@ def main() -> None:
     except ValidationError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(2)
+    except psycopg.Error as exc:
+        hint = " (tidings db migrate?)" if isinstance(exc, psycopg.errors.UndefinedTable) else ""
+        typer.secho(f"error: PostgreSQL: {str(exc).strip()}{hint}", fg="red", err=True)
+        sys.exit(1)
