@@ -205,7 +205,7 @@ def run_demo(s: Settings, n: Any, rounds: int, mail: MailSink, hooks: WebhookSin
     )
     console.rule("audience: broadcasts expanded into one request per member (exactly once)")
     audience = Audience(s, instance="demo")
-    audience.run(idle_exit_after=1.0)
+    audience.run(idle_exit_after=2.0)
     console.print(
         f"audience: 1 broadcast to the {len(RECIPIENTS)} members of 'beta' made "
         f"{audience.expander.requests_made} requests"
@@ -235,7 +235,7 @@ def run_demo(s: Settings, n: Any, rounds: int, mail: MailSink, hooks: WebhookSin
     )
     console.rule("scheduler (durable timers) until no timer is pending")
     scheduler = Scheduler(s, instance="demo")
-    scheduler.run(idle_exit_after=1.0)
+    scheduler.run(idle_exit_after=2.5)
     console.print(
         f"scheduler: released {scheduler.released} deferred deliveries when due, "
         f"cancelled {scheduler.cancelled}, dropped {scheduler.escalations_dropped} escalations already seen"
