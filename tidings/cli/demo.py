@@ -1,7 +1,7 @@
 """`tidings demo`: the whole pipeline that exists, end to end, on the local stack.
 
 Starts the stack, creates topics, publishes the example catalog, registers recipients with preferences,
-sends requests with the SDK (one scheduled a few seconds ahead, one scheduled and then cancelled, three
+sends requests with the SDK (one scheduled 15 s ahead, one scheduled and then cancelled, three
 likes that the router collects into one digest email, two mentions of which one is seen in the app so
 its escalation email is dropped) and one broadcast to an audience of all the recipients, runs the
 audience processor and the router until idle, the scheduler until the deferred deliveries are
@@ -177,7 +177,7 @@ def run_demo(s: Settings, n: Any, rounds: int, mail: MailSink, hooks: WebhookSin
                 wait=False,
             )
             sent[seen] = ("grace", "comment.mention (seen in the app)")
-        later = datetime.now(UTC) + timedelta(seconds=4)
+        later = datetime.now(UTC) + timedelta(seconds=15)
         data = {"order": "A-1003", "carrier": "GLS"}
         nid = client.send(
             tenant="acme", recipient="alan", type="order.shipped", data=data, scheduled_at=later
