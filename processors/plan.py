@@ -2,7 +2,9 @@
 
 `plan(request, recipient, catalog, now)` is pure. Channel resolution, highest first:
 
-1. the request's `channels` restrict the candidates (default: the type's channels);
+1. the request's `channels` restrict the candidates (default: the type's channels), and the type's
+   `condition` (the whole request) and channel conditions must hold, critical or not: they are the type
+   author's rules, not the recipient's (`SKIPPED condition`);
 2. a `critical` type is always delivered (no opt-out, no mute, no quiet hours, no category unsubscribe);
 3. global mute opts out;
 4. type x channel rule, then type x every channel;
@@ -35,10 +37,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from processors.recipients import RecipientState, address_key
 from tidings.catalog import (
     GLOBAL_TENANT,
+    Conditions,
     DigestRule,
     EscalationStep,
     Templates,
     ThrottleRule,
+    conditions,
     digest_rule,
     escalation_steps,
     throttle_rule,
@@ -57,7 +61,7 @@ from tidings.events import (
 )
 from tidings.ids import command_id, delivery_id
 from tidings.kafka.records import Incoming, table_events
-from tidings.render import RenderError, render
+from tidings.render import RenderError, holds, render
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,7 @@ class Rules:
     digest: DigestRule | None
     escalation: dict[str, EscalationStep]
     throttle: ThrottleRule | None = None
+    conditions: Conditions | None = None
 
 
 class Catalog:
@@ -98,11 +103,12 @@ class Catalog:
         return self._types.get((tenant, type_)) or self._types.get((GLOBAL_TENANT, type_))
 
     def rules(self, t: NotificationTypePublished) -> Rules:
-        """The type's digest, escalation and throttle rules; raises InvalidEvent when one is malformed."""
+        """The type's digest, escalation, throttle and condition rules; raises InvalidEvent when one is
+        malformed."""
         key = (t.tenant_id, t.notification_type, t.version)
         if key not in self._rules:
             steps = {s.channel: s for s in escalation_steps(t)}
-            self._rules[key] = Rules(digest_rule(t), steps, throttle_rule(t))
+            self._rules[key] = Rules(digest_rule(t), steps, throttle_rule(t), conditions(t))
         return self._rules[key]
 
     def templates(self, t: NotificationTypePublished) -> Templates:
@@ -227,6 +233,30 @@ def context(
     }
 
 
+def unmet(source: str | None, t: NotificationTypePublished, ctx: dict[str, Any]) -> str | None:
+    """Why a condition does not hold for this request (None when it holds or there is none); raises
+    InvalidEvent when it cannot be evaluated, as for a template that fails."""
+    if source is None:
+        return None
+    try:
+        ok, why = holds(source, ctx)
+    except RenderError as exc:
+        raise InvalidEvent(f"{t.notification_type} v{t.version}: {exc}") from exc
+    return None if ok else f"condition not met: {why}"
+
+
+def gate(request: NotificationRequested, state: RecipientState | None, catalog: Catalog) -> str | None:
+    """Why the type's `condition` stops this request as a whole, or None. Digest requests pass: each
+    item was checked when it was planned."""
+    t = catalog.get(request.tenant_id, request.notification_type)
+    if t is None or request.digest_of is not None:
+        return None
+    rule = catalog.rules(t).conditions
+    if rule is None or rule.notification is None:
+        return None
+    return unmet(rule.notification, t, context(request, t, state or RecipientState()))
+
+
 def plan(
     request: NotificationRequested, recipient: RecipientState | None, catalog: Catalog, now: datetime
 ) -> Plan:
@@ -267,6 +297,11 @@ def plan(
         outcome("EXPIRED", "expired")
         return result
     rules = catalog.rules(t)
+    ctx = context(request, t, state)
+    checks = rules.conditions if request.digest_of is None else None
+    if checks is not None and (why := unmet(checks.notification, t, ctx)):
+        outcome("SKIPPED", "condition", detail=why)
+        return result
     scheduled = request.scheduled_at if request.scheduled_at and request.scheduled_at > now else None
     digest: frozenset[str] = frozenset()
     if request.digest_of is not None:
@@ -289,10 +324,12 @@ def plan(
     candidates = [c for c in t.default_channels if request.channels is None or c in request.channels]
     candidates += [c for c in (request.channels or []) if c not in candidates and c in templates]
     quiet_end = None if t.critical else quiet_until(state.quiet_hours, state.timezone, now)
-    ctx = context(request, t, state)
     for channel in candidates:
         if channel not in templates:
             outcome("SKIPPED", "no_template", channel)
+            continue
+        if checks is not None and (why := unmet(checks.channels.get(channel), t, ctx)):
+            outcome("SKIPPED", "condition", channel, detail=why)
             continue
         if why := opted_out(channel, t, state):
             outcome("SKIPPED", "opted_out", channel, detail=why)

@@ -6,8 +6,9 @@ writes of the router's two state stores: `recipients` (each recipient's folded c
 devices and suppressions) and `seen` (notification ids, 7 days, for dedupe). The catalog is a global
 table: every router process reads the whole compacted topic and follows it.
 
-A type's throttle (`processors/throttle.py`) is checked right after dedupe: a request over it is
-SKIPPED (`throttled`) as a whole; the times of the admitted ones are the `throttles` store.
+A type's `condition` is checked right after dedupe, then its throttle (`processors/throttle.py`): a
+request failing either is SKIPPED (`condition`, `throttled`) as a whole, and only requests that meet the
+condition count against the throttle; the times of the admitted ones are the `throttles` store.
 
 Requests of a type with digest templates are collected per recipient and type in two more stores,
 `digests` (the open buckets) and `digest_due` (their window ends, keys sorted by due time); a
@@ -30,7 +31,7 @@ from datetime import datetime, timedelta
 from uuid import UUID
 
 from processors import digest, throttle
-from processors.plan import Catalog, plan
+from processors.plan import Catalog, gate, plan
 from processors.recipients import RecipientState, fold
 from processors.scheduler import due_keys
 from tidings.codec import Codec, default_codec
@@ -154,11 +155,14 @@ class Router:
         if previous is not None:
             return [self._skipped(event, "cancelled" if previous == "cancelled" else "duplicate", trace)]
         now = self.clock()
+        state = self.recipients.get(record.partition, key)
+        if (why := gate(event, state, self.catalog)) is not None:
+            self.seen.put(record.partition, seen_key, "skipped")
+            return [self._skipped(event, "condition", trace, why)]
         if (limit := self._throttled(record.partition, event, now)) is not None:
             self.seen.put(record.partition, seen_key, "throttled")
             self.throttled += 1
             return [self._skipped(event, "throttled", trace, limit)]
-        state = self.recipients.get(record.partition, key)
         result = plan(event, state, self.catalog, now)
         outputs = []
         if result.digested:
@@ -189,7 +193,7 @@ class Router:
     def _cancel(self, record: Incoming, event: NotificationCancelled, trace: bytes) -> list[Output]:
         seen_key = f"{event.tenant_id}/{event.notification_id}"
         already = self.seen.get(record.partition, seen_key)
-        if already == "throttled":
+        if already in ("throttled", "skipped"):
             return []
         self.seen.put(record.partition, seen_key, "cancelled")
         if already is not None and already != "cancelled":

@@ -12,6 +12,9 @@ channel = "email", unless = "seen" }]` holds a channel back and sends it only if
 not engaged with (`seen`, `read` or `clicked`) by then. A channel is either digested or escalated.
 `throttle = { limit = 3, window = "1h", per = "type" }` caps how many notifications of the type (or,
 with `per = "category"`, of its category) reach one recipient in any window (`processors/throttle.py`).
+`condition = "not data.test"` must hold for a request to be sent at all, and `[type.channel_conditions]`
+maps a channel to the condition its delivery needs (`sms = "amount >= 1000"`): Jinja2 expressions over
+the template variables (`tidings.render.holds`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pydantic import ValidationError
 
 from tidings.errors import InvalidEvent
 from tidings.events import CHANNELS, ChannelTemplate, Engagement, NotificationTypePublished
-from tidings.render import FIELDS, RenderError, check_template
+from tidings.render import FIELDS, RenderError, check_condition, check_template
 from tidings.topics import tier_seconds
 
 GLOBAL_TENANT = "*"
@@ -97,6 +100,38 @@ def throttle_rule(t: NotificationTypePublished) -> ThrottleRule | None:
     return ThrottleRule(limit, window, per)
 
 
+@dataclass(frozen=True)
+class Conditions:
+    notification: str | None
+    channels: dict[str, str]
+
+
+def conditions(t: NotificationTypePublished) -> Conditions | None:
+    """The type's conditions; raises InvalidEvent when they are malformed."""
+    if t.conditions_json is None:
+        return None
+    raw = json.loads(t.conditions_json)
+    key = t.notification_type
+    if not isinstance(raw, dict) or set(raw) - {"notification", "channels"}:
+        raise InvalidEvent(f"{key}: conditions must be an object with notification and channels")
+    notification, channels = raw.get("notification"), raw.get("channels") or {}
+    if not isinstance(channels, dict):
+        raise InvalidEvent(f"{key}: channel_conditions must be a table of channel = condition")
+    templated = {tpl.channel for tpl in t.templates}
+    if unknown := set(channels) - templated:
+        raise InvalidEvent(f"{key}: conditions for channels without templates: {sorted(unknown)}")
+    for source in [notification, *channels.values()]:
+        if source is None:
+            continue
+        if not isinstance(source, str):
+            raise InvalidEvent(f"{key}: a condition must be a string, not {source!r}")
+        try:
+            check_condition(source)
+        except RenderError as exc:
+            raise InvalidEvent(f"{key}: {exc}") from None
+    return Conditions(notification, dict(channels))
+
+
 _KNOWN = {
     "key",
     "category",
@@ -108,6 +143,8 @@ _KNOWN = {
     "digest",
     "escalation",
     "throttle",
+    "condition",
+    "channel_conditions",
 }
 
 
@@ -180,6 +217,12 @@ def escalation_steps(t: NotificationTypePublished) -> list[EscalationStep]:
     return steps
 
 
+def _conditions_json(raw: dict[str, Any]) -> str | None:
+    if "condition" not in raw and "channel_conditions" not in raw:
+        return None
+    return json.dumps({"notification": raw.get("condition"), "channels": raw.get("channel_conditions", {})})
+
+
 def parse_type(tenant: str, raw: dict[str, Any], version: int = 1) -> NotificationTypePublished:
     key = raw.get("key", "?")
     if unknown := set(raw) - _KNOWN:
@@ -206,10 +249,12 @@ def parse_type(tenant: str, raw: dict[str, Any], version: int = 1) -> Notificati
             digest_json=json.dumps(raw["digest"]) if "digest" in raw else None,
             escalation_json=json.dumps({"steps": raw["escalation"]}) if "escalation" in raw else None,
             throttle_json=json.dumps(raw["throttle"]) if "throttle" in raw else None,
+            conditions_json=_conditions_json(raw),
         )
     except (ValidationError, ValueError) as exc:
         raise InvalidEvent(f"{key}: {exc}") from None
     throttle_rule(published)
+    conditions(published)
     digest = digest_rule(published)
     escalated = {s.channel for s in escalation_steps(published)}
     if digest is not None and (both := escalated & set(digest.templates)):

@@ -235,6 +235,7 @@ class NotificationTypePublished(Event):
     digest_json: JsonObject | None = None
     escalation_json: JsonObject | None = None
     throttle_json: JsonObject | None = None
+    conditions_json: JsonObject | None = None
 
     @property
     def key(self) -> str:

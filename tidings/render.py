@@ -4,18 +4,19 @@ Templates come from the catalog (tenant-authored); data comes from producers. Th
 attribute tricks (`''.__class__.__mro__`), `StrictUndefined` turns a missing variable into an error
 instead of an empty string, `range()` is limited per render, string and list repetition (`*`, `**`) are
 capped, and output is streamed and cut off at a size cap. Locales fall back `de-AT` → `de` → `default`.
+Catalog conditions are Jinja2 expressions in the same sandbox, with lenient undefined values (`holds`).
 """
 
 from __future__ import annotations
 
 import json
 import operator
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, Template, TemplateError
+from jinja2 import ChainableUndefined, StrictUndefined, Template, TemplateError, Undefined, UndefinedError
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -32,7 +33,15 @@ class RenderError(TidingsError):
 
 
 class _Environment(ImmutableSandboxedEnvironment):
+    """Bounds `*` and `**`; a JSON object's key wins over a dict method of the same name, so
+    `data.items` or `data.keys` is the request's field, not `dict.items`."""
+
     intercepted_binops = frozenset({"*", "**"})
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
 
     def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
         if operator_ == "**":
@@ -56,8 +65,8 @@ def _bounded_range(*args: int) -> range:
     return r
 
 
-def _environment(autoescape: bool) -> _Environment:
-    env = _Environment(undefined=StrictUndefined, autoescape=autoescape, keep_trailing_newline=False)
+def _environment(autoescape: bool, undefined: type[Undefined] = StrictUndefined) -> _Environment:
+    env = _Environment(undefined=undefined, autoescape=autoescape, keep_trailing_newline=False)
     env.globals["range"] = _bounded_range
     env.policies["json.dumps_kwargs"] = {"sort_keys": True, "ensure_ascii": False}
     return env
@@ -65,6 +74,8 @@ def _environment(autoescape: bool) -> _Environment:
 
 _TEXT = _environment(autoescape=False)
 _HTML = _environment(autoescape=True)
+_CONDITIONS = _environment(autoescape=False, undefined=ChainableUndefined)
+MAX_CONDITION = 1000
 
 
 def _env(field: str) -> _Environment:
@@ -82,6 +93,38 @@ def check_template(field: str, source: str) -> None:
         _compiled(field, source)
     except TemplateError as exc:
         raise RenderError(f"{field}: {exc}") from exc
+
+
+@lru_cache(maxsize=4096)
+def _condition(source: str) -> Callable[..., Any]:
+    return _CONDITIONS.compile_expression(source, undefined_to_none=False)
+
+
+def check_condition(source: str) -> None:
+    """Raise RenderError when a condition is not one Jinja2 expression of at most MAX_CONDITION characters."""
+    if not source.strip() or len(source) > MAX_CONDITION:
+        raise RenderError(f"a condition is a non-empty expression of at most {MAX_CONDITION} characters")
+    try:
+        _condition(source)
+    except TemplateError as exc:
+        raise RenderError(f"condition {source!r}: {exc}") from exc
+
+
+def holds(source: str, context: Mapping[str, Any]) -> tuple[bool, str | None]:
+    """Whether a condition holds for `context`, and why not when it does not.
+
+    A missing value is falsy (`ChainableUndefined`: `data.a.b` of nothing is undefined, not an error), and
+    using one in a comparison or computation makes the condition false rather than failing: a condition
+    about a field the request does not carry does not hold. Any other failure (a type error, the sandbox
+    refusing something, a bound exceeded) raises RenderError, as a template failure does.
+    """
+    try:
+        value = _condition(source)(**context)
+    except UndefinedError as exc:
+        return False, f"{source}: {exc}"
+    except (TemplateError, ArithmeticError, TypeError, ValueError, RecursionError) as exc:
+        raise RenderError(f"condition {source!r}: {type(exc).__name__}: {exc}") from exc
+    return (True, None) if value else (False, source)
 
 
 def variables(context: Mapping[str, Any]) -> dict[str, Any]:

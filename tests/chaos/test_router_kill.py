@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from processors.plan import Catalog, plan
+from processors.plan import Catalog, gate, plan
 from processors.recipients import RecipientState, fold
 from processors.throttle import admit
 from tests.integration.conftest import read_all
@@ -49,6 +49,15 @@ TYPES = {
     "weekly.digest": {"items": 3},
 }
 pytestmark = pytest.mark.timeout(900)
+
+
+def varied(rng: random.Random, type_: str) -> dict[str, Any]:
+    """Data that the example catalog's conditions decide on: empty weeks, invoices with and without SMS."""
+    if type_ == "weekly.digest":
+        return {"items": rng.choice([0, 3])}
+    if type_ == "invoice.due":
+        return {"amount": rng.choice([12.5, 2500])}
+    return {}
 
 
 def profiles(rng: random.Random, count: int) -> list[Event]:
@@ -113,7 +122,7 @@ def requests(rng: random.Random, count: int, recipients: int) -> list[Notificati
                 notification_id=new_notification_id(),
                 recipient_id=f"user-{rng.randrange(recipients)}",
                 notification_type=type_,
-                data_json=__import__("json").dumps(TYPES[type_]),
+                data_json=__import__("json").dumps(TYPES[type_] | varied(rng, type_)),
             )
         )
     return out
@@ -157,9 +166,10 @@ def key(c: DeliveryCommand) -> tuple[Any, ...]:
 
 
 def expected_commands(catalog: Catalog, phases: tuple[list[Any], ...]) -> list[DeliveryCommand]:
-    """The oracle: the router's pure throttle and plan() over the same events in order; commands sent
-    now and those deferred to the scheduler (comment.mention's escalation email). The throttles
-    (password.reset, weekly.digest) refuse most of their requests, so their counts must survive kills."""
+    """The oracle: the router's pure condition gate, throttle and plan() over the same events in order;
+    commands sent now and those deferred to the scheduler (comment.mention's escalation email). The
+    throttles (password.reset, weekly.digest) refuse most of their requests, so their counts must survive
+    kills; conditions drop empty weekly digests and the SMS of small invoices."""
     states: dict[str, RecipientState] = {}
     throttled: dict[str, list[int]] = {}
     expected: list[DeliveryCommand] = []
@@ -168,6 +178,8 @@ def expected_commands(catalog: Catalog, phases: tuple[list[Any], ...]) -> list[D
         for event in phase:
             recipient = event.recipient_id
             if isinstance(event, NotificationRequested):
+                if gate(event, states.get(recipient), catalog) is not None:
+                    continue
                 t = catalog.get(event.tenant_id, event.notification_type)
                 rule = catalog.rules(t).throttle if t is not None else None
                 if t is not None and rule is not None:

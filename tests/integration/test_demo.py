@@ -33,7 +33,7 @@ def test_demo_runs_the_pipeline_end_to_end_and_again_on_the_same_stack(stack: Se
 
 
 def check_first_run(result: subprocess.CompletedProcess[str], err: str) -> None:
-    assert "21 requests planned: 27 delivery commands, 76 outcomes" in err
+    assert "21 requests planned: 27 delivery commands, 77 outcomes" in err
     assert "throttle: 2 of grace's password resets were over the type's limit (3 per 15 minutes)" in err
     assert "in_app: 12 items put in recipients' inboxes" in err
     feed = r"inbox: ada has \d+ unread items; the newest 3: .*(liked your post|shipped)"

@@ -55,6 +55,12 @@ def test_missing_variable_is_an_error_not_an_empty_string() -> None:
         render_field("subject", "Order {{ order }}", {})
 
 
+def test_a_json_key_wins_over_a_dict_method_of_the_same_name() -> None:
+    data = {"items": 3, "keys": "k"}
+    assert render_field("subject", "{{ data.items }} {{ data.keys }}", {"data": data}) == "3 k"
+    assert render_field("subject", "{{ data.values()|list }}", {"data": data}) == "[3, 'k']"
+
+
 def test_data_is_never_evaluated_as_a_template() -> None:
     payload = "{{ ''.__class__.__mro__ }}"
     assert render_field("body", "{{ x }}", {"x": payload}) == payload

@@ -141,3 +141,17 @@ def test_a_request_plan_cannot_build_is_rejected_by_type_without_quoting_its_dat
     req = request(data_json='{"amount": "NaN"}', channels=["webhook"], recipient_overrides=hook)
     [(channel, status, reason)] = decisions(req, state, data, T0)
     assert (channel, status, reason) == ("*", "REJECTED", "ValidationError")
+
+
+def test_a_new_condition_shows_which_past_requests_it_would_hold_back() -> None:
+    shadow = Shadow([published(2, channel_conditions={"email": "data.order.startswith('B')"})])
+    joined = RecipientUpdated(tenant_id="acme", recipient_id="u1", email="u1@example.com", occurred_at=T0)
+    changes = history(
+        shadow,
+        (published(1), 0),
+        (joined, 1),
+        (request(data_json='{"order": "A-1"}'), 2),
+        (request(data_json='{"order": "B-2"}'), 3),
+    )
+    assert shadow.compared == 2
+    assert [c.transitions() for c in changes] == [[("email", "QUEUED", "SKIPPED condition")]]
