@@ -24,6 +24,10 @@ bounce endpoint would let anyone suppress any address), with the tenant in the p
 - `POST /inbound/twilio/{tenant}` and `POST /inbound/vonage/{tenant}`: inbound SMS, STOP/START
   (`TIDINGS_EDGE_TWILIO_AUTH_TOKEN`, `TIDINGS_EDGE_VONAGE_SIGNATURE_SECRET`). Twilio signs the URL it
   called: behind a proxy set `TIDINGS_EDGE_PUBLIC_URL` to the scheme and host Twilio sees.
+- `POST /callbacks/twilio/status/{tenant}/{notification}/{delivery}` and `GET|POST
+  /callbacks/vonage/status/{tenant}[/{notification}/{delivery}]`: SMS delivery receipts, asked for
+  per message when the provider's `status_callback_url` points here (`gateways/sms/receipts.py`), under
+  the same credentials as the inbound routes.
 - `POST /callbacks/ses/{tenant}`: SES notifications delivered by Amazon SNS over HTTPS, for the topic
   `TIDINGS_EDGE_SES_TOPIC_ARN` only. The SNS signing certificate is fetched from the message's
   `SigningCertURL` (HTTPS on an `sns.<region>.amazonaws.com` host only) and cached; a subscription
@@ -41,7 +45,8 @@ probes: it connects in the background, and until it is connected `/readyz` names
 that produces answers 503, so a load balancer keeps it out and clients retry.
 
 A report that names one of our deliveries (the providers echo the ids the gateway attached) also
-produces that delivery's outcome: `delivered` → DELIVERED, a hard bounce → FAILED (`bounced`), so
+produces that delivery's outcome: `delivered` → DELIVERED, a hard bounce → FAILED (`bounced`), an SMS
+receipt saying the carrier could not deliver → FAILED (`undelivered`), so
 the delivery-status tables show what happened after the provider accepted the message.
 
 Every response says "done" only after Kafka acknowledged the records, so a 2xx means they are durable
@@ -72,7 +77,7 @@ from gateways import api, api_schema, feed, ops, prefs
 from gateways.email import callbacks
 from gateways.email._message import EmailSettings, unsubscribe_claims
 from gateways.outputs import reported_outcome
-from gateways.sms import inbound
+from gateways.sms import inbound, receipts
 from tidings.client import tenant_key
 from tidings.config import Settings
 from tidings.errors import InvalidEvent
@@ -87,6 +92,7 @@ PAGE = """<!doctype html><html lang="en"><meta charset="utf-8"><title>{title}</t
 <body style="font-family:sans-serif;max-width:32em;margin:4em auto">
 <h1>{title}</h1><p>{text}</p>{form}</body></html>"""
 FORM = '<form method="post"><button name="List-Unsubscribe" value="One-Click">Unsubscribe</button></form>'
+VONAGE_RECEIPTS = "/callbacks/vonage/status/{tenant}"
 TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
 
@@ -206,6 +212,19 @@ def parsers(edge: EdgeSettings) -> dict[str, Parse]:
             )
 
         mounted["/inbound/twilio/{tenant}"] = twilio
+
+        def twilio_receipt(r: web.Request, body: bytes, tenant: str) -> list[ProviderFeedback]:
+            return receipts.twilio_status(
+                body,
+                url=public.rstrip("/") + r.path_qs if public else str(r.url),
+                signature=r.headers.get("X-Twilio-Signature"),
+                auth_token=token.get_secret_value(),
+                tenant_id=tenant,
+                notification=r.match_info["notification"],
+                delivery=r.match_info["delivery"],
+            )
+
+        mounted["/callbacks/twilio/status/{tenant}/{notification}/{delivery}"] = twilio_receipt
     if (secret := edge.vonage_signature_secret) is not None:
         method = edge.vonage_signature_method
         mounted["/inbound/vonage/{tenant}"] = lambda r, body, tenant: inbound.vonage(
@@ -215,6 +234,19 @@ def parsers(edge: EdgeSettings) -> dict[str, Parse]:
             signature_method=method,
             max_age=600,
         )
+
+        def vonage_receipt(r: web.Request, body: bytes, tenant: str) -> list[ProviderFeedback]:
+            return receipts.vonage_receipt(
+                receipts.vonage_params_of(r.query, body, r.content_type),
+                tenant_id=tenant,
+                signature_secret=secret.get_secret_value(),
+                signature_method=method,
+                notification=r.match_info.get("notification"),
+                delivery=r.match_info.get("delivery"),
+            )
+
+        mounted[VONAGE_RECEIPTS] = vonage_receipt
+        mounted[VONAGE_RECEIPTS + "/{notification}/{delivery}"] = vonage_receipt
     return mounted
 
 
@@ -317,6 +349,8 @@ def app(
             else (lambda: web.Response(status=204))
         )
         application.router.add_post(path, webhook(parse, answer))
+        if path.startswith(VONAGE_RECEIPTS):
+            application.router.add_get(path, webhook(parse, answer))
         log.info("mounted %s", path)
     if (ses := ses_route(edge, fetch)) is not None:
         application.router.add_post("/callbacks/ses/{tenant}", webhook(ses, lambda: web.Response(status=204)))

@@ -19,6 +19,7 @@ DUE = "tidings.due"
 REPORTED: dict[FeedbackKind, tuple[OutcomeStatus, str]] = {
     "delivered": ("DELIVERED", "delivered"),
     "hard_bounce": ("FAILED", "bounced"),
+    "undelivered": ("FAILED", "undelivered"),
 }
 DEAD_ADDRESS: dict[str, FeedbackKind] = {
     "webhook": "endpoint_disabled",
@@ -92,8 +93,9 @@ def from_mark(names: Names, command: DeliveryCommand, mark: dict[str, Any]) -> l
 
 
 def reported_outcome(report: ProviderFeedback) -> DeliveryOutcome | None:
-    """The delivery's outcome a provider callback implies: DELIVERED when the mailbox accepted it, FAILED
-    (`bounced`) on a hard bounce after the send was accepted. None when the report names no delivery
+    """The delivery's outcome a provider callback implies: DELIVERED when the mailbox or handset accepted
+    it, FAILED (`bounced`) on a hard bounce after the send was accepted, FAILED (`undelivered`) when an
+    SMS delivery receipt says the carrier could not deliver it. None when the report names no delivery
     (the provider did not echo our ids) or implies no status: a soft bounce is retried by the provider,
     and a complaint or unsubscribe comes after delivery and is feedback, not a status."""
     implied = REPORTED.get(report.kind)

@@ -42,6 +42,7 @@ FeedbackKind = Literal[
     "token_invalid",
     "endpoint_disabled",
     "delivered",
+    "undelivered",
     "opened",
 ]
 MAX_ID_LENGTH = 256

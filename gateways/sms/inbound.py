@@ -62,7 +62,7 @@ def keyword_kind(text: str) -> FeedbackKind | None:
     return None
 
 
-def _feedback(
+def sms_feedback(
     kind: FeedbackKind, sender: str, *, tenant_id: str, provider: str, at: datetime | None, detail: str
 ) -> ProviderFeedback:
     try:
@@ -100,11 +100,10 @@ def _url_variants(url: str) -> set[str]:
     }
 
 
-def twilio(
-    body: bytes, *, url: str, signature: str | None, auth_token: str, tenant_id: str
-) -> list[ProviderFeedback]:
-    """`url` is the webhook URL as configured in Twilio (scheme, host, path and query as Twilio called
-    it, which behind a proxy is not the URL the server saw); `signature` the X-Twilio-Signature header."""
+def verified_twilio_form(body: bytes, *, url: str, signature: str | None, auth_token: str) -> dict[str, str]:
+    """The parameters of a Twilio webhook whose signature verifies; raises InvalidEvent otherwise.
+    `url` is the webhook URL as configured in Twilio (scheme, host, path and query as Twilio called it,
+    which behind a proxy is not the URL the server saw); `signature` the X-Twilio-Signature header."""
     try:
         params = parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=bool(body))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -116,7 +115,13 @@ def twilio(
         for u in _url_variants(url)
     ):
         raise InvalidEvent("Twilio webhook signature does not match")
-    fields = dict(params)
+    return dict(params)
+
+
+def twilio(
+    body: bytes, *, url: str, signature: str | None, auth_token: str, tenant_id: str
+) -> list[ProviderFeedback]:
+    fields = verified_twilio_form(body, url=url, signature=signature, auth_token=auth_token)
     text = fields.get("Body", "")
     opt_out = fields.get("OptOutType", "").upper()
     kind = TWILIO_OPT_OUT.get(opt_out) if opt_out else keyword_kind(text)
@@ -124,7 +129,7 @@ def twilio(
         return []
     detail = f"{opt_out or text.strip().upper()} from MessageSid {fields.get('MessageSid')}"
     sender = fields.get("From", "")
-    return [_feedback(kind, sender, tenant_id=tenant_id, provider="twilio", at=None, detail=detail)]
+    return [sms_feedback(kind, sender, tenant_id=tenant_id, provider="twilio", at=None, detail=detail)]
 
 
 def _text(value: Any) -> str:
@@ -150,7 +155,7 @@ def vonage_signature(params: Mapping[str, str], secret: str, method: VonageMetho
     return hmac.new(secret.encode(), data.encode(), method).hexdigest()
 
 
-def _vonage_time(value: str) -> datetime | None:
+def vonage_time(value: str) -> datetime | None:
     try:
         return datetime.strptime(value, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
     except ValueError:
@@ -166,39 +171,49 @@ def vonage(
     max_age: float | None = None,
     now: float | None = None,
 ) -> list[ProviderFeedback]:
-    try:
-        record = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidEvent(f"Vonage inbound message is not JSON: {exc}") from None
-    if not isinstance(record, dict):
-        raise InvalidEvent("Vonage inbound message is not a JSON object")
-    params = {str(k): _text(v) for k, v in record.items()}
+    params = vonage_params(body, "Vonage inbound message")
     if signature_secret is not None:
-        _verify_vonage(params, signature_secret, signature_method, max_age, now)
+        verify_vonage(params, signature_secret, signature_method, max_age, now)
     if params.get("concat") == "true":
         return []
     kind = keyword_kind(params.get("text", ""))
     if kind is None:
         return []
     detail = f"{params['text'].strip().upper()} from messageId {params.get('messageId')}"
-    at = _vonage_time(params.get("message-timestamp", ""))
+    at = vonage_time(params.get("message-timestamp", ""))
     sender = "+" + params.get("msisdn", "").removeprefix("+")
-    return [_feedback(kind, sender, tenant_id=tenant_id, provider="vonage", at=at, detail=detail)]
+    return [sms_feedback(kind, sender, tenant_id=tenant_id, provider="vonage", at=at, detail=detail)]
 
 
-def _verify_vonage(
-    params: Mapping[str, str], secret: str, method: VonageMethod, max_age: float | None, now: float | None
+def vonage_params(body: bytes, what: str) -> dict[str, str]:
+    """A Vonage webhook's JSON object as the strings its signature is computed over."""
+    try:
+        record = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidEvent(f"{what} is not JSON: {exc}") from None
+    if not isinstance(record, dict):
+        raise InvalidEvent(f"{what} is not a JSON object")
+    return {str(k): _text(v) for k, v in record.items()}
+
+
+def verify_vonage(
+    params: Mapping[str, str],
+    secret: str,
+    method: VonageMethod,
+    max_age: float | None,
+    now: float | None,
+    what: str = "Vonage inbound message",
 ) -> None:
     signature = params.get("sig", "")
     if not signature:
-        raise InvalidEvent("Vonage inbound message is not signed (no sig)")
+        raise InvalidEvent(f"{what} is not signed (no sig)")
     expected = vonage_signature(params, secret, method)
     if not hmac.compare_digest(expected.encode(), signature.lower().encode()):
-        raise InvalidEvent("Vonage inbound message signature does not match")
+        raise InvalidEvent(f"{what} signature does not match")
     if max_age is not None:
         try:
             skew = abs((time.time() if now is None else now) - float(params.get("timestamp", "")))
         except ValueError:
-            raise InvalidEvent("Vonage inbound message timestamp is not a number") from None
+            raise InvalidEvent(f"{what} timestamp is not a number") from None
         if skew > max_age:
-            raise InvalidEvent(f"Vonage inbound message timestamp is {skew:.0f}s away from now")
+            raise InvalidEvent(f"{what} timestamp is {skew:.0f}s away from now")

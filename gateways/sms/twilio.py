@@ -2,7 +2,9 @@
 (`POST /2010-04-01/Accounts/{AccountSid}/Messages.json`, HTTP basic auth with the account SID and token).
 
 The form-encoded request carries the command's E.164 address as `To`, the configured `From` number and/or
-`MessagingServiceSid` (Twilio picks the sender from the service's pool), and the text as `Body`. Texts
+`MessagingServiceSid` (Twilio picks the sender from the service's pool), and the text as `Body`. With
+`status_callback_url` (the edge's `/callbacks/twilio/status` as Twilio reaches it) each message asks for
+its delivery receipt there as `StatusCallback` (`gateways/sms/receipts.py`). Texts
 without a body, addresses that are not E.164 and texts longer than `max_segments` are refused before any
 request (`_segments.checked_text`).
 
@@ -34,6 +36,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from gateways._http import json_object, post, retry_after
 from gateways.base import DeliveryRejected, Provider, ProviderThrottled, ProviderUnavailable, Sent
 from gateways.sms._segments import checked_text
+from gateways.sms.receipts import receipt_url
 from tidings.events import DeliveryCommand
 
 USER_AGENT = "tidings-sms/0.1"
@@ -50,6 +53,7 @@ class TwilioSettings(BaseSettings):
     from_number: str | None = None
     messaging_service_sid: str | None = Field(default=None, pattern=r"^MG[0-9a-fA-F]{32}$")
     base_url: str = "https://api.twilio.com"
+    status_callback_url: str | None = Field(default=None, pattern=r"^https?://[^?#]+$")
     max_segments: int = Field(default=10, ge=1)
     throttle_retry_seconds: float = Field(default=1.0, gt=0)
     timeout: float = Field(default=10.0, gt=0)
@@ -69,6 +73,8 @@ def form(command: DeliveryCommand, settings: TwilioSettings, text: str) -> dict[
     if settings.messaging_service_sid:
         fields["MessagingServiceSid"] = settings.messaging_service_sid
     fields["Body"] = text
+    if settings.status_callback_url:
+        fields["StatusCallback"] = receipt_url(settings.status_callback_url, command)
     return fields
 
 

@@ -3,8 +3,10 @@
 The request carries `api_key` and `api_secret`, the configured sender as `from`, the command's address
 without its "+" as `to`, `text`, `type` (`unicode` when the text needs UCS-2, else `text`: Vonage would
 otherwise send a non-GSM text as GSM and garble it) and the delivery id as `client-ref`, which Vonage
-copies into every delivery receipt of every part. Texts without a body, addresses that are not E.164 and
-texts longer than `max_segments` are refused before any request (`_segments.checked_text`).
+copies into every delivery receipt of every part. With `status_callback_url` (the edge's
+`/callbacks/vonage/status`) each message asks for its receipt there (`callback`, `status-report-req`).
+Texts without a body, addresses that are not E.164 and texts longer than `max_segments` are refused
+before any request (`_segments.checked_text`).
 
 Vonage answers HTTP 200 to a refused message too: `{"message-count": "N", "messages": [{"status": ...,
 "message-id": ..., "error-text": ...}]}`, one entry per segment of a concatenated text. All "0" is Sent
@@ -41,6 +43,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from gateways._http import json_object, post, retry_after
 from gateways.base import DeliveryRejected, Provider, ProviderThrottled, ProviderUnavailable, Sent
 from gateways.sms._segments import checked_text
+from gateways.sms.receipts import receipt_url
 from tidings.events import DeliveryCommand
 
 USER_AGENT = "tidings-sms/0.1"
@@ -67,6 +70,7 @@ class VonageSettings(BaseSettings):
     api_secret: SecretStr = Field(min_length=1)
     sender: str = Field(min_length=1)
     base_url: str = "https://rest.nexmo.com"
+    status_callback_url: str | None = Field(default=None, pattern=r"^https?://[^?#]+$")
     max_segments: int = Field(default=10, ge=1)
     throttle_retry_seconds: float = Field(default=1.0, gt=0)
     timeout: float = Field(default=10.0, gt=0)
@@ -74,7 +78,12 @@ class VonageSettings(BaseSettings):
 
 
 def form(command: DeliveryCommand, settings: VonageSettings, text: str, unicode: bool) -> dict[str, str]:
-    return {
+    receipts = (
+        {"callback": receipt_url(settings.status_callback_url, command), "status-report-req": "1"}
+        if settings.status_callback_url
+        else {}
+    )
+    return receipts | {
         "api_key": settings.api_key,
         "api_secret": settings.api_secret.get_secret_value(),
         "from": settings.sender,

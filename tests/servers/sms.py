@@ -14,6 +14,7 @@ status (`force_status`, `http_status`). `ids` lists the message ids each accepte
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -22,6 +23,7 @@ import math
 import re
 import secrets
 import uuid
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
@@ -35,8 +37,10 @@ from gateways.sms.twilio import Twilio, TwilioSettings
 from gateways.sms.vonage import Vonage, VonageSettings
 from tests.servers.base import register
 from tests.servers.http import VendorServer
+from tests.servers.sms_receipts import twilio_receipts, vonage_receipts
 from tidings.events import DeliveryCommand, RenderedContent
 
+URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$")
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 MSISDN = re.compile(r"^[1-9]\d{6,14}$")
 TWILIO_PATH = re.compile(r"^/2010-04-01/Accounts/([^/]+)/Messages\.json$")
@@ -70,6 +74,26 @@ class SmsApiServer(VendorServer):
     def __init__(self) -> None:
         super().__init__()
         self.ids: list[list[str]] = []
+        self.undeliverable: dict[str, str] = {}
+        self.receipts: list[int] = []
+        self._reporting: set[asyncio.Task[None]] = set()
+
+    def report(self, receipts: Coroutine[Any, Any, list[int]]) -> None:
+        """Send a message's receipts after answering, as the vendors do; `receipts` collects the
+        statuses the receipt URL answered."""
+
+        async def run() -> None:
+            self.receipts += await receipts
+
+        task = asyncio.create_task(run())
+        self._reporting.add(task)
+        task.add_done_callback(self._reporting.discard)
+
+    async def reported(self, count: int, timeout: float = 10.0) -> list[int]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(self.receipts) < count and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        return self.receipts
 
     def command(self) -> DeliveryCommand:
         return sms_command()
@@ -152,7 +176,11 @@ class TwilioServer(SmsApiServer):
                 400, 21612, f"The 'To' phone number: {to}, is not currently reachable using {sender} via SMS."
             )
         self.accepted.append(form)
-        return web.json_response(self.resource(form), status=201)
+        resource = self.resource(form)
+        if url := form.get("StatusCallback"):
+            error = self.undeliverable.get(to)
+            self.report(twilio_receipts(url, form, resource["sid"], self.account_sid, self.auth_token, error))
+        return web.json_response(resource, status=201)
 
     def invalid(self, form: dict[str, str]) -> web.Response | None:
         to, sender, service = form.get("To"), form.get("From"), form.get("MessagingServiceSid")
@@ -171,6 +199,8 @@ class TwilioServer(SmsApiServer):
             )
         if not form.get("Body"):
             return self.error(400, 21602, "Message body is required.")
+        if (callback := form.get("StatusCallback")) is not None and not URL.match(callback):
+            return self.error(400, 21609, f"Invalid StatusCallback URL: {callback}")
         if len(form["Body"]) > 1600:
             return self.error(400, 21617, "The concatenated message body exceeds the 1600 character limit.")
         return None
@@ -208,6 +238,8 @@ class VonageServer(SmsApiServer):
         self.barred: set[str] = set()
         self.force_status: tuple[str, str] | None = None
         self.http_status: int | None = None
+        self.signature_secret = secrets.token_urlsafe(16)
+        self.dlr_method = "POST"
 
     def provider(self, *, timeout: float, **settings: Any) -> Provider:
         self.timeout = timeout
@@ -290,6 +322,12 @@ class VonageServer(SmsApiServer):
             for _ in range(count)
         ]
         self.ids.append([m["message-id"] for m in messages])
+        if "callback" in params and params.get("status-report-req") == "1":
+            error = self.undeliverable.get("+" + to)
+            ids = self.ids[-1]
+            self.report(
+                vonage_receipts(params, ids, self.api_key, self.signature_secret, self.dlr_method, error)
+            )
         return web.json_response({"message-count": str(count), "messages": messages})
 
     def invalid(self, params: dict[str, str]) -> web.Response | None:
@@ -302,4 +340,6 @@ class VonageServer(SmsApiServer):
             return self.refusal("3", "Invalid Message Type")
         if len(params.get("client-ref", "")) > 100:
             return self.refusal("3", "Invalid client-ref: maximum length is 100")
+        if "callback" in params and not URL.match(params["callback"]):
+            return self.refusal("3", "Invalid callback URL")
         return None

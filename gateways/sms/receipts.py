@@ -1,0 +1,164 @@
+"""Turns SMS delivery receipts into ProviderFeedback (pure: request parts in, feedback out).
+
+The provider accepting a text (HTTP 201 from Twilio, status 0 from Vonage) only means it was queued;
+the carrier reports later whether the handset got it. The SMS providers ask for that report on every
+message when `status_callback_url` is set, at `{status_callback_url}/{tenant}/{notification}/{delivery}`,
+and the edge mounts these parsers there. A receipt becomes:
+
+* delivered: `delivered` feedback, which the edge turns into the delivery's DELIVERED outcome;
+* not delivered: `undelivered` feedback (the delivery's FAILED outcome, reason `undelivered`, with the
+  provider's error in the detail), plus `sms_stop` feedback when the error says the number is dead, so
+  the address is suppressed as a refused send to it would be (`DEAD_ADDRESS` here and in the senders);
+* anything else (queued, sent, accepted, buffered, read, unknown): nothing.
+
+The ids come from the URL and are checked against the number the receipt names: the delivery id is
+`uuid5(notification, "sms/" + number)` (`tidings.ids.delivery_id`), so a receipt cannot be pointed at
+another notification's delivery, even on an unsigned route. A receipt at the bare `/{tenant}` path (a
+Vonage account-wide receipt URL) still suppresses dead numbers but names no delivery.
+
+* `twilio_status`: the form-encoded status callback (`MessageStatus`, `ErrorCode`, `To`), signed like
+  every Twilio webhook (`inbound.verified_twilio_form`). Dead: 30005 (unknown handset), 30006 (landline
+  or unreachable carrier), 21610 (STOP), 21211 (invalid number), 21614 (not a mobile).
+* `vonage_receipt`: the DLR (`status`, `err-code`, `msisdn`, `client-ref`, `message-timestamp`) as a
+  query string (GET), form or JSON body (POST), signed (`inbound.verify_vonage`) when the secret is set.
+  `client-ref` is the delivery id the sender set and must match the URL's. Statuses `failed`,
+  `rejected` and `expired` are undelivered; dead: err-code 3 (absent subscriber, permanent), 4 (barred
+  by the user), 9 (the user asked not to receive the service's messages). A concatenated text gets one
+  receipt per part; they carry the same ids, so their outcomes have the same event ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from urllib.parse import parse_qsl, quote
+from uuid import UUID
+
+from gateways.sms.inbound import (
+    VonageMethod,
+    sms_feedback,
+    verified_twilio_form,
+    verify_vonage,
+    vonage_params,
+    vonage_time,
+)
+from tidings.errors import InvalidEvent
+from tidings.events import DeliveryCommand, FeedbackKind, ProviderFeedback
+from tidings.ids import delivery_id
+
+TWILIO_DEAD = {
+    "30005": "unknown destination handset",
+    "30006": "landline or unreachable carrier",
+    "21610": "recipient replied STOP",
+    "21211": "invalid 'To' number",
+    "21614": "not a mobile number",
+}
+TWILIO_UNDELIVERED = frozenset({"undelivered", "failed"})
+VONAGE_DEAD = {
+    "3": "absent subscriber (permanent)",
+    "4": "call barred by the user",
+    "9": "the user asked not to receive these messages",
+}
+VONAGE_UNDELIVERED = frozenset({"failed", "rejected", "expired"})
+
+
+def receipt_url(base: str, command: DeliveryCommand) -> str:
+    """Where a provider should report this message's delivery: the edge's receipt route for its ids."""
+    tenant = quote(command.tenant_id, safe="")
+    return f"{base.rstrip('/')}/{tenant}/{command.notification_id}/{command.delivery_id}"
+
+
+def _ids(notification: str | None, delivery: str | None, number: str) -> tuple[UUID, UUID] | None:
+    if notification is None and delivery is None:
+        return None
+    try:
+        nid, did = UUID(str(notification)), UUID(str(delivery))
+    except ValueError:
+        raise InvalidEvent("delivery receipt URL does not name a notification and delivery") from None
+    if delivery_id(nid, "sms", number) != did:
+        raise InvalidEvent(f"delivery receipt for {number} does not belong to delivery {did}")
+    return nid, did
+
+
+def _receipt(
+    status: str,
+    dead: str | None,
+    error: str,
+    number: str,
+    ids: tuple[UUID, UUID] | None,
+    *,
+    tenant_id: str,
+    provider: str,
+    at: datetime | None,
+) -> list[ProviderFeedback]:
+    def one(kind: FeedbackKind, detail: str) -> ProviderFeedback:
+        event = sms_feedback(kind, number, tenant_id=tenant_id, provider=provider, at=at, detail=detail)
+        if ids is None:
+            return event
+        return event.model_copy(update={"notification_id": ids[0], "delivery_id": ids[1]})
+
+    if status == "delivered":
+        return [one("delivered", f"{provider} delivery receipt: delivered")]
+    out = [one("undelivered", f"{provider} delivery receipt: {status}, error {error or 'none'}")]
+    if dead is not None:
+        out.append(one("sms_stop", f"{provider} delivery receipt: {dead} (error {error})"))
+    return out
+
+
+def twilio_status(
+    body: bytes,
+    *,
+    url: str,
+    signature: str | None,
+    auth_token: str,
+    tenant_id: str,
+    notification: str | None = None,
+    delivery: str | None = None,
+) -> list[ProviderFeedback]:
+    fields = verified_twilio_form(body, url=url, signature=signature, auth_token=auth_token)
+    status = fields.get("MessageStatus", "").lower()
+    if status != "delivered" and status not in TWILIO_UNDELIVERED:
+        return []
+    number = fields.get("To", "")
+    ids = _ids(notification, delivery, number)
+    error = fields.get("ErrorCode", "")
+    return _receipt(
+        status, TWILIO_DEAD.get(error), error, number, ids, tenant_id=tenant_id, provider="twilio", at=None
+    )
+
+
+def vonage_params_of(query: Mapping[str, str], body: bytes, content_type: str) -> dict[str, str]:
+    """The receipt's parameters, wherever the account's webhook method put them."""
+    if not body:
+        return dict(query)
+    if content_type == "application/x-www-form-urlencoded":
+        try:
+            return dict(parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=True))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InvalidEvent(f"Vonage delivery receipt is not a form body: {exc}") from None
+    return vonage_params(body, "Vonage delivery receipt")
+
+
+def vonage_receipt(
+    params: Mapping[str, str],
+    *,
+    tenant_id: str,
+    signature_secret: str | None = None,
+    signature_method: VonageMethod = "md5hash",
+    notification: str | None = None,
+    delivery: str | None = None,
+) -> list[ProviderFeedback]:
+    if signature_secret is not None:
+        verify_vonage(params, signature_secret, signature_method, None, None, "Vonage delivery receipt")
+    status = params.get("status", "").lower()
+    if status != "delivered" and status not in VONAGE_UNDELIVERED:
+        return []
+    number = "+" + params.get("msisdn", "").removeprefix("+")
+    if delivery is not None and params.get("client-ref", delivery) != delivery:
+        raise InvalidEvent("Vonage delivery receipt's client-ref is not the delivery in its URL")
+    ids = _ids(notification, delivery, number)
+    error = params.get("err-code", "")
+    at = vonage_time(params.get("message-timestamp", ""))
+    return _receipt(
+        status, VONAGE_DEAD.get(error), error, number, ids, tenant_id=tenant_id, provider="vonage", at=at
+    )
