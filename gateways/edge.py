@@ -13,6 +13,9 @@ The HTTP edge (`tidings run edge`). First, the unsubscribe link every non-critic
 - Tokens are the email gateway's HS256 JWTs, signed with `TIDINGS_EMAIL_UNSUBSCRIBE_SECRET`. A token
   that does not verify gets 400 and produces nothing; the answer does not say why.
 
+`GET /t/o/{token}` and `GET /t/c/{token}` record email opens and clicks and answer a pixel or a redirect
+(`gateways/track.py`), when the email gateway tracks them (`TIDINGS_EMAIL_TRACK_OPENS`, `..._CLICKS`).
+
 Then the providers' webhooks, each mounted only when its credential is configured (an unauthenticated
 bounce endpoint would let anyone suppress any address), with the tenant in the path:
 - `POST /callbacks/sendgrid/{tenant}`: signed Event Webhook batches
@@ -73,7 +76,7 @@ from aiohttp import web
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateways import api, api_schema, feed, ops, prefs
+from gateways import api, api_schema, feed, ops, prefs, track
 from gateways.email import callbacks
 from gateways.email._message import EmailSettings, unsubscribe_claims
 from gateways.outputs import reported_outcome
@@ -341,6 +344,7 @@ def app(
     application.cleanup_ctx.append(producer)
     application.router.add_get("/unsubscribe/{token}", confirm)
     application.router.add_post("/unsubscribe/{token}", unsubscribe)
+    track.mount(application, settings, email, PRODUCER)
     for path, parse in parsers(edge).items():
         twiml = path.startswith("/inbound/twilio")
         answer = (

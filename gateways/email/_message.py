@@ -10,6 +10,7 @@
   signed token (JWT, HS256) naming tenant, recipient, category and address; the HTTP edge verifies it
   with `unsubscribe_claims` and produces an `unsubscribe` ProviderFeedback. Critical messages (password
   resets, security alerts) carry no unsubscribe header: recipients cannot opt out of them.
+* Open and click tracking when configured (`gateways/email/tracking.py`), never for critical messages.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateways.base import DeliveryRejected
+from gateways.email.tracking import tracked
 from tidings.events import DeliveryCommand
 
 ONE_CLICK = "List-Unsubscribe=One-Click"
@@ -49,6 +51,11 @@ class EmailSettings(BaseSettings):
         default="http://127.0.0.1:8080/unsubscribe", description="Base URL; the token is appended."
     )
     unsubscribe_secret: SecretStr = SecretStr("dev-only-unsubscribe-secret-change-me")
+    track_opens: bool = False
+    track_clicks: bool = False
+    tracking_url: str = Field(
+        default="http://127.0.0.1:8080/t", description="The edge's tracking routes, as recipients reach them."
+    )
 
 
 def message_id(command: DeliveryCommand, settings: EmailSettings) -> str:
@@ -125,17 +132,29 @@ def text_of(html: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
-def parts(command: DeliveryCommand) -> tuple[str, str, str | None]:
-    """Subject, text and HTML; a command with neither text nor HTML is refused permanently."""
+def parts(command: DeliveryCommand, settings: EmailSettings) -> tuple[str, str, str | None]:
+    """Subject, text and HTML (tracked as configured); a command with neither text nor HTML is refused
+    permanently."""
     content = command.content
     subject = (content.subject or content.title or "").replace("\r", " ").replace("\n", " ")
     if not content.body and not content.html:
         raise DeliveryRejected("email has no body")
-    return subject, content.body or text_of(content.html or ""), content.html
+    html = content.html
+    if html is not None:
+        html = tracked(
+            html,
+            command,
+            base=settings.tracking_url,
+            secret=settings.unsubscribe_secret.get_secret_value(),
+            opens=settings.track_opens,
+            clicks=settings.track_clicks,
+            skip=settings.unsubscribe_url,
+        )
+    return subject, content.body or text_of(content.html or ""), html
 
 
 def build(command: DeliveryCommand, settings: EmailSettings) -> EmailMessage:
-    subject, text, html = parts(command)
+    subject, text, html = parts(command, settings)
     try:
         to = Address(addr_spec=command.address)
     except (ValueError, IndexError) as exc:

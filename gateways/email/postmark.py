@@ -57,7 +57,7 @@ def metadata(command: DeliveryCommand) -> dict[str, str]:
 
 
 def payload(command: DeliveryCommand, settings: PostmarkSettings, email: EmailSettings) -> dict[str, Any]:
-    subject, text, html = parts(command)
+    subject, text, html = parts(command, email)
     body: dict[str, Any] = {"From": sender(email), "To": command.address, "Subject": subject}
     if text:
         body["TextBody"] = text

@@ -55,7 +55,7 @@ def custom_args(command: DeliveryCommand) -> dict[str, str]:
 
 
 def payload(command: DeliveryCommand, email: EmailSettings) -> dict[str, Any]:
-    subject, text, html = parts(command)
+    subject, text, html = parts(command, email)
     content = [{"type": "text/plain", "value": text}] if text else []
     if html:
         content.append({"type": "text/html", "value": html})

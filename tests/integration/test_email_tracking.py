@@ -1,0 +1,88 @@
+"""Email open and click tracking through the HTTP edge on the real broker: the links the email gateway
+writes lead to the edge, which records each open and click once on notifications.engagement and
+redirects only to the URL it signed."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from pydantic import SecretStr
+
+from gateways import track
+from gateways.edge import EdgeSettings, app
+from gateways.email._message import EmailSettings, parts
+from gateways.track import PIXEL
+from tests.integration.test_router import decoded
+from tests.unit.test_email_tracking import email
+from tidings.config import Settings
+from tidings.events import NotificationClicked, NotificationOpened
+from tidings.topics import names
+
+SECRET = SecretStr("tracking-test-secret-of-32-bytes-or-more")
+
+
+async def scenario(s: Settings, html: str) -> tuple[list[Any], Any]:
+    runner = web.AppRunner(app(s, EmailSettings(unsubscribe_secret=SECRET), EdgeSettings()))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    command = email(html)
+    settings = EmailSettings(
+        track_opens=True, track_clicks=True, tracking_url=f"{base}/t", unsubscribe_secret=SECRET
+    )
+    _, _, tracked = parts(command, settings)
+    assert tracked is not None
+    [pixel] = re.findall(r'<img src="([^"]+)"', tracked)
+    [link] = re.findall(r'<a href="([^"]+)"', tracked)
+    forged = link[:-4] + ("AAAA" if not link.endswith("AAAA") else "BBBB")
+    answers: list[Any] = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(pixel) as r:
+                answers.append(
+                    (r.status, r.content_type, await r.read() == PIXEL, r.headers["Cache-Control"])
+                )
+            async with http.head(pixel) as r:
+                answers.append(r.status)
+            async with http.get(link, allow_redirects=False) as r:
+                answers.append((r.status, r.headers.get("Location")))
+            async with http.head(link, allow_redirects=False) as r:
+                answers.append(r.status)
+            async with http.get(forged, allow_redirects=False) as r:
+                answers.append((r.status, r.headers.get("Location")))
+            async with http.get(pixel.rsplit("/", 1)[0] + "/nonsense") as r:
+                answers.append((r.status, r.content_type))
+    finally:
+        await runner.cleanup()
+    return answers, command
+
+
+def test_opens_and_clicks_are_recorded_once_and_redirect_to_the_signed_url(
+    topology: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh topic's first produce can wait for a partition leader longer than a recipient should
+    wait for a redirect, so the test gives recording more time than the edge does."""
+    s = topology
+    monkeypatch.setattr(track, "RECORD_TIMEOUT_S", 30.0)
+    answers, command = asyncio.run(
+        scenario(s, '<p><a href="https://shop.example.com/o/1?x=1&amp;y=2">o</a></p>')
+    )
+    assert answers == [
+        (200, "image/gif", True, "no-store, max-age=0"),
+        200,
+        (302, "https://shop.example.com/o/1?x=1&y=2"),
+        302,
+        (400, None),
+        (200, "image/gif"),
+    ]
+    found = [e for e in decoded(s, names(s).engagement)]
+    assert [type(e) for e in found] == [NotificationOpened, NotificationClicked]
+    for event in found:
+        assert (event.tenant_id, event.recipient_id, event.channel) == ("acme", command.recipient_id, "email")
+        assert (event.notification_id, event.delivery_id) == (command.notification_id, command.delivery_id)
+    assert found[1].url == "https://shop.example.com/o/1?x=1&y=2"
