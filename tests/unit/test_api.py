@@ -78,7 +78,7 @@ def test_the_openapi_document_is_valid_and_covers_every_mounted_route() -> None:
     application = app(Settings(), edge=edge)
     document = ops.openapi(application[ops.OPERATIONS], api_schema.Accepted)
     validate(document)
-    operational = ("/unsubscribe/", "/healthz", "/readyz", "/metrics", "/openapi.json")
+    operational = ("/unsubscribe/", "/t/", "/healthz", "/readyz", "/metrics", "/openapi.json")
     mounted = {
         (r.method, r.resource.canonical)
         for r in application.router.routes()
