@@ -28,8 +28,6 @@ from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -37,6 +35,7 @@ from gateways.base import DeliveryRejected, Provider, ProviderError, ProviderThr
 from gateways.limits import Circuits, TokenBucket
 from gateways.marks import Marks
 from gateways.outputs import DUE, from_mark
+from gateways.settings import GatewaySettings as GatewaySettings
 from tidings.codec import default_codec
 from tidings.config import Settings
 from tidings.errors import CodecError, InvalidEvent
@@ -48,39 +47,6 @@ from tidings.metrics import Sample, lag_samples
 from tidings.topics import names, parse_tiers, tier_seconds
 
 log = logging.getLogger(__name__)
-
-
-class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TIDINGS_GATEWAY_", frozen=True)
-
-    concurrency: int = Field(default=64, ge=1, description="Sends in flight per gateway process.")
-    inflight_ttl: int = Field(default=60, ge=1, description="Seconds a crashed sender's claim lasts.")
-    done_ttl: int = Field(default=7 * 24 * 3600, ge=60, description="Seconds a delivery stays deduped.")
-    circuit_failures: int = Field(default=5, ge=1)
-    circuit_cooloff: float = Field(default=30.0, gt=0)
-    busy_backoff: float = Field(default=2.0, gt=0)
-    suppress_ttl: int = Field(default=900, ge=1, description="Seconds a dead address is refused here.")
-    endpoint_disable_failures: int = Field(default=5, ge=1, description="Exhausted webhooks in a row...")
-    endpoint_disable_after: float = Field(default=24 * 3600, ge=0, description="...spanning this long.")
-    rates: str = Field(default="", description="Cluster-wide limits, e.g. 'smtp=50:100,sendgrid=600'.")
-    chains: str = Field(default="", description="Per-tenant chains, e.g. 'acme=sendgrid,smtp;beta=ses'.")
-
-    def tenant_chains(self) -> dict[str, list[str]]:
-        """`tenant=label,label;...`: a tenant's own provider order; other tenants use the whole chain."""
-        chains: dict[str, list[str]] = {}
-        for item in filter(None, (part.strip() for part in self.chains.split(";"))):
-            tenant, _, labels = item.partition("=")
-            chains[tenant.strip()] = [label.strip() for label in labels.split(",") if label.strip()]
-        return chains
-
-    def rate_limits(self) -> dict[str, tuple[float, int]]:
-        """`label=rate_per_second[:burst]` pairs; the burst defaults to one second's worth."""
-        limits: dict[str, tuple[float, int]] = {}
-        for item in filter(None, (part.strip() for part in self.rates.split(","))):
-            label, _, spec = item.partition("=")
-            rate, _, burst = spec.partition(":")
-            limits[label.strip()] = (float(rate), int(burst) if burst else max(1, int(float(rate))))
-        return limits
 
 
 @dataclass

@@ -4,19 +4,21 @@ Field names, order and optionality mirror the current `.avsc` of the same name (
 Models validate what Avro cannot say: identifiers, channel and status vocabularies, JSON fields,
 UTC millisecond timestamps. Vocabularies are strings on the wire, not Avro enums, so adding a channel or a
 status never breaks an old reader at the Avro level; the model is where unknown words are refused.
+The envelope (`tidings.envelope`) and the delivery events (`tidings.deliveries`) are re-exported here.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal, TypeVar
-from uuid import UUID, uuid4
+from typing import Any, Literal, TypeVar
+from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
+from tidings.deliveries import DeliveryCommand, DeliveryOutcome, RenderedContent
+from tidings.envelope import Event, Record
 from tidings.errors import InvalidEvent
-from tidings.ids import outcome_id
 from tidings.vocabulary import (
     CHANNELS,
     MAX_DATA_BYTES,
@@ -91,34 +93,6 @@ __all__ = [
     "utcnow",
     "validated",
 ]
-
-
-class Record(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    def to_avro(self) -> dict[str, Any]:
-        return self.model_dump()
-
-
-class Event(Record):
-    """The envelope every event carries; subclasses register themselves by class name."""
-
-    registry: ClassVar[dict[str, type[Event]]] = {}
-
-    event_id: UUID = Field(default_factory=uuid4)
-    tenant_id: TenantId
-    occurred_at: Millis = Field(default_factory=utcnow)
-    correlation_id: str | None = None
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        Event.registry[cls.__name__] = cls
-
-    @property
-    def key(self) -> str:
-        """The Kafka key: `tenant/recipient` for per-recipient events."""
-        recipient = getattr(self, "recipient_id", None)
-        return f"{self.tenant_id}/{recipient}" if recipient else self.tenant_id
 
 
 class NotificationRequested(Event):
@@ -280,102 +254,6 @@ class ProviderFeedback(Event):
     provider_timestamp: Millis | None = None
     category: str | None = None
     detail: str | None = None
-
-
-class RenderedContent(Record):
-    subject: str | None = None
-    title: str | None = None
-    body: str | None = None
-    html: str | None = None
-    data_json: JsonObject | None = None
-
-
-class DeliveryCommand(Event):
-    delivery_id: UUID
-    notification_id: UUID
-    recipient_id: Identifier
-    notification_type: Identifier
-    category: str | None = None
-    channel: Channel
-    priority: Priority
-    address: str = Field(min_length=1)
-    address_params: dict[str, str] = {}
-    content: RenderedContent
-    locale: str | None = None
-    template_version: int | None = None
-    attempt: int = Field(default=0, ge=0)
-    not_before: Millis | None = None
-    expires_at: Millis | None = None
-    unless: Engagement | None = None
-
-
-class DeliveryOutcome(Event):
-    notification_id: UUID
-    delivery_id: UUID | None = None
-    recipient_id: str | None = None
-    channel: Channel | None = None
-    status: OutcomeStatus
-    reason: str | None = None
-    provider: str | None = None
-    provider_message_id: str | None = None
-    attempt: int = Field(default=0, ge=0)
-    template_version: int | None = None
-    detail: str | None = None
-
-    @property
-    def key(self) -> str:
-        return str(self.notification_id)
-
-    @classmethod
-    def decided(
-        cls,
-        notification_id: UUID,
-        status: OutcomeStatus,
-        reason: str | None,
-        *,
-        channel: Channel | None = None,
-        delivery_id: UUID | None = None,
-        id_reason: str | None = None,
-        **fields: Any,
-    ) -> DeliveryOutcome:
-        """An outcome whose event id derives from what it says (`id_reason`, default `reason`, names the
-        decision), so re-emitting the same decision yields the same event id."""
-        return cls(
-            event_id=outcome_id(
-                notification_id, status, channel, delivery_id, reason if id_reason is None else id_reason
-            ),
-            correlation_id=str(notification_id),
-            notification_id=notification_id,
-            delivery_id=delivery_id,
-            channel=channel,
-            status=status,
-            reason=reason,
-            **fields,
-        )
-
-    @classmethod
-    def of_command(
-        cls,
-        command: DeliveryCommand,
-        status: OutcomeStatus,
-        reason: str | None,
-        *,
-        id_reason: str,
-        **fields: Any,
-    ) -> DeliveryOutcome:
-        """What became of one delivery command."""
-        return cls.decided(
-            command.notification_id,
-            status,
-            reason,
-            channel=command.channel,
-            delivery_id=command.delivery_id,
-            id_reason=id_reason,
-            tenant_id=command.tenant_id,
-            recipient_id=command.recipient_id,
-            template_version=command.template_version,
-            **fields,
-        )
 
 
 class _AudienceEvent(Event):

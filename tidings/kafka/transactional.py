@@ -28,45 +28,26 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol, cast
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from tidings.config import Settings
 from tidings.kafka import config, guard
 from tidings.kafka.align import Aligner
-from tidings.kafka.messages import (
-    first_offsets,
-    is_retriable,
-    lag_of,
-    next_offsets,
-    partition_of,
-    to_incoming,
-)
+from tidings.kafka.messages import first_offsets, is_retriable, lag_of, next_offsets, to_incoming
 from tidings.kafka.records import Handler, Incoming, Output, PoisonHandler, dead_letter
+from tidings.kafka.stores import TransactionalState as TransactionalState
+from tidings.kafka.txn import MAX_COMMIT_RETRIES as MAX_COMMIT_RETRIES
+from tidings.kafka.txn import TXN_TIMEOUT_S as TXN_TIMEOUT_S
+from tidings.kafka.txn import Transactions
 from tidings.metrics import Sample, lag_samples
 from tidings.topics import names
 
 log = logging.getLogger(__name__)
 
 
-class TransactionalState(Protocol):
-    """A state store whose writes commit and abort with the loop's transactions (see tidings.state)."""
-
-    topic: str
-
-    def record_done(self) -> None: ...
-    def record_failed(self) -> None: ...
-    def changelog(self) -> list[Output]: ...
-    def committed(self) -> None: ...
-    def aborted(self) -> None: ...
-    def restore(self, partition: int, records: Iterable[Incoming]) -> int: ...
-    def drop(self, partition: int) -> None: ...
-
-
 PartitionsCallback = Callable[[list[tuple[str, int]]], None]
-TXN_TIMEOUT_S = 30.0
-MAX_COMMIT_RETRIES = 5
 MAX_RECOVERIES = 5
 RECOVERY_WINDOW_S = 300.0
 
@@ -128,17 +109,8 @@ class TransactionalLoop:
         self._consumer_config = config.consumer(
             settings, group_id, **membership, **(consumer_overrides or {})
         )
-        self._producer_config = config.producer(
-            settings,
-            **{
-                "transactional.id": transactional_id,
-                "transaction.timeout.ms": 30_000,
-                "linger.ms": 10,
-                **(producer_overrides or {}),
-            },
-        )
         self.consumer = Consumer(self._consumer_config)
-        self.producer = Producer(self._producer_config)
+        self.txn = Transactions(settings, transactional_id, producer_overrides)
         self.recoveries: list[float] = []
         self.stopping = threading.Event()
         self.committed_batches = 0
@@ -150,6 +122,10 @@ class TransactionalLoop:
         self.recovered = 0
         self.lag: dict[tuple[str, int], int] = {}
         self._lag_at = 0.0
+
+    @property
+    def producer(self) -> Producer:
+        return self.txn.producer
 
     def _assigned(self, _c: Consumer, partitions: list[TopicPartition]) -> None:
         from tidings.kafka.consumer import read_partition
@@ -212,29 +188,8 @@ class TransactionalLoop:
             self.consumer.close()
 
     def _start(self) -> None:
-        """Initialise transactions (fencing any earlier producer of our transactional id), then subscribe.
-        A producer whose init does not return in time is replaced, as a hung commit's would be."""
-        replaced = 0
-        while True:
-            try:
-                guard.within(
-                    TXN_TIMEOUT_S + 15,
-                    lambda: self.producer.init_transactions(TXN_TIMEOUT_S),
-                    "init_transactions",
-                )
-                break
-            except KafkaException as exc:
-                err: KafkaError = exc.args[0]
-                if self.stopping.is_set():
-                    raise
-                if err.retriable():
-                    log.warning("initialising transactions, retrying: %s", err)
-                elif config.is_fatal(err) and replaced < MAX_RECOVERIES:
-                    replaced += 1
-                    log.error("replacing the producer: %s", err)
-                    self.producer = Producer(self._producer_config)
-                else:
-                    raise
+        """Initialise transactions (fencing any earlier producer of our transactional id), then subscribe."""
+        self.txn.init(self.stopping, MAX_RECOVERIES)
         self.consumer.subscribe(
             self.topics, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
         )
@@ -262,7 +217,7 @@ class TransactionalLoop:
         except KafkaException as close_error:
             log.warning("closing the unusable consumer: %s", close_error)
         self.consumer = Consumer(self._consumer_config)
-        self.producer = Producer(self._producer_config)
+        self.txn.replace()
         self._start()
 
     def _step(self, last_input: float) -> float:
@@ -361,21 +316,17 @@ class TransactionalLoop:
             self.first_batch_at = time.monotonic()
         if self.before_batch:
             self.before_batch()
-        self.producer.begin_transaction()
+        self.txn.begin()
         try:
             for record in batch:
                 for out in self._outputs(record):
-                    self._produce(out)
+                    self.txn.produce(out)
             for store in self.stores:
                 for out in store.changelog():
-                    self._produce(out)
-            offsets, group = next_offsets(batch), self.consumer.consumer_group_metadata()
-            guard.within(
-                TXN_TIMEOUT_S + 15,
-                lambda: self.producer.send_offsets_to_transaction(offsets, group, TXN_TIMEOUT_S),
-                "send_offsets_to_transaction",
-            )
-            self._commit()
+                    self.txn.produce(out)
+            offsets = next_offsets(batch)
+            self.txn.send_offsets(offsets, self.consumer.consumer_group_metadata())
+            self.txn.commit()
             for store in self.stores:
                 store.committed()
             self._committed.update(((tp.topic, tp.partition), tp.offset) for tp in offsets)
@@ -404,19 +355,19 @@ class TransactionalLoop:
         changelog = [out for store in self.stores for out in store.changelog()]
         if not outputs and not changelog:
             return
-        self.producer.begin_transaction()
+        self.txn.begin()
         try:
             for out in [*outputs, *changelog]:
-                self._produce(out)
+                self.txn.produce(out)
             self._fence()
-            self._commit()
+            self.txn.commit()
         except Exception as exc:
             for store in self.stores:
                 store.aborted()
             err = exc.args[0] if isinstance(exc, KafkaException) else None
             if err is not None and config.is_fatal(err):
                 raise
-            self._abort_open()
+            self.txn.abort()
             if err is not None and (err.txn_requires_abort() or err.retriable()):
                 log.warning("aborted a punctuation, its timers fire on the next one: %s", exc)
                 self._eager_after = time.monotonic() + 0.5
@@ -432,45 +383,12 @@ class TransactionalLoop:
         if not self._committed:
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._committed.items()]
-        group = self.consumer.consumer_group_metadata()
-        guard.within(
-            TXN_TIMEOUT_S + 15,
-            lambda: self.producer.send_offsets_to_transaction(offsets, group, TXN_TIMEOUT_S),
-            "send_offsets_to_transaction",
-        )
-
-    def _produce(self, out: Output) -> None:
-        while True:
-            try:
-                self.producer.produce(
-                    out.topic, out.value, out.key, partition=partition_of(out), headers=cast(Any, out.headers)
-                )
-                return
-            except BufferError:
-                self.producer.poll(0.05)
-
-    def _commit(self) -> None:
-        self._retrying("commit_transaction", lambda: self.producer.commit_transaction(TXN_TIMEOUT_S))
-
-    def _abort_open(self) -> None:
-        self._retrying("abort_transaction", lambda: self.producer.abort_transaction(TXN_TIMEOUT_S))
-
-    def _retrying(self, what: str, call: Callable[[], None]) -> None:
-        """Commit or abort the open transaction, again while the broker answers with a retriable error."""
-        for attempt in range(MAX_COMMIT_RETRIES):
-            try:
-                guard.within(TXN_TIMEOUT_S + 15, call, what)
-                return
-            except KafkaException as exc:
-                err: KafkaError = exc.args[0]
-                if not err.retriable() or attempt == MAX_COMMIT_RETRIES - 1:
-                    raise
-                log.warning("retrying %s: %s", what, err)
+        self.txn.send_offsets(offsets, self.consumer.consumer_group_metadata())
 
     def _abort(self, batch: list[Incoming]) -> None:
         for store in self.stores:
             store.aborted()
-        self._abort_open()
+        self.txn.abort()
         self.aborted_batches += 1
         if self.aligner:
             self.aligner.drop((r.topic, r.partition) for r in batch)
