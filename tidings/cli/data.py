@@ -1,10 +1,12 @@
-"""`tidings db migrate`, `tidings run projection`, `tidings projections rebuild` and `tidings status`."""
+"""`tidings db migrate`, `tidings run projection`, `tidings projections rebuild`, `tidings status` and
+`tidings stats`."""
 
 from __future__ import annotations
 
 import json
 import logging
 import signal
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -14,8 +16,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tidings import stats as analytics
 from tidings.cli.pipeline import expose
 from tidings.config import settings
+from tidings.topics import tier_seconds
 
 db_app = typer.Typer(no_args_is_help=True, help="The PostgreSQL schema of the projections.")
 projections_app = typer.Typer(no_args_is_help=True, help="Rebuild projections from the topics.")
@@ -109,4 +113,66 @@ def status(notification_id: str = typer.Argument(...), as_json: bool = typer.Opt
             d["provider"] or "",
             str(d["last_at"]),
         )
+    Console().print(table)
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def stats(
+    tenant: str = typer.Option(..., "--tenant", "-t"),
+    since: str = typer.Option("24h", "--since", help="How far back: 30m, 24h, 7d (ignored with --from)."),
+    start: datetime | None = typer.Option(None, "--from", help="Window start (ISO 8601, UTC if no offset)."),
+    end: datetime | None = typer.Option(None, "--to", help="Window end (default: now)."),
+    type_: str | None = typer.Option(None, "--type", help="Only this notification type."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Delivery analytics: notifications requested in a window, their deliveries per channel, reasons,
+    success rate, time to send and engagement (the projections)."""
+    until = _utc(end) if end else datetime.now(UTC)
+    if start is not None:
+        begin = _utc(start)
+    else:
+        try:
+            begin = until - timedelta(seconds=tier_seconds(since))
+        except ValueError:
+            raise typer.BadParameter(f"--since {since!r} is not like 30m, 24h or 7d") from None
+    try:
+        args = analytics.parameters(tenant, begin, until, type_)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    with psycopg.connect(settings().postgres_dsn, row_factory=dict_row) as conn:
+        found = analytics.report(analytics.fetch_sync(conn, args))
+    if as_json:
+        print(json.dumps({"from": begin.isoformat(), "to": until.isoformat(), "types": found}))
+        return
+    console.print(f"{tenant}: notifications requested from {begin.isoformat()} to {until.isoformat()}")
+    table = Table("type", "channel", "deliveries", "rate", "p50 ms", "p95 ms", "by status", "reasons")
+    for key, entry in found.items():
+        statuses = ", ".join(f"{s} {n}" for s, n in entry["status"].items())
+        engaged = entry["engagement"]
+        table.add_row(
+            f"[bold]{key}[/]",
+            "",
+            str(entry["notifications"]),
+            "",
+            "",
+            "",
+            statuses,
+            f"seen {engaged['seen']}, read {engaged['read']}",
+        )
+        for channel, figures in entry["channels"].items():
+            latency = figures["time_to_send_ms"] or {}
+            rate = figures["rate"]
+            table.add_row(
+                "",
+                channel,
+                str(figures["deliveries"]),
+                "" if rate is None else f"{rate:.1%}",
+                str(latency.get("p50", "")),
+                str(latency.get("p95", "")),
+                ", ".join(f"{s} {n}" for s, n in figures["status"].items()),
+                ", ".join(f"{r} {n}" for r, n in figures["reasons"].items()),
+            )
     Console().print(table)
