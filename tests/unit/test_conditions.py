@@ -3,25 +3,13 @@ from typing import Any
 
 import pytest
 
-from processors.plan import Catalog, gate, plan
+from processors.plan import gate, plan
 from processors.recipients import RecipientState
-from tests.unit.test_plan import NOW, TEMPLATES, recipient, request, skipped
+from tests.unit.test_plan import NOW, TEMPLATES, catalog, recipient, request, skipped
 from tidings.catalog import conditions, parse_type
 from tidings.codec import default_codec
 from tidings.errors import InvalidEvent
 from tidings.ids import new_notification_id
-
-
-def catalog(**changes: Any) -> Catalog:
-    raw = {
-        "key": "order.shipped",
-        "category": "orders",
-        "channels": ["email", "sms", "push", "in_app"],
-        "templates": TEMPLATES,
-    } | changes
-    c = Catalog()
-    c.apply(parse_type("*", raw))
-    return c
 
 
 def data(**values: Any) -> str:
