@@ -19,6 +19,7 @@ from processors.recipients import RecipientState, address_key
 from tidings.events import (
     Channel,
     DigestChoice,
+    EngagementKind,
     OutcomeStatus,
     Platform,
     PreferenceRule,
@@ -99,6 +100,10 @@ class DestinationBody(Body):
         default=[], description="Only outcomes of these statuses; all if empty."
     )
     enabled: bool = True
+    engagements: list[EngagementKind] = Field(
+        default=[],
+        description="Engagement to relay too (seen, read, archived, opened, clicked); none if empty.",
+    )
 
 
 class BroadcastBody(Body):

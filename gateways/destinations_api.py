@@ -1,9 +1,10 @@
 """Consumes HTTP requests about a tenant's outcome destinations; produces DestinationUpdated and
 DestinationRemoved on notifications.destinations (read by `processors/relay.py`).
 
-- `PUT /v1/destinations/{destination_id}`: `{"url", "secret", "statuses": [], "enabled": true}` creates
-  or replaces the destination; the tenant's outcomes of those statuses (all when empty) are then POSTed
-  to `url` as Standard Webhooks signed with `secret`, by the webhook gateway.
+- `PUT /v1/destinations/{destination_id}`: `{"url", "secret", "statuses": [], "engagements": [],
+  "enabled": true}` creates or replaces the destination; the tenant's outcomes of those statuses (all
+  when empty) and its recipients' engagement of those kinds (none when empty) are then POSTed to `url`
+  as Standard Webhooks signed with `secret`, by the webhook gateway.
 - `DELETE /v1/destinations/{destination_id}`: stops them.
 
 Both answer 202 once Kafka has the event. There is no read: the events hold the signing secret, and the

@@ -1,6 +1,6 @@
-"""Consumes notifications.outcomes, .feedback and the tenants' destinations (notifications.destinations);
-produces a webhook DeliveryCommand per outcome and matching destination, and a destination disabled
-when the gateway gives up on its endpoint, exactly once.
+"""Consumes notifications.outcomes, .engagement, .feedback and the tenants' destinations
+(notifications.destinations); produces a webhook DeliveryCommand per outcome or engagement and matching
+destination, and a destination disabled when the gateway gives up on its endpoint, exactly once.
 
 Outcome destinations are the tenant-level answer to "tell my systems what happened": each tenant can
 register HTTPS endpoints (`DestinationUpdated`: url, `whsec_` secret, the statuses it wants) and receives
@@ -24,6 +24,11 @@ destination, does not replay the past (30 days) to anyone; from then on its comm
 through restarts. A destination receives the outcomes the relay processes while it exists and is
 enabled. Outcomes older than `max_age` when processed (a relay stopped for a long time) are dropped
 rather than delivered late, and each command expires `max_age` after its outcome.
+
+Engagement (seen, read, archived in the inbox; push and email opened; clicked) is relayed only to
+destinations that list its kind in `engagements` (none by default, so existing destinations see no new
+traffic), as `{"type": "engagement.read", ...}` with the notification, delivery, recipient, channel and,
+for a click, the URL.
 """
 
 from __future__ import annotations
@@ -44,6 +49,13 @@ from tidings.events import (
     DeliveryOutcome,
     DestinationRemoved,
     DestinationUpdated,
+    EngagementKind,
+    Event,
+    InboxItemArchived,
+    InboxItemRead,
+    InboxItemSeen,
+    NotificationClicked,
+    NotificationOpened,
     ProviderFeedback,
     RenderedContent,
     utcnow,
@@ -59,6 +71,14 @@ GROUP = "tidings.relay"
 RELAY_RECIPIENT = "tidings:destination:"
 OUTCOME_TYPE = "tidings.outcome"
 MAX_AGE = timedelta(days=1)
+ENGAGEMENTS: dict[type[Event], EngagementKind] = {
+    InboxItemSeen: "seen",
+    InboxItemRead: "read",
+    InboxItemArchived: "archived",
+    NotificationOpened: "opened",
+    NotificationClicked: "clicked",
+}
+Engaged = InboxItemSeen | InboxItemRead | InboxItemArchived | NotificationOpened | NotificationClicked
 
 
 @dataclass
@@ -86,6 +106,9 @@ class Destinations:
     def matching(self, outcome: DeliveryOutcome) -> list[DestinationUpdated]:
         found = self.tenants.get(outcome.tenant_id, {}).values()
         return [d for d in found if d.enabled and (not d.statuses or outcome.status in d.statuses)]
+
+    def engaged(self, tenant: str, kind: EngagementKind) -> list[DestinationUpdated]:
+        return [d for d in self.tenants.get(tenant, {}).values() if d.enabled and kind in d.engagements]
 
     def __len__(self) -> int:
         return sum(len(t) for t in self.tenants.values())
@@ -115,36 +138,70 @@ def payload(outcome: DeliveryOutcome) -> str:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
+def engagement_payload(event: Engaged) -> str:
+    """The Standard Webhooks event body of an engagement: its kind, time, ids, channel and clicked URL."""
+    kind = ENGAGEMENTS[type(event)]
+    data = event.model_dump(
+        mode="json",
+        include={
+            "event_id",
+            "notification_id",
+            "delivery_id",
+            "recipient_id",
+            "channel",
+            "url",
+            "occurred_at",
+        },
+    )
+    body = {"type": f"engagement.{kind}", "timestamp": data["occurred_at"], "data": data | {"kind": kind}}
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def _command(
+    source: Event, notification: str, d: DestinationUpdated, body: str, now: datetime, max_age: timedelta
+) -> DeliveryCommand:
+    nid = uuid5(source.event_id, f"destination/{d.destination_id}")
+    did = delivery_id(nid, "webhook", d.url)
+    return DeliveryCommand(
+        event_id=command_id(did),
+        tenant_id=source.tenant_id,
+        occurred_at=now,
+        correlation_id=notification,
+        delivery_id=did,
+        notification_id=nid,
+        recipient_id=RELAY_RECIPIENT + d.destination_id,
+        notification_type=OUTCOME_TYPE,
+        category=OUTCOME_TYPE,
+        channel="webhook",
+        priority="normal",
+        address=d.url,
+        address_params={"secret": d.secret},
+        content=RenderedContent(data_json=body),
+        expires_at=source.occurred_at + max_age,
+    )
+
+
 def relay(
     outcome: DeliveryOutcome, destinations: Destinations, now: datetime, max_age: timedelta = MAX_AGE
 ) -> list[DeliveryCommand]:
     """The commands that deliver `outcome` to its tenant's matching destinations."""
     if (outcome.recipient_id or "").startswith(RELAY_RECIPIENT) or outcome.occurred_at < now - max_age:
         return []
-    commands = []
-    for d in destinations.matching(outcome):
-        nid = uuid5(outcome.event_id, f"destination/{d.destination_id}")
-        did = delivery_id(nid, "webhook", d.url)
-        commands.append(
-            DeliveryCommand(
-                event_id=command_id(did),
-                tenant_id=outcome.tenant_id,
-                occurred_at=now,
-                correlation_id=str(outcome.notification_id),
-                delivery_id=did,
-                notification_id=nid,
-                recipient_id=RELAY_RECIPIENT + d.destination_id,
-                notification_type=OUTCOME_TYPE,
-                category=OUTCOME_TYPE,
-                channel="webhook",
-                priority="normal",
-                address=d.url,
-                address_params={"secret": d.secret},
-                content=RenderedContent(data_json=payload(outcome)),
-                expires_at=outcome.occurred_at + max_age,
-            )
-        )
-    return commands
+    body = payload(outcome)
+    notification = str(outcome.notification_id)
+    return [_command(outcome, notification, d, body, now, max_age) for d in destinations.matching(outcome)]
+
+
+def relay_engagement(
+    event: Engaged, destinations: Destinations, now: datetime, max_age: timedelta = MAX_AGE
+) -> list[DeliveryCommand]:
+    """The commands that deliver an engagement to the tenant's destinations that asked for its kind."""
+    if event.occurred_at < now - max_age:
+        return []
+    wanting = destinations.engaged(event.tenant_id, ENGAGEMENTS[type(event)])
+    body = engagement_payload(event) if wanting else ""
+    notification = str(event.notification_id)
+    return [_command(event, notification, d, body, now, max_age) for d in wanting]
 
 
 def disabled(
@@ -190,7 +247,7 @@ class Relay:
         self.loop = TransactionalLoop(
             settings,
             group_id=group_id,
-            topics=[self.names.outcomes, self.names.feedback],
+            topics=[self.names.outcomes, self.names.engagement, self.names.feedback],
             handle=self.handle,
             transactional_id=f"{group_id}-{slot}",
             static_membership=instance is not None,
@@ -209,9 +266,12 @@ class Relay:
             off = disabled(event, self.destinations, utcnow())
             self.disabled += off is not None
             return [Output.event(self.names.destinations, off, codec=self.codec)] if off else []
-        if not isinstance(event, DeliveryOutcome):
+        if isinstance(event, Engaged):
+            commands = relay_engagement(event, self.destinations, utcnow(), self.max_age)
+        elif isinstance(event, DeliveryOutcome):
+            commands = relay(event, self.destinations, utcnow(), self.max_age)
+        else:
             raise InvalidEvent(f"{type(event).__name__} does not belong on {record.topic}")
-        commands = relay(event, self.destinations, utcnow(), self.max_age)
         self.relayed += len(commands)
         target = self.names.delivery("webhook")
         return [Output.event(target, c, codec=self.codec) for c in commands]

@@ -307,11 +307,13 @@ class Client:
         url: str,
         secret: str,
         statuses: Sequence[str] = (),
+        engagements: Sequence[str] = (),
         enabled: bool = True,
         wait: bool = True,
     ) -> None:
-        """Create or change a tenant's outcome destination: its outcomes (of `statuses`, default all) are
-        POSTed to `url` as Standard Webhooks signed with `secret` (`whsec_...`; `tidings run relay`)."""
+        """Create or change a tenant's outcome destination: its outcomes (of `statuses`, default all) and
+        the engagement of `engagements` (seen, read, archived, opened, clicked; default none) are POSTed
+        to `url` as Standard Webhooks signed with `secret` (`whsec_...`; `tidings run relay`)."""
         self.publish(
             validated(
                 DestinationUpdated,
@@ -320,6 +322,7 @@ class Client:
                 url=url,
                 secret=secret,
                 statuses=list(statuses),
+                engagements=list(engagements),
                 enabled=enabled,
             ),
             wait=wait,

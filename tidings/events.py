@@ -28,6 +28,7 @@ from tidings.vocabulary import (
     Channel,
     DigestChoice,
     Engagement,
+    EngagementKind,
     FeedbackKind,
     Identifier,
     JsonObject,
@@ -61,6 +62,7 @@ __all__ = [
     "DeviceRemoved",
     "DigestChoice",
     "Engagement",
+    "EngagementKind",
     "Event",
     "FeedbackKind",
     "Identifier",
@@ -307,6 +309,7 @@ class DestinationUpdated(_DestinationEvent):
     secret: str = Field(pattern=r"^whsec_[A-Za-z0-9+/=]{16,}( whsec_[A-Za-z0-9+/=]{16,})*$")
     statuses: list[OutcomeStatus] = []
     enabled: bool = True
+    engagements: list[EngagementKind] = []
 
 
 class DestinationRemoved(_DestinationEvent):

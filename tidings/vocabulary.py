@@ -17,6 +17,7 @@ CHANNELS: tuple[Channel, ...] = ("in_app", "push", "email", "sms", "webhook")
 Priority = Literal["low", "normal", "high", "critical"]
 Platform = Literal["apns", "fcm", "webpush"]
 Engagement = Literal["seen", "read", "clicked"]
+EngagementKind = Literal["seen", "read", "archived", "opened", "clicked"]
 DigestChoice = Literal["off", "hourly", "daily", "weekly"]
 OutcomeStatus = Literal[
     "QUEUED",

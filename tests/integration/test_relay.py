@@ -16,7 +16,7 @@ from tests.integration.test_api import GLOBEX, call, serving
 from tests.integration.test_router import commands, decoded, publish_catalog, run_router
 from tidings.client import Client
 from tidings.config import Settings
-from tidings.events import DestinationUpdated
+from tidings.events import DestinationUpdated, InboxItemRead
 from tidings.topics import names
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -58,10 +58,16 @@ def test_outcomes_reach_each_matching_destination_signed_and_the_relay_never_rel
                 ("gone", "acme", []),
                 ("dead", "acme", ["QUEUED"]),
                 ("other", "globex", []),
+                ("reads", "acme", ["DELIVERED"]),
             ]:
                 url = f"{base}/{name}"
                 client.set_destination(
-                    tenant=tenant, destination_id=name, url=url, secret=SECRET, statuses=statuses
+                    tenant=tenant,
+                    destination_id=name,
+                    url=url,
+                    secret=SECRET,
+                    statuses=statuses,
+                    engagements=["read"] if name == "reads" else [],
                 )
             client.remove_destination(tenant="acme", destination_id="gone")
             client.update_recipient(tenant="acme", recipient="ada", email="ada@example.com")
@@ -70,6 +76,16 @@ def test_outcomes_reach_each_matching_destination_signed_and_the_relay_never_rel
                 tenant="acme", recipient="ada", type="order.shipped", data=order, channels=["email", "push"]
             )
         run_router(s)
+        [email] = [c for c in commands(s) if c.channel == "email"]
+        with Client(s) as client:
+            client.publish(
+                InboxItemRead(
+                    tenant_id="acme",
+                    recipient_id="ada",
+                    notification_id=email.notification_id,
+                    delivery_id=email.delivery_id,
+                )
+            )
         first = run_relay(s)
         gateway = GatewayRunner(s, "webhook", [StandardWebhook(WebhookSettings(allow_cidrs="127.0.0.1/32"))])
         try:
@@ -79,24 +95,26 @@ def test_outcomes_reach_each_matching_destination_signed_and_the_relay_never_rel
         return first, run_relay(s), gateway
 
     first, second, gateway = asyncio.run(scenario())
-    assert first.relayed == 4 and second.relayed == 0
-    assert gateway.counts["sent"] == 3 and second.disabled == 1
+    assert first.relayed == 5 and second.relayed == 0
+    assert gateway.counts["sent"] == 4 and second.disabled == 1
     latest = {e.key: e for e in decoded(s, names(s).destinations)}
     dead = latest["acme/dead"]
     assert isinstance(dead, DestinationUpdated) and not dead.enabled and dead.statuses == ["QUEUED"]
-    got = sorted((name, body["type"], body["data"]["channel"]) for name, _, body in received)
+    got = sorted((name, body["type"], body["data"].get("channel")) for name, _, body in received)
     assert got == [
         ("all", "delivery.queued", "email"),
         ("all", "delivery.skipped", "push"),
+        ("reads", "engagement.read", None),
         ("skips", "delivery.skipped", "push"),
     ]
-    assert len({webhook_id for _, webhook_id, _ in received}) == 3
+    assert len({webhook_id for _, webhook_id, _ in received}) == 4
     assert all(body["data"]["recipient_id"] == "ada" for _, _, body in received)
     relayed = [c for c in commands(s) if c.recipient_id.startswith(RELAY_RECIPIENT)]
     assert sorted(c.recipient_id.removeprefix(RELAY_RECIPIENT) for c in relayed) == [
         "all",
         "all",
         "dead",
+        "reads",
         "skips",
     ]
 
@@ -106,20 +124,27 @@ def test_destinations_are_written_through_the_api_per_tenant(topology: Settings)
 
     async def scenario(base: str) -> list[tuple[int, Any, dict[str, str]]]:
         url = f"{base}/v1/destinations/ops"
-        good = {"url": "https://hooks.example.com/tidings", "secret": SECRET, "statuses": ["FAILED"]}
+        good = {
+            "url": "https://hooks.example.com/tidings",
+            "secret": SECRET,
+            "statuses": ["FAILED"],
+            "engagements": ["clicked"],
+        }
         async with aiohttp.ClientSession() as http:
             return [
                 await call(http, "PUT", url, json=good),
                 await call(http, "PUT", url, json=good | {"secret": "not-a-secret"}),
                 await call(http, "PUT", url, json=good | {"statuses": ["LOST"]}),
+                await call(http, "PUT", url, json=good | {"engagements": ["liked"]}),
                 await call(http, "PUT", url, json=good, key=GLOBEX),
                 await call(http, "DELETE", url),
                 await call(http, "PUT", url, json=good, key=None),
             ]
 
-    put, bad_secret, bad_status, foreign, deleted, anonymous = asyncio.run(serving(s, scenario))
-    assert (put[0], bad_secret[0], bad_status[0], foreign[0], deleted[0], anonymous[0]) == (
+    put, bad_secret, bad_status, bad_kind, foreign, deleted, anonymous = asyncio.run(serving(s, scenario))
+    assert (put[0], bad_secret[0], bad_status[0], bad_kind[0], foreign[0], deleted[0], anonymous[0]) == (
         202,
+        422,
         422,
         422,
         202,
@@ -133,3 +158,4 @@ def test_destinations_are_written_through_the_api_per_tenant(topology: Settings)
         ("DestinationRemoved", "acme/ops"),
     ]
     assert isinstance(events[0], DestinationUpdated) and events[0].statuses == ["FAILED"]
+    assert events[0].engagements == ["clicked"]

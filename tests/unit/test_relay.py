@@ -5,8 +5,16 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from processors.relay import RELAY_RECIPIENT, Destinations, disabled, relay
-from tidings.events import DeliveryOutcome, DestinationRemoved, DestinationUpdated, ProviderFeedback
+from processors.relay import RELAY_RECIPIENT, Destinations, disabled, relay, relay_engagement
+from tidings.events import (
+    DeliveryOutcome,
+    DestinationRemoved,
+    DestinationUpdated,
+    InboxItemRead,
+    InboxItemSeen,
+    NotificationClicked,
+    ProviderFeedback,
+)
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -109,3 +117,29 @@ def test_a_destination_the_gateway_gave_up_on_is_disabled_once_and_only_that_one
     assert disabled(given_up("ops", recipient_id="ops"), destinations, NOW) is None
     assert disabled(given_up("ops", kind="hard_bounce"), destinations, NOW) is None
     assert disabled(given_up("ops", tenant_id="globex"), destinations, NOW) is None
+
+
+def test_engagement_goes_only_to_destinations_that_asked_for_its_kind() -> None:
+    destinations = table(
+        destination("outcomes"),
+        destination("reads", engagements=["read", "clicked"]),
+        destination("off", engagements=["read"], enabled=False),
+        destination("other", tenant="globex", engagements=["read"]),
+    )
+    nid, did = uuid.uuid4(), uuid.uuid4()
+    ids = {"tenant_id": "acme", "recipient_id": "ada", "notification_id": nid, "delivery_id": did}
+    read = InboxItemRead(**ids, occurred_at=NOW - timedelta(seconds=1))
+    [c] = relay_engagement(read, destinations, NOW)
+    assert c.recipient_id == RELAY_RECIPIENT + "reads" and c.correlation_id == str(nid)
+    body = json.loads(c.content.data_json or "")
+    assert body["type"] == "engagement.read" and body["data"]["kind"] == "read"
+    assert body["data"]["notification_id"] == str(nid) and body["data"]["delivery_id"] == str(did)
+    assert relay_engagement(read, destinations, NOW + timedelta(seconds=9)) == [
+        c.model_copy(update={"occurred_at": NOW + timedelta(seconds=9)})
+    ], "a replayed engagement yields the same delivery id"
+    clicked = NotificationClicked(**ids, channel="email", url="https://shop.example.com/o/1")
+    [k] = relay_engagement(clicked, destinations, NOW)
+    assert json.loads(k.content.data_json or "")["data"]["url"] == "https://shop.example.com/o/1"
+    assert relay_engagement(InboxItemSeen(**ids), destinations, NOW) == []
+    stale = InboxItemRead(**ids, occurred_at=NOW - timedelta(days=2))
+    assert relay_engagement(stale, destinations, NOW) == []

@@ -20,6 +20,11 @@ def set_destination(
     url: str = typer.Option(..., "--url", help="http(s) URL the outcomes are POSTed to."),
     secret: str = typer.Option(..., "--secret", help="Standard Webhooks secret, whsec_..."),
     status: list[str] = typer.Option(None, "--status", help="Only outcomes of this status; repeatable."),
+    engagement: list[str] = typer.Option(
+        None,
+        "--engagement",
+        help="Also relay this engagement (seen, read, archived, opened, clicked); repeatable.",
+    ),
     disabled: bool = typer.Option(False, "--disabled", help="Keep it, but send nothing for now."),
 ) -> None:
     """Create or change a destination (produces DestinationUpdated; `tidings run relay` acts on it)."""
@@ -30,10 +35,12 @@ def set_destination(
             url=url,
             secret=secret,
             statuses=status or [],
+            engagements=engagement or [],
             enabled=not disabled,
         )
     console.print(
         f"[green]destination set[/] {tenant}/{destination}: {', '.join(status or ['every status'])}"
+        + (f"; engagement: {', '.join(engagement)}" if engagement else "")
     )
 
 
