@@ -13,6 +13,11 @@ Each tenant signs with its own key, derived from that secret (`tidings.client.in
   once Kafka acknowledged it). The `inbox` projection folds them into the feed, and the scheduler drops
   the escalations they satisfy ("email me if I have not seen it in 5 minutes"). An item that is not the
   caller's is 404, as is one that does not exist.
+- `POST /v1/me/deliveries/{delivery_id}/opened|clicked` (`{"url": ...}` optional for a click): an app
+  reports that its user opened a push (the payload carries the notification and delivery ids) or any
+  other delivery to them; produces NotificationOpened/Clicked with the delivery's channel, which the
+  scheduler counts as read (escalations stop) and the inbox projection folds. A delivery that is not
+  the caller's, or not yet in the delivery-status projection, is 404.
 - `GET /v1/ws`: a WebSocket. The first frame is `{"token": "...", "cursor": 123}` (cursor optional),
   within 10 s, else the socket closes with 4401. The server answers `{"type": "items", "items": [...],
   "cursor": n}` with everything after the cursor (or the newest 20), then again whenever the
@@ -46,13 +51,26 @@ from gateways.inapp._feed import DELIVERY, PAGE, SINCE, UNREAD, WITHDRAWN, doorb
 from gateways.ops import OPERATIONS, Operation
 from tidings.client import inbox_signing_key
 from tidings.config import Settings
-from tidings.events import InboxItemArchived, InboxItemRead, InboxItemSeen
+from tidings.events import (
+    InboxItemArchived,
+    InboxItemRead,
+    InboxItemSeen,
+    NotificationClicked,
+    NotificationOpened,
+)
 from tidings.kafka import Output
 from tidings.kafka.aio import AsyncProducer
 from tidings.topics import names
 
 log = logging.getLogger(__name__)
 ACTIONS = {"seen": InboxItemSeen, "read": InboxItemRead, "archived": InboxItemArchived}
+REPORTS: dict[str, type[NotificationOpened] | type[NotificationClicked]] = {
+    "opened": NotificationOpened,
+    "clicked": NotificationClicked,
+}
+OWN_DELIVERY = """SELECT notification_id, channel FROM deliveries
+WHERE delivery_id = %s AND tenant_id = %s AND recipient_id = %s"""
+MAX_URL = 2048
 AUTH_TIMEOUT_S, REREAD_S, LOOKBACK_S, FIRST_PAGE, MAX_PAGE = 10.0, 30.0, 5.0, 20, 100
 UNAUTHORIZED = 4401
 POOL: web.AppKey[AsyncConnectionPool] = web.AppKey("inbox_pool", AsyncConnectionPool)
@@ -168,6 +186,32 @@ def mount(
         await request.app[producer].deliver(Output.event(engagement, event))
         return web.json_response({"status": "accepted", "event_id": str(event.event_id)}, status=202)
 
+    async def report(request: web.Request) -> web.Response:
+        tenant, recipient = caller(request)
+        kind = REPORTS.get(request.match_info["action"])
+        try:
+            did = UUID(request.match_info["delivery_id"])
+        except ValueError:
+            raise web.HTTPNotFound() from None
+        if kind is None:
+            raise web.HTTPNotFound()
+        url = None
+        if kind is NotificationClicked and request.can_read_body:
+            try:
+                url = (await request.json()).get("url")
+            except (ValueError, AttributeError):
+                raise web.HTTPBadRequest(text='the body is {"url": "https://..."} or nothing') from None
+            if url is not None and (not isinstance(url, str) or len(url) > MAX_URL):
+                raise web.HTTPBadRequest(text=f"url is a string of at most {MAX_URL} characters")
+        rows = await query(OWN_DELIVERY, (did, tenant, recipient))
+        if not rows:
+            raise web.HTTPNotFound(text="no such delivery to this recipient")
+        nid, channel = rows[0]
+        fields = {"tenant_id": tenant, "recipient_id": recipient, "notification_id": nid, "delivery_id": did}
+        event = kind(**fields, channel=channel, **({"url": url} if url else {}))
+        await request.app[producer].deliver(Output.event(engagement, event))
+        return web.json_response({"status": "accepted", "event_id": str(event.event_id)}, status=202)
+
     async def socket(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=25.0, max_msg_size=64 * 1024)
         await ws.prepare(request)
@@ -230,6 +274,7 @@ def mount(
     application.router.add_get("/v1/inbox", feed)
     application.router.add_post("/v1/inbox/{notification_id}/{action}", engage)
     application.router.add_get("/v1/ws", socket)
+    application.router.add_post("/v1/me/deliveries/{delivery_id}/{action}", report)
     token = "recipientToken"
     application.setdefault(OPERATIONS, []).extend(
         [
@@ -244,6 +289,14 @@ def mount(
             ),
             Operation(
                 "GET", "/v1/ws", socket, "WebSocket: send {token, cursor?} first", status=101, security=token
+            ),
+            Operation(
+                "POST",
+                "/v1/me/deliveries/{delivery_id}/{action}",
+                report,
+                "Report a push (or other delivery) opened or clicked",
+                status=202,
+                security=token,
             ),
         ]
     )

@@ -16,7 +16,8 @@ body), `apns-priority` 10 for high/critical else 5, `apns-expiration` the epoch 
 `default_expiration` seconds from now (a day: with 0, "try once, do not store", a device that is
 offline for a moment loses the notification); `apns-id` and
 `apns-collapse-id` the delivery id, so a retried delivery replaces, not duplicates, one still pending.
-The body is `{"aps": {"alert": {title, body}}, ...data}` (a data key `aps` is dropped).
+The body is `{"aps": {"alert": {title, body}}, "tidings": {notification_id, delivery_id}, ...data}` (data
+keys `aps` and `tidings` are dropped); the app reports an open with the ids.
 
 Answers (`{"reason": ...}`): 200 is Sent with `apns-id`; 410 Unregistered and 400 BadDeviceToken or
 DeviceTokenNotForTopic are permanent with address_dead; other 400 and 413 are permanent; 403
@@ -103,7 +104,8 @@ def payload(command: DeliveryCommand) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(content.data_json) if content.data_json else {}
     alert = {k: v for k, v in (("title", content.title), ("body", content.body)) if v}
     aps: dict[str, Any] = {"alert": alert} if alert else {"content-available": 1}
-    return {**{k: v for k, v in data.items() if k != "aps"}, "aps": aps}
+    ids = {"notification_id": str(command.notification_id), "delivery_id": str(command.delivery_id)}
+    return {**{k: v for k, v in data.items() if k not in ("aps", "tidings")}, "aps": aps, "tidings": ids}
 
 
 def expiration(command: DeliveryCommand, default: int) -> str:

@@ -8,7 +8,8 @@ seconds before it expires (at least half its lifetime is used), shared by concur
 refreshed once when FCM answers 401 to it (revoked early, clock skew); a second 401 is the credentials.
 
 The message carries the device token, `notification` {title, body}, `data` (FCM requires string values:
-other JSON values are sent as their compact JSON text), `android` {collapse_key, priority HIGH for
+other JSON values are sent as their compact JSON text; plus `tidings_notification_id` and
+`tidings_delivery_id`, which the app reports an open with), `android` {collapse_key, priority HIGH for
 high/critical else NORMAL, ttl from expires_at} and `apns.headers` {apns-collapse-id, apns-priority,
 apns-expiration}. The collapse key is the delivery id, so a retried delivery replaces, not duplicates,
 one still pending on the device.
@@ -137,6 +138,14 @@ def data_strings(data_json: str | None) -> dict[str, str]:
     }
 
 
+def ids(command: DeliveryCommand) -> dict[str, str]:
+    """The ids an app reports an open with (`POST /v1/me/deliveries/{delivery_id}/opened` on the edge)."""
+    return {
+        "tidings_notification_id": str(command.notification_id),
+        "tidings_delivery_id": str(command.delivery_id),
+    }
+
+
 def message(command: DeliveryCommand) -> dict[str, Any]:
     urgent = command.priority in ("high", "critical")
     collapse = str(command.delivery_id)
@@ -151,8 +160,7 @@ def message(command: DeliveryCommand) -> dict[str, Any]:
     notification = {k: v for k, v in (("title", content.title), ("body", content.body)) if v}
     if notification:
         result["notification"] = notification
-    if data := data_strings(content.data_json):
-        result["data"] = data
+    result["data"] = data_strings(content.data_json) | ids(command)
     return result
 
 

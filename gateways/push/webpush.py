@@ -1,9 +1,9 @@
 """Sends one push command to a browser subscription per Web Push (RFC 8030), for devices registered with
 platform `webpush`: the address is the subscription's endpoint URL, `key_p256dh` and `key_auth` its keys.
 
-The payload `{title, body, data, delivery_id}` (JSON) is encrypted for the subscription with aes128gcm
-(RFC 8291 over RFC 8188, `http_ece`, a fresh sender key per message) and the request is authorised
-with VAPID (RFC 8292): `Authorization: vapid t=<ES256 JWT>, k=<public key>` whose JWT names the
+The payload `{title, body, data, delivery_id, notification_id}` (JSON) is encrypted for the subscription
+with aes128gcm (RFC 8291 over RFC 8188, `http_ece`, a fresh sender key per message) and the request is
+authorised with VAPID (RFC 8292): `Authorization: vapid t=<ES256 JWT>, k=<public key>` whose JWT names the
 endpoint's origin (`aud`), the `subject` contact (`sub`) and an expiry `vapid_lifetime` seconds ahead
 (at most 24 h); one JWT per origin is reused until half its lifetime has passed. Headers: `TTL` (seconds
 to expires_at, else `ttl`), `Urgency` (high for high/critical, else normal), `Topic` (the delivery id
@@ -149,6 +149,7 @@ def message(command: DeliveryCommand) -> bytes:
     if content.data_json:
         fields["data"] = json.loads(content.data_json)
     fields["delivery_id"] = str(command.delivery_id)
+    fields["notification_id"] = str(command.notification_id)
     return json.dumps({k: v for k, v in fields.items() if v is not None}, separators=(",", ":")).encode()
 
 

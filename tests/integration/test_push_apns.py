@@ -51,7 +51,8 @@ def test_apns_request_carries_topic_priority_expiration_collapse_id_and_payload(
         assert abs(int(headers["apns-expiration"]) - (time.time() + 86_400)) < 30
     assert headers["apns-id"] == delivery and headers["apns-collapse-id"] == delivery
     alert = {"title": "Invoice due", "body": "Invoice 17 is due on Friday."}
-    assert server.accepted == [{"aps": {"alert": alert}, "invoice": 17, "url": "/i/17"}]
+    ids = {"notification_id": str(sent_command.notification_id), "delivery_id": delivery}
+    assert server.accepted == [{"aps": {"alert": alert}, "invoice": 17, "url": "/i/17", "tidings": ids}]
 
 
 def test_apns_default_expiration_setting_stores_the_notification_for_that_long() -> None:
@@ -61,14 +62,18 @@ def test_apns_default_expiration_setting_stores_the_notification_for_that_long()
     assert 3590 <= expiration - datetime.now(UTC).timestamp() <= 3600
 
 
-def test_apns_data_only_command_is_a_background_push_and_data_cannot_replace_aps() -> None:
+def test_apns_data_only_command_is_a_background_push_and_data_cannot_replace_aps_or_the_ids() -> None:
     def command(server: ApnsServer) -> DeliveryCommand:
-        data_only = RenderedContent(data_json='{"aps": 1, "sync": true}')
-        return server.command(priority="critical", content=data_only)
+        data_only = RenderedContent(data_json='{"aps": 1, "tidings": 2, "sync": true}')
+        commands.append(server.command(priority="critical", content=data_only))
+        return commands[-1]
 
+    commands: list[DeliveryCommand] = []
     server, sent = with_apns(send_one(command))
     assert isinstance(sent, Sent), sent
-    assert server.accepted == [{"aps": {"content-available": 1}, "sync": True}]
+    [c] = commands
+    ids = {"notification_id": str(c.notification_id), "delivery_id": str(c.delivery_id)}
+    assert server.accepted == [{"aps": {"content-available": 1}, "sync": True, "tidings": ids}]
     assert server.received[0]["apns-push-type"] == "background" and server.received[0]["apns-priority"] == "5"
 
 

@@ -65,7 +65,12 @@ def test_fcm_message_carries_notification_data_collapse_key_priority_and_ttl(pri
     delivery = str(sent_command.delivery_id)
     assert message["token"] == sent_command.address
     assert message["notification"] == {"title": "Invoice due", "body": "Invoice 17 is due on Friday."}
-    assert message["data"] == {"invoice": "17", "url": "/i/17"}
+    assert message["data"] == {
+        "invoice": "17",
+        "url": "/i/17",
+        "tidings_notification_id": str(sent_command.notification_id),
+        "tidings_delivery_id": delivery,
+    }
     android, apns = message["android"], message["apns"]["headers"]
     assert android["collapse_key"] == delivery and apns["apns-collapse-id"] == delivery
     assert android["priority"] == ("HIGH" if urgent else "NORMAL")
@@ -84,7 +89,9 @@ def test_fcm_data_only_message_has_no_notification() -> None:
     server, sent = with_fcm(send_one(command))
     assert isinstance(sent, Sent)
     assert "notification" not in server.accepted[0]
-    assert server.accepted[0]["data"] == {"sync": "true", "n": "[1,2]"}
+    data = server.accepted[0]["data"]
+    assert {k: v for k, v in data.items() if not k.startswith("tidings_")} == {"sync": "true", "n": "[1,2]"}
+    assert set(data) - {"sync", "n"} == {"tidings_notification_id", "tidings_delivery_id"}
 
 
 def test_fcm_access_token_is_exchanged_once_and_reused() -> None:

@@ -47,6 +47,7 @@ def test_webpush_payload_decrypts_and_headers_carry_ttl_urgency_and_topic(priori
             "body": "Invoice 17 is due on Friday.",
             "data": {"invoice": 17, "url": "/i/17"},
             "delivery_id": str(sent_command.delivery_id),
+            "notification_id": str(sent_command.notification_id),
         }
     ]
     headers = server.received[0]["headers"]
