@@ -14,7 +14,9 @@ The HTTP edge (`tidings run edge`). First, the unsubscribe link every non-critic
   that does not verify gets 400 and produces nothing; the answer does not say why.
 
 `GET /t/o/{token}` and `GET /t/c/{token}` record email opens and clicks and answer a pixel or a redirect
-(`gateways/track.py`), when the email gateway tracks them (`TIDINGS_EMAIL_TRACK_OPENS`, `..._CLICKS`).
+(`gateways/track.py`), mounted only when tracking is on (`TIDINGS_EMAIL_TRACK_OPENS`, `..._CLICKS`, which
+require a `TIDINGS_EMAIL_UNSUBSCRIBE_SECRET` of one's own: with the public default anyone could mint a
+click token that redirects anywhere).
 
 Then the providers' webhooks, each mounted only when its credential is configured (an unauthenticated
 bounce endpoint would let anyone suppress any address), with the tenant in the path:
@@ -27,10 +29,10 @@ bounce endpoint would let anyone suppress any address), with the tenant in the p
 - `POST /inbound/twilio/{tenant}` and `POST /inbound/vonage/{tenant}`: inbound SMS, STOP/START
   (`TIDINGS_EDGE_TWILIO_AUTH_TOKEN`, `TIDINGS_EDGE_VONAGE_SIGNATURE_SECRET`). Twilio signs the URL it
   called: behind a proxy set `TIDINGS_EDGE_PUBLIC_URL` to the scheme and host Twilio sees.
-- `POST /callbacks/twilio/status/{tenant}/{notification}/{delivery}` and `GET|POST
-  /callbacks/vonage/status/{tenant}[/{notification}/{delivery}]`: SMS delivery receipts, asked for
-  per message when the provider's `status_callback_url` points here (`gateways/sms/receipts.py`), under
-  the same credentials as the inbound routes.
+- `POST /callbacks/twilio/status/{tenant}/{recipient}/{notification}/{delivery}` and `GET|POST
+  /callbacks/vonage/status/{tenant}[/{recipient}/{notification}/{delivery}]`: SMS delivery receipts,
+  asked for per message when the provider's `status_callback_url` points here
+  (`gateways/sms/receipts.py`), under the same credentials as the inbound routes.
 - `POST /callbacks/ses/{tenant}`: SES notifications delivered by Amazon SNS over HTTPS, for the topic
   `TIDINGS_EDGE_SES_TOPIC_ARN` only. The SNS signing certificate is fetched from the message's
   `SigningCertURL` (HTTPS on an `sns.<region>.amazonaws.com` host only) and cached; a subscription
@@ -183,6 +185,12 @@ def feedback_of(claims: dict[str, Any]) -> ProviderFeedback:
     )
 
 
+def called_url(request: web.Request, public: str | None) -> str:
+    """The URL Twilio called, as it signed it: the path and query exactly as sent (`raw_path`: decoding
+    `%40` into `@` would change what was signed), behind `public` (scheme and host) if set."""
+    return (public.rstrip("/") if public else f"{request.scheme}://{request.host}") + request.raw_path
+
+
 def parsers(edge: EdgeSettings) -> dict[str, Parse]:
     """Route path → parser, for the providers whose credentials are configured."""
     mounted: dict[str, Parse] = {}
@@ -208,7 +216,7 @@ def parsers(edge: EdgeSettings) -> dict[str, Parse]:
         public = edge.public_url
 
         def twilio(r: web.Request, body: bytes, tenant: str) -> list[ProviderFeedback]:
-            url = public.rstrip("/") + r.path_qs if public else str(r.url)
+            url = called_url(r, public)
             signature = r.headers.get("X-Twilio-Signature")
             return inbound.twilio(
                 body, url=url, signature=signature, auth_token=token.get_secret_value(), tenant_id=tenant
@@ -219,15 +227,16 @@ def parsers(edge: EdgeSettings) -> dict[str, Parse]:
         def twilio_receipt(r: web.Request, body: bytes, tenant: str) -> list[ProviderFeedback]:
             return receipts.twilio_status(
                 body,
-                url=public.rstrip("/") + r.path_qs if public else str(r.url),
+                url=called_url(r, public),
                 signature=r.headers.get("X-Twilio-Signature"),
                 auth_token=token.get_secret_value(),
                 tenant_id=tenant,
+                recipient=r.match_info["recipient"],
                 notification=r.match_info["notification"],
                 delivery=r.match_info["delivery"],
             )
 
-        mounted["/callbacks/twilio/status/{tenant}/{notification}/{delivery}"] = twilio_receipt
+        mounted["/callbacks/twilio/status/{tenant}/{recipient}/{notification}/{delivery}"] = twilio_receipt
     if (secret := edge.vonage_signature_secret) is not None:
         method = edge.vonage_signature_method
         mounted["/inbound/vonage/{tenant}"] = lambda r, body, tenant: inbound.vonage(
@@ -244,12 +253,13 @@ def parsers(edge: EdgeSettings) -> dict[str, Parse]:
                 tenant_id=tenant,
                 signature_secret=secret.get_secret_value(),
                 signature_method=method,
+                recipient=r.match_info.get("recipient"),
                 notification=r.match_info.get("notification"),
                 delivery=r.match_info.get("delivery"),
             )
 
         mounted[VONAGE_RECEIPTS] = vonage_receipt
-        mounted[VONAGE_RECEIPTS + "/{notification}/{delivery}"] = vonage_receipt
+        mounted[VONAGE_RECEIPTS + "/{recipient}/{notification}/{delivery}"] = vonage_receipt
     return mounted
 
 
@@ -344,7 +354,8 @@ def app(
     application.cleanup_ctx.append(producer)
     application.router.add_get("/unsubscribe/{token}", confirm)
     application.router.add_post("/unsubscribe/{token}", unsubscribe)
-    track.mount(application, settings, email, PRODUCER)
+    if email.tracking:
+        track.mount(application, settings, email, PRODUCER)
     for path, parse in parsers(edge).items():
         twiml = path.startswith("/inbound/twilio")
         answer = (

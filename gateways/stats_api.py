@@ -32,7 +32,7 @@ def operations(pool: web.AppKey[Any]) -> list[Operation]:
             until = _time(request, "to") or datetime.now(UTC)
             since = _time(request, "from") or until - DEFAULT_WINDOW
             args = stats.parameters(tenant, since, until, request.query.get("type") or None)
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:
             return problem(400, "Bad window", str(exc))
         async with request.app[pool].connection() as conn:
             conn.row_factory = dict_row

@@ -74,7 +74,33 @@ def _environment(autoescape: bool, undefined: type[Undefined] = StrictUndefined)
 
 _TEXT = _environment(autoescape=False)
 _HTML = _environment(autoescape=True)
-_CONDITIONS = _environment(autoescape=False, undefined=ChainableUndefined)
+
+
+class _Missing(ChainableUndefined):
+    """A missing value in a condition: falsy, and any use of it beyond truth (`==`, `!=`, `in`, `~`,
+    iteration) fails, which `holds` turns into "does not hold". Plain `ChainableUndefined` compares
+    unequal to everything, so `data.plan != 'free'` would hold for a request without a plan."""
+
+    __slots__ = ()
+
+    def _refuse(self, *_: Any, **__: Any) -> Any:
+        self._fail_with_undefined_error()
+
+    __eq__ = __ne__ = __contains__ = __str__ = __iter__ = __len__ = _refuse
+    __hash__ = ChainableUndefined.__hash__
+
+
+_CONDITIONS = _environment(autoescape=False, undefined=_Missing)
+FAILURES = (
+    TemplateError,
+    ArithmeticError,
+    LookupError,
+    TypeError,
+    ValueError,
+    AssertionError,
+    RecursionError,
+)
+"""What a template or condition can raise on bad data, besides its own Jinja errors."""
 MAX_CONDITION = 1000
 
 
@@ -106,24 +132,28 @@ def check_condition(source: str) -> None:
         raise RenderError(f"a condition is a non-empty expression of at most {MAX_CONDITION} characters")
     try:
         _condition(source)
-    except TemplateError as exc:
-        raise RenderError(f"condition {source!r}: {exc}") from exc
+    except (TemplateError, RecursionError) as exc:
+        raise RenderError(f"condition {source[:100]!r}: {type(exc).__name__}: {exc}") from exc
 
 
 def holds(source: str, context: Mapping[str, Any]) -> tuple[bool, str | None]:
     """Whether a condition holds for `context`, and why not when it does not.
 
-    A missing value is falsy (`ChainableUndefined`: `data.a.b` of nothing is undefined, not an error), and
-    using one in a comparison or computation makes the condition false rather than failing: a condition
-    about a field the request does not carry does not hold. Any other failure (a type error, the sandbox
-    refusing something, a bound exceeded) raises RenderError, as a template failure does.
+    A missing value is falsy (`data.a.b` of nothing is missing too, not an error), and using one in a
+    comparison or computation makes the condition false rather than failing: a condition about a field
+    the request does not carry does not hold. Any other failure (a type error, the sandbox refusing an
+    attribute, a bound exceeded) raises RenderError, as a template failure does.
     """
     try:
         value = _condition(source)(**context)
+    except SecurityError as exc:
+        raise RenderError(f"condition {source!r}: SecurityError: {exc}") from exc
     except UndefinedError as exc:
         return False, f"{source}: {exc}"
-    except (TemplateError, ArithmeticError, TypeError, ValueError, RecursionError) as exc:
+    except FAILURES as exc:
         raise RenderError(f"condition {source!r}: {type(exc).__name__}: {exc}") from exc
+    if isinstance(value, Undefined) and value._undefined_exception is SecurityError:
+        raise RenderError(f"condition {source!r}: SecurityError: {value._undefined_message}")
     return (True, None) if value else (False, source)
 
 
@@ -154,7 +184,7 @@ def _render_field(field: str, source: str, parent: dict[str, Any]) -> str:
             parts.append(chunk)
     except RenderError:
         raise
-    except (TemplateError, ArithmeticError, TypeError, ValueError, RecursionError) as exc:
+    except FAILURES as exc:
         raise RenderError(f"{field}: {type(exc).__name__}: {exc}") from exc
     text = "".join(parts)
     if field == "data_json":

@@ -25,7 +25,7 @@ from html.parser import HTMLParser
 from typing import Any
 
 import jwt
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateways.base import DeliveryRejected
@@ -37,6 +37,7 @@ POLICY = email.policy.SMTP.clone(max_line_length=998)
 """RFC 5322 allows 998 octets a line; at the usual 78 the long unsubscribe URL would become an
 RFC 2047 encoded word, which mail clients do not read as a List-Unsubscribe URL."""
 TOKEN_AUDIENCE = "tidings:unsubscribe"
+DEV_SECRET = "dev-only-unsubscribe-secret-change-me"
 
 
 class EmailSettings(BaseSettings):
@@ -50,12 +51,24 @@ class EmailSettings(BaseSettings):
     unsubscribe_url: str = Field(
         default="http://127.0.0.1:8080/unsubscribe", description="Base URL; the token is appended."
     )
-    unsubscribe_secret: SecretStr = SecretStr("dev-only-unsubscribe-secret-change-me")
+    unsubscribe_secret: SecretStr = SecretStr(DEV_SECRET)
     track_opens: bool = False
     track_clicks: bool = False
     tracking_url: str = Field(
         default="http://127.0.0.1:8080/t", description="The edge's tracking routes, as recipients reach them."
     )
+
+    @property
+    def tracking(self) -> bool:
+        return self.track_opens or self.track_clicks
+
+    @model_validator(mode="after")
+    def _tracking_needs_a_secret(self) -> EmailSettings:
+        """Click links redirect to the URL in their token: signed with the public default secret, anyone
+        could mint one to any site under our domain."""
+        if self.tracking and self.unsubscribe_secret.get_secret_value() == DEV_SECRET:
+            raise ValueError("tracking needs TIDINGS_EMAIL_UNSUBSCRIBE_SECRET set to a secret of your own")
+        return self
 
 
 def message_id(command: DeliveryCommand, settings: EmailSettings) -> str:

@@ -17,6 +17,7 @@ rewritten, found by the standard library's HTML parser; every other byte of the 
 from __future__ import annotations
 
 import re
+from html import unescape
 from html.parser import HTMLParser
 from typing import Any
 
@@ -26,7 +27,7 @@ from tidings.events import DeliveryCommand
 
 TRACK_AUDIENCE = "tidings:track"
 NO_TRACK = "data-tidings-notrack"
-HREF = re.compile(r"""(\shref\s*=\s*)("[^"]*"|'[^']*'|[^\s>]+)""", re.IGNORECASE)
+ATTRIBUTE = re.compile(r"""[\s/]*([^\s"'>/=]+)(?:\s*=\s*("[^"]*"|'[^']*'|[^\s>]+))?""")
 BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 
 
@@ -49,31 +50,38 @@ def tracking_claims(token: str, secret: str) -> dict[str, Any]:
     return claims
 
 
-class _Links(HTMLParser):
-    """Where each trackable link's start tag is: (offset, raw tag text, URL)."""
+def first_href(raw: str) -> tuple[int, int, str] | None:
+    """Where the value of a start tag's first `href` attribute is in `raw` (the span, quotes included)
+    and the URL it holds: browsers follow the first of duplicated attributes, and a value such as
+    `title="see href=x"` is not an attribute."""
+    position = raw.find("<") + 1
+    while position < len(raw) and not raw[position].isspace() and raw[position] not in "/>":
+        position += 1
+    while (match := ATTRIBUTE.match(raw, position)) and match.end() > position:
+        position = match.end()
+        if match.group(1).lower() == "href":
+            if match.group(2) is None:
+                return None
+            value = match.group(2)
+            url = unescape(value[1:-1] if value[0] in "\"'" else value).strip()
+            return match.start(2), match.end(2), url
+    return None
 
-    def __init__(self, html: str) -> None:
+
+class _Links(HTMLParser):
+    """Where each link's start tag is: (offset, raw tag text)."""
+
+    def __init__(self, source: str) -> None:
         super().__init__(convert_charrefs=True)
-        self.lines = [0] + [i + 1 for i, c in enumerate(html) if c == "\n"]
-        self.found: list[tuple[int, str, str]] = []
+        self.lines = [0] + [i + 1 for i, c in enumerate(source) if c == "\n"]
+        self.found: list[tuple[int, str]] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag != "a":
-            return
-        values = dict(attrs)
-        url = (values.get("href") or "").strip()
         raw = self.get_starttag_text()
-        if NO_TRACK in values or not re.match(r"https?://", url, re.IGNORECASE) or raw is None:
+        if tag != "a" or raw is None or any(name == NO_TRACK for name, _ in attrs):
             return
         line, column = self.getpos()
-        self.found.append((self.lines[line - 1] + column, raw, url))
-
-
-def _with_href(raw: str, link: str) -> str:
-    match = HREF.search(raw)
-    if match is None:
-        return raw
-    return raw[: match.start(2)] + f'"{link}"' + raw[match.end(2) :]
+        self.found.append((self.lines[line - 1] + column, raw))
 
 
 def tracked(
@@ -88,12 +96,15 @@ def tracked(
         parser = _Links(html)
         parser.feed(html)
         parser.close()
-        for offset, raw, url in reversed(parser.found):
-            if url.startswith(skip) or html[offset : offset + len(raw)] != raw:
+        for offset, raw in reversed(parser.found):
+            href = first_href(raw)
+            if href is None or html[offset : offset + len(raw)] != raw:
+                continue
+            start, end, url = href
+            if url.startswith(skip) or not re.match(r"https?://", url, re.IGNORECASE):
                 continue
             link = f"{base}/c/{tracking_token(command, secret, url)}"
-            tag = _with_href(raw, link)
-            html = html[:offset] + tag + html[offset + len(raw) :]
+            html = html[:offset] + f'{raw[:start]}"{link}"{raw[end:]}' + html[offset + len(raw) :]
     if opens:
         pixel = (
             f'<img src="{base}/o/{tracking_token(command, secret)}" width="1" height="1" alt="" '

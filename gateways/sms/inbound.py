@@ -3,10 +3,11 @@
 A recipient who texts a keyword back opts out of (or into) every SMS from our numbers: the whole
 message, trimmed and case-insensitive, STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT, OPTOUT or REVOKE
 is `sms_stop`; START, YES, UNSTOP or OPTIN is `sms_start` (the carriers' and Twilio's default words). Any
-other message yields nothing. The feedback's address is the sender in E.164; inbound messages carry no
-recipient id, so the router maps the address back to its recipients. Carriers make honouring STOP
-mandatory, so the vendors also block further sends themselves (Twilio 21610, Vonage status 7); this
-feedback keeps our own state in step so such sends are not even tried.
+other message yields nothing. The feedback's address is the sender in E.164. Carriers make honouring STOP
+mandatory, so the vendors also block further sends themselves (Twilio 21610, Vonage status 7). Inbound
+messages carry no recipient id, so this feedback reaches the suppressions projection but not the router's
+per-recipient state: the next send is tried, the vendor refuses it, and that refusal's dead-address
+feedback, which names the recipient, suppresses the number in the router too.
 
 * `twilio`: the form-encoded Messaging webhook. `X-Twilio-Signature` is verified first: base64
   HMAC-SHA1, keyed with the auth token, over the webhook URL exactly as configured in Twilio followed by
@@ -110,10 +111,14 @@ def verified_twilio_form(body: bytes, *, url: str, signature: str | None, auth_t
         raise InvalidEvent(f"Twilio webhook is not a form body: {exc}") from None
     if not signature:
         raise InvalidEvent("Twilio webhook has no X-Twilio-Signature")
-    if not any(
-        hmac.compare_digest(twilio_signature(u, params, auth_token).encode(), signature.encode())
-        for u in _url_variants(url)
-    ):
+    try:
+        matched = signature.isascii() and any(
+            hmac.compare_digest(twilio_signature(u, params, auth_token).encode(), signature.encode())
+            for u in _url_variants(url)
+        )
+    except UnicodeEncodeError:
+        matched = False
+    if not matched:
         raise InvalidEvent("Twilio webhook signature does not match")
     return dict(params)
 
@@ -207,8 +212,12 @@ def verify_vonage(
     signature = params.get("sig", "")
     if not signature:
         raise InvalidEvent(f"{what} is not signed (no sig)")
-    expected = vonage_signature(params, secret, method)
-    if not hmac.compare_digest(expected.encode(), signature.lower().encode()):
+    try:
+        expected = vonage_signature(params, secret, method)
+        matched = signature.isascii() and hmac.compare_digest(expected.encode(), signature.lower().encode())
+    except UnicodeEncodeError:
+        matched = False
+    if not matched:
         raise InvalidEvent(f"{what} signature does not match")
     if max_age is not None:
         try:

@@ -2,8 +2,10 @@
 
 The provider accepting a text (HTTP 201 from Twilio, status 0 from Vonage) only means it was queued;
 the carrier reports later whether the handset got it. The SMS providers ask for that report on every
-message when `status_callback_url` is set, at `{status_callback_url}/{tenant}/{notification}/{delivery}`,
-and the edge mounts these parsers there. A receipt becomes:
+message when `status_callback_url` is set, at
+`{status_callback_url}/{tenant}/{recipient}/{notification}/{delivery}`, and the edge mounts these parsers
+there; the recipient id in the feedback lets the router suppress the number in that recipient's state.
+A receipt becomes:
 
 * delivered: `delivered` feedback, which the edge turns into the delivery's DELIVERED outcome;
 * not delivered: `undelivered` feedback (the delivery's FAILED outcome, reason `undelivered`, with the
@@ -64,8 +66,8 @@ VONAGE_UNDELIVERED = frozenset({"failed", "rejected", "expired"})
 
 def receipt_url(base: str, command: DeliveryCommand) -> str:
     """Where a provider should report this message's delivery: the edge's receipt route for its ids."""
-    tenant = quote(command.tenant_id, safe="")
-    return f"{base.rstrip('/')}/{tenant}/{command.notification_id}/{command.delivery_id}"
+    tenant, recipient = quote(command.tenant_id, safe=""), quote(command.recipient_id, safe="")
+    return f"{base.rstrip('/')}/{tenant}/{recipient}/{command.notification_id}/{command.delivery_id}"
 
 
 def _ids(notification: str | None, delivery: str | None, number: str) -> tuple[UUID, UUID] | None:
@@ -88,6 +90,7 @@ def _receipt(
     ids: tuple[UUID, UUID] | None,
     *,
     tenant_id: str,
+    recipient: str | None,
     provider: str,
     at: datetime | None,
 ) -> list[ProviderFeedback]:
@@ -95,7 +98,8 @@ def _receipt(
         event = sms_feedback(kind, number, tenant_id=tenant_id, provider=provider, at=at, detail=detail)
         if ids is None:
             return event
-        return event.model_copy(update={"notification_id": ids[0], "delivery_id": ids[1]})
+        named = {"notification_id": ids[0], "delivery_id": ids[1], "recipient_id": recipient}
+        return event.model_copy(update=named)
 
     if status == "delivered":
         return [one("delivered", f"{provider} delivery receipt: delivered")]
@@ -112,6 +116,7 @@ def twilio_status(
     signature: str | None,
     auth_token: str,
     tenant_id: str,
+    recipient: str | None = None,
     notification: str | None = None,
     delivery: str | None = None,
 ) -> list[ProviderFeedback]:
@@ -122,8 +127,9 @@ def twilio_status(
     number = fields.get("To", "")
     ids = _ids(notification, delivery, number)
     error = fields.get("ErrorCode", "")
+    dead = TWILIO_DEAD.get(error)
     return _receipt(
-        status, TWILIO_DEAD.get(error), error, number, ids, tenant_id=tenant_id, provider="twilio", at=None
+        status, dead, error, number, ids, tenant_id=tenant_id, recipient=recipient, provider="twilio", at=None
     )
 
 
@@ -145,6 +151,7 @@ def vonage_receipt(
     tenant_id: str,
     signature_secret: str | None = None,
     signature_method: VonageMethod = "md5hash",
+    recipient: str | None = None,
     notification: str | None = None,
     delivery: str | None = None,
 ) -> list[ProviderFeedback]:
@@ -159,6 +166,7 @@ def vonage_receipt(
     ids = _ids(notification, delivery, number)
     error = params.get("err-code", "")
     at = vonage_time(params.get("message-timestamp", ""))
+    dead = VONAGE_DEAD.get(error)
     return _receipt(
-        status, VONAGE_DEAD.get(error), error, number, ids, tenant_id=tenant_id, provider="vonage", at=at
+        status, dead, error, number, ids, tenant_id=tenant_id, recipient=recipient, provider="vonage", at=at
     )

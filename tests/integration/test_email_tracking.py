@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from gateways import track
 from gateways.edge import EdgeSettings, app
@@ -27,7 +27,8 @@ SECRET = SecretStr("tracking-test-secret-of-32-bytes-or-more")
 
 
 async def scenario(s: Settings, html: str) -> tuple[list[Any], Any]:
-    runner = web.AppRunner(app(s, EmailSettings(unsubscribe_secret=SECRET), EdgeSettings()))
+    edge_email = EmailSettings(unsubscribe_secret=SECRET, track_clicks=True)
+    runner = web.AppRunner(app(s, edge_email, EdgeSettings()))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     base = f"http://127.0.0.1:{runner.addresses[0][1]}"
@@ -86,3 +87,23 @@ def test_opens_and_clicks_are_recorded_once_and_redirect_to_the_signed_url(
         assert (event.tenant_id, event.recipient_id, event.channel) == ("acme", command.recipient_id, "email")
         assert (event.notification_id, event.delivery_id) == (command.notification_id, command.delivery_id)
     assert found[1].url == "https://shop.example.com/o/1?x=1&y=2"
+
+
+def test_tracking_needs_a_secret_of_ones_own_and_is_not_served_without_it(topology: Settings) -> None:
+    with pytest.raises(ValidationError, match="TIDINGS_EMAIL_UNSUBSCRIBE_SECRET"):
+        EmailSettings(track_clicks=True)
+
+    async def scenario() -> list[int]:
+        runner = web.AppRunner(app(topology, EmailSettings(), EdgeSettings()))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        try:
+            async with aiohttp.ClientSession() as http:
+                forged = "eyJhbGciOiJIUzI1NiJ9.eyJ1IjoiaHR0cHM6Ly9ldmlsLmV4YW1wbGUifQ.x"
+                async with http.get(f"{base}/t/c/{forged}", allow_redirects=False) as r:
+                    return [r.status]
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(scenario()) == [404]

@@ -22,12 +22,18 @@ from tidings.ids import delivery_id, new_notification_id
 from tidings.topics import names
 
 REACHABLE, DEAD = "+447700900123", "+447700900666"
+RECIPIENT = "ada@example.com/eu"
+"""Percent-encoded in the receipt URL: Twilio signs that encoding, which the edge must check as sent."""
 
 
 def command(address: str, body: str = "Your code is 123456.") -> DeliveryCommand:
     nid = new_notification_id()
     return sms_command(address=address, body=body).model_copy(
-        update={"notification_id": nid, "delivery_id": delivery_id(nid, "sms", address)}
+        update={
+            "notification_id": nid,
+            "delivery_id": delivery_id(nid, "sms", address),
+            "recipient_id": RECIPIENT,
+        }
     )
 
 
@@ -59,7 +65,7 @@ def outcomes_and_feedback(s: Settings) -> tuple[set[Any], list[Any]]:
         if isinstance(o, DeliveryOutcome)
     }
     feedback = sorted(
-        (f.kind, f.address, f.delivery_id is not None)
+        (f.kind, f.address, f.delivery_id is not None and f.recipient_id == RECIPIENT)
         for f in decoded(s, names(s).feedback)
         if isinstance(f, ProviderFeedback)
     )
@@ -112,7 +118,7 @@ def test_a_receipt_with_a_wrong_signature_changes_nothing(topology: Settings) ->
             answers = []
             nid = new_notification_id()
             did = delivery_id(nid, "sms", REACHABLE)
-            url = f"{base}/callbacks/twilio/status/acme/{nid}/{did}"
+            url = f"{base}/callbacks/twilio/status/acme/ada/{nid}/{did}"
             form = {"MessageSid": "SM1", "To": REACHABLE, "MessageStatus": "delivered"}
             for signature in ({}, {"X-Twilio-Signature": "forged"}):
                 async with http.post(url, data=form, headers=signature) as r:

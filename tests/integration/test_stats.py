@@ -89,10 +89,11 @@ def test_stats_report_deliveries_reasons_latency_and_engagement(database: Settin
                 ),
                 await call(http, "GET", url, params={"from": "2026-01-01T00:00:00"}),
                 await call(http, "GET", url, key=None),
+                await call(http, "GET", url, params={"to": "0001-01-01T00:00:00Z"}),
             ]
 
-    full, default, foreign, invoices, too_long, naive, anonymous = asyncio.run(serving(s, reads))
-    assert [r[0] for r in (full, default, foreign, invoices, too_long, naive, anonymous)] == [
+    full, default, foreign, invoices, too_long, naive, anonymous, ancient = asyncio.run(serving(s, reads))
+    assert [r[0] for r in (full, default, foreign, invoices, too_long, naive, anonymous, ancient)] == [
         200,
         200,
         200,
@@ -100,6 +101,7 @@ def test_stats_report_deliveries_reasons_latency_and_engagement(database: Settin
         400,
         400,
         401,
+        400,
     ]
     types = full[1]["types"]
     assert set(types) == {"order.shipped", "invoice.due"}

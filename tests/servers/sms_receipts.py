@@ -6,7 +6,8 @@ with the auth token): first `sent`, then `delivered`, or `undelivered` with an `
 one DLR per part to the message's `callback` URL, as a query string (GET) or a JSON body (POST),
 signed with the account's signature secret (`md5hash`: MD5 of the sorted `&name=value` string, `&` and
 `=` in values replaced by `_`, followed by the secret). Signing is written out here rather than taken from
-the product, so a mistake on either side shows.
+the product, so a mistake on either side shows. URLs are requested exactly as given (`encoded=True`), as
+the vendors call the URL they were given, percent-encoding included.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 
 def twilio_signed(url: str, params: dict[str, str], token: str) -> str:
@@ -51,7 +53,7 @@ async def twilio_receipts(
                 **({"ErrorCode": error} if error and status == final else {}),
             }
             headers = {"X-Twilio-Signature": twilio_signed(url, params, token)}
-            async with http.post(url, data=params, headers=headers) as r:
+            async with http.post(URL(url, encoded=True), data=params, headers=headers) as r:
                 answers.append(r.status)
     return answers
 
@@ -78,11 +80,8 @@ async def vonage_receipts(
                 **({"client-ref": params["client-ref"]} if "client-ref" in params else {}),
             }
             dlr["sig"] = vonage_signed(dlr, secret)
-            request = (
-                http.get(params["callback"], params=dlr)
-                if method == "GET"
-                else http.post(params["callback"], json=dlr)
-            )
+            target = URL(params["callback"], encoded=True)
+            request = http.get(target.with_query(dlr)) if method == "GET" else http.post(target, json=dlr)
             async with request as r:
                 answers.append(r.status)
     return answers

@@ -133,3 +133,30 @@ def test_conditions_survive_the_wire() -> None:
     assert found is not None
     assert found.notification == "not data.test" and found.channels == {"email": "recipient.name"}
     assert conditions(parse_type("*", {"key": "t", "category": "c", "channels": []})) is None
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ["data.plan != 'free'", "data.tier not in ['free']", "data.a == data.b", "(data.a ~ '') == ''"],
+)
+def test_any_use_of_a_missing_value_beyond_its_truth_makes_the_condition_false(expression: str) -> None:
+    p = plan(request(), recipient(), catalog(channel_conditions={"sms": expression}), NOW)
+    assert skipped(p) == {"sms": "condition"}
+
+
+def test_defaults_and_definedness_tests_handle_missing_values() -> None:
+    conditions = {"sms": "data.plan|default('free') != 'free'", "push": "data.plan is not defined"}
+    p = plan(request(), recipient(), catalog(channel_conditions=conditions), NOW)
+    assert skipped(p) == {"sms": "condition"} and "push" in {c.channel for c in p.commands}
+
+
+@pytest.mark.parametrize("expression", ["''.__class__", "data.order.__class__.__mro__", "'{0}'.format()"])
+def test_refused_attributes_and_other_failures_reject_rather_than_skip(expression: str) -> None:
+    with pytest.raises(InvalidEvent, match="condition"):
+        plan(request(), recipient(), catalog(channel_conditions={"email": expression}), NOW)
+
+
+def test_a_deeply_nested_condition_is_refused_at_publish_not_with_a_traceback() -> None:
+    raw = {"key": "t", "category": "c", "channels": ["email"], "templates": {"email": TEMPLATES["email"]}}
+    with pytest.raises(InvalidEvent, match="condition"):
+        parse_type("*", raw | {"condition": "(" * 100 + "1" + ")" * 100})

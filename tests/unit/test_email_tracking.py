@@ -123,3 +123,24 @@ def test_only_link_targets_change(segments: list[str]) -> None:
     expected = re.sub(r'href="https://example.com/[a-z0-9/]*"', 'href="LINK"', html)
     assert untracked(out) == expected
     assert clicks(out) == re.findall(r'href="(https://example.com/[a-z0-9/]*)"', html)
+
+
+def test_only_the_first_real_href_attribute_is_the_link() -> None:
+    tricky = (
+        '<a title="see href=x" href="https://real.example.com/">r</a>'
+        '<a href="https://first.example.com/" href="https://second.example.com/">d</a>'
+        "<a href=https://q.example.com/?x=1>q</a>"
+        '<a href data-x=1 href="https://not-followed.example.com/">e</a>'
+    )
+    out = track(tricky)
+    assert clicks(out) == [
+        "https://real.example.com/",
+        "https://first.example.com/",
+        "https://q.example.com/?x=1",
+    ]
+    assert untracked(out) == (
+        '<a title="see href=x" href="LINK">r</a>'
+        '<a href="LINK" href="https://second.example.com/">d</a>'
+        '<a href="LINK">q</a>'
+        '<a href data-x=1 href="https://not-followed.example.com/">e</a>'
+    )

@@ -110,6 +110,17 @@ def test_twilio_refuses_a_tampered_request(tamper: Any) -> None:
         twilio(body, url=URL, signature=signature, auth_token=TOKEN, tenant_id="acme")
 
 
+def test_undecodable_signatures_and_values_are_refused_not_crashed_on() -> None:
+    body, _ = twilio_request("STOP")
+    with pytest.raises(InvalidEvent, match="signature does not match"):
+        twilio(body, url=URL, signature="\udcff\udcfe", auth_token=TOKEN, tenant_id="acme")
+    with pytest.raises(InvalidEvent, match="signature does not match"):
+        twilio(body, url=URL + "\udcff", signature="abc", auth_token=TOKEN, tenant_id="acme")
+    lone = json.dumps({"msisdn": "447700900123", "text": "STOP\ud800", "sig": "00"}).encode()
+    with pytest.raises(InvalidEvent, match="signature does not match"):
+        vonage(lone, tenant_id="acme", signature_secret="secret")
+
+
 def test_twilio_refuses_another_token_or_url() -> None:
     body, signature = twilio_request("STOP")
     with pytest.raises(InvalidEvent, match="signature"):

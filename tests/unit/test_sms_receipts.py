@@ -20,7 +20,7 @@ NUMBER = "+447700900123"
 NID = uuid4()
 DID = delivery_id(NID, "sms", NUMBER)
 BASE = "https://edge.example.com/callbacks/twilio/status"
-URL = f"{BASE}/acme/{NID}/{DID}"
+URL = f"{BASE}/acme/ada/{NID}/{DID}"
 
 
 def twilio(status: str, error: str | None = None, *, to: str = NUMBER, url: str = URL, **ids: Any) -> Any:
@@ -33,8 +33,9 @@ def twilio(status: str, error: str | None = None, *, to: str = NUMBER, url: str 
         signature=twilio_signed(url, params, TOKEN),
         auth_token=TOKEN,
         tenant_id="acme",
-        **({"notification": str(NID), "delivery": str(DID)} | ids),
+        **({"recipient": "ada", "notification": str(NID), "delivery": str(DID)} | ids),
     )
+    assert all(f.recipient_id == "ada" for f in found)
     return [(f.kind, f.address, f.notification_id, f.delivery_id) for f in found], found
 
 
@@ -54,10 +55,10 @@ def vonage(status: str, error: str = "0", *, secret: str = SECRET, **extra: str)
     return params
 
 
-def test_the_receipt_url_names_tenant_notification_and_delivery() -> None:
-    command = sms_command()
+def test_the_receipt_url_names_tenant_recipient_notification_and_delivery() -> None:
+    command = sms_command().model_copy(update={"tenant_id": "acme@eu", "recipient_id": "user/42"})
     url = receipt_url(BASE + "/", command)
-    assert url == f"{BASE}/acme/{command.notification_id}/{command.delivery_id}"
+    assert url == f"{BASE}/acme%40eu/user%2F42/{command.notification_id}/{command.delivery_id}"
 
 
 def test_twilio_delivered_becomes_delivered_feedback_and_outcome() -> None:
@@ -94,7 +95,7 @@ def test_twilio_receipt_for_another_number_or_notification_is_refused() -> None:
 
 def test_twilio_signature_covers_the_ids_in_the_url() -> None:
     params = {"MessageSid": "SM1", "To": NUMBER, "MessageStatus": "delivered"}
-    other = f"{BASE}/acme/{NID}/{uuid4()}"
+    other = f"{BASE}/acme/ada/{NID}/{uuid4()}"
     with pytest.raises(InvalidEvent, match="signature does not match"):
         twilio_status(
             urlencode(params).encode(),
@@ -159,5 +160,17 @@ def test_vonage_refuses_unsigned_forged_or_mismatched_receipts() -> None:
 
 def test_a_receipt_at_the_bare_tenant_path_names_no_delivery_but_still_suppresses() -> None:
     found = vonage_receipt(vonage("failed", "3"), tenant_id="acme", signature_secret=SECRET)
-    assert [(f.kind, f.delivery_id) for f in found] == [("undelivered", None), ("sms_stop", None)]
+    assert [(f.kind, f.delivery_id, f.recipient_id) for f in found] == [
+        ("undelivered", None, None),
+        ("sms_stop", None, None),
+    ]
+    named = vonage_receipt(
+        vonage("failed", "3"),
+        tenant_id="acme",
+        signature_secret=SECRET,
+        recipient="ada",
+        notification=str(NID),
+        delivery=str(DID),
+    )
+    assert [(f.kind, f.recipient_id) for f in named] == [("undelivered", "ada"), ("sms_stop", "ada")]
     assert reported_outcome(found[0]) is None

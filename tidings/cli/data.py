@@ -136,7 +136,7 @@ def stats(
     else:
         try:
             begin = until - timedelta(seconds=tier_seconds(since))
-        except ValueError:
+        except (ValueError, OverflowError):
             raise typer.BadParameter(f"--since {since!r} is not like 30m, 24h or 7d") from None
     try:
         args = analytics.parameters(tenant, begin, until, type_)
