@@ -3,7 +3,8 @@
 Templates come from the catalog (tenant-authored); data comes from producers. The sandbox refuses
 attribute tricks (`''.__class__.__mro__`), `StrictUndefined` turns a missing variable into an error
 instead of an empty string, `range()` is limited per render, string and list repetition (`*`, `**`),
-padding and format widths are capped, and output is streamed and cut off at a size cap. Locales fall back `de-AT` → `de` → `default`.
+padding and format widths are capped, and output is streamed and cut off at a size cap. Locales fall
+back `de-AT` → `de` → `default`.
 Catalog conditions are Jinja2 expressions in the same sandbox, with lenient undefined values (`holds`).
 """
 

@@ -14,7 +14,8 @@ grouped by type:
 
 Channel-level decisions without a delivery (opted out, no address, a condition) come from the timeline,
 the latest per notification and channel, as in the broadcast report. A channel's `rate` is its SENT and
-DELIVERED deliveries over those that ended (skips and pending ones left out).
+DELIVERED deliveries over those that ended (pending ones, and those not sent by decision: skipped,
+cancelled, suppressed, left out).
 
 Every query reads the window's notifications by the `(tenant_id, requested_at)` index and then looks up
 each one's rows by index (`LATERAL`; `OFFSET 0` keeps the planner from flattening the deliveries lookup
@@ -34,6 +35,8 @@ MAX_WINDOW = timedelta(days=31)
 STATEMENT_TIMEOUT = "30s"
 SUCCESS = frozenset({"SENT", "DELIVERED"})
 PENDING = frozenset({"DEFERRED", "QUEUED", "RETRYING"})
+DECIDED = frozenset({"SKIPPED", "CANCELLED", "SUPPRESSED"})
+"""Deliveries not sent by decision (a preference, a cancellation, a suppressed address): not failures."""
 
 WINDOW = """
 WITH n AS MATERIALIZED (
@@ -166,7 +169,7 @@ def report(rows: Mapping[str, Iterable[Mapping[str, Any]]]) -> dict[str, dict[st
         of(str(r["type"]))["engagement"] = {"seen": int(r["seen"]), "read": int(r["read"])}
     for entry in types.values():
         for channel in entry["channels"].values():
-            done = {s: n for s, n in channel["status"].items() if s not in PENDING and s != "SKIPPED"}
+            done = {s: n for s, n in channel["status"].items() if s not in PENDING | DECIDED}
             total = sum(done.values())
             sent = sum(n for s, n in done.items() if s in SUCCESS)
             channel["rate"] = round(sent / total, 4) if total else None

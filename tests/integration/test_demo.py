@@ -36,6 +36,8 @@ def check_first_run(result: subprocess.CompletedProcess[str], err: str) -> None:
     assert "21 requests planned: 27 delivery commands, 77 outcomes" in err
     assert "throttle: 2 of grace's password resets were over the type's limit (3 per 15 minutes)" in err
     assert "in_app: 12 items put in recipients' inboxes" in err
+    stats = r"api: GET /v1/stats answered HTTP 200: \d+ notifications of \d+ types in the last hour; "
+    assert re.search(stats + r"order.shipped by email: \d+% sent, median \d+ ms", err), err[-2000:]
     feed = r"inbox: ada has \d+ unread items; the newest 3: .*(liked your post|shipped)"
     assert re.search(feed, err), err[-2000:]
     assert "digest: 3 likes collected into 1 digest notification(s)" in err

@@ -21,6 +21,7 @@ def test_rows_fold_into_types_channels_rates_and_reasons() -> None:
             {"type": "a", "channel": "email", "status": "FAILED", "reason": "bounced", "count": 1},
             {"type": "a", "channel": "email", "status": "SKIPPED", "reason": "opted_out", "count": 5},
             {"type": "a", "channel": "email", "status": "QUEUED", "reason": "", "count": 7},
+            {"type": "a", "channel": "email", "status": "CANCELLED", "reason": "returned", "count": 2},
             {"type": "a", "channel": "push", "status": "SKIPPED", "reason": "no_address", "count": 4},
         ],
         "latency": [{"type": "a", "channel": "email", "p50": 1200.4, "p95": 9000.6, "count": 3}],
@@ -29,9 +30,9 @@ def test_rows_fold_into_types_channels_rates_and_reasons() -> None:
     [(key, a)] = report(rows).items()
     assert key == "a" and a["notifications"] == 4 and a["status"] == {"SENT": 3, "REQUESTED": 1}
     email, push = a["channels"]["email"], a["channels"]["push"]
-    assert email["deliveries"] == 16
-    assert email["rate"] == 0.75, "SENT and DELIVERED of those that ended; skips and pending left out"
-    assert email["reasons"] == {"FAILED bounced": 1, "SKIPPED opted_out": 5}
+    assert email["deliveries"] == 18
+    assert email["rate"] == 0.75, "SENT and DELIVERED of those that ended; decisions and pending left out"
+    assert email["reasons"] == {"CANCELLED returned": 2, "FAILED bounced": 1, "SKIPPED opted_out": 5}
     assert email["time_to_send_ms"] == {"p50": 1200, "p95": 9001}
     assert push["rate"] is None and push["time_to_send_ms"] is None
     assert a["engagement"] == {"seen": 2, "read": 1}

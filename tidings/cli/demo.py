@@ -33,7 +33,7 @@ from rich.table import Table
 
 from tidings import devstack
 from tidings.catalog import load, next_versions
-from tidings.cli.demo_edge import API_AUTH, api_edge, inbox, on_edge, read, unsubscribe
+from tidings.cli.demo_edge import API_AUTH, analytics, api_edge, inbox, on_edge, read, unsubscribe
 from tidings.cli.pipeline import published_types
 from tidings.client import Client
 from tidings.config import Settings, settings
@@ -358,6 +358,7 @@ def project(sent: dict[str, tuple[str, str]]) -> None:
     console.print(
         f"api: GET /v1/notifications/{{id}} answered HTTP {code}: {view['notification']['status']}; {steps}"
     )
+    analytics(s)
 
 
 def show(sent: dict[str, tuple[str, str]], n: Any) -> None:

@@ -4,6 +4,7 @@ unsubscribe and the next order posted through the API, each on an edge started f
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -95,4 +96,19 @@ def unsubscribe(s: Settings, mail: MailSink, sent: dict[str, tuple[str, str]]) -
     verdict = f"{email.status} ({email.detail})" if email else "no email outcome"
     console.print(
         f"edge: alan's one-click unsubscribe answered HTTP {status}; his next order email: {verdict}"
+    )
+
+
+def analytics(s: Settings) -> None:
+    """The tenant's delivery analytics for the last hour, from the API (`GET /v1/stats`)."""
+    since = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    code, body = on_edge(s, "GET", f"/v1/stats?from={since}", api_edge(), headers=API_AUTH)
+    types = body["types"] if code == 200 else {}
+    email = types.get("order.shipped", {}).get("channels", {}).get("email", {})
+    latency = email.get("time_to_send_ms") or {}
+    rate = "-" if email.get("rate") is None else f"{email['rate']:.0%}"
+    console.print(
+        f"api: GET /v1/stats answered HTTP {code}: {sum(t['notifications'] for t in types.values())} "
+        f"notifications of {len(types)} types in the last hour; order.shipped by email: {rate} sent, "
+        f"median {latency.get('p50', '-')} ms from request to send"
     )
