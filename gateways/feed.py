@@ -137,6 +137,18 @@ def recipient_of(token: str, master_secret: str) -> tuple[str, str] | None:
     return (tenant, recipient) if claims.get("tenant") == tenant and isinstance(recipient, str) else None
 
 
+def action(request: web.Request, kinds: dict[str, Any], id_name: str) -> tuple[Any, UUID]:
+    """The event class the path's action names and the path's id; 404 for anything else."""
+    kind = kinds.get(request.match_info["action"])
+    try:
+        found = UUID(request.match_info[id_name])
+    except ValueError:
+        raise web.HTTPNotFound() from None
+    if kind is None:
+        raise web.HTTPNotFound()
+    return kind, found
+
+
 def mount(
     application: web.Application, settings: Settings, secret: str, producer: web.AppKey[AsyncProducer]
 ) -> None:
@@ -172,13 +184,7 @@ def mount(
 
     async def engage(request: web.Request) -> web.Response:
         tenant, recipient = caller(request)
-        kind = ACTIONS.get(request.match_info["action"])
-        try:
-            nid = UUID(request.match_info["notification_id"])
-        except ValueError:
-            raise web.HTTPNotFound() from None
-        if kind is None:
-            raise web.HTTPNotFound()
+        kind, nid = action(request, ACTIONS, "notification_id")
         rows = await query(DELIVERY, (tenant, recipient, nid))
         if not rows:
             raise web.HTTPNotFound(text="no such item in this inbox")
@@ -188,13 +194,7 @@ def mount(
 
     async def report(request: web.Request) -> web.Response:
         tenant, recipient = caller(request)
-        kind = REPORTS.get(request.match_info["action"])
-        try:
-            did = UUID(request.match_info["delivery_id"])
-        except ValueError:
-            raise web.HTTPNotFound() from None
-        if kind is None:
-            raise web.HTTPNotFound()
+        kind, did = action(request, REPORTS, "delivery_id")
         url = None
         if kind is NotificationClicked and request.can_read_body:
             try:

@@ -114,47 +114,48 @@ class Destinations:
         return sum(len(t) for t in self.tenants.values())
 
 
-def payload(outcome: DeliveryOutcome) -> str:
-    """The Standard Webhooks event body: type, timestamp and the outcome's fields (no address, no content)."""
-    data = outcome.model_dump(
-        mode="json",
-        include={
-            "event_id",
-            "notification_id",
-            "delivery_id",
-            "recipient_id",
-            "channel",
-            "status",
-            "reason",
-            "provider",
-            "provider_message_id",
-            "attempt",
-            "template_version",
-            "detail",
-            "occurred_at",
-        },
-    )
-    body = {"type": f"delivery.{outcome.status.lower()}", "timestamp": data["occurred_at"], "data": data}
+OUTCOME_FIELDS = {
+    "event_id",
+    "notification_id",
+    "delivery_id",
+    "recipient_id",
+    "channel",
+    "status",
+    "reason",
+    "provider",
+    "provider_message_id",
+    "attempt",
+    "template_version",
+    "detail",
+    "occurred_at",
+}
+ENGAGEMENT_FIELDS = {
+    "event_id",
+    "notification_id",
+    "delivery_id",
+    "recipient_id",
+    "channel",
+    "url",
+    "occurred_at",
+}
+
+
+def standard_event(type_: str, event: Event, fields: set[str], **extra: str) -> str:
+    """A Standard Webhooks event body: `{"type", "timestamp", "data"}` with the event's `fields`."""
+    data = event.model_dump(mode="json", include=fields) | extra
+    body = {"type": type_, "timestamp": data["occurred_at"], "data": data}
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def payload(outcome: DeliveryOutcome) -> str:
+    """An outcome's event body: its fields, no address, no content."""
+    return standard_event(f"delivery.{outcome.status.lower()}", outcome, OUTCOME_FIELDS)
 
 
 def engagement_payload(event: Engaged) -> str:
-    """The Standard Webhooks event body of an engagement: its kind, time, ids, channel and clicked URL."""
+    """An engagement's event body: its kind, time, ids, channel and clicked URL."""
     kind = ENGAGEMENTS[type(event)]
-    data = event.model_dump(
-        mode="json",
-        include={
-            "event_id",
-            "notification_id",
-            "delivery_id",
-            "recipient_id",
-            "channel",
-            "url",
-            "occurred_at",
-        },
-    )
-    body = {"type": f"engagement.{kind}", "timestamp": data["occurred_at"], "data": data | {"kind": kind}}
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    return standard_event(f"engagement.{kind}", event, ENGAGEMENT_FIELDS, kind=kind)
 
 
 def _command(
