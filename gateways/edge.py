@@ -14,9 +14,9 @@ The HTTP edge (`tidings run edge`). First, the unsubscribe link every non-critic
   that does not verify gets 400 and produces nothing; the answer does not say why.
 
 `GET /t/o/{token}` and `GET /t/c/{token}` record email opens and clicks and answer a pixel or a redirect
-(`gateways/track.py`), mounted only when tracking is on (`TIDINGS_EMAIL_TRACK_OPENS`, `..._CLICKS`, which
-require a `TIDINGS_EMAIL_UNSUBSCRIBE_SECRET` of one's own: with the public default anyone could mint a
-click token that redirects anywhere).
+(`gateways/track.py`), mounted whenever `TIDINGS_EMAIL_UNSUBSCRIBE_SECRET` is one's own (tracking requires
+it: with the public default anyone could mint a click token that redirects anywhere), so links already
+in inboxes keep working when the gateway stops tracking.
 
 Then the providers' webhooks, each mounted only when its credential is configured (an unauthenticated
 bounce endpoint would let anyone suppress any address), with the tenant in the path:
@@ -80,7 +80,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateways import api, api_schema, feed, ops, prefs, track
 from gateways.email import callbacks
-from gateways.email._message import EmailSettings, unsubscribe_claims
+from gateways.email._message import DEV_SECRET, EmailSettings, unsubscribe_claims
 from gateways.outputs import reported_outcome
 from gateways.sms import inbound, receipts
 from tidings.client import tenant_key
@@ -354,7 +354,7 @@ def app(
     application.cleanup_ctx.append(producer)
     application.router.add_get("/unsubscribe/{token}", confirm)
     application.router.add_post("/unsubscribe/{token}", unsubscribe)
-    if email.tracking:
+    if email.unsubscribe_secret.get_secret_value() != DEV_SECRET:
         track.mount(application, settings, email, PRODUCER)
     for path, parse in parsers(edge).items():
         twiml = path.startswith("/inbound/twilio")

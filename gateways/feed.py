@@ -199,7 +199,7 @@ def mount(
         if kind is NotificationClicked and request.can_read_body:
             try:
                 url = (await request.json()).get("url")
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, LookupError, RecursionError):
                 raise web.HTTPBadRequest(text='the body is {"url": "https://..."} or nothing') from None
             if url is not None and (not isinstance(url, str) or len(url) > MAX_URL):
                 raise web.HTTPBadRequest(text=f"url is a string of at most {MAX_URL} characters")

@@ -2,8 +2,8 @@
 
 Templates come from the catalog (tenant-authored); data comes from producers. The sandbox refuses
 attribute tricks (`''.__class__.__mro__`), `StrictUndefined` turns a missing variable into an error
-instead of an empty string, `range()` is limited per render, string and list repetition (`*`, `**`),
-padding and format widths are capped, and output is streamed and cut off at a size cap. Locales fall
+instead of an empty string, `range()` is limited per render, string and list repetition (`*`, `**`) and
+padding are capped, and output is streamed and cut off at a size cap. Locales fall
 back `de-AT` → `de` → `default`.
 Catalog conditions are Jinja2 expressions in the same sandbox, with lenient undefined values (`holds`).
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import operator
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -34,13 +33,7 @@ class RenderError(TidingsError):
     """A template failed on this data; permanent for this request."""
 
 
-PADDING = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
-WIDE = re.compile(
-    r"%(?:\([^)]*\))?[-#0 +]*(?:\d{6,}|\*|\d*\.(?:\d{6,}|\*))"  # %-formatting
-    r"|\{[^{}]*:[^{}]*\d{6,}[^{}]*\}"  # str.format
-)
-"""A width or precision of six digits or more, or one taken from the arguments (`%*d`); digits outside
-a conversion (an invoice number) are not widths."""
+PADDING = frozenset({"center", "ljust", "rjust", "zfill"})
 
 
 def _bounded_width(*values: Any) -> None:
@@ -48,27 +41,20 @@ def _bounded_width(*values: Any) -> None:
         raise SecurityError(f"a width larger than {MAX_REPEAT}")
 
 
-def _bounded_format(text: Any, *_: Any) -> None:
-    if isinstance(text, str) and WIDE.search(text):
-        raise SecurityError("a format width of six digits or more")
-
-
 class _Environment(ImmutableSandboxedEnvironment):
-    """Bounds the work a template can ask for: `*` and `**`, padding (`center`, `zfill`, ...) and format
-    widths (`%`, `.format`, the `format`, `center` and `indent` filters), each of which could otherwise
-    build a string of gigabytes before the output cap is reached. A JSON object's key wins over a dict
-    method of the same name, so `data.items` or `data.keys` is the request's field, not `dict.items`."""
+    """Bounds the one-step ways to ask for a huge string: `*`, `**` and padding to a width (`center`,
+    `zfill`, ..., the `center` and `indent` filters). It is not a memory limit: a template can still
+    build a large string in many steps (widths inside format strings, `replace`, `join`), so templates
+    are trusted catalog input (docs/catalog.md); a MemoryError is a render failure, not a crash. A JSON
+    object's key wins over a dict method of the same name, so `data.items` or `data.keys` is the
+    request's field, not `dict.items`."""
 
-    intercepted_binops = frozenset({"*", "**", "%"})
+    intercepted_binops = frozenset({"*", "**"})
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        owner = getattr(getattr(__obj, "__wrapped__", __obj), "__self__", None)
-        if isinstance(owner, str):
-            name = getattr(__obj, "__name__", "")
-            if name in PADDING:
-                _bounded_width(*args, *kwargs.values())
-            elif name in ("format", "format_map"):
-                _bounded_format(owner)
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str) and getattr(__obj, "__name__", "") in PADDING:
+            _bounded_width(*args, *kwargs.values())
         return super().call(__context, __obj, *args, **kwargs)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
@@ -77,9 +63,6 @@ class _Environment(ImmutableSandboxedEnvironment):
         return super().getattr(obj, attribute)
 
     def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
-        if operator_ == "%":
-            _bounded_format(left)
-            return operator.mod(left, right)
         if operator_ == "**":
             if isinstance(right, int | float) and abs(right) > 64:
                 raise SecurityError("exponent too large")
@@ -112,8 +95,8 @@ def _guarded(original: Callable[..., Any], check: Callable[..., None]) -> Callab
 def _environment(autoescape: bool, undefined: type[Undefined] = StrictUndefined) -> _Environment:
     env = _Environment(undefined=undefined, autoescape=autoescape, keep_trailing_newline=False)
     env.globals["range"] = _bounded_range
-    for name, check in (("center", _bounded_width), ("indent", _bounded_width), ("format", _bounded_format)):
-        env.filters[name] = _guarded(env.filters[name], check)
+    for name in ("center", "indent"):
+        env.filters[name] = _guarded(env.filters[name], _bounded_width)
     env.policies["json.dumps_kwargs"] = {"sort_keys": True, "ensure_ascii": False}
     return env
 
@@ -138,6 +121,7 @@ class _Missing(ChainableUndefined):
 
 _CONDITIONS = _environment(autoescape=False, undefined=_Missing)
 FAILURES = (
+    MemoryError,
     TemplateError,
     ArithmeticError,
     LookupError,
