@@ -33,6 +33,13 @@ class Settings(BaseSettings):
     topic_prefix: str = Field(default="", description="Prefix of every topic name, e.g. 'staging.'.")
     metrics_port: int | None = Field(default=None, description="Serve /metrics of `tidings run` here.")
     metrics_host: str = "127.0.0.1"
+    memory_limit_mb: int | None = Field(
+        default=None,
+        ge=64,
+        description="Cap on a `tidings run` process's data segment: past it an allocation raises "
+        "MemoryError (a template building a huge string is rejected) instead of the kernel killing the "
+        "process and the restart meeting the same record. Set it below the container's memory limit.",
+    )
 
 
 @cache

@@ -157,9 +157,19 @@ class Component(Protocol):
     def run(self, *, idle_exit_after: float | None = None) -> None: ...
 
 
+def limit_memory(megabytes: int | None) -> None:
+    """`RLIMIT_DATA` (heap and anonymous mappings) from `TIDINGS_MEMORY_LIMIT_MB`, when set."""
+    if megabytes is not None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_DATA, (megabytes * 2**20, resource.RLIM_INFINITY))
+
+
 def serve_component(name: str, instance: str | None, component: Component, idle_exit: float | None) -> None:
-    """Run a processor in the foreground: INFO logs, /metrics when configured, SIGTERM/SIGINT stop it."""
+    """Run a processor in the foreground: INFO logs, /metrics when configured, SIGTERM/SIGINT stop it,
+    memory capped when configured."""
     logging.getLogger().setLevel(logging.INFO)
+    limit_memory(settings().memory_limit_mb)
     expose(name, instance, component.samples)
     signal.signal(signal.SIGTERM, lambda *_: component.stop())
     signal.signal(signal.SIGINT, lambda *_: component.stop())
