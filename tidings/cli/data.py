@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tidings import stats as analytics
-from tidings.cli.pipeline import expose
+from tidings.cli.pipeline import expose, limit_memory
 from tidings.config import settings
 from tidings.topics import tier_seconds
 
@@ -57,6 +57,7 @@ def run_projection(
 
     logging.getLogger().setLevel(logging.INFO)
     runner = Runner(settings(), _projection(name))
+    limit_memory(settings().memory_limit_mb)
     expose(f"projection-{name}", None, runner.samples)
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
     signal.signal(signal.SIGINT, lambda *_: runner.stop())

@@ -252,6 +252,7 @@ def run_gateway(
         raise typer.BadParameter(f"providers for {channel}: {', '.join(sorted(available)) or 'none yet'}")
     chain = [available[p.partition("@")[0]].from_env(p.partition("@")[2] or None) for p in chosen]
     logging.getLogger().setLevel(logging.INFO)
+    limit_memory(settings().memory_limit_mb)
 
     async def main() -> None:
         runner = GatewayRunner(settings(), channel, chain)
@@ -276,6 +277,7 @@ def run_edge(
 
     edge = EdgeSettings()
     logging.getLogger().setLevel(logging.INFO)
+    limit_memory(settings().memory_limit_mb)
     web.run_app(app(settings()), host=edge.host, port=port or edge.port, access_log=None)
 
 
