@@ -249,18 +249,28 @@ def gate(request: NotificationRequested, state: RecipientState | None, catalog: 
     """Why the type's `condition` stops this request as a whole, or None. Digest requests pass: each
     item was checked when it was planned."""
     t = catalog.get(request.tenant_id, request.notification_type)
-    if t is None or request.digest_of is not None:
-        return None
-    rule = catalog.rules(t).conditions
-    if rule is None or rule.notification is None:
+    rule = checked(request, catalog.rules(t)) if t is not None else None
+    if t is None or rule is None or rule.notification is None:
         return None
     return unmet(rule.notification, t, context(request, t, state or RecipientState()))
 
 
+def checked(request: NotificationRequested, rules: Rules) -> Conditions | None:
+    """The conditions a request is checked against: none for a digest request, whose items were."""
+    return rules.conditions if request.digest_of is None else None
+
+
 def plan(
-    request: NotificationRequested, recipient: RecipientState | None, catalog: Catalog, now: datetime
+    request: NotificationRequested,
+    recipient: RecipientState | None,
+    catalog: Catalog,
+    now: datetime,
+    *,
+    gated: bool = False,
 ) -> Plan:
-    """Raises InvalidEvent when the request cannot be planned at all (unknown type, template failure)."""
+    """Raises InvalidEvent when the request cannot be planned at all (unknown type, template failure).
+    `gated`: the caller already passed the request through `gate`, so its `condition` is not evaluated
+    again."""
     state = recipient or RecipientState()
     t = catalog.get(request.tenant_id, request.notification_type)
     if t is None:
@@ -298,8 +308,8 @@ def plan(
         return result
     rules = catalog.rules(t)
     ctx = context(request, t, state)
-    checks = rules.conditions if request.digest_of is None else None
-    if checks is not None and (why := unmet(checks.notification, t, ctx)):
+    checks = checked(request, rules)
+    if checks is not None and not gated and (why := unmet(checks.notification, t, ctx)):
         outcome("SKIPPED", "condition", detail=why)
         return result
     scheduled = request.scheduled_at if request.scheduled_at and request.scheduled_at > now else None

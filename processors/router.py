@@ -163,7 +163,7 @@ class Router:
             self.seen.put(record.partition, seen_key, "throttled")
             self.throttled += 1
             return [self._skipped(event, "throttled", trace, limit)]
-        result = plan(event, state, self.catalog, now)
+        result = plan(event, state, self.catalog, now, gated=True)
         outputs = []
         if result.digested:
             outputs += self._collect(record.partition, event, state, result.digested, now)

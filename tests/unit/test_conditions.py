@@ -160,3 +160,11 @@ def test_a_deeply_nested_condition_is_refused_at_publish_not_with_a_traceback() 
     raw = {"key": "t", "category": "c", "channels": ["email"], "templates": {"email": TEMPLATES["email"]}}
     with pytest.raises(InvalidEvent, match="condition"):
         parse_type("*", raw | {"condition": "(" * 100 + "1" + ")" * 100})
+
+
+def test_a_gated_plan_leaves_the_request_condition_to_its_caller() -> None:
+    c = catalog(condition="data.items > 0", channel_conditions={"sms": "false"})
+    req = request(data_json=data(items=0))
+    assert gate(req, None, c) == "condition not met: data.items > 0"
+    p = plan(req, recipient(), c, NOW, gated=True)
+    assert skipped(p) == {"sms": "condition"} and len(p.commands) == 3
