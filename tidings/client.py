@@ -34,6 +34,7 @@ from tidings.events import (
     NotificationCancelled,
     NotificationRequested,
     PreferencesUpdated,
+    RecipientErased,
     RecipientUpdated,
     WebhookEndpointUpdated,
     data_json_of,
@@ -270,6 +271,14 @@ class Client:
         self.publish(
             validated(DeviceRemoved, tenant_id=tenant, recipient_id=recipient, device_id=device_id),
             wait=wait,
+        )
+
+    def erase_recipient(
+        self, *, tenant: str, recipient: str, reason: str | None = None, wait: bool = True
+    ) -> None:
+        """Forget a recipient (GDPR Art. 17); what this erases and what it keeps: docs/architecture.md."""
+        self.publish(
+            validated(RecipientErased, tenant_id=tenant, recipient_id=recipient, reason=reason), wait=wait
         )
 
     def set_webhook_endpoint(

@@ -84,6 +84,7 @@ __all__ = [
     "Priority",
     "ProviderFeedback",
     "QuietHours",
+    "RecipientErased",
     "RecipientUpdated",
     "Record",
     "RenderedContent",
@@ -186,6 +187,11 @@ class WebhookEndpointUpdated(Event):
 class WebhookEndpointRemoved(Event):
     recipient_id: Identifier
     endpoint_id: Identifier
+    reason: str | None = None
+
+
+class RecipientErased(Event):
+    recipient_id: Identifier
     reason: str | None = None
 
 

@@ -163,6 +163,7 @@ def registry(settings: Settings) -> list[TopicSpec]:
                 "DeviceRemoved",
                 "WebhookEndpointUpdated",
                 "WebhookEndpointRemoved",
+                "RecipientErased",
             ),
             retention_ms=FOREVER,
         ),
