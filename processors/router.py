@@ -44,6 +44,7 @@ from tidings.events import (
     NotificationCancelled,
     NotificationRequested,
     OutcomeStatus,
+    RecipientErased,
     utcnow,
 )
 from tidings.kafka import Incoming, Output, TopicFollower, TransactionalLoop
@@ -141,6 +142,8 @@ class Router:
         if record.topic != self.names.requested:
             if not getattr(event, "recipient_id", None):
                 return []
+            if isinstance(event, RecipientErased):
+                return self._erase(record, event, key)
             self.recipients.put(
                 record.partition, key, fold(self.recipients.get(record.partition, key), event)
             )
@@ -211,6 +214,31 @@ class Router:
                 trace,
             )
         ]
+
+    def _erase(self, record: Incoming, event: RecipientErased, key: str) -> list[Output]:
+        """Forget the recipient (a tombstone in the changelog), cancel its open digests and forward the
+        erasure to the scheduler, which drops its deferred commands."""
+        trace = child_traceparent(record.header(TRACEPARENT)).encode()
+        self.recipients.delete(record.partition, key)
+        outputs = [self._event(self.names.scheduled, event, trace)]
+        whose = (event.tenant_id, event.recipient_id)
+        for bucket_key in self.digests.keys(record.partition):
+            bucket = self.digests.get(record.partition, bucket_key) if bucket_key.startswith(key) else None
+            if bucket is None or (bucket.tenant_id, bucket.recipient_id) != whose:
+                continue
+            self.digests.delete(record.partition, bucket_key)
+            self.digest_due.delete(record.partition, bucket.due_key)
+            outputs += [
+                self._event(self.names.outcomes, self._erased_item(bucket, i.notification_id, c), trace)
+                for i in bucket.items
+                for c in bucket.channels
+            ]
+        return outputs
+
+    def _erased_item(self, bucket: digest.Bucket, notification_id: UUID, channel: Channel) -> DeliveryOutcome:
+        return digest.item_outcome(
+            bucket, notification_id, channel, "CANCELLED", "erased", "recipient erased", self.clock()
+        )
 
     def _collect(
         self,

@@ -10,6 +10,9 @@ outcome says it was released, and the timer's tombstone is written in the same t
 at any moment neither loses nor repeats a release. A command whose `expires_at` passed while it waited
 is EXPIRED instead. Pending timers live in memory, restored from the changelog on assignment.
 
+A `RecipientErased` forwarded by the router drops every pending command of that recipient (CANCELLED
+`erased`), so nothing deferred before an erasure is sent after it.
+
 A `NotificationCancelled` on the same topic (the router forwards a cancellation that arrives after it
 planned the request; same key, so it follows that request's deferrals in the partition) drops the
 notification's pending timers, each with a CANCELLED outcome. An index entry `n/<notification id>` lists
@@ -47,6 +50,7 @@ from tidings.events import (
     NotificationClicked,
     NotificationOpened,
     OutcomeStatus,
+    RecipientErased,
 )
 from tidings.kafka import Incoming, Output, TransactionalLoop
 from tidings.metrics import Sample
@@ -140,6 +144,21 @@ class Timers:
                 self.store.delete(partition, index)
         return taken
 
+    def take_recipient(self, partition: int, tenant: str, recipient: str) -> list[DeliveryCommand]:
+        """Take every pending command of one recipient. A scan of the partition's timers: erasure is rare,
+        and an index per recipient would cost a write on every deferral."""
+
+        def mine(command: DeliveryCommand) -> bool:
+            return (command.tenant_id, command.recipient_id) == (tenant, recipient)
+
+        notifications = []
+        for key in self.store.keys(partition):
+            value = None if key.startswith("n/") else self.store.get(partition, key)
+            command = self.codec.decode(value) if value is not None else None
+            if isinstance(command, DeliveryCommand) and mine(command):
+                notifications.append(command.notification_id)
+        return [c for n in dict.fromkeys(notifications) for c in self.cancel(partition, n, mine)]
+
 
 def release(n: Names, command: DeliveryCommand, now: float) -> list[Output]:
     """The records that release one due command: the command on its lane and its QUEUED outcome,
@@ -219,6 +238,10 @@ class Scheduler:
             taken = self.timers.cancel(record.partition, event.notification_id)
             self.cancelled += len(taken)
             return [outcome(self.names, c, "CANCELLED", reason) for c in taken]
+        if isinstance(event, RecipientErased):
+            taken = self.timers.take_recipient(record.partition, event.tenant_id, event.recipient_id)
+            self.cancelled += len(taken)
+            return [outcome(self.names, c, "CANCELLED", "erased") for c in taken]
         if type(event) in SATISFIES:
             return self._engaged(record.partition, event)
         if not isinstance(event, DeliveryCommand) or record.topic != self.names.scheduled:

@@ -91,6 +91,23 @@ def add(t: Timers, c: DeliveryCommand) -> None:
     t.store.committed()
 
 
+def test_an_erasure_takes_every_pending_command_of_the_recipient_and_nothing_else() -> None:
+    t = timers()
+    nid = uuid.uuid4()
+    ann = [command(EPOCH + timedelta(hours=h), notification_id=nid) for h in (1, 5)]
+    ann += [command(EPOCH + timedelta(days=30), channel="email", address="ann@example.com")]
+    bob = command(EPOCH + timedelta(hours=1), recipient_id="bob", notification_id=nid)
+    other_tenant = command(EPOCH + timedelta(hours=2), tenant_id="globex")
+    for c in [*ann, bob, other_tenant]:
+        add(t, c)
+    taken = t.take_recipient(0, "acme", "ann")
+    assert sorted(c.delivery_id for c in taken) == sorted(c.delivery_id for c in ann)
+    assert t.take_recipient(0, "acme", "ann") == []
+    far_future = int((EPOCH + timedelta(days=365)).timestamp() * 1000)
+    assert {c.delivery_id for c in t.due(0, far_future)} == {bob.delivery_id, other_tenant.delivery_id}
+    assert t.store.keys(0) == []
+
+
 def test_cancel_takes_every_pending_command_of_the_notification_and_nothing_else() -> None:
     t = timers()
     nid, other = uuid.uuid4(), uuid.uuid4()
