@@ -3,12 +3,15 @@
 A device is active from its registration until it is removed or its token is reported dead by the
 provider at a time after that registration. Invalidations are kept, so a registration that arrives after
 a newer invalidation (the topics are read independently) still comes out inactive.
+
+An erasure deletes the recipient's devices registered up to it (the same topic, so in order). The
+invalidations stay: a dead token, without the recipient it belonged to, identifies no one.
 """
 
 from __future__ import annotations
 
 from projections.base import Cursor, Projection
-from tidings.events import DeviceRegistered, DeviceRemoved, Event, ProviderFeedback
+from tidings.events import DeviceRegistered, DeviceRemoved, Event, ProviderFeedback, RecipientErased
 
 REGISTER = """
 INSERT INTO devices AS d (tenant_id, recipient_id, device_id, platform, token, app_id, active, registered_at,
@@ -66,6 +69,11 @@ class Devices(Projection):
                         "device": e.device_id,
                         "at": e.occurred_at,
                     },
+                )
+            elif isinstance(e, RecipientErased):
+                cur.execute(
+                    "DELETE FROM devices WHERE tenant_id = %s AND recipient_id = %s AND registered_at <= %s",
+                    (e.tenant_id, e.recipient_id, e.occurred_at),
                 )
             elif isinstance(e, ProviderFeedback) and e.kind == "token_invalid":
                 cur.execute(

@@ -2,6 +2,13 @@
 
 The state column is the same fold the router keeps (`processors.recipients.fold`), so API reads and
 routing decisions agree. One topic, keyed by recipient, so each row sees its events in order.
+
+A `RecipientErased` deletes the recipient's row and its inbox items requested up to the erasure, and
+notes the erasure in the `erasures` ledger, which the in-app gateway checks before it writes an item.
+The inbox delete first takes a lock that waits for inserts in flight (SHARE ROW EXCLUSIVE conflicts
+with their ROW EXCLUSIVE): an item the gateway wrote before seeing the ledger row is committed by then
+and deleted here, and an insert that waited starts its snapshot after this commit and sees the ledger.
+Events after the erasure start a new row, as for a new recipient.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from psycopg.types.json import Jsonb
 
 from processors.recipients import RecipientState, fold
 from projections.base import Cursor, Projection
-from tidings.events import Event
+from tidings.events import Event, RecipientErased
 
 UPSERT = """
 INSERT INTO recipients (tenant_id, recipient_id, email, phone, locale, timezone, name, state, updated_at)
@@ -21,6 +28,15 @@ ON CONFLICT (tenant_id, recipient_id) DO UPDATE SET
     email = EXCLUDED.email, phone = EXCLUDED.phone, locale = EXCLUDED.locale, timezone = EXCLUDED.timezone,
     name = EXCLUDED.name, state = EXCLUDED.state, updated_at = EXCLUDED.updated_at
 """
+ERASE = """
+INSERT INTO erasures AS e (tenant_id, recipient_id, erased_at, reason) VALUES (%(t)s, %(r)s, %(at)s, %(why)s)
+ON CONFLICT (tenant_id, recipient_id) DO UPDATE SET erased_at = GREATEST(e.erased_at, EXCLUDED.erased_at),
+    reason = CASE WHEN EXCLUDED.erased_at >= e.erased_at THEN EXCLUDED.reason ELSE e.reason END
+"""
+FORGET = [
+    "DELETE FROM recipients WHERE tenant_id = %(t)s AND recipient_id = %(r)s",
+    "DELETE FROM inbox_items WHERE tenant_id = %(t)s AND recipient_id = %(r)s AND requested_at <= %(at)s",
+]
 
 
 class Recipients(Projection):
@@ -43,6 +59,11 @@ class Recipients(Projection):
         updated: dict[tuple[str, str], tuple[RecipientState, Any]] = {}
         for e in relevant:
             k = (e.tenant_id, e.recipient_id)  # type: ignore[attr-defined]
+            if isinstance(e, RecipientErased):
+                states.pop(k, None)
+                updated.pop(k, None)
+                erase(cur, e)
+                continue
             states[k] = fold(states.get(k), e)
             updated[k] = (states[k], e.occurred_at)
         cur.executemany(
@@ -52,3 +73,11 @@ class Recipients(Projection):
                 for (t, r), (s, at) in updated.items()
             ],
         )
+
+
+def erase(cur: Cursor, event: RecipientErased) -> None:
+    cur.execute("LOCK TABLE inbox_items IN SHARE ROW EXCLUSIVE MODE")
+    params = {"t": event.tenant_id, "r": event.recipient_id, "at": event.occurred_at, "why": event.reason}
+    cur.execute(ERASE, params)
+    for sql in FORGET:
+        cur.execute(sql, params)

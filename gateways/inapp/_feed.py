@@ -12,15 +12,41 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from tidings.events import DeliveryCommand
+
 INSERT = """
 INSERT INTO inbox_items (delivery_id, notification_id, tenant_id, recipient_id, notification_type, category,
                          priority, title, body, data_json, locale, requested_at, expires_at)
-VALUES (%(delivery_id)s, %(notification_id)s, %(tenant_id)s, %(recipient_id)s, %(notification_type)s,
-        %(category)s, %(priority)s, %(title)s, %(body)s, %(data_json)s, %(locale)s, %(requested_at)s,
-        %(expires_at)s)
+SELECT %(delivery_id)s, %(notification_id)s, %(tenant_id)s, %(recipient_id)s, %(notification_type)s,
+       %(category)s, %(priority)s, %(title)s, %(body)s, %(data_json)s, %(locale)s,
+       %(requested_at)s::timestamptz, %(expires_at)s::timestamptz
+WHERE NOT EXISTS (SELECT 1 FROM erasures WHERE tenant_id = %(tenant_id)s AND recipient_id = %(recipient_id)s
+                  AND erased_at >= %(requested_at)s)
 ON CONFLICT (delivery_id) DO NOTHING
 RETURNING seq
 """
+
+
+def item_row(command: DeliveryCommand) -> dict[str, Any]:
+    """The parameters of `INSERT` for an in-app command."""
+    c = command.content
+    return {
+        "delivery_id": command.delivery_id,
+        "notification_id": command.notification_id,
+        "tenant_id": command.tenant_id,
+        "recipient_id": command.recipient_id,
+        "notification_type": command.notification_type,
+        "category": command.category,
+        "priority": command.priority,
+        "title": c.title,
+        "body": c.body,
+        "data_json": c.data_json,
+        "locale": command.locale,
+        "requested_at": command.occurred_at,
+        "expires_at": command.expires_at,
+    }
+
+
 EXISTING = "SELECT seq FROM inbox_items WHERE delivery_id = %s"
 COLUMNS = """i.seq, i.notification_id, i.delivery_id, i.notification_type, i.category, i.priority,
 i.title, i.body, i.data_json, i.created_at, s.seen_at, s.read_at, s.archived_at"""

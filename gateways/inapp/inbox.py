@@ -9,7 +9,8 @@ One connection per provider, used by one send at a time: an insert takes well un
 and a pool would hide why a connection failed. PostgreSQL refusing connections for load (SQLSTATE
 53300, too many clients) is `ProviderThrottled` (pause `throttle_pause` seconds); unreachable, starting
 up, timing out or dropping the connection is `ProviderUnavailable` (retry tiers); a row the database
-refuses (a NUL byte in a text) is rejected permanently.
+refuses (a NUL byte in a text) is rejected permanently. So is an item requested before its recipient
+was erased (the `erasures` ledger, see projections/recipients.py): FAILED `erased`, nothing stored.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateways.base import DeliveryRejected, Provider, ProviderThrottled, ProviderUnavailable, Sent
-from gateways.inapp._feed import EXISTING, INSERT, doorbell
+from gateways.inapp._feed import EXISTING, INSERT, doorbell, item_row
 from tidings.config import settings as tidings_settings
 from tidings.events import DeliveryCommand
 
@@ -78,22 +79,7 @@ class Inbox(Provider):
                 await asyncio.wait_for(conn.close(), 1.0)
 
     async def send(self, session: aiohttp.ClientSession, command: DeliveryCommand) -> Sent:
-        c = command.content
-        row = {
-            "delivery_id": command.delivery_id,
-            "notification_id": command.notification_id,
-            "tenant_id": command.tenant_id,
-            "recipient_id": command.recipient_id,
-            "notification_type": command.notification_type,
-            "category": command.category,
-            "priority": command.priority,
-            "title": c.title,
-            "body": c.body,
-            "data_json": c.data_json,
-            "locale": command.locale,
-            "requested_at": command.occurred_at,
-            "expires_at": command.expires_at,
-        }
+        row = item_row(command)
         try:
             inserted, seq = await asyncio.wait_for(self._insert(row), self.settings.timeout)
         except psycopg.DataError as exc:
@@ -106,6 +92,8 @@ class Inbox(Provider):
         except (TimeoutError, OSError, psycopg.InterfaceError) as exc:
             await self._drop_connection()
             raise ProviderUnavailable(f"inbox database: {exc or type(exc).__name__}") from exc
+        if seq is None:
+            raise DeliveryRejected("erased", permanent=True)
         if inserted:
             try:
                 await self.redis.publish(

@@ -1,0 +1,182 @@
+"""Erasure on the real stack: the router forgets the recipient and cancels what waits for it, the scheduler
+drops its deferred commands, the projections delete its contacts, devices and inbox items, and the in-app
+gateway refuses items requested before the erasure."""
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import psycopg
+import pytest
+
+from gateways.base import DeliveryRejected
+from gateways.inapp._feed import INSERT, item_row
+from processors.router import Router
+from projections import Projection, Runner
+from projections.recipients import erase
+from tests.integration.conftest import read_all, table_checksums
+from tests.integration.scheduling import SkewedScheduler
+from tests.integration.test_digest_escalation import LIKED, outcomes_of
+from tests.integration.test_inbox import command, inbox
+from tests.integration.test_projections import project, rows
+from tests.integration.test_router import commands, publish_catalog
+from tidings.catalog import parse_type
+from tidings.client import Client
+from tidings.config import Settings
+from tidings.events import DeliveryCommand, RecipientErased
+from tidings.topics import names
+
+
+def pause() -> None:
+    """Records a few milliseconds apart, so the router's time alignment of its inputs keeps this order."""
+    time.sleep(0.05)
+
+
+def test_the_router_and_scheduler_drop_what_waits_for_an_erased_recipient(topology: Settings) -> None:
+    s = topology
+    publish_catalog(s)
+    later = datetime.now(UTC) + timedelta(hours=1)
+    with Client(s) as client:
+        client.publish(parse_type("*", LIKED | {"digest": LIKED["digest"] | {"window": "1h"}}))
+        for who in ("ada", "bob"):
+            client.update_recipient(tenant="acme", recipient=who, email=f"{who}@example.com")
+        pause()
+        waiting: dict[str, list[Any]] = {}
+        for who in ("ada", "bob"):
+            liked = [
+                client.send(tenant="acme", recipient=who, type="post.liked", data={"by": by, "post": "P"})
+                for by in ("Cy", "Di")
+            ]
+            order = {"order": "A-1", "carrier": "D"}
+            scheduled = client.send(
+                tenant="acme", recipient=who, type="order.shipped", data=order, scheduled_at=later
+            )
+            waiting[who] = [*liked, scheduled]
+        pause()
+        client.erase_recipient(tenant="acme", recipient="ada", reason="ticket 42")
+        pause()
+        after = client.send(
+            tenant="acme", recipient="ada", type="order.shipped", data={"order": "A-2", "carrier": "D"}
+        )
+    router = Router(s, instance="0", group_id=f"router-{s.topic_prefix}")
+    thread = threading.Thread(target=router.run)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while router.loop.committed_records < 3 + 7 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    router.stop()
+    thread.join(timeout=60)
+    assert not thread.is_alive() and router.loop.committed_records == 10, "bob's digest stays open (1h)"
+    running = SkewedScheduler(s)
+    running.wait_committed(3 + 1)
+    running.advance(2 * 3600)
+    running.join()
+
+    outcomes = outcomes_of(s)
+    cancelled = Counter((o.notification_id, o.channel) for o in outcomes if o.status == "CANCELLED")
+    assert all(o.reason == "erased" for o in outcomes if o.status == "CANCELLED")
+    liked, scheduled = waiting["ada"][:2], waiting["ada"][2]
+    assert {n: cancelled[(n, "email")] for n in liked} == {n: 1 for n in liked}, "left its open digest"
+    assert cancelled[(scheduled, "email")] == 1 and cancelled[(scheduled, "in_app")] == 1
+    assert not any(n in waiting["bob"] for n, _ in cancelled), "another recipient's waits are untouched"
+
+    waited = [c for c in commands(s) if c.notification_id == scheduled or c.channel == "email"]
+    assert [c for c in waited if c.recipient_id == "ada"] == [], "what waited at the erasure is not sent"
+    bob = {c.notification_id for c in commands(s) if c.recipient_id == "bob"}
+    assert waiting["bob"][2] in bob, "bob's scheduled order is released when due"
+    fresh = [(o.channel, o.status, o.reason) for o in outcomes if o.notification_id == after]
+    assert ("email", "SKIPPED", "no_address") in fresh, "the contacts are forgotten"
+    assert ("in_app", "QUEUED", None) in fresh, "a request after the erasure is planned afresh"
+
+    changelog = read_all(s, names(s).changelog("router", "recipients"))
+    assert [r.value for r in changelog if r.key == b"acme/ada"][-1] is None, "a tombstone, for compaction"
+
+
+def test_the_projections_forget_contacts_devices_and_inbox_items_and_rebuild_identically(
+    database: Settings,
+) -> None:
+    s = database
+    with Client(s) as client:
+        for who in ("ada", "bob"):
+            client.update_recipient(tenant="acme", recipient=who, email=f"{who}@example.com")
+            client.register_device(
+                tenant="acme", recipient=who, device_id="phone", platform="fcm", token=f"tok-{who}"
+            )
+    items = {who: command(who, f"for {who}") for who in ("ada", "bob")}
+    asyncio.run(send_all(s, list(items.values())))
+    assert rows(s, "SELECT recipient_id FROM inbox_items ORDER BY 1") == [("ada",), ("bob",)]
+
+    with Client(s) as client:
+        client.erase_recipient(tenant="acme", recipient="ada", reason="ticket 42")
+        pause()
+        client.update_recipient(tenant="acme", recipient="ada", email="ada@new.example.com")
+        client.register_device(tenant="acme", recipient="ada", device_id="tablet", platform="fcm", token="t2")
+    for name in ("recipients", "devices"):
+        project(s, name)
+
+    assert rows(s, "SELECT recipient_id, email FROM recipients ORDER BY 1") == [
+        ("ada", "ada@new.example.com"),
+        ("bob", "bob@example.com"),
+    ]
+    assert rows(s, "SELECT recipient_id, device_id FROM devices ORDER BY 1") == [
+        ("ada", "tablet"),
+        ("bob", "phone"),
+    ]
+    assert rows(s, "SELECT recipient_id FROM inbox_items") == [("bob",)]
+    [(erased_at, reason)] = rows(s, "SELECT erased_at, reason FROM erasures WHERE recipient_id = 'ada'")
+    assert reason == "ticket 42"
+
+    late = command("ada", "requested before the erasure, delivered after it")
+    late = late.model_copy(update={"occurred_at": erased_at - timedelta(seconds=1)})
+    fresh = command("ada", "requested after the erasure")
+    with pytest.raises(DeliveryRejected, match="erased"):
+        asyncio.run(send_all(s, [late]))
+    asyncio.run(send_all(s, [fresh]))
+    assert sorted(rows(s, "SELECT title FROM inbox_items WHERE recipient_id = 'ada'")) == [
+        ("requested after the erasure",)
+    ]
+
+    tables = ["recipients", "devices", "inbox_items", "erasures"]
+    before = table_checksums(s, tables)
+    for name in ("recipients", "devices"):
+        runner = Runner(s, Projection.registry[name]())
+        runner.rebuild()
+        runner.close()
+    assert table_checksums(s, tables) == before
+
+
+def test_an_erasure_waits_for_an_inbox_insert_in_flight_and_deletes_its_item(database: Settings) -> None:
+    """Without the lock the erasure would not see the uncommitted item, and the item would outlive it."""
+    s = database
+    item = command("ada", "in flight")
+    gateway = psycopg.connect(s.postgres_dsn)
+    gateway.execute(INSERT, item_row(item))
+    erased = threading.Event()
+
+    def erasure() -> None:
+        with psycopg.connect(s.postgres_dsn) as conn, conn.transaction(), conn.cursor() as cur:
+            erase(cur, RecipientErased(tenant_id="acme", recipient_id="ada"))
+        erased.set()
+
+    thread = threading.Thread(target=erasure)
+    thread.start()
+    assert not erased.wait(1.0), "the erasure waits for the insert in flight"
+    gateway.commit()
+    gateway.close()
+    thread.join(timeout=30)
+    assert erased.is_set()
+    assert rows(s, "SELECT count(*) FROM inbox_items") == [(0,)]
+
+
+async def send_all(s: Settings, items: list[DeliveryCommand]) -> None:
+    provider = inbox(s)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for item in items:
+                await provider.send(session, item)
+    finally:
+        await provider.close()
