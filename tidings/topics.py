@@ -189,7 +189,11 @@ def registry(settings: Settings) -> list[TopicSpec]:
         ),
         TopicSpec(FEEDBACK, RECIPIENT_KEY, ("ProviderFeedback",), retention_ms=90 * DAY_MS),
         TopicSpec(
-            SCHEDULED, RECIPIENT_KEY, COMMAND, retention_ms=400 * DAY_MS, forwarded=("NotificationCancelled", "RecipientErased")
+            SCHEDULED,
+            RECIPIENT_KEY,
+            COMMAND,
+            retention_ms=400 * DAY_MS,
+            forwarded=("NotificationCancelled", "RecipientErased"),
         ),
         TopicSpec(
             OUTCOMES, "notification_id", ("DeliveryOutcome",), per_recipient=False, retention_ms=30 * DAY_MS

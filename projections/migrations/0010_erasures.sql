@@ -8,3 +8,6 @@ CREATE TABLE IF NOT EXISTS erasures (
     reason       text,
     PRIMARY KEY (tenant_id, recipient_id)
 );
+
+-- The audiences a recipient is in, for the erasure API (it removes the recipient from each).
+CREATE INDEX IF NOT EXISTS audience_members_recipient ON audience_members (tenant_id, recipient_id);

@@ -20,10 +20,12 @@ from projections import Projection, Runner
 from projections.recipients import erase
 from tests.integration.conftest import read_all, table_checksums
 from tests.integration.scheduling import SkewedScheduler
+from tests.integration.test_api import call, serving
+from tests.integration.test_cli import run
 from tests.integration.test_digest_escalation import LIKED, outcomes_of
 from tests.integration.test_inbox import command, inbox
 from tests.integration.test_projections import project, rows
-from tests.integration.test_router import commands, publish_catalog
+from tests.integration.test_router import commands, decoded, publish_catalog
 from tidings.catalog import parse_type
 from tidings.client import Client
 from tidings.config import Settings
@@ -180,3 +182,38 @@ async def send_all(s: Settings, items: list[DeliveryCommand]) -> None:
                 await provider.send(session, item)
     finally:
         await provider.close()
+
+
+def test_the_api_and_the_cli_erase_a_recipient_and_take_it_out_of_its_audiences(database: Settings) -> None:
+    s = database
+    with Client(s) as client:
+        for who in ("ada", "bob", "cy"):
+            client.update_recipient(tenant="acme", recipient=who, email=f"{who}@example.com")
+        client.add_members(tenant="acme", audience="beta", recipients=["ada", "bob", "cy"])
+        client.add_members(tenant="acme", audience="gamma", recipients=["ada"])
+    for name in ("recipients", "audiences"):
+        project(s, name)
+
+    async def erase(base: str) -> list[tuple[int, Any, dict[str, str]]]:
+        async with aiohttp.ClientSession() as http:
+            r = f"{base}/v1/recipients"
+            return [
+                await call(http, "DELETE", f"{r}/ada?reason={'x' * 501}"),
+                await call(http, "DELETE", f"{r}/ada?reason=ticket-7"),
+                await call(http, "DELETE", f"{r}/ada", key=None),
+            ]
+
+    too_long, done, anonymous = asyncio.run(serving(s, erase))
+    assert (too_long[0], done[0], anonymous[0]) == (400, 202, 401)
+    assert len(done[1]["event_ids"]) == 2, "one removal per audience"
+    cli = run("recipients", "erase", "-t", "acme", "-r", "bob", s=s)
+    assert cli.returncode == 0, cli.stderr
+    assert "removed from 1 audiences" in cli.stderr
+
+    erasures = [e for e in decoded(s, names(s).recipients) if isinstance(e, RecipientErased)]
+    assert sorted((e.recipient_id, e.reason or "") for e in erasures) == [("ada", "ticket-7"), ("bob", "")]
+    assert done[1]["event_id"] in {str(e.event_id) for e in erasures}
+    for name in ("recipients", "audiences"):
+        project(s, name)
+    assert rows(s, "SELECT recipient_id FROM recipients") == [("cy",)]
+    assert rows(s, "SELECT audience_id, recipient_id FROM audience_members ORDER BY 1, 2") == [("beta", "cy")]

@@ -1,4 +1,4 @@
-"""`tidings catalog publish|shadow`, `tidings recipients set` and `tidings run <component>`."""
+"""`tidings catalog publish|shadow`, `tidings recipients set|erase` and `tidings run <component>`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from tidings.audit import read_all
 from tidings.catalog import GLOBAL_TENANT, load, next_versions
 from tidings.client import Client, tenant_key
 from tidings.config import settings
+from tidings.erasure import MEMBERSHIPS, erasure
 from tidings.errors import TidingsError
 from tidings.events import NotificationTypePublished
 from tidings.metrics import Sample, Source, serve
@@ -141,6 +142,29 @@ def set_recipient(
         if prefs:
             client.update_preferences(tenant=tenant, recipient=recipient, **prefs)
     console.print(f"[green]updated[/] {tenant}/{recipient}: {json.dumps(profile | prefs)}")
+
+
+@recipients_app.command("erase")
+def erase_recipient(
+    tenant: str = typer.Option(..., "--tenant", "-t"),
+    recipient: str = typer.Option(..., "--recipient", "-r"),
+    reason: str | None = typer.Option(None, help="kept for the audit trail (a ticket id); no personal data"),
+) -> None:
+    """Erase a recipient's personal data (GDPR Art. 17): remove it from its audiences (read from the
+    audiences projection) and produce RecipientErased; docs/architecture.md says what is erased."""
+    import psycopg
+
+    try:
+        with psycopg.connect(settings().postgres_dsn, connect_timeout=10) as conn:
+            audiences = [a for (a,) in conn.execute(MEMBERSHIPS, (tenant, recipient)).fetchall()]
+    except psycopg.Error as exc:
+        raise TidingsError(f"cannot read the recipient's audiences from PostgreSQL: {exc}") from exc
+    removals, erased = erasure(tenant=tenant, recipient=recipient, audiences=audiences, reason=reason)
+    with Client(source="cli") as client:
+        for event in [*removals, erased]:
+            client.publish(event)
+    left = f", removed from {len(audiences)} audiences" if audiences else ""
+    console.print(f"[yellow]erased[/] {tenant}/{recipient}{left}")
 
 
 def expose(component: str, instance: str | None, source: Source) -> None:
