@@ -31,6 +31,13 @@ class Settings(BaseSettings):
     retry_tiers: str = Field(default="10s,1m,10m,1h,6h", description="Retry tiers of every channel.")
     client_id: str = "tidings"
     topic_prefix: str = Field(default="", description="Prefix of every topic name, e.g. 'staging.'.")
+    personal_data_days: int | None = Field(
+        default=None,
+        ge=7,
+        description="Most days any topic that deletes old records keeps them (requests, recipient "
+        "events, commands, outcomes, feedback, dead letters): an erasure is complete in Kafka after this "
+        "long. Unset, each topic keeps its own retention (requests and recipient events forever).",
+    )
     metrics_port: int | None = Field(default=None, description="Serve /metrics of `tidings run` here.")
     metrics_host: str = "127.0.0.1"
     memory_limit_mb: int | None = Field(

@@ -229,7 +229,19 @@ def registry(settings: Settings) -> list[TopicSpec]:
             for tier in tiers
         )
     specs += [changelog_spec(component, store) for component, store in STORES]
+    if settings.personal_data_days is not None:
+        specs = [capped(spec, settings.personal_data_days * DAY_MS, tiers) for spec in specs]
     return [replace(spec, name=settings.topic_prefix + spec.name) for spec in specs]
+
+
+def capped(spec: TopicSpec, most_ms: int, tiers: list[str]) -> TopicSpec:
+    """The spec with its retention at most `most_ms` (TIDINGS_PERSONAL_DATA_DAYS)."""
+    if spec.cleanup_policy != "delete" or 0 <= spec.retention_ms <= most_ms:
+        return spec
+    longest = max((3 * 1000 * tier_seconds(t) for t in tiers), default=0)
+    if longest > most_ms:
+        raise ValueError(f"personal_data_days is shorter than 3 times the longest retry tier ({tiers[-1]})")
+    return replace(spec, retention_ms=most_ms)
 
 
 STORES = (
@@ -255,5 +267,9 @@ def changelog_spec(component: str, store: str, prefix: str = "") -> TopicSpec:
         "store key",
         (),
         cleanup_policy="compact",
-        extra_config={"min.compaction.lag.ms": "0", "segment.ms": str(DAY_MS)},
+        extra_config={
+            "min.compaction.lag.ms": "0",
+            "max.compaction.lag.ms": str(DAY_MS),
+            "segment.ms": str(DAY_MS),
+        },
     )

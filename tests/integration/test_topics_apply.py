@@ -20,3 +20,15 @@ def test_apply_creates_then_reports_drift(stack: Settings) -> None:
     assert report.action == "drift"
     assert any(d.startswith("partitions 2 != 4") for d in report.drift)
     assert any(d.startswith("retention.ms 86400000 != 172800000") for d in report.drift)
+
+
+def test_apply_alters_a_drifted_config_but_never_partitions(stack: Settings) -> None:
+    name = f"alter.{uuid.uuid4().hex[:8]}"
+    assert [r.action for r in apply_topics(stack, [TopicSpec(name, "k", (), partitions=2)])] == ["created"]
+    shorter = TopicSpec(name, "k", (), partitions=2, retention_ms=DAY_MS)
+    [altered] = apply_topics(stack, [shorter], alter=True)
+    assert (altered.action, altered.drift) == ("altered", [])
+    assert [r.action for r in apply_topics(stack, [shorter])] == ["ok"]
+    wider = TopicSpec(name, "k", (), partitions=3, retention_ms=DAY_MS)
+    [report] = apply_topics(stack, [wider], alter=True)
+    assert (report.action, report.drift) == ("drift", ["partitions 2 != 3"])

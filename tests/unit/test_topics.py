@@ -97,3 +97,31 @@ def test_prefix_namespaces_every_topic() -> None:
     assert n.requested == "staging.notifications.requested"
     assert n.delivery("sms", urgent=True) == "staging.notifications.delivery.sms.urgent"
     assert n.changelog("router", "seen") == "staging.tidings.router.seen.changelog"
+
+
+def test_personal_data_days_caps_every_deleting_topic_and_nothing_else() -> None:
+    plain = {s.name: s for s in registry(Settings())}
+    capped = {s.name: s for s in registry(Settings(personal_data_days=30))}
+    month = 30 * 86_400_000
+    assert plain[REQUESTED].retention_ms < 0 and capped[REQUESTED].retention_ms == month
+    assert capped["notifications.recipients"].retention_ms == month
+    assert capped[DLQ].retention_ms == month
+    for name, spec in capped.items():
+        before = plain[name]
+        if spec.cleanup_policy == "compact":
+            assert spec == before, name
+        elif 0 <= before.retention_ms <= month:
+            assert spec.retention_ms == before.retention_ms, name
+        else:
+            assert spec.retention_ms == month, name
+
+
+def test_personal_data_days_refuses_to_cut_a_retry_tier_short() -> None:
+    with pytest.raises(ValueError, match="retry tier"):
+        registry(Settings(personal_data_days=7, retry_tiers="10s,1h,3d"))
+    assert registry(Settings(personal_data_days=7, retry_tiers="10s,1h,2d"))
+
+
+def test_changelogs_are_compacted_within_a_day_so_an_erased_value_leaves_the_log() -> None:
+    spec = changelog_spec("router", "recipients")
+    assert spec.config()["max.compaction.lag.ms"] == str(86_400_000)

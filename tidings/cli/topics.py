@@ -13,13 +13,21 @@ from tidings.topics import registry
 app = typer.Typer(no_args_is_help=True, help="Kafka topics from the registry in tidings/topics.py.")
 
 
+ALTER_HELP = "Set drifted configs (retention, compaction) to the registry's; never partitions."
+
+
 @app.command()
-def apply(check: bool = typer.Option(False, "--check", help="Exit 1 when any topic drifts.")) -> None:
+def apply(
+    check: bool = typer.Option(False, "--check", help="Exit 1 when any topic drifts."),
+    alter: bool = typer.Option(False, "--alter", help=ALTER_HELP),
+) -> None:
     """Create missing topics; report existing ones whose partitions or config differ (idempotent)."""
-    reports = apply_topics(settings(), registry(settings()))
+    reports = apply_topics(settings(), registry(settings()), alter=alter)
     console = Console()
     for r in reports:
-        colour = {"created": "green", "ok": "dim", "exists": "dim", "drift": "yellow"}[r.action]
+        colour = {"created": "green", "ok": "dim", "exists": "dim", "altered": "green", "drift": "yellow"}[
+            r.action
+        ]
         console.print(
             f"[{colour}]{r.action:<8}[/] {r.name}" + (f"  ({'; '.join(r.drift)})" if r.drift else "")
         )

@@ -6,7 +6,13 @@ import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
 
 from tidings.config import Settings
 from tidings.errors import KafkaUnavailable
@@ -63,8 +69,12 @@ def delete_topics(settings: Settings, prefix: str, *, timeout: float = 30.0) -> 
     return doomed
 
 
-def apply_topics(settings: Settings, specs: list[TopicSpec], *, timeout: float = 30.0) -> list[TopicReport]:
-    """Create missing topics; for existing ones compare partitions and config (idempotent)."""
+def apply_topics(
+    settings: Settings, specs: list[TopicSpec], *, timeout: float = 30.0, alter: bool = False
+) -> list[TopicReport]:
+    """Create missing topics; for existing ones compare partitions and config (idempotent). With
+    `alter`, set a drifted config to the registry's (partitions are never changed: more partitions
+    would move recipients' keys and break co-partitioning)."""
     client = admin(settings)
     existing = client.list_topics(timeout=timeout).topics
     reports: dict[str, TopicReport] = {}
@@ -98,15 +108,24 @@ def apply_topics(settings: Settings, specs: list[TopicSpec], *, timeout: float =
             partitions = len(existing[spec.name].partitions)
             if partitions != spec.partition_count(settings):
                 report.drift.append(f"partitions {partitions} != {spec.partition_count(settings)}")
-            actual = described[spec.name]
-            for key, want in spec.config().items():
-                have = actual[key].value if key in actual else None
-                if have != want:
-                    report.drift.append(f"{key} {have} != {want}")
+            have = {k: e.value for k, e in described[spec.name].items()}
+            wrong = {k: v for k, v in spec.config().items() if have.get(k) != v}
+            report.drift += [f"{k} {have.get(k)} != {v}" for k, v in wrong.items()]
+            if wrong and alter:
+                _alter(client, spec.name, wrong, timeout)
+                report.action = "altered"
+                report.drift = [d for d in report.drift if d.startswith("partitions")]
             if report.drift:
                 report.action = "drift"
             reports[spec.name] = report
     return [reports[s.name] for s in specs]
+
+
+def _alter(client: AdminClient, topic: str, values: dict[str, str], timeout: float) -> None:
+    entries = [ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in values.items()]
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=entries)
+    for future in client.incremental_alter_configs([resource], request_timeout=timeout).values():
+        future.result()
 
 
 def _wait_for_leaders(client: AdminClient, topics: list[str], timeout: float) -> None:
