@@ -16,7 +16,7 @@ producer), and the router, projections and gateways take it from there.
   and i (`tidings.ids.batch_item_id`), so a retried batch produces the same ids.
 - `POST /v1/notifications/{id}/cancel`.
 - Audiences and broadcasts: `gateways/broadcasts_api.py`; destinations: `gateways/destinations_api.py`;
-  analytics: `gateways/stats_api.py`; erasure (`DELETE /v1/recipients/{id}`): `gateways/erasure_api.py`.
+  analytics: `gateways/stats_api.py`; erasure and export of a recipient: `gateways/privacy_api.py`.
 - `PATCH /v1/recipients/{id}` (contacts, merged), `PATCH /v1/recipients/{id}/preferences`,
   `PUT|DELETE /v1/recipients/{id}/devices/{device_id}`,
   `PUT|DELETE /v1/recipients/{id}/webhooks/{endpoint_id}`.
@@ -52,7 +52,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import TypeAdapter, ValidationError
 from redis.exceptions import RedisError
 
-from gateways import broadcasts_api, destinations_api, erasure_api, stats_api
+from gateways import broadcasts_api, destinations_api, privacy_api, stats_api
 from gateways.api_schema import (
     Accepted,
     Batch,
@@ -367,7 +367,9 @@ def mount(
         Operation("DELETE", WEBHOOK, delete_webhook, "Remove a webhook endpoint", None, 202),
         *broadcasts_api.operations(produce, accepted, header_key, rows),
         *destinations_api.operations(produce, accepted),
-        *erasure_api.operations(produce, accepted, rows, recipient_id),
+        *privacy_api.operations(
+            produce, accepted, rows, recipient_id, lambda r: r.app[API_POOL].connection()
+        ),
         *stats_api.operations(API_POOL),
     ]
     for op in operations:

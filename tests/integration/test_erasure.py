@@ -1,8 +1,9 @@
 """Erasure on the real stack: the router forgets the recipient and cancels what waits for it, the scheduler
 drops its deferred commands, the projections delete its contacts, devices and inbox items, and the in-app
-gateway refuses items requested before the erasure."""
+gateway refuses items requested before the erasure. And the export of what the tables hold about one."""
 
 import asyncio
+import json
 import threading
 import time
 from collections import Counter
@@ -20,12 +21,12 @@ from projections import Projection, Runner
 from projections.recipients import erase
 from tests.integration.conftest import read_all, table_checksums
 from tests.integration.scheduling import SkewedScheduler
-from tests.integration.test_api import call, serving
+from tests.integration.test_api import GLOBEX, call, serving
 from tests.integration.test_cli import run
 from tests.integration.test_digest_escalation import LIKED, outcomes_of
 from tests.integration.test_inbox import command, inbox
 from tests.integration.test_projections import project, rows
-from tests.integration.test_router import commands, decoded, publish_catalog
+from tests.integration.test_router import commands, decoded, publish_catalog, run_router
 from tidings.catalog import parse_type
 from tidings.client import Client
 from tidings.config import Settings
@@ -217,3 +218,63 @@ def test_the_api_and_the_cli_erase_a_recipient_and_take_it_out_of_its_audiences(
         project(s, name)
     assert rows(s, "SELECT recipient_id FROM recipients") == [("cy",)]
     assert rows(s, "SELECT audience_id, recipient_id FROM audience_members ORDER BY 1, 2") == [("beta", "cy")]
+
+
+def test_an_export_holds_what_the_tables_hold_and_an_erasure_leaves_the_delivery_record(
+    database: Settings,
+) -> None:
+    s = database
+    publish_catalog(s)
+    with Client(s) as client:
+        client.update_recipient(tenant="acme", recipient="ada", email="ada@example.com", name="Ada")
+        client.register_device(
+            tenant="acme", recipient="ada", device_id="phone", platform="fcm", token="tok-1"
+        )
+        client.add_members(tenant="acme", audience="beta", recipients=["ada"])
+        pause()
+        sent = [
+            client.send(
+                tenant="acme", recipient="ada", type="order.shipped", data={"order": o, "carrier": "D"}
+            )
+            for o in ("A-1", "A-2")
+        ]
+    run_router(s)
+    for name in ("delivery_status", "recipients", "devices", "audiences"):
+        project(s, name)
+    asyncio.run(send_all(s, [command("ada", "hello")]))
+
+    async def exports(base: str) -> list[tuple[int, Any, dict[str, str]]]:
+        async with aiohttp.ClientSession() as http:
+            r = f"{base}/v1/recipients"
+            return [
+                await call(http, "GET", f"{r}/ada/export"),
+                await call(http, "GET", f"{r}/ada/export?limit=1"),
+                await call(http, "GET", f"{r}/ada/export?limit=0"),
+                await call(http, "GET", f"{r}/zed/export"),
+                await call(http, "GET", f"{r}/ada/export", key=GLOBEX),
+            ]
+
+    full, one, bad, unknown, foreign = asyncio.run(serving(s, exports))
+    assert [x[0] for x in (full, one, bad, unknown, foreign)] == [200, 200, 400, 404, 404]
+    body = full[1]
+    assert body["profile"]["contacts"]["email"] == "ada@example.com"
+    assert [d["device_id"] for d in body["devices"]] == ["phone"] and "tok-1" not in str(body)
+    assert body["audiences"] == ["beta"]
+    assert {n["notification_id"] for n in body["notifications"]} == {str(n) for n in sent}
+    assert all("email" in {d["channel"] for d in n["deliveries"]} for n in body["notifications"])
+    assert [i["title"] for i in body["inbox"]] == ["hello"]
+    assert (body["erased"], body["truncated"]) == (None, False)
+    assert (len(one[1]["notifications"]), one[1]["truncated"]) == (1, True)
+    cli = run("recipients", "export", "-t", "acme", "-r", "ada", s=s)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["audiences"] == ["beta"]
+
+    with Client(s) as client:
+        client.erase_recipient(tenant="acme", recipient="ada", reason="ticket 9")
+    for name in ("recipients", "devices"):
+        project(s, name)
+    cli = run("recipients", "export", "-t", "acme", "-r", "ada", s=s)
+    after = json.loads(cli.stdout)
+    assert (after["profile"], after["devices"], after["inbox"]) == (None, [], [])
+    assert after["erased"]["reason"] == "ticket 9"
+    assert len(after["notifications"]) == 2, "the delivery record is kept"

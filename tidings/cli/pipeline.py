@@ -1,4 +1,4 @@
-"""`tidings catalog publish|shadow`, `tidings recipients set|erase` and `tidings run <component>`."""
+"""`tidings catalog publish|shadow`, `tidings recipients set|erase|export` and `tidings run <component>`."""
 
 from __future__ import annotations
 
@@ -165,6 +165,33 @@ def erase_recipient(
             client.publish(event)
     left = f", removed from {len(audiences)} audiences" if audiences else ""
     console.print(f"[yellow]erased[/] {tenant}/{recipient}{left}")
+
+
+@recipients_app.command("export")
+def export_recipient(
+    tenant: str = typer.Option(..., "--tenant", "-t"),
+    recipient: str = typer.Option(..., "--recipient", "-r"),
+    limit: int = typer.Option(1000, min=1, max=10_000, help="newest notifications and in-app items"),
+) -> None:
+    """Print as JSON everything the projections hold about a recipient (GDPR Art. 15 and 20): contacts,
+    preferences, devices, audiences, notifications with deliveries, in-app items, an erasure."""
+    import asyncio
+
+    import psycopg
+
+    from gateways.privacy_api import export
+
+    async def read() -> dict[str, Any] | None:
+        async with await psycopg.AsyncConnection.connect(settings().postgres_dsn, connect_timeout=10) as conn:
+            return await export(conn, tenant, recipient, limit)
+
+    try:
+        found = asyncio.run(read())
+    except psycopg.Error as exc:
+        raise TidingsError(f"cannot read the projections from PostgreSQL: {exc}") from exc
+    if found is None:
+        raise TidingsError(f"the projections hold nothing about {tenant}/{recipient}")
+    print(json.dumps(found, indent=2, ensure_ascii=False))
 
 
 def expose(component: str, instance: str | None, source: Source) -> None:
