@@ -99,6 +99,10 @@ class Catalog:
             if isinstance(event, NotificationTypePublished):
                 self.apply(event)
 
+    def type_keys(self, tenant: str) -> set[str]:
+        """The types a tenant can request: its own and the global ones."""
+        return {k for t, k in self._types if t in (tenant, GLOBAL_TENANT)}
+
     def get(self, tenant: str, type_: str) -> NotificationTypePublished | None:
         return self._types.get((tenant, type_)) or self._types.get((GLOBAL_TENANT, type_))
 
@@ -267,10 +271,12 @@ def plan(
     now: datetime,
     *,
     gated: bool = False,
+    requested_at: datetime | None = None,
 ) -> Plan:
     """Raises InvalidEvent when the request cannot be planned at all (unknown type, template failure).
     `gated`: the caller already passed the request through `gate`, so its `condition` is not evaluated
-    again."""
+    again. `requested_at`: when the request reached the log (its record's timestamp, the time the router
+    orders its inputs by), recorded on the commands; the request's own `occurred_at` by default."""
     state = recipient or RecipientState()
     t = catalog.get(request.tenant_id, request.notification_type)
     if t is None:
@@ -394,6 +400,7 @@ def plan(
                 not_before=not_before,
                 expires_at=expires_at,
                 unless=step.unless if step else None,
+                requested_at=requested_at or request.occurred_at,
             )
             if not_before is not None:
                 result.deferred.append(command)

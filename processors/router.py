@@ -48,6 +48,7 @@ from tidings.events import (
     utcnow,
 )
 from tidings.kafka import Incoming, Output, TopicFollower, TransactionalLoop
+from tidings.kafka.records import log_time
 from tidings.metrics import Sample
 from tidings.state import Store
 from tidings.topics import names
@@ -166,7 +167,7 @@ class Router:
             self.seen.put(record.partition, seen_key, "throttled")
             self.throttled += 1
             return [self._skipped(event, "throttled", trace, limit)]
-        result = plan(event, state, self.catalog, now, gated=True)
+        result = plan(event, state, self.catalog, now, gated=True, requested_at=log_time(record))
         outputs = []
         if result.digested:
             outputs += self._collect(record.partition, event, state, result.digested, now)
@@ -217,14 +218,18 @@ class Router:
 
     def _erase(self, record: Incoming, event: RecipientErased, key: str) -> list[Output]:
         """Forget the recipient (a tombstone in the changelog), cancel its open digests and forward the
-        erasure to the scheduler, which drops its deferred commands."""
+        erasure to the scheduler, which drops its deferred commands. The forwarded copy's `occurred_at`
+        is the erasure record's timestamp, the clock of commands' `requested_at`. The digests are looked
+        up by the catalog's types, not found by scanning the store, so an erasure costs the same
+        however many digests are open."""
         trace = child_traceparent(record.header(TRACEPARENT)).encode()
         self.recipients.delete(record.partition, key)
-        outputs = [self._event(self.names.scheduled, event, trace)]
-        whose = (event.tenant_id, event.recipient_id)
-        for bucket_key in self.digests.keys(record.partition):
-            bucket = self.digests.get(record.partition, bucket_key) if bucket_key.startswith(key) else None
-            if bucket is None or (bucket.tenant_id, bucket.recipient_id) != whose:
+        stamped = event.model_copy(update={"occurred_at": log_time(record) or event.occurred_at})
+        outputs = [self._event(self.names.scheduled, stamped, trace)]
+        for type_ in sorted(self.catalog.type_keys(event.tenant_id)):
+            bucket_key = digest.bucket_key(event.tenant_id, event.recipient_id, type_)
+            bucket = self.digests.get(record.partition, bucket_key)
+            if bucket is None:
                 continue
             self.digests.delete(record.partition, bucket_key)
             self.digest_due.delete(record.partition, bucket.due_key)

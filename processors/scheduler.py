@@ -10,8 +10,18 @@ outcome says it was released, and the timer's tombstone is written in the same t
 at any moment neither loses nor repeats a release. A command whose `expires_at` passed while it waited
 is EXPIRED instead. Pending timers live in memory, restored from the changelog on assignment.
 
-A `RecipientErased` forwarded by the router drops every pending command of that recipient (CANCELLED
-`erased`), so nothing deferred before an erasure is sent after it.
+Due timers of a partition are released only while this process has read that partition of
+`notifications.scheduled` to the end, so a scheduler that lags (restarted, say) reads a cancellation or
+an erasure waiting in its input before it releases what they would have stopped. A command that is
+already due when it arrives waits for the next punctuation like the others, for the same reason.
+
+A `RecipientErased` forwarded by the router is remembered in the `erased` store (recipient -> erasure
+log time, kept for good: erasures are rare), and a command whose request reached the log before its
+recipient's erasure (`requested_at`) is CANCELLED `erased` instead of released, when it arrives or
+when it comes due. Pending timers are not searched at the erasure: they are keyed by due time, so
+finding one recipient's would scan the partition per erasure (a bulk erasure against a large backlog
+would outlast the transaction timeout), and an index per recipient would cost a changelog write on
+every deferral. A deferred command so keeps its content in the `timers` store until its time.
 
 A `NotificationCancelled` on the same topic (the router forwards a cancellation that arrives after it
 planned the request; same key, so it follows that request's deferrals in the partition) drops the
@@ -144,20 +154,12 @@ class Timers:
                 self.store.delete(partition, index)
         return taken
 
-    def take_recipient(self, partition: int, tenant: str, recipient: str) -> list[DeliveryCommand]:
-        """Take every pending command of one recipient. A scan of the partition's timers: erasure is rare,
-        and an index per recipient would cost a write on every deferral."""
 
-        def mine(command: DeliveryCommand) -> bool:
-            return (command.tenant_id, command.recipient_id) == (tenant, recipient)
-
-        notifications = []
-        for key in self.store.keys(partition):
-            value = None if key.startswith("n/") else self.store.get(partition, key)
-            command = self.codec.decode(value) if value is not None else None
-            if isinstance(command, DeliveryCommand) and mine(command):
-                notifications.append(command.notification_id)
-        return [c for n in dict.fromkeys(notifications) for c in self.cancel(partition, n, mine)]
+def erased_before(marker: str | None, command: DeliveryCommand) -> bool:
+    """Whether the command's request reached the log before its recipient's erasure (`marker`, ms). On
+    equal timestamps the router takes the erasure first (state before requests), so that request was
+    planned after it."""
+    return marker is not None and command.request_time.timestamp() * 1000 < int(marker)
 
 
 def release(n: Names, command: DeliveryCommand, now: float) -> list[Output]:
@@ -199,6 +201,9 @@ class Scheduler:
             ttl=ENGAGED_TTL,
             clock=clock,
         )
+        self.erased: Store[str] = Store(
+            self.names.changelog("scheduler", "erased"), encode=str.encode, decode=bytes.decode, clock=clock
+        )
         slot = instance or f"{socket.gethostname()}-0"
         self.released = 0
         self.cancelled = 0
@@ -210,7 +215,7 @@ class Scheduler:
             handle=self.handle,
             transactional_id=f"{group_id}-{slot}",
             static_membership=instance is not None,
-            stores=[self.store, self.engaged],
+            stores=[self.store, self.engaged, self.erased],
             punctuate=self.fire,
             pending=self.pending,
         )
@@ -239,23 +244,28 @@ class Scheduler:
             self.cancelled += len(taken)
             return [outcome(self.names, c, "CANCELLED", reason) for c in taken]
         if isinstance(event, RecipientErased):
-            taken = self.timers.take_recipient(record.partition, event.tenant_id, event.recipient_id)
-            self.cancelled += len(taken)
-            return [outcome(self.names, c, "CANCELLED", "erased") for c in taken]
+            key, at = f"{event.tenant_id}/{event.recipient_id}", int(event.occurred_at.timestamp() * 1000)
+            if int(self.erased.get(record.partition, key) or -1) < at:
+                self.erased.put(record.partition, key, str(at))
+            return []
         if type(event) in SATISFIES:
             return self._engaged(record.partition, event)
         if not isinstance(event, DeliveryCommand) or record.topic != self.names.scheduled:
             raise InvalidEvent(f"{type(event).__name__} does not belong on {record.topic}")
+        if self._erased(record.partition, event):
+            return [outcome(self.names, event, "CANCELLED", "erased")]
         if event.unless is not None and event.unless in self._engagement(record.partition, event):
             self.escalations_dropped += 1
             return [outcome(self.names, event, "SKIPPED", "engaged")]
-        if event.unless is None and (
-            event.not_before is None or event.not_before.timestamp() <= self.clock()
-        ):
-            self.released += 1
-            return release(self.names, event, self.clock())
         self.timers.add(record.partition, event, record.value or b"")
         return []
+
+    def _erased(self, partition: int, command: DeliveryCommand) -> bool:
+        marker = self.erased.get(partition, f"{command.tenant_id}/{command.recipient_id}")
+        if erased_before(marker, command):
+            self.cancelled += 1
+            return True
+        return False
 
     def _engagement(self, partition: int, event: Event) -> set[str]:
         return set((self.engaged.get(partition, str(getattr(event, "notification_id", ""))) or "").split())
@@ -273,9 +283,14 @@ class Scheduler:
         now = self.clock()
         outputs: list[Output] = []
         for partition in self.store.partitions():
+            if not self.loop.caught_up(self.names.scheduled, partition):
+                continue
             engagement_read = self.loop.caught_up(self.names.engagement, partition)
             hold = None if engagement_read else lambda c: c.unless is not None
             for command in self.timers.due(partition, int(now * 1000), hold):
+                if self._erased(partition, command):
+                    outputs.append(outcome(self.names, command, "CANCELLED", "erased"))
+                    continue
                 outputs += release(self.names, command, now)
                 self.released += 1
         return outputs

@@ -44,6 +44,8 @@ class Projection:
     """A table family fed by topics. Subclasses set `name`, `tables`, `sources` and implement `apply`."""
 
     registry: ClassVar[dict[str, type[Projection]]] = {}
+    by_record: ClassVar[bool] = False
+    """Decode through `decode_record`, which sees the whole record (its log time); slower."""
     name: ClassVar[str]
     tables: ClassVar[tuple[str, ...]]
     sources: ClassVar[tuple[str, ...]]  # attribute names of tidings.topics.Names
@@ -60,6 +62,9 @@ class Projection:
         if value is None:
             raise TruncatedRecord("record has no value (tombstone)")
         return default_codec().decode(value)
+
+    def decode_record(self, record: Incoming) -> Any:
+        return self.decode(record.value)
 
     def apply(self, cur: Cursor, events: list[Any]) -> None:
         raise NotImplementedError
@@ -101,10 +106,10 @@ class Runner:
         """Decode a batch outside the transaction; poison records go to the DLQ, acknowledged."""
         events: list[Any] = []
         poison = []
-        decode = self.projection.decode
+        p = self.projection
         for i, value in enumerate(batch.values()):
             try:
-                events.append(decode(value))
+                events.append(p.decode_record(batch.record(i)) if p.by_record else p.decode(value))
             except (CodecError, InvalidEvent) as exc:
                 poison.append(dead_letter(batch.record(i), exc, self.group, self.dlq))
         for letter in poison:

@@ -4,7 +4,8 @@ A device is active from its registration until it is removed or its token is rep
 provider at a time after that registration. Invalidations are kept, so a registration that arrives after
 a newer invalidation (the topics are read independently) still comes out inactive.
 
-An erasure deletes the recipient's devices registered up to it (the same topic, so in order). The
+An erasure deletes the recipient's devices: all of them, since registrations on the same topic before
+it are already applied and those after it come later. The
 invalidations stay: a dead token, without the recipient it belonged to, identifies no one.
 """
 
@@ -72,8 +73,8 @@ class Devices(Projection):
                 )
             elif isinstance(e, RecipientErased):
                 cur.execute(
-                    "DELETE FROM devices WHERE tenant_id = %s AND recipient_id = %s AND registered_at <= %s",
-                    (e.tenant_id, e.recipient_id, e.occurred_at),
+                    "DELETE FROM devices WHERE tenant_id = %s AND recipient_id = %s",
+                    (e.tenant_id, e.recipient_id),
                 )
             elif isinstance(e, ProviderFeedback) and e.kind == "token_invalid":
                 cur.execute(

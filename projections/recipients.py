@@ -3,8 +3,9 @@
 The state column is the same fold the router keeps (`processors.recipients.fold`), so API reads and
 routing decisions agree. One topic, keyed by recipient, so each row sees its events in order.
 
-A `RecipientErased` deletes the recipient's row and its inbox items requested up to the erasure, and
-notes the erasure in the `erasures` ledger, which the in-app gateway checks before it writes an item.
+A `RecipientErased` deletes the recipient's row and its inbox items requested before the erasure (by
+log time: the record timestamps the router orders requests and erasures by), and notes the erasure in
+the `erasures` ledger, which the in-app gateway checks before it writes an item.
 The inbox delete first takes a lock that waits for inserts in flight (SHARE ROW EXCLUSIVE conflicts
 with their ROW EXCLUSIVE): an item the gateway wrote before seeing the ledger row is committed by then
 and deleted here, and an insert that waited starts its snapshot after this commit and sees the ledger.
@@ -20,6 +21,8 @@ from psycopg.types.json import Jsonb
 from processors.recipients import RecipientState, fold
 from projections.base import Cursor, Projection
 from tidings.events import Event, RecipientErased
+from tidings.kafka import Incoming
+from tidings.kafka.records import log_time
 
 UPSERT = """
 INSERT INTO recipients (tenant_id, recipient_id, email, phone, locale, timezone, name, state, updated_at)
@@ -35,7 +38,7 @@ ON CONFLICT (tenant_id, recipient_id) DO UPDATE SET erased_at = GREATEST(e.erase
 """
 FORGET = [
     "DELETE FROM recipients WHERE tenant_id = %(t)s AND recipient_id = %(r)s",
-    "DELETE FROM inbox_items WHERE tenant_id = %(t)s AND recipient_id = %(r)s AND requested_at <= %(at)s",
+    "DELETE FROM inbox_items WHERE tenant_id = %(t)s AND recipient_id = %(r)s AND requested_at < %(at)s",
 ]
 
 
@@ -43,6 +46,14 @@ class Recipients(Projection):
     name = "recipients"
     tables = ("recipients",)
     sources = ("recipients",)
+    by_record = True
+
+    def decode_record(self, record: Incoming) -> Any:
+        """An erasure's time is its record's log time, the clock commands' `requested_at` is on."""
+        event = super().decode_record(record)
+        if isinstance(event, RecipientErased) and (at := log_time(record)) is not None:
+            return event.model_copy(update={"occurred_at": at})
+        return event
 
     def apply(self, cur: Cursor, events: list[Event]) -> None:
         relevant = [e for e in events if getattr(e, "recipient_id", None)]

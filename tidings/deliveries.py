@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -37,6 +38,12 @@ class DeliveryCommand(Event):
     not_before: Millis | None = None
     expires_at: Millis | None = None
     unless: Engagement | None = None
+    requested_at: Millis | None = None
+
+    @property
+    def request_time(self) -> datetime:
+        """When the request was made; a command from before v3 only knows when it was planned."""
+        return self.requested_at or self.occurred_at
 
 
 class DeliveryOutcome(Event):

@@ -252,6 +252,7 @@ STORES = (
     ("router", "throttles"),
     ("scheduler", "timers"),
     ("scheduler", "engaged"),
+    ("scheduler", "erased"),
     ("audience", "members"),
     ("audience", "jobs"),
     ("audience", "broadcasts"),

@@ -21,7 +21,7 @@ SELECT %(delivery_id)s, %(notification_id)s, %(tenant_id)s, %(recipient_id)s, %(
        %(category)s, %(priority)s, %(title)s, %(body)s, %(data_json)s, %(locale)s,
        %(requested_at)s::timestamptz, %(expires_at)s::timestamptz
 WHERE NOT EXISTS (SELECT 1 FROM erasures WHERE tenant_id = %(tenant_id)s AND recipient_id = %(recipient_id)s
-                  AND erased_at >= %(requested_at)s)
+                  AND erased_at > %(requested_at)s)
 ON CONFLICT (delivery_id) DO NOTHING
 RETURNING seq
 """
@@ -42,7 +42,7 @@ def item_row(command: DeliveryCommand) -> dict[str, Any]:
         "body": c.body,
         "data_json": c.data_json,
         "locale": command.locale,
-        "requested_at": command.occurred_at,
+        "requested_at": command.request_time,
         "expires_at": command.expires_at,
     }
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.scheduler import Timers, due_keys, release, timer_key
+from processors.scheduler import Timers, due_keys, erased_before, release, timer_key
 from tidings.codec import default_codec
 from tidings.events import DeliveryCommand, DeliveryOutcome, RenderedContent
 from tidings.state import Store
@@ -91,21 +91,17 @@ def add(t: Timers, c: DeliveryCommand) -> None:
     t.store.committed()
 
 
-def test_an_erasure_takes_every_pending_command_of_the_recipient_and_nothing_else() -> None:
-    t = timers()
-    nid = uuid.uuid4()
-    ann = [command(EPOCH + timedelta(hours=h), notification_id=nid) for h in (1, 5)]
-    ann += [command(EPOCH + timedelta(days=30), channel="email", address="ann@example.com")]
-    bob = command(EPOCH + timedelta(hours=1), recipient_id="bob", notification_id=nid)
-    other_tenant = command(EPOCH + timedelta(hours=2), tenant_id="globex")
-    for c in [*ann, bob, other_tenant]:
-        add(t, c)
-    taken = t.take_recipient(0, "acme", "ann")
-    assert sorted(c.delivery_id for c in taken) == sorted(c.delivery_id for c in ann)
-    assert t.take_recipient(0, "acme", "ann") == []
-    far_future = int((EPOCH + timedelta(days=365)).timestamp() * 1000)
-    assert {c.delivery_id for c in t.due(0, far_future)} == {bob.delivery_id, other_tenant.delivery_id}
-    assert t.store.keys(0) == []
+def test_a_command_is_erased_when_its_request_came_before_the_erasure() -> None:
+    erased_ms = str(int(EPOCH.timestamp() * 1000))
+    before = command(None, requested_at=EPOCH - timedelta(seconds=1), occurred_at=EPOCH + timedelta(hours=1))
+    at = command(None, requested_at=EPOCH)
+    after = command(None, requested_at=EPOCH + timedelta(milliseconds=1))
+    assert erased_before(erased_ms, before), "planned late, but requested before the erasure"
+    assert not erased_before(erased_ms, at), "the router took the erasure first"
+    assert not erased_before(erased_ms, after)
+    assert not erased_before(None, before)
+    legacy = command(None, occurred_at=EPOCH - timedelta(seconds=1))
+    assert legacy.requested_at is None and erased_before(erased_ms, legacy), "v2: planning time"
 
 
 def test_cancel_takes_every_pending_command_of_the_notification_and_nothing_else() -> None:

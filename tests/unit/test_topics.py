@@ -91,6 +91,7 @@ def test_prefix_namespaces_every_topic() -> None:
         "staging.tidings.router.seen.changelog",
         "staging.tidings.router.throttles.changelog",
         "staging.tidings.scheduler.engaged.changelog",
+        "staging.tidings.scheduler.erased.changelog",
         "staging.tidings.scheduler.timers.changelog",
     ]
     n = names(s)

@@ -31,6 +31,16 @@ FAILED_HOST = "tidings.failed.host"
 MAX_ERROR_MESSAGE = 2000
 
 
+def log_time(record: Incoming) -> datetime | None:
+    """When a record reached the log: its timestamp, which the router orders its inputs by. Commands
+    carry their request's (`requested_at`) and erasures are compared against it, so "requested before
+    the erasure" means what it meant to the router. None when the record has no timestamp."""
+    ms = record.timestamp_ms
+    if ms <= 0:
+        return None
+    return datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=ms % 1000 * 1000)
+
+
 @dataclass(frozen=True, slots=True)
 class Incoming:
     topic: str

@@ -275,7 +275,9 @@ class TransactionalLoop:
         return released
 
     def caught_up(self, topic: str, partition: int) -> bool:
-        """Whether this process has consumed (and so handled) everything in the partition fetched so far."""
+        """Whether this process has consumed (and so handled) everything in the partition fetched so far.
+        A partition it has consumed nothing from since its assignment has no position: then the group's
+        committed offset says how far it was handled (a restart with nothing new to read is caught up)."""
         tp = TopicPartition(topic, partition)
         low, high = self.consumer.get_watermark_offsets(tp, cached=True)
         if high < 0:
@@ -283,7 +285,8 @@ class TransactionalLoop:
         if high <= max(low, 0):
             return True
         [position] = self.consumer.position([tp])
-        return bool(position.offset >= high)
+        done = max(position.offset, self._committed.get((topic, partition), -1))
+        return done >= high
 
     def _usable(self, msg: Message) -> bool:
         err = msg.error()
