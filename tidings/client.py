@@ -23,6 +23,7 @@ from tidings.broadcasts import BroadcastFields, broadcast_request, membership
 from tidings.codec import Codec, default_codec
 from tidings.config import Settings
 from tidings.config import settings as default_settings
+from tidings.erasure import erasure
 from tidings.errors import InvalidEvent
 from tidings.events import (
     BroadcastCancelled,
@@ -34,7 +35,6 @@ from tidings.events import (
     NotificationCancelled,
     NotificationRequested,
     PreferencesUpdated,
-    RecipientErased,
     RecipientUpdated,
     WebhookEndpointUpdated,
     data_json_of,
@@ -274,12 +274,22 @@ class Client:
         )
 
     def erase_recipient(
-        self, *, tenant: str, recipient: str, reason: str | None = None, wait: bool = True
+        self,
+        *,
+        tenant: str,
+        recipient: str,
+        reason: str | None = None,
+        audiences: Sequence[str] = (),
+        wait: bool = True,
     ) -> None:
-        """Forget a recipient (GDPR Art. 17); what this erases and what it keeps: docs/architecture.md."""
-        self.publish(
-            validated(RecipientErased, tenant_id=tenant, recipient_id=recipient, reason=reason), wait=wait
-        )
+        """Forget a recipient (GDPR Art. 17): out of `audiences` (the ones it is in; the API and the CLI
+        look them up in the audiences projection), then `RecipientErased`. What this erases and what it
+        keeps: docs/architecture.md, "Erasure and export"."""
+        removals, erased = erasure(tenant=tenant, recipient=recipient, audiences=audiences, reason=reason)
+        for event in [*removals, erased]:
+            self.publish(event, wait=False)
+        if wait:
+            self.flush()
 
     def set_webhook_endpoint(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from functools import cache
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_KAFKA_PORT = int(os.environ.get("TIDINGS_DEV_KAFKA_PORT", "19092"))
@@ -47,6 +47,17 @@ class Settings(BaseSettings):
         "MemoryError (a template building a huge string is rejected) instead of the kernel killing the "
         "process and the restart meeting the same record. Set it below the container's memory limit.",
     )
+
+    @model_validator(mode="after")
+    def _retries_fit_the_cap(self) -> Settings:
+        """A retry tier's topic keeps records 3 times the tier; a shorter cap would delete retries."""
+        from tidings.topics import parse_tiers, tier_seconds
+
+        if self.personal_data_days is not None:
+            longest = max((tier_seconds(t) for t in parse_tiers(self.retry_tiers)), default=0)
+            if 3 * longest > self.personal_data_days * 86_400:
+                raise ValueError("personal_data_days is shorter than 3 times the longest retry tier")
+        return self
 
 
 @cache

@@ -192,7 +192,7 @@ class WebhookEndpointRemoved(Event):
 
 class RecipientErased(Event):
     recipient_id: Identifier
-    reason: str | None = None
+    reason: str | None = Field(default=None, max_length=500)
 
 
 class ChannelTemplate(Record):

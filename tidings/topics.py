@@ -132,6 +132,8 @@ class TopicSpec:
     extra_config: dict[str, str] = field(default_factory=dict)
     forwarded: tuple[str, ...] = ()
     """Records a processor also forwards here; clients publish them to their own home topic."""
+    personal: bool = True
+    """Whether TIDINGS_PERSONAL_DATA_DAYS caps the retention (see `capped`)."""
 
     def config(self) -> dict[str, str]:
         conf = {"cleanup.policy": self.cleanup_policy, **self.extra_config}
@@ -205,6 +207,7 @@ def registry(settings: Settings) -> list[TopicSpec]:
             ("AudienceMembersAdded", "AudienceMembersRemoved", "BroadcastRequested", "BroadcastCancelled"),
             per_recipient=False,
             retention_ms=FOREVER,
+            personal=False,
         ),
         TopicSpec(
             DESTINATIONS,
@@ -230,18 +233,23 @@ def registry(settings: Settings) -> list[TopicSpec]:
         )
     specs += [changelog_spec(component, store) for component, store in STORES]
     if settings.personal_data_days is not None:
-        specs = [capped(spec, settings.personal_data_days * DAY_MS, tiers) for spec in specs]
+        specs = [capped(spec, settings.personal_data_days * DAY_MS) for spec in specs]
     return [replace(spec, name=settings.topic_prefix + spec.name) for spec in specs]
 
 
-def capped(spec: TopicSpec, most_ms: int, tiers: list[str]) -> TopicSpec:
-    """The spec with its retention at most `most_ms` (TIDINGS_PERSONAL_DATA_DAYS)."""
-    if spec.cleanup_policy != "delete" or 0 <= spec.retention_ms <= most_ms:
+def capped(spec: TopicSpec, most_ms: int) -> TopicSpec:
+    """The spec under TIDINGS_PERSONAL_DATA_DAYS: retention at most `most_ms`, and a segment rolled daily,
+    since Kafka deletes whole segments (a record lives until its segment's newest is past retention).
+
+    Not `notifications.broadcasts`: the audience processor and the audiences projection rebuild
+    membership from it, and it names recipients by id only; an erasure removes a recipient's
+    memberships with events of its own. The settings refuse a cap shorter than 3 times a retry tier."""
+    if spec.cleanup_policy != "delete" or not spec.personal:
         return spec
-    longest = max((3 * 1000 * tier_seconds(t) for t in tiers), default=0)
-    if longest > most_ms:
-        raise ValueError(f"personal_data_days is shorter than 3 times the longest retry tier ({tiers[-1]})")
-    return replace(spec, retention_ms=most_ms)
+    retention = spec.retention_ms if 0 <= spec.retention_ms <= most_ms else most_ms
+    return replace(
+        spec, retention_ms=retention, extra_config={**spec.extra_config, "segment.ms": str(DAY_MS)}
+    )
 
 
 STORES = (

@@ -18,7 +18,7 @@ from tidings.audit import read_all
 from tidings.catalog import GLOBAL_TENANT, load, next_versions
 from tidings.client import Client, tenant_key
 from tidings.config import settings
-from tidings.erasure import MEMBERSHIPS, erasure
+from tidings.erasure import MEMBERSHIPS
 from tidings.errors import TidingsError
 from tidings.events import NotificationTypePublished
 from tidings.metrics import Sample, Source, serve
@@ -159,10 +159,8 @@ def erase_recipient(
             audiences = [a for (a,) in conn.execute(MEMBERSHIPS, (tenant, recipient)).fetchall()]
     except psycopg.Error as exc:
         raise TidingsError(f"cannot read the recipient's audiences from PostgreSQL: {exc}") from exc
-    removals, erased = erasure(tenant=tenant, recipient=recipient, audiences=audiences, reason=reason)
     with Client(source="cli") as client:
-        for event in [*removals, erased]:
-            client.publish(event)
+        client.erase_recipient(tenant=tenant, recipient=recipient, reason=reason, audiences=audiences)
     left = f", removed from {len(audiences)} audiences" if audiences else ""
     console.print(f"[yellow]erased[/] {tenant}/{recipient}{left}")
 
