@@ -178,6 +178,19 @@ def test_an_erasure_waits_for_an_inbox_insert_in_flight_and_deletes_its_item(dat
     assert rows(s, "SELECT count(*) FROM inbox_items") == [(0,)]
 
 
+def api_calls(
+    s: Settings, *requests: tuple[str, str, dict[str, Any]]
+) -> list[tuple[int, Any, dict[str, str]]]:
+    """Each (method, path, call's keywords) against an edge serving the API, in order."""
+
+    async def scenario(base: str) -> list[tuple[int, Any, dict[str, str]]]:
+        async with aiohttp.ClientSession() as http:
+            return [await call(http, method, base + path, **kw) for method, path, kw in requests]
+
+    result: list[tuple[int, Any, dict[str, str]]] = asyncio.run(serving(s, scenario))
+    return result
+
+
 async def send_all(s: Settings, items: list[DeliveryCommand]) -> None:
     provider = inbox(s)
     try:
@@ -198,16 +211,12 @@ def test_the_api_and_the_cli_erase_a_recipient_and_take_it_out_of_its_audiences(
     for name in ("recipients", "audiences"):
         project(s, name)
 
-    async def erase(base: str) -> list[tuple[int, Any, dict[str, str]]]:
-        async with aiohttp.ClientSession() as http:
-            r = f"{base}/v1/recipients"
-            return [
-                await call(http, "DELETE", f"{r}/ada?reason={'x' * 501}"),
-                await call(http, "DELETE", f"{r}/ada?reason=ticket-7"),
-                await call(http, "DELETE", f"{r}/ada", key=None),
-            ]
-
-    too_long, done, anonymous = asyncio.run(serving(s, erase))
+    too_long, done, anonymous = api_calls(
+        s,
+        ("DELETE", f"/v1/recipients/ada?reason={'x' * 501}", {}),
+        ("DELETE", "/v1/recipients/ada?reason=ticket-7", {}),
+        ("DELETE", "/v1/recipients/ada", {"key": None}),
+    )
     assert (too_long[0], done[0], anonymous[0]) == (400, 202, 401)
     assert len(done[1]["event_ids"]) == 2, "one removal per audience"
     cli = run("recipients", "erase", "-t", "acme", "-r", "bob", s=s)
@@ -246,18 +255,14 @@ def test_an_export_holds_what_the_tables_hold_and_an_erasure_leaves_the_delivery
         project(s, name)
     asyncio.run(send_all(s, [command("ada", "hello")]))
 
-    async def exports(base: str) -> list[tuple[int, Any, dict[str, str]]]:
-        async with aiohttp.ClientSession() as http:
-            r = f"{base}/v1/recipients"
-            return [
-                await call(http, "GET", f"{r}/ada/export"),
-                await call(http, "GET", f"{r}/ada/export?limit=1"),
-                await call(http, "GET", f"{r}/ada/export?limit=0"),
-                await call(http, "GET", f"{r}/zed/export"),
-                await call(http, "GET", f"{r}/ada/export", key=GLOBEX),
-            ]
-
-    full, one, bad, unknown, foreign = asyncio.run(serving(s, exports))
+    full, one, bad, unknown, foreign = api_calls(
+        s,
+        ("GET", "/v1/recipients/ada/export", {}),
+        ("GET", "/v1/recipients/ada/export?limit=1", {}),
+        ("GET", "/v1/recipients/ada/export?limit=0", {}),
+        ("GET", "/v1/recipients/zed/export", {}),
+        ("GET", "/v1/recipients/ada/export", {"key": GLOBEX}),
+    )
     assert [x[0] for x in (full, one, bad, unknown, foreign)] == [200, 200, 400, 404, 404]
     body = full[1]
     assert body["profile"]["contacts"]["email"] == "ada@example.com"
