@@ -12,7 +12,9 @@ condition count against the throttle; the times of the admitted ones are the `th
 
 Requests of a type with digest templates are collected per recipient and type in two more stores,
 `digests` (the open buckets) and `digest_due` (their window ends, keys sorted by due time); a
-punctuation every 200 ms closes the due ones into digest requests (`processors/digest.py`).
+punctuation every 200 ms closes the due ones into digest requests (`processors/digest.py`), in a
+partition only while the router has read its requests and recipient events to the end, so a router
+that lags meets a cancellation or an erasure of an item before it closes the item's digest.
 
 Critical and high-priority commands go to the channel's `.urgent` lane. A cancellation of a request
 already planned is forwarded to `notifications.scheduled`, where the scheduler drops its deferred
@@ -299,6 +301,9 @@ class Router:
         now_ms = int(now.timestamp() * 1000)
         outputs: list[Output] = []
         for partition in self.digest_due.partitions():
+            inputs = (self.names.requested, self.names.recipients)
+            if not all(self.loop.caught_up(t, partition) for t in inputs):
+                continue
             for due_key in due_keys(self.digest_due.keys(partition), now_ms):
                 key = self.digest_due.get(partition, due_key)
                 bucket = self.digests.get(partition, key) if key else None

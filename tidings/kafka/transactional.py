@@ -275,9 +275,12 @@ class TransactionalLoop:
         return released
 
     def caught_up(self, topic: str, partition: int) -> bool:
-        """Whether this process has consumed (and so handled) everything in the partition fetched so far.
+        """Whether this process has consumed and handled everything in the partition fetched so far (none
+        of it is waiting in the aligner).
         A partition it has consumed nothing from since its assignment has no position: then the group's
         committed offset says how far it was handled (a restart with nothing new to read is caught up)."""
+        if self.aligner is not None and self.aligner.pending((topic, partition)):
+            return False
         tp = TopicPartition(topic, partition)
         low, high = self.consumer.get_watermark_offsets(tp, cached=True)
         if high < 0:
