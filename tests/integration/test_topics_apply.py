@@ -28,7 +28,8 @@ def test_apply_alters_a_drifted_config_but_never_partitions(stack: Settings) -> 
     shorter = TopicSpec(name, "k", (), partitions=2, retention_ms=DAY_MS)
     [altered] = apply_topics(stack, [shorter], alter=True)
     assert (altered.action, altered.drift) == ("altered", [])
+    assert altered.altered == ["retention.ms 604800000 != 86400000"]
     assert [r.action for r in apply_topics(stack, [shorter])] == ["ok"]
     wider = TopicSpec(name, "k", (), partitions=3, retention_ms=DAY_MS)
     [report] = apply_topics(stack, [wider], alter=True)
-    assert (report.action, report.drift) == ("drift", ["partitions 2 != 3"])
+    assert (report.action, report.drift, report.altered) == ("drift", ["partitions 2 != 3"], [])

@@ -28,12 +28,12 @@ def apply(
         colour = {"created": "green", "ok": "dim", "exists": "dim", "altered": "green", "drift": "yellow"}[
             r.action
         ]
-        console.print(
-            f"[{colour}]{r.action:<8}[/] {r.name}" + (f"  ({'; '.join(r.drift)})" if r.drift else "")
-        )
+        notes = [*r.drift, *(f"set {a}" for a in r.altered)]
+        console.print(f"[{colour}]{r.action:<8}[/] {r.name}" + (f"  ({'; '.join(notes)})" if notes else ""))
     created = sum(r.action == "created" for r in reports)
     drifted = [r for r in reports if r.drift]
-    console.print(f"{len(reports)} topics: {created} created, {len(drifted)} drifted")
+    altered = sum(bool(r.altered) for r in reports)
+    console.print(f"{len(reports)} topics: {created} created, {altered} altered, {len(drifted)} drifted")
     if check and drifted:
         raise typer.Exit(1)
 

@@ -25,6 +25,7 @@ class TopicReport:
     name: str
     action: str
     drift: list[str] = field(default_factory=list)
+    altered: list[str] = field(default_factory=list)
 
 
 def admin(settings: Settings) -> AdminClient:
@@ -114,6 +115,7 @@ def apply_topics(
             if wrong and alter:
                 _alter(client, spec.name, wrong, timeout)
                 report.action = "altered"
+                report.altered = [d for d in report.drift if not d.startswith("partitions")]
                 report.drift = [d for d in report.drift if d.startswith("partitions")]
             if report.drift:
                 report.action = "drift"
