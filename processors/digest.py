@@ -40,6 +40,8 @@ class Item(BaseModel):
     data: dict[str, Any]
     size: int
     expires_at: datetime | None = None
+    requested_ms: int | None = None
+    """The request's log time (epoch ms)."""
 
 
 class Bucket(BaseModel):
@@ -91,6 +93,7 @@ def join(
     channels: list[Channel],
     due: datetime,
     now: datetime,
+    requested_ms: int | None = None,
 ) -> tuple[Bucket, Bucket | None]:
     """Add a request to its open bucket, or open one; returns the open bucket and, when the old one
     had no room left, that one to close now."""
@@ -108,7 +111,11 @@ def join(
             due=due,
         )
     item = Item(
-        notification_id=request.notification_id, data=request.data, size=size, expires_at=request.expires_at
+        notification_id=request.notification_id,
+        data=request.data,
+        size=size,
+        expires_at=request.expires_at,
+        requested_ms=requested_ms,
     )
     merged = bucket.channels + [c for c in channels if c not in bucket.channels]
     updated = bucket.model_copy(
@@ -133,6 +140,12 @@ def without(bucket: Bucket, notification_id: UUID) -> Bucket | None:
     if not items:
         return None
     return bucket.model_copy(update={"items": items, "size": sum(i.size for i in items)})
+
+
+def requested_ms(bucket: Bucket) -> int | None:
+    """When a bucket's digest counts as requested: its latest item's log time. The digest record is
+    written when the bucket closes, maybe after the recipient's erasure, but its content is older."""
+    return max((i.requested_ms for i in bucket.items if i.requested_ms is not None), default=None)
 
 
 def close(bucket: Bucket, now: datetime) -> tuple[NotificationRequested | None, list[DeliveryOutcome]]:

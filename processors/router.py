@@ -50,7 +50,7 @@ from tidings.events import (
     utcnow,
 )
 from tidings.kafka import Incoming, Output, TopicFollower, TransactionalLoop
-from tidings.kafka.records import log_time
+from tidings.kafka.records import REQUESTED_AT, log_time
 from tidings.metrics import Sample
 from tidings.state import Store
 from tidings.topics import names
@@ -169,10 +169,12 @@ class Router:
             self.seen.put(record.partition, seen_key, "throttled")
             self.throttled += 1
             return [self._skipped(event, "throttled", trace, limit)]
-        result = plan(event, state, self.catalog, now, gated=True, requested_at=log_time(record))
+        made = log_time(record)
+        result = plan(event, state, self.catalog, now, gated=True, requested_at=made)
         outputs = []
         if result.digested:
-            outputs += self._collect(record.partition, event, state, result.digested, now)
+            made_ms = int(made.timestamp() * 1000) if made else None
+            outputs += self._collect(record.partition, event, state, result.digested, now, made_ms)
         seen = f"digest {event.notification_type}" if result.digested else "requested"
         self.seen.put(record.partition, seen_key, seen)
         outputs += [
@@ -254,6 +256,7 @@ class Router:
         state: RecipientState | None,
         channels: list[Channel],
         now: datetime,
+        requested_ms: int | None = None,
     ) -> list[Output]:
         """Put a request into its open digest, closing the digest first when it has no room left."""
         t = self.catalog.get(request.tenant_id, request.notification_type)
@@ -263,7 +266,7 @@ class Router:
         due = digest.window_end(rule, state.digest.get(t.category), state.timezone, now)
         key = digest.bucket_key(request.tenant_id, request.recipient_id, request.notification_type)
         current = self.digests.get(partition, key)
-        bucket, full = digest.join(current, request, channels, due, now)
+        bucket, full = digest.join(current, request, channels, due, now, requested_ms)
         outputs = self._closed(partition, full, now) if full else []
         self.digests.put(partition, key, bucket)
         if current is None or full is not None:
@@ -318,10 +321,13 @@ class Router:
         """The digest request and item outcomes of a closed bucket; drops its due entry."""
         self.digest_due.delete(partition, bucket.due_key)
         request, outcomes = digest.close(bucket, now)
-        events = ([(self.names.requested, request)] if request else []) + [
-            (self.names.outcomes, o) for o in outcomes
-        ]
-        return [Output.event(topic, e, codec=self.codec) for topic, e in events]
+        outputs = [Output.event(self.names.outcomes, o, codec=self.codec) for o in outcomes]
+        if request is None:
+            return outputs
+        digested = Output.event(self.names.requested, request, codec=self.codec)
+        if (made := digest.requested_ms(bucket)) is not None:
+            digested.headers.append((REQUESTED_AT, str(made).encode()))
+        return [digested, *outputs]
 
     def on_poison(self, record: Incoming, exc: BaseException) -> list[Output]:
         """A REJECTED outcome when the notification id can be read from the record."""

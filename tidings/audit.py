@@ -13,7 +13,7 @@ from tidings.config import Settings
 from tidings.errors import CodecError, InvalidEvent
 from tidings.events import CHANNELS, Event
 from tidings.kafka import EventProducer, Incoming, Output, TopicFollower
-from tidings.kafka.records import header_map
+from tidings.kafka.records import REQUESTED_AT, SOURCE_TIMESTAMP, header_map
 from tidings.topics import names
 
 
@@ -65,10 +65,15 @@ def dead_letters(s: Settings) -> Iterator[tuple[Incoming, dict[str, str]]]:
 
 
 def replay_dead_letter(producer: EventProducer, record: Incoming) -> str:
-    """Re-inject the original record into its source topic, without the error headers."""
+    """Re-inject the original record into its source topic, without the error headers. It keeps the
+    time it was first written (`REQUESTED_AT`), so a request replayed after its recipient's erasure still
+    counts as made before it."""
     headers = header_map(record.headers)
     source = headers["tidings.source.topic"]
     kept = [(k, v) for k, v in record.headers if not k.startswith("tidings.")]
     kept.append(("tidings.replayed.from", f"{record.topic}/{record.partition}/{record.offset}".encode()))
+    made = headers.get(REQUESTED_AT) or headers.get(SOURCE_TIMESTAMP)
+    if made:
+        kept.append((REQUESTED_AT, made.encode()))
     producer.produce(Output(source, record.key, record.value, kept))
     return source

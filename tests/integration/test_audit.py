@@ -7,10 +7,14 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from tests.integration.conftest import read_all
 from tests.integration.test_router import commands, publish_catalog, run_router
 from tidings.catalog import parse_type
 from tidings.client import Client
+from tidings.codec import default_codec
 from tidings.config import Settings
+from tidings.kafka.records import log_time
+from tidings.topics import names
 
 TIDINGS = str(Path(sys.executable).with_name("tidings"))
 
@@ -84,3 +88,8 @@ def test_audit_replay_and_dead_letter_round_trip(topology: Settings) -> None:
     run_router(s)
     fixed = [c for c in commands(s) if c.notification_id == late]
     assert [(c.channel, c.content.title) for c in fixed] == [("in_app", "x=1")]
+    originals = [r for r in read_all(s, names(s).requested) if r.header("tidings.replayed.from") is None]
+    [first] = [
+        r for r in originals if getattr(default_codec().decode(r.value or b""), "notification_id", 0) == late
+    ]
+    assert fixed[0].requested_at == log_time(first), "a replayed request counts as made when first written"

@@ -16,6 +16,8 @@ import pytest
 
 from gateways.base import DeliveryRejected
 from gateways.inapp._feed import INSERT, item_row
+from gateways.runner import GatewayRunner
+from processors import digest
 from processors.router import Router
 from processors.scheduler import Scheduler
 from projections import Projection, Runner
@@ -29,8 +31,10 @@ from tests.integration.test_projections import project, rows
 from tests.integration.test_router import commands, decoded, publish_catalog, run_router
 from tidings.catalog import parse_type
 from tidings.client import Client
+from tidings.codec import default_codec
 from tidings.config import Settings
 from tidings.events import DeliveryCommand, RecipientErased
+from tidings.kafka.records import log_time
 from tidings.topics import names
 
 
@@ -286,3 +290,55 @@ def test_an_export_holds_what_the_tables_hold_and_an_erasure_leaves_the_delivery
     assert (after["profile"], after["devices"], after["inbox"]) == (None, [], [])
     assert after["erased"]["reason"] == "ticket 9"
     assert len(after["notifications"]) == 2, "the delivery record is kept"
+
+
+def test_a_digest_closed_before_the_erasure_but_planned_after_it_does_not_reach_the_inbox(
+    database: Settings,
+) -> None:
+    """The router closes a full bucket while handling the next like, writing the digest request after
+    the erasure was written; the digest counts as requested when its likes were, so it is erased."""
+    s = database
+    liked = LIKED | {
+        "digest": {
+            "window": "1h",
+            "templates": LIKED["digest"]["templates"]
+            | {"in_app": {"default": {"title": "{{ count }} likes"}}},
+        }
+    }
+    with Client(s) as client:
+        client.publish(parse_type("*", liked))
+        client.update_recipient(tenant="acme", recipient="ada", email="ada@example.com")
+        pause()
+        for i in range(digest.MAX_ITEMS + 1):
+            client.send(
+                tenant="acme", recipient="ada", type="post.liked", data={"by": i, "post": "P"}, wait=False
+            )
+        client.flush()
+        pause()
+        client.erase_recipient(tenant="acme", recipient="ada")
+    router = Router(s, instance="0", group_id=f"router-{s.topic_prefix}")
+    thread = threading.Thread(target=router.run)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while router.loop.committed_records < digest.MAX_ITEMS + 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    router.stop()
+    thread.join(timeout=60)
+
+    [summary] = [
+        c for c in commands(s) if c.channel == "in_app" and c.content.title == f"{digest.MAX_ITEMS} likes"
+    ]
+    [erasure] = [
+        r
+        for r in read_all(s, names(s).recipients)
+        if isinstance(default_codec().decode(r.value or b""), RecipientErased)
+    ]
+    erased_at = log_time(erasure)
+    assert summary.requested_at is not None and erased_at is not None and summary.requested_at < erased_at
+    project(s, "recipients")
+
+    async def deliver() -> None:
+        await GatewayRunner(s, "in_app", [inbox(s)]).run(idle_exit_after=2.0)
+
+    asyncio.run(deliver())
+    assert rows(s, "SELECT title FROM inbox_items WHERE title LIKE '%%likes'") == []

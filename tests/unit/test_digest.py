@@ -5,7 +5,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.digest import MAX_BYTES, MAX_ITEMS, Bucket, close, deferred, join, window_end, without
+from processors.digest import (
+    MAX_BYTES,
+    MAX_ITEMS,
+    Bucket,
+    close,
+    deferred,
+    join,
+    requested_ms,
+    window_end,
+    without,
+)
 from tidings.catalog import DigestRule
 from tidings.events import NotificationRequested
 from tidings.ids import new_notification_id
@@ -111,3 +121,12 @@ def test_a_cancelled_request_leaves_its_bucket() -> None:
     assert rest is not None and [i.notification_id for i in rest.items] == [b.notification_id]
     assert rest.size == len(b.data_json)
     assert without(rest, b.notification_id) is None
+
+
+def test_a_digest_counts_as_requested_when_its_latest_item_was() -> None:
+    bucket: Bucket | None = None
+    for n, made in enumerate([5_000, 9_000, 7_000]):
+        bucket, _ = join(bucket, request(n), ["email"], NOW + timedelta(hours=1), NOW, made)
+    assert bucket is not None and requested_ms(bucket) == 9_000
+    legacy, _ = join(None, request(), ["email"], NOW + timedelta(hours=1), NOW)
+    assert requested_ms(legacy) is None, "items restored from before log times were kept"

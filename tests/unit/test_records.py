@@ -1,10 +1,12 @@
+from datetime import UTC, datetime
+
 import pytest
 
 from tidings.cli.io import parse_data
 from tidings.errors import InvalidEvent, KafkaUnavailable
 from tidings.kafka import Incoming
 from tidings.kafka.messages import first_offsets, next_offsets
-from tidings.kafka.records import dead_letter, header_map
+from tidings.kafka.records import REQUESTED_AT, dead_letter, header_map, log_time
 from tidings.topics import DLQ
 from tidings.tracing import child_traceparent, new_traceparent
 
@@ -59,3 +61,13 @@ def test_cli_data_pairs() -> None:
         parse_data("[1]", [])
     with pytest.raises(InvalidEvent):
         parse_data(None, ["x:=not json"])
+
+
+def test_log_time_is_the_record_timestamp_unless_a_header_says_when_the_request_was_made() -> None:
+    plain = Incoming("t", 0, 1, None, b"", [], 1_700_000_000_123)
+    assert log_time(plain) == datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=UTC)
+    stated = Incoming("t", 0, 1, None, b"", [(REQUESTED_AT, b"1600000000001")], 1_700_000_000_123)
+    assert log_time(stated) == datetime(2020, 9, 13, 12, 26, 40, 1000, tzinfo=UTC)
+    garbled = Incoming("t", 0, 1, None, b"", [(REQUESTED_AT, b"soon")], 1_700_000_000_123)
+    assert log_time(garbled) == log_time(plain)
+    assert log_time(Incoming("t", 0, 1, None, b"", [], 0)) is None

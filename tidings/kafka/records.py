@@ -31,11 +31,18 @@ FAILED_HOST = "tidings.failed.host"
 MAX_ERROR_MESSAGE = 2000
 
 
+REQUESTED_AT = "tidings.requested_at"
+"""Header: the log time (epoch ms) a request counts as made at, where its record was written later: a
+digest of earlier requests, a dead letter replayed. `log_time` prefers it to the record's timestamp."""
+
+
 def log_time(record: Incoming) -> datetime | None:
-    """When a record reached the log: its timestamp, which the router orders its inputs by. Commands
-    carry their request's (`requested_at`) and erasures are compared against it, so "requested before
-    the erasure" means what it meant to the router. None when the record has no timestamp."""
-    ms = record.timestamp_ms
+    """When a record reached the log: its timestamp, which the router orders its inputs by, or the
+    `REQUESTED_AT` header. Commands carry their request's (`requested_at`) and erasures are compared
+    against it, so "requested before the erasure" means what it meant to the router. None when the
+    record has no timestamp."""
+    stated = record.header(REQUESTED_AT)
+    ms = int(stated) if stated is not None and stated.isdigit() else record.timestamp_ms
     if ms <= 0:
         return None
     return datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=ms % 1000 * 1000)
