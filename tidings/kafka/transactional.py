@@ -100,6 +100,7 @@ class TransactionalLoop:
         self._eager_after = 0.0
         self._assigned_at = 0.0
         self._committed: dict[tuple[str, int], int] = {}
+        self._assigned_high: dict[tuple[str, int], int] = {}
         self._punctuated = 0.0
         self.aligner = Aligner(align_max_idle, first=align_first) if align_max_idle is not None else None
         self._paused: set[tuple[str, int]] = set()
@@ -144,20 +145,20 @@ class TransactionalLoop:
         """The committed offsets of newly assigned partitions (the low watermark where the group has
         none: with `auto.offset.reset=earliest` that is where it would start), so punctuations are fenced
         from the start, not only after the first batch. Not `position()`: the aligner may hold records
-        consumed but not yet processed. If the coordinator does not answer, fencing waits for the first
-        batch's commit, as before."""
+        consumed but not yet processed. Also each partition's end as it is now, for `caught_up`. If the
+        coordinator does not answer, fencing waits for the first batch's commit, as before."""
         try:
             for tp in self.consumer.committed(partitions, timeout=30):
-                offset = tp.offset
-                if offset < 0:
-                    offset = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)[0]
-                self._committed[(tp.topic, tp.partition)] = offset
+                low, high = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+                self._committed[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else low
+                self._assigned_high[(tp.topic, tp.partition)] = high
         except KafkaException as exc:
             log.warning("punctuations unfenced until the first batch commits: %s", exc)
 
     def _revoked(self, _c: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._committed.pop((tp.topic, tp.partition), None)
+            self._assigned_high.pop((tp.topic, tp.partition), None)
         for number in {p.partition for p in partitions}:
             for store in self.stores:
                 store.drop(number)
@@ -278,11 +279,14 @@ class TransactionalLoop:
         """Whether this process has consumed and handled everything in the partition fetched so far (none
         of it is waiting in the aligner).
         A partition it has consumed nothing from since its assignment has no position: then the group's
-        committed offset says how far it was handled (a restart with nothing new to read is caught up)."""
+        committed offset says how far it was handled (a restart with nothing new to read is caught up).
+        The end is at least the one read fresh at the assignment: librdkafka's cached watermark can be a
+        previous assignment's, older than records written while another member had the partition."""
         if self.aligner is not None and self.aligner.pending((topic, partition)):
             return False
         tp = TopicPartition(topic, partition)
         low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+        high = max(high, self._assigned_high.get((topic, partition), -1))
         if high < 0:
             return False  # no fetch response yet: unknown, so not caught up
         if high <= max(low, 0):
