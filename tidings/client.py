@@ -283,13 +283,14 @@ class Client:
         wait: bool = True,
     ) -> None:
         """Forget a recipient (GDPR Art. 17): out of `audiences` (the ones it is in; the API and the CLI
-        look them up in the audiences projection), then `RecipientErased`. What this erases and what it
-        keeps: docs/architecture.md, "Erasure and export"."""
+        look them up in the audiences projection), acknowledged before `RecipientErased` is produced.
+        What this erases and what it keeps: docs/architecture.md, "Erasure and export"."""
         removals, erased = erasure(tenant=tenant, recipient=recipient, audiences=audiences, reason=reason)
-        for event in [*removals, erased]:
+        for event in removals:
             self.publish(event, wait=False)
-        if wait:
+        if removals:
             self.flush()
+        self.publish(erased, wait=wait)
 
     def set_webhook_endpoint(
         self,
