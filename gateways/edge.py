@@ -28,7 +28,9 @@ bounce endpoint would let anyone suppress any address), with the tenant in the p
   tenant who sees its Postmark settings cannot post bounces into another tenant's path;
 - `POST /inbound/twilio/{tenant}` and `POST /inbound/vonage/{tenant}`: inbound SMS, STOP/START
   (`TIDINGS_EDGE_TWILIO_AUTH_TOKEN`, `TIDINGS_EDGE_VONAGE_SIGNATURE_SECRET`). Twilio signs the URL it
-  called: behind a proxy set `TIDINGS_EDGE_PUBLIC_URL` to the scheme and host Twilio sees.
+  called: behind a proxy set `TIDINGS_EDGE_PUBLIC_URL` to the scheme and host Twilio sees. The opt-out is
+  produced once per recipient holding the number, looked up in the recipients projection
+  (`gateways/sms/holders.py`), so the router suppresses (or, on START, lifts) it at once.
 - `POST /callbacks/twilio/status/{tenant}/{recipient}/{notification}/{delivery}` and `GET|POST
   /callbacks/vonage/status/{tenant}[/{recipient}/{notification}/{delivery}]`: SMS delivery receipts,
   asked for per message when the provider's `status_callback_url` points here
@@ -82,7 +84,7 @@ from gateways import api, api_schema, feed, ops, prefs, track
 from gateways.email import callbacks
 from gateways.email._message import DEV_SECRET, EmailSettings, unsubscribe_claims
 from gateways.outputs import reported_outcome
-from gateways.sms import inbound, receipts
+from gateways.sms import holders, inbound, receipts
 from tidings.client import tenant_key
 from tidings.config import Settings
 from tidings.errors import InvalidEvent
@@ -314,6 +316,8 @@ def app(
             except FetchFailed as exc:
                 log.warning("could not check %s: %s", request.path, exc)
                 return web.Response(status=503, text="try again later")
+            if request.path.startswith("/inbound/"):
+                events = await holders.resolve(request.app[holders.POOL], events)
             await publish(request, events)
             return answer()
 
@@ -356,7 +360,10 @@ def app(
     application.router.add_post("/unsubscribe/{token}", unsubscribe)
     if email.unsubscribe_secret.get_secret_value() != DEV_SECRET:
         track.mount(application, settings, email, PRODUCER)
-    for path, parse in parsers(edge).items():
+    mounted = parsers(edge)
+    if any(path.startswith("/inbound/") for path in mounted):
+        holders.attach(application, settings)
+    for path, parse in mounted.items():
         twiml = path.startswith("/inbound/twilio")
         answer = (
             (lambda: web.Response(text=TWIML_EMPTY, content_type="text/xml"))

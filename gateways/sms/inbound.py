@@ -5,9 +5,8 @@ message, trimmed and case-insensitive, STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, 
 is `sms_stop`; START, YES, UNSTOP or OPTIN is `sms_start` (the carriers' and Twilio's default words). Any
 other message yields nothing. The feedback's address is the sender in E.164. Carriers make honouring STOP
 mandatory, so the vendors also block further sends themselves (Twilio 21610, Vonage status 7). Inbound
-messages carry no recipient id, so this feedback reaches the suppressions projection but not the router's
-per-recipient state: the next send is tried, the vendor refuses it, and that refusal's dead-address
-feedback, which names the recipient, suppresses the number in the router too.
+messages carry no recipient id: the edge produces the feedback once per recipient holding the number
+(`gateways/sms/holders.py`), so the router's per-recipient state takes it too.
 
 * `twilio`: the form-encoded Messaging webhook. `X-Twilio-Signature` is verified first: base64
   HMAC-SHA1, keyed with the auth token, over the webhook URL exactly as configured in Twilio followed by

@@ -1,0 +1,91 @@
+"""Consumes inbound SMS opt-outs that name only a number; produces one per recipient holding that number.
+
+An inbound STOP or START carries the sender's number and nothing else, but the router keeps suppressions
+in each recipient's state, keyed by recipient. Without a recipient id a STOP reached only the
+suppressions table (the router learnt of it from the vendor's refusal of the next send), and a START
+never lifted a suppression in the router at all: someone who texted START got no SMS until their number
+was set again. The edge therefore looks the number up in the recipients projection (`recipients.phone`,
+indexed by migration 0011) and produces the feedback once per recipient found, each keyed to that
+recipient's partition, with an event id derived from the original one and the recipient. No holder
+found, or PostgreSQL not answering within `TIMEOUT`, leaves the feedback as it was: an opt-out is never
+dropped for want of the lookup. A number set on a recipient so recently that the projection has not
+applied it yet is not found, which is the behaviour before this lookup.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+import psycopg
+from aiohttp import web
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from tidings.config import Settings
+from tidings.events import ProviderFeedback
+
+log = logging.getLogger(__name__)
+
+OPT_KINDS = {"sms_stop", "sms_start"}
+MAX_HOLDERS = 1000
+TIMEOUT = 5.0
+HOLDERS = f"""
+SELECT recipient_id FROM recipients WHERE tenant_id = %s AND phone = %s
+ORDER BY recipient_id LIMIT {MAX_HOLDERS}
+"""
+POOL: web.AppKey[AsyncConnectionPool] = web.AppKey("holders_pool", AsyncConnectionPool)
+
+
+def addressed(report: ProviderFeedback, holders: list[str]) -> list[ProviderFeedback]:
+    """`report` once per holder, or unchanged when nobody holds the number."""
+    if not holders:
+        return [report]
+    return [
+        report.model_copy(
+            update={"recipient_id": holder, "event_id": uuid.uuid5(report.event_id, f"holder/{holder}")}
+        )
+        for holder in holders
+    ]
+
+
+def wanted(report: ProviderFeedback) -> bool:
+    return report.channel == "sms" and report.kind in OPT_KINDS and report.recipient_id is None
+
+
+async def resolve(pool: AsyncConnectionPool, reports: list[ProviderFeedback]) -> list[ProviderFeedback]:
+    resolved: list[ProviderFeedback] = []
+    for report in reports:
+        if not wanted(report):
+            resolved.append(report)
+            continue
+        try:
+            async with pool.connection(timeout=TIMEOUT) as conn:
+                cursor = await conn.execute(HOLDERS, (report.tenant_id, report.address))
+                holders = [row[0] for row in await cursor.fetchall()]
+        except (PoolTimeout, psycopg.Error) as exc:
+            log.warning("could not look up who holds an opted-out number, producing it as is: %s", exc)
+            holders = []
+        if len(holders) == MAX_HOLDERS:
+            log.warning(
+                "%s is held by %d recipients or more; the rest learn of it from the vendor",
+                report.address,
+                MAX_HOLDERS,
+            )
+        resolved.extend(addressed(report, holders))
+    return resolved
+
+
+def new_pool(dsn: str) -> AsyncConnectionPool:
+    """A small pool that connects on first use, so the edge starts and takes opt-outs without PostgreSQL."""
+    return AsyncConnectionPool(dsn, min_size=0, max_size=2, open=False, timeout=TIMEOUT)
+
+
+def attach(application: web.Application, settings: Settings) -> None:
+    async def pool(app: web.Application) -> AsyncIterator[None]:
+        app[POOL] = new_pool(settings.postgres_dsn)
+        await app[POOL].open()
+        yield
+        await app[POOL].close()
+
+    application.cleanup_ctx.append(pool)

@@ -1,0 +1,96 @@
+"""Inbound SMS STOP and START on the real stack reach the router for every recipient holding the number."""
+
+import asyncio
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+from pydantic import SecretStr
+
+from gateways.edge import EdgeSettings
+from gateways.sms.inbound import twilio_signature
+from tests.integration.test_edge import serving
+from tests.integration.test_projections import project, rows
+from tests.integration.test_router import commands, decoded, publish_catalog, run_router
+from tests.unit.test_sms_inbound import TOKEN, twilio_form
+from tidings.client import Client
+from tidings.config import Settings
+from tidings.events import DeliveryOutcome, ProviderFeedback
+from tidings.topics import names
+
+SHARED, OWN, NOBODYS = "+447700900555", "+447700900777", "+447700900999"
+EDGE = EdgeSettings(twilio_auth_token=SecretStr(TOKEN))
+
+
+def texts(s: Settings, *messages: tuple[str, str]) -> list[int]:
+    async def scenario(base: str) -> list[int]:
+        statuses = []
+        async with aiohttp.ClientSession() as http:
+            for word, sender in messages:
+                form = twilio_form(word, sender=sender)
+                signature = twilio_signature(f"{base}/inbound/twilio/acme", form, TOKEN)
+                headers = {
+                    "X-Twilio-Signature": signature,
+                    "Content-Type": "application/x-www-form-urlencoded",
+                }
+                async with http.post(
+                    f"{base}/inbound/twilio/acme", data=urlencode(form), headers=headers
+                ) as r:
+                    statuses.append(r.status)
+        return statuses
+
+    result: list[int] = asyncio.run(serving(s, scenario, EDGE))
+    return result
+
+
+def invoices(s: Settings, *recipients: str) -> dict[str, Any]:
+    with Client(s) as client:
+        return {
+            who: client.send(
+                tenant="acme", recipient=who, type="invoice.due", data={"amount": 5000, "currency": "EUR"}
+            )
+            for who in recipients
+        }
+
+
+def sms_fate(s: Settings, sent: dict[str, Any]) -> dict[str, str]:
+    """Per recipient: `sent` when an SMS command was planned, else the SMS outcome's reason."""
+    run_router(s)
+    planned = {c.notification_id for c in commands(s) if c.channel == "sms"}
+    reasons = {
+        o.notification_id: o.reason
+        for o in decoded(s, names(s).outcomes)
+        if isinstance(o, DeliveryOutcome) and o.channel == "sms"
+    }
+    return {who: "sent" if n in planned else str(reasons.get(n)) for who, n in sent.items()}
+
+
+def test_stop_and_start_reach_every_holder_of_the_number_in_the_router(database: Settings) -> None:
+    s = database
+    publish_catalog(s)
+    with Client(s) as client:
+        for who, phone in [("ada", SHARED), ("bob", SHARED), ("cy", OWN)]:
+            client.update_recipient(tenant="acme", recipient=who, email=f"{who}@example.com", phone=phone)
+    project(s, "recipients")
+
+    assert texts(s, ("STOP", SHARED), ("STOP", NOBODYS)) == [200, 200]
+    stops = [f for f in decoded(s, names(s).feedback) if isinstance(f, ProviderFeedback)]
+    assert sorted((f.address, f.recipient_id, f.kind) for f in stops) == [
+        (SHARED, "ada", "sms_stop"),
+        (SHARED, "bob", "sms_stop"),
+        (NOBODYS, None, "sms_stop"),
+    ]
+    assert len({f.event_id for f in stops}) == 3
+    assert sms_fate(s, invoices(s, "ada", "bob", "cy")) == {
+        "ada": "suppressed",
+        "bob": "suppressed",
+        "cy": "sent",
+    }
+
+    assert texts(s, ("START", SHARED)) == [200]
+    assert sms_fate(s, invoices(s, "ada", "bob")) == {"ada": "sent", "bob": "sent"}
+    project(s, "suppressions")
+    assert rows(s, "SELECT address, active FROM suppressions ORDER BY address") == [
+        (SHARED, False),
+        (NOBODYS, True),
+    ]
