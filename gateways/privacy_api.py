@@ -58,8 +58,17 @@ ERASED = "SELECT erased_at, reason FROM erasures WHERE tenant_id = %s AND recipi
 async def export(
     conn: AsyncConnection[Any], tenant: str, recipient: str, limit: int = DEFAULT_LIMIT
 ) -> dict[str, Any] | None:
-    """Everything the tables hold about one recipient, or None when they hold nothing."""
+    """Everything the tables hold about one recipient, or None when they hold nothing: read in one
+    REPEATABLE READ snapshot, so a projection committing meanwhile (an erasure, new deliveries) shows
+    in all of the export or in none of it."""
+    async with conn.transaction():
+        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        return await _export(conn, tenant, recipient, limit)
 
+
+async def _export(
+    conn: AsyncConnection[Any], tenant: str, recipient: str, limit: int
+) -> dict[str, Any] | None:
     async def rows(sql: str, *args: Any) -> list[dict[str, Any]]:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(sql, args)
