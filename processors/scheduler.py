@@ -40,6 +40,7 @@ lags (restarted, say) cannot send the email for a mention whose `seen` waits unr
 
 from __future__ import annotations
 
+import heapq
 import logging
 import socket
 import time
@@ -92,10 +93,28 @@ def due_keys(keys: list[str], now_ms: int) -> list[str]:
 
 
 class Timers:
-    """The pending commands of each partition in a store, with a per-notification index."""
+    """The pending commands of each partition in a store, with a per-notification index.
+
+    Which timers are due comes from a heap of timer keys per partition kept beside the store, so a
+    punctuation costs the due timers, not a sort of every pending one (100,000 pending timers took 78 ms
+    per partition to sort, every 200 ms). Entries are removed lazily: a key whose timer is gone is
+    skipped when it reaches the top. The heaps are rebuilt from the store whenever its `version` moves
+    (a restore, or a rolled-back write that a heap may have missed).
+    """
 
     def __init__(self, store: Store[bytes], codec: Codec) -> None:
         self.store, self.codec = store, codec
+        self._heaps: dict[int, list[str]] = {}
+        self._version = -1
+
+    def _heap(self, partition: int) -> list[str]:
+        if self._version != self.store.version:
+            self._heaps.clear()
+            self._version = self.store.version
+        heap = self._heaps.get(partition)
+        if heap is None:
+            heap = self._heaps[partition] = [k for k in self.store.keys(partition) if not k.startswith("n/")]
+        return heap
 
     def _index(self, partition: int, notification_id: object) -> tuple[str, list[str]]:
         key = f"n/{notification_id}"
@@ -104,6 +123,7 @@ class Timers:
 
     def add(self, partition: int, command: DeliveryCommand, value: bytes) -> None:
         key = timer_key(command)
+        heapq.heappush(self._heap(partition), key)
         self.store.put(partition, key, value)
         index, keys = self._index(partition, command.notification_id)
         if key not in keys:
@@ -113,11 +133,16 @@ class Timers:
         self, partition: int, now_ms: int, hold: Callable[[DeliveryCommand], bool] | None = None
     ) -> list[DeliveryCommand]:
         """Take the commands due at `now_ms`, except those `hold` keeps for later."""
-        taken = []
-        for key in due_keys(self.store.keys(partition), now_ms):
+        taken, held = [], []
+        heap, bound = self._heap(partition), f"{now_ms:013d}/~"
+        while heap and heap[0] <= bound:
+            key = heapq.heappop(heap)
             value = self.store.get(partition, key)
-            command = self.codec.decode(value) if value is not None else None
+            if value is None:
+                continue
+            command = self.codec.decode(value)
             if isinstance(command, DeliveryCommand) and hold is not None and hold(command):
+                held.append(key)
                 continue
             self.store.delete(partition, key)
             if not isinstance(command, DeliveryCommand):
@@ -129,6 +154,8 @@ class Timers:
                 self.store.put(partition, index, " ".join(rest).encode())
             else:
                 self.store.delete(partition, index)
+        for key in held:
+            heapq.heappush(heap, key)
         return taken
 
     def cancel(

@@ -9,6 +9,8 @@ changelog (read_committed, last value per key wins) before any of its input is p
 Changelog values are 8 bytes of big-endian expiry (epoch ms, 0 = never) followed by the encoded value;
 a tombstone deletes. Expired entries are invisible at once and purged with tombstones periodically.
 Values live in memory: fine for recipient state and dedupe ids at this scale, not for billions of keys.
+`version` counts the changes that are not writes (a restore, a drop, a rolled-back record or batch), so
+an index a caller keeps beside a store knows when to rebuild it.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Store(Generic[V]):
         self._staged: dict[tuple[int, str], tuple[V | None, int]] = {}
         self._undo: list[tuple[tuple[int, str], object]] = []
         self._last_purge = clock()
+        self.version = 0
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -77,6 +80,7 @@ class Store(Generic[V]):
         self._undo.clear()
 
     def record_failed(self) -> None:
+        self.version += 1
         for slot, previous in reversed(self._undo):
             if previous is _MISSING:
                 self._staged.pop(slot, None)
@@ -118,6 +122,7 @@ class Store(Generic[V]):
         self._undo.clear()
 
     def aborted(self) -> None:
+        self.version += 1
         self._staged.clear()
         self._undo.clear()
 
@@ -136,9 +141,11 @@ class Store(Generic[V]):
             else:
                 data[key] = (self.decode(r.value[_EXPIRY.size :]), expiry)
         self._data[partition] = data
+        self.version += 1
         return len(data)
 
     def drop(self, partition: int) -> None:
+        self.version += 1
         self._data.pop(partition, None)
         for slot in [s for s in self._staged if s[0] == partition]:
             del self._staged[slot]

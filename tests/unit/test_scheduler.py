@@ -153,3 +153,38 @@ def test_due_leaves_the_commands_it_is_told_to_hold() -> None:
     assert t.due(0, later, lambda c: c.unless is not None) == [plain]
     t.store.committed()
     assert t.due(0, later) == [escalation]
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("add"), st.integers(0, 50), st.integers(0, 3)),
+            st.tuples(st.just("due"), st.integers(0, 60), st.booleans()),
+            st.tuples(st.just("cancel"), st.integers(0, 3), st.booleans()),
+        ),
+        max_size=40,
+    )
+)
+def test_due_takes_what_a_full_scan_would_through_aborts_and_cancellations(
+    steps: list[tuple[str, int, object]],
+) -> None:
+    """The heap beside the store answers `due` as a sorted scan of the store's keys did, whatever
+    commits, aborts and cancellations came between."""
+    t, notifications = timers(), [uuid.uuid4() for _ in range(4)]
+
+    def pending_due(now_ms: int) -> list[str]:
+        return [k for k in due_keys(t.store.keys(0), now_ms) if not k.startswith("n/")]
+
+    for op, a, b in steps:
+        if op == "add":
+            add(t, command(EPOCH + timedelta(minutes=a), notification_id=notifications[int(str(b))]))
+        elif op == "due":
+            now_ms = int((EPOCH + timedelta(minutes=a)).timestamp() * 1000)
+            expected = pending_due(now_ms)
+            assert [timer_key(c) for c in t.due(0, now_ms)] == expected
+            assert pending_due(now_ms) == []
+            (t.store.committed if b else t.store.aborted)()
+            assert pending_due(now_ms) == ([] if b else expected)
+        else:
+            t.cancel(0, notifications[a])
+            (t.store.committed if b else t.store.aborted)()
