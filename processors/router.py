@@ -35,7 +35,6 @@ from uuid import UUID
 from processors import digest, throttle
 from processors.plan import Catalog, gate, plan
 from processors.recipients import RecipientState, fold
-from processors.scheduler import due_keys
 from tidings.codec import Codec, default_codec
 from tidings.config import Settings
 from tidings.errors import CodecError, InvalidEvent
@@ -52,7 +51,7 @@ from tidings.events import (
 from tidings.kafka import Incoming, Output, TopicFollower, TransactionalLoop
 from tidings.kafka.records import REQUESTED_AT, log_time
 from tidings.metrics import Sample
-from tidings.state import Store
+from tidings.state import DueKeys, Store
 from tidings.topics import names
 from tidings.tracing import TRACEPARENT, child_traceparent
 
@@ -94,6 +93,7 @@ class Router:
         self.digest_due: Store[str] = Store(
             self.names.changelog("router", "digest_due"), encode=str.encode, decode=bytes.decode
         )
+        self.due_digests = DueKeys(self.digest_due)
         self.throttles: Store[list[int]] = Store(
             self.names.changelog("router", "throttles"),
             encode=lambda t: json.dumps(t).encode(),
@@ -271,6 +271,7 @@ class Router:
         self.digests.put(partition, key, bucket)
         if current is None or full is not None:
             self.digest_due.put(partition, bucket.due_key, key)
+            self.due_digests.add(partition, bucket.due_key)
         outcomes = digest.deferred(bucket, request, channels, now)
         return outputs + [Output.event(self.names.outcomes, o, codec=self.codec) for o in outcomes]
 
@@ -307,7 +308,7 @@ class Router:
             inputs = (self.names.requested, self.names.recipients)
             if not all(self.loop.caught_up(t, partition) for t in inputs):
                 continue
-            for due_key in due_keys(self.digest_due.keys(partition), now_ms):
+            for due_key in self.due_digests.take(partition, now_ms):
                 key = self.digest_due.get(partition, due_key)
                 bucket = self.digests.get(partition, key) if key else None
                 if bucket is not None and bucket.due_key == due_key:

@@ -40,7 +40,6 @@ lags (restarted, say) cannot send the email for a mention whose `seen` waits unr
 
 from __future__ import annotations
 
-import heapq
 import logging
 import socket
 import time
@@ -65,7 +64,7 @@ from tidings.events import (
 )
 from tidings.kafka import Incoming, Output, TransactionalLoop
 from tidings.metrics import Sample
-from tidings.state import Store
+from tidings.state import DueKeys, Store
 from tidings.topics import Names, names
 
 log = logging.getLogger(__name__)
@@ -86,35 +85,13 @@ def timer_key(command: DeliveryCommand) -> str:
     return f"{due:013d}/{command.delivery_id}"
 
 
-def due_keys(keys: list[str], now_ms: int) -> list[str]:
-    """The keys due at `now_ms`, from keys sorted by due time."""
-    bound = f"{now_ms:013d}/~"
-    return [k for k in keys if k <= bound]
-
-
 class Timers:
-    """The pending commands of each partition in a store, with a per-notification index.
-
-    Which timers are due comes from a heap of timer keys per partition kept beside the store, so a
-    punctuation costs the due timers, not a sort of every pending one (100,000 pending timers took 78 ms
-    per partition to sort, every 200 ms). Entries are removed lazily: a key whose timer is gone is
-    skipped when it reaches the top. The heaps are rebuilt from the store whenever its `version` moves
-    (a restore, or a rolled-back write that a heap may have missed).
-    """
+    """The pending commands of each partition in a store, with a per-notification index and the timer
+    keys in a `DueKeys` heap."""
 
     def __init__(self, store: Store[bytes], codec: Codec) -> None:
         self.store, self.codec = store, codec
-        self._heaps: dict[int, list[str]] = {}
-        self._version = -1
-
-    def _heap(self, partition: int) -> list[str]:
-        if self._version != self.store.version:
-            self._heaps.clear()
-            self._version = self.store.version
-        heap = self._heaps.get(partition)
-        if heap is None:
-            heap = self._heaps[partition] = [k for k in self.store.keys(partition) if not k.startswith("n/")]
-        return heap
+        self.due_keys = DueKeys(store, accept=lambda key: not key.startswith("n/"))
 
     def _index(self, partition: int, notification_id: object) -> tuple[str, list[str]]:
         key = f"n/{notification_id}"
@@ -123,7 +100,7 @@ class Timers:
 
     def add(self, partition: int, command: DeliveryCommand, value: bytes) -> None:
         key = timer_key(command)
-        heapq.heappush(self._heap(partition), key)
+        self.due_keys.add(partition, key)
         self.store.put(partition, key, value)
         index, keys = self._index(partition, command.notification_id)
         if key not in keys:
@@ -133,16 +110,12 @@ class Timers:
         self, partition: int, now_ms: int, hold: Callable[[DeliveryCommand], bool] | None = None
     ) -> list[DeliveryCommand]:
         """Take the commands due at `now_ms`, except those `hold` keeps for later."""
-        taken, held = [], []
-        heap, bound = self._heap(partition), f"{now_ms:013d}/~"
-        while heap and heap[0] <= bound:
-            key = heapq.heappop(heap)
+        taken = []
+        for key in self.due_keys.take(partition, now_ms):
             value = self.store.get(partition, key)
-            if value is None:
-                continue
-            command = self.codec.decode(value)
+            command = self.codec.decode(value) if value is not None else None
             if isinstance(command, DeliveryCommand) and hold is not None and hold(command):
-                held.append(key)
+                self.due_keys.add(partition, key)
                 continue
             self.store.delete(partition, key)
             if not isinstance(command, DeliveryCommand):
@@ -154,8 +127,6 @@ class Timers:
                 self.store.put(partition, index, " ".join(rest).encode())
             else:
                 self.store.delete(partition, index)
-        for key in held:
-            heapq.heappush(heap, key)
         return taken
 
     def cancel(
