@@ -18,10 +18,12 @@ already due when it arrives waits for the next punctuation like the others, for 
 A `RecipientErased` forwarded by the router is remembered in the `erased` store (recipient -> erasure
 log time, kept for good: erasures are rare), and a command whose request reached the log before its
 recipient's erasure (`requested_at`) is CANCELLED `erased` instead of released, when it arrives or
-when it comes due. Pending timers are not searched at the erasure: they are keyed by due time, so
-finding one recipient's would scan the partition per erasure (a bulk erasure against a large backlog
-would outlast the transaction timeout), and an index per recipient would cost a changelog write on
-every deferral. A deferred command so keeps its content in the `timers` store until its time.
+when it comes due. The timers already pending are found by a walk of the partition's timers that the
+punctuation takes on `SWEEP_BUDGET` (1,000) timers at a time, so the content of a command deferred for
+days leaves the store, and its changelog, within seconds of the erasure. Not searched at the erasure
+itself: timers are keyed by due time, so that would scan the partition per erasure (a bulk erasure
+against a large backlog would outlast the transaction timeout), and an index per recipient would cost
+a changelog write on every deferral. One walk serves every erasure read before it starts.
 
 A `NotificationCancelled` on the same topic (the router forwards a cancellation that arrives after it
 planned the request; same key, so it follows that request's deferrals in the partition) drops the
@@ -40,6 +42,7 @@ lags (restarted, say) cannot send the email for a mention whose `seen` waits unr
 
 from __future__ import annotations
 
+import bisect
 import logging
 import socket
 import time
@@ -71,6 +74,7 @@ log = logging.getLogger(__name__)
 GROUP = "tidings.scheduler"
 URGENT = frozenset({"critical", "high"})
 ENGAGED_TTL = timedelta(days=30)
+SWEEP, SWEEP_BUDGET = "sweep", 1000
 SATISFIES: dict[type[Event], frozenset[str]] = {
     InboxItemSeen: frozenset({"seen"}),
     InboxItemArchived: frozenset({"seen"}),
@@ -92,6 +96,7 @@ class Timers:
     def __init__(self, store: Store[bytes], codec: Codec) -> None:
         self.store, self.codec = store, codec
         self.due_keys = DueKeys(store, accept=lambda key: not key.startswith("n/"))
+        self._snapshots: dict[int, tuple[int, list[str]]] = {}
 
     def _index(self, partition: int, notification_id: object) -> tuple[str, list[str]]:
         key = f"n/{notification_id}"
@@ -117,17 +122,46 @@ class Timers:
             if isinstance(command, DeliveryCommand) and hold is not None and hold(command):
                 self.due_keys.add(partition, key)
                 continue
-            self.store.delete(partition, key)
             if not isinstance(command, DeliveryCommand):
+                self.store.delete(partition, key)
                 continue
+            self._forget(partition, key, command)
             taken.append(command)
-            index, keys = self._index(partition, command.notification_id)
-            rest = [k for k in keys if k != key]
-            if rest:
-                self.store.put(partition, index, " ".join(rest).encode())
-            else:
-                self.store.delete(partition, index)
         return taken
+
+    def _forget(self, partition: int, key: str, command: DeliveryCommand) -> None:
+        self.store.delete(partition, key)
+        index, keys = self._index(partition, command.notification_id)
+        rest = [k for k in keys if k != key]
+        if rest:
+            self.store.put(partition, index, " ".join(rest).encode())
+        else:
+            self.store.delete(partition, index)
+
+    def sweep(
+        self, partition: int, after: str, budget: int, drop: Callable[[DeliveryCommand], bool]
+    ) -> tuple[list[DeliveryCommand], str | None]:
+        """Walk up to `budget` pending timers after the key `after` ("" for the first), in key order,
+        taking those `drop` picks. Returns them and the key to go on after, or None at the end. The
+        walk follows a sorted snapshot of the timer keys, made when a walk starts ("") or the store's
+        `version` moved; timers added since were checked as they arrived."""
+        snapshot = self._snapshots.get(partition)
+        if after == "" or snapshot is None or snapshot[0] != self.store.version:
+            keys = [k for k in self.store.keys(partition) if not k.startswith("n/")]
+            snapshot = self._snapshots[partition] = (self.store.version, keys)
+        keys = snapshot[1]
+        start = bisect.bisect_right(keys, after)
+        walked, taken = keys[start : start + budget], []
+        for key in walked:
+            value = self.store.get(partition, key)
+            command = self.codec.decode(value) if value is not None else None
+            if isinstance(command, DeliveryCommand) and drop(command):
+                self._forget(partition, key, command)
+                taken.append(command)
+        if start + budget >= len(keys):
+            self._snapshots.pop(partition, None)
+            return taken, None
+        return taken, walked[-1]
 
     def cancel(
         self, partition: int, notification_id: object, which: Callable[[DeliveryCommand], bool] | None = None
@@ -245,6 +279,8 @@ class Scheduler:
             key, at = f"{event.tenant_id}/{event.recipient_id}", int(event.occurred_at.timestamp() * 1000)
             if int(self.erased.get(record.partition, key) or -1) < at:
                 self.erased.put(record.partition, key, str(at))
+                walking = self.erased.get(record.partition, SWEEP)
+                self.erased.put(record.partition, SWEEP, f"1 {walking.split(' ', 1)[1]}" if walking else "0 ")
             return []
         if type(event) in SATISFIES:
             return self._engaged(record.partition, event)
@@ -291,7 +327,28 @@ class Scheduler:
                     continue
                 outputs += release(self.names, command, now)
                 self.released += 1
+            outputs += self._sweep(partition)
         return outputs
+
+    def _sweep(self, partition: int) -> list[Output]:
+        """The next `SWEEP_BUDGET` pending timers of a partition with an erasure to carry out, the
+        erased recipients' commands CANCELLED. The `sweep` entry of the `erased` store holds where the
+        walk is ("<again> <last key>"): an erasure during a walk has it start over once it ends, since
+        the erased recipient's timers may lie behind it."""
+        walking = self.erased.get(partition, SWEEP)
+        if walking is None:
+            return []
+        again, after = walking.split(" ", 1)
+        taken, resume = self.timers.sweep(
+            partition, after, SWEEP_BUDGET, lambda c: self._erased(partition, c)
+        )
+        if resume is not None:
+            self.erased.put(partition, SWEEP, f"{again} {resume}")
+        elif again == "1":
+            self.erased.put(partition, SWEEP, "0 ")
+        else:
+            self.erased.delete(partition, SWEEP)
+        return [outcome(self.names, c, "CANCELLED", "erased") for c in taken]
 
     def pending(self) -> bool:
         return any(self.store.size(p) for p in self.store.partitions())

@@ -342,3 +342,53 @@ def test_a_digest_closed_before_the_erasure_but_planned_after_it_does_not_reach_
 
     asyncio.run(deliver())
     assert rows(s, "SELECT title FROM inbox_items WHERE title LIKE '%%likes'") == []
+
+
+def test_timers_pending_at_the_erasure_leave_the_scheduler_at_once_not_when_due(topology: Settings) -> None:
+    s = topology
+    publish_catalog(s)
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    with Client(s) as client:
+        for who in ("ada", "bob"):
+            client.update_recipient(tenant="acme", recipient=who, email=f"{who}@example.com")
+        pause()
+        waiting = {
+            who: client.send(
+                tenant="acme",
+                recipient=who,
+                type="order.shipped",
+                data={"order": "A-1", "carrier": "D"},
+                scheduled_at=tomorrow,
+            )
+            for who in ("ada", "bob")
+        }
+    run_router(s)
+    scheduler = Scheduler(s, instance="0", group_id=f"scheduler-{s.topic_prefix}")
+    thread = threading.Thread(target=scheduler.run)
+    thread.start()
+    deadline = time.monotonic() + 60
+    try:
+        while scheduler.loop.committed_records < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert scheduler.loop.committed_records == 4, "two channels of two deferred requests"
+        with Client(s) as client:
+            client.erase_recipient(tenant="acme", recipient="ada")
+        run_router(s)
+        while scheduler.cancelled < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        scheduler.stop()
+        thread.join(timeout=60)
+
+    cancelled = [(o.notification_id, o.channel, o.reason) for o in outcomes_of(s) if o.status == "CANCELLED"]
+    assert sorted(cancelled) == [(waiting["ada"], "email", "erased"), (waiting["ada"], "in_app", "erased")]
+    timers: dict[bytes, bytes | None] = {}
+    for r in read_all(s, names(s).changelog("scheduler", "timers")):
+        timers[r.key or b""] = r.value
+    held = [
+        default_codec().decode(v[8:]) for k, v in timers.items() if v is not None and not k.startswith(b"n/")
+    ]
+    assert sorted((c.recipient_id, c.channel) for c in held) == [("bob", "email"), ("bob", "in_app")]
+    assert all(b"ada" not in (v or b"") for v in timers.values()), "ada's content is tombstoned"
+    erased = {r.key: r.value for r in read_all(s, names(s).changelog("scheduler", "erased"))}
+    assert erased[b"sweep"] is None and erased[b"acme/ada"] is not None, "the walk ended"

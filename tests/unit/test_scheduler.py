@@ -188,3 +188,44 @@ def test_due_takes_what_a_full_scan_would_through_aborts_and_cancellations(
         else:
             t.cancel(0, notifications[a])
             (t.store.committed if b else t.store.aborted)()
+
+
+def test_a_sweep_walks_every_pending_timer_in_steps_and_takes_only_what_it_is_told_to() -> None:
+    t = timers()
+    pending = [command(EPOCH + timedelta(minutes=m), recipient_id=("ann", "bob")[m % 2]) for m in range(11)]
+    for c in pending:
+        add(t, c)
+
+    def walk(budget: int) -> tuple[list[DeliveryCommand], int]:
+        taken, after, steps = [], "", 0
+        while True:
+            step, resume = t.sweep(0, after, budget, lambda c: c.recipient_id == "ann")
+            taken, steps = taken + step, steps + 1
+            t.store.committed()
+            if resume is None:
+                return taken, steps
+            after = resume
+
+    taken, steps = walk(3)
+    assert steps == 4 and taken == [c for c in pending if c.recipient_id == "ann"]
+    assert [t.cancel(0, c.notification_id) for c in taken] == [[]] * len(taken), "left the index too"
+    far_future = int((EPOCH + timedelta(days=365)).timestamp() * 1000)
+    assert t.due(0, far_future) == [c for c in pending if c.recipient_id == "bob"]
+
+
+def test_a_sweep_step_rolled_back_is_walked_again_and_a_new_walk_sees_later_timers() -> None:
+    t = timers()
+    first = [command(EPOCH + timedelta(minutes=m), recipient_id="ann") for m in range(4)]
+    for c in first:
+        add(t, c)
+    ann = lambda c: c.recipient_id == "ann"  # noqa: E731
+    step, resume = t.sweep(0, "", 2, ann)
+    t.store.committed()
+    assert step == first[:2] and resume == timer_key(first[1])
+    assert t.sweep(0, resume, 2, ann) == (first[2:], None)
+    t.store.aborted()
+    late = command(EPOCH, recipient_id="ann")
+    add(t, late)
+    assert t.sweep(0, resume, 2, ann) == (first[2:], None), "the rolled-back step again"
+    t.store.committed()
+    assert t.sweep(0, "", 2, ann) == ([late], None), "a new walk starts from a fresh snapshot"
