@@ -9,8 +9,10 @@ changelog (read_committed, last value per key wins) before any of its input is p
 Changelog values are 8 bytes of big-endian expiry (epoch ms, 0 = never) followed by the encoded value;
 a tombstone deletes. Expired entries are invisible at once and purged with tombstones periodically.
 Values live in memory: fine for recipient state and dedupe ids at this scale, not for billions of keys.
-`version` counts the changes that are not writes (a restore, a drop, a rolled-back record or batch), so
-an index kept beside a store (`DueKeys`) knows when to rebuild it.
+`version` counts the changes that are not writes (a restore, a drop, an aborted batch), so an index kept
+beside a store (`DueKeys`) knows when to rebuild it. A poison record's rolled-back writes do not count:
+such an index holds a superset of the live keys, and a record only adds to it (keys leave it only in a
+punctuation, which has no per-record rollback), so a rebuild per poison record would only cost a sort.
 """
 
 from __future__ import annotations
@@ -81,7 +83,6 @@ class Store(Generic[V]):
         self._undo.clear()
 
     def record_failed(self) -> None:
-        self.version += 1
         for slot, previous in reversed(self._undo):
             if previous is _MISSING:
                 self._staged.pop(slot, None)
@@ -176,8 +177,9 @@ class DueKeys:
     """The keys of a store that sort by due time (`<due ms, 13 digits>/...`), in a heap per partition,
     so finding what is due costs what is due, not a sort of every key (100,000 keys took 78-249 ms to
     sort and check, every punctuation). Removal is lazy: a key gone from the store is skipped when it
-    reaches the top. The heaps are rebuilt from the store when its `version` moves (a restore, or a
-    rolled-back write a heap may have missed). `accept` picks the store's keys that are due keys.
+    reaches the top. The heaps are rebuilt from the store when its `version` moves (a restore, or an
+    aborted batch whose deletes a heap has already forgotten). `accept` picks the store's keys that are
+    due keys.
     """
 
     def __init__(self, store: Store[Any], accept: Callable[[str], bool] = lambda key: True) -> None:

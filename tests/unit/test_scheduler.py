@@ -161,6 +161,7 @@ def test_due_leaves_the_commands_it_is_told_to_hold() -> None:
             st.tuples(st.just("add"), st.integers(0, 50), st.integers(0, 3)),
             st.tuples(st.just("due"), st.integers(0, 60), st.booleans()),
             st.tuples(st.just("cancel"), st.integers(0, 3), st.booleans()),
+            st.tuples(st.just("poison"), st.integers(0, 50), st.integers(0, 3)),
         ),
         max_size=40,
     )
@@ -169,7 +170,7 @@ def test_due_takes_what_a_full_scan_would_through_aborts_and_cancellations(
     steps: list[tuple[str, int, object]],
 ) -> None:
     """The heap beside the store answers `due` as a sorted scan of the store's keys did, whatever
-    commits, aborts and cancellations came between."""
+    commits, aborts, cancellations and rolled-back (poison) records came between."""
     t, notifications = timers(), [uuid.uuid4() for _ in range(4)]
 
     def pending_due(now_ms: int) -> list[str]:
@@ -185,9 +186,14 @@ def test_due_takes_what_a_full_scan_would_through_aborts_and_cancellations(
             assert pending_due(now_ms) == []
             (t.store.committed if b else t.store.aborted)()
             assert pending_due(now_ms) == ([] if b else expected)
-        else:
+        elif op == "cancel":
             t.cancel(0, notifications[a])
             (t.store.committed if b else t.store.aborted)()
+        else:
+            c = command(EPOCH + timedelta(minutes=a), notification_id=notifications[int(str(b))])
+            t.add(0, c, default_codec().encode(c))
+            t.cancel(0, notifications[int(str(b))])
+            t.store.record_failed()
 
 
 def test_a_sweep_walks_every_pending_timer_in_steps_and_takes_only_what_it_is_told_to() -> None:
