@@ -74,9 +74,18 @@ logger.txn.level = INFO
 """
 
 
-_children: dict[Path, subprocess.Popen[bytes]] = {}
-"""Brokers this process started, kept so they are reaped after they exit instead of lingering as zombies
-(and so Python does not warn about a child it forgot while it still runs)."""
+class _Broker(subprocess.Popen[bytes]):
+    """A broker outlives the process that started it (`tidings dev up` returns; a test session ends and
+    `tidings dev down` stops it), so one still running when its Popen is collected is not the leak
+    Python's ResourceWarning reports; an exited one is reaped as usual."""
+
+    def __del__(self) -> None:
+        if self.poll() is not None:
+            super().__del__()
+
+
+_children: dict[Path, _Broker] = {}
+"""Brokers this process started, kept so they are reaped after they exit instead of lingering as zombies."""
 
 
 def home() -> Path:
@@ -187,7 +196,7 @@ def up(
             f"port {port} is taken by another process; stop it or set TIDINGS_KAFKA_BOOTSTRAP"
         )
     with open(log, "ab") as out:
-        proc = subprocess.Popen(
+        proc = _Broker(
             _java(libs, "kafka.Kafka", str(root / "server.properties"), logs=logs),
             stdout=out,
             stderr=subprocess.STDOUT,
