@@ -7,20 +7,25 @@ never lifted a suppression in the router at all: someone who texted START got no
 was set again. The edge therefore looks the number up in the recipients projection (`recipients.phone`,
 indexed by migration 0011) and produces the feedback once per recipient found, each keyed to that
 recipient's partition, with an event id derived from the original one and the recipient. No holder
-found, or PostgreSQL not answering within `TIMEOUT`, leaves the feedback as it was: an opt-out is never
-dropped for want of the lookup. A number set on a recipient so recently that the projection has not
-applied it yet is not found, which is the behaviour before this lookup.
+found, or the lookup (connection and query) not done within `TIMEOUT`, leaves the feedback as it was:
+an opt-out is never dropped, or held back longer than that, for want of the lookup. A number set on a
+recipient so recently that the projection has not applied it yet is not found, as before this lookup.
+An erased recipient whose row the projection has not deleted yet is found, and the router then keeps
+the number as that id's suppression, as it does for a bounce of a message sent before an erasure:
+a suppression is the one thing about a person a sender keeps after erasing them (it honours their
+objection), and it holds no more than the number.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
 
 import psycopg
 from aiohttp import web
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from tidings.config import Settings
 from tidings.events import ProviderFeedback
@@ -60,11 +65,11 @@ async def resolve(pool: AsyncConnectionPool, reports: list[ProviderFeedback]) ->
             resolved.append(report)
             continue
         try:
-            async with pool.connection(timeout=TIMEOUT) as conn:
+            async with asyncio.timeout(TIMEOUT), pool.connection() as conn:
                 cursor = await conn.execute(HOLDERS, (report.tenant_id, report.address))
                 holders = [row[0] for row in await cursor.fetchall()]
-        except (PoolTimeout, psycopg.Error) as exc:
-            log.warning("could not look up who holds an opted-out number, producing it as is: %s", exc)
+        except (TimeoutError, psycopg.Error) as exc:
+            log.warning("could not look up who holds an opted-out number, producing it as is: %r", exc)
             holders = []
         if len(holders) == MAX_HOLDERS:
             log.warning(
@@ -77,8 +82,22 @@ async def resolve(pool: AsyncConnectionPool, reports: list[ProviderFeedback]) ->
 
 
 def new_pool(dsn: str) -> AsyncConnectionPool:
-    """A small pool that connects on first use, so the edge starts and takes opt-outs without PostgreSQL."""
-    return AsyncConnectionPool(dsn, min_size=0, max_size=2, open=False, timeout=TIMEOUT)
+    """A small pool that connects on first use, so the edge starts and takes opt-outs without PostgreSQL.
+    The whole lookup (connection, query, rows) is bounded by `TIMEOUT`; the server also ends the query
+    itself then (`statement_timeout`), and a connection is checked before it is lent, so one left dead
+    by a PostgreSQL restart is replaced rather than failing an opt-out's lookup."""
+    return AsyncConnectionPool(
+        dsn,
+        min_size=0,
+        max_size=2,
+        open=False,
+        timeout=TIMEOUT,
+        check=AsyncConnectionPool.check_connection,
+        kwargs={
+            "options": f"-c statement_timeout={int(TIMEOUT * 1000)}",
+            "connect_timeout": max(2, int(TIMEOUT)),
+        },
+    )
 
 
 def attach(application: web.Application, settings: Settings) -> None:

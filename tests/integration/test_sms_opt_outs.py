@@ -1,13 +1,18 @@
 """Inbound SMS STOP and START on the real stack reach the router for every recipient holding the number."""
 
 import asyncio
+import threading
+import time
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
+import psycopg
+import pytest
 from pydantic import SecretStr
 
 from gateways.edge import EdgeSettings
+from gateways.sms import holders
 from gateways.sms.inbound import twilio_signature
 from tests.integration.test_edge import serving
 from tests.integration.test_projections import project, rows
@@ -94,3 +99,33 @@ def test_stop_and_start_reach_every_holder_of_the_number_in_the_router(database:
         (SHARED, False),
         (NOBODYS, True),
     ]
+
+
+def test_a_lookup_that_hangs_is_given_up_and_the_opt_out_produced_as_it_came(
+    database: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = database
+    monkeypatch.setattr(holders, "TIMEOUT", 1.0)
+    stop = ProviderFeedback(
+        tenant_id="acme", kind="sms_stop", channel="sms", address=SHARED, provider="twilio"
+    )
+
+    async def scenario() -> tuple[list[ProviderFeedback], float]:
+        pool = holders.new_pool(s.postgres_dsn)
+        await pool.open()
+        try:
+            started = time.monotonic()
+            return await holders.resolve(pool, [stop]), time.monotonic() - started
+        finally:
+            await pool.close()
+
+    with psycopg.connect(s.postgres_dsn) as locker:
+        locker.execute("LOCK TABLE recipients IN ACCESS EXCLUSIVE MODE")
+        release = threading.Timer(10, locker.rollback)
+        release.start()
+        try:
+            got, took = asyncio.run(scenario())
+        finally:
+            release.cancel()
+    assert got == [stop]
+    assert took < 4, f"the lookup waited {took:.1f} s for a lock instead of giving up after 1 s"
