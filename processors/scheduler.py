@@ -20,7 +20,8 @@ log time, kept for good: erasures are rare), and a command whose request reached
 recipient's erasure (`requested_at`) is CANCELLED `erased` instead of released, when it arrives or
 when it comes due. The timers already pending are found by a walk of the partition's timers that the
 punctuation takes on `SWEEP_BUDGET` (1,000) timers at a time, so the content of a command deferred for
-days leaves the store, and its changelog, within seconds of the erasure. Not searched at the erasure
+days leaves the store within seconds of the erasure (tombstoned in the changelog then, gone from it at
+the next compaction; `notifications.scheduled` keeps it for its retention). Not searched at the erasure
 itself: timers are keyed by due time, so that would scan the partition per erasure (a bulk erasure
 against a large backlog would outlast the transaction timeout), and an index per recipient would cost
 a changelog write on every deferral. One walk serves every erasure read before it starts.
@@ -187,6 +188,15 @@ class Timers:
         return taken
 
 
+def next_walk(walking: str | None) -> str:
+    """The erasure walk's state ("<again> <last key walked>") once another erasure is read: a walk that
+    has not started yet ("0 ") covers it; one under way must start over once it ends."""
+    if walking is None:
+        return "0 "
+    after = walking.split(" ", 1)[1]
+    return f"1 {after}" if after else walking
+
+
 def erased_before(marker: str | None, command: DeliveryCommand) -> bool:
     """Whether the command's request reached the log before its recipient's erasure (`marker`, ms). On
     equal timestamps the router takes the erasure first (state before requests), so that request was
@@ -279,8 +289,7 @@ class Scheduler:
             key, at = f"{event.tenant_id}/{event.recipient_id}", int(event.occurred_at.timestamp() * 1000)
             if int(self.erased.get(record.partition, key) or -1) < at:
                 self.erased.put(record.partition, key, str(at))
-                walking = self.erased.get(record.partition, SWEEP)
-                self.erased.put(record.partition, SWEEP, f"1 {walking.split(' ', 1)[1]}" if walking else "0 ")
+                self.erased.put(record.partition, SWEEP, next_walk(self.erased.get(record.partition, SWEEP)))
             return []
         if type(event) in SATISFIES:
             return self._engaged(record.partition, event)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.scheduler import Timers, erased_before, release, timer_key
+from processors.scheduler import Timers, erased_before, next_walk, release, timer_key
 from tidings.codec import default_codec
 from tidings.events import DeliveryCommand, DeliveryOutcome, RenderedContent
 from tidings.state import Store, due_bound
@@ -235,3 +235,10 @@ def test_a_sweep_step_rolled_back_is_walked_again_and_a_new_walk_sees_later_time
     assert t.sweep(0, resume, 2, ann) == (first[2:], None), "the rolled-back step again"
     t.store.committed()
     assert t.sweep(0, "", 2, ann) == ([late], None), "a new walk starts from a fresh snapshot"
+
+
+def test_an_erasure_starts_a_walk_or_has_the_one_under_way_start_over_once() -> None:
+    assert next_walk(None) == "0 "
+    assert next_walk("0 ") == "0 ", "a walk not yet started covers the new erasure"
+    assert next_walk("0 0000000000001/x") == "1 0000000000001/x"
+    assert next_walk("1 0000000000001/x") == "1 0000000000001/x"
