@@ -167,6 +167,15 @@ class Store(Generic[V]):
                 (keys.add if entry[0] is not None else keys.discard)(key)
         return sorted(k for k in keys if self.get(partition, k) is not None)
 
+    def known_keys(self, partition: int) -> list[str]:
+        """Every key the partition holds or the open batch has touched, staged deletes included, in
+        sorted order: a superset of `keys` that stays a superset if the current record fails and its
+        deletes are undone.
+        """
+        keys = set(self._data.get(partition, {}))
+        keys.update(key for (p, key) in self._staged if p == partition)
+        return sorted(keys)
+
 
 def due_bound(now_ms: int) -> str:
     """The greatest key due at `now_ms` among keys `<due ms, 13 digits>/<anything>`."""
@@ -178,8 +187,9 @@ class DueKeys:
     so finding what is due costs what is due, not a sort of every key (100,000 keys took 78-249 ms to
     sort and check, every punctuation). Removal is lazy: a key gone from the store is skipped when it
     reaches the top. The heaps are rebuilt from the store when its `version` moves (a restore, or an
-    aborted batch whose deletes a heap has already forgotten). `accept` picks the store's keys that are
-    due keys.
+    aborted batch whose deletes a heap has already forgotten). A rebuild starts from `known_keys`, staged
+    deletes included, so a record that fails after a rebuild cannot leave a restored key untracked.
+    `accept` picks the store's keys that are due keys.
     """
 
     def __init__(self, store: Store[Any], accept: Callable[[str], bool] = lambda key: True) -> None:
@@ -193,7 +203,7 @@ class DueKeys:
             self._version = self.store.version
         heap = self._heaps.get(partition)
         if heap is None:
-            heap = self._heaps[partition] = [k for k in self.store.keys(partition) if self.accept(k)]
+            heap = self._heaps[partition] = [k for k in self.store.known_keys(partition) if self.accept(k)]
         return heap
 
     def add(self, partition: int, key: str) -> None:

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tidings.kafka import Incoming
-from tidings.state import Store
+from tidings.state import DueKeys, Store
 
 
 class Clock:
@@ -99,3 +99,28 @@ def test_restore_from_changelog_equals_committed_memory(ops: list[tuple[int, str
     for partition in (0, 1):
         for key in "abc":
             assert restored.get(partition, key) == s.get(partition, key)
+
+
+def test_a_heap_rebuilt_inside_a_failed_record_keeps_the_keys_the_record_deleted() -> None:
+    s = store()
+    due = DueKeys(s)
+    s.put(0, "0000000000100/a", {"n": 1})
+    due.add(0, "0000000000100/a")
+    s.committed()
+    s.record_done()
+    s.delete(0, "0000000000100/a")
+    s.version += 1
+    s.put(0, "0000000000200/b", {"n": 2})
+    due.add(0, "0000000000200/b")
+    s.record_failed()
+    assert due.take(0, 1_000) == ["0000000000100/a"]
+
+
+def test_known_keys_include_staged_deletes_and_writes() -> None:
+    s = store()
+    s.put(0, "a", {"n": 1})
+    s.committed()
+    s.delete(0, "a")
+    s.put(0, "b", {"n": 2})
+    s.put(1, "c", {"n": 3})
+    assert (s.keys(0), s.known_keys(0), s.known_keys(1)) == (["b"], ["a", "b"], ["c"])
