@@ -1,9 +1,10 @@
 """Three broadcasts to 64,000 members in all; the audience processor is SIGKILLed three times while it
-expands them.
+expands them, after 1.0, 0.6 and 0.3 s of work.
 
 Reading notifications.requested read_committed afterwards must show exactly one request per member of
 each broadcast as the audience stood at the broadcast's place in the topic: nobody missing, nobody
-twice, nobody who joined later or left before.
+twice, nobody who joined later or left before. At least two of the kills must land before the
+expansion is complete (how far the last one gets depends on the machine), or the test proves nothing.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def test_audience_killed_three_times_makes_each_member_request_once(topology: Se
     env = os.environ | {"TIDINGS_TOPIC_PREFIX": s.topic_prefix, "TIDINGS_PARTITIONS": str(s.partitions)}
     argv = [TIDINGS, "run", "audience", "--instance", "0", "--idle-exit", "3"]
     progress = []
-    for delay in (1.0, 1.0, 1.0):
+    for delay in (1.0, 0.6, 0.3):
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         lines: queue.Queue[str] = queue.Queue()
         reader = threading.Thread(target=pump, args=(proc, lines))
@@ -96,5 +97,6 @@ def test_audience_killed_three_times_makes_each_member_request_once(topology: Se
     extra = set(made) - set(expected)
     doubled = [k for k, n in made.items() if n > 1]
     print(f"committed after each kill: {progress}; missing {len(missing)}, extra {len(extra)}")
-    assert progress[-1] < sum(expected.values()), "the kills came after the expansion had finished"
+    interrupted = sum(p < sum(expected.values()) for p in progress)
+    assert interrupted >= 2, "fewer than two kills came while the expansion was under way"
     assert (len(missing), len(extra), len(doubled)) == (0, 0, 0)
