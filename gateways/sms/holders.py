@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator
 
 import psycopg
 from aiohttp import web
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from tidings.config import Settings
@@ -58,6 +59,41 @@ def wanted(report: ProviderFeedback) -> bool:
     return report.channel == "sms" and report.kind in OPT_KINDS and report.recipient_id is None
 
 
+async def _holders(pool: AsyncConnectionPool, report: ProviderFeedback) -> list[str]:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(HOLDERS, (report.tenant_id, report.address))
+        return [row[0] for row in await cursor.fetchall()]
+
+
+_ABANDONED: set[asyncio.Future[list[str]]] = set()
+
+
+def _abandoned(task: asyncio.Future[list[str]]) -> None:
+    _ABANDONED.discard(task)
+    if not task.cancelled():
+        task.exception()
+
+
+async def lookup(pool: AsyncConnectionPool, report: ProviderFeedback) -> list[str]:
+    """Who holds `report`'s number, or TimeoutError after `TIMEOUT`. A lookup past its time is cancelled
+    and left to end in the background: psycopg cancels a running query by asking the server on a new
+    connection and waits for that, which against a PostgreSQL that stopped answering took `TIMEOUT`
+    plus up to 10 s more when the lookup awaited its own cancellation.
+    """
+    task = asyncio.ensure_future(_holders(pool, report))
+    try:
+        done, _ = await asyncio.wait({task}, timeout=TIMEOUT)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        _ABANDONED.add(task)
+        task.add_done_callback(_abandoned)
+        raise TimeoutError(f"no answer within {TIMEOUT} s")
+    return task.result()
+
+
 async def resolve(pool: AsyncConnectionPool, reports: list[ProviderFeedback]) -> list[ProviderFeedback]:
     resolved: list[ProviderFeedback] = []
     for report in reports:
@@ -65,9 +101,7 @@ async def resolve(pool: AsyncConnectionPool, reports: list[ProviderFeedback]) ->
             resolved.append(report)
             continue
         try:
-            async with asyncio.timeout(TIMEOUT), pool.connection() as conn:
-                cursor = await conn.execute(HOLDERS, (report.tenant_id, report.address))
-                holders = [row[0] for row in await cursor.fetchall()]
+            holders = await lookup(pool, report)
         except (TimeoutError, psycopg.Error) as exc:
             log.warning("could not look up who holds an opted-out number, producing it as is: %r", exc)
             holders = []
@@ -79,6 +113,19 @@ async def resolve(pool: AsyncConnectionPool, reports: list[ProviderFeedback]) ->
             )
         resolved.extend(addressed(report, holders))
     return resolved
+
+
+def pool_options(dsn: str) -> dict[str, str | int]:
+    """Connection options bounding the lookup, merged with the DSN's own: its `options` are kept with
+    `statement_timeout` appended, and its `connect_timeout` is kept when shorter."""
+    own = conninfo_to_dict(dsn)
+    options = " ".join(
+        filter(None, [str(own.get("options") or ""), f"-c statement_timeout={int(TIMEOUT * 1000)}"])
+    )
+    connect_timeout = max(2, int(TIMEOUT))
+    if own.get("connect_timeout"):
+        connect_timeout = min(connect_timeout, int(str(own["connect_timeout"])))
+    return {"options": options, "connect_timeout": connect_timeout}
 
 
 def new_pool(dsn: str) -> AsyncConnectionPool:
@@ -93,10 +140,7 @@ def new_pool(dsn: str) -> AsyncConnectionPool:
         open=False,
         timeout=TIMEOUT,
         check=AsyncConnectionPool.check_connection,
-        kwargs={
-            "options": f"-c statement_timeout={int(TIMEOUT * 1000)}",
-            "connect_timeout": max(2, int(TIMEOUT)),
-        },
+        kwargs=pool_options(dsn),
     )
 
 

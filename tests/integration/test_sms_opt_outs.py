@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 import aiohttp
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import SecretStr
 
 from gateways.edge import EdgeSettings
@@ -129,3 +130,71 @@ def test_a_lookup_that_hangs_is_given_up_and_the_opt_out_produced_as_it_came(
             release.cancel()
     assert got == [stop]
     assert took < 4, f"the lookup waited {took:.1f} s for a lock instead of giving up after 1 s"
+
+
+class Freezer:
+    """A TCP relay to PostgreSQL that can stop relaying while keeping every connection open: a server
+    that stopped answering (a network partition or a hung host), which refuses nothing."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.frozen = asyncio.Event()
+        self.server: asyncio.Server | None = None
+        self.relays: set[asyncio.Future[object]] = set()
+
+    async def __aenter__(self) -> int:
+        self.server = await asyncio.start_server(self.relay, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        for relay in self.relays:
+            relay.cancel()
+        await asyncio.gather(*self.relays, return_exceptions=True)
+
+    async def relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(self.host, self.port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                if self.frozen.is_set():
+                    await asyncio.Event().wait()
+                dst.write(data)
+                await dst.drain()
+
+        both = asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+        self.relays.add(both)
+        try:
+            await both
+        finally:
+            writer.close()
+            upstream_writer.close()
+
+
+def test_a_database_that_stops_answering_holds_the_opt_out_no_longer_than_the_timeout(
+    database: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = database
+    monkeypatch.setattr(holders, "TIMEOUT", 1.0)
+    stop = ProviderFeedback(
+        tenant_id="acme", kind="sms_stop", channel="sms", address=SHARED, provider="twilio"
+    )
+    dsn = conninfo_to_dict(s.postgres_dsn)
+
+    async def scenario() -> tuple[list[ProviderFeedback], float]:
+        freezer = Freezer(str(dsn.get("host") or "127.0.0.1"), int(str(dsn.get("port") or 5432)))
+        async with freezer as port:
+            pool = holders.new_pool(make_conninfo(s.postgres_dsn, host="127.0.0.1", port=port))
+            await pool.open()
+            try:
+                assert await holders.lookup(pool, stop) == []
+                freezer.frozen.set()
+                started = time.monotonic()
+                return await holders.resolve(pool, [stop]), time.monotonic() - started
+            finally:
+                await pool.close(timeout=0.5)
+
+    got, took = asyncio.run(scenario())
+    assert got == [stop]
+    assert took < 2, f"the lookup took {took:.1f} s against a silent server instead of giving up after 1 s"

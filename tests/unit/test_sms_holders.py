@@ -44,3 +44,11 @@ def test_an_unreachable_database_leaves_the_opt_out_as_it_came(monkeypatch: pyte
             await pool.close()
 
     assert asyncio.run(scenario()) == [STOP, bounce]
+
+
+def test_the_lookup_bounds_join_the_dsns_own_options() -> None:
+    bare = holders.pool_options("postgresql://tidings@127.0.0.1:5432/tidings")
+    assert bare == {"options": "-c statement_timeout=5000", "connect_timeout": 5}
+    own = holders.pool_options("host=db dbname=t options='-c search_path=app' connect_timeout=3")
+    assert own == {"options": "-c search_path=app -c statement_timeout=5000", "connect_timeout": 3}
+    assert holders.pool_options("host=db connect_timeout=30")["connect_timeout"] == 5
