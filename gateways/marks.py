@@ -10,10 +10,12 @@ A mark is a small JSON value under `<prefix>tidings:delivery:<delivery_id>`:
   the outcome records were acknowledged by Kafka, so a command re-read after a crash between the
   two re-emits its terminal outcome (same deterministic event id) instead of losing it or re-sending.
 
-Claiming is one Lua script, so two gateways can never both claim the same delivery; it also reports
-whether the address is on the gateway's dead-address list. Claims and marks issued in the same
-event-loop tick travel as one pipeline (`Pipelined`): with dozens of sends in flight that turns three
-round trips per command into a few per batch.
+Claiming is one Lua script, so two gateways can never both claim the same delivery; it also reports whether
+the address is on the gateway's dead-address list, and whether the command was requested before its
+recipient's erasure (`<prefix>tidings:erased:<tenant>:<recipient>`, the erasure's log time in ms, noted by
+whichever gateway reads the erasure from its urgent lane and kept as long as a done mark). Claims and marks
+issued in the same event-loop tick travel as one pipeline (`Pipelined`): with dozens of sends in flight that
+turns three round trips per command into a few per batch.
 """
 
 from __future__ import annotations
@@ -34,8 +36,16 @@ if current then
   if not retry_due then return current end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+local erased = redis.call('GET', KEYS[3])
+if erased and tonumber(ARGV[4]) < tonumber(erased) then return '{"state": "erased"}' end
 if redis.call('EXISTS', KEYS[2]) == 1 then return '{"state": "suppressed"}' end
 return false
+"""
+ERASED = """
+local current = redis.call('GET', KEYS[1])
+if not current or tonumber(current) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+end
 """
 SWAP = """
 for i, key in ipairs(KEYS) do
@@ -98,18 +108,28 @@ class Marks:
     def key(self, delivery_id: object) -> str:
         return f"{self.prefix}tidings:delivery:{delivery_id}"
 
-    async def claim(self, delivery_id: object, attempt: int, dead_key: str) -> dict[str, Any] | None:
-        """None when this gateway now owns the send; else the mark that stands in the way, or
-        `{"state": "suppressed"}` when it owns the send but the address is on the dead list."""
+    def erased_key(self, tenant_id: str, recipient_id: str) -> str:
+        return f"{self.prefix}tidings:erased:{tenant_id}:{recipient_id}"
+
+    async def claim(
+        self, delivery_id: object, attempt: int, dead_key: str, erased_key: str, requested_ms: int
+    ) -> dict[str, Any] | None:
+        """None when this gateway now owns the send; else the mark that stands in the way, or, when it
+        owns the send but must not make it, `{"state": "erased"}` (requested before its recipient's
+        erasure) or `{"state": "suppressed"}` (the address is on the dead list)."""
         inflight = json.dumps({"state": "inflight", "owner": self.owner})
-        keys = [self.key(delivery_id), dead_key]
+        keys = [self.key(delivery_id), dead_key, erased_key]
         current = await self.pipelined.call(
-            lambda pipe: pipe.eval(CLAIM, 2, *keys, inflight, self.inflight_ttl, attempt)
+            lambda pipe: pipe.eval(CLAIM, 3, *keys, inflight, self.inflight_ttl, attempt, requested_ms)
         )
         if current is None:
             return None
         mark: dict[str, Any] = json.loads(current)
         return mark
+
+    async def erased(self, key: str, erased_ms: int) -> None:
+        """Note an erasure's log time under `key`, keeping the later of two."""
+        await self.pipelined.call(lambda pipe: pipe.eval(ERASED, 1, key, erased_ms, self.done_ttl))
 
     async def put(self, delivery_id: object, mark: dict[str, Any]) -> None:
         value = json.dumps(mark)

@@ -1,12 +1,14 @@
 """Consumes notifications.delivery.<channel> (urgent lane first) and its retry tiers; produces outcomes,
-retries, feedback and dead letters. The one consume loop of every channel gateway.
+retries, feedback and dead letters. The urgent lane also carries the router's `RecipientErased`, noted
+in Redis for the claims. The one consume loop of every channel gateway.
 
 Per command: claim its `delivery_id` in Redis (`gateways.marks`: a delivery sent, failed or expired is
-never sent again, one in flight elsewhere waits), refuse an address this gateway saw die, drop it as
-EXPIRED past `expires_at`, else walk the provider chain, skipping providers whose circuit is open and
-waiting for each provider's cluster-wide rate limit (`gateways.limits`). Success is SENT; a permanent
-refusal is FAILED (with feedback when the address is dead); when every provider failed retriably the
-command goes to the next retry tier, due after the tier's delay or the provider's Retry-After, with a
+never sent again, one in flight elsewhere waits), cancel it (CANCELLED `erased`) when it was requested
+before its recipient's erasure, refuse an address this gateway saw die, drop it as EXPIRED past
+`expires_at`, else walk the provider chain, skipping providers whose circuit is open and waiting for
+each provider's cluster-wide rate limit (`gateways.limits`). Success is SENT; a permanent refusal is
+FAILED (with feedback when the address is dead); when every provider failed retriably the command goes
+to the next retry tier, due after the tier's delay or the provider's Retry-After, with a
 RETRYING outcome; after the last tier it is FAILED and dead-lettered.
 
 Within a partition up to `concurrency` commands are in flight at once; the committed offset is the end
@@ -39,7 +41,7 @@ from gateways.settings import GatewaySettings as GatewaySettings
 from tidings.codec import default_codec
 from tidings.config import Settings
 from tidings.errors import CodecError, InvalidEvent
-from tidings.events import DeliveryCommand
+from tidings.events import DeliveryCommand, RecipientErased
 from tidings.kafka import Incoming, Output
 from tidings.kafka.aio import TP, AsyncConsumer, AsyncProducer
 from tidings.kafka.records import dead_letter
@@ -252,12 +254,22 @@ class GatewayRunner:
     async def handle(self, record: Incoming) -> Handled | Blocked:
         try:
             command = record.decode(default_codec())
+            if isinstance(command, RecipientErased) and record.topic == self.urgent:
+                return await self._erased(command)
             if not isinstance(command, DeliveryCommand):
                 raise InvalidEvent(f"{type(command).__name__} is not a DeliveryCommand")
         except (CodecError, InvalidEvent) as exc:
             self._count("dead_letters")
             return Handled([dead_letter(record, exc, self.group, self.names.dlq)])
-        mark = await self.marks.claim(command.delivery_id, command.attempt, self._suppressed_key(command))
+        mark = await self.marks.claim(
+            command.delivery_id,
+            command.attempt,
+            self._suppressed_key(command),
+            self.marks.erased_key(command.tenant_id, command.recipient_id),
+            int(command.request_time.timestamp() * 1000),
+        )
+        if mark is not None and mark["state"] == "erased":
+            return await self._finish(command, "CANCELLED", "erased")
         if mark is not None and mark["state"] == "suppressed":
             return await self._finish(command, "SUPPRESSED", "address_dead")
         if mark is not None:
@@ -271,6 +283,15 @@ class GatewayRunner:
         if command.expires_at is not None and command.expires_at.timestamp() <= time.time():
             return await self._finish(command, "EXPIRED", "expired")
         return await self._send(record, command)
+
+    async def _erased(self, event: RecipientErased) -> Handled:
+        """Note the erasure the router forwarded (stamped with its log time), so that every command
+        requested before it and claimed from now on, from a lane or a retry tier, is CANCELLED `erased`
+        instead of sent."""
+        key = self.marks.erased_key(event.tenant_id, event.recipient_id)
+        await self.marks.erased(key, int(event.occurred_at.timestamp() * 1000))
+        self._count("erasures")
+        return Handled()
 
     async def _send(self, record: Incoming, command: DeliveryCommand) -> Handled | Blocked:
         providers = [p for p in self.chains.get(command.tenant_id, self.providers) if p.accepts(command)]

@@ -19,7 +19,8 @@ that lags meets a cancellation or an erasure of an item before it closes the ite
 Critical and high-priority commands go to the channel's `.urgent` lane. A cancellation of a request
 already planned is forwarded to `notifications.scheduled`, where the scheduler drops its deferred
 commands and removes the request from an open digest; one that arrives first makes the request
-SKIPPED (`cancelled`). A record that cannot be decoded,
+SKIPPED (`cancelled`). An erasure is forwarded there too, and to every channel's urgent lane for the
+gateways. A record that cannot be decoded,
 validated or planned is dead-lettered, with a `REJECTED` outcome when its notification id is readable.
 """
 
@@ -39,6 +40,7 @@ from tidings.codec import Codec, default_codec
 from tidings.config import Settings
 from tidings.errors import CodecError, InvalidEvent
 from tidings.events import (
+    CHANNELS,
     Channel,
     DeliveryOutcome,
     Event,
@@ -222,14 +224,16 @@ class Router:
 
     def _erase(self, record: Incoming, event: RecipientErased, key: str) -> list[Output]:
         """Forget the recipient (a tombstone in the changelog), cancel its open digests and forward the
-        erasure to the scheduler, which drops its deferred commands. The forwarded copy's `occurred_at`
-        is the erasure record's timestamp, the clock of commands' `requested_at`. The digests are looked
-        up by the catalog's types, not found by scanning the store, so an erasure costs the same
-        however many digests are open."""
+        erasure to the scheduler, which drops its deferred commands, and to every channel's urgent lane,
+        whose gateway then cancels the commands it has not sent yet (a lane's backlog, retry tiers). The
+        forwarded copies' `occurred_at` is the erasure record's timestamp, the clock of commands'
+        `requested_at`. The digests are looked up by the catalog's types, not found by scanning the
+        store, so an erasure costs the same however many digests are open."""
         trace = child_traceparent(record.header(TRACEPARENT)).encode()
         self.recipients.delete(record.partition, key)
         stamped = event.model_copy(update={"occurred_at": log_time(record) or event.occurred_at})
         outputs = [self._event(self.names.scheduled, stamped, trace)]
+        outputs += [self._event(self.names.delivery(c, urgent=True), stamped, trace) for c in CHANNELS]
         for type_ in sorted(self.catalog.type_keys(event.tenant_id)):
             bucket_key = digest.bucket_key(event.tenant_id, event.recipient_id, type_)
             bucket = self.digests.get(record.partition, bucket_key)

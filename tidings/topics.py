@@ -221,7 +221,9 @@ def registry(settings: Settings) -> list[TopicSpec]:
     tiers = parse_tiers(settings.retry_tiers)
     for channel in CHANNELS:
         specs.append(TopicSpec(delivery(channel), RECIPIENT_KEY, COMMAND))
-        specs.append(TopicSpec(delivery(channel, urgent=True), RECIPIENT_KEY, COMMAND))
+        specs.append(
+            TopicSpec(delivery(channel, urgent=True), RECIPIENT_KEY, COMMAND, forwarded=("RecipientErased",))
+        )
         specs.extend(
             TopicSpec(
                 retry(channel, tier),

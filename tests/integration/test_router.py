@@ -47,7 +47,7 @@ def commands(s: Settings) -> list[DeliveryCommand]:
     found: list[Any] = []
     for channel in CHANNELS:
         found += decoded(s, n.delivery(channel)) + decoded(s, n.delivery(channel, urgent=True))
-    return found
+    return [c for c in found if isinstance(c, DeliveryCommand)]
 
 
 def test_requests_become_commands_on_the_right_lanes_with_outcomes(topology: Settings) -> None:
