@@ -145,6 +145,11 @@ class TopicSpec:
         return self.partitions or settings.partitions
 
 
+OWNED_CONFIGS = frozenset({"segment.ms"})
+"""Configs the registry sets on a topic under some settings only (`segment.ms` under
+TIDINGS_PERSONAL_DATA_DAYS): a topic override of one the registry does not set is drift, which
+`tidings topics apply --alter` removes, so lifting the cap puts the broker's default back."""
+
 RECIPIENT_KEY = "tenant/recipient"
 COMMAND = ("DeliveryCommand",)
 

@@ -2,7 +2,7 @@ import uuid
 
 from tidings.config import Settings
 from tidings.kafka import apply_topics
-from tidings.topics import DAY_MS, TopicSpec, registry
+from tidings.topics import DAY_MS, TopicSpec, capped, registry
 
 
 def test_apply_is_idempotent_for_the_registry(stack: Settings) -> None:
@@ -33,3 +33,19 @@ def test_apply_alters_a_drifted_config_but_never_partitions(stack: Settings) -> 
     wider = TopicSpec(name, "k", (), partitions=3, retention_ms=DAY_MS)
     [report] = apply_topics(stack, [wider], alter=True)
     assert (report.action, report.drift, report.altered) == ("drift", ["partitions 2 != 3"], [])
+
+
+def test_lifting_the_personal_data_cap_removes_the_daily_segment_roll(stack: Settings) -> None:
+    name = f"uncap.{uuid.uuid4().hex[:8]}"
+    plain = TopicSpec(name, "k", (), partitions=1)
+    capped_spec = capped(plain, 30 * DAY_MS)
+    assert [r.action for r in apply_topics(stack, [capped_spec])] == ["created"]
+    [report] = apply_topics(stack, [plain])
+    assert (report.action, report.drift) == (
+        "drift",
+        ["segment.ms 86400000 != (default)"],
+    )
+    [altered] = apply_topics(stack, [plain], alter=True)
+    assert (altered.action, altered.drift) == ("altered", [])
+    assert [r.action for r in apply_topics(stack, [plain])] == ["ok"]
+    assert [r.action for r in apply_topics(stack, [capped_spec])] == ["drift"]

@@ -11,13 +11,14 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AlterConfigOpType,
     ConfigEntry,
     ConfigResource,
+    ConfigSource,
     NewTopic,
 )
 
 from tidings.config import Settings
 from tidings.errors import KafkaUnavailable
 from tidings.kafka import config
-from tidings.topics import TopicSpec
+from tidings.topics import OWNED_CONFIGS, TopicSpec
 
 
 @dataclass
@@ -75,7 +76,8 @@ def apply_topics(
 ) -> list[TopicReport]:
     """Create missing topics; for existing ones compare partitions and config (idempotent). With
     `alter`, set a drifted config to the registry's (partitions are never changed: more partitions
-    would move recipients' keys and break co-partitioning)."""
+    would move recipients' keys and break co-partitioning). A topic override of one of `OWNED_CONFIGS`
+    that the registry no longer sets is drift too, and `alter` removes it."""
     client = admin(settings)
     existing = client.list_topics(timeout=timeout).topics
     reports: dict[str, TopicReport] = {}
@@ -110,8 +112,13 @@ def apply_topics(
             if partitions != spec.partition_count(settings):
                 report.drift.append(f"partitions {partitions} != {spec.partition_count(settings)}")
             have = {k: e.value for k, e in described[spec.name].items()}
-            wrong = {k: v for k, v in spec.config().items() if have.get(k) != v}
-            report.drift += [f"{k} {have.get(k)} != {v}" for k, v in wrong.items()]
+            wanted = spec.config()
+            wrong: dict[str, str | None] = {k: v for k, v in wanted.items() if have.get(k) != v}
+            overrides = {
+                k for k, e in described[spec.name].items() if e.source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+            }
+            wrong |= {k: None for k in sorted(OWNED_CONFIGS & overrides - set(wanted))}
+            report.drift += [f"{k} {have.get(k)} != {v or '(default)'}" for k, v in wrong.items()]
             if wrong and alter:
                 _alter(client, spec.name, wrong, timeout)
                 report.action = "altered"
@@ -123,8 +130,14 @@ def apply_topics(
     return [reports[s.name] for s in specs]
 
 
-def _alter(client: AdminClient, topic: str, values: dict[str, str], timeout: float) -> None:
-    entries = [ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in values.items()]
+def _alter(client: AdminClient, topic: str, values: dict[str, str | None], timeout: float) -> None:
+    """Set each config to its value, or back to the broker's default where the value is None."""
+    entries = [
+        ConfigEntry(
+            k, v, incremental_operation=AlterConfigOpType.SET if v is not None else AlterConfigOpType.DELETE
+        )
+        for k, v in values.items()
+    ]
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=entries)
     for future in client.incremental_alter_configs([resource], request_timeout=timeout).values():
         future.result()
