@@ -114,9 +114,8 @@ def apply_topics(
             have = {k: e.value for k, e in described[spec.name].items()}
             wanted = spec.config()
             wrong: dict[str, str | None] = {k: v for k, v in wanted.items() if have.get(k) != v}
-            overrides = {
-                k for k, e in described[spec.name].items() if e.source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
-            }
+            topic_level = ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+            overrides = {k for k, e in described[spec.name].items() if e.source == topic_level}
             wrong |= {k: None for k in sorted(OWNED_CONFIGS & overrides - set(wanted))}
             report.drift += [f"{k} {have.get(k)} != {v or '(default)'}" for k, v in wrong.items()]
             if wrong and alter:
