@@ -26,6 +26,7 @@ from tidings.topics import names
 
 SHARED, OWN, NOBODYS = "+447700900555", "+447700900777", "+447700900999"
 EDGE = EdgeSettings(twilio_auth_token=SecretStr(TOKEN))
+STOP = ProviderFeedback(tenant_id="acme", kind="sms_stop", channel="sms", address=SHARED, provider="twilio")
 
 
 def texts(s: Settings, *messages: tuple[str, str]) -> list[int]:
@@ -107,16 +108,13 @@ def test_a_lookup_that_hangs_is_given_up_and_the_opt_out_produced_as_it_came(
 ) -> None:
     s = database
     monkeypatch.setattr(holders, "TIMEOUT", 1.0)
-    stop = ProviderFeedback(
-        tenant_id="acme", kind="sms_stop", channel="sms", address=SHARED, provider="twilio"
-    )
 
     async def scenario() -> tuple[list[ProviderFeedback], float]:
         pool = holders.new_pool(s.postgres_dsn)
         await pool.open()
         try:
             started = time.monotonic()
-            return await holders.resolve(pool, [stop]), time.monotonic() - started
+            return await holders.resolve(pool, [STOP]), time.monotonic() - started
         finally:
             await pool.close()
 
@@ -128,7 +126,7 @@ def test_a_lookup_that_hangs_is_given_up_and_the_opt_out_produced_as_it_came(
             got, took = asyncio.run(scenario())
         finally:
             release.cancel()
-    assert got == [stop]
+    assert got == [STOP]
     assert took < 4, f"the lookup waited {took:.1f} s for a lock instead of giving up after 1 s"
 
 
@@ -177,9 +175,6 @@ def test_a_database_that_stops_answering_holds_the_opt_out_no_longer_than_the_ti
 ) -> None:
     s = database
     monkeypatch.setattr(holders, "TIMEOUT", 1.0)
-    stop = ProviderFeedback(
-        tenant_id="acme", kind="sms_stop", channel="sms", address=SHARED, provider="twilio"
-    )
     dsn = conninfo_to_dict(s.postgres_dsn)
 
     async def scenario() -> tuple[list[ProviderFeedback], float]:
@@ -188,13 +183,13 @@ def test_a_database_that_stops_answering_holds_the_opt_out_no_longer_than_the_ti
             pool = holders.new_pool(make_conninfo(s.postgres_dsn, host="127.0.0.1", port=port))
             await pool.open()
             try:
-                assert await holders.lookup(pool, stop) == []
+                assert await holders.lookup(pool, STOP) == []
                 freezer.frozen.set()
                 started = time.monotonic()
-                return await holders.resolve(pool, [stop]), time.monotonic() - started
+                return await holders.resolve(pool, [STOP]), time.monotonic() - started
             finally:
                 await pool.close(timeout=0.5)
 
     got, took = asyncio.run(scenario())
-    assert got == [stop]
+    assert got == [STOP]
     assert took < 2, f"the lookup took {took:.1f} s against a silent server instead of giving up after 1 s"
