@@ -12,8 +12,8 @@ A mark is a small JSON value under `<prefix>tidings:delivery:<delivery_id>`:
 
 Claiming is one Lua script, so two gateways can never both claim the same delivery; it also reports whether
 the address is on the gateway's dead-address list, and whether the command was requested before its
-recipient's erasure (`<prefix>tidings:erased:<tenant>:<recipient>`, the erasure's log time in ms, noted by
-whichever gateway reads the erasure from its urgent lane and kept as long as a done mark). Claims and marks
+recipient's erasure (`<prefix>tidings:erased:<tenant>/<recipient>`, the erasure's log time in ms, noted by
+whichever gateway reads the erasure from its urgent lane and kept `erased_ttl`). Claims and marks
 issued in the same event-loop tick travel as one pipeline (`Pipelined`): with dozens of sends in flight that
 turns three round trips per command into a few per batch.
 """
@@ -45,6 +45,8 @@ ERASED = """
 local current = redis.call('GET', KEYS[1])
 if not current or tonumber(current) < tonumber(ARGV[1]) then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+elseif redis.call('TTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
 """
 SWAP = """
@@ -109,7 +111,8 @@ class Marks:
         return f"{self.prefix}tidings:delivery:{delivery_id}"
 
     def erased_key(self, tenant_id: str, recipient_id: str) -> str:
-        return f"{self.prefix}tidings:erased:{tenant_id}:{recipient_id}"
+        """Tenant ids cannot hold `/`, so no two (tenant, recipient) pairs share a key."""
+        return f"{self.prefix}tidings:erased:{tenant_id}/{recipient_id}"
 
     async def claim(
         self, delivery_id: object, attempt: int, dead_key: str, erased_key: str, requested_ms: int
@@ -127,9 +130,9 @@ class Marks:
         mark: dict[str, Any] = json.loads(current)
         return mark
 
-    async def erased(self, key: str, erased_ms: int) -> None:
-        """Note an erasure's log time under `key`, keeping the later of two."""
-        await self.pipelined.call(lambda pipe: pipe.eval(ERASED, 1, key, erased_ms, self.done_ttl))
+    async def erased(self, key: str, erased_ms: int, ttl: int) -> None:
+        """Note an erasure's log time under `key` for at least `ttl` seconds, keeping the later of two."""
+        await self.pipelined.call(lambda pipe: pipe.eval(ERASED, 1, key, erased_ms, ttl))
 
     async def put(self, delivery_id: object, mark: dict[str, Any]) -> None:
         value = json.dumps(mark)

@@ -82,6 +82,8 @@ class GatewayRunner:
             raise ValueError(f"tenant chains name providers not in the chain: {', '.join(sorted(unknown))}")
         self.chains = {t: [by_label[lb] for lb in labels] for t, labels in c.tenant_chains().items()}
         self.tiers = parse_tiers(settings.retry_tiers)
+        if self.tiers and c.erased_ttl < 2 * tier_seconds(self.tiers[-1]):
+            raise ValueError("TIDINGS_GATEWAY_ERASED_TTL must be at least twice the longest retry tier")
         self.urgent, self.standard = n.delivery(channel, urgent=True), n.delivery(channel)
         self.retries = [n.retry(channel, t) for t in self.tiers]
         self.lanes = {self.urgent: 0, **{t: 1 for t in self.retries}, self.standard: 2}
@@ -289,7 +291,7 @@ class GatewayRunner:
         requested before it and claimed from now on, from a lane or a retry tier, is CANCELLED `erased`
         instead of sent."""
         key = self.marks.erased_key(event.tenant_id, event.recipient_id)
-        await self.marks.erased(key, int(event.occurred_at.timestamp() * 1000))
+        await self.marks.erased(key, int(event.occurred_at.timestamp() * 1000), self.config.erased_ttl)
         self._count("erasures")
         return Handled()
 

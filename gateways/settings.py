@@ -15,6 +15,11 @@ class GatewaySettings(BaseSettings):
     circuit_failures: int = Field(default=5, ge=1)
     circuit_cooloff: float = Field(default=30.0, gt=0)
     busy_backoff: float = Field(default=2.0, gt=0)
+    erased_ttl: int = Field(
+        default=400 * 24 * 3600,
+        ge=60,
+        description="Seconds an erasure cancels older commands.",
+    )
     suppress_ttl: int = Field(default=900, ge=1, description="Seconds a dead address is refused here.")
     endpoint_disable_failures: int = Field(default=5, ge=1, description="Exhausted webhooks in a row...")
     endpoint_disable_after: float = Field(default=24 * 3600, ge=0, description="...spanning this long.")

@@ -10,7 +10,9 @@ and a pool would hide why a connection failed. PostgreSQL refusing connections f
 53300, too many clients) is `ProviderThrottled` (pause `throttle_pause` seconds); unreachable, starting
 up, timing out or dropping the connection is `ProviderUnavailable` (retry tiers); a row the database
 refuses (a NUL byte in a text) is rejected permanently. So is an item requested before its recipient
-was erased (the `erasures` ledger, see projections/recipients.py): FAILED `erased`, nothing stored.
+was erased (the `erasures` ledger, see projections/recipients.py): FAILED `erased`, nothing stored. (Once
+the gateway has read the erasure from its urgent lane, the claim cancels such an item first: CANCELLED
+`erased`.)
 """
 
 from __future__ import annotations

@@ -85,6 +85,8 @@ async def lookup(pool: AsyncConnectionPool, report: ProviderFeedback) -> list[st
         done, _ = await asyncio.wait({task}, timeout=TIMEOUT)
     except asyncio.CancelledError:
         task.cancel()
+        _ABANDONED.add(task)
+        task.add_done_callback(_abandoned)
         raise
     if not done:
         task.cancel()
@@ -117,14 +119,19 @@ async def resolve(pool: AsyncConnectionPool, reports: list[ProviderFeedback]) ->
 
 def pool_options(dsn: str) -> dict[str, str | int]:
     """Connection options bounding the lookup, merged with the DSN's own: its `options` are kept with
-    `statement_timeout` appended, and its `connect_timeout` is kept when shorter."""
+    `statement_timeout` appended, and its `connect_timeout` is kept when shorter (0, no limit in libpq,
+    is not)."""
     own = conninfo_to_dict(dsn)
     options = " ".join(
         filter(None, [str(own.get("options") or ""), f"-c statement_timeout={int(TIMEOUT * 1000)}"])
     )
     connect_timeout = max(2, int(TIMEOUT))
-    if own.get("connect_timeout"):
-        connect_timeout = min(connect_timeout, int(str(own["connect_timeout"])))
+    try:
+        theirs = int(float(str(own.get("connect_timeout") or 0)))
+    except ValueError:
+        theirs = 0
+    if theirs > 0:
+        connect_timeout = min(connect_timeout, theirs)
     return {"options": options, "connect_timeout": connect_timeout}
 
 

@@ -97,12 +97,14 @@ def test_the_claim_cancels_only_what_was_requested_before_the_latest_erasure(sta
         states: list[str | None] = []
         try:
             for erased_ms, requested_ms in [(1000, 999), (1000, 1000), (500, 999), (2000, 1999)]:
-                await marks.erased(key, erased_ms)
+                await marks.erased(key, erased_ms, 600)
                 mark = await marks.claim(uuid.uuid4(), 0, dead, key, requested_ms)
                 states.append(mark and mark["state"])
             states.append(str(await client.ttl(key) > 500))
+            await marks.erased(key, 2000, 5000)
+            states.append(str(await client.ttl(key) > 4000))
         finally:
             await client.aclose()
         return states
 
-    assert asyncio.run(scenario()) == ["erased", None, "erased", "erased", "True"]
+    assert asyncio.run(scenario()) == ["erased", None, "erased", "erased", "True", "True"]

@@ -52,3 +52,5 @@ def test_the_lookup_bounds_join_the_dsns_own_options() -> None:
     own = holders.pool_options("host=db dbname=t options='-c search_path=app' connect_timeout=3")
     assert own == {"options": "-c search_path=app -c statement_timeout=5000", "connect_timeout": 3}
     assert holders.pool_options("host=db connect_timeout=30")["connect_timeout"] == 5
+    assert holders.pool_options("host=db connect_timeout=0")["connect_timeout"] == 5
+    assert holders.pool_options("host=db connect_timeout=2.5")["connect_timeout"] == 2

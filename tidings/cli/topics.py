@@ -13,7 +13,10 @@ from tidings.topics import registry
 app = typer.Typer(no_args_is_help=True, help="Kafka topics from the registry in tidings/topics.py.")
 
 
-ALTER_HELP = "Set drifted configs (retention, compaction) to the registry's; never partitions."
+ALTER_HELP = (
+    "Set drifted configs (retention, compaction, segment.ms) to the registry's, removing a segment.ms it"
+    " does not set; never partitions."
+)
 
 
 @app.command()
