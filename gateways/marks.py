@@ -36,14 +36,14 @@ if current then
   if not retry_due then return current end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-local erased = redis.call('GET', KEYS[3])
-if erased and tonumber(ARGV[4]) < tonumber(erased) then return '{"state": "erased"}' end
+local erased = tonumber(redis.call('GET', KEYS[3]) or '')
+if erased and tonumber(ARGV[4]) < erased then return '{"state": "erased"}' end
 if redis.call('EXISTS', KEYS[2]) == 1 then return '{"state": "suppressed"}' end
 return false
 """
 ERASED = """
-local current = redis.call('GET', KEYS[1])
-if not current or tonumber(current) < tonumber(ARGV[1]) then
+local current = tonumber(redis.call('GET', KEYS[1]) or '')
+if not current or current < tonumber(ARGV[1]) then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 elseif redis.call('TTL', KEYS[1]) < tonumber(ARGV[2]) then
   redis.call('EXPIRE', KEYS[1], ARGV[2])

@@ -103,8 +103,14 @@ def test_the_claim_cancels_only_what_was_requested_before_the_latest_erasure(sta
             states.append(str(await client.ttl(key) > 500))
             await marks.erased(key, 2000, 5000)
             states.append(str(await client.ttl(key) > 4000))
+            await client.set(key, "not a time")
+            mark = await marks.claim(uuid.uuid4(), 0, dead, key, 1)
+            states.append(mark and mark["state"])
+            await marks.erased(key, 3000, 600)
+            mark = await marks.claim(uuid.uuid4(), 0, dead, key, 2999)
+            states.append(mark and mark["state"])
         finally:
             await client.aclose()
         return states
 
-    assert asyncio.run(scenario()) == ["erased", None, "erased", "erased", "True", "True"]
+    assert asyncio.run(scenario()) == ["erased", None, "erased", "erased", "True", "True", None, "erased"]
