@@ -14,39 +14,29 @@ from aiohttp import web
 
 from gateways.marks import Marks
 from tests.integration.conftest import read_all
-from tests.integration.test_gateway_runner import outcomes, runner, serve
+from tests.integration.test_gateway_runner import commands, outcomes, runner, serve
 from tests.integration.test_router import run_router
-from tests.servers.webhook import SECRET
 from tidings.client import Client
 from tidings.codec import default_codec
 from tidings.config import Settings
-from tidings.events import DeliveryCommand, RecipientErased, RenderedContent
+from tidings.events import DeliveryCommand, RecipientErased
 from tidings.kafka import EventProducer, Output
 from tidings.topics import names
 
 
 def webhook_commands(base: str, recipient: str, count: int, *, urgent: bool = False) -> list[DeliveryCommand]:
-    return [
-        DeliveryCommand(
-            tenant_id="acme",
-            delivery_id=uuid.uuid4(),
-            notification_id=uuid.uuid4(),
-            recipient_id=recipient,
-            notification_type="invoice.due",
-            channel="webhook",
-            priority="high" if urgent else "normal",
-            address=f"{base}/{recipient}",
-            address_params={"secret": SECRET},
-            content=RenderedContent(data_json=f'{{"i": {i}}}'),
-            requested_at=datetime.now(UTC),
-        )
-        for i in range(count)
-    ]
+    """`count` webhooks to `<base>/<recipient>`, requested now."""
+    update = {
+        "recipient_id": recipient,
+        "priority": "high" if urgent else "normal",
+        "requested_at": datetime.now(UTC),
+    }
+    return [c.model_copy(update=update) for c in commands(f"{base}/{recipient}", count)]
 
 
-def produce(s: Settings, commands: list[DeliveryCommand]) -> None:
+def produce(s: Settings, batch: list[DeliveryCommand]) -> None:
     with EventProducer(s) as producer:
-        for c in commands:
+        for c in batch:
             producer.produce(Output.event(names(s).delivery("webhook", urgent=c.priority == "high"), c))
 
 
