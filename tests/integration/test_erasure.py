@@ -389,6 +389,8 @@ def test_timers_pending_at_the_erasure_leave_the_scheduler_at_once_not_when_due(
         default_codec().decode(v[8:]) for k, v in timers.items() if v is not None and not k.startswith(b"n/")
     ]
     assert sorted((c.recipient_id, c.channel) for c in held) == [("bob", "email"), ("bob", "in_app")]
-    assert all(b"ada" not in (v or b"") for v in timers.values()), "ada's content is tombstoned"
+    index = {k for k, v in timers.items() if v is not None and k.startswith(b"n/")}
+    assert index == {f"n/{waiting['bob']}".encode()}, "ada's notification left the index"
+    assert all(b"ada@example.com" not in (v or b"") for v in timers.values()), "ada's content is tombstoned"
     erased = {r.key: r.value for r in read_all(s, names(s).changelog("scheduler", "erased"))}
     assert erased[b"sweep"] is None and erased[b"acme/ada"] is not None, "the walk ended"
