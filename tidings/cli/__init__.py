@@ -9,7 +9,19 @@ import psycopg
 import typer
 from pydantic import ValidationError
 
-from tidings.cli import audiences, audit, data, demo, destinations, dev, io, pipeline, schemas, topics
+from tidings.cli import (
+    audiences,
+    audit,
+    catalog,
+    data,
+    demo,
+    destinations,
+    dev,
+    io,
+    pipeline,
+    schemas,
+    topics,
+)
 from tidings.errors import TidingsError
 
 app = typer.Typer(
@@ -20,7 +32,7 @@ app = typer.Typer(
 app.add_typer(dev.app, name="dev")
 app.add_typer(topics.app, name="topics")
 app.add_typer(schemas.app, name="schemas")
-app.add_typer(pipeline.catalog_app, name="catalog")
+app.add_typer(catalog.app, name="catalog")
 app.add_typer(pipeline.recipients_app, name="recipients")
 app.add_typer(audiences.app, name="audience")
 app.add_typer(destinations.app, name="destination")

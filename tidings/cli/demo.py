@@ -33,8 +33,8 @@ from rich.table import Table
 
 from tidings import devstack
 from tidings.catalog import load, next_versions
+from tidings.cli.catalog import published_types
 from tidings.cli.demo_edge import API_AUTH, analytics, api_edge, inbox, on_edge, read, unsubscribe
-from tidings.cli.pipeline import published_types
 from tidings.client import Client
 from tidings.config import Settings, settings
 from tidings.devstack.sinks import MailSink, WebhookSink
