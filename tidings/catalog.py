@@ -14,7 +14,8 @@ not engaged with (`seen`, `read` or `clicked`) by then. A channel is either dige
 with `per = "category"`, of its category) reach one recipient in any window (`processors/throttle.py`).
 `condition = "not data.test"` must hold for a request to be sent at all, and `[type.channel_conditions]`
 maps a channel to the condition its delivery needs (`sms = "amount >= 1000"`): Jinja2 expressions over
-the template variables (`tidings.render.holds`).
+the template variables (`tidings.render.holds`). `[type.example]` and `[type.example_recipient]` are
+accepted and not published: `tidings.preview` renders the templates with them before publishing.
 """
 
 from __future__ import annotations
@@ -145,6 +146,8 @@ _KNOWN = {
     "throttle",
     "condition",
     "channel_conditions",
+    "example",
+    "example_recipient",
 }
 
 

@@ -217,3 +217,27 @@ def test_database_failures_are_one_clear_line(stack: Settings) -> None:
         shown = subprocess.run([TIDINGS, "status", nid], capture_output=True, text=True, timeout=60, env=env)
         assert shown.returncode == 1 and "error: PostgreSQL" in shown.stderr and expected in shown.stderr
         assert "Traceback" not in shown.stderr
+
+
+def test_catalog_publish_refuses_a_catalog_whose_example_fails_and_publishes_nothing(
+    topology: Settings, tmp_path: Path
+) -> None:
+    from tidings.audit import read_all
+    from tidings.topics import names
+
+    s = topology
+    examples = (ROOT / "catalog" / "examples.toml").read_text()
+    assert 'carrier = "DHL"\n' in examples
+    broken = tmp_path / "broken.toml"
+    broken.write_text(examples.replace('carrier = "DHL"\n', ""))
+    refused = run("catalog", "publish", str(broken), s=s)
+    assert refused.returncode == 1
+    assert (
+        "example: order.shipped email: body" in refused.stderr and "'carrier' is undefined" in refused.stderr
+    )
+    assert list(read_all(s, names(s).catalog)) == []
+
+    published = run("catalog", "publish", str(ROOT / "catalog"), s=s)
+    assert published.returncode == 0, published.stderr
+    assert "7 published" in published.stderr and "17 templates rendered" in " ".join(published.stderr.split())
+    assert len(list(read_all(s, names(s).catalog))) == 7
