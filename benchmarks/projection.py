@@ -27,8 +27,10 @@ from tidings.events import DeliveryOutcome
 from tidings.ids import delivery_id, new_notification_id
 from tidings.kafka import EventProducer, Output, apply_topics, delete_topics
 from tidings.topics import names, registry
+from tidings.vocabulary import Channel, OutcomeStatus
 
-FLOW = ["QUEUED", "SENT", "DELIVERED"]
+FLOW: list[OutcomeStatus] = ["QUEUED", "SENT", "DELIVERED"]
+CHANNELS: list[Channel] = ["email", "push", "in_app"]
 
 
 def environment(base: Settings, partitions: int) -> Settings:
@@ -65,7 +67,7 @@ def outcomes(count: int) -> list[DeliveryOutcome]:
     events: list[DeliveryOutcome] = []
     while len(events) < count:
         nid = new_notification_id()
-        for channel in rng.sample(["email", "push", "in_app"], 2):
+        for channel in rng.sample(CHANNELS, 2):
             did = delivery_id(nid, channel, "x")
             for status in FLOW[: rng.randint(1, 3)]:
                 events.append(
@@ -75,7 +77,7 @@ def outcomes(count: int) -> list[DeliveryOutcome]:
                         delivery_id=did,
                         recipient_id="u1",
                         channel=channel,
-                        status=status,  # type: ignore[arg-type]
+                        status=status,
                         provider="bench" if status != "QUEUED" else None,
                         attempt=1,
                     )
