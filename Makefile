@@ -27,7 +27,7 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check tidings processors gateways projections benchmarks
+	$(BIN)/ruff format --check .
 
 typecheck: install
 	$(BIN)/mypy
