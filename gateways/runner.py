@@ -63,6 +63,13 @@ class Blocked:
     until: float
 
 
+def dead_key(prefix: str, command: DeliveryCommand) -> str:
+    """The key of an address on the dead list. Tenant ids cannot hold '/' and channels hold neither '/'
+    nor ':', so the address, which may hold anything, is the rest of the key and two tenants' addresses
+    never share one."""
+    return f"{prefix}tidings:dead:{command.tenant_id}/{command.channel}:{command.address}"
+
+
 class GatewayRunner:
     def __init__(
         self,
@@ -266,7 +273,7 @@ class GatewayRunner:
         mark = await self.marks.claim(
             command.delivery_id,
             command.attempt,
-            self._suppressed_key(command),
+            dead_key(self.prefix, command),
             self.marks.erased_key(command.tenant_id, command.recipient_id),
             int(command.request_time.timestamp() * 1000),
         )
@@ -372,12 +379,9 @@ class GatewayRunner:
         await self.marks.put(command.delivery_id, mark)
         return Handled(from_mark(self.names, command, mark), (str(command.delivery_id), mark))
 
-    def _suppressed_key(self, command: DeliveryCommand) -> str:
-        return f"{self.prefix}tidings:dead:{command.tenant_id}:{command.channel}:{command.address}"
-
     async def _refuse_address(self, command: DeliveryCommand, reason: str) -> None:
         """Put the address on this gateway's dead list, which the claim script checks."""
-        await self.redis.set(self._suppressed_key(command), reason, ex=self.config.suppress_ttl)
+        await self.redis.set(dead_key(self.prefix, command), reason, ex=self.config.suppress_ttl)
 
     def _endpoint_key(self, command: DeliveryCommand) -> str:
         return f"{self.prefix}tidings:failing:{command.tenant_id}:{command.address}"

@@ -1,6 +1,7 @@
 import pytest
 
-from gateways.runner import GatewayRunner, GatewaySettings
+from gateways.runner import GatewayRunner, GatewaySettings, dead_key
+from tests.integration.test_gateway_runner import commands
 from tidings.config import Settings
 
 
@@ -11,3 +12,10 @@ def test_an_erasure_must_outlast_the_longest_retry_tier_twice() -> None:
 
 def test_the_default_erasure_lifetime_covers_the_default_tiers() -> None:
     assert GatewaySettings().erased_ttl >= 2 * 6 * 3600
+
+
+def test_dead_address_keys_of_two_tenants_never_coincide() -> None:
+    [base] = commands("x", 1)
+    odd = base.model_copy(update={"tenant_id": "a:webhook", "address": "x"})
+    plain = base.model_copy(update={"tenant_id": "a", "address": "webhook:x"})
+    assert dead_key("p.", odd) != dead_key("p.", plain)
