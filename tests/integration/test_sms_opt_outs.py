@@ -131,12 +131,14 @@ def test_a_lookup_that_hangs_is_given_up_and_the_opt_out_produced_as_it_came(
 
 
 class Freezer:
-    """A TCP relay to PostgreSQL that can stop relaying while keeping every connection open: a server
-    that stopped answering (a network partition or a hung host), which refuses nothing."""
+    """A TCP relay to PostgreSQL that can stop relaying while keeping every connection open (`frozen`: a
+    server that stopped answering, a network partition or a hung host, which refuses nothing), or close
+    each new connection at once (`refusing`: a server that is down)."""
 
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
         self.frozen = asyncio.Event()
+        self.refusing = asyncio.Event()
         self.server: asyncio.Server | None = None
         self.relays: set[asyncio.Future[object]] = set()
 
@@ -152,6 +154,9 @@ class Freezer:
         await asyncio.gather(*self.relays, return_exceptions=True)
 
     async def relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing.is_set():
+            writer.close()
+            return
         upstream_reader, upstream_writer = await asyncio.open_connection(self.host, self.port)
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
@@ -193,3 +198,40 @@ def test_a_database_that_stops_answering_holds_the_opt_out_no_longer_than_the_ti
     got, took = asyncio.run(scenario())
     assert got == [STOP]
     assert took < 2, f"the lookup took {took:.1f} s against a silent server instead of giving up after 1 s"
+
+
+def test_lookups_find_holders_again_soon_after_the_database_is_back(
+    database: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = database
+    monkeypatch.setattr(holders, "TIMEOUT", 1.0)
+    dsn = conninfo_to_dict(s.postgres_dsn)
+
+    async def answers(pool: Any) -> bool:
+        try:
+            await holders.lookup(pool, STOP)
+        except (TimeoutError, psycopg.Error):
+            return False
+        return True
+
+    async def scenario() -> float:
+        freezer = Freezer(str(dsn.get("host") or "127.0.0.1"), int(str(dsn.get("port") or 5432)))
+        async with freezer as port:
+            pool = holders.new_pool(make_conninfo(s.postgres_dsn, host="127.0.0.1", port=port))
+            await pool.open()
+            try:
+                freezer.refusing.set()
+                outage_ends = time.monotonic() + 8
+                while time.monotonic() < outage_ends:
+                    assert not await answers(pool)
+                    await asyncio.sleep(0.3)
+                freezer.refusing.clear()
+                back = time.monotonic()
+                while not await answers(pool) and time.monotonic() < back + 30:
+                    await asyncio.sleep(0.2)
+                return time.monotonic() - back
+            finally:
+                await pool.close(timeout=0.5)
+
+    took = asyncio.run(scenario())
+    assert took < 3, f"lookups failed for {took:.1f} s after the database came back"
