@@ -52,6 +52,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import TypeAdapter, ValidationError
 from redis.exceptions import RedisError
 
+from gateways import _pg as pg
 from gateways import broadcasts_api, destinations_api, privacy_api, stats_api
 from gateways.api_schema import (
     Accepted,
@@ -329,9 +330,7 @@ def mount(
         return web.json_response(view | {"updated_at": found[0]["updated_at"]})
 
     async def pool(app: web.Application) -> AsyncIterator[None]:
-        app[API_POOL] = AsyncConnectionPool(
-            settings.postgres_dsn, min_size=1, max_size=4, open=False, timeout=5
-        )
+        app[API_POOL] = pg.pool(settings.postgres_dsn, min_size=1, max_size=4, timeout=5, checked=True)
         app[API_REDIS] = aioredis.Redis.from_url(
             settings.redis_url, socket_timeout=2, socket_connect_timeout=2
         )

@@ -47,6 +47,7 @@ import redis.asyncio as aioredis
 from aiohttp import WSMsgType, web
 from psycopg_pool import AsyncConnectionPool
 
+from gateways import _pg as pg
 from gateways.inapp._feed import DELIVERY, PAGE, SINCE, UNREAD, WITHDRAWN, doorbell, doorbell_pattern, item
 from gateways.ops import OPERATIONS, Operation
 from tidings.client import inbox_signing_key
@@ -260,7 +261,7 @@ def mount(
         return ws
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        app[POOL] = AsyncConnectionPool(settings.postgres_dsn, min_size=1, max_size=8, open=False, timeout=10)
+        app[POOL] = pg.pool(settings.postgres_dsn, min_size=1, max_size=8, timeout=10, checked=True)
         await app[POOL].open()
         app[DOORBELLS] = bells = Doorbells(settings.redis_url, prefix)
         bells.task = asyncio.create_task(bells.listen())

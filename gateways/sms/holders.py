@@ -28,6 +28,7 @@ from aiohttp import web
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
+from gateways import _pg as pg
 from tidings.config import Settings
 from tidings.events import ProviderFeedback
 
@@ -140,19 +141,8 @@ def new_pool(dsn: str) -> AsyncConnectionPool:
     The whole lookup (connection, query, rows) is bounded by `TIMEOUT`; the server also ends the query
     itself then (`statement_timeout`), and a connection is checked before it is lent, so one left dead
     by a PostgreSQL restart is replaced rather than failing an opt-out's lookup. A failed connection is
-    retried only for `TIMEOUT` (`reconnect_timeout`), then the next lookup starts afresh: the pool's
-    default, backing off for up to 300 s, went on failing lookups for as long again as PostgreSQL had
-    been away (the next attempt 8 s after an outage of 8 s, 64 s after one of a minute)."""
-    return AsyncConnectionPool(
-        dsn,
-        min_size=0,
-        max_size=2,
-        open=False,
-        timeout=TIMEOUT,
-        reconnect_timeout=TIMEOUT,
-        check=AsyncConnectionPool.check_connection,
-        kwargs=pool_options(dsn),
-    )
+    retried only for `TIMEOUT`, then the next lookup starts afresh (`gateways._pg`)."""
+    return pg.pool(dsn, min_size=0, max_size=2, timeout=TIMEOUT, checked=True, kwargs=pool_options(dsn))
 
 
 def attach(application: web.Application, settings: Settings) -> None:

@@ -1,0 +1,37 @@
+"""The PostgreSQL connection pools of the HTTP edge (API reads, the inbox feed, SMS holder lookups).
+
+psycopg_pool retries a connection that failed with a backoff that doubles from 1 s for up to
+`reconnect_timeout` (300 s by default), and requests wait for that attempt meanwhile: after an outage the
+edge went on failing for about as long again as PostgreSQL had been away. These pools retry only as
+long as a request waits (`timeout`); the next request then starts a fresh attempt, which connects at
+once if PostgreSQL is back (tests/integration/test_sms_opt_outs.py measures it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+
+def pool(
+    dsn: str,
+    *,
+    min_size: int,
+    max_size: int,
+    timeout: float,
+    checked: bool = False,
+    kwargs: dict[str, Any] | None = None,
+) -> AsyncConnectionPool:
+    """A pool to `open()`; `checked`: test each connection before lending it (one more round trip), so
+    one left dead by a PostgreSQL restart is replaced instead of failing its request."""
+    return AsyncConnectionPool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        open=False,
+        timeout=timeout,
+        reconnect_timeout=timeout,
+        check=AsyncConnectionPool.check_connection if checked else None,
+        kwargs=kwargs,
+    )
