@@ -9,6 +9,9 @@
 3. global mute opts out;
 4. type x channel rule, then type x every channel;
 5. category x channel rule, then category x every channel, then a category unsubscribe from feedback;
+   a rule that turns the channel on gives way to an unsubscribe of the category on that channel that
+   came after the rule last changed (someone who opted in and then clicked the unsubscribe link is
+   unsubscribed);
 6. otherwise the type's default: delivered.
 
 Webhooks go to every enabled endpoint of the recipient whose `event_types` name the type or its
@@ -34,7 +37,7 @@ from datetime import datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from processors.recipients import RecipientState, address_key
+from processors.recipients import RecipientState, address_key, rule_key
 from tidings.catalog import (
     GLOBAL_TENANT,
     Conditions,
@@ -176,12 +179,19 @@ def opted_out(channel: str, t: NotificationTypePublished, state: RecipientState)
         return None
     if state.muted:
         return "global mute"
+    unsubscribed = state.unsubscribed_categories.get(f"{t.category}/{channel}")
     for scope, key in (("type", t.notification_type), ("category", t.category)):
         for ch in (channel, None):
             decision = state.rule(scope, key, ch)
-            if decision is not None:
-                return None if decision else f"{scope} {key} off for {ch or 'every channel'}"
-    if f"{t.category}/{channel}" in state.unsubscribed_categories:
+            if decision is None:
+                continue
+            if not decision:
+                return f"{scope} {key} off for {ch or 'every channel'}"
+            changed = state.rules_at.get(rule_key(scope, key, ch))
+            if unsubscribed is None or (changed is not None and changed >= unsubscribed):
+                return None
+            return f"unsubscribed from {t.category} {channel}"
+    if unsubscribed is not None:
         return f"unsubscribed from {t.category} {channel}"
     return None
 

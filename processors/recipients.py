@@ -8,6 +8,12 @@ non-critical messages on the feedback's channel (`unsubscribed_categories` key `
 an email's unsubscribe link stops those emails, not the category's push notifications); without a
 category it suppresses the address for non-critical messages. A webhook
 endpoint disabled by the gateway (`endpoint_disabled`) stays suppressed until it is updated again.
+
+A category unsubscribe and the preference rules are weighed by which came last (`processors.plan`
+`opted_out`): `rules_at` holds when each rule last changed value, so a rule turned on before the
+unsubscribe does not override it, and a preference write that merely repeats a rule (a preference
+page saving every toggle) is no new consent. Turning a category's rule on after an unsubscribe lifts
+the unsubscribe (for that channel, or every channel), like a resubscribe.
 """
 
 from __future__ import annotations
@@ -71,6 +77,7 @@ class RecipientState(BaseModel):
     properties: dict[str, Any] = {}
     muted: bool = False
     rules: dict[str, bool] = {}
+    rules_at: dict[str, datetime] = {}
     quiet_hours: QuietHours | None = None
     digest: dict[str, str] = {}
     devices: dict[str, Device] = {}
@@ -149,17 +156,33 @@ def _profile(state: RecipientState, event: RecipientUpdated) -> RecipientState:
 def _preferences(state: RecipientState, event: PreferencesUpdated) -> RecipientState:
     base = RecipientState() if event.replace else state
     rules = dict(base.rules)
+    changed_at = dict(base.rules_at)
+    unsubscribed = dict(state.unsubscribed_categories)
     for r in event.rules:
-        rules[rule_key(r.scope, r.key, r.channel)] = r.enabled
+        key = rule_key(r.scope, r.key, r.channel)
+        rules[key] = r.enabled
+        if state.rules.get(key) != r.enabled:
+            changed_at[key] = event.occurred_at
+            if r.scope == "category" and r.enabled:
+                unsubscribed = {c: at for c, at in unsubscribed.items() if not _covers(r.key, r.channel, c)}
+        elif key in state.rules_at:
+            changed_at[key] = state.rules_at[key]
     quiet = None if event.clear_quiet_hours else (event.quiet_hours or base.quiet_hours)
     return state.model_copy(
         update={
             "rules": rules,
+            "rules_at": {k: at for k, at in changed_at.items() if k in rules},
+            "unsubscribed_categories": unsubscribed,
             "quiet_hours": quiet,
             "digest": {**base.digest, **event.digest},
             "muted": event.muted if event.muted is not None else base.muted,
         }
     )
+
+
+def _covers(category: str, channel: str | None, unsubscribed: str) -> bool:
+    """Whether a category rule (`channel` None: every channel) covers an `unsubscribed_categories` key."""
+    return unsubscribed == f"{category}/{channel}" if channel else unsubscribed.startswith(f"{category}/")
 
 
 def _feedback(state: RecipientState, event: ProviderFeedback) -> RecipientState:

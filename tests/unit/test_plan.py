@@ -8,7 +8,14 @@ from processors.plan import Catalog, plan, quiet_until
 from processors.recipients import RecipientState, Suppression, address_key, fold
 from tidings.catalog import parse_type
 from tidings.errors import InvalidEvent
-from tidings.events import DeviceRegistered, NotificationRequested, QuietHours
+from tidings.events import (
+    DeviceRegistered,
+    NotificationRequested,
+    PreferenceRule,
+    PreferencesUpdated,
+    ProviderFeedback,
+    QuietHours,
+)
 from tidings.ids import delivery_id, new_notification_id
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
@@ -438,3 +445,71 @@ def test_a_digest_request_renders_the_digest_templates_and_is_not_digested_again
     assert email.content.subject == "2 orders: A-1, B-2" and p.digested == []
     with pytest.raises(InvalidEvent, match="no digest templates"):
         plan(digest, recipient(), catalog(), NOW)
+
+
+def opted_in_then(*events: Any) -> RecipientState:
+    """A recipient who turned the orders category on, then the events given, folded in order."""
+    state = recipient()
+    for event in events:
+        state = fold(state, event)
+    return state
+
+
+def prefs(at: datetime, *rules: tuple[str, str, str | None, bool], replace: bool = False) -> Any:
+
+    return PreferencesUpdated(
+        tenant_id="acme",
+        recipient_id="u1",
+        occurred_at=at,
+        replace=replace,
+        rules=[PreferenceRule(scope=s, key=k, channel=c, enabled=e) for s, k, c, e in rules],
+    )
+
+
+def unsubscribe(at: datetime) -> Any:
+    return ProviderFeedback(
+        tenant_id="acme",
+        recipient_id="u1",
+        kind="unsubscribe",
+        category="orders",
+        channel="email",
+        address="u1@example.com",
+        occurred_at=at,
+    )
+
+
+def email_fate(state: RecipientState) -> str | None:
+    p = plan(request(), state, catalog(), NOW)
+    return None if any(c.channel == "email" for c in p.commands) else skipped(p).get("email")
+
+
+ORDERS_EMAIL_ON = ("category", "orders", "email", True)
+TYPE_ON = ("type", "order.shipped", None, True)
+
+
+@pytest.mark.parametrize("rule", [ORDERS_EMAIL_ON, ("category", "orders", None, True), TYPE_ON])
+def test_an_unsubscribe_after_an_opt_in_wins(rule: tuple[str, str, str | None, bool]) -> None:
+    early, late = NOW - timedelta(days=2), NOW - timedelta(days=1)
+    assert email_fate(opted_in_then(prefs(early, rule))) is None
+    state = opted_in_then(prefs(early, rule), unsubscribe(late))
+    assert email_fate(state) == "opted_out"
+    assert (
+        email_fate(opted_in_then(prefs(early, rule), unsubscribe(late), prefs(NOW, rule))) == "opted_out"
+    ), "repeating the rule unchanged is no new consent"
+    assert email_fate(
+        opted_in_then(prefs(early, rule), unsubscribe(late), prefs(NOW, rule, replace=True))
+    ) == ("opted_out")
+    assert email_fate(state.model_copy(update={"rules_at": {}})) == "opted_out", "a rule of unknown age"
+
+
+def test_an_opt_in_after_an_unsubscribe_wins() -> None:
+    early, late = NOW - timedelta(days=2), NOW - timedelta(days=1)
+    off = ("type", "order.shipped", None, False)
+    again = opted_in_then(unsubscribe(early), prefs(late, TYPE_ON))
+    assert email_fate(again) is None and again.unsubscribed_categories, "a type rule outranks it, by time"
+    lifted = opted_in_then(prefs(early, TYPE_ON), unsubscribe(late), prefs(NOW, ORDERS_EMAIL_ON))
+    assert email_fate(lifted) is None and lifted.unsubscribed_categories == {}
+    other = opted_in_then(unsubscribe(early), prefs(late, ("category", "orders", "sms", True)))
+    assert email_fate(other) == "opted_out", "turning sms on does not resubscribe email"
+    toggled = opted_in_then(prefs(early, off), unsubscribe(late), prefs(NOW, TYPE_ON))
+    assert email_fate(toggled) is None
