@@ -24,7 +24,7 @@ from uuid import UUID, uuid5
 
 from pydantic import BaseModel, ConfigDict
 
-from processors.plan import zone
+from processors.preferences import zone
 from tidings.catalog import DigestRule
 from tidings.events import Channel, DeliveryOutcome, NotificationRequested, OutcomeStatus
 

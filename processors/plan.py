@@ -33,11 +33,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from processors.recipients import RecipientState, address_key, rule_key
+from processors.preferences import opted_out, quiet_until
+from processors.recipients import RecipientState, address_key
 from tidings.catalog import (
     GLOBAL_TENANT,
     Conditions,
@@ -59,7 +59,6 @@ from tidings.events import (
     NotificationRequested,
     NotificationTypePublished,
     OutcomeStatus,
-    QuietHours,
     RenderedContent,
 )
 from tidings.ids import command_id, delivery_id
@@ -69,7 +68,6 @@ from tidings.render import RenderError, holds, render
 log = logging.getLogger(__name__)
 
 INTERRUPTING = frozenset({"push", "sms"})
-UTC_ZONE = ZoneInfo("UTC")
 DIGEST_ITEM_BYTES = 8 * 1024
 """A request with more data than this is not digested: it is sent on its own."""
 
@@ -143,57 +141,6 @@ class Plan:
     deferred: list[DeliveryCommand] = field(default_factory=list)
     outcomes: list[DeliveryOutcome] = field(default_factory=list)
     digested: list[Channel] = field(default_factory=list)
-
-
-def zone(name: str | None) -> ZoneInfo:
-    try:
-        return ZoneInfo(name) if name else UTC_ZONE
-    except (ZoneInfoNotFoundError, ValueError):
-        return UTC_ZONE
-
-
-def quiet_until(quiet: QuietHours | None, tz_name: str | None, now: datetime) -> datetime | None:
-    """The UTC instant the recipient's quiet hours end, if `now` falls inside them (DST-correct)."""
-    if quiet is None or quiet.start == quiet.end:
-        return None
-    tz = zone(quiet.timezone or tz_name)
-    local = now.astimezone(tz)
-    start, end = time.fromisoformat(quiet.start), time.fromisoformat(quiet.end)
-    t = local.time().replace(tzinfo=None)
-    if start < end:
-        inside, end_date = start <= t < end, local.date()
-    else:
-        inside = t >= start or t < end
-        end_date = local.date() if t < end else local.date() + timedelta(days=1)
-    if not inside:
-        return None
-    release = datetime.combine(end_date, end, tzinfo=tz).astimezone(UTC_ZONE)
-    if release <= now:  # inside the repeated hour of a DST fall-back: the end is its second occurrence
-        release = datetime.combine(end_date, end, tzinfo=tz).replace(fold=1).astimezone(UTC_ZONE)
-    return release
-
-
-def opted_out(channel: str, t: NotificationTypePublished, state: RecipientState) -> str | None:
-    """Why the recipient does not want this channel for this type, or None."""
-    if t.critical:
-        return None
-    if state.muted:
-        return "global mute"
-    unsubscribed = state.unsubscribed_categories.get(f"{t.category}/{channel}")
-    for scope, key in (("type", t.notification_type), ("category", t.category)):
-        for ch in (channel, None):
-            decision = state.rule(scope, key, ch)
-            if decision is None:
-                continue
-            if not decision:
-                return f"{scope} {key} off for {ch or 'every channel'}"
-            changed = state.rules_at.get(rule_key(scope, key, ch))
-            if unsubscribed is None or (changed is not None and changed >= unsubscribed):
-                return None
-            return f"unsubscribed from {t.category} {channel}"
-    if unsubscribed is not None:
-        return f"unsubscribed from {t.category} {channel}"
-    return None
 
 
 def addresses(

@@ -9,7 +9,7 @@ an email's unsubscribe link stops those emails, not the category's push notifica
 category it suppresses the address for non-critical messages. A webhook
 endpoint disabled by the gateway (`endpoint_disabled`) stays suppressed until it is updated again.
 
-A category unsubscribe and the preference rules are weighed by which came last (`processors.plan`
+A category unsubscribe and the preference rules are weighed by which came last (`processors.preferences`
 `opted_out`): `rules_at` holds when each rule last changed value, so a rule turned on before the
 unsubscribe does not override it, and a preference write that merely repeats a rule (a preference
 page saving every toggle) is no new consent. Turning a category's rule on after an unsubscribe lifts

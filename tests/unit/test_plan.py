@@ -4,7 +4,8 @@ from typing import Any
 
 import pytest
 
-from processors.plan import Catalog, plan, quiet_until
+from processors.plan import Catalog, plan
+from processors.preferences import quiet_until
 from processors.recipients import RecipientState, Suppression, address_key, fold
 from tidings.catalog import parse_type
 from tidings.errors import InvalidEvent

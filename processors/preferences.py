@@ -1,0 +1,63 @@
+"""Consumes a recipient's state and a notification type; produces whether a channel is wanted and when
+(`opted_out`, `quiet_until`), for `processors.plan`. The precedence is in that module's docstring."""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from processors.recipients import RecipientState, rule_key
+from tidings.events import NotificationTypePublished, QuietHours
+
+UTC_ZONE = ZoneInfo("UTC")
+
+
+def zone(name: str | None) -> ZoneInfo:
+    try:
+        return ZoneInfo(name) if name else UTC_ZONE
+    except (ZoneInfoNotFoundError, ValueError):
+        return UTC_ZONE
+
+
+def quiet_until(quiet: QuietHours | None, tz_name: str | None, now: datetime) -> datetime | None:
+    """The UTC instant the recipient's quiet hours end, if `now` falls inside them (DST-correct)."""
+    if quiet is None or quiet.start == quiet.end:
+        return None
+    tz = zone(quiet.timezone or tz_name)
+    local = now.astimezone(tz)
+    start, end = time.fromisoformat(quiet.start), time.fromisoformat(quiet.end)
+    t = local.time().replace(tzinfo=None)
+    if start < end:
+        inside, end_date = start <= t < end, local.date()
+    else:
+        inside = t >= start or t < end
+        end_date = local.date() if t < end else local.date() + timedelta(days=1)
+    if not inside:
+        return None
+    release = datetime.combine(end_date, end, tzinfo=tz).astimezone(UTC_ZONE)
+    if release <= now:  # inside the repeated hour of a DST fall-back: the end is its second occurrence
+        release = datetime.combine(end_date, end, tzinfo=tz).replace(fold=1).astimezone(UTC_ZONE)
+    return release
+
+
+def opted_out(channel: str, t: NotificationTypePublished, state: RecipientState) -> str | None:
+    """Why the recipient does not want this channel for this type, or None."""
+    if t.critical:
+        return None
+    if state.muted:
+        return "global mute"
+    unsubscribed = state.unsubscribed_categories.get(f"{t.category}/{channel}")
+    for scope, key in (("type", t.notification_type), ("category", t.category)):
+        for ch in (channel, None):
+            decision = state.rule(scope, key, ch)
+            if decision is None:
+                continue
+            if not decision:
+                return f"{scope} {key} off for {ch or 'every channel'}"
+            changed = state.rules_at.get(rule_key(scope, key, ch))
+            if unsubscribed is None or (changed is not None and changed >= unsubscribed):
+                return None
+            return f"unsubscribed from {t.category} {channel}"
+    if unsubscribed is not None:
+        return f"unsubscribed from {t.category} {channel}"
+    return None
