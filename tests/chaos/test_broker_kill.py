@@ -156,6 +156,7 @@ def environment(s: Settings) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")} | {
         "TIDINGS_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
         "TIDINGS_POSTGRES_DSN": s.postgres_dsn,
+        "TIDINGS_REDIS_URL": s.redis_url,
         "TIDINGS_TOPIC_PREFIX": s.topic_prefix,
         "TIDINGS_PARTITIONS": str(s.partitions),
     }
@@ -323,7 +324,9 @@ def test_webhook_gateway_rides_out_two_broker_kills(broker: PrivateBroker, tmp_p
         gateway = Supervised(env, tmp_path / "gateway.log", "gateway", "webhook")
         try:
             for at in (800, 1800):
+                stalled = time.monotonic() + 120
                 while len(received) < at:
+                    assert time.monotonic() < stalled, f"{len(received)} received, waiting for {at}"
                     gateway.check()
                     await asyncio.sleep(0.01)
                 await asyncio.to_thread(broker.kill)
