@@ -1,8 +1,10 @@
 """Inbound SMS STOP and START on the real stack reach the router for every recipient holding the number."""
 
 import asyncio
+import contextlib
 import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -10,6 +12,7 @@ import aiohttp
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import AsyncConnectionPool
 from pydantic import SecretStr
 
 from gateways.edge import EdgeSettings
@@ -175,25 +178,31 @@ class Freezer:
             upstream_writer.close()
 
 
+@contextlib.asynccontextmanager
+async def relayed_pool(s: Settings) -> AsyncIterator[tuple[Freezer, AsyncConnectionPool]]:
+    """The holders' pool, open, connecting to PostgreSQL through a `Freezer`."""
+    dsn = conninfo_to_dict(s.postgres_dsn)
+    freezer = Freezer(str(dsn.get("host") or "127.0.0.1"), int(str(dsn.get("port") or 5432)))
+    async with freezer as port:
+        pool = holders.new_pool(make_conninfo(s.postgres_dsn, host="127.0.0.1", port=port))
+        await pool.open()
+        try:
+            yield freezer, pool
+        finally:
+            await pool.close(timeout=0.5)
+
+
 def test_a_database_that_stops_answering_holds_the_opt_out_no_longer_than_the_timeout(
     database: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    s = database
     monkeypatch.setattr(holders, "TIMEOUT", 1.0)
-    dsn = conninfo_to_dict(s.postgres_dsn)
 
     async def scenario() -> tuple[list[ProviderFeedback], float]:
-        freezer = Freezer(str(dsn.get("host") or "127.0.0.1"), int(str(dsn.get("port") or 5432)))
-        async with freezer as port:
-            pool = holders.new_pool(make_conninfo(s.postgres_dsn, host="127.0.0.1", port=port))
-            await pool.open()
-            try:
-                assert await holders.lookup(pool, STOP) == []
-                freezer.frozen.set()
-                started = time.monotonic()
-                return await holders.resolve(pool, [STOP]), time.monotonic() - started
-            finally:
-                await pool.close(timeout=0.5)
+        async with relayed_pool(database) as (freezer, pool):
+            assert await holders.lookup(pool, STOP) == []
+            freezer.frozen.set()
+            started = time.monotonic()
+            return await holders.resolve(pool, [STOP]), time.monotonic() - started
 
     got, took = asyncio.run(scenario())
     assert got == [STOP]
@@ -203,11 +212,9 @@ def test_a_database_that_stops_answering_holds_the_opt_out_no_longer_than_the_ti
 def test_lookups_find_holders_again_soon_after_the_database_is_back(
     database: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    s = database
     monkeypatch.setattr(holders, "TIMEOUT", 1.0)
-    dsn = conninfo_to_dict(s.postgres_dsn)
 
-    async def answers(pool: Any) -> bool:
+    async def answers(pool: AsyncConnectionPool) -> bool:
         try:
             await holders.lookup(pool, STOP)
         except (TimeoutError, psycopg.Error):
@@ -215,23 +222,17 @@ def test_lookups_find_holders_again_soon_after_the_database_is_back(
         return True
 
     async def scenario() -> float:
-        freezer = Freezer(str(dsn.get("host") or "127.0.0.1"), int(str(dsn.get("port") or 5432)))
-        async with freezer as port:
-            pool = holders.new_pool(make_conninfo(s.postgres_dsn, host="127.0.0.1", port=port))
-            await pool.open()
-            try:
-                freezer.refusing.set()
-                outage_ends = time.monotonic() + 8
-                while time.monotonic() < outage_ends:
-                    assert not await answers(pool)
-                    await asyncio.sleep(0.3)
-                freezer.refusing.clear()
-                back = time.monotonic()
-                while not await answers(pool) and time.monotonic() < back + 30:
-                    await asyncio.sleep(0.2)
-                return time.monotonic() - back
-            finally:
-                await pool.close(timeout=0.5)
+        async with relayed_pool(database) as (freezer, pool):
+            freezer.refusing.set()
+            outage_ends = time.monotonic() + 8
+            while time.monotonic() < outage_ends:
+                assert not await answers(pool)
+                await asyncio.sleep(0.3)
+            freezer.refusing.clear()
+            back = time.monotonic()
+            while not await answers(pool) and time.monotonic() < back + 30:
+                await asyncio.sleep(0.2)
+            return time.monotonic() - back
 
     took = asyncio.run(scenario())
     assert took < 3, f"lookups failed for {took:.1f} s after the database came back"
