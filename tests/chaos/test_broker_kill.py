@@ -13,7 +13,6 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -46,6 +45,7 @@ from tests.chaos.test_router_kill import (
 from tests.integration.conftest import read_all, table_checksums
 from tests.integration.test_gateway_runner import commands
 from tests.integration.test_gateway_runner import produce as produce_commands
+from tests.ports import free_port
 from tests.servers.webhook import SECRET
 from tidings import devstack
 from tidings.catalog import load
@@ -60,12 +60,6 @@ from tidings.kafka import EventProducer, Output, apply_topics
 from tidings.topics import names, registry
 
 pytestmark = pytest.mark.timeout(900)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PrivateBroker:

@@ -310,7 +310,7 @@ def test_readiness_names_the_dependency_that_does_not_answer(topology: Settings)
 
 def test_a_tenant_over_its_rate_gets_429_with_retry_after_and_others_do_not(topology: Settings) -> None:
     s = topology
-    edge = EdgeSettings(api_keys=SecretStr(KEYS), api_rate=1.0)
+    edge = EdgeSettings(api_keys=SecretStr(KEYS), api_rate=0.01)
 
     async def scenario(base: str) -> list[tuple[int, Any, dict[str, str]]]:
         url = f"{base}/v1/notifications"

@@ -20,6 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_router import publish_catalog
+from tests.ports import free_port
 from tests.unit.test_deploy import by_component, expressions, metric_names, pod_spec, workloads
 from tidings.client import Client
 from tidings.config import Settings
@@ -135,14 +136,6 @@ def test_the_alert_rule_unit_tests_pass() -> None:
     assert "SUCCESS" in result.stdout
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def scrape(port: int) -> dict[str, list[dict[str, str]]]:
     """Sample names and their label sets; {} while the endpoint does not answer yet."""
     try:
@@ -166,7 +159,7 @@ def poke(port: int) -> None:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=3).close()
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_running_components_export_every_metric_the_alerts_and_the_dashboard_use(
     database: Settings, tmp_path: Path
 ) -> None:

@@ -9,8 +9,8 @@ from typing import Any
 import aiohttp
 
 from tests.integration.test_api import SHIPPED, call, serving
-from tests.integration.test_metrics import free_port
 from tests.integration.test_router import decoded
+from tests.ports import free_port
 from tidings.config import Settings
 from tidings.events import NotificationRequested
 from tidings.topics import names

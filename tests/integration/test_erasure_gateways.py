@@ -43,7 +43,7 @@ def produce(s: Settings, batch: list[DeliveryCommand]) -> None:
 def test_commands_in_retry_tiers_are_cancelled_by_the_erasure_and_later_ones_sent(
     namespace: Callable[..., Settings],
 ) -> None:
-    s = namespace(retry_tiers="3s")
+    s = namespace(retry_tiers="6s")
     hits: Counter[str] = Counter()
 
     async def handler(request: web.Request) -> web.Response:

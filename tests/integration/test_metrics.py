@@ -3,7 +3,6 @@
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,16 +10,11 @@ import urllib.request
 from pathlib import Path
 
 from tests.integration.test_router import publish_catalog
+from tests.ports import free_port
 from tidings.client import Client
 from tidings.config import Settings
 
 TIDINGS = str(Path(sys.executable).with_name("tidings"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def scrape(port: int) -> str:

@@ -107,11 +107,11 @@ def test_fcm_access_token_is_refreshed_before_it_expires() -> None:
     async def scenario(server: FcmServer, provider: Fcm) -> list[Any]:
         first = [await attempt(provider, server.command()) for _ in range(2)]
         exchanged = server.exchanges
-        await asyncio.sleep(1.1)
+        await asyncio.sleep(3.1)
         return [*first, exchanged, await attempt(provider, server.command())]
 
     def short_tokens(server: FcmServer) -> None:
-        server.token_lifetime = 1
+        server.token_lifetime = 3
 
     server, (first, second, exchanged, third) = with_fcm(scenario, short_tokens, token_margin=0)
     assert all(isinstance(r, Sent) for r in (first, second, third))

@@ -28,7 +28,7 @@ def test_an_erasure_written_while_the_partition_was_elsewhere_stops_the_due_time
     scheduler = Scheduler(s, instance="0", group_id=group)
     thread = threading.Thread(target=scheduler.run)
     thread.start()
-    due = datetime.now(UTC) + timedelta(seconds=8)
+    due = datetime.now(UTC) + timedelta(seconds=15)
     timer = command("ada", "quiet hours").model_copy(
         update={"not_before": due, "requested_at": datetime.now(UTC)}
     )
