@@ -182,7 +182,8 @@ def _preferences(state: RecipientState, event: PreferencesUpdated) -> RecipientS
 
 def _covers(category: str, channel: str | None, unsubscribed: str) -> bool:
     """Whether a category rule (`channel` None: every channel) covers an `unsubscribed_categories` key."""
-    return unsubscribed == f"{category}/{channel}" if channel else unsubscribed.startswith(f"{category}/")
+    unsubscribed_category, _, unsubscribed_channel = unsubscribed.rpartition("/")
+    return unsubscribed_category == category and channel in (None, unsubscribed_channel)
 
 
 def _feedback(state: RecipientState, event: ProviderFeedback) -> RecipientState:

@@ -7,6 +7,7 @@ from processors.recipients import RecipientState, address_key, fold
 from tidings.events import (
     DeviceRegistered,
     DeviceRemoved,
+    PreferenceRule,
     PreferencesUpdated,
     ProviderFeedback,
     RecipientUpdated,
@@ -111,3 +112,19 @@ def test_token_invalid_removes_device_unless_registered_later() -> None:
 def test_duplicate_and_reordered_permanent_feedback_agree(events: list[ProviderFeedback]) -> None:
     s = replay(*events)
     assert list(s.suppressions) == [address_key("email", "a@x.io")]
+
+
+def test_turning_a_category_on_lifts_only_that_categorys_unsubscribes() -> None:
+    s = replay(
+        fb("unsubscribe", category="news"),
+        fb("unsubscribe", category="news/weekly"),
+        fb("unsubscribe", category="news", channel="sms", address="+4915112345678"),
+    )
+    on = PreferencesUpdated(
+        tenant_id="t",
+        recipient_id="r",
+        rules=[PreferenceRule(scope="category", key="news", channel=None, enabled=True)],
+    )
+    assert list(fold(s, on).unsubscribed_categories) == ["news/weekly/email"]
+    only_sms = on.model_copy(update={"rules": [on.rules[0].model_copy(update={"channel": "sms"})]})
+    assert sorted(fold(s, only_sms).unsubscribed_categories) == ["news/email", "news/weekly/email"]
