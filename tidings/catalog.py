@@ -265,11 +265,15 @@ def parse_type(tenant: str, raw: dict[str, Any], version: int = 1) -> Notificati
     return published
 
 
+def catalog_files(directory: Path) -> list[Path]:
+    """The `.toml` files of a catalog folder, in name order, or the one file given."""
+    return sorted(directory.glob("*.toml")) if directory.is_dir() else [directory]
+
+
 def load(directory: Path, tenant: str = GLOBAL_TENANT) -> list[NotificationTypePublished]:
     """Every type in `directory/*.toml`, validated; version 1 until `next_versions` numbers them."""
     types: dict[str, NotificationTypePublished] = {}
-    files = sorted(directory.glob("*.toml")) if directory.is_dir() else [directory]
-    for path in files:
+    for path in catalog_files(directory):
         try:
             document = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as exc:

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from processors.plan import Catalog, context, unmet
 from processors.recipients import RecipientState
-from tidings.catalog import load
+from tidings.catalog import catalog_files, load
 from tidings.errors import InvalidEvent
 from tidings.events import NotificationRequested, NotificationTypePublished
 from tidings.render import RenderError, render
@@ -69,8 +69,7 @@ def examples(directory: Path) -> dict[str, Example]:
     """The `[type.example]` and `[type.example_recipient]` tables of a catalog file or folder, by type key
     (the files are assumed valid: `tidings.catalog.load` reads them first)."""
     found: dict[str, Example] = {}
-    files = sorted(directory.glob("*.toml")) if directory.is_dir() else [directory]
-    for path in files:
+    for path in catalog_files(directory):
         for raw in tomllib.loads(path.read_text()).get("type", []):
             if "example" in raw or "example_recipient" in raw:
                 found[str(raw.get("key"))] = example(str(raw.get("key")), raw)
