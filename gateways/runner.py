@@ -70,6 +70,11 @@ def dead_key(prefix: str, command: DeliveryCommand) -> str:
     return f"{prefix}tidings:dead:{command.tenant_id}/{command.channel}:{command.address}"
 
 
+def failing_key(prefix: str, command: DeliveryCommand) -> str:
+    """The key counting a webhook endpoint's exhausted deliveries, separated like `dead_key`."""
+    return f"{prefix}tidings:failing:{command.tenant_id}/{command.address}"
+
+
 class GatewayRunner:
     def __init__(
         self,
@@ -340,7 +345,7 @@ class GatewayRunner:
             self.circuits.success(provider.label)
             self._count("sent")
             if self.channel == "webhook":
-                await self.marks.delete(self._endpoint_key(command))
+                await self.marks.delete(failing_key(self.prefix, command))
             return await self._finish(
                 command, "SENT", None, provider=provider.label, provider_message_id=sent.provider_message_id
             )
@@ -383,14 +388,11 @@ class GatewayRunner:
         """Put the address on this gateway's dead list, which the claim script checks."""
         await self.redis.set(dead_key(self.prefix, command), reason, ex=self.config.suppress_ttl)
 
-    def _endpoint_key(self, command: DeliveryCommand) -> str:
-        return f"{self.prefix}tidings:failing:{command.tenant_id}:{command.address}"
-
     async def _endpoint_failed(self, command: DeliveryCommand) -> str | None:
         """Counts a webhook endpoint's exhausted deliveries; disables it after sustained failure."""
         if self.channel != "webhook":
             return None
-        key, now = self._endpoint_key(command), time.time()
+        key, now = failing_key(self.prefix, command), time.time()
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(key, "since", now)
             pipe.hincrby(key, "failures", 1)

@@ -1,6 +1,6 @@
 import pytest
 
-from gateways.runner import GatewayRunner, GatewaySettings, dead_key
+from gateways.runner import GatewayRunner, GatewaySettings, dead_key, failing_key
 from tests.integration.test_gateway_runner import commands
 from tidings.config import Settings
 
@@ -19,3 +19,10 @@ def test_dead_address_keys_of_two_tenants_never_coincide() -> None:
     odd = base.model_copy(update={"tenant_id": "a:webhook", "address": "x"})
     plain = base.model_copy(update={"tenant_id": "a", "address": "webhook:x"})
     assert dead_key("p.", odd) != dead_key("p.", plain)
+
+
+def test_failing_endpoint_keys_of_two_tenants_never_coincide() -> None:
+    [base] = commands("x", 1)
+    odd = base.model_copy(update={"tenant_id": "a:https", "address": "//x"})
+    plain = base.model_copy(update={"tenant_id": "a", "address": "https://x"})
+    assert failing_key("p.", odd) != failing_key("p.", plain)
