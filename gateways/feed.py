@@ -9,10 +9,11 @@ Each tenant signs with its own key, derived from that secret (`tidings.client.in
 
 - `GET /v1/inbox?limit=20&before=<cursor>&archived=false`: the newest items first, with their seen,
   read and archived times, the unread count and the cursor of the next page.
-- `POST /v1/inbox/{notification_id}/seen|read|archived`: produces InboxItemSeen/Read/Archived (202
-  once Kafka acknowledged it). The `inbox` projection folds them into the feed, and the scheduler drops
-  the escalations they satisfy ("email me if I have not seen it in 5 minutes"). An item that is not the
-  caller's is 404, as is one that does not exist.
+- `POST /v1/inbox/{notification_id}/seen|read|archived|unread|unarchived`: produces InboxItemSeen,
+  Read, Archived, MarkedUnread or Unarchived (202 once Kafka acknowledged it). The `inbox` projection
+  folds them into the feed, and the scheduler drops the escalations the first three satisfy ("email me
+  if I have not seen it in 5 minutes"); marking an item unread again does not bring them back. An item
+  that is not the caller's is 404, as is one that does not exist.
 - `POST /v1/me/deliveries/{delivery_id}/opened|clicked` (`{"url": ...}` optional for a click): an app
   reports that its user opened a push (the payload carries the notification and delivery ids) or any
   other delivery to them; produces NotificationOpened/Clicked with the delivery's channel, which the
@@ -54,8 +55,10 @@ from tidings.client import inbox_signing_key
 from tidings.config import Settings
 from tidings.events import (
     InboxItemArchived,
+    InboxItemMarkedUnread,
     InboxItemRead,
     InboxItemSeen,
+    InboxItemUnarchived,
     NotificationClicked,
     NotificationOpened,
 )
@@ -64,7 +67,13 @@ from tidings.kafka.aio import AsyncProducer
 from tidings.topics import names
 
 log = logging.getLogger(__name__)
-ACTIONS = {"seen": InboxItemSeen, "read": InboxItemRead, "archived": InboxItemArchived}
+ACTIONS = {
+    "seen": InboxItemSeen,
+    "read": InboxItemRead,
+    "archived": InboxItemArchived,
+    "unread": InboxItemMarkedUnread,
+    "unarchived": InboxItemUnarchived,
+}
 REPORTS: dict[str, type[NotificationOpened] | type[NotificationClicked]] = {
     "opened": NotificationOpened,
     "clicked": NotificationClicked,
@@ -284,7 +293,7 @@ def mount(
                 "POST",
                 "/v1/inbox/{notification_id}/{action}",
                 engage,
-                "Mark seen, read or archived",
+                "Mark seen, read, archived, unread or unarchived",
                 status=202,
                 security=token,
             ),

@@ -48,7 +48,8 @@ DELIVERIES = """SELECT notification_id, delivery_id, channel, provider, status, 
        last_at
 FROM deliveries WHERE tenant_id = %s AND notification_id = ANY(%s) ORDER BY notification_id, channel"""
 INBOX = """SELECT i.notification_id, i.delivery_id, i.notification_type, i.category, i.title, i.body,
-       i.data_json, i.locale, i.requested_at, i.created_at, s.seen_at, s.read_at, s.archived_at
+       i.data_json, i.locale, i.requested_at, i.created_at, s.seen_at, s.read_at, s.archived_at,
+       s.last_read_at, s.unread_at, s.last_archived_at, s.unarchived_at
 FROM inbox_items i LEFT JOIN inbox_states s
   ON s.notification_id = i.notification_id AND s.tenant_id = i.tenant_id AND s.recipient_id = i.recipient_id
 WHERE i.tenant_id = %s AND i.recipient_id = %s ORDER BY i.seq DESC LIMIT %s"""

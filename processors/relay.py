@@ -28,7 +28,8 @@ rather than delivered late, and each command expires `max_age` after its outcome
 Engagement (seen, read, archived in the inbox; push and email opened; clicked) is relayed only to
 destinations that list its kind in `engagements` (none by default, so existing destinations see no new
 traffic), as `{"type": "engagement.read", ...}` with the notification, delivery, recipient, channel and,
-for a click, the URL.
+for a click, the URL. Marking an item unread and taking it out of the archive are not relayed: they are
+the recipient tidying an inbox, not engagement with a notification.
 """
 
 from __future__ import annotations
@@ -52,8 +53,10 @@ from tidings.events import (
     EngagementKind,
     Event,
     InboxItemArchived,
+    InboxItemMarkedUnread,
     InboxItemRead,
     InboxItemSeen,
+    InboxItemUnarchived,
     NotificationClicked,
     NotificationOpened,
     ProviderFeedback,
@@ -271,6 +274,8 @@ class Relay:
             commands = relay_engagement(event, self.destinations, utcnow(), self.max_age)
         elif isinstance(event, DeliveryOutcome):
             commands = relay(event, self.destinations, utcnow(), self.max_age)
+        elif isinstance(event, InboxItemMarkedUnread | InboxItemUnarchived):
+            commands = []
         else:
             raise InvalidEvent(f"{type(event).__name__} does not belong on {record.topic}")
         self.relayed += len(commands)

@@ -35,10 +35,12 @@ a notification's timer keys, so a cancellation does not scan the partition; it s
 Escalation: a command with `unless` (seen, read or clicked) is dropped, with a SKIPPED `engaged`
 outcome, when `notifications.engagement` (co-partitioned, also consumed here) reports that engagement
 with its notification before the command is due. Inbox archived and seen events count as seen; read,
-opened and clicked as read; clicked as clicked. The `engaged` store remembers what each notification
-got (30 days), so an engagement that overtakes its escalation command still cancels it. A due escalation
-is released only while this process has read its engagement partition to the end, so a scheduler that
-lags (restarted, say) cannot send the email for a mention whose `seen` waits unread behind it.
+opened and clicked as read; clicked as clicked. Marking an item unread or taking it out of the archive
+undoes nothing here: an escalation dropped because the recipient saw the notification stays dropped.
+The `engaged` store remembers what each notification got (30 days), so an engagement that overtakes its
+escalation command still cancels it. A due escalation is released only while this process has read its
+engagement partition to the end, so a scheduler that lags (restarted, say) cannot send the email for a
+mention whose `seen` waits unread behind it.
 """
 
 from __future__ import annotations
@@ -58,8 +60,10 @@ from tidings.events import (
     DeliveryOutcome,
     Event,
     InboxItemArchived,
+    InboxItemMarkedUnread,
     InboxItemRead,
     InboxItemSeen,
+    InboxItemUnarchived,
     NotificationCancelled,
     NotificationClicked,
     NotificationOpened,
@@ -293,6 +297,8 @@ class Scheduler:
             return []
         if type(event) in SATISFIES:
             return self._engaged(record.partition, event)
+        if isinstance(event, InboxItemMarkedUnread | InboxItemUnarchived):
+            return []
         if not isinstance(event, DeliveryCommand) or record.topic != self.names.scheduled:
             raise InvalidEvent(f"{type(event).__name__} does not belong on {record.topic}")
         if self._erased(record.partition, event):

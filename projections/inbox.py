@@ -5,6 +5,12 @@ The first time of each wins, so duplicated and reordered events leave the same r
 seeing; a push opened or a link clicked counts as read, so the inbox item of a notification the
 recipient opened on their phone stops counting as unread.
 
+A recipient can undo a read (InboxItemMarkedUnread) or an archive (InboxItemUnarchived). The row keeps
+the last time of each of the four as well, and whichever of a read and an unread (an archive and an
+unarchive) happened later is the item's state now (`gateways.inapp._feed`; an unread in the same
+millisecond as a read wins). Both folds take the latest time, so they too ignore duplicates and order.
+`read_at` and `archived_at` stay the first times: statistics count what was ever read.
+
 A cancellation withdraws the notification's inbox item: the feed and the unread count leave it out.
 In-app is the one channel where a cancel can still take back what was already delivered (an email or
 a push cannot be recalled), and a sender cancelling "your order shipped" wants it gone wherever it can
@@ -18,8 +24,10 @@ from tidings.codec import default_codec
 from tidings.events import (
     Event,
     InboxItemArchived,
+    InboxItemMarkedUnread,
     InboxItemRead,
     InboxItemSeen,
+    InboxItemUnarchived,
     NotificationCancelled,
     NotificationClicked,
     NotificationOpened,
@@ -27,15 +35,28 @@ from tidings.events import (
 
 UPSERT = """
 INSERT INTO inbox_states AS s (notification_id, tenant_id, recipient_id, seen_at, read_at, archived_at,
-                               withdrawn_at)
-VALUES (%(nid)s, %(tenant)s, %(recipient)s, %(seen)s, %(read)s, %(archived)s, %(withdrawn)s)
+                               withdrawn_at, last_read_at, unread_at, last_archived_at, unarchived_at)
+VALUES (%(nid)s, %(tenant)s, %(recipient)s, %(seen)s, %(read)s, %(archived)s, %(withdrawn)s,
+        %(read)s, %(unread)s, %(archived)s, %(unarchived)s)
 ON CONFLICT (tenant_id, recipient_id, notification_id) DO UPDATE SET
     seen_at = LEAST(s.seen_at, EXCLUDED.seen_at),
     read_at = LEAST(s.read_at, EXCLUDED.read_at),
     archived_at = LEAST(s.archived_at, EXCLUDED.archived_at),
-    withdrawn_at = LEAST(s.withdrawn_at, EXCLUDED.withdrawn_at)
+    withdrawn_at = LEAST(s.withdrawn_at, EXCLUDED.withdrawn_at),
+    last_read_at = GREATEST(s.last_read_at, EXCLUDED.last_read_at),
+    unread_at = GREATEST(s.unread_at, EXCLUDED.unread_at),
+    last_archived_at = GREATEST(s.last_archived_at, EXCLUDED.last_archived_at),
+    unarchived_at = GREATEST(s.unarchived_at, EXCLUDED.unarchived_at)
 """
 READ = (InboxItemRead, NotificationOpened, NotificationClicked)
+FOLDED = (
+    InboxItemSeen,
+    InboxItemArchived,
+    InboxItemMarkedUnread,
+    InboxItemUnarchived,
+    NotificationCancelled,
+    *READ,
+)
 
 
 class Inbox(Projection):
@@ -59,9 +80,11 @@ class Inbox(Projection):
                 "read": e.occurred_at if isinstance(e, READ) else None,
                 "archived": e.occurred_at if isinstance(e, InboxItemArchived) else None,
                 "withdrawn": e.occurred_at if isinstance(e, NotificationCancelled) else None,
+                "unread": e.occurred_at if isinstance(e, InboxItemMarkedUnread) else None,
+                "unarchived": e.occurred_at if isinstance(e, InboxItemUnarchived) else None,
             }
             for e in events
-            if isinstance(e, (InboxItemSeen, InboxItemArchived, NotificationCancelled, *READ))
+            if isinstance(e, FOLDED)
         ]
         if rows:
             cur.executemany(UPSERT, rows)

@@ -67,8 +67,10 @@ __all__ = [
     "FeedbackKind",
     "Identifier",
     "InboxItemArchived",
+    "InboxItemMarkedUnread",
     "InboxItemRead",
     "InboxItemSeen",
+    "InboxItemUnarchived",
     "JsonObject",
     "Millis",
     "NotificationCancelled",
@@ -239,6 +241,14 @@ class InboxItemRead(_InboxItemEvent):
 
 
 class InboxItemArchived(_InboxItemEvent):
+    pass
+
+
+class InboxItemMarkedUnread(_InboxItemEvent):
+    pass
+
+
+class InboxItemUnarchived(_InboxItemEvent):
     pass
 
 

@@ -189,6 +189,8 @@ def registry(settings: Settings) -> list[TopicSpec]:
                 "InboxItemSeen",
                 "InboxItemRead",
                 "InboxItemArchived",
+                "InboxItemMarkedUnread",
+                "InboxItemUnarchived",
                 "NotificationOpened",
                 "NotificationClicked",
             ),

@@ -48,23 +48,23 @@ def item_row(command: DeliveryCommand) -> dict[str, Any]:
 
 
 EXISTING = "SELECT seq FROM inbox_items WHERE delivery_id = %s"
-COLUMNS = """i.seq, i.notification_id, i.delivery_id, i.notification_type, i.category, i.priority,
-i.title, i.body, i.data_json, i.created_at, s.seen_at, s.read_at, s.archived_at"""
+READ_NOW = "CASE WHEN s.last_read_at > COALESCE(s.unread_at, '-infinity') THEN s.last_read_at END"
+ARCHIVED_NOW = (
+    "CASE WHEN s.last_archived_at > COALESCE(s.unarchived_at, '-infinity') THEN s.last_archived_at END"
+)
+COLUMNS = f"""i.seq, i.notification_id, i.delivery_id, i.notification_type, i.category, i.priority,
+i.title, i.body, i.data_json, i.created_at, s.seen_at, {READ_NOW}, {ARCHIVED_NOW}"""
 FROM = """FROM inbox_items i LEFT JOIN inbox_states s
   ON s.notification_id = i.notification_id AND s.tenant_id = i.tenant_id AND s.recipient_id = i.recipient_id
 WHERE i.tenant_id = %(tenant)s AND i.recipient_id = %(recipient)s AND s.withdrawn_at IS NULL
   AND (i.expires_at IS NULL OR i.expires_at > now())"""
 PAGE = f"""SELECT {COLUMNS} {FROM}
-  AND (%(archived)s OR s.archived_at IS NULL) AND (%(before)s::bigint IS NULL OR i.seq < %(before)s)
+  AND (%(archived)s OR ({ARCHIVED_NOW}) IS NULL) AND (%(before)s::bigint IS NULL OR i.seq < %(before)s)
 ORDER BY i.seq DESC LIMIT %(limit)s"""
 SINCE = f"""SELECT {COLUMNS} {FROM}
   AND (i.seq > %(after)s OR i.created_at > now() - make_interval(secs => %(lookback)s))
 ORDER BY i.seq LIMIT %(limit)s"""
-UNREAD = """SELECT count(*)
-FROM inbox_items i LEFT JOIN inbox_states s
-  ON s.notification_id = i.notification_id AND s.tenant_id = i.tenant_id AND s.recipient_id = i.recipient_id
-WHERE i.tenant_id = %(tenant)s AND i.recipient_id = %(recipient)s AND s.read_at IS NULL
-  AND s.archived_at IS NULL AND s.withdrawn_at IS NULL AND (i.expires_at IS NULL OR i.expires_at > now())"""
+UNREAD = f"""SELECT count(*) {FROM} AND ({READ_NOW}) IS NULL AND ({ARCHIVED_NOW}) IS NULL"""
 WITHDRAWN = """SELECT i.seq, i.notification_id FROM inbox_items i JOIN inbox_states s
   ON s.notification_id = i.notification_id AND s.tenant_id = i.tenant_id AND s.recipient_id = i.recipient_id
 WHERE i.tenant_id = %(tenant)s AND i.recipient_id = %(recipient)s AND i.seq = ANY(%(seqs)s)

@@ -11,6 +11,7 @@ from tidings.client import Client
 from tidings.config import Settings
 from tidings.events import (
     DeliveryOutcome,
+    InboxItemMarkedUnread,
     InboxItemSeen,
     NotificationOpened,
     NotificationRequested,
@@ -109,12 +110,20 @@ def test_an_escalation_is_dropped_when_the_notification_was_engaged_with_first(t
                 delivery_id=delivery_id(seen_early, "in_app", "ada"),
             )
         )
+        client.publish(
+            InboxItemMarkedUnread(
+                tenant_id="acme",
+                recipient_id="ada",
+                notification_id=seen_early,
+                delivery_id=delivery_id(seen_early, "in_app", "ada"),
+            )
+        )
     run_router(s)
     immediate = Counter(c.channel for c in commands(s))
     assert immediate == {"in_app": 3, "push": 3}
 
     running = SkewedScheduler(s)
-    running.wait_committed(4)
+    running.wait_committed(5)
     with Client(s) as client:
         client.publish(
             NotificationOpened(
@@ -125,7 +134,7 @@ def test_an_escalation_is_dropped_when_the_notification_was_engaged_with_first(t
                 channel="push",
             )
         )
-    running.wait_committed(5)
+    running.wait_committed(6)
     running.advance(6 * 60)
     scheduler = running.join()
 
@@ -143,3 +152,4 @@ def test_an_escalation_is_dropped_when_the_notification_was_engaged_with_first(t
     assert email_outcomes[seen_early] == {("DEFERRED", "escalation"): 1, ("SKIPPED", "engaged"): 1}
     assert email_outcomes[opened_late] == {("DEFERRED", "escalation"): 1, ("SKIPPED", "engaged"): 1}
     assert scheduler.escalations_dropped == 2
+    assert scheduler.loop.dead_letters == 0, "marking an item unread is no poison and revives nothing"

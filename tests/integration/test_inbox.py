@@ -29,9 +29,12 @@ from tidings.events import (
     DeliveryCommand,
     DeliveryOutcome,
     InboxItemArchived,
+    InboxItemMarkedUnread,
     InboxItemRead,
     InboxItemSeen,
+    InboxItemUnarchived,
     NotificationCancelled,
+    NotificationClicked,
     NotificationOpened,
     RenderedContent,
 )
@@ -251,6 +254,96 @@ def test_a_cancelled_notification_is_withdrawn_from_the_feed_and_the_unread_coun
     assert sorted(i["title"] for i in before["items"]) == ["Bo mentioned you", "Cy mentioned you"]
     assert ([i["title"] for i in after["items"]], after["unread"]) == (["Bo mentioned you"], 1)
     assert read["unread"] == 0, "another tenant's or recipient's cancel must not take the item's state row"
+
+
+def test_an_unread_or_unarchive_after_a_read_or_archive_wins_whatever_order_they_arrive_in(
+    database: Settings,
+) -> None:
+    s = database
+    reread, unread, restored, archived, clicked = (command("ada", t) for t in "ABCDE")
+    at = [datetime.fromtimestamp(1_700_000_000 + i, UTC) for i in range(4)]
+
+    def ids(c: DeliveryCommand) -> dict[str, Any]:
+        return {
+            "tenant_id": "acme",
+            "recipient_id": "ada",
+            "notification_id": c.notification_id,
+            "delivery_id": c.delivery_id,
+        }
+
+    async def deliver() -> None:
+        provider = inbox(s)
+        async with aiohttp.ClientSession() as session:
+            for c in (reread, unread, restored, archived, clicked):
+                await provider.send(session, c)
+        await provider.close()
+
+    async def feed(base: str) -> Any:
+        auth = bearer(token("ada"))
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/v1/inbox", headers=auth) as r:
+                page = await r.json()
+            async with http.get(f"{base}/v1/inbox?archived=true", headers=auth) as r:
+                everything = await r.json()
+        return page, everything
+
+    asyncio.run(deliver())
+    with Client(s) as client:
+        for event in [
+            InboxItemRead(**ids(reread), occurred_at=at[2]),
+            InboxItemMarkedUnread(**ids(reread), occurred_at=at[1]),
+            InboxItemMarkedUnread(**ids(unread), occurred_at=at[2]),
+            InboxItemRead(**ids(unread), occurred_at=at[1]),
+            InboxItemRead(**ids(unread), occurred_at=at[0]),
+            InboxItemMarkedUnread(**ids(unread), occurred_at=at[2]),
+            InboxItemUnarchived(**ids(restored), occurred_at=at[3]),
+            InboxItemArchived(**ids(restored), occurred_at=at[1]),
+            InboxItemArchived(**ids(archived), occurred_at=at[3]),
+            InboxItemUnarchived(**ids(archived), occurred_at=at[2]),
+            InboxItemMarkedUnread(**ids(clicked), occurred_at=at[1]),
+            NotificationClicked(**ids(clicked), occurred_at=at[2], channel="push"),
+        ]:
+            client.publish(event)
+    project(s, "inbox")
+    page, everything = asyncio.run(serving(s, feed))
+    states = {i["title"]: (i["read_at"], i["archived_at"]) for i in everything["items"]}
+    iso = [t.isoformat() for t in at]
+    assert states == {
+        "A": (iso[2], None),
+        "B": (None, None),
+        "C": (None, None),
+        "D": (None, iso[3]),
+        "E": (iso[2], None),
+    }
+    assert sorted(i["title"] for i in page["items"]) == ["A", "B", "C", "E"]
+    assert page["unread"] == 2
+    with psycopg.connect(s.postgres_dsn) as conn:
+        [first] = conn.execute(
+            "SELECT read_at, last_read_at, unread_at FROM inbox_states WHERE notification_id = %s",
+            (unread.notification_id,),
+        ).fetchall()
+    assert first == (at[0], at[1], at[2]), "read_at stays the first read, for the statistics"
+
+    async def undo(base: str) -> list[int]:
+        auth = bearer(token("ada"))
+        statuses = []
+        async with aiohttp.ClientSession() as http:
+            for nid, action in [(reread.notification_id, "unread"), (archived.notification_id, "unarchived")]:
+                async with http.post(f"{base}/v1/inbox/{nid}/{action}", headers=auth) as r:
+                    statuses.append(r.status)
+            async with http.post(
+                f"{base}/v1/inbox/{unread.notification_id}/unread", headers=bearer(token("bob"))
+            ) as r:
+                statuses.append(r.status)
+        return statuses
+
+    assert asyncio.run(serving(s, undo)) == [202, 202, 404]
+    project(s, "inbox")
+    page, _ = asyncio.run(serving(s, feed))
+    assert sorted(i["title"] for i in page["items"]) == ["A", "B", "C", "D", "E"]
+    assert page["unread"] == 4
+    kinds = [type(e).__name__ for e in decoded(s, names(s).engagement)]
+    assert kinds.count("InboxItemMarkedUnread") == 5 and kinds.count("InboxItemUnarchived") == 3
 
 
 def test_an_open_socket_is_told_of_a_withdrawn_item_once(database: Settings) -> None:

@@ -16,7 +16,7 @@ from tests.integration.test_api import GLOBEX, call, serving
 from tests.integration.test_router import commands, decoded, publish_catalog, run_router
 from tidings.client import Client
 from tidings.config import Settings
-from tidings.events import DestinationUpdated, InboxItemRead
+from tidings.events import DestinationUpdated, InboxItemMarkedUnread, InboxItemRead
 from tidings.topics import names
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -86,6 +86,14 @@ def test_outcomes_reach_each_matching_destination_signed_and_the_relay_never_rel
                     delivery_id=email.delivery_id,
                 )
             )
+            client.publish(
+                InboxItemMarkedUnread(
+                    tenant_id="acme",
+                    recipient_id="ada",
+                    notification_id=email.notification_id,
+                    delivery_id=email.delivery_id,
+                )
+            )
         first = run_relay(s)
         gateway = GatewayRunner(s, "webhook", [StandardWebhook(WebhookSettings(allow_cidrs="127.0.0.1/32"))])
         try:
@@ -96,6 +104,7 @@ def test_outcomes_reach_each_matching_destination_signed_and_the_relay_never_rel
 
     first, second, gateway = asyncio.run(scenario())
     assert first.relayed == 5 and second.relayed == 0
+    assert first.loop.dead_letters == 0
     assert gateway.counts["sent"] == 4 and second.disabled == 1
     latest = {e.key: e for e in decoded(s, names(s).destinations)}
     dead = latest["acme/dead"]
