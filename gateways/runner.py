@@ -293,7 +293,11 @@ class GatewayRunner:
             if mark.get("emitted"):
                 self._count("duplicates")
                 return Handled()
-            return Handled(from_mark(self.names, command, mark), (str(command.delivery_id), mark), True)
+            outputs = from_mark(self.names, command, mark)
+            if mark.get("dead_letter"):
+                error = ProviderError(mark.get("detail") or mark.get("reason") or "failed")
+                outputs.append(dead_letter(record, error, self.group, self.names.dlq, mark["dead_letter"]))
+            return Handled(outputs, (str(command.delivery_id), mark), True)
         if command.expires_at is not None and command.expires_at.timestamp() <= time.time():
             return await self._finish(command, "EXPIRED", "expired")
         return await self._send(record, command)
@@ -342,6 +346,12 @@ class GatewayRunner:
                 self.circuits.failure(provider.label, exc)
                 failure = exc
                 continue
+            except Exception as exc:
+                log.exception("%s raised on delivery %s", provider.label, command.delivery_id)
+                self._count("provider_errors")
+                return await self._dead_letter(
+                    record, command, exc, "provider_error", provider=provider.label, detail=repr(exc)
+                )
             self.circuits.success(provider.label)
             self._count("sent")
             if self.channel == "webhook":
@@ -358,10 +368,10 @@ class GatewayRunner:
         if command.attempt >= len(self.tiers):
             self._count("exhausted")
             dead = await self._endpoint_failed(command)
-            handled = await self._finish(command, "FAILED", "retries_exhausted", detail=detail, feedback=dead)
             error = failure or ProviderUnavailable(detail)
-            handled.outputs.append(dead_letter(record, error, self.group, self.names.dlq))
-            return handled
+            return await self._dead_letter(
+                record, command, error, "retries_exhausted", detail=detail, feedback=dead
+            )
         tier = self.tiers[command.attempt]
         delay = float(tier_seconds(tier))
         if isinstance(failure, ProviderThrottled | ProviderUnavailable) and failure.retry_after:
@@ -376,6 +386,17 @@ class GatewayRunner:
         }
         await self.marks.put(command.delivery_id, mark)
         return Handled(from_mark(self.names, command, mark), (str(command.delivery_id), mark))
+
+    async def _dead_letter(
+        self, record: Incoming, command: DeliveryCommand, error: Exception, reason: str, **fields: Any
+    ) -> Handled:
+        """FAILED, and the command in the DLQ for `tidings dlq replay` once the cause is fixed. An
+        exception a provider did not turn into a ProviderError (its own defect, or input it could not
+        take) ends here too, rather than crashing the gateway on every restart. The mark records the
+        dead letter, so an outcome re-emitted after a crash brings its dead letter along."""
+        handled = await self._finish(command, "FAILED", reason, dead_letter=type(error).__name__, **fields)
+        handled.outputs.append(dead_letter(record, error, self.group, self.names.dlq))
+        return handled
 
     async def _finish(
         self, command: DeliveryCommand, status: str, reason: str | None, **fields: Any

@@ -60,7 +60,10 @@ def forbidden(ip: IP, allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network
 
 async def check(url: str, allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()) -> Target:
     """Parse and resolve `url`; raise DeliveryRejected (permanent) when it may not be called."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise DeliveryRejected(f"webhook URL does not parse: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise DeliveryRejected(f"webhook URL must be http(s) with a host: {parts.scheme}://…")
     if parts.username or parts.password:
@@ -78,6 +81,8 @@ async def check(url: str, allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Net
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
             raise DeliveryRejected(f"webhook host does not resolve: {exc}", permanent=False) from None
+        except UnicodeError as exc:
+            raise DeliveryRejected(f"webhook host is not a valid name: {exc}") from None
         candidates = [ipaddress.ip_address(info[4][0]) for info in infos]
     if not candidates or any(forbidden(ip, allow) for ip in candidates):
         raise DeliveryRejected("webhook target is not a public address (SSRF guard)")

@@ -4,6 +4,7 @@ endpoints disabled after sustained failure, and a graceful stop that commits wha
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import subprocess
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio
 from aiohttp import web
 
 from gateways.runner import GatewayRunner, GatewaySettings
@@ -23,6 +25,7 @@ from tidings.codec import default_codec
 from tidings.config import Settings
 from tidings.events import DeliveryCommand, DeliveryOutcome, ProviderFeedback, RenderedContent
 from tidings.kafka import EventProducer, Output
+from tidings.kafka.records import header_map
 from tidings.topics import names
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -286,3 +289,51 @@ def test_redis_outage_pauses_instead_of_crashing(namespace: Callable[..., Settin
     sent = {(o.delivery_id, o.event_id) for o in outcomes(s) if o.status == "SENT"}
     assert len({d for d, _ in sent}) == len(sent) == 40
     assert len(set(received)) == 40
+
+
+def test_a_command_a_provider_cannot_take_fails_into_the_dlq_and_the_rest_flow(
+    namespace: Callable[..., Settings],
+) -> None:
+    """A URL the SSRF guard cannot parse, or a signing secret that is not base64, once crashed the whole
+    gateway on every restart. Now the first is rejected and the second (an exception the provider did
+    not type) is FAILED `provider_error` with a dead letter, which a re-emitted outcome brings again."""
+    s = namespace()
+    received: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response(status=204)
+
+    async def scenario() -> tuple[GatewayRunner, GatewayRunner, list[DeliveryCommand]]:
+        app_runner, base = await serve(handler)
+        batch = commands(f"{base}/hook", 6)
+        batch[1] = batch[1].model_copy(update={"address": "https://a..b/x"})
+        batch[2] = batch[2].model_copy(update={"address": "https://[::1/x"})
+        batch[4] = batch[4].model_copy(update={"address_params": {"secret": "whsec_" + "A" * 17}})
+        produce(s, batch)
+        first = runner(s)
+        await first.run(idle_exit_after=3)
+        client = redis.asyncio.Redis.from_url(s.redis_url)
+        key = f"{s.topic_prefix}tidings:delivery:{batch[4].delivery_id}"
+        mark = json.loads(await client.get(key) or b"{}")
+        await client.set(key, json.dumps(mark | {"emitted": False}))
+        await client.aclose()
+        produce(s, [batch[4]])
+        second = runner(s)
+        await second.run(idle_exit_after=3)
+        await app_runner.cleanup()
+        return first, second, batch
+
+    first, second, batch = asyncio.run(scenario())
+    assert len(received) == 3 and first.counts["sent"] == 3
+    assert first.counts["provider_errors"] == 1 and second.counts["re_emitted"] == 1
+    failed = {o.delivery_id: (o.reason, o.event_id) for o in outcomes(s) if o.status == "FAILED"}
+    reasons = {did: str(reason) for did, (reason, _) in failed.items()}
+    assert reasons.keys() == {batch[1].delivery_id, batch[2].delivery_id, batch[4].delivery_id}
+    assert reasons[batch[1].delivery_id].startswith("webhook host is not a valid name")
+    assert reasons[batch[2].delivery_id].startswith("webhook URL does not parse")
+    assert reasons[batch[4].delivery_id] == "provider_error"
+    letters = [(r.value, header_map(r.headers)) for r in read_all(s, names(s).dlq)]
+    assert len(letters) == 2, "the re-emitted outcome lost its dead letter"
+    assert {value for value, _ in letters} == {default_codec().encode(batch[4])}
+    assert all(h["tidings.error.type"] == "Error" for _, h in letters), letters

@@ -105,12 +105,15 @@ Handler = Callable[[Incoming], Iterable[Output]]
 PoisonHandler = Callable[[Incoming, BaseException], Iterable[Output]]
 
 
-def dead_letter(record: Incoming, error: BaseException, group_id: str, topic: str = DLQ) -> Output:
-    """The original bytes and headers, plus headers naming the error and where the record came from."""
+def dead_letter(
+    record: Incoming, error: BaseException, group_id: str, topic: str = DLQ, error_type: str | None = None
+) -> Output:
+    """The original bytes and headers, plus headers naming the error (`error_type` when the error is
+    rebuilt from a record of it) and where the record came from."""
     message = str(error) or type(error).__name__
     headers = [
         *record.headers,
-        (ERROR_TYPE, type(error).__name__.encode()),
+        (ERROR_TYPE, (error_type or type(error).__name__).encode()),
         (ERROR_MESSAGE, message[:MAX_ERROR_MESSAGE].encode()),
         (ERROR_RETRIABLE, str(bool(getattr(error, "retriable", False))).lower().encode()),
         (SOURCE_TOPIC, record.topic.encode()),
