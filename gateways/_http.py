@@ -7,6 +7,7 @@ vendor; what a status code means is each provider's own business.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -41,6 +42,9 @@ async def post(
         raise ProviderUnavailable(f"{what} connection failed: {type(exc).__name__}") from None
 
 
+MAX_RETRY_AFTER_S = 24 * 3600.0
+
+
 def json_object(body: bytes) -> dict[str, Any]:
     """A vendor's JSON answer as a dict; anything else (HTML error pages, garbage) as {}."""
     try:
@@ -51,14 +55,16 @@ def json_object(body: bytes) -> dict[str, Any]:
 
 
 def retry_after(value: str | None) -> float | None:
-    """Seconds from a `Retry-After` value: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
+    """Seconds from a `Retry-After` value: delta-seconds or an HTTP date (RFC 9110 §10.2.3), at most
+    `MAX_RETRY_AFTER_S`. The value comes from whoever answers (a tenant's webhook endpoint): `inf`
+    or a year would otherwise hold a circuit, or a retry, for as long."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError, IndexError):
-        return None
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_S) if math.isfinite(seconds) else None

@@ -91,7 +91,8 @@ class Circuits:
         circuit = self.state.setdefault(label, Circuit())
         circuit.failures += 1
         if isinstance(error, ProviderThrottled):
-            circuit.open_until = time.time() + (error.retry_after or self.cooloff)
+            wait = self.cooloff if error.retry_after is None else error.retry_after
+            circuit.open_until = time.time() + wait
         elif circuit.failures >= self.failures:
             circuit.open_until = time.time() + self.cooloff
 

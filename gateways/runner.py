@@ -372,10 +372,7 @@ class GatewayRunner:
             return await self._dead_letter(
                 record, command, error, "retries_exhausted", detail=detail, feedback=dead
             )
-        tier = self.tiers[command.attempt]
-        delay = float(tier_seconds(tier))
-        if isinstance(failure, ProviderThrottled | ProviderUnavailable) and failure.retry_after:
-            delay = max(delay, failure.retry_after)
+        tier, delay = self._tier(command, failure)
         self._count("retries")
         mark = {
             "state": "retry",
@@ -386,6 +383,19 @@ class GatewayRunner:
         }
         await self.marks.put(command.delivery_id, mark)
         return Handled(from_mark(self.names, command, mark), (str(command.delivery_id), mark))
+
+    def _tier(self, command: DeliveryCommand, failure: ProviderError | None) -> tuple[str, float]:
+        """The retry tier and delay: the command's next tier, or a later one whose delay covers the
+        provider's Retry-After. A tier's records come due in the order they were written only while
+        each waits no longer than the tier's own delay; one waiting longer would hold up every retry
+        behind it in its partition. A Retry-After beyond the longest tier gets the longest tier, and
+        the provider's open circuit holds the command until the rest has passed."""
+        wanted = 0.0
+        if isinstance(failure, ProviderThrottled | ProviderUnavailable) and failure.retry_after:
+            wanted = failure.retry_after
+        later = self.tiers[command.attempt :]
+        tier = next((t for t in later if tier_seconds(t) >= wanted), later[-1])
+        return tier, float(tier_seconds(tier))
 
     async def _dead_letter(
         self, record: Incoming, command: DeliveryCommand, error: Exception, reason: str, **fields: Any

@@ -337,3 +337,26 @@ def test_a_command_a_provider_cannot_take_fails_into_the_dlq_and_the_rest_flow(
     assert len(letters) == 2, "the re-emitted outcome lost its dead letter"
     assert {value for value, _ in letters} == {default_codec().encode(batch[4])}
     assert all(h["tidings.error.type"] == "Error" for _, h in letters), letters
+
+
+def test_a_retry_after_longer_than_the_next_tier_goes_to_a_tier_that_covers_it(
+    namespace: Callable[..., Settings],
+) -> None:
+    """Written to the 1 s tier with a due time 3 s out, it would hold up every retry behind it there."""
+    s = namespace(retry_tiers="1s,4s,8s")
+    hits: list[int] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        hits.append(429 if not hits else 204)
+        return web.Response(status=hits[-1], headers={"Retry-After": "3"} if hits[-1] == 429 else {})
+
+    async def scenario() -> None:
+        app_runner, base = await serve(handler)
+        produce(s, commands(f"{base}/hook", 1))
+        await runner(s, concurrency=1).run(idle_exit_after=6)
+        await app_runner.cleanup()
+
+    asyncio.run(scenario())
+    assert hits == [429, 204]
+    assert [(o.status, o.reason) for o in outcomes(s)] == [("RETRYING", "4s"), ("SENT", None)]

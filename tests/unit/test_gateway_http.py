@@ -1,0 +1,47 @@
+"""Retry-After as the gateways read it from any HTTP answer, a tenant's endpoint's included."""
+
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+
+import pytest
+
+from gateways._http import MAX_RETRY_AFTER_S, retry_after
+from gateways.base import ProviderThrottled
+from gateways.limits import Circuits
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("120", 120.0),
+        ("0", 0.0),
+        ("-5", 0.0),
+        ("1.5", 1.5),
+        ("31536000", MAX_RETRY_AFTER_S),
+        ("1e400", None),
+        ("inf", None),
+        ("-inf", None),
+        ("nan", None),
+        ("soon", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_retry_after_is_finite_and_bounded(value: str | None, seconds: float | None) -> None:
+    assert retry_after(value) == seconds
+
+
+def test_an_http_date_counts_from_now_and_is_bounded_too() -> None:
+    assert 55 <= (retry_after(formatdate(time.time() + 60, usegmt=True)) or 0) <= 60
+    assert retry_after(formatdate(time.time() + 10 * 365 * 86400, usegmt=True)) == MAX_RETRY_AFTER_S
+    assert retry_after("Fri, 31 Dec 99999 23:59:59 GMT") is None
+
+
+def test_a_retry_after_of_zero_is_no_wait_not_the_cooloff() -> None:
+    circuits = Circuits(cooloff=30.0)
+    circuits.failure("p", ProviderThrottled("429", retry_after=0.0))
+    assert circuits.closed("p")
+    circuits.failure("q", ProviderThrottled("429"))
+    assert not circuits.closed("q")
