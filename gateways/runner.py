@@ -21,6 +21,7 @@ outputs are acknowledged; `stop()` finishes the sends in flight, emits and commi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -355,7 +356,8 @@ class GatewayRunner:
             self.circuits.success(provider.label)
             self._count("sent")
             if self.channel == "webhook":
-                await self.marks.delete(failing_key(self.prefix, command))
+                with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
+                    await self.marks.delete(failing_key(self.prefix, command))
             return await self._finish(
                 command, "SENT", None, provider=provider.label, provider_message_id=sent.provider_message_id
             )
@@ -381,7 +383,7 @@ class GatewayRunner:
             "due": int((time.time() + delay) * 1000),
             "detail": detail,
         }
-        await self.marks.put(command.delivery_id, mark)
+        await self._record(command.delivery_id, mark)
         return Handled(from_mark(self.names, command, mark), (str(command.delivery_id), mark))
 
     def _tier(self, command: DeliveryCommand, failure: ProviderError | None) -> tuple[str, float]:
@@ -408,11 +410,33 @@ class GatewayRunner:
         handled.outputs.append(dead_letter(record, error, self.group, self.names.dlq))
         return handled
 
+    async def _record(self, delivery_id: uuid.UUID, mark: dict[str, Any]) -> None:
+        """Put the mark, trying for half a claim's lifetime while Redis is unreachable, then going on
+        without it. Once a send happened, a Redis error must not turn it into `Blocked`: the command
+        would be read again and, when its claim expired, sent again. The outputs carry deterministic
+        ids, so emitting them without the mark loses nothing; only a later copy of the command could
+        then repeat the send."""
+        deadline, pause = time.monotonic() + self.config.inflight_ttl / 2, 0.1
+        while True:
+            try:
+                await self.marks.put(delivery_id, mark)
+                return
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                self._count("redis_unavailable")
+                if time.monotonic() + pause > deadline:
+                    self._count("marks_lost")
+                    log.warning(
+                        "redis unavailable, delivery %s goes on without its mark: %s", delivery_id, exc
+                    )
+                    return
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 2.0)
+
     async def _finish(
         self, command: DeliveryCommand, status: str, reason: str | None, **fields: Any
     ) -> Handled:
         mark = {"state": "done", "status": status, "reason": reason, "attempt": command.attempt, **fields}
-        await self.marks.put(command.delivery_id, mark)
+        await self._record(command.delivery_id, mark)
         return Handled(from_mark(self.names, command, mark), (str(command.delivery_id), mark))
 
     async def _refuse_address(self, command: DeliveryCommand, reason: str) -> None:

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio
@@ -20,6 +21,7 @@ from aiohttp import web
 from gateways.runner import GatewayRunner, GatewaySettings
 from gateways.webhook.standard import StandardWebhook, WebhookSettings
 from tests.integration.conftest import read_all
+from tests.integration.test_sms_opt_outs import Freezer
 from tests.servers.webhook import SECRET
 from tidings.codec import default_codec
 from tidings.config import Settings
@@ -360,3 +362,36 @@ def test_a_retry_after_longer_than_the_next_tier_goes_to_a_tier_that_covers_it(
     asyncio.run(scenario())
     assert hits == [429, 204]
     assert [(o.status, o.reason) for o in outcomes(s)] == [("RETRYING", "4s"), ("SENT", None)]
+
+
+def test_redis_stalling_after_a_send_does_not_send_it_again(namespace: Callable[..., Settings]) -> None:
+    """Redis stops answering for 7 s while the webhook is being sent: clearing the endpoint's failure
+    count times out (5 s) and so does the first try of the SENT mark. The gateway keeps trying to
+    record it instead of reading the command again and sending it a second time once its claim
+    expires."""
+    s = namespace()
+    received: list[bytes] = []
+    url = urlsplit(s.redis_url)
+    freezer = Freezer(url.hostname or "127.0.0.1", url.port or 6379)
+
+    async def handler(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        if len(received) == 1:
+            freezer.frozen.set()
+            asyncio.get_running_loop().call_later(7.0, freezer.frozen.clear)
+        return web.Response(status=204)
+
+    async def scenario() -> GatewayRunner:
+        app_runner, base = await serve(handler)
+        produce(s, commands(f"{base}/hook", 1))
+        async with freezer as port:
+            relayed = s.model_copy(update={"redis_url": url._replace(netloc=f"127.0.0.1:{port}").geturl()})
+            gateway = runner(relayed, inflight_ttl=30, busy_backoff=0.5)
+            await gateway.run(idle_exit_after=4)
+        await app_runner.cleanup()
+        return gateway
+
+    gateway = asyncio.run(scenario())
+    assert len(received) == 1
+    assert [o.status for o in outcomes(s)] == ["SENT"]
+    assert "marks_lost" not in gateway.counts
