@@ -27,6 +27,7 @@ from tidings.codec import default_codec
 from tidings.config import Settings
 from tidings.events import DeliveryCommand, DeliveryOutcome, ProviderFeedback, RenderedContent
 from tidings.kafka import EventProducer, Output
+from tidings.kafka.aio import AsyncConsumer
 from tidings.kafka.records import header_map
 from tidings.topics import names
 
@@ -395,3 +396,30 @@ def test_redis_stalling_after_a_send_does_not_send_it_again(namespace: Callable[
     assert len(received) == 1
     assert [o.status for o in outcomes(s)] == ["SENT"]
     assert "marks_lost" not in gateway.counts
+
+
+def test_pausing_or_seeking_a_partition_a_rebalance_took_away_is_a_no_op(
+    namespace: Callable[..., Settings],
+) -> None:
+    """A rebalance runs between a batch's awaits; aiokafka raised on the partitions it took, which
+    crashed the gateway mid-batch during every deploy."""
+    s = namespace()
+    topic = names(s).delivery("webhook")
+    produce(s, commands("https://example.com/hook", 2))
+
+    async def scenario() -> tuple[list[tuple[str, int]], dict[tuple[str, int], int]]:
+        consumer = AsyncConsumer(s, group_id=f"{s.topic_prefix}g", topics=[topic])
+        await consumer.start()
+        try:
+            while not consumer.assignment():
+                await consumer.batch(timeout_ms=100)
+            gone = (topic, 99)
+            consumer.pause([gone, *consumer.assignment()])
+            consumer.seek(gone, 0)
+            consumer.resume([gone])
+            return consumer.assignment(), await consumer.lag()
+        finally:
+            await consumer.stop()
+
+    assigned, lag = asyncio.run(scenario())
+    assert (topic, 99) not in assigned and (topic, 99) not in lag

@@ -75,14 +75,22 @@ class AsyncConsumer:
             return False
         return True
 
+    def _held(self, tps: Sequence[TP]) -> list[TopicPartition]:
+        """The partitions of `tps` still assigned. A rebalance runs in the background between a batch's
+        awaits, and aiokafka raises on a partition it took away; the new owner reads that one from its
+        committed offset anyway."""
+        assigned = self._consumer.assignment()
+        return [TopicPartition(*tp) for tp in tps if TopicPartition(*tp) in assigned]
+
     def seek(self, tp: TP, offset: int) -> None:
-        self._consumer.seek(TopicPartition(*tp), offset)
+        for held in self._held([tp]):
+            self._consumer.seek(held, offset)
 
     def pause(self, tps: Sequence[TP]) -> None:
-        self._consumer.pause(*(TopicPartition(*tp) for tp in tps))
+        self._consumer.pause(*self._held(tps))
 
     def resume(self, tps: Sequence[TP]) -> None:
-        self._consumer.resume(*(TopicPartition(*tp) for tp in tps))
+        self._consumer.resume(*self._held(tps))
 
     def assignment(self) -> list[TP]:
         return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
@@ -91,10 +99,13 @@ class AsyncConsumer:
         """Records behind the last stable offset per assigned partition, from the fetched metadata (no
         round trip); a partition not fetched yet is left out."""
         found = {}
-        for tp in self._consumer.assignment():
-            end = self._consumer.last_stable_offset(tp)
-            if end is not None:
-                found[(tp.topic, tp.partition)] = max(0, end - await self._consumer.position(tp))
+        for tp in list(self._consumer.assignment()):
+            try:
+                end = self._consumer.last_stable_offset(tp)
+                if end is not None:
+                    found[(tp.topic, tp.partition)] = max(0, end - await self._consumer.position(tp))
+            except IllegalStateError:
+                continue
         return found
 
 
