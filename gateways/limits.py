@@ -10,6 +10,8 @@ so hosts with skewed clocks agree.
 its Retry-After passes, and one that fails `failures` times in a row (5xx, timeouts, resets) is skipped
 for `cooloff` seconds, then tried again (half-open: one more failure reopens it). When every provider
 of a chain is open, the runner pauses consumption until the first reopens instead of spinning retries.
+A circuit is named by the runner: a provider, or a webhook endpoint. At `MAX_CIRCUITS` names (webhook
+endpoints that failed and never succeeded since) the closed ones are forgotten.
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ class TokenBucket:
         return int(millis) / 1000
 
 
+MAX_CIRCUITS = 10_000
+
+
 @dataclass
 class Circuit:
     failures: int = 0
@@ -88,6 +93,9 @@ class Circuits:
         self.state.pop(label, None)
 
     def failure(self, label: str, error: ProviderError) -> None:
+        if len(self.state) >= MAX_CIRCUITS:
+            now = time.time()
+            self.state = {k: c for k, c in self.state.items() if c.open_until > now}
         circuit = self.state.setdefault(label, Circuit())
         circuit.failures += 1
         if isinstance(error, ProviderThrottled):

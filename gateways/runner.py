@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -321,11 +322,16 @@ class GatewayRunner:
                 else ""
             )
             return await self._finish(command, "FAILED", reason)
-        chain = [p for p in providers if self.circuits.closed(p.label)]
+        circuit = {p.label: self._circuit(p, command) for p in providers}
+        chain = [p for p in providers if self.circuits.closed(circuit[p.label])]
         if not chain:
-            await self.marks.release(command.delivery_id, command.attempt)
+            reopens = self.circuits.reopens_at(list(circuit.values()))
             self._count("circuit_open")
-            return Blocked(self.circuits.reopens_at([p.label for p in providers]))
+            if self.channel == "webhook":
+                wait = ProviderThrottled("the endpoint's circuit is open", max(0.0, reopens - time.time()))
+                return await self._retry(record, command, wait)
+            await self.marks.release(command.delivery_id, command.attempt)
+            return Blocked(reopens)
         failure: ProviderError | None = None
         for provider in chain:
             if bucket := self.buckets.get(provider.label):
@@ -336,7 +342,7 @@ class GatewayRunner:
                 if not exc.permanent:
                     failure = exc
                     continue
-                self.circuits.success(provider.label)
+                self.circuits.success(circuit[provider.label])
                 dead = exc.reason if exc.address_dead else None
                 if dead:
                     await self._refuse_address(command, dead)
@@ -344,7 +350,7 @@ class GatewayRunner:
                     command, "FAILED", exc.reason, provider=provider.label, feedback=dead
                 )
             except ProviderError as exc:
-                self.circuits.failure(provider.label, exc)
+                self.circuits.failure(circuit[provider.label], exc)
                 failure = exc
                 continue
             except Exception as exc:
@@ -353,7 +359,7 @@ class GatewayRunner:
                 return await self._dead_letter(
                     record, command, exc, "provider_error", provider=provider.label, detail=repr(exc)
                 )
-            self.circuits.success(provider.label)
+            self.circuits.success(circuit[provider.label])
             self._count("sent")
             if self.channel == "webhook":
                 with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
@@ -362,6 +368,20 @@ class GatewayRunner:
                 command, "SENT", None, provider=provider.label, provider_message_id=sent.provider_message_id
             )
         return await self._retry(record, command, failure)
+
+    def _circuit(self, provider: Provider, command: DeliveryCommand) -> str:
+        """A webhook's circuit is its endpoint's (scheme, host and port), not the provider's: the
+        endpoints are the tenants' own servers, and one of them throttling or failing must not hold up
+        every other tenant's webhooks. Commands to an endpoint whose circuit is open go to a retry
+        tier covering its reopening (an attempt each) rather than pausing their partition, which
+        other endpoints share."""
+        if self.channel != "webhook":
+            return provider.label
+        try:
+            parts = urlsplit(command.address)
+        except ValueError:
+            return f"{provider.label} {command.address}"
+        return f"{provider.label} {parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
     async def _retry(
         self, record: Incoming, command: DeliveryCommand, failure: ProviderError | None

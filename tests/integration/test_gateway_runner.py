@@ -78,10 +78,10 @@ def outcomes(s: Settings) -> list[DeliveryOutcome]:
     return [o for o in decoded if isinstance(o, DeliveryOutcome)]
 
 
-def test_throttled_provider_pauses_consumption_instead_of_spinning(
+def test_a_throttled_endpoint_gets_nothing_until_its_retry_after_passes(
     namespace: Callable[..., Settings],
 ) -> None:
-    s = namespace(retry_tiers="1s")
+    s = namespace(retry_tiers="1s,2s,4s")
     hits: list[tuple[float, int]] = []
 
     async def handler(request: web.Request) -> web.Response:
@@ -94,7 +94,7 @@ def test_throttled_provider_pauses_consumption_instead_of_spinning(
         app_runner, base = await serve(handler)
         produce(s, commands(f"{base}/hook", 30))
         gateway = runner(s, concurrency=1)
-        await gateway.run(idle_exit_after=3)
+        await gateway.run(idle_exit_after=5)
         await app_runner.cleanup()
         return gateway
 
@@ -102,9 +102,43 @@ def test_throttled_provider_pauses_consumption_instead_of_spinning(
     throttled_at = hits[0][0]
     assert hits[0][1] == 429 and len(hits) == 31
     assert all(at - throttled_at >= 1.9 for at, _ in hits[1:]), "sent while the circuit was open"
-    assert gateway.counts["circuit_open"] >= 1 and gateway.counts["sent"] == 30
+    assert gateway.counts["circuit_open"] == 29 and gateway.counts["sent"] == 30
     statuses = [o.status for o in outcomes(s)]
-    assert statuses.count("SENT") == 30 and statuses.count("RETRYING") == 1
+    assert statuses.count("SENT") == 30 and statuses.count("RETRYING") == 30
+
+
+def test_one_tenants_throttling_endpoint_does_not_hold_up_anothers(
+    namespace: Callable[..., Settings],
+) -> None:
+    """The circuit is the endpoint's: webhooks to a healthy endpoint go out while another answers 429
+    with a long Retry-After, in the same partitions."""
+    s = namespace(retry_tiers="1s,1m")
+    hits: dict[str, int] = {"slow": 0, "fine": 0}
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        name = request.match_info["name"]
+        hits[name] += 1
+        if name == "slow":
+            return web.Response(status=429, headers={"Retry-After": "30"})
+        return web.Response(status=204)
+
+    async def scenario() -> GatewayRunner:
+        app_runner, base = await serve(handler)
+        other, other_base = await serve(handler)
+        slow, fine = commands(f"{base}/slow", 10), commands(f"{other_base}/fine", 10)
+        produce(s, [c for pair in zip(slow, fine, strict=True) for c in pair])
+        gateway = runner(s, concurrency=1)
+        await gateway.run(idle_exit_after=3)
+        await app_runner.cleanup()
+        await other.cleanup()
+        return gateway
+
+    gateway = asyncio.run(scenario())
+    assert hits == {"slow": 1, "fine": 10}
+    assert gateway.counts["sent"] == 10 and gateway.counts["circuit_open"] == 9
+    retrying = [o.reason for o in outcomes(s) if o.status == "RETRYING"]
+    assert retrying == ["1m"] * 10, "each waits in the tier that covers the Retry-After"
 
 
 def test_consecutive_failures_open_the_circuit_for_the_cooloff(namespace: Callable[..., Settings]) -> None:
