@@ -49,6 +49,9 @@ elseif redis.call('TTL', KEYS[1]) < tonumber(ARGV[2]) then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
 """
+HOLD = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+"""
 SWAP = """
 for i, key in ipairs(KEYS) do
   if redis.call('GET', key) == ARGV[2 * i - 1] then redis.call('SET', key, ARGV[2 * i], 'KEEPTTL') end
@@ -129,6 +132,13 @@ class Marks:
             return None
         mark: dict[str, Any] = json.loads(current)
         return mark
+
+    async def hold(self, delivery_id: object, seconds: float) -> None:
+        """Keep this gateway's claim for `seconds` more (a send waiting its turn under a rate limit),
+        unless it is no longer this gateway's."""
+        inflight = json.dumps({"state": "inflight", "owner": self.owner})
+        ttl = max(self.inflight_ttl, int(seconds) + 1)
+        await self.pipelined.call(lambda pipe: pipe.eval(HOLD, 1, self.key(delivery_id), inflight, ttl))
 
     async def erased(self, key: str, erased_ms: int, ttl: int) -> None:
         """Note an erasure's log time under `key` for at least `ttl` seconds, keeping the later of two."""

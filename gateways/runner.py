@@ -328,14 +328,19 @@ class GatewayRunner:
             reopens = self.circuits.reopens_at(list(circuit.values()))
             self._count("circuit_open")
             if self.channel == "webhook":
-                wait = ProviderThrottled("the endpoint's circuit is open", max(0.0, reopens - time.time()))
-                return await self._retry(record, command, wait)
+                reopening = ProviderThrottled(
+                    "the endpoint's circuit is open", max(0.0, reopens - time.time())
+                )
+                return await self._retry(record, command, reopening)
             await self.marks.release(command.delivery_id, command.attempt)
             return Blocked(reopens)
         failure: ProviderError | None = None
         for provider in chain:
             if bucket := self.buckets.get(provider.label):
-                await asyncio.sleep(await bucket.wait())
+                wait = await bucket.wait()
+                if wait > self.config.inflight_ttl / 2:
+                    await self.marks.hold(command.delivery_id, wait + self.config.inflight_ttl)
+                await asyncio.sleep(wait)
             try:
                 sent = await provider.send(self.session, command)
             except DeliveryRejected as exc:

@@ -457,3 +457,31 @@ def test_pausing_or_seeking_a_partition_a_rebalance_took_away_is_a_no_op(
 
     assigned, lag = asyncio.run(scenario())
     assert (topic, 99) not in assigned and (topic, 99) not in lag
+
+
+def test_a_claim_outlasts_the_wait_for_its_rate_limit_token(namespace: Callable[..., Settings]) -> None:
+    """Sends queued behind a rate limit for longer than a claim lives keep their claims, so no other
+    gateway can take the same commands over and send them too."""
+    s = namespace()
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=204)
+
+    async def scenario() -> list[bytes | None]:
+        app_runner, base = await serve(handler)
+        batch = commands(f"{base}/hook", 6)
+        produce(s, batch)
+        gateway = runner(s, concurrency=6, inflight_ttl=2, rates={"standard": (1.0, 1)})
+        task = asyncio.create_task(gateway.run(idle_exit_after=2))
+        client = redis.asyncio.Redis.from_url(s.redis_url)
+        await asyncio.sleep(3.5)
+        seen = [await client.get(f"{s.topic_prefix}tidings:delivery:{c.delivery_id}") for c in batch]
+        await client.aclose()
+        await task
+        await app_runner.cleanup()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert all(mark is not None for mark in seen), "a claim expired while its send waited for a token"
+    assert [o.status for o in outcomes(s)].count("SENT") == 6
