@@ -314,10 +314,17 @@ class Probe:
 
 
 def gateway_events() -> set[str]:
-    """The `event` label values: every literal the gateway runner passes to `_count`."""
+    """The `event` label values: every literal the gateway runner and its handling pass to `_count`."""
+    import gateways.handling
     import gateways.runner
 
-    tree = ast.parse(inspect.getsource(gateways.runner))
+    tree = ast.Module(
+        body=[
+            *ast.parse(inspect.getsource(gateways.runner)).body,
+            *ast.parse(inspect.getsource(gateways.handling)).body,
+        ],
+        type_ignores=[],
+    )
     return {
         call.args[0].value
         for call in ast.walk(tree)
