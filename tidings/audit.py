@@ -10,15 +10,19 @@ from typing import Any
 
 from tidings.codec import default_codec
 from tidings.config import Settings
-from tidings.errors import CodecError, InvalidEvent
+from tidings.errors import CodecError, InvalidEvent, UnknownTopic
 from tidings.events import CHANNELS, Event
 from tidings.kafka import EventProducer, Incoming, Output, TopicFollower
+from tidings.kafka.consumer import unknown_topic
 from tidings.kafka.records import REQUESTED_AT, SOURCE_TIMESTAMP, header_map
 from tidings.topics import names
 
 
 def read_all(s: Settings, topic: str) -> Iterator[Incoming]:
     follower = TopicFollower(s, topic)
+    if not follower.exists:
+        follower.close()
+        raise UnknownTopic(unknown_topic(s, topic))
     try:
         for batch in follower.batches(2000):
             yield from batch

@@ -54,6 +54,10 @@ class SchemaCompatibilityError(TidingsError):
     pass
 
 
+class UnknownTopic(TidingsError):
+    pass
+
+
 class KafkaUnavailable(TidingsError):
     retriable = True
 

@@ -67,6 +67,15 @@ def test_tail_shows_undecodable_records_instead_of_crashing(topology: Settings) 
     assert any(json.loads(line).get("error", "").startswith("BadMagic") for line in tail.stdout.splitlines())
 
 
+def test_reading_a_topic_that_does_not_exist_or_a_bad_filter_is_one_clear_error(stack: Settings) -> None:
+    for args in (["tail", "no.such.topic", "--timeout", "1"], ["replay", "no.such.topic"]):
+        missing = run(*args)
+        assert missing.returncode == 1 and "no topic 'no.such.topic'" in missing.stderr, missing.stderr
+        assert "Traceback" not in missing.stderr
+    bad = run("replay", "notifications.requested", "--filter", "bogus")
+    assert bad.returncode == 2 and "a filter is field=value" in bad.stderr
+
+
 def test_dev_status_and_env(stack: Settings) -> None:
     status = run("dev", "status")
     assert status.returncode == 0, status.stdout + status.stderr

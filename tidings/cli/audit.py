@@ -64,6 +64,8 @@ def replay(
     ),
 ) -> None:
     """Print a topic's records in a time range as JSON lines (read_committed), for auditors."""
+    if bad := [f for f in filters or [] if "=" not in f]:
+        raise typer.BadParameter(f"{bad[0]!r}: a filter is field=value", param_hint="--filter")
     wanted = dict(f.split("=", 1) for f in filters or [])
     start, end = (_utc(t) for t in (start, end))
     for record in read_all(settings(), topic):

@@ -18,7 +18,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
 from tidings.config import Settings
-from tidings.errors import HangingTransaction, KafkaUnavailable
+from tidings.errors import HangingTransaction, KafkaUnavailable, UnknownTopic
 from tidings.kafka import config
 from tidings.kafka.messages import is_retriable, next_offsets, to_incoming
 from tidings.kafka.producer import EventProducer
@@ -130,7 +130,7 @@ def read_topic(
         meta = consumer.list_topics(topic, timeout=10)
         tmeta = meta.topics.get(topic)
         if tmeta is None or tmeta.error is not None:
-            raise KafkaException(tmeta.error if tmeta else f"unknown topic {topic}")
+            raise UnknownTopic(unknown_topic(settings, topic))
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END
         consumer.assign([TopicPartition(topic, p, start) for p in sorted(tmeta.partitions)])
         seen = 0
@@ -220,6 +220,14 @@ def high_watermark(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0
             time.sleep(0.2)
 
 
+def unknown_topic(settings: Settings, topic: str) -> str:
+    return (
+        f"no topic {topic!r} at {settings.kafka_bootstrap}"
+        + (f" (topics here carry the prefix {settings.topic_prefix!r})" if settings.topic_prefix else "")
+        + "; `tidings topics apply` creates tidings' topics"
+    )
+
+
 class TopicFollower:
     """Reads a whole topic into the caller without a group: `catch_up()` to its end, then `poll()`.
 
@@ -233,6 +241,7 @@ class TopicFollower:
             config.consumer(settings, f"tidings-follower-{uuid.uuid4()}", **{"fetch.wait.max.ms": 20})
         )
         meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
+        self.exists = meta.error is None
         self.partitions = sorted(meta.partitions)
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in self.partitions])
 
