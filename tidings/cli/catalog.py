@@ -109,9 +109,9 @@ def preview_command(
     digest: bool = typer.Option(False, "--digest", help="The digest templates, with the data as 2 items."),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per channel."),
 ) -> None:
-    """Render a type's templates as the router would, without Kafka: with its `[type.example]` data, the
-    data given overriding it key by key. Fails, naming the channel, where the router would reject the
-    request."""
+    """Render a type's templates as the router would, without Kafka: with its example data (the type's
+    `example` table), the data given overriding it key by key. Fails, naming the channel, where the
+    router would reject the request."""
     types = {t.notification_type: t for t in load(directory, GLOBAL_TENANT)}
     if type_ not in types:
         raise InvalidEvent(f"no type {type_!r} in {directory} (types: {', '.join(sorted(types))})")
