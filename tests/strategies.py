@@ -72,6 +72,10 @@ def for_type(avro: Any, name: str, annotation: Any) -> st.SearchStrategy[Any]:
             return st.sampled_from(["+4915112345678", "+14155550123", "+447911123456", "+81312345678"])
         if name == "email":
             return st.emails()
+        if name == "timezone":
+            return st.sampled_from(["Europe/Vienna", "America/New_York", "Asia/Kolkata", "UTC"])
+        if name == "locale":
+            return st.from_regex(r"\A[a-z]{2}(-[A-Z]{2})?\Z")
         if name == "url":
             return st.from_regex(r"\Ahttps://[a-z]{1,12}\.example/[a-z0-9]{0,12}\Z")
         if name == "secret":

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from tidings.errors import BadMagic, CorruptRecord, InvalidEvent, TruncatedRecord, UnknownFingerprint
 from tidings.events import Event
 from tidings.schemas import SchemaSet, SchemaVersion, default_schemas
+from tidings.vocabulary import DECODED
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = 10
@@ -72,7 +73,7 @@ class Codec:
         if model is None:
             raise UnknownFingerprint(f"record {name} has no event model")
         try:
-            return model.model_validate(record)
+            return model.model_validate(record, context=DECODED)
         except ValidationError as exc:
             raise InvalidEvent(f"{name}: {_summary(exc)}") from exc
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 from uuid import UUID
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from tidings.deliveries import DeliveryCommand, DeliveryOutcome, RenderedContent
 from tidings.envelope import Event, Record
@@ -32,12 +32,15 @@ from tidings.vocabulary import (
     FeedbackKind,
     Identifier,
     JsonObject,
+    Locale,
     Millis,
     OutcomeStatus,
     PhoneNumber,
     Platform,
     Priority,
     TenantId,
+    TimeZone,
+    check_zone,
     refuse_json_constant,
     utcnow,
 )
@@ -72,6 +75,7 @@ __all__ = [
     "InboxItemSeen",
     "InboxItemUnarchived",
     "JsonObject",
+    "Locale",
     "Millis",
     "NotificationCancelled",
     "NotificationClicked",
@@ -91,6 +95,7 @@ __all__ = [
     "Record",
     "RenderedContent",
     "TenantId",
+    "TimeZone",
     "WebhookEndpointRemoved",
     "WebhookEndpointUpdated",
     "data_json_of",
@@ -132,8 +137,8 @@ class RecipientUpdated(Event):
     recipient_id: Identifier
     email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+$")
     phone: PhoneNumber | None = None
-    locale: str | None = None
-    timezone: str | None = None
+    locale: Locale | None = None
+    timezone: TimeZone | None = None
     name: str | None = None
     properties_json: JsonObject | None = None
     unset: list[str] = []
@@ -160,6 +165,14 @@ class PreferencesUpdated(Event):
     quiet_hours: QuietHours | None = None
     clear_quiet_hours: bool = False
     digest: dict[str, DigestChoice] = {}
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet_zone(cls, value: QuietHours | None, info: ValidationInfo) -> QuietHours | None:
+        """Checked here, not on QuietHours: recipients' stored states hold QuietHours written before."""
+        if value is not None and value.timezone is not None:
+            check_zone(value.timezone, info)
+        return value
 
 
 class DeviceRegistered(Event):

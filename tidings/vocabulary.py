@@ -8,9 +8,10 @@ import json
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
-from pydantic import AfterValidator
+from pydantic import AfterValidator, ValidationInfo
 
 Channel = Literal["in_app", "push", "email", "sms", "webhook"]
 CHANNELS: tuple[Channel, ...] = ("in_app", "push", "email", "sms", "webhook")
@@ -50,6 +51,35 @@ MAX_ID_LENGTH = 256
 _CONTROL = re.compile(r"[\x00-\x1f]")
 MAX_DATA_BYTES = 256 * 1024
 MAX_MEMBERS_PER_EVENT = 1000
+
+
+DECODED = {"decoded": True}
+_LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*$")
+
+
+def _made(info: ValidationInfo) -> bool:
+    """True where an event is being made, False where it is decoded (`DECODED` context): checks added
+    after events were written apply to new events only, so older ones still decode."""
+    return not (info.context or {}).get("decoded")
+
+
+def check_zone(value: str, info: ValidationInfo) -> str:
+    if _made(info):
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone, e.g. Europe/Vienna") from None
+    return value
+
+
+def _locale(value: str, info: ValidationInfo) -> str:
+    if _made(info) and not _LOCALE.match(value):
+        raise ValueError(f"{value!r} is not a locale, e.g. de-AT or en")
+    return value
+
+
+TimeZone = Annotated[str, AfterValidator(check_zone)]
+Locale = Annotated[str, AfterValidator(_locale)]
 
 
 def _utc_millis(value: datetime) -> datetime:
@@ -105,8 +135,11 @@ def _json_object(value: str) -> str:
 def _e164(value: str) -> str:
     try:
         number = phonenumbers.parse(value, None)
-    except phonenumbers.NumberParseException as exc:
-        raise ValueError(f"not an E.164 phone number: {exc}") from None
+    except phonenumbers.NumberParseException:
+        raise ValueError(
+            f"{value!r} is not an E.164 phone number: + and the country code, then the number, "
+            "e.g. +4915112345678"
+        ) from None
     formatted = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
     if formatted != value or not phonenumbers.is_possible_number(number):
         raise ValueError(f"not an E.164 phone number (expected like {formatted})")

@@ -113,6 +113,26 @@ def test_send_and_cancel_refuse_unclear_times_and_ids(stack: Settings) -> None:
     assert bad_id.returncode == 1 and "not a notification id" in bad_id.stderr
 
 
+def test_recipients_set_refuses_what_the_router_could_not_use(topology: Settings) -> None:
+    s = topology
+    base = ("recipients", "set", "-t", "acme", "-r", "cli-checked")
+    for args, says in [
+        (("--timezone", "Mars/Base"), "not an IANA time zone"),
+        (("--locale", "not a locale"), "not a locale"),
+        (("--phone", "12345"), "+ and the country code"),
+        (("--quiet-hours", "22:00-07:00", "--timezone", "Europe/Wien"), "not an IANA time zone"),
+        ((), "nothing to set"),
+    ]:
+        refused = run(*base, *args, s=s)
+        assert refused.returncode in (1, 2) and says in " ".join(refused.stderr.split()), (
+            args,
+            refused.stderr,
+        )
+        assert "Traceback" not in refused.stderr
+    tail = run("tail", f"{s.topic_prefix}notifications.recipients", "--from-beginning", "--timeout", "3")
+    assert "cli-checked" not in tail.stdout
+
+
 def test_recipients_set_digest_choice_and_refuse_unknown_ones(topology: Settings) -> None:
     s = topology
     ok = run("recipients", "set", "-t", "acme", "-r", "cli-digest", "--digest", "social=daily", s=s)

@@ -7,8 +7,16 @@ import pytest
 from pydantic import ValidationError
 
 from tidings.client import notification_request, recipient_update
+from tidings.codec import default_codec
 from tidings.errors import InvalidEvent
-from tidings.events import MAX_DATA_BYTES, Event, NotificationRequested, PreferencesUpdated, QuietHours
+from tidings.events import (
+    MAX_DATA_BYTES,
+    Event,
+    NotificationRequested,
+    PreferencesUpdated,
+    QuietHours,
+    RecipientUpdated,
+)
 from tidings.ids import delivery_id, new_notification_id, notification_id_for
 from tidings.schemas import default_schemas
 
@@ -107,3 +115,25 @@ def test_nan_and_infinity_are_not_json_and_are_refused_everywhere() -> None:
         recipient_update(tenant="acme", recipient="ada", properties={"x": float("inf")})
     with pytest.raises(InvalidEvent, match="idempotency_key"):
         notification_request(tenant="acme", recipient="ada", type="t", idempotency_key=" ")
+
+
+def test_a_time_zone_or_locale_that_is_not_one_is_refused_where_an_event_is_made() -> None:
+    with pytest.raises(ValidationError, match="not an IANA time zone"):
+        RecipientUpdated(tenant_id="acme", recipient_id="ada", timezone="Mars/Base")
+    with pytest.raises(ValidationError, match="not a locale"):
+        RecipientUpdated(tenant_id="acme", recipient_id="ada", locale="not a locale")
+    with pytest.raises(ValidationError, match="not an IANA time zone"):
+        PreferencesUpdated(
+            tenant_id="acme",
+            recipient_id="ada",
+            quiet_hours=QuietHours(start="22:00", end="07:00", timezone="Europe/Wien"),
+        )
+    ok = RecipientUpdated(tenant_id="acme", recipient_id="ada", timezone="Europe/Vienna", locale="de-AT")
+    assert (ok.timezone, ok.locale) == ("Europe/Vienna", "de-AT")
+
+
+def test_an_event_written_before_those_checks_still_decodes() -> None:
+    fields = RecipientUpdated(tenant_id="acme", recipient_id="ada").model_dump()
+    old = RecipientUpdated.model_construct(**fields | {"timezone": "Mars/Base", "locale": "xx yy"})
+    decoded = default_codec().decode(default_codec().encode(old))
+    assert isinstance(decoded, RecipientUpdated) and decoded.timezone == "Mars/Base"

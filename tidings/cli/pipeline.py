@@ -62,6 +62,8 @@ def set_recipient(
         prefs["quiet_hours"] = {"start": start, "end": end}
     if digest:
         prefs["digest"] = dict(d.partition("=")[::2] for d in digest)
+    if not profile and not prefs:
+        raise typer.BadParameter("nothing to set: give a contact point, a preference or both (see --help)")
     with Client(source="cli") as client:
         if profile:
             client.update_recipient(tenant=tenant, recipient=recipient, **profile)
