@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tidings.errors import InvalidEvent
+from tidings.errors import InvalidEvent, summary
 from tidings.events import CHANNELS, ChannelTemplate, Engagement, NotificationTypePublished
 from tidings.render import FIELDS, RenderError, check_condition, check_template
 from tidings.topics import tier_seconds
@@ -238,7 +238,10 @@ def parse_type(tenant: str, raw: dict[str, Any], version: int = 1) -> Notificati
     if not isinstance(raw.get("escalation", []), list):
         raise InvalidEvent(f"{key}: escalation must be a list of steps")
     try:
-        expires = tier_seconds(raw["expires_after"]) if "expires_after" in raw else None
+        expires = tier_seconds(str(raw["expires_after"])) if "expires_after" in raw else None
+    except ValueError as exc:
+        raise InvalidEvent(f"{key}: expires_after {exc}") from None
+    try:
         published = NotificationTypePublished(
             tenant_id=tenant,
             notification_type=key,
@@ -254,7 +257,9 @@ def parse_type(tenant: str, raw: dict[str, Any], version: int = 1) -> Notificati
             throttle_json=json.dumps(raw["throttle"]) if "throttle" in raw else None,
             conditions_json=_conditions_json(raw),
         )
-    except (ValidationError, ValueError) as exc:
+    except ValidationError as exc:
+        raise InvalidEvent(f"{key}: {summary(exc)}") from None
+    except ValueError as exc:
         raise InvalidEvent(f"{key}: {exc}") from None
     throttle_rule(published)
     conditions(published)

@@ -13,7 +13,7 @@ from typing import Any
 from fastavro import schemaless_reader, schemaless_writer
 from pydantic import ValidationError
 
-from tidings.errors import BadMagic, CorruptRecord, InvalidEvent, TruncatedRecord, UnknownFingerprint
+from tidings.errors import BadMagic, CorruptRecord, InvalidEvent, TruncatedRecord, UnknownFingerprint, summary
 from tidings.events import Event
 from tidings.schemas import SchemaSet, SchemaVersion, default_schemas
 from tidings.vocabulary import DECODED
@@ -75,11 +75,7 @@ class Codec:
         try:
             return model.model_validate(record, context=DECODED)
         except ValidationError as exc:
-            raise InvalidEvent(f"{name}: {_summary(exc)}") from exc
-
-
-def _summary(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+            raise InvalidEvent(f"{name}: {summary(exc)}") from exc
 
 
 _default: Codec | None = None

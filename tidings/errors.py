@@ -9,11 +9,14 @@
     - CorruptRecord
   + InvalidEvent                a decoded record that breaks a rule (poison: dead-letter it)
   + SchemaCompatibilityError    a schema change would break readers or writers
+  + UnknownTopic                a topic asked for by name is not in the cluster
   + KafkaUnavailable            the broker did not answer in time (retriable)
   + DevStackError               the local stack could not be installed or started
 """
 
 from __future__ import annotations
+
+from pydantic import ValidationError
 
 
 class TidingsError(Exception):
@@ -68,3 +71,8 @@ class HangingTransaction(TidingsError):
 
 class DevStackError(TidingsError):
     pass
+
+
+def summary(exc: ValidationError) -> str:
+    """A validation error in one line: each failing field and why (the first five)."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])

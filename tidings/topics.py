@@ -108,7 +108,7 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 def tier_seconds(tier: str) -> int:
     match = _TIER.match(tier)
     if not match:
-        raise ValueError(f"retry tier {tier!r} is not like 10s, 1m, 6h or 2d")
+        raise ValueError(f"{tier!r} is not a duration like 10s, 1m, 6h or 2d")
     return int(match[1]) * _UNIT_SECONDS[match[2]]
 
 

@@ -34,9 +34,9 @@ def base(**changes: object) -> dict[str, object]:
         (base(templates={"email": {"de": {"subject": "x"}}}), "default"),
         (base(templates={"email": {"default": {"subject": "{{ oops "}}}), "subject"),
         (base(templates={"email": {"default": {"footer": "x"}}}), "unknown template fields"),
-        (base(priority="urgent"), "priority"),
+        (base(priority="urgent"), "^t: priority: Input should be 'low', 'normal', 'high' or 'critical'$"),
         (base(colour="blue"), "unknown fields"),
-        (base(expires_after="soon"), "soon"),
+        (base(expires_after="3w"), "^t: expires_after '3w' is not a duration like 10s"),
     ],
 )
 def test_invalid_types_are_refused_with_the_reason(raw: dict[str, object], message: str) -> None:

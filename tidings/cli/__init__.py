@@ -22,7 +22,7 @@ from tidings.cli import (
     schemas,
     topics,
 )
-from tidings.errors import TidingsError
+from tidings.errors import TidingsError, summary
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -60,7 +60,7 @@ def main() -> None:
         typer.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(1)
     except ValidationError as exc:
-        typer.secho(f"error: {exc}", fg="red", err=True)
+        typer.secho(f"error: {exc.title}: {summary(exc)}", fg="red", err=True)
         sys.exit(2)
     except psycopg.Error as exc:
         hint = " (tidings db migrate?)" if isinstance(exc, psycopg.errors.UndefinedTable) else ""
