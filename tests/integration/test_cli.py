@@ -4,7 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.test_router import ROOT, publish_catalog
+from tests.integration.test_projections import project
+from tests.integration.test_router import ROOT, publish_catalog, run_router
 from tidings.client import Client
 from tidings.config import Settings
 
@@ -111,6 +112,24 @@ def test_send_and_cancel_refuse_unclear_times_and_ids(stack: Settings) -> None:
     assert "not like" in run("send", "-t", "acme", "-r", "u", "--type", "t", "--in", "soon").stderr
     bad_id = run("cancel", "nope", "-t", "acme", "-r", "u")
     assert bad_id.returncode == 1 and "not a notification id" in bad_id.stderr
+
+
+def test_status_says_why_a_notification_was_rejected_and_audit_shows_the_detail(database: Settings) -> None:
+    s = database
+    publish_catalog(s)
+    with Client(s) as client:
+        nid = client.send(tenant="acme", recipient="cli-status", type="order.shipped", data={"order": "A-1"})
+    run_router(s)
+    project(s, "delivery_status")
+    shown = run("status", str(nid), s=s)
+    assert shown.returncode == 0, shown.stderr
+    text = " ".join(shown.stdout.split())
+    assert f"{nid} acme/cli-status order.shipped REJECTED" in text
+    assert "REJECTED invalid:" in text and "'carrier' is undefined" in text
+    audit = run("audit", str(nid), s=s)
+    assert "'carrier'" in audit.stdout, audit.stdout
+    bad = run("status", "not-a-uuid", s=s)
+    assert bad.returncode == 2 and "not a notification id" in " ".join(bad.stderr.split())
 
 
 def test_recipients_set_refuses_what_the_router_could_not_use(topology: Settings) -> None:

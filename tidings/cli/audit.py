@@ -42,6 +42,8 @@ def audit(notification_id: str = typer.Argument(...), as_json: bool = typer.Opti
     for record, event in events:
         fields = event.model_dump()
         status = " ".join(str(fields[k]) for k in ("status", "reason", "kind") if fields.get(k))
+        if fields.get("detail"):
+            status += f": {fields['detail']}"
         table.add_row(
             event.occurred_at.isoformat(timespec="milliseconds"),
             record.topic,

@@ -8,6 +8,7 @@ import logging
 import signal
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import psycopg
 import typer
@@ -84,26 +85,40 @@ def rebuild(name: str = typer.Argument(..., help=PROJECTIONS)) -> None:
     )
 
 
+NOTIFICATION_EVENTS = """SELECT status, reason, detail, occurred_at FROM delivery_events
+WHERE notification_id = %s AND delivery_id IS NULL ORDER BY occurred_at"""
+
+
 def status(notification_id: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
-    """A notification and its deliveries, from the delivery_status projection."""
+    """A notification and its deliveries, from the delivery_status projection, with the reasons of
+    what happened to the notification as a whole (REJECTED and why, CANCELLED, DEFERRED)."""
+    try:
+        nid = UUID(notification_id)
+    except ValueError:
+        raise typer.BadParameter(f"{notification_id!r} is not a notification id (a UUID)") from None
     with psycopg.connect(settings().postgres_dsn, row_factory=dict_row) as conn:
-        head = conn.execute(
-            "SELECT * FROM notifications WHERE notification_id = %s", (notification_id,)
-        ).fetchone()
+        head = conn.execute("SELECT * FROM notifications WHERE notification_id = %s", (nid,)).fetchone()
         rows = conn.execute(
-            "SELECT * FROM deliveries WHERE notification_id = %s ORDER BY channel, delivery_id",
-            (notification_id,),
+            "SELECT * FROM deliveries WHERE notification_id = %s ORDER BY channel, delivery_id", (nid,)
         ).fetchall()
+        events = conn.execute(NOTIFICATION_EVENTS, (nid,)).fetchall()
     if head is None:
-        console.print(f"[red]no notification {notification_id} in the projection[/]")
+        console.print(f"[red]no notification {nid} in the projection[/]")
         raise typer.Exit(1)
     if as_json:
-        print(json.dumps({"notification": head, "deliveries": rows}, default=str))
+        print(json.dumps({"notification": head, "events": events, "deliveries": rows}, default=str))
         return
-    console.print(
+    out = Console()
+    out.print(
         f"{head['notification_id']}  {head['tenant_id']}/{head['recipient_id']}  "
-        f"{head['notification_type']}  [bold]{head['status']}[/]"
+        f"{head['notification_type']}  [bold]{head['status']}[/]",
+        markup=True,
     )
+    for e in events:
+        why = ": ".join(str(x) for x in (e["reason"], e["detail"]) if x)
+        out.print(f"  {e['occurred_at']}  {e['status']}  {why}", markup=False, highlight=False)
+    if not rows:
+        return
     table = Table("channel", "status", "reason", "attempts", "provider", "last")
     for d in rows:
         table.add_row(
@@ -114,7 +129,7 @@ def status(notification_id: str = typer.Argument(...), as_json: bool = typer.Opt
             d["provider"] or "",
             str(d["last_at"]),
         )
-    Console().print(table)
+    out.print(table)
 
 
 def _utc(moment: datetime) -> datetime:
