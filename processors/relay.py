@@ -3,7 +3,7 @@
 destination, and a destination disabled when the gateway gives up on its endpoint, exactly once.
 
 Outcome destinations are the tenant-level answer to "tell my systems what happened": each tenant can
-register HTTPS endpoints (`DestinationUpdated`: url, `whsec_` secret, the statuses it wants) and receives
+register http(s) endpoints (`DestinationUpdated`: url, `whsec_` secret, the statuses it wants) and receives
 its outcomes there as Standard Webhooks events, `{"type": "delivery.sent", "timestamp": ..., "data":
 {...}}`. The relay does not send anything itself: it turns each outcome into an ordinary command on
 `notifications.delivery.webhook`, so the webhook gateway delivers it with everything it already does

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -71,6 +72,10 @@ def test_audit_replay_and_dead_letter_round_trip(topology: Settings) -> None:
 
     listed = cli(s, "dlq", "list")
     assert listed.returncode == 0 and "InvalidEvent" in listed.stdout and "late.type" in listed.stdout
+    letter = re.search(r"\b(\d+@\d+)\b", listed.stdout)
+    assert letter is not None, listed.stdout
+    shown, split = cli(s, "dlq", "show", letter[1]), cli(s, "dlq", "show", *letter[1].split("@"))
+    assert shown.returncode == 0 and "late.type" in shown.stdout and shown.stdout == split.stdout
     with Client(s) as client:
         client.publish(
             parse_type(

@@ -106,8 +106,16 @@ def dlq_list(
 
 
 @dlq_app.command("show")
-def dlq_show(partition: int = typer.Argument(...), offset: int = typer.Argument(...)) -> None:
+def dlq_show(
+    letter: str = typer.Argument(..., help="P@OFFSET as `dlq list` shows it, or P with OFFSET after it."),
+    offset: int | None = typer.Argument(None),
+) -> None:
     """One dead letter in full: headers and the record decoded where possible."""
+    text = letter if offset is None else f"{letter}@{offset}"
+    try:
+        partition, offset = (int(part) for part in text.split("@"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not P@OFFSET, e.g. 0@12") from None
     for record, _ in dead_letters(settings()):
         if (record.partition, record.offset) == (partition, offset):
             print(json.dumps(record_view(record), indent=2, ensure_ascii=False))
