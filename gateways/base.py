@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import aiohttp
+from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
-from tidings.errors import TidingsError
+from tidings.errors import ConfigError, TidingsError
 from tidings.events import DeliveryCommand
 
 
@@ -79,7 +80,11 @@ class Provider:
         else:
             prefix = str(cls.settings_class.model_config.get("env_prefix", ""))
             env_prefix = f"{prefix}{profile.upper()}_" if profile else prefix
-            provider = cls(cls.settings_class(_env_prefix=env_prefix))  # type: ignore[call-arg]
+            try:
+                provider = cls(cls.settings_class(_env_prefix=env_prefix))  # type: ignore[call-arg]
+            except ValidationError as exc:
+                wrong = _by_variable(env_prefix, exc)
+                raise ConfigError(f"provider {cls.channel}/{cls.name}: {wrong}") from None
         return provider.named(f"{cls.name}@{profile}" if profile else cls.name)
 
     @property
@@ -118,3 +123,10 @@ def load_providers() -> dict[tuple[str, str], type[Provider]]:
                 if not module.name.startswith("_"):
                     importlib.import_module(f"gateways.{channel.name}.{module.name}")
     return dict(Provider.registry)
+
+
+def _by_variable(env_prefix: str, exc: ValidationError) -> str:
+    """Each failing setting named by the environment variable that sets it."""
+    return "; ".join(
+        f"{env_prefix}{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+    )

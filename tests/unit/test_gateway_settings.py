@@ -26,3 +26,18 @@ def test_failing_endpoint_keys_of_two_tenants_never_coincide() -> None:
     odd = base.model_copy(update={"tenant_id": "a:https", "address": "//x"})
     plain = base.model_copy(update={"tenant_id": "a", "address": "https://x"})
     assert failing_key("p.", odd) != failing_key("p.", plain)
+
+
+def test_a_provider_missing_settings_names_the_variables_to_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from gateways.base import load_providers
+    from tidings.errors import ConfigError
+
+    for name in [n for n in os.environ if n.startswith("TIDINGS_TWILIO_")]:
+        monkeypatch.delenv(name)
+    twilio = load_providers()[("sms", "twilio")]
+    with pytest.raises(ConfigError, match="TIDINGS_TWILIO_ACCOUNT_SID: Field required"):
+        twilio.from_env()
+    with pytest.raises(ConfigError, match="TIDINGS_TWILIO_BACKUP_AUTH_TOKEN"):
+        twilio.from_env("backup")
