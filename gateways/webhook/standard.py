@@ -119,5 +119,6 @@ class StandardWebhook(Provider):
         if 300 <= status < 400:
             raise DeliveryRejected(f"redirect refused ({status})")
         if status == 408 or status >= 500:
-            raise ProviderUnavailable(f"endpoint failed ({status})")
+            wait = retry_after(retry_header) if status == 503 else None
+            raise ProviderUnavailable(f"endpoint failed ({status})", wait)
         raise DeliveryRejected(f"endpoint refused ({status})")

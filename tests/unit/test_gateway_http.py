@@ -45,3 +45,16 @@ def test_a_retry_after_of_zero_is_no_wait_not_the_cooloff() -> None:
     assert circuits.closed("p")
     circuits.failure("q", ProviderThrottled("429"))
     assert not circuits.closed("q")
+
+
+def test_a_webhook_endpoints_503_retry_after_is_kept_as_the_floor_of_the_next_attempt() -> None:
+    from gateways.base import ProviderUnavailable
+    from gateways.webhook.standard import StandardWebhook, WebhookSettings
+
+    webhook = StandardWebhook(WebhookSettings())
+    with pytest.raises(ProviderUnavailable) as unavailable:
+        webhook._outcome(503, "120", "msg_1")
+    assert unavailable.value.retry_after == 120.0
+    with pytest.raises(ProviderUnavailable) as failed:
+        webhook._outcome(500, "120", "msg_1")
+    assert failed.value.retry_after is None
