@@ -128,8 +128,9 @@ def test_status_says_why_a_notification_was_rejected_and_audit_shows_the_detail(
     assert "REJECTED invalid:" in text and "'carrier' is undefined" in text
     audit = run("audit", str(nid), s=s)
     assert "'carrier'" in audit.stdout, audit.stdout
-    bad = run("status", "not-a-uuid", s=s)
-    assert bad.returncode == 2 and "not a notification id" in " ".join(bad.stderr.split())
+    for command in ("status", "audit"):
+        bad = run(command, "not-a-uuid", s=s)
+        assert bad.returncode == 2 and "not a notification id" in " ".join(bad.stderr.split())
 
 
 def test_recipients_set_refuses_what_the_router_could_not_use(topology: Settings) -> None:

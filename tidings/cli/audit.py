@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from uuid import UUID
 
 import typer
 from rich.console import Console
@@ -20,6 +21,10 @@ console = Console(stderr=True)
 
 def audit(notification_id: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
     """The full history of one notification, read from the topics (request, commands, outcomes, feedback)."""
+    try:
+        UUID(notification_id)
+    except ValueError:
+        raise typer.BadParameter(f"{notification_id!r} is not a notification id (a UUID)") from None
     events = history(settings(), notification_id)
     if not events:
         console.print(f"[red]nothing about {notification_id} in the topics[/]")
