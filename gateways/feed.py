@@ -14,6 +14,10 @@ Each tenant signs with its own key, derived from that secret (`tidings.client.in
   folds them into the feed, and the scheduler drops the escalations the first three satisfy ("email me
   if I have not seen it in 5 minutes"); marking an item unread again does not bring them back. An item
   that is not the caller's is 404, as is one that does not exist.
+- `POST /v1/inbox/all/seen|read|archived`: the same for every item of the feed (not archived) that is
+  not seen, read or archived yet, newest first, at most `MAX_BULK` per call (`{"marked": n, "more":
+  true}` says to call again). One event per item, so escalations, statistics and destinations see each
+  one as if marked alone.
 - `POST /v1/me/deliveries/{delivery_id}/opened|clicked` (`{"url": ...}` optional for a click): an app
   reports that its user opened a push (the payload carries the notification and delivery ids) or any
   other delivery to them; produces NotificationOpened/Clicked with the delivery's channel, which the
@@ -49,7 +53,17 @@ from aiohttp import WSMsgType, web
 from psycopg_pool import AsyncConnectionPool
 
 from gateways import _pg as pg
-from gateways.inapp._feed import DELIVERY, PAGE, SINCE, UNREAD, WITHDRAWN, doorbell, doorbell_pattern, item
+from gateways.inapp._feed import (
+    BULK,
+    DELIVERY,
+    PAGE,
+    SINCE,
+    UNREAD,
+    WITHDRAWN,
+    doorbell,
+    doorbell_pattern,
+    item,
+)
 from gateways.ops import OPERATIONS, Operation
 from tidings.client import inbox_signing_key
 from tidings.config import Settings
@@ -81,7 +95,7 @@ REPORTS: dict[str, type[NotificationOpened] | type[NotificationClicked]] = {
 OWN_DELIVERY = """SELECT notification_id, channel FROM deliveries
 WHERE delivery_id = %s AND tenant_id = %s AND recipient_id = %s"""
 MAX_URL = 2048
-AUTH_TIMEOUT_S, REREAD_S, LOOKBACK_S, FIRST_PAGE, MAX_PAGE = 10.0, 30.0, 5.0, 20, 100
+AUTH_TIMEOUT_S, REREAD_S, LOOKBACK_S, FIRST_PAGE, MAX_PAGE, MAX_BULK = 10.0, 30.0, 5.0, 20, 100, 1000
 UNAUTHORIZED = 4401
 POOL: web.AppKey[AsyncConnectionPool] = web.AppKey("inbox_pool", AsyncConnectionPool)
 
@@ -202,6 +216,24 @@ def mount(
         await request.app[producer].deliver(Output.event(engagement, event))
         return web.json_response({"status": "accepted", "event_id": str(event.event_id)}, status=202)
 
+    async def engage_all(request: web.Request) -> web.Response:
+        tenant, recipient = caller(request)
+        name = request.match_info["action"]
+        if name not in BULK:
+            raise web.HTTPNotFound()
+        rows = await query(BULK[name], {"tenant": tenant, "recipient": recipient, "limit": MAX_BULK + 1})
+        first: dict[UUID, UUID] = {}
+        for nid, did in reversed(rows[:MAX_BULK]):
+            first.setdefault(nid, did)
+        kind = ACTIONS[name]
+        events = [
+            kind(tenant_id=tenant, recipient_id=recipient, notification_id=nid, delivery_id=did)
+            for nid, did in first.items()
+        ]
+        await request.app[producer].deliver(*(Output.event(engagement, e) for e in events))
+        body = {"status": "accepted", "marked": len(events), "more": len(rows) > MAX_BULK}
+        return web.json_response(body, status=202)
+
     async def report(request: web.Request) -> web.Response:
         tenant, recipient = caller(request)
         kind, did = action(request, REPORTS, "delivery_id")
@@ -282,6 +314,7 @@ def mount(
 
     application.cleanup_ctx.append(resources)
     application.router.add_get("/v1/inbox", feed)
+    application.router.add_post("/v1/inbox/all/{action}", engage_all)
     application.router.add_post("/v1/inbox/{notification_id}/{action}", engage)
     application.router.add_get("/v1/ws", socket)
     application.router.add_post("/v1/me/deliveries/{delivery_id}/{action}", report)
@@ -289,6 +322,14 @@ def mount(
     application.setdefault(OPERATIONS, []).extend(
         [
             Operation("GET", "/v1/inbox", feed, "My inbox, newest first", security=token),
+            Operation(
+                "POST",
+                "/v1/inbox/all/{action}",
+                engage_all,
+                "Mark every item not yet seen, read or archived",
+                status=202,
+                security=token,
+            ),
             Operation(
                 "POST",
                 "/v1/inbox/{notification_id}/{action}",

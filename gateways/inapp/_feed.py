@@ -69,6 +69,12 @@ WITHDRAWN = """SELECT i.seq, i.notification_id FROM inbox_items i JOIN inbox_sta
   ON s.notification_id = i.notification_id AND s.tenant_id = i.tenant_id AND s.recipient_id = i.recipient_id
 WHERE i.tenant_id = %(tenant)s AND i.recipient_id = %(recipient)s AND i.seq = ANY(%(seqs)s)
   AND s.withdrawn_at IS NOT NULL"""
+NOT_YET = {"seen": "s.seen_at IS NULL", "read": f"({READ_NOW}) IS NULL", "archived": "TRUE"}
+BULK = {
+    action: f"""SELECT i.notification_id, i.delivery_id {FROM} AND ({ARCHIVED_NOW}) IS NULL AND {condition}
+ORDER BY i.seq DESC LIMIT %(limit)s"""
+    for action, condition in NOT_YET.items()
+}
 DELIVERY = """SELECT delivery_id FROM inbox_items
 WHERE tenant_id = %s AND recipient_id = %s AND notification_id = %s ORDER BY seq LIMIT 1"""
 

@@ -12,9 +12,11 @@ from typing import Any
 import aiohttp
 import jwt
 import psycopg
+import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
+from gateways import feed as feed_module
 from gateways.edge import EdgeSettings
 from gateways.inapp.inbox import Inbox, InboxSettings
 from gateways.runner import GatewayRunner
@@ -344,6 +346,53 @@ def test_an_unread_or_unarchive_after_a_read_or_archive_wins_whatever_order_they
     assert page["unread"] == 4
     kinds = [type(e).__name__ for e in decoded(s, names(s).engagement)]
     assert kinds.count("InboxItemMarkedUnread") == 5 and kinds.count("InboxItemUnarchived") == 3
+
+
+def test_mark_all_read_marks_only_the_callers_unread_items_in_pages(
+    database: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = database
+    monkeypatch.setattr(feed_module, "MAX_BULK", 2)
+    adas = [command("ada", f"item {i}") for i in range(4)]
+    bobs = command("bob", "not ada's")
+
+    async def deliver() -> None:
+        provider = inbox(s)
+        async with aiohttp.ClientSession() as session:
+            for c in (*adas, bobs):
+                await provider.send(session, c)
+        await provider.close()
+
+    async def mark(base: str, path: str, who: str = "ada") -> tuple[int, Any]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{base}/v1/inbox/{path}", headers=bearer(token(who))) as r,
+        ):
+            return r.status, (await r.json() if r.status == 202 else None)
+
+    async def unread(base: str, who: str = "ada") -> int:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{base}/v1/inbox", headers=bearer(token(who))) as r,
+        ):
+            return int((await r.json())["unread"])
+
+    asyncio.run(deliver())
+    asyncio.run(serving(s, lambda base: mark(base, f"{adas[0].notification_id}/read")))
+    project(s, "inbox")
+    first = asyncio.run(serving(s, lambda base: mark(base, "all/read")))
+    project(s, "inbox")
+    second = asyncio.run(serving(s, lambda base: mark(base, "all/read")))
+    project(s, "inbox")
+    third = asyncio.run(serving(s, lambda base: mark(base, "all/read")))
+    after = asyncio.run(serving(s, unread)), asyncio.run(serving(s, lambda base: unread(base, "bob")))
+    refused = asyncio.run(serving(s, lambda base: mark(base, "all/unread")))
+    assert first == (202, {"status": "accepted", "marked": 2, "more": True})
+    assert second == (202, {"status": "accepted", "marked": 1, "more": False})
+    assert third == (202, {"status": "accepted", "marked": 0, "more": False})
+    assert after == (0, 1) and refused[0] == 404
+    reads = [e for e in decoded(s, names(s).engagement) if isinstance(e, InboxItemRead)]
+    assert sorted(str(e.notification_id) for e in reads) == sorted(str(c.notification_id) for c in adas)
 
 
 def test_an_open_socket_is_told_of_a_withdrawn_item_once(database: Settings) -> None:
