@@ -15,7 +15,7 @@ UTC_ZONE = ZoneInfo("UTC")
 def zone(name: str | None) -> ZoneInfo:
     try:
         return ZoneInfo(name) if name else UTC_ZONE
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         return UTC_ZONE
 
 

@@ -54,7 +54,7 @@ MAX_MEMBERS_PER_EVENT = 1000
 
 
 DECODED = {"decoded": True}
-_LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*$")
+_LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*")
 
 
 def _made(info: ValidationInfo) -> bool:
@@ -67,13 +67,13 @@ def check_zone(value: str, info: ValidationInfo) -> str:
     if _made(info):
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):
             raise ValueError(f"{value!r} is not an IANA time zone, e.g. Europe/Vienna") from None
     return value
 
 
 def _locale(value: str, info: ValidationInfo) -> str:
-    if _made(info) and not _LOCALE.match(value):
+    if _made(info) and not _LOCALE.fullmatch(value):
         raise ValueError(f"{value!r} is not a locale, e.g. de-AT or en")
     return value
 

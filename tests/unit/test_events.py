@@ -120,8 +120,12 @@ def test_nan_and_infinity_are_not_json_and_are_refused_everywhere() -> None:
 def test_a_time_zone_or_locale_that_is_not_one_is_refused_where_an_event_is_made() -> None:
     with pytest.raises(ValidationError, match="not an IANA time zone"):
         RecipientUpdated(tenant_id="acme", recipient_id="ada", timezone="Mars/Base")
-    with pytest.raises(ValidationError, match="not a locale"):
-        RecipientUpdated(tenant_id="acme", recipient_id="ada", locale="not a locale")
+    for folder in ("America", "Etc/"):
+        with pytest.raises(ValidationError, match="not an IANA time zone"):
+            RecipientUpdated(tenant_id="acme", recipient_id="ada", timezone=folder)
+    for locale in ("not a locale", "de-AT\n"):
+        with pytest.raises(ValidationError, match="not a locale"):
+            RecipientUpdated(tenant_id="acme", recipient_id="ada", locale=locale)
     with pytest.raises(ValidationError, match="not an IANA time zone"):
         PreferencesUpdated(
             tenant_id="acme",

@@ -281,9 +281,10 @@ def test_quiet_hours_across_zones_and_dst(
 def test_quiet_hours_own_zone_wins_and_unknown_zone_means_utc() -> None:
     q = QuietHours(start="11:00", end="13:00", timezone="UTC")
     assert quiet_until(q, "Asia/Tokyo", NOW) == datetime(2026, 6, 15, 13, 0, tzinfo=UTC)
-    assert quiet_until(QuietHours(start="11:00", end="13:00"), "Mars/Olympus", NOW) == datetime(
-        2026, 6, 15, 13, 0, tzinfo=UTC
-    )
+    for unknown in ("Mars/Olympus", "America", "Etc", "x" * 300):
+        assert quiet_until(QuietHours(start="11:00", end="13:00"), unknown, NOW) == datetime(
+            2026, 6, 15, 13, 0, tzinfo=UTC
+        ), unknown
 
 
 def test_unknown_type_and_render_failures_are_invalid() -> None:
