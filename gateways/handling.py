@@ -43,6 +43,7 @@ from tidings.kafka.records import dead_letter
 from tidings.topics import Names, tier_seconds
 
 log = logging.getLogger(__name__)
+REPLAYED_FROM = "tidings.replayed.from"
 
 
 @dataclass
@@ -105,6 +106,7 @@ class CommandHandling:
             dead_key(self.prefix, command),
             self.marks.erased_key(command.tenant_id, command.recipient_id),
             int(command.request_time.timestamp() * 1000),
+            (record.header(REPLAYED_FROM) or b"").decode(errors="replace"),
         )
         if mark is not None and mark["state"] == "erased":
             return await self._finish(command, "CANCELLED", "erased")
@@ -253,6 +255,8 @@ class CommandHandling:
         exception a provider did not turn into a ProviderError (its own defect, or input it could not
         take) ends here too, rather than crashing the gateway on every restart. The mark records the
         dead letter, so an outcome re-emitted after a crash brings its dead letter along."""
+        if replay := record.header(REPLAYED_FROM):
+            fields["replay"] = replay.decode(errors="replace")
         handled = await self._finish(command, "FAILED", reason, dead_letter=type(error).__name__, **fields)
         handled.outputs.append(dead_letter(record, error, self.group, self.names.dlq))
         return handled

@@ -9,6 +9,8 @@ A mark is a small JSON value under `<prefix>tidings:delivery:<delivery_id>`:
 * `{"state": "done", "status": ..., "emitted": bool, ...}` once terminal. `emitted` turns true after
   the outcome records were acknowledged by Kafka, so a command re-read after a crash between the
   two re-emits its terminal outcome (same deterministic event id) instead of losing it or re-sending.
+  A delivery that went to the DLQ (`dead_letter`) is claimed again by a `tidings dlq replay` of it
+  (the record's `tidings.replayed.from`), once per replay: `replay` holds the one that last tried.
 
 Claiming is one Lua script, so two gateways can never both claim the same delivery; it also reports whether
 the address is on the gateway's dead-address list, and whether the command was requested before its
@@ -33,7 +35,8 @@ local current = redis.call('GET', KEYS[1])
 if current then
   local mark = cjson.decode(current)
   local retry_due = mark.state == 'retry' and tonumber(mark.attempt) == tonumber(ARGV[3])
-  if not retry_due then return current end
+  local replay_due = mark.state == 'done' and mark.dead_letter and ARGV[5] ~= '' and mark.replay ~= ARGV[5]
+  if not retry_due and not replay_due then return current end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 local erased = tonumber(redis.call('GET', KEYS[3]) or '')
@@ -118,16 +121,21 @@ class Marks:
         return f"{self.prefix}tidings:erased:{tenant_id}/{recipient_id}"
 
     async def claim(
-        self, delivery_id: object, attempt: int, dead_key: str, erased_key: str, requested_ms: int
+        self,
+        delivery_id: object,
+        attempt: int,
+        dead_key: str,
+        erased_key: str,
+        requested_ms: int,
+        replay: str = "",
     ) -> dict[str, Any] | None:
         """None when this gateway now owns the send; else the mark that stands in the way, or, when it
         owns the send but must not make it, `{"state": "erased"}` (requested before its recipient's
         erasure) or `{"state": "suppressed"}` (the address is on the dead list)."""
         inflight = json.dumps({"state": "inflight", "owner": self.owner})
         keys = [self.key(delivery_id), dead_key, erased_key]
-        current = await self.pipelined.call(
-            lambda pipe: pipe.eval(CLAIM, 3, *keys, inflight, self.inflight_ttl, attempt, requested_ms)
-        )
+        args: list[str | int] = [inflight, self.inflight_ttl, attempt, requested_ms, replay]
+        current = await self.pipelined.call(lambda pipe: pipe.eval(CLAIM, 3, *keys, *args))
         if current is None:
             return None
         mark: dict[str, Any] = json.loads(current)

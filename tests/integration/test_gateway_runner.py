@@ -23,6 +23,7 @@ from gateways.webhook.standard import StandardWebhook, WebhookSettings
 from tests.integration.conftest import read_all
 from tests.integration.test_sms_opt_outs import Freezer
 from tests.servers.webhook import SECRET
+from tidings.audit import replay_dead_letter
 from tidings.codec import default_codec
 from tidings.config import Settings
 from tidings.events import DeliveryCommand, DeliveryOutcome, ProviderFeedback, RenderedContent
@@ -485,3 +486,36 @@ def test_a_claim_outlasts_the_wait_for_its_rate_limit_token(namespace: Callable[
     seen = asyncio.run(scenario())
     assert all(mark is not None for mark in seen), "a claim expired while its send waited for a token"
     assert [o.status for o in outcomes(s)].count("SENT") == 6
+
+
+def test_a_replayed_dead_letter_is_sent_once_after_the_fix(namespace: Callable[..., Settings]) -> None:
+    """`tidings dlq replay` puts a command back on its topic; its delivery's mark says done, which made
+    the replay a duplicate for as long as the mark lived. A replay now claims it once."""
+    s = namespace(retry_tiers="1s")
+    statuses: list[int] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        statuses.append(503 if fixed.is_set() is False else 204)
+        return web.Response(status=statuses[-1])
+
+    fixed = asyncio.Event()
+
+    async def scenario() -> GatewayRunner:
+        app_runner, base = await serve(handler)
+        produce(s, commands(f"{base}/hook", 1))
+        await runner(s).run(idle_exit_after=3)
+        fixed.set()
+        [letter] = read_all(s, names(s).dlq)
+        with EventProducer(s) as producer:
+            replay_dead_letter(producer, letter)
+            replay_dead_letter(producer, letter)
+        again = runner(s)
+        await again.run(idle_exit_after=3)
+        await app_runner.cleanup()
+        return again
+
+    again = asyncio.run(scenario())
+    assert statuses == [503, 503, 204]
+    assert again.counts["sent"] == 1 and again.counts["duplicates"] == 1
+    assert [o.status for o in outcomes(s)] == ["RETRYING", "FAILED", "SENT"]
