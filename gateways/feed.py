@@ -15,9 +15,10 @@ Each tenant signs with its own key, derived from that secret (`tidings.client.in
   if I have not seen it in 5 minutes"); marking an item unread again does not bring them back. An item
   that is not the caller's is 404, as is one that does not exist.
 - `POST /v1/inbox/all/seen|read|archived`: the same for every item of the feed (not archived) that is
-  not seen, read or archived yet, newest first, at most `MAX_BULK` per call (`{"marked": n, "more":
-  true}` says to call again). One event per item, so escalations, statistics and destinations see each
-  one as if marked alone.
+  not seen, read or archived yet, newest first, at most `MAX_BULK` per call: `{"marked": n, "more":
+  true, "next": cursor}` says to call again with `?before=<cursor>`, which goes on past the items just
+  marked even before the projection has folded them. One event per item, so escalations, statistics
+  and destinations see each one as if marked alone.
 - `POST /v1/me/deliveries/{delivery_id}/opened|clicked` (`{"url": ...}` optional for a click): an app
   reports that its user opened a push (the payload carries the notification and delivery ids) or any
   other delivery to them; produces NotificationOpened/Clicked with the delivery's channel, which the
@@ -221,9 +222,14 @@ def mount(
         name = request.match_info["action"]
         if name not in BULK:
             raise web.HTTPNotFound()
-        rows = await query(BULK[name], {"tenant": tenant, "recipient": recipient, "limit": MAX_BULK + 1})
+        try:
+            before = int(request.query["before"]) if "before" in request.query else None
+        except ValueError:
+            raise web.HTTPBadRequest(text="before is an integer") from None
+        who = {"tenant": tenant, "recipient": recipient}
+        rows = await query(BULK[name], who | {"before": before, "limit": MAX_BULK + 1})
         first: dict[UUID, UUID] = {}
-        for nid, did in reversed(rows[:MAX_BULK]):
+        for nid, did, _ in reversed(rows[:MAX_BULK]):
             first.setdefault(nid, did)
         kind = ACTIONS[name]
         events = [
@@ -231,7 +237,9 @@ def mount(
             for nid, did in first.items()
         ]
         await request.app[producer].deliver(*(Output.event(engagement, e) for e in events))
-        body = {"status": "accepted", "marked": len(events), "more": len(rows) > MAX_BULK}
+        more = len(rows) > MAX_BULK
+        after = rows[MAX_BULK - 1][2] if more else None
+        body = {"status": "accepted", "marked": len(events), "more": more, "next": after}
         return web.json_response(body, status=202)
 
     async def report(request: web.Request) -> web.Response:

@@ -239,8 +239,9 @@ class CommandHandling:
         """The retry tier and delay: the command's next tier, or a later one whose delay covers the
         provider's Retry-After. A tier's records come due in the order they were written only while
         each waits no longer than the tier's own delay; one waiting longer would hold up every retry
-        behind it in its partition. A Retry-After beyond the longest tier gets the longest tier, and
-        the provider's open circuit holds the command until the rest has passed."""
+        behind it in its partition. A Retry-After beyond the longest tier gets the longest tier: for a
+        throttled provider (429) its open circuit holds the command until the rest has passed, while
+        other failures (a 503's Retry-After) are tried again then, sooner than asked."""
         wanted = 0.0
         if isinstance(failure, ProviderThrottled | ProviderUnavailable) and failure.retry_after:
             wanted = failure.retry_after

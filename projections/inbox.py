@@ -9,7 +9,9 @@ A recipient can undo a read (InboxItemMarkedUnread) or an archive (InboxItemUnar
 the last time of each of the four as well, and whichever of a read and an unread (an archive and an
 unarchive) happened later is the item's state now (`gateways.inapp._feed`; an unread in the same
 millisecond as a read wins). Both folds take the latest time, so they too ignore duplicates and order.
-`read_at` and `archived_at` stay the first times: statistics count what was ever read.
+`read_at` and `archived_at` stay the first times: statistics count what was ever read. An undo is not
+a sighting: it leaves `seen_at` alone. The feed also reads `read_at` and `archived_at` where the last
+times are older or missing (folded by a projection of the previous release after the migration).
 
 A cancellation withdraws the notification's inbox item: the feed and the unread count leave it out.
 In-app is the one channel where a cancel can still take back what was already delivered (an email or
@@ -49,6 +51,7 @@ ON CONFLICT (tenant_id, recipient_id, notification_id) DO UPDATE SET
     unarchived_at = GREATEST(s.unarchived_at, EXCLUDED.unarchived_at)
 """
 READ = (InboxItemRead, NotificationOpened, NotificationClicked)
+NOT_SEEING = (NotificationCancelled, InboxItemMarkedUnread, InboxItemUnarchived)
 FOLDED = (
     InboxItemSeen,
     InboxItemArchived,
@@ -76,7 +79,7 @@ class Inbox(Projection):
                 "nid": e.notification_id,
                 "tenant": e.tenant_id,
                 "recipient": e.recipient_id,
-                "seen": e.occurred_at if not isinstance(e, NotificationCancelled) else None,
+                "seen": e.occurred_at if not isinstance(e, NOT_SEEING) else None,
                 "read": e.occurred_at if isinstance(e, READ) else None,
                 "archived": e.occurred_at if isinstance(e, InboxItemArchived) else None,
                 "withdrawn": e.occurred_at if isinstance(e, NotificationCancelled) else None,

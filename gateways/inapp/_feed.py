@@ -48,10 +48,10 @@ def item_row(command: DeliveryCommand) -> dict[str, Any]:
 
 
 EXISTING = "SELECT seq FROM inbox_items WHERE delivery_id = %s"
-READ_NOW = "CASE WHEN s.last_read_at > COALESCE(s.unread_at, '-infinity') THEN s.last_read_at END"
-ARCHIVED_NOW = (
-    "CASE WHEN s.last_archived_at > COALESCE(s.unarchived_at, '-infinity') THEN s.last_archived_at END"
-)
+LAST_READ = "GREATEST(s.last_read_at, s.read_at)"
+LAST_ARCHIVED = "GREATEST(s.last_archived_at, s.archived_at)"
+READ_NOW = f"CASE WHEN {LAST_READ} > COALESCE(s.unread_at, '-infinity') THEN {LAST_READ} END"
+ARCHIVED_NOW = f"CASE WHEN {LAST_ARCHIVED} > COALESCE(s.unarchived_at, '-infinity') THEN {LAST_ARCHIVED} END"
 COLUMNS = f"""i.seq, i.notification_id, i.delivery_id, i.notification_type, i.category, i.priority,
 i.title, i.body, i.data_json, i.created_at, s.seen_at, {READ_NOW}, {ARCHIVED_NOW}"""
 FROM = """FROM inbox_items i LEFT JOIN inbox_states s
@@ -71,7 +71,8 @@ WHERE i.tenant_id = %(tenant)s AND i.recipient_id = %(recipient)s AND i.seq = AN
   AND s.withdrawn_at IS NOT NULL"""
 NOT_YET = {"seen": "s.seen_at IS NULL", "read": f"({READ_NOW}) IS NULL", "archived": "TRUE"}
 BULK = {
-    action: f"""SELECT i.notification_id, i.delivery_id {FROM} AND ({ARCHIVED_NOW}) IS NULL AND {condition}
+    action: f"""SELECT i.notification_id, i.delivery_id, i.seq {FROM} AND ({ARCHIVED_NOW}) IS NULL
+  AND {condition} AND (%(before)s::bigint IS NULL OR i.seq < %(before)s)
 ORDER BY i.seq DESC LIMIT %(limit)s"""
     for action, condition in NOT_YET.items()
 }

@@ -262,7 +262,7 @@ def test_an_unread_or_unarchive_after_a_read_or_archive_wins_whatever_order_they
     database: Settings,
 ) -> None:
     s = database
-    reread, unread, restored, archived, clicked = (command("ada", t) for t in "ABCDE")
+    reread, unread, restored, archived, clicked, untouched = (command("ada", t) for t in "ABCDEF")
     at = [datetime.fromtimestamp(1_700_000_000 + i, UTC) for i in range(4)]
 
     def ids(c: DeliveryCommand) -> dict[str, Any]:
@@ -276,7 +276,7 @@ def test_an_unread_or_unarchive_after_a_read_or_archive_wins_whatever_order_they
     async def deliver() -> None:
         provider = inbox(s)
         async with aiohttp.ClientSession() as session:
-            for c in (reread, unread, restored, archived, clicked):
+            for c in (reread, unread, restored, archived, clicked, untouched):
                 await provider.send(session, c)
         await provider.close()
 
@@ -304,6 +304,8 @@ def test_an_unread_or_unarchive_after_a_read_or_archive_wins_whatever_order_they
             InboxItemUnarchived(**ids(archived), occurred_at=at[2]),
             InboxItemMarkedUnread(**ids(clicked), occurred_at=at[1]),
             NotificationClicked(**ids(clicked), occurred_at=at[2], channel="push"),
+            InboxItemMarkedUnread(**ids(untouched), occurred_at=at[1]),
+            InboxItemUnarchived(**ids(untouched), occurred_at=at[1]),
         ]:
             client.publish(event)
     project(s, "inbox")
@@ -316,15 +318,25 @@ def test_an_unread_or_unarchive_after_a_read_or_archive_wins_whatever_order_they
         "C": (None, None),
         "D": (None, iso[3]),
         "E": (iso[2], None),
+        "F": (None, None),
     }
-    assert sorted(i["title"] for i in page["items"]) == ["A", "B", "C", "E"]
-    assert page["unread"] == 2
+    assert sorted(i["title"] for i in page["items"]) == ["A", "B", "C", "E", "F"]
+    assert page["unread"] == 3
+    assert [i["seen_at"] for i in page["items"] if i["title"] == "F"] == [None], "an undo is no sighting"
     with psycopg.connect(s.postgres_dsn) as conn:
         [first] = conn.execute(
             "SELECT read_at, last_read_at, unread_at FROM inbox_states WHERE notification_id = %s",
             (unread.notification_id,),
         ).fetchall()
     assert first == (at[0], at[1], at[2]), "read_at stays the first read, for the statistics"
+    with psycopg.connect(s.postgres_dsn) as conn:
+        conn.execute(
+            "UPDATE inbox_states SET last_read_at = NULL WHERE notification_id = %s",
+            (clicked.notification_id,),
+        )
+    _, folded_before_the_upgrade = asyncio.run(serving(s, feed))
+    [e] = [i for i in folded_before_the_upgrade["items"] if i["title"] == "E"]
+    assert e["read_at"] == iso[2], "a read the previous release folded after the migration is still a read"
 
     async def undo(base: str) -> list[int]:
         auth = bearer(token("ada"))
@@ -342,10 +354,10 @@ def test_an_unread_or_unarchive_after_a_read_or_archive_wins_whatever_order_they
     assert asyncio.run(serving(s, undo)) == [202, 202, 404]
     project(s, "inbox")
     page, _ = asyncio.run(serving(s, feed))
-    assert sorted(i["title"] for i in page["items"]) == ["A", "B", "C", "D", "E"]
-    assert page["unread"] == 4
+    assert sorted(i["title"] for i in page["items"]) == ["A", "B", "C", "D", "E", "F"]
+    assert page["unread"] == 5
     kinds = [type(e).__name__ for e in decoded(s, names(s).engagement)]
-    assert kinds.count("InboxItemMarkedUnread") == 5 and kinds.count("InboxItemUnarchived") == 3
+    assert kinds.count("InboxItemMarkedUnread") == 6 and kinds.count("InboxItemUnarchived") == 4
 
 
 def test_mark_all_read_marks_only_the_callers_unread_items_in_pages(
@@ -381,15 +393,20 @@ def test_mark_all_read_marks_only_the_callers_unread_items_in_pages(
     asyncio.run(serving(s, lambda base: mark(base, f"{adas[0].notification_id}/read")))
     project(s, "inbox")
     first = asyncio.run(serving(s, lambda base: mark(base, "all/read")))
-    project(s, "inbox")
-    second = asyncio.run(serving(s, lambda base: mark(base, "all/read")))
+    cursor = first[1]["next"]
+    second = asyncio.run(serving(s, lambda base: mark(base, f"all/read?before={cursor}")))
     project(s, "inbox")
     third = asyncio.run(serving(s, lambda base: mark(base, "all/read")))
     after = asyncio.run(serving(s, unread)), asyncio.run(serving(s, lambda base: unread(base, "bob")))
     refused = asyncio.run(serving(s, lambda base: mark(base, "all/unread")))
-    assert first == (202, {"status": "accepted", "marked": 2, "more": True})
-    assert second == (202, {"status": "accepted", "marked": 1, "more": False})
-    assert third == (202, {"status": "accepted", "marked": 0, "more": False})
+    assert first[0] == 202 and first[1] | {"next": 0} == {
+        "status": "accepted",
+        "marked": 2,
+        "more": True,
+        "next": 0,
+    }
+    assert second == (202, {"status": "accepted", "marked": 1, "more": False, "next": None})
+    assert third == (202, {"status": "accepted", "marked": 0, "more": False, "next": None})
     assert after == (0, 1) and refused[0] == 404
     reads = [e for e in decoded(s, names(s).engagement) if isinstance(e, InboxItemRead)]
     assert sorted(str(e.notification_id) for e in reads) == sorted(str(c.notification_id) for c in adas)
