@@ -41,7 +41,6 @@ resumed socket's first read is exactly what follows its cursor.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -98,6 +97,7 @@ WHERE delivery_id = %s AND tenant_id = %s AND recipient_id = %s"""
 MAX_URL = 2048
 AUTH_TIMEOUT_S, REREAD_S, LOOKBACK_S, FIRST_PAGE, MAX_PAGE, MAX_BULK = 10.0, 30.0, 5.0, 20, 100, 1000
 UNAUTHORIZED = 4401
+POLL_S = 1.0
 POOL: web.AppKey[AsyncConnectionPool] = web.AppKey("inbox_pool", AsyncConnectionPool)
 
 
@@ -108,6 +108,7 @@ class Doorbells:
         self.redis_url, self.pattern = redis_url, doorbell_pattern(prefix)
         self.bells: dict[str, set[asyncio.Event]] = {}
         self.task: asyncio.Task[None] | None = None
+        self.stopping = asyncio.Event()
 
     def register(self, channel: str) -> asyncio.Event:
         bell = asyncio.Event()
@@ -126,21 +127,31 @@ class Doorbells:
                 bell.set()
 
     async def listen(self) -> None:
-        while True:
+        """Until `stop()`. It polls for a message a second at a time rather than waiting in
+        `pubsub.listen()`: a cancelled read there is not given up until a message arrives, so an edge
+        stopping while no doorbell rang waited for ever."""
+        while not self.stopping.is_set():
             client = aioredis.Redis.from_url(self.redis_url)
             try:
                 async with client.pubsub() as pubsub:
                     await pubsub.psubscribe(self.pattern)
                     self.ring_all()
-                    async for message in pubsub.listen():
-                        if message.get("type") == "pmessage":
+                    while not self.stopping.is_set():
+                        message = await pubsub.get_message(timeout=POLL_S)
+                        if message is not None and message.get("type") == "pmessage":
                             for bell in self.bells.get(message["channel"].decode(), ()):
                                 bell.set()
             except (aioredis.RedisError, OSError) as exc:
                 log.warning("inbox doorbells lost Redis, reconnecting: %s", exc)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(POLL_S)
             finally:
                 await client.aclose()
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        if self.task is not None:
+            await asyncio.wait({self.task}, timeout=5 * POLL_S)
+            self.task.cancel()
 
 
 DOORBELLS: web.AppKey[Doorbells] = web.AppKey("inbox_doorbells", Doorbells)
@@ -315,9 +326,7 @@ def mount(
         app[DOORBELLS] = bells = Doorbells(settings.redis_url, prefix)
         bells.task = asyncio.create_task(bells.listen())
         yield
-        bells.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await bells.task
+        await bells.stop()
         await app[POOL].close()
 
     application.cleanup_ctx.append(resources)
