@@ -111,7 +111,7 @@ def test_send_and_cancel_refuse_unclear_times_and_ids(stack: Settings) -> None:
     assert both.returncode == 1 and "not both" in both.stderr
     assert "not like" in run("send", "-t", "acme", "-r", "u", "--type", "t", "--in", "soon").stderr
     bad_id = run("cancel", "nope", "-t", "acme", "-r", "u")
-    assert bad_id.returncode == 1 and "not a notification id" in bad_id.stderr
+    assert bad_id.returncode == 2 and "not a notification id" in " ".join(bad_id.stderr.split())
 
 
 def test_status_says_why_a_notification_was_rejected_and_audit_shows_the_detail(database: Settings) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from uuid import UUID
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from tidings.audit import dead_letters, history, in_range, matches, read_all, replay_dead_letter
+from tidings.cli.io import notification_id_arg
 from tidings.config import settings
 from tidings.kafka import EventProducer
 from tidings.views import record_view
@@ -19,12 +19,11 @@ dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and re-inject dead let
 console = Console(stderr=True)
 
 
-def audit(notification_id: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
+def audit(
+    notification_id: str = typer.Argument(..., callback=notification_id_arg),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """The full history of one notification, read from the topics (request, commands, outcomes, feedback)."""
-    try:
-        UUID(notification_id)
-    except ValueError:
-        raise typer.BadParameter(f"{notification_id!r} is not a notification id (a UUID)") from None
     events = history(settings(), notification_id)
     if not events:
         console.print(f"[red]nothing about {notification_id} in the topics[/]")

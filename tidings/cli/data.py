@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tidings import stats as analytics
+from tidings.cli.io import notification_id_arg
 from tidings.cli.pipeline import expose, limit_memory
 from tidings.config import settings
 from tidings.topics import tier_seconds
@@ -89,13 +90,13 @@ NOTIFICATION_EVENTS = """SELECT status, reason, detail, occurred_at FROM deliver
 WHERE notification_id = %s AND delivery_id IS NULL ORDER BY occurred_at"""
 
 
-def status(notification_id: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
+def status(
+    notification_id: str = typer.Argument(..., callback=notification_id_arg),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """A notification and its deliveries, from the delivery_status projection, with the reasons of
     what happened to the notification as a whole (REJECTED and why, CANCELLED, DEFERRED)."""
-    try:
-        nid = UUID(notification_id)
-    except ValueError:
-        raise typer.BadParameter(f"{notification_id!r} is not a notification id (a UUID)") from None
+    nid = UUID(notification_id)
     with psycopg.connect(settings().postgres_dsn, row_factory=dict_row) as conn:
         head = conn.execute("SELECT * FROM notifications WHERE notification_id = %s", (nid,)).fetchone()
         rows = conn.execute(

@@ -99,18 +99,25 @@ def when(at: str | None, after: str | None) -> datetime | None:
     return moment
 
 
+def notification_id_arg(value: str) -> str:
+    """A notification id argument, refused as a usage error (exit 2) unless it is a UUID."""
+    try:
+        UUID(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a notification id (a UUID)") from None
+    return value
+
+
 def cancel(
-    notification_id: str = typer.Argument(..., help="The notification to cancel."),
+    notification_id: str = typer.Argument(
+        ..., help="The notification to cancel.", callback=notification_id_arg
+    ),
     tenant: str = typer.Option(..., "--tenant", "-t"),
     recipient: str = typer.Option(..., "--recipient", "-r"),
     reason: str | None = typer.Option(None, "--reason"),
 ) -> None:
     """Cancel a notification: before the router plans it, or while its deliveries wait (scheduled or
     quiet hours). Deliveries already handed to a gateway are not recalled."""
-    try:
-        UUID(notification_id)
-    except ValueError:
-        raise InvalidEvent(f"{notification_id!r} is not a notification id (a UUID)") from None
     with Client(source="cli") as client:
         client.cancel(tenant=tenant, recipient=recipient, notification_id=notification_id, reason=reason)
     console.print(f"[yellow]cancellation requested[/] {notification_id}")
