@@ -33,6 +33,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from uuid import UUID
 
+from pydantic import ValidationError
+
 from processors import digest, throttle
 from processors.plan import Catalog, gate, plan
 from processors.recipients import RecipientState, fold
@@ -347,7 +349,10 @@ class Router:
         reason = "invalid" if isinstance(exc, InvalidEvent | CodecError) else "error"
         detail = f"{type(exc).__name__}: {exc}"[:500]
         trace = child_traceparent(record.header(TRACEPARENT)).encode()
-        return [self._outcome(tenant or "-", nid, recipient, "REJECTED", reason, trace, detail=detail)]
+        try:
+            return [self._outcome(tenant or "-", nid, recipient, "REJECTED", reason, trace, detail=detail)]
+        except ValidationError:
+            return [self._outcome("-", nid, None, "REJECTED", reason, trace, detail=detail)]
 
     def _skipped(
         self, request: NotificationRequested, reason: str, trace: bytes, detail: str | None = None

@@ -177,6 +177,9 @@ def test_poison_requests_are_dead_lettered_and_rejected_while_valid_ones_flow(to
         "unknown type": codec.encode_record(
             "NotificationRequested", unknown := request(notification_type="nope")
         ),
+        "tenant no outcome can carry": codec.encode_record(
+            "NotificationRequested", untenanted := request(tenant_id="acme\n")
+        ),
     }
     outputs = []
     for i, v in enumerate(valid):
@@ -203,6 +206,7 @@ def test_poison_requests_are_dead_lettered_and_rejected_while_valid_ones_flow(to
         missing["notification_id"],
         big["notification_id"],
         unknown["notification_id"],
+        untenanted["notification_id"],
     }
     assert router.loop.dead_letters == len(poison)
 

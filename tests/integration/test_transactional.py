@@ -15,7 +15,7 @@ from confluent_kafka import KafkaException, Producer
 from tests.integration.conftest import read_all
 from tidings.codec import default_codec
 from tidings.config import Settings
-from tidings.errors import HangingTransaction, KafkaUnavailable
+from tidings.errors import HangingTransaction, InvalidEvent, KafkaUnavailable
 from tidings.events import DeliveryOutcome, NotificationRequested
 from tidings.ids import new_notification_id
 from tidings.kafka import EventProducer, Incoming, Output, TransactionalLoop
@@ -78,13 +78,20 @@ def test_poison_records_are_dead_lettered_and_valid_ones_flow(
         outputs.insert(i * 7 + 1, Output(source, b"acme/r1", blob, [("traceparent", b"t")]))
     produce(stack, source, outputs)
     seen_poison: list[str] = []
+
+    def on_poison(record: Incoming, exc: BaseException) -> list[Output]:
+        seen_poison.append(type(exc).__name__)
+        if isinstance(exc, InvalidEvent):
+            raise RuntimeError("a handler's own poison hook failing must not stop the loop")
+        return []
+
     loop = TransactionalLoop(
         stack,
         group_id=group_id,
         topics=[source],
         handle=outcome_handler(target),
         transactional_id=f"{group_id}-0",
-        on_poison=lambda r, exc: seen_poison.append(type(exc).__name__) or [],
+        on_poison=on_poison,
     )
     loop.run(idle_exit_after=3)
 

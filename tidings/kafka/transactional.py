@@ -317,8 +317,19 @@ class TransactionalLoop:
                 store.record_failed()
             log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
             self.dead_letters += 1
-            extra = list(self.on_poison(record, exc)) if self.on_poison else []
-            return [*extra, dead_letter(record, exc, self.group_id, self.dlq_topic)]
+            letter = dead_letter(record, exc, self.group_id, self.dlq_topic)
+            return [*self._poison_outputs(record, exc), letter]
+
+    def _poison_outputs(self, record: Incoming, exc: Exception) -> list[Output]:
+        """What the handler adds to a poison record's dead letter, if anything. A failure here must not
+        escape: the record would stop the loop on every restart instead of going to the DLQ."""
+        if self.on_poison is None:
+            return []
+        try:
+            return list(self.on_poison(record, exc))
+        except Exception:
+            log.exception("on_poison failed for %s[%d]@%d", record.topic, record.partition, record.offset)
+            return []
 
     def process(self, batch: list[Incoming]) -> None:
         """One transaction: outputs of every record in the batch plus the batch's offsets."""
