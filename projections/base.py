@@ -6,12 +6,15 @@ transaction, on the consuming thread, while the previous batch's transaction run
 tidings.kafka.stored); a projection may decode records into whatever its `apply` takes, rows rather than
 events. Undecodable records go to the DLQ (acknowledged before their batch's transaction commits) and
 are skipped. After a database failure the runner reconnects and the loop re-reads from the offsets
-PostgreSQL holds. `rebuild` truncates the projection's tables and offsets in one transaction and replays
+PostgreSQL holds. A statement PostgreSQL refuses for what a record holds (a key too long for its index,
+a value out of range) fails the same way on every retry, so the batch is written again one record per
+transaction, and the record it refuses goes to the DLQ with PostgreSQL's error. `rebuild` truncates the projection's tables and offsets in one transaction and replays
 its topics from offset 0 to their current end.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -33,11 +36,28 @@ from tidings.topics import Names, names
 
 Cursor = psycopg.Cursor[tuple[Any, ...]]
 Connection = psycopg.Connection[tuple[Any, ...]]
-Prepared = tuple[list[Any], dict[tuple[str, int], int]]
+log = logging.getLogger(__name__)
+TRANSIENT = ("08", "40", "53", "55", "57", "58", "XX")
+"""SQLSTATE classes a retry can clear: connection, rollback (serialization, deadlock), resources,
+object in use (locks), operator intervention (shutdown, cancel), system and internal errors."""
 
 
 class DatabaseUnavailable(TidingsError):
     retriable = True
+
+
+def transient(exc: psycopg.Error) -> bool:
+    """Whether the same statement may succeed later; an error without SQLSTATE is a lost connection."""
+    return exc.sqlstate is None or exc.sqlstate[:2] in TRANSIENT
+
+
+@dataclass
+class Prepared:
+    events: list[Any]
+    offsets: dict[tuple[str, int], int]
+    batch: Batch
+    kept: list[int]
+    """The batch index of each event's record, to dead-letter the record PostgreSQL refuses."""
 
 
 class Projection:
@@ -90,7 +110,9 @@ class Runner:
                 self.conn = connect(self.settings.postgres_dsn)
             with self.conn.transaction(), self.conn.cursor() as cur:
                 yield cur
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:
+            if not transient(exc) and not self.conn.closed:
+                raise
             self.conn.close()
             raise DatabaseUnavailable(str(exc)) from exc
 
@@ -105,23 +127,49 @@ class Runner:
     def prepare(self, batch: Batch) -> Prepared:
         """Decode a batch outside the transaction; poison records go to the DLQ, acknowledged."""
         events: list[Any] = []
+        kept: list[int] = []
         poison = []
         p = self.projection
         for i, value in enumerate(batch.values()):
             try:
                 events.append(p.decode_record(batch.record(i)) if p.by_record else p.decode(value))
+                kept.append(i)
             except (CodecError, InvalidEvent) as exc:
                 poison.append(dead_letter(batch.record(i), exc, self.group, self.dlq))
-        for letter in poison:
+        self._dead_letter(poison)
+        return Prepared(events, batch.next_offsets(), batch, kept)
+
+    def _dead_letter(self, letters: list[Any]) -> None:
+        for letter in letters:
             self.producer.produce(letter)
-        if poison:
+        if letters:
             self.producer.flush()
-        return events, batch.next_offsets()
 
     def write(self, prepared: Prepared) -> None:
-        events, offsets = prepared
+        try:
+            self._commit(prepared.events, prepared.offsets)
+        except psycopg.Error as exc:
+            log.warning("%s: batch refused (%s), writing it one record at a time", self.projection.name, exc)
+            self._isolate(prepared)
+
+    def _isolate(self, prepared: Prepared) -> None:
+        """Each record in its own transaction with its offset; the one refused goes to the DLQ."""
+        for event, i in zip(prepared.events, prepared.kept, strict=True):
+            record = prepared.batch.record(i)
+            offsets = {(record.topic, record.partition): record.offset + 1}
+            try:
+                self._commit([event], offsets)
+            except psycopg.Error as exc:
+                where = (record.topic, record.partition, record.offset)
+                log.warning("%s: dead-lettering %s[%d]@%d: %s", self.projection.name, *where, exc)
+                self._dead_letter([dead_letter(record, exc, self.group, self.dlq)])
+                self._commit([], offsets)
+        self._commit([], prepared.offsets)
+
+    def _commit(self, events: list[Any], offsets: dict[tuple[str, int], int]) -> None:
         with self.transaction() as cur:
-            self.projection.apply(cur, events)
+            if events:
+                self.projection.apply(cur, events)
             cur.executemany(
                 "INSERT INTO projection_offsets (projection, topic, partition, next_offset) "
                 "VALUES (%s, %s, %s, %s) ON CONFLICT (projection, topic, partition) "

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg.abc import Buffer
+from psycopg.types.json import set_json_dumps
 from psycopg.types.string import StrBinaryDumper, StrDumperUnknown
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -25,10 +28,31 @@ class NulSafeBinary(StrBinaryDumper):
         return super().dump(obj.replace("\x00", "\ufffd") if "\x00" in obj else obj)
 
 
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
+
+
+def nul_safe_dumps(value: Any) -> str:
+    """JSON for jsonb, which refuses \\u0000 as text refuses NUL: U+FFFD in its place, like NulSafeText."""
+    text = json.dumps(value)
+    return json.dumps(_without_nul(value)) if "\\u0000" in text else text
+
+
 def connect(dsn: str) -> psycopg.Connection[tuple[object, ...]]:
+    """A projection's connection: NUL-safe text and jsonb, and UTC, so a timestamp read back does not
+    depend on the server's zone (a year-1 time a provider reported cannot be shown in New York's)."""
     conn = psycopg.connect(dsn, autocommit=False)
     conn.adapters.register_dumper(str, NulSafeText)
     conn.adapters.register_dumper(str, NulSafeBinary)
+    set_json_dumps(nul_safe_dumps, conn)
+    conn.execute("SET TIME ZONE 'UTC'")
+    conn.commit()
     return conn
 
 

@@ -210,3 +210,45 @@ def test_text_with_nul_characters_is_stored_not_a_crash(database: Settings) -> N
     project(s, "suppressions")
     assert rows(s, "SELECT reason FROM deliveries WHERE delivery_id = %s", did) == [("smtp 550\ufffd",)]
     assert rows(s, "SELECT address FROM suppressions") == [("a\ufffd@example.com",)]
+
+
+def test_a_record_postgresql_refuses_goes_to_the_dlq_and_the_rest_is_stored(database: Settings) -> None:
+    """A token too long for its index fails the batch on every retry; the batch is written again one
+    record at a time, the refused record is dead-lettered with PostgreSQL's error and the others stay."""
+    import random
+
+    from tests.integration.conftest import read_all
+    from tidings.events import RecipientUpdated
+    from tidings.kafka.records import header_map
+    from tidings.topics import names
+
+    s = database
+    rng = random.Random(7)
+    huge = "".join(chr(rng.randrange(0x4E00, 0x9FFF)) for _ in range(1_000))
+
+    def device(recipient: str, token: str) -> DeviceRegistered:
+        return DeviceRegistered(
+            tenant_id="acme", recipient_id=recipient, device_id="d", platform="fcm", token=token
+        )
+
+    with Client(s) as client:
+        for event in (device("a", "tok-a"), device("b", huge), device("c", "tok-c")):
+            client.publish(event, wait=False)
+        client.publish(
+            RecipientUpdated(
+                tenant_id="acme", recipient_id="n", name="a\x00b", properties_json='{"k\\u0000": "v\\u0000"}'
+            ),
+            wait=False,
+        )
+    project(s, "devices")
+    project(s, "recipients")
+    assert rows(s, "SELECT recipient_id, token FROM devices ORDER BY 1") == [("a", "tok-a"), ("c", "tok-c")]
+    letters = [header_map(r.headers) for r in read_all(s, names(s).dlq)]
+    assert [(x["tidings.error.type"], x["tidings.source.topic"]) for x in letters] == [
+        ("ProgramLimitExceeded", names(s).recipients)
+    ]
+    ends = rows(s, "SELECT sum(next_offset) FROM projection_offsets WHERE projection = 'devices'")
+    assert ends == [(4,)]
+    assert rows(s, "SELECT name, state->'properties' FROM recipients WHERE recipient_id = 'n'") == [
+        ("a\ufffdb", {"k\ufffd": "v\ufffd"})
+    ]
