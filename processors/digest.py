@@ -6,7 +6,9 @@ The first request opens it; the window ends after the type's `digest.window`, or
 choice for the category: `hourly` (an hour after the first request), `daily` (the next 09:00 in the
 recipient's time zone), `weekly` (the next Monday 09:00); `off` sends every request at once. A bucket
 also closes early when it holds `MAX_ITEMS` requests or `MAX_BYTES` of their data, so a digest stays
-one bounded record.
+one bounded record. Sizes are counted as the digest writes the data (compact JSON, ASCII with escapes),
+not as the requests' text: a character outside ASCII takes up to 12 bytes there. A bucket a previous
+release filled past the request limit digests what fits; each item left over is REJECTED.
 
 Closing produces a `NotificationRequested` with `digest_of` (the items' ids) and the data
 `{"items": [...each request's data], "count": n}` on `notifications.requested`, keyed like its items:
@@ -26,7 +28,7 @@ from pydantic import BaseModel, ConfigDict
 
 from processors.preferences import zone
 from tidings.catalog import DigestRule
-from tidings.events import Channel, DeliveryOutcome, NotificationRequested, OutcomeStatus
+from tidings.events import MAX_DATA_BYTES, Channel, DeliveryOutcome, NotificationRequested, OutcomeStatus
 
 MAX_ITEMS = 100
 MAX_BYTES = 128 * 1024
@@ -97,7 +99,7 @@ def join(
 ) -> tuple[Bucket, Bucket | None]:
     """Add a request to its open bucket, or open one; returns the open bucket and, when the old one
     had no room left, that one to close now."""
-    size = len(request.data_json)
+    size = len(_json(request.data))
     closed = None
     if bucket is not None and (len(bucket.items) >= MAX_ITEMS or bucket.size + size > MAX_BYTES):
         closed, bucket = bucket, None
@@ -160,6 +162,19 @@ def close(bucket: Bucket, now: datetime) -> tuple[NotificationRequested | None, 
     if not live:
         return None, outcomes
     digest_id = bucket.digest_id
+    fits, room = [], MAX_DATA_BYTES - len(_json({"items": [], "count": len(live)}))
+    for i in live:
+        room -= len(_json(i.data)) + 1
+        if room < 0:
+            break
+        fits.append(i)
+    detail = f"no room left in digest {digest_id}"
+    outcomes += [
+        item_outcome(bucket, i.notification_id, c, "REJECTED", "invalid", detail, now)
+        for i in live[len(fits) :]
+        for c in bucket.channels
+    ]
+    live = fits
     request = NotificationRequested(
         event_id=uuid5(digest_id, "request"),
         occurred_at=now,
@@ -168,7 +183,7 @@ def close(bucket: Bucket, now: datetime) -> tuple[NotificationRequested | None, 
         notification_id=digest_id,
         recipient_id=bucket.recipient_id,
         notification_type=bucket.notification_type,
-        data_json=json.dumps({"items": [i.data for i in live], "count": len(live)}),
+        data_json=_json({"items": [i.data for i in live], "count": len(live)}),
         channels=bucket.channels,
         digest_of=[i.notification_id for i in live],
         source="tidings.digest",
@@ -180,6 +195,10 @@ def close(bucket: Bucket, now: datetime) -> tuple[NotificationRequested | None, 
         for c in bucket.channels
     ]
     return request, outcomes
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"))
 
 
 def item_outcome(

@@ -100,17 +100,57 @@ def test_a_full_bucket_closes_early_and_a_new_window_opens() -> None:
     assert bucket.digest_id != closed[0].digest_id
 
 
-@given(st.lists(st.integers(min_value=100, max_value=8000), min_size=1, max_size=60))
-def test_a_digest_request_always_fits_its_size_limit(sizes: list[int]) -> None:
+@given(
+    st.lists(
+        st.tuples(st.integers(min_value=100, max_value=8000), st.sampled_from(["y", "中", "😀", "\n"])),
+        min_size=1,
+        max_size=90,
+    )
+)
+def test_a_digest_request_always_fits_its_size_limit(sizes: list[tuple[int, str]]) -> None:
+    """Counted as the digest writes it: 8,000 CJK characters are 8 KiB of request text and 48 KiB of
+    escaped digest data."""
     bucket: Bucket | None = None
-    for size in sizes:
-        r = request(data_json=json.dumps({"x": "y" * size}))
+    for size, char in sizes:
+        r = request(data_json=json.dumps({"x": char * size}, ensure_ascii=False))
         bucket, full = join(bucket, r, ["email"], NOW + timedelta(hours=1), NOW)
         for b in [full, bucket]:
             if b is not None:
                 assert b.size <= MAX_BYTES
-                digest, _ = close(b, b.due)
+                digest, outcomes = close(b, b.due)
                 assert digest is not None  # the model validates the 256 KiB data limit
+                assert digest.digest_of == [i.notification_id for i in b.items]
+                assert {o.status for o in outcomes} == {"QUEUED"}
+
+
+def test_a_bucket_filled_past_the_limit_by_a_previous_release_digests_what_fits() -> None:
+    """Earlier releases counted characters: a bucket of 60 items of 4,000 CJK characters was 'full' at
+    240,000 and is 1.4 MB as digest data. The items that fit are digested, the rest REJECTED."""
+    items = [
+        join(
+            None, request(data_json=json.dumps({"x": "中" * 4000}, ensure_ascii=False)), ["email"], NOW, NOW
+        )[0].items[0]
+        for _ in range(60)
+    ]
+    legacy = Bucket(
+        tenant_id="acme",
+        recipient_id="u1",
+        notification_type="post.liked",
+        channels=["email"],
+        opened_at=NOW,
+        due=NOW,
+        items=items,
+        size=240_000,
+    )
+    digest, outcomes = close(legacy, NOW)
+    assert digest is not None and 0 < len(digest.digest_of or []) < 60
+    rejected = [o.notification_id for o in outcomes if o.status == "REJECTED"]
+    assert rejected == [i.notification_id for i in items[len(digest.digest_of or []) :]]
+    assert all(
+        o.detail == f"no room left in digest {digest.notification_id}"
+        for o in outcomes
+        if o.status == "REJECTED"
+    )
 
 
 def test_a_cancelled_request_leaves_its_bucket() -> None:
@@ -119,7 +159,7 @@ def test_a_cancelled_request_leaves_its_bucket() -> None:
     bucket, _ = join(bucket, b, ["email"], NOW, NOW)
     rest = without(bucket, a.notification_id)
     assert rest is not None and [i.notification_id for i in rest.items] == [b.notification_id]
-    assert rest.size == len(b.data_json)
+    assert rest.size == len(json.dumps(b.data, separators=(",", ":")))
     assert without(rest, b.notification_id) is None
 
 
