@@ -11,7 +11,9 @@ The HTTP edge (`tidings run edge`). First, the unsubscribe link every non-critic
 - `GET /unsubscribe/{token}` only shows that page: link scanners and previews fetch URLs from mail, so a
   GET must never unsubscribe anyone.
 - Tokens are the email gateway's HS256 JWTs, signed with `TIDINGS_EMAIL_UNSUBSCRIBE_SECRET`. A token
-  that does not verify gets 400 and produces nothing; the answer does not say why.
+  that does not verify gets 400 and produces nothing; the answer does not say why. With the public
+  default secret anyone could sign one, so an edge listening beyond loopback does not serve the route
+  until the secret is one's own (and the email gateway refuses to link anywhere but loopback with it).
 
 `GET /t/o/{token}` and `GET /t/c/{token}` record email opens and clicks and answer a pixel or a redirect
 (`gateways/track.py`), mounted whenever `TIDINGS_EMAIL_UNSUBSCRIBE_SECRET` is one's own (tracking requires
@@ -82,7 +84,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateways import api, api_schema, feed, ops, prefs, track
 from gateways.email import callbacks
-from gateways.email._message import DEV_SECRET, EmailSettings, unsubscribe_claims
+from gateways.email._message import EmailSettings, loopback, unsubscribe_claims
 from gateways.outputs import reported_outcome
 from gateways.sms import holders, inbound, receipts
 from tidings.client import tenant_key
@@ -356,9 +358,14 @@ def app(
         await application[PRODUCER].stop()
 
     application.cleanup_ctx.append(producer)
-    application.router.add_get("/unsubscribe/{token}", confirm)
-    application.router.add_post("/unsubscribe/{token}", unsubscribe)
-    if email.unsubscribe_secret.get_secret_value() != DEV_SECRET:
+    if not email.dev_secret or loopback(edge.host):
+        application.router.add_get("/unsubscribe/{token}", confirm)
+        application.router.add_post("/unsubscribe/{token}", unsubscribe)
+    else:
+        log.warning(
+            "unsubscribe links not served: set TIDINGS_EMAIL_UNSUBSCRIBE_SECRET to a secret of your own"
+        )
+    if not email.dev_secret:
         track.mount(application, settings, email, PRODUCER)
     mounted = parsers(edge)
     if any(path.startswith("/inbound/") for path in mounted):

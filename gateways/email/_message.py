@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import email.policy
+import ipaddress
 import re
 from datetime import UTC, datetime
 from email.headerregistry import Address
@@ -23,6 +24,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
 from html.parser import HTMLParser
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 from pydantic import Field, SecretStr, model_validator
@@ -62,13 +64,35 @@ class EmailSettings(BaseSettings):
     def tracking(self) -> bool:
         return self.track_opens or self.track_clicks
 
+    @property
+    def dev_secret(self) -> bool:
+        return self.unsubscribe_secret.get_secret_value() == DEV_SECRET
+
     @model_validator(mode="after")
-    def _tracking_needs_a_secret(self) -> EmailSettings:
-        """Click links redirect to the URL in their token: signed with the public default secret, anyone
-        could mint one to any site under our domain."""
-        if self.tracking and self.unsubscribe_secret.get_secret_value() == DEV_SECRET:
+    def _links_need_a_secret(self) -> EmailSettings:
+        """Click links redirect to the URL in their token, and an unsubscribe token opts its address out:
+        signed with the public default secret, anyone could mint them. The default does for links to
+        this machine only (development)."""
+        if self.tracking and self.dev_secret:
             raise ValueError("tracking needs TIDINGS_EMAIL_UNSUBSCRIBE_SECRET set to a secret of your own")
+        if self.dev_secret and not loopback(urlsplit(self.unsubscribe_url).hostname):
+            raise ValueError(
+                f"unsubscribe links to {self.unsubscribe_url} need TIDINGS_EMAIL_UNSUBSCRIBE_SECRET "
+                "set to a secret of your own"
+            )
         return self
+
+
+def loopback(host: str | None) -> bool:
+    """Whether a host name or address is this machine (localhost, 127.0.0.0/8, ::1)."""
+    if host is None:
+        return False
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def message_id(command: DeliveryCommand, settings: EmailSettings) -> str:

@@ -9,13 +9,14 @@ import re
 from typing import Any
 
 import aiohttp
+import jwt
 import pytest
 from aiohttp import web
 from pydantic import SecretStr, ValidationError
 
 from gateways import track
 from gateways.edge import EdgeSettings, app
-from gateways.email._message import EmailSettings, parts
+from gateways.email._message import DEV_SECRET, EmailSettings, parts
 from gateways.track import PIXEL
 from tests.integration.test_router import decoded
 from tests.unit.test_email_tracking import email
@@ -107,3 +108,39 @@ def test_tracking_needs_a_secret_of_ones_own_and_is_not_served_without_it(topolo
             await runner.cleanup()
 
     assert asyncio.run(scenario()) == [404]
+
+
+def test_unsubscribe_with_the_public_default_secret_is_for_loopback_only(topology: Settings) -> None:
+    """Anyone can sign a token with the default secret: it opts the token's address out."""
+    with pytest.raises(ValidationError, match="TIDINGS_EMAIL_UNSUBSCRIBE_SECRET"):
+        EmailSettings(unsubscribe_url="https://notify.example.com/unsubscribe")
+    EmailSettings(
+        unsubscribe_url="https://notify.example.com/unsubscribe", unsubscribe_secret=SecretStr("s" * 32)
+    )
+    EmailSettings(unsubscribe_url="http://localhost:8080/unsubscribe")
+    forged = jwt.encode(
+        {
+            "aud": "tidings:unsubscribe",
+            "tenant": "globex",
+            "recipient": "r",
+            "channel": "email",
+            "address": "a@b",
+        },
+        DEV_SECRET,
+        algorithm="HS256",
+    )
+
+    async def status(host: str) -> int:
+        runner = web.AppRunner(app(topology, EmailSettings(), EdgeSettings(host=host)))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        try:
+            async with aiohttp.ClientSession() as http:
+                url = f"http://127.0.0.1:{runner.addresses[0][1]}/unsubscribe/{forged}"
+                async with http.get(url) as r:
+                    return r.status
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(status("0.0.0.0")) == 404
+    assert asyncio.run(status("127.0.0.1")) == 200
