@@ -64,6 +64,7 @@ from tidings.events import (
 from tidings.ids import command_id, delivery_id
 from tidings.kafka.records import Incoming, table_events
 from tidings.render import RenderError, holds, render
+from tidings.vocabulary import MAX_SCHEDULE_AHEAD
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +277,10 @@ def plan(
         outcome("SKIPPED", "condition", detail=why)
         return result
     scheduled = request.scheduled_at if request.scheduled_at and request.scheduled_at > now else None
+    if scheduled is not None and scheduled > now + MAX_SCHEDULE_AHEAD:
+        raise InvalidEvent(
+            f"scheduled_at {scheduled.isoformat()} is more than {MAX_SCHEDULE_AHEAD.days} days ahead"
+        )
     digest: frozenset[str] = frozenset()
     if request.digest_of is not None:
         if rules.digest is None:
@@ -295,7 +300,7 @@ def plan(
     priority = "critical" if t.critical else (request.priority or t.priority)
     locale = request.locale or state.locale
     candidates = [c for c in t.default_channels if request.channels is None or c in request.channels]
-    candidates += [c for c in (request.channels or []) if c not in candidates and c in templates]
+    candidates += [c for c in dict.fromkeys(request.channels or []) if c not in candidates and c in templates]
     quiet_end = None if t.critical else quiet_until(state.quiet_hours, state.timezone, now)
     for channel in candidates:
         if channel not in templates:

@@ -22,6 +22,10 @@ JSON_OBJECT = st.dictionaries(
 TIMESTAMP = st.datetimes(
     min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
 ).map(lambda d: d.replace(microsecond=d.microsecond // 1000 * 1000))
+SCHEDULED = st.datetimes(
+    min_value=datetime(1971, 1, 1), max_value=datetime(2026, 1, 1), timezones=st.just(UTC)
+).map(lambda d: d.replace(microsecond=d.microsecond // 1000 * 1000))
+"""A `scheduled_at` may be at most 400 days ahead of when its event is made."""
 HHMM = st.from_regex(r"\A([01]\d|2[0-3]):[0-5]\d\Z")
 
 
@@ -53,7 +57,7 @@ def for_type(avro: Any, name: str, annotation: Any) -> st.SearchStrategy[Any]:
         if logical == "uuid":
             return st.uuids()
         if logical == "timestamp-millis":
-            return TIMESTAMP
+            return SCHEDULED if name == "scheduled_at" else TIMESTAMP
         if kind == "array":
             return st.lists(for_type(avro["items"], name, _item(annotation)), min_size=_min(name), max_size=3)
         if kind == "map":

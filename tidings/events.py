@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, Literal, TypeVar
 from uuid import UUID
 
@@ -40,6 +41,7 @@ from tidings.vocabulary import (
     Priority,
     TenantId,
     TimeZone,
+    check_schedule,
     check_zone,
     refuse_json_constant,
     utcnow,
@@ -114,12 +116,17 @@ class NotificationRequested(Event):
     channels: list[Channel] | None = None
     scheduled_at: Millis | None = None
     expires_at: Millis | None = None
-    locale: str | None = None
+    locale: Locale | None = None
     recipient_overrides: dict[str, str] | None = None
     actor_id: str | None = None
     broadcast_id: UUID | None = None
     source: str | None = None
     digest_of: list[UUID] | None = None
+
+    @field_validator("scheduled_at")
+    @classmethod
+    def _not_too_far(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        return check_schedule(value, info)
 
     @property
     def data(self) -> dict[str, Any]:

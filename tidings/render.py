@@ -22,6 +22,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from tidings.errors import TidingsError
+from tidings.vocabulary import MAX_LOCALE_LENGTH
 
 MAX_OUTPUT = {"subject": 998, "title": 256, "body": 64 * 1024, "html": 512 * 1024, "data_json": 4 * 1024}
 MAX_RANGE = 10_000
@@ -227,9 +228,11 @@ def _render_field(field: str, source: str, parent: dict[str, Any]) -> str:
 
 
 def locale_chain(locale: str | None) -> list[str]:
-    """`de-AT` → [`de-AT`, `de`, `default`]; case-insensitive, `_` accepted for `-`."""
+    """`de-AT` → [`de-AT`, `de`, `default`]; case-insensitive, `_` accepted for `-`. A locale longer
+    than any real one (from an event written before locales were checked) is ignored: its chain would
+    cost memory quadratic in its length."""
     chain: list[str] = []
-    if locale:
+    if locale and len(locale) <= MAX_LOCALE_LENGTH:
         parts = locale.replace("_", "-").split("-")
         chain = ["-".join(parts[:i]) for i in range(len(parts), 0, -1)]
     return [*chain, "default"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -54,6 +54,11 @@ MAX_MEMBERS_PER_EVENT = 1000
 
 
 DECODED = {"decoded": True}
+MAX_LOCALE_LENGTH = 64
+MAX_SCHEDULE_AHEAD = timedelta(days=400)
+"""How far ahead `scheduled_at` may be: a year's reminder with a month to spare. The scheduler's timer
+keys hold 13 digits of epoch milliseconds (until 2286), and a notification scheduled years ahead is more
+likely a unit mistake (seconds for milliseconds) than a plan."""
 _LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*")
 
 
@@ -73,8 +78,14 @@ def check_zone(value: str, info: ValidationInfo) -> str:
 
 
 def _locale(value: str, info: ValidationInfo) -> str:
-    if _made(info) and not _LOCALE.fullmatch(value):
+    if _made(info) and (len(value) > MAX_LOCALE_LENGTH or not _LOCALE.fullmatch(value)):
         raise ValueError(f"{value!r} is not a locale, e.g. de-AT or en")
+    return value
+
+
+def check_schedule(value: datetime | None, info: ValidationInfo) -> datetime | None:
+    if value is not None and _made(info) and value > utcnow() + MAX_SCHEDULE_AHEAD:
+        raise ValueError(f"must be at most {MAX_SCHEDULE_AHEAD.days} days ahead")
     return value
 
 

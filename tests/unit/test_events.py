@@ -70,8 +70,19 @@ def test_invalid_requests_name_the_field(changes: dict[str, object], field: str)
 
 
 def test_timestamps_become_utc_milliseconds() -> None:
-    local = datetime(2030, 3, 1, 12, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
-    assert make(scheduled_at=local).scheduled_at == datetime(2030, 3, 1, 10, 0, 0, 123000, tzinfo=UTC)
+    local = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
+    assert make(scheduled_at=local).scheduled_at == datetime(2026, 3, 1, 10, 0, 0, 123000, tzinfo=UTC)
+
+
+def test_requests_are_scheduled_at_most_400_days_ahead_and_locales_are_short() -> None:
+    """Checked where requests are made; the router rejects one decoded from an older producer."""
+    make(scheduled_at=datetime.now(UTC) + timedelta(days=399))
+    for late in (timedelta(days=401), timedelta(days=365 * 274)):
+        with pytest.raises(ValidationError, match="at most 400 days ahead"):
+            make(scheduled_at=datetime.now(UTC) + late)
+    make(locale="zh-Hant-TW")
+    with pytest.raises(ValidationError, match="not a locale"):
+        make(locale="en-" + "x1234567-" * 10 + "x")
 
 
 def test_events_are_frozen_and_keyed_by_tenant_and_recipient() -> None:

@@ -18,6 +18,7 @@ from tidings.events import (
     QuietHours,
 )
 from tidings.ids import delivery_id, new_notification_id
+from tidings.vocabulary import DECODED
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 TEMPLATES = {
@@ -175,6 +176,34 @@ def test_expiry() -> None:
     assert plan(old, recipient(), catalog(expires_after="1h"), NOW).outcomes[0].status == "EXPIRED"
     fresh = plan(request(), recipient(), catalog(expires_after="1h"), NOW)
     assert {c.expires_at for c in fresh.commands} == {NOW + timedelta(hours=1)}
+
+
+def test_a_channel_named_twice_is_planned_once() -> None:
+    p = plan(
+        request(channels=["webhook", "webhook"], recipient_overrides={"webhook": "https://h.example/in"}),
+        RecipientState(),
+        catalog(),
+        NOW,
+    )
+    assert [c.channel for c in p.commands] == ["webhook"] and len(p.outcomes) == 1
+
+
+def decoded_request(**changes: Any) -> NotificationRequested:
+    """A request as the router decodes it from an older producer: the checks for made events skipped."""
+    return NotificationRequested.model_validate(request().model_dump() | changes, context=DECODED)
+
+
+def test_a_request_scheduled_beyond_400_days_is_invalid() -> None:
+    """The scheduler's timer keys sort by 13 digits of epoch ms: year 2300 would be due at once."""
+    plan(decoded_request(scheduled_at=NOW + timedelta(days=399)), recipient(), catalog(), NOW)
+    with pytest.raises(InvalidEvent, match="more than 400 days ahead"):
+        plan(decoded_request(scheduled_at=datetime(2300, 1, 1, tzinfo=UTC)), recipient(), catalog(), NOW)
+
+
+def test_a_locale_longer_than_any_real_one_is_ignored() -> None:
+    """An old event's 200,000-character locale made a locale chain of 10 GB."""
+    p = plan(decoded_request(channels=["email"], locale="de-" * 100_000), recipient(), catalog(), NOW)
+    assert p.commands[0].locale == "default"
 
 
 def test_locale_fallback_from_request_then_recipient() -> None:
