@@ -203,6 +203,9 @@ class Router:
         return None if passed else rule.describe(t)
 
     def _cancel(self, record: Incoming, event: NotificationCancelled, trace: bytes) -> list[Output]:
+        """A cancellation of a request not seen (yet) is remembered, so the request is skipped when it
+        comes, and forwarded to the scheduler all the same: the request may be one seen longer ago than
+        the dedupe window, scheduled further ahead than that, whose timers only the scheduler holds."""
         seen_key = f"{event.tenant_id}/{event.notification_id}"
         already = self.seen.get(record.partition, seen_key)
         if already in ("throttled", "skipped"):
@@ -214,6 +217,7 @@ class Router:
                 outputs += self._uncollect(record.partition, event, already.removeprefix("digest "), trace)
             return outputs
         return [
+            self._event(self.names.scheduled, event, trace),
             self._outcome(
                 event.tenant_id,
                 event.notification_id,
@@ -221,7 +225,7 @@ class Router:
                 "CANCELLED",
                 event.reason or "cancelled",
                 trace,
-            )
+            ),
         ]
 
     def _erase(self, record: Incoming, event: RecipientErased, key: str) -> list[Output]:

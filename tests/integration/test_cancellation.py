@@ -1,17 +1,23 @@
 """Cancelling a notification on the real broker: before the router sees it, and while it is deferred."""
 
+import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 
+from processors.plan import Catalog, plan
+from processors.recipients import RecipientState
 from projections import Projection, Runner
 from tests.integration.scheduling import SkewedScheduler
 from tests.integration.test_router import commands, decoded, publish_catalog, run_router
+from tidings.catalog import load
 from tidings.client import Client
 from tidings.config import Settings
-from tidings.events import DeliveryOutcome
+from tidings.events import DeliveryOutcome, NotificationRequested
 from tidings.ids import new_notification_id
+from tidings.kafka import EventProducer, Output
 from tidings.topics import names
 
 SHIPPED = {"order": "A-1", "carrier": "DHL"}
@@ -66,3 +72,47 @@ def test_a_cancelled_deferred_notification_is_never_released(database: Settings)
         )
         assert [r[0] for r in deliveries] == ["CANCELLED"]
     assert (rows[keep], rows[drop], rows[early]) == ("QUEUED", "CANCELLED", "CANCELLED")
+
+
+def test_a_cancellation_the_router_no_longer_remembers_still_reaches_the_scheduler(
+    database: Settings,
+) -> None:
+    """The router remembers requests for its 7-day dedupe window; a request scheduled further ahead and
+    cancelled after that has its timers only in the scheduler. The deferral below is what a router
+    wrote for it then; the router that reads the cancellation has never seen the request."""
+    s = database
+    publish_catalog(s)
+    catalog = Catalog()
+    for published in load(Path(__file__).parents[2] / "catalog"):
+        catalog.apply(published)
+    now = datetime.now(UTC)
+    request = NotificationRequested(
+        tenant_id="acme",
+        notification_id=new_notification_id(),
+        recipient_id="ada",
+        notification_type="order.shipped",
+        data_json=json.dumps(SHIPPED),
+        scheduled_at=now + timedelta(minutes=10),
+    )
+    deferred = plan(request, RecipientState(email="ada@example.com"), catalog, now).deferred
+    assert sorted(c.channel for c in deferred) == ["email", "in_app"]
+    with EventProducer(s) as producer:
+        for command in deferred:
+            producer.produce(Output.event(names(s).scheduled, command))
+    with Client(s) as client:
+        client.cancel(tenant="acme", recipient="ada", notification_id=request.notification_id, reason="gone")
+    run_router(s)
+    scheduler = SkewedScheduler(s)
+    scheduler.wait_committed(3)
+    scheduler.advance(11 * 60)
+    scheduler.join()
+
+    assert [c for c in commands(s) if c.notification_id == request.notification_id] == []
+    outcomes = [o for o in decoded(s, names(s).outcomes) if isinstance(o, DeliveryOutcome)]
+    assert Counter(
+        (o.channel, o.status) for o in outcomes if o.notification_id == request.notification_id
+    ) == {
+        (None, "CANCELLED"): 1,
+        ("email", "CANCELLED"): 1,
+        ("in_app", "CANCELLED"): 1,
+    }
