@@ -72,6 +72,13 @@ def unavailable_problem(title: str) -> web.Response:
     return web.json_response(document, status=503, content_type="application/problem+json")
 
 
+def invalid_value_problem(exc: pg_errors.DataError) -> web.Response:
+    """PostgreSQL's own words on a value it cannot take (`bigint out of range`), without the query."""
+    detail = exc.diag.message_primary or type(exc).__name__
+    document = {"type": "about:blank", "title": "Invalid value", "status": 400, "detail": detail}
+    return web.json_response(document, status=400, content_type="application/problem+json")
+
+
 def add_check(application: web.Application, name: str, check: Check) -> None:
     application.setdefault(CHECKS, {})[name] = check
 
@@ -109,7 +116,8 @@ def mount(application: web.Application, accepted: type[BaseModel]) -> None:
     @web.middleware
     async def unavailable(request: web.Request, handler: Any) -> web.StreamResponse:
         """Kafka not acknowledging, or PostgreSQL not answering, is a 503 everywhere: the caller (a
-        provider, an app) retries."""
+        provider, an app) retries. A value PostgreSQL refuses (a cursor beyond bigint, NUL in an id) is
+        the caller's 400, whichever route let it through."""
         try:
             response: web.StreamResponse = await handler(request)
             return response
@@ -119,6 +127,8 @@ def mount(application: web.Application, accepted: type[BaseModel]) -> None:
         except (pg_errors.OperationalError, PoolTimeout) as exc:
             log.warning("PostgreSQL did not answer %s: %s", request.path, exc)
             return unavailable_problem("The read store is unavailable")
+        except pg_errors.DataError as exc:
+            return invalid_value_problem(exc)
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -360,9 +360,13 @@ def test_a_recipients_notifications_page_newest_first_per_tenant(database: Setti
                 _, page, _ = await call(http, "GET", f"{url}&before={page['next']}")
             _, other, _ = await call(http, "GET", url, key=GLOBEX)
             bad = await call(http, "GET", f"{url}&before=garbage")
-            return found, other, bad[0]
+            refused = [
+                await call(http, "GET", f"{base}{path}")
+                for path in ("/v1/audiences/a%00b", "/v1/audiences/a%00b/members", "/v1/stats?type=a%00b")
+            ]
+            return found, other, [bad[0], *((status, body["title"]) for status, body, _ in refused)]
 
     found, other, bad = asyncio.run(serving(s, pages))
     assert found == [sent[4:2:-1], sent[2:0:-1], sent[:1]]
     assert other == {"items": [], "next": None}
-    assert bad == 400
+    assert bad == [400, *[(400, "Invalid value")] * 3], "a value PostgreSQL refuses is the caller's error"
