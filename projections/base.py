@@ -46,6 +46,13 @@ class DatabaseUnavailable(TidingsError):
     retriable = True
 
 
+class StaleOffsets(TidingsError):
+    """Another writer stored offsets past this batch: a consumer the group has replaced, or a rebuild
+    and a running projection at once. Retriable: the loop rewinds to the offsets PostgreSQL holds."""
+
+    retriable = True
+
+
 def transient(exc: psycopg.Error) -> bool:
     """Whether the same statement may succeed later; an error without SQLSTATE is a lost connection."""
     return exc.sqlstate is None or exc.sqlstate[:2] in TRANSIENT
@@ -147,7 +154,7 @@ class Runner:
 
     def write(self, prepared: Prepared) -> None:
         try:
-            self._commit(prepared.events, prepared.offsets)
+            self._commit(prepared.events, prepared.offsets, prepared.batch.first_offsets())
         except psycopg.Error as exc:
             log.warning("%s: batch refused (%s), writing it one record at a time", self.projection.name, exc)
             self._isolate(prepared)
@@ -156,18 +163,24 @@ class Runner:
         """Each record in its own transaction with its offset; the one refused goes to the DLQ."""
         for event, i in zip(prepared.events, prepared.kept, strict=True):
             record = prepared.batch.record(i)
-            offsets = {(record.topic, record.partition): record.offset + 1}
+            tp = (record.topic, record.partition)
+            offsets, first = {tp: record.offset + 1}, {tp: record.offset}
             try:
-                self._commit([event], offsets)
+                self._commit([event], offsets, first)
             except psycopg.Error as exc:
                 where = (record.topic, record.partition, record.offset)
                 log.warning("%s: dead-lettering %s[%d]@%d: %s", self.projection.name, *where, exc)
                 self._dead_letter([dead_letter(record, exc, self.group, self.dlq)])
-                self._commit([], offsets)
-        self._commit([], prepared.offsets)
+                self._commit([], offsets, first)
+        self._commit([], prepared.offsets, prepared.offsets)
 
-    def _commit(self, events: list[Any], offsets: dict[tuple[str, int], int]) -> None:
+    def _commit(
+        self, events: list[Any], offsets: dict[tuple[str, int], int], first: dict[tuple[str, int], int]
+    ) -> None:
+        """Rows and offsets in one transaction, fenced: the batch's partitions' offset rows are locked
+        and none may already be past the batch's first record."""
         with self.transaction() as cur:
+            self._fence(cur, first)
             if events:
                 self.projection.apply(cur, events)
             cur.executemany(
@@ -176,6 +189,17 @@ class Runner:
                 "DO UPDATE SET next_offset = EXCLUDED.next_offset",
                 [(self.projection.name, t, p, o) for (t, p), o in offsets.items()],
             )
+
+    def _fence(self, cur: Cursor, first: dict[tuple[str, int], int]) -> None:
+        stored = cur.execute(
+            "SELECT topic, partition, next_offset FROM projection_offsets "
+            "WHERE projection = %s AND topic = ANY(%s) AND partition = ANY(%s) FOR UPDATE",
+            (self.projection.name, list({t for t, _ in first}), list({p for _, p in first})),
+        ).fetchall()
+        ahead = [(t, p, o) for t, p, o in stored if (t, p) in first and o > first[t, p]]
+        if ahead:
+            t, p, o = ahead[0]
+            raise StaleOffsets(f"{self.projection.name}: {t}[{p}] is stored at {o}, past {first[t, p]}")
 
     def store(self, batch: list[Incoming]) -> None:
         self.write(self.prepare(RecordBatch(batch)))
@@ -217,7 +241,13 @@ class Runner:
             total = sum(f.end_total() for f in followers)
             for follower in followers:
                 for batch in follower.batches(self.batch_size):
-                    self.store(batch)
+                    try:
+                        self.store(batch)
+                    except StaleOffsets as exc:
+                        raise StaleOffsets(
+                            f"another process writes {self.projection.name}: stop `tidings run projection "
+                            f"{self.projection.name}` before rebuilding it, then rebuild again ({exc})"
+                        ) from None
                     done += len(batch)
                     progress(done, total)
         finally:

@@ -252,3 +252,29 @@ def test_a_record_postgresql_refuses_goes_to_the_dlq_and_the_rest_is_stored(data
     assert rows(s, "SELECT name, state->'properties' FROM recipients WHERE recipient_id = 'n'") == [
         ("a\ufffdb", {"k\ufffd": "v\ufffd"})
     ]
+
+
+def test_a_writer_behind_the_stored_offsets_writes_nothing(database: Settings) -> None:
+    """A consumer the group replaced can still hold a batch the new owner has written past; its write
+    would move the offsets back and older rows over newer ones."""
+    import pytest
+
+    from projections.base import StaleOffsets
+    from tests.integration.conftest import read_all
+    from tidings.events import RecipientUpdated
+    from tidings.topics import names
+
+    s = database
+    with Client(s) as client:
+        for i in range(6):
+            client.publish(RecipientUpdated(tenant_id="acme", recipient_id="z", name=f"v{i}"), wait=False)
+    records = list(read_all(s, names(s).recipients))
+    runner = Runner(s, Projection.registry["recipients"]())
+    try:
+        runner.store(records)
+        with pytest.raises(StaleOffsets, match="stored at 6, past 2"):
+            runner.store(records[2:4])
+    finally:
+        runner.close()
+    assert rows(s, "SELECT name FROM recipients WHERE recipient_id = 'z'") == [("v5",)]
+    assert rows(s, "SELECT next_offset FROM projection_offsets WHERE projection = 'recipients'") == [(6,)]

@@ -49,6 +49,7 @@ class Batch(Protocol):
     def values(self) -> list[bytes | None]: ...
     def record(self, index: int) -> Incoming: ...
     def next_offsets(self) -> dict[TP, int]: ...
+    def first_offsets(self) -> dict[TP, int]: ...
 
 
 class MessageBatch:
@@ -63,6 +64,12 @@ class MessageBatch:
 
     def record(self, index: int) -> Incoming:
         return to_incoming(self.messages[index])
+
+    def first_offsets(self) -> dict[TP, int]:
+        offsets: dict[TP, int] = {}
+        for m in self.messages:
+            offsets.setdefault(cast(TP, (m.topic(), m.partition())), cast(int, m.offset()))
+        return offsets
 
     def next_offsets(self) -> dict[TP, int]:
         offsets: dict[TP, int] = {}
@@ -85,6 +92,12 @@ class RecordBatch:
 
     def record(self, index: int) -> Incoming:
         return self.records[index]
+
+    def first_offsets(self) -> dict[TP, int]:
+        offsets: dict[TP, int] = {}
+        for r in self.records:
+            offsets.setdefault((r.topic, r.partition), r.offset)
+        return offsets
 
     def next_offsets(self) -> dict[TP, int]:
         offsets: dict[TP, int] = {}
