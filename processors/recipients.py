@@ -41,6 +41,10 @@ SOFT_BOUNCE_WINDOW = timedelta(days=7)
 PERMANENT = {"hard_bounce", "complaint", "sms_stop", "token_invalid", "endpoint_disabled"}
 LIFTING = {"sms_start", "resubscribe"}
 PROFILE = ("email", "phone", "locale", "timezone", "name")
+MAX_STATE_BYTES = 512 * 1024
+"""A recipient's state is one changelog record: properties merge and devices add up, and a record over
+the changelog topic's limit (1 MiB by default) would fail every transaction that carried it. The
+router refuses the event that would pass this instead (it goes to the DLQ), keeping the state it had."""
 
 
 class Device(BaseModel):

@@ -37,7 +37,7 @@ from pydantic import ValidationError
 
 from processors import digest, throttle
 from processors.plan import Catalog, gate, plan
-from processors.recipients import RecipientState, fold
+from processors.recipients import MAX_STATE_BYTES, RecipientState, fold
 from tidings.codec import Codec, default_codec
 from tidings.config import Settings
 from tidings.errors import CodecError, InvalidEvent
@@ -151,9 +151,13 @@ class Router:
                 return []
             if isinstance(event, RecipientErased):
                 return self._erase(record, event, key)
-            self.recipients.put(
-                record.partition, key, fold(self.recipients.get(record.partition, key), event)
-            )
+            folded = fold(self.recipients.get(record.partition, key), event)
+            if (size := len(folded.model_dump_json())) > MAX_STATE_BYTES:
+                raise InvalidEvent(
+                    f"{type(event).__name__} would make {key}'s state {size} bytes, over {MAX_STATE_BYTES}: "
+                    "remove devices, endpoints or properties first"
+                )
+            self.recipients.put(record.partition, key, folded)
             return []
         trace = child_traceparent(record.header(TRACEPARENT)).encode()
         if isinstance(event, NotificationCancelled):

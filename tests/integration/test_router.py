@@ -240,3 +240,25 @@ def test_a_throttled_type_passes_its_limit_per_recipient_and_keeps_counting_acro
     }
     assert [o.status for o in outcomes if o.notification_id == adas[4]] == ["SKIPPED"], "cancel is a no-op"
     assert decoded(s, names(s).scheduled) == []
+
+
+def test_an_event_that_would_outgrow_the_recipients_state_record_is_dead_lettered(topology: Settings) -> None:
+    """Properties merge: nine updates of 200 KB each made a 1.8 MB changelog record, which failed every
+    transaction that carried it. The update that would pass 512 KiB goes to the DLQ; the rest flows."""
+    s = topology
+    publish_catalog(s)
+    with Client(s) as client:
+        client.update_recipient(tenant="acme", recipient="big", email="big@example.com", wait=False)
+        for i in range(4):
+            client.update_recipient(
+                tenant="acme", recipient="big", properties={f"k{i}": "x" * 200_000}, wait=False
+            )
+        nid = client.send(
+            tenant="acme", recipient="big", type="order.shipped", data={"order": "A-1", "carrier": "DHL"}
+        )
+    router = run_router(s)
+    assert router.loop.dead_letters == 2
+    letters = [header_map(r.headers) for r in read_all(s, names(s).dlq)]
+    assert [x["tidings.error.type"] for x in letters] == ["InvalidEvent"] * 2
+    assert all("over 524288" in x["tidings.error.message"] for x in letters)
+    assert {c.channel for c in commands(s) if c.notification_id == nid} >= {"email"}
