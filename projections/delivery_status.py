@@ -8,6 +8,8 @@ REJECTED), else DEFERRED while a channel waits, else SKIPPED/SUPPRESSED when no 
 request's fields are kept from its first record. DEFERRED ranks below the failures because a deferred
 delivery ends as one of them or as QUEUED: a scheduled notification cancelled (or expired) while it
 waited must read CANCELLED (EXPIRED), not DEFERRED for ever. Rows hold event times only, so a rebuild reproduces them exactly.
+Rows are keyed by tenant and id: ids come from callers (a cancellation, a provider's report), and one
+tenant's event about another tenant's id makes a row of its own instead of touching the other's.
 
 Writes are set-based: a batch's outcomes are COPYed once into a temporary table, in batch order, and each
 table is merged with one INSERT ... ON CONFLICT whose SELECT folds the batch per key exactly as the
@@ -89,7 +91,7 @@ REQUEST_COLUMNS = (
 MERGE_REQUESTS = f"""
 INSERT INTO notifications AS n ({REQUEST_COLUMNS})
 SELECT {REQUEST_COLUMNS} FROM stage_requests
-ON CONFLICT (notification_id) DO UPDATE SET
+ON CONFLICT (tenant_id, notification_id) DO UPDATE SET
     recipient_id = COALESCE(n.recipient_id, EXCLUDED.recipient_id),
     notification_type = COALESCE(n.notification_type, EXCLUDED.notification_type),
     priority = COALESCE(n.priority, EXCLUDED.priority),
@@ -100,7 +102,7 @@ EVENT_COLUMNS = ", ".join(COLUMNS[:12])
 MERGE_EVENTS = f"""
 INSERT INTO delivery_events ({EVENT_COLUMNS})
 SELECT {EVENT_COLUMNS} FROM stage_outcomes ORDER BY seq
-ON CONFLICT (event_id) DO NOTHING
+ON CONFLICT (tenant_id, event_id) DO NOTHING
 """
 MERGE_DELIVERIES = f"""
 WITH o AS (
@@ -109,15 +111,16 @@ WITH o AS (
            min(seq) OVER d AS first_seq,
            max(seq) FILTER (WHERE provider IS NOT NULL) OVER d AS provider_seq,
            min(seq) FILTER (WHERE provider_message_id IS NOT NULL) OVER d AS message_seq,
-           first_value(seq) OVER (PARTITION BY delivery_id ORDER BY {_rank_sql(RANK)} DESC, seq) AS top_seq
+           first_value(seq) OVER (PARTITION BY tenant_id, delivery_id ORDER BY {_rank_sql(RANK)} DESC, seq)
+               AS top_seq
     FROM stage_outcomes WHERE delivery_id IS NOT NULL
-    WINDOW d AS (PARTITION BY delivery_id)
+    WINDOW d AS (PARTITION BY tenant_id, delivery_id)
 )
 INSERT INTO deliveries AS d (delivery_id, notification_id, tenant_id, recipient_id, channel, provider,
                              provider_message_id, attempts, status, status_rank, reason, first_at, last_at)
 SELECT delivery_id,
        (max(notification_id::text) FILTER (WHERE seq = first_seq))::uuid,
-       max(tenant_id) FILTER (WHERE seq = first_seq),
+       tenant_id,
        max(recipient_id) FILTER (WHERE seq = first_seq),
        max(channel) FILTER (WHERE seq = first_seq),
        max(provider) FILTER (WHERE seq = provider_seq),
@@ -128,8 +131,8 @@ SELECT delivery_id,
        max(reason) FILTER (WHERE seq = top_seq),
        min(occurred_at),
        max(occurred_at)
-FROM o GROUP BY delivery_id
-ON CONFLICT (delivery_id) DO UPDATE SET
+FROM o GROUP BY tenant_id, delivery_id
+ON CONFLICT (tenant_id, delivery_id) DO UPDATE SET
     status = CASE WHEN EXCLUDED.status_rank > d.status_rank THEN EXCLUDED.status ELSE d.status END,
     reason = CASE WHEN EXCLUDED.status_rank > d.status_rank THEN EXCLUDED.reason ELSE d.reason END,
     status_rank = GREATEST(d.status_rank, EXCLUDED.status_rank),
@@ -147,21 +150,22 @@ MERGE_SUMMARIES = f"""
 WITH o AS (
     SELECT notification_id, seq, tenant_id, recipient_id, status, occurred_at,
            {_rank_sql(SUMMARY_RANK)} AS summary_rank,
-           min(seq) OVER n AS first_seq,
            min(seq) FILTER (WHERE recipient_id IS NOT NULL) OVER n AS recipient_seq,
-           first_value(seq) OVER (PARTITION BY notification_id ORDER BY {_rank_sql(SUMMARY_RANK)} DESC, seq) AS top_seq
+           first_value(seq) OVER (
+               PARTITION BY tenant_id, notification_id ORDER BY {_rank_sql(SUMMARY_RANK)} DESC, seq
+           ) AS top_seq
     FROM stage_outcomes
-    WINDOW n AS (PARTITION BY notification_id)
+    WINDOW n AS (PARTITION BY tenant_id, notification_id)
 )
 INSERT INTO notifications AS n (notification_id, tenant_id, recipient_id, status, status_rank, terminal_at)
 SELECT notification_id,
-       max(tenant_id) FILTER (WHERE seq = first_seq),
+       tenant_id,
        max(recipient_id) FILTER (WHERE seq = recipient_seq),
        max(status) FILTER (WHERE seq = top_seq),
        max(summary_rank),
        max(occurred_at) FILTER (WHERE status IN ({", ".join(f"'{s}'" for s in TERMINAL)}))
-FROM o GROUP BY notification_id
-ON CONFLICT (notification_id) DO UPDATE SET
+FROM o GROUP BY tenant_id, notification_id
+ON CONFLICT (tenant_id, notification_id) DO UPDATE SET
     status = CASE WHEN EXCLUDED.status_rank > n.status_rank OR n.status IS NULL THEN EXCLUDED.status
                   ELSE n.status END,
     status_rank = GREATEST(n.status_rank, EXCLUDED.status_rank),
@@ -194,7 +198,7 @@ class DeliveryStatus(Projection):
                 outcomes.append(e)
             elif isinstance(e, NotificationRequested):
                 requests.setdefault(
-                    e.notification_id,
+                    (e.tenant_id, e.notification_id),
                     (
                         e.notification_id,
                         e.tenant_id,

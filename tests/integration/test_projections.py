@@ -278,3 +278,63 @@ def test_a_writer_behind_the_stored_offsets_writes_nothing(database: Settings) -
         runner.close()
     assert rows(s, "SELECT name FROM recipients WHERE recipient_id = 'z'") == [("v5",)]
     assert rows(s, "SELECT next_offset FROM projection_offsets WHERE projection = 'recipients'") == [(6,)]
+
+
+def test_one_tenants_events_about_another_tenants_ids_touch_only_their_own_rows(database: Settings) -> None:
+    """Ids come from callers: globex cancels acme's notification id, or reports a bounce of acme's
+    delivery id, before acme's own records are projected, even with the event id acme's will have."""
+    import uuid
+
+    from tidings.events import DeliveryOutcome, NotificationRequested
+    from tidings.kafka import EventProducer, Output
+    from tidings.topics import names
+
+    s = database
+    nid, did, eid = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    forged = [
+        DeliveryOutcome(tenant_id="globex", notification_id=nid, recipient_id="eve", status="CANCELLED"),
+        DeliveryOutcome(
+            event_id=eid,
+            tenant_id="globex",
+            notification_id=nid,
+            delivery_id=did,
+            channel="email",
+            status="FAILED",
+        ),
+    ]
+    request = NotificationRequested(
+        tenant_id="acme", notification_id=nid, recipient_id="ada", notification_type="order.shipped"
+    )
+    sent = DeliveryOutcome(
+        event_id=eid,
+        tenant_id="acme",
+        notification_id=nid,
+        delivery_id=did,
+        recipient_id="ada",
+        channel="email",
+        status="SENT",
+    )
+    n = names(s)
+    with EventProducer(s) as producer:
+        for event in forged:
+            producer.produce(Output.event(n.outcomes, event))
+    project(s, "delivery_status")
+    with EventProducer(s) as producer:
+        producer.produce(Output.event(n.requested, request))
+        producer.produce(Output.event(n.outcomes, sent))
+    project(s, "delivery_status")
+    assert rows(
+        s, "SELECT tenant_id, recipient_id, notification_type, status FROM notifications ORDER BY 1"
+    ) == [
+        ("acme", "ada", "order.shipped", "SENT"),
+        ("globex", "eve", None, "CANCELLED"),
+    ]
+    assert rows(s, "SELECT tenant_id, status FROM deliveries ORDER BY 1") == [
+        ("acme", "SENT"),
+        ("globex", "FAILED"),
+    ]
+    assert rows(s, "SELECT tenant_id, status FROM delivery_events ORDER BY 1, 2") == [
+        ("acme", "SENT"),
+        ("globex", "CANCELLED"),
+        ("globex", "FAILED"),
+    ]
