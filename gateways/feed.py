@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
@@ -97,6 +98,7 @@ WHERE delivery_id = %s AND tenant_id = %s AND recipient_id = %s"""
 MAX_URL = 2048
 AUTH_TIMEOUT_S, REREAD_S, LOOKBACK_S, FIRST_PAGE, MAX_PAGE, MAX_BULK = 10.0, 30.0, 5.0, 20, 100, 1000
 UNAUTHORIZED = 4401
+TOKEN_LEEWAY_S = 30
 POLL_S = 1.0
 POOL: web.AppKey[AsyncConnectionPool] = web.AppKey("inbox_pool", AsyncConnectionPool)
 
@@ -165,7 +167,9 @@ def recipient_of(token: str, master_secret: str) -> tuple[str, str] | None:
         if not isinstance(tenant, str) or not tenant:
             raise jwt.InvalidTokenError("no tenant claim")
         key = inbox_signing_key(master_secret, tenant)
-        claims = jwt.decode(token, key, algorithms=["HS256"], options={"require": ["exp", "sub"]}, leeway=30)
+        claims = jwt.decode(
+            token, key, algorithms=["HS256"], options={"require": ["exp", "sub"]}, leeway=TOKEN_LEEWAY_S
+        )
     except (jwt.InvalidTokenError, UnicodeError) as exc:
         log.info("refused an inbox token: %s", exc)
         return None
@@ -286,6 +290,7 @@ def mount(
             await ws.close(code=UNAUTHORIZED, message=b"unauthorized")
             return ws
         tenant, recipient = found
+        until = float(jwt.decode(first["token"], options={"verify_signature": False})["exp"]) + TOKEN_LEEWAY_S
         cursor = first.get("cursor")
         channel = doorbell(prefix, tenant, recipient)
         bell = application[DOORBELLS].register(channel)
@@ -298,7 +303,7 @@ def mount(
                 sent, greeted = {r[0] for r in rows}, True
             else:
                 sent, greeted = set(), False
-            async for _ in rings(ws, bell):
+            async for _ in rings(ws, bell, until):
                 lookback = LOOKBACK_S if greeted else 0.0
                 rows = await query(SINCE, who | {"after": cursor, "lookback": lookback, "limit": MAX_PAGE})
                 fresh = [r for r in rows if r[0] not in sent]
@@ -370,15 +375,22 @@ def mount(
     )
 
 
-async def rings(ws: web.WebSocketResponse, bell: asyncio.Event) -> AsyncIterator[None]:
-    """Yield once at once, then on every ring of the bell (or every REREAD_S), until the socket closes."""
+async def rings(ws: web.WebSocketResponse, bell: asyncio.Event, until: float) -> AsyncIterator[None]:
+    """Yield once at once, then on every ring of the bell (or every REREAD_S), until the socket closes
+    or its token expires (epoch seconds `until`): then close 4401, and the client reconnects with a
+    fresh token and its cursor. A socket must not go on pushing a recipient's items past the token's
+    life, which is what its issuer gave it."""
     reader = asyncio.create_task(drain(ws))
     try:
         while not reader.done():
+            if time.time() >= until:
+                await ws.close(code=UNAUTHORIZED, message=b"token expired")
+                return
             bell.clear()
             yield
             waiter = asyncio.create_task(bell.wait())
-            await asyncio.wait({waiter, reader}, timeout=REREAD_S, return_when=asyncio.FIRST_COMPLETED)
+            wait = max(0.0, min(REREAD_S, until - time.time()))
+            await asyncio.wait({waiter, reader}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
     finally:
         reader.cancel()

@@ -176,6 +176,11 @@ def test_recipients_read_their_feed_mark_items_and_get_new_ones_live(database: S
             async with http.ws_connect(f"{base}/v1/ws") as ws:
                 await ws.send_json({"token": token("ada"), "cursor": seen["backlog"][-1]["cursor"]})
                 seen["resumed"] = (await ws.receive_json(timeout=5))["items"]
+            async with http.ws_connect(f"{base}/v1/ws") as ws:
+                await ws.send_json({"token": token("ada", ttl=-25)})  # in the 30 s leeway for 5 s more
+                seen["expiring"] = len((await ws.receive_json(timeout=5))["items"])
+                await ws.receive(timeout=20)
+                seen["expired_ws"] = ws.close_code
         await session.close()
         await provider.close()
         return seen
@@ -192,6 +197,7 @@ def test_recipients_read_their_feed_mark_items_and_get_new_ones_live(database: S
     assert seen["backlog"][0]["data"] == {"thread": "T-1"}
     assert [i["title"] for i in seen["live"]] == ["Di mentioned you"]
     assert [i["title"] for i in seen["resumed"]] == ["Di mentioned you"]
+    assert (seen["expiring"], seen["expired_ws"]) == (3, 4401), "a socket closes when its token expires"
 
     [read] = [e for e in decoded(s, names(s).engagement) if isinstance(e, InboxItemRead)]
     assert (read.notification_id, read.delivery_id, read.recipient_id) == (
