@@ -96,9 +96,11 @@ def join(
     due: datetime,
     now: datetime,
     requested_ms: int | None = None,
+    expires_at: datetime | None = None,
 ) -> tuple[Bucket, Bucket | None]:
     """Add a request to its open bucket, or open one; returns the open bucket and, when the old one
-    had no room left, that one to close now."""
+    had no room left, that one to close now. `expires_at` is the request's expiry as planning saw it
+    (its type's `expires_after` included); the request's own field when not given."""
     size = len(_json(request.data))
     closed = None
     if bucket is not None and (len(bucket.items) >= MAX_ITEMS or bucket.size + size > MAX_BYTES):
@@ -116,7 +118,7 @@ def join(
         notification_id=request.notification_id,
         data=request.data,
         size=size,
-        expires_at=request.expires_at,
+        expires_at=expires_at or request.expires_at,
         requested_ms=requested_ms,
     )
     merged = bucket.channels + [c for c in channels if c not in bucket.channels]

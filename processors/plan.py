@@ -222,6 +222,14 @@ def checked(request: NotificationRequested, rules: Rules) -> Conditions | None:
     return rules.conditions if request.digest_of is None else None
 
 
+def expiry(request: NotificationRequested, t: NotificationTypePublished) -> datetime | None:
+    """When a request stops being worth sending: its own `expires_at`, else its type's `expires_after`
+    from when it was requested."""
+    if request.expires_at is not None or not t.expires_after_seconds:
+        return request.expires_at
+    return request.occurred_at + timedelta(seconds=t.expires_after_seconds)
+
+
 def plan(
     request: NotificationRequested,
     recipient: RecipientState | None,
@@ -264,9 +272,7 @@ def plan(
             )
         )
 
-    expires_at = request.expires_at or (
-        request.occurred_at + timedelta(seconds=t.expires_after_seconds) if t.expires_after_seconds else None
-    )
+    expires_at = expiry(request, t)
     if expires_at is not None and expires_at <= now:
         outcome("EXPIRED", "expired")
         return result
@@ -301,7 +307,6 @@ def plan(
     locale = request.locale or state.locale
     candidates = [c for c in t.default_channels if request.channels is None or c in request.channels]
     candidates += [c for c in dict.fromkeys(request.channels or []) if c not in candidates and c in templates]
-    quiet_end = None if t.critical else quiet_until(state.quiet_hours, state.timezone, now)
     for channel in candidates:
         if channel not in templates:
             outcome("SKIPPED", "no_template", channel)
@@ -325,14 +330,16 @@ def plan(
             raise InvalidEvent(f"template {t.notification_type} v{t.version} {channel}: {exc}") from exc
         content = RenderedContent(**rendered.fields)
         step = escalation.get(channel)
-        deferrals = [(scheduled, "scheduled")] + (
-            [(quiet_end, "quiet_hours_deferred")] if channel in INTERRUPTING else []
-        )
+        deferrals = [(scheduled, "scheduled")]
         if step is not None:
             deferrals.append((now + timedelta(seconds=step.after_seconds), "escalation"))
         not_before, reason = max(
             ((d, r) for d, r in deferrals if d is not None), default=(None, None), key=lambda x: x[0]
         )
+        if channel in INTERRUPTING and not t.critical:
+            quiet_end = quiet_until(state.quiet_hours, state.timezone, not_before or now)
+            if quiet_end is not None:
+                not_before, reason = quiet_end, "quiet_hours_deferred"
         for address, params in targets:
             did = delivery_id(nid, channel, address)
             suppression = state.suppressions.get(address_key(channel, address))

@@ -36,7 +36,7 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from processors import digest, throttle
-from processors.plan import Catalog, gate, plan
+from processors.plan import Catalog, expiry, gate, plan
 from processors.recipients import MAX_STATE_BYTES, RecipientState, fold
 from tidings.codec import Codec, default_codec
 from tidings.config import Settings
@@ -280,7 +280,7 @@ class Router:
         due = digest.window_end(rule, state.digest.get(t.category), state.timezone, now)
         key = digest.bucket_key(request.tenant_id, request.recipient_id, request.notification_type)
         current = self.digests.get(partition, key)
-        bucket, full = digest.join(current, request, channels, due, now, requested_ms)
+        bucket, full = digest.join(current, request, channels, due, now, requested_ms, expiry(request, t))
         outputs = self._closed(partition, full, now) if full else []
         self.digests.put(partition, key, bucket)
         if current is None or full is not None:

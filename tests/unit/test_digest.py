@@ -170,3 +170,24 @@ def test_a_digest_counts_as_requested_when_its_latest_item_was() -> None:
     assert bucket is not None and requested_ms(bucket) == 9_000
     legacy, _ = join(None, request(), ["email"], NOW + timedelta(hours=1), NOW)
     assert requested_ms(legacy) is None, "items restored from before log times were kept"
+
+
+def test_an_item_expires_in_its_digest_by_its_types_expires_after() -> None:
+    """A flash sale that expires after an hour must not go out in the next day's digest."""
+    from processors.plan import expiry
+    from tidings.catalog import parse_type
+
+    sale = parse_type(
+        "*",
+        {
+            "key": "flash.sale",
+            "category": "promo",
+            "channels": ["email"],
+            "expires_after": "1h",
+            "templates": {"email": {"default": {"subject": "s", "body": "b"}}},
+        },
+    )
+    r = request(notification_type="flash.sale")
+    bucket, _ = join(None, r, ["email"], NOW + timedelta(days=1), NOW, expires_at=expiry(r, sale))
+    digest, outcomes = close(bucket, NOW + timedelta(days=1))
+    assert digest is None and [(o.status, o.reason) for o in outcomes] == [("EXPIRED", "expired")]

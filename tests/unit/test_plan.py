@@ -419,6 +419,27 @@ def test_an_escalated_channel_waits_with_its_condition() -> None:
     assert all(c.unless is None for c in p.commands)
 
 
+def test_quiet_hours_are_those_when_a_deferred_delivery_would_go_out() -> None:
+    """Planned at 12:00 UTC, outside 22:00-07:00 quiet hours; scheduled for 23:30 Vienna, inside them:
+    push and SMS wait for 07:00, email and the inbox go at 23:30. An escalation due 10 minutes into
+    quiet hours waits for their end too."""
+    quiet = QuietHours(start="22:00", end="07:00")
+    state = recipient(quiet_hours=quiet, timezone="Europe/Vienna")
+    at = datetime(2026, 6, 15, 21, 30, tzinfo=UTC)  # 23:30 CEST
+    p = plan(request(scheduled_at=at), state, catalog(), NOW)
+    morning = datetime(2026, 6, 16, 5, 0, tzinfo=UTC)  # 07:00 CEST
+    assert {c.channel: c.not_before for c in p.deferred} == {
+        "email": at,
+        "in_app": at,
+        "push": morning,
+        "sms": morning,
+    }
+    late = NOW.replace(hour=19, minute=55)  # 21:55 CEST
+    c = catalog(escalation=[{"after": "10m", "channel": "sms", "unless": "read"}])
+    (sms,) = [d for d in plan(request(), state, c, late).deferred if d.channel == "sms"]
+    assert sms.not_before == morning
+
+
 def test_quiet_hours_can_push_an_escalation_later_and_keep_its_condition() -> None:
     quiet = QuietHours(start="11:00", end="14:00", timezone="UTC")
     c = catalog(escalation=[{"after": "10m", "channel": "sms", "unless": "read"}])
