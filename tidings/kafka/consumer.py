@@ -155,6 +155,8 @@ def read_partition(
     settings: Settings, topic: str, partition: int, *, timeout: float = 120.0, settle: float = SETTLE_S
 ) -> Iterator[Incoming]:
     """One partition from its start to its end, read_committed, then stop (a state store's restore).
+    `timeout` bounds a stall, not the whole read: a large store restores for as long as it progresses
+    (a fixed bound failed every restart of a store too large to read within it).
 
     The end is the high watermark once every transaction before it has ended: reading only to the last
     stable offset would silently restore a store without the records behind a transaction still open.
@@ -169,7 +171,7 @@ def read_partition(
         if high <= 0:
             return
         consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
-        deadline = time.monotonic() + timeout
+        deadline, reached = time.monotonic() + timeout, -1
         while True:
             msg = consumer.poll(0.2)
             if msg is not None and msg.error() is None:
@@ -177,9 +179,11 @@ def read_partition(
             [position] = consumer.position([TopicPartition(topic, partition)])
             if position.offset >= high:
                 return
-            if time.monotonic() > deadline:
+            if position.offset > reached:
+                deadline, reached = time.monotonic() + timeout, position.offset
+            elif time.monotonic() > deadline:
                 raise KafkaUnavailable(
-                    f"{topic}[{partition}] not read to offset {high} within {timeout:.0f}s"
+                    f"{topic}[{partition}] read to {reached} of {high}, then nothing for {timeout:.0f}s"
                 )
     finally:
         consumer.close()
