@@ -37,8 +37,12 @@ SELECT max(w.last) FROM (
            (SELECT max(c.at) FROM soft_bounces c WHERE c.tenant_id = b.tenant_id AND c.channel = b.channel
                     AND c.address = b.address AND c.at >= b.at AND c.at < b.at + %(window)s) AS last
     FROM soft_bounces b WHERE b.tenant_id = %(tenant)s AND b.channel = %(channel)s AND b.address = %(address)s
+                          AND b.at > %(at)s - %(window)s AND b.at <= %(at)s
 ) w WHERE w.n >= %(limit)s
 """
+"""The full windows that hold the new bounce (at `at`): only those can have become full with it, and
+looking at no others keeps a bounce's cost independent of the address's history (it grew with its
+square: 1.5 s per bounce at 2,000 bounces)."""
 
 
 def normalized(channel: str, address: str) -> str:
