@@ -14,6 +14,7 @@ from tidings.catalog import parse_type
 from tidings.client import Client
 from tidings.codec import default_codec
 from tidings.config import Settings
+from tidings.kafka import EventProducer, Output
 from tidings.kafka.records import log_time
 from tidings.topics import names
 
@@ -88,8 +89,13 @@ def test_audit_replay_and_dead_letter_round_trip(topology: Settings) -> None:
                 },
             )
         )
+    [original] = list(read_all(s, names(s).dlq))
+    with EventProducer(s) as producer:  # the same record dead-lettered by a second consumer group
+        headers = [(k, b"other-group" if k == "tidings.consumer.group" else v) for k, v in original.headers]
+        producer.produce(Output(names(s).dlq, original.key, original.value, headers))
     again = cli(s, "dlq", "replay", "--source", f"{s.topic_prefix}notifications.requested")
-    assert again.returncode == 0 and "replayed 1 dead letters" in again.stderr
+    assert again.returncode == 0
+    assert "replayed 1 dead letters (1 more letters of the same records)" in " ".join(again.stderr.split())
     run_router(s)
     fixed = [c for c in commands(s) if c.notification_id == late]
     assert [(c.channel, c.content.title) for c in fixed] == [("in_app", "x=1")]

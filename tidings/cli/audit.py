@@ -133,15 +133,23 @@ def dlq_replay(
     error_type: str | None = typer.Option(None, "--error-type", help="Only letters with this error type."),
     dry_run: bool = typer.Option(False, "--dry-run"),
 ) -> None:
-    """Re-inject dead letters into their source topics (after a fix); consumers dedupe as usual."""
-    count = 0
+    """Re-inject dead letters into their source topics (after a fix); consumers dedupe as usual. A
+    record several consumers dead-lettered (the router and a projection read the same topic) is
+    re-injected once: every consumer of its topic reads that copy."""
+    count, copies, done = 0, 0, set()
     with EventProducer(settings()) as producer:
         for record, h in dead_letters(settings()):
             if (source and h.get("tidings.source.topic") != source) or (
                 error_type and h.get("tidings.error.type") != error_type
             ):
                 continue
+            origin = tuple(h.get(f"tidings.source.{k}") for k in ("topic", "partition", "offset"))
+            if origin in done:
+                copies += 1
+                continue
+            done.add(origin)
             count += 1
             if not dry_run:
                 replay_dead_letter(producer, record)
-    console.print(f"{'would replay' if dry_run else 'replayed'} {count} dead letters")
+    more = f" ({copies} more letters of the same records)" if copies else ""
+    console.print(f"{'would replay' if dry_run else 'replayed'} {count} dead letters{more}")
