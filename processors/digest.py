@@ -44,6 +44,9 @@ class Item(BaseModel):
     expires_at: datetime | None = None
     requested_ms: int | None = None
     """The request's log time (epoch ms)."""
+    channels: list[Channel] | None = None
+    """The channels the request joined the digest on; None (written by an earlier release): all of
+    its bucket's."""
 
 
 class Bucket(BaseModel):
@@ -120,6 +123,7 @@ def join(
         size=size,
         expires_at=expires_at or request.expires_at,
         requested_ms=requested_ms,
+        channels=channels,
     )
     merged = bucket.channels + [c for c in channels if c not in bucket.channels]
     updated = bucket.model_copy(
@@ -146,57 +150,78 @@ def without(bucket: Bucket, notification_id: UUID) -> Bucket | None:
     return bucket.model_copy(update={"items": items, "size": sum(i.size for i in items)})
 
 
-def requested_ms(bucket: Bucket) -> int | None:
-    """When a bucket's digest counts as requested: its latest item's log time. The digest record is
-    written when the bucket closes, maybe after the recipient's erasure, but its content is older."""
-    return max((i.requested_ms for i in bucket.items if i.requested_ms is not None), default=None)
+def channels_of(bucket: Bucket, notification_id: UUID) -> list[Channel]:
+    """The channels a request in the bucket joined on (none if it is not in the bucket)."""
+    for i in bucket.items:
+        if i.notification_id == notification_id:
+            return i.channels or bucket.channels
+    return []
 
 
-def close(bucket: Bucket, now: datetime) -> tuple[NotificationRequested | None, list[DeliveryOutcome]]:
-    """The digest request of a bucket and its items' outcomes."""
+def requested_ms(items: list[Item]) -> int | None:
+    """When a digest counts as requested: its latest item's log time. The digest record is written when
+    the bucket closes, maybe after the recipient's erasure, but its content is older."""
+    return max((i.requested_ms for i in items if i.requested_ms is not None), default=None)
+
+
+def close(
+    bucket: Bucket, now: datetime
+) -> tuple[list[tuple[NotificationRequested, int | None]], list[DeliveryOutcome]]:
+    """The digest requests of a bucket, each with when it counts as requested, and its items' outcomes.
+
+    One digest, with the bucket's id, when every item joined on the same channels. Items that joined
+    on different channels (a channel's condition skipped one, a request named its channels) make one
+    digest per group of channels sharing the same items, so a channel's digest holds only what was
+    meant for it; each has an id derived from the bucket's and its channels."""
     live = [i for i in bucket.items if i.expires_at is None or i.expires_at > now]
     outcomes = [
         item_outcome(bucket, i.notification_id, c, "EXPIRED", "expired", "expired while in a digest", now)
         for i in bucket.items
         if i not in live
-        for c in bucket.channels
+        for c in i.channels or bucket.channels
     ]
-    if not live:
-        return None, outcomes
-    digest_id = bucket.digest_id
-    fits, room = [], MAX_DATA_BYTES - len(_json({"items": [], "count": len(live)}))
-    for i in live:
-        room -= len(_json(i.data)) + 1
-        if room < 0:
-            break
-        fits.append(i)
-    detail = f"no room left in digest {digest_id}"
-    outcomes += [
-        item_outcome(bucket, i.notification_id, c, "REJECTED", "invalid", detail, now)
-        for i in live[len(fits) :]
-        for c in bucket.channels
-    ]
-    live = fits
-    request = NotificationRequested(
-        event_id=uuid5(digest_id, "request"),
-        occurred_at=now,
-        tenant_id=bucket.tenant_id,
-        correlation_id=str(digest_id),
-        notification_id=digest_id,
-        recipient_id=bucket.recipient_id,
-        notification_type=bucket.notification_type,
-        data_json=_json({"items": [i.data for i in live], "count": len(live)}),
-        channels=bucket.channels,
-        digest_of=[i.notification_id for i in live],
-        source="tidings.digest",
-    )
-    detail = f"in digest {digest_id}"
-    outcomes += [
-        item_outcome(bucket, i.notification_id, c, "QUEUED", "digested", detail, now)
-        for i in live
-        for c in bucket.channels
-    ]
-    return request, outcomes
+    groups: dict[tuple[UUID, ...], list[Channel]] = {}
+    for c in bucket.channels:
+        members = tuple(i.notification_id for i in live if c in (i.channels or bucket.channels))
+        if members:
+            groups.setdefault(members, []).append(c)
+    requests = []
+    for members, channels in groups.items():
+        digest_id = bucket.digest_id if len(groups) == 1 else uuid5(bucket.digest_id, "/".join(channels))
+        items = [i for i in live if i.notification_id in members]
+        fits, room = [], MAX_DATA_BYTES - len(_json({"items": [], "count": len(items)}))
+        for i in items:
+            room -= len(_json(i.data)) + 1
+            if room < 0:
+                break
+            fits.append(i)
+        detail = f"no room left in digest {digest_id}"
+        outcomes += [
+            item_outcome(bucket, i.notification_id, c, "REJECTED", "invalid", detail, now)
+            for i in items[len(fits) :]
+            for c in channels
+        ]
+        request = NotificationRequested(
+            event_id=uuid5(digest_id, "request"),
+            occurred_at=now,
+            tenant_id=bucket.tenant_id,
+            correlation_id=str(digest_id),
+            notification_id=digest_id,
+            recipient_id=bucket.recipient_id,
+            notification_type=bucket.notification_type,
+            data_json=_json({"items": [i.data for i in fits], "count": len(fits)}),
+            channels=channels,
+            digest_of=[i.notification_id for i in fits],
+            source="tidings.digest",
+        )
+        requests.append((request, requested_ms(fits)))
+        detail = f"in digest {digest_id}"
+        outcomes += [
+            item_outcome(bucket, i.notification_id, c, "QUEUED", "digested", detail, now)
+            for i in fits
+            for c in channels
+        ]
+    return requests, outcomes
 
 
 def _json(data: Any) -> str:

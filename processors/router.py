@@ -254,7 +254,7 @@ class Router:
             outputs += [
                 self._event(self.names.outcomes, self._erased_item(bucket, i.notification_id, c), trace)
                 for i in bucket.items
-                for c in bucket.channels
+                for c in i.channels or bucket.channels
             ]
         return outputs
 
@@ -294,7 +294,8 @@ class Router:
     ) -> list[Output]:
         key = digest.bucket_key(event.tenant_id, event.recipient_id, notification_type)
         bucket = self.digests.get(partition, key)
-        if bucket is None or all(i.notification_id != event.notification_id for i in bucket.items):
+        joined = digest.channels_of(bucket, event.notification_id) if bucket is not None else []
+        if bucket is None or not joined:
             return []
         rest = digest.without(bucket, event.notification_id)
         if rest is None:
@@ -311,7 +312,7 @@ class Router:
                 ),
                 trace,
             )
-            for c in bucket.channels
+            for c in joined
         ]
 
     def close_due_digests(self) -> list[Output]:
@@ -333,16 +334,16 @@ class Router:
         return outputs
 
     def _closed(self, partition: int, bucket: digest.Bucket, now: datetime) -> list[Output]:
-        """The digest request and item outcomes of a closed bucket; drops its due entry."""
+        """The digest requests and item outcomes of a closed bucket; drops its due entry."""
         self.digest_due.delete(partition, bucket.due_key)
-        request, outcomes = digest.close(bucket, now)
-        outputs = [Output.event(self.names.outcomes, o, codec=self.codec) for o in outcomes]
-        if request is None:
-            return outputs
-        digested = Output.event(self.names.requested, request, codec=self.codec)
-        if (made := digest.requested_ms(bucket)) is not None:
-            digested.headers.append((REQUESTED_AT, str(made).encode()))
-        return [digested, *outputs]
+        requests, outcomes = digest.close(bucket, now)
+        outputs = []
+        for request, made in requests:
+            digested = Output.event(self.names.requested, request, codec=self.codec)
+            if made is not None:
+                digested.headers.append((REQUESTED_AT, str(made).encode()))
+            outputs.append(digested)
+        return outputs + [Output.event(self.names.outcomes, o, codec=self.codec) for o in outcomes]
 
     def on_poison(self, record: Incoming, exc: BaseException) -> list[Output]:
         """A REJECTED outcome when the notification id can be read from the record."""

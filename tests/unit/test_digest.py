@@ -17,7 +17,7 @@ from processors.digest import (
     without,
 )
 from tidings.catalog import DigestRule
-from tidings.events import NotificationRequested
+from tidings.events import DeliveryOutcome, NotificationRequested
 from tidings.ids import new_notification_id
 
 RULE = DigestRule(3600, {"email": {"default": {"subject": "{{ count }}"}}})
@@ -34,6 +34,13 @@ def request(n: int = 0, **changes: object) -> NotificationRequested:
         "occurred_at": NOW,
     }
     return NotificationRequested(**(base | changes))
+
+
+def single(bucket: Bucket, now: datetime) -> tuple[NotificationRequested | None, list[DeliveryOutcome]]:
+    """The one digest request of a bucket whose items all joined on the same channels."""
+    requests, outcomes = close(bucket, now)
+    assert len(requests) <= 1
+    return (requests[0][0] if requests else None), outcomes
 
 
 @pytest.mark.parametrize(
@@ -64,7 +71,7 @@ def test_a_bucket_collects_requests_until_it_closes_into_one_digest_request() ->
     assert full is None and bucket.due == NOW + timedelta(hours=1), "the open window keeps its end"
     (outcome,) = deferred(bucket, second, ["email"], NOW)
     assert (outcome.status, outcome.reason, outcome.channel) == ("DEFERRED", "digest", "email")
-    digest, outcomes = close(bucket, bucket.due)
+    digest, outcomes = single(bucket, bucket.due)
     assert digest is not None and digest.notification_id == bucket.digest_id
     assert digest.digest_of == [first.notification_id, second.notification_id]
     assert json.loads(digest.data_json) == {"items": [{"n": 1}, {"n": 2}], "count": 2}
@@ -73,16 +80,16 @@ def test_a_bucket_collects_requests_until_it_closes_into_one_digest_request() ->
         (first.notification_id, "QUEUED", "digested"),
         (second.notification_id, "QUEUED", "digested"),
     }
-    assert close(bucket, bucket.due)[0] == digest, "closing again yields the same request (same ids)"
+    assert single(bucket, bucket.due)[0] == digest, "closing again yields the same request (same ids)"
 
 
 def test_items_that_expired_in_the_window_are_expired_not_digested() -> None:
     stale = request(1, expires_at=NOW + timedelta(minutes=10))
     bucket, _ = join(None, stale, ["email"], NOW + timedelta(hours=1), NOW)
-    digest, outcomes = close(bucket, bucket.due)
+    digest, outcomes = single(bucket, bucket.due)
     assert digest is None and [(o.status, o.reason) for o in outcomes] == [("EXPIRED", "expired")]
     bucket, _ = join(bucket, request(2), ["email"], NOW, NOW)
-    digest, outcomes = close(bucket, bucket.due)
+    digest, outcomes = single(bucket, bucket.due)
     assert digest is not None and json.loads(digest.data_json)["count"] == 1
     assert sorted(o.status for o in outcomes) == ["EXPIRED", "QUEUED"]
 
@@ -117,7 +124,7 @@ def test_a_digest_request_always_fits_its_size_limit(sizes: list[tuple[int, str]
         for b in [full, bucket]:
             if b is not None:
                 assert b.size <= MAX_BYTES
-                digest, outcomes = close(b, b.due)
+                digest, outcomes = single(b, b.due)
                 assert digest is not None  # the model validates the 256 KiB data limit
                 assert digest.digest_of == [i.notification_id for i in b.items]
                 assert {o.status for o in outcomes} == {"QUEUED"}
@@ -142,7 +149,7 @@ def test_a_bucket_filled_past_the_limit_by_a_previous_release_digests_what_fits(
         items=items,
         size=240_000,
     )
-    digest, outcomes = close(legacy, NOW)
+    digest, outcomes = single(legacy, NOW)
     assert digest is not None and 0 < len(digest.digest_of or []) < 60
     rejected = [o.notification_id for o in outcomes if o.status == "REJECTED"]
     assert rejected == [i.notification_id for i in items[len(digest.digest_of or []) :]]
@@ -167,9 +174,9 @@ def test_a_digest_counts_as_requested_when_its_latest_item_was() -> None:
     bucket: Bucket | None = None
     for n, made in enumerate([5_000, 9_000, 7_000]):
         bucket, _ = join(bucket, request(n), ["email"], NOW + timedelta(hours=1), NOW, made)
-    assert bucket is not None and requested_ms(bucket) == 9_000
+    assert bucket is not None and requested_ms(bucket.items) == 9_000
     legacy, _ = join(None, request(), ["email"], NOW + timedelta(hours=1), NOW)
-    assert requested_ms(legacy) is None, "items restored from before log times were kept"
+    assert requested_ms(legacy.items) is None, "items restored from before log times were kept"
 
 
 def test_an_item_expires_in_its_digest_by_its_types_expires_after() -> None:
@@ -189,5 +196,30 @@ def test_an_item_expires_in_its_digest_by_its_types_expires_after() -> None:
     )
     r = request(notification_type="flash.sale")
     bucket, _ = join(None, r, ["email"], NOW + timedelta(days=1), NOW, expires_at=expiry(r, sale))
-    digest, outcomes = close(bucket, NOW + timedelta(days=1))
+    digest, outcomes = single(bucket, NOW + timedelta(days=1))
     assert digest is None and [(o.status, o.reason) for o in outcomes] == [("EXPIRED", "expired")]
+
+
+def test_items_that_joined_on_different_channels_make_a_digest_per_channel_group() -> None:
+    """Push's condition skipped `small` (amount 5), and `mail` named email only: push's digest holds
+    `big` alone, email's all three. Each item's outcomes name only the channels it joined on."""
+    big, small, mail = request(5000), request(5), request(7, channels=["email"])
+    bucket, _ = join(None, big, ["email", "push"], NOW + timedelta(hours=1), NOW, 1_000)
+    bucket, _ = join(bucket, small, ["email"], NOW, NOW, 2_000)
+    bucket, _ = join(bucket, mail, ["email"], NOW, NOW, 3_000)
+    requests, outcomes = close(bucket, bucket.due)
+    by_channels = {tuple(r.channels or []): (r, made) for r, made in requests}
+    assert set(by_channels) == {("email",), ("push",)}
+    email, push = by_channels["email",][0], by_channels["push",][0]
+    assert email.digest_of == [big.notification_id, small.notification_id, mail.notification_id]
+    assert push.digest_of == [big.notification_id] and json.loads(push.data_json)["items"] == [{"n": 5000}]
+    assert (by_channels["email",][1], by_channels["push",][1]) == (3_000, 1_000)
+    assert email.notification_id != push.notification_id != bucket.digest_id
+    assert sorted((o.notification_id == big.notification_id, o.channel) for o in outcomes) == [
+        (False, "email"),
+        (False, "email"),
+        (True, "email"),
+        (True, "push"),
+    ]
+    again, _ = close(bucket, bucket.due)
+    assert again == requests, "closing again yields the same requests (same ids)"
