@@ -31,6 +31,8 @@ planned the request; same key, so it follows that request's deferrals in the par
 notification's pending timers, each with a CANCELLED outcome. An index entry `n/<notification id>` lists
 a notification's timer keys, so a cancellation does not scan the partition; it sorts after every
 `<due ms>/...` key and is never taken for a due timer. Commands already released are not recalled.
+Only the cancelling tenant's and recipient's timers are dropped: a cancellation names its notification
+id, and a tenant can name another tenant's id (on the same partition, by choosing a recipient).
 
 Escalation: a command with `unless` (seen, read or clicked) is dropped, with a SKIPPED `engaged`
 outcome, when `notifications.engagement` (co-partitioned, also consumed here) reports that engagement
@@ -286,7 +288,11 @@ class Scheduler:
         event = record.decode(self.codec)
         if isinstance(event, NotificationCancelled):
             reason = event.reason or "cancelled"
-            taken = self.timers.cancel(record.partition, event.notification_id)
+            taken = self.timers.cancel(
+                record.partition,
+                event.notification_id,
+                lambda c: (c.tenant_id, c.recipient_id) == (event.tenant_id, event.recipient_id),
+            )
             self.cancelled += len(taken)
             return [outcome(self.names, c, "CANCELLED", reason) for c in taken]
         if isinstance(event, RecipientErased):

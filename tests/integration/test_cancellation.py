@@ -2,6 +2,7 @@
 
 import json
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -10,12 +11,13 @@ import psycopg
 from processors.plan import Catalog, plan
 from processors.recipients import RecipientState
 from projections import Projection, Runner
+from tests.integration.conftest import read_all
 from tests.integration.scheduling import SkewedScheduler
 from tests.integration.test_router import commands, decoded, publish_catalog, run_router
 from tidings.catalog import load
 from tidings.client import Client
 from tidings.config import Settings
-from tidings.events import DeliveryOutcome, NotificationRequested
+from tidings.events import DeliveryOutcome, NotificationCancelled, NotificationRequested
 from tidings.ids import new_notification_id
 from tidings.kafka import EventProducer, Output
 from tidings.topics import names
@@ -99,16 +101,23 @@ def test_a_cancellation_the_router_no_longer_remembers_still_reaches_the_schedul
     with EventProducer(s) as producer:
         for command in deferred:
             producer.produce(Output.event(names(s).scheduled, command))
+    [partition] = {r.partition for r in read_all(s, names(s).scheduled)}
+    forged = NotificationCancelled(
+        tenant_id="globex", recipient_id="mallory", notification_id=request.notification_id, reason="forged"
+    )
+    with EventProducer(s) as producer:  # another tenant naming acme's id, on the same partition
+        producer.produce(replace(Output.event(names(s).scheduled, forged), partition=partition))
     with Client(s) as client:
         client.cancel(tenant="acme", recipient="ada", notification_id=request.notification_id, reason="gone")
     run_router(s)
     scheduler = SkewedScheduler(s)
-    scheduler.wait_committed(3)
+    scheduler.wait_committed(4)
     scheduler.advance(11 * 60)
     scheduler.join()
 
     assert [c for c in commands(s) if c.notification_id == request.notification_id] == []
     outcomes = [o for o in decoded(s, names(s).outcomes) if isinstance(o, DeliveryOutcome)]
+    assert {o.reason for o in outcomes if o.notification_id == request.notification_id} == {"gone"}
     assert Counter(
         (o.channel, o.status) for o in outcomes if o.notification_id == request.notification_id
     ) == {
