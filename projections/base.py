@@ -8,7 +8,8 @@ events. Undecodable records go to the DLQ (acknowledged before their batch's tra
 are skipped. After a database failure the runner reconnects and the loop re-reads from the offsets
 PostgreSQL holds. A statement PostgreSQL refuses for what a record holds (a key too long for its index,
 a value out of range) fails the same way on every retry, so the batch is written again one record per
-transaction, and the record it refuses goes to the DLQ with PostgreSQL's error. `rebuild` truncates the projection's tables and offsets in one transaction and replays
+transaction, and the record it refuses goes to the DLQ with PostgreSQL's error. Any other error (a
+table missing before `tidings db migrate`) stops the projection. `rebuild` truncates the projection's tables and offsets in one transaction and replays
 its topics from offset 0 to their current end.
 """
 
@@ -53,9 +54,20 @@ class StaleOffsets(TidingsError):
     retriable = True
 
 
+REFUSED = ("21", "22", "23", "54")
+"""SQLSTATE classes of a value PostgreSQL refuses: cardinality, data (out of range, bad encoding),
+integrity constraints, program limits (an index row too large). What the record holds, not the setup."""
+
+
 def transient(exc: psycopg.Error) -> bool:
     """Whether the same statement may succeed later; an error without SQLSTATE is a lost connection."""
     return exc.sqlstate is None or exc.sqlstate[:2] in TRANSIENT
+
+
+def refused(exc: psycopg.Error) -> bool:
+    """Whether PostgreSQL refused a value; any other error (a missing column before `tidings db migrate`,
+    a permission) is the setup's and stops the projection rather than dead-letter every record."""
+    return exc.sqlstate is not None and exc.sqlstate[:2] in REFUSED
 
 
 @dataclass
@@ -156,6 +168,8 @@ class Runner:
         try:
             self._commit(prepared.events, prepared.offsets, prepared.batch.first_offsets())
         except psycopg.Error as exc:
+            if not refused(exc):
+                raise
             log.warning("%s: batch refused (%s), writing it one record at a time", self.projection.name, exc)
             self._isolate(prepared)
 
@@ -168,6 +182,8 @@ class Runner:
             try:
                 self._commit([event], offsets, first)
             except psycopg.Error as exc:
+                if not refused(exc):
+                    raise
                 where = (record.topic, record.partition, record.offset)
                 log.warning("%s: dead-lettering %s[%d]@%d: %s", self.projection.name, *where, exc)
                 self._dead_letter([dead_letter(record, exc, self.group, self.dlq)])

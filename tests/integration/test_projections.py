@@ -338,3 +338,31 @@ def test_one_tenants_events_about_another_tenants_ids_touch_only_their_own_rows(
         ("globex", "CANCELLED"),
         ("globex", "FAILED"),
     ]
+
+
+def test_an_error_of_the_setup_stops_the_projection_and_dead_letters_nothing(database: Settings) -> None:
+    """A table missing (a release started before `tidings db migrate`) is no record's fault: every
+    record would go to the DLQ, and a replay of requests older than the dedupe window sends again."""
+    import pytest
+
+    from tests.integration.conftest import read_all
+    from tidings.topics import names
+
+    s = database
+    with Client(s) as client:
+        for i in range(3):
+            client.publish(
+                DeviceRegistered(
+                    tenant_id="acme", recipient_id=f"r{i}", device_id="d", platform="fcm", token="t"
+                )
+            )
+    with psycopg.connect(s.postgres_dsn) as conn:
+        conn.execute("DROP TABLE token_invalidations")
+    runner = Runner(s, Projection.registry["devices"]())
+    try:
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            runner.store(list(read_all(s, names(s).recipients)))
+    finally:
+        runner.close()
+    assert list(read_all(s, names(s).dlq)) == []
+    assert rows(s, "SELECT count(*) FROM projection_offsets") == [(0,)]
