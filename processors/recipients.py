@@ -44,7 +44,13 @@ PROFILE = ("email", "phone", "locale", "timezone", "name")
 MAX_STATE_BYTES = 512 * 1024
 """A recipient's state is one changelog record: properties merge and devices add up, and a record over
 the changelog topic's limit (1 MiB by default) would fail every transaction that carried it. The
-router refuses the event that would pass this instead (it goes to the DLQ), keeping the state it had."""
+router refuses the event that would pass this instead (it goes to the DLQ), keeping the state it had;
+an event that shrinks a state already over it (a removal) is taken."""
+
+
+def state_bytes(state: RecipientState | None) -> int:
+    """The size of a state's changelog record (UTF-8 JSON, as the router's store writes it)."""
+    return 0 if state is None else len(state.__pydantic_serializer__.to_json(state))
 
 
 class Device(BaseModel):

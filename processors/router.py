@@ -37,7 +37,7 @@ from pydantic import ValidationError
 
 from processors import digest, throttle
 from processors.plan import Catalog, expiry, gate, plan
-from processors.recipients import MAX_STATE_BYTES, RecipientState, fold
+from processors.recipients import MAX_STATE_BYTES, RecipientState, fold, state_bytes
 from tidings.codec import Codec, default_codec
 from tidings.config import Settings
 from tidings.errors import CodecError, InvalidEvent
@@ -151,8 +151,9 @@ class Router:
                 return []
             if isinstance(event, RecipientErased):
                 return self._erase(record, event, key)
-            folded = fold(self.recipients.get(record.partition, key), event)
-            if (size := len(folded.model_dump_json())) > MAX_STATE_BYTES:
+            before = self.recipients.get(record.partition, key)
+            folded = fold(before, event)
+            if (size := state_bytes(folded)) > MAX_STATE_BYTES and size > state_bytes(before):
                 raise InvalidEvent(
                     f"{type(event).__name__} would make {key}'s state {size} bytes, over {MAX_STATE_BYTES}: "
                     "remove devices, endpoints or properties first"

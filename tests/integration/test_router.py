@@ -244,14 +244,15 @@ def test_a_throttled_type_passes_its_limit_per_recipient_and_keeps_counting_acro
 
 def test_an_event_that_would_outgrow_the_recipients_state_record_is_dead_lettered(topology: Settings) -> None:
     """Properties merge: nine updates of 200 KB each made a 1.8 MB changelog record, which failed every
-    transaction that carried it. The update that would pass 512 KiB goes to the DLQ; the rest flows."""
+    transaction that carried it. The updates that would pass 512 KiB (in UTF-8: 40,000 CJK characters
+    are 120 KB, five of them 600 KB) go to the DLQ; the rest flows."""
     s = topology
     publish_catalog(s)
     with Client(s) as client:
         client.update_recipient(tenant="acme", recipient="big", email="big@example.com", wait=False)
-        for i in range(4):
+        for i in range(6):
             client.update_recipient(
-                tenant="acme", recipient="big", properties={f"k{i}": "x" * 200_000}, wait=False
+                tenant="acme", recipient="big", properties={f"k{i}": "中" * 40_000}, wait=False
             )
         nid = client.send(
             tenant="acme", recipient="big", type="order.shipped", data={"order": "A-1", "carrier": "DHL"}
