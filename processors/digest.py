@@ -201,6 +201,8 @@ def close(
             for i in items[len(fits) :]
             for c in channels
         ]
+        if not fits:
+            continue
         request = NotificationRequested(
             event_id=uuid5(digest_id, "request"),
             occurred_at=now,

@@ -359,10 +359,12 @@ class Router:
         reason = "invalid" if isinstance(exc, InvalidEvent | CodecError) else "error"
         detail = f"{type(exc).__name__}: {exc}"[:500]
         trace = child_traceparent(record.header(TRACEPARENT)).encode()
-        try:
-            return [self._outcome(tenant or "-", nid, recipient, "REJECTED", reason, trace, detail=detail)]
-        except ValidationError:
-            return [self._outcome("-", nid, None, "REJECTED", reason, trace, detail=detail)]
+        for t, r in ((tenant or "-", recipient), (tenant or "-", None), ("-", None)):
+            try:
+                return [self._outcome(t, nid, r, "REJECTED", reason, trace, detail=detail)]
+            except ValidationError:
+                continue
+        return []
 
     def _skipped(
         self, request: NotificationRequested, reason: str, trace: bytes, detail: str | None = None

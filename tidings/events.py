@@ -326,6 +326,12 @@ class BroadcastRequested(_AudienceEvent):
     actor_id: str | None = None
     source: str | None = None
 
+    @field_validator("scheduled_at")
+    @classmethod
+    def _not_too_far(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        """As for its members' requests, which the audience processor could not make otherwise."""
+        return check_schedule(value, info)
+
 
 class BroadcastCancelled(_AudienceEvent):
     broadcast_id: UUID

@@ -181,6 +181,9 @@ def test_poison_requests_are_dead_lettered_and_rejected_while_valid_ones_flow(to
             "NotificationRequested", untenanted := request(tenant_id="acme\n")
         ),
     }
+    badly_addressed = request(recipient_id="u1\n")
+    poison["recipient no outcome can carry"] = codec.encode_record("NotificationRequested", badly_addressed)
+    valid.append(request())
     outputs = []
     for i, v in enumerate(valid):
         outputs.append(Output(n.requested, b"acme/u1", codec.encode_record("NotificationRequested", v)))
@@ -207,7 +210,15 @@ def test_poison_requests_are_dead_lettered_and_rejected_while_valid_ones_flow(to
         big["notification_id"],
         unknown["notification_id"],
         untenanted["notification_id"],
+        badly_addressed["notification_id"],
     }
+    tenants = {
+        o.notification_id: o.tenant_id for o in decoded(s, n.outcomes) if isinstance(o, DeliveryOutcome)
+    }
+    assert (tenants[untenanted["notification_id"]], tenants[badly_addressed["notification_id"]]) == (
+        "-",
+        "acme",
+    )
     assert router.loop.dead_letters == len(poison)
 
 

@@ -223,3 +223,11 @@ def test_items_that_joined_on_different_channels_make_a_digest_per_channel_group
     ]
     again, _ = close(bucket, bucket.due)
     assert again == requests, "closing again yields the same requests (same ids)"
+
+
+def test_a_digest_with_no_item_that_fits_is_not_sent_empty() -> None:
+    huge = join(
+        None, request(data_json=json.dumps({"x": "中" * 50_000}, ensure_ascii=False)), ["email"], NOW, NOW
+    )
+    requests, outcomes = close(huge[0], NOW)
+    assert requests == [] and [(o.status, o.reason) for o in outcomes] == [("REJECTED", "invalid")]

@@ -11,6 +11,7 @@ from tidings.codec import default_codec
 from tidings.errors import InvalidEvent
 from tidings.events import (
     MAX_DATA_BYTES,
+    BroadcastRequested,
     Event,
     NotificationRequested,
     PreferencesUpdated,
@@ -80,6 +81,14 @@ def test_requests_are_scheduled_at_most_400_days_ahead_and_locales_are_short() -
     for late in (timedelta(days=401), timedelta(days=365 * 274)):
         with pytest.raises(ValidationError, match="at most 400 days ahead"):
             make(scheduled_at=datetime.now(UTC) + late)
+    with pytest.raises(ValidationError, match="at most 400 days ahead"):
+        BroadcastRequested(
+            tenant_id="acme",
+            audience_id="all",
+            broadcast_id=new_notification_id(),
+            notification_type="t",
+            scheduled_at=datetime.now(UTC) + timedelta(days=500),
+        )
     make(locale="zh-Hant-TW")
     with pytest.raises(ValidationError, match="not a locale"):
         make(locale="en-" + "x1234567-" * 10 + "x")

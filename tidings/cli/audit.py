@@ -144,7 +144,7 @@ def dlq_replay(
             ):
                 continue
             origin = tuple(h.get(f"tidings.source.{k}") for k in ("topic", "partition", "offset"))
-            if origin in done:
+            if origin[2] is not None and origin in done:
                 copies += 1
                 continue
             done.add(origin)
