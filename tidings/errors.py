@@ -11,6 +11,7 @@
   + SchemaCompatibilityError    a schema change would break readers or writers
   + UnknownTopic                a topic asked for by name is not in the cluster
   + KafkaUnavailable            the broker did not answer in time (retriable)
+  + OffsetsPastEnd              stored offsets beyond a partition's end (topic recreated): rebuild
   + DevStackError               the local stack could not be installed or started
 """
 
@@ -63,6 +64,11 @@ class UnknownTopic(TidingsError):
 
 class KafkaUnavailable(TidingsError):
     retriable = True
+
+
+class OffsetsPastEnd(TidingsError):
+    """Offsets stored outside Kafka point past a partition's end: the topic was deleted and created
+    again (or restored from elsewhere), and what they count no longer exists."""
 
 
 class HangingTransaction(TidingsError):

@@ -366,3 +366,25 @@ def test_an_error_of_the_setup_stops_the_projection_and_dead_letters_nothing(dat
         runner.close()
     assert list(read_all(s, names(s).dlq)) == []
     assert rows(s, "SELECT count(*) FROM projection_offsets") == [(0,)]
+
+
+def test_offsets_stored_past_a_partitions_end_stop_the_projection_with_the_reason(database: Settings) -> None:
+    """A topic created again: the consumer would start over and every batch would be older than the
+    stored offsets, refused for ever by the fence."""
+    import pytest
+
+    from tidings.errors import OffsetsPastEnd
+    from tidings.topics import names
+
+    s = database
+    with Client(s) as client:
+        client.publish(
+            DeviceRegistered(tenant_id="acme", recipient_id="r", device_id="d", platform="fcm", token="t")
+        )
+    with psycopg.connect(s.postgres_dsn) as conn:
+        for p in range(s.partitions):
+            conn.execute(
+                "INSERT INTO projection_offsets VALUES ('devices', %s, %s, 1000)", (names(s).recipients, p)
+            )
+    with pytest.raises(OffsetsPastEnd, match=r"ends at \d+ but offsets are stored up to 1000"):
+        project(s, "devices")

@@ -34,6 +34,7 @@ from typing import Generic, Protocol, TypeVar, cast
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from tidings.config import Settings
+from tidings.errors import OffsetsPastEnd
 from tidings.kafka import config
 from tidings.kafka.messages import is_retriable, lag_of, to_incoming
 from tidings.kafka.records import Incoming
@@ -147,7 +148,23 @@ class StoredOffsetsLoop(Generic[T]):
         stored = self.load_offsets([(p.topic, p.partition) for p in partitions])
         for p in partitions:
             p.offset = stored.get((p.topic, p.partition), OFFSET_BEGINNING)
+            if p.offset > 0:
+                self._check_end(consumer, p)
         consumer.assign(partitions)
+
+    def _check_end(self, consumer: Consumer, tp: TopicPartition) -> None:
+        """A stored offset past the partition's end would reset the consumer to the start, and every
+        batch would then be older than the offsets stored: stop and say what happened instead."""
+        try:
+            _, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
+        except KafkaException as exc:
+            log.warning("could not read the end of %s[%d]: %s", tp.topic, tp.partition, exc)
+            return
+        if tp.offset > high:
+            raise OffsetsPastEnd(
+                f"{tp.topic}[{tp.partition}] ends at {high} but offsets are stored up to {tp.offset}: the "
+                "topic was created again; rebuild what these offsets belong to (tidings projections rebuild)"
+            )
 
     def _revoked(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
         self._drain()
