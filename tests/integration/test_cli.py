@@ -8,6 +8,9 @@ from tests.integration.test_projections import project
 from tests.integration.test_router import ROOT, publish_catalog, run_router
 from tidings.client import Client
 from tidings.config import Settings
+from tidings.events import DeliveryOutcome
+from tidings.kafka import EventProducer, Output
+from tidings.topics import names
 
 TIDINGS = str(Path(sys.executable).with_name("tidings"))
 
@@ -131,6 +134,14 @@ def test_status_says_why_a_notification_was_rejected_and_audit_shows_the_detail(
     for command in ("status", "audit"):
         bad = run(command, "not-a-uuid", s=s)
         assert bad.returncode == 2 and "not a notification id" in " ".join(bad.stderr.split())
+    with EventProducer(s) as producer:  # another tenant naming the same id: a row of its own
+        cancelled = DeliveryOutcome(tenant_id="globex", notification_id=nid, status="CANCELLED")
+        producer.produce(Output.event(names(s).outcomes, cancelled))
+    project(s, "delivery_status")
+    both = run("status", str(nid), s=s)
+    assert both.returncode == 2 and "tenants acme, globex each have" in " ".join(both.stderr.split())
+    mine = run("status", str(nid), "--tenant", "acme", s=s)
+    assert mine.returncode == 0 and "REJECTED invalid:" in " ".join(mine.stdout.split())
 
 
 def test_recipients_set_refuses_what_the_router_could_not_use(topology: Settings) -> None:

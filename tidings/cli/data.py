@@ -87,22 +87,33 @@ def rebuild(name: str = typer.Argument(..., help=PROJECTIONS)) -> None:
 
 
 NOTIFICATION_EVENTS = """SELECT status, reason, detail, occurred_at FROM delivery_events
-WHERE notification_id = %s AND delivery_id IS NULL ORDER BY occurred_at"""
+WHERE tenant_id = %s AND notification_id = %s AND delivery_id IS NULL ORDER BY occurred_at"""
+DELIVERIES = """SELECT * FROM deliveries WHERE tenant_id = %s AND notification_id = %s
+ORDER BY channel, delivery_id"""
 
 
 def status(
     notification_id: str = typer.Argument(..., callback=notification_id_arg),
+    tenant: str | None = typer.Option(None, "--tenant", "-t", help="Needed when two tenants use the id."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """A notification and its deliveries, from the delivery_status projection, with the reasons of
     what happened to the notification as a whole (REJECTED and why, CANCELLED, DEFERRED)."""
     nid = UUID(notification_id)
     with psycopg.connect(settings().postgres_dsn, row_factory=dict_row) as conn:
-        head = conn.execute("SELECT * FROM notifications WHERE notification_id = %s", (nid,)).fetchone()
-        rows = conn.execute(
-            "SELECT * FROM deliveries WHERE notification_id = %s ORDER BY channel, delivery_id", (nid,)
+        heads = conn.execute(
+            "SELECT * FROM notifications WHERE notification_id = %s AND (%s::text IS NULL OR tenant_id = %s)",
+            (nid, tenant, tenant),
         ).fetchall()
-        events = conn.execute(NOTIFICATION_EVENTS, (nid,)).fetchall()
+        if len(heads) > 1:
+            tenants = ", ".join(sorted(h["tenant_id"] for h in heads))
+            raise typer.BadParameter(
+                f"tenants {tenants} each have a notification {nid}", param_hint="--tenant"
+            )
+        head = heads[0] if heads else None
+        if head is not None:
+            rows = conn.execute(DELIVERIES, (head["tenant_id"], nid)).fetchall()
+            events = conn.execute(NOTIFICATION_EVENTS, (head["tenant_id"], nid)).fetchall()
     if head is None:
         console.print(f"[red]no notification {nid} in the projection[/]")
         raise typer.Exit(1)
