@@ -96,6 +96,10 @@ from tidings.kafka.aio import AsyncProducer
 log = logging.getLogger(__name__)
 IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
 API_POOL: web.AppKey[AsyncConnectionPool] = web.AppKey("api_pool", AsyncConnectionPool)
+REPORTS_POOL: web.AppKey[AsyncConnectionPool] = web.AppKey("reports_pool", AsyncConnectionPool)
+"""Statistics and exports: statements of up to 30 s each, on connections of their own, so a tenant
+asking for a month of statistics four times at once cannot take the connections every status read and
+feed page waits for."""
 API_REDIS: web.AppKey[aioredis.Redis] = web.AppKey("api_redis", aioredis.Redis)
 HISTORY = """
 SELECT notification_id, notification_type, priority, status, requested_at, terminal_at FROM notifications
@@ -331,11 +335,14 @@ def mount(
 
     async def pool(app: web.Application) -> AsyncIterator[None]:
         app[API_POOL] = pg.pool(settings.postgres_dsn, min_size=1, max_size=4, timeout=5, checked=True)
+        app[REPORTS_POOL] = pg.pool(settings.postgres_dsn, min_size=0, max_size=2, timeout=5, checked=True)
         app[API_REDIS] = aioredis.Redis.from_url(
             settings.redis_url, socket_timeout=2, socket_connect_timeout=2
         )
         await app[API_POOL].open()
+        await app[REPORTS_POOL].open()
         yield
+        await app[REPORTS_POOL].close()
         await app[API_POOL].close()
         await app[API_REDIS].aclose()
 
@@ -367,9 +374,9 @@ def mount(
         *broadcasts_api.operations(produce, accepted, header_key, rows),
         *destinations_api.operations(produce, accepted),
         *privacy_api.operations(
-            produce, accepted, rows, recipient_id, lambda r: r.app[API_POOL].connection()
+            produce, accepted, rows, recipient_id, lambda r: r.app[REPORTS_POOL].connection()
         ),
-        *stats_api.operations(API_POOL),
+        *stats_api.operations(REPORTS_POOL),
     ]
     for op in operations:
         application.router.add_route(op.method, op.path, route(op.handler))

@@ -135,3 +135,29 @@ def test_stats_report_deliveries_reasons_latency_and_engagement(database: Settin
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["types"] == types
     assert run("stats", "-t", "acme", "--since", "soon", s=s).returncode == 2
+
+
+def test_statistics_held_up_do_not_hold_up_status_reads(database: Settings) -> None:
+    """Four statistics requests waiting on PostgreSQL (here a lock on inbox_states, which only they
+    read) took every API connection, and a status read waited for one until it gave up with 503."""
+    import psycopg
+
+    s = database
+
+    async def scenario(base: str) -> tuple[list[int], int, float]:
+        async with aiohttp.ClientSession() as http:
+            stats = [asyncio.create_task(call(http, "GET", f"{base}/v1/stats")) for _ in range(4)]
+            await asyncio.sleep(1.0)
+            started = asyncio.get_running_loop().time()
+            status, _, _ = await call(
+                http, "GET", f"{base}/v1/notifications/{'0' * 8}-0000-7000-8000-{'0' * 12}"
+            )
+            took = asyncio.get_running_loop().time() - started
+            locker.rollback()
+            return [r[0] for r in await asyncio.gather(*stats)], status, took
+
+    with psycopg.connect(s.postgres_dsn) as locker:
+        locker.execute("LOCK TABLE inbox_states IN ACCESS EXCLUSIVE MODE")
+        answered, status, took = asyncio.run(serving(s, scenario))
+    assert status == 404 and took < 3.0, (status, took)
+    assert answered.count(200) >= 2
