@@ -207,10 +207,12 @@ class Runner:
             )
 
     def _fence(self, cur: Cursor, first: dict[tuple[str, int], int]) -> None:
+        pairs = sorted(first)
         stored = cur.execute(
-            "SELECT topic, partition, next_offset FROM projection_offsets "
-            "WHERE projection = %s AND topic = ANY(%s) AND partition = ANY(%s) FOR UPDATE",
-            (self.projection.name, list({t for t, _ in first}), list({p for _, p in first})),
+            "SELECT o.topic, o.partition, o.next_offset FROM projection_offsets o "
+            "JOIN unnest(%s::text[], %s::int[]) AS b (topic, partition) USING (topic, partition) "
+            "WHERE o.projection = %s ORDER BY o.topic, o.partition FOR UPDATE OF o",
+            ([t for t, _ in pairs], [p for _, p in pairs], self.projection.name),
         ).fetchall()
         ahead = [(t, p, o) for t, p, o in stored if (t, p) in first and o > first[t, p]]
         if ahead:
