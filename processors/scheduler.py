@@ -31,8 +31,8 @@ planned the request; same key, so it follows that request's deferrals in the par
 notification's pending timers, each with a CANCELLED outcome. An index entry `n/<notification id>` lists
 a notification's timer keys, so a cancellation does not scan the partition; it sorts after every
 `<due ms>/...` key and is never taken for a due timer. Commands already released are not recalled.
-Only the cancelling tenant's and recipient's timers are dropped: a cancellation names its notification
-id, and a tenant can name another tenant's id (on the same partition, by choosing a recipient).
+Only the cancelling tenant's timers are dropped: a cancellation names its notification id, and a
+tenant can name another tenant's id (on the same partition, by choosing a recipient).
 
 Escalation: a command with `unless` (seen, read or clicked) is dropped, with a SKIPPED `engaged`
 outcome, when `notifications.engagement` (co-partitioned, also consumed here) reports that engagement
@@ -291,7 +291,7 @@ class Scheduler:
             taken = self.timers.cancel(
                 record.partition,
                 event.notification_id,
-                lambda c: (c.tenant_id, c.recipient_id) == (event.tenant_id, event.recipient_id),
+                lambda c: c.tenant_id == event.tenant_id,
             )
             self.cancelled += len(taken)
             return [outcome(self.names, c, "CANCELLED", reason) for c in taken]

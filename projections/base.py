@@ -60,14 +60,20 @@ integrity constraints, program limits (an index row too large). What the record 
 
 
 def transient(exc: psycopg.Error) -> bool:
-    """Whether the same statement may succeed later; an error without SQLSTATE is a lost connection."""
-    return exc.sqlstate is None or exc.sqlstate[:2] in TRANSIENT
+    """Whether the same statement may succeed later. Without a SQLSTATE the error is psycopg's own: a
+    lost connection is transient, a value it cannot send (a client-side DataError) is not."""
+    if exc.sqlstate is None:
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+    return exc.sqlstate[:2] in TRANSIENT
 
 
 def refused(exc: psycopg.Error) -> bool:
-    """Whether PostgreSQL refused a value; any other error (a missing column before `tidings db migrate`,
-    a permission) is the setup's and stops the projection rather than dead-letter every record."""
-    return exc.sqlstate is not None and exc.sqlstate[:2] in REFUSED
+    """Whether PostgreSQL (or psycopg, before sending) refused a value; any other error (a missing
+    column before `tidings db migrate`, a permission) is the setup's and stops the projection rather
+    than dead-letter every record."""
+    if exc.sqlstate is None:
+        return isinstance(exc, psycopg.DataError)
+    return exc.sqlstate[:2] in REFUSED
 
 
 @dataclass
