@@ -73,6 +73,10 @@ class Bucket(BaseModel):
         opened = int(self.opened_at.timestamp() * 1000)
         return uuid5(DIGEST_NAMESPACE, f"{self.key}/{opened}")
 
+    def channels_of(self, item: Item) -> list[Channel]:
+        """The channels an item joined on (all of the bucket's for an item an earlier release wrote)."""
+        return item.channels or self.channels
+
 
 def bucket_key(tenant: str, recipient: str, notification_type: str) -> str:
     return f"{tenant}/{recipient}/{notification_type}"
@@ -154,7 +158,7 @@ def channels_of(bucket: Bucket, notification_id: UUID) -> list[Channel]:
     """The channels a request in the bucket joined on (none if it is not in the bucket)."""
     for i in bucket.items:
         if i.notification_id == notification_id:
-            return i.channels or bucket.channels
+            return bucket.channels_of(i)
     return []
 
 
@@ -178,11 +182,11 @@ def close(
         item_outcome(bucket, i.notification_id, c, "EXPIRED", "expired", "expired while in a digest", now)
         for i in bucket.items
         if i not in live
-        for c in i.channels or bucket.channels
+        for c in bucket.channels_of(i)
     ]
     groups: dict[tuple[UUID, ...], list[Channel]] = {}
     for c in bucket.channels:
-        members = tuple(i.notification_id for i in live if c in (i.channels or bucket.channels))
+        members = tuple(i.notification_id for i in live if c in bucket.channels_of(i))
         if members:
             groups.setdefault(members, []).append(c)
     requests = []

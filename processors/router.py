@@ -255,7 +255,7 @@ class Router:
             outputs += [
                 self._event(self.names.outcomes, self._erased_item(bucket, i.notification_id, c), trace)
                 for i in bucket.items
-                for c in i.channels or bucket.channels
+                for c in bucket.channels_of(i)
             ]
         return outputs
 
