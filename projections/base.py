@@ -9,8 +9,9 @@ are skipped. After a database failure the runner reconnects and the loop re-read
 PostgreSQL holds. A statement PostgreSQL refuses for what a record holds (a key too long for its index,
 a value out of range) fails the same way on every retry, so the batch is written again one record per
 transaction, and the record it refuses goes to the DLQ with PostgreSQL's error. Any other error (a
-table missing before `tidings db migrate`) stops the projection. `rebuild` truncates the projection's tables and offsets in one transaction and replays
-its topics from offset 0 to their current end.
+table missing before `tidings db migrate`) stops the projection, and so does a topic deleted and created
+again since the offsets were stored (its id changed). `rebuild` truncates the projection's tables and
+offsets in one transaction and replays its topics from offset 0 to their current end.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import psycopg
 from projections.db import connect
 from tidings.codec import default_codec
 from tidings.config import Settings
-from tidings.errors import CodecError, InvalidEvent, TidingsError, TruncatedRecord
+from tidings.errors import CodecError, InvalidEvent, TidingsError, TopicRecreated, TruncatedRecord
 from tidings.events import Event
 from tidings.kafka import EventProducer, Incoming, StoredOffsetsLoop, TopicFollower
 from tidings.kafka.records import dead_letter
@@ -149,6 +150,27 @@ class Runner:
             ).fetchall()
         return {(t, p): o for t, p, o in rows}
 
+    def pin_topics(self, ids: dict[str, str]) -> None:
+        """Record the ids of the topics the offsets count, or stop if one has changed since."""
+        with self.transaction() as cur:
+            stored = dict(
+                cur.execute(
+                    "SELECT topic, topic_id FROM projection_topics WHERE projection = %s",
+                    (self.projection.name,),
+                ).fetchall()
+            )
+            changed = sorted(t for t, i in ids.items() if stored.get(t, i) != i)
+            if changed:
+                raise TopicRecreated(
+                    f"{self.projection.name}: {', '.join(changed)} was deleted and created again since its "
+                    f"offsets were stored; rebuild it (tidings projections rebuild {self.projection.name})"
+                )
+            cur.executemany(
+                "INSERT INTO projection_topics (projection, topic, topic_id) VALUES (%s, %s, %s) "
+                "ON CONFLICT (projection, topic) DO NOTHING",
+                [(self.projection.name, t, i) for t, i in ids.items() if t not in stored],
+            )
+
     def prepare(self, batch: Batch) -> Prepared:
         """Decode a batch outside the transaction; poison records go to the DLQ, acknowledged."""
         events: list[Any] = []
@@ -236,6 +258,7 @@ class Runner:
             prepare=self.prepare,
             write=self.write,
             load_offsets=self.load_offsets,
+            pin_topics=self.pin_topics,
             batch_size=self.batch_size,
         )
         self._loop = loop
@@ -258,6 +281,7 @@ class Runner:
         with self.transaction() as cur:
             cur.execute(f"TRUNCATE {', '.join(self.projection.tables)}".encode())
             cur.execute("DELETE FROM projection_offsets WHERE projection = %s", (self.projection.name,))
+            cur.execute("DELETE FROM projection_topics WHERE projection = %s", (self.projection.name,))
         started = time.monotonic()
         done = 0
         followers = [TopicFollower(self.settings, t) for t in self.projection.topics(names(self.settings))]

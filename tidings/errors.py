@@ -12,6 +12,7 @@
   + UnknownTopic                a topic asked for by name is not in the cluster
   + KafkaUnavailable            the broker did not answer in time (retriable)
   + OffsetsPastEnd              stored offsets beyond a partition's end (topic recreated): rebuild
+  + TopicRecreated              stored offsets count a topic since deleted and created again: rebuild
   + DevStackError               the local stack could not be installed or started
 """
 
@@ -69,6 +70,11 @@ class KafkaUnavailable(TidingsError):
 class OffsetsPastEnd(TidingsError):
     """Offsets stored outside Kafka point past a partition's end: the topic was deleted and created
     again (or restored from elsewhere), and what they count no longer exists."""
+
+
+class TopicRecreated(TidingsError):
+    """Offsets stored outside Kafka count records of a topic that has since been deleted and created
+    again under the same name (its id changed): they would skip the new topic's first records."""
 
 
 class HangingTransaction(TidingsError):

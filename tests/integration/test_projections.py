@@ -388,3 +388,47 @@ def test_offsets_stored_past_a_partitions_end_stop_the_projection_with_the_reaso
             )
     with pytest.raises(OffsetsPastEnd, match=r"ends at \d+ but offsets are stored up to 1000"):
         project(s, "devices")
+
+
+def test_a_topic_created_again_stops_the_projection_until_it_is_rebuilt(database: Settings) -> None:
+    """Offsets count the old topic's records: the new topic's first records would be skipped."""
+    import time
+
+    import pytest
+
+    from tidings.errors import TopicRecreated
+    from tidings.kafka import apply_topics
+    from tidings.kafka.admin import admin
+    from tidings.topics import names, registry
+
+    s = database
+
+    def register(recipients: range) -> None:
+        with Client(s) as client:
+            for i in recipients:
+                client.publish(
+                    DeviceRegistered(
+                        tenant_id="acme", recipient_id=f"r{i}", device_id="d", platform="fcm", token=f"t{i}"
+                    )
+                )
+
+    register(range(3))
+    project(s, "devices")
+    topic = names(s).recipients
+    client = admin(s)
+    [future] = client.delete_topics([topic], operation_timeout=30).values()
+    future.result()
+    deadline = time.monotonic() + 60
+    while [r.action for r in apply_topics(s, [t for t in registry(s) if t.name == topic])] != ["created"]:
+        assert time.monotonic() < deadline, "the topic was not created again"
+        time.sleep(0.5)
+    register(range(10, 40))
+    with pytest.raises(TopicRecreated, match=f"{topic} was deleted and created again"):
+        project(s, "devices")
+    runner = Runner(s, Projection.registry["devices"]())
+    try:
+        runner.rebuild()
+    finally:
+        runner.close()
+    project(s, "devices")
+    assert rows(s, "SELECT count(*) FROM devices") == [(30,)]

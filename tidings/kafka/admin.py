@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     AlterConfigOpType,
@@ -19,6 +21,8 @@ from tidings.config import Settings
 from tidings.errors import KafkaUnavailable
 from tidings.kafka import config
 from tidings.topics import OWNED_CONFIGS, TopicSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,6 +73,20 @@ def delete_topics(settings: Settings, prefix: str, *, timeout: float = 30.0) -> 
                 if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
                     raise
     return doomed
+
+
+def topic_ids(client: AdminClient, topics: list[str], *, timeout: float = 10.0) -> dict[str, str]:
+    """Each topic's id: the cluster names a topic created again with a new one, while its name and
+    partitions stay the same. A topic the cluster does not describe in time is left out."""
+    if not topics:
+        return {}
+    ids: dict[str, str] = {}
+    for name, future in client.describe_topics(TopicCollection(topics), request_timeout=timeout).items():
+        try:
+            ids[name] = str(future.result(timeout).topic_id)
+        except (KafkaException, FutureTimeout) as exc:
+            log.warning("could not read the id of topic %s: %s", name, exc)
+    return ids
 
 
 def apply_topics(

@@ -2,7 +2,9 @@
 
 The sink writes a batch and the batch's next offsets in one external transaction; on assignment the
 loop seeks each partition to the offset the sink holds (or the beginning), so the sink sees every record
-exactly once however the process dies. Nothing is committed to Kafka.
+exactly once however the process dies. Nothing is committed to Kafka. Offsets count one topic's
+records: before seeking, the loop hands the sink the ids of the topics it was assigned (`pin_topics`),
+so a sink can tell a topic deleted and created again under the same name from the one its offsets count.
 
 Batches are pipelined: while a writer thread writes batch N, the consuming thread fetches and prepares
 (decodes) batch N+1, so the database's share of the work overlaps Python's. One write at most is in
@@ -32,16 +34,19 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, Protocol, TypeVar, cast
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from tidings.config import Settings
 from tidings.errors import OffsetsPastEnd
 from tidings.kafka import config
+from tidings.kafka.admin import admin, topic_ids
 from tidings.kafka.messages import is_retriable, lag_of, to_incoming
 from tidings.kafka.records import Incoming
 
 log = logging.getLogger(__name__)
 TP = tuple[str, int]
 OffsetLoader = Callable[[list[TP]], dict[TP, int]]
+TopicPinner = Callable[[dict[str, str]], None]
 T = TypeVar("T")
 
 
@@ -120,6 +125,7 @@ class StoredOffsetsLoop(Generic[T]):
         prepare: Callable[[Batch], T],
         write: Callable[[T], None],
         load_offsets: OffsetLoader,
+        pin_topics: TopicPinner | None = None,
         batch_size: int = 10_000,
         poll_timeout: float = 0.2,
         retry_backoff: float = 1.0,
@@ -129,6 +135,9 @@ class StoredOffsetsLoop(Generic[T]):
         self.prepare = prepare
         self.write = write
         self.load_offsets = load_offsets
+        self.pin_topics = pin_topics
+        self.settings = settings
+        self._admin: AdminClient | None = None
         self.batch_size = batch_size
         self.poll_timeout = poll_timeout
         self.retry_backoff = retry_backoff
@@ -145,6 +154,9 @@ class StoredOffsetsLoop(Generic[T]):
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._drain()
+        if self.pin_topics is not None and partitions:
+            self._admin = self._admin or admin(self.settings)
+            self.pin_topics(topic_ids(self._admin, sorted({p.topic for p in partitions})))
         stored = self.load_offsets([(p.topic, p.partition) for p in partitions])
         for p in partitions:
             p.offset = stored.get((p.topic, p.partition), OFFSET_BEGINNING)
