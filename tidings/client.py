@@ -24,7 +24,7 @@ from tidings.codec import Codec, default_codec
 from tidings.config import Settings
 from tidings.config import settings as default_settings
 from tidings.erasure import erasure
-from tidings.errors import InvalidEvent
+from tidings.errors import InvalidEvent, TidingsError
 from tidings.events import (
     BroadcastCancelled,
     DestinationRemoved,
@@ -159,9 +159,14 @@ class Client:
     def send(self, *, wait: bool = True, **fields: Unpack[RequestFields]) -> UUID:
         """Request a notification (`RequestFields`: tenant, recipient, type, data, ...); returns its id
         (a new UUIDv7 unless given or derived from `idempotency_key`). Sending the same id twice is
-        harmless: the router drops the duplicate."""
+        harmless: the router drops the duplicate. A failed send's error carries the id
+        (`notification_id`): retry with it, and a send that did land after all is not sent twice."""
         event = notification_request(source=self.source, **fields)
-        self.publish(event, wait=wait)
+        try:
+            self.publish(event, wait=wait)
+        except TidingsError as exc:
+            exc.notification_id = event.notification_id
+            raise
         return event.notification_id
 
     def cancel(
@@ -359,9 +364,9 @@ class Client:
         target = topic or self._topics.get(name)
         if target is None:
             raise InvalidEvent(f"{name} goes to several topics; pass topic=")
-        self._producer.produce(Output.event(target, event, codec=self.codec))
+        delivery = self._producer.produce(Output.event(target, event, codec=self.codec), waited=wait)
         if wait:
-            self.flush()
+            self._producer.wait(delivery)
 
     def flush(self, timeout: float = 30.0) -> None:
         self._producer.flush(timeout)

@@ -18,6 +18,8 @@
 
 from __future__ import annotations
 
+from uuid import UUID
+
 from pydantic import ValidationError
 
 
@@ -25,6 +27,8 @@ class TidingsError(Exception):
     """Root of every error tidings raises on purpose."""
 
     retriable: bool = False
+    notification_id: UUID | None = None
+    """Set by `Client.send` on a send that failed: the id to retry the request with."""
 
 
 class ConfigError(TidingsError):

@@ -85,3 +85,50 @@ def test_publish_any_event_to_a_topic(stack: Settings, topic_factory: Callable[.
     assert sorted(
         (default_codec().decode(r.value or b"") for r in records), key=lambda e: e.event_id.int
     ) == sorted(events, key=lambda e: e.event_id.int)
+
+
+def test_a_waited_send_reports_its_own_record_and_flush_the_unwaited(
+    namespace: Callable[..., Settings], topic_factory: Callable[..., str]
+) -> None:
+    """One producer's failures are not shared out: a record nobody waited for is reported by flush(),
+    a waited send by itself, and a failed send names the id to retry with."""
+    import threading
+
+    from tidings.kafka import admin
+    from tidings.kafka.producer import DeliveryFailed
+
+    s = namespace()
+    tiny = topic_factory("tiny", partitions=1, extra_config={"max.message.bytes": "200"})
+    admin._alter(admin.admin(s), names(s).requested, {"max.message.bytes": "200"}, 30)
+    big = DeviceRegistered(tenant_id="acme", recipient_id="r", device_id="d", platform="fcm", token="t" * 500)
+    fine = DeviceRegistered(tenant_id="acme", recipient_id="r", device_id="d", platform="fcm", token="t")
+    with Client(s) as client:
+        client.publish(big, topic=tiny, wait=False)
+        client.publish(fine, wait=True)
+        with pytest.raises(DeliveryFailed, match="1 records failed"):
+            client.flush()
+        client.flush()
+        with pytest.raises(DeliveryFailed) as failed:
+            client.send(tenant="acme", recipient="r", type="order.shipped", data={"note": "x" * 500})
+        assert failed.value.notification_id is not None
+        outcomes: dict[str, object] = {}
+
+        def send(name: str, event: DeviceRegistered, topic: str | None) -> None:
+            try:
+                client.publish(event, topic=topic)
+                outcomes[name] = "ok"
+            except DeliveryFailed as exc:
+                outcomes[name] = exc
+
+        threads = [
+            threading.Thread(target=send, args=("fine", fine, None)),
+            threading.Thread(target=send, args=("big", big, tiny)),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        client.flush()
+    assert outcomes["fine"] == "ok" and isinstance(outcomes["big"], DeliveryFailed)
+    values = [r.decode() for r in read_all(s, names(s).recipients)]
+    assert values.count(fine) == 2

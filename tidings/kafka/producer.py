@@ -1,10 +1,18 @@
-"""Produces events and raw records with an idempotent producer; reports failed deliveries on flush."""
+"""Produces events and raw records with an idempotent producer; reports failed deliveries.
+
+Each record's outcome is its own: `send()` waits for the record it produced (`wait`), and only the
+failures of records nobody waited for are raised by `flush()`. With one list of failures for every
+record, a waited send raised another record's failure (a record written reported as failed, retried,
+and written twice) while the refused record's own `flush()` passed: lost without a word.
+"""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any, cast
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, Producer
 
 from tidings.config import Settings
 from tidings.errors import KafkaUnavailable, TidingsError
@@ -20,18 +28,35 @@ class DeliveryFailed(TidingsError):
         self.retriable = retriable
 
 
+class Delivery:
+    """One record's acknowledgement: `error` is set, or stays None, once `done` is."""
+
+    __slots__ = ("done", "error", "waited")
+
+    def __init__(self, waited: bool) -> None:
+        self.done = threading.Event()
+        self.error: KafkaError | None = None
+        self.waited = waited
+
+
 class EventProducer:
     """Idempotent (acks=all, enable.idempotence): a retried send never duplicates a record in the log."""
 
     def __init__(self, settings: Settings, **overrides: Any) -> None:
         self._producer = Producer(config.producer(settings, **overrides))
         self._errors: list[KafkaError] = []
+        self._lock = threading.Lock()
 
-    def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
-            self._errors.append(err)
+    def _on_delivery(self, delivery: Delivery, err: KafkaError | None) -> None:
+        delivery.error = err
+        if err is not None and not delivery.waited:
+            with self._lock:
+                self._errors.append(err)
+        delivery.done.set()
 
-    def produce(self, output: Output) -> None:
+    def produce(self, output: Output, *, waited: bool = False) -> Delivery:
+        """Queue a record. A `waited` record's failure is raised by `wait()` only, never by `flush()`."""
+        delivery = Delivery(waited)
         while True:
             try:
                 self._producer.produce(
@@ -40,21 +65,35 @@ class EventProducer:
                     output.key,
                     partition=-1 if output.partition is None else output.partition,
                     headers=cast(Any, output.headers),
-                    on_delivery=self._on_delivery,
+                    on_delivery=lambda err, _msg: self._on_delivery(delivery, err),
                 )
                 break
             except BufferError:
                 self._producer.poll(0.1)
         self._producer.poll(0)
+        return delivery
+
+    def wait(self, delivery: Delivery, timeout: float = 30.0) -> None:
+        """Until the broker acknowledged this record; DeliveryFailed if it refused it."""
+        deadline = time.monotonic() + timeout
+        while not delivery.done.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise KafkaUnavailable(f"the record was not acknowledged within {timeout}s")
+            self._producer.poll(min(0.1, remaining))
+        if (err := delivery.error) is not None:
+            raise DeliveryFailed(f"the record failed: {err.str()}", retriable=err.retriable())
 
     def flush(self, timeout: float = 30.0) -> None:
+        """Until every record is acknowledged; DeliveryFailed for those nobody waited for that failed."""
         remaining = self._producer.flush(timeout)
         if remaining:
             raise KafkaUnavailable(f"{remaining} records not acknowledged within {timeout}s")
-        if self._errors:
-            first, count = self._errors[0], len(self._errors)
-            self._errors.clear()
-            raise DeliveryFailed(f"{count} records failed: {first.str()}", retriable=first.retriable())
+        with self._lock:
+            errors, self._errors = self._errors, []
+        if errors:
+            first = errors[0]
+            raise DeliveryFailed(f"{len(errors)} records failed: {first.str()}", retriable=first.retriable())
 
     def close(self, timeout: float = 30.0) -> None:
         self.flush(timeout)
