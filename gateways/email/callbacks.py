@@ -11,7 +11,9 @@
   spamreport -> complaint, (group_)unsubscribe -> unsubscribe, group_resubscribe -> resubscribe,
   delivered -> delivered; other events are ignored.
 * `postmark`: one Postmark webhook (Bounce, SpamComplaint, SubscriptionChange, Delivery). Postmark does
-  not sign webhooks: the caller authenticates them (basic auth on the URL).
+  not sign webhooks: the caller authenticates them (basic auth on the URL, a password per tenant), so
+  the body cannot name another tenant than the credentials' (anyone holding one tenant's password could
+  otherwise suppress or lift another tenant's addresses).
 
 The ids the providers attached when sending (SendGrid `custom_args`, SES `EmailTags`, Postmark `Metadata`)
 fill delivery, notification and recipient ids, and the tenant (the `tenant_id` argument is the default).
@@ -312,6 +314,12 @@ def sendgrid_events(
 def postmark(body: bytes, tenant_id: str) -> list[ProviderFeedback]:
     record = _object(_json(body, "Postmark webhook"), "Postmark webhook")
     ids = _dict(record.get("Metadata"))
+    named = ids.get("tenant_id")
+    if named is not None and str(named) != tenant_id:
+        raise InvalidEvent(
+            f"the Postmark webhook's Metadata names tenant {str(named)[:100]!r}, "
+            f"its credentials {tenant_id!r}"
+        )
     record_type = record.get("RecordType")
     kind: FeedbackKind | None = None
     if record_type in ("Bounce", "SpamComplaint"):

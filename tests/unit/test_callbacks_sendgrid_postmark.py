@@ -225,9 +225,24 @@ def test_postmark_spam_complaint_subscription_change_and_delivery() -> None:
 def test_postmark_metadata_written_by_the_provider_comes_back() -> None:
     command = email_command()
     body = postmark_record("Bounce", Type="HardBounce", Email=command.address, Metadata=metadata(command))
-    (got,) = callbacks.postmark(body, "ignored")
+    (got,) = callbacks.postmark(body, command.tenant_id)
     assert (got.tenant_id, got.recipient_id) == (command.tenant_id, command.recipient_id)
     assert got.delivery_id == command.delivery_id
+
+
+def test_postmark_metadata_cannot_name_a_tenant_other_than_the_credentials() -> None:
+    """Postmark does not sign its body: the basic-auth credentials are the tenant's, and a body naming
+    another tenant would suppress, lift or report that tenant's addresses and deliveries."""
+    command = email_command()
+    other = metadata(command) | {"tenant_id": "globex"}
+    for body in (
+        postmark_record("Bounce", Type="HardBounce", Email=command.address, Metadata=other),
+        postmark_record(
+            "SubscriptionChange", Recipient=command.address, SuppressSending=False, Metadata=other
+        ),
+    ):
+        with pytest.raises(InvalidEvent, match="names tenant 'globex', its credentials 'acme'"):
+            callbacks.postmark(body, "acme")
 
 
 @pytest.mark.parametrize(
