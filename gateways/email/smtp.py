@@ -10,9 +10,12 @@ Replies map to the provider contract by RFC 5321 / RFC 3463 codes:
   (both carry `retry_after = min_retry_seconds`: a transient SMTP refusal is retried no sooner than that)
 * 530/534/535 authentication failures -> ProviderUnavailable: the provider is misconfigured, not the
   message wrong, so the chain fails over and the circuit opens instead of failing every message
-* 5.1.x mailbox errors (550 5.1.1 unknown user, 553 bad address) -> DeliveryRejected, address dead
-  (a hard bounce the suppression projection acts on)
-* any other 5xx -> DeliveryRejected, permanent
+* a 5xx refusing the recipient (RCPT: 550 5.1.1 unknown user, 553 bad address; a 550/551/553 without
+  an enhanced code; at DATA only an explicit 5.1.x) -> DeliveryRejected, address dead (a hard bounce
+  the suppression projection acts on)
+* a 5xx refusing our sender (MAIL FROM: 553 5.1.8 sender domain not found, 550 5.7.1 not permitted)
+  -> ProviderUnavailable: our configuration, true for every recipient, so it must not mark them dead
+* any other 5xx (550 message rejected as spam at DATA) -> DeliveryRejected, permanent, address alive
 * timeouts, refused connections, disconnects -> ProviderUnavailable
 """
 
@@ -34,6 +37,12 @@ from tidings.events import DeliveryCommand
 
 ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})")
 AUTH_CODES = {530, 534, 535}
+Stage = Literal["rcpt", "sender", "data", "other"]
+STAGES: dict[type[Exception], Stage] = {
+    aiosmtplib.SMTPRecipientRefused: "rcpt",
+    aiosmtplib.SMTPSenderRefused: "sender",
+    aiosmtplib.SMTPDataError: "data",
+}
 
 
 class SmtpSettings(BaseSettings):
@@ -50,17 +59,21 @@ class SmtpSettings(BaseSettings):
     min_retry_seconds: float = Field(default=1800.0, ge=0, description="SMTP 4xx: retry no sooner.")
 
 
-def classify(code: int, message: str, min_retry: float) -> Exception:
+def classify(code: int, message: str, min_retry: float, stage: Stage = "rcpt") -> Exception:
+    """`stage`: the command the server refused (RCPT TO, MAIL FROM, DATA, or connecting and the rest)."""
     enhanced = ENHANCED.match(message)
     detail = f"smtp {code} {message.strip()}"[:300]
     if code in AUTH_CODES:
         return ProviderUnavailable(f"smtp authentication failed: {detail}", min_retry)
+    if stage == "sender" and 500 <= code < 600:
+        return ProviderUnavailable(f"smtp refused our sender: {detail}", min_retry)
     if 400 <= code < 500:
         if enhanced and enhanced.group(2) == "7" and code != 421:
             return ProviderThrottled(detail, min_retry)
         return ProviderUnavailable(detail, min_retry)
     if 500 <= code < 600:
-        dead = code in (550, 551, 553) and (enhanced is None or enhanced.group(2) == "1")
+        mailbox = enhanced is not None and enhanced.group(2) == "1"
+        dead = code in (550, 551, 553) and (mailbox or (enhanced is None and stage == "rcpt"))
         return DeliveryRejected(detail, permanent=True, address_dead=dead)
     return ProviderUnavailable(f"unexpected smtp reply: {detail}")
 
@@ -105,7 +118,8 @@ class Smtp(Provider):
                 first = exc.recipients[0]
                 raise self._discard(client, classify(first.code, first.message, self._floor())) from None
             except aiosmtplib.SMTPResponseException as exc:
-                raise self._discard(client, classify(exc.code, exc.message, self._floor())) from None
+                stage = STAGES.get(type(exc), "other")
+                raise self._discard(client, classify(exc.code, exc.message, self._floor(), stage)) from None
             except (aiosmtplib.SMTPException, OSError) as exc:
                 raise self._discard(
                     client, ProviderUnavailable(f"smtp connection failed: {type(exc).__name__}: {exc}")

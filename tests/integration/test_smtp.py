@@ -157,3 +157,33 @@ def test_dead_mailbox_is_a_hard_bounce_and_policy_refusal_is_not() -> None:
     assert isinstance(greylisted, ProviderThrottled) and greylisted.retry_after == 60
     full = classify(452, "4.2.2 Mailbox full", 60)
     assert isinstance(full, ProviderUnavailable) and full.retry_after == 60
+
+
+@pytest.mark.parametrize(
+    ("stage", "reply", "expected"),
+    [
+        ("sender", "553 5.1.8 <tidings@example.com>: Sender address rejected: Domain not found", "config"),
+        ("sender", "550 5.7.1 Sender not permitted", "config"),
+        ("data", "550 Message rejected: looks like spam", "rejected"),
+        ("data", "554 5.7.1 Message content rejected", "rejected"),
+        ("data", "550 5.1.1 User unknown", "dead"),
+    ],
+)
+def test_a_refused_sender_or_message_does_not_mark_the_recipient_dead(
+    stage: str, reply: str, expected: str
+) -> None:
+    """A refused MAIL FROM is our configuration and true for every recipient: failing over, not hard
+    bounces for the whole audience. A message refused at DATA is that message's, not the address's,
+    unless the reply says 5.1.x."""
+
+    async def scenario() -> Any:
+        async with SmtpServer() as server:
+            setattr(server, f"refuse_{stage}", reply)
+            return (await send_all(server, server.provider(), 1))[0]
+
+    error = asyncio.run(scenario())
+    if expected == "config":
+        assert isinstance(error, ProviderUnavailable) and "refused our sender" in str(error)
+    else:
+        assert isinstance(error, DeliveryRejected) and error.permanent
+        assert error.address_dead == (expected == "dead")

@@ -45,7 +45,18 @@ class Handler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
+    async def handle_MAIL(
+        self, smtp: SMTPProtocol, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if self.server.refuse_sender:
+            return self.server.refuse_sender
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
     async def handle_DATA(self, smtp: SMTPProtocol, session: Session, envelope: Envelope) -> str:
+        if self.server.refuse_data:
+            return self.server.refuse_data
         raw = envelope.original_content or b""
         message = email.message_from_bytes(raw, policy=email.policy.SMTP)
         assert isinstance(message, EmailMessage)
@@ -66,6 +77,9 @@ class SmtpServer:
         port: int = 0,
     ) -> None:
         self.mode: Mode = "ok"
+        self.refuse_sender: str | None = None
+        self.refuse_data: str | None = None
+        """Replies to MAIL FROM and DATA instead of accepting them (the recipient is accepted)."""
         self.retry_after = 7
         self.stall = 5.0
         self.accepted: list[EmailMessage] = []
