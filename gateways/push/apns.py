@@ -22,9 +22,11 @@ keys `aps` and `tidings` are dropped); the app reports an open with the ids.
 Answers (`{"reason": ...}`): 200 is Sent with `apns-id`; 410 Unregistered and 400 BadDeviceToken or
 DeviceTokenNotForTopic are permanent with address_dead; other 400 and 413 are permanent; 403
 ExpiredProviderToken / InvalidProviderToken discard the token and, like any other 403 (certificate,
-forbidden), are ProviderUnavailable naming the credentials; 429 is ProviderThrottled (Retry-After if
-any); 5xx, timeouts and broken connections are ProviderUnavailable. A device token that is not hex is
-refused as BadDeviceToken without a request: it is put into the URL path.
+forbidden), are ProviderUnavailable naming the credentials; 429 TooManyRequests is one device's limit, so
+that message alone is retried later (a rejection that is not permanent: the provider's circuit stays
+closed for every other device); any other 429 (TooManyProviderTokenUpdates) is ProviderThrottled
+(Retry-After if any); 5xx, timeouts and broken connections are ProviderUnavailable. A device token that
+is not hex is refused as BadDeviceToken without a request: it is put into the URL path.
 """
 
 from __future__ import annotations
@@ -183,6 +185,10 @@ class Apns(Provider):
             if why in TOKEN_REASONS:
                 self.token.discard(token)
             raise ProviderUnavailable(f"apns refused the credentials ({status} {why})")
+        if status == 429 and why == "TooManyRequests":
+            raise DeliveryRejected(
+                f"apns: too many notifications to this device ({status} {why})", permanent=False
+            )
         if status == 429:
             raise ProviderThrottled(
                 f"apns throttled ({status} {why})", retry_after(answer_headers.get("retry-after"))

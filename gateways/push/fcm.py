@@ -17,9 +17,12 @@ one still pending on the device.
 Answers are google.rpc statuses `{"error": {code, status, message, details}}`, refined by the
 `FcmError.errorCode` of `details`:
 
-* UNREGISTERED (404), SENDER_ID_MISMATCH (403: a token of another project), INVALID_ARGUMENT (400) naming
-  the token (a `message.token` field violation or "registration token" in the message): permanent,
-  address_dead (the app was uninstalled or the token is not ours: it never becomes valid again)
+* UNREGISTERED (404), INVALID_ARGUMENT (400) naming the token (a `message.token` field violation or
+  "registration token" in the message): permanent, address_dead (the app was uninstalled: the token
+  never becomes valid again)
+* SENDER_ID_MISMATCH (403): the token belongs to another Firebase project. The next profile of the
+  chain (another project) is tried and the message retried, then dead-lettered: a wrong `project_id`
+  is our configuration, and removing every device over it would lose them all
 * other INVALID_ARGUMENT and other 4xx: permanent (payload too big, reserved data key, ...)
 * 429 / QUOTA_EXCEEDED: ProviderThrottled (Retry-After)
 * 5xx / UNAVAILABLE / INTERNAL: ProviderUnavailable (Retry-After as a floor)
@@ -206,6 +209,7 @@ class Fcm(Provider):
         project = s.project_id or self.account.project_id
         if not project:
             raise ValueError("no FCM project id: set TIDINGS_FCM_PROJECT_ID or use a key that names one")
+        self.project = project
         self.url = f"{s.base_url.rstrip('/')}/v1/projects/{quote(project, safe='')}/messages:send"
         self.timeout = aiohttp.ClientTimeout(total=s.timeout)
         self._access: str | None = None
@@ -283,8 +287,14 @@ class Fcm(Provider):
             return Sent(self.name, str(name) if name else None)
         failure = Failure.parse(answer.body)
         wait = retry_after(answer.headers.get("Retry-After"))
-        if failure.code in ("UNREGISTERED", "SENDER_ID_MISMATCH"):
+        if failure.code == "UNREGISTERED":
             raise DeliveryRejected(f"fcm refused the device token ({status} {failure})", address_dead=True)
+        if failure.code == "SENDER_ID_MISMATCH":
+            raise DeliveryRejected(
+                f"fcm: the token belongs to another Firebase project than {self.project!r} "
+                f"({status} {failure})",
+                permanent=False,
+            )
         if status == 400 and failure.about_token:
             raise DeliveryRejected(f"fcm refused the device token ({status} {failure})", address_dead=True)
         if status == 429 or failure.code == "QUOTA_EXCEEDED":

@@ -175,3 +175,18 @@ def test_apns_other_400_is_permanent_but_not_dead() -> None:
     assert isinstance(result, DeliveryRejected), result
     assert result.permanent and not result.address_dead and "MissingTopic" in result.reason
     assert server.accepted == [] and server.versions == ["2"]
+
+
+def test_apns_too_many_requests_for_one_device_retries_that_message_only() -> None:
+    """429 TooManyRequests is a device's own limit: retried later, not a throttle of the provider (its
+    circuit would hold up every other device's notifications)."""
+
+    async def scenario(server: ApnsServer, apns: Apns) -> tuple[Any, Any]:
+        busy = server.command()
+        server.busy.add(busy.address)
+        return await attempt(apns, busy), await attempt(apns, server.command())
+
+    server, (busy, other) = with_apns(scenario)
+    assert isinstance(busy, DeliveryRejected) and not busy.permanent and not busy.address_dead, busy
+    assert "TooManyRequests" in busy.reason
+    assert isinstance(other, Sent) and len(server.accepted) == 1

@@ -178,10 +178,9 @@ def _foreign(server: FcmServer) -> DeliveryCommand:
     ("make", "code"),
     [
         (_unregistered, "UNREGISTERED"),
-        (_foreign, "SENDER_ID_MISMATCH"),
         (lambda s: push_command("fcm", "not-a-registration-token"), "INVALID_ARGUMENT"),
     ],
-    ids=["unregistered", "sender-id-mismatch", "malformed-token"],
+    ids=["unregistered", "malformed-token"],
 )
 def test_fcm_dead_tokens_are_permanent_and_address_dead(
     make: Callable[[FcmServer], DeliveryCommand], code: str
@@ -189,6 +188,15 @@ def test_fcm_dead_tokens_are_permanent_and_address_dead(
     server, result = with_fcm(send_one(make))
     assert isinstance(result, DeliveryRejected), result
     assert result.permanent and result.address_dead and code in result.reason
+    assert server.accepted == []
+
+
+def test_fcm_token_of_another_project_is_retried_and_the_device_kept() -> None:
+    """SENDER_ID_MISMATCH is a wrong project id as often as a foreign token: removing every device over
+    our configuration would lose them all, so the message is retried (then dead-lettered, replayable)."""
+    server, result = with_fcm(send_one(_foreign))
+    assert isinstance(result, DeliveryRejected), result
+    assert not result.permanent and not result.address_dead and "SENDER_ID_MISMATCH" in result.reason
     assert server.accepted == []
 
 

@@ -81,6 +81,8 @@ class ApnsServer:
     def __init__(self) -> None:
         self.mode: Mode = "ok"
         self.retry_after = 7
+        self.busy: set[str] = set()
+        """Device tokens answered 429 TooManyRequests (too many notifications to that device)."""
         self.timeout = 1.0
         self.accepted: list[dict[str, Any]] = []
         self.received: list[dict[str, str]] = []
@@ -201,6 +203,8 @@ class ApnsServer:
         if refused:
             return 403, {"reason": refused}
         if self.mode == "throttle":
+            return 429, {"reason": "TooManyProviderTokenUpdates"}
+        if device.group(1) in self.busy:
             return 429, {"reason": "TooManyRequests"}
         if self.mode == "unavailable":
             return 503, {"reason": "ServiceUnavailable"}
