@@ -71,6 +71,10 @@ class Provider:
     channel: ClassVar[str]
     name: ClassVar[str]
     settings_class: ClassVar[type[BaseSettings] | None] = None
+    per_endpoint: ClassVar[bool] = False
+    """Whether a command's address is an endpoint someone else runs and names (a webhook URL, a Web Push
+    subscription): its failures and throttling are then the endpoint's, and the runner keeps a circuit
+    per tenant and endpoint instead of one for the provider."""
     _label: str | None = None
 
     @classmethod

@@ -151,7 +151,7 @@ class CommandHandling:
         if not chain:
             reopens = self.circuits.reopens_at(list(circuit.values()))
             self._count("circuit_open")
-            if self.channel == "webhook":
+            if all(p.per_endpoint for p in providers):
                 reopening = ProviderThrottled(
                     "the endpoint's circuit is open", max(0.0, reopens - time.time())
                 )
@@ -199,18 +199,21 @@ class CommandHandling:
         return await self._retry(record, command, failure)
 
     def _circuit(self, provider: Provider, command: DeliveryCommand) -> str:
-        """A webhook's circuit is its endpoint's (scheme, host and port), not the provider's: the
-        endpoints are the tenants' own servers, and one of them throttling or failing must not hold up
-        every other tenant's webhooks. Commands to an endpoint whose circuit is open go to a retry
-        tier covering its reopening (an attempt each) rather than pausing their partition, which
-        other endpoints share."""
-        if self.channel != "webhook":
+        """The circuit of a provider whose addresses are endpoints others run (`per_endpoint`: a
+        webhook, a Web Push subscription) is the tenant's endpoint's (its URL without query), not the
+        provider's: one endpoint throttling or failing, maybe on purpose (a 429 with a day's
+        Retry-After), must not hold up every other tenant's deliveries, nor another tenant's hooks on
+        the same host (hooks.slack.com). Commands to an endpoint whose circuit is open go to a retry
+        tier covering its reopening (an attempt each) rather than pausing their partition, which other
+        endpoints share."""
+        if not provider.per_endpoint:
             return provider.label
         try:
             parts = urlsplit(command.address)
         except ValueError:
-            return f"{provider.label} {command.address}"
-        return f"{provider.label} {parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+            return f"{provider.label} {command.tenant_id} {command.address}"
+        endpoint = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+        return f"{provider.label} {command.tenant_id} {endpoint}"
 
     async def _retry(
         self, record: Incoming, command: DeliveryCommand, failure: ProviderError | None

@@ -183,6 +183,7 @@ def detail(body: bytes) -> str:
 
 
 class WebPush(Provider):
+    per_endpoint = True
     channel = "push"
     name = "webpush"
     settings_class = WebPushSettings

@@ -66,6 +66,7 @@ def signatures(secrets: str, msg_id: str, at: datetime, body: str) -> str:
 
 
 class StandardWebhook(Provider):
+    per_endpoint = True
     channel = "webhook"
     name = "standard"
     settings_class = WebhookSettings

@@ -19,6 +19,7 @@ from gateways.base import DeliveryRejected, ProviderUnavailable, Sent
 from gateways.push.webpush import WebPush, b64url
 from tests.servers.push import attempt, push_command, send_one, with_server
 from tests.servers.push_webpush import WebPushServer
+from tidings.config import Settings
 from tidings.events import DeliveryCommand, RenderedContent
 
 Scenario = Callable[[WebPushServer, WebPush], Awaitable[Any]]
@@ -185,3 +186,36 @@ def test_webpush_endpoint_on_a_private_address_is_refused_without_the_allow_list
     assert isinstance(result, DeliveryRejected), result
     assert result.permanent and not result.address_dead and "SSRF" in result.reason
     assert server.requests == 0
+
+
+def test_one_subscription_throttling_holds_up_no_other_push(namespace: Callable[..., Settings]) -> None:
+    """A subscription's endpoint is anyone's server: its 429 with a day's Retry-After opens its own
+    circuit (the command waits in a retry tier), not the provider's, which paused the whole push
+    partition, APNs and FCM included, for every tenant."""
+    import asyncio
+
+    from gateways.runner import GatewayRunner
+    from gateways.settings import GatewaySettings
+    from tests.integration.conftest import read_all
+    from tidings.codec import default_codec
+    from tidings.kafka import EventProducer, Output
+    from tidings.topics import names
+
+    s = namespace(retry_tiers="1m,10m", partitions=1)
+
+    async def scenario() -> tuple[WebPushServer, GatewayRunner]:
+        async with WebPushServer() as server:
+            hostile = server.command(tenant_id="mallory")
+            server.throttled.add(hostile.address.rsplit("/", 1)[1])
+            with EventProducer(s) as producer:
+                for command in [hostile, *(server.command() for _ in range(5))]:
+                    producer.produce(Output.event(names(s).delivery("push"), command))
+            gateway = GatewayRunner(s, "push", [server.provider(timeout=3)], GatewaySettings(concurrency=1))
+            await gateway.run(idle_exit_after=3)
+            return server, gateway
+
+    server, gateway = asyncio.run(scenario())
+    assert len(server.accepted) == 5
+    assert gateway.counts.get("circuit_open", 0) == 0 and gateway.counts["sent"] == 5
+    decoded = [default_codec().decode(r.value or b"") for r in read_all(s, names(s).outcomes)]
+    assert sorted(getattr(o, "status", "") for o in decoded) == ["RETRYING"] + ["SENT"] * 5

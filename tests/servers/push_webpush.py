@@ -64,6 +64,8 @@ class WebPushServer(HttpApiServer):
         self.vapid_key = ec.generate_private_key(ec.SECP256R1())
         self.subscriptions: dict[str, Subscription] = {}
         self.gone: set[str] = set()
+        self.throttled: set[str] = set()
+        """Subscriptions answered 429 with a day's Retry-After (an endpoint someone runs to hurt)."""
         self.received: list[dict[str, Any]] = []
         self._directory: tempfile.TemporaryDirectory[str] | None = None
         self.ca_file = Path()
@@ -165,6 +167,8 @@ class WebPushServer(HttpApiServer):
             return claims
         if self.mode == "throttle":
             return autopush_error(429, 999, "Too many requests", **{"Retry-After": str(self.retry_after)})
+        if path.group(1) in self.throttled:
+            return autopush_error(429, 999, "Too many requests", **{"Retry-After": "86400"})
         if self.mode == "unavailable":
             return autopush_error(503, 202, "Service unavailable, try again later")
         headers = request.headers
