@@ -25,6 +25,7 @@ from tidings.events import (
     PreferenceRule,
     Priority,
     QuietHours,
+    finite_float,
     refuse_json_constant,
 )
 
@@ -151,7 +152,9 @@ class Problem(Exception):
 
 async def body(request: web.Request, model: type[B]) -> B:
     try:
-        raw = json.loads(await request.read() or b"{}", parse_constant=refuse_json_constant)
+        raw = json.loads(
+            await request.read() or b"{}", parse_constant=refuse_json_constant, parse_float=finite_float
+        )
     except (ValueError, RecursionError) as exc:
         raise Problem(problem(400, "Body is not JSON", str(exc)[:300])) from None
     try:

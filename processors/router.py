@@ -335,9 +335,21 @@ class Router:
         return outputs
 
     def _closed(self, partition: int, bucket: digest.Bucket, now: datetime) -> list[Output]:
-        """The digest requests and item outcomes of a closed bucket; drops its due entry."""
+        """The digest requests and item outcomes of a closed bucket; drops its due entry. A bucket no
+        digest can be made of (data an earlier release let in) has its items REJECTED: raising here,
+        in the punctuation, would stop the router on every restart."""
         self.digest_due.delete(partition, bucket.due_key)
-        requests, outcomes = digest.close(bucket, now)
+        try:
+            requests, outcomes = digest.close(bucket, now)
+        except (ValueError, InvalidEvent) as exc:
+            log.error("digest %s cannot be made, rejecting its items: %s", bucket.digest_id, exc)
+            detail = f"digest {bucket.digest_id} cannot be made: {type(exc).__name__}: {exc}"[:500]
+            rejected = [
+                digest.item_outcome(bucket, i.notification_id, c, "REJECTED", "invalid", detail, now)
+                for i in bucket.items
+                for c in bucket.channels_of(i)
+            ]
+            return [Output.event(self.names.outcomes, o, codec=self.codec) for o in rejected]
         outputs = []
         for request, made in requests:
             digested = Output.event(self.names.requested, request, codec=self.codec)

@@ -43,6 +43,7 @@ from tidings.vocabulary import (
     TimeZone,
     check_schedule,
     check_zone,
+    finite_float,
     refuse_json_constant,
     utcnow,
 )
@@ -101,6 +102,7 @@ __all__ = [
     "WebhookEndpointRemoved",
     "WebhookEndpointUpdated",
     "data_json_of",
+    "finite_float",
     "refuse_json_constant",
     "utcnow",
     "validated",

@@ -5,6 +5,7 @@ UTC millisecond timestamps, JSON objects, E.164 numbers. `tidings.events` re-exp
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -131,11 +132,20 @@ def refuse_json_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def finite_float(text: str) -> float:
+    """A JSON number as a float, refusing one beyond float's range (`1e400`): Python reads it as
+    infinity, which it then writes as `Infinity`, not JSON, where the text was valid JSON."""
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text[:40]} is beyond the range of a double")
+    return number
+
+
 def _json_object(value: str) -> str:
     if len(value.encode()) > MAX_DATA_BYTES:
         raise ValueError(f"JSON is larger than {MAX_DATA_BYTES} bytes")
     try:
-        parsed = json.loads(value, parse_constant=refuse_json_constant)
+        parsed = json.loads(value, parse_constant=refuse_json_constant, parse_float=finite_float)
     except (ValueError, RecursionError) as exc:
         raise ValueError(f"not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):

@@ -8,6 +8,7 @@ from tests.integration.test_router import commands, decoded, publish_catalog, ru
 from tidings.audit import history
 from tidings.catalog import parse_type
 from tidings.client import Client
+from tidings.codec import default_codec
 from tidings.config import Settings
 from tidings.events import (
     DeliveryOutcome,
@@ -16,7 +17,7 @@ from tidings.events import (
     NotificationOpened,
     NotificationRequested,
 )
-from tidings.ids import delivery_id
+from tidings.ids import delivery_id, new_notification_id
 from tidings.topics import names
 
 LIKED: dict[str, Any] = {
@@ -153,3 +154,46 @@ def test_an_escalation_is_dropped_when_the_notification_was_engaged_with_first(t
     assert email_outcomes[opened_late] == {("DEFERRED", "escalation"): 1, ("SKIPPED", "engaged"): 1}
     assert scheduler.escalations_dropped == 2
     assert scheduler.loop.dead_letters == 0, "marking an item unread is no poison and revives nothing"
+
+
+def test_a_bucket_no_digest_can_be_made_of_rejects_its_items_instead_of_stopping_the_router(
+    topology: Settings,
+) -> None:
+    """A number beyond a double's range (`1e400`) was valid JSON to the codec, infinity to Python,
+    and `Infinity` (not JSON) in the digest: the punctuation raised on every restart. Requests are now
+    refused at the codec; a bucket an earlier release filled is rejected item by item."""
+    from datetime import UTC, datetime
+
+    import pytest
+    from pydantic import ValidationError
+
+    from processors import digest
+    from processors.router import Router
+
+    with pytest.raises(ValidationError, match="beyond the range of a double"):
+        NotificationRequested(
+            tenant_id="acme", recipient_id="ada", notification_type="post.liked", data_json='{"n": 1e400}'
+        )
+    now = datetime.now(UTC)
+    items = [
+        digest.Item(notification_id=new_notification_id(), data={"n": n}, size=10) for n in (1, float("inf"))
+    ]
+    bucket = digest.Bucket(
+        tenant_id="acme",
+        recipient_id="ada",
+        notification_type="post.liked",
+        channels=["email"],
+        opened_at=now,
+        due=now,
+        items=items,
+    )
+    router = Router(topology, instance="0", group_id=f"router-{topology.topic_prefix}")
+    router.digest_due.restore(0, [])
+    try:
+        outputs = router._closed(0, bucket, now)
+    finally:
+        router.follower.close()
+    rejected = [default_codec().decode(o.value or b"") for o in outputs]
+    assert [(o.notification_id, o.status, o.reason) for o in rejected if isinstance(o, DeliveryOutcome)] == [
+        (i.notification_id, "REJECTED", "invalid") for i in items
+    ]
