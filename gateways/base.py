@@ -45,12 +45,24 @@ class ProviderUnavailable(ProviderError):
 
 
 class DeliveryRejected(ProviderError):
-    def __init__(self, reason: str, *, permanent: bool = True, address_dead: bool = False) -> None:
+    """The message, not the provider: a permanent rejection fails it; one that is not permanent (a
+    greylisted recipient, a device over its own limit) retries it, no sooner than `retry_after`,
+    without counting against the provider's circuit."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        permanent: bool = True,
+        address_dead: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
         self.retriable = not permanent
         self.address_dead = address_dead
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)

@@ -246,7 +246,10 @@ class CommandHandling:
         throttled provider (429) its open circuit holds the command until the rest has passed, while
         other failures (a 503's Retry-After) are tried again then, sooner than asked."""
         wanted = 0.0
-        if isinstance(failure, ProviderThrottled | ProviderUnavailable) and failure.retry_after:
+        if (
+            isinstance(failure, ProviderThrottled | ProviderUnavailable | DeliveryRejected)
+            and failure.retry_after
+        ):
             wanted = failure.retry_after
         later = self.tiers[command.attempt :]
         tier = next((t for t in later if tier_seconds(t) >= wanted), later[-1])

@@ -5,9 +5,12 @@ more than a message; a connection that saw any error is discarded, never reused.
 
 Replies map to the provider contract by RFC 5321 / RFC 3463 codes:
 
-* 4xx with enhanced status 4.7.x (rate limiting, greylisting) -> ProviderThrottled
+* a 4xx refusing the recipient (RCPT: 450 4.7.1 greylisted, 452 4.2.2 mailbox full) -> a rejection that
+  is not permanent: that message is retried, and the provider's circuit, which every other recipient
+  shares, stays closed
+* 4xx with enhanced status 4.7.x elsewhere (MAIL FROM: rate limiting of our sender) -> ProviderThrottled
 * 421 and every other 4xx -> ProviderUnavailable
-  (both carry `retry_after = min_retry_seconds`: a transient SMTP refusal is retried no sooner than that)
+  (all carry `retry_after = min_retry_seconds`: a transient SMTP refusal is retried no sooner than that)
 * 530/534/535 authentication failures -> ProviderUnavailable: the provider is misconfigured, not the
   message wrong, so the chain fails over and the circuit opens instead of failing every message
 * a 5xx refusing the recipient (RCPT: 550 5.1.1 unknown user, 553 bad address; a 550/551/553 without
@@ -68,6 +71,8 @@ def classify(code: int, message: str, min_retry: float, stage: Stage = "rcpt") -
     if stage == "sender" and 500 <= code < 600:
         return ProviderUnavailable(f"smtp refused our sender: {detail}", min_retry)
     if 400 <= code < 500:
+        if stage == "rcpt" and code != 421:
+            return DeliveryRejected(detail, permanent=False, retry_after=min_retry)
         if enhanced and enhanced.group(2) == "7" and code != 421:
             return ProviderThrottled(detail, min_retry)
         return ProviderUnavailable(detail, min_retry)

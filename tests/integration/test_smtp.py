@@ -153,10 +153,10 @@ def test_dead_mailbox_is_a_hard_bounce_and_policy_refusal_is_not() -> None:
     assert isinstance(dead, DeliveryRejected) and dead.permanent and dead.address_dead
     policy = classify(554, "5.7.1 Message rejected as spam", 60)
     assert isinstance(policy, DeliveryRejected) and policy.permanent and not policy.address_dead
-    greylisted = classify(450, "4.7.1 Greylisted, try again later", 60)
-    assert isinstance(greylisted, ProviderThrottled) and greylisted.retry_after == 60
-    full = classify(452, "4.2.2 Mailbox full", 60)
-    assert isinstance(full, ProviderUnavailable) and full.retry_after == 60
+    throttled = classify(451, "4.7.1 Sender rate limit exceeded", 60, "sender")
+    assert isinstance(throttled, ProviderThrottled) and throttled.retry_after == 60
+    shutting = classify(421, "4.3.2 Service shutting down", 60, "rcpt")
+    assert isinstance(shutting, ProviderUnavailable) and shutting.retry_after == 60
 
 
 @pytest.mark.parametrize(
@@ -187,3 +187,24 @@ def test_a_refused_sender_or_message_does_not_mark_the_recipient_dead(
     else:
         assert isinstance(error, DeliveryRejected) and error.permanent
         assert error.address_dead == (expected == "dead")
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "450 4.7.1 <{rcpt}>: Recipient address rejected: Greylisted, try again later",
+        "452 4.2.2 <{rcpt}>: Mailbox full",
+    ],
+)
+def test_a_recipient_refused_for_now_retries_that_message_and_keeps_the_circuit_closed(reply: str) -> None:
+    """A greylisted or full mailbox is one recipient's: a provider throttle would open the circuit
+    every other recipient's email shares (for the 30-minute floor)."""
+
+    async def scenario() -> Any:
+        async with SmtpServer() as server:
+            server.refuse_rcpt = reply
+            return (await send_all(server, server.provider(min_retry_seconds=60), 1))[0]
+
+    error = asyncio.run(scenario())
+    assert isinstance(error, DeliveryRejected) and not error.permanent and not error.address_dead, error
+    assert error.retry_after == 60

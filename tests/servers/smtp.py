@@ -20,7 +20,6 @@ from tidings.events import DeliveryCommand, RenderedContent
 
 REPLIES: dict[str, str] = {
     "reject": "550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown",
-    "throttle": "451 4.7.1 <{rcpt}>: Too many messages, slow down",
     "unavailable": "421 4.3.2 Service shutting down, closing transmission channel",
 }
 
@@ -42,6 +41,8 @@ class Handler:
             return "250 OK"
         if mode in REPLIES:
             return REPLIES[mode].format(rcpt=address)
+        if self.server.refuse_rcpt:
+            return self.server.refuse_rcpt.format(rcpt=address)
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -50,6 +51,8 @@ class Handler:
     ) -> str:
         if self.server.refuse_sender:
             return self.server.refuse_sender
+        if self.server.mode == "throttle":
+            return "451 4.7.1 Sender rate limit exceeded, slow down"
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 OK"
@@ -78,8 +81,9 @@ class SmtpServer:
     ) -> None:
         self.mode: Mode = "ok"
         self.refuse_sender: str | None = None
+        self.refuse_rcpt: str | None = None
         self.refuse_data: str | None = None
-        """Replies to MAIL FROM and DATA instead of accepting them (the recipient is accepted)."""
+        """Replies to MAIL FROM, RCPT TO ({rcpt}: the address) and DATA instead of accepting them."""
         self.retry_after = 7
         self.stall = 5.0
         self.accepted: list[EmailMessage] = []
