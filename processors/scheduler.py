@@ -39,7 +39,8 @@ outcome, when `notifications.engagement` (co-partitioned, also consumed here) re
 with its notification before the command is due. Inbox archived and seen events count as seen; read,
 opened and clicked as read; clicked as clicked. Marking an item unread or taking it out of the archive
 undoes nothing here: an escalation dropped because the recipient saw the notification stays dropped.
-The `engaged` store remembers what each notification got (30 days), so an engagement that overtakes its
+The `engaged` store remembers what each notification got (30 days, keyed by tenant and notification,
+and an engagement drops only its own tenant's escalations), so an engagement that overtakes its
 escalation command still cancels it. A due escalation is released only while this process has read its
 engagement partition to the end, so a scheduler that lags (restarted, say) cannot send the email for a
 mention whose `seen` waits unread behind it.
@@ -323,14 +324,21 @@ class Scheduler:
         return False
 
     def _engagement(self, partition: int, event: Event) -> set[str]:
-        return set((self.engaged.get(partition, str(getattr(event, "notification_id", ""))) or "").split())
+        """What the notification got, remembered per tenant: a recipient of one tenant engaging with an
+        item whose id another tenant's notification has must not satisfy that one's escalations."""
+        key = f"{event.tenant_id}/{getattr(event, 'notification_id', '')}"
+        return set((self.engaged.get(partition, key) or "").split())
 
     def _engaged(self, partition: int, event: Event) -> list[Output]:
-        """Remember the engagement and drop the notification's escalations it satisfies."""
+        """Remember the engagement and drop the tenant's escalations of the notification it satisfies."""
         got = self._engagement(partition, event) | SATISFIES[type(event)]
         nid = getattr(event, "notification_id", None)
-        self.engaged.put(partition, str(nid), " ".join(sorted(got)))
-        taken = self.timers.cancel(partition, nid, lambda c: c.unless is not None and c.unless in got)
+        self.engaged.put(partition, f"{event.tenant_id}/{nid}", " ".join(sorted(got)))
+        taken = self.timers.cancel(
+            partition,
+            nid,
+            lambda c: c.tenant_id == event.tenant_id and c.unless is not None and c.unless in got,
+        )
         self.escalations_dropped += len(taken)
         return [outcome(self.names, c, "SKIPPED", "engaged") for c in taken]
 

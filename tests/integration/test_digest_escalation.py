@@ -197,3 +197,61 @@ def test_a_bucket_no_digest_can_be_made_of_rejects_its_items_instead_of_stopping
     assert [(o.notification_id, o.status, o.reason) for o in rejected if isinstance(o, DeliveryOutcome)] == [
         (i.notification_id, "REJECTED", "invalid") for i in items
     ]
+
+
+def test_another_tenants_engagement_with_the_same_id_does_not_drop_an_escalation(topology: Settings) -> None:
+    """Engagement is remembered per tenant: a recipient of one tenant marking seen an item whose id
+    another tenant's notification has (ids can be chosen or derived) dropped that one's escalation,
+    whether the engagement came before it or after."""
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    from processors.scheduler import Scheduler
+    from tidings.events import DeliveryCommand, Event, RenderedContent
+    from tidings.kafka import Incoming
+
+    codec = default_codec()
+    scheduler = Scheduler(topology, group_id=f"scheduler-{topology.topic_prefix}")
+    stores = (scheduler.store, scheduler.engaged, scheduler.erased)
+    for store in stores:
+        store.restore(0, [])
+    offset = iter(range(1, 100))
+
+    def feed(topic: str, event: Event) -> list[Event]:
+        out = scheduler.handle(Incoming(topic, 0, next(offset), event.key.encode(), codec.encode(event)))
+        for store in stores:
+            store.record_done()
+            store.committed()
+        return [codec.decode(o.value or b"") for o in out]
+
+    def escalation(nid: uuid.UUID, tenant: str = "globex") -> DeliveryCommand:
+        return DeliveryCommand(
+            tenant_id=tenant,
+            delivery_id=uuid.uuid4(),
+            notification_id=nid,
+            recipient_id="bob",
+            notification_type="comment.mention",
+            channel="email",
+            priority="normal",
+            address="bob@example.com",
+            content=RenderedContent(body="you were mentioned"),
+            not_before=datetime.now(UTC) + timedelta(minutes=5),
+            unless="seen",
+        )
+
+    def seen(nid: uuid.UUID, tenant: str = "acme") -> InboxItemSeen:
+        return InboxItemSeen(
+            tenant_id=tenant, recipient_id="mallory", notification_id=nid, delivery_id=uuid.uuid4()
+        )
+
+    n = names(topology)
+    first, second = uuid.uuid4(), uuid.uuid4()
+    assert feed(n.scheduled, escalation(first)) == []
+    assert feed(n.engagement, seen(first)) == []
+    assert feed(n.engagement, seen(second)) == []
+    assert feed(n.scheduled, escalation(second)) == []
+    assert len(scheduler.store.keys(0)) >= 2
+    dropped = feed(n.engagement, seen(first, tenant="globex"))
+    assert [(o.tenant_id, o.status, o.reason) for o in dropped if isinstance(o, DeliveryOutcome)] == [
+        ("globex", "SKIPPED", "engaged")
+    ]
