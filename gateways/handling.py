@@ -27,12 +27,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateways.base import DeliveryRejected, Provider, ProviderError, ProviderThrottled, ProviderUnavailable
 from gateways.limits import Circuits, TokenBucket
-from gateways.marks import Marks
+from gateways.marks import REDIS_DOWN, Marks
 from gateways.outputs import from_mark
 from gateways.settings import GatewaySettings
 from tidings.codec import default_codec
@@ -191,7 +189,7 @@ class CommandHandling:
             self.circuits.success(circuit[provider.label])
             self._count("sent")
             if self.channel == "webhook":
-                with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
+                with contextlib.suppress(*REDIS_DOWN):
                     await self.marks.delete(failing_key(self.prefix, command))
             return await self._finish(
                 command, "SENT", None, provider=provider.label, provider_message_id=sent.provider_message_id
@@ -279,7 +277,7 @@ class CommandHandling:
             try:
                 await self.marks.put(delivery_id, mark)
                 return
-            except (RedisConnectionError, RedisTimeoutError) as exc:
+            except REDIS_DOWN as exc:
                 self._count("redis_unavailable")
                 if time.monotonic() + pause > deadline:
                     self._count("marks_lost")

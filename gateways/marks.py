@@ -29,6 +29,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemoryError)
+"""Redis not answering, or refusing writes for a state of its own (a failover's demoted primary, memory
+full): not the command's fault. Its partition waits and tries again rather than the process crashing,
+and crash-looping for as long as the state lasts."""
 
 CLAIM = """
 local current = redis.call('GET', KEYS[1])

@@ -21,15 +21,13 @@ from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateways.base import Provider
 from gateways.handling import Blocked, CommandHandling, Handled
 from gateways.handling import dead_key as dead_key
 from gateways.handling import failing_key as failing_key
 from gateways.limits import Circuits, TokenBucket
-from gateways.marks import Marks
+from gateways.marks import REDIS_DOWN, Marks
 from gateways.outputs import DUE
 from gateways.settings import GatewaySettings as GatewaySettings
 from tidings.config import Settings
@@ -171,7 +169,7 @@ class GatewayRunner(CommandHandling):
         await asyncio.gather(*acks)
         try:
             await self.marks.emitted(marks)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
+        except REDIS_DOWN as exc:
             log.warning("redis unavailable, emitted flags not set (a re-read re-emits): %s", exc)
         await self.consumer.commit(offsets)
         self.last_commit_at = time.monotonic()
@@ -182,9 +180,9 @@ class GatewayRunner(CommandHandling):
         tasks: list[tuple[Incoming, asyncio.Task[Handled | Blocked]]] = []
         hold: float | None = None
         for record in records:
-            due = record.header(DUE)
-            if due is not None and int(due) / 1000 > time.time():
-                hold = int(due) / 1000
+            due = self._due(record)
+            if due is not None and due > time.time():
+                hold = due
                 break
             if tasks and tasks[-1][1].done() and isinstance(tasks[-1][1].result(), Blocked):
                 break
@@ -216,12 +214,29 @@ class GatewayRunner(CommandHandling):
             self.paused_until[tp] = hold
         return outputs, next_offset, marks
 
+    def _due(self, record: Incoming) -> float | None:
+        """When a retry comes due (epoch seconds), at most the longest tier after the record was written:
+        a header no number can be read from is due now, and one far ahead (a writer's clock years off)
+        would otherwise hold its partition for good. The command is good either way; only the wait is
+        not."""
+        due = record.header(DUE)
+        if due is None:
+            return None
+        try:
+            at = int(due) / 1000
+        except ValueError:
+            log.warning("%s[%d]@%d: unreadable due %r", record.topic, record.partition, record.offset, due)
+            return None
+        if not record.timestamp_ms or not self.tiers:
+            return at
+        return min(at, record.timestamp_ms / 1000 + tier_seconds(self.tiers[-1]))
+
     async def _guarded(self, record: Incoming) -> Handled | Blocked:
         """Redis unreachable is not the command's fault: its partition waits and tries again, rather
         than the process crash-looping while Redis restarts."""
         try:
             return await self.handle(record)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
+        except REDIS_DOWN as exc:
             self._count("redis_unavailable")
             log.warning("redis unavailable, pausing %s[%d]: %s", record.topic, record.partition, exc)
             return Blocked(time.time() + self.config.busy_backoff)

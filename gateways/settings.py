@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import math
+
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +27,19 @@ class GatewaySettings(BaseSettings):
     endpoint_disable_after: float = Field(default=24 * 3600, ge=0, description="...spanning this long.")
     rates: str = Field(default="", description="Cluster-wide limits, e.g. 'smtp=50:100,sendgrid=600'.")
     chains: str = Field(default="", description="Per-tenant chains, e.g. 'acme=sendgrid,smtp;beta=ses'.")
+
+    @model_validator(mode="after")
+    def _rates_are_positive(self) -> GatewaySettings:
+        """A rate of 0 (or a burst under 1) passed here and failed in Redis at the first send, stopping
+        the gateway on every restart."""
+        try:
+            limits = self.rate_limits()
+        except ValueError as exc:
+            raise ValueError(f"rates: {exc}; write label=per_second[:burst], ...") from None
+        for label, (rate, burst) in limits.items():
+            if not (math.isfinite(rate) and rate > 0) or burst < 1:
+                raise ValueError(f"rates: {label} needs a rate above 0 and a burst of at least 1")
+        return self
 
     def tenant_chains(self) -> dict[str, list[str]]:
         """`tenant=label,label;...`: a tenant's own provider order; other tenants use the whole chain."""

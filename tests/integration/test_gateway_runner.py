@@ -518,3 +518,89 @@ def test_a_replayed_dead_letter_is_sent_once_after_the_fix(namespace: Callable[.
     assert statuses == [503, 503, 204]
     assert again.counts["sent"] == 1 and again.counts["duplicates"] == 1
     assert [o.status for o in outcomes(s)] == ["RETRYING", "FAILED", "SENT"]
+
+
+def test_a_retry_whose_due_cannot_be_read_or_is_years_out_is_sent_not_a_crash_or_a_stall(
+    namespace: Callable[..., Settings],
+) -> None:
+    """`tidings.due` comes from another process: unreadable, it stopped the gateway on every restart;
+    years ahead (a writer's clock), it held its tier partition for good. Each waits at most the
+    longest tier."""
+    from gateways.outputs import DUE
+
+    s = namespace(retry_tiers="1s,2s", partitions=1)
+    hits: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        hits.append(await request.read())
+        return web.Response(status=204)
+
+    async def scenario() -> None:
+        app_runner, base = await serve(handler)
+        unreadable, far = commands(f"{base}/hook", 2)
+        with EventProducer(s) as producer:
+            for command, due in ((unreadable, b"1.7e12"), (far, b"32503680000000")):
+                out = Output.event(names(s).retry("webhook", "1s"), command)
+                producer.produce(Output(out.topic, out.key, out.value, [*out.headers, (DUE, due)]))
+        await runner(s, concurrency=1).run(idle_exit_after=5)
+        await app_runner.cleanup()
+
+    asyncio.run(scenario())
+    assert len(hits) == 2
+    assert [o.status for o in outcomes(s)] == ["SENT", "SENT"]
+
+
+def test_redis_refusing_writes_when_full_pauses_the_gateway_instead_of_stopping_it(
+    namespace: Callable[..., Settings], tmp_path: Any
+) -> None:
+    """Redis out of memory (or a failover's read-only primary) answers errors, not silence: the gateway
+    crashed on every restart for as long as it lasted. Now the partition waits, and nothing is sent
+    without its claim."""
+    import shutil
+    import subprocess
+
+    import redis
+
+    from tests.ports import free_port
+
+    binary = shutil.which("redis-server")
+    assert binary is not None, "tidings dev up installs redis-server"
+    port = free_port()
+    options = {"port": str(port), "bind": "127.0.0.1", "save": "", "appendonly": "no", "dir": str(tmp_path)}
+    options |= {"maxmemory": "2mb", "maxmemory-policy": "noeviction"}
+    arguments = [part for k, v in options.items() for part in (f"--{k}", v)]
+    server = subprocess.Popen([binary, *arguments], stdout=subprocess.DEVNULL)
+    try:
+        client = redis.Redis(port=port)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.1)
+        try:
+            for i in range(10_000):
+                client.set(f"ballast{i}", b"x" * 10_000)
+        except redis.exceptions.OutOfMemoryError:
+            pass
+        s = namespace(redis_url=f"redis://127.0.0.1:{port}/0")
+        hits: list[bytes] = []
+
+        async def handler(request: web.Request) -> web.Response:
+            hits.append(await request.read())
+            return web.Response(status=204)
+
+        async def scenario() -> GatewayRunner:
+            app_runner, base = await serve(handler)
+            produce(s, commands(f"{base}/hook", 3))
+            gateway = runner(s, busy_backoff=0.5)
+            asyncio.get_running_loop().call_later(8, gateway.stop)
+            await gateway.run()
+            await app_runner.cleanup()
+            return gateway
+
+        gateway = asyncio.run(scenario())
+        assert hits == [] and gateway.counts["redis_unavailable"] >= 3
+    finally:
+        server.terminate()
+        server.wait(10)

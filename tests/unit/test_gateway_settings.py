@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from gateways.runner import GatewayRunner, GatewaySettings, dead_key, failing_key
 from tests.integration.test_gateway_runner import commands
@@ -41,3 +42,11 @@ def test_a_provider_missing_settings_names_the_variables_to_set(monkeypatch: pyt
         twilio.from_env()
     with pytest.raises(ConfigError, match="TIDINGS_TWILIO_BACKUP_AUTH_TOKEN"):
         twilio.from_env("backup")
+
+
+@pytest.mark.parametrize("rates", ["smtp=0", "smtp=-1", "smtp=5:0", "smtp=nan", "smtp=fast"])
+def test_rates_must_be_positive_numbers(rates: str) -> None:
+    """A rate of 0 passed and failed in Redis at the first send, stopping the gateway on every restart."""
+    with pytest.raises(ValidationError, match="rates"):
+        GatewaySettings(rates=rates)
+    assert GatewaySettings(rates="smtp=0.5,ses=10:20").rate_limits() == {"smtp": (0.5, 1), "ses": (10.0, 20)}

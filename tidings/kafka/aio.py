@@ -64,12 +64,17 @@ class AsyncConsumer:
         }
 
     async def commit(self, offsets: dict[TP, int]) -> bool:
-        """False when a rebalance took the partitions away first: the new owner re-reads from the
-        last committed offsets, which every caller here tolerates (its handling is idempotent)."""
-        if not offsets:
-            return True
+        """Commits the offsets of the partitions still assigned; False when a rebalance took them all
+        away, or all of them at once in the commit. The new owner of a partition taken away re-reads
+        it from its last committed offset, which every caller here tolerates (its handling is
+        idempotent); aiokafka refuses a whole commit naming one such partition, so it is left out,
+        rather than leaving every other partition's commit behind with it."""
+        held = set(self._consumer.assignment())
+        kept = {tp: o for (t, p), o in offsets.items() if (tp := TopicPartition(t, p)) in held}
+        if not kept:
+            return not offsets
         try:
-            await self._consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
+            await self._consumer.commit(kept)
         except (CommitFailedError, IllegalStateError) as exc:
             log.warning("offset commit refused after a rebalance: %s", exc)
             return False
