@@ -23,7 +23,8 @@ batches). A new relay group starts at the end of the outcomes topic: deploying i
 destination, does not replay the past (30 days) to anyone; from then on its committed offsets carry it
 through restarts. A destination receives the outcomes the relay processes while it exists and is
 enabled. Outcomes older than `max_age` when processed (a relay stopped for a long time) are dropped
-rather than delivered late, and each command expires `max_age` after its outcome.
+rather than delivered late, and each command expires `max_age` after its outcome reached the log (a
+provider's report carries the provider's own, older time).
 
 Engagement (seen, read, archived in the inbox; push and email opened; clicked) is relayed only to
 destinations that list its kind in `engagements` (none by default, so existing destinations see no new
@@ -65,7 +66,7 @@ from tidings.events import (
 )
 from tidings.ids import command_id, delivery_id
 from tidings.kafka import Incoming, Output, TopicFollower, TransactionalLoop
-from tidings.kafka.records import table_events
+from tidings.kafka.records import log_time, table_events
 from tidings.metrics import Sample
 from tidings.topics import names
 
@@ -162,8 +163,9 @@ def engagement_payload(event: Engaged) -> str:
 
 
 def _command(
-    source: Event, notification: str, d: DestinationUpdated, body: str, now: datetime, max_age: timedelta
+    source: Event, notification: str, d: DestinationUpdated, body: str, now: datetime, since: datetime
 ) -> DeliveryCommand:
+    """`since`: when the source reached the log; the command expires `MAX_AGE` after it."""
     nid = uuid5(source.event_id, f"destination/{d.destination_id}")
     did = delivery_id(nid, "webhook", d.url)
     return DeliveryCommand(
@@ -181,31 +183,45 @@ def _command(
         address=d.url,
         address_params={"secret": d.secret},
         content=RenderedContent(data_json=body),
-        expires_at=source.occurred_at + max_age,
+        expires_at=since,
     )
 
 
 def relay(
-    outcome: DeliveryOutcome, destinations: Destinations, now: datetime, max_age: timedelta = MAX_AGE
+    outcome: DeliveryOutcome,
+    destinations: Destinations,
+    now: datetime,
+    max_age: timedelta = MAX_AGE,
+    logged: datetime | None = None,
 ) -> list[DeliveryCommand]:
-    """The commands that deliver `outcome` to its tenant's matching destinations."""
-    if (outcome.recipient_id or "").startswith(RELAY_RECIPIENT) or outcome.occurred_at < now - max_age:
+    """The commands that deliver `outcome` to its tenant's matching destinations. Its age counts from
+    when it reached the log (`logged`), not its `occurred_at`: a provider's report carries the
+    provider's time, and a bounce reported a day late was dropped, or relayed to expire within the hour."""
+    at = logged or outcome.occurred_at
+    if (outcome.recipient_id or "").startswith(RELAY_RECIPIENT) or at < now - max_age:
         return []
     body = payload(outcome)
     notification = str(outcome.notification_id)
-    return [_command(outcome, notification, d, body, now, max_age) for d in destinations.matching(outcome)]
+    return [
+        _command(outcome, notification, d, body, now, at + max_age) for d in destinations.matching(outcome)
+    ]
 
 
 def relay_engagement(
-    event: Engaged, destinations: Destinations, now: datetime, max_age: timedelta = MAX_AGE
+    event: Engaged,
+    destinations: Destinations,
+    now: datetime,
+    max_age: timedelta = MAX_AGE,
+    logged: datetime | None = None,
 ) -> list[DeliveryCommand]:
     """The commands that deliver an engagement to the tenant's destinations that asked for its kind."""
-    if event.occurred_at < now - max_age:
+    at = logged or event.occurred_at
+    if at < now - max_age:
         return []
     wanting = destinations.engaged(event.tenant_id, ENGAGEMENTS[type(event)])
     body = engagement_payload(event) if wanting else ""
     notification = str(event.notification_id)
-    return [_command(event, notification, d, body, now, max_age) for d in wanting]
+    return [_command(event, notification, d, body, now, at + max_age) for d in wanting]
 
 
 def disabled(
@@ -270,10 +286,11 @@ class Relay:
             off = disabled(event, self.destinations, utcnow())
             self.disabled += off is not None
             return [Output.event(self.names.destinations, off, codec=self.codec)] if off else []
+        logged = log_time(record)
         if isinstance(event, Engaged):
-            commands = relay_engagement(event, self.destinations, utcnow(), self.max_age)
+            commands = relay_engagement(event, self.destinations, utcnow(), self.max_age, logged)
         elif isinstance(event, DeliveryOutcome):
-            commands = relay(event, self.destinations, utcnow(), self.max_age)
+            commands = relay(event, self.destinations, utcnow(), self.max_age, logged)
         elif isinstance(event, InboxItemMarkedUnread | InboxItemUnarchived):
             commands = []
         else:

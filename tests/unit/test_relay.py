@@ -143,3 +143,14 @@ def test_engagement_goes_only_to_destinations_that_asked_for_its_kind() -> None:
     assert relay_engagement(InboxItemSeen(**ids), destinations, NOW) == []
     stale = InboxItemRead(**ids, occurred_at=NOW - timedelta(days=2))
     assert relay_engagement(stale, destinations, NOW) == []
+
+
+def test_a_provider_report_counts_its_age_from_when_it_reached_the_log() -> None:
+    """A bounce the provider reports a day late carries the provider's time: counted from it, it was
+    dropped (25 hours) or relayed to expire within the hour, sooner than the retry tiers."""
+    late = outcome("FAILED", occurred_at=NOW - timedelta(hours=25))
+    destinations = table(destination("all"))
+    assert relay(late, destinations, NOW) == []
+    [c] = relay(late, destinations, NOW, logged=NOW - timedelta(seconds=2))
+    assert c.expires_at == NOW - timedelta(seconds=2) + timedelta(days=1)
+    assert relay(late, destinations, NOW, logged=NOW - timedelta(hours=25)) == []
