@@ -72,22 +72,41 @@ class TokenBucket:
 
 
 MAX_CIRCUITS = 10_000
+PROBE_WINDOW = 5.0
+"""Seconds a half-open circuit's one probe has before another send may probe instead."""
 
 
 @dataclass
 class Circuit:
     failures: int = 0
     open_until: float = 0.0
+    probe_until: float = 0.0
+
+    @property
+    def reopens(self) -> float:
+        return max(self.open_until, self.probe_until)
 
 
 @dataclass
 class Circuits:
+    """Per label: closed; open for the cool-off (or a throttle's Retry-After) after `failures` failures
+    in a row; then half-open, when one send at a time probes (every send in flight at the reopening
+    went to a provider that was likely still down, each spending an attempt) until one succeeds."""
+
     failures: int = 5
     cooloff: float = 30.0
     state: dict[str, Circuit] = field(default_factory=dict)
 
     def closed(self, label: str) -> bool:
-        return self.state.get(label, Circuit()).open_until <= time.time()
+        """Whether a send may go; in the half-open state, True for the one send that probes."""
+        circuit = self.state.get(label)
+        if circuit is None or circuit.open_until == 0.0:
+            return True
+        now = time.time()
+        if circuit.reopens > now:
+            return False
+        circuit.probe_until = now + PROBE_WINDOW
+        return True
 
     def success(self, label: str) -> None:
         self.state.pop(label, None)
@@ -98,6 +117,7 @@ class Circuits:
             self.state = {k: c for k, c in self.state.items() if c.open_until > now}
         circuit = self.state.setdefault(label, Circuit())
         circuit.failures += 1
+        circuit.probe_until = 0.0
         if isinstance(error, ProviderThrottled):
             wait = self.cooloff if error.retry_after is None else error.retry_after
             circuit.open_until = time.time() + wait
@@ -105,4 +125,4 @@ class Circuits:
             circuit.open_until = time.time() + self.cooloff
 
     def reopens_at(self, labels: list[str]) -> float:
-        return min(self.state.get(label, Circuit()).open_until for label in labels)
+        return min(self.state.get(label, Circuit()).reopens for label in labels)

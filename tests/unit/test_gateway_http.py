@@ -58,3 +58,25 @@ def test_a_webhook_endpoints_503_retry_after_is_kept_as_the_floor_of_the_next_at
     with pytest.raises(ProviderUnavailable) as failed:
         webhook._outcome(500, "120", "msg_1")
     assert failed.value.retry_after is None
+
+
+def test_a_reopening_circuit_lets_one_send_probe_until_it_succeeds() -> None:
+    """At the reopening, every send in flight went to a provider likely still down, each spending an
+    attempt (64 at once): half-open lets one through, the others wait for its answer."""
+    from gateways.base import ProviderUnavailable
+    from gateways.limits import PROBE_WINDOW
+
+    circuits = Circuits(failures=2, cooloff=0.05)
+    for _ in range(2):
+        assert circuits.closed("p")
+        circuits.failure("p", ProviderUnavailable("503"))
+    assert not circuits.closed("p")
+    time.sleep(0.06)
+    assert [circuits.closed("p") for _ in range(3)] == [True, False, False]
+    assert circuits.reopens_at(["p"]) > time.time() + PROBE_WINDOW - 1
+    circuits.failure("p", ProviderUnavailable("503"))
+    assert not circuits.closed("p")
+    time.sleep(0.06)
+    assert circuits.closed("p") and not circuits.closed("p")
+    circuits.success("p")
+    assert all(circuits.closed("p") for _ in range(3))
