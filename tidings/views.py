@@ -1,4 +1,10 @@
-"""Consumed records as plain JSON-ready dicts, for `tidings tail` and the audit tools."""
+"""Consumed records as plain JSON-ready dicts, for `tidings tail` and the audit tools.
+
+Signing secrets (a webhook endpoint's or destination's `secret`, in its events and in the delivery
+commands that carry it) and a Web Push subscription's `key_auth` are shown as `[redacted]`: the
+DLQ and the topics keep them for their retention, and what an operator prints ends up in terminals,
+tickets and logs. Their bytes stay in the record for `tidings dlq replay`.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ from tidings.codec import Codec, default_codec
 from tidings.errors import CodecError, InvalidEvent
 from tidings.kafka import Incoming
 from tidings.kafka.records import header_map
+
+SECRETS = frozenset({"secret", "key_auth"})
 
 
 def record_view(record: Incoming, codec: Codec | None = None) -> dict[str, Any]:
@@ -23,9 +31,18 @@ def record_view(record: Incoming, codec: Codec | None = None) -> dict[str, Any]:
     try:
         event = record.decode(codec or default_codec())
         view["record"] = type(event).__name__
-        view["value"] = event.model_dump(mode="json")
+        view["value"] = redacted(event.model_dump(mode="json"))
     except (CodecError, InvalidEvent) as exc:
         view["record"] = None
         view["error"] = f"{type(exc).__name__}: {exc}"
         view["value_base64"] = base64.b64encode(record.value or b"").decode()
     return view
+
+
+def redacted(value: Any) -> Any:
+    """`value` with every entry named in SECRETS replaced, at any depth."""
+    if isinstance(value, dict):
+        return {k: "[redacted]" if k in SECRETS and v else redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    return value
