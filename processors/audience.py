@@ -21,7 +21,8 @@ audiences' records are read between them, and a kill at any point resumes from t
 slot. Each member's request has the notification id `uuid5(broadcast_id, recipient_id)` and
 `broadcast_id` set, so a repeated expansion would still be a duplicate the router drops.
 
-A finished broadcast is kept 30 days in the `broadcasts` store: a second `BroadcastRequested` with its
+A finished broadcast is kept 30 days in the `broadcasts` store (30 days after its `scheduled_at` when
+that is later): a second `BroadcastRequested` with its
 id is ignored, and a `BroadcastCancelled` walks its range again producing cancellations (members who
 left the audience meanwhile are not found, and keep what they got). A cancellation during the
 expansion stops it and cancels the slots already reached; one that arrives first makes the broadcast
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
 
@@ -209,14 +210,21 @@ class Expander:
             self.jobs.put(p, f"j\0{job.key}", job.model_dump_json().encode())
             return outputs
         done: Action = "expanded" if request is not None else "cancelled"
-        self._finish(p, job.key, job.model_copy(update={"action": done}))
+        keep = DONE_TTL
+        if request is not None and request.scheduled_at is not None:
+            keep += max(timedelta(0), request.scheduled_at - datetime.now(UTC))
+        self._finish(p, job.key, job.model_copy(update={"action": done}), keep)
         return outputs
 
-    def _finish(self, p: int, key: str, job: Job | None) -> None:
+    def _finish(self, p: int, key: str, job: Job | None, keep: timedelta = DONE_TTL) -> None:
+        """`keep`: how long the finished broadcast is remembered, so that a cancellation can still
+        withdraw it: 30 days after it is sent, which for one scheduled ahead (up to 400 days) is
+        30 days after its `scheduled_at`. Kept 30 days from its expansion, a broadcast scheduled
+        300 days ahead and cancelled on day 31 was found by nothing and sent to every member."""
         self.jobs.delete(p, f"j\0{key}")
         self.jobs.delete(p, f"r\0{key}")
         if job is not None:
-            self.finished.put(p, key, job)
+            self.finished.put(p, key, job, ttl=keep)
 
     def _request(self, p: int, job: Job) -> BroadcastRequested:
         raw = self.jobs.get(p, f"r\0{job.key}")

@@ -347,3 +347,21 @@ def test_idempotency_keys_derive_one_broadcast_id_per_audience() -> None:
     again = broadcast_request(tenant="acme", audience="a", type="news", idempotency_key="k")
     other = broadcast_request(tenant="acme", audience="b", type="news", idempotency_key="k")
     assert one.broadcast_id == again.broadcast_id != other.broadcast_id
+
+
+def test_a_broadcast_scheduled_far_ahead_can_be_cancelled_until_30_days_after_it_is_due() -> None:
+    """Remembered 30 days from its expansion, a broadcast scheduled 300 days ahead and cancelled on day
+    31 was found by nothing: every member got it, and the cancellation answered 202."""
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    h = Harness()
+    h.feed(added("u1", "u2"))
+    b = broadcast(scheduled_at=datetime.now(UTC) + timedelta(days=300))
+    h.feed(b)
+    day = 24 * 3600
+    h.x.finished.clock = lambda: time.time() + 31 * day
+    h.feed(cancelled(b.broadcast_id))
+    assert [e.recipient_id for e in h.events() if isinstance(e, NotificationCancelled)] == ["u1", "u2"]
+    h.x.finished.clock = lambda: time.time() + 331 * day
+    assert h.x.job(0, f"acme\0{b.broadcast_id}") is None
