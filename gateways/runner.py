@@ -32,6 +32,7 @@ from gateways.outputs import DUE
 from gateways.settings import GatewaySettings as GatewaySettings
 from tidings.config import Settings
 from tidings.kafka import Incoming, Output
+from tidings.kafka.admin import topics_starting
 from tidings.kafka.aio import TP, AsyncConsumer, AsyncProducer
 from tidings.metrics import Sample, lag_samples
 from tidings.topics import names, parse_tiers, tier_seconds
@@ -57,6 +58,7 @@ class GatewayRunner(CommandHandling):
         if unknown:
             raise ValueError(f"tenant chains name providers not in the chain: {', '.join(sorted(unknown))}")
         self.chains = {t: [by_label[lb] for lb in labels] for t, labels in c.tenant_chains().items()}
+        self.settings = settings
         self.tiers = parse_tiers(settings.retry_tiers)
         if self.tiers and c.erased_ttl < 2 * tier_seconds(self.tiers[-1]):
             raise ValueError("TIDINGS_GATEWAY_ERASED_TTL must be at least twice the longest retry tier")
@@ -87,7 +89,22 @@ class GatewayRunner(CommandHandling):
         self.lag: dict[TP, int] = {}
         self._lag_at = 0.0
 
+    async def _read_retired_tiers(self) -> None:
+        """Also read the retry topics of tiers no longer configured: records in them would otherwise
+        stay RETRYING for good after TIDINGS_RETRY_TIERS changed. Each is read as a retry tier; a
+        command failing again whose attempt is past the new tiers fails as exhausted."""
+        prefix = self.retries[0].rsplit(".", 1)[0] + "." if self.retries else None
+        if prefix is None:
+            return
+        found = await asyncio.to_thread(topics_starting, self.settings, prefix)
+        retired = [t for t in found if t not in self.retries]
+        if retired:
+            log.warning("reading retry topics of tiers no longer configured: %s", ", ".join(retired))
+            self.lanes |= {t: 1 for t in retired}
+            self.consumer.subscribe([self.urgent, self.standard, *self.retries, *retired])
+
     async def run(self, *, idle_exit_after: float | None = None) -> None:
+        await self._read_retired_tiers()
         await self.consumer.start()
         await self.producer.start()
         last_input = time.monotonic()

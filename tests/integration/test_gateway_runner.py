@@ -604,3 +604,36 @@ def test_redis_refusing_writes_when_full_pauses_the_gateway_instead_of_stopping_
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_retries_waiting_in_a_tier_no_longer_configured_are_still_read(
+    namespace: Callable[..., Settings],
+) -> None:
+    """TIDINGS_RETRY_TIERS changed from 1s,5s to 1s,2s: what waited in the 5s tier was read by nobody
+    and stayed RETRYING for good."""
+    from gateways.outputs import DUE
+    from tidings.kafka import apply_topics
+    from tidings.topics import registry
+
+    before = namespace(retry_tiers="1s,5s", partitions=1)
+    after = Settings(**(before.model_dump() | {"retry_tiers": "1s,2s"}))
+    apply_topics(after, registry(after))
+    hits: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        hits.append(await request.read())
+        return web.Response(status=204)
+
+    async def scenario() -> None:
+        app_runner, base = await serve(handler)
+        [waiting] = commands(f"{base}/hook", 1)
+        waiting = waiting.model_copy(update={"attempt": 2})
+        with EventProducer(before) as producer:
+            out = Output.event(names(before).retry("webhook", "5s"), waiting)
+            producer.produce(Output(out.topic, out.key, out.value, [*out.headers, (DUE, b"0")]))
+        await runner(after, concurrency=1).run(idle_exit_after=4)
+        await app_runner.cleanup()
+
+    asyncio.run(scenario())
+    assert len(hits) == 1
+    assert [o.status for o in outcomes(after)] == ["SENT"]

@@ -75,6 +75,17 @@ def delete_topics(settings: Settings, prefix: str, *, timeout: float = 30.0) -> 
     return doomed
 
 
+def topics_starting(settings: Settings, prefix: str, *, timeout: float = 10.0) -> list[str]:
+    """The names of the cluster's topics that start with `prefix` (none, with a warning, when the
+    cluster does not answer in time)."""
+    try:
+        listed = admin(settings).list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        log.warning("could not list the topics starting with %s: %s", prefix, exc)
+        return []
+    return sorted(t for t in listed if t.startswith(prefix))
+
+
 def topic_ids(client: AdminClient, topics: list[str], *, timeout: float = 10.0) -> dict[str, str]:
     """Each topic's id: the cluster names a topic created again with a new one, while its name and
     partitions stay the same. A topic the cluster does not describe in time is left out."""

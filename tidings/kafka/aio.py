@@ -39,6 +39,10 @@ class AsyncConsumer:
             max_poll_records=max_records,
         )
 
+    def subscribe(self, topics: Sequence[str]) -> None:
+        """Read these topics instead of those given at construction (before `start`)."""
+        self._consumer.subscribe(topics=list(topics))
+
     async def start(self) -> None:
         await self._consumer.start()
 
