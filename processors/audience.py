@@ -63,6 +63,7 @@ from tidings.kafka.records import (
     ERROR_RETRIABLE,
     ERROR_TYPE,
     MAX_ERROR_MESSAGE,
+    REPLAYABLE,
     SOURCE_PARTITION,
     SOURCE_TOPIC,
 )
@@ -278,6 +279,7 @@ class Expander:
             (ERROR_RETRIABLE, b"false"),
             (SOURCE_TOPIC, self.names.broadcasts.encode()),
             (SOURCE_PARTITION, str(p).encode()),
+            (REPLAYABLE, b"false"),
         ]
         return Output(self.names.dlq, key.encode(), raw, headers)
 

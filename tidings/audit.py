@@ -4,8 +4,9 @@ dead-letter queue. No database is involved, so the answer is what was decided an
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from tidings.codec import default_codec
@@ -66,6 +67,24 @@ def in_range(record: Incoming, start: datetime | None, end: datetime | None) -> 
 def dead_letters(s: Settings) -> Iterator[tuple[Incoming, dict[str, str]]]:
     for record in read_all(s, names(s).dlq):
         yield record, header_map(record.headers)
+
+
+def letter_id(record: Incoming) -> str:
+    """A dead letter's name in `notifications.dlq.replayed`: its partition and offset in the DLQ."""
+    return f"{record.partition}/{record.offset}"
+
+
+def replayed_letters(s: Settings) -> set[str]:
+    """The dead letters `tidings dlq replay` re-injected before. Without this memory every run
+    re-injected every letter again: requests came through again once the router's 7-day dedupe had
+    passed, and old recipient updates were applied over newer ones. A letter whose copy failed again
+    has a letter of its own, which a later run replays once in turn."""
+    return {r.key.decode() for r in read_all(s, names(s).dlq_replayed) if r.key and r.value}
+
+
+def note_replayed(producer: EventProducer, s: Settings, record: Incoming, source: str) -> None:
+    note = json.dumps({"to": source, "at": datetime.now(UTC).isoformat()}).encode()
+    producer.produce(Output(names(s).dlq_replayed, letter_id(record).encode(), note, []))
 
 
 def replay_dead_letter(producer: EventProducer, record: Incoming) -> str:

@@ -24,6 +24,7 @@ FEEDBACK = "notifications.feedback"
 SCHEDULED = "notifications.scheduled"
 OUTCOMES = "notifications.outcomes"
 DLQ = "notifications.dlq"
+DLQ_REPLAYED = "notifications.dlq.replayed"
 BROADCASTS = "notifications.broadcasts"
 DESTINATIONS = "notifications.destinations"
 
@@ -78,6 +79,10 @@ class Names:
     @property
     def dlq(self) -> str:
         return self.prefix + DLQ
+
+    @property
+    def dlq_replayed(self) -> str:
+        return self.prefix + DLQ_REPLAYED
 
     @property
     def broadcasts(self) -> str:
@@ -208,6 +213,15 @@ def registry(settings: Settings) -> list[TopicSpec]:
             OUTCOMES, "notification_id", ("DeliveryOutcome",), per_recipient=False, retention_ms=30 * DAY_MS
         ),
         TopicSpec(DLQ, "original key", (), per_recipient=False, retention_ms=FOREVER),
+        TopicSpec(
+            DLQ_REPLAYED,
+            "dlq partition/offset",
+            (),
+            cleanup_policy="compact",
+            per_recipient=False,
+            partitions=1,
+            personal=False,
+        ),
         TopicSpec(
             BROADCASTS,
             "tenant/audience",

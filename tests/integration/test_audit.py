@@ -104,3 +104,9 @@ def test_audit_replay_and_dead_letter_round_trip(topology: Settings) -> None:
         r for r in originals if getattr(default_codec().decode(r.value or b""), "notification_id", 0) == late
     ]
     assert fixed[0].requested_at == log_time(first), "a replayed request counts as made when first written"
+    with EventProducer(s) as producer:
+        headers = [*original.headers, ("tidings.replayable", b"false")]
+        producer.produce(Output(names(s).dlq, b"progress", b'{"next": 3}', headers))
+    later = cli(s, "dlq", "replay")
+    assert "replayed 0 dead letters (2 replayed before; 1 not replayable" in " ".join(later.stderr.split())
+    assert len([r for r in read_all(s, names(s).requested) if r.header("tidings.replayed.from")]) == 1

@@ -313,6 +313,7 @@ def test_a_job_that_cannot_go_on_is_dead_lettered_and_ended(monkeypatch: pytest.
         dict(letter.headers)["tidings.error.message"]
         == f"broadcast {b.broadcast_id} has no stored request".encode()
     )
+    assert dict(letter.headers)["tidings.replayable"] == b"false", "its value is progress, not a record"
     assert not h.x.pending()
     assert requested_to(h, other.broadcast_id) == ["u1", "u2", "u3"]
     assert requested_to(h, b.broadcast_id) == ["u1"]

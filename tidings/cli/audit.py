@@ -9,10 +9,21 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tidings.audit import dead_letters, history, in_range, matches, read_all, replay_dead_letter
+from tidings.audit import (
+    dead_letters,
+    history,
+    in_range,
+    letter_id,
+    matches,
+    note_replayed,
+    read_all,
+    replay_dead_letter,
+    replayed_letters,
+)
 from tidings.cli.io import notification_id_arg
 from tidings.config import settings
 from tidings.kafka import EventProducer
+from tidings.kafka.records import REPLAYABLE
 from tidings.views import record_view
 
 dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and re-inject dead letters.")
@@ -133,23 +144,40 @@ def dlq_replay(
     error_type: str | None = typer.Option(None, "--error-type", help="Only letters with this error type."),
     dry_run: bool = typer.Option(False, "--dry-run"),
 ) -> None:
-    """Re-inject dead letters into their source topics (after a fix); consumers dedupe as usual. A
-    record several consumers dead-lettered (the router and a projection read the same topic) is
-    re-injected once: every consumer of its topic reads that copy."""
-    count, copies, done = 0, 0, set()
-    with EventProducer(settings()) as producer:
-        for record, h in dead_letters(settings()):
+    """Re-inject dead letters into their source topics (after a fix); consumers dedupe as usual. Each
+    letter is replayed once, ever (`notifications.dlq.replayed` remembers it); a copy that fails
+    again is a new letter, replayed by a later run. A record several consumers dead-lettered (the
+    router and a projection read the same topic) is re-injected once: every consumer of its topic
+    reads that copy. A letter that holds no record of its topic (a broadcast's progress) is left."""
+    s = settings()
+    count, copies, before, unfit, done = 0, 0, 0, 0, set()
+    replayed = replayed_letters(s)
+    with EventProducer(s) as producer:
+        for record, h in dead_letters(s):
             if (source and h.get("tidings.source.topic") != source) or (
                 error_type and h.get("tidings.error.type") != error_type
             ):
                 continue
+            if letter_id(record) in replayed:
+                before += 1
+                continue
+            if h.get(REPLAYABLE) == "false" or "tidings.source.topic" not in h:
+                unfit += 1
+                continue
             origin = tuple(h.get(f"tidings.source.{k}") for k in ("topic", "partition", "offset"))
             if origin[2] is not None and origin in done:
                 copies += 1
+                if not dry_run:
+                    note_replayed(producer, s, record, h["tidings.source.topic"])
                 continue
             done.add(origin)
             count += 1
             if not dry_run:
-                replay_dead_letter(producer, record)
-    more = f" ({copies} more letters of the same records)" if copies else ""
+                note_replayed(producer, s, record, replay_dead_letter(producer, record))
+    notes = [
+        f"{copies} more letters of the same records" if copies else "",
+        f"{before} replayed before" if before else "",
+        f"{unfit} not replayable (see dlq show)" if unfit else "",
+    ]
+    more = f" ({'; '.join(n for n in notes if n)})" if any(notes) else ""
     console.print(f"{'would replay' if dry_run else 'replayed'} {count} dead letters{more}")

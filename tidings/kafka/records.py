@@ -29,6 +29,9 @@ CONSUMER_GROUP = "tidings.consumer.group"
 FAILED_AT = "tidings.failed.at"
 FAILED_HOST = "tidings.failed.host"
 MAX_ERROR_MESSAGE = 2000
+REPLAYABLE = "tidings.replayable"
+"""`false` on a dead letter whose value is not a record of its source topic (a broadcast's progress):
+`tidings dlq replay` leaves it, where re-injecting it wrote that value into the topic."""
 
 
 REQUESTED_AT = "tidings.requested_at"
