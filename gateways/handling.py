@@ -149,10 +149,8 @@ class CommandHandling:
         if not chain:
             reopens = self.circuits.reopens_at(list(circuit.values()))
             self._count("circuit_open")
-            if all(p.per_endpoint for p in providers):
-                reopening = ProviderThrottled(
-                    "the endpoint's circuit is open", max(0.0, reopens - time.time())
-                )
+            if all(p.per_endpoint for p in providers) or self._others_open(providers):
+                reopening = ProviderThrottled("the circuit is open", max(0.0, reopens - time.time()))
                 return await self._retry(record, command, reopening)
             await self.marks.release(command.delivery_id, command.attempt)
             return Blocked(reopens)
@@ -195,6 +193,16 @@ class CommandHandling:
                 command, "SENT", None, provider=provider.label, provider_message_id=sent.provider_message_id
             )
         return await self._retry(record, command, failure)
+
+    def _others_open(self, providers: list[Provider]) -> bool:
+        """Whether a provider this command cannot use is up: then other commands of its partition
+        (another push platform, a tenant with another chain) can still be sent, and this one goes to
+        the retry tier covering its providers' reopening instead of pausing the partition for all.
+        Only when no provider of the channel can send does the partition wait."""
+        return any(
+            not p.per_endpoint and p not in providers and not self.circuits.is_open(p.label)
+            for p in self.providers
+        )
 
     def _circuit(self, provider: Provider, command: DeliveryCommand) -> str:
         """The circuit of a provider whose addresses are endpoints others run (`per_endpoint`: a

@@ -108,6 +108,11 @@ class Circuits:
         circuit.probe_until = now + PROBE_WINDOW
         return True
 
+    def is_open(self, label: str) -> bool:
+        """Whether no send may go now (open, or half-open with its probe out); takes no probe."""
+        circuit = self.state.get(label)
+        return circuit is not None and circuit.reopens > time.time()
+
     def success(self, label: str) -> None:
         self.state.pop(label, None)
 

@@ -114,3 +114,34 @@ def test_two_thousand_emails_fail_over_to_the_backup_relay(topology: Settings) -
     assert set(terminal.values()) == {1} and len(terminal) == COUNT
     assert {(status, provider) for (_, status, provider) in terminal} == {("SENT", "smtp@backup")}
     assert read_all(s, n.dlq) == []
+
+
+def test_a_circuit_one_tenants_chain_needs_does_not_pause_the_partition_others_share(
+    namespace: Any,
+) -> None:
+    """acme sends through `smtp` alone, which throttles for a minute; globex fails over to the backup.
+    acme's commands wait in a retry tier; they paused the partition, and globex's behind them, until
+    acme's provider reopened."""
+    from gateways.runner import GatewayRunner
+    from gateways.settings import GatewaySettings
+
+    s = namespace(partitions=1, retry_tiers="1m,10m")
+
+    async def scenario() -> tuple[SmtpServer, Counter[tuple[str, str]]]:
+        async with SmtpServer() as primary, SmtpServer() as backup:
+            primary.mode, primary.retry_after = "throttle", 60
+            batch = commands()[:10]
+            for i, c in enumerate(batch):
+                batch[i] = c.model_copy(update={"tenant_id": "acme" if i % 2 == 0 else "globex"})
+            with EventProducer(s) as producer:
+                for c in batch:
+                    producer.produce(Output.event(names(s).delivery("email"), c))
+            providers = [primary.provider(), backup.provider().named("smtp@backup")]
+            settings = GatewaySettings(concurrency=1, chains="acme=smtp")
+            await GatewayRunner(s, "email", providers, settings).run(idle_exit_after=3)
+        decoded = [default_codec().decode(r.value or b"") for r in read_all(s, names(s).outcomes)]
+        return backup, Counter((o.tenant_id, o.status) for o in decoded if isinstance(o, DeliveryOutcome))
+
+    backup, outcomes = asyncio.run(scenario())
+    assert len(backup.accepted) == 5
+    assert outcomes == {("globex", "SENT"): 5, ("acme", "RETRYING"): 5}
