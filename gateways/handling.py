@@ -84,6 +84,8 @@ class CommandHandling:
     buckets: dict[str, TokenBucket]
     session: aiohttp.ClientSession
     counts: dict[str, int]
+    sending: set[uuid.UUID]
+    """Deliveries whose chain is being walked: their claims are held until it ends (`keep_claims`)."""
 
     def _count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
@@ -154,6 +156,16 @@ class CommandHandling:
                 return await self._retry(record, command, reopening)
             await self.marks.release(command.delivery_id, command.attempt)
             return Blocked(reopens)
+        self.sending.add(command.delivery_id)
+        try:
+            return await self._walk(record, command, chain, circuit)
+        finally:
+            self.sending.discard(command.delivery_id)
+
+    async def _walk(
+        self, record: Incoming, command: DeliveryCommand, chain: list[Provider], circuit: dict[str, str]
+    ) -> Handled:
+        """Try the chain's providers in turn; the claim is held meanwhile (`sending`)."""
         failure: ProviderError | None = None
         for provider in chain:
             if bucket := self.buckets.get(provider.label):

@@ -80,6 +80,7 @@ class GatewayRunner(CommandHandling):
             for label, (rate, burst) in (c.rate_limits() if rates is None else rates).items()
         }
         self.limit = asyncio.Semaphore(c.concurrency)
+        self.sending = set()
         self.stopping = asyncio.Event()
         self.paused_until: dict[TP, float] = {}
         self.counts: dict[str, int] = {}
@@ -103,10 +104,24 @@ class GatewayRunner(CommandHandling):
             self.lanes |= {t: 1 for t in retired}
             self.consumer.subscribe([self.urgent, self.standard, *self.retries, *retired])
 
+    async def _keep_claims(self) -> None:
+        """Every third of a claim's lifetime, extend the claims of the sends in progress. A chain walk
+        can outlast a claim (a rate-limit wait, then an SMTP server taking its 30 s per step, then
+        the backup's): the claim expired mid-send, and the partition's new owner after a rebalance
+        sent the command a second time, with no process killed."""
+        ttl = self.config.inflight_ttl
+        while True:
+            await asyncio.sleep(ttl / 3)
+            held = [self.marks.hold(d, ttl) for d in list(self.sending)]
+            for result in await asyncio.gather(*held, return_exceptions=True):
+                if isinstance(result, Exception) and not isinstance(result, REDIS_DOWN):
+                    log.warning("could not hold a claim: %r", result)
+
     async def run(self, *, idle_exit_after: float | None = None) -> None:
         await self._read_retired_tiers()
         await self.consumer.start()
         await self.producer.start()
+        keeper = asyncio.create_task(self._keep_claims())
         last_input = time.monotonic()
         try:
             async with aiohttp.ClientSession() as session:
@@ -123,6 +138,7 @@ class GatewayRunner(CommandHandling):
                     elif idle_exit_after is not None and time.monotonic() - last_input > idle_exit_after:
                         return
         finally:
+            keeper.cancel()
             if self.finalizing is not None:
                 await self.finalizing
             for provider in self.providers:

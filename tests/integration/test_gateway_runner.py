@@ -637,3 +637,32 @@ def test_retries_waiting_in_a_tier_no_longer_configured_are_still_read(
     asyncio.run(scenario())
     assert len(hits) == 1
     assert [o.status for o in outcomes(after)] == ["SENT"]
+
+
+def test_a_send_longer_than_a_claims_lifetime_keeps_its_claim(namespace: Callable[..., Settings]) -> None:
+    """A chain walk can outlast the claim (here 2 s against a 5 s send): the claim expired mid-send and
+    a rebalance's new owner sent the command again. It is held until the walk ends."""
+    s = namespace()
+    marks: list[object] = []
+    [command] = commands("placeholder", 1)
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(5)
+        client = redis.asyncio.Redis.from_url(s.redis_url)
+        raw = await client.get(f"{s.topic_prefix}tidings:delivery:{command.delivery_id}")
+        await client.aclose()
+        marks.append(json.loads(raw)["state"] if raw else None)
+        return web.Response(status=204)
+
+    async def scenario() -> None:
+        app_runner, base = await serve(handler)
+        produce(s, [command.model_copy(update={"address": f"{base}/hook"})])
+        provider = StandardWebhook(WebhookSettings(allow_cidrs="127.0.0.1/32", read_timeout=10))
+        config = GatewaySettings(inflight_ttl=2)
+        await GatewayRunner(s, "webhook", [provider], config).run(idle_exit_after=2)
+        await app_runner.cleanup()
+
+    asyncio.run(scenario())
+    assert marks == ["inflight"]
+    assert [o.status for o in outcomes(s)] == ["SENT"]
