@@ -9,10 +9,13 @@ refreshed once when FCM answers 401 to it (revoked early, clock skew); a second 
 
 The message carries the device token, `notification` {title, body}, `data` (FCM requires string values:
 other JSON values are sent as their compact JSON text; plus `tidings_notification_id` and
-`tidings_delivery_id`, which the app reports an open with), `android` {collapse_key, priority HIGH for
-high/critical else NORMAL, ttl from expires_at} and `apns.headers` {apns-collapse-id, apns-priority,
-apns-expiration}. The collapse key is the delivery id, so a retried delivery replaces, not duplicates,
-one still pending on the device.
+`tidings_delivery_id`, which the app reports an open with), `android` {priority HIGH for high/critical
+else NORMAL, ttl from expires_at} and `apns.headers` {apns-collapse-id, apns-priority, apns-expiration}.
+Android messages are not collapsible: FCM keeps at most four collapse keys per offline device, and a
+key per delivery made a device offline across more than four notifications lose some of them, where
+non-collapsible messages are kept up to 100. A retried delivery is deduped before it is sent (the
+gateway's marks); the app can drop a repeat by `tidings_delivery_id`. iOS (via FCM) keeps
+apns-collapse-id: APNs has no such limit and replaces a pending notification with the same id.
 
 Answers are google.rpc statuses `{"error": {code, status, message, details}}`, refined by the
 `FcmError.errorCode` of `details`:
@@ -151,9 +154,8 @@ def ids(command: DeliveryCommand) -> dict[str, str]:
 
 def message(command: DeliveryCommand) -> dict[str, Any]:
     urgent = command.priority in ("high", "critical")
-    collapse = str(command.delivery_id)
-    android: dict[str, str] = {"collapse_key": collapse, "priority": "HIGH" if urgent else "NORMAL"}
-    apns_headers = {"apns-collapse-id": collapse, "apns-priority": "10" if urgent else "5"}
+    android: dict[str, str] = {"priority": "HIGH" if urgent else "NORMAL"}
+    apns_headers = {"apns-collapse-id": str(command.delivery_id), "apns-priority": "10" if urgent else "5"}
     ttl = seconds_left(command)
     if ttl is not None and command.expires_at is not None:
         android["ttl"] = f"{ttl}s"
