@@ -173,6 +173,8 @@ class CommandHandling:
                 if wait > self.config.inflight_ttl / 2:
                     await self.marks.hold(command.delivery_id, wait + self.config.inflight_ttl)
                 await asyncio.sleep(wait)
+                if command.expires_at is not None and command.expires_at.timestamp() <= time.time():
+                    return await self._finish(command, "EXPIRED", "expired while waiting for its turn")
             try:
                 sent = await provider.send(self.session, command)
             except DeliveryRejected as exc:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -666,3 +667,30 @@ def test_a_send_longer_than_a_claims_lifetime_keeps_its_claim(namespace: Callabl
     asyncio.run(scenario())
     assert marks == ["inflight"]
     assert [o.status for o in outcomes(s)] == ["SENT"]
+
+
+def test_a_command_that_expires_while_waiting_for_its_rate_limit_token_is_not_sent(
+    namespace: Callable[..., Settings],
+) -> None:
+    """Expiry was checked when the command was claimed only: a flash sale that ended while its send
+    waited its turn went out all the same."""
+    from datetime import UTC, datetime, timedelta
+
+    s = namespace(partitions=1)
+    hits: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        hits.append(await request.read())
+        return web.Response(status=204)
+
+    async def scenario() -> None:
+        app_runner, base = await serve(handler)
+        soon = datetime.now(UTC) + timedelta(seconds=8)
+        produce(s, [c.model_copy(update={"expires_at": soon}) for c in commands(f"{base}/hook", 4)])
+        await runner(s, concurrency=4, rates={"standard": (0.25, 1)}).run(idle_exit_after=3)
+        await app_runner.cleanup()
+
+    asyncio.run(scenario())
+    statuses = Counter(o.status for o in outcomes(s))
+    assert len(hits) == statuses["SENT"] and 1 <= len(hits) <= 3
+    assert statuses["EXPIRED"] == 4 - len(hits)
