@@ -16,7 +16,8 @@ producer), and the router, projections and gateways take it from there.
   and i (`tidings.ids.batch_item_id`), so a retried batch produces the same ids.
 - `POST /v1/notifications/{id}/cancel`.
 - Audiences and broadcasts: `gateways/broadcasts_api.py`; destinations: `gateways/destinations_api.py`;
-  analytics: `gateways/stats_api.py`; erasure and export of a recipient: `gateways/privacy_api.py`.
+  analytics: `gateways/stats_api.py`; erasure and export of a recipient: `gateways/privacy_api.py`;
+  suppressions: `gateways/suppressions_api.py`.
 - `PATCH /v1/recipients/{id}` (contacts, merged), `PATCH /v1/recipients/{id}/preferences`,
   `PUT|DELETE /v1/recipients/{id}/devices/{device_id}`,
   `PUT|DELETE /v1/recipients/{id}/webhooks/{endpoint_id}`.
@@ -53,7 +54,7 @@ from pydantic import TypeAdapter, ValidationError
 from redis.exceptions import RedisError
 
 from gateways import _pg as pg
-from gateways import broadcasts_api, destinations_api, privacy_api, stats_api
+from gateways import broadcasts_api, destinations_api, privacy_api, stats_api, suppressions_api
 from gateways.api_schema import (
     Accepted,
     Batch,
@@ -377,6 +378,7 @@ def mount(
             produce, accepted, rows, recipient_id, lambda r: r.app[REPORTS_POOL].connection()
         ),
         *stats_api.operations(REPORTS_POOL),
+        *suppressions_api.operations(produce, accepted, rows, recipient_id),
     ]
     for op in operations:
         application.router.add_route(op.method, op.path, route(op.handler))

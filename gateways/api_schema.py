@@ -126,6 +126,12 @@ class MembersBody(Body):
     )
 
 
+class LiftBody(Body):
+    channel: Channel
+    address: str = Field(min_length=1, max_length=2048, description="The suppressed address or token.")
+    reason: str | None = Field(default=None, max_length=500, description="Kept in the feedback's detail.")
+
+
 class BroadcastCancelBody(Body):
     reason: str | None = Field(default=None, max_length=500)
 

@@ -370,3 +370,63 @@ def test_a_recipients_notifications_page_newest_first_per_tenant(database: Setti
     assert found == [sent[4:2:-1], sent[2:0:-1], sent[:1]]
     assert other == {"items": [], "next": None}
     assert bad == [400, *[(400, "Invalid value")] * 3], "a value PostgreSQL refuses is the caller's error"
+
+
+def test_suppressions_are_listed_per_tenant_and_only_delivery_failures_are_lifted(database: Settings) -> None:
+    """An operator sees why an address gets nothing, and lifts a hard bounce (a mailbox restored); an
+    unsubscribe or a spam complaint is the recipient's to lift, not the operator's."""
+    from tidings.client import Client
+    from tidings.events import ProviderFeedback
+
+    s = database
+    with Client(s) as client:
+        for tenant, kind, address in (
+            ("acme", "hard_bounce", "Ada@Example.com"),
+            ("acme", "complaint", "bob@example.com"),
+            ("globex", "hard_bounce", "cy@example.com"),
+        ):
+            client.publish(
+                ProviderFeedback(
+                    tenant_id=tenant, kind=kind, channel="email", address=address, recipient_id="r"
+                )
+            )
+    project(s, "suppressions")
+
+    async def scenario(base: str) -> list[tuple[int, Any, dict[str, str]]]:
+        lift = f"{base}/v1/recipients/ada/suppressions/lift"
+        async with aiohttp.ClientSession() as http:
+            return [
+                await call(http, "GET", f"{base}/v1/suppressions"),
+                await call(http, "GET", f"{base}/v1/suppressions?limit=1"),
+                await call(http, "GET", f"{base}/v1/suppressions?after=bogus"),
+                await call(http, "POST", lift, json={"channel": "email", "address": "bob@example.com"}),
+                await call(http, "POST", lift, json={"channel": "email", "address": "cy@example.com"}),
+                await call(
+                    http,
+                    "POST",
+                    lift,
+                    json={"channel": "email", "address": "ada@example.com", "reason": "fixed"},
+                ),
+            ]
+
+    listed, page, bad, consent, foreign, lifted = asyncio.run(serving(s, scenario))
+    assert [(r["address"], r["reason"]) for r in listed[1]["items"]] == [
+        ("ada@example.com", "hard_bounce"),
+        ("bob@example.com", "complaint"),
+    ]
+    assert len(page[1]["items"]) == 1 and page[1]["next"] is not None
+    assert (bad[0], consent[0], foreign[0], lifted[0]) == (400, 409, 404, 202)
+    [feedback] = [e for e in decoded(s, names(s).feedback) if getattr(e, "provider", None) == "api"]
+    assert isinstance(feedback, ProviderFeedback) and feedback.kind == "resubscribe"
+    assert (feedback.tenant_id, feedback.recipient_id, feedback.detail) == (
+        "acme",
+        "ada",
+        "lifted by the API: fixed",
+    )
+    project(s, "suppressions")
+
+    async def after(base: str) -> tuple[int, Any, dict[str, str]]:
+        async with aiohttp.ClientSession() as http:
+            return await call(http, "GET", f"{base}/v1/suppressions")
+
+    assert [r["address"] for r in asyncio.run(serving(s, after))[1]["items"]] == ["bob@example.com"]
