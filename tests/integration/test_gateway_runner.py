@@ -66,6 +66,25 @@ def runner(s: Settings, **config: Any) -> GatewayRunner:
     return GatewayRunner(s, "webhook", [provider], GatewaySettings(**config), rates=rates)
 
 
+def accepting(bodies: list[bytes]) -> Handler:
+    """A receiver that keeps each body and answers 204."""
+
+    async def handler(request: web.Request) -> web.Response:
+        bodies.append(await request.read())
+        return web.Response(status=204)
+
+    return handler
+
+
+def produce_due(s: Settings, topic: str, command: DeliveryCommand, due: bytes) -> None:
+    """A retry record as a gateway writes it, with the `tidings.due` header given."""
+    from gateways.outputs import DUE
+
+    out = Output.event(topic, command)
+    with EventProducer(s) as producer:
+        producer.produce(Output(out.topic, out.key, out.value, [*out.headers, (DUE, due)]))
+
+
 async def serve(handler: Handler) -> tuple[web.AppRunner, str]:
     app = web.Application()
     app.router.add_post("/{name}", handler)
@@ -527,22 +546,15 @@ def test_a_retry_whose_due_cannot_be_read_or_is_years_out_is_sent_not_a_crash_or
     """`tidings.due` comes from another process: unreadable, it stopped the gateway on every restart;
     years ahead (a writer's clock), it held its tier partition for good. Each waits at most the
     longest tier."""
-    from gateways.outputs import DUE
-
     s = namespace(retry_tiers="1s,2s", partitions=1)
     hits: list[bytes] = []
-
-    async def handler(request: web.Request) -> web.Response:
-        hits.append(await request.read())
-        return web.Response(status=204)
+    handler = accepting(hits)
 
     async def scenario() -> None:
         app_runner, base = await serve(handler)
         unreadable, far = commands(f"{base}/hook", 2)
-        with EventProducer(s) as producer:
-            for command, due in ((unreadable, b"1.7e12"), (far, b"32503680000000")):
-                out = Output.event(names(s).retry("webhook", "1s"), command)
-                producer.produce(Output(out.topic, out.key, out.value, [*out.headers, (DUE, due)]))
+        for command, due in ((unreadable, b"1.7e12"), (far, b"32503680000000")):
+            produce_due(s, names(s).retry("webhook", "1s"), command, due)
         await runner(s, concurrency=1).run(idle_exit_after=5)
         await app_runner.cleanup()
 
@@ -586,10 +598,7 @@ def test_redis_refusing_writes_when_full_pauses_the_gateway_instead_of_stopping_
             pass
         s = namespace(redis_url=f"redis://127.0.0.1:{port}/0")
         hits: list[bytes] = []
-
-        async def handler(request: web.Request) -> web.Response:
-            hits.append(await request.read())
-            return web.Response(status=204)
+        handler = accepting(hits)
 
         async def scenario() -> GatewayRunner:
             app_runner, base = await serve(handler)
@@ -612,7 +621,6 @@ def test_retries_waiting_in_a_tier_no_longer_configured_are_still_read(
 ) -> None:
     """TIDINGS_RETRY_TIERS changed from 1s,5s to 1s,2s: what waited in the 5s tier was read by nobody
     and stayed RETRYING for good."""
-    from gateways.outputs import DUE
     from tidings.kafka import apply_topics
     from tidings.topics import registry
 
@@ -620,18 +628,13 @@ def test_retries_waiting_in_a_tier_no_longer_configured_are_still_read(
     after = Settings(**(before.model_dump() | {"retry_tiers": "1s,2s"}))
     apply_topics(after, registry(after))
     hits: list[bytes] = []
-
-    async def handler(request: web.Request) -> web.Response:
-        hits.append(await request.read())
-        return web.Response(status=204)
+    handler = accepting(hits)
 
     async def scenario() -> None:
         app_runner, base = await serve(handler)
         [waiting] = commands(f"{base}/hook", 1)
         waiting = waiting.model_copy(update={"attempt": 2})
-        with EventProducer(before) as producer:
-            out = Output.event(names(before).retry("webhook", "5s"), waiting)
-            producer.produce(Output(out.topic, out.key, out.value, [*out.headers, (DUE, b"0")]))
+        produce_due(before, names(before).retry("webhook", "5s"), waiting, b"0")
         await runner(after, concurrency=1).run(idle_exit_after=4)
         await app_runner.cleanup()
 
@@ -678,10 +681,7 @@ def test_a_command_that_expires_while_waiting_for_its_rate_limit_token_is_not_se
 
     s = namespace(partitions=1)
     hits: list[bytes] = []
-
-    async def handler(request: web.Request) -> web.Response:
-        hits.append(await request.read())
-        return web.Response(status=204)
+    handler = accepting(hits)
 
     async def scenario() -> None:
         app_runner, base = await serve(handler)
