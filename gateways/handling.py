@@ -147,7 +147,7 @@ class CommandHandling:
             )
             return await self._finish(command, "FAILED", reason)
         circuit = {p.label: self._circuit(p, command) for p in providers}
-        chain = [p for p in providers if self.circuits.closed(circuit[p.label])]
+        chain = [p for p in providers if not self.circuits.is_open(circuit[p.label])]
         if not chain:
             reopens = self.circuits.reopens_at(list(circuit.values()))
             self._count("circuit_open")
@@ -165,7 +165,10 @@ class CommandHandling:
     async def _walk(
         self, record: Incoming, command: DeliveryCommand, chain: list[Provider], circuit: dict[str, str]
     ) -> Handled:
-        """Try the chain's providers in turn; the claim is held meanwhile (`sending`)."""
+        """Try the chain's providers in turn; the claim is held meanwhile (`sending`). A provider's
+        half-open probe is taken just before its send: taken while the chain was built, it went to
+        commands another provider then served, and the commands that needed this one were refused.
+        A rejection of the message, permanent or not, is an answer: the provider is up."""
         failure: ProviderError | None = None
         for provider in chain:
             if bucket := self.buckets.get(provider.label):
@@ -175,13 +178,15 @@ class CommandHandling:
                 await asyncio.sleep(wait)
                 if command.expires_at is not None and command.expires_at.timestamp() <= time.time():
                     return await self._finish(command, "EXPIRED", "expired while waiting for its turn")
+            if not self.circuits.closed(circuit[provider.label]):
+                continue
             try:
                 sent = await provider.send(self.session, command)
             except DeliveryRejected as exc:
+                self.circuits.success(circuit[provider.label])
                 if not exc.permanent:
                     failure = exc
                     continue
-                self.circuits.success(circuit[provider.label])
                 dead = exc.reason if exc.address_dead else None
                 if dead:
                     await self._refuse_address(command, dead)
@@ -212,9 +217,10 @@ class CommandHandling:
         """Whether a provider this command cannot use is up: then other commands of its partition
         (another push platform, a tenant with another chain) can still be sent, and this one goes to
         the retry tier covering its providers' reopening instead of pausing the partition for all.
-        Only when no provider of the channel can send does the partition wait."""
+        Only when no provider of the channel can send does the partition wait; a provider whose
+        circuits are per endpoint (Web Push) counts as up."""
         return any(
-            not p.per_endpoint and p not in providers and not self.circuits.is_open(p.label)
+            p not in providers and (p.per_endpoint or not self.circuits.is_open(p.label))
             for p in self.providers
         )
 

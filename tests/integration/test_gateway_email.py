@@ -145,3 +145,39 @@ def test_a_circuit_one_tenants_chain_needs_does_not_pause_the_partition_others_s
     backup, outcomes = asyncio.run(scenario())
     assert len(backup.accepted) == 5
     assert outcomes == {("globex", "SENT"): 5, ("acme", "RETRYING"): 5}
+
+
+def test_a_half_open_provider_is_probed_by_a_command_that_needs_it(namespace: Any) -> None:
+    """The default chain is smtp, smtp@backup; beta's is smtp@backup alone. Once the backup's circuit
+    has cooled off, the first beta command probes it: default-chain commands, served by the primary,
+    took the probe while their chain was built and beta's commands were refused until they failed."""
+    from gateways.runner import GatewayRunner
+    from gateways.settings import GatewaySettings
+
+    s = namespace(partitions=1, retry_tiers="1m,10m")
+
+    async def scenario() -> Counter[tuple[str, str]]:
+        async with SmtpServer() as primary, SmtpServer() as backup:
+            backup.mode, backup.retry_after = "throttle", 1
+            batch = commands()[:13]
+            first, rest = batch[0].model_copy(update={"tenant_id": "beta"}), batch[1:]
+            rest = [
+                c.model_copy(update={"tenant_id": "beta"}) if i % 3 == 1 else c for i, c in enumerate(rest)
+            ]
+            providers = [primary.provider(), backup.provider().named("smtp@backup")]
+            settings = GatewaySettings(concurrency=1, chains="beta=smtp@backup")
+            gateway = GatewayRunner(s, "email", providers, settings)
+            running = asyncio.create_task(gateway.run(idle_exit_after=4))
+            with EventProducer(s) as producer:
+                producer.produce(Output.event(names(s).delivery("email"), first))
+            await asyncio.sleep(3)
+            backup.mode = "ok"
+            with EventProducer(s) as producer:
+                for c in rest:
+                    producer.produce(Output.event(names(s).delivery("email"), c))
+            await running
+        decoded = [default_codec().decode(r.value or b"") for r in read_all(s, names(s).outcomes)]
+        return Counter((o.tenant_id, o.status) for o in decoded if isinstance(o, DeliveryOutcome))
+
+    outcomes = asyncio.run(scenario())
+    assert outcomes == {("beta", "RETRYING"): 1, ("beta", "SENT"): 4, ("acme", "SENT"): 8}
