@@ -13,6 +13,7 @@ from typing import Any
 
 from tidings.codec import Codec, default_codec
 from tidings.errors import CodecError, InvalidEvent
+from tidings.events import Event
 from tidings.kafka import Incoming
 from tidings.kafka.records import header_map
 
@@ -37,6 +38,17 @@ def record_view(record: Incoming, codec: Codec | None = None) -> dict[str, Any]:
         view["error"] = f"{type(exc).__name__}: {exc}"
         view["value_base64"] = base64.b64encode(record.value or b"").decode()
     return view
+
+
+def event_view(record: Incoming, event: Event) -> dict[str, Any]:
+    """A decoded record, where it sits and what it holds (secrets redacted), for `tidings audit --json`."""
+    return {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "record": type(event).__name__,
+        "value": redacted(event.model_dump(mode="json")),
+    }
 
 
 def redacted(value: Any) -> Any:

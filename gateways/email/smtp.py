@@ -17,7 +17,8 @@ Replies map to the provider contract by RFC 5321 / RFC 3463 codes:
   an enhanced code; at DATA only an explicit 5.1.x) -> DeliveryRejected, address dead (a hard bounce
   the suppression projection acts on)
 * a 5xx refusing our sender (MAIL FROM: 553 5.1.8 sender domain not found, 550 5.7.1 not permitted)
-  -> ProviderUnavailable: our configuration, true for every recipient, so it must not mark them dead
+  -> ProviderUnavailable: our configuration, true for every recipient, so it must not mark them dead;
+  but 5.3.x and 5.5.x there are the message's (552 5.3.4 over the SIZE the server takes), below
 * any other 5xx (550 message rejected as spam at DATA) -> DeliveryRejected, permanent, address alive
 * timeouts, refused connections, disconnects -> ProviderUnavailable
 """
@@ -68,7 +69,7 @@ def classify(code: int, message: str, min_retry: float, stage: Stage = "rcpt") -
     detail = f"smtp {code} {message.strip()}"[:300]
     if code in AUTH_CODES:
         return ProviderUnavailable(f"smtp authentication failed: {detail}", min_retry)
-    if stage == "sender" and 500 <= code < 600:
+    if stage == "sender" and 500 <= code < 600 and not (enhanced and enhanced.group(2) in ("3", "5")):
         return ProviderUnavailable(f"smtp refused our sender: {detail}", min_retry)
     if 400 <= code < 500:
         if stage == "rcpt" and code != 421:

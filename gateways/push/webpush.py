@@ -18,8 +18,12 @@ Answers: 2xx (201 Created) is Sent with the `Location` of the push message, else
 404 and 410 (subscription expired or unsubscribed) are permanent with address_dead; 400, 413 (payload
 too large) and other 4xx are permanent; 401/403 (the VAPID JWT or key refused, including a subscription
 made for another application server key) are ProviderUnavailable naming the credentials, so a key
-mix-up fails over and opens the circuit instead of deactivating every subscription; 429 is
-ProviderThrottled (Retry-After); 408, 5xx, timeouts and connection errors are ProviderUnavailable.
+mix-up is retried, then dead-lettered (replayable once the key is fixed), instead of deactivating
+every subscription; 429 is ProviderThrottled (Retry-After); 408, 5xx, timeouts and connection errors
+are ProviderUnavailable. Circuits are per subscription endpoint (`per_endpoint`): an endpoint is
+anyone's server and answers what it likes, so no answer of one may open a circuit for all. A key
+mix-up therefore opens no circuit either: every subscription fails through the retry tiers (alert on
+the push channel's failures, `gateway_events{event="exhausted"}`).
 """
 
 from __future__ import annotations

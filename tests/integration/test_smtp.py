@@ -164,6 +164,7 @@ def test_dead_mailbox_is_a_hard_bounce_and_policy_refusal_is_not() -> None:
     [
         ("sender", "553 5.1.8 <tidings@example.com>: Sender address rejected: Domain not found", "config"),
         ("sender", "550 5.7.1 Sender not permitted", "config"),
+        ("sender", "552 5.3.4 Message size exceeds fixed maximum message size", "rejected"),
         ("data", "550 Message rejected: looks like spam", "rejected"),
         ("data", "554 5.7.1 Message content rejected", "rejected"),
         ("data", "550 5.1.1 User unknown", "dead"),

@@ -6,7 +6,7 @@ import uuid
 from tidings.codec import default_codec
 from tidings.events import DeliveryCommand, DestinationUpdated, RenderedContent
 from tidings.kafka import Incoming
-from tidings.views import record_view
+from tidings.views import event_view, record_view
 
 
 def view_of(event: DeliveryCommand | DestinationUpdated) -> dict[str, object]:
@@ -32,7 +32,8 @@ def test_signing_secrets_and_push_auth_keys_are_not_printed() -> None:
         tenant_id="acme", destination_id="d", url="https://hooks.example/d", secret=secret
     )
     for event in (command, destination):
-        printed = json.dumps(view_of(event))
+        record = Incoming("t", 0, 7, event.key.encode(), default_codec().encode(event))
+        printed = json.dumps(view_of(event)) + json.dumps(event_view(record, event))
         assert secret not in printed and "c2VjcmV0" not in printed, printed
         assert "[redacted]" in printed
     value = view_of(command)["value"]

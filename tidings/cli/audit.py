@@ -24,7 +24,7 @@ from tidings.cli.io import notification_id_arg
 from tidings.config import settings
 from tidings.kafka import EventProducer
 from tidings.kafka.records import REPLAYABLE
-from tidings.views import record_view
+from tidings.views import event_view, record_view
 
 dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and re-inject dead letters.")
 console = Console(stderr=True)
@@ -41,17 +41,7 @@ def audit(
         raise typer.Exit(1)
     if as_json:
         for record, event in events:
-            print(
-                json.dumps(
-                    {
-                        "topic": record.topic,
-                        "partition": record.partition,
-                        "offset": record.offset,
-                        "record": type(event).__name__,
-                        "value": event.model_dump(mode="json"),
-                    }
-                )
-            )
+            print(json.dumps(event_view(record, event)))
         return
     table = Table("time", "topic", "record", "channel", "status / detail", "template")
     for record, event in events:
@@ -173,7 +163,9 @@ def dlq_replay(
             done.add(origin)
             count += 1
             if not dry_run:
-                note_replayed(producer, s, record, replay_dead_letter(producer, record))
+                target = replay_dead_letter(producer, record)
+                producer.flush()
+                note_replayed(producer, s, record, target)
     notes = [
         f"{copies} more letters of the same records" if copies else "",
         f"{before} replayed before" if before else "",
