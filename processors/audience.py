@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from pydantic import ValidationError
 
@@ -148,6 +148,7 @@ class Expander:
             action="expand",
             upto=self.members.counter(p, event.tenant_id, event.audience_id),
             traceparent=trace,
+            scheduled_ms=int(event.scheduled_at.timestamp() * 1000) if event.scheduled_at else None,
         )
         return self._advance(p, job, SLICE)
 
@@ -211,21 +212,20 @@ class Expander:
             self.jobs.put(p, f"j\0{job.key}", job.model_dump_json().encode())
             return outputs
         done: Action = "expanded" if request is not None else "cancelled"
-        keep = DONE_TTL
-        if request is not None and request.scheduled_at is not None:
-            keep += max(timedelta(0), request.scheduled_at - datetime.now(UTC))
-        self._finish(p, job.key, job.model_copy(update={"action": done}), keep)
+        self._finish(p, job.key, job.model_copy(update={"action": done}))
         return outputs
 
-    def _finish(self, p: int, key: str, job: Job | None, keep: timedelta = DONE_TTL) -> None:
-        """`keep`: how long the finished broadcast is remembered, so that a cancellation can still
-        withdraw it: 30 days after it is sent, which for one scheduled ahead (up to 400 days) is
-        30 days after its `scheduled_at`. Kept 30 days from its expansion, a broadcast scheduled
-        300 days ahead and cancelled on day 31 was found by nothing and sent to every member."""
+    def _finish(self, p: int, key: str, job: Job | None) -> None:
+        """A finished broadcast (expanded, cancelled, failed) is remembered 30 days after it was due:
+        for one scheduled ahead (up to 400 days), 30 days after its `scheduled_at`, so a cancellation
+        can still withdraw it and a repeated request is still a duplicate. Kept 30 days from its
+        expansion, a broadcast scheduled 300 days ahead and cancelled on day 31 was found by nothing
+        and sent to every member."""
         self.jobs.delete(p, f"j\0{key}")
         self.jobs.delete(p, f"r\0{key}")
         if job is not None:
-            self.finished.put(p, key, job, ttl=keep)
+            due = job.scheduled_ms / 1000 - self.finished.clock() if job.scheduled_ms else 0.0
+            self.finished.put(p, key, job, ttl=DONE_TTL + timedelta(seconds=max(0.0, due)))
 
     def _request(self, p: int, job: Job) -> BroadcastRequested:
         raw = self.jobs.get(p, f"r\0{job.key}")

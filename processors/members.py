@@ -34,6 +34,8 @@ class Job(BaseModel):
     made: int = 0
     withdrawn: int = 0
     traceparent: str = ""
+    scheduled_ms: int | None = None
+    """The broadcast's scheduled_at (epoch ms): it is remembered until 30 days after it."""
 
     @property
     def key(self) -> str:

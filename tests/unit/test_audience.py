@@ -366,3 +366,23 @@ def test_a_broadcast_scheduled_far_ahead_can_be_cancelled_until_30_days_after_it
     assert [e.recipient_id for e in h.events() if isinstance(e, NotificationCancelled)] == ["u1", "u2"]
     h.x.finished.clock = lambda: time.time() + 331 * day
     assert h.x.job(0, f"acme\0{b.broadcast_id}") is None
+
+
+def test_a_far_scheduled_broadcast_cancelled_midway_stays_a_duplicate_until_it_was_due(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kept 30 days from its cancellation, a repeat of the request (an SDK retry, a replay) on day 31
+    expanded the cancelled broadcast again."""
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    monkeypatch.setattr(audience, "SLICE", 1)
+    h = Harness()
+    h.feed(added("u1", "u2", "u3"))
+    b = broadcast(scheduled_at=datetime.now(UTC) + timedelta(days=300))
+    h.feed(b)
+    h.feed(cancelled(b.broadcast_id))
+    h.drain()
+    h.x.finished.clock = lambda: time.time() + 31 * 24 * 3600
+    assert h.feed(b) == []
+    assert requested_to(h, b.broadcast_id) == ["u1"]
