@@ -19,6 +19,8 @@ Replies map to the provider contract by RFC 5321 / RFC 3463 codes:
 * a 5xx refusing our sender (MAIL FROM: 553 5.1.8 sender domain not found, 550 5.7.1 not permitted)
   -> ProviderUnavailable: our configuration, true for every recipient, so it must not mark them dead;
   but 5.3.x and 5.5.x there are the message's (552 5.3.4 over the SIZE the server takes), below
+* a 5xx refusing the session (554 at the greeting, EHLO refused: our IP listed, a relay not for us)
+  -> ProviderUnavailable: every message would meet it, so the chain fails over
 * any other 5xx (550 message rejected as spam at DATA) -> DeliveryRejected, permanent, address alive
 * timeouts, refused connections, disconnects -> ProviderUnavailable
 """
@@ -41,11 +43,13 @@ from tidings.events import DeliveryCommand
 
 ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})")
 AUTH_CODES = {530, 534, 535}
-Stage = Literal["rcpt", "sender", "data", "other"]
+Stage = Literal["rcpt", "sender", "data", "session", "other"]
 STAGES: dict[type[Exception], Stage] = {
     aiosmtplib.SMTPRecipientRefused: "rcpt",
     aiosmtplib.SMTPSenderRefused: "sender",
     aiosmtplib.SMTPDataError: "data",
+    aiosmtplib.SMTPConnectResponseError: "session",
+    aiosmtplib.SMTPHeloError: "session",
 }
 
 
@@ -71,6 +75,8 @@ def classify(code: int, message: str, min_retry: float, stage: Stage = "rcpt") -
         return ProviderUnavailable(f"smtp authentication failed: {detail}", min_retry)
     if stage == "sender" and 500 <= code < 600 and not (enhanced and enhanced.group(2) in ("3", "5")):
         return ProviderUnavailable(f"smtp refused our sender: {detail}", min_retry)
+    if stage == "session" and 500 <= code < 600:
+        return ProviderUnavailable(f"smtp refused the session: {detail}", min_retry)
     if 400 <= code < 500:
         if stage == "rcpt" and code != 421:
             return DeliveryRejected(detail, permanent=False, retry_after=min_retry)

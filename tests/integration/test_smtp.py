@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiosmtplib
 import jwt
 import pytest
 from cryptography import x509
@@ -157,6 +158,11 @@ def test_dead_mailbox_is_a_hard_bounce_and_policy_refusal_is_not() -> None:
     assert isinstance(throttled, ProviderThrottled) and throttled.retry_after == 60
     shutting = classify(421, "4.3.2 Service shutting down", 60, "rcpt")
     assert isinstance(shutting, ProviderUnavailable) and shutting.retry_after == 60
+    listed = classify(554, "5.7.1 Service unavailable; client host blocked", 60, "session")
+    assert isinstance(listed, ProviderUnavailable) and "refused the session" in str(listed)
+    from gateways.email.smtp import STAGES
+
+    assert {STAGES[aiosmtplib.SMTPConnectResponseError], STAGES[aiosmtplib.SMTPHeloError]} == {"session"}
 
 
 @pytest.mark.parametrize(
