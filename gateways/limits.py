@@ -6,6 +6,9 @@ even when the bucket is empty and returns how long to wait for it (the bucket go
 spreads a burst evenly instead of letting every waiter retry at once; the clock is Redis's own `TIME`,
 so hosts with skewed clocks agree.
 
+`Slots` bounds the sends in flight in one process, shared by its partitions; a slot freed goes to the
+most urgent lane waiting for one (the urgent lane, then retries, then the standard lane).
+
 `Circuits` is per process: a provider that throttles (429, Retry-After, SMTP 4.7.x) is skipped until
 its Retry-After passes, and one that fails `failures` times in a row (5xx, timeouts, resets) is skipped
 for `cooloff` seconds, then tried again (half-open: one more failure reopens it). When every provider
@@ -16,6 +19,9 @@ endpoints that failed and never succeeded since) the closed ones are forgotten.
 
 from __future__ import annotations
 
+import asyncio
+import heapq
+import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -131,3 +137,35 @@ class Circuits:
 
     def reopens_at(self, labels: list[str]) -> float:
         return min(self.state.get(label, Circuit()).reopens for label in labels)
+
+
+class Slots:
+    """A semaphore whose waiters are served by rank (lowest first), in arrival order within a rank:
+    with every slot taken by standard-lane sends, an urgent command is the next to send, not the
+    last of hundreds queued before it."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self.waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self.arrivals = itertools.count()
+
+    async def acquire(self, rank: int) -> None:
+        if self.free > 0 and not self.waiters:
+            self.free -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        heapq.heappush(self.waiters, (rank, next(self.arrivals), waiter))
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()
+            raise
+
+    def release(self) -> None:
+        while self.waiters:
+            _, _, waiter = heapq.heappop(self.waiters)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1

@@ -3,20 +3,25 @@ retries, feedback and dead letters. The urgent lane also carries the router's `R
 in Redis for the claims. The one consume loop of every channel gateway; what happens to each command
 (claims, the provider chain, retries) is `gateways.handling`.
 
-Within a partition up to `concurrency` commands are in flight at once; the committed offset is the end
-of the contiguous handled prefix. A partition stops where a command cannot proceed yet (a retry not yet
-due, every circuit open, a delivery in flight elsewhere) and is paused until then, so a throttled
-provider pauses consumption instead of spinning retries. Offsets are committed only after the batch's
+Each partition is a lane: its fetched commands start in offset order as the process's `concurrency`
+slots free up (the urgent lane's first), and the handled prefix is handed on as it grows. A slow send
+holds back only its own partition's commit, never the fetching or sending of others: the loop keeps
+fetching while sends are in flight. A partition stops where a command cannot proceed yet (a retry not
+yet due, every circuit open, a delivery in flight elsewhere) and is paused until then, so a throttled
+provider pauses consumption instead of spinning retries. Offsets are committed only after their
 outputs are acknowledged; `stop()` finishes the sends in flight, emits and commits before returning.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -26,7 +31,7 @@ from gateways.base import Provider
 from gateways.handling import Blocked, CommandHandling, Handled
 from gateways.handling import dead_key as dead_key
 from gateways.handling import failing_key as failing_key
-from gateways.limits import Circuits, TokenBucket
+from gateways.limits import Circuits, Slots, TokenBucket
 from gateways.marks import REDIS_DOWN, Marks
 from gateways.outputs import DUE
 from gateways.settings import GatewaySettings as GatewaySettings
@@ -38,6 +43,32 @@ from tidings.metrics import Sample, lag_samples
 from tidings.topics import names, parse_tiers, tier_seconds
 
 log = logging.getLogger(__name__)
+BACKLOG = 500
+"""Fetched commands a partition may have waiting for a slot before it is paused."""
+WINDOW = 1_000
+"""Commands a partition may have started and not handed on (behind one slow send) before it waits."""
+
+
+@dataclass(eq=False)
+class Started:
+    record: Incoming
+    task: asyncio.Task[Handled | Blocked]
+    dropped: bool = False
+    """Its partition was held at or before it: it is read again, and this result is not handed on."""
+
+
+@dataclass(eq=False)
+class Lane:
+    """One partition's commands: fetched and waiting for a slot, and started, both in offset order."""
+
+    tp: TP
+    rank: int
+    waiting: deque[Incoming] = field(default_factory=deque)
+    running: deque[Started] = field(default_factory=deque)
+    room: asyncio.Event = field(default_factory=asyncio.Event)
+    launcher: asyncio.Task[None] | None = None
+    full: bool = False
+    held_at: int | None = None
 
 
 class GatewayRunner(CommandHandling):
@@ -64,7 +95,7 @@ class GatewayRunner(CommandHandling):
             raise ValueError("TIDINGS_GATEWAY_ERASED_TTL must be at least twice the longest retry tier")
         self.urgent, self.standard = n.delivery(channel, urgent=True), n.delivery(channel)
         self.retries = [n.retry(channel, t) for t in self.tiers]
-        self.lanes = {self.urgent: 0, **{t: 1 for t in self.retries}, self.standard: 2}
+        self.ranks = {self.urgent: 0, **{t: 1 for t in self.retries}, self.standard: 2}
         self.prefix = settings.topic_prefix
         self.group = f"{settings.topic_prefix}tidings.gateway.{channel}"
         self.consumer = AsyncConsumer(
@@ -79,12 +110,17 @@ class GatewayRunner(CommandHandling):
             label: TokenBucket(self.redis, f"{self.prefix}tidings:rate:{channel}:{label}", rate, burst)
             for label, (rate, burst) in (c.rate_limits() if rates is None else rates).items()
         }
-        self.limit = asyncio.Semaphore(c.concurrency)
+        self.slots = Slots(c.concurrency)
         self.sending = set()
         self.stopping = asyncio.Event()
+        self.closing = self.drained = False
+        self.failure: BaseException | None = None
+        self.partitions: dict[TP, Lane] = {}
         self.paused_until: dict[TP, float] = {}
         self.counts: dict[str, int] = {}
-        self.finalizing: asyncio.Task[None] | None = None
+        self.handed: list[tuple[list[Output], dict[str, dict[str, Any]], dict[TP, int]]] = []
+        self.unemitted: set[str] = set()
+        self.wake = asyncio.Event()
         self.first_batch_at: float | None = None
         self.last_commit_at: float | None = None
         self.lag: dict[TP, int] = {}
@@ -101,7 +137,7 @@ class GatewayRunner(CommandHandling):
         retired = [t for t in found if t not in self.retries]
         if retired:
             log.warning("reading retry topics of tiers no longer configured: %s", ", ".join(retired))
-            self.lanes |= {t: 1 for t in retired}
+            self.ranks |= {t: 1 for t in retired}
             self.consumer.subscribe([self.urgent, self.standard, *self.retries, *retired])
 
     async def _keep_claims(self) -> None:
@@ -122,30 +158,50 @@ class GatewayRunner(CommandHandling):
         await self.consumer.start()
         await self.producer.start()
         keeper = asyncio.create_task(self._keep_claims())
+        hand_on = asyncio.create_task(self._hand_on())
+        hand_on.add_done_callback(self._watch)
         last_input = time.monotonic()
         try:
             async with aiohttp.ClientSession() as session:
                 self.session = session
-                while not self.stopping.is_set():
-                    self._resume_due()
-                    fetched = await self.consumer.batch()
-                    if time.monotonic() - self._lag_at >= 1.0:
-                        self.lag, self._lag_at = await self.consumer.lag(), time.monotonic()
-                    if fetched or self._resuming_soon(idle_exit_after) or not self.consumer.assignment():
-                        last_input = time.monotonic()
-                    if fetched:
-                        await self._process(fetched)
-                    elif idle_exit_after is not None and time.monotonic() - last_input > idle_exit_after:
-                        return
+                try:
+                    while not self.stopping.is_set():
+                        self._resume_due()
+                        fetched = await self.consumer.batch()
+                        for tp in sorted(fetched, key=lambda tp: self.ranks.get(tp[0], 3)):
+                            self._queue(tp, fetched[tp])
+                        if time.monotonic() - self._lag_at >= 1.0:
+                            self.lag, self._lag_at = await self.consumer.lag(), time.monotonic()
+                        if fetched or self._busy(idle_exit_after) or not self.consumer.assignment():
+                            last_input = time.monotonic()
+                        elif idle_exit_after is not None and time.monotonic() - last_input > idle_exit_after:
+                            break
+                finally:
+                    await self._close()
+            if self.failure is not None:
+                raise self.failure
         finally:
             keeper.cancel()
-            if self.finalizing is not None:
-                await self.finalizing
+            if not hand_on.done():
+                self.drained = True
+                self.wake.set()
+                await hand_on
             for provider in self.providers:
                 await provider.close()
             await self.producer.stop()
             await self.consumer.stop()
             await self.redis.aclose()
+
+    async def _close(self) -> None:
+        """Stops starting commands, lets the sends in flight finish and hands them on."""
+        self.closing = True
+        for lane in self.partitions.values():
+            lane.waiting.clear()
+            lane.room.set()
+        launchers = [lane.launcher for lane in self.partitions.values() if lane.launcher is not None]
+        await asyncio.gather(*launchers, return_exceptions=True)
+        in_flight = [started.task for lane in self.partitions.values() for started in lane.running]
+        await asyncio.gather(*in_flight, return_exceptions=True)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -159,8 +215,10 @@ class GatewayRunner(CommandHandling):
         paused = Sample("paused_partitions", len(self.paused_until), "gauge", {"channel": self.channel})
         return [*events, paused, *lag_samples(self.lag)]
 
-    def _resuming_soon(self, within: float | None) -> bool:
-        """A paused partition counts as pending work only if it resumes before the idle exit would."""
+    def _busy(self, within: float | None) -> bool:
+        """Commands waiting or in flight, or a paused partition resuming before the idle exit would."""
+        if any(lane.waiting or lane.running for lane in self.partitions.values()):
+            return True
         horizon = time.time() + (within or 0.0)
         return any(at <= horizon for at in self.paused_until.values())
 
@@ -169,83 +227,146 @@ class GatewayRunner(CommandHandling):
         due = [tp for tp, at in self.paused_until.items() if at <= now or tp not in assigned]
         for tp in due:
             del self.paused_until[tp]
-        if resumable := [tp for tp in due if tp in assigned]:
+        full = {tp for tp, lane in self.partitions.items() if lane.full}
+        if resumable := [tp for tp in due if tp in assigned and tp not in full]:
             self.consumer.resume(resumable)
 
-    async def _process(self, fetched: dict[TP, list[Incoming]]) -> None:
-        """Handles one batch and queues its records, then acknowledges it in the background while the
-        next batch is handled: emitted flags and the offset commit wait for the batch's records and
-        for the previous batch's commit, so commits stay in order and never precede their outputs."""
-        if self.finalizing is not None and self.finalizing.done():
-            self.finalizing.result()
+    def _queue(self, tp: TP, records: list[Incoming]) -> None:
+        """Adds fetched records to their partition's lane and starts its launcher. A partition held
+        since the fetch drops them: it is read again from where it stopped when its hold ends."""
+        if tp in self.paused_until:
+            return
         self.first_batch_at = self.first_batch_at or time.monotonic()
-        ordered = sorted(fetched.items(), key=lambda item: self.lanes.get(item[0][0], 3))
-        results = await asyncio.gather(*(self._partition(tp, records) for tp, records in ordered))
-        marks: dict[str, dict[str, Any]] = {}
-        acks: list[asyncio.Future[Any]] = []
-        for outputs, _, handled_marks in results:
-            for out in outputs:
-                acks.append(await self.producer.send(out))
-            marks.update(handled_marks)
-        offsets = {tp: offset for (tp, _), (_, offset, _) in zip(ordered, results, strict=True) if offset}
-        self.finalizing = asyncio.create_task(self._acknowledge(self.finalizing, acks, marks, offsets))
+        lane = self.partitions.get(tp)
+        if lane is None:
+            lane = self.partitions[tp] = Lane(tp, self.ranks.get(tp[0], 3))
+        lane.waiting.extend(records)
+        if len(lane.waiting) >= BACKLOG and not lane.full:
+            lane.full = True
+            self.consumer.pause([tp])
+        if lane.launcher is None or lane.launcher.done():
+            lane.launcher = asyncio.create_task(self._launch(lane))
+            lane.launcher.add_done_callback(self._watch)
 
-    async def _acknowledge(
-        self,
-        previous: asyncio.Task[None] | None,
-        acks: list[asyncio.Future[Any]],
-        marks: dict[str, dict[str, Any]],
-        offsets: dict[TP, int],
-    ) -> None:
-        if previous is not None:
-            await previous
-        await asyncio.gather(*acks)
-        try:
-            await self.marks.emitted(marks)
-        except REDIS_DOWN as exc:
-            log.warning("redis unavailable, emitted flags not set (a re-read re-emits): %s", exc)
-        await self.consumer.commit(offsets)
-        self.last_commit_at = time.monotonic()
-
-    async def _partition(
-        self, tp: TP, records: list[Incoming]
-    ) -> tuple[list[Output], int | None, dict[str, dict[str, Any]]]:
-        tasks: list[tuple[Incoming, asyncio.Task[Handled | Blocked]]] = []
-        hold: float | None = None
-        for record in records:
+    async def _launch(self, lane: Lane) -> None:
+        """Starts the lane's waiting commands in offset order as slots free up, at most `WINDOW` of
+        them not yet handed on; stops at a retry not yet due (`_hold`)."""
+        while lane.waiting and not self.closing:
+            if not self.consumer.holds(lane.tp):
+                lane.waiting.clear()
+                lane.full = False
+                break
+            while len(lane.running) >= WINDOW and not self.closing:
+                lane.room.clear()
+                await lane.room.wait()
+            record = lane.waiting[0]
             due = self._due(record)
             if due is not None and due > time.time():
-                hold = due
+                self._hold(lane, record.offset, due)
                 break
-            if tasks and tasks[-1][1].done() and isinstance(tasks[-1][1].result(), Blocked):
-                break
-            await self.limit.acquire()
-            tasks.append((record, asyncio.create_task(self._guarded(record))))
-        outputs: list[Output] = []
-        marks: dict[str, dict[str, Any]] = {}
-        next_offset: int | None = None
-        blocked = False
-        for record, task in tasks:
-            result = await task
-            if isinstance(result, Blocked):
-                hold = hold if blocked else result.until
-                blocked = True
+            await self.slots.acquire(lane.rank)
+            if self.closing or not lane.waiting or lane.waiting[0] is not record:
+                self.slots.release()
                 continue
-            if not blocked:
-                next_offset = record.offset + 1
-            if result.replayed and result.mark and result.mark[0] in marks:
-                self._count("duplicates")
+            lane.waiting.popleft()
+            started = Started(record, asyncio.create_task(self._guarded(record)))
+            lane.running.append(started)
+            started.task.add_done_callback(functools.partial(self._settled, lane, started))
+            if lane.full and len(lane.waiting) <= BACKLOG // 2:
+                lane.full = False
+                if lane.tp not in self.paused_until:
+                    self.consumer.resume([lane.tp])
+
+    def _settled(self, lane: Lane, started: Started, _: object) -> None:
+        """A command's handling ended: a Blocked one holds its partition at once; then the lane's
+        handled prefix (commands done, in offset order) is handed on with its outputs and offset."""
+        try:
+            task = started.task
+            done_ok = not task.cancelled() and task.exception() is None and not started.dropped
+            if done_ok and isinstance(blocked := task.result(), Blocked):
+                self._hold(lane, started.record.offset, blocked.until)
+            outputs: list[Output] = []
+            marks: dict[str, dict[str, Any]] = {}
+            next_offset: int | None = None
+            failed: BaseException | None = None
+            while lane.running and lane.running[0].task.done():
+                done = lane.running[0]
+                if not done.dropped and (done.task.cancelled() or done.task.exception() is not None):
+                    failed = None if done.task.cancelled() else done.task.exception()
+                    break
+                lane.running.popleft()
+                if done.dropped or isinstance(result := done.task.result(), Blocked):
+                    continue
+                next_offset = done.record.offset + 1
+                if (
+                    result.replayed
+                    and result.mark
+                    and (result.mark[0] in marks or result.mark[0] in self.unemitted)
+                ):
+                    self._count("duplicates")
+                    continue
+                if result.replayed:
+                    self._count("re_emitted")
+                outputs += result.outputs
+                if result.mark:
+                    marks[result.mark[0]] = result.mark[1]
+            lane.room.set()
+            if next_offset is not None:
+                self.unemitted.update(marks)
+                self.handed.append((outputs, marks, {lane.tp: next_offset}))
+                self.wake.set()
+            if failed is not None:
+                self._fail(failed)
+        except Exception as exc:
+            self._fail(exc)
+
+    def _hold(self, lane: Lane, offset: int, until: float) -> None:
+        """Stops the partition at `offset` until `until` (a retry not yet due, every circuit open, a
+        delivery in flight elsewhere): what it started from there on is not handed on, what it fetched
+        is dropped, and it is read again from `offset` when the hold ends. Commands before `offset`
+        still finish and are handed on."""
+        if lane.tp in self.paused_until and lane.held_at is not None and offset >= lane.held_at:
+            return
+        for started in lane.running:
+            if started.record.offset >= offset:
+                started.dropped = True
+        lane.waiting.clear()
+        lane.full, lane.held_at = False, offset
+        self.consumer.pause([lane.tp])
+        self.consumer.seek(lane.tp, offset)
+        self.paused_until[lane.tp] = until
+
+    async def _hand_on(self) -> None:
+        """Produces what the lanes handed on, then sets the emitted flags and commits the offsets, in
+        rounds: everything handed on while a round ran goes in the next. A commit never precedes its
+        outputs' acknowledgement, and a partition's offsets are committed in order."""
+        while not (self.drained and not self.handed):
+            await self.wake.wait()
+            self.wake.clear()
+            handed, self.handed = self.handed, []
+            if not handed:
                 continue
-            if result.replayed:
-                self._count("re_emitted")
-            outputs += result.outputs
-            if result.mark:
-                marks[result.mark[0]] = result.mark[1]
-        if hold is not None:
-            self.consumer.pause([tp])
-            self.consumer.seek(tp, records[0].offset if next_offset is None else next_offset)
-            self.paused_until[tp] = hold
-        return outputs, next_offset, marks
+            acks = [await self.producer.send(out) for outputs, _, _ in handed for out in outputs]
+            await asyncio.gather(*acks)
+            marks = {key: mark for _, handed_marks, _ in handed for key, mark in handed_marks.items()}
+            try:
+                await self.marks.emitted(marks)
+            except REDIS_DOWN as exc:
+                log.warning("redis unavailable, emitted flags not set (a re-read re-emits): %s", exc)
+            self.unemitted.difference_update(marks)
+            offsets = {tp: offset for _, _, handed_offsets in handed for tp, offset in handed_offsets.items()}
+            await self.consumer.commit(offsets)
+            self.last_commit_at = time.monotonic()
+
+    def _watch(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._fail(task.exception())  # type: ignore[arg-type]
+
+    def _fail(self, exc: BaseException) -> None:
+        """An unexpected error in a lane or the hand-on stops the process, as it would in the loop."""
+        if self.failure is None:
+            self.failure = exc
+        self.stopping.set()
 
     def _due(self, record: Incoming) -> float | None:
         """When a retry comes due (epoch seconds), at most the longest tier after the record was written:
@@ -274,7 +395,4 @@ class GatewayRunner(CommandHandling):
             log.warning("redis unavailable, pausing %s[%d]: %s", record.topic, record.partition, exc)
             return Blocked(time.time() + self.config.busy_backoff)
         finally:
-            self.limit.release()
-
-    def _count(self, what: str) -> None:
-        self.counts[what] = self.counts.get(what, 0) + 1
+            self.slots.release()

@@ -101,6 +101,10 @@ class AsyncConsumer:
     def resume(self, tps: Sequence[TP]) -> None:
         self._consumer.resume(*self._held(tps))
 
+    def holds(self, tp: TP) -> bool:
+        """Whether the partition is still assigned to this consumer."""
+        return TopicPartition(*tp) in self._consumer.assignment()
+
     def assignment(self) -> list[TP]:
         return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
 

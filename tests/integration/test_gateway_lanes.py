@@ -1,0 +1,86 @@
+"""The runner's lanes on the real stack: a slow send holds back no other send, and an urgent command
+takes the next free slot however many standard commands wait for one."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+
+from gateways.runner import GatewayRunner, GatewaySettings
+from gateways.webhook.standard import StandardWebhook, WebhookSettings
+from tests.integration.test_gateway_runner import commands, outcomes, produce, runner, serve
+from tidings.config import Settings
+from tidings.kafka import EventProducer, Output
+from tidings.topics import names
+
+
+def test_a_slow_send_holds_back_no_other_send(namespace: Callable[..., Settings]) -> None:
+    """While one endpoint takes its time, the commands produced meanwhile, to every partition including
+    its own, are fetched and sent (they waited for the batch holding the slow send to finish); its
+    partition's commit waits for it, and once it answered a second gateway finds nothing to send."""
+    s = namespace()
+    got: list[str] = []
+    slow_in, answer = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        if request.match_info["name"] == "slow":
+            slow_in.set()
+            await answer.wait()
+        got.append(request.match_info["name"])
+        return web.Response(status=204)
+
+    async def scenario() -> int:
+        app_runner, base = await serve(handler)
+        produce(s, commands(f"{base}/slow", 1))
+        patient = StandardWebhook(WebhookSettings(allow_cidrs="127.0.0.1/32", read_timeout=30))
+        gateway = GatewayRunner(s, "webhook", [patient], GatewaySettings())
+        task = asyncio.create_task(gateway.run(idle_exit_after=3))
+        await asyncio.wait_for(slow_in.wait(), 30)
+        await asyncio.to_thread(produce, s, commands(f"{base}/fast", 30))
+        deadline = time.monotonic() + 15
+        while len(got) < 30 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        sent_meanwhile = len(got)
+        answer.set()
+        await task
+        await runner(s).run(idle_exit_after=3)
+        await app_runner.cleanup()
+        return sent_meanwhile
+
+    assert asyncio.run(scenario()) == 30
+    assert got == ["fast"] * 30 + ["slow"]
+    assert [o.status for o in outcomes(s)].count("SENT") == 31
+
+
+def test_an_urgent_command_takes_the_next_free_slot(namespace: Callable[..., Settings]) -> None:
+    """One slot, 300 standard commands queued for it: an urgent command produced after the 20th was
+    sent goes next (it used to wait for the rest of the standard lane's fetched batch)."""
+    s = namespace()
+    got: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(0.02)
+        got.append(request.match_info["name"])
+        return web.Response(status=204)
+
+    async def scenario() -> None:
+        app_runner, base = await serve(handler)
+        produce(s, commands(f"{base}/standard", 300))
+        gateway = runner(s, concurrency=1)
+        task = asyncio.create_task(gateway.run(idle_exit_after=3))
+        while len(got) < 20:
+            await asyncio.sleep(0.01)
+        [urgent] = commands(f"{base}/urgent", 1)
+        with EventProducer(s) as producer:
+            producer.produce(Output.event(names(s).delivery("webhook", urgent=True), urgent))
+        await task
+        await app_runner.cleanup()
+
+    asyncio.run(scenario())
+    assert len(got) == 301
+    assert got.index("urgent") < 50, got.index("urgent")
