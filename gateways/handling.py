@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -85,6 +87,8 @@ class CommandHandling:
     session: aiohttp.ClientSession
     counts: dict[str, int]
     sending: set[uuid.UUID]
+    active: Counter[uuid.UUID]
+    """Deliveries being handled, by copies: a second copy of one in flight here waits for the first."""
     """Deliveries whose chain is being walked: their claims are held until it ends (`keep_claims`)."""
 
     def _count(self, what: str) -> None:
@@ -100,7 +104,20 @@ class CommandHandling:
         except (CodecError, InvalidEvent) as exc:
             self._count("dead_letters")
             return Handled([dead_letter(record, exc, self.group, self.names.dlq)])
-        mark = await self.marks.claim(
+        self.active[command.delivery_id] += 1
+        try:
+            return await self._claimed(record, command)
+        finally:
+            self.active[command.delivery_id] -= 1
+            if not self.active[command.delivery_id]:
+                del self.active[command.delivery_id]
+
+    async def _claimed(self, record: Incoming, command: DeliveryCommand) -> Handled | Blocked:
+        """Claims the command, then sends it or says why not. A mark of this gateway's own, in flight,
+        while no other copy of the command is handled here, is a claim whose handling failed after
+        it was made (Redis stopped answering): taken again at once, not waited out for a minute."""
+        claim = functools.partial(
+            self.marks.claim,
             command.delivery_id,
             command.attempt,
             dead_key(self.prefix, command),
@@ -108,6 +125,10 @@ class CommandHandling:
             int(command.request_time.timestamp() * 1000),
             (record.header(REPLAYED_FROM) or b"").decode(errors="replace"),
         )
+        mark = await claim()
+        own = mark is not None and mark["state"] == "inflight" and mark.get("owner") == self.marks.owner
+        if own and self.active[command.delivery_id] == 1:
+            mark = await claim(retake=True)
         if mark is not None and mark["state"] == "erased":
             return await self._finish(command, "CANCELLED", "erased")
         if mark is not None and mark["state"] == "suppressed":

@@ -44,7 +44,8 @@ if current then
   local mark = cjson.decode(current)
   local retry_due = mark.state == 'retry' and tonumber(mark.attempt) == tonumber(ARGV[3])
   local replay_due = mark.state == 'done' and mark.dead_letter and ARGV[5] ~= '' and mark.replay ~= ARGV[5]
-  if not retry_due and not replay_due then return current end
+  local own_stale = ARGV[6] == '1' and current == ARGV[1]
+  if not retry_due and not replay_due and not own_stale then return current end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 local erased = tonumber(redis.call('GET', KEYS[3]) or '')
@@ -136,13 +137,17 @@ class Marks:
         erased_key: str,
         requested_ms: int,
         replay: str = "",
+        *,
+        retake: bool = False,
     ) -> dict[str, Any] | None:
         """None when this gateway now owns the send; else the mark that stands in the way, or, when it
         owns the send but must not make it, `{"state": "erased"}` (requested before its recipient's
-        erasure) or `{"state": "suppressed"}` (the address is on the dead list)."""
+        erasure) or `{"state": "suppressed"}` (the address is on the dead list). `retake` claims a
+        delivery whose in-flight mark is this gateway's own: one it claimed and then stopped handling
+        (Redis failed after the claim), which it would otherwise wait a claim's lifetime for."""
         inflight = json.dumps({"state": "inflight", "owner": self.owner})
         keys = [self.key(delivery_id), dead_key, erased_key]
-        args: list[str | int] = [inflight, self.inflight_ttl, attempt, requested_ms, replay]
+        args: list[str | int] = [inflight, self.inflight_ttl, attempt, requested_ms, replay, int(retake)]
         current = await self.pipelined.call(lambda pipe: pipe.eval(CLAIM, 3, *keys, *args))
         if current is None:
             return None

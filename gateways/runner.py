@@ -19,7 +19,7 @@ import functools
 import logging
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,6 +112,7 @@ class GatewayRunner(CommandHandling):
         }
         self.slots = Slots(c.concurrency)
         self.sending = set()
+        self.active = Counter()
         self.stopping = asyncio.Event()
         self.closing = self.drained = False
         self.failure: BaseException | None = None

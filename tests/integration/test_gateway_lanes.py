@@ -1,12 +1,15 @@
-"""The runner's lanes on the real stack: a slow send holds back no other send, and an urgent command
-takes the next free slot however many standard commands wait for one."""
+"""The runner's lanes on the real stack: a slow send holds back no other send, an urgent command
+takes the next free slot however many standard commands wait for one, and a claim of the gateway's own
+left by a Redis failure holds up nothing."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 
+import redis.asyncio
 from aiohttp import web
 
 from gateways.runner import GatewayRunner, GatewaySettings
@@ -84,3 +87,35 @@ def test_an_urgent_command_takes_the_next_free_slot(namespace: Callable[..., Set
     asyncio.run(scenario())
     assert len(got) == 301
     assert got.index("urgent") < 50, got.index("urgent")
+
+
+def test_a_claim_of_its_own_left_by_a_redis_failure_is_taken_again_at_once(
+    namespace: Callable[..., Settings],
+) -> None:
+    """Redis failing right after a claim was made leaves the gateway's own in-flight mark, for a
+    claim's lifetime (60 s): the command read again is sent at once (it waited out the minute). A
+    second copy of a command in flight here still waits for the first: each is sent once."""
+    s = namespace()
+    ids: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(0.3)
+        ids.append(request.headers["webhook-id"])
+        return web.Response(status=204)
+
+    async def scenario() -> list[str]:
+        app_runner, base = await serve(handler)
+        stale, twice = commands(f"{base}/hook", 2)
+        produce(s, [stale, twice, twice])
+        gateway = runner(s, busy_backoff=0.5)
+        own = json.dumps({"state": "inflight", "owner": gateway.marks.owner})
+        async with redis.asyncio.Redis.from_url(s.redis_url) as client:
+            await client.set(gateway.marks.key(stale.delivery_id), own, ex=60)
+        await asyncio.wait_for(gateway.run(idle_exit_after=3), 30)
+        await app_runner.cleanup()
+        return [str(stale.delivery_id), str(twice.delivery_id)]
+
+    expected = asyncio.run(scenario())
+    assert sorted(ids) == sorted(expected)
+    assert [o.status for o in outcomes(s)].count("SENT") == 2
