@@ -150,7 +150,7 @@ class Slots:
         self.arrivals = itertools.count()
 
     async def acquire(self, rank: int) -> None:
-        if self.free > 0 and not self.waiters:
+        if self.free > 0:
             self.free -= 1
             return
         waiter = asyncio.get_running_loop().create_future()
@@ -163,6 +163,7 @@ class Slots:
             raise
 
     def release(self) -> None:
+        """Hands the slot to the first waiter still waiting; free slots and waiters never coexist."""
         while self.waiters:
             _, _, waiter = heapq.heappop(self.waiters)
             if not waiter.done():

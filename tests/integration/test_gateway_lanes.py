@@ -9,14 +9,17 @@ import json
 import time
 from collections.abc import Callable
 
+import pytest
 import redis.asyncio
 from aiohttp import web
 
+from gateways import lanes
 from gateways.runner import GatewayRunner, GatewaySettings
 from gateways.webhook.standard import StandardWebhook, WebhookSettings
 from tests.integration.test_gateway_runner import commands, outcomes, produce, runner, serve
 from tidings.config import Settings
 from tidings.kafka import EventProducer, Output
+from tidings.kafka.aio import AsyncConsumer
 from tidings.topics import names
 
 
@@ -119,3 +122,78 @@ def test_a_claim_of_its_own_left_by_a_redis_failure_is_taken_again_at_once(
     expected = asyncio.run(scenario())
     assert sorted(ids) == sorted(expected)
     assert [o.status for o in outcomes(s)].count("SENT") == 2
+
+
+def test_stopping_while_a_slow_send_fills_its_partitions_window_hands_on_what_ended(
+    namespace: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow send at the head of a partition, its window (3 here) full of sends that ended behind it:
+    stop() finishes the slow one and commits all three (it crashed on the emptied backlog); the next
+    gateway sends the other eight, each once."""
+    monkeypatch.setattr(lanes, "WINDOW", 3)
+    s = namespace(partitions=1)
+    ids: list[str] = []
+    answer = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        if request.match_info["name"] == "slow":
+            await answer.wait()
+        ids.append(request.headers["webhook-id"])
+        return web.Response(status=204)
+
+    async def scenario() -> int:
+        app_runner, base = await serve(handler)
+        produce(s, commands(f"{base}/slow", 1) + commands(f"{base}/fast", 10))
+        gateway = runner(s)
+        task = asyncio.create_task(gateway.run())
+        while len(ids) < 2:
+            await asyncio.sleep(0.02)
+        gateway.stop()
+        await asyncio.sleep(0.5)
+        answer.set()
+        await task
+        sent_first = len(ids)
+        await runner(s).run(idle_exit_after=3)
+        await app_runner.cleanup()
+        return sent_first
+
+    assert asyncio.run(scenario()) == 3
+    assert len(ids) == len(set(ids)) == 11
+    assert [o.status for o in outcomes(s)].count("SENT") == 11
+
+
+def test_a_held_partition_a_rebalance_gives_back_loses_nothing(namespace: Callable[..., Settings]) -> None:
+    """The fourth command is in flight at another gateway, so its partition is held for 4 s; meanwhile a
+    member joins the group and leaves (each time aiokafka revokes every partition and gives this one
+    back, afresh from its committed offset). Every command is sent once: the records read again were
+    dropped as if still held, and the fourth one and those after it were never sent."""
+    s = namespace(partitions=1)
+    ids: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        ids.append(request.headers["webhook-id"])
+        return web.Response(status=204)
+
+    async def scenario() -> None:
+        app_runner, base = await serve(handler)
+        batch = commands(f"{base}/hook", 10)
+        gateway = runner(s, busy_backoff=4)
+        elsewhere = json.dumps({"state": "inflight", "owner": "webhook/elsewhere"})
+        async with redis.asyncio.Redis.from_url(s.redis_url) as client:
+            await client.set(gateway.marks.key(batch[3].delivery_id), elsewhere, ex=3)
+        produce(s, batch)
+        task = asyncio.create_task(gateway.run(idle_exit_after=4))
+        while not gateway.paused_until:
+            await asyncio.sleep(0.02)
+        member = AsyncConsumer(s, group_id=gateway.group, topics=[names(s).outcomes])
+        await member.start()
+        await asyncio.sleep(2)
+        await member.stop()
+        await task
+        await app_runner.cleanup()
+
+    asyncio.run(scenario())
+    assert len(ids) == len(set(ids)) == 10
+    assert [o.status for o in outcomes(s)].count("SENT") == 10

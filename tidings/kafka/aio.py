@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from tidings.config import Settings
@@ -22,12 +22,33 @@ TP = tuple[str, int]
 log = logging.getLogger(__name__)
 
 
+class _Revoked(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, revoked: Callable[[list[TP]], None]) -> None:
+        self.revoked = revoked
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self.revoked([(tp.topic, tp.partition) for tp in revoked])
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        return None
+
+
 class AsyncConsumer:
+    """`on_revoked` is called with the partitions a rebalance takes away, before they are assigned
+    again (aiokafka revokes every partition at each rebalance): one given back starts afresh, not
+    paused, from its committed offset, so what the caller kept about it no longer holds."""
+
     def __init__(
-        self, settings: Settings, *, group_id: str, topics: Sequence[str], max_records: int = 500
+        self,
+        settings: Settings,
+        *,
+        group_id: str,
+        topics: Sequence[str],
+        max_records: int = 500,
+        on_revoked: Callable[[list[TP]], None] | None = None,
     ) -> None:
+        self._listener = None if on_revoked is None else _Revoked(on_revoked)
         self._consumer = AIOKafkaConsumer(
-            *topics,
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=group_id,
             enable_auto_commit=False,
@@ -38,10 +59,11 @@ class AsyncConsumer:
             heartbeat_interval_ms=1_000,
             max_poll_records=max_records,
         )
+        self.subscribe(topics)
 
     def subscribe(self, topics: Sequence[str]) -> None:
         """Read these topics instead of those given at construction (before `start`)."""
-        self._consumer.subscribe(topics=list(topics))
+        self._consumer.subscribe(topics=list(topics), listener=self._listener)
 
     async def start(self) -> None:
         await self._consumer.start()
