@@ -78,6 +78,8 @@ class Lanes(CommandHandling):
         self.retired: list[Lane] = []
         self.paused_until: dict[TP, float] = {}
         self.handed: list[Handover] = []
+        self.uncommitted: dict[TP, int] = {}
+        """Offsets whose commit failed (the coordinator away): committed with the next round's."""
         self.unacknowledged = 0
         self.unemitted: set[str] = set()
         self.wake, self.flowing = asyncio.Event(), asyncio.Event()
@@ -137,7 +139,10 @@ class Lanes(CommandHandling):
 
     def _settled(self, lane: Lane, started: Started, _: object) -> None:
         """A command's handling ended: a Blocked one holds its partition at once; then the lane's
-        handled prefix (commands done, in offset order) is handed on with its outputs and offset."""
+        handled prefix (commands done, in offset order) is handed on with its outputs and offset. A
+        Blocked command in the prefix holds it too, before anything after it could move the offset:
+        its own callback may not have run yet. A dropped command's result moves no offset and hands on
+        only what a mark stands for (a dead letter without one would be written again at the re-read)."""
         try:
             task = started.task
             ended = not task.cancelled() and task.exception() is None
@@ -156,17 +161,18 @@ class Lanes(CommandHandling):
                         failed = error or RuntimeError(f"the handling of {where} was cancelled")
                         break
                     log.warning("a command read again failed: %r", error)
-                lane.running.popleft()
                 result = None if done.task.cancelled() or done.task.exception() else done.task.result()
-                if not isinstance(result, Handled):
+                if isinstance(result, Blocked) and not done.dropped:
+                    self._hold(lane, done.record.offset, result.until)
+                lane.running.popleft()
+                if not isinstance(result, Handled) or (done.dropped and not result.mark):
                     continue
                 if not done.dropped:
                     next_offset = done.record.offset + 1
-                if (
-                    result.replayed
-                    and result.mark
-                    and (result.mark[0] in marks or result.mark[0] in self.unemitted)
-                ):
+                seen = result.mark is not None and (
+                    result.mark[0] in marks or result.mark[0] in self.unemitted
+                )
+                if result.replayed and seen:
                     self._count("duplicates")
                     continue
                 if result.replayed:
@@ -207,6 +213,14 @@ class Lanes(CommandHandling):
         """A rebalance took the partitions away: their lanes retire (what they started still finishes
         and is handed on, moving no offset; their launchers stop), and one given back to this process
         starts a new lane from its committed offset, neither paused nor held."""
+        try:
+            self._retire(tps)
+        except Exception as exc:
+            self._fail(exc)
+
+    def _retire(self, tps: list[TP]) -> None:
+        """(aiokafka logs and ignores an error in its rebalance listener: a lane that survived would
+        keep a hold over a partition given back, and drop its records.)"""
         self.retired = [lane for lane in self.retired if lane.running]
         for tp in tps:
             self.paused_until.pop(tp, None)
@@ -258,7 +272,11 @@ class Lanes(CommandHandling):
                 log.warning("redis unavailable, emitted flags not set (a re-read re-emits): %s", exc)
             self.unemitted.difference_update(marks)
             offsets = {tp: offset for _, _, handed_offsets in handed for tp, offset in handed_offsets.items()}
-            await self.consumer.commit(offsets)
+            offsets = self.uncommitted | offsets
+            committed = await self.consumer.commit(offsets)
+            self.uncommitted = (
+                {} if committed else {tp: o for tp, o in offsets.items() if self.consumer.holds(tp)}
+            )
             self.last_commit_at = time.monotonic()
 
     async def _close(self) -> None:

@@ -197,3 +197,42 @@ def test_a_held_partition_a_rebalance_gives_back_loses_nothing(namespace: Callab
     asyncio.run(scenario())
     assert len(ids) == len(set(ids)) == 10
     assert [o.status for o in outcomes(s)].count("SENT") == 10
+
+
+def test_a_blocked_command_between_two_that_ended_with_it_is_not_committed_past(
+    namespace: Callable[..., Settings],
+) -> None:
+    """Three commands whose claims come back in one Redis pipeline, the middle one in flight at another
+    gateway: all three end in the same pass, and the first one's callback saw the blocked one before
+    its own did. The offset stays at the blocked command, so the next gateway sends it after a stop
+    (its offset was committed past, and it was never sent)."""
+    s = namespace(partitions=1)
+    ids: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        ids.append(request.headers["webhook-id"])
+        return web.Response(status=204)
+
+    async def scenario() -> str:
+        app_runner, base = await serve(handler)
+        before, blocked, after = commands(f"{base}/hook", 3)
+        gateway = runner(s, busy_backoff=5)
+        done = json.dumps({"state": "done", "status": "SENT", "emitted": True})
+        elsewhere = json.dumps({"state": "inflight", "owner": "webhook/elsewhere"})
+        async with redis.asyncio.Redis.from_url(s.redis_url) as client:
+            await client.set(gateway.marks.key(before.delivery_id), done, ex=60)
+            await client.set(gateway.marks.key(after.delivery_id), done, ex=60)
+            await client.set(gateway.marks.key(blocked.delivery_id), elsewhere, ex=3)
+        produce(s, [before, blocked, after])
+        task = asyncio.create_task(gateway.run())
+        while not gateway.paused_until:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)
+        gateway.stop()
+        await task
+        await runner(s, busy_backoff=0.5).run(idle_exit_after=4)
+        await app_runner.cleanup()
+        return str(blocked.delivery_id)
+
+    assert ids == [asyncio.run(scenario())]

@@ -19,6 +19,7 @@ from tidings.errors import KafkaUnavailable
 from tidings.kafka.records import Incoming, Output
 
 TP = tuple[str, int]
+COMMIT_TIMEOUT_S = 30.0
 log = logging.getLogger(__name__)
 
 
@@ -94,15 +95,22 @@ class AsyncConsumer:
         away, or all of them at once in the commit. The new owner of a partition taken away re-reads
         it from its last committed offset, which every caller here tolerates (its handling is
         idempotent); aiokafka refuses a whole commit naming one such partition, so it is left out,
-        rather than leaving every other partition's commit behind with it."""
+        rather than leaving every other partition's commit behind with it. A commit the coordinator
+        does not answer within `COMMIT_TIMEOUT_S` is given up (aiokafka retries it for as long as the
+        coordinator is away, and a stopping gateway waited with it): the next commit covers it."""
         held = set(self._consumer.assignment())
         kept = {tp: o for (t, p), o in offsets.items() if (tp := TopicPartition(t, p)) in held}
         if not kept:
             return not offsets
         try:
-            await self._consumer.commit(kept)
+            await asyncio.wait_for(self._consumer.commit(kept), COMMIT_TIMEOUT_S)
         except (CommitFailedError, IllegalStateError) as exc:
             log.warning("offset commit refused after a rebalance: %s", exc)
+            return False
+        except TimeoutError:
+            log.warning(
+                "offset commit not answered within %.0f s; the next commit covers it", COMMIT_TIMEOUT_S
+            )
             return False
         return True
 
