@@ -163,10 +163,20 @@ class GatewayRunner(Lanes):
         self.stopping.set()
 
     def samples(self) -> list[Sample]:
-        """Commands handled by result (sent, retries, exhausted, duplicates, ...) and paused partitions."""
+        """Commands handled by result (sent, retries, exhausted, duplicates, ...), paused partitions, and
+        commands fetched and waiting for a slot or started and not handed on (behind a slow send)."""
         events = [
             Sample("gateway_events", n, labels={"channel": self.channel, "event": what})
             for what, n in sorted(dict(self.counts).items())
         ]
         paused = Sample("paused_partitions", len(self.paused_until), "gauge", {"channel": self.channel})
-        return [*events, paused, *lag_samples(self.lag)]
+        lanes = list(self.partitions.values())
+        counted = {
+            "waiting": sum(len(x.waiting) for x in lanes),
+            "running": sum(len(x.running) for x in lanes),
+        }
+        held = [
+            Sample("gateway_commands", n, "gauge", {"channel": self.channel, "state": state})
+            for state, n in counted.items()
+        ]
+        return [*events, paused, *held, *lag_samples(self.lag)]

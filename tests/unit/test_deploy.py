@@ -349,7 +349,7 @@ def component_samples() -> list[Any]:
     found = [*loop]
     for cls in (Router, Scheduler, Audience, Runner):
         found += cls.samples(Probe())  # type: ignore[arg-type]
-    runner = Probe(counts=dict.fromkeys(gateway_events(), 1), channel="email", paused_until={})
+    runner = Probe(counts=dict.fromkeys(gateway_events(), 1), channel="email", paused_until={}, partitions={})
     found += GatewayRunner.samples(runner)  # type: ignore[arg-type]
     return found
 
