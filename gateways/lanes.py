@@ -77,6 +77,8 @@ class Lanes(CommandHandling):
         self.partitions: dict[TP, Lane] = {}
         self.retired: list[Lane] = []
         self.paused_until: dict[TP, float] = {}
+        """Held partitions and when they resume, on the monotonic clock (a wall clock step would
+        stretch or cut the hold); a hold's `until` arrives in epoch seconds (a retry's due time)."""
         self.handed: list[Handover] = []
         self.uncommitted: dict[TP, int] = {}
         """Offsets whose commit failed (the coordinator away): committed with the next round's."""
@@ -207,7 +209,7 @@ class Lanes(CommandHandling):
         lane.full, lane.held_at = False, offset
         self.consumer.pause([lane.tp])
         self.consumer.seek(lane.tp, offset)
-        self.paused_until[lane.tp] = until
+        self.paused_until[lane.tp] = time.monotonic() + max(0.0, until - time.time())
 
     def _revoked(self, tps: list[TP]) -> None:
         """A rebalance took the partitions away: their lanes retire (what they started still finishes
@@ -234,7 +236,7 @@ class Lanes(CommandHandling):
             self.retired.append(lane)
 
     def _resume_due(self) -> None:
-        now = time.time()
+        now = time.monotonic()
         due = [tp for tp, at in self.paused_until.items() if at <= now or not self.consumer.holds(tp)]
         for tp in due:
             del self.paused_until[tp]
@@ -248,7 +250,7 @@ class Lanes(CommandHandling):
         lanes = [*self.partitions.values(), *self.retired]
         if self.handed or any(lane.waiting or lane.running for lane in lanes):
             return True
-        horizon = time.time() + (within or 0.0)
+        horizon = time.monotonic() + (within or 0.0)
         return any(at <= horizon for at in self.paused_until.values())
 
     async def _hand_on(self) -> None:

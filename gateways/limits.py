@@ -97,7 +97,10 @@ class Circuit:
 class Circuits:
     """Per label: closed; open for the cool-off (or a throttle's Retry-After) after `failures` failures
     in a row; then half-open, when one send at a time probes (every send in flight at the reopening
-    went to a provider that was likely still down, each spending an attempt) until one succeeds."""
+    went to a provider that was likely still down, each spending an attempt) until one succeeds. Times
+    are the monotonic clock's, so a step of the wall clock (NTP, a VM resumed) neither reopens every
+    circuit at once nor holds them open for the size of the step; `reopens_at` answers in epoch
+    seconds, which partition holds are kept in."""
 
     failures: int = 5
     cooloff: float = 30.0
@@ -108,7 +111,7 @@ class Circuits:
         circuit = self.state.get(label)
         if circuit is None or circuit.open_until == 0.0:
             return True
-        now = time.time()
+        now = time.monotonic()
         if circuit.reopens > now:
             return False
         circuit.probe_until = now + PROBE_WINDOW
@@ -117,26 +120,28 @@ class Circuits:
     def is_open(self, label: str) -> bool:
         """Whether no send may go now (open, or half-open with its probe out); takes no probe."""
         circuit = self.state.get(label)
-        return circuit is not None and circuit.reopens > time.time()
+        return circuit is not None and circuit.reopens > time.monotonic()
 
     def success(self, label: str) -> None:
         self.state.pop(label, None)
 
     def failure(self, label: str, error: ProviderError) -> None:
         if len(self.state) >= MAX_CIRCUITS:
-            now = time.time()
+            now = time.monotonic()
             self.state = {k: c for k, c in self.state.items() if c.open_until > now}
         circuit = self.state.setdefault(label, Circuit())
         circuit.failures += 1
         circuit.probe_until = 0.0
         if isinstance(error, ProviderThrottled):
             wait = self.cooloff if error.retry_after is None else error.retry_after
-            circuit.open_until = time.time() + wait
+            circuit.open_until = time.monotonic() + wait
         elif circuit.failures >= self.failures:
-            circuit.open_until = time.time() + self.cooloff
+            circuit.open_until = time.monotonic() + self.cooloff
 
     def reopens_at(self, labels: list[str]) -> float:
-        return min(self.state.get(label, Circuit()).reopens for label in labels)
+        """When the first of these circuits lets a send go, as an epoch time."""
+        first = min(self.state.get(label, Circuit()).reopens for label in labels)
+        return time.time() + max(0.0, first - time.monotonic())
 
 
 class Slots:

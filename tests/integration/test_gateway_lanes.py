@@ -16,11 +16,34 @@ from aiohttp import web
 from gateways import lanes
 from gateways.runner import GatewayRunner, GatewaySettings
 from gateways.webhook.standard import StandardWebhook, WebhookSettings
-from tests.integration.test_gateway_runner import commands, outcomes, produce, runner, serve
+from tests.integration.test_gateway_runner import Handler, commands, outcomes, produce, runner, serve
 from tidings.config import Settings
 from tidings.kafka import EventProducer, Output
 from tidings.kafka.aio import AsyncConsumer
 from tidings.topics import names
+
+ELSEWHERE = json.dumps({"state": "inflight", "owner": "webhook/elsewhere"})
+"""A delivery's mark while another gateway sends it."""
+
+
+def keeping(kept: list[str], *, delay: float = 0.0, paths: bool = False) -> Handler:
+    """A receiver that keeps each webhook-id (or the path's name), `delay` seconds after reading the
+    body, and answers 204."""
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(delay)
+        kept.append(request.match_info["name"] if paths else request.headers["webhook-id"])
+        return web.Response(status=204)
+
+    return handler
+
+
+async def put_marks(s: Settings, marks: dict[str, tuple[str, int]]) -> None:
+    """Delivery marks as gateways leave them in Redis: key -> (value, seconds to live)."""
+    async with redis.asyncio.Redis.from_url(s.redis_url) as client:
+        for key, (value, ttl) in marks.items():
+            await client.set(key, value, ex=ttl)
 
 
 def test_a_slow_send_holds_back_no_other_send(namespace: Callable[..., Settings]) -> None:
@@ -68,14 +91,8 @@ def test_an_urgent_command_takes_the_next_free_slot(namespace: Callable[..., Set
     s = namespace()
     got: list[str] = []
 
-    async def handler(request: web.Request) -> web.Response:
-        await request.read()
-        await asyncio.sleep(0.02)
-        got.append(request.match_info["name"])
-        return web.Response(status=204)
-
     async def scenario() -> None:
-        app_runner, base = await serve(handler)
+        app_runner, base = await serve(keeping(got, delay=0.02, paths=True))
         produce(s, commands(f"{base}/standard", 300))
         gateway = runner(s, concurrency=1)
         task = asyncio.create_task(gateway.run(idle_exit_after=3))
@@ -101,20 +118,13 @@ def test_a_claim_of_its_own_left_by_a_redis_failure_is_taken_again_at_once(
     s = namespace()
     ids: list[str] = []
 
-    async def handler(request: web.Request) -> web.Response:
-        await request.read()
-        await asyncio.sleep(0.3)
-        ids.append(request.headers["webhook-id"])
-        return web.Response(status=204)
-
     async def scenario() -> list[str]:
-        app_runner, base = await serve(handler)
+        app_runner, base = await serve(keeping(ids, delay=0.3))
         stale, twice = commands(f"{base}/hook", 2)
         produce(s, [stale, twice, twice])
         gateway = runner(s, busy_backoff=0.5)
         own = json.dumps({"state": "inflight", "owner": gateway.marks.owner})
-        async with redis.asyncio.Redis.from_url(s.redis_url) as client:
-            await client.set(gateway.marks.key(stale.delivery_id), own, ex=60)
+        await put_marks(s, {gateway.marks.key(stale.delivery_id): (own, 60)})
         await asyncio.wait_for(gateway.run(idle_exit_after=3), 30)
         await app_runner.cleanup()
         return [str(stale.delivery_id), str(twice.delivery_id)]
@@ -171,18 +181,11 @@ def test_a_held_partition_a_rebalance_gives_back_loses_nothing(namespace: Callab
     s = namespace(partitions=1)
     ids: list[str] = []
 
-    async def handler(request: web.Request) -> web.Response:
-        await request.read()
-        ids.append(request.headers["webhook-id"])
-        return web.Response(status=204)
-
     async def scenario() -> None:
-        app_runner, base = await serve(handler)
+        app_runner, base = await serve(keeping(ids))
         batch = commands(f"{base}/hook", 10)
         gateway = runner(s, busy_backoff=4)
-        elsewhere = json.dumps({"state": "inflight", "owner": "webhook/elsewhere"})
-        async with redis.asyncio.Redis.from_url(s.redis_url) as client:
-            await client.set(gateway.marks.key(batch[3].delivery_id), elsewhere, ex=3)
+        await put_marks(s, {gateway.marks.key(batch[3].delivery_id): (ELSEWHERE, 3)})
         produce(s, batch)
         task = asyncio.create_task(gateway.run(idle_exit_after=4))
         while not gateway.paused_until:
@@ -209,21 +212,19 @@ def test_a_blocked_command_between_two_that_ended_with_it_is_not_committed_past(
     s = namespace(partitions=1)
     ids: list[str] = []
 
-    async def handler(request: web.Request) -> web.Response:
-        await request.read()
-        ids.append(request.headers["webhook-id"])
-        return web.Response(status=204)
-
     async def scenario() -> str:
-        app_runner, base = await serve(handler)
+        app_runner, base = await serve(keeping(ids))
         before, blocked, after = commands(f"{base}/hook", 3)
         gateway = runner(s, busy_backoff=5)
         done = json.dumps({"state": "done", "status": "SENT", "emitted": True})
-        elsewhere = json.dumps({"state": "inflight", "owner": "webhook/elsewhere"})
-        async with redis.asyncio.Redis.from_url(s.redis_url) as client:
-            await client.set(gateway.marks.key(before.delivery_id), done, ex=60)
-            await client.set(gateway.marks.key(after.delivery_id), done, ex=60)
-            await client.set(gateway.marks.key(blocked.delivery_id), elsewhere, ex=3)
+        await put_marks(
+            s,
+            {
+                gateway.marks.key(before.delivery_id): (done, 60),
+                gateway.marks.key(after.delivery_id): (done, 60),
+                gateway.marks.key(blocked.delivery_id): (ELSEWHERE, 3),
+            },
+        )
         produce(s, [before, blocked, after])
         task = asyncio.create_task(gateway.run())
         while not gateway.paused_until:

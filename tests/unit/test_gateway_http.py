@@ -80,3 +80,20 @@ def test_a_reopening_circuit_lets_one_send_probe_until_it_succeeds() -> None:
     assert circuits.closed("p") and not circuits.closed("p")
     circuits.success("p")
     assert all(circuits.closed("p") for _ in range(3))
+
+
+@pytest.mark.parametrize("step", [-3600.0, 3600.0])
+def test_a_wall_clock_step_neither_reopens_nor_stretches_an_open_circuit(
+    step: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wall clock steps an hour (NTP, a VM resumed) while a circuit is open for 30 s: it stays open,
+    and reopens 30 s from now in the new clock's terms (an hour forward reopened it at once, an hour
+    back held it open for an hour more)."""
+    from gateways.base import ProviderUnavailable
+
+    circuits = Circuits(failures=1, cooloff=30.0)
+    circuits.failure("p", ProviderUnavailable("503"))
+    wall = time.time
+    monkeypatch.setattr(time, "time", lambda: wall() + step)
+    assert circuits.is_open("p") and not circuits.closed("p")
+    assert 28 < circuits.reopens_at(["p"]) - time.time() <= 30
