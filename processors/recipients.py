@@ -211,6 +211,8 @@ def _feedback(state: RecipientState, event: ProviderFeedback) -> RecipientState:
             update["devices"] = devices
         suppressions[key] = Suppression(reason=event.kind, since=at)
     elif event.kind == "soft_bounce":
+        if at in state.soft_bounces.get(key, []):
+            return state
         recent = [t for t in state.soft_bounces.get(key, []) if t > at - SOFT_BOUNCE_WINDOW] + [at]
         update["soft_bounces"] = {**state.soft_bounces, key: recent[-SOFT_BOUNCE_LIMIT:]}
         if len(recent) >= SOFT_BOUNCE_LIMIT:

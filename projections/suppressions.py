@@ -3,7 +3,8 @@
 Hard bounce, complaint, SMS STOP, dead token, disabled endpoint and an address-wide unsubscribe suppress;
 `SOFT_BOUNCE_LIMIT` soft bounces within `SOFT_BOUNCE_WINDOW` suppress; START and resubscribe lift. Each
 row's state changes only for feedback newer (by provider time) than the last it took, and `since` is the
-earliest time of the current state, so duplicated and reordered feedback converge to the same row.
+earliest time of the current state, so duplicated and reordered feedback converge to the same row; a
+soft bounce counts once per address and provider time, however often the provider delivered it.
 """
 
 from __future__ import annotations
@@ -27,9 +28,15 @@ ON CONFLICT (tenant_id, channel, address) DO UPDATE SET
     "(EXCLUDED.last_event_at = s.last_event_at AND EXCLUDED.active AND NOT s.active))"
 )
 BOUNCE = """
-INSERT INTO soft_bounces (tenant_id, channel, address, event_id, at) VALUES (%s, %s, %s, %s, %s)
+INSERT INTO soft_bounces (tenant_id, channel, address, event_id, at)
+SELECT %(tenant)s, %(channel)s, %(address)s, %(event_id)s, %(at)s
+WHERE NOT EXISTS (SELECT 1 FROM soft_bounces WHERE tenant_id = %(tenant)s AND channel = %(channel)s
+                  AND address = %(address)s AND at = %(at)s)
 ON CONFLICT DO NOTHING
 """
+"""One soft bounce per address and instant: a provider retrying its webhook (SendGrid for a day, SNS
+by its delivery policy) sends the same bounce again, parsed into a new event id, and it counted
+towards the limit once more."""
 WINDOW_FULL = """
 SELECT max(w.last) FROM (
     SELECT b.at, (SELECT count(*) FROM soft_bounces c WHERE c.tenant_id = b.tenant_id AND c.channel = b.channel
@@ -73,7 +80,7 @@ class Suppressions(Projection):
                 if rows:
                     cur.executemany(UPSERT, rows)
                     rows = []
-                cur.execute(BOUNCE, (f.tenant_id, f.channel, key["address"], f.event_id, at))
+                cur.execute(BOUNCE, key | {"event_id": f.event_id})
                 full = cur.execute(
                     WINDOW_FULL, key | {"window": SOFT_BOUNCE_WINDOW, "limit": SOFT_BOUNCE_LIMIT}
                 ).fetchone()

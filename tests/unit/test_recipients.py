@@ -81,6 +81,10 @@ def test_soft_bounces_below_and_at_the_limit() -> None:
     assert spread.suppressions == {}
     three = fold(two, fb("soft_bounce", at=T0 + timedelta(days=2)))
     assert three.suppressions[address_key("email", "a@x.io")].reason == "soft_bounce_limit"
+    retried = fold(two, fb("soft_bounce", at=T0 + timedelta(days=1)))
+    assert retried == two, (
+        "a provider delivering one bounce twice (a new event id each time) counted it twice"
+    )
 
 
 def test_sms_stop_then_start_and_category_unsubscribe() -> None:
