@@ -87,9 +87,9 @@ class CommandHandling:
     session: aiohttp.ClientSession
     counts: dict[str, int]
     sending: set[uuid.UUID]
+    """Deliveries whose chain is being walked: their claims are held until it ends (`keep_claims`)."""
     active: Counter[uuid.UUID]
     """Deliveries being handled, by copies: a second copy of one in flight here waits for the first."""
-    """Deliveries whose chain is being walked: their claims are held until it ends (`keep_claims`)."""
 
     def _count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
