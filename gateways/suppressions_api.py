@@ -57,8 +57,8 @@ def parse_cursor(text: str) -> tuple[str, str]:
     """ValueError unless `text` is a cursor a page gave out."""
     try:
         channel, address = json.loads(base64.urlsafe_b64decode(text.encode()))
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise ValueError(str(exc)) from None
+    except (binascii.Error, ValueError, TypeError, RecursionError) as exc:
+        raise ValueError(str(exc) or type(exc).__name__) from None
     return str(channel), str(address)
 
 

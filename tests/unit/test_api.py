@@ -2,6 +2,7 @@
 the inbox tokens' per-tenant keys."""
 
 import asyncio
+import base64
 import time
 import uuid
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ from openapi_spec_validator import validate
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from gateways import api, api_schema, ops
+from gateways import api, api_schema, ops, suppressions_api
 from gateways.edge import EdgeSettings, app
 from gateways.feed import recipient_of
 from processors.recipients import Device, RecipientState, Suppression, WebhookEndpoint
@@ -122,6 +123,16 @@ def test_history_cursors_round_trip(at: datetime, nid: uuid.UUID) -> None:
 def test_a_cursor_that_history_did_not_give_out_is_a_value_error(text: str) -> None:
     with pytest.raises(ValueError):
         api.parse_cursor(text)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"garbage", b"[1, 2, 3]", b"[" * 100_000, b"\xff"],
+    ids=["text", "three", "nested", "binary"],
+)
+def test_a_suppressions_cursor_no_page_gave_out_is_a_value_error(raw: bytes) -> None:
+    with pytest.raises(ValueError):
+        suppressions_api.parse_cursor(base64.urlsafe_b64encode(raw).decode())
 
 
 def test_an_inbox_token_names_its_tenant_only_when_that_tenants_key_signed_it() -> None:
