@@ -35,7 +35,10 @@ Doorbells: one Redis pattern subscription per edge process fans out to its socke
 reconnect every socket re-reads, so a lost doorbell costs latency, never an item. Each read also looks
 `LOOKBACK_S` back in time and skips what the socket already sent, because two gateway processes can
 commit a recipient's items out of `seq` order (an urgent and a standard one in the same instant). A
-resumed socket's first read is exactly what follows its cursor.
+resumed socket's first read is exactly what follows its cursor, and it counts the items at or before its
+cursor as had (it may have had them on the socket it replaces): a reconnect repeats no item, at the price
+of one committed out of order just before it, which the feed's pages still show. The greeting's cursor
+is the recipient's newest item, archived or not, so the first look sends only what came after it.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from gateways import _pg as pg
 from gateways.inapp._feed import (
     BULK,
     DELIVERY,
+    MARK,
     PAGE,
     SINCE,
     UNREAD,
@@ -97,6 +101,7 @@ OWN_DELIVERY = """SELECT notification_id, channel FROM deliveries
 WHERE delivery_id = %s AND tenant_id = %s AND recipient_id = %s"""
 MAX_URL = 2048
 AUTH_TIMEOUT_S, REREAD_S, LOOKBACK_S, FIRST_PAGE, MAX_PAGE, MAX_BULK = 10.0, 30.0, 5.0, 20, 100, 1000
+KEPT = 500
 UNAUTHORIZED = 4401
 TOKEN_LEEWAY_S = 30
 POLL_S = 1.0
@@ -296,13 +301,18 @@ def mount(
         bell = application[DOORBELLS].register(channel)
         who = {"tenant": tenant, "recipient": recipient}
         try:
-            if not isinstance(cursor, int):
+            resumed = isinstance(cursor, int) and not isinstance(cursor, bool)
+            mark = who | {"cursor": cursor if resumed else None, "lookback": LOOKBACK_S, "limit": KEPT}
+            [(latest, recent)] = await query(MARK, mark)
+            sent = dict.fromkeys(recent, time.monotonic())
+            if not resumed:
                 rows = await query(PAGE, who | {"archived": False, "before": None, "limit": FIRST_PAGE})
-                await ws.send_json({"type": "items", "items": [item(r) for r in reversed(rows)], "cursor": 0})
-                cursor = max((r[0] for r in rows), default=0)
-                sent, greeted = {r[0] for r in rows}, True
-            else:
-                sent, greeted = set(), False
+                cursor = max([latest or 0, *(r[0] for r in rows)])
+                sent.update(dict.fromkeys((r[0] for r in rows), time.monotonic()))
+                await ws.send_json(
+                    {"type": "items", "items": [item(r) for r in reversed(rows)], "cursor": cursor}
+                )
+            greeted = not resumed
             async for _ in rings(ws, bell, until):
                 lookback = LOOKBACK_S if greeted else 0.0
                 rows = await query(SINCE, who | {"after": cursor, "lookback": lookback, "limit": MAX_PAGE})
@@ -311,16 +321,17 @@ def mount(
                 if fresh or not greeted:
                     await ws.send_json({"type": "items", "items": [item(r) for r in fresh], "cursor": cursor})
                     greeted = True
-                sent.update(r[0] for r in fresh)
+                sent.update(dict.fromkeys((r[0] for r in fresh), time.monotonic()))
                 gone = await query(WITHDRAWN, who | {"seqs": sorted(sent)}) if sent else []
                 if gone:
                     ids = sorted({str(r[1]) for r in gone})
                     await ws.send_json(
                         {"type": "withdrawn", "ids": ids, "cursors": sorted(r[0] for r in gone)}
                     )
-                    sent -= {r[0] for r in gone}
-                if len(sent) > 10 * MAX_PAGE:
-                    sent = {s for s in sent if s > cursor - MAX_PAGE}
+                    for r in gone:
+                        sent.pop(r[0], None)
+                if len(sent) > 2 * KEPT:
+                    sent = kept(sent)
         finally:
             application[DOORBELLS].unregister(channel, bell)
         return ws
@@ -373,6 +384,14 @@ def mount(
             ),
         ]
     )
+
+
+def kept(sent: dict[int, float]) -> dict[int, float]:
+    """Of the items a socket sent (seq: monotonic time sent), the newest KEPT, for withdrawal notices,
+    and any sent within two lookbacks, which a read may still return: dropping one of those sent it again.
+    By the socket's own items, since `seq` is one sequence for every recipient's."""
+    newest, recent = set(sorted(sent)[-KEPT:]), time.monotonic() - 2 * LOOKBACK_S
+    return {seq: at for seq, at in sent.items() if seq in newest or at > recent}
 
 
 async def rings(ws: web.WebSocketResponse, bell: asyncio.Event, until: float) -> AsyncIterator[None]:

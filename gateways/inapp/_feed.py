@@ -64,6 +64,11 @@ ORDER BY i.seq DESC LIMIT %(limit)s"""
 SINCE = f"""SELECT {COLUMNS} {FROM}
   AND (i.seq > %(after)s OR i.created_at > now() - make_interval(secs => %(lookback)s))
 ORDER BY i.seq LIMIT %(limit)s"""
+MARK = """SELECT
+  (SELECT max(seq) FROM inbox_items WHERE tenant_id = %(tenant)s AND recipient_id = %(recipient)s),
+  ARRAY(SELECT seq FROM inbox_items WHERE tenant_id = %(tenant)s AND recipient_id = %(recipient)s
+        AND seq <= COALESCE(%(cursor)s::bigint, seq)
+        AND created_at > now() - make_interval(secs => %(lookback)s) ORDER BY seq DESC LIMIT %(limit)s)"""
 UNREAD = f"""SELECT count(*) {FROM} AND ({READ_NOW}) IS NULL AND ({ARCHIVED_NOW}) IS NULL"""
 WITHDRAWN = """SELECT i.seq, i.notification_id FROM inbox_items i JOIN inbox_states s
   ON s.notification_id = i.notification_id AND s.tenant_id = i.tenant_id AND s.recipient_id = i.recipient_id

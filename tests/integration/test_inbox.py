@@ -3,6 +3,7 @@ serves the feed over HTTP and WebSocket to JWT-authenticated recipients and turn
 engagement events, which the inbox projection folds and the scheduler honours."""
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -451,6 +452,118 @@ def test_an_open_socket_is_told_of_a_withdrawn_item_once(database: Settings) -> 
     assert (gone["type"], gone["ids"]) == ("withdrawn", [str(withdrawn.notification_id)])
     assert gone["cursors"] == [backlog["items"][1]["cursor"]]
     assert (later["type"], [i["title"] for i in later["items"]]) == ("items", ["Ed mentioned you"])
+
+
+def archive(s: Settings, *commands: DeliveryCommand) -> None:
+    with Client(s) as client:
+        for c in commands:
+            ids = {"tenant_id": "acme", "recipient_id": "ada", "notification_id": c.notification_id}
+            client.publish(InboxItemArchived(**ids, delivery_id=c.delivery_id))
+    project(s, "inbox")
+
+
+def test_a_socket_greets_with_the_newest_items_cursor_and_sends_no_archived_item_as_new(
+    database: Settings,
+) -> None:
+    s = database
+    kept, *archived = (command("ada", t) for t in ("Bo", "Cy", "Di", "Ed"))
+
+    async def deliver() -> None:
+        provider = inbox(s)
+        async with aiohttp.ClientSession() as session:
+            for c in (kept, *archived):
+                await provider.send(session, c)
+        await provider.close()
+
+    async def scenario(base: str) -> list[Any]:
+        frames: list[Any] = []
+        async with aiohttp.ClientSession() as http:
+            for hello in ({"token": token("ada")}, {"token": token("ada"), "cursor": True}):
+                async with http.ws_connect(f"{base}/v1/ws") as ws:
+                    await ws.send_json(hello)
+                    frames.append(await ws.receive_json(timeout=5))
+                    with contextlib.suppress(TimeoutError):
+                        frames.append(await ws.receive_json(timeout=1.5))
+        return frames
+
+    asyncio.run(deliver())
+    archive(s, *archived)
+    with psycopg.connect(s.postgres_dsn) as conn:
+        [(newest,)] = conn.execute("SELECT max(seq) FROM inbox_items").fetchall()
+    frames = asyncio.run(serving(s, scenario))
+    greeting = {"type": "items", "cursor": newest}
+    assert [({k: f[k] for k in greeting}, [i["title"] for i in f["items"]]) for f in frames] == [
+        (greeting, ["Bo"]),
+        (greeting, ["Bo"]),
+    ], "archived items came as new, or the greeting's cursor is not the newest item's"
+
+
+def test_a_resumed_socket_repeats_no_item_the_socket_it_replaces_sent(database: Settings) -> None:
+    s = database
+
+    async def scenario(base: str) -> list[list[str]]:
+        provider = inbox(s)
+        titles: list[list[str]] = []
+        async with aiohttp.ClientSession() as session, aiohttp.ClientSession() as http:
+            async with http.ws_connect(f"{base}/v1/ws") as ws:
+                await ws.send_json({"token": token("ada")})
+                titles.append([i["title"] for i in (await ws.receive_json(timeout=5))["items"]])
+                await provider.send(session, command("ada", "Bo"))
+                frame = await ws.receive_json(timeout=5)
+                titles.append([i["title"] for i in frame["items"]])
+            async with http.ws_connect(f"{base}/v1/ws") as ws:
+                await ws.send_json({"token": token("ada"), "cursor": frame["cursor"]})
+                titles.append([i["title"] for i in (await ws.receive_json(timeout=5))["items"]])
+                await provider.send(session, command("ada", "Cy"))
+                titles.append([i["title"] for i in (await ws.receive_json(timeout=5))["items"]])
+        await provider.close()
+        return titles
+
+    assert asyncio.run(serving(s, scenario)) == [[], ["Bo"], [], ["Cy"]]
+
+
+def test_a_socket_that_sent_many_items_still_names_its_recent_ones_withdrawn(
+    database: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket keeps the newest KEPT items it sent however far other recipients' items moved `seq`
+    (and those a look back in time may still return)."""
+    s = database
+    monkeypatch.setattr(feed_module, "KEPT", 3)
+    monkeypatch.setattr(feed_module, "LOOKBACK_S", 0.2)
+    adas = [command("ada", f"A{i}") for i in range(7)]
+
+    def cancel_and_project() -> None:
+        with Client(s) as client:
+            client.cancel(tenant="acme", recipient="ada", notification_id=adas[4].notification_id)
+        project(s, "inbox")
+
+    async def scenario(base: str) -> list[Any]:
+        provider = inbox(s)
+        frames = []
+        async with (
+            aiohttp.ClientSession() as session,
+            aiohttp.ClientSession() as http,
+            http.ws_connect(f"{base}/v1/ws") as ws,
+        ):
+            await ws.send_json({"token": token("ada")})
+            await ws.receive_json(timeout=5)
+            for c in adas:
+                if c is adas[-1]:
+                    await asyncio.sleep(0.5)
+                for _ in range(5):
+                    await provider.send(session, command("bob", "x"))
+                await provider.send(session, c)
+                frames.append(await ws.receive_json(timeout=5))
+            await asyncio.to_thread(cancel_and_project)
+            await provider.send(session, command("ada", "last"))
+            frames += [await ws.receive_json(timeout=5), await ws.receive_json(timeout=5)]
+        await provider.close()
+        return frames
+
+    *sent, live, gone = asyncio.run(serving(s, scenario))
+    assert [i["title"] for f in sent for i in f["items"]] == [c.content.title for c in adas]
+    assert [i["title"] for i in live["items"]] == ["last"]
+    assert (gone["type"], gone["ids"]) == ("withdrawn", [str(adas[4].notification_id)])
 
 
 def test_the_inbox_projection_keeps_the_first_time_of_each_and_rebuilds_identically(
