@@ -15,7 +15,7 @@
 6. otherwise the type's default: delivered.
 
 Webhooks go to every enabled endpoint of the recipient whose `event_types` name the type or its
-category (or are empty), unless the request overrides the address. Then per address: suppressed
+category (or are empty); a request can give its own email and SMS addresses. Then per address: suppressed
 addresses are skipped (a plain unsubscribe only for non-critical types); a request past its expiry
 is EXPIRED; `scheduled_at` in the future and, for push and SMS, quiet hours in the recipient's time
 zone (not for critical types) defer the command to `notifications.scheduled`.
@@ -163,7 +163,7 @@ def addresses(
             )
             for device_id, d in sorted(state.devices.items())
         ]
-    if channel == "webhook" and "webhook" not in overrides:
+    if channel == "webhook":
         wanted = {t.notification_type, t.category}
         return [
             (e.url, {"endpoint_id": endpoint_id, "secret": e.secret})

@@ -60,6 +60,10 @@ def for_type(avro: Any, name: str, annotation: Any) -> st.SearchStrategy[Any]:
             return SCHEDULED if name == "scheduled_at" else TIMESTAMP
         if kind == "array":
             return st.lists(for_type(avro["items"], name, _item(annotation)), min_size=_min(name), max_size=3)
+        if kind == "map" and name == "recipient_overrides":
+            return st.fixed_dictionaries(
+                {}, optional={"email": st.emails(), "sms": for_type("string", "phone", str)}
+            )
         if kind == "map":
             return st.dictionaries(TEXT, for_type(avro["values"], name, _item(annotation)), max_size=3)
         if kind == "record":

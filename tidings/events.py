@@ -22,6 +22,7 @@ from tidings.envelope import Event, Record
 from tidings.errors import InvalidEvent
 from tidings.vocabulary import (
     CHANNELS,
+    EMAIL_PATTERN,
     MAX_DATA_BYTES,
     MAX_ID_LENGTH,
     MAX_MEMBERS_PER_EVENT,
@@ -41,6 +42,7 @@ from tidings.vocabulary import (
     Priority,
     TenantId,
     TimeZone,
+    check_overrides,
     check_schedule,
     check_zone,
     finite_float,
@@ -130,6 +132,11 @@ class NotificationRequested(Event):
     def _not_too_far(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
         return check_schedule(value, info)
 
+    @field_validator("recipient_overrides")
+    @classmethod
+    def _addresses(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return check_overrides(value)
+
     @property
     def data(self) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(self.data_json)
@@ -144,7 +151,7 @@ class NotificationCancelled(Event):
 
 class RecipientUpdated(Event):
     recipient_id: Identifier
-    email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+$")
+    email: str | None = Field(default=None, pattern=EMAIL_PATTERN)
     phone: PhoneNumber | None = None
     locale: Locale | None = None
     timezone: TimeZone | None = None

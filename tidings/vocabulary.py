@@ -167,6 +167,27 @@ def _e164(value: str) -> str:
     return value
 
 
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+$"
+
+
+def check_overrides(value: dict[str, str] | None) -> dict[str, str] | None:
+    """A request's own addresses, checked like the recipient's contact points: an address with a space
+    in it missed the suppression of the address the provider then sent to (`U1@x.com ` is `u1@x.com`)."""
+    for channel, address in (value or {}).items():
+        if channel == "email":
+            if not re.fullmatch(EMAIL_PATTERN, address):
+                raise ValueError(f"recipient_overrides email {address[:80]!r} is not an email address")
+        elif channel == "sms":
+            _e164(address)
+        else:
+            raise ValueError(
+                f"recipient_overrides names {channel[:40]!r}: only email and sms addresses can be given "
+                "(push and in_app reach the recipient's devices and inbox, and a webhook needs an endpoint "
+                "registered with its signing secret: WebhookEndpointUpdated, Client.set_webhook_endpoint)"
+            )
+    return value
+
+
 Millis = Annotated[datetime, AfterValidator(_utc_millis)]
 Identifier = Annotated[str, AfterValidator(_identifier)]
 TenantId = Annotated[str, AfterValidator(_tenant)]

@@ -3,6 +3,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from processors.plan import Catalog, plan
 from processors.preferences import quiet_until
@@ -141,14 +142,36 @@ def test_request_channels_restrict_and_missing_addresses_are_reported() -> None:
     assert [c.channel for c in p.commands] == ["email"]
     assert skipped(p) == {"sms": "no_address"}
     p = plan(
-        request(channels=["webhook"], recipient_overrides={"webhook": "https://h.example/in"}),
-        RecipientState(),
+        request(channels=["email", "sms"], recipient_overrides={"sms": "+4915112345678"}),
+        RecipientState(email="x@y.z", phone="+4915100000000"),
         catalog(),
         NOW,
     )
-    assert [(c.channel, c.address, c.content.data_json) for c in p.commands] == [
-        ("webhook", "https://h.example/in", '{"order": "A-1"}')
-    ]
+    assert [(c.channel, c.address) for c in p.commands] == [("email", "x@y.z"), ("sms", "+4915112345678")]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"email": "u1@example.com "},
+        {"email": " u1@example.com"},
+        {"email": "u1 @example.com"},
+        {"sms": "0151 1234 5678"},
+        {"webhook": "https://h.example/in"},
+        {"push": "token"},
+        {"mail": "u1@example.com"},
+    ],
+    ids=["trailing space", "leading space", "inner space", "not e164", "webhook", "push", "unknown"],
+)
+def test_a_request_gives_only_email_and_sms_addresses_checked_like_the_recipients(
+    overrides: dict[str, str],
+) -> None:
+    """An address with a space in it missed the suppression of the address the provider then sent to;
+    a webhook address had no signing secret, and every send of it was rejected."""
+    with pytest.raises(ValidationError, match="recipient_overrides"):
+        request(recipient_overrides=overrides)
+    with pytest.raises(ValidationError, match="recipient_overrides"):
+        decoded_request(recipient_overrides=overrides)
 
 
 def test_suppressed_addresses_are_skipped() -> None:
@@ -180,12 +203,12 @@ def test_expiry() -> None:
 
 def test_a_channel_named_twice_is_planned_once() -> None:
     p = plan(
-        request(channels=["webhook", "webhook"], recipient_overrides={"webhook": "https://h.example/in"}),
+        request(channels=["email", "email"], recipient_overrides={"email": "a@h.example"}),
         RecipientState(),
         catalog(),
         NOW,
     )
-    assert [c.channel for c in p.commands] == ["webhook"] and len(p.outcomes) == 1
+    assert [c.channel for c in p.commands] == ["email"] and len(p.outcomes) == 1
 
 
 def decoded_request(**changes: Any) -> NotificationRequested:

@@ -4,7 +4,7 @@ only requests the candidate catalog changes are reported, channel by channel."""
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from processors.recipients import RecipientState
+from processors.recipients import RecipientState, WebhookEndpoint
 from tests.unit.test_plan import TEMPLATES, catalog, request
 from tidings.catalog import parse_type
 from tidings.events import NotificationTypePublished, PreferencesUpdated, RecipientUpdated
@@ -136,9 +136,8 @@ def test_a_request_plan_cannot_build_is_rejected_by_type_without_quoting_its_dat
     data = catalog(
         channels=["webhook"], templates={"webhook": {"default": {"data_json": '{"a": {{ amount }}}'}}}
     )
-    state = RecipientState(webhooks={})
-    hook = {"webhook": "https://h.example.com/x"}
-    req = request(data_json='{"amount": "NaN"}', channels=["webhook"], recipient_overrides=hook)
+    state = RecipientState(webhooks={"h": WebhookEndpoint(url="https://h.example.com/x", secret="whsec_x")})
+    req = request(data_json='{"amount": "NaN"}', channels=["webhook"])
     [(channel, status, reason)] = decisions(req, state, data, T0)
     assert (channel, status, reason) == ("*", "REJECTED", "ValidationError")
 
