@@ -306,7 +306,9 @@ def plan(
     priority = "critical" if t.critical else (request.priority or t.priority)
     locale = request.locale or state.locale
     candidates = [c for c in t.default_channels if request.channels is None or c in request.channels]
-    candidates += [c for c in dict.fromkeys(request.channels or []) if c not in candidates and c in templates]
+    candidates += [c for c in dict.fromkeys(request.channels or []) if c not in candidates]
+    if not candidates:
+        outcome("SKIPPED", "no_channel")
     for channel in candidates:
         if channel not in templates:
             outcome("SKIPPED", "no_template", channel)

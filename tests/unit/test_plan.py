@@ -150,6 +150,33 @@ def test_request_channels_restrict_and_missing_addresses_are_reported() -> None:
     assert [(c.channel, c.address) for c in p.commands] == [("email", "x@y.z"), ("sms", "+4915112345678")]
 
 
+def test_a_requested_channel_the_type_has_no_template_for_is_skipped_with_the_reason() -> None:
+    """Each decision is an outcome: a request naming only such channels had none, and its status was
+    \"not (yet) in the projection\" for good."""
+    email_only = Catalog()
+    email_only.apply(
+        parse_type(
+            "*",
+            {
+                "key": "order.shipped",
+                "category": "orders",
+                "channels": ["email"],
+                "templates": {"email": TEMPLATES["email"]},
+            },
+        )
+    )
+    p = plan(request(channels=["sms", "email"]), recipient(), email_only, NOW)
+    assert [c.channel for c in p.commands] == ["email"]
+    assert [(o.status, o.channel, o.reason) for o in p.outcomes if o.status == "SKIPPED"] == [
+        ("SKIPPED", "sms", "no_template")
+    ]
+    p = plan(request(channels=[]), recipient(), email_only, NOW)
+    assert (p.commands, [(o.status, o.channel, o.reason) for o in p.outcomes]) == (
+        [],
+        [("SKIPPED", None, "no_channel")],
+    )
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
