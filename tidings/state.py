@@ -129,7 +129,11 @@ class Store(Generic[V]):
         self._undo.clear()
 
     def restore(self, partition: int, records: Iterable[Incoming]) -> int:
-        """Rebuild one partition from its changelog; returns the number of live keys."""
+        """Rebuild one partition from its changelog; returns the number of live keys.
+
+        A key whose entry expired while no process held the partition is kept, undecoded and never
+        read, until the next purge writes its tombstone: dropped here, it was never deleted from the
+        compacted changelog (compaction keeps a key's last value), and every restore read it again."""
         data: dict[str, tuple[V, int]] = {}
         now = self._now_ms()
         for r in records:
@@ -139,12 +143,13 @@ class Store(Generic[V]):
                 continue
             (expiry,) = _EXPIRY.unpack_from(r.value)
             if expiry and expiry <= now:
-                data.pop(key, None)
+                data[key] = (None, expiry)  # type: ignore[assignment]
             else:
                 data[key] = (self.decode(r.value[_EXPIRY.size :]), expiry)
+        expired = sum(1 for _, expiry in data.values() if expiry and expiry <= now)
         self._data[partition] = data
         self.version += 1
-        return len(data)
+        return len(data) - expired
 
     def drop(self, partition: int) -> None:
         self.version += 1

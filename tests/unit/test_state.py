@@ -76,6 +76,24 @@ def test_ttl_and_purge() -> None:
     assert tombstone.key == b"a" and tombstone.value is None
 
 
+def test_an_entry_that_expired_while_the_partition_was_not_held_is_deleted_from_the_changelog() -> None:
+    """Compaction keeps a key's last value: without a tombstone the entry stayed in the changelog for
+    good, read again by every restore."""
+    clock = Clock()
+    s = store(clock, ttl=timedelta(seconds=10))
+    s.put(0, "old", {"n": 1})
+    s.put(0, "kept", {"n": 2})
+    s.put(0, "lasting", {"n": 3}, ttl=timedelta(hours=1))
+    s.record_done()
+    log = as_incoming(s.changelog())
+    clock.now += 11
+    later = store(clock, ttl=timedelta(seconds=10))
+    assert later.restore(0, log) == 1
+    assert (later.get(0, "old"), later.get(0, "lasting")) == (None, {"n": 3})
+    clock.now += 61
+    assert sorted((o.key, o.value) for o in later.changelog()) == [(b"kept", None), (b"old", None)]
+
+
 @given(
     st.lists(
         st.tuples(st.sampled_from([0, 1]), st.sampled_from("abc"), st.one_of(st.none(), st.integers())),
