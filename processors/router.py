@@ -62,6 +62,10 @@ from tidings.tracing import TRACEPARENT, child_traceparent
 log = logging.getLogger(__name__)
 GROUP = "tidings.router"
 DEDUPE_TTL = timedelta(days=7)
+DIGEST_MARK_MARGIN = timedelta(days=1)
+"""A digested request is remembered until a day after its digest is due, however long the window: a
+cancellation finds its item only through that mark, and one that expired first (a 14-day window, a
+weekly one across a DST change, a lagging router) left the cancelled item in the digest."""
 URGENT = frozenset({"critical", "high"})
 
 
@@ -81,27 +85,38 @@ class Router:
         self.codec = codec or default_codec()
         self.clock = clock
         self.catalog = Catalog()
+
+        def epoch() -> float:
+            return self.clock().timestamp()
+
         self.recipients: Store[RecipientState] = Store(
             self.names.changelog("router", "recipients"),
             encode=lambda s: s.model_dump_json().encode(),
             decode=RecipientState.model_validate_json,
+            clock=epoch,
         )
         self.seen: Store[str] = Store(
-            self.names.changelog("router", "seen"), encode=str.encode, decode=bytes.decode, ttl=DEDUPE_TTL
+            self.names.changelog("router", "seen"),
+            encode=str.encode,
+            decode=bytes.decode,
+            ttl=DEDUPE_TTL,
+            clock=epoch,
         )
         self.digests: Store[digest.Bucket] = Store(
             self.names.changelog("router", "digests"),
             encode=lambda b: b.model_dump_json().encode(),
             decode=digest.Bucket.model_validate_json,
+            clock=epoch,
         )
         self.digest_due: Store[str] = Store(
-            self.names.changelog("router", "digest_due"), encode=str.encode, decode=bytes.decode
+            self.names.changelog("router", "digest_due"), encode=str.encode, decode=bytes.decode, clock=epoch
         )
         self.due_digests = DueKeys(self.digest_due)
         self.throttles: Store[list[int]] = Store(
             self.names.changelog("router", "throttles"),
             encode=lambda t: json.dumps(t).encode(),
             decode=json.loads,
+            clock=epoch,
         )
         self.throttled = 0
         self.follower = TopicFollower(settings, self.names.catalog)
@@ -184,8 +199,8 @@ class Router:
         if result.digested:
             made_ms = int(made.timestamp() * 1000) if made else None
             outputs += self._collect(record.partition, event, state, result.digested, now, made_ms)
-        seen = f"digest {event.notification_type}" if result.digested else "requested"
-        self.seen.put(record.partition, seen_key, seen)
+        if not result.digested:
+            self.seen.put(record.partition, seen_key, "requested")
         outputs += [
             self._event(self.names.delivery(c.channel, urgent=c.priority in URGENT), c, trace)
             for c in result.commands
@@ -284,6 +299,12 @@ class Router:
         bucket, full = digest.join(current, request, channels, due, now, requested_ms, expiry(request, t))
         outputs = self._closed(partition, full, now) if full else []
         self.digests.put(partition, key, bucket)
+        self.seen.put(
+            partition,
+            f"{request.tenant_id}/{request.notification_id}",
+            f"digest {request.notification_type}",
+            ttl=max(DEDUPE_TTL, bucket.due - now + DIGEST_MARK_MARGIN),
+        )
         if current is None or full is not None:
             self.digest_due.put(partition, bucket.due_key, key)
             self.due_digests.add(partition, bucket.due_key)

@@ -1,8 +1,12 @@
 """Digest windows (router) and escalation timers (scheduler) on the real broker."""
 
+import threading
+import time
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
+from processors.router import Router
 from tests.integration.scheduling import SkewedScheduler
 from tests.integration.test_router import commands, decoded, publish_catalog, run_router
 from tidings.audit import history
@@ -89,6 +93,52 @@ def test_requests_in_a_window_become_one_digest_and_a_cancelled_one_leaves_it(to
     assert email_outcomes[(digest.notification_id, "QUEUED", None)] == 1
     audited = [e for _, e in history(s, str(likes[0]))]
     assert digest in audited and isinstance(audited[0], NotificationRequested)
+
+
+def run_skewed(s: Settings, days: int, records: int | None = None) -> None:
+    """A router whose clock is `days` ahead, until it committed `records` input records (an open digest
+    keeps it from idling out), else until it idles out."""
+    router = Router(
+        s,
+        instance="0",
+        group_id=f"router-{s.topic_prefix}",
+        clock=lambda: datetime.fromtimestamp(time.time() + days * 86400, UTC),
+    )
+    thread = threading.Thread(target=router.run, kwargs={"idle_exit_after": 3.0})
+    thread.start()
+    deadline = time.monotonic() + 60
+    while records is not None and router.loop.committed_records < records and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if records is not None:
+        router.stop()
+    thread.join(timeout=60)
+    if thread.is_alive():
+        router.stop()
+        thread.join()
+    assert records is None or router.loop.committed_records >= records
+
+
+def test_a_cancellation_takes_its_item_out_of_a_digest_due_after_the_dedupe_window(
+    topology: Settings,
+) -> None:
+    """The router remembers a digested request until a day after its digest is due: a 14-day window
+    outlived the 7-day dedupe mark, and the cancelled item went out in the digest all the same."""
+    s = topology
+    fortnightly = LIKED | {"key": "post.shared", "digest": LIKED["digest"] | {"window": "14d"}}
+    with Client(s) as client:
+        client.publish(parse_type("*", fortnightly))
+        client.update_recipient(tenant="acme", recipient="ada", email="ada@example.com")
+        shared = client.send(
+            tenant="acme", recipient="ada", type="post.shared", data={"by": "Cy", "post": "P"}
+        )
+    run_skewed(s, 0, records=2)
+    with Client(s) as client:
+        client.cancel(tenant="acme", recipient="ada", notification_id=shared, reason="unshared")
+    run_skewed(s, 8, records=1)
+    run_skewed(s, 15)
+    email = Counter((o.status, o.reason) for o in outcomes_of(s) if o.channel == "email")
+    assert email[("DEFERRED", "digest")] == 1 and email[("CANCELLED", "unshared")] == 1
+    assert email[("QUEUED", "digested")] == 0 and not [c for c in commands(s) if c.channel == "email"]
 
 
 def test_an_escalation_is_dropped_when_the_notification_was_engaged_with_first(topology: Settings) -> None:
