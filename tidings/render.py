@@ -245,7 +245,9 @@ class Rendered:
 
 
 def pick_locale(available: Mapping[str, Any], locale: str | None) -> str | None:
-    lowered = {k.lower(): k for k in available}
+    """The catalog's locale for a request's, case-insensitive and `_` read as `-` on both sides: a
+    catalog's `pt_BR` was never chosen, and the publish check rendered `default` in its place."""
+    lowered = {k.lower().replace("_", "-"): k for k in available}
     for candidate in locale_chain(locale):
         if candidate.lower() in lowered:
             return lowered[candidate.lower()]

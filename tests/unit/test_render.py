@@ -37,6 +37,11 @@ def test_locale_fallback(locale: str | None, chosen: str, subject: str) -> None:
     assert rendered.locale == chosen and rendered.fields["subject"] == subject
 
 
+@pytest.mark.parametrize("asked", ["pt-BR", "pt_BR", "PT-br", "pt-BR-x-app"])
+def test_a_catalog_locale_written_with_an_underscore_is_chosen(asked: str) -> None:
+    assert pick_locale({"default": {}, "pt_BR": {}}, asked) == "pt_BR"
+
+
 def test_no_matching_locale_is_an_error() -> None:
     assert pick_locale({"de": {}}, "fr") is None
     with pytest.raises(RenderError, match="locale"):
