@@ -151,6 +151,11 @@ _KNOWN = {
 }
 
 
+NEEDED = {"email": ("body", "html"), "sms": ("body",)}
+"""The fields a channel cannot send without (one of them), in every locale: the gateway refused each
+message of a template without one, and a locale is chosen whole, not field by field."""
+
+
 def _templates(key: str, raw: dict[str, Any]) -> list[ChannelTemplate]:
     out = []
     for channel, locales in sorted(raw.items()):
@@ -162,6 +167,9 @@ def _templates(key: str, raw: dict[str, Any]) -> list[ChannelTemplate]:
             unknown = set(fields) - set(FIELDS)
             if unknown:
                 raise InvalidEvent(f"{key}: {channel}/{locale}: unknown template fields {sorted(unknown)}")
+            needed = NEEDED.get(channel, ())
+            if needed and not any(fields.get(f) for f in needed):
+                raise InvalidEvent(f"{key}: {channel}/{locale}: needs {' or '.join(needed)}")
             for field, source in fields.items():
                 try:
                     check_template(field, source)

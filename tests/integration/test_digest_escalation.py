@@ -30,7 +30,7 @@ LIKED: dict[str, Any] = {
     "channels": ["in_app", "email"],
     "templates": {
         "in_app": {"default": {"title": "{{ by }} liked {{ post }}"}},
-        "email": {"default": {"subject": "{{ by }} liked {{ post }}"}},
+        "email": {"default": {"subject": "{{ by }} liked {{ post }}", "body": "{{ by }} liked {{ post }}."}},
     },
     "digest": {
         "window": "2s",

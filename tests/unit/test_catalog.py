@@ -21,7 +21,7 @@ def base(**changes: object) -> dict[str, object]:
         "key": "t",
         "category": "c",
         "channels": ["email"],
-        "templates": {"email": {"default": {"subject": "Hi {{ name }}"}}},
+        "templates": {"email": {"default": {"subject": "Hi {{ name }}", "body": "Hello"}}},
     }
     return raw | changes
 
@@ -32,7 +32,14 @@ def base(**changes: object) -> dict[str, object]:
         (base(channels=["email", "fax"]), "fax"),
         (base(channels=["email", "sms"]), "without templates"),
         (base(templates={"email": {"de": {"subject": "x"}}}), "default"),
-        (base(templates={"email": {"default": {"subject": "{{ oops "}}}), "subject"),
+        (base(templates={"email": {"default": {"subject": "{{ oops ", "body": "b"}}}), "subject"),
+        (
+            base(
+                templates={"email": {"default": {"subject": "Hi", "body": "b"}, "de": {"subject": "Hallo"}}}
+            ),
+            "de: needs body or html",
+        ),
+        (base(channels=["sms"], templates={"sms": {"default": {"title": "Hi"}}}), "sms/default: needs body"),
         (base(templates={"email": {"default": {"footer": "x"}}}), "unknown template fields"),
         (base(priority="urgent"), "^t: priority: Input should be 'low', 'normal', 'high' or 'critical'$"),
         (base(colour="blue"), "unknown fields"),
@@ -69,7 +76,10 @@ def test_digest_and_escalation_rules_are_parsed() -> None:
     assert digest_rule(types["order.shipped"]) is None and escalation_steps(types["order.shipped"]) == []
 
 
-DIGEST = {"window": "1h", "templates": {"email": {"default": {"subject": "{{ count }} updates"}}}}
+DIGEST = {
+    "window": "1h",
+    "templates": {"email": {"default": {"subject": "{{ count }} updates", "body": "x"}}},
+}
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 TEMPLATES = {
     "email": {
         "default": {"subject": "Order {{ order }}", "html": "<b>{{ order }}</b>"},
-        "de": {"subject": "Bestellung {{ order }}"},
+        "de": {"subject": "Bestellung {{ order }}", "body": "Bestellung {{ order }} ist unterwegs"},
     },
     "sms": {"default": {"body": "Order {{ order }}"}},
     "push": {"default": {"title": "Order", "body": "{{ order }}"}},
@@ -451,7 +451,12 @@ def test_webhooks_go_to_matching_enabled_endpoints() -> None:
 DIGEST = {
     "window": "1h",
     "templates": {
-        "email": {"default": {"subject": "{{ count }} orders: {{ items|map(attribute='order')|join(', ') }}"}}
+        "email": {
+            "default": {
+                "subject": "{{ count }} orders: {{ items|map(attribute='order')|join(', ') }}",
+                "body": "{{ count }} orders",
+            }
+        }
     },
 }
 

@@ -32,6 +32,7 @@ html = "<p>Hi {{{{ recipient.name }}}}, <b>{{{{ order }}}}</b></p>"
 
 [type.templates.email.de]
 subject = "Bestellung {{{{ order }}}} mit {{{{ carrier }}}}"
+body = "Unterwegs"
 
 [type.templates.push.default]
 title = "Order"
@@ -42,6 +43,7 @@ window = "1h"
 
 [type.digest.templates.email.default]
 subject = "{{{{ count }}}} orders: {{% for o in items %}}{{{{ o.order }}}} {{% endfor %}}"
+body = "{{{{ count }}}} orders"
 """
 
 

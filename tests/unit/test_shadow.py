@@ -41,7 +41,9 @@ def test_decisions_are_the_plans_outcomes_and_a_rejection_is_one_decision() -> N
         ("email", "QUEUED", ""),
         ("sms", "SKIPPED", "no_address"),
     )
-    broken = catalog(channels=["email"], templates={"email": {"default": {"subject": "{{ order.no.such }}"}}})
+    broken = catalog(
+        channels=["email"], templates={"email": {"default": {"subject": "{{ order.no.such }}", "body": "b"}}}
+    )
     [(channel, status, reason)] = decisions(request(), state, broken, T0)
     assert (channel, status) == ("*", "REJECTED") and "template order.shipped v1 email" in reason
 
