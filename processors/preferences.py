@@ -34,10 +34,27 @@ def quiet_until(quiet: QuietHours | None, tz_name: str | None, now: datetime) ->
         end_date = local.date() if t < end else local.date() + timedelta(days=1)
     if not inside:
         return None
-    release = datetime.combine(end_date, end, tzinfo=tz).astimezone(UTC_ZONE)
-    if release <= now:  # inside the repeated hour of a DST fall-back: the end is its second occurrence
-        release = datetime.combine(end_date, end, tzinfo=tz).replace(fold=1).astimezone(UTC_ZONE)
+    wall = datetime.combine(end_date, end)
+    release = wall.replace(tzinfo=tz).astimezone(UTC_ZONE)
+    if release.astimezone(tz).replace(tzinfo=None) != wall:
+        release = _gap_end(wall.replace(tzinfo=tz, fold=1).astimezone(UTC_ZONE), release, tz, wall)
+    elif release <= now:  # inside the repeated hour of a DST fall-back: the end is its second occurrence
+        release = wall.replace(tzinfo=tz, fold=1).astimezone(UTC_ZONE)
     return release
+
+
+def _gap_end(before: datetime, after: datetime, tz: ZoneInfo, wall: datetime) -> datetime:
+    """The first instant after a DST gap holding the wall time `wall`, between the instants `before`
+    and `after` that wall time names by the offsets on either side. Python reads a time in the gap by
+    the offset before it, which ended quiet hours that end at 02:30 at 03:30, half an hour late."""
+    lo, hi = int(before.timestamp()), int(after.timestamp())
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if datetime.fromtimestamp(mid, tz).replace(tzinfo=None) > wall:
+            hi = mid
+        else:
+            lo = mid
+    return datetime.fromtimestamp(hi, UTC_ZONE)
 
 
 def opted_out(channel: str, t: NotificationTypePublished, state: RecipientState) -> str | None:

@@ -333,13 +333,29 @@ def test_quiet_hours_defer_push_and_sms_but_not_email_inbox_or_critical() -> Non
             "07:00",
             datetime(2026, 10, 25, 6, 0, tzinfo=UTC),
         ),
-        # A window ending in the skipped hour ends at the first instant after it.
+        # A window ending in the skipped hour ends at the first instant after it: 03:00 EDT.
         (
             datetime(2026, 3, 8, 6, 30, tzinfo=UTC),
             "America/New_York",
             "01:00",
             "02:30",
-            datetime(2026, 3, 8, 7, 30, tzinfo=UTC),
+            datetime(2026, 3, 8, 7, 0, tzinfo=UTC),
+        ),
+        (
+            datetime(2026, 3, 28, 23, 30, tzinfo=UTC),
+            "Europe/Berlin",
+            "22:00",
+            "02:30",
+            datetime(2026, 3, 29, 1, 0, tzinfo=UTC),
+        ),
+        # Lord Howe Island moves its clocks by half an hour (5 April 2026, 02:00 +11 -> 01:30 +10:30;
+        # 4 October 2026, 02:00 +10:30 -> 02:30 +11).
+        (
+            datetime(2026, 10, 3, 14, 0, tzinfo=UTC),
+            "Australia/Lord_Howe",
+            "00:00",
+            "02:15",
+            datetime(2026, 10, 3, 15, 30, tzinfo=UTC),
         ),
         # The repeated hour: 01:30 EST (second pass) is inside 01:00-01:45 and ends 01:45 EST.
         (
