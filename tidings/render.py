@@ -2,8 +2,9 @@
 
 Templates come from the catalog (tenant-authored); data comes from producers. The sandbox refuses
 attribute tricks (`''.__class__.__mro__`), `StrictUndefined` turns a missing variable into an error
-instead of an empty string, `range()` is limited per render, string and list repetition (`*`, `**`) and
-padding are capped, and output is streamed and cut off at a size cap. Locales fall
+instead of an empty string, `range()` is limited per render (the items of all its calls: nested loops
+of ranges multiplied), string, bytes and list repetition (`*`, `**`), padding, tab expansion and the
+`batch` filter's fill are capped, and output is streamed and cut off at a size cap. Locales fall
 back `de-AT` → `de` → `default`.
 Catalog conditions are Jinja2 expressions in the same sandbox, with lenient undefined values (`holds`).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import operator
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -35,6 +37,7 @@ class RenderError(TidingsError):
 
 
 PADDING = frozenset({"center", "ljust", "rjust", "zfill"})
+_RANGE_LEFT: ContextVar[list[int] | None] = ContextVar("range_left", default=None)
 
 
 def _bounded_width(*values: Any) -> None:
@@ -54,8 +57,11 @@ class _Environment(ImmutableSandboxedEnvironment):
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         owner = getattr(__obj, "__self__", None)
-        if isinstance(owner, str) and getattr(__obj, "__name__", "") in PADDING:
+        name = getattr(__obj, "__name__", "")
+        if isinstance(owner, str | bytes) and name in PADDING:
             _bounded_width(*args, *kwargs.values())
+        if isinstance(owner, str | bytes) and name == "expandtabs":
+            _bounded_width(*(len(owner) * w for w in (*args, *kwargs.values()) if isinstance(w, int)))
         return super().call(__context, __obj, *args, **kwargs)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
@@ -70,7 +76,7 @@ class _Environment(ImmutableSandboxedEnvironment):
             return operator.pow(left, right)
         for seq, count in ((left, right), (right, left)):
             if (
-                isinstance(seq, str | list | tuple)
+                isinstance(seq, str | bytes | list | tuple)
                 and isinstance(count, int)
                 and len(seq) * count > MAX_REPEAT
             ):
@@ -80,9 +86,16 @@ class _Environment(ImmutableSandboxedEnvironment):
 
 def _bounded_range(*args: int) -> range:
     r = range(*args)
-    if len(r) > MAX_RANGE:
-        raise SecurityError(f"range() larger than {MAX_RANGE}")
+    left = _RANGE_LEFT.get()
+    if len(r) > (MAX_RANGE if left is None else left[0]):
+        raise SecurityError(f"range() of more than {MAX_RANGE} items in one render")
+    if left is not None:
+        left[0] -= len(r)
     return r
+
+
+def _bounded_batch(value: Any, linecount: int, *args: Any, **kwargs: Any) -> None:
+    _bounded_width(linecount)
 
 
 def _guarded(original: Callable[..., Any], check: Callable[..., None]) -> Callable[..., Any]:
@@ -98,6 +111,7 @@ def _environment(autoescape: bool, undefined: type[Undefined] = StrictUndefined)
     env.globals["range"] = _bounded_range
     for name in ("center", "indent"):
         env.filters[name] = _guarded(env.filters[name], _bounded_width)
+    env.filters["batch"] = _guarded(env.filters["batch"], _bounded_batch)
     env.policies["json.dumps_kwargs"] = {"sort_keys": True, "ensure_ascii": False}
     return env
 
@@ -175,6 +189,7 @@ def holds(source: str, context: Mapping[str, Any]) -> tuple[bool, str | None]:
     the request does not carry does not hold. Any other failure (a type error, the sandbox refusing an
     attribute, a bound exceeded) raises RenderError, as a template failure does.
     """
+    budget = _RANGE_LEFT.set([MAX_RANGE])
     try:
         value = _condition(source)(**context)
     except SecurityError as exc:
@@ -183,6 +198,8 @@ def holds(source: str, context: Mapping[str, Any]) -> tuple[bool, str | None]:
         return False, f"{source}: {exc}"
     except FAILURES as exc:
         raise RenderError(f"condition {source!r}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        _RANGE_LEFT.reset(budget)
     if isinstance(value, Undefined) and value._undefined_exception is SecurityError:
         raise RenderError(f"condition {source!r}: SecurityError: {value._undefined_message}")
     return (True, None) if value else (False, source)
@@ -207,6 +224,7 @@ def _render_field(field: str, source: str, parent: dict[str, Any]) -> str:
     parts: list[str] = []
     size = 0
     template = _compiled(field, source)
+    budget = _RANGE_LEFT.set([MAX_RANGE])
     try:
         for chunk in template.root_render_func(template.new_context(parent, shared=True)):
             size += len(chunk)
@@ -217,6 +235,8 @@ def _render_field(field: str, source: str, parent: dict[str, Any]) -> str:
         raise
     except FAILURES as exc:
         raise RenderError(f"{field}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        _RANGE_LEFT.reset(budget)
     text = "".join(parts)
     if field == "data_json":
         try:

@@ -100,6 +100,12 @@ def test_data_is_never_evaluated_as_a_template() -> None:
         "{{ 'a'.ljust(width=10**9)|length }}",
         "{{ 'a'|center(10**8)|length }}",
         "{{ 'a\nb'|indent(10**8)|length }}",
+        "{{ ('x'.encode() * 10**8)|length }}",
+        "{{ 'x'.encode().rjust(10**8)|length }}",
+        "{{ '\t'.expandtabs(10**8)|length }}",
+        "{{ ('\t' * 1000).expandtabs(tabsize=1000)|length }}",
+        "{{ [1]|batch(10**8, 0)|first|length }}",
+        "{% for i in range(5000) %}{% for j in range(5000) %}{% endfor %}{% endfor %}",
     ],
 )
 def test_injection_and_resource_payloads_are_refused_safely(template: str) -> None:
@@ -109,6 +115,14 @@ def test_injection_and_resource_payloads_are_refused_safely(template: str) -> No
             template,
             {"x": [] if "x **" not in template else 7},
         )
+
+
+def test_ordinary_loops_tabs_and_batches_stay_within_the_bounds() -> None:
+    nested = "{% for i in range(50) %}{% for j in range(50) %}.{% endfor %}{% endfor %}"
+    assert len(render_field("body", nested, {})) == 2500
+    assert render_field("body", "{{ 'a\tb'.expandtabs(4) }}|{{ [1, 2, 3]|batch(2, 0)|list }}", {}) == (
+        "a   b|[[1, 2], [3, 0]]"
+    )
 
 
 def test_output_cap() -> None:
