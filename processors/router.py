@@ -62,6 +62,7 @@ from tidings.tracing import TRACEPARENT, child_traceparent
 log = logging.getLogger(__name__)
 GROUP = "tidings.router"
 DEDUPE_TTL = timedelta(days=7)
+MAX_DIGESTS_PER_TICK = 1_000
 DIGEST_MARK_MARGIN = timedelta(days=1)
 """A digested request is remembered until a day after its digest is due, however long the window: a
 cancellation finds its item only through that mark, and one that expired first (a 14-day window, a
@@ -119,6 +120,7 @@ class Router:
             clock=epoch,
         )
         self.throttled = 0
+        self.more_due = False
         self.follower = TopicFollower(settings, self.names.catalog)
         self.inputs = [self.names.requested, self.names.recipients, self.names.feedback]
         slot = instance or f"{socket.gethostname()}-0"
@@ -135,6 +137,7 @@ class Router:
             align_first=[self.names.recipients, self.names.feedback],
             before_batch=self.refresh_catalog,
             punctuate=self.close_due_digests,
+            eager=lambda: self.more_due,
             pending=lambda: any(self.digest_due.size(p) for p in self.digest_due.partitions()),
         )
 
@@ -338,14 +341,25 @@ class Router:
         ]
 
     def close_due_digests(self) -> list[Output]:
+        """At most MAX_DIGESTS_PER_TICK buckets per transaction; while more may be due the loop
+        punctuates again after every poll (`eager`). Every daily digest of a zone falls due at 09:00:
+        tens of thousands in one transaction outlasted the transaction timeout, and its retry, the same
+        transaction, failed the same way, so no digest of the partition went out again."""
         now = self.clock()
         now_ms = int(now.timestamp() * 1000)
         outputs: list[Output] = []
+        room, self.more_due = MAX_DIGESTS_PER_TICK, False
         for partition in self.digest_due.partitions():
             inputs = (self.names.requested, self.names.recipients)
             if not all(self.loop.caught_up(t, partition) for t in inputs):
                 continue
-            for due_key in self.due_digests.take(partition, now_ms):
+            if room == 0:
+                self.more_due = True
+                break
+            taken = self.due_digests.take(partition, now_ms, limit=room)
+            room -= len(taken)
+            self.more_due = self.more_due or room == 0
+            for due_key in taken:
                 key = self.digest_due.get(partition, due_key)
                 bucket = self.digests.get(partition, key) if key else None
                 if bucket is not None and bucket.due_key == due_key:

@@ -215,11 +215,11 @@ class DueKeys:
         """Track a key written (or to be written) to the store; a caller keeping a taken key adds it back."""
         heapq.heappush(self._heap(partition), key)
 
-    def take(self, partition: int, now_ms: int) -> list[str]:
-        """The live keys due at `now_ms`, in order, no longer tracked."""
+    def take(self, partition: int, now_ms: int, limit: int | None = None) -> list[str]:
+        """The live keys due at `now_ms` (at most `limit`), in order, no longer tracked."""
         heap, bound = self._heap(partition), due_bound(now_ms)
         taken: list[str] = []
-        while heap and heap[0] <= bound:
+        while heap and heap[0] <= bound and (limit is None or len(taken) < limit):
             key = heapq.heappop(heap)
             if (not taken or taken[-1] != key) and self.store.get(partition, key) is not None:
                 taken.append(key)

@@ -6,6 +6,9 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
+from processors import router as router_module
 from processors.router import Router
 from tests.integration.scheduling import SkewedScheduler
 from tests.integration.test_router import commands, decoded, publish_catalog, run_router
@@ -93,6 +96,23 @@ def test_requests_in_a_window_become_one_digest_and_a_cancelled_one_leaves_it(to
     assert email_outcomes[(digest.notification_id, "QUEUED", None)] == 1
     audited = [e for _, e in history(s, str(likes[0]))]
     assert digest in audited and isinstance(audited[0], NotificationRequested)
+
+
+def test_digests_due_together_close_a_few_per_transaction_and_all_go_out(
+    topology: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = topology
+    monkeypatch.setattr(router_module, "MAX_DIGESTS_PER_TICK", 2)
+    people = [f"p{i}" for i in range(5)]
+    with Client(s) as client:
+        client.publish(parse_type("*", LIKED))
+        for p in people:
+            client.update_recipient(tenant="acme", recipient=p, email=f"{p}@example.com")
+            for by in ("Cy", "Di"):
+                client.send(tenant="acme", recipient=p, type="post.liked", data={"by": by, "post": "P"})
+    run_router(s, idle=6.0)
+    emails = Counter(c.recipient_id for c in commands(s) if c.channel == "email")
+    assert emails == dict.fromkeys(people, 1)
 
 
 def run_skewed(s: Settings, days: int, records: int | None = None) -> None:

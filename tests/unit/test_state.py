@@ -142,3 +142,16 @@ def test_known_keys_include_staged_deletes_and_writes() -> None:
     s.put(0, "b", {"n": 2})
     s.put(1, "c", {"n": 3})
     assert (s.keys(0), s.known_keys(0), s.known_keys(1)) == (["b"], ["a", "b"], ["c"])
+
+
+def test_due_keys_are_taken_at_most_a_limit_at_a_time_in_order() -> None:
+    s = store()
+    due = DueKeys(s)
+    for n in (300, 100, 200, 900):
+        key = f"{n:013d}/k{n}"
+        s.put(0, key, {"n": n})
+        due.add(0, key)
+    s.committed()
+    assert due.take(0, 500, limit=2) == ["0000000000100/k100", "0000000000200/k200"]
+    assert due.take(0, 500, limit=2) == ["0000000000300/k300"]
+    assert due.take(0, 1_000) == ["0000000000900/k900"]
