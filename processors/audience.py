@@ -32,7 +32,6 @@ never start. A broadcast of a type the catalog does not know is dead-lettered be
 from __future__ import annotations
 
 import logging
-import socket
 from datetime import timedelta
 
 from pydantic import ValidationError
@@ -57,7 +56,7 @@ from tidings.events import (
     BroadcastCancelled,
     BroadcastRequested,
 )
-from tidings.kafka import Incoming, Output, TopicFollower, TransactionalLoop, TransactionalState
+from tidings.kafka import Incoming, Output, TopicFollower, TransactionalLoop, TransactionalState, default_slot
 from tidings.kafka.records import (
     ERROR_MESSAGE,
     ERROR_RETRIABLE,
@@ -301,7 +300,7 @@ class Audience:
         self.catalog = Catalog()
         self.expander = Expander(n, self.catalog, self.codec)
         self.follower = TopicFollower(settings, n.catalog)
-        slot = instance or f"{socket.gethostname()}-0"
+        slot = instance or default_slot()
         self.loop = TransactionalLoop(
             settings,
             group_id=group_id,

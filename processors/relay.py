@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -65,7 +64,7 @@ from tidings.events import (
     utcnow,
 )
 from tidings.ids import command_id, delivery_id
-from tidings.kafka import Incoming, Output, TopicFollower, TransactionalLoop
+from tidings.kafka import Incoming, Output, TopicFollower, TransactionalLoop, default_slot
 from tidings.kafka.records import log_time, table_events
 from tidings.metrics import Sample
 from tidings.topics import names
@@ -263,7 +262,7 @@ class Relay:
         self.relayed = 0
         self.disabled = 0
         group_id = group_id or settings.topic_prefix + GROUP
-        slot = instance or f"{socket.gethostname()}-0"
+        slot = instance or default_slot()
         self.loop = TransactionalLoop(
             settings,
             group_id=group_id,

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -52,7 +51,7 @@ from tidings.events import (
     RecipientErased,
     utcnow,
 )
-from tidings.kafka import Incoming, Output, TopicFollower, TransactionalLoop
+from tidings.kafka import Incoming, Output, TopicFollower, TransactionalLoop, default_slot
 from tidings.kafka.records import REQUESTED_AT, log_time
 from tidings.metrics import Sample
 from tidings.state import DueKeys, Store
@@ -123,7 +122,7 @@ class Router:
         self.more_due = False
         self.follower = TopicFollower(settings, self.names.catalog)
         self.inputs = [self.names.requested, self.names.recipients, self.names.feedback]
-        slot = instance or f"{socket.gethostname()}-0"
+        slot = instance or default_slot()
         self.loop = TransactionalLoop(
             settings,
             group_id=group_id,

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import socket
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -73,7 +72,7 @@ from tidings.events import (
     OutcomeStatus,
     RecipientErased,
 )
-from tidings.kafka import Incoming, Output, TransactionalLoop
+from tidings.kafka import Incoming, Output, TransactionalLoop, default_slot
 from tidings.metrics import Sample
 from tidings.state import DueKeys, Store
 from tidings.topics import Names, names
@@ -253,7 +252,7 @@ class Scheduler:
         self.erased: Store[str] = Store(
             self.names.changelog("scheduler", "erased"), encode=str.encode, decode=bytes.decode, clock=clock
         )
-        slot = instance or f"{socket.gethostname()}-0"
+        slot = instance or default_slot()
         self.released = 0
         self.cancelled = 0
         self.escalations_dropped = 0

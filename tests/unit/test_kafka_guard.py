@@ -1,9 +1,12 @@
+import socket
+import subprocess
+import sys
 import threading
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from tidings.kafka import guard
+from tidings.kafka import default_slot, guard
 from tidings.kafka.config import is_fatal
 
 
@@ -26,3 +29,14 @@ def test_a_call_that_outlives_its_deadline_becomes_a_fatal_kafka_error() -> None
     release.set()
     assert is_fatal(caught.value.args[0])
     assert "send_offsets_to_transaction did not return" in caught.value.args[0].str()
+
+
+def test_processes_started_without_an_instance_on_one_host_take_slots_of_their_own() -> None:
+    """Two routers on one machine with the host alone as their slot fenced each other until both gave up."""
+    code = "from tidings.kafka import default_slot; print(default_slot())"
+    slots = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        for _ in "ab"
+    }
+    assert len(slots | {default_slot() + "\n"}) == 3
+    assert all(s.startswith(socket.gethostname() + "-") for s in slots)

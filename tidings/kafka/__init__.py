@@ -9,6 +9,7 @@ from tidings.kafka.producer import EventProducer
 from tidings.kafka.records import Handler, Incoming, Output, PoisonHandler
 from tidings.kafka.stored import StoredOffsetsLoop
 from tidings.kafka.transactional import TransactionalLoop, TransactionalState
+from tidings.kafka.txn import default_slot
 
 __all__ = [
     "AtLeastOnceLoop",
@@ -23,6 +24,7 @@ __all__ = [
     "TransactionalLoop",
     "TransactionalState",
     "apply_topics",
+    "default_slot",
     "delete_topics",
     "group_lag",
     "read_partition",

@@ -7,6 +7,8 @@ with the same transactional id, whose `init()` fences the old one.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any, cast
@@ -22,6 +24,15 @@ log = logging.getLogger(__name__)
 
 TXN_TIMEOUT_S = 30.0
 MAX_COMMIT_RETRIES = 5
+
+
+def default_slot() -> str:
+    """The transactional slot of a processor started without `--instance`: host and process id. With
+    the host alone, two processes on one machine (one per core, as the CLI advises) shared a
+    transactional id and fenced each other until both gave up. In a container the process id is 1, so
+    a restarted container keeps its slot; elsewhere a restart takes a new one, and what its killed
+    predecessor left open is aborted by the transaction timeout instead of at once (`--instance`)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 class Transactions:
