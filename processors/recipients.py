@@ -95,6 +95,7 @@ class RecipientState(BaseModel):
     suppressions: dict[str, Suppression] = {}
     unsubscribed_categories: dict[str, datetime] = {}
     soft_bounces: dict[str, list[datetime]] = {}
+    feedback_at: dict[str, datetime] = {}
 
     def rule(self, scope: str, key: str, channel: str | None) -> bool | None:
         return self.rules.get(rule_key(scope, key, channel))
@@ -158,8 +159,9 @@ def _profile(state: RecipientState, event: RecipientUpdated) -> RecipientState:
         update["properties"] = {**state.properties, **json.loads(event.properties_json)}
     suppressions = dict(state.suppressions)
     for channel, field in (("email", "email"), ("sms", "phone")):
-        if field in update and update[field] and getattr(state, field) != update[field]:
-            suppressions.pop(address_key(channel, update[field]), None)
+        new, old = update.get(field), getattr(state, field)
+        if new and (old is None or address_key(channel, old) != address_key(channel, new)):
+            suppressions.pop(address_key(channel, new), None)
     return state.model_copy(update={**update, "suppressions": suppressions})
 
 
@@ -197,10 +199,15 @@ def _covers(category: str, channel: str | None, unsubscribed: str) -> bool:
 
 
 def _feedback(state: RecipientState, event: ProviderFeedback) -> RecipientState:
+    """Folds one piece of feedback. Suppressing and lifting an address go by provider time, as in the
+    `suppressions` projection: feedback older than the address's last (a STOP retried after the START
+    that followed it) changes nothing, and at the same instant suppressing wins. A category's
+    resubscribe lifts that category's unsubscribe only, not the address's complaint or bounce."""
     key = address_key(event.channel, event.address)
     at = event.provider_timestamp or event.occurred_at
     suppressions = dict(state.suppressions)
     update: dict[str, Any] = {}
+    suppress: Suppression | None = None
     if event.kind in PERMANENT:
         if event.kind == "token_invalid":
             devices = {
@@ -209,25 +216,31 @@ def _feedback(state: RecipientState, event: ProviderFeedback) -> RecipientState:
             if len(devices) == len(state.devices):
                 return state
             update["devices"] = devices
-        suppressions[key] = Suppression(reason=event.kind, since=at)
+        suppress = Suppression(reason=event.kind, since=at)
     elif event.kind == "soft_bounce":
         if at in state.soft_bounces.get(key, []):
             return state
         recent = [t for t in state.soft_bounces.get(key, []) if t > at - SOFT_BOUNCE_WINDOW] + [at]
         update["soft_bounces"] = {**state.soft_bounces, key: recent[-SOFT_BOUNCE_LIMIT:]}
         if len(recent) >= SOFT_BOUNCE_LIMIT:
-            suppressions[key] = Suppression(reason="soft_bounce_limit", since=at)
+            suppress = Suppression(reason="soft_bounce_limit", since=at)
     elif event.kind == "unsubscribe":
         if event.category:
             scoped = f"{event.category}/{event.channel}"
             update["unsubscribed_categories"] = {**state.unsubscribed_categories, scoped: at}
         else:
-            suppressions[key] = Suppression(reason="unsubscribe", since=at, all_messages=False)
-    elif event.kind in LIFTING:
-        suppressions.pop(key, None)
-        if event.kind == "resubscribe" and event.category:
-            scoped = f"{event.category}/{event.channel}"
-            update["unsubscribed_categories"] = {
-                c: t for c, t in state.unsubscribed_categories.items() if c != scoped
-            }
+            suppress = Suppression(reason="unsubscribe", since=at, all_messages=False)
+    elif event.kind == "resubscribe" and event.category:
+        scoped = f"{event.category}/{event.channel}"
+        update["unsubscribed_categories"] = {
+            c: t for c, t in state.unsubscribed_categories.items() if c != scoped
+        }
+    if suppress is not None or (event.kind in LIFTING and not event.category):
+        last = state.feedback_at.get(key)
+        if last is None or at > last or (at == last and suppress is not None and key not in suppressions):
+            if suppress is not None:
+                suppressions[key] = suppress
+            else:
+                suppressions.pop(key, None)
+        update["feedback_at"] = {**state.feedback_at, key: at if last is None else max(at, last)}
     return state.model_copy(update={**update, "suppressions": suppressions})

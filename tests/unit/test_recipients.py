@@ -90,11 +90,45 @@ def test_soft_bounces_below_and_at_the_limit() -> None:
 def test_sms_stop_then_start_and_category_unsubscribe() -> None:
     s = replay(fb("sms_stop", "+4915112345678", "sms"))
     assert s.suppressions
-    assert fold(s, fb("sms_start", "+4915112345678", "sms")).suppressions == {}
+    assert fold(s, fb("sms_start", "+4915112345678", "sms", at=T0 + timedelta(minutes=5))).suppressions == {}
     s = replay(fb("unsubscribe", category="marketing"))
     assert list(s.unsubscribed_categories) == ["marketing/email"] and s.suppressions == {}
     assert fold(s, fb("resubscribe", category="marketing", channel="sms")).unsubscribed_categories
     assert fold(s, fb("resubscribe", category="marketing")).unsubscribed_categories == {}
+
+
+def test_feedback_older_than_the_addresss_last_changes_nothing_as_in_the_projection() -> None:
+    """A STOP the carrier retried after the START that followed it kept the number suppressed in the
+    router while the suppressions projection (by provider time) lifted it."""
+    number = "+447700900123"
+    stop, start = (
+        fb("sms_stop", number, "sms", at=T0),
+        fb("sms_start", number, "sms", at=T0 + timedelta(minutes=5)),
+    )
+    assert replay(start, stop).suppressions == {} and replay(stop, start).suppressions == {}
+    again = fb("sms_stop", number, "sms", at=T0 + timedelta(minutes=9))
+    assert list(replay(start, stop, again).suppressions) == [address_key("sms", number)]
+    tie = fb("sms_start", number, "sms", at=T0)
+    assert list(replay(stop, tie).suppressions) == list(replay(tie, stop).suppressions) == [f"sms:{number}"]
+
+
+def test_a_categorys_resubscribe_lifts_only_its_unsubscribe_not_a_complaint() -> None:
+    later = T0 + timedelta(days=1)
+    s = replay(
+        fb("complaint"), fb("unsubscribe", category="news"), fb("resubscribe", category="news", at=later)
+    )
+    assert (s.unsubscribed_categories, list(s.suppressions)) == ({}, [address_key("email", "a@x.io")])
+    assert replay(fb("complaint"), fb("resubscribe", at=later)).suppressions == {}
+
+
+def test_setting_the_same_email_in_another_case_keeps_its_suppression() -> None:
+    def email(address: str) -> RecipientUpdated:
+        return RecipientUpdated(tenant_id="t", recipient_id="r", email=address)
+
+    s = replay(email("Alan@Example.com"), fb("complaint", "alan@example.com"))
+    assert list(fold(s, email("alan@example.com")).suppressions) == ["email:alan@example.com"]
+    assert fold(s, email("alan@elsewhere.com")).suppressions == s.suppressions
+    assert fold(fold(s, email("alan@elsewhere.com")), email("ALAN@example.com")).suppressions == {}
 
 
 def test_token_invalid_removes_device_unless_registered_later() -> None:
