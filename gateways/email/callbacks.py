@@ -72,8 +72,9 @@ POSTMARK_KINDS: dict[str, FeedbackKind] = {
     "DMARCPolicy": "soft_bounce",
     "SpamComplaint": "complaint",
     "Unsubscribe": "unsubscribe",
-    "Subscribe": "resubscribe",
 }
+"""Postmark's bounce types that say something of the address. `Subscribe` is not among them: it
+classifies a reply asking to be added to a list, and as a resubscribe it lifted hard bounces."""
 SENDGRID_KINDS: dict[str, FeedbackKind] = {
     "spamreport": "complaint",
     "unsubscribe": "unsubscribe",
@@ -236,6 +237,8 @@ def ses_sns(
     elif kind_name == "Complaint":
         complaint = _object(note.get("complaint"), "SES complaint")
         why = complaint.get("complaintFeedbackType") or complaint.get("complaintSubType")
+        if why == "not-spam":  # RFC 6430: the reporter says the message is not spam
+            return []
         for r in complaint.get("complainedRecipients") or []:
             address = _dict(r).get("emailAddress")
             out.append(make("complaint", address, ids, at=complaint.get("timestamp"), detail=why))

@@ -180,6 +180,7 @@ def bounce(kind: str) -> bytes:
         ("SpamComplaint", "complaint"),
         ("AutoResponder", None),
         ("OpenRelayTest", None),
+        ("Subscribe", None),
     ],
 )
 def test_postmark_bounce_types(kind: str, expected: str | None) -> None:

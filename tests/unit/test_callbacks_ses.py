@@ -170,6 +170,8 @@ def test_ses_complaint_and_delivery_events(rsa_key: rsa.RSAPrivateKey, cert: byt
     (c,) = parse_sns(sns(rsa_key, complaint), cert)
     (d,) = parse_sns(sns(rsa_key, delivery, version="2", Subject="Amazon SES Email Event Notification"), cert)
     assert (c.kind, c.address, c.detail, c.delivery_id) == ("complaint", "c@example.com", "abuse", DELIVERY)
+    not_spam = {**complaint, "complaint": {**feedback, "complaintFeedbackType": "not-spam"}}
+    assert parse_sns(sns(rsa_key, not_spam), cert) == [], "a not-spam report is no complaint (RFC 6430)"
     assert (d.kind, d.address, d.detail) == ("delivered", "d@example.com", "250 2.6.0 Message received")
 
 
