@@ -248,7 +248,6 @@ def parsers(edge: EdgeSettings) -> dict[str, Parse]:
             tenant_id=tenant,
             signature_secret=secret.get_secret_value(),
             signature_method=method,
-            max_age=600,
         )
 
         def vonage_receipt(r: web.Request, body: bytes, tenant: str) -> list[ProviderFeedback]:
