@@ -2,12 +2,14 @@
 delivery_events tables (status and timeline).
 
 A delivery's status only moves forward by rank (QUEUED < RETRYING < SENT < terminal < DELIVERED), so
-duplicate and out-of-order outcomes are harmless. A notification's summary is the furthest any of its
-channels got (DELIVERED > SENT > RETRYING > QUEUED), else its failure (FAILED, EXPIRED, CANCELLED,
-REJECTED), else DEFERRED while a channel waits, else SKIPPED/SUPPRESSED when no channel was used; a
-request's fields are kept from its first record. DEFERRED ranks below the failures because a deferred
-delivery ends as one of them or as QUEUED: a scheduled notification cancelled (or expired) while it
-waited must read CANCELLED (EXPIRED), not DEFERRED for ever. Rows hold event times only, so a rebuild reproduces them exactly.
+duplicate and out-of-order outcomes are harmless. A notification's summary is taken from where its
+deliveries are now (and its outcomes about no delivery: a rejection, a skip): the furthest any got
+(DELIVERED > SENT > RETRYING > QUEUED), else its failure (FAILED > REJECTED > EXPIRED > CANCELLED), else
+DEFERRED while a channel waits, else SUPPRESSED/SKIPPED when no channel was used; a request's fields are
+kept from its first record. Taken from every outcome ever received instead, a delivery QUEUED and then
+FAILED left its notification QUEUED for good (until session 18). DEFERRED ranks below the failures
+because a deferred delivery ends as one of them or as QUEUED. Rows hold event times only, and the
+summary depends on the deliveries' final states alone, so a rebuild reproduces them exactly.
 Rows are keyed by tenant and id: ids come from callers (a cancellation, a provider's report), and one
 tenant's event about another tenant's id makes a row of its own instead of touching the other's.
 
@@ -55,6 +57,9 @@ SUMMARY_RANK = {
     "SENT": 5,
     "DELIVERED": 6,
 }
+
+TIE = dict.fromkeys(RANK, 0) | {"FAILED": 4, "REJECTED": 3, "EXPIRED": 2, "CANCELLED": 1, "SUPPRESSED": 1}
+"""Between statuses of one summary rank: the one the summary shows."""
 
 TERMINAL = tuple(status for status, rank in RANK.items() if rank >= TERMINAL_RANK)
 if set(RANK) != set(get_args(OutcomeStatus)) or set(SUMMARY_RANK) != set(RANK):
@@ -166,16 +171,29 @@ SELECT notification_id,
        max(occurred_at) FILTER (WHERE status IN ({", ".join(f"'{s}'" for s in TERMINAL)}))
 FROM o GROUP BY tenant_id, notification_id
 ON CONFLICT (tenant_id, notification_id) DO UPDATE SET
-    status = CASE WHEN EXCLUDED.status_rank > n.status_rank OR n.status IS NULL THEN EXCLUDED.status
-                  ELSE n.status END,
-    status_rank = GREATEST(n.status_rank, EXCLUDED.status_rank),
     recipient_id = COALESCE(n.recipient_id, EXCLUDED.recipient_id),
     terminal_at = GREATEST(n.terminal_at, EXCLUDED.terminal_at)
-WHERE EXCLUDED.status_rank > n.status_rank OR n.status IS NULL
-   OR (n.recipient_id IS NULL AND EXCLUDED.recipient_id IS NOT NULL)
+WHERE (n.recipient_id IS NULL AND EXCLUDED.recipient_id IS NOT NULL)
    OR EXCLUDED.terminal_at > n.terminal_at OR (n.terminal_at IS NULL AND EXCLUDED.terminal_at IS NOT NULL)
 """
-MERGE_OUTCOMES = ";".join((MERGE_EVENTS, MERGE_DELIVERIES, MERGE_SUMMARIES)).encode()
+SETTLE_SUMMARIES = f"""
+WITH k AS (SELECT DISTINCT tenant_id, notification_id FROM stage_outcomes),
+c AS (
+    SELECT d.tenant_id, d.notification_id, d.status FROM deliveries d JOIN k USING (tenant_id, notification_id)
+    UNION ALL
+    SELECT e.tenant_id, e.notification_id, e.status FROM delivery_events e JOIN k USING (tenant_id, notification_id)
+    WHERE e.delivery_id IS NULL
+),
+s AS (
+    SELECT DISTINCT ON (tenant_id, notification_id) tenant_id, notification_id, status,
+           {_rank_sql(SUMMARY_RANK)} AS status_rank
+    FROM c ORDER BY tenant_id, notification_id, {_rank_sql(SUMMARY_RANK)} DESC, {_rank_sql(TIE)} DESC
+)
+UPDATE notifications n SET status = s.status, status_rank = s.status_rank
+FROM s WHERE n.tenant_id = s.tenant_id AND n.notification_id = s.notification_id
+  AND (n.status IS DISTINCT FROM s.status OR n.status_rank <> s.status_rank)
+"""
+MERGE_OUTCOMES = ";".join((MERGE_EVENTS, MERGE_DELIVERIES, MERGE_SUMMARIES, SETTLE_SUMMARIES)).encode()
 
 
 class DeliveryStatus(Projection):
