@@ -16,7 +16,7 @@ from tidings.events import CHANNELS, Event
 from tidings.kafka import EventProducer, Incoming, Output, TopicFollower
 from tidings.kafka.consumer import unknown_topic
 from tidings.kafka.records import REQUESTED_AT, SOURCE_TIMESTAMP, header_map
-from tidings.topics import names
+from tidings.topics import names, parse_tiers
 
 
 def read_all(s: Settings, topic: str) -> Iterator[Incoming]:
@@ -31,26 +31,39 @@ def read_all(s: Settings, topic: str) -> Iterator[Incoming]:
         follower.close()
 
 
+def retry_topics(s: Settings) -> list[str]:
+    n = names(s)
+    return [n.retry(c, tier) for c in CHANNELS for tier in parse_tiers(s.retry_tiers)]
+
+
 def history_topics(s: Settings) -> list[str]:
     n = names(s)
     deliveries = [n.delivery(c, urgent=u) for c in CHANNELS for u in (False, True)]
-    return [n.requested, *deliveries, n.scheduled, n.outcomes, n.feedback, n.engagement]
+    return [n.requested, *deliveries, *retry_topics(s), n.scheduled, n.outcomes, n.feedback, n.engagement]
 
 
-def history(s: Settings, notification_id: str) -> list[tuple[Incoming, Event]]:
-    """Every event about one notification across the pipeline's topics, in event-time order, including
-    the digest request that summarised it."""
+def history(s: Settings, notification_id: str, tenant: str | None = None) -> list[tuple[Incoming, Event]]:
+    """Every event about one notification across the pipeline's topics (the retried commands of the
+    configured tiers included), in event-time order, including the digest request that summarised it;
+    with `tenant`, only that tenant's. Ids come from callers, so another tenant's records may name it."""
     found: list[tuple[Incoming, Event]] = []
+    optional = set(retry_topics(s))
     for topic in history_topics(s):
-        for record in read_all(s, topic):
-            try:
-                event = record.decode(default_codec())
-            except (CodecError, InvalidEvent):
-                continue
-            nid = getattr(event, "notification_id", None)
-            summarised = getattr(event, "digest_of", None) or ()
-            if str(nid) == notification_id or any(str(i) == notification_id for i in summarised):
-                found.append((record, event))
+        try:
+            for record in read_all(s, topic):
+                try:
+                    event = record.decode(default_codec())
+                except (CodecError, InvalidEvent):
+                    continue
+                if tenant is not None and event.tenant_id != tenant:
+                    continue
+                nid = getattr(event, "notification_id", None)
+                summarised = getattr(event, "digest_of", None) or ()
+                if str(nid) == notification_id or any(str(i) == notification_id for i in summarised):
+                    found.append((record, event))
+        except UnknownTopic:
+            if topic not in optional:
+                raise
     found.sort(key=lambda pair: (pair[1].occurred_at, pair[0].topic, pair[0].offset))
     return found
 

@@ -53,6 +53,23 @@ def test_audit_replay_and_dead_letter_round_trip(topology: Settings) -> None:
     ]
     assert all(x["value"]["template_version"] == 1 for x in lines if x["record"] == "DeliveryCommand")
 
+    [email] = [c for c in commands(s) if c.notification_id == nid and c.channel == "email"]
+    with EventProducer(s) as producer:
+        producer.produce(
+            Output.event(names(s).retry("email", "10s"), email.model_copy(update={"attempt": 2}))
+        )
+    with Client(s) as client:
+        client.cancel(tenant="globex", recipient="eve", notification_id=nid)
+    mixed = cli(s, "audit", str(nid))
+    assert mixed.returncode == 2 and "--tenant" in mixed.stderr and "acme, globex" in mixed.stderr
+    acme = [
+        json.loads(line)
+        for line in cli(s, "audit", str(nid), "--tenant", "acme", "--json").stdout.splitlines()
+    ]
+    assert {x["value"]["tenant_id"] for x in acme} == {"acme"}
+    retried = [x for x in acme if x["topic"] == names(s).retry("email", "10s")]
+    assert [x["value"]["attempt"] for x in retried] == [2], "the retried command is part of the history"
+
     since = (datetime.now(UTC) - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S")
     replayed = cli(
         s,

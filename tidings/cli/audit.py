@@ -32,13 +32,20 @@ console = Console(stderr=True)
 
 def audit(
     notification_id: str = typer.Argument(..., callback=notification_id_arg),
+    tenant: str | None = typer.Option(None, "--tenant", "-t", help="Needed when two tenants use the id."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """The full history of one notification, read from the topics (request, commands, outcomes, feedback)."""
-    events = history(settings(), notification_id)
+    """The full history of one notification, read from the topics (request, commands, retries,
+    outcomes, feedback)."""
+    events = history(settings(), notification_id, tenant)
     if not events:
         console.print(f"[red]nothing about {notification_id} in the topics[/]")
         raise typer.Exit(1)
+    tenants = sorted({event.tenant_id for _, event in events})
+    if len(tenants) > 1:
+        raise typer.BadParameter(
+            f"records of tenants {', '.join(tenants)} name {notification_id}", param_hint="--tenant"
+        )
     if as_json:
         for record, event in events:
             print(json.dumps(event_view(record, event)))
