@@ -53,6 +53,13 @@ def state_bytes(state: RecipientState | None) -> int:
     return 0 if state is None else len(state.__pydantic_serializer__.to_json(state))
 
 
+def oversized(before: RecipientState | None, folded: RecipientState) -> int | None:
+    """The size of `folded` when an event may not make it: over MAX_STATE_BYTES and grown. An event
+    that shrinks a state already over it is taken, so the removals the refusal asks for can be made."""
+    size = state_bytes(folded)
+    return size if size > MAX_STATE_BYTES and size > state_bytes(before) else None
+
+
 class Device(BaseModel):
     model_config = ConfigDict(frozen=True)
     platform: str

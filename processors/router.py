@@ -36,7 +36,7 @@ from pydantic import ValidationError
 
 from processors import digest, throttle
 from processors.plan import Catalog, expiry, gate, plan
-from processors.recipients import MAX_STATE_BYTES, RecipientState, fold, state_bytes
+from processors.recipients import MAX_STATE_BYTES, RecipientState, fold, oversized
 from tidings.codec import Codec, default_codec
 from tidings.config import Settings
 from tidings.errors import CodecError, InvalidEvent
@@ -170,7 +170,7 @@ class Router:
                 return self._erase(record, event, key)
             before = self.recipients.get(record.partition, key)
             folded = fold(before, event)
-            if (size := state_bytes(folded)) > MAX_STATE_BYTES and size > state_bytes(before):
+            if (size := oversized(before, folded)) is not None:
                 raise InvalidEvent(
                     f"{type(event).__name__} would make {key}'s state {size} bytes, over {MAX_STATE_BYTES}: "
                     "remove devices, endpoints or properties first"

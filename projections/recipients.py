@@ -1,7 +1,8 @@
 """Consumes notifications.recipients; produces the recipients table (contacts and preferences, for reads).
 
 The state column is the same fold the router keeps (`processors.recipients.fold`), so API reads and
-routing decisions agree. One topic, keyed by recipient, so each row sees its events in order.
+routing decisions agree; an event the router refuses for the state's size limit (and dead-letters) is
+skipped here too. One topic, keyed by recipient, so each row sees its events in order.
 
 A `RecipientErased` deletes the recipient's row and its inbox items requested before the erasure (by
 log time: the record timestamps the router orders requests and erasures by), and notes the erasure in
@@ -18,7 +19,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from processors.recipients import RecipientState, fold
+from processors.recipients import RecipientState, fold, oversized
 from projections.base import Cursor, Projection
 from tidings.events import Event, RecipientErased
 from tidings.kafka import Incoming
@@ -75,7 +76,10 @@ class Recipients(Projection):
                 updated.pop(k, None)
                 erase(cur, e)
                 continue
-            states[k] = fold(states.get(k), e)
+            folded = fold(states.get(k), e)
+            if oversized(states.get(k), folded) is not None:
+                continue
+            states[k] = folded
             updated[k] = (states[k], e.occurred_at)
         cur.executemany(
             UPSERT,

@@ -329,6 +329,27 @@ def test_a_notification_reads_where_its_deliveries_are_now(database: Settings) -
     }
 
 
+def test_the_recipients_projection_skips_what_the_router_refuses_for_size(database: Settings) -> None:
+    """API reads and routing agree: a third 200 KB property puts the state over the router's 512 KB."""
+    import json
+
+    from tidings.events import RecipientUpdated
+    from tidings.kafka import EventProducer, Output
+    from tidings.topics import names
+
+    s = database
+    with EventProducer(s) as producer:
+        for key in "abc":
+            big = json.dumps({key: "x" * 200_000})
+            event = RecipientUpdated(tenant_id="acme", recipient_id="ada", properties_json=big)
+            producer.produce(Output.event(names(s).recipients, event))
+        small = RecipientUpdated(tenant_id="acme", recipient_id="ada", email="ada@example.com")
+        producer.produce(Output.event(names(s).recipients, small))
+    project(s, "recipients")
+    [(email, state)] = rows(s, "SELECT email, state FROM recipients")
+    assert (email, sorted(state["properties"])) == ("ada@example.com", ["a", "b"])
+
+
 def test_one_tenants_events_about_another_tenants_ids_touch_only_their_own_rows(database: Settings) -> None:
     """Ids come from callers: globex cancels acme's notification id, or reports a bounce of acme's
     delivery id, before acme's own records are projected, even with the event id acme's will have."""
