@@ -42,6 +42,7 @@ from tidings.vocabulary import (
     Priority,
     TenantId,
     TimeZone,
+    WebhookSecrets,
     check_overrides,
     check_schedule,
     check_zone,
@@ -210,7 +211,7 @@ class WebhookEndpointUpdated(Event):
     recipient_id: Identifier
     endpoint_id: Identifier
     url: str = Field(pattern=r"^https?://\S+$")
-    secret: str = Field(pattern=r"^whsec_[A-Za-z0-9+/=]{16,}$")
+    secret: WebhookSecrets = Field(pattern=r"^whsec_[A-Za-z0-9+/=]{16,}$")
     event_types: list[str] = []
     enabled: bool = True
 
@@ -357,7 +358,7 @@ class _DestinationEvent(Event):
 
 class DestinationUpdated(_DestinationEvent):
     url: str = Field(pattern=r"^https?://\S+$")
-    secret: str = Field(pattern=r"^whsec_[A-Za-z0-9+/=]{16,}( whsec_[A-Za-z0-9+/=]{16,})*$")
+    secret: WebhookSecrets = Field(pattern=r"^whsec_[A-Za-z0-9+/=]{16,}( whsec_[A-Za-z0-9+/=]{16,})*$")
     statuses: list[OutcomeStatus] = []
     enabled: bool = True
     engagements: list[EngagementKind] = []

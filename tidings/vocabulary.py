@@ -4,6 +4,8 @@ UTC millisecond timestamps, JSON objects, E.164 numbers. `tidings.events` re-exp
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import re
@@ -170,6 +172,20 @@ def _e164(value: str) -> str:
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+$"
 
 
+def _webhook_secrets(value: str) -> str:
+    """Standard Webhooks secrets, space-separated while rotating: `whsec_` and the key in base64. A key
+    the pattern let through but base64 does not decode (17 characters) failed every send to the
+    endpoint with a decoding error instead of being refused here."""
+    for secret in value.split(" "):
+        try:
+            key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"a webhook secret is whsec_ and a base64 key: {exc}") from None
+        if not secret.startswith("whsec_") or len(key) < 12:
+            raise ValueError("a webhook secret is whsec_ and a base64 key of at least 12 bytes")
+    return value
+
+
 def check_overrides(value: dict[str, str] | None) -> dict[str, str] | None:
     """A request's own addresses, checked like the recipient's contact points: an address with a space
     in it missed the suppression of the address the provider then sent to (`U1@x.com ` is `u1@x.com`)."""
@@ -194,6 +210,7 @@ TenantId = Annotated[str, AfterValidator(_tenant)]
 AudienceId = Annotated[str, AfterValidator(_audience)]
 JsonObject = Annotated[str, AfterValidator(_json_object)]
 PhoneNumber = Annotated[str, AfterValidator(_e164)]
+WebhookSecrets = Annotated[str, AfterValidator(_webhook_secrets)]
 
 
 def utcnow() -> datetime:

@@ -12,11 +12,13 @@ from tidings.errors import InvalidEvent
 from tidings.events import (
     MAX_DATA_BYTES,
     BroadcastRequested,
+    DestinationUpdated,
     Event,
     NotificationRequested,
     PreferencesUpdated,
     QuietHours,
     RecipientUpdated,
+    WebhookEndpointUpdated,
 )
 from tidings.ids import delivery_id, new_notification_id, notification_id_for
 from tidings.schemas import default_schemas
@@ -161,3 +163,26 @@ def test_an_event_written_before_those_checks_still_decodes() -> None:
     old = RecipientUpdated.model_construct(**fields | {"timezone": "Mars/Base", "locale": "xx yy"})
     decoded = default_codec().decode(default_codec().encode(old))
     assert isinstance(decoded, RecipientUpdated) and decoded.timezone == "Mars/Base"
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "whsec_" + "A" * 17,
+        "whsec_A=AAAAAAAAAAAAAAA",
+        "whsec_" + "A" * 16 + " whsec_" + "B" * 17,
+        "xhsec_" + "A" * 16,
+    ],
+)
+def test_a_webhook_secret_base64_does_not_decode_is_refused(secret: str) -> None:
+    """The pattern let a 17-character key through, and every send to the endpoint failed decoding it."""
+    with pytest.raises(ValidationError, match="secret"):
+        WebhookEndpointUpdated(
+            tenant_id="acme", recipient_id="ada", endpoint_id="e", url="https://h.example", secret=secret
+        )
+    rotating = "whsec_" + "A" * 16 + " whsec_" + "B" * 16
+    assert DestinationUpdated(
+        tenant_id="acme", destination_id="d", url="https://h.example", secret=rotating
+    ).secret
+    with pytest.raises(ValidationError, match="secret"):
+        DestinationUpdated(tenant_id="acme", destination_id="d", url="https://h.example", secret=secret)
