@@ -156,7 +156,9 @@ NEEDED = {"email": ("body", "html"), "sms": ("body",)}
 message of a template without one, and a locale is chosen whole, not field by field."""
 
 
-def _templates(key: str, raw: dict[str, Any]) -> list[ChannelTemplate]:
+def _templates(key: str, raw: dict[str, Any], publishing: bool = True) -> list[ChannelTemplate]:
+    """`publishing` False: reading a published type (the router), whose locales without a needed field
+    fail only their own sends, as they did before publishing checked them."""
     out = []
     for channel, locales in sorted(raw.items()):
         if channel not in CHANNELS:
@@ -167,7 +169,7 @@ def _templates(key: str, raw: dict[str, Any]) -> list[ChannelTemplate]:
             unknown = set(fields) - set(FIELDS)
             if unknown:
                 raise InvalidEvent(f"{key}: {channel}/{locale}: unknown template fields {sorted(unknown)}")
-            needed = NEEDED.get(channel, ())
+            needed = NEEDED.get(channel, ()) if publishing else ()
             if needed and not any(fields.get(f) for f in needed):
                 raise InvalidEvent(f"{key}: {channel}/{locale}: needs {' or '.join(needed)}")
             for field, source in fields.items():
@@ -182,8 +184,9 @@ def _templates(key: str, raw: dict[str, Any]) -> list[ChannelTemplate]:
     return out
 
 
-def digest_rule(t: NotificationTypePublished) -> DigestRule | None:
-    """The type's digest rule; raises InvalidEvent when it is malformed."""
+def digest_rule(t: NotificationTypePublished, publishing: bool = False) -> DigestRule | None:
+    """The type's digest rule; raises InvalidEvent when it is malformed (`publishing`: also when a
+    locale lacks a field its channel cannot send without)."""
     if t.digest_json is None:
         return None
     raw = json.loads(t.digest_json)
@@ -195,7 +198,7 @@ def digest_rule(t: NotificationTypePublished) -> DigestRule | None:
     except ValueError as exc:
         raise InvalidEvent(f"{key}: digest window: {exc}") from None
     table: Templates = {}
-    for tpl in _templates(f"{key} digest", raw.get("templates", {})):
+    for tpl in _templates(f"{key} digest", raw.get("templates", {}), publishing):
         fields = tpl.model_dump(exclude={"channel", "locale"})
         table.setdefault(tpl.channel, {})[tpl.locale] = fields
     if not table:
@@ -271,7 +274,7 @@ def parse_type(tenant: str, raw: dict[str, Any], version: int = 1) -> Notificati
         raise InvalidEvent(f"{key}: {exc}") from None
     throttle_rule(published)
     conditions(published)
-    digest = digest_rule(published)
+    digest = digest_rule(published, publishing=True)
     escalated = {s.channel for s in escalation_steps(published)}
     if digest is not None and (both := escalated & set(digest.templates)):
         raise InvalidEvent(f"{key}: channels both digested and escalated: {sorted(both)}")

@@ -518,6 +518,32 @@ def test_quiet_hours_can_push_an_escalation_later_and_keep_its_condition() -> No
     assert sms.not_before == datetime(2026, 6, 15, 14, 0, tzinfo=UTC) and sms.unless == "read"
 
 
+def test_a_type_published_before_publishing_checked_needed_fields_still_plans() -> None:
+    """A digest locale with only a subject (published before the check) fails only its own sends; it
+    rejected every request of the type, critical and SMS-only ones included."""
+    t = parse_type(
+        "*",
+        {
+            "key": "order.shipped",
+            "category": "orders",
+            "channels": ["email", "sms"],
+            "templates": TEMPLATES,
+            "digest": DIGEST,
+        },
+    )
+    digest = json.loads(t.digest_json or "{}")
+    digest["templates"]["email"]["de"] = {"subject": "{{ count }} Bestellungen"}
+    old = Catalog()
+    old.apply(t.model_copy(update={"digest_json": json.dumps(digest)}))
+    p = plan(request(priority="critical", channels=["sms"]), recipient(), old, NOW)
+    assert [c.channel for c in p.commands] == ["sms"]
+    with pytest.raises(InvalidEvent, match="email/de: needs body or html"):
+        parse_type(
+            "*",
+            {"key": "k", "category": "c", "channels": ["email"], "templates": TEMPLATES, "digest": digest},
+        )
+
+
 def test_digested_channels_are_listed_not_sent() -> None:
     p = plan(request(), recipient(), catalog(digest=DIGEST), NOW)
     assert p.digested == ["email"]
