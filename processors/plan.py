@@ -64,7 +64,7 @@ from tidings.events import (
 from tidings.ids import command_id, delivery_id
 from tidings.kafka.records import Incoming, table_events
 from tidings.render import RenderError, holds, render
-from tidings.vocabulary import MAX_SCHEDULE_AHEAD
+from tidings.vocabulary import MAX_SCHEDULE_AHEAD, check_overrides
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +272,10 @@ def plan(
             )
         )
 
+    try:
+        check_overrides(request.recipient_overrides)
+    except ValueError as exc:
+        raise InvalidEvent(str(exc)) from None
     expires_at = expiry(request, t)
     if expires_at is not None and expires_at <= now:
         outcome("EXPIRED", "expired")

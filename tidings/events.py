@@ -135,8 +135,8 @@ class NotificationRequested(Event):
 
     @field_validator("recipient_overrides")
     @classmethod
-    def _addresses(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        return check_overrides(value)
+    def _addresses(cls, value: dict[str, str] | None, info: ValidationInfo) -> dict[str, str] | None:
+        return check_overrides(value, info)
 
     @property
     def data(self) -> dict[str, Any]:
