@@ -2,9 +2,10 @@
 
 Templates come from the catalog (tenant-authored); data comes from producers. The sandbox refuses
 attribute tricks (`''.__class__.__mro__`), `StrictUndefined` turns a missing variable into an error
-instead of an empty string, `range()` is limited per render (the items of all its calls: nested loops
-of ranges multiplied), string, bytes and list repetition (`*`, `**`), padding, tab expansion and the
-`batch` filter's fill are capped, and output is streamed and cut off at a size cap. Locales fall
+instead of an empty string, `range()` is limited to 10,000 items and the steps of loops over ranges to
+100,000 per field rendered (nested loops multiply), string, bytes and list repetition (`*`, `**`),
+padding, tab expansion and the `batch` filter's fill are capped, and output is streamed and cut off at
+a size cap. Locales fall
 back `de-AT` → `de` → `default`.
 Catalog conditions are Jinja2 expressions in the same sandbox, with lenient undefined values (`holds`).
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import json
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,6 +29,7 @@ from tidings.vocabulary import MAX_LOCALE_LENGTH
 
 MAX_OUTPUT = {"subject": 998, "title": 256, "body": 64 * 1024, "html": 512 * 1024, "data_json": 4 * 1024}
 MAX_RANGE = 10_000
+MAX_RANGE_STEPS = 100_000
 MAX_REPEAT = 100_000
 FIELDS = ("subject", "title", "body", "html", "data_json")
 
@@ -84,14 +86,40 @@ class _Environment(ImmutableSandboxedEnvironment):
         return operator.mul(left, right)
 
 
-def _bounded_range(*args: int) -> range:
+class _Range(Sequence[int]):
+    """A `range()` of a template: at most MAX_RANGE items, and each item taken from it in a loop counts
+    against the render's budget of MAX_RANGE_STEPS, however often the range is walked: counting at the
+    call let `{% set r = range(10000) %}` be walked inside itself, 100 million steps."""
+
+    def __init__(self, r: range) -> None:
+        self.r = r
+
+    def __len__(self) -> int:
+        return len(self.r)
+
+    def __repr__(self) -> str:
+        return repr(self.r)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.r[index]
+
+    def __iter__(self) -> Iterator[int]:
+        left = _RANGE_LEFT.get()
+        for item in self.r:
+            if left is not None:
+                left[0] -= 1
+                if left[0] < 0:
+                    raise SecurityError(
+                        f"loops over range() of more than {MAX_RANGE_STEPS} steps in one render"
+                    )
+            yield item
+
+
+def _bounded_range(*args: int) -> _Range:
     r = range(*args)
-    left = _RANGE_LEFT.get()
-    if len(r) > (MAX_RANGE if left is None else left[0]):
-        raise SecurityError(f"range() of more than {MAX_RANGE} items in one render")
-    if left is not None:
-        left[0] -= len(r)
-    return r
+    if len(r) > MAX_RANGE:
+        raise SecurityError(f"range() larger than {MAX_RANGE}")
+    return _Range(r)
 
 
 def _bounded_batch(value: Any, linecount: int, *args: Any, **kwargs: Any) -> None:
@@ -189,7 +217,7 @@ def holds(source: str, context: Mapping[str, Any]) -> tuple[bool, str | None]:
     the request does not carry does not hold. Any other failure (a type error, the sandbox refusing an
     attribute, a bound exceeded) raises RenderError, as a template failure does.
     """
-    budget = _RANGE_LEFT.set([MAX_RANGE])
+    budget = _RANGE_LEFT.set([MAX_RANGE_STEPS])
     try:
         value = _condition(source)(**context)
     except SecurityError as exc:
@@ -224,7 +252,7 @@ def _render_field(field: str, source: str, parent: dict[str, Any]) -> str:
     parts: list[str] = []
     size = 0
     template = _compiled(field, source)
-    budget = _RANGE_LEFT.set([MAX_RANGE])
+    budget = _RANGE_LEFT.set([MAX_RANGE_STEPS])
     try:
         for chunk in template.root_render_func(template.new_context(parent, shared=True)):
             size += len(chunk)

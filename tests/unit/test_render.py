@@ -106,6 +106,7 @@ def test_data_is_never_evaluated_as_a_template() -> None:
         "{{ ('\t' * 1000).expandtabs(tabsize=1000)|length }}",
         "{{ [1]|batch(10**8, 0)|first|length }}",
         "{% for i in range(5000) %}{% for j in range(5000) %}{% endfor %}{% endfor %}",
+        "{% set r = range(10000) %}{% for a in r %}{% for b in r %}{% endfor %}{% endfor %}",
     ],
 )
 def test_injection_and_resource_payloads_are_refused_safely(template: str) -> None:
@@ -118,8 +119,10 @@ def test_injection_and_resource_payloads_are_refused_safely(template: str) -> No
 
 
 def test_ordinary_loops_tabs_and_batches_stay_within_the_bounds() -> None:
-    nested = "{% for i in range(50) %}{% for j in range(50) %}.{% endfor %}{% endfor %}"
-    assert len(render_field("body", nested, {})) == 2500
+    nested = "{% for i in range(100) %}{% for j in range(100) %}.{% endfor %}{% endfor %}"
+    assert len(render_field("body", nested, {})) == 10_000
+    ranged = "{{ range(3)|list }} {{ range(10)|length }} {{ range(10)[3] }} {{ range(2) }}"
+    assert render_field("body", ranged, {}) == "[0, 1, 2] 10 3 range(0, 2)"
     assert render_field("body", "{{ 'a\tb'.expandtabs(4) }}|{{ [1, 2, 3]|batch(2, 0)|list }}", {}) == (
         "a   b|[[1, 2], [3, 0]]"
     )
