@@ -246,7 +246,7 @@ def mount(
         bell = application[DOORBELLS].register(channel)
         who = {"tenant": tenant, "recipient": recipient}
         try:
-            resumed = isinstance(cursor, int) and not isinstance(cursor, bool)
+            resumed = isinstance(cursor, int) and not isinstance(cursor, bool) and abs(cursor) < 2**63
             mark = who | {"cursor": cursor if resumed else None, "lookback": LOOKBACK_S, "limit": KEPT}
             [(latest, recent)] = await query(MARK, mark)
             sent = dict.fromkeys(recent, time.monotonic())

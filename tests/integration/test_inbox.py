@@ -478,7 +478,8 @@ def test_a_socket_greets_with_the_newest_items_cursor_and_sends_no_archived_item
     async def scenario(base: str) -> list[Any]:
         frames: list[Any] = []
         async with aiohttp.ClientSession() as http:
-            for hello in ({"token": token("ada")}, {"token": token("ada"), "cursor": True}):
+            hellos = [{"token": token("ada")}] + [{"token": token("ada"), "cursor": c} for c in (True, 2**64)]
+            for hello in hellos:
                 async with http.ws_connect(f"{base}/v1/ws") as ws:
                     await ws.send_json(hello)
                     frames.append(await ws.receive_json(timeout=5))
@@ -493,6 +494,7 @@ def test_a_socket_greets_with_the_newest_items_cursor_and_sends_no_archived_item
     frames = asyncio.run(serving(s, scenario))
     greeting = {"type": "items", "cursor": newest}
     assert [({k: f[k] for k in greeting}, [i["title"] for i in f["items"]]) for f in frames] == [
+        (greeting, ["Bo"]),
         (greeting, ["Bo"]),
         (greeting, ["Bo"]),
     ], "archived items came as new, or the greeting's cursor is not the newest item's"
