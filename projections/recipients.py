@@ -2,7 +2,8 @@
 
 The state column is the same fold the router keeps (`processors.recipients.fold`), so API reads and
 routing decisions agree; an event the router refuses for the state's size limit (and dead-letters) is
-skipped here too. One topic, keyed by recipient, so each row sees its events in order.
+skipped here too. Near the limit the two can still differ: the router's state also holds what feedback
+adds and removes (suppressions, soft bounces, dead tokens), which this topic does not carry. One topic, keyed by recipient, so each row sees its events in order.
 
 A `RecipientErased` deletes the recipient's row and its inbox items requested before the erasure (by
 log time: the record timestamps the router orders requests and erasures by), and notes the erasure in
