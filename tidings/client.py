@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Required, TypedDict, Unpack
 from uuid import UUID
@@ -193,9 +193,15 @@ class Client:
 
     def broadcast(self, *, wait: bool = True, **fields: Unpack[BroadcastFields]) -> UUID:
         """Request one notification to every current member of an audience (`BroadcastFields`);
-        returns the broadcast id. Each member's notification id is uuid5(broadcast id, recipient)."""
+        returns the broadcast id. Each member's notification id is uuid5(broadcast id, recipient). A
+        failed broadcast's error carries the id (`broadcast_id`): retry with it (`broadcast_id=`), or a
+        broadcast that landed after all is sent to every member twice."""
         event = broadcast_request(source=self.source, **fields)
-        self.publish(event, wait=wait)
+        try:
+            self.publish(event, wait=wait)
+        except TidingsError as exc:
+            exc.broadcast_id = event.broadcast_id
+            raise
         return event.broadcast_id
 
     def cancel_broadcast(
@@ -223,18 +229,14 @@ class Client:
     def add_members(
         self, *, tenant: str, audience: str, recipients: Sequence[str], wait: bool = True
     ) -> None:
-        for event in membership(tenant=tenant, audience=audience, recipients=recipients):
-            self.publish(event, wait=False)
-        if wait:
-            self.flush()
+        self._publish_all(membership(tenant=tenant, audience=audience, recipients=recipients), wait=wait)
 
     def remove_members(
         self, *, tenant: str, audience: str, recipients: Sequence[str], wait: bool = True
     ) -> None:
-        for event in membership(tenant=tenant, audience=audience, recipients=recipients, remove=True):
-            self.publish(event, wait=False)
-        if wait:
-            self.flush()
+        self._publish_all(
+            membership(tenant=tenant, audience=audience, recipients=recipients, remove=True), wait=wait
+        )
 
     def update_recipient(self, *, tenant: str, recipient: str, wait: bool = True, **fields: Any) -> None:
         """Patch contact points: email, phone (E.164), locale, timezone, name, properties (dict), unset."""
@@ -291,10 +293,7 @@ class Client:
         look them up in the audiences projection), acknowledged before `RecipientErased` is produced.
         What this erases and what it keeps: docs/architecture.md, "Erasure and export"."""
         removals, erased = erasure(tenant=tenant, recipient=recipient, audiences=audiences, reason=reason)
-        for event in removals:
-            self.publish(event, wait=False)
-        if removals:
-            self.flush()
+        self._publish_all(removals, wait=True)
         self.publish(erased, wait=wait)
 
     def set_webhook_endpoint(
@@ -360,12 +359,22 @@ class Client:
 
     def publish(self, event: Event, *, topic: str | None = None, wait: bool = True) -> None:
         """Produce any event to its topic (from the topic registry unless given)."""
-        name = type(event).__name__
-        target = topic or self._topics.get(name)
-        if target is None:
-            raise InvalidEvent(f"{name} goes to several topics; pass topic=")
-        delivery = self._producer.produce(Output.event(target, event, codec=self.codec), waited=wait)
-        if wait:
+        self._publish_all([event], topic=topic, wait=wait)
+
+    def _publish_all(self, events: Iterable[Event], *, topic: str | None = None, wait: bool) -> None:
+        """With `wait`, until each is acknowledged, raising only their own failures: a `flush()` here
+        handed out and cleared the failures of records sent before without waiting, whose own `flush()`
+        then passed (the refused record lost without a word)."""
+        deliveries = []
+        for event in events:
+            name = type(event).__name__
+            target = topic or self._topics.get(name)
+            if target is None:
+                raise InvalidEvent(f"{name} goes to several topics; pass topic=")
+            deliveries.append(
+                self._producer.produce(Output.event(target, event, codec=self.codec), waited=wait)
+            )
+        for delivery in deliveries if wait else ():
             self._producer.wait(delivery)
 
     def flush(self, timeout: float = 30.0) -> None:

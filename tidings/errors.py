@@ -28,6 +28,7 @@ class TidingsError(Exception):
 
     retriable: bool = False
     notification_id: UUID | None = None
+    broadcast_id: UUID | None = None
     """Set by `Client.send` on a send that failed: the id to retry the request with."""
 
 

@@ -91,7 +91,8 @@ def test_a_waited_send_reports_its_own_record_and_flush_the_unwaited(
     namespace: Callable[..., Settings], topic_factory: Callable[..., str]
 ) -> None:
     """One producer's failures are not shared out: a record nobody waited for is reported by flush(),
-    a waited send by itself, and a failed send names the id to retry with."""
+    a waited send (or membership change) by itself, and a failed send or broadcast names the id to
+    retry with."""
     import threading
 
     from tidings.kafka import admin
@@ -104,6 +105,7 @@ def test_a_waited_send_reports_its_own_record_and_flush_the_unwaited(
     fine = DeviceRegistered(tenant_id="acme", recipient_id="r", device_id="d", platform="fcm", token="t")
     with Client(s) as client:
         client.publish(big, topic=tiny, wait=False)
+        client.add_members(tenant="acme", audience="beta", recipients=["r"])
         client.publish(fine, wait=True)
         with pytest.raises(DeliveryFailed, match="1 records failed"):
             client.flush()
@@ -111,6 +113,10 @@ def test_a_waited_send_reports_its_own_record_and_flush_the_unwaited(
         with pytest.raises(DeliveryFailed) as failed:
             client.send(tenant="acme", recipient="r", type="order.shipped", data={"note": "x" * 500})
         assert failed.value.notification_id is not None
+        admin._alter(admin.admin(s), names(s).broadcasts, {"max.message.bytes": "200"}, 30)
+        with pytest.raises(DeliveryFailed) as refused:
+            client.broadcast(tenant="acme", audience="beta", type="order.shipped", data={"note": "x" * 500})
+        assert refused.value.broadcast_id is not None, "the id to retry with, or members get it twice"
         outcomes: dict[str, object] = {}
 
         def send(name: str, event: DeviceRegistered, topic: str | None) -> None:
