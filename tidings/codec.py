@@ -31,7 +31,13 @@ class Codec:
         sv = self.schemas.current(name)
         buf = io.BytesIO()
         buf.write(sv.header)
-        schemaless_writer(buf, sv.parsed, record)
+        try:
+            schemaless_writer(buf, sv.parsed, record)
+        except UnicodeEncodeError as exc:
+            raise InvalidEvent(
+                f"{name}: text that is not Unicode ({exc.reason}: a lone surrogate, e.g. from a \\ud800 "
+                "escape in JSON) cannot be written as UTF-8"
+            ) from None
         return buf.getvalue()
 
     def encode(self, event: Event) -> bytes:

@@ -388,5 +388,5 @@ def data_json_of(data: Mapping[str, Any] | None) -> str:
     """`data` as the compact JSON object text of a `data_json` field."""
     try:
         return json.dumps(dict(data or {}), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidEvent(f"data is not JSON-serialisable: {exc}") from None

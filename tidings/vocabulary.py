@@ -104,7 +104,10 @@ def _utc_millis(value: datetime) -> datetime:
         return value
     if value.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware (UTC)")
-    value = value.astimezone(UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("timestamp is outside the years 1-9999 in UTC") from None
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 

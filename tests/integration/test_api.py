@@ -139,6 +139,8 @@ def test_bad_keys_and_bad_bodies_get_problems_and_produce_nothing(topology: Sett
                 await call(http, "GET", f"{base}/v1/recipients/a%00b/notifications"),
                 await call(http, "POST", url, json=SHIPPED | {"to": {"email": "ada@example.com "}}),
                 await call(http, "POST", url, json=SHIPPED | {"to": {"webhook": "https://h.example/in"}}),
+                await call(http, "POST", url, data=b'{"recipient": "\\ud800", "type": "order.shipped"}'),
+                await call(http, "POST", url, json=SHIPPED | {"expires_at": "9999-12-31T23:00:00-05:00"}),
             ]
 
     answers = asyncio.run(serving(s, scenario))
@@ -160,8 +162,10 @@ def test_bad_keys_and_bad_bodies_get_problems_and_produce_nothing(topology: Sett
         404,
         422,
         422,
+        422,
+        422,
     ]
-    assert "recipient_overrides" in answers[-1][1]["detail"]
+    assert "recipient_overrides" in answers[-3][1]["detail"]
     assert answers[0][2]["WWW-Authenticate"] == "Bearer"
     assert all(a[2]["Content-Type"].startswith("application/problem+json") for a in answers)
     fields = {e["field"] for e in answers[3][1]["errors"]}

@@ -19,6 +19,7 @@ from tidings.events import (
     QuietHours,
     RecipientUpdated,
     WebhookEndpointUpdated,
+    data_json_of,
 )
 from tidings.ids import delivery_id, new_notification_id, notification_id_for
 from tidings.schemas import default_schemas
@@ -197,3 +198,17 @@ def test_a_webhook_secret_base64_does_not_decode_is_refused(secret: str) -> None
     ).secret
     with pytest.raises(ValidationError, match="secret"):
         DestinationUpdated(tenant_id="acme", destination_id="d", url="https://h.example", secret=secret)
+
+
+def test_text_and_times_no_record_can_hold_are_invalid_events_not_crashes() -> None:
+    """A lone surrogate (JSON's \\ud800) cannot be written as UTF-8, a time past 9999 cannot be in UTC,
+    deep data cannot be written as JSON: each raised an error of its own, which the API answered 500."""
+    with pytest.raises(InvalidEvent, match="lone surrogate"):
+        default_codec().encode(make(recipient_id="\ud800"))
+    with pytest.raises(ValidationError, match="outside the years"):
+        make(expires_at=datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5))))
+    deep: list[object] = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(InvalidEvent, match="JSON"):
+        data_json_of({"x": deep})
