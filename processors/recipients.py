@@ -1,13 +1,14 @@
 """Folds recipient and feedback events into one recipient's state: contacts, preferences, devices,
 suppressions. Pure: `fold(state, event) -> state`, replayable from the topics at any time.
 
-Suppression rules: a hard bounce, complaint, SMS STOP or token-invalid is permanent until lifted (START,
-resubscribe, or the address being set again); `SOFT_BOUNCE_LIMIT` soft bounces within
-`SOFT_BOUNCE_WINDOW` suppress too. An unsubscribe with a category opts out of that category's
-non-critical messages on the feedback's channel (`unsubscribed_categories` key `<category>/<channel>`:
-an email's unsubscribe link stops those emails, not the category's push notifications); without a
-category it suppresses the address for non-critical messages. A webhook
-endpoint disabled by the gateway (`endpoint_disabled`) stays suppressed until it is updated again.
+Suppression rules (`processors.suppression`): a hard bounce, complaint, SMS STOP or token-invalid is
+permanent until lifted (START, resubscribe, or the address being set again; an operator's lift only
+lifts delivery failures); `SOFT_BOUNCE_LIMIT` soft bounces within `SOFT_BOUNCE_WINDOW` suppress too.
+An unsubscribe with a category opts out of that category's non-critical messages on the feedback's
+channel (`unsubscribed_categories` key `<category>/<channel>`: an email's unsubscribe link stops those
+emails, not the category's push notifications); without a category it suppresses the address for
+non-critical messages. A webhook endpoint disabled by the gateway (`endpoint_disabled`) stays
+suppressed until it is updated again.
 
 A category unsubscribe and the preference rules are weighed by which came last (`processors.preferences`
 `opted_out`): `rules_at` holds when each rule last changed value, so a rule turned on before the
@@ -24,6 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from processors.suppression import AddressSuppression, all_messages, cleared, folded, restored
 from tidings.events import (
     DeviceRegistered,
     DeviceRemoved,
@@ -100,9 +102,12 @@ class RecipientState(BaseModel):
     devices: dict[str, Device] = {}
     webhooks: dict[str, WebhookEndpoint] = {}
     suppressions: dict[str, Suppression] = {}
+    """The suppression in force per address (`address_key`), from `addresses`; what `plan` reads."""
+    addresses: dict[str, AddressSuppression] = {}
     unsubscribed_categories: dict[str, datetime] = {}
     soft_bounces: dict[str, list[datetime]] = {}
     feedback_at: dict[str, datetime] = {}
+    """The newest feedback per address, from states written before `addresses` was kept."""
 
     def rule(self, scope: str, key: str, channel: str | None) -> bool | None:
         return self.rules.get(rule_key(scope, key, channel))
@@ -130,9 +135,11 @@ def fold(state: RecipientState | None, event: Event) -> RecipientState:
             app_id=event.app_id,
             registered_at=event.occurred_at,
         )
-        lifted = {k: v for k, v in state.suppressions.items() if k != address_key("push", event.token)}
         return state.model_copy(
-            update={"devices": {**state.devices, event.device_id: device}, "suppressions": lifted}
+            update={
+                "devices": {**state.devices, event.device_id: device},
+                **_reset(state, "push", event.token),
+            }
         )
     if isinstance(event, DeviceRemoved):
         return state.model_copy(
@@ -142,9 +149,11 @@ def fold(state: RecipientState | None, event: Event) -> RecipientState:
         endpoint = WebhookEndpoint(
             url=event.url, secret=event.secret, event_types=event.event_types, enabled=event.enabled
         )
-        lifted = {k: v for k, v in state.suppressions.items() if k != address_key("webhook", event.url)}
         return state.model_copy(
-            update={"webhooks": {**state.webhooks, event.endpoint_id: endpoint}, "suppressions": lifted}
+            update={
+                "webhooks": {**state.webhooks, event.endpoint_id: endpoint},
+                **_reset(state, "webhook", event.url),
+            }
         )
     if isinstance(event, WebhookEndpointRemoved):
         return state.model_copy(
@@ -164,12 +173,23 @@ def _profile(state: RecipientState, event: RecipientUpdated) -> RecipientState:
             update["properties"] = {}
     if event.properties_json is not None:
         update["properties"] = {**state.properties, **json.loads(event.properties_json)}
-    suppressions = dict(state.suppressions)
     for channel, field in (("email", "email"), ("sms", "phone")):
         new, old = update.get(field), getattr(state, field)
         if new and (old is None or address_key(channel, old) != address_key(channel, new)):
-            suppressions.pop(address_key(channel, new), None)
-    return state.model_copy(update={**update, "suppressions": suppressions})
+            state = state.model_copy(update=_reset(state, channel, new))
+    return state.model_copy(update=update)
+
+
+def _reset(state: RecipientState, channel: str, address: str) -> dict[str, Any]:
+    """The updates that lift every suppression of an address set again."""
+    key = address_key(channel, address)
+    if key not in state.suppressions and key not in state.addresses:
+        return {}
+    registers = cleared(state.addresses.get(key) or _restored(state, key))
+    return {
+        "suppressions": {k: v for k, v in state.suppressions.items() if k != key},
+        "addresses": {**state.addresses, key: registers},
+    }
 
 
 def _preferences(state: RecipientState, event: PreferencesUpdated) -> RecipientState:
@@ -243,11 +263,22 @@ def _feedback(state: RecipientState, event: ProviderFeedback) -> RecipientState:
             c: t for c, t in state.unsubscribed_categories.items() if c != scoped
         }
     if suppress is not None or (event.kind in LIFTING and not event.category):
-        last = state.feedback_at.get(key)
-        if last is None or at > last or (at == last and suppress is not None and key not in suppressions):
-            if suppress is not None:
-                suppressions[key] = suppress
-            else:
-                suppressions.pop(key, None)
-        update["feedback_at"] = {**state.feedback_at, key: at if last is None else max(at, last)}
+        before = state.addresses.get(key) or _restored(state, key)
+        after = folded(before, suppress.reason if suppress else event.kind, at, event.provider)
+        current = after.effective()
+        if current is None:
+            suppressions.pop(key, None)
+        else:
+            suppressions[key] = Suppression(
+                reason=current.reason or "",
+                since=current.since,
+                all_messages=all_messages(current.reason or ""),
+            )
+        update["addresses"] = {**state.addresses, key: after}
     return state.model_copy(update={**update, "suppressions": suppressions})
+
+
+def _restored(state: RecipientState, key: str) -> AddressSuppression:
+    """An address's registers from a state written before they were kept (its one suppression)."""
+    s = state.suppressions.get(key)
+    return restored(s.reason if s else None, s.since if s else None, state.feedback_at.get(key))
