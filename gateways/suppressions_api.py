@@ -12,7 +12,8 @@ notifications.feedback when an operator lifts one.
   state and the projection to the address's row; 202. The router keeps suppressions per recipient,
   so the lift names the recipient. An address suppressed because its owner said so (unsubscribe,
   spam complaint, SMS STOP) is 409: only the recipient lifts that (a resubscribe link, START, their
-  preferences), and an operator sending to them again would be mail they refused.
+  preferences), and an operator sending to them again would be mail they refused. A failure lifted
+  over an earlier refusal uncovers it (`processors.suppression`): the address stays suppressed for it.
 
 Both read the projection, so a suppression appears, and a lift shows, after the projection's delay.
 """

@@ -1,32 +1,44 @@
 """Consumes notifications.feedback; produces the suppressions table (per tenant, channel and address).
 
 Hard bounce, complaint, SMS STOP, dead token, disabled endpoint and an address-wide unsubscribe suppress;
-`SOFT_BOUNCE_LIMIT` soft bounces within `SOFT_BOUNCE_WINDOW` suppress; START and resubscribe lift. Each
-row's state changes only for feedback newer (by provider time) than the last it took, and `since` is the
-earliest time of the current state, so duplicated and reordered feedback converge to the same row; a
-soft bounce counts once per address and provider time, however often the provider delivered it.
+`SOFT_BOUNCE_LIMIT` soft bounces within `SOFT_BOUNCE_WINDOW` suppress; START and resubscribe lift, and an
+operator's resubscribe (provider `api`) lifts delivery failures only. Each row folds its feedback with the
+router's rules (`processors.suppression`: the owner's refusal and the delivery failure, each by provider
+time), kept in `registers`; `active`, `reason` and `since` are the suppression in force. So duplicated and
+reordered feedback converge to the same row, and a soft bounce counts once per address and provider time,
+however often the provider delivered it.
+
+A row is written under a transaction-scoped advisory lock on its address, taken in key order: feedback
+for one address can come from several partitions (one per recipient holding it), and two projection
+processes each counting the other's third soft bounce as not yet there missed the limit.
 """
 
 from __future__ import annotations
 
-from processors.recipients import LIFTING, PERMANENT, SOFT_BOUNCE_LIMIT, SOFT_BOUNCE_WINDOW
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from processors.recipients import SOFT_BOUNCE_LIMIT, SOFT_BOUNCE_WINDOW
+from processors.suppression import FAILURES, LIFTS, REFUSALS, AddressSuppression, folded, restored
 from projections.base import Cursor, Projection, grouped
 from tidings.events import Event, ProviderFeedback
 
+LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s || chr(31) || %s || chr(31) || %s, 0))"
+ROW = """
+SELECT active, reason, source, since, last_event_at, registers FROM suppressions
+WHERE tenant_id = %s AND channel = %s AND address = %s
+"""
 UPSERT = """
-INSERT INTO suppressions AS s (tenant_id, channel, address, active, reason, source, since, last_event_at)
-VALUES (%(tenant)s, %(channel)s, %(address)s, %(active)s, %(reason)s, %(source)s, %(at)s, %(at)s)
+INSERT INTO suppressions AS s
+    (tenant_id, channel, address, active, reason, source, since, last_event_at, registers)
+VALUES (%(tenant)s, %(channel)s, %(address)s, %(active)s, %(reason)s, %(source)s, %(since)s, %(last)s,
+        %(registers)s)
 ON CONFLICT (tenant_id, channel, address) DO UPDATE SET
-    active = CASE WHEN {newer} THEN EXCLUDED.active ELSE s.active END,
-    reason = CASE WHEN {newer} THEN EXCLUDED.reason ELSE s.reason END,
-    source = CASE WHEN {newer} THEN EXCLUDED.source ELSE s.source END,
-    since = CASE WHEN EXCLUDED.active = s.active THEN LEAST(s.since, EXCLUDED.since)
-                 WHEN {newer} THEN EXCLUDED.since ELSE s.since END,
-    last_event_at = GREATEST(s.last_event_at, EXCLUDED.last_event_at)
-""".format(
-    newer="(EXCLUDED.last_event_at > s.last_event_at OR "
-    "(EXCLUDED.last_event_at = s.last_event_at AND EXCLUDED.active AND NOT s.active))"
-)
+    active = EXCLUDED.active, reason = EXCLUDED.reason, source = EXCLUDED.source, since = EXCLUDED.since,
+    last_event_at = EXCLUDED.last_event_at, registers = EXCLUDED.registers
+"""
 BOUNCE = """
 INSERT INTO soft_bounces (tenant_id, channel, address, event_id, at)
 SELECT %(tenant)s, %(channel)s, %(address)s, %(event_id)s, %(at)s
@@ -62,29 +74,70 @@ class Suppressions(Projection):
     sources = ("feedback",)
 
     def apply(self, cur: Cursor, events: list[Event]) -> None:
-        rows = []
+        by_address: dict[tuple[str, str, str], list[ProviderFeedback]] = {}
         for f in grouped(events, ProviderFeedback):
-            at = f.provider_timestamp or f.occurred_at
-            key = {
-                "tenant": f.tenant_id,
-                "channel": f.channel,
-                "address": normalized(f.channel, f.address),
-                "source": f.provider,
-                "at": at,
-            }
-            if f.kind in PERMANENT or (f.kind == "unsubscribe" and not f.category):
-                rows.append(key | {"active": True, "reason": f.kind})
-            elif f.kind in LIFTING and not f.category:
-                rows.append(key | {"active": False, "reason": f.kind})
-            elif f.kind == "soft_bounce":
-                if rows:
-                    cur.executemany(UPSERT, rows)
-                    rows = []
-                cur.execute(BOUNCE, key | {"event_id": f.event_id})
-                full = cur.execute(
-                    WINDOW_FULL, key | {"window": SOFT_BOUNCE_WINDOW, "limit": SOFT_BOUNCE_LIMIT}
-                ).fetchone()
-                if full and full[0] is not None:
-                    cur.execute(UPSERT, key | {"active": True, "reason": "soft_bounce_limit", "at": full[0]})
-        if rows:
-            cur.executemany(UPSERT, rows)
+            if f.category and f.kind in ("unsubscribe", "resubscribe"):
+                continue
+            if f.kind in REFUSALS | FAILURES | LIFTS or f.kind == "soft_bounce":
+                by_address.setdefault((f.tenant_id, f.channel, normalized(f.channel, f.address)), []).append(
+                    f
+                )
+        for key in sorted(by_address):
+            cur.execute(LOCK, key)
+            _address(cur, key, by_address[key])
+
+
+def _address(cur: Cursor, key: tuple[str, str, str], feedback: list[ProviderFeedback]) -> None:
+    tenant, channel, address = key
+    row = cur.execute(ROW, key).fetchone()
+    if row is None:
+        registers, shown = AddressSuppression(), None
+    else:
+        active, reason, source, since, last, kept = row
+        registers = (
+            AddressSuppression.model_validate(kept)
+            if kept is not None
+            else restored(reason if active else None, since if active else None, last)
+        )
+        shown = {"active": active, "reason": reason, "source": source, "since": since}
+    changed = False
+    for f in feedback:
+        at = f.provider_timestamp or f.occurred_at
+        kind: str = f.kind
+        if kind == "soft_bounce":
+            params = {"tenant": tenant, "channel": channel, "address": address, "at": at}
+            cur.execute(BOUNCE, params | {"event_id": f.event_id})
+            full = cur.execute(
+                WINDOW_FULL, params | {"window": SOFT_BOUNCE_WINDOW, "limit": SOFT_BOUNCE_LIMIT}
+            ).fetchone()
+            if not full or full[0] is None:
+                continue
+            kind, at = "soft_bounce_limit", full[0]
+        registers = folded(registers, kind, at, f.provider)
+        shown = _shown(registers, shown, kind, f.provider)
+        changed = True
+    if changed and shown is not None:
+        last = registers.last_event_at
+        cur.execute(
+            UPSERT,
+            {"tenant": tenant, "channel": channel, "address": address, **shown, "last": last}
+            | {"registers": Jsonb(registers.model_dump(mode="json"))},
+        )
+
+
+def _shown(
+    registers: AddressSuppression, before: dict[str, Any] | None, kind: str, provider: str | None
+) -> dict[str, Any]:
+    """The row's suppression in force: the register that suppresses, or, lifted, the lift that did it;
+    `source` is the provider of the feedback that last changed what the row shows."""
+    current = registers.effective()
+    if current is not None:
+        shown: dict[str, Any] = {"active": True, "reason": current.reason, "since": current.since}
+    else:
+        lifted = [r.since for r in (registers.refusal, registers.failure) if r is not None]
+        since: datetime = max(lifted)
+        kept = before["reason"] if before is not None and not before["active"] else kind
+        shown = {"active": False, "reason": kept, "since": since}
+    if before is not None and all(before[k] == shown[k] for k in ("active", "reason")):
+        return shown | {"source": before["source"]}
+    return shown | {"source": provider}

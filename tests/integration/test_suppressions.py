@@ -1,0 +1,85 @@
+"""The suppressions projection on real PostgreSQL: two registers per address, and the address lock."""
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+
+from processors.suppression import OPERATOR
+from projections.suppressions import Suppressions
+from tests.integration.test_projections import project, rows
+from tidings.client import Client
+from tidings.config import Settings
+from tidings.events import ProviderFeedback
+
+T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+
+
+def feedback(kind: str, address: str, at: datetime, provider: str = "sendgrid") -> ProviderFeedback:
+    return ProviderFeedback(
+        tenant_id="acme",
+        recipient_id="u",
+        kind=kind,  # type: ignore[arg-type]
+        channel="email",
+        address=address,
+        occurred_at=at,
+        provider=provider,
+    )
+
+
+def test_an_operators_lift_uncovers_the_owners_refusal_and_since_keeps_to_its_run(database: Settings) -> None:
+    """One reason per row: a hard bounce over an unsubscribe, lifted by an operator, left the address
+    open; and a suppression retried after its lift moved `since` back before the lift."""
+    s = database
+    with psycopg.connect(s.postgres_dsn) as conn:
+        conn.execute(
+            "INSERT INTO suppressions (tenant_id, channel, address, active, reason, source, since,"
+            " last_event_at) VALUES ('acme', 'email', 'old@x.io', true, 'complaint', 'ses', %s, %s)",
+            (T0, T0),
+        )
+    events = [
+        feedback("unsubscribe", "both@x.io", T0),
+        feedback("hard_bounce", "both@x.io", T0 + HOUR),
+        feedback("resubscribe", "both@x.io", T0 + 2 * HOUR, OPERATOR),
+        feedback("hard_bounce", "run@x.io", T0),
+        feedback("resubscribe", "run@x.io", T0 + HOUR),
+        feedback("hard_bounce", "run@x.io", T0 + 3 * HOUR),
+        feedback("hard_bounce", "run@x.io", T0),
+        feedback("hard_bounce", "old@x.io", T0 + HOUR),
+        feedback("resubscribe", "old@x.io", T0 + 2 * HOUR, OPERATOR),
+    ]
+    with Client(s) as client:
+        for e in events:
+            client.publish(e, wait=False)
+    project(s, "suppressions")
+    table = rows(s, "SELECT address, active, reason, since, source FROM suppressions ORDER BY address")
+    assert table == [
+        ("both@x.io", True, "unsubscribe", T0, OPERATOR),
+        ("old@x.io", True, "complaint", T0, OPERATOR),
+        ("run@x.io", True, "hard_bounce", T0 + 3 * HOUR, "sendgrid"),
+    ]
+
+
+def test_two_processes_count_each_others_soft_bounces(database: Settings) -> None:
+    """Under READ COMMITTED each transaction saw two bounces, the other's third not yet committed, and
+    neither suppressed; the address lock makes the second wait for the first and count all three."""
+    s = database
+    done = threading.Event()
+
+    def second() -> None:
+        with psycopg.connect(s.postgres_dsn) as conn, conn.cursor() as cur:
+            Suppressions().apply(cur, [feedback("soft_bounce", "soft@x.io", T0 + 2 * HOUR)])
+        done.set()
+
+    with psycopg.connect(s.postgres_dsn) as conn:
+        with conn.cursor() as cur:
+            Suppressions().apply(cur, [feedback("soft_bounce", "soft@x.io", T0 + h * HOUR) for h in (0, 1)])
+        waiting = threading.Thread(target=second)
+        waiting.start()
+        assert not done.wait(1.0), "the second transaction ran while the first held the address"
+    waiting.join(10)
+    assert done.is_set()
+    assert rows(s, "SELECT active, reason, since FROM suppressions") == [
+        (True, "soft_bounce_limit", T0 + 2 * HOUR)
+    ]
