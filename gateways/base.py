@@ -23,7 +23,21 @@ from tidings.events import DeliveryCommand
 
 
 class ProviderError(TidingsError):
-    pass
+    """Its message is what a provider said, made valid UTF-8 (`printable`)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(printable(message))
+
+
+def printable(text: str) -> str:
+    """`text` with what no record can hold escaped (an undecodable byte as `\\xe4`). aiosmtplib
+    decodes a reply with surrogateescape, so a Latin-1 `550 Empfänger unbekannt` carried lone surrogates
+    into the outcome, whose id and Avro encoding both refused them: the gateway crashed on that command
+    at every restart."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class ProviderThrottled(ProviderError):
@@ -58,7 +72,7 @@ class DeliveryRejected(ProviderError):
         retry_after: float | None = None,
     ) -> None:
         super().__init__(reason)
-        self.reason = reason
+        self.reason = printable(reason)
         self.permanent = permanent
         self.retriable = not permanent
         self.address_dead = address_dead

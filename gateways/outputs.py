@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateways.base import printable
 from tidings.events import DeliveryCommand, DeliveryOutcome, FeedbackKind, OutcomeStatus, ProviderFeedback
 from tidings.ids import outcome_id
 from tidings.kafka import Output
@@ -38,7 +39,11 @@ def outcome(
     attempt: int | None = None,
     **fields: Any,
 ) -> Output:
+    """Provider text (a reason, a detail, a message id) is made `printable`: a mark written before it
+    was, or text from a provider's JSON `\\ud800` escape, would otherwise fail this outcome forever."""
     attempt = command.attempt if attempt is None else attempt
+    reason = None if reason is None else printable(reason)
+    fields = {k: printable(v) if isinstance(v, str) else v for k, v in fields.items()}
     event = DeliveryOutcome.of_command(
         command, status, reason, id_reason=f"{reason}/{attempt}", attempt=attempt + 1, **fields
     )
@@ -46,6 +51,7 @@ def outcome(
 
 
 def feedback(names: Names, command: DeliveryCommand, provider: str | None, detail: str) -> Output:
+    detail = printable(detail)
     event = ProviderFeedback(
         event_id=outcome_id(
             command.notification_id, "FEEDBACK", command.channel, command.delivery_id, detail[:100]

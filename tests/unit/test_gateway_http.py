@@ -8,7 +8,7 @@ from email.utils import formatdate
 import pytest
 
 from gateways._http import MAX_RETRY_AFTER_S, retry_after
-from gateways.base import ProviderThrottled
+from gateways.base import DeliveryRejected, ProviderThrottled
 from gateways.limits import Circuits
 
 
@@ -97,3 +97,34 @@ def test_a_wall_clock_step_neither_reopens_nor_stretches_an_open_circuit(
     monkeypatch.setattr(time, "time", lambda: wall() + step)
     assert circuits.is_open("p") and not circuits.closed("p")
     assert 28 < circuits.reopens_at(["p"]) - time.time() <= 30
+
+
+def test_provider_text_no_record_can_hold_is_escaped_not_a_crash_at_every_restart() -> None:
+    """aiosmtplib decodes a Latin-1 reply with surrogateescape: the outcome's id and its Avro encoding
+    refused the lone surrogate, and the gateway crashed on the command each time it read it again."""
+    from uuid import uuid4
+
+    from gateways.email.smtp import classify
+    from gateways.outputs import from_mark
+    from tidings.codec import default_codec
+    from tidings.events import DeliveryCommand, RenderedContent
+    from tidings.topics import Names
+
+    latin1 = b"5.1.1 Empf\xe4nger unbekannt".decode("utf-8", "surrogateescape")
+    dead = classify(550, latin1, 60)
+    assert isinstance(dead, DeliveryRejected) and "Empf\\xe4nger" in dead.reason
+    command = DeliveryCommand(
+        tenant_id="t",
+        notification_id=uuid4(),
+        delivery_id=uuid4(),
+        recipient_id="r",
+        channel="email",
+        address="a@example.com",
+        notification_type="x",
+        priority="normal",
+        content=RenderedContent(subject="s", body="b"),
+    )
+    mark = {"state": "done", "status": "FAILED", "reason": "smtp 550 " + latin1, "attempt": 0}
+    mark |= {"detail": latin1, "provider_message_id": "\ud800", "feedback": latin1}
+    for output in from_mark(Names(), command, mark):
+        assert default_codec().decode(output.value) is not None
