@@ -70,8 +70,12 @@ class Bucket(BaseModel):
 
     @property
     def digest_id(self) -> UUID:
+        """Named by the first item too: a full bucket closes and the next opens at the same `now`, and
+        two large requests in one millisecond gave both the same id; the router dropped the second
+        digest as a duplicate after its items had been told QUEUED."""
         opened = int(self.opened_at.timestamp() * 1000)
-        return uuid5(DIGEST_NAMESPACE, f"{self.key}/{opened}")
+        first = self.items[0].notification_id if self.items else ""
+        return uuid5(DIGEST_NAMESPACE, f"{self.key}/{opened}/{first}")
 
     def channels_of(self, item: Item) -> list[Channel]:
         """The channels an item joined on (all of the bucket's for an item an earlier release wrote)."""

@@ -107,6 +107,16 @@ def test_a_full_bucket_closes_early_and_a_new_window_opens() -> None:
     assert bucket.digest_id != closed[0].digest_id
 
 
+def test_a_bucket_closed_full_and_the_next_opened_in_one_millisecond_have_their_own_digest_ids() -> None:
+    big = "x" * (MAX_BYTES // 2)
+    first, _ = join(
+        None, request(0, data_json=json.dumps({"t": big})), ["email"], NOW + timedelta(hours=1), NOW
+    )
+    second, closed = join(first, request(1, data_json=json.dumps({"t": big})), ["email"], NOW, NOW)
+    assert closed is not None and closed.opened_at == second.opened_at
+    assert closed.digest_id != second.digest_id
+
+
 @given(
     st.lists(
         st.tuples(st.integers(min_value=100, max_value=8000), st.sampled_from(["y", "中", "😀", "\n"])),
