@@ -173,14 +173,19 @@ def requested_ms(items: list[Item]) -> int | None:
 
 
 def close(
-    bucket: Bucket, now: datetime
+    bucket: Bucket, now: datetime, templated: frozenset[str] | None = None
 ) -> tuple[list[tuple[NotificationRequested, int | None]], list[DeliveryOutcome]]:
     """The digest requests of a bucket, each with when it counts as requested, and its items' outcomes.
 
     One digest, with the bucket's id, when every item joined on the same channels. Items that joined
     on different channels (a channel's condition skipped one, a request named its channels) make one
     digest per group of channels sharing the same items, so a channel's digest holds only what was
-    meant for it; each has an id derived from the bucket's and its channels."""
+    meant for it; each has an id derived from the bucket's and its channels.
+
+    `templated`: the channels the type's digest has templates for now (None: all). A version published
+    while the bucket was open without the digest, or without a channel's digest template, leaves those
+    items SKIPPED `no_template` on the channel: the digest request was planned with the new version and
+    refused, after its items had been told QUEUED."""
     live = [i for i in bucket.items if i.expires_at is None or i.expires_at > now]
     outcomes = [
         item_outcome(bucket, i.notification_id, c, "EXPIRED", "expired", "expired while in a digest", now)
@@ -188,8 +193,15 @@ def close(
         if i not in live
         for c in bucket.channels_of(i)
     ]
+    dropped = "the type's digest has no template for this channel any more"
+    outcomes += [
+        item_outcome(bucket, i.notification_id, c, "SKIPPED", "no_template", dropped, now)
+        for i in live
+        for c in bucket.channels_of(i)
+        if templated is not None and c not in templated
+    ]
     groups: dict[tuple[UUID, ...], list[Channel]] = {}
-    for c in bucket.channels:
+    for c in bucket.channels if templated is None else [c for c in bucket.channels if c in templated]:
         members = tuple(i.notification_id for i in live if c in bucket.channels_of(i))
         if members:
             groups.setdefault(members, []).append(c)

@@ -374,7 +374,7 @@ class Router:
         in the punctuation, would stop the router on every restart."""
         self.digest_due.delete(partition, bucket.due_key)
         try:
-            requests, outcomes = digest.close(bucket, now)
+            requests, outcomes = digest.close(bucket, now, self._digest_templates(bucket))
         except (ValueError, InvalidEvent) as exc:
             log.error("digest %s cannot be made, rejecting its items: %s", bucket.digest_id, exc)
             detail = f"digest {bucket.digest_id} cannot be made: {type(exc).__name__}: {exc}"[:500]
@@ -391,6 +391,15 @@ class Router:
                 digested.headers.append((REQUESTED_AT, str(made).encode()))
             outputs.append(digested)
         return outputs + [Output.event(self.names.outcomes, o, codec=self.codec) for o in outcomes]
+
+    def _digest_templates(self, bucket: digest.Bucket) -> frozenset[str]:
+        """The channels the bucket's type has digest templates for now (none if it has no digest)."""
+        t = self.catalog.get(bucket.tenant_id, bucket.notification_type)
+        try:
+            rule = self.catalog.rules(t).digest if t is not None else None
+        except InvalidEvent:
+            rule = None
+        return frozenset(rule.templates) if rule is not None else frozenset()
 
     def on_poison(self, record: Incoming, exc: BaseException) -> list[Output]:
         """A REJECTED outcome when the notification id can be read from the record."""

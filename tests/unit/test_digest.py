@@ -241,3 +241,22 @@ def test_a_digest_with_no_item_that_fits_is_not_sent_empty() -> None:
     )
     requests, outcomes = close(huge[0], NOW)
     assert requests == [] and [(o.status, o.reason) for o in outcomes] == [("REJECTED", "invalid")]
+
+
+def test_items_of_a_channel_the_types_digest_lost_while_open_are_skipped_not_told_queued() -> None:
+    """A version published without the digest (or a channel's digest template) while a bucket was
+    open: the digest request was refused when planned, after its items had been told QUEUED."""
+    bucket: Bucket | None = None
+    for n in range(2):
+        bucket, _ = join(bucket, request(n), ["email", "push"], NOW + timedelta(hours=1), NOW)
+    assert bucket is not None
+    requests, outcomes = close(bucket, NOW + timedelta(hours=1), frozenset({"email"}))
+    assert [r.channels for r, _ in requests] == [["email"]]
+    assert sorted((o.channel, o.status, o.reason) for o in outcomes) == [
+        ("email", "QUEUED", "digested"),
+        ("email", "QUEUED", "digested"),
+        ("push", "SKIPPED", "no_template"),
+        ("push", "SKIPPED", "no_template"),
+    ]
+    gone, outcomes = close(bucket, NOW + timedelta(hours=1), frozenset())
+    assert gone == [] and {(o.status, o.reason) for o in outcomes} == {("SKIPPED", "no_template")}
