@@ -57,15 +57,20 @@ from tidings.metrics import Sample
 from tidings.state import DueKeys, Store
 from tidings.topics import names
 from tidings.tracing import TRACEPARENT, child_traceparent
+from tidings.vocabulary import MAX_SCHEDULE_AHEAD
 
 log = logging.getLogger(__name__)
 GROUP = "tidings.router"
 DEDUPE_TTL = timedelta(days=7)
 MAX_DIGESTS_PER_TICK = 1_000
-DIGEST_MARK_MARGIN = timedelta(days=1)
-"""A digested request is remembered until a day after its digest is due, however long the window: a
-cancellation finds its item only through that mark, and one that expired first (a 14-day window, a
-weekly one across a DST change, a lagging router) left the cancelled item in the digest."""
+MARK_MARGIN = timedelta(days=1)
+"""A digested or deferred request is remembered until a day after its digest or its latest deferred
+command is due, however far ahead: a cancellation finds a digest item only through that mark, and one
+that expired first (a 14-day window, a weekly one across a DST change, a lagging router) left the
+cancelled item in the digest; a request scheduled a month ahead, delivered again after 7 days (an
+outbox retry, a DLQ replay), was planned again and its new timer fired after all. A cancellation is
+remembered as long as a request can be scheduled ahead, for the same reason."""
+CANCELLED_TTL = MAX_SCHEDULE_AHEAD + MARK_MARGIN
 URGENT = frozenset({"critical", "high"})
 
 
@@ -202,7 +207,9 @@ class Router:
             made_ms = int(made.timestamp() * 1000) if made else None
             outputs += self._collect(record.partition, event, state, result.digested, now, made_ms)
         if not result.digested:
-            self.seen.put(record.partition, seen_key, "requested")
+            latest = max((c.not_before for c in result.deferred if c.not_before is not None), default=now)
+            ttl = max(DEDUPE_TTL, latest - now + MARK_MARGIN)
+            self.seen.put(record.partition, seen_key, "requested", ttl=ttl)
         outputs += [
             self._event(self.names.delivery(c.channel, urgent=c.priority in URGENT), c, trace)
             for c in result.commands
@@ -232,7 +239,7 @@ class Router:
         already = self.seen.get(record.partition, seen_key)
         if already in ("throttled", "skipped"):
             return []
-        self.seen.put(record.partition, seen_key, "cancelled")
+        self.seen.put(record.partition, seen_key, "cancelled", ttl=CANCELLED_TTL)
         if already is not None and already != "cancelled":
             outputs = [self._event(self.names.scheduled, event, trace)]
             if already.startswith("digest "):
@@ -305,7 +312,7 @@ class Router:
             partition,
             f"{request.tenant_id}/{request.notification_id}",
             f"digest {request.notification_type}",
-            ttl=max(DEDUPE_TTL, bucket.due - now + DIGEST_MARK_MARGIN),
+            ttl=max(DEDUPE_TTL, bucket.due - now + MARK_MARGIN),
         )
         if current is None or full is not None:
             self.digest_due.put(partition, bucket.due_key, key)

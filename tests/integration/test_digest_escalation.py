@@ -1,9 +1,10 @@
 """Digest windows (router) and escalation timers (scheduler) on the real broker."""
 
+import json
 import threading
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from tidings.client import Client
 from tidings.codec import default_codec
 from tidings.config import Settings
 from tidings.events import (
+    DeliveryCommand,
     DeliveryOutcome,
     InboxItemMarkedUnread,
     InboxItemSeen,
@@ -159,6 +161,42 @@ def test_a_cancellation_takes_its_item_out_of_a_digest_due_after_the_dedupe_wind
     email = Counter((o.status, o.reason) for o in outcomes_of(s) if o.channel == "email")
     assert email[("DEFERRED", "digest")] == 1 and email[("CANCELLED", "unshared")] == 1
     assert email[("QUEUED", "digested")] == 0 and not [c for c in commands(s) if c.channel == "email"]
+
+
+def test_a_cancelled_scheduled_request_delivered_again_after_the_dedupe_window_stays_cancelled(
+    topology: Settings,
+) -> None:
+    """A request scheduled a month ahead and cancelled, then delivered again 8 days later (an outbox
+    retry, a DLQ replay): the router had forgotten both after 7 days, planned it again, and the new
+    timer fired."""
+    s = topology
+    request = NotificationRequested(
+        tenant_id="acme",
+        notification_id=new_notification_id(),
+        recipient_id="ada",
+        notification_type="post.liked",
+        data_json=json.dumps({"by": "Cy", "post": "P"}),
+        scheduled_at=datetime.now(UTC) + timedelta(days=30),
+    )
+    with Client(s) as client:
+        client.publish(parse_type("*", LIKED))
+        client.update_recipient(tenant="acme", recipient="ada", email="ada@example.com")
+        client.publish(request)
+    run_skewed(s, 0)
+    with Client(s) as client:
+        client.cancel(tenant="acme", recipient="ada", notification_id=request.notification_id)
+    run_skewed(s, 0)
+    with Client(s) as client:
+        client.publish(request)
+    run_skewed(s, 8)
+    deferred = [
+        c
+        for c in decoded(s, names(s).scheduled)
+        if isinstance(c, DeliveryCommand) and c.notification_id == request.notification_id
+    ]
+    assert sorted(c.channel for c in deferred) == ["email", "in_app"], "planned once, not again"
+    mine = [o for o in outcomes_of(s) if o.notification_id == request.notification_id]
+    assert Counter((o.status, o.reason) for o in mine)[("SKIPPED", "cancelled")] == 1
 
 
 def test_an_escalation_is_dropped_when_the_notification_was_engaged_with_first(topology: Settings) -> None:
