@@ -108,6 +108,7 @@ WHERE tenant_id = %s AND recipient_id = %s AND requested_at IS NOT NULL
   AND (%s::timestamptz IS NULL OR (requested_at, notification_id) < (%s, %s::uuid))
 ORDER BY requested_at DESC, notification_id DESC LIMIT %s
 """
+KNOWN_RECIPIENT = "SELECT recipient_id FROM notifications WHERE notification_id = %s AND tenant_id = %s"
 DEVICE = "/v1/recipients/{recipient}/devices/{device}"
 WEBHOOK = "/v1/recipients/{recipient}/webhooks/{endpoint}"
 
@@ -237,11 +238,19 @@ def mount(
         return accepted(notification_ids=[e.notification_id for e in events])
 
     async def cancel(request: web.Request, tenant: str) -> web.Response:
+        """409 when the delivery-status projection knows the notification for another recipient: the
+        cancellation goes to the named recipient's partition, where it would be told CANCELLED and
+        cancel nothing. One the projection does not know yet is taken (it may not be requested yet)."""
         b = await body(request, CancelBody)
+        nid = notification_id(request)
+        known = await rows(KNOWN_RECIPIENT, nid, tenant)
+        if known and known[0]["recipient_id"] not in (None, b.recipient):
+            why = "the notification is for another recipient; name the recipient it was requested for"
+            return problem(409, "Wrong recipient", why)
         event = validated(
             NotificationCancelled,
             tenant_id=tenant,
-            notification_id=notification_id(request),
+            notification_id=nid,
             recipient_id=b.recipient,
             reason=b.reason,
         )

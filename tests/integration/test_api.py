@@ -439,3 +439,31 @@ def test_suppressions_are_listed_per_tenant_and_only_delivery_failures_are_lifte
             return await call(http, "GET", f"{base}/v1/suppressions")
 
     assert [r["address"] for r in asyncio.run(serving(s, after))[1]["items"]] == ["bob@example.com"]
+
+
+def test_a_cancellation_naming_another_recipient_than_the_notifications_is_refused(
+    database: Settings,
+) -> None:
+    """It went to that recipient's partition, was told CANCELLED there, and the notification was sent."""
+    import psycopg
+
+    s = database
+    nid = uuid.uuid4()
+    with psycopg.connect(s.postgres_dsn) as conn:
+        conn.execute(
+            "INSERT INTO notifications (notification_id, tenant_id, recipient_id)"
+            " VALUES (%s, 'globex', 'bob')",
+            (nid,),
+        )
+
+    async def scenario(base: str) -> list[tuple[int, Any, dict[str, str]]]:
+        url = f"{base}/v1/notifications/{nid}/cancel"
+        async with aiohttp.ClientSession() as http:
+            return [
+                await call(http, "POST", url, key=GLOBEX, json={"recipient": who}) for who in ("ada", "bob")
+            ]
+
+    wrong, right = asyncio.run(serving(s, scenario))
+    assert (wrong[0], right[0]) == (409, 202)
+    [cancelled] = [e for e in decoded(s, names(s).requested) if isinstance(e, NotificationCancelled)]
+    assert cancelled.recipient_id == "bob"
