@@ -27,7 +27,8 @@ Answers are google.rpc statuses `{"error": {code, status, message, details}}`, r
   chain (another project) is tried and the message retried, then dead-lettered: a wrong `project_id`
   is our configuration, and removing every device over it would lose them all
 * other INVALID_ARGUMENT and other 4xx: permanent (payload too big, reserved data key, ...)
-* 429 / QUOTA_EXCEEDED: ProviderThrottled (Retry-After)
+* 429 / QUOTA_EXCEEDED: ProviderThrottled (Retry-After); over one device's rate (the message or a
+  QuotaFailure violation names the device), that message retries after Retry-After or a minute
 * 5xx / UNAVAILABLE / INTERNAL: ProviderUnavailable (Retry-After as a floor)
 * THIRD_PARTY_AUTH_ERROR (401): ProviderUnavailable, no token refresh: the APNs or Web Push credentials
   uploaded to Firebase were refused, not our token
@@ -66,6 +67,10 @@ GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 ASSERTION_LIFETIME = 3600
 MAX_TTL = 28 * 24 * 3600
 USER_AGENT = "tidings-push/0.1"
+DEVICE_BACKOFF_S = 60.0
+"""The wait before sending again to a device over its own rate, when FCM gives no Retry-After. A
+device's quota is that device's: it retries that message, without opening the provider's circuit for
+every tenant's pushes (QUOTA_EXCEEDED covers the project's, a device's and a topic's rate)."""
 
 
 class FcmSettings(BaseSettings):
@@ -177,6 +182,8 @@ class Failure:
     code: str
     message: str
     about_token: bool
+    about_device: bool = False
+    """A quota of one device (its message rate), by the message or a QuotaFailure violation."""
 
     @classmethod
     def parse(cls, body: bytes) -> Failure:
@@ -192,9 +199,16 @@ class Failure:
             for v in d.get("fieldViolations") or []
             if isinstance(v, dict)
         ]
+        quotas = [
+            f"{v.get('subject', '')} {v.get('description', '')}"
+            for d in details
+            for v in d.get("violations") or []
+            if isinstance(v, dict)
+        ]
         text = str(error.get("message") or "")
         about_token = "message.token" in fields or "registration token" in text.lower()
-        return cls(str(error.get("status") or ""), codes[0] if codes else "", text, about_token)
+        about_device = any("device" in q.lower() for q in [text, *quotas])
+        return cls(str(error.get("status") or ""), codes[0] if codes else "", text, about_token, about_device)
 
     def __str__(self) -> str:
         return f"{self.code or self.status or 'error'}: {self.message}"
@@ -299,6 +313,12 @@ class Fcm(Provider):
             )
         if status == 400 and failure.about_token:
             raise DeliveryRejected(f"fcm refused the device token ({status} {failure})", address_dead=True)
+        if (status == 429 or failure.code == "QUOTA_EXCEEDED") and failure.about_device:
+            raise DeliveryRejected(
+                f"fcm: over this device's message rate ({status} {failure})",
+                permanent=False,
+                retry_after=wait or DEVICE_BACKOFF_S,
+            )
         if status == 429 or failure.code == "QUOTA_EXCEEDED":
             raise ProviderThrottled(f"fcm throttled ({status} {failure})", wait)
         if status >= 500 or failure.code in ("UNAVAILABLE", "INTERNAL"):

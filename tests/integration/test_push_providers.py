@@ -15,8 +15,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import SecretStr, ValidationError
 
-from gateways.base import DeliveryRejected, Provider, ProviderUnavailable, Sent
-from gateways.push.fcm import Fcm, FcmSettings
+from gateways.base import DeliveryRejected, Provider, ProviderThrottled, ProviderUnavailable, Sent
+from gateways.push.fcm import DEVICE_BACKOFF_S, Fcm, FcmSettings
 from tests.servers.push import FcmServer, attempt, push_command, send_one, with_server
 from tests.servers.push_apns import ApnsServer
 from tests.servers.push_webpush import WebPushServer
@@ -199,6 +199,24 @@ def test_fcm_token_of_another_project_is_retried_and_the_device_kept() -> None:
     assert isinstance(result, DeliveryRejected), result
     assert not result.permanent and not result.address_dead and "SENDER_ID_MISMATCH" in result.reason
     assert server.accepted == []
+
+
+def test_fcm_a_devices_quota_retries_that_message_and_the_projects_throttles_the_provider() -> None:
+    """QUOTA_EXCEEDED is the project's rate, one device's or a topic's: one chatty device opened the
+    provider's circuit for every tenant's pushes."""
+
+    def device(server: FcmServer) -> None:
+        server.mode = "device_quota"
+
+    _, result = with_fcm(send_one(lambda s: s.command()), device)
+    assert isinstance(result, DeliveryRejected) and not result.permanent and not result.address_dead, result
+    assert result.retry_after == DEVICE_BACKOFF_S and "device" in result.reason
+
+    def project(server: FcmServer) -> None:
+        server.mode, server.retry_after = "throttle", 7
+
+    _, throttled = with_fcm(send_one(lambda s: s.command()), project)
+    assert isinstance(throttled, ProviderThrottled) and throttled.retry_after == 7, throttled
 
 
 def test_fcm_invalid_argument_about_the_payload_is_permanent_but_not_dead() -> None:

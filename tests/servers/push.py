@@ -168,11 +168,21 @@ def tls_files(directory: Path) -> tuple[Path, Path, Path]:
 
 
 def rpc_error(
-    http: int, status: str, message: str, code: str | None = None, field: str | None = None, **headers: str
+    http: int,
+    status: str,
+    message: str,
+    code: str | None = None,
+    field: str | None = None,
+    quota: str | None = None,
+    **headers: str,
 ) -> web.Response:
+    """A google.rpc error status; `quota` adds a google.rpc.QuotaFailure violation with that subject."""
     details: list[dict[str, Any]] = []
     if code:
         details.append({"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": code})
+    if quota:
+        violation = {"subject": quota, "description": message}
+        details.append({"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [violation]})
     if field:
         violation = {"field": field, "description": message}
         details.append({"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": [violation]})
@@ -288,6 +298,14 @@ class FcmServer(HttpApiServer):
             return rpc_error(429, "RESOURCE_EXHAUSTED", "Quota exceeded.", "QUOTA_EXCEEDED", **wait)
         if self.mode == "unavailable":
             return rpc_error(503, "UNAVAILABLE", "The service is currently unavailable.", "UNAVAILABLE")
+        if self.mode == "device_quota":
+            return rpc_error(
+                429,
+                "RESOURCE_EXHAUSTED",
+                "Device message rate exceeded.",
+                "QUOTA_EXCEEDED",
+                quota="device message rate",
+            )
         try:
             message = json.loads(body)["message"]
             assert isinstance(message, dict)
