@@ -70,6 +70,7 @@ class DeliveryRejected(ProviderError):
         permanent: bool = True,
         address_dead: bool = False,
         retry_after: float | None = None,
+        dead_since: float | None = None,
     ) -> None:
         super().__init__(reason)
         self.reason = printable(reason)
@@ -77,6 +78,9 @@ class DeliveryRejected(ProviderError):
         self.retriable = not permanent
         self.address_dead = address_dead
         self.retry_after = retry_after
+        self.dead_since = dead_since
+        """When the provider last knew the address dead (epoch seconds), if it says: the feedback's
+        provider time, so a device registered again after it keeps its token."""
 
 
 @dataclass(frozen=True)

@@ -211,8 +211,9 @@ class CommandHandling:
                 dead = exc.reason if exc.address_dead else None
                 if dead:
                     await self._refuse_address(command, dead)
+                at = {"feedback_at": int(exc.dead_since * 1000)} if dead and exc.dead_since else {}
                 return await self._finish(
-                    command, "FAILED", exc.reason, provider=provider.label, feedback=dead
+                    command, "FAILED", exc.reason, provider=provider.label, feedback=dead, **at
                 )
             except ProviderError as exc:
                 self.circuits.failure(circuit[provider.label], exc)
@@ -345,8 +346,11 @@ class CommandHandling:
         return Handled(from_mark(self.names, command, mark), (str(command.delivery_id), mark))
 
     async def _refuse_address(self, command: DeliveryCommand, reason: str) -> None:
-        """Put the address on this gateway's dead list, which the claim script checks."""
-        await self.redis.set(dead_key(self.prefix, command), reason, ex=self.config.suppress_ttl)
+        """Put the address on this gateway's dead list, which the claim script checks. Best effort: the
+        provider has answered, and Redis down here blocked the partition, whose re-read sent the
+        message again; the feedback suppresses the address all the same."""
+        with contextlib.suppress(*REDIS_DOWN):
+            await self.redis.set(dead_key(self.prefix, command), reason, ex=self.config.suppress_ttl)
 
     async def _endpoint_failed(self, command: DeliveryCommand) -> str | None:
         """Counts a webhook endpoint's exhausted deliveries; disables it after sustained failure."""

@@ -8,6 +8,7 @@ deterministic event ids.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from gateways.base import printable
@@ -50,7 +51,10 @@ def outcome(
     return Output.event(names.outcomes, event)
 
 
-def feedback(names: Names, command: DeliveryCommand, provider: str | None, detail: str) -> Output:
+def feedback(
+    names: Names, command: DeliveryCommand, provider: str | None, detail: str, at_ms: int | None = None
+) -> Output:
+    """`at_ms`: when the provider last knew the address dead (its provider time), if it said."""
     detail = printable(detail)
     event = ProviderFeedback(
         event_id=outcome_id(
@@ -66,6 +70,7 @@ def feedback(names: Names, command: DeliveryCommand, provider: str | None, detai
         provider=provider,
         category=command.category,
         detail=detail,
+        provider_timestamp=None if at_ms is None else datetime.fromtimestamp(at_ms / 1000, UTC),
     )
     return Output.event(names.feedback, event)
 
@@ -94,7 +99,9 @@ def from_mark(names: Names, command: DeliveryCommand, mark: dict[str, Any]) -> l
         )
     ]
     if mark.get("feedback"):
-        outputs.append(feedback(names, command, mark.get("provider"), mark["feedback"]))
+        outputs.append(
+            feedback(names, command, mark.get("provider"), mark["feedback"], mark.get("feedback_at"))
+        )
     return outputs
 
 

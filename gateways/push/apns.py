@@ -19,8 +19,11 @@ offline for a moment loses the notification); `apns-id` and
 The body is `{"aps": {"alert": {title, body}}, "tidings": {notification_id, delivery_id}, ...data}` (data
 keys `aps` and `tidings` are dropped); the app reports an open with the ids.
 
-Answers (`{"reason": ...}`): 200 is Sent with `apns-id`; 410 Unregistered and 400 BadDeviceToken or
-DeviceTokenNotForTopic are permanent with address_dead; other 400 and 413 are permanent; 403
+Answers (`{"reason": ...}`): 200 is Sent with `apns-id`; 410 Unregistered (with its `timestamp` as the
+feedback's provider time) and 400 BadDeviceToken are permanent with address_dead, and so is
+DeviceTokenNotForTopic for a device's own `app_id`; with the setting's topic it is retried and a
+refused topic (BadTopic, TopicDisallowed, MissingTopic) is ProviderUnavailable (`TOPIC_REASONS`);
+other 400 and 413 are permanent; 403
 ExpiredProviderToken / InvalidProviderToken discard the token and, like any other 403 (certificate,
 forbidden), are ProviderUnavailable naming the credentials; 429 TooManyRequests is one device's limit, so
 that message alone is retried later (a rejection that is not permanent: the provider's circuit stays
@@ -53,6 +56,11 @@ from tidings.events import DeliveryCommand
 DEVICE_TOKEN = re.compile(r"[0-9a-fA-F]{32,200}")
 DEAD_REASONS = frozenset({"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered"})
 TOKEN_REASONS = frozenset({"ExpiredProviderToken", "InvalidProviderToken", "MissingProviderToken"})
+TOPIC_REASONS = frozenset({"BadTopic", "TopicDisallowed", "MissingTopic"})
+"""Refusals of `apns-topic`: with the setting's topic, our configuration (every device answers so), and
+a DeviceTokenNotForTopic then is as likely a wrong `TIDINGS_APNS_TOPIC` (another app of the team) as a
+foreign token; marking every device dead over it would lose them all, as FCM's SENDER_ID_MISMATCH would.
+With a device's own `app_id` they are about that device."""
 
 
 class ApnsSettings(BaseSettings):
@@ -114,6 +122,17 @@ def expiration(command: DeliveryCommand, default: int) -> str:
     if command.expires_at is not None:
         return str(int(command.expires_at.timestamp()))
     return str(int(time.time()) + default) if default else "0"
+
+
+def unregistered_at(body: bytes) -> float | None:
+    """A 410's `timestamp`: when APNs last confirmed the token invalid (epoch ms), as epoch seconds."""
+    try:
+        at = json.loads(body).get("timestamp")
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(at, bool) or not isinstance(at, int | float) or not 0 < at < 10**14:
+        return None
+    return at / 1000
 
 
 def reason(body: bytes) -> str:
@@ -179,8 +198,20 @@ class Apns(Provider):
         if 200 <= status < 300:
             return Sent(self.name, answer_headers.get("apns-id") or str(command.delivery_id))
         why = reason(data) or "no reason"
+        own_topic = bool(command.address_params.get("app_id"))
+        if why in TOPIC_REASONS and not own_topic:
+            raise ProviderUnavailable(f"apns refused the topic {self.settings.topic!r} ({status} {why})")
+        if why == "DeviceTokenNotForTopic" and not own_topic:
+            raise DeliveryRejected(
+                f"apns: the token is not for the topic {self.settings.topic!r} ({status} {why})",
+                permanent=False,
+            )
         if status == 410 or (status == 400 and why in DEAD_REASONS):
-            raise DeliveryRejected(f"apns refused the device token ({status} {why})", address_dead=True)
+            raise DeliveryRejected(
+                f"apns refused the device token ({status} {why})",
+                address_dead=True,
+                dead_since=unregistered_at(data) if status == 410 else None,
+            )
         if status == 403:
             if why in TOKEN_REASONS:
                 self.token.discard(token)

@@ -142,7 +142,8 @@ def _unregistered(server: ApnsServer) -> DeliveryCommand:
 
 
 def _other_topic(server: ApnsServer) -> DeliveryCommand:
-    return push_command("apns", server.register("com.example.other"))
+    """A device whose own app_id names an app its token is not for."""
+    return push_command("apns", server.register("com.example.other"), params={"app_id": "com.example.third"})
 
 
 @pytest.mark.parametrize(
@@ -152,7 +153,7 @@ def _other_topic(server: ApnsServer) -> DeliveryCommand:
         (lambda s: push_command("apns", "ab" * 32), "400 BadDeviceToken"),
         (_other_topic, "400 DeviceTokenNotForTopic"),
     ],
-    ids=["unregistered", "unknown-token", "token-for-another-app"],
+    ids=["unregistered", "unknown-token", "token-for-another-app-of-its-own"],
 )
 def test_apns_dead_tokens_are_permanent_and_address_dead(
     make: Callable[[ApnsServer], DeliveryCommand], reason: str
@@ -170,10 +171,34 @@ def test_apns_token_that_is_not_a_device_token_is_dead_without_a_request(token: 
     assert server.versions == []
 
 
+def test_apns_a_410_says_since_when_the_token_is_dead() -> None:
+    """Apple's `timestamp` is the feedback's provider time: a device registered again after it keeps its
+    token, and APNs often reports a 410 days late."""
+    before = time.time()
+    _, result = with_apns(send_one(_unregistered))
+    assert isinstance(result, DeliveryRejected) and result.dead_since is not None, result
+    assert before - 1 <= result.dead_since <= time.time() + 1
+
+
+def test_apns_a_topic_of_the_settings_refused_is_our_configuration_not_dead_devices() -> None:
+    """A wrong TIDINGS_APNS_TOPIC (another app of the team) made every device DeviceTokenNotForTopic and
+    marked them all dead; a topic Apple refuses failed every message for good."""
+    server, missing = with_apns(send_one(lambda s: s.command()), topic="")
+    assert isinstance(missing, ProviderUnavailable) and "MissingTopic" in str(missing), missing
+    server, foreign = with_apns(send_one(lambda s: push_command("apns", s.register("com.example.other"))))
+    assert isinstance(foreign, DeliveryRejected) and "DeviceTokenNotForTopic" in foreign.reason, foreign
+    assert not foreign.permanent and not foreign.address_dead
+    assert server.accepted == []
+
+
 def test_apns_other_400_is_permanent_but_not_dead() -> None:
-    server, result = with_apns(send_one(lambda s: s.command()), topic="")
+    def too_large(server: ApnsServer) -> DeliveryCommand:
+        server.mode = "reject"
+        return server.command()
+
+    server, result = with_apns(send_one(too_large))
     assert isinstance(result, DeliveryRejected), result
-    assert result.permanent and not result.address_dead and "MissingTopic" in result.reason
+    assert result.permanent and not result.address_dead and "PayloadTooLarge" in result.reason
     assert server.accepted == [] and server.versions == ["2"]
 
 

@@ -128,3 +128,36 @@ def test_provider_text_no_record_can_hold_is_escaped_not_a_crash_at_every_restar
     mark |= {"detail": latin1, "provider_message_id": "\ud800", "feedback": latin1}
     for output in from_mark(Names(), command, mark):
         assert default_codec().decode(output.value) is not None
+
+
+def test_a_dead_address_feedback_carries_the_providers_time_when_it_gave_one() -> None:
+    from uuid import uuid4
+
+    from gateways.outputs import from_mark
+    from tidings.codec import default_codec
+    from tidings.events import DeliveryCommand, ProviderFeedback, RenderedContent
+    from tidings.topics import Names
+
+    command = DeliveryCommand(
+        tenant_id="t",
+        notification_id=uuid4(),
+        delivery_id=uuid4(),
+        recipient_id="r",
+        channel="push",
+        address="ab" * 32,
+        notification_type="x",
+        priority="normal",
+        content=RenderedContent(title="t"),
+    )
+    mark = {"state": "done", "status": "FAILED", "reason": "410", "attempt": 0, "feedback": "410"}
+    dated = mark | {"feedback_at": 1_767_225_600_000}
+    [undated, dead] = [
+        [
+            e
+            for o in from_mark(Names(), command, m)
+            if isinstance(e := default_codec().decode(o.value), ProviderFeedback)
+        ]
+        for m in (mark, dated)
+    ]
+    assert undated[0].provider_timestamp is None
+    assert dead[0].provider_timestamp is not None and dead[0].provider_timestamp.timestamp() == 1_767_225_600
