@@ -170,26 +170,38 @@ class CommandHandling:
         circuit = {p.label: self._circuit(p, command) for p in providers}
         chain = [p for p in providers if not self.circuits.is_open(circuit[p.label])]
         if not chain:
-            reopens = self.circuits.reopens_at(list(circuit.values()))
-            self._count("circuit_open")
-            if all(p.per_endpoint for p in providers) or self._others_open(providers):
-                reopening = ProviderThrottled("the circuit is open", max(0.0, reopens - time.time()))
-                return await self._retry(record, command, reopening)
-            await self.marks.release(command.delivery_id, command.attempt)
-            return Blocked(reopens)
+            return await self._circuits_open(record, command, providers, circuit)
         self.sending.add(command.delivery_id)
         try:
-            return await self._walk(record, command, chain, circuit)
+            handled = await self._walk(record, command, chain, circuit)
         finally:
             self.sending.discard(command.delivery_id)
+        if handled is None:
+            return await self._circuits_open(record, command, providers, circuit)
+        return handled
+
+    async def _circuits_open(
+        self, record: Incoming, command: DeliveryCommand, providers: list[Provider], circuit: dict[str, str]
+    ) -> Handled | Blocked:
+        """Every provider's circuit is open: the partition waits for the first to reopen, or the
+        command goes to the retry tier covering it (see `_others_open`)."""
+        reopens = self.circuits.reopens_at([circuit[p.label] for p in providers])
+        self._count("circuit_open")
+        if all(p.per_endpoint for p in providers) or self._others_open(providers):
+            reopening = ProviderThrottled("the circuit is open", max(0.0, reopens - time.time()))
+            return await self._retry(record, command, reopening)
+        await self.marks.release(command.delivery_id, command.attempt)
+        return Blocked(reopens)
 
     async def _walk(
         self, record: Incoming, command: DeliveryCommand, chain: list[Provider], circuit: dict[str, str]
-    ) -> Handled:
+    ) -> Handled | None:
         """Try the chain's providers in turn; the claim is held meanwhile (`sending`). A provider's
         half-open probe is taken just before its send: taken while the chain was built, it went to
         commands another provider then served, and the commands that needed this one were refused.
-        A rejection of the message, permanent or not, is an answer: the provider is up."""
+        A rejection of the message, permanent or not, is an answer: the provider is up. None when no
+        provider was tried (each circuit opened, or its one probe was taken, during the token wait):
+        that is no failure of this command's, and it spent an attempt, the last one FAILED."""
         failure: ProviderError | None = None
         for provider in chain:
             if bucket := self.buckets.get(provider.label):
@@ -201,10 +213,11 @@ class CommandHandling:
                     return await self._finish(command, "EXPIRED", "expired while waiting for its turn")
             if not self.circuits.closed(circuit[provider.label]):
                 continue
+            started = time.monotonic()
             try:
                 sent = await provider.send(self.session, command)
             except DeliveryRejected as exc:
-                self.circuits.success(circuit[provider.label])
+                self.circuits.success(circuit[provider.label], started)
                 if not exc.permanent:
                     failure = exc
                     continue
@@ -225,7 +238,7 @@ class CommandHandling:
                 return await self._dead_letter(
                     record, command, exc, "provider_error", provider=provider.label, detail=repr(exc)
                 )
-            self.circuits.success(circuit[provider.label])
+            self.circuits.success(circuit[provider.label], started)
             self._count("sent")
             if self.channel == "webhook":
                 with contextlib.suppress(*REDIS_DOWN):
@@ -233,6 +246,8 @@ class CommandHandling:
             return await self._finish(
                 command, "SENT", None, provider=provider.label, provider_message_id=sent.provider_message_id
             )
+        if failure is None:
+            return None
         return await self._retry(record, command, failure)
 
     def _others_open(self, providers: list[Provider]) -> bool:

@@ -87,6 +87,7 @@ class Circuit:
     failures: int = 0
     open_until: float = 0.0
     probe_until: float = 0.0
+    opened_at: float = 0.0
 
     @property
     def reopens(self) -> float:
@@ -122,7 +123,14 @@ class Circuits:
         circuit = self.state.get(label)
         return circuit is not None and circuit.reopens > time.monotonic()
 
-    def success(self, label: str) -> None:
+    def success(self, label: str, started: float | None = None) -> None:
+        """An answer from the provider. `started`: when its send began (monotonic); a send begun before
+        the circuit opened says nothing about what opened it. With 64 sends in flight, the first of them
+        to succeed after a 429 closed the throttled circuit at once, and the next commands went straight
+        back to the throttled provider, each spending an attempt."""
+        circuit = self.state.get(label)
+        if circuit is not None and started is not None and circuit.open_until and started < circuit.opened_at:
+            return
         self.state.pop(label, None)
 
     def failure(self, label: str, error: ProviderError) -> None:
@@ -132,11 +140,12 @@ class Circuits:
         circuit = self.state.setdefault(label, Circuit())
         circuit.failures += 1
         circuit.probe_until = 0.0
+        now = time.monotonic()
         if isinstance(error, ProviderThrottled):
             wait = self.cooloff if error.retry_after is None else error.retry_after
-            circuit.open_until = time.monotonic() + wait
+            circuit.open_until, circuit.opened_at = now + wait, now
         elif circuit.failures >= self.failures:
-            circuit.open_until = time.monotonic() + self.cooloff
+            circuit.open_until, circuit.opened_at = now + self.cooloff, now
 
     def reopens_at(self, labels: list[str]) -> float:
         """When the first of these circuits lets a send go, as an epoch time."""

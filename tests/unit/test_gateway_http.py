@@ -161,3 +161,17 @@ def test_a_dead_address_feedback_carries_the_providers_time_when_it_gave_one() -
     ]
     assert undated[0].provider_timestamp is None
     assert dead[0].provider_timestamp is not None and dead[0].provider_timestamp.timestamp() == 1_767_225_600
+
+
+def test_a_send_begun_before_a_throttle_opened_the_circuit_does_not_close_it() -> None:
+    """With 64 sends in flight, the first to succeed after a 429 closed the throttled circuit, and the
+    next commands went straight back to the throttled provider."""
+    from gateways.base import ProviderThrottled
+
+    circuits = Circuits(failures=5, cooloff=30.0)
+    before = time.monotonic()
+    circuits.failure("p", ProviderThrottled("429", 60))
+    circuits.success("p", before)
+    assert circuits.is_open("p")
+    circuits.success("p", time.monotonic())
+    assert not circuits.is_open("p")
