@@ -10,6 +10,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -57,14 +58,18 @@ def json_object(body: bytes) -> dict[str, Any]:
 def retry_after(value: str | None) -> float | None:
     """Seconds from a `Retry-After` value: delta-seconds or an HTTP date (RFC 9110 §10.2.3), at most
     `MAX_RETRY_AFTER_S`. The value comes from whoever answers (a tenant's webhook endpoint): `inf`
-    or a year would otherwise hold a circuit, or a retry, for as long."""
+    or a year would otherwise hold a circuit, or a retry, for as long. A date without a zone (the
+    asctime form, `-0000`) is GMT, as every HTTP date is, not the host's local time."""
     if not value:
         return None
     try:
         seconds = float(value)
     except ValueError:
         try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+            at = parsedate_to_datetime(value)
+            if at.tzinfo is None:
+                at = at.replace(tzinfo=UTC)
+            seconds = at.timestamp() - time.time()
         except (TypeError, ValueError, IndexError, OverflowError):
             return None
     return min(max(0.0, seconds), MAX_RETRY_AFTER_S) if math.isfinite(seconds) else None

@@ -173,7 +173,7 @@ def parts(command: DeliveryCommand, settings: EmailSettings) -> tuple[str, str, 
     """Subject, text and HTML (tracked as configured); a command with neither text nor HTML is refused
     permanently."""
     content = command.content
-    subject = (content.subject or content.title or "").replace("\r", " ").replace("\n", " ")
+    subject = " ".join(line for line in (content.subject or content.title or "").splitlines() if line)
     if not content.body and not content.html:
         raise DeliveryRejected("email has no body")
     html = content.html

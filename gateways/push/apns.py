@@ -76,7 +76,9 @@ class ApnsSettings(BaseSettings):
     ca_file: Path | None = None
     timeout: float = Field(default=10.0, gt=0)
     max_response_bytes: int = Field(default=64 * 1024, gt=0)
-    token_refresh: float = Field(default=3000.0, gt=0, le=3600)
+    token_refresh: float = Field(default=3000.0, ge=1200, le=3600)
+    """Apple refuses tokens older than an hour and answers TooManyProviderTokenUpdates to a provider
+    regenerating them more often than every 20 minutes."""
     default_expiration: int = Field(
         default=86_400, ge=0, description="Seconds APNs stores a push for an offline device; 0 = try once."
     )

@@ -12,10 +12,14 @@ Answers: 201 is Sent with the message `sid`. Errors are JSON `{code, message, mo
 
 * 21610 (the recipient replied STOP), 21211 (invalid `To`) and 21614 (`To` is not a mobile number):
   permanent with `address_dead`, so the runner emits `sms_stop` feedback and the address is suppressed.
-* 21212 / 21606 / 21603 (the `From` number is malformed, not this account's, or missing) and 21408
-  (sending to the destination's region is not enabled): ProviderUnavailable. The account is
-  misconfigured, not the message wrong; a permanent refusal would end the chain and fail every message
-  until someone fixes the console, while failing over lets another provider deliver them.
+* 21212 / 21606 / 21603 (the `From` number is malformed, not this account's, or missing):
+  ProviderUnavailable. The account is misconfigured, not the message wrong; a permanent refusal would
+  end the chain and fail every message until someone fixes the console, while failing over lets
+  another provider deliver them.
+* 21408 (sending to the destination's region is not enabled): a rejection that is not permanent, so the
+  next provider of the chain is tried and the message retried, without counting against the circuit:
+  it is about the destination's country, and five sends to one country opened the circuit for every
+  other message of every tenant.
 * 21611 (the sender's queue is full): ProviderThrottled after `throttle_retry_seconds`.
 * any other 4xx: permanent. 401/403 (20003): ProviderUnavailable naming the credentials, as for the
   email APIs; 404 (an unknown account SID or base URL): ProviderUnavailable, a configuration error too.
@@ -41,7 +45,8 @@ from tidings.events import DeliveryCommand
 
 USER_AGENT = "tidings-sms/0.1"
 DEAD_ADDRESS = {21610: "recipient unsubscribed (STOP)", 21211: "invalid 'To' number", 21614: "not a mobile"}
-MISCONFIGURED = {21212, 21603, 21606, 21408}
+MISCONFIGURED = {21212, 21603, 21606}
+REGION_DISABLED = 21408
 QUEUE_FULL = 21611
 
 
@@ -132,6 +137,8 @@ class Twilio(Provider):
             raise DeliveryRejected(f"twilio {DEAD_ADDRESS[code]} {detail}", address_dead=True)
         if code in MISCONFIGURED:
             raise ProviderUnavailable(f"twilio sender or account misconfigured {detail}")
+        if code == REGION_DISABLED:
+            raise DeliveryRejected(f"twilio may not send to this number's region {detail}", permanent=False)
         if code == QUEUE_FULL:
             raise ProviderThrottled(
                 f"twilio sender queue full {detail}", self.settings.throttle_retry_seconds

@@ -19,6 +19,10 @@ from gateways.base import DeliveryRejected
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
+DENIED = tuple(ipaddress.ip_network(n) for n in ("192.0.0.0/24", "192.88.99.0/24", "fec0::/10"))
+"""Ranges `is_global` lets through on some Python versions (3.11.7 calls all three global): IETF
+protocol assignments (192.0.0.8, a dummy address), the retired 6to4 relay anycast, and IPv6 site-local
+addresses, deprecated but still routed inside private networks."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ def forbidden(ip: IP, allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network
             return forbidden(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF), allow)
         if ip.sixtofour is not None:
             return forbidden(ip.sixtofour, allow)
+    if any(ip in net for net in DENIED if net.version == ip.version):
+        return True
     return not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified
 
 

@@ -66,13 +66,21 @@ def test_twilio_dead_recipients_are_permanent_and_address_dead(
 
 @pytest.mark.parametrize(
     ("status", "code"),
-    [(400, 21408), (400, 21212), (400, 21603)],
-    ids=["21408 region not enabled", "21212 invalid From", "21603 From missing"],
+    [(400, 21212), (400, 21603)],
+    ids=["21212 invalid From", "21603 From missing"],
 )
 def test_twilio_account_misconfiguration_is_unavailable(status: int, code: int) -> None:
     result, _ = send(TwilioServer, setup=lambda s: setattr(s, "force_error", (status, code, "misconfigured")))
     assert isinstance(result, ProviderUnavailable), result
     assert f"code {code}" in str(result)
+
+
+def test_twilio_a_region_not_enabled_fails_over_that_message_without_opening_the_circuit() -> None:
+    """21408 is about the destination's country: as ProviderUnavailable, five sends to one country
+    opened the circuit for every tenant's messages."""
+    result, _ = send(TwilioServer, setup=lambda s: setattr(s, "force_error", (400, 21408, "region")))
+    assert isinstance(result, DeliveryRejected) and not result.permanent and not result.address_dead, result
+    assert "code 21408" in result.reason
 
 
 def test_twilio_from_number_not_owned_is_unavailable() -> None:

@@ -39,6 +39,19 @@ def test_an_http_date_counts_from_now_and_is_bounded_too() -> None:
     assert retry_after("Fri, 31 Dec 99999 23:59:59 GMT") is None
 
 
+def test_an_http_date_without_a_zone_is_gmt_not_the_hosts_local_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 9110 makes recipients accept the asctime form, which has no zone; it was read as local time,
+    hours off on a host outside UTC."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        asctime = time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(time.time() + 120))
+        assert 115 <= (retry_after(asctime) or 0) <= 120
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 def test_a_retry_after_of_zero_is_no_wait_not_the_cooloff() -> None:
     circuits = Circuits(cooloff=30.0)
     circuits.failure("p", ProviderThrottled("429", retry_after=0.0))
@@ -175,3 +188,26 @@ def test_a_send_begun_before_a_throttle_opened_the_circuit_does_not_close_it() -
     assert circuits.is_open("p")
     circuits.success("p", time.monotonic())
     assert not circuits.is_open("p")
+
+
+def test_an_email_subject_with_any_line_break_is_one_line_not_a_crash() -> None:
+    """The email library refuses U+2028, U+2029, U+0085, VT and FF in a header as it does CR and LF: a
+    rendered subject carrying one dead-lettered the message without failover."""
+    from uuid import uuid4
+
+    from gateways.email._message import EmailSettings, build
+    from tidings.events import DeliveryCommand, RenderedContent
+
+    command = DeliveryCommand(
+        tenant_id="t",
+        notification_id=uuid4(),
+        delivery_id=uuid4(),
+        recipient_id="r",
+        channel="email",
+        address="a@example.com",
+        notification_type="x",
+        priority="normal",
+        content=RenderedContent(subject="Invoice\u2028#42\x0bdue\x0c\x85now", body="b"),
+    )
+    message = build(command, EmailSettings(from_address="x@example.com"))
+    assert message["Subject"] == "Invoice #42 due now"
