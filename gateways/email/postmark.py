@@ -33,6 +33,11 @@ from tidings.events import DeliveryCommand
 USER_AGENT = "tidings-email/0.1"
 INACTIVE_RECIPIENT = 406
 NOT_ALLOWED_TO_SEND = 405
+ACCOUNT_CODES = {400, 401, NOT_ALLOWED_TO_SEND, 412, 413, 1235}
+"""ErrorCodes about the account or its setup, not the message: sender signature not found (400) or not
+confirmed (401), not allowed to send (405), account pending (412) or not allowed to send (413), the
+configured message stream not found (1235). Every message fails the same way until someone fixes the
+account, so the next provider takes them."""
 MAX_METADATA_VALUE = 80
 
 
@@ -115,6 +120,6 @@ class Postmark(Provider):
             raise ProviderUnavailable(f"postmark refused the credentials (401, ErrorCode {code}): {message}")
         if code == INACTIVE_RECIPIENT:
             raise DeliveryRejected(f"postmark inactive recipient (406): {message}", address_dead=True)
-        if code == NOT_ALLOWED_TO_SEND:
-            raise ProviderUnavailable(f"postmark account cannot send (405): {message}")
+        if code in ACCOUNT_CODES:
+            raise ProviderUnavailable(f"postmark account or sender cannot send (ErrorCode {code}): {message}")
         raise DeliveryRejected(f"postmark rejected the message ({status}, ErrorCode {code}): {message}")

@@ -40,7 +40,17 @@ from tidings.events import DeliveryCommand
 
 TAG_VALUE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 THROTTLED = frozenset({"TooManyRequestsException", "LimitExceededException", "ThrottlingException"})
-ACCOUNT_CANNOT_SEND = frozenset({"AccountSuspendedException", "SendingPausedException"})
+ACCOUNT_CANNOT_SEND = frozenset(
+    {
+        "AccountSuspendedException",
+        "SendingPausedException",
+        "MailFromDomainNotVerifiedException",
+        "NotFoundException",
+    }
+)
+"""The account or its setup, not the message: suspended or paused sending, a MAIL FROM domain not
+verified, a configuration set that does not exist (NotFoundException). Every message fails alike, so
+the next provider takes them instead of each being FAILED for good."""
 
 
 class SesSettings(BaseSettings):

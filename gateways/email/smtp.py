@@ -43,8 +43,9 @@ from tidings.events import DeliveryCommand
 
 ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})")
 AUTH_CODES = {530, 534, 535}
-Stage = Literal["rcpt", "sender", "data", "session", "other"]
+Stage = Literal["rcpt", "sender", "data", "session", "auth", "other"]
 STAGES: dict[type[Exception], Stage] = {
+    aiosmtplib.SMTPAuthenticationError: "auth",
     aiosmtplib.SMTPRecipientRefused: "rcpt",
     aiosmtplib.SMTPSenderRefused: "sender",
     aiosmtplib.SMTPDataError: "data",
@@ -71,7 +72,7 @@ def classify(code: int, message: str, min_retry: float, stage: Stage = "rcpt") -
     """`stage`: the command the server refused (RCPT TO, MAIL FROM, DATA, or connecting and the rest)."""
     enhanced = ENHANCED.match(message)
     detail = f"smtp {code} {message.strip()}"[:300]
-    if code in AUTH_CODES:
+    if code in AUTH_CODES or stage == "auth":
         return ProviderUnavailable(f"smtp authentication failed: {detail}", min_retry)
     if stage == "sender" and 500 <= code < 600 and not (enhanced and enhanced.group(2) in ("3", "5")):
         return ProviderUnavailable(f"smtp refused our sender: {detail}", min_retry)

@@ -171,9 +171,20 @@ def test_ses_session_token_is_sent_and_signed() -> None:
     asyncio.run(without_token_on_the_provider())
 
 
-def test_ses_unknown_configuration_set_is_permanent() -> None:
+def test_ses_unknown_configuration_set_is_our_setup_and_fails_over() -> None:
+    """Every message names the configuration set: refused for good, each was FAILED while the provider
+    was deemed up, and no other provider of the chain was tried."""
     result, _ = send(SesServer, configuration_set="missing")
-    assert isinstance(result, DeliveryRejected) and result.permanent and "NotFoundException" in result.reason
+    assert isinstance(result, ProviderUnavailable) and "NotFoundException" in str(result), result
+
+
+def test_postmark_a_sender_not_on_the_account_is_our_setup_and_fails_over() -> None:
+    def unconfirmed(server: PostmarkServer) -> None:
+        server.senders = {"someone@example.com"}
+
+    result, server = send(PostmarkServer, setup=unconfirmed)
+    assert isinstance(result, ProviderUnavailable) and "ErrorCode 400" in str(result), result
+    assert server.accepted == []
 
 
 def test_postmark_inactive_recipient_marks_the_address_dead() -> None:

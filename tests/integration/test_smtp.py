@@ -166,6 +166,18 @@ def test_dead_mailbox_is_a_hard_bounce_and_policy_refusal_is_not() -> None:
 
 
 @pytest.mark.parametrize(
+    "reply", [(538, "5.7.11 Encryption required"), (504, "5.7.4 Unrecognized auth type")]
+)
+def test_any_refused_authentication_is_our_setup_not_the_message(reply: tuple[int, str]) -> None:
+    """Only 530/534/535 counted as authentication: a 538 or 504 to AUTH failed every message for good
+    while the provider was deemed up, and no other provider was tried."""
+    from gateways.email.smtp import STAGES
+
+    refused = classify(*reply, 60, STAGES[aiosmtplib.SMTPAuthenticationError])
+    assert isinstance(refused, ProviderUnavailable) and "authentication" in str(refused), refused
+
+
+@pytest.mark.parametrize(
     ("stage", "reply", "expected"),
     [
         ("sender", "553 5.1.8 <tidings@example.com>: Sender address rejected: Domain not found", "config"),

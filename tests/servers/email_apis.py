@@ -19,6 +19,7 @@ import re
 import secrets
 import uuid
 from datetime import UTC, datetime
+from email.utils import parseaddr
 from typing import Any
 
 from aiohttp import web
@@ -283,6 +284,8 @@ class PostmarkServer(HttpApiServer):
         self.server_token = str(uuid.uuid4())
         self.inactive: set[str] = set()
         self.streams = {"outbound"}
+        self.senders: set[str] | None = None
+        """The account's confirmed sender signatures (None: any sender)."""
 
     def provider(self, *, timeout: float, server_token: str | None = None) -> Provider:
         self.timeout = timeout
@@ -312,6 +315,10 @@ class PostmarkServer(HttpApiServer):
         problem = self.invalid(mail) if isinstance(mail, dict) else "The request body must be an object."
         if problem is not None:
             return self.error(422, 300, problem)
+        sender = parseaddr(str(mail.get("From")))[1].lower()
+        if self.senders is not None and sender not in self.senders:
+            why = f"The 'From' address you supplied ({sender}) is not a Sender Signature on your account."
+            return self.error(422, 400, why)
         if mail.get("MessageStream", "outbound") not in self.streams:
             return self.error(422, 1235, "The message stream for the provided 'ID' was not found.")
         if mail["To"].lower() in self.inactive:
