@@ -27,7 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateways._http import json_object, post, retry_after
 from gateways.base import DeliveryRejected, Provider, ProviderThrottled, ProviderUnavailable, Sent
-from gateways.email._message import EmailSettings, headers, parts, sender
+from gateways.email._message import EmailSettings, deliverable, headers, parts, sender
 from tidings.events import DeliveryCommand
 
 USER_AGENT = "tidings-email/0.1"
@@ -63,7 +63,7 @@ def metadata(command: DeliveryCommand) -> dict[str, str]:
 
 def payload(command: DeliveryCommand, settings: PostmarkSettings, email: EmailSettings) -> dict[str, Any]:
     subject, text, html = parts(command, email)
-    body: dict[str, Any] = {"From": sender(email), "To": command.address, "Subject": subject}
+    body: dict[str, Any] = {"From": sender(email), "To": deliverable(command.address), "Subject": subject}
     if text:
         body["TextBody"] = text
     if html:

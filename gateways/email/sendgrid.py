@@ -30,7 +30,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from gateways._http import post
 from gateways._http import retry_after as http_retry_after
 from gateways.base import DeliveryRejected, Provider, ProviderThrottled, ProviderUnavailable, Sent
-from gateways.email._message import EmailSettings, headers, parts
+from gateways.email._message import EmailSettings, deliverable, headers, parts
 from tidings.events import DeliveryCommand
 
 USER_AGENT = "tidings-email/0.1"
@@ -60,7 +60,7 @@ def payload(command: DeliveryCommand, email: EmailSettings) -> dict[str, Any]:
     if html:
         content.append({"type": "text/html", "value": html})
     return {
-        "personalizations": [{"to": [{"email": command.address}]}],
+        "personalizations": [{"to": [{"email": deliverable(command.address)}]}],
         "from": {"email": email.from_address, "name": email.from_name},
         "subject": subject,
         "content": content,

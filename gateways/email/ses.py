@@ -35,7 +35,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateways._http import json_object, post, retry_after
 from gateways.base import DeliveryRejected, Provider, ProviderThrottled, ProviderUnavailable, Sent
-from gateways.email._message import EmailSettings, build, sender
+from gateways.email._message import EmailSettings, build, deliverable, sender
 from tidings.events import DeliveryCommand
 
 TAG_VALUE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
@@ -93,7 +93,7 @@ def payload(command: DeliveryCommand, settings: SesSettings, email: EmailSetting
     message = build(command, email)
     body: dict[str, Any] = {
         "FromEmailAddress": sender(email),
-        "Destination": {"ToAddresses": [command.address]},
+        "Destination": {"ToAddresses": [deliverable(command.address)]},
         "Content": {"Raw": {"Data": base64.b64encode(message.as_bytes()).decode()}},
         "EmailTags": email_tags(command),
     }

@@ -120,6 +120,20 @@ def test_critical_mail_has_no_unsubscribe_and_text_only_is_single_part() -> None
     assert message.get_content().strip() == "Use code 123456."
 
 
+def test_an_internationalised_domain_goes_out_in_idna() -> None:
+    """A server without SMTPUTF8 refused `ann@bücher.de`, which read as the provider down (retried through
+    every tier), and the To header carried the domain as an RFC 2047 encoded word."""
+
+    async def scenario() -> tuple[SmtpServer, list[Any]]:
+        async with SmtpServer() as server:
+            return server, await send_all(server, server.provider(), 1, address="ann@bücher.de")
+
+    server, [sent] = asyncio.run(scenario())
+    assert isinstance(sent, Sent), sent
+    [message] = server.accepted
+    assert message["To"] == "ann@xn--bcher-kva.de"
+
+
 def test_implicit_tls(tls_files: tuple[Path, Path]) -> None:
     async def scenario() -> list[Any]:
         async with SmtpServer(tls=server_context(tls_files), implicit_tls=True) as server:

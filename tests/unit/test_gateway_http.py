@@ -211,3 +211,31 @@ def test_an_email_subject_with_any_line_break_is_one_line_not_a_crash() -> None:
     )
     message = build(command, EmailSettings(from_address="x@example.com"))
     assert message["Subject"] == "Invoice #42 due now"
+
+
+def test_an_emails_encoded_body_lines_keep_to_76_and_its_unsubscribe_header_to_one_line() -> None:
+    """Built with a 998-octet line policy, a one-line HTML template made 998-character quoted-printable
+    lines (RFC 2045 allows 76)."""
+    from uuid import uuid4
+
+    from gateways.email._message import EmailSettings, build
+    from tidings.events import DeliveryCommand, RenderedContent
+
+    command = DeliveryCommand(
+        tenant_id="t",
+        notification_id=uuid4(),
+        delivery_id=uuid4(),
+        recipient_id="r",
+        channel="email",
+        address="a@example.com",
+        notification_type="x",
+        category="news",
+        priority="normal",
+        content=RenderedContent(subject="s", body="naïve " * 500, html="<p>" + "wörd " * 600 + "</p>"),
+    )
+    message = build(command, EmailSettings(from_address="x@example.com"))
+    lines = message.as_bytes().split(b"\r\n")
+    [unsubscribe] = [line for line in lines if line.startswith(b"List-Unsubscribe:")]
+    assert b"=?" not in unsubscribe and len(unsubscribe) > 100
+    bodies = [p.get_payload() for p in message.walk() if not p.is_multipart()]
+    assert len(bodies) == 2 and max(len(line) for b in bodies for line in b.splitlines()) <= 76
