@@ -135,6 +135,8 @@ class EdgeSettings(BaseSettings):
 Parse = Callable[[web.Request, bytes, str], list[ProviderFeedback]]
 Fetch = Callable[[str], Awaitable[bytes]]
 MAX_FETCH_BYTES = 64 * 1024
+MAX_CERTIFICATES = 16
+"""SNS signing certificates kept; AWS rotates them rarely, so a few cover every real sender."""
 
 
 class FetchFailed(Exception):
@@ -273,8 +275,10 @@ def ses_route(edge: EdgeSettings, fetch: Fetch) -> Callable[[web.Request, bytes,
     certificates: dict[str, bytes] = {}
 
     async def parse(request: web.Request, body: bytes, tenant: str) -> list[ProviderFeedback]:
-        url = callbacks.signing_cert_url(body)
+        url = callbacks.signing_cert_url(body, topic_arn=arn)
         if url not in certificates:
+            if len(certificates) >= MAX_CERTIFICATES:
+                del certificates[next(iter(certificates))]
             certificates[url] = await fetch(url)
         events = callbacks.ses_sns(body, certificate_pem=certificates[url], tenant_id=tenant, topic_arn=arn)
         envelope = json.loads(body)

@@ -150,11 +150,27 @@ def _feedback(
             raise InvalidEvent(f"{provider} {kind} for {address!r} is not valid feedback: {exc}") from None
 
 
-def signing_cert_url(body: bytes) -> str:
-    """The certificate URL the caller must fetch for `ses_sns`; only HTTPS URLs on an SNS host pass."""
-    url = str(_object(_json(body, "SNS message"), "SNS message").get("SigningCertURL", ""))
-    parts = urlsplit(url)
-    if parts.scheme != "https" or not SNS_HOST.match(parts.hostname or "") or not parts.path.endswith(".pem"):
+def signing_cert_url(body: bytes, topic_arn: str | None = None) -> str:
+    """The certificate URL the caller must fetch for `ses_sns`: HTTPS on an SNS host, a `.pem` path, no
+    query, fragment, credentials or port. With `topic_arn`, a message from another topic is refused
+    before anything is fetched. The edge caches certificates by URL, and before these checks anyone
+    could make it fetch and keep one more per request, varying only the query or fragment."""
+    envelope = _object(_json(body, "SNS message"), "SNS message")
+    if topic_arn is not None and envelope.get("TopicArn") != topic_arn:
+        raise InvalidEvent(f"SNS message from unexpected topic {envelope.get('TopicArn')!r}")
+    url = str(envelope.get("SigningCertURL", ""))
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise InvalidEvent(f"SNS SigningCertURL does not parse: {url!r}") from None
+    odd = parts.query or parts.fragment or "@" in parts.netloc or port not in (None, 443) or "#" in url
+    if (
+        parts.scheme != "https"
+        or not SNS_HOST.match(parts.hostname or "")
+        or not parts.path.endswith(".pem")
+        or odd
+    ):
         raise InvalidEvent(f"SNS SigningCertURL is not an Amazon SNS certificate: {url!r}")
     return url
 

@@ -242,6 +242,22 @@ def test_ses_malformed_bodies_are_refused(rsa_key: rsa.RSAPrivateKey, cert: byte
         ("https://sns.eu-west-1.amazonaws.com.evil.example/SimpleNotificationService-1.pem", False),
         ("https://evil.example/sns.eu-west-1.amazonaws.com/x.pem", False),
         ("https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-1.txt", False),
+        (CERT_URL + "?v=1", False),
+        (CERT_URL + "#1", False),
+        (CERT_URL.replace("https://", "https://x@"), False),
+        (CERT_URL.replace(".com/", ".com:8443/"), False),
+    ],
+    ids=[
+        "sns",
+        "sns-china",
+        "http",
+        "suffix-host",
+        "path",
+        "not-pem",
+        "query",
+        "fragment",
+        "userinfo",
+        "port",
     ],
 )
 def test_signing_cert_url_only_trusts_sns_hosts(url: str, ok: bool) -> None:
@@ -251,3 +267,9 @@ def test_signing_cert_url_only_trusts_sns_hosts(url: str, ok: bool) -> None:
     else:
         with pytest.raises(InvalidEvent):
             callbacks.signing_cert_url(body)
+
+
+def test_a_message_from_another_topic_is_refused_before_its_certificate_is_fetched() -> None:
+    body = json.dumps({"Type": "Notification", "SigningCertURL": CERT_URL, "TopicArn": "arn:other"}).encode()
+    with pytest.raises(InvalidEvent, match="unexpected topic"):
+        callbacks.signing_cert_url(body, topic_arn="arn:aws:sns:eu-west-1:1:ses")
