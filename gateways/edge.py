@@ -36,7 +36,9 @@ bounce endpoint would let anyone suppress any address), with the tenant in the p
 - `POST /callbacks/twilio/status/{tenant}/{recipient}/{notification}/{delivery}` and `GET|POST
   /callbacks/vonage/status/{tenant}[/{recipient}/{notification}/{delivery}]`: SMS delivery receipts,
   asked for per message when the provider's `status_callback_url` points here
-  (`gateways/sms/receipts.py`), under the same credentials as the inbound routes.
+  (`gateways/sms/receipts.py`), under the same credentials as the inbound routes. A receipt at the
+  account-wide Vonage path that says the number opted out names no recipient: it is produced once per
+  recipient holding the number, as inbound STOP is (without that the router never saw it).
 - `POST /callbacks/ses/{tenant}`: SES notifications delivered by Amazon SNS over HTTPS, for the topic
   `TIDINGS_EDGE_SES_TOPIC_ARN` only. The SNS signing certificate is fetched from the message's
   `SigningCertURL` (HTTPS on an `sns.<region>.amazonaws.com` host only) and cached; a subscription
@@ -321,7 +323,7 @@ def app(
             except FetchFailed as exc:
                 log.warning("could not check %s: %s", request.path, exc)
                 return web.Response(status=503, text="try again later")
-            if request.path.startswith("/inbound/"):
+            if holders.POOL in request.app:
                 events = await holders.resolve(request.app[holders.POOL], events)
             await publish(request, events)
             return answer()
@@ -371,7 +373,7 @@ def app(
     if not email.dev_secret:
         track.mount(application, settings, email, PRODUCER)
     mounted = parsers(edge)
-    if any(path.startswith("/inbound/") for path in mounted):
+    if any(path.startswith(("/inbound/", "/callbacks/twilio", "/callbacks/vonage")) for path in mounted):
         holders.attach(application, settings)
     for path, parse in mounted.items():
         twiml = path.startswith("/inbound/twilio")

@@ -236,3 +236,41 @@ def test_lookups_find_holders_again_soon_after_the_database_is_back(
 
     took = asyncio.run(scenario())
     assert took < 3, f"lookups failed for {took:.1f} s after the database came back"
+
+
+def test_an_account_wide_vonage_receipt_of_a_dead_number_reaches_every_holder(database: Settings) -> None:
+    """A receipt at the bare /callbacks/vonage/status/{tenant} path names no recipient, and the router
+    drops feedback without one: the number stayed open to every message after it."""
+    from urllib.parse import urlencode
+
+    from tests.servers.sms_receipts import vonage_signed
+
+    s = database
+    with Client(s) as client:
+        for who in ("ada", "bob"):
+            client.update_recipient(tenant="acme", recipient=who, phone=SHARED)
+    project(s, "recipients")
+    secret = "receipt-secret"
+    params = {
+        "msisdn": SHARED.removeprefix("+"),
+        "to": "Tidings",
+        "messageId": "0B00000127FDBC63",
+        "status": "failed",
+        "err-code": "3",
+        "message-timestamp": "2026-11-26 12:10:29",
+        "timestamp": "1795000000",
+        "nonce": "abc",
+    }
+    params["sig"] = vonage_signed(params, secret)
+
+    async def scenario(base: str) -> int:
+        url = f"{base}/callbacks/vonage/status/acme?{urlencode(params)}"
+        async with aiohttp.ClientSession() as http, http.get(url) as r:
+            return r.status
+
+    edge = EdgeSettings(vonage_signature_secret=SecretStr(secret))
+    assert asyncio.run(serving(s, scenario, edge)) == 204
+    stops = [
+        f for f in decoded(s, names(s).feedback) if isinstance(f, ProviderFeedback) and f.kind == "sms_stop"
+    ]
+    assert sorted(f.recipient_id or "" for f in stops) == ["ada", "bob"]
