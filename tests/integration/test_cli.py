@@ -301,3 +301,32 @@ def test_catalog_publish_refuses_a_catalog_whose_example_fails_and_publishes_not
     assert published.returncode == 0, published.stderr
     assert "7 published" in published.stderr and "17 templates rendered" in " ".join(published.stderr.split())
     assert len(list(read_all(s, names(s).catalog))) == 7
+
+
+def test_a_broker_out_of_reach_is_one_clear_error_not_a_traceback(stack: Settings) -> None:
+    env_run = os.environ | {"TIDINGS_KAFKA_BOOTSTRAP": "127.0.0.1:9"}
+    listed = subprocess.run([TIDINGS, "dlq", "list"], capture_output=True, text=True, timeout=90, env=env_run)
+    assert listed.returncode == 1 and "error: Kafka:" in listed.stderr
+    assert "Traceback" not in listed.stderr and len(listed.stderr.splitlines()) == 1
+
+
+def test_recipients_set_produces_nothing_when_any_part_is_invalid(topology: Settings) -> None:
+    """The profile was produced before the preferences were checked: the command said it failed while
+    the new email had taken effect."""
+    s = topology
+    half = run(
+        "recipients",
+        "set",
+        "-t",
+        "acme",
+        "-r",
+        "half",
+        "--email",
+        "new@example.com",
+        "--quiet-hours",
+        "22:00",
+        s=s,
+    )
+    assert half.returncode != 0
+    tail = run("tail", f"{s.topic_prefix}notifications.recipients", "--from-beginning", "--timeout", "3")
+    assert tail.returncode == 0 and tail.stdout.strip() == "", tail.stdout

@@ -23,6 +23,7 @@ from tidings.cli import (
     topics,
 )
 from tidings.errors import TidingsError, summary
+from tidings.kafka import CLIENT_ERRORS
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -58,6 +59,21 @@ def main() -> None:
         app()
     except TidingsError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
+        if exc.notification_id is not None:
+            typer.secho(
+                f"notification_id {exc.notification_id}: it may have been taken; retry with --id "
+                f"{exc.notification_id} so that it is not requested twice",
+                err=True,
+            )
+        if exc.broadcast_id is not None:
+            typer.secho(
+                f"broadcast_id {exc.broadcast_id}: it may have been taken; check it before retrying, and "
+                "retry with the same --idempotency-key so that it is not sent twice",
+                err=True,
+            )
+        sys.exit(1)
+    except CLIENT_ERRORS as exc:
+        typer.secho(f"error: Kafka: {exc} (is the broker at TIDINGS_KAFKA_BOOTSTRAP up?)", fg="red", err=True)
         sys.exit(1)
     except ValidationError as exc:
         typer.secho(f"error: {exc.title}: {summary(exc)}", fg="red", err=True)

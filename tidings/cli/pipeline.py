@@ -11,10 +11,11 @@ from typing import Any, Protocol
 import typer
 from rich.console import Console
 
-from tidings.client import Client, tenant_key
+from tidings.client import Client, recipient_update, tenant_key
 from tidings.config import settings
 from tidings.erasure import MEMBERSHIPS
 from tidings.errors import TidingsError
+from tidings.events import Event, PreferencesUpdated, validated
 from tidings.metrics import Sample, Source, serve
 
 recipients_app = typer.Typer(no_args_is_help=True, help="Recipient contacts, preferences and devices.")
@@ -64,11 +65,14 @@ def set_recipient(
         prefs["digest"] = dict(d.partition("=")[::2] for d in digest)
     if not profile and not prefs:
         raise typer.BadParameter("nothing to set: give a contact point, a preference or both (see --help)")
+    events: list[Event] = []
+    if profile:
+        events.append(recipient_update(tenant=tenant, recipient=recipient, **profile))
+    if prefs:
+        events.append(validated(PreferencesUpdated, tenant_id=tenant, recipient_id=recipient, **prefs))
     with Client(source="cli") as client:
-        if profile:
-            client.update_recipient(tenant=tenant, recipient=recipient, **profile)
-        if prefs:
-            client.update_preferences(tenant=tenant, recipient=recipient, **prefs)
+        for event in events:
+            client.publish(event)
     console.print(f"[green]updated[/] {tenant}/{recipient}: {json.dumps(profile | prefs)}")
 
 
