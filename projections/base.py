@@ -277,16 +277,18 @@ class Runner:
         return [committed, *lag_samples(loop.lag if loop else {})]
 
     def rebuild(self, progress: Callable[[int, int], None] = lambda done, total: None) -> tuple[int, float]:
-        """Truncate and replay from offset 0; returns (records, seconds)."""
-        with self.transaction() as cur:
-            cur.execute(f"TRUNCATE {', '.join(self.projection.tables)}".encode())
-            cur.execute("DELETE FROM projection_offsets WHERE projection = %s", (self.projection.name,))
-            cur.execute("DELETE FROM projection_topics WHERE projection = %s", (self.projection.name,))
+        """Truncate and replay from offset 0; returns (records, seconds). The topics' ends are read
+        first: truncating before the broker answered left the tables empty through a Kafka outage (the
+        recipients table inbound STOP is matched against, the suppressions the API lists)."""
         started = time.monotonic()
         done = 0
         followers = [TopicFollower(self.settings, t) for t in self.projection.topics(names(self.settings))]
         try:
             total = sum(f.end_total() for f in followers)
+            with self.transaction() as cur:
+                cur.execute(f"TRUNCATE {', '.join(self.projection.tables)}".encode())
+                cur.execute("DELETE FROM projection_offsets WHERE projection = %s", (self.projection.name,))
+                cur.execute("DELETE FROM projection_topics WHERE projection = %s", (self.projection.name,))
             for follower in followers:
                 for batch in follower.batches(self.batch_size):
                     try:

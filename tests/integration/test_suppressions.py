@@ -4,6 +4,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+import pytest
 
 from processors.suppression import OPERATOR
 from projections.suppressions import Suppressions
@@ -83,3 +84,22 @@ def test_two_processes_count_each_others_soft_bounces(database: Settings) -> Non
     assert rows(s, "SELECT active, reason, since FROM suppressions") == [
         (True, "soft_bounce_limit", T0 + 2 * HOUR)
     ]
+
+
+def test_a_rebuild_that_cannot_reach_kafka_leaves_the_table_as_it_was(database: Settings) -> None:
+    """It truncated first: through a Kafka outage the suppressions (and the recipients table inbound STOP
+    is matched against) stayed empty."""
+    from projections import Projection, Runner
+
+    s = database
+    with Client(s) as client:
+        client.publish(feedback("hard_bounce", "kept@x.io", T0))
+    project(s, "suppressions")
+    away = s.model_copy(update={"kafka_bootstrap": "127.0.0.1:9"})
+    runner = Runner(away, Projection.registry["suppressions"]())
+    try:
+        with pytest.raises(Exception, match=r"(?i)kafka|broker|transport"):
+            runner.rebuild()
+    finally:
+        runner.close()
+    assert rows(s, "SELECT address FROM suppressions") == [("kept@x.io",)]
