@@ -55,7 +55,9 @@ class EscalationStep:
 
 MAX_LIMIT = 1000
 MAX_WINDOW_SECONDS = 31 * 86_400
-"""The `throttles` store keeps an entry this long after its last write, so no window may be longer."""
+"""The longest throttle window, digest window and escalation delay. The `throttles` store keeps an entry
+this long after its last write, so no throttle window may be longer; a digest or escalation timer far
+enough out (after 2286) had a 14-digit due key that sorted before now, and fired at once."""
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,8 @@ def digest_rule(t: NotificationTypePublished, publishing: bool = False) -> Diges
         window = tier_seconds(str(raw["window"]))
     except ValueError as exc:
         raise InvalidEvent(f"{key}: digest window: {exc}") from None
+    if not 0 < window <= MAX_WINDOW_SECONDS:
+        raise InvalidEvent(f"{key}: digest window must be more than 0 and at most 31 days")
     table: Templates = {}
     for tpl in _templates(f"{key} digest", raw.get("templates", {}), publishing):
         fields = tpl.model_dump(exclude={"channel", "locale"})
@@ -223,9 +227,12 @@ def escalation_steps(t: NotificationTypePublished) -> list[EscalationStep]:
         if unless not in ENGAGEMENTS:
             raise InvalidEvent(f"{key}: escalation unless {unless!r} is not one of {list(ENGAGEMENTS)}")
         try:
-            steps.append(EscalationStep(tier_seconds(str(raw["after"])), channel, unless))
+            after = tier_seconds(str(raw["after"]))
         except ValueError as exc:
             raise InvalidEvent(f"{key}: escalation after: {exc}") from None
+        if not 0 < after <= MAX_WINDOW_SECONDS:
+            raise InvalidEvent(f"{key}: escalation after must be more than 0 and at most 31 days")
+        steps.append(EscalationStep(after, channel, unless))
     if len({s.channel for s in steps}) != len(steps):
         raise InvalidEvent(f"{key}: a channel can escalate only once")
     return steps

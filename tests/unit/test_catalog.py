@@ -95,6 +95,8 @@ DIGEST = {
         (base(escalation=[{"after": "later", "channel": "email"}]), "later"),
         (base(escalation={"after": "5m"}), "list of steps"),
         (base(escalation=[{"after": "5m", "channel": "email"}] * 2), "only once"),
+        (base(escalation=[{"after": "110000d", "channel": "email"}]), "at most 31 days"),
+        (base(digest={**DIGEST, "window": "400d"}), "at most 31 days"),
         (
             base(digest=DIGEST, escalation=[{"after": "5m", "channel": "email"}]),
             "both digested and escalated",
