@@ -313,7 +313,10 @@ def plan(
     candidates += [c for c in dict.fromkeys(request.channels or []) if c not in candidates]
     if not candidates:
         outcome("SKIPPED", "no_channel")
-    for channel in candidates:
+    released: list[datetime] = []
+    """When each command of a channel that is not escalated goes out: an escalation counts from the
+    first of them, so it backs up a notice the recipient had `after` to see."""
+    for channel in sorted(candidates, key=lambda c: c in escalation):
         if channel not in templates:
             outcome("SKIPPED", "no_template", channel)
             continue
@@ -338,7 +341,8 @@ def plan(
         step = escalation.get(channel)
         deferrals = [(scheduled, "scheduled")]
         if step is not None:
-            deferrals.append((now + timedelta(seconds=step.after_seconds), "escalation"))
+            first = min(released, default=scheduled or now)
+            deferrals.append((first + timedelta(seconds=step.after_seconds), "escalation"))
         not_before, reason = max(
             ((d, r) for d, r in deferrals if d is not None), default=(None, None), key=lambda x: x[0]
         )
@@ -377,6 +381,8 @@ def plan(
                 unless=step.unless if step else None,
                 requested_at=requested_at or request.occurred_at,
             )
+            if step is None:
+                released.append(not_before or now)
             if not_before is not None:
                 result.deferred.append(command)
                 why = f"sent at {not_before.isoformat()} unless {step.unless} by then" if step else None

@@ -1,0 +1,42 @@
+"""When an escalation falls due: `after` counts from when the notice it backs up goes out."""
+
+from datetime import timedelta
+
+from processors.plan import plan
+from tests.unit.test_plan import NOW, catalog, recipient, request
+from tidings.events import QuietHours
+
+QUIET = QuietHours(start="08:00", end="20:00", timezone="UTC")
+"""NOW (12:00 UTC) is inside."""
+
+
+def due(channels: list[str], escalated: str, **changes: object) -> dict[str, object]:
+    c = catalog(channels=channels, escalation=[{"after": "5m", "channel": escalated, "unless": "seen"}])
+    state = recipient(quiet_hours=QUIET) if changes.pop("quiet", False) else recipient()
+    p = plan(request(**changes), state, c, NOW)
+    return {cmd.channel: cmd.not_before for cmd in [*p.commands, *p.deferred]}
+
+
+def test_a_scheduled_requests_escalation_counts_from_the_scheduled_time() -> None:
+    """Both fell due at scheduled_at: the reader never had the 5 minutes to see the inbox item."""
+    at = NOW + timedelta(days=1)
+    assert due(["in_app", "email"], "email", scheduled_at=at) == {
+        "in_app": at,
+        "email": at + timedelta(minutes=5),
+    }
+
+
+def test_an_escalation_counts_from_the_end_of_the_quiet_hours_that_held_its_notice() -> None:
+    """Push and its SMS escalation went out together at the end of quiet hours; an email escalation
+    (email does not wait for quiet hours) went out 8 hours before the push it backs up."""
+    evening = NOW.replace(hour=20)
+    assert due(["push", "sms"], "sms", quiet=True) == {"push": evening, "sms": evening + timedelta(minutes=5)}
+    assert due(["push", "email"], "email", quiet=True) == {
+        "push": evening,
+        "email": evening + timedelta(minutes=5),
+    }
+
+
+def test_an_escalation_counts_from_the_first_notice_that_goes_out() -> None:
+    got = due(["in_app", "push", "email"], "email", quiet=True)
+    assert got == {"in_app": None, "push": NOW.replace(hour=20), "email": NOW + timedelta(minutes=5)}
