@@ -384,7 +384,7 @@ def mount(
         *broadcasts_api.operations(produce, accepted, header_key, rows),
         *destinations_api.operations(produce, accepted),
         *privacy_api.operations(
-            produce, accepted, rows, recipient_id, lambda r: r.app[REPORTS_POOL].connection()
+            settings, produce, accepted, rows, recipient_id, lambda r: r.app[REPORTS_POOL].connection()
         ),
         *stats_api.operations(REPORTS_POOL),
         *suppressions_api.operations(produce, accepted, rows, recipient_id),

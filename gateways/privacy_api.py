@@ -18,6 +18,7 @@ RecipientErased (erasure), or a JSON export read from the projections (access).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -29,7 +30,11 @@ from psycopg.rows import dict_row
 from gateways.api_schema import Problem, jsonable, problem, recipient_view
 from gateways.ops import Operation
 from processors.recipients import RecipientState
-from tidings.erasure import MEMBERSHIPS, erasure
+from tidings.config import Settings
+from tidings.erasure import MEMBERSHIPS, STORED, behind, erasure
+from tidings.errors import KafkaUnavailable, UnknownTopic
+from tidings.kafka import end_offsets
+from tidings.topics import names
 
 Produce = Callable[..., Awaitable[None]]
 Accept = Callable[..., web.Response]
@@ -106,7 +111,16 @@ async def _export(
     }
 
 
+async def audiences_behind(settings: Settings, rows: Rows) -> int:
+    """How many membership records the audiences projection has yet to apply (`tidings.erasure`)."""
+    topic = names(settings).broadcasts
+    ends = await asyncio.to_thread(end_offsets, settings, topic)
+    stored = await rows(STORED, topic)
+    return behind(ends, [(r["partition"], r["next_offset"]) for r in stored])
+
+
 def operations(
+    settings: Settings,
     produce: Produce,
     accepted: Accept,
     rows: Rows,
@@ -114,10 +128,24 @@ def operations(
     connection: Callable[[web.Request], Any],
 ) -> list[Operation]:
     async def erase_recipient(request: web.Request, tenant: str) -> web.Response:
+        """503 while the audiences projection has not read the membership topic to its end: the
+        recipient's audiences are not all known, and one left out kept the recipient in it for good."""
         recipient = recipient_id(request)
         reason = request.query.get("reason") or None
         if reason is not None and len(reason) > MAX_REASON:
             raise Problem(problem(400, "Bad query", f"reason is at most {MAX_REASON} characters"))
+        try:
+            lag = await audiences_behind(settings, rows)
+        except (KafkaUnavailable, UnknownTopic) as exc:
+            raise Problem(problem(503, "Kafka unavailable", str(exc))) from None
+        if lag:
+            why = (
+                f"the audiences projection has {lag} membership records to apply, so the recipient's "
+                "audiences are not all known; retry when it has caught up (tidings run projection audiences)"
+            )
+            response = problem(503, "Audiences not caught up", why)
+            response.headers["Retry-After"] = "5"
+            raise Problem(response)
         audiences = [r["audience_id"] for r in await rows(MEMBERSHIPS, tenant, recipient)]
         removals, erased = erasure(tenant=tenant, recipient=recipient, audiences=audiences, reason=reason)
         await produce(request, *removals, erased)

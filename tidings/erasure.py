@@ -1,9 +1,11 @@
 """The events that erase a recipient: out of every audience it is in, then `RecipientErased`.
 
 Used by `DELETE /v1/recipients/{recipient}` and `tidings recipients erase`, which read the audiences from
-the audiences projection. Membership lives on `notifications.audiences`, keyed by audience, so the
+the audiences projection. Membership lives on `notifications.broadcasts`, keyed by audience, so the
 router cannot see it: without these removals the next broadcast to an audience would plan a request
-for the erased recipient again.
+for the erased recipient again. So both refuse to erase while the audiences projection has not read
+that topic to its end (`behind`): a membership added just before, not yet in the table, was left in
+the audience processor for good, and every later broadcast reached the erased recipient.
 """
 
 from __future__ import annotations
@@ -14,6 +16,14 @@ from tidings.broadcasts import membership
 from tidings.events import AudienceMembersRemoved, RecipientErased, validated
 
 MEMBERSHIPS = "SELECT audience_id FROM audience_members WHERE tenant_id = %s AND recipient_id = %s ORDER BY 1"
+STORED = "SELECT partition, next_offset FROM projection_offsets WHERE projection = 'audiences' AND topic = %s"
+
+
+def behind(ends: dict[int, int], stored: Sequence[tuple[int, int]]) -> int:
+    """How many records of the broadcasts topic (its partitions' `ends`) the audiences projection has
+    not applied, from its `stored` (partition, next offset) rows."""
+    done = dict(stored)
+    return sum(max(0, end - done.get(p, 0)) for p, end in ends.items())
 
 
 def erasure(

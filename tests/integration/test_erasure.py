@@ -223,6 +223,9 @@ def test_the_api_and_the_cli_erase_a_recipient_and_take_it_out_of_its_audiences(
     )
     assert (too_long[0], done[0], anonymous[0]) == (400, 202, 401)
     assert len(done[1]["event_ids"]) == 2, "one removal per audience"
+    early = run("recipients", "erase", "-t", "acme", "-r", "bob", s=s)
+    assert early.returncode == 1 and "membership records to apply" in early.stderr, early.stderr
+    project(s, "audiences")
     cli = run("recipients", "erase", "-t", "acme", "-r", "bob", s=s)
     assert cli.returncode == 0, cli.stderr
     assert "removed from 1 audiences" in cli.stderr
@@ -234,6 +237,20 @@ def test_the_api_and_the_cli_erase_a_recipient_and_take_it_out_of_its_audiences(
         project(s, name)
     assert rows(s, "SELECT recipient_id FROM recipients") == [("cy",)]
     assert rows(s, "SELECT audience_id, recipient_id FROM audience_members ORDER BY 1, 2") == [("beta", "cy")]
+
+
+def test_an_erasure_waits_for_the_audiences_projection_to_know_every_membership(database: Settings) -> None:
+    """A membership added just before the erasure, not yet in the audiences table, was never removed:
+    the audience processor kept the recipient and every later broadcast reached it."""
+    s = database
+    with Client(s) as client:
+        client.add_members(tenant="acme", audience="beta", recipients=["ada"])
+    [(status, body, headers)] = api_calls(s, ("DELETE", "/v1/recipients/ada", {}))
+    assert status == 503 and "membership records to apply" in body["detail"] and headers["Retry-After"] == "5"
+    assert not [e for e in decoded(s, names(s).recipients) if isinstance(e, RecipientErased)]
+    project(s, "audiences")
+    [(status, body, _)] = api_calls(s, ("DELETE", "/v1/recipients/ada", {}))
+    assert status == 202 and len(body["event_ids"]) == 1
 
 
 def test_an_export_holds_what_the_tables_hold_and_an_erasure_leaves_the_delivery_record(

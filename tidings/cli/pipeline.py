@@ -13,10 +13,12 @@ from rich.console import Console
 
 from tidings.client import Client, recipient_update, tenant_key
 from tidings.config import settings
-from tidings.erasure import MEMBERSHIPS
+from tidings.erasure import MEMBERSHIPS, STORED, behind
 from tidings.errors import TidingsError
 from tidings.events import Event, PreferencesUpdated, validated
+from tidings.kafka import end_offsets
 from tidings.metrics import Sample, Source, serve
+from tidings.topics import names
 
 recipients_app = typer.Typer(no_args_is_help=True, help="Recipient contacts, preferences and devices.")
 run_app = typer.Typer(no_args_is_help=True, help="Run one component in the foreground.")
@@ -86,11 +88,19 @@ def erase_recipient(
     audiences projection) and produce RecipientErased; docs/architecture.md says what is erased."""
     import psycopg
 
+    topic = names(settings()).broadcasts
+    ends = end_offsets(settings(), topic)
     try:
         with psycopg.connect(settings().postgres_dsn, connect_timeout=10) as conn:
+            lag = behind(ends, conn.execute(STORED, (topic,)).fetchall())
             audiences = [a for (a,) in conn.execute(MEMBERSHIPS, (tenant, recipient)).fetchall()]
     except psycopg.Error as exc:
         raise TidingsError(f"cannot read the recipient's audiences from PostgreSQL: {exc}") from exc
+    if lag:
+        raise TidingsError(
+            f"the audiences projection has {lag} membership records to apply, so {recipient}'s audiences "
+            "are not all known: run `tidings run projection audiences` until it has caught up, then erase"
+        )
     with Client(source="cli") as client:
         client.erase_recipient(tenant=tenant, recipient=recipient, reason=reason, audiences=audiences)
     left = f", removed from {len(audiences)} audiences" if audiences else ""

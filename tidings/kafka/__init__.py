@@ -7,7 +7,7 @@ from aiokafka.errors import KafkaError as AsyncKafkaError
 from confluent_kafka import KafkaException
 
 from tidings.kafka.admin import TopicReport, apply_topics, delete_topics, group_lag, wait_until_ready
-from tidings.kafka.consumer import AtLeastOnceLoop, TopicFollower, read_partition, read_topic
+from tidings.kafka.consumer import AtLeastOnceLoop, TopicFollower, end_offsets, read_partition, read_topic
 from tidings.kafka.producer import EventProducer
 from tidings.kafka.records import Handler, Incoming, Output, PoisonHandler
 from tidings.kafka.stored import StoredOffsetsLoop
@@ -34,6 +34,7 @@ __all__ = [
     "apply_topics",
     "default_slot",
     "delete_topics",
+    "end_offsets",
     "group_lag",
     "read_partition",
     "read_topic",

@@ -210,6 +210,20 @@ def settled_end(settings: Settings, committed: Consumer, tp: TopicPartition, set
         probe.close()
 
 
+def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """Each partition's end offset (high watermark) now; raises KafkaUnavailable or UnknownTopic."""
+    consumer = Consumer(config.consumer(settings, f"tidings-ends-{uuid.uuid4()}"))
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        if meta.error is not None:
+            raise UnknownTopic(unknown_topic(settings, topic))
+        return {p: high_watermark(consumer, TopicPartition(topic, p), 10.0) for p in sorted(meta.partitions)}
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"no end offsets for {topic}: {exc}") from None
+    finally:
+        consumer.close()
+
+
 def high_watermark(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) -> int:
     """The partition's end offset, retrying while leadership settles (a just-created topic)."""
     deadline = time.monotonic() + timeout
