@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from processors import router as router_module
+from processors import router_digests
 from processors.router import Router
 from tests.integration.scheduling import SkewedScheduler
 from tests.integration.test_router import commands, decoded, publish_catalog, run_router
@@ -104,7 +104,7 @@ def test_digests_due_together_close_a_few_per_transaction_and_all_go_out(
     topology: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     s = topology
-    monkeypatch.setattr(router_module, "MAX_DIGESTS_PER_TICK", 2)
+    monkeypatch.setattr(router_digests, "MAX_DIGESTS_PER_TICK", 2)
     people = [f"p{i}" for i in range(5)]
     with Client(s) as client:
         client.publish(parse_type("*", LIKED))
@@ -296,6 +296,7 @@ def test_a_bucket_no_digest_can_be_made_of_rejects_its_items_instead_of_stopping
         items=items,
     )
     router = Router(topology, instance="0", group_id=f"router-{topology.topic_prefix}")
+    router.catalog.apply(parse_type("*", LIKED))
     router.digest_due.restore(0, [])
     try:
         outputs = router._closed(0, bucket, now)
