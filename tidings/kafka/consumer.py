@@ -168,7 +168,8 @@ def read_partition(
     consumer = Consumer(config.consumer(settings, f"tidings-restore-{uuid.uuid4()}"))
     try:
         high = settled_end(settings, consumer, TopicPartition(topic, partition), settle)
-        if high <= 0:
+        low, _ = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        if high <= max(int(low), 0):
             return
         consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
         deadline, reached = time.monotonic() + timeout, -1
@@ -275,8 +276,14 @@ class TopicFollower:
         return total
 
     def batches(self, size: int = 500, timeout: float = 60.0) -> Iterator[list[Incoming]]:
-        """Batches up to the topic's end as of the call; `timeout` bounds a stretch without progress."""
+        """Batches up to the topic's end as of the call; `timeout` bounds a stretch without progress.
+
+        A partition retention emptied (start == end > 0: a quiet partition of a topic kept 30 days)
+        has nothing to read, and its position stays unset (librdkafka reports no position before a
+        record is consumed): waiting for it to reach the end stalled `tidings audit`, `replay`, `dlq`
+        and `projections rebuild` for the whole timeout, then failed them."""
         ends = {p: high_watermark(self.consumer, TopicPartition(self.topic, p)) for p in self.partitions}
+        empty = {p for p in self.partitions if self._start(p) >= ends[p]}
         deadline = time.monotonic() + timeout
         while True:
             got = self.poll(size, timeout=0.2)
@@ -284,10 +291,14 @@ class TopicFollower:
                 deadline = time.monotonic() + timeout
                 yield got
             positions = self.consumer.position([TopicPartition(self.topic, p) for p in self.partitions])
-            if all(tp.offset >= ends[tp.partition] or ends[tp.partition] == 0 for tp in positions):
+            if all(tp.offset >= ends[tp.partition] or tp.partition in empty for tp in positions):
                 return
             if time.monotonic() > deadline:
                 raise KafkaUnavailable(f"{self.topic} not read to its end: no progress for {timeout:.0f}s")
+
+    def _start(self, partition: int) -> int:
+        low, _ = self.consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=10)
+        return max(int(low), 0)
 
     def poll(self, max_records: int = 500, timeout: float = 0.0) -> list[Incoming]:
         return [to_incoming(m) for m in self.consumer.consume(max_records, timeout) if m.error() is None]
