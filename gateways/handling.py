@@ -35,6 +35,7 @@ from gateways.limits import Circuits, TokenBucket
 from gateways.marks import REDIS_DOWN, Marks
 from gateways.outputs import from_mark
 from gateways.settings import GatewaySettings
+from processors.relay import RELAY_RECIPIENT as DESTINATION_RECIPIENT
 from tidings.codec import default_codec
 from tidings.errors import CodecError, InvalidEvent
 from tidings.events import DeliveryCommand, RecipientErased
@@ -286,8 +287,9 @@ class CommandHandling:
             self._count("exhausted")
             dead = await self._endpoint_failed(command)
             error = failure or ProviderUnavailable(detail)
+            at = {"feedback_at": int(time.time() * 1000)} if dead else {}
             return await self._dead_letter(
-                record, command, error, "retries_exhausted", detail=detail, feedback=dead
+                record, command, error, "retries_exhausted", detail=detail, feedback=dead, **at
             )
         tier, delay = self._tier(command, failure)
         self._count("retries")
@@ -363,7 +365,11 @@ class CommandHandling:
     async def _refuse_address(self, command: DeliveryCommand, reason: str) -> None:
         """Put the address on this gateway's dead list, which the claim script checks. Best effort: the
         provider has answered, and Redis down here blocked the partition, whose re-read sent the
-        message again; the feedback suppresses the address all the same."""
+        message again; the feedback suppresses the address all the same. A tenant's destination (the
+        relay's outcome webhooks) is not listed: the relay disables it, and its owner re-enabling it
+        within `suppress_ttl` had every outcome until then SUPPRESSED unsent."""
+        if command.recipient_id.startswith(DESTINATION_RECIPIENT):
+            return
         with contextlib.suppress(*REDIS_DOWN):
             await self.redis.set(dead_key(self.prefix, command), reason, ex=self.config.suppress_ttl)
 

@@ -228,12 +228,15 @@ def disabled(
 ) -> DestinationUpdated | None:
     """The destination, disabled, when the webhook gateway gave up on its endpoint (410 Gone, or failure
     sustained past its limits), so its owner sees it off (and can re-enable it) instead of every outcome
-    failing there; None for any other feedback."""
+    failing there; None for any other feedback, and for one older than the destination's last
+    update: an old give-up read after its owner re-enabled it turned it off again, unseen."""
     recipient = feedback.recipient_id or ""
     if feedback.kind != "endpoint_disabled" or not recipient.startswith(RELAY_RECIPIENT):
         return None
     current = destinations.get(feedback.tenant_id, recipient.removeprefix(RELAY_RECIPIENT))
     if current is None or not current.enabled or current.url != feedback.address:
+        return None
+    if current.occurred_at > (feedback.provider_timestamp or feedback.occurred_at):
         return None
     update = {
         "event_id": uuid5(feedback.event_id, "destination-disabled"),

@@ -126,6 +126,10 @@ def test_outcomes_reach_each_matching_destination_signed_and_the_relay_never_rel
         "reads",
         "skips",
     ]
+    import redis
+
+    listed = redis.Redis.from_url(s.redis_url).keys(f"{s.topic_prefix}tidings:dead:*")
+    assert listed == [], "a destination on the dead list stayed blocked after its owner re-enabled it"
 
 
 def test_destinations_are_written_through_the_api_per_tenant(topology: Settings) -> None:

@@ -119,6 +119,23 @@ def test_a_destination_the_gateway_gave_up_on_is_disabled_once_and_only_that_one
     assert disabled(given_up("ops", tenant_id="globex"), destinations, NOW) is None
 
 
+def test_a_give_up_older_than_the_destinations_re_enabling_leaves_it_on() -> None:
+    """The relay, behind on feedback, read a 10:02 give-up after the 10:30 re-enable and turned the
+    destination off again; nothing told its owner."""
+    at = NOW - timedelta(minutes=30)
+    destinations = table(destination("ops", occurred_at=at))
+    stale = ProviderFeedback(
+        tenant_id="acme",
+        kind="endpoint_disabled",
+        channel="webhook",
+        address="https://hooks.example.com/ops",
+        recipient_id=RELAY_RECIPIENT + "ops",
+        occurred_at=at - timedelta(minutes=28),
+    )
+    assert disabled(stale, destinations, NOW) is None
+    assert disabled(stale.model_copy(update={"occurred_at": at + timedelta(minutes=1)}), destinations, NOW)
+
+
 def test_engagement_goes_only_to_destinations_that_asked_for_its_kind() -> None:
     destinations = table(
         destination("outcomes"),
