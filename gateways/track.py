@@ -9,7 +9,10 @@ while a click gets 400 and no redirect.
 Recording is best effort, unlike the edge's other routes: the recipient's browser must not wait on
 Kafka or get an error page for a link in an email, so when Kafka does not acknowledge within
 `RECORD_TIMEOUT_S` the open or click is logged and dropped. `HEAD` requests (link scanners probing)
-are answered without being recorded. Opens are a weak signal (Apple Mail Privacy Protection loads every
+are answered without being recorded. An open's or a click's event id is derived from the delivery (and
+the URL): a pixel loaded again or a link followed twice is the same event, which the relay's webhooks and
+the gateway's dedupe take once, so whoever holds one email cannot flood a tenant's destinations; a click
+token on the pixel route records nothing. Opens are a weak signal (Apple Mail Privacy Protection loads every
 image; many clients load none) and security scanners follow links: treat both as engagement hints.
 """
 
@@ -19,7 +22,7 @@ import asyncio
 import base64
 import logging
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid5
 
 import jwt
 from aiohttp import web
@@ -79,8 +82,9 @@ def mount(
 
     async def opened(request: web.Request) -> web.Response:
         claims = verified(request)
-        if claims is not None:
-            await record(request, NotificationOpened(**fields(claims)))
+        if claims is not None and "u" not in claims:
+            delivery = UUID(claims["d"])
+            await record(request, NotificationOpened(event_id=uuid5(delivery, "opened"), **fields(claims)))
         return web.Response(body=PIXEL, content_type="image/gif", headers=NO_STORE)
 
     async def clicked(request: web.Request) -> web.Response:
@@ -88,7 +92,9 @@ def mount(
         url = claims.get("u") if claims is not None else None
         if claims is None or not isinstance(url, str) or not url.lower().startswith(("https://", "http://")):
             return web.Response(status=400, text="This link is not valid.", headers=NO_STORE)
-        await record(request, NotificationClicked(**fields(claims), url=url))
+        delivery = UUID(claims["d"])
+        clicked = NotificationClicked(event_id=uuid5(delivery, f"clicked/{url}"), **fields(claims), url=url)
+        await record(request, clicked)
         raise web.HTTPFound(url, headers=NO_STORE)
 
     application.router.add_get("/t/o/{token}", opened)

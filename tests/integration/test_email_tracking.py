@@ -59,6 +59,9 @@ async def scenario(s: Settings, html: str) -> tuple[list[Any], Any]:
                 answers.append((r.status, r.headers.get("Location")))
             async with http.get(pixel.rsplit("/", 1)[0] + "/nonsense") as r:
                 answers.append((r.status, r.content_type))
+            for again in (pixel, link, link.replace("/t/c/", "/t/o/")):
+                async with http.get(again, allow_redirects=False) as r:
+                    answers.append(r.status)
     finally:
         await runner.cleanup()
     return answers, command
@@ -81,9 +84,16 @@ def test_opens_and_clicks_are_recorded_once_and_redirect_to_the_signed_url(
         302,
         (400, None),
         (200, "image/gif"),
+        200,
+        302,
+        200,
     ]
-    found = [e for e in decoded(s, names(s).engagement)]
-    assert [type(e) for e in found] == [NotificationOpened, NotificationClicked]
+    every = [e for e in decoded(s, names(s).engagement)]
+    found = list({e.event_id: e for e in every}.values())
+    assert len(every) == 4, (
+        "an open and a click, each twice; a click token on the pixel route records nothing"
+    )
+    assert [type(e) for e in found] == [NotificationOpened, NotificationClicked], "the same event ids again"
     for event in found:
         assert (event.tenant_id, event.recipient_id, event.channel) == ("acme", command.recipient_id, "email")
         assert (event.notification_id, event.delivery_id) == (command.notification_id, command.delivery_id)
