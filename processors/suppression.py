@@ -10,7 +10,8 @@ messages). Keeping them apart is what makes an operator's lift after a hard boun
 unsubscribe instead of erasing it: one reason per address sent mail to people who had refused it.
 
 Each register is last-writer-wins by provider time; at the same instant suppressing beats lifting, and
-the greater reason beats the lesser, so duplicated and reordered feedback converge to the same state.
+the graver reason beats the lesser (`SEVERITY`), so duplicated and reordered feedback converge to the
+same state.
 `since` is when the register's current state began: a duplicate older than the last opposite event (a
 suppression retried after its lift) does not move it back across that event. An opposite event that
 arrives late, inside the current run, moves `since` to the newest event taken, the earliest the register
@@ -40,6 +41,8 @@ class Register(BaseModel):
     """The newest event taken."""
     after: datetime | None = None
     """The newest opposite event known before `since`."""
+    source: str | None = None
+    """The provider of the event that set `reason` (None: unknown, or a state kept before)."""
 
 
 class AddressSuppression(BaseModel):
@@ -66,21 +69,32 @@ def all_messages(reason: str) -> bool:
     return reason != "unsubscribe"
 
 
+SEVERITY = {"complaint": 3, "sms_stop": 2, "unsubscribe": 1, "hard_bounce": 4, "token_invalid": 4}
+"""At the same instant the graver reason wins (then the name): a complaint and an unsubscribe at once
+leave the complaint, which holds back critical messages too; alphabetically the unsubscribe won."""
+
+
+def _rank(reason: str | None) -> tuple[int, str]:
+    return (-1, "") if reason is None else (SEVERITY.get(reason, 0), reason)
+
+
 def _wins(reason: str | None, at: datetime, r: Register) -> bool:
     if at != r.at:
         return at > r.at
-    return (reason or "") > (r.reason or "")
+    return _rank(reason) > _rank(r.reason)
 
 
-def take(r: Register | None, reason: str | None, at: datetime) -> Register:
-    """One register after an event suppressing it for `reason` (None: lifting it) at provider time `at`."""
+def take(r: Register | None, reason: str | None, at: datetime, source: str | None = None) -> Register:
+    """One register after an event suppressing it for `reason` (None: lifting it) at provider time `at`,
+    reported by `source`."""
     if r is None:
-        return Register(reason=reason, since=at, at=at)
+        return Register(reason=reason, since=at, at=at, source=source)
     same_state = (reason is None) == (r.reason is None)
     if _wins(reason, at, r):
         if same_state:
-            return r.model_copy(update={"reason": reason, "at": at})
-        return Register(reason=reason, since=at, at=at, after=r.at)
+            kept = r.source if reason == r.reason else source
+            return r.model_copy(update={"reason": reason, "at": at, "source": kept})
+        return Register(reason=reason, since=at, at=at, after=r.at, source=source)
     if same_state:
         if at < r.since and (r.after is None or at > r.after):
             return r.model_copy(update={"since": at})
@@ -98,13 +112,15 @@ def folded(s: AddressSuppression, kind: str, at: datetime, provider: str | None)
     """The address after one piece of address-wide feedback (a category's unsubscribe and resubscribe
     are not the address's; callers keep them). Kinds that neither suppress nor lift change nothing."""
     if kind in REFUSALS:
-        return s.model_copy(update={"refusal": take(s.refusal, kind, at)})
+        return s.model_copy(update={"refusal": take(s.refusal, kind, at, provider)})
     if kind in FAILURES:
-        return s.model_copy(update={"failure": take(s.failure, kind, at)})
+        return s.model_copy(update={"failure": take(s.failure, kind, at, provider)})
     if kind in LIFTS and provider == OPERATOR:
-        return s.model_copy(update={"failure": take(s.failure, None, at)})
+        return s.model_copy(update={"failure": take(s.failure, None, at, provider)})
     if kind in LIFTS:
-        return AddressSuppression(refusal=take(s.refusal, None, at), failure=take(s.failure, None, at))
+        return AddressSuppression(
+            refusal=take(s.refusal, None, at, provider), failure=take(s.failure, None, at, provider)
+        )
     return s
 
 
@@ -118,12 +134,14 @@ def cleared(s: AddressSuppression) -> AddressSuppression:
     return AddressSuppression(refusal=lifted(s.refusal), failure=lifted(s.failure))
 
 
-def restored(reason: str | None, since: datetime | None, last: datetime | None) -> AddressSuppression:
+def restored(
+    reason: str | None, since: datetime | None, last: datetime | None, source: str | None = None
+) -> AddressSuppression:
     """The registers of an address kept before there were two: its one reason (None: lifted or never
-    suppressed), that reason's `since` and the newest feedback taken. A lifted address keeps the time of
-    its lift in both registers, so a retried older suppression still loses to it."""
+    suppressed), that reason's `since`, the newest feedback taken and who reported it. A lifted address
+    keeps the time of its lift in both registers, so a retried older suppression still loses to it."""
     if reason is not None and since is not None:
-        r = Register(reason=reason, since=since, at=max(since, last or since))
+        r = Register(reason=reason, since=since, at=max(since, last or since), source=source)
         return AddressSuppression(refusal=r) if reason in REFUSALS else AddressSuppression(failure=r)
     if last is not None:
         lifted = Register(reason=None, since=last, at=last)

@@ -97,7 +97,7 @@ def _address(cur: Cursor, key: tuple[str, str, str], feedback: list[ProviderFeed
         registers = (
             AddressSuppression.model_validate(kept)
             if kept is not None
-            else restored(reason if active else None, since if active else None, last)
+            else restored(reason if active else None, since if active else None, last, source)
         )
         shown = {"active": active, "reason": reason, "source": source, "since": since}
     changed = False
@@ -128,16 +128,12 @@ def _address(cur: Cursor, key: tuple[str, str, str], feedback: list[ProviderFeed
 def _shown(
     registers: AddressSuppression, before: dict[str, Any] | None, kind: str, provider: str | None
 ) -> dict[str, Any]:
-    """The row's suppression in force: the register that suppresses, or, lifted, the lift that did it;
-    `source` is the provider of the feedback that last changed what the row shows."""
+    """The row's suppression in force: the register that suppresses, with the provider that set it, or,
+    lifted, the lift that did it (a row lifted before keeps what it showed)."""
     current = registers.effective()
     if current is not None:
-        shown: dict[str, Any] = {"active": True, "reason": current.reason, "since": current.since}
-    else:
-        lifted = [r.since for r in (registers.refusal, registers.failure) if r is not None]
-        since: datetime = max(lifted)
-        kept = before["reason"] if before is not None and not before["active"] else kind
-        shown = {"active": False, "reason": kept, "since": since}
-    if before is not None and all(before[k] == shown[k] for k in ("active", "reason")):
-        return shown | {"source": before["source"]}
-    return shown | {"source": provider}
+        return {"active": True, "reason": current.reason, "since": current.since, "source": current.source}
+    since: datetime = max(r.since for r in (registers.refusal, registers.failure) if r is not None)
+    if before is not None and not before["active"]:
+        return {"active": False, "reason": before["reason"], "since": since, "source": before["source"]}
+    return {"active": False, "reason": kind, "since": since, "source": provider}

@@ -31,7 +31,8 @@ def feedback(kind: str, address: str, at: datetime, provider: str = "sendgrid") 
 
 def test_an_operators_lift_uncovers_the_owners_refusal_and_since_keeps_to_its_run(database: Settings) -> None:
     """One reason per row: a hard bounce over an unsubscribe, lifted by an operator, left the address
-    open; and a suppression retried after its lift moved `since` back before the lift."""
+    open; and a suppression retried after its lift moved `since` back before the lift. The refusal
+    uncovered is credited to whoever reported it, not to the operator who lifted the bounce."""
     s = database
     with psycopg.connect(s.postgres_dsn) as conn:
         conn.execute(
@@ -56,8 +57,8 @@ def test_an_operators_lift_uncovers_the_owners_refusal_and_since_keeps_to_its_ru
     project(s, "suppressions")
     table = rows(s, "SELECT address, active, reason, since, source FROM suppressions ORDER BY address")
     assert table == [
-        ("both@x.io", True, "unsubscribe", T0, OPERATOR),
-        ("old@x.io", True, "complaint", T0, OPERATOR),
+        ("both@x.io", True, "unsubscribe", T0, "sendgrid"),
+        ("old@x.io", True, "complaint", T0, "ses"),
         ("run@x.io", True, "hard_bounce", T0 + 3 * HOUR, "sendgrid"),
     ]
 

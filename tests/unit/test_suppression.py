@@ -139,3 +139,11 @@ def test_in_time_order_since_is_where_the_current_run_began(events: list[Feedbac
         ]
         boundary = max((m for m in lifts if m < max(mine)), default=-1)
         assert register.since == T0 + timedelta(minutes=min(m for m in mine if m > boundary))
+
+
+def test_at_the_same_instant_the_graver_refusal_wins_whatever_the_order() -> None:
+    """Alphabetically an unsubscribe beat a complaint, and critical mail still went to a complainer."""
+    for kinds in (["complaint", "unsubscribe"], ["unsubscribe", "complaint"]):
+        s = replay(*(fb(k) for k in kinds))
+        kept = s.suppressions[address_key("email", "a@x.io")]
+        assert (kept.reason, kept.all_messages) == ("complaint", True)
