@@ -40,6 +40,8 @@ from tidings.events import (
 
 SOFT_BOUNCE_LIMIT = 3
 SOFT_BOUNCE_WINDOW = timedelta(days=7)
+MAX_SOFT_BOUNCES_KEPT = 20
+"""Soft bounces an address keeps in the router's state (within two windows of its newest)."""
 PERMANENT = {"hard_bounce", "complaint", "sms_stop", "token_invalid", "endpoint_disabled"}
 LIFTING = {"sms_start", "resubscribe"}
 PROFILE = ("email", "phone", "locale", "timezone", "name")
@@ -247,10 +249,12 @@ def _feedback(state: RecipientState, event: ProviderFeedback) -> RecipientState:
     elif event.kind == "soft_bounce":
         if at in state.soft_bounces.get(key, []):
             return state
-        recent = [t for t in state.soft_bounces.get(key, []) if t > at - SOFT_BOUNCE_WINDOW] + [at]
-        update["soft_bounces"] = {**state.soft_bounces, key: recent[-SOFT_BOUNCE_LIMIT:]}
-        if len(recent) >= SOFT_BOUNCE_LIMIT:
-            suppress = Suppression(reason="soft_bounce_limit", since=at)
+        times = sorted([*state.soft_bounces.get(key, []), at])
+        newest = times[-1]
+        kept = [t for t in times if t > newest - 2 * SOFT_BOUNCE_WINDOW][-MAX_SOFT_BOUNCES_KEPT:]
+        update["soft_bounces"] = {**state.soft_bounces, key: kept}
+        if (full := window_full(times, at)) is not None:
+            suppress = Suppression(reason="soft_bounce_limit", since=full)
     elif event.kind == "unsubscribe":
         if event.category:
             scoped = f"{event.category}/{event.channel}"
@@ -264,7 +268,8 @@ def _feedback(state: RecipientState, event: ProviderFeedback) -> RecipientState:
         }
     if suppress is not None or (event.kind in LIFTING and not event.category):
         before = state.addresses.get(key) or _restored(state, key)
-        after = folded(before, suppress.reason if suppress else event.kind, at, event.provider)
+        when = suppress.since if suppress else at
+        after = folded(before, suppress.reason if suppress else event.kind, when, event.provider)
         current = after.effective()
         if current is None:
             suppressions.pop(key, None)
@@ -276,6 +281,20 @@ def _feedback(state: RecipientState, event: ProviderFeedback) -> RecipientState:
             )
         update["addresses"] = {**state.addresses, key: after}
     return state.model_copy(update={**update, "suppressions": suppressions})
+
+
+def window_full(times: list[datetime], at: datetime) -> datetime | None:
+    """When the soft-bounce limit was reached by a window holding the bounce at `at`, as the
+    suppressions projection dates it (`WINDOW_FULL`): the latest bounce of the latest full window of
+    `SOFT_BOUNCE_WINDOW` that starts at a bounce no later than `at` and contains it. The router dated
+    it at the bounce that arrived last, so an operator's lift between the bounces left the address
+    suppressed or not by arrival order, and unlike the projection."""
+    ends = []
+    for start in (b for b in times if at - SOFT_BOUNCE_WINDOW < b <= at):
+        inside = [c for c in times if start <= c < start + SOFT_BOUNCE_WINDOW]
+        if len(inside) >= SOFT_BOUNCE_LIMIT:
+            ends.append(max(inside))
+    return max(ends, default=None)
 
 
 def _restored(state: RecipientState, key: str) -> AddressSuppression:

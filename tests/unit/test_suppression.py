@@ -147,3 +147,15 @@ def test_at_the_same_instant_the_graver_refusal_wins_whatever_the_order() -> Non
         s = replay(*(fb(k) for k in kinds))
         kept = s.suppressions[address_key("email", "a@x.io")]
         assert (kept.reason, kept.all_messages) == ("complaint", True)
+
+
+def test_the_soft_bounce_limit_is_dated_by_its_window_not_by_arrival_order() -> None:
+    """Bounces at 1h, 2h and 3h and an operator's lift at 2.5h: the router dated the limit at the
+    bounce that arrived last, so the address stayed open in one order and the projection (which dates
+    it at the window's latest bounce) showed it suppressed in both."""
+    bounces = {h: fb("soft_bounce", T0 + timedelta(hours=h)) for h in (1, 2, 3)}
+    lift = fb("resubscribe", T0 + timedelta(hours=2.5), OPERATOR)
+    for order in ([1, 2, 0, 3], [1, 3, 0, 2], [0, 3, 2, 1]):
+        s = replay(*(lift if h == 0 else bounces[h] for h in order))
+        kept = s.suppressions[address_key("email", "a@x.io")]
+        assert (kept.reason, kept.since) == ("soft_bounce_limit", T0 + timedelta(hours=3)), order
