@@ -37,6 +37,7 @@ from tidings.events import (
     WebhookEndpointRemoved,
     WebhookEndpointUpdated,
 )
+from tidings.vocabulary import email_key
 
 SOFT_BOUNCE_LIMIT = 3
 SOFT_BOUNCE_WINDOW = timedelta(days=7)
@@ -120,7 +121,7 @@ def rule_key(scope: str, key: str, channel: str | None) -> str:
 
 
 def address_key(channel: str, address: str) -> str:
-    return f"{channel}:{address.lower() if channel == 'email' else address}"
+    return f"{channel}:{email_key(address) if channel == 'email' else address}"
 
 
 def fold(state: RecipientState | None, event: Event) -> RecipientState:

@@ -24,6 +24,7 @@ from processors.recipients import SOFT_BOUNCE_LIMIT, SOFT_BOUNCE_WINDOW
 from processors.suppression import FAILURES, LIFTS, REFUSALS, AddressSuppression, folded, restored
 from projections.base import Cursor, Projection, grouped
 from tidings.events import Event, ProviderFeedback
+from tidings.vocabulary import email_key
 
 LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s || chr(31) || %s || chr(31) || %s, 0))"
 ROW = """
@@ -65,7 +66,7 @@ square: 1.5 s per bounce at 2,000 bounces)."""
 
 
 def normalized(channel: str, address: str) -> str:
-    return address.lower() if channel == "email" else address
+    return email_key(address) if channel == "email" else address
 
 
 class Suppressions(Projection):

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import idna
 import phonenumbers
 from pydantic import AfterValidator, ValidationInfo
 
@@ -226,3 +227,18 @@ WebhookSecrets = Annotated[str, AfterValidator(_webhook_secrets)]
 
 def utcnow() -> datetime:
     return _utc_millis(datetime.now(UTC))
+
+
+def email_key(address: str) -> str:
+    """An email address as suppressions are keyed: lower-cased, an IDNA (`xn--`) domain in Unicode. The
+    gateways send `ann@bücher.de` as `ann@xn--bcher-kva.de`, and providers report bounces and complaints
+    for that form: keyed as reported, they never matched the recipient's address, and a complainer
+    kept getting mail."""
+    lowered = address.lower()
+    local, at, domain = lowered.rpartition("@")
+    if not at or "xn--" not in domain:
+        return lowered
+    try:
+        return f"{local}@{idna.decode(domain)}"
+    except idna.IDNAError:
+        return lowered

@@ -159,3 +159,21 @@ def test_the_soft_bounce_limit_is_dated_by_its_window_not_by_arrival_order() -> 
         s = replay(*(lift if h == 0 else bounces[h] for h in order))
         kept = s.suppressions[address_key("email", "a@x.io")]
         assert (kept.reason, kept.since) == ("soft_bounce_limit", T0 + timedelta(hours=3)), order
+
+
+def test_a_complaint_reported_for_the_idna_form_suppresses_the_unicode_address() -> None:
+    """The gateways send `bücher.de` as `xn--bcher-kva.de` and providers report that form: keyed as
+    reported, the complaint never matched the recipient's address."""
+    s = replay(
+        RecipientUpdated(tenant_id="t", recipient_id="r", email="anna@Bücher.de"),
+        ProviderFeedback(
+            tenant_id="t",
+            recipient_id="r",
+            kind="complaint",
+            channel="email",
+            address="anna@xn--bcher-kva.de",
+            provider="ses",
+        ),
+    )
+    assert address_key("email", "anna@Bücher.de") in s.suppressions
+    assert address_key("email", "anna@bücher.de") == "email:anna@bücher.de"
