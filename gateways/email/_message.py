@@ -39,9 +39,10 @@ ONE_CLICK = "List-Unsubscribe=One-Click"
 POLICY = email.policy.SMTP.clone(max_line_length=998)
 """What the headers are folded with when the message is written: RFC 5322 allows 998 octets a line,
 and at the usual 78 the long unsubscribe URL would become an RFC 2047 encoded word, which mail clients
-do not read as a List-Unsubscribe URL. The bodies are encoded before it applies, with the SMTP
-policy's 78: quoted-printable and base64 lines may not pass 76 (RFC 2045), and a one-line HTML
-template made 998-character lines that spam filters mark down."""
+do not read as a List-Unsubscribe URL. The bodies are encoded before it applies (`BODY_POLICY`): a
+one-line HTML template made 998-character quoted-printable lines, which spam filters mark down."""
+BODY_POLICY = email.policy.SMTP.clone(max_line_length=76)
+"""What the bodies are encoded with: quoted-printable and base64 lines of at most 76 (RFC 2045)."""
 TOKEN_AUDIENCE = "tidings:unsubscribe"
 DEV_SECRET = "dev-only-unsubscribe-secret-change-me"
 
@@ -215,7 +216,7 @@ def build(command: DeliveryCommand, settings: EmailSettings) -> EmailMessage:
         to = Address(addr_spec=deliverable(command.address))
     except (ValueError, IndexError) as exc:
         raise DeliveryRejected(f"invalid email address: {exc}") from None
-    msg = EmailMessage(policy=email.policy.SMTP)
+    msg = EmailMessage(policy=BODY_POLICY)
     msg["From"] = sender(settings)
     msg["To"] = str(to)
     msg["Subject"] = subject

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+from email.message import EmailMessage
 from typing import Literal
 
 import aiohttp
@@ -38,7 +39,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateways.base import DeliveryRejected, Provider, ProviderThrottled, ProviderUnavailable, Sent
-from gateways.email._message import EmailSettings, build, message_id
+from gateways.email._message import POLICY, EmailSettings, build, deliverable, message_id
 from tidings.events import DeliveryCommand
 
 ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})")
@@ -126,7 +127,7 @@ class Smtp(Provider):
                 if client is None or not client.is_connected:
                     client = self._client()
                     await client.connect()
-                refused, _ = await client.send_message(message)
+                refused = await self._deliver(client, message, command)
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 first = exc.recipients[0]
                 raise self._discard(client, classify(first.code, first.message, self._floor())) from None
@@ -142,6 +143,34 @@ class Smtp(Provider):
                 raise self._discard(client, classify(response.code, response.message, self._floor()))
             self.idle.append(client)
         return Sent(self.name, message_id(command, self.email))
+
+    async def _deliver(
+        self, client: aiosmtplib.SMTP, message: EmailMessage, command: DeliveryCommand
+    ) -> dict[str, aiosmtplib.SMTPResponse]:
+        """Send the message written with our policy: aiosmtplib's `send_message` writes it with its
+        own, folding headers at 78, so the one-click `List-Unsubscribe` URL went out as RFC 2047
+        encoded words, which mail clients do not read as a URL."""
+        if client.is_ehlo_or_helo_needed:
+            try:
+                await client.ehlo()
+            except aiosmtplib.SMTPHeloError:
+                await client.helo()
+        sender, recipient = self.email.from_address, deliverable(command.address)
+        utf8 = not (sender + recipient).isascii()
+        options = ["SMTPUTF8"] if utf8 else []
+        if utf8 and not client.supports_extension("smtputf8"):
+            raise DeliveryRejected(
+                f"smtp: the server takes no internationalised address (SMTPUTF8): {recipient}"
+            )
+        policy = POLICY.clone(utf8=utf8)
+        if client.supports_extension("8bitmime"):
+            options.append("BODY=8BITMIME")
+        else:
+            policy = policy.clone(cte_type="7bit")
+        refused, _ = await client.sendmail(
+            sender, [recipient], message.as_bytes(policy=policy), mail_options=options
+        )
+        return refused
 
     def _floor(self) -> float:
         return self.settings.min_retry_seconds

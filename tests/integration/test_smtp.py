@@ -134,6 +134,25 @@ def test_an_internationalised_domain_goes_out_in_idna() -> None:
     assert message["To"] == "ann@xn--bcher-kva.de"
 
 
+def test_the_unsubscribe_header_goes_over_the_wire_as_one_plain_url_and_body_lines_keep_to_76() -> None:
+    """aiosmtplib's send_message wrote the message with its own policy, folding the long one-click URL
+    into RFC 2047 encoded words, which mail clients do not read as a URL (parsing the header back hid
+    it); quoted-printable lines ran to 78."""
+    content = RenderedContent(subject="News", body="Zoë " + "a" * 400, html="<p>" + "word " * 300 + "</p>")
+
+    async def scenario() -> SmtpServer:
+        async with SmtpServer() as server:
+            await send_all(server, server.provider(), 1, content=content)
+            return server
+
+    [raw] = asyncio.run(scenario()).raw
+    lines = raw.split(b"\r\n")
+    [unsubscribe] = [line for line in lines if line.startswith(b"List-Unsubscribe:")]
+    assert b"=?" not in unsubscribe and b"<http" in unsubscribe
+    body = raw.split(b"\r\n\r\n", 1)[1]
+    assert max(len(line) for line in body.split(b"\r\n")) <= 76
+
+
 def test_implicit_tls(tls_files: tuple[Path, Path]) -> None:
     async def scenario() -> list[Any]:
         async with SmtpServer(tls=server_context(tls_files), implicit_tls=True) as server:

@@ -64,6 +64,7 @@ class Handler:
         message = email.message_from_bytes(raw, policy=email.policy.SMTP)
         assert isinstance(message, EmailMessage)
         self.server.accepted.append(message)
+        self.server.raw.append(raw)
         self.server.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
         return f"250 2.0.0 Ok: queued as {uuid.uuid4().hex[:12].upper()}"
 
@@ -87,6 +88,8 @@ class SmtpServer:
         self.retry_after = 7
         self.stall = 5.0
         self.accepted: list[EmailMessage] = []
+        self.raw: list[bytes] = []
+        """Each accepted message as it came over the wire."""
         self.envelopes: list[tuple[str | None, list[str]]] = []
         self.tls, self.implicit_tls, self.login = tls, implicit_tls, login
         self.attempts = 0
