@@ -19,6 +19,7 @@ RecipientErased (erasure), or a JSON export read from the projections (access).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -31,7 +32,7 @@ from gateways.api_schema import Problem, jsonable, problem, recipient_view
 from gateways.ops import Operation
 from processors.recipients import RecipientState
 from tidings.config import Settings
-from tidings.erasure import MEMBERSHIPS, STORED, behind, erasure
+from tidings.erasure import CATCH_UP_S, MEMBERSHIPS, STORED, behind, erasure
 from tidings.errors import KafkaUnavailable, UnknownTopic
 from tidings.kafka import end_offsets
 from tidings.topics import names
@@ -112,11 +113,17 @@ async def _export(
 
 
 async def audiences_behind(settings: Settings, rows: Rows) -> int:
-    """How many membership records the audiences projection has yet to apply (`tidings.erasure`)."""
+    """How many membership records, of those on the topic now, the audiences projection has still not
+    applied after waiting up to `CATCH_UP_S` for it (`tidings.erasure`)."""
     topic = names(settings).broadcasts
     ends = await asyncio.to_thread(end_offsets, settings, topic)
-    stored = await rows(STORED, topic)
-    return behind(ends, [(r["partition"], r["next_offset"]) for r in stored])
+    deadline = time.monotonic() + CATCH_UP_S
+    while True:
+        stored = await rows(STORED, topic)
+        lag = behind(ends, [(r["partition"], r["next_offset"]) for r in stored])
+        if lag == 0 or time.monotonic() > deadline:
+            return lag
+        await asyncio.sleep(0.25)
 
 
 def operations(

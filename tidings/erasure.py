@@ -19,6 +19,12 @@ MEMBERSHIPS = "SELECT audience_id FROM audience_members WHERE tenant_id = %s AND
 STORED = "SELECT partition, next_offset FROM projection_offsets WHERE projection = 'audiences' AND topic = %s"
 
 
+CATCH_UP_S = 10.0
+"""How long an erasure waits for the projection to apply the membership records on the topic when it
+was asked: under steady broadcast traffic the projection is always a batch behind the newest, and
+requiring no lag at one instant refused erasures for as long as the traffic lasted."""
+
+
 def behind(ends: dict[int, int], stored: Sequence[tuple[int, int]]) -> int:
     """How many records of the broadcasts topic (its partitions' `ends`) the audiences projection has
     not applied, from its `stored` (partition, next offset) rows."""

@@ -6,6 +6,7 @@ import json
 import logging
 import signal
 import socket
+import time
 from typing import Any, Protocol
 
 import typer
@@ -13,7 +14,7 @@ from rich.console import Console
 
 from tidings.client import Client, recipient_update, tenant_key
 from tidings.config import settings
-from tidings.erasure import MEMBERSHIPS, STORED, behind
+from tidings.erasure import CATCH_UP_S, MEMBERSHIPS, STORED, behind
 from tidings.errors import TidingsError
 from tidings.events import Event, PreferencesUpdated, validated
 from tidings.kafka import end_offsets
@@ -90,9 +91,13 @@ def erase_recipient(
 
     topic = names(settings()).broadcasts
     ends = end_offsets(settings(), topic)
+    deadline = time.monotonic() + CATCH_UP_S
     try:
-        with psycopg.connect(settings().postgres_dsn, connect_timeout=10) as conn:
-            lag = behind(ends, conn.execute(STORED, (topic,)).fetchall())
+        with psycopg.connect(settings().postgres_dsn, connect_timeout=10, autocommit=True) as conn:
+            while (
+                lag := behind(ends, conn.execute(STORED, (topic,)).fetchall())
+            ) and time.monotonic() < deadline:
+                time.sleep(0.25)
             audiences = [a for (a,) in conn.execute(MEMBERSHIPS, (tenant, recipient)).fetchall()]
     except psycopg.Error as exc:
         raise TidingsError(f"cannot read the recipient's audiences from PostgreSQL: {exc}") from exc
