@@ -37,7 +37,7 @@ from pydantic import ValidationError
 from processors import digest, throttle
 from processors.plan import Catalog, gate, plan
 from processors.recipients import MAX_STATE_BYTES, RecipientState, fold, oversized
-from processors.router_digests import CANCELLED_TTL, DEDUPE_TTL, MARK_MARGIN, Digests
+from processors.router_digests import DEDUPE_TTL, MARK_MARGIN, Digests
 from tidings.codec import Codec, default_codec
 from tidings.config import Settings
 from tidings.errors import CodecError, InvalidEvent
@@ -223,12 +223,16 @@ class Router(Digests):
     def _cancel(self, record: Incoming, event: NotificationCancelled, trace: bytes) -> list[Output]:
         """A cancellation of a request not seen (yet) is remembered, so the request is skipped when it
         comes, and forwarded to the scheduler all the same: the request may be one seen longer ago than
-        the dedupe window, scheduled further ahead than that, whose timers only the scheduler holds."""
+        the dedupe window, scheduled further ahead than that, whose timers only the scheduler holds.
+        The mark keeps the request's mark's time left (a deferred request's lasts until a day after it
+        is due), at least the dedupe window; kept 401 days for every cancellation, a broadcast withdrawn
+        from a million members held a million marks for a year."""
         seen_key = f"{event.tenant_id}/{event.notification_id}"
         already = self.seen.get(record.partition, seen_key)
         if already in ("throttled", "skipped"):
             return []
-        self.seen.put(record.partition, seen_key, "cancelled", ttl=CANCELLED_TTL)
+        left = self.seen.left(record.partition, seen_key)
+        self.seen.put(record.partition, seen_key, "cancelled", ttl=max(DEDUPE_TTL, left or DEDUPE_TTL))
         if already is not None and already != "cancelled":
             outputs = [self._event(self.names.scheduled, event, trace)]
             if already.startswith("digest "):

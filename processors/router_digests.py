@@ -22,7 +22,6 @@ from tidings.kafka import Output, TransactionalLoop
 from tidings.kafka.records import REQUESTED_AT
 from tidings.state import DueKeys, Store
 from tidings.topics import Names
-from tidings.vocabulary import MAX_SCHEDULE_AHEAD
 
 log = logging.getLogger(__name__)
 DEDUPE_TTL = timedelta(days=7)
@@ -32,9 +31,8 @@ MARK_MARGIN = timedelta(days=1)
 command is due, however far ahead: a cancellation finds a digest item only through that mark, and one
 that expired first (a 14-day window, a weekly one across a DST change, a lagging router) left the
 cancelled item in the digest; a request scheduled a month ahead, delivered again after 7 days (an
-outbox retry, a DLQ replay), was planned again and its new timer fired after all. A cancellation is
-remembered as long as a request can be scheduled ahead, for the same reason."""
-CANCELLED_TTL = MAX_SCHEDULE_AHEAD + MARK_MARGIN
+outbox retry, a DLQ replay), was planned again and its new timer fired after all. A cancellation
+keeps its request's mark's time left, for the same reason."""
 
 
 class Digests:

@@ -66,6 +66,13 @@ class Store(Generic[V]):
             return self._live(staged)
         return self._live(self._data.get(partition, {}).get(key))
 
+    def left(self, partition: int, key: str) -> timedelta | None:
+        """How long a live entry has left before it expires (None: no entry, or one kept for good)."""
+        entry = self._staged.get((partition, key)) or self._data.get(partition, {}).get(key)
+        if self._live(entry) is None or entry is None or not entry[1]:
+            return None
+        return timedelta(milliseconds=entry[1] - self._now_ms())
+
     def _stage(self, partition: int, key: str, value: V | None, expiry: int) -> None:
         if partition not in self._data:
             raise KeyError(f"{self.topic}: partition {partition} is not assigned to this process")

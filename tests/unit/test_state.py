@@ -76,6 +76,20 @@ def test_ttl_and_purge() -> None:
     assert tombstone.key == b"a" and tombstone.value is None
 
 
+def test_an_entry_tells_how_long_it_has_left() -> None:
+    clock = Clock()
+    s = store(clock, ttl=timedelta(seconds=10))
+    s.put(0, "a", {"n": 1})
+    s.put(0, "b", {"n": 1}, ttl=timedelta(days=30))
+    assert s.left(0, "a") == timedelta(seconds=10) and s.left(0, "b") == timedelta(days=30)
+    s.committed()
+    clock.now += 4
+    assert s.left(0, "a") == timedelta(seconds=6) and s.left(0, "missing") is None
+    clock.now += 7
+    assert s.left(0, "a") is None and s.left(0, "b") == timedelta(days=30, seconds=-11)
+    assert store(clock).left(0, "a") is None
+
+
 def test_an_entry_that_expired_while_the_partition_was_not_held_is_deleted_from_the_changelog() -> None:
     """Compaction keeps a key's last value: without a tombstone the entry stayed in the changelog for
     good, read again by every restore."""
