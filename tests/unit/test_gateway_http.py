@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from email.utils import formatdate
+from typing import Any
 
 import pytest
 
@@ -115,28 +116,17 @@ def test_a_wall_clock_step_neither_reopens_nor_stretches_an_open_circuit(
 def test_provider_text_no_record_can_hold_is_escaped_not_a_crash_at_every_restart() -> None:
     """aiosmtplib decodes a Latin-1 reply with surrogateescape: the outcome's id and its Avro encoding
     refused the lone surrogate, and the gateway crashed on the command each time it read it again."""
-    from uuid import uuid4
 
     from gateways.email.smtp import classify
     from gateways.outputs import from_mark
     from tidings.codec import default_codec
-    from tidings.events import DeliveryCommand, RenderedContent
+    from tidings.events import RenderedContent
     from tidings.topics import Names
 
     latin1 = b"5.1.1 Empf\xe4nger unbekannt".decode("utf-8", "surrogateescape")
     dead = classify(550, latin1, 60)
     assert isinstance(dead, DeliveryRejected) and "Empf\\xe4nger" in dead.reason
-    command = DeliveryCommand(
-        tenant_id="t",
-        notification_id=uuid4(),
-        delivery_id=uuid4(),
-        recipient_id="r",
-        channel="email",
-        address="a@example.com",
-        notification_type="x",
-        priority="normal",
-        content=RenderedContent(subject="s", body="b"),
-    )
+    command = email_command(RenderedContent(subject="s", body="b"))
     mark = {"state": "done", "status": "FAILED", "reason": "smtp 550 " + latin1, "attempt": 0}
     mark |= {"detail": latin1, "provider_message_id": "\ud800", "feedback": latin1}
     for output in from_mark(Names(), command, mark):
@@ -144,23 +134,14 @@ def test_provider_text_no_record_can_hold_is_escaped_not_a_crash_at_every_restar
 
 
 def test_a_dead_address_feedback_carries_the_providers_time_when_it_gave_one() -> None:
-    from uuid import uuid4
 
     from gateways.outputs import from_mark
     from tidings.codec import default_codec
-    from tidings.events import DeliveryCommand, ProviderFeedback, RenderedContent
+    from tidings.events import ProviderFeedback, RenderedContent
     from tidings.topics import Names
 
-    command = DeliveryCommand(
-        tenant_id="t",
-        notification_id=uuid4(),
-        delivery_id=uuid4(),
-        recipient_id="r",
-        channel="push",
-        address="ab" * 32,
-        notification_type="x",
-        priority="normal",
-        content=RenderedContent(title="t"),
+    command = email_command(RenderedContent(title="t")).model_copy(
+        update={"channel": "push", "address": "ab" * 32}
     )
     mark = {"state": "done", "status": "FAILED", "reason": "410", "attempt": 0, "feedback": "410"}
     dated = mark | {"feedback_at": 1_767_225_600_000}
@@ -193,22 +174,11 @@ def test_a_send_begun_before_a_throttle_opened_the_circuit_does_not_close_it() -
 def test_an_email_subject_with_any_line_break_is_one_line_not_a_crash() -> None:
     """The email library refuses U+2028, U+2029, U+0085, VT and FF in a header as it does CR and LF: a
     rendered subject carrying one dead-lettered the message without failover."""
-    from uuid import uuid4
 
     from gateways.email._message import EmailSettings, build
-    from tidings.events import DeliveryCommand, RenderedContent
+    from tidings.events import RenderedContent
 
-    command = DeliveryCommand(
-        tenant_id="t",
-        notification_id=uuid4(),
-        delivery_id=uuid4(),
-        recipient_id="r",
-        channel="email",
-        address="a@example.com",
-        notification_type="x",
-        priority="normal",
-        content=RenderedContent(subject="Invoice\u2028#42\x0bdue\x0c\x85now", body="b"),
-    )
+    command = email_command(RenderedContent(subject="Invoice\u2028#42\x0bdue\x0c\x85now", body="b"))
     message = build(command, EmailSettings(from_address="x@example.com"))
     assert message["Subject"] == "Invoice #42 due now"
 
@@ -216,12 +186,26 @@ def test_an_email_subject_with_any_line_break_is_one_line_not_a_crash() -> None:
 def test_an_emails_encoded_body_lines_keep_to_76_and_its_unsubscribe_header_to_one_line() -> None:
     """Built with a 998-octet line policy, a one-line HTML template made 998-character quoted-printable
     lines (RFC 2045 allows 76)."""
-    from uuid import uuid4
 
     from gateways.email._message import EmailSettings, build
-    from tidings.events import DeliveryCommand, RenderedContent
+    from tidings.events import RenderedContent
 
-    command = DeliveryCommand(
+    content = RenderedContent(subject="s", body="naïve " * 500, html="<p>" + "wörd " * 600 + "</p>")
+    command = email_command(content).model_copy(update={"category": "news"})
+    message = build(command, EmailSettings(from_address="x@example.com"))
+    lines = message.as_bytes().split(b"\r\n")
+    [unsubscribe] = [line for line in lines if line.startswith(b"List-Unsubscribe:")]
+    assert b"=?" not in unsubscribe and len(unsubscribe) > 100
+    bodies = [p.get_payload() for p in message.walk() if not p.is_multipart()]
+    assert len(bodies) == 2 and max(len(line) for b in bodies for line in b.splitlines()) <= 76
+
+
+def email_command(content: Any) -> Any:
+    from uuid import uuid4
+
+    from tidings.events import DeliveryCommand
+
+    return DeliveryCommand(
         tenant_id="t",
         notification_id=uuid4(),
         delivery_id=uuid4(),
@@ -229,13 +213,6 @@ def test_an_emails_encoded_body_lines_keep_to_76_and_its_unsubscribe_header_to_o
         channel="email",
         address="a@example.com",
         notification_type="x",
-        category="news",
         priority="normal",
-        content=RenderedContent(subject="s", body="naïve " * 500, html="<p>" + "wörd " * 600 + "</p>"),
+        content=content,
     )
-    message = build(command, EmailSettings(from_address="x@example.com"))
-    lines = message.as_bytes().split(b"\r\n")
-    [unsubscribe] = [line for line in lines if line.startswith(b"List-Unsubscribe:")]
-    assert b"=?" not in unsubscribe and len(unsubscribe) > 100
-    bodies = [p.get_payload() for p in message.walk() if not p.is_multipart()]
-    assert len(bodies) == 2 and max(len(line) for b in bodies for line in b.splitlines()) <= 76
