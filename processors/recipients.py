@@ -23,7 +23,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from processors.suppression import AddressSuppression, all_messages, cleared, folded, restored
 from tidings.events import (
@@ -42,7 +42,9 @@ from tidings.vocabulary import email_key
 SOFT_BOUNCE_LIMIT = 3
 SOFT_BOUNCE_WINDOW = timedelta(days=7)
 MAX_SOFT_BOUNCES_KEPT = 20
-"""Soft bounces an address keeps in the router's state (within two windows of its newest)."""
+"""Soft bounces an address keeps in the router's state (within two windows of its newest). A bounce
+that arrives more than a window after a newer one can complete a window in the suppressions projection
+(which keeps them all) but not in the router."""
 PERMANENT = {"hard_bounce", "complaint", "sms_stop", "token_invalid", "endpoint_disabled"}
 LIFTING = {"sms_start", "resubscribe"}
 PROFILE = ("email", "phone", "locale", "timezone", "name")
@@ -114,6 +116,26 @@ class RecipientState(BaseModel):
 
     def rule(self, scope: str, key: str, channel: str | None) -> bool | None:
         return self.rules.get(rule_key(scope, key, channel))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _email_keys(cls, data: Any) -> Any:
+        """Re-key email addresses with an internationalised domain kept before `email_key` (their
+        IDNA form, or an unmapped Unicode one), so their suppressions keep matching."""
+        if not isinstance(data, dict):
+            return data
+        for name in ("suppressions", "addresses", "soft_bounces", "feedback_at"):
+            keyed = data.get(name)
+            if isinstance(keyed, dict) and any(_legacy(k) for k in keyed):
+                rekeyed: dict[str, Any] = {}
+                for k, v in keyed.items():
+                    rekeyed.setdefault(address_key("email", k[6:]) if _legacy(k) else k, v)
+                data = {**data, name: rekeyed}
+        return data
+
+
+def _legacy(key: str) -> bool:
+    return key.startswith("email:") and (not key.isascii() or "xn--" in key)
 
 
 def rule_key(scope: str, key: str, channel: str | None) -> str:

@@ -230,15 +230,16 @@ def utcnow() -> datetime:
 
 
 def email_key(address: str) -> str:
-    """An email address as suppressions are keyed: lower-cased, an IDNA (`xn--`) domain in Unicode. The
-    gateways send `ann@bücher.de` as `ann@xn--bcher-kva.de`, and providers report bounces and complaints
-    for that form: keyed as reported, they never matched the recipient's address, and a complainer
-    kept getting mail."""
+    """An email address as suppressions are keyed: lower-cased, an internationalised domain in one
+    Unicode form (UTS #46 mapped, as the gateways map it when they send it in IDNA: `ann@xn--bcher-kva.de`,
+    `ann@Bücher.de` and a decomposed `ü` all key as `ann@bücher.de`). Providers report bounces and
+    complaints for the IDNA form the gateways send: keyed as reported, they never matched the
+    recipient's address, and a complainer kept getting mail."""
     lowered = address.lower()
     local, at, domain = lowered.rpartition("@")
-    if not at or "xn--" not in domain:
+    if not at or (domain.isascii() and "xn--" not in domain):
         return lowered
     try:
-        return f"{local}@{idna.decode(domain)}"
+        return f"{local}@{idna.decode(idna.encode(domain, uts46=True))}"
     except idna.IDNAError:
         return lowered

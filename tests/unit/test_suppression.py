@@ -1,3 +1,4 @@
+import json
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
@@ -177,3 +178,13 @@ def test_a_complaint_reported_for_the_idna_form_suppresses_the_unicode_address()
     )
     assert address_key("email", "anna@Bücher.de") in s.suppressions
     assert address_key("email", "anna@bücher.de") == "email:anna@bücher.de"
+
+
+def test_a_state_kept_with_an_idna_key_still_suppresses_and_every_spelling_of_the_domain_matches() -> None:
+    """Keys were the address lower-cased: a complaint stored for `xn--bcher-kva.de` stopped matching
+    once keys became Unicode, and a decomposed or full-width domain never matched the IDNA form the
+    gateways send."""
+    stored = {"email:ann@xn--bcher-kva.de": {"reason": "complaint", "since": "2026-01-01T00:00:00Z"}}
+    kept = RecipientState.model_validate_json(json.dumps({"suppressions": stored}))
+    for spelling in ("ann@xn--bcher-kva.de", "ann@Bücher.de", "ann@bu\u0308cher.de", "ann@bücher\uff0ede"):
+        assert address_key("email", spelling) in kept.suppressions, spelling
