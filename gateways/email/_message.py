@@ -36,11 +36,12 @@ from gateways.email.tracking import tracked
 from tidings.events import DeliveryCommand
 
 ONE_CLICK = "List-Unsubscribe=One-Click"
-POLICY = email.policy.SMTP.clone(max_line_length=998)
-"""What the headers are folded with when the message is written: RFC 5322 allows 998 octets a line,
-and at the usual 78 the long unsubscribe URL would become an RFC 2047 encoded word, which mail clients
-do not read as a List-Unsubscribe URL. The bodies are encoded before it applies (`BODY_POLICY`): a
-one-line HTML template made 998-character quoted-printable lines, which spam filters mark down."""
+POLICY = email.policy.SMTP.clone(refold_source="none")
+"""What the message is written with: headers folded at 78, so a non-ASCII subject or sender name is
+encoded words of at most 75 characters (RFC 2047); `List-Unsubscribe` is set raw (`build`) and written
+as it is, one line (RFC 5322 allows 998 octets), since folded at 78 the long URL became encoded words,
+which mail clients do not read as a List-Unsubscribe URL. The bodies are encoded before it applies
+(`BODY_POLICY`)."""
 BODY_POLICY = email.policy.SMTP.clone(max_line_length=76)
 """What the bodies are encoded with: quoted-printable and base64 lines of at most 76 (RFC 2045)."""
 TOKEN_AUDIENCE = "tidings:unsubscribe"
@@ -222,7 +223,10 @@ def build(command: DeliveryCommand, settings: EmailSettings) -> EmailMessage:
     msg["Subject"] = subject
     msg["Date"] = format_datetime(datetime.now(UTC))
     for name, value in headers(command, settings).items():
-        msg[name] = value
+        if name == "List-Unsubscribe":
+            msg.set_raw(name, value)
+        else:
+            msg[name] = value
     msg.set_content(text)
     if html is not None:
         msg.add_alternative(html, subtype="html")

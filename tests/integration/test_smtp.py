@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
+import re
 import ssl
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,8 @@ def test_the_unsubscribe_header_goes_over_the_wire_as_one_plain_url_and_body_lin
     """aiosmtplib's send_message wrote the message with its own policy, folding the long one-click URL
     into RFC 2047 encoded words, which mail clients do not read as a URL (parsing the header back hid
     it); quoted-printable lines ran to 78."""
-    content = RenderedContent(subject="News", body="Zoë " + "a" * 400, html="<p>" + "word " * 300 + "</p>")
+    subject = "Ihre Bestellung für Zoë ist unterwegs " * 3
+    content = RenderedContent(subject=subject, body="Zoë " + "a" * 400, html="<p>" + "word " * 300 + "</p>")
 
     async def scenario() -> SmtpServer:
         async with SmtpServer() as server:
@@ -149,6 +151,8 @@ def test_the_unsubscribe_header_goes_over_the_wire_as_one_plain_url_and_body_lin
     lines = raw.split(b"\r\n")
     [unsubscribe] = [line for line in lines if line.startswith(b"List-Unsubscribe:")]
     assert b"=?" not in unsubscribe and b"<http" in unsubscribe
+    words = re.findall(rb"=\?[^?]+\?[bBqQ]\?[^?]*\?=", raw)
+    assert words and max(len(w) for w in words) <= 75, "RFC 2047 encoded words are at most 75 characters"
     body = raw.split(b"\r\n\r\n", 1)[1]
     assert max(len(line) for line in body.split(b"\r\n")) <= 76
 
