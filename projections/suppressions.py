@@ -133,7 +133,9 @@ def _shown(
     lifted, the lift that did it (a row lifted before keeps what it showed)."""
     current = registers.effective()
     if current is not None:
-        return {"active": True, "reason": current.reason, "since": current.since, "source": current.source}
+        kept = before is not None and before["active"] and before["reason"] == current.reason
+        source = current.source or (before["source"] if kept and before else provider)
+        return {"active": True, "reason": current.reason, "since": current.since, "source": source}
     since: datetime = max(r.since for r in (registers.refusal, registers.failure) if r is not None)
     if before is not None and not before["active"]:
         return {"active": False, "reason": before["reason"], "since": since, "source": before["source"]}
