@@ -64,8 +64,15 @@ def forbidden(ip: IP, allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network
     return not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified
 
 
-async def check(url: str, allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()) -> Target:
-    """Parse and resolve `url`; raise DeliveryRejected (permanent) when it may not be called."""
+async def check(
+    url: str,
+    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (),
+    resolve_timeout: float | None = None,
+) -> Target:
+    """Parse and resolve `url`; raise DeliveryRejected (permanent) when it may not be called. The lookup
+    is bounded by `resolve_timeout` (not permanent when it runs out): it runs outside the request's own
+    timeout, and a tenant's name server that never answers held the send for the resolver's full
+    timeout."""
     try:
         parts = urlsplit(url)
     except ValueError as exc:
@@ -84,7 +91,12 @@ async def check(url: str, allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Net
         candidates = [address]
     else:
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            lookup = asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            infos = await asyncio.wait_for(lookup, resolve_timeout)
+        except TimeoutError:
+            raise DeliveryRejected(
+                f"webhook host did not resolve within {resolve_timeout:g}s", permanent=False
+            ) from None
         except socket.gaierror as exc:
             raise DeliveryRejected(f"webhook host does not resolve: {exc}", permanent=False) from None
         except UnicodeError as exc:

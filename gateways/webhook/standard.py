@@ -81,7 +81,7 @@ class StandardWebhook(Provider):
         secrets = command.address_params.get("secret", "")
         if not secrets:
             raise DeliveryRejected("webhook endpoint has no signing secret")
-        target = await check(command.address, self.settings.allowed)
+        target = await check(command.address, self.settings.allowed, self.settings.connect_timeout)
         body = payload(command)
         msg_id = str(command.delivery_id)
         now = datetime.now(UTC)

@@ -88,3 +88,28 @@ def test_allow_list_is_explicit() -> None:
     assert (target.ip, target.port, target.path, target.host) == ("127.0.0.1", 9999, "/in?x=1", "127.0.0.1")
     with pytest.raises(DeliveryRejected):
         asyncio.run(check("http://127.0.0.2:9999/in", allow))
+
+
+def test_a_name_server_that_never_answers_holds_the_send_no_longer_than_the_timeout() -> None:
+    import time
+
+    async def scenario() -> tuple[BaseException | None, float]:
+        loop = asyncio.get_running_loop()
+
+        async def silent(*args: object, **kwargs: object) -> list[object]:
+            await asyncio.sleep(30)
+            return []
+
+        loop.getaddrinfo = silent  # type: ignore[method-assign]
+        started = time.monotonic()
+        try:
+            await check("https://hooks.example.com/x", resolve_timeout=0.2)
+        except DeliveryRejected as exc:
+            return exc, time.monotonic() - started
+        return None, time.monotonic() - started
+
+    refused, took = asyncio.run(scenario())
+    assert (
+        isinstance(refused, DeliveryRejected) and not refused.permanent and "resolve within" in refused.reason
+    )
+    assert took < 2
