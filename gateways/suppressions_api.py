@@ -30,13 +30,14 @@ from aiohttp import web
 
 from gateways.api_schema import LiftBody, Problem, body, problem
 from gateways.ops import Operation
+from processors.suppression import REFUSALS
 from projections.suppressions import normalized
 from tidings.events import ProviderFeedback, validated
 
 Produce = Callable[..., Awaitable[None]]
 Accept = Callable[..., web.Response]
 Rows = Callable[..., Awaitable[list[dict[str, Any]]]]
-CONSENT = frozenset({"unsubscribe", "complaint", "sms_stop"})
+CONSENT = REFUSALS
 """Reasons the address's owner gave: not the operator's to lift."""
 LIST = """
 SELECT channel, address, active, reason, source, since, last_event_at FROM suppressions

@@ -25,7 +25,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from processors.suppression import AddressSuppression, all_messages, cleared, folded, restored
+from processors.suppression import (
+    FAILURES,
+    LIFTS,
+    REFUSALS,
+    AddressSuppression,
+    all_messages,
+    cleared,
+    folded,
+    restored,
+)
 from tidings.events import (
     DeviceRegistered,
     DeviceRemoved,
@@ -45,8 +54,10 @@ MAX_SOFT_BOUNCES_KEPT = 20
 """Soft bounces an address keeps in the router's state (within two windows of its newest). A bounce
 that arrives more than a window after a newer one can complete a window in the suppressions projection
 (which keeps them all) but not in the router."""
-PERMANENT = {"hard_bounce", "complaint", "sms_stop", "token_invalid", "endpoint_disabled"}
-LIFTING = {"sms_start", "resubscribe"}
+PERMANENT = (REFUSALS | FAILURES) - {"unsubscribe", "soft_bounce_limit"}
+"""Kinds that suppress on their own: an unsubscribe suppresses only without a category, and the
+soft-bounce limit is reached by counting."""
+LIFTING = LIFTS
 PROFILE = ("email", "phone", "locale", "timezone", "name")
 MAX_STATE_BYTES = 512 * 1024
 """A recipient's state is one changelog record: properties merge and devices add up, and a record over
