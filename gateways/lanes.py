@@ -43,6 +43,7 @@ Handover = tuple[list[Output], dict[str, dict[str, Any]], dict[TP, int]]
 class Started:
     record: Incoming
     task: asyncio.Task[Handled | Blocked]
+    at: float = field(default_factory=time.monotonic)
     dropped: bool = False
     """Its partition was held at or before it, or taken away: it is read again, so its result moves
     no offset (its outputs, if any, are still handed on)."""
@@ -84,6 +85,10 @@ class Lanes(CommandHandling):
         """Offsets whose commit failed (the coordinator away): committed with the next round's."""
         self.unacknowledged = 0
         self.unemitted: set[str] = set()
+        self.emitted_at: dict[str, float] = {}
+        """Marks flagged emitted, by when (monotonic), kept while a command started before then still
+        runs: its claim may have read the mark before the flag was set, and its replay is a duplicate."""
+        self.emitted_rounds: deque[tuple[float, list[str]]] = deque()
         self.wake, self.flowing = asyncio.Event(), asyncio.Event()
 
     def _queue(self, tp: TP, records: list[Incoming]) -> None:
@@ -172,7 +177,9 @@ class Lanes(CommandHandling):
                 if not done.dropped:
                     next_offset = done.record.offset + 1
                 seen = result.mark is not None and (
-                    result.mark[0] in marks or result.mark[0] in self.unemitted
+                    result.mark[0] in marks
+                    or result.mark[0] in self.unemitted
+                    or self.emitted_at.get(result.mark[0], -1.0) >= done.at
                 )
                 if result.replayed and seen:
                     self._count("duplicates")
@@ -273,6 +280,7 @@ class Lanes(CommandHandling):
             except REDIS_DOWN as exc:
                 log.warning("redis unavailable, emitted flags not set (a re-read re-emits): %s", exc)
             self.unemitted.difference_update(marks)
+            self._note_emitted(list(marks))
             offsets = {tp: offset for _, _, handed_offsets in handed for tp, offset in handed_offsets.items()}
             offsets = self.uncommitted | offsets
             committed = await self.consumer.commit(offsets)
@@ -280,6 +288,21 @@ class Lanes(CommandHandling):
                 {} if committed else {tp: o for tp, o in offsets.items() if self.consumer.holds(tp)}
             )
             self.last_commit_at = time.monotonic()
+
+    def _note_emitted(self, keys: list[str]) -> None:
+        """Remembers when these marks were flagged, and forgets the rounds flagged before every
+        command still running started."""
+        now = time.monotonic()
+        if keys:
+            self.emitted_rounds.append((now, keys))
+            self.emitted_at.update(dict.fromkeys(keys, now))
+        lanes = [*self.partitions.values(), *self.retired]
+        oldest = min((lane.running[0].at for lane in lanes if lane.running), default=now)
+        while self.emitted_rounds and self.emitted_rounds[0][0] < oldest:
+            at, old = self.emitted_rounds.popleft()
+            for key in old:
+                if self.emitted_at.get(key) == at:
+                    del self.emitted_at[key]
 
     async def _close(self) -> None:
         """Stops starting commands, lets the sends in flight finish and hands them on."""

@@ -1,0 +1,62 @@
+"""A command read twice while its first copy's outputs are being produced: the second copy's claim
+reads the mark before the first's emitted flag is set, and its result arrives after."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from gateways.runner import GatewayRunner
+from tests.integration.test_gateway_runner import commands, outcomes, produce, runner, serve
+from tidings.config import Settings
+
+
+def test_a_copy_whose_claim_read_the_mark_before_its_emitted_flag_is_a_duplicate(
+    namespace: Callable[..., Settings],
+) -> None:
+    """The CI run of session 19 lost this race once: the copy's replay was emitted again (a second
+    SENT outcome) because the first copy's key had left the unemitted set by the time it ended."""
+    s = namespace()
+    received: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response(status=204)
+
+    async def scenario() -> GatewayRunner:
+        app_runner, base = await serve(handler)
+        command = commands(f"{base}/hook", 1)[0]
+        produce(s, [command, command])
+        gateway = runner(s, busy_backoff=0.2)
+        claim, flag = gateway.marks.claim, gateway.marks.emitted
+        key = str(command.delivery_id)
+        read_unflagged = asyncio.Event()
+
+        async def late_claim(*args: Any, **kwargs: Any) -> dict[str, Any] | None:
+            mark = await claim(*args, **kwargs)
+            if mark is not None and mark["state"] == "done" and not mark.get("emitted"):
+                read_unflagged.set()
+                deadline = time.monotonic() + 10
+                while key not in gateway.emitted_at and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+            return mark
+
+        async def late_flag(marks: dict[str, dict[str, Any]]) -> None:
+            if key in marks:
+                await asyncio.wait_for(read_unflagged.wait(), 10)
+            await flag(marks)
+
+        gateway.marks.claim = late_claim  # type: ignore[method-assign]
+        gateway.marks.emitted = late_flag  # type: ignore[method-assign]
+        await gateway.run(idle_exit_after=3)
+        await app_runner.cleanup()
+        return gateway
+
+    gateway = asyncio.run(scenario())
+    assert len(received) == 1
+    assert gateway.counts["duplicates"] == 1 and "re_emitted" not in gateway.counts
+    assert [o.status for o in outcomes(s)] == ["SENT"]
