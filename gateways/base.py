@@ -69,6 +69,7 @@ class DeliveryRejected(ProviderError):
         *,
         permanent: bool = True,
         address_dead: bool = False,
+        refused: bool = False,
         retry_after: float | None = None,
         dead_since: float | None = None,
     ) -> None:
@@ -76,7 +77,10 @@ class DeliveryRejected(ProviderError):
         self.reason = printable(reason)
         self.permanent = permanent
         self.retriable = not permanent
-        self.address_dead = address_dead
+        self.address_dead = address_dead or refused
+        self.refused = refused
+        """The address's owner refused the channel (the provider says the number replied STOP): the
+        feedback is the channel's refusal, which only the owner lifts, instead of its delivery failure."""
         self.retry_after = retry_after
         self.dead_since = dead_since
         """When the provider last knew the address dead (epoch seconds), if it says: the feedback's

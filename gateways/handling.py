@@ -226,6 +226,7 @@ class CommandHandling:
                 if dead:
                     await self._refuse_address(command, dead)
                 at = {"feedback_at": int(exc.dead_since * 1000)} if dead and exc.dead_since else {}
+                at |= {"refused": True} if dead and exc.refused else {}
                 return await self._finish(
                     command, "FAILED", exc.reason, provider=provider.label, feedback=dead, **at
                 )

@@ -27,8 +27,13 @@ DEAD_ADDRESS: dict[str, FeedbackKind] = {
     "webhook": "endpoint_disabled",
     "push": "token_invalid",
     "email": "hard_bounce",
-    "sms": "sms_stop",
+    "sms": "hard_bounce",
 }
+"""The feedback for an address the provider says is dead: the channel's delivery failure, which an
+operator or the address's owner lifts (an SMS number that does not exist, or is no longer a mobile's,
+may be given again to someone who wants the texts)."""
+REFUSED_ADDRESS: dict[str, FeedbackKind] = {"sms": "sms_stop"}
+"""The feedback for an address whose owner refused the channel, as the provider reports it."""
 
 
 def outcome(
@@ -52,16 +57,23 @@ def outcome(
 
 
 def feedback(
-    names: Names, command: DeliveryCommand, provider: str | None, detail: str, at_ms: int | None = None
+    names: Names,
+    command: DeliveryCommand,
+    provider: str | None,
+    detail: str,
+    at_ms: int | None = None,
+    *,
+    refused: bool = False,
 ) -> Output:
-    """`at_ms`: when the provider last knew the address dead (its provider time), if it said."""
-    detail = printable(detail)
+    """`at_ms`: when the provider last knew the address dead (its provider time), if it said;
+    `refused`: the owner refused it (`REFUSED_ADDRESS`), where the channel has a refusal."""
+    detail, dead = printable(detail), DEAD_ADDRESS[command.channel]
     event = ProviderFeedback(
         event_id=outcome_id(
             command.notification_id, "FEEDBACK", command.channel, command.delivery_id, detail[:100]
         ),
         tenant_id=command.tenant_id,
-        kind=DEAD_ADDRESS[command.channel],
+        kind=REFUSED_ADDRESS.get(command.channel, dead) if refused else dead,
         channel=command.channel,
         address=command.address,
         recipient_id=command.recipient_id,
@@ -100,7 +112,14 @@ def from_mark(names: Names, command: DeliveryCommand, mark: dict[str, Any]) -> l
     ]
     if mark.get("feedback"):
         outputs.append(
-            feedback(names, command, mark.get("provider"), mark["feedback"], mark.get("feedback_at"))
+            feedback(
+                names,
+                command,
+                mark.get("provider"),
+                mark["feedback"],
+                mark.get("feedback_at"),
+                refused=bool(mark.get("refused")),
+            )
         )
     return outputs
 
@@ -110,8 +129,10 @@ def reported_outcome(report: ProviderFeedback) -> DeliveryOutcome | None:
     it, FAILED (`bounced`) on a hard bounce after the send was accepted, FAILED (`undelivered`) when an
     SMS delivery receipt says the carrier could not deliver it. None when the report names no delivery
     (the provider did not echo our ids) or implies no status: a soft bounce is retried by the provider,
-    and a complaint or unsubscribe comes after delivery and is feedback, not a status."""
-    implied = REPORTED.get(report.kind)
+    and a complaint or unsubscribe comes after delivery and is feedback, not a status. An SMS receipt
+    saying the number is dead (`hard_bounce`) comes with its `undelivered`, which is the outcome."""
+    dead_number = report.kind == "hard_bounce" and report.channel != "email"
+    implied = None if dead_number else REPORTED.get(report.kind)
     if implied is None or report.delivery_id is None or report.notification_id is None:
         return None
     status, reason = implied

@@ -13,7 +13,8 @@ recipient so recently that the projection has not applied it yet is not found, a
 An erased recipient whose row the projection has not deleted yet is found, and the router then keeps
 the number as that id's suppression, as it does for a bounce of a message sent before an erasure:
 a suppression is the one thing about a person a sender keeps after erasing them (it honours their
-objection), and it holds no more than the number.
+objection), and it holds no more than the number. A delivery receipt at Vonage's account-wide URL
+saying a number is dead names no recipient either, and goes the same way (`NUMBER_KINDS`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from tidings.events import ProviderFeedback
 
 log = logging.getLogger(__name__)
 
-OPT_KINDS = {"sms_stop", "sms_start"}
+NUMBER_KINDS = {"sms_stop", "sms_start", "hard_bounce"}
+"""Feedback about a number itself, which holds for every recipient holding it."""
 MAX_HOLDERS = 1000
 TIMEOUT = 5.0
 HOLDERS = f"""
@@ -57,7 +59,7 @@ def addressed(report: ProviderFeedback, holders: list[str]) -> list[ProviderFeed
 
 
 def wanted(report: ProviderFeedback) -> bool:
-    return report.channel == "sms" and report.kind in OPT_KINDS and report.recipient_id is None
+    return report.channel == "sms" and report.kind in NUMBER_KINDS and report.recipient_id is None
 
 
 async def _holders(pool: AsyncConnectionPool, report: ProviderFeedback) -> list[str]:

@@ -9,24 +9,26 @@ A receipt becomes:
 
 * delivered: `delivered` feedback, which the edge turns into the delivery's DELIVERED outcome;
 * not delivered: `undelivered` feedback (the delivery's FAILED outcome, reason `undelivered`, with the
-  provider's error in the detail), plus `sms_stop` feedback when the error says the number is dead, so
-  the address is suppressed as a refused send to it would be (`DEAD_ADDRESS` here and in the senders);
+  provider's error in the detail), plus feedback that suppresses the number when the error says it is
+  dead: `hard_bounce` when it cannot receive texts (lifted by an operator, or by the number set again),
+  `sms_stop` when its owner refused them (lifted by the owner's START), as the senders' errors do;
 * anything else (queued, sent, accepted, buffered, read, unknown): nothing.
 
 The ids come from the URL and are checked against the number the receipt names: the delivery id is
 `uuid5(notification, "sms/" + number)` (`tidings.ids.delivery_id`), so a receipt cannot be pointed at
 another notification's delivery, even on an unsigned route. A receipt at the bare `/{tenant}` path (a
-Vonage account-wide receipt URL) still suppresses dead numbers but names no delivery.
+Vonage account-wide receipt URL) still suppresses dead numbers, for every recipient holding the number
+(`holders`), but names no delivery.
 
 * `twilio_status`: the form-encoded status callback (`MessageStatus`, `ErrorCode`, `To`), signed like
   every Twilio webhook (`inbound.verified_twilio_form`). Dead: 30005 (unknown handset), 30006 (landline
-  or unreachable carrier), 21610 (STOP), 21211 (invalid number), 21614 (not a mobile).
+  or unreachable carrier), 21211 (invalid number), 21614 (not a mobile); refused: 21610 (STOP).
 * `vonage_receipt`: the DLR (`status`, `err-code`, `msisdn`, `client-ref`, `message-timestamp`) as a
   query string (GET), form or JSON body (POST), signed (`inbound.verify_vonage`) when the secret is set.
   `client-ref` is the delivery id the sender set and must match the URL's. Statuses `failed`,
-  `rejected` and `expired` are undelivered; dead: err-code 3 (absent subscriber, permanent), 4 (barred
-  by the user), 9 (the user asked not to receive the service's messages). A concatenated text gets one
-  receipt per part; they carry the same ids, so their outcomes have the same event ids.
+  `rejected` and `expired` are undelivered; dead: err-code 3 (absent subscriber, permanent); refused:
+  4 (barred by the user), 9 (the user asked not to receive the service's messages). A concatenated text
+  gets one receipt per part; they carry the same ids, so their outcomes have the same event ids.
 """
 
 from __future__ import annotations
@@ -48,18 +50,19 @@ from tidings.errors import InvalidEvent
 from tidings.events import DeliveryCommand, FeedbackKind, ProviderFeedback
 from tidings.ids import delivery_id
 
-TWILIO_DEAD = {
-    "30005": "unknown destination handset",
-    "30006": "landline or unreachable carrier",
-    "21610": "recipient replied STOP",
-    "21211": "invalid 'To' number",
-    "21614": "not a mobile number",
+Dead = tuple[FeedbackKind, str]
+TWILIO_DEAD: dict[str, Dead] = {
+    "30005": ("hard_bounce", "unknown destination handset"),
+    "30006": ("hard_bounce", "landline or unreachable carrier"),
+    "21610": ("sms_stop", "recipient replied STOP"),
+    "21211": ("hard_bounce", "invalid 'To' number"),
+    "21614": ("hard_bounce", "not a mobile number"),
 }
 TWILIO_UNDELIVERED = frozenset({"undelivered", "failed"})
-VONAGE_DEAD = {
-    "3": "absent subscriber (permanent)",
-    "4": "call barred by the user",
-    "9": "the user asked not to receive these messages",
+VONAGE_DEAD: dict[str, Dead] = {
+    "3": ("hard_bounce", "absent subscriber (permanent)"),
+    "4": ("sms_stop", "call barred by the user"),
+    "9": ("sms_stop", "the user asked not to receive these messages"),
 }
 VONAGE_UNDELIVERED = frozenset({"failed", "rejected", "expired"})
 
@@ -84,7 +87,7 @@ def _ids(notification: str | None, delivery: str | None, number: str) -> tuple[U
 
 def _receipt(
     status: str,
-    dead: str | None,
+    dead: Dead | None,
     error: str,
     number: str,
     ids: tuple[UUID, UUID] | None,
@@ -105,7 +108,7 @@ def _receipt(
         return [one("delivered", f"{provider} delivery receipt: delivered")]
     out = [one("undelivered", f"{provider} delivery receipt: {status}, error {error or 'none'}")]
     if dead is not None:
-        out.append(one("sms_stop", f"{provider} delivery receipt: {dead} (error {error})"))
+        out.append(one(dead[0], f"{provider} delivery receipt: {dead[1]} (error {error})"))
     return out
 
 

@@ -10,8 +10,10 @@ request (`_segments.checked_text`).
 
 Answers: 201 is Sent with the message `sid`. Errors are JSON `{code, message, more_info, status}`:
 
-* 21610 (the recipient replied STOP), 21211 (invalid `To`) and 21614 (`To` is not a mobile number):
-  permanent with `address_dead`, so the runner emits `sms_stop` feedback and the address is suppressed.
+* 21211 (invalid `To`) and 21614 (`To` is not a mobile number): permanent with `address_dead`, so the
+  runner emits `hard_bounce` feedback and the number is suppressed until an operator lifts it or it is
+  set again; 21610 (the recipient replied STOP): permanent and `refused`, so the feedback is
+  `sms_stop`, which only the recipient's START lifts.
 * 21212 / 21606 / 21603 (the `From` number is malformed, not this account's, or missing):
   ProviderUnavailable. The account is misconfigured, not the message wrong; a permanent refusal would
   end the chain and fail every message until someone fixes the console, while failing over lets
@@ -44,7 +46,8 @@ from gateways.sms.receipts import receipt_url
 from tidings.events import DeliveryCommand
 
 USER_AGENT = "tidings-sms/0.1"
-DEAD_ADDRESS = {21610: "recipient unsubscribed (STOP)", 21211: "invalid 'To' number", 21614: "not a mobile"}
+DEAD_ADDRESS = {21211: "invalid 'To' number", 21614: "not a mobile"}
+REFUSED = {21610: "recipient unsubscribed (STOP)"}
 MISCONFIGURED = {21212, 21603, 21606}
 REGION_DISABLED = 21408
 QUEUE_FULL = 21611
@@ -135,6 +138,8 @@ class Twilio(Provider):
             raise ProviderUnavailable(f"twilio does not know this account or URL {detail}")
         if code in DEAD_ADDRESS:
             raise DeliveryRejected(f"twilio {DEAD_ADDRESS[code]} {detail}", address_dead=True)
+        if code in REFUSED:
+            raise DeliveryRejected(f"twilio {REFUSED[code]} {detail}", refused=True)
         if code in MISCONFIGURED:
             raise ProviderUnavailable(f"twilio sender or account misconfigured {detail}")
         if code == REGION_DISABLED:

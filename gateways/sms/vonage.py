@@ -14,7 +14,8 @@ with the first part's `message-id`; otherwise the first non-zero status decides 
 is retried whole: the recipient may see some parts twice, which beats losing the rest):
 
 * 1 throttled, 10 too many binds: ProviderThrottled after `throttle_retry_seconds` (no Retry-After here).
-* 7 number barred, 33 number deactivated: permanent with `address_dead` (the runner emits `sms_stop`).
+* 33 number deactivated: permanent with `address_dead` (the runner emits `hard_bounce`); 7 number barred
+  (on the account's barred list, where numbers that opted out go): permanent and `refused` (`sms_stop`).
 * 3 invalid parameters (the value that varies per message is `to` or `text`), 6 invalid message (e.g.
   an unroutable prefix), 12 message too long, and any status not listed here: permanent.
 * 2 missing parameters: ProviderUnavailable. Every request carries every required parameter non-empty
@@ -48,7 +49,8 @@ from tidings.events import DeliveryCommand
 
 USER_AGENT = "tidings-sms/0.1"
 THROTTLED = {"1": "throttled", "10": "too many existing binds"}
-DEAD_ADDRESS = {"7": "number barred", "33": "number de-activated"}
+DEAD_ADDRESS = {"33": "number de-activated"}
+REFUSED = {"7": "number barred"}
 UNAVAILABLE = {
     "2": "missing parameters",
     "4": "invalid credentials",
@@ -141,6 +143,8 @@ class Vonage(Provider):
             )
         if status in DEAD_ADDRESS:
             raise DeliveryRejected(f"vonage {DEAD_ADDRESS[status]} {detail}", address_dead=True)
+        if status in REFUSED:
+            raise DeliveryRejected(f"vonage {REFUSED[status]} {detail}", refused=True)
         if status in UNAVAILABLE:
             raise ProviderUnavailable(f"vonage {UNAVAILABLE[status]} {detail}")
         raise DeliveryRejected(f"vonage rejected the message {detail}")

@@ -270,7 +270,6 @@ def test_an_account_wide_vonage_receipt_of_a_dead_number_reaches_every_holder(da
 
     edge = EdgeSettings(vonage_signature_secret=SecretStr(secret))
     assert asyncio.run(serving(s, scenario, edge)) == 204
-    stops = [
-        f for f in decoded(s, names(s).feedback) if isinstance(f, ProviderFeedback) and f.kind == "sms_stop"
-    ]
-    assert sorted(f.recipient_id or "" for f in stops) == ["ada", "bob"]
+    feedback = [f for f in decoded(s, names(s).feedback) if isinstance(f, ProviderFeedback)]
+    dead = [f for f in feedback if f.kind == "hard_bounce"]
+    assert sorted(f.recipient_id or "" for f in dead) == ["ada", "bob"]

@@ -44,23 +44,25 @@ def test_twilio_settings_need_a_sender() -> None:
 
 
 @pytest.mark.parametrize(
-    ("setup", "dead"),
+    ("setup", "dead", "refused"),
     [
-        (lambda s: s.unsubscribed.add("+447700900123"), "STOP"),
-        (lambda s: s.landlines.add("+447700900123"), "not a mobile"),
+        (lambda s: s.unsubscribed.add("+447700900123"), "STOP", True),
+        (lambda s: s.landlines.add("+447700900123"), "not a mobile", False),
         (
             lambda s: setattr(s, "force_error", (400, 21211, "The 'To' number is not a valid phone number.")),
             "invalid",
+            False,
         ),
     ],
     ids=["21610 unsubscribed", "21614 landline", "21211 invalid number"],
 )
 def test_twilio_dead_recipients_are_permanent_and_address_dead(
-    setup: Callable[[Any], None], dead: str
+    setup: Callable[[Any], None], dead: str, refused: bool
 ) -> None:
+    """A STOP is the owner's refusal (`sms_stop` feedback); the others are dead numbers (`hard_bounce`)."""
     result, server = send(TwilioServer, setup=setup)
     assert isinstance(result, DeliveryRejected) and result.permanent and result.address_dead, result
-    assert dead in result.reason
+    assert dead in result.reason and result.refused is refused
     assert server.accepted == []
 
 
@@ -158,14 +160,14 @@ def test_vonage_concatenated_text_is_sent_with_the_first_parts_id() -> None:
     assert len(ids) == 2 and result.provider_message_id == ids[0]
 
 
-STATUSES: list[tuple[str, type[Exception], bool]] = [
+STATUSES: list[tuple[str, type[Exception], bool | str]] = [
     ("1", ProviderThrottled, False),
     ("2", ProviderUnavailable, False),
     ("3", DeliveryRejected, False),
     ("4", ProviderUnavailable, False),
     ("5", ProviderUnavailable, False),
     ("6", DeliveryRejected, False),
-    ("7", DeliveryRejected, True),
+    ("7", DeliveryRejected, "refused"),
     ("8", ProviderUnavailable, False),
     ("9", ProviderUnavailable, False),
     ("10", ProviderThrottled, False),
@@ -181,7 +183,7 @@ STATUSES: list[tuple[str, type[Exception], bool]] = [
 
 
 @pytest.mark.parametrize(("status", "expected", "dead"), STATUSES, ids=[s[0] for s in STATUSES])
-def test_vonage_status_codes(status: str, expected: type[Exception], dead: bool) -> None:
+def test_vonage_status_codes(status: str, expected: type[Exception], dead: bool | str) -> None:
     result, server = send(
         VonageServer,
         setup=lambda s: setattr(s, "force_status", (status, f"error text {status}")),
@@ -190,7 +192,8 @@ def test_vonage_status_codes(status: str, expected: type[Exception], dead: bool)
     assert type(result) is expected, result
     assert f"status {status}" in str(result) and f"error text {status}" in str(result)
     if isinstance(result, DeliveryRejected):
-        assert result.permanent and result.address_dead is dead
+        assert result.permanent and result.address_dead is bool(dead)
+        assert result.refused is (dead == "refused")
     if isinstance(result, ProviderThrottled):
         assert result.retry_after == 4.0
     assert server.accepted == []
@@ -198,7 +201,7 @@ def test_vonage_status_codes(status: str, expected: type[Exception], dead: bool)
 
 def test_vonage_barred_number_is_address_dead_and_bad_credentials_unavailable() -> None:
     result, _ = send(VonageServer, setup=lambda s: s.barred.add("447700900123"))
-    assert isinstance(result, DeliveryRejected) and result.address_dead, result
+    assert isinstance(result, DeliveryRejected) and result.address_dead and result.refused, result
     result, _ = send(VonageServer, api_secret=SecretStr("wrong"))
     assert isinstance(result, ProviderUnavailable) and "credentials" in str(result), result
 

@@ -84,7 +84,11 @@ def test_twilio_status_callbacks_become_outcomes(topology: Settings) -> None:
         (ok.delivery_id, "DELIVERED", "delivered"),
         (dead.delivery_id, "FAILED", "undelivered"),
     }
-    assert feedback == [("delivered", REACHABLE, True), ("sms_stop", DEAD, True), ("undelivered", DEAD, True)]
+    assert feedback == [
+        ("delivered", REACHABLE, True),
+        ("hard_bounce", DEAD, True),
+        ("undelivered", DEAD, True),
+    ]
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
@@ -106,7 +110,7 @@ def test_vonage_delivery_receipts_become_outcomes(topology: Settings, method: st
     assert feedback == [
         ("delivered", REACHABLE, True),
         ("delivered", REACHABLE, True),
-        ("sms_stop", DEAD, True),
+        ("hard_bounce", DEAD, True),
         ("undelivered", DEAD, True),
     ]
     assert len({o.event_id for o in decoded(topology, names(topology).outcomes)}) == 2

@@ -157,6 +157,29 @@ def test_a_dead_address_feedback_carries_the_providers_time_when_it_gave_one() -
     assert dead[0].provider_timestamp is not None and dead[0].provider_timestamp.timestamp() == 1_767_225_600
 
 
+def test_a_dead_number_is_a_delivery_failure_and_a_refused_one_the_owners_stop() -> None:
+    """A number that cannot take texts was filed as its owner's STOP, which only the owner lifts: a
+    number given again to someone else stayed suppressed for good, whatever an operator did."""
+    from gateways.outputs import from_mark
+    from tidings.codec import default_codec
+    from tidings.events import ProviderFeedback, RenderedContent
+    from tidings.topics import Names
+
+    def kinds(channel: str, address: str, **mark: Any) -> list[str]:
+        command = email_command(RenderedContent(body="b")).model_copy(
+            update={"channel": channel, "address": address}
+        )
+        done = {"state": "done", "status": "FAILED", "reason": "dead", "attempt": 0, "feedback": "dead"}
+        decoded = [default_codec().decode(o.value) for o in from_mark(Names(), command, done | mark)]
+        return [e.kind for e in decoded if isinstance(e, ProviderFeedback)]
+
+    assert kinds("sms", "+447700900123") == ["hard_bounce"]
+    assert kinds("sms", "+447700900123", refused=True) == ["sms_stop"]
+    assert kinds("email", "ada@example.com", refused=True) == ["hard_bounce"]
+    stop = DeliveryRejected("twilio recipient unsubscribed (STOP)", refused=True)
+    assert stop.address_dead and stop.permanent and stop.refused
+
+
 def test_a_send_begun_before_a_throttle_opened_the_circuit_does_not_close_it() -> None:
     """With 64 sends in flight, the first to succeed after a 429 closed the throttled circuit, and the
     next commands went straight back to the throttled provider."""

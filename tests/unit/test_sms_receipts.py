@@ -76,9 +76,12 @@ def test_twilio_undelivered_fails_the_delivery_and_dead_numbers_are_suppressed()
     assert outcome is not None and (outcome.status, outcome.reason) == ("FAILED", "undelivered")
     assert outcome.detail == "twilio delivery receipt: undelivered, error 30003"
     kinds, found = twilio("failed", "30005")
-    assert [k for k, *_ in kinds] == ["undelivered", "sms_stop"]
+    assert [k for k, *_ in kinds] == ["undelivered", "hard_bounce"]
     assert "unknown destination handset" in (found[1].detail or "")
-    assert reported_outcome(found[1]) is None
+    assert reported_outcome(found[1]) is None, "the undelivered receipt is the delivery's one outcome"
+    kinds, found = twilio("undelivered", "21610")
+    assert [k for k, *_ in kinds] == ["undelivered", "sms_stop"]
+    assert "recipient replied STOP" in (found[1].detail or "")
 
 
 @pytest.mark.parametrize("status", ["queued", "sending", "sent", "accepted", "read", ""])
@@ -128,7 +131,8 @@ def test_vonage_receipts_in_every_webhook_method_parse_alike() -> None:
         ("failed", "2", ["undelivered"]),
         ("rejected", "6", ["undelivered"]),
         ("expired", "1", ["undelivered"]),
-        ("failed", "3", ["undelivered", "sms_stop"]),
+        ("failed", "3", ["undelivered", "hard_bounce"]),
+        ("failed", "4", ["undelivered", "sms_stop"]),
         ("failed", "9", ["undelivered", "sms_stop"]),
         ("accepted", "0", []),
         ("buffered", "0", []),
@@ -162,7 +166,7 @@ def test_a_receipt_at_the_bare_tenant_path_names_no_delivery_but_still_suppresse
     found = vonage_receipt(vonage("failed", "3"), tenant_id="acme", signature_secret=SECRET)
     assert [(f.kind, f.delivery_id, f.recipient_id) for f in found] == [
         ("undelivered", None, None),
-        ("sms_stop", None, None),
+        ("hard_bounce", None, None),
     ]
     named = vonage_receipt(
         vonage("failed", "3"),
@@ -172,5 +176,5 @@ def test_a_receipt_at_the_bare_tenant_path_names_no_delivery_but_still_suppresse
         notification=str(NID),
         delivery=str(DID),
     )
-    assert [(f.kind, f.recipient_id) for f in named] == [("undelivered", "ada"), ("sms_stop", "ada")]
+    assert [(f.kind, f.recipient_id) for f in named] == [("undelivered", "ada"), ("hard_bounce", "ada")]
     assert reported_outcome(found[0]) is None
