@@ -158,10 +158,30 @@ def _other_topic(server: ApnsServer) -> DeliveryCommand:
 def test_apns_dead_tokens_are_permanent_and_address_dead(
     make: Callable[[ApnsServer], DeliveryCommand], reason: str
 ) -> None:
-    server, result = with_apns(send_one(make))
+    async def after_a_success(server: ApnsServer, provider: Apns) -> Any:
+        assert isinstance(await attempt(provider, server.command()), Sent)
+        return await attempt(provider, make(server))
+
+    server, result = with_apns(after_a_success)
     assert isinstance(result, DeliveryRejected), result
     assert result.permanent and result.address_dead and reason in result.reason
-    assert server.accepted == [] and server.versions == ["2"]
+    assert len(server.accepted) == 1 and server.versions == ["2", "2"]
+
+
+def test_apns_bad_device_tokens_before_any_success_are_the_environment_not_dead_devices() -> None:
+    """Apple answers BadDeviceToken for every token of the other environment: a sandbox URL with the
+    production app's tokens (or the reverse) marked every device dead, one send at a time."""
+
+    async def scenario(server: ApnsServer, provider: Apns) -> list[Any]:
+        results = [await attempt(provider, push_command("apns", "ab" * 32)) for _ in range(2)]
+        results.append(await attempt(provider, server.command()))
+        return [*results, await attempt(provider, push_command("apns", "ab" * 32))]
+
+    _, [first, second, sent, after] = with_apns(scenario)
+    for result in (first, second):
+        assert isinstance(result, ProviderUnavailable) and "environment" in str(result), result
+    assert isinstance(sent, Sent), sent
+    assert isinstance(after, DeliveryRejected) and after.address_dead, after
 
 
 @pytest.mark.parametrize("token", ["not-hex", "../../3/device/" + "ab" * 32, "ab" * 8])
