@@ -6,6 +6,7 @@ the account's private key (`iss` the account's email, `scope` firebase.messaging
 is exchanged at `token_uri` (RFC 7523 jwt-bearer grant). The token is cached until `token_margin`
 seconds before it expires (at least half its lifetime is used), shared by concurrent sends, and
 refreshed once when FCM answers 401 to it (revoked early, clock skew); a second 401 is the credentials.
+A failed exchange (refused, timed out) fails every send for `EXCHANGE_HOLD` seconds without another.
 
 The message carries the device token, `notification` {title, body}, `data` (FCM requires string values:
 other JSON values are sent as their compact JSON text; plus `tidings_notification_id` and
@@ -14,8 +15,11 @@ else NORMAL, ttl from expires_at} and `apns.headers` {apns-collapse-id, apns-pri
 Android messages are not collapsible: FCM keeps at most four collapse keys per offline device, and a
 key per delivery made a device offline across more than four notifications lose some of them, where
 non-collapsible messages are kept up to 100. A retried delivery is deduped before it is sent (the
-gateway's marks); the app can drop a repeat by `tidings_delivery_id`. iOS (via FCM) keeps
-apns-collapse-id: APNs has no such limit and replaces a pending notification with the same id.
+gateway's marks), but a send whose answer was lost (a timeout after FCM accepted it) is sent again:
+`android.notification.tag` is the delivery id, so Android replaces the notification it shows instead
+of showing it twice (tags have no per-device limit); the app can drop a repeated data message by
+`tidings_delivery_id`. iOS (via FCM) keeps apns-collapse-id: APNs has no such limit and replaces a
+pending notification with the same id.
 
 Answers are google.rpc statuses `{"error": {code, status, message, details}}`, refined by the
 `FcmError.errorCode` of `details`:
@@ -67,6 +71,8 @@ GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 ASSERTION_LIFETIME = 3600
 MAX_TTL = 28 * 24 * 3600
 USER_AGENT = "tidings-push/0.1"
+EXCHANGE_HOLD = 5.0
+"""Seconds a failed token exchange stands for every send before one is tried again."""
 DEVICE_BACKOFF_S = 60.0
 """The wait before sending again to a device over its own rate, when FCM gives no Retry-After. A
 device's quota is that device's: it retries that message, without opening the provider's circuit for
@@ -159,7 +165,7 @@ def ids(command: DeliveryCommand) -> dict[str, str]:
 
 def message(command: DeliveryCommand) -> dict[str, Any]:
     urgent = command.priority in ("high", "critical")
-    android: dict[str, str] = {"priority": "HIGH" if urgent else "NORMAL"}
+    android: dict[str, Any] = {"priority": "HIGH" if urgent else "NORMAL"}
     apns_headers = {"apns-collapse-id": str(command.delivery_id), "apns-priority": "10" if urgent else "5"}
     ttl = seconds_left(command)
     if ttl is not None and command.expires_at is not None:
@@ -170,6 +176,7 @@ def message(command: DeliveryCommand) -> dict[str, Any]:
     notification = {k: v for k, v in (("title", content.title), ("body", content.body)) if v}
     if notification:
         result["notification"] = notification
+        android["notification"] = {"tag": str(command.delivery_id)}
     result["data"] = data_strings(content.data_json) | ids(command)
     return result
 
@@ -231,6 +238,7 @@ class Fcm(Provider):
         self._access: str | None = None
         self._valid_until = 0.0
         self._lock = asyncio.Lock()
+        self._refused: tuple[float, ProviderUnavailable] | None = None
 
     def accepts(self, command: DeliveryCommand) -> bool:
         return command.address_params.get("platform") == "fcm"
@@ -245,11 +253,21 @@ class Fcm(Provider):
         return self._outcome(answer)
 
     async def access_token(self, session: aiohttp.ClientSession, *, stale: str | None = None) -> str:
-        """The cached access token, or a new one when it is about to expire or is `stale` (refused)."""
+        """The cached access token, or a new one when it is about to expire or is `stale` (refused).
+        A failed exchange is the answer for `EXCHANGE_HOLD` seconds: every send queued behind the lock
+        made its own exchange in turn, and with the token endpoint hanging the last of 64 waited over
+        ten minutes, holding a slot of every push provider of the gateway."""
         async with self._lock:
             if self._access is not None and self._access != stale and time.monotonic() < self._valid_until:
                 return self._access
-            token, lifetime = await self._exchange(session)
+            if self._refused is not None and time.monotonic() < self._refused[0]:
+                raise ProviderUnavailable(str(self._refused[1]), self._refused[1].retry_after)
+            try:
+                token, lifetime = await self._exchange(session)
+            except ProviderUnavailable as exc:
+                self._refused = (time.monotonic() + EXCHANGE_HOLD, exc)
+                raise
+            self._refused = None
             self._access = token
             self._valid_until = time.monotonic() + max(lifetime - self.settings.token_margin, lifetime / 2)
             return token

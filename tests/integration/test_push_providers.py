@@ -74,6 +74,7 @@ def test_fcm_message_carries_data_priority_ttl_and_no_android_collapse_key(prior
     android, apns = message["android"], message["apns"]["headers"]
     assert "collapse_key" not in android, "FCM keeps four collapse keys per offline device"
     assert apns["apns-collapse-id"] == delivery
+    assert android["notification"] == {"tag": delivery}, "a send repeated after a lost answer replaces it"
     assert android["priority"] == ("HIGH" if urgent else "NORMAL")
     assert apns["apns-priority"] == ("10" if urgent else "5")
     if expires_at is None:
@@ -89,7 +90,7 @@ def test_fcm_data_only_message_has_no_notification() -> None:
 
     server, sent = with_fcm(send_one(command))
     assert isinstance(sent, Sent)
-    assert "notification" not in server.accepted[0]
+    assert "notification" not in server.accepted[0] and "notification" not in server.accepted[0]["android"]
     data = server.accepted[0]["data"]
     assert {k: v for k, v in data.items() if not k.startswith("tidings_")} == {"sync": "true", "n": "[1,2]"}
     assert set(data) - {"sync", "n"} == {"tidings_notification_id", "tidings_delivery_id"}
@@ -146,6 +147,28 @@ def test_fcm_assertion_signed_with_another_key_is_refused_as_credentials() -> No
     assert isinstance(result, ProviderUnavailable) and "credentials" in str(result), result
     assert "invalid_grant" in str(result) or "Signature" in str(result)
     assert server.exchanges == 0 and server.requests == 0
+
+
+def test_fcm_a_refused_token_exchange_answers_every_send_queued_behind_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each send waiting for the token made its own exchange in turn: with the token endpoint hanging
+    (10 s timeout) the last of 64 concurrent sends waited over ten minutes."""
+    import gateways.push.fcm
+
+    monkeypatch.setattr(gateways.push.fcm, "EXCHANGE_HOLD", 0.5)
+
+    async def scenario(server: FcmServer, provider: Fcm) -> list[Any]:
+        queued = await asyncio.gather(*(attempt(provider, server.command()) for _ in range(8)))
+        asked = server.grants_asked
+        await asyncio.sleep(0.6)
+        return [*queued, asked, await attempt(provider, server.command())]
+
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    server, [*queued, asked, later] = with_fcm(scenario, key=other)
+    assert all(isinstance(r, ProviderUnavailable) and "credentials" in str(r) for r in queued), queued
+    assert asked == 1, "one exchange for the sends queued behind it"
+    assert isinstance(later, ProviderUnavailable) and server.grants_asked == 2, "asked again after the hold"
 
 
 def test_fcm_wrong_project_is_unavailable_naming_the_credentials() -> None:

@@ -205,6 +205,7 @@ class FcmServer(HttpApiServer):
         self.token_lifetime = 3599
         self.access_tokens: dict[str, float] = {}
         self.exchanges = 0
+        self.grants_asked = 0
         self.devices: set[str] = set()
         self.foreign: set[str] = set()
         self.third_party_refused = False
@@ -246,6 +247,7 @@ class FcmServer(HttpApiServer):
         return await super()._handle(request)
 
     async def token(self, request: web.Request) -> web.Response:
+        self.grants_asked += 1
         form = await request.post()
         if form.get("grant_type") != JWT_BEARER:
             return self.oauth_error("unsupported_grant_type", f"Invalid grant_type: {form.get('grant_type')}")
@@ -356,6 +358,9 @@ class FcmServer(HttpApiServer):
                 "message.android.priority",
                 f"Invalid value at 'message.android.priority': {android['priority']}",
             )
+        shown = android.get("notification", {})
+        if not isinstance(shown, dict) or not all(isinstance(v, str) for v in shown.values()):
+            return "message.android.notification", "Invalid value at 'message.android.notification'"
         if "ttl" in android and not FCM_TTL.fullmatch(str(android["ttl"])):
             return (
                 "message.android.ttl",
