@@ -3,7 +3,8 @@
 Sending is an idempotent insert keyed by the delivery id (a redelivered command finds its row and
 reports the same `seq`), then a PUBLISH on the recipient's doorbell channel for the edge's open
 WebSockets. The row is the delivery: a doorbell that fails is logged and not retried, since the socket
-re-reads the feed anyway.
+re-reads the feed anyway. A retry (attempt > 0) that finds its row rings too: its first try may have
+committed the insert and timed out before ringing.
 
 One connection per provider, used by one send at a time: an insert takes well under a millisecond,
 and a pool would hide why a connection failed. PostgreSQL refusing connections for load (SQLSTATE
@@ -66,13 +67,22 @@ class Inbox(Provider):
         self._lock = asyncio.Lock()
 
     async def _insert(self, row: dict[str, Any]) -> tuple[bool, str | None]:
-        """(whether this call inserted the row, its seq)."""
+        """(whether this call inserted the row, its seq). The timeout counts from the lock, not from
+        the wait for it, and a connection that failed is dropped while the lock is held: dropped after
+        it, the next send's statement was closed under it."""
         async with self._lock:
-            if self._conn is None or self._conn.closed:
-                self._conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
-            inserted = await (await self._conn.execute(INSERT, row)).fetchone()
-            found = inserted or await (await self._conn.execute(EXISTING, (row["delivery_id"],))).fetchone()
-            return inserted is not None, str(found[0]) if found else None
+            try:
+                return await asyncio.wait_for(self._insert_now(row), self.settings.timeout)
+            except (TimeoutError, OSError, psycopg.InterfaceError, psycopg.OperationalError):
+                await self._drop_connection()
+                raise
+
+    async def _insert_now(self, row: dict[str, Any]) -> tuple[bool, str | None]:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+        inserted = await (await self._conn.execute(INSERT, row)).fetchone()
+        found = inserted or await (await self._conn.execute(EXISTING, (row["delivery_id"],))).fetchone()
+        return inserted is not None, str(found[0]) if found else None
 
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
@@ -83,20 +93,18 @@ class Inbox(Provider):
     async def send(self, session: aiohttp.ClientSession, command: DeliveryCommand) -> Sent:
         row = item_row(command)
         try:
-            inserted, seq = await asyncio.wait_for(self._insert(row), self.settings.timeout)
+            inserted, seq = await self._insert(row)
         except psycopg.DataError as exc:
             raise DeliveryRejected(f"inbox refused the item: {exc}", permanent=True) from exc
         except psycopg.OperationalError as exc:
-            await self._drop_connection()
             if exc.sqlstate == TOO_MANY_CONNECTIONS or any(m in str(exc) for m in BUSY_MESSAGES):
                 raise ProviderThrottled(f"inbox database busy: {exc}", self.settings.throttle_pause) from exc
             raise ProviderUnavailable(f"inbox database: {exc}") from exc
         except (TimeoutError, OSError, psycopg.InterfaceError) as exc:
-            await self._drop_connection()
             raise ProviderUnavailable(f"inbox database: {exc or type(exc).__name__}") from exc
         if seq is None:
             raise DeliveryRejected("erased", permanent=True)
-        if inserted:
+        if inserted or command.attempt > 0:
             try:
                 await self.redis.publish(
                     doorbell(self.prefix, command.tenant_id, command.recipient_id), seq or ""
