@@ -1,6 +1,8 @@
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tidings.cli.io import parse_data
 from tidings.errors import InvalidEvent, KafkaUnavailable
@@ -71,3 +73,19 @@ def test_log_time_is_the_record_timestamp_unless_a_header_says_when_the_request_
     garbled = Incoming("t", 0, 1, None, b"", [(REQUESTED_AT, b"soon")], 1_700_000_000_123)
     assert log_time(garbled) == log_time(plain)
     assert log_time(Incoming("t", 0, 1, None, b"", [], 0)) is None
+
+
+@given(
+    header=st.one_of(st.none(), st.binary(max_size=30), st.integers(0, 10**30).map(lambda n: b"%d" % n)),
+    timestamp=st.integers(-(2**63), 2**63 - 1),
+)
+def test_log_time_of_any_header_and_timestamp_is_a_time_or_none_never_an_error(
+    header: bytes | None, timestamp: int
+) -> None:
+    """A producer sets both: a header of year 10,000 (or a Unicode digit) crash-looped the recipients
+    projection on an erasure, every restart."""
+    headers = [] if header is None else [(REQUESTED_AT, header)]
+    at = log_time(Incoming("t", 0, 1, None, b"", headers, timestamp))
+    assert at is None or at.tzinfo is UTC
+    if 0 < timestamp <= 253_402_300_799_999:
+        assert at is not None

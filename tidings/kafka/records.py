@@ -39,14 +39,21 @@ REQUESTED_AT = "tidings.requested_at"
 digest of earlier requests, a dead letter replayed. `log_time` prefers it to the record's timestamp."""
 
 
+MAX_LOG_MS = 253_402_300_799_999
+"""The last millisecond of year 9999, the last a datetime holds."""
+
+
 def log_time(record: Incoming) -> datetime | None:
     """When a record reached the log: its timestamp, which the router orders its inputs by, or the
     `REQUESTED_AT` header. Commands carry their request's (`requested_at`) and erasures are compared
     against it, so "requested before the erasure" means what it meant to the router. None when the
-    record has no timestamp."""
+    record has no timestamp, or none a datetime can hold (a producer sets both: a header of year 10,000
+    crash-looped the recipients projection on an erasure)."""
     stated = record.header(REQUESTED_AT)
-    ms = int(stated) if stated is not None and stated.isdigit() else record.timestamp_ms
-    if ms <= 0:
+    ms = int(stated) if stated is not None and stated.isascii() and stated.isdigit() else None
+    if ms is None or not 0 < ms <= MAX_LOG_MS:
+        ms = record.timestamp_ms
+    if not 0 < ms <= MAX_LOG_MS:
         return None
     return datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=ms % 1000 * 1000)
 
