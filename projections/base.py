@@ -28,7 +28,7 @@ import psycopg
 from projections.db import connect
 from tidings.codec import default_codec
 from tidings.config import Settings
-from tidings.errors import CodecError, InvalidEvent, TidingsError, TopicRecreated, TruncatedRecord
+from tidings.errors import TidingsError, TopicRecreated, TruncatedRecord
 from tidings.events import Event
 from tidings.kafka import EventProducer, Incoming, StoredOffsetsLoop, TopicFollower
 from tidings.kafka.records import dead_letter
@@ -172,7 +172,9 @@ class Runner:
             )
 
     def prepare(self, batch: Batch) -> Prepared:
-        """Decode a batch outside the transaction; poison records go to the DLQ, acknowledged."""
+        """Decode a batch outside the transaction; poison records go to the DLQ, acknowledged. Decoding
+        is pure, so any error in it is the record's, whatever its type: raised, it stopped the loop
+        before the offset moved, and every restart met the same record."""
         events: list[Any] = []
         kept: list[int] = []
         poison = []
@@ -181,7 +183,7 @@ class Runner:
             try:
                 events.append(p.decode_record(batch.record(i)) if p.by_record else p.decode(value))
                 kept.append(i)
-            except (CodecError, InvalidEvent) as exc:
+            except Exception as exc:
                 poison.append(dead_letter(batch.record(i), exc, self.group, self.dlq))
         self._dead_letter(poison)
         return Prepared(events, batch.next_offsets(), batch, kept)
