@@ -108,7 +108,12 @@ WHERE tenant_id = %s AND recipient_id = %s AND requested_at IS NOT NULL
   AND (%s::timestamptz IS NULL OR (requested_at, notification_id) < (%s, %s::uuid))
 ORDER BY requested_at DESC, notification_id DESC LIMIT %s
 """
-KNOWN_RECIPIENT = "SELECT recipient_id FROM notifications WHERE notification_id = %s AND tenant_id = %s"
+KNOWN_RECIPIENT = (
+    "SELECT recipient_id FROM notifications WHERE notification_id = %s AND tenant_id = %s"
+    " AND requested_at IS NOT NULL"
+)
+"""The recipient the notification was requested for: an outcome read before its request (a cancel
+naming another recipient, CANCELLED on that recipient's partition) names the wrong one until then."""
 DEVICE = "/v1/recipients/{recipient}/devices/{device}"
 WEBHOOK = "/v1/recipients/{recipient}/webhooks/{endpoint}"
 

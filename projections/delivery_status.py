@@ -6,7 +6,8 @@ duplicate and out-of-order outcomes are harmless. A notification's summary is ta
 deliveries are now (and its outcomes about no delivery: a rejection, a skip): the furthest any got
 (DELIVERED > SENT > RETRYING > QUEUED), else its failure (FAILED > REJECTED > EXPIRED > CANCELLED), else
 DEFERRED while a channel waits, else SUPPRESSED/SKIPPED when no channel was used; a request's fields are
-kept from its first record. Taken from every outcome ever received instead, a delivery QUEUED and then
+kept from its first record, and its recipient replaces the one an earlier outcome named (a cancel naming
+another recipient is CANCELLED on that recipient's partition, and read first it took the row over). Taken from every outcome ever received instead, a delivery QUEUED and then
 FAILED left its notification QUEUED for good (until session 18). DEFERRED ranks below the failures
 because a deferred delivery ends as one of them or as QUEUED. Rows hold event times only, and the
 summary depends on the deliveries' final states alone, so a rebuild reproduces them exactly.
@@ -97,7 +98,8 @@ MERGE_REQUESTS = f"""
 INSERT INTO notifications AS n ({REQUEST_COLUMNS})
 SELECT {REQUEST_COLUMNS} FROM stage_requests
 ON CONFLICT (tenant_id, notification_id) DO UPDATE SET
-    recipient_id = COALESCE(n.recipient_id, EXCLUDED.recipient_id),
+    recipient_id = CASE WHEN n.requested_at IS NULL THEN COALESCE(EXCLUDED.recipient_id, n.recipient_id)
+                        ELSE n.recipient_id END,
     notification_type = COALESCE(n.notification_type, EXCLUDED.notification_type),
     priority = COALESCE(n.priority, EXCLUDED.priority),
     requested_at = COALESCE(n.requested_at, EXCLUDED.requested_at),

@@ -1,0 +1,34 @@
+"""The delivery-status projection when outcomes come before their request."""
+
+from __future__ import annotations
+
+import uuid
+
+from tests.integration.test_projections import project, rows
+from tidings.config import Settings
+from tidings.events import DeliveryOutcome, NotificationRequested
+from tidings.kafka import EventProducer, Output
+from tidings.topics import names
+
+
+def test_a_cancel_naming_another_recipient_read_before_the_request_does_not_take_the_notification(
+    database: Settings,
+) -> None:
+    """A cancel naming bob for ada's notification, accepted before the projection knew it, is CANCELLED
+    on bob's partition; read first, it made the notification bob's for good: his history and export
+    listed it, ada's did not, and her own cancel was refused as naming the wrong recipient."""
+    s = database
+    nid = uuid.uuid4()
+    cancelled = DeliveryOutcome(
+        tenant_id="acme", notification_id=nid, recipient_id="bob", status="CANCELLED", reason="cancelled"
+    )
+    request = NotificationRequested(
+        tenant_id="acme", notification_id=nid, recipient_id="ada", notification_type="invoice.due"
+    )
+    with EventProducer(s) as producer:
+        producer.produce(Output.event(names(s).outcomes, cancelled))
+    project(s, "delivery_status")
+    with EventProducer(s) as producer:
+        producer.produce(Output.event(names(s).requested, request))
+    project(s, "delivery_status")
+    assert rows(s, "SELECT recipient_id, notification_type FROM notifications") == [("ada", "invoice.due")]
