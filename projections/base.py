@@ -28,9 +28,10 @@ import psycopg
 from projections.db import connect
 from tidings.codec import default_codec
 from tidings.config import Settings
-from tidings.errors import TidingsError, TopicRecreated, TruncatedRecord
+from tidings.errors import TidingsError, TopicRecreated, TruncatedRecord, UnknownTopic
 from tidings.events import Event
 from tidings.kafka import EventProducer, Incoming, StoredOffsetsLoop, TopicFollower
+from tidings.kafka.consumer import unknown_topic
 from tidings.kafka.records import dead_letter
 from tidings.kafka.stored import Batch, RecordBatch
 from tidings.metrics import Sample, lag_samples
@@ -281,11 +282,15 @@ class Runner:
     def rebuild(self, progress: Callable[[int, int], None] = lambda done, total: None) -> tuple[int, float]:
         """Truncate and replay from offset 0; returns (records, seconds). The topics' ends are read
         first: truncating before the broker answered left the tables empty through a Kafka outage (the
-        recipients table inbound STOP is matched against, the suppressions the API lists)."""
+        recipients table inbound STOP is matched against, the suppressions the API lists). So is
+        each topic's existence: a wrong prefix or cluster emptied the tables and reported success, and
+        the live projection then went on from its position into them."""
         started = time.monotonic()
         done = 0
         followers = [TopicFollower(self.settings, t) for t in self.projection.topics(names(self.settings))]
         try:
+            if missing := [f.topic for f in followers if not f.exists]:
+                raise UnknownTopic(unknown_topic(self.settings, ", ".join(missing)))
             total = sum(f.end_total() for f in followers)
             with self.transaction() as cur:
                 cur.execute(f"TRUNCATE {', '.join(self.projection.tables)}".encode())

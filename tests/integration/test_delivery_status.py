@@ -32,3 +32,31 @@ def test_a_cancel_naming_another_recipient_read_before_the_request_does_not_take
         producer.produce(Output.event(names(s).requested, request))
     project(s, "delivery_status")
     assert rows(s, "SELECT recipient_id, notification_type FROM notifications") == [("ada", "invoice.due")]
+
+
+def test_a_rebuild_under_a_prefix_without_the_topics_stops_before_emptying_the_tables(
+    database: Settings,
+) -> None:
+    """Against a wrong prefix or cluster every topic read as empty: the tables were truncated, the
+    offsets deleted, and the rebuild reported success."""
+    import pytest
+
+    from projections.base import Projection, Runner
+    from tidings.errors import UnknownTopic
+
+    s = database
+    request = NotificationRequested(
+        tenant_id="acme", notification_id=uuid.uuid4(), recipient_id="ada", notification_type="invoice.due"
+    )
+    with EventProducer(s) as producer:
+        producer.produce(Output.event(names(s).requested, request))
+    project(s, "delivery_status")
+    elsewhere = Settings(**(s.model_dump() | {"topic_prefix": f"missing{uuid.uuid4().hex[:6]}."}))
+    runner = Runner(elsewhere, Projection.registry["delivery_status"]())
+    try:
+        with pytest.raises(UnknownTopic, match=r"notifications\.requested"):
+            runner.rebuild()
+    finally:
+        runner.close()
+    assert rows(s, "SELECT recipient_id FROM notifications") == [("ada",)]
+    assert rows(s, "SELECT count(*) FROM projection_offsets") != [(0,)]
