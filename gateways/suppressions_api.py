@@ -4,7 +4,8 @@ notifications.feedback when an operator lifts one.
 - `GET /v1/suppressions?channel=email&active=true&address=&limit=100&after=`: the tenant's suppressed
   addresses from the suppressions projection (channel, address, reason, source, since, last event),
   by channel and address, a page at a time (`next` is the `after` of the following page).
-  `active=false` lists lifted ones, `active=any` both; `address` finds one.
+  `active=false` lists lifted ones, `active=any` both; `address` finds one (an email address in any
+  case, with or without `channel`).
 - `POST /v1/recipients/{recipient}/suppressions/lift`: `{"channel", "address", "reason"}` lifts the
   suppression of an address the delivery failed on: a hard bounce, too many soft bounces, a dead push
   token, a disabled webhook endpoint. It is a ProviderFeedback `resubscribe` from provider `api` (the
@@ -33,6 +34,7 @@ from gateways.ops import Operation
 from processors.suppression import REFUSALS
 from projections.suppressions import normalized
 from tidings.events import ProviderFeedback, validated
+from tidings.vocabulary import email_key
 
 Produce = Callable[..., Awaitable[None]]
 Accept = Callable[..., web.Response]
@@ -43,7 +45,7 @@ LIST = """
 SELECT channel, address, active, reason, source, since, last_event_at FROM suppressions
 WHERE tenant_id = %s AND (channel, address) > (%s, %s)
   AND (%s::text IS NULL OR channel = %s::text)
-  AND (%s::text IS NULL OR address = %s::text)
+  AND (%s::text IS NULL OR address IN (%s::text, %s::text))
   AND (%s::boolean IS NULL OR active = %s::boolean)
 ORDER BY channel, address LIMIT %s
 """
@@ -76,9 +78,10 @@ def operations(
         except (ValueError, KeyError):
             return problem(400, "Bad query", "limit is 1..1000, active true|false|any, after a page's next")
         channel, address = q.get("channel") or None, q.get("address") or None
-        if channel and address:
-            address = normalized(channel, address)
-        found = await rows(LIST, tenant, *after, channel, channel, address, address, active, active, limit)
+        forms: tuple[str | None, str | None] = (None, None)
+        if address:
+            forms = (normalized(channel, address),) * 2 if channel else (address, email_key(address))
+        found = await rows(LIST, tenant, *after, channel, channel, address, *forms, active, active, limit)
         more = len(found) == limit
         return web.json_response({"items": found, "next": cursor(found[-1]) if more else None})
 

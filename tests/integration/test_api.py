@@ -408,6 +408,7 @@ def test_suppressions_are_listed_per_tenant_and_only_delivery_failures_are_lifte
                 await call(http, "GET", f"{base}/v1/suppressions"),
                 await call(http, "GET", f"{base}/v1/suppressions?limit=1"),
                 await call(http, "GET", f"{base}/v1/suppressions?after=bogus"),
+                await call(http, "GET", f"{base}/v1/suppressions?address=ADA@example.COM"),
                 await call(http, "POST", lift, json={"channel": "email", "address": "bob@example.com"}),
                 await call(http, "POST", lift, json={"channel": "email", "address": "cy@example.com"}),
                 await call(
@@ -418,7 +419,8 @@ def test_suppressions_are_listed_per_tenant_and_only_delivery_failures_are_lifte
                 ),
             ]
 
-    listed, page, bad, consent, foreign, lifted = asyncio.run(serving(s, scenario))
+    listed, page, bad, found, consent, foreign, lifted = asyncio.run(serving(s, scenario))
+    assert [r["address"] for r in found[1]["items"]] == ["ada@example.com"], "found without its channel"
     assert [(r["address"], r["reason"]) for r in listed[1]["items"]] == [
         ("ada@example.com", "hard_bounce"),
         ("bob@example.com", "complaint"),
