@@ -225,10 +225,10 @@ class CommandHandling:
                 dead = exc.reason if exc.address_dead else None
                 if dead:
                     await self._refuse_address(command, dead)
-                at = {"feedback_at": int(exc.dead_since * 1000)} if dead and exc.dead_since else {}
-                at |= {"refused": True} if dead and exc.refused else {}
+                about = {"feedback_at": int(exc.dead_since * 1000)} if dead and exc.dead_since else {}
+                about |= {"refused": True} if dead and exc.refused else {}
                 return await self._finish(
-                    command, "FAILED", exc.reason, provider=provider.label, feedback=dead, **at
+                    command, "FAILED", exc.reason, provider=provider.label, feedback=dead, **about
                 )
             except ProviderError as exc:
                 self.circuits.failure(circuit[provider.label], exc)
