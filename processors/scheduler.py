@@ -82,6 +82,10 @@ GROUP = "tidings.scheduler"
 URGENT = frozenset({"critical", "high"})
 ENGAGED_TTL = timedelta(days=30)
 SWEEP, SWEEP_BUDGET = "sweep", 1000
+MAX_RELEASES_PER_TICK = 1_000
+MAX_RELEASE_BYTES = 16 * 1024 * 1024
+"""What one punctuation releases at most, by count and by the commands' encoded sizes (each goes out as
+its command, up to 512 KiB of email HTML, with a small outcome and a tombstone)."""
 SATISFIES: dict[type[Event], frozenset[str]] = {
     InboxItemSeen: frozenset({"seen"}),
     InboxItemArchived: frozenset({"seen"}),
@@ -122,19 +126,43 @@ class Timers:
         self, partition: int, now_ms: int, hold: Callable[[DeliveryCommand], bool] | None = None
     ) -> list[DeliveryCommand]:
         """Take the commands due at `now_ms`, except those `hold` keeps for later."""
-        taken = []
-        for key in self.due_keys.take(partition, now_ms):
+        return self.take_due(partition, now_ms, hold)[0]
+
+    def take_due(
+        self,
+        partition: int,
+        now_ms: int,
+        hold: Callable[[DeliveryCommand], bool] | None = None,
+        limit: int | None = None,
+        budget: int | None = None,
+    ) -> tuple[list[DeliveryCommand], bool, int]:
+        """The commands due at `now_ms`, except those `hold` keeps for later, in due order: at most
+        `limit`, and no more once their encoded sizes reach `budget`; whether more are due; and the
+        sum of their encoded sizes."""
+        taken: list[DeliveryCommand] = []
+        held: list[str] = []
+        size = 0
+        more = False
+        while keys := self.due_keys.take(partition, now_ms, 1):
+            if (limit is not None and len(taken) >= limit) or (budget is not None and size >= budget):
+                self.due_keys.add(partition, keys[0])
+                more = True
+                break
+            key = keys[0]
             value = self.store.get(partition, key)
             command = self.codec.decode(value) if value is not None else None
             if isinstance(command, DeliveryCommand) and hold is not None and hold(command):
-                self.due_keys.add(partition, key)
+                held.append(key)
                 continue
             if not isinstance(command, DeliveryCommand):
                 self.store.delete(partition, key)
                 continue
             self._forget(partition, key, command)
             taken.append(command)
-        return taken
+            size += len(value or b"")
+        for key in held:
+            self.due_keys.add(partition, key)
+        return taken, more, size
 
     def _forget(self, partition: int, key: str, command: DeliveryCommand) -> None:
         self.store.delete(partition, key)
@@ -254,6 +282,7 @@ class Scheduler:
         )
         slot = instance or default_slot()
         self.released = 0
+        self.more_due = False
         self.cancelled = 0
         self.escalations_dropped = 0
         self.loop = TransactionalLoop(
@@ -266,6 +295,7 @@ class Scheduler:
             stores=[self.store, self.engaged, self.erased],
             punctuate=self.fire,
             pending=self.pending,
+            eager=lambda: self.more_due,
         )
 
     def run(self, *, idle_exit_after: float | None = None) -> None:
@@ -342,14 +372,25 @@ class Scheduler:
         return [outcome(self.names, c, "SKIPPED", "engaged") for c in taken]
 
     def fire(self) -> list[Output]:
+        """At most `MAX_RELEASES_PER_TICK` commands, `MAX_RELEASE_BYTES` of them, per transaction; while
+        more are due the loop punctuates again after every poll (`eager`). A broadcast scheduled for
+        9:00 has every member's command due at once: all of them in one transaction outlasted the
+        transaction timeout, and its retry held the same ones and more, so nothing went out again."""
         now = self.clock()
         outputs: list[Output] = []
+        room, budget, self.more_due = MAX_RELEASES_PER_TICK, MAX_RELEASE_BYTES, False
         for partition in self.store.partitions():
             if not self.loop.caught_up(self.names.scheduled, partition):
                 continue
+            if room <= 0 or budget <= 0:
+                self.more_due = True
+                break
             engagement_read = self.loop.caught_up(self.names.engagement, partition)
             hold = None if engagement_read else lambda c: c.unless is not None
-            for command in self.timers.due(partition, int(now * 1000), hold):
+            due, more, size = self.timers.take_due(partition, int(now * 1000), hold, room, budget)
+            self.more_due |= more
+            room, budget = room - len(due), budget - size
+            for command in due:
                 if self._erased(partition, command):
                     outputs.append(outcome(self.names, command, "CANCELLED", "erased"))
                     continue

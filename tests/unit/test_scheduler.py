@@ -85,6 +85,10 @@ def timers() -> Timers:
     return Timers(store, default_codec())
 
 
+def encode(c: DeliveryCommand) -> bytes:
+    return default_codec().encode(c)
+
+
 def add(t: Timers, c: DeliveryCommand) -> None:
     t.add(0, c, default_codec().encode(c))
     t.store.record_done()
@@ -153,6 +157,27 @@ def test_due_leaves_the_commands_it_is_told_to_hold() -> None:
     assert t.due(0, later, lambda c: c.unless is not None) == [plain]
     t.store.committed()
     assert t.due(0, later) == [escalation]
+
+
+def test_commands_due_at_once_are_taken_a_bounded_number_and_size_at_a_time_in_due_order() -> None:
+    """Every member of a broadcast scheduled for 9:00 came due at once, all in one transaction."""
+    t = timers()
+    pending = [command(EPOCH + timedelta(seconds=i)) for i in range(7)]
+    escalation = command(EPOCH, channel="email", unless="seen")
+    for c in [*pending, escalation]:
+        add(t, c)
+    later = int((EPOCH + timedelta(minutes=5)).timestamp() * 1000)
+
+    def held(c: DeliveryCommand) -> bool:
+        return c.unless is not None
+
+    first, more, size = t.take_due(0, later, held, limit=3)
+    assert (first, more) == (pending[:3], True) and size == sum(len(encode(c)) for c in first)
+    second, more, _ = t.take_due(0, later, held, limit=3, budget=len(encode(pending[3])) + 1)
+    assert (second, more) == (pending[3:5], True), "taken until the budget is reached"
+    rest, more, _ = t.take_due(0, later, held, limit=3)
+    assert (rest, more) == (pending[5:], False)
+    assert t.due(0, later) == [escalation], "the held one is still due"
 
 
 @given(
