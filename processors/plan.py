@@ -110,11 +110,19 @@ class Catalog:
 
     def rules(self, t: NotificationTypePublished) -> Rules:
         """The type's digest, escalation, throttle and condition rules; raises InvalidEvent when one is
-        malformed."""
+        malformed, whatever the error: a type published by another producer than `tidings catalog
+        publish` can hold JSON of any shape (`{"steps": 5}` raised TypeError, which escaped the digest
+        punctuation and stopped the router at every restart)."""
         key = (t.tenant_id, t.notification_type, t.version)
         if key not in self._rules:
-            steps = {s.channel: s for s in escalation_steps(t)}
-            self._rules[key] = Rules(digest_rule(t), steps, throttle_rule(t), conditions(t))
+            try:
+                steps = {s.channel: s for s in escalation_steps(t)}
+                self._rules[key] = Rules(digest_rule(t), steps, throttle_rule(t), conditions(t))
+            except InvalidEvent:
+                raise
+            except Exception as exc:
+                why = f"{type(exc).__name__}: {exc}"
+                raise InvalidEvent(f"{t.notification_type} v{t.version}: malformed rules ({why})") from None
         return self._rules[key]
 
     def templates(self, t: NotificationTypePublished) -> Templates:

@@ -283,8 +283,12 @@ def parse_type(tenant: str, raw: dict[str, Any], version: int = 1) -> Notificati
     conditions(published)
     digest = digest_rule(published, publishing=True)
     escalated = {s.channel for s in escalation_steps(published)}
-    if digest is not None and (both := escalated & set(digest.templates)):
-        raise InvalidEvent(f"{key}: channels both digested and escalated: {sorted(both)}")
+    if digest is not None and escalated:
+        raise InvalidEvent(
+            f"{key}: a type with a digest cannot escalate: an escalation counts from the first notice and "
+            "waits for that notification to be seen, but a digested item is noticed when its digest "
+            "closes, and seen as the digest, under the digest's own id"
+        )
     return published
 
 

@@ -16,13 +16,11 @@ def test_the_example_catalog_is_valid() -> None:
     assert types["comment.mention"].escalation_json is not None
 
 
+TEMPLATES = {"email": {"default": {"subject": "Hi {{ name }}", "body": "Hello"}}}
+
+
 def base(**changes: object) -> dict[str, object]:
-    raw: dict[str, object] = {
-        "key": "t",
-        "category": "c",
-        "channels": ["email"],
-        "templates": {"email": {"default": {"subject": "Hi {{ name }}", "body": "Hello"}}},
-    }
+    raw: dict[str, object] = {"key": "t", "category": "c", "channels": ["email"], "templates": TEMPLATES}
     return raw | changes
 
 
@@ -97,9 +95,15 @@ DIGEST = {
         (base(escalation=[{"after": "5m", "channel": "email"}] * 2), "only once"),
         (base(escalation=[{"after": "110000d", "channel": "email"}]), "at most 31 days"),
         (base(digest={**DIGEST, "window": "400d"}), "at most 31 days"),
+        (base(digest=DIGEST, escalation=[{"after": "5m", "channel": "email"}]), "cannot escalate"),
         (
-            base(digest=DIGEST, escalation=[{"after": "5m", "channel": "email"}]),
-            "both digested and escalated",
+            base(
+                channels=["in_app", "email"],
+                templates={**TEMPLATES, "in_app": {"default": {"title": "Hi"}}},
+                digest=DIGEST,
+                escalation=[{"after": "5m", "channel": "in_app"}],
+            ),
+            "cannot escalate",
         ),
     ],
 )

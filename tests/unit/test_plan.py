@@ -665,3 +665,25 @@ def test_an_opt_in_after_an_unsubscribe_wins() -> None:
     assert email_fate(other) == "opted_out", "turning sms on does not resubscribe email"
     toggled = opted_in_then(prefs(early, off), unsubscribe(late), prefs(NOW, TYPE_ON))
     assert email_fate(toggled) is None
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"escalation_json": '{"steps": 5}'},
+        {"digest_json": '{"window": "1h", "templates": []}'},
+        {"throttle_json": "[1, 2]"},
+        {"escalation_json": "not json"},
+    ],
+)
+def test_malformed_rules_from_another_producer_are_invalid_not_a_crash(changes: dict[str, str]) -> None:
+    """The digest punctuation caught only InvalidEvent: a TypeError from `{"steps": 5}` stopped the
+    router at every restart once a digest of the type fell due."""
+    t = catalog().get("acme", "order.shipped")
+    assert t is not None
+    broken = Catalog()
+    broken.apply(t.model_copy(update={**changes, "version": 2}))
+    t2 = broken.get("acme", "order.shipped")
+    assert t2 is not None
+    with pytest.raises(InvalidEvent, match=r"order\.shipped"):
+        broken.rules(t2)
