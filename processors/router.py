@@ -192,11 +192,11 @@ class Router(Digests):
         made = log_time(record)
         result = plan(event, state, self.catalog, now, gated=True, requested_at=made)
         outputs = []
+        latest = max((c.not_before for c in result.deferred if c.not_before is not None), default=now)
         if result.digested:
             made_ms = int(made.timestamp() * 1000) if made else None
-            outputs += self._collect(record.partition, event, state, result.digested, now, made_ms)
-        if not result.digested:
-            latest = max((c.not_before for c in result.deferred if c.not_before is not None), default=now)
+            outputs += self._collect(record.partition, event, state, result.digested, now, made_ms, latest)
+        else:
             ttl = max(DEDUPE_TTL, latest - now + MARK_MARGIN)
             self.seen.put(record.partition, seen_key, "requested", ttl=ttl)
         outputs += [

@@ -65,8 +65,11 @@ class Digests:
         channels: list[Channel],
         now: datetime,
         requested_ms: int | None = None,
+        deferred_until: datetime | None = None,
     ) -> list[Output]:
-        """Put a request into its open digest, closing the digest first when it has no room left."""
+        """Put a request into its open digest, closing the digest first when it has no room left. Its
+        seen mark lasts past the digest's close and past `deferred_until`, when its other channels'
+        commands wait until then (an escalation): a replay after the mark went planned them again."""
         t = self.catalog.get(request.tenant_id, request.notification_type)
         rule = self.catalog.rules(t).digest if t else None
         assert t is not None and rule is not None, "plan() digests only types with a digest rule"
@@ -81,7 +84,7 @@ class Digests:
             partition,
             f"{request.tenant_id}/{request.notification_id}",
             f"digest {request.notification_type}",
-            ttl=max(DEDUPE_TTL, bucket.due - now + MARK_MARGIN),
+            ttl=max(DEDUPE_TTL, max(bucket.due, deferred_until or now) - now + MARK_MARGIN),
         )
         if current is None or full is not None:
             self.digest_due.put(partition, bucket.due_key, key)
