@@ -72,6 +72,7 @@ class DeliveryRejected(ProviderError):
         refused: bool = False,
         retry_after: float | None = None,
         dead_since: float | None = None,
+        failover: bool = True,
     ) -> None:
         super().__init__(reason)
         self.reason = printable(reason)
@@ -82,6 +83,10 @@ class DeliveryRejected(ProviderError):
         """The address's owner refused the channel (the provider says the number replied STOP): the
         feedback is the channel's refusal, which only the owner lifts, instead of its delivery failure."""
         self.retry_after = retry_after
+        self.failover = failover
+        """False for a rejection that is not permanent and is about the address at this vendor (a
+        device over its own message rate): another profile of the chain (`fcm@backup`) would send to
+        the same device at once, so the command goes straight to its retry."""
         self.dead_since = dead_since
         """When the provider last knew the address dead (epoch seconds), if it says: the feedback's
         provider time, so a device registered again after it keeps its token."""

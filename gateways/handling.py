@@ -221,7 +221,9 @@ class CommandHandling:
                 self.circuits.success(circuit[provider.label], started)
                 if not exc.permanent:
                     failure = exc
-                    continue
+                    if exc.failover:
+                        continue
+                    break
                 dead = exc.reason if exc.address_dead else None
                 if dead:
                     await self._refuse_address(command, dead)

@@ -231,7 +231,9 @@ class Apns(Provider):
             raise ProviderUnavailable(f"apns refused the credentials ({status} {why})")
         if status == 429 and why == "TooManyRequests":
             raise DeliveryRejected(
-                f"apns: too many notifications to this device ({status} {why})", permanent=False
+                f"apns: too many notifications to this device ({status} {why})",
+                permanent=False,
+                failover=False,
             )
         if status == 429:
             raise ProviderThrottled(

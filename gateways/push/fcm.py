@@ -336,6 +336,7 @@ class Fcm(Provider):
                 f"fcm: over this device's message rate ({status} {failure})",
                 permanent=False,
                 retry_after=wait or DEVICE_BACKOFF_S,
+                failover=False,
             )
         if status == 429 or failure.code == "QUOTA_EXCEEDED":
             raise ProviderThrottled(f"fcm throttled ({status} {failure})", wait)
