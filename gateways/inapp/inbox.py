@@ -67,15 +67,22 @@ class Inbox(Provider):
         self._lock = asyncio.Lock()
 
     async def _insert(self, row: dict[str, Any]) -> tuple[bool, str | None]:
-        """(whether this call inserted the row, its seq). The timeout counts from the lock, not from
-        the wait for it, and a connection that failed is dropped while the lock is held: dropped after
-        it, the next send's statement was closed under it."""
-        async with self._lock:
-            try:
-                return await asyncio.wait_for(self._insert_now(row), self.settings.timeout)
-            except (TimeoutError, OSError, psycopg.InterfaceError, psycopg.OperationalError):
-                await self._drop_connection()
-                raise
+        """(whether this call inserted the row, its seq). The wait for the connection and the insert
+        on it have a timeout each: one for both made the send after a slow one fail with time to spare,
+        and none for the wait queued every send behind a hanging database for a timeout each in turn.
+        A connection that failed is dropped while it is held: dropped after, the next send's statement
+        was closed under it."""
+        try:
+            await asyncio.wait_for(self._lock.acquire(), self.settings.timeout)
+        except TimeoutError:
+            raise TimeoutError(f"waited {self.settings.timeout:g}s for the inbox connection") from None
+        try:
+            return await asyncio.wait_for(self._insert_now(row), self.settings.timeout)
+        except (TimeoutError, OSError, psycopg.InterfaceError, psycopg.OperationalError):
+            await self._drop_connection()
+            raise
+        finally:
+            self._lock.release()
 
     async def _insert_now(self, row: dict[str, Any]) -> tuple[bool, str | None]:
         if self._conn is None or self._conn.closed:

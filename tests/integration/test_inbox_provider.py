@@ -36,33 +36,52 @@ def locked(dsn: str, seconds: float, held: threading.Event) -> threading.Thread:
     return thread
 
 
-def test_a_send_queued_behind_a_timed_out_one_has_its_own_time_and_connection(database: Settings) -> None:
-    """The timeout counted the wait for the provider's one connection, and the send that timed out
-    closed that connection after handing it on: the send behind it failed too, with time to spare."""
+async def sends(s: Settings, timeout: float, delays: list[float]) -> list[tuple[object, float]]:
+    """One send per delay, each started that long after the first; each result and when it came."""
+    inbox = provider(s, timeout)
+    started = time.monotonic()
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def send(i: int, delay: float) -> tuple[object, float]:
+                await asyncio.sleep(delay)
+                try:
+                    result: object = await inbox.send(session, command("ada", f"item {i}"))
+                except ProviderUnavailable as exc:
+                    result = exc
+                return result, time.monotonic() - started
+
+            return list(await asyncio.gather(*(send(i, d) for i, d in enumerate(delays))))
+    finally:
+        await inbox.close()
+
+
+def test_a_send_queued_behind_a_timed_out_one_has_its_own_connection(database: Settings) -> None:
+    """The send that timed out closed the connection after handing it on: the send behind it failed
+    with `the connection is closed`, with time to spare."""
     s = database
     held = threading.Event()
     thread = locked(s.postgres_dsn, 1.5, held)
     held.wait(5)
-
-    async def scenario() -> list[object]:
-        inbox = provider(s, timeout=1.0)
-        try:
-            async with aiohttp.ClientSession() as session:
-
-                async def send(title: str) -> object:
-                    try:
-                        return await inbox.send(session, command("ada", title))
-                    except ProviderUnavailable as exc:
-                        return exc
-
-                return list(await asyncio.gather(send("first"), send("second")))
-        finally:
-            await inbox.close()
-
-    first, second = asyncio.run(scenario())
+    (first, _), (second, _) = asyncio.run(sends(s, 1.0, [0.0, 0.5]))
     thread.join()
     assert isinstance(first, ProviderUnavailable), first
     assert isinstance(second, Sent), second
+
+
+def test_sends_queued_behind_a_hanging_database_fail_within_their_timeout_not_in_turn(
+    database: Settings,
+) -> None:
+    """With the wait for the connection unbounded, the sends queued behind a hanging database timed out
+    one after another, a timeout each: the last of 64 waited over ten minutes, holding its slot."""
+    s = database
+    held = threading.Event()
+    thread = locked(s.postgres_dsn, 6.0, held)
+    held.wait(5)
+    results = asyncio.run(sends(s, 1.0, [0.0] * 5))
+    thread.join()
+    assert all(isinstance(r, ProviderUnavailable) for r, _ in results), results
+    assert max(at for _, at in results) < 3.0, results
 
 
 def test_a_retried_send_that_finds_its_row_rings_the_doorbell(database: Settings) -> None:
