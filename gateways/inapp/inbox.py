@@ -108,7 +108,7 @@ class Inbox(Provider):
                 raise ProviderThrottled(f"inbox database busy: {exc}", self.settings.throttle_pause) from exc
             raise ProviderUnavailable(f"inbox database: {exc}") from exc
         except (TimeoutError, OSError, psycopg.InterfaceError) as exc:
-            raise ProviderUnavailable(f"inbox database: {exc or type(exc).__name__}") from exc
+            raise ProviderUnavailable(f"inbox database: {str(exc) or type(exc).__name__}") from exc
         if seq is None:
             raise DeliveryRejected("erased", permanent=True)
         if inserted or command.attempt > 0:
