@@ -228,7 +228,7 @@ class CommandHandling:
                 if dead:
                     await self._refuse_address(command, dead)
                 about = {"feedback_at": int(exc.dead_since * 1000)} if dead and exc.dead_since else {}
-                about |= {"refused": True} if dead and exc.refused else {}
+                about |= {"refused": exc.refused} if dead else {}
                 return await self._finish(
                     command, "FAILED", exc.reason, provider=provider.label, feedback=dead, **about
                 )

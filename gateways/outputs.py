@@ -66,7 +66,9 @@ def feedback(
     refused: bool = False,
 ) -> Output:
     """`at_ms`: when the provider last knew the address dead (its provider time), if it said;
-    `refused`: the owner refused it (`REFUSED_ADDRESS`), where the channel has a refusal."""
+    `refused`: the owner refused it (`REFUSED_ADDRESS`), where the channel has a refusal. A mark
+    written before marks said (session 20) counts as refused, as every dead number then was: replayed,
+    a STOP must not come out as a failure an operator may lift."""
     detail, dead = printable(detail), DEAD_ADDRESS[command.channel]
     event = ProviderFeedback(
         event_id=outcome_id(
@@ -118,7 +120,7 @@ def from_mark(names: Names, command: DeliveryCommand, mark: dict[str, Any]) -> l
                 mark.get("provider"),
                 mark["feedback"],
                 mark.get("feedback_at"),
-                refused=bool(mark.get("refused")),
+                refused=bool(mark.get("refused", True)),
             )
         )
     return outputs

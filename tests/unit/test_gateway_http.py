@@ -173,9 +173,11 @@ def test_a_dead_number_is_a_delivery_failure_and_a_refused_one_the_owners_stop()
         decoded = [default_codec().decode(o.value) for o in from_mark(Names(), command, done | mark)]
         return [e.kind for e in decoded if isinstance(e, ProviderFeedback)]
 
-    assert kinds("sms", "+447700900123") == ["hard_bounce"]
+    assert kinds("sms", "+447700900123", refused=False) == ["hard_bounce"]
     assert kinds("sms", "+447700900123", refused=True) == ["sms_stop"]
+    assert kinds("sms", "+447700900123") == ["sms_stop"], "a mark from before: every dead number was a STOP"
     assert kinds("email", "ada@example.com", refused=True) == ["hard_bounce"]
+    assert kinds("email", "ada@example.com") == ["hard_bounce"]
     stop = DeliveryRejected("twilio recipient unsubscribed (STOP)", refused=True)
     assert stop.address_dead and stop.permanent and stop.refused
 
