@@ -21,9 +21,11 @@ keys `aps` and `tidings` are dropped); the app reports an open with the ids.
 
 Answers (`{"reason": ...}`): 200 is Sent with `apns-id`; 410 Unregistered (with its `timestamp` as the
 feedback's provider time) and 400 BadDeviceToken are permanent with address_dead (BadDeviceToken only
-once a send to `base_url` has succeeded since start: Apple answers it for every token of the other
-environment, so a sandbox URL with production tokens would mark every device dead; before that it is
-ProviderUnavailable naming the environment), and so is
+once a send to `base_url` has succeeded, or been answered 410, since start: Apple answers it for every
+token of the other environment, so a sandbox URL with production tokens would mark every device dead;
+before that it is a rejection that is not permanent, naming the environment: the message is retried,
+and the chain's next provider tried, an APNs profile for the other host if there is one, without
+counting against the circuit, which five stale tokens in a row after a restart would open), and so is
 DeviceTokenNotForTopic for a device's own `app_id`; with the setting's topic it is retried and a
 refused topic (BadTopic, TopicDisallowed, MissingTopic) is ProviderUnavailable (`TOPIC_REASONS`);
 other 400 and 413 are permanent; 403
@@ -157,7 +159,8 @@ class Apns(Provider):
         self.token = ProviderToken(self.settings)
         self._client: httpx.AsyncClient | None = None
         self.confirmed = False
-        """A send to `base_url` succeeded since start: its environment is the tokens'."""
+        """A send to `base_url` succeeded, or was answered 410 (Apple knew the token), since start: its
+        environment is the tokens'."""
 
     def accepts(self, command: DeliveryCommand) -> bool:
         return command.address_params.get("platform") == "apns"
@@ -202,14 +205,16 @@ class Apns(Provider):
         headers = self.headers(command, "alert" in body["aps"], token)
         url = f"{self.settings.base_url.rstrip('/')}/3/device/{device}"
         status, answer_headers, data = await self._post(url, headers, json.dumps(body).encode())
-        if 200 <= status < 300:
+        if 200 <= status < 300 or status == 410:
             self.confirmed = True
+        if 200 <= status < 300:
             return Sent(self.name, answer_headers.get("apns-id") or str(command.delivery_id))
         why = reason(data) or "no reason"
         if status == 400 and why == "BadDeviceToken" and not self.confirmed:
-            raise ProviderUnavailable(
+            raise DeliveryRejected(
                 f"apns refused the device token ({status} {why}) before any send to {self.settings.base_url}"
-                " succeeded: the tokens may be for the other environment (sandbox or production)"
+                " succeeded: the tokens may be for the other environment (sandbox or production)",
+                permanent=False,
             )
         own_topic = bool(command.address_params.get("app_id"))
         if why in TOPIC_REASONS and not own_topic:

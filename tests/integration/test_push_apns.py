@@ -179,9 +179,20 @@ def test_apns_bad_device_tokens_before_any_success_are_the_environment_not_dead_
 
     _, [first, second, sent, after] = with_apns(scenario)
     for result in (first, second):
-        assert isinstance(result, ProviderUnavailable) and "environment" in str(result), result
+        assert isinstance(result, DeliveryRejected) and "environment" in str(result), result
+        assert not result.permanent and not result.address_dead
     assert isinstance(sent, Sent), sent
     assert isinstance(after, DeliveryRejected) and after.address_dead, after
+
+    async def after_a_410(server: ApnsServer, provider: Apns) -> list[Any]:
+        return [
+            await attempt(provider, _unregistered(server)),
+            await attempt(provider, push_command("apns", "ab" * 32)),
+        ]
+
+    _, [gone, bad] = with_apns(after_a_410)
+    assert isinstance(gone, DeliveryRejected) and gone.address_dead, gone
+    assert isinstance(bad, DeliveryRejected) and bad.address_dead, "a 410 says the host knows the tokens"
 
 
 @pytest.mark.parametrize("token", ["not-hex", "../../3/device/" + "ab" * 32, "ab" * 8])
