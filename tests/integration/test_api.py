@@ -446,26 +446,38 @@ def test_suppressions_are_listed_per_tenant_and_only_delivery_failures_are_lifte
 def test_a_cancellation_naming_another_recipient_than_the_notifications_is_refused(
     database: Settings,
 ) -> None:
-    """It went to that recipient's partition, was told CANCELLED there, and the notification was sent."""
+    """It went to that recipient's partition, was told CANCELLED there, and the notification was sent.
+    A row only an outcome made (its request not read yet) does not know the recipient: it may be a
+    wrong cancel's own CANCELLED."""
     import psycopg
 
     s = database
-    nid = uuid.uuid4()
+    nid, unrequested = uuid.uuid4(), uuid.uuid4()
     with psycopg.connect(s.postgres_dsn) as conn:
         conn.execute(
-            "INSERT INTO notifications (notification_id, tenant_id, recipient_id)"
-            " VALUES (%s, 'globex', 'bob')",
-            (nid,),
+            "INSERT INTO notifications (notification_id, tenant_id, recipient_id, requested_at)"
+            " VALUES (%s, 'globex', 'bob', now()), (%s, 'globex', 'cy', NULL)",
+            (nid, unrequested),
         )
 
     async def scenario(base: str) -> list[tuple[int, Any, dict[str, str]]]:
         url = f"{base}/v1/notifications/{nid}/cancel"
         async with aiohttp.ClientSession() as http:
             return [
-                await call(http, "POST", url, key=GLOBEX, json={"recipient": who}) for who in ("ada", "bob")
+                *[
+                    await call(http, "POST", url, key=GLOBEX, json={"recipient": who})
+                    for who in ("ada", "bob")
+                ],
+                await call(
+                    http,
+                    "POST",
+                    f"{base}/v1/notifications/{unrequested}/cancel",
+                    key=GLOBEX,
+                    json={"recipient": "ada"},
+                ),
             ]
 
-    wrong, right = asyncio.run(serving(s, scenario))
-    assert (wrong[0], right[0]) == (409, 202)
-    [cancelled] = [e for e in decoded(s, names(s).requested) if isinstance(e, NotificationCancelled)]
-    assert cancelled.recipient_id == "bob"
+    wrong, right, unknown = asyncio.run(serving(s, scenario))
+    assert (wrong[0], right[0], unknown[0]) == (409, 202, 202)
+    cancelled = [e for e in decoded(s, names(s).requested) if isinstance(e, NotificationCancelled)]
+    assert sorted(c.recipient_id for c in cancelled) == ["ada", "bob"]
