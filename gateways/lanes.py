@@ -291,13 +291,16 @@ class Lanes(CommandHandling):
 
     def _note_emitted(self, keys: list[str]) -> None:
         """Remembers when these marks were flagged, and forgets the rounds flagged before every
-        command still running started."""
+        command still running started, or longer than a claim's lifetime ago: a replay ends a claim's
+        round trip after it starts, and a send held minutes by a rate limit kept every mark flagged
+        meanwhile."""
         now = time.monotonic()
         if keys:
             self.emitted_rounds.append((now, keys))
             self.emitted_at.update(dict.fromkeys(keys, now))
         lanes = [*self.partitions.values(), *self.retired]
         oldest = min((lane.running[0].at for lane in lanes if lane.running), default=now)
+        oldest = max(oldest, now - self.config.inflight_ttl)
         while self.emitted_rounds and self.emitted_rounds[0][0] < oldest:
             at, old = self.emitted_rounds.popleft()
             for key in old:

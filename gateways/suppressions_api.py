@@ -5,7 +5,7 @@ notifications.feedback when an operator lifts one.
   addresses from the suppressions projection (channel, address, reason, source, since, last event),
   by channel and address, a page at a time (`next` is the `after` of the following page).
   `active=false` lists lifted ones, `active=any` both; `address` finds one (an email address in any
-  case, with or without `channel`).
+  case, with or without `channel`; other addresses as given: URL paths and tokens are case-sensitive).
 - `POST /v1/recipients/{recipient}/suppressions/lift`: `{"channel", "address", "reason"}` lifts the
   suppression of an address the delivery failed on: a hard bounce, too many soft bounces, a dead push
   token, a disabled webhook endpoint. It is a ProviderFeedback `resubscribe` from provider `api` (the
@@ -45,7 +45,7 @@ LIST = """
 SELECT channel, address, active, reason, source, since, last_event_at FROM suppressions
 WHERE tenant_id = %s AND (channel, address) > (%s, %s)
   AND (%s::text IS NULL OR channel = %s::text)
-  AND (%s::text IS NULL OR address IN (%s::text, %s::text))
+  AND (%s::text IS NULL OR address = %s::text OR (channel = 'email' AND address = %s::text))
   AND (%s::boolean IS NULL OR active = %s::boolean)
 ORDER BY channel, address LIMIT %s
 """
