@@ -283,6 +283,7 @@ class Scheduler:
         slot = instance or default_slot()
         self.released = 0
         self.more_due = False
+        self._turn = 0
         self.cancelled = 0
         self.escalations_dropped = 0
         self.loop = TransactionalLoop(
@@ -375,21 +376,26 @@ class Scheduler:
         """At most `MAX_RELEASES_PER_TICK` commands, `MAX_RELEASE_BYTES` of them, per transaction; while
         more are due the loop punctuates again after every poll (`eager`). A broadcast scheduled for
         9:00 has every member's command due at once: all of them in one transaction outlasted the
-        transaction timeout, and its retry held the same ones and more, so nothing went out again."""
+        transaction timeout, and its retry held the same ones and more, so nothing went out again.
+        Each punctuation starts at the next partition, so one partition's backlog does not hold up
+        the others' releases; every partition's erasure walk goes on whatever the room."""
         now = self.clock()
         outputs: list[Output] = []
         room, budget, self.more_due = MAX_RELEASES_PER_TICK, MAX_RELEASE_BYTES, False
-        for partition in self.store.partitions():
+        partitions = self.store.partitions()
+        self._turn = (self._turn + 1) % max(1, len(partitions))
+        for partition in partitions[self._turn :] + partitions[: self._turn]:
             if not self.loop.caught_up(self.names.scheduled, partition):
                 continue
-            if room <= 0 or budget <= 0:
+            due: list[DeliveryCommand] = []
+            if room > 0 and budget > 0:
+                engagement_read = self.loop.caught_up(self.names.engagement, partition)
+                hold = None if engagement_read else lambda c: c.unless is not None
+                due, more, size = self.timers.take_due(partition, int(now * 1000), hold, room, budget)
+                self.more_due |= more
+                room, budget = room - len(due), budget - size
+            else:
                 self.more_due = True
-                break
-            engagement_read = self.loop.caught_up(self.names.engagement, partition)
-            hold = None if engagement_read else lambda c: c.unless is not None
-            due, more, size = self.timers.take_due(partition, int(now * 1000), hold, room, budget)
-            self.more_due |= more
-            room, budget = room - len(due), budget - size
             for command in due:
                 if self._erased(partition, command):
                     outputs.append(outcome(self.names, command, "CANCELLED", "erased"))
