@@ -21,7 +21,6 @@ import contextlib
 import functools
 import logging
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +31,7 @@ import redis.asyncio as aioredis
 
 from gateways.base import DeliveryRejected, Provider, ProviderError, ProviderThrottled, ProviderUnavailable
 from gateways.limits import Circuits, TokenBucket
-from gateways.marks import REDIS_DOWN, Marks
+from gateways.marks import REDIS_DOWN, Marks, mark_ref
 from gateways.outputs import from_mark
 from gateways.settings import GatewaySettings
 from processors.relay import RELAY_RECIPIENT as DESTINATION_RECIPIENT
@@ -87,9 +86,9 @@ class CommandHandling:
     buckets: dict[str, TokenBucket]
     session: aiohttp.ClientSession
     counts: dict[str, int]
-    sending: set[uuid.UUID]
-    """Deliveries whose chain is being walked: their claims are held until it ends (`keep_claims`)."""
-    active: Counter[uuid.UUID]
+    sending: set[str]
+    """Deliveries (`mark_ref`) whose chain is being walked: their claims are held until it ends."""
+    active: Counter[str]
     """Deliveries being handled, by copies: a second copy of one in flight here waits for the first."""
 
     def _count(self, what: str) -> None:
@@ -105,13 +104,14 @@ class CommandHandling:
         except (CodecError, InvalidEvent) as exc:
             self._count("dead_letters")
             return Handled([dead_letter(record, exc, self.group, self.names.dlq)])
-        self.active[command.delivery_id] += 1
+        ref = mark_ref(command)
+        self.active[ref] += 1
         try:
             return await self._claimed(record, command)
         finally:
-            self.active[command.delivery_id] -= 1
-            if not self.active[command.delivery_id]:
-                del self.active[command.delivery_id]
+            self.active[ref] -= 1
+            if not self.active[ref]:
+                del self.active[ref]
 
     async def _claimed(self, record: Incoming, command: DeliveryCommand) -> Handled | Blocked:
         """Claims the command, then sends it or says why not. A mark of this gateway's own, in flight,
@@ -119,7 +119,7 @@ class CommandHandling:
         it was made (Redis stopped answering): taken again at once, not waited out for a minute."""
         claim = functools.partial(
             self.marks.claim,
-            command.delivery_id,
+            mark_ref(command),
             command.attempt,
             dead_key(self.prefix, command),
             self.marks.erased_key(command.tenant_id, command.recipient_id),
@@ -128,7 +128,7 @@ class CommandHandling:
         )
         mark = await claim()
         own = mark is not None and mark["state"] == "inflight" and mark.get("owner") == self.marks.owner
-        if own and self.active[command.delivery_id] == 1:
+        if own and self.active[mark_ref(command)] == 1:
             mark = await claim(retake=True)
         if mark is not None and mark["state"] == "erased":
             return await self._finish(command, "CANCELLED", "erased")
@@ -145,7 +145,7 @@ class CommandHandling:
             if mark.get("dead_letter"):
                 error = ProviderError(mark.get("detail") or mark.get("reason") or "failed")
                 outputs.append(dead_letter(record, error, self.group, self.names.dlq, mark["dead_letter"]))
-            return Handled(outputs, (str(command.delivery_id), mark), True)
+            return Handled(outputs, (mark_ref(command), mark), True)
         if command.expires_at is not None and command.expires_at.timestamp() <= time.time():
             return await self._finish(command, "EXPIRED", "expired")
         return await self._send(record, command)
@@ -172,11 +172,11 @@ class CommandHandling:
         chain = [p for p in providers if not self.circuits.is_open(circuit[p.label])]
         if not chain:
             return await self._circuits_open(record, command, providers, circuit)
-        self.sending.add(command.delivery_id)
+        self.sending.add(mark_ref(command))
         try:
             handled = await self._walk(record, command, chain, circuit)
         finally:
-            self.sending.discard(command.delivery_id)
+            self.sending.discard(mark_ref(command))
         if handled is None:
             return await self._circuits_open(record, command, providers, circuit)
         return handled
@@ -191,7 +191,7 @@ class CommandHandling:
         if all(p.per_endpoint for p in providers) or self._others_open(providers):
             reopening = ProviderThrottled("the circuit is open", max(0.0, reopens - time.time()))
             return await self._retry(record, command, reopening)
-        await self.marks.release(command.delivery_id, command.attempt)
+        await self.marks.release(mark_ref(command), command.attempt)
         return Blocked(reopens)
 
     async def _walk(
@@ -208,7 +208,7 @@ class CommandHandling:
             if bucket := self.buckets.get(provider.label):
                 wait = await bucket.wait()
                 if wait > self.config.inflight_ttl / 2:
-                    await self.marks.hold(command.delivery_id, wait + self.config.inflight_ttl)
+                    await self.marks.hold(mark_ref(command), wait + self.config.inflight_ttl)
                 await asyncio.sleep(wait)
                 if command.expires_at is not None and command.expires_at.timestamp() <= time.time():
                     return await self._finish(command, "EXPIRED", "expired while waiting for its turn")
@@ -303,8 +303,8 @@ class CommandHandling:
             "due": int((time.time() + delay) * 1000),
             "detail": detail,
         }
-        await self._record(command.delivery_id, mark)
-        return Handled(from_mark(self.names, command, mark), (str(command.delivery_id), mark))
+        await self._record(mark_ref(command), mark)
+        return Handled(from_mark(self.names, command, mark), (mark_ref(command), mark))
 
     def _tier(self, command: DeliveryCommand, failure: ProviderError | None) -> tuple[str, float]:
         """The retry tier and delay: the command's next tier, or a later one whose delay covers the
@@ -336,7 +336,7 @@ class CommandHandling:
         handled.outputs.append(dead_letter(record, error, self.group, self.names.dlq))
         return handled
 
-    async def _record(self, delivery_id: uuid.UUID, mark: dict[str, Any]) -> None:
+    async def _record(self, ref: str, mark: dict[str, Any]) -> None:
         """Put the mark, trying for half a claim's lifetime while Redis is unreachable, then going on
         without it. Once a send happened, a Redis error must not turn it into `Blocked`: the command
         would be read again and, when its claim expired, sent again. The outputs carry deterministic
@@ -345,15 +345,13 @@ class CommandHandling:
         deadline, pause = time.monotonic() + self.config.inflight_ttl / 2, 0.1
         while True:
             try:
-                await self.marks.put(delivery_id, mark)
+                await self.marks.put(ref, mark)
                 return
             except REDIS_DOWN as exc:
                 self._count("redis_unavailable")
                 if time.monotonic() + pause > deadline:
                     self._count("marks_lost")
-                    log.warning(
-                        "redis unavailable, delivery %s goes on without its mark: %s", delivery_id, exc
-                    )
+                    log.warning("redis unavailable, delivery %s goes on without its mark: %s", ref, exc)
                     return
                 await asyncio.sleep(pause)
                 pause = min(2 * pause, 2.0)
@@ -362,8 +360,8 @@ class CommandHandling:
         self, command: DeliveryCommand, status: str, reason: str | None, **fields: Any
     ) -> Handled:
         mark = {"state": "done", "status": status, "reason": reason, "attempt": command.attempt, **fields}
-        await self._record(command.delivery_id, mark)
-        return Handled(from_mark(self.names, command, mark), (str(command.delivery_id), mark))
+        await self._record(mark_ref(command), mark)
+        return Handled(from_mark(self.names, command, mark), (mark_ref(command), mark))
 
     async def _refuse_address(self, command: DeliveryCommand, reason: str) -> None:
         """Put the address on this gateway's dead list, which the claim script checks. Best effort: the

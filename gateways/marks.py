@@ -1,6 +1,6 @@
 """Per-delivery marks in Redis that make sends idempotent across restarts, rebalances and duplicates.
 
-A mark is a small JSON value under `<prefix>tidings:delivery:<delivery_id>`:
+A mark is a small JSON value under `<prefix>tidings:delivery:<tenant>/<delivery_id>` (its `ref`):
 
 * `{"state": "inflight", "owner": ...}` while one gateway sends it (short TTL: a crashed owner's mark
   expires and the command is sent again; only those in-flight sends can ever repeat);
@@ -18,6 +18,11 @@ recipient's erasure (`<prefix>tidings:erased:<tenant>/<recipient>`, the erasure'
 whichever gateway reads the erasure from its urgent lane and kept `erased_ttl`). Claims and marks
 issued in the same event-loop tick travel as one pipeline (`Pipelined`): with dozens of sends in flight that
 turns three round trips per command into a few per batch.
+
+Marks are per tenant: a delivery id is derived from the notification id, which a producer may choose,
+so two tenants' deliveries can share one. Marks written before the tenant was part of the key
+(`<prefix>tidings:delivery:<delivery_id>`) are still read by a claim that finds no mark of its own,
+so a command in flight across the upgrade is not sent twice; they expire within `done_ttl`.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from tidings.events import DeliveryCommand
+
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemoryError)
 """Redis not answering, or refusing writes for a state of its own (a failover's demoted primary, memory
 full): not the command's fault. Its partition waits and tries again rather than the process crashing,
@@ -40,6 +47,7 @@ and crash-looping for as long as the state lasts."""
 
 CLAIM = """
 local current = redis.call('GET', KEYS[1])
+if not current then current = redis.call('GET', KEYS[4]) end
 if current then
   local mark = cjson.decode(current)
   local retry_due = mark.state == 'retry' and tonumber(mark.attempt) == tonumber(ARGV[3])
@@ -113,6 +121,11 @@ class Pipelined:
                 future.set_result(result)
 
 
+def mark_ref(command: DeliveryCommand) -> str:
+    """A delivery's name among the marks. Tenant ids cannot hold `/`."""
+    return f"{command.tenant_id}/{command.delivery_id}"
+
+
 class Marks:
     def __init__(
         self, client: aioredis.Redis, prefix: str, owner: str, inflight_ttl: int, done_ttl: int
@@ -122,8 +135,12 @@ class Marks:
         self.pipelined = Pipelined(client)
         self.swap = client.register_script(SWAP)
 
-    def key(self, delivery_id: object) -> str:
-        return f"{self.prefix}tidings:delivery:{delivery_id}"
+    def key(self, ref: str) -> str:
+        return f"{self.prefix}tidings:delivery:{ref}"
+
+    def legacy_key(self, ref: str) -> str:
+        """Where the mark of `ref` was kept before marks were per tenant (see the module's docstring)."""
+        return self.key(ref.partition("/")[2])
 
     def erased_key(self, tenant_id: str, recipient_id: str) -> str:
         """Tenant ids cannot hold `/`, so no two (tenant, recipient) pairs share a key."""
@@ -131,7 +148,7 @@ class Marks:
 
     async def claim(
         self,
-        delivery_id: object,
+        ref: str,
         attempt: int,
         dead_key: str,
         erased_key: str,
@@ -146,41 +163,41 @@ class Marks:
         delivery whose in-flight mark is this gateway's own: one it claimed and then stopped handling
         (Redis failed after the claim), which it would otherwise wait a claim's lifetime for."""
         inflight = json.dumps({"state": "inflight", "owner": self.owner})
-        keys = [self.key(delivery_id), dead_key, erased_key]
+        keys = [self.key(ref), dead_key, erased_key, self.legacy_key(ref)]
         args: list[str | int] = [inflight, self.inflight_ttl, attempt, requested_ms, replay, int(retake)]
-        current = await self.pipelined.call(lambda pipe: pipe.eval(CLAIM, 3, *keys, *args))
+        current = await self.pipelined.call(lambda pipe: pipe.eval(CLAIM, 4, *keys, *args))
         if current is None:
             return None
         mark: dict[str, Any] = json.loads(current)
         return mark
 
-    async def hold(self, delivery_id: object, seconds: float) -> None:
+    async def hold(self, ref: str, seconds: float) -> None:
         """Keep this gateway's claim for `seconds` more (a send waiting its turn under a rate limit),
         unless it is no longer this gateway's."""
         inflight = json.dumps({"state": "inflight", "owner": self.owner})
         ttl = max(self.inflight_ttl, int(seconds) + 1)
-        await self.pipelined.call(lambda pipe: pipe.eval(HOLD, 1, self.key(delivery_id), inflight, ttl))
+        await self.pipelined.call(lambda pipe: pipe.eval(HOLD, 1, self.key(ref), inflight, ttl))
 
     async def erased(self, key: str, erased_ms: int, ttl: int) -> None:
         """Note an erasure's log time under `key` for at least `ttl` seconds, keeping the later of two."""
         await self.pipelined.call(lambda pipe: pipe.eval(ERASED, 1, key, erased_ms, ttl))
 
-    async def put(self, delivery_id: object, mark: dict[str, Any]) -> None:
+    async def put(self, ref: str, mark: dict[str, Any]) -> None:
         value = json.dumps(mark)
-        await self.pipelined.call(lambda pipe: pipe.set(self.key(delivery_id), value, ex=self.done_ttl))
+        await self.pipelined.call(lambda pipe: pipe.set(self.key(ref), value, ex=self.done_ttl))
 
     async def delete(self, key: str) -> None:
         await self.pipelined.call(lambda pipe: pipe.delete(key))
 
-    async def release(self, delivery_id: object, attempt: int) -> None:
+    async def release(self, ref: str, attempt: int) -> None:
         """Give back a claim without sending: the same command (same attempt) may claim it again."""
-        await self.put(delivery_id, {"state": "retry", "attempt": attempt, "emitted": True})
+        await self.put(ref, {"state": "retry", "attempt": attempt, "emitted": True})
 
     async def emitted(self, marks: dict[str, dict[str, Any]]) -> None:
         """Flag marks whose records Kafka acknowledged, unless a later claim replaced them meanwhile."""
         if not marks:
             return
-        keys = [self.key(delivery_id) for delivery_id in marks]
+        keys = [self.key(ref) for ref in marks]
         args = [
             v for mark in marks.values() for v in (json.dumps(mark), json.dumps(mark | {"emitted": True}))
         ]

@@ -44,7 +44,7 @@ def in_flight(s: Settings) -> set[str]:
         for key in client.scan_iter(match=f"{s.topic_prefix}tidings:delivery:*", count=1000):
             value = client.get(key)
             if value is not None:
-                marks[key.decode().rsplit(":", 1)[1]] = json.loads(value)
+                marks[key.decode().rsplit("/", 1)[1]] = json.loads(value)
         return {d for d, mark in marks.items() if mark["state"] == "inflight"}
     finally:
         client.close()

@@ -88,16 +88,16 @@ def test_the_claim_cancels_only_what_was_requested_before_the_latest_erasure(sta
         try:
             for erased_ms, requested_ms in [(1000, 999), (1000, 1000), (500, 999), (2000, 1999)]:
                 await marks.erased(key, erased_ms, 600)
-                mark = await marks.claim(uuid.uuid4(), 0, dead, key, requested_ms)
+                mark = await marks.claim(f"acme/{uuid.uuid4()}", 0, dead, key, requested_ms)
                 states.append(mark and mark["state"])
             states.append(str(await client.ttl(key) > 500))
             await marks.erased(key, 2000, 5000)
             states.append(str(await client.ttl(key) > 4000))
             await client.set(key, "not a time")
-            mark = await marks.claim(uuid.uuid4(), 0, dead, key, 1)
+            mark = await marks.claim(f"acme/{uuid.uuid4()}", 0, dead, key, 1)
             states.append(mark and mark["state"])
             await marks.erased(key, 3000, 600)
-            mark = await marks.claim(uuid.uuid4(), 0, dead, key, 2999)
+            mark = await marks.claim(f"acme/{uuid.uuid4()}", 0, dead, key, 2999)
             states.append(mark and mark["state"])
         finally:
             await client.aclose()

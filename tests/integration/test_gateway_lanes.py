@@ -14,6 +14,7 @@ import redis.asyncio
 from aiohttp import web
 
 from gateways import lanes
+from gateways.marks import mark_ref
 from gateways.runner import GatewayRunner, GatewaySettings
 from gateways.webhook.standard import StandardWebhook, WebhookSettings
 from tests.integration.test_gateway_runner import Handler, commands, outcomes, produce, runner, serve
@@ -124,7 +125,7 @@ def test_a_claim_of_its_own_left_by_a_redis_failure_is_taken_again_at_once(
         produce(s, [stale, twice, twice])
         gateway = runner(s, busy_backoff=0.5)
         own = json.dumps({"state": "inflight", "owner": gateway.marks.owner})
-        await put_marks(s, {gateway.marks.key(stale.delivery_id): (own, 60)})
+        await put_marks(s, {gateway.marks.key(mark_ref(stale)): (own, 60)})
         await asyncio.wait_for(gateway.run(idle_exit_after=3), 30)
         await app_runner.cleanup()
         return [str(stale.delivery_id), str(twice.delivery_id)]
@@ -220,9 +221,9 @@ def test_a_blocked_command_between_two_that_ended_with_it_is_not_committed_past(
         await put_marks(
             s,
             {
-                gateway.marks.key(before.delivery_id): (done, 60),
-                gateway.marks.key(after.delivery_id): (done, 60),
-                gateway.marks.key(blocked.delivery_id): (ELSEWHERE, 3),
+                gateway.marks.key(mark_ref(before)): (done, 60),
+                gateway.marks.key(mark_ref(after)): (done, 60),
+                gateway.marks.key(mark_ref(blocked)): (ELSEWHERE, 3),
             },
         )
         produce(s, [before, blocked, after])

@@ -4,12 +4,15 @@ reads the mark before the first's emitted flag is set, and its result arrives af
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from typing import Any
 
+import redis.asyncio
 from aiohttp import web
 
+from gateways.marks import mark_ref
 from gateways.runner import GatewayRunner
 from tests.integration.test_gateway_runner import commands, outcomes, produce, runner, serve
 from tidings.config import Settings
@@ -33,7 +36,7 @@ def test_a_copy_whose_claim_read_the_mark_before_its_emitted_flag_is_a_duplicate
         produce(s, [command, command])
         gateway = runner(s, busy_backoff=0.2)
         claim, flag = gateway.marks.claim, gateway.marks.emitted
-        key = str(command.delivery_id)
+        key = mark_ref(command)
         read_unflagged = asyncio.Event()
 
         async def late_claim(*args: Any, **kwargs: Any) -> dict[str, Any] | None:
@@ -60,3 +63,57 @@ def test_a_copy_whose_claim_read_the_mark_before_its_emitted_flag_is_a_duplicate
     assert len(received) == 1
     assert gateway.counts["duplicates"] == 1 and "re_emitted" not in gateway.counts
     assert [o.status for o in outcomes(s)] == ["SENT"]
+
+
+def test_two_tenants_deliveries_with_one_id_are_each_sent(namespace: Callable[..., Settings]) -> None:
+    """A delivery id derives from the notification id, which a producer may choose: another tenant's
+    delivery with the same id is not a duplicate of this one."""
+    s = namespace()
+    received: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response(status=204)
+
+    async def scenario() -> GatewayRunner:
+        app_runner, base = await serve(handler)
+        command = commands(f"{base}/hook", 1)[0]
+        produce(s, [command, command.model_copy(update={"tenant_id": "globex"})])
+        gateway = runner(s)
+        await gateway.run(idle_exit_after=3)
+        await app_runner.cleanup()
+        return gateway
+
+    gateway = asyncio.run(scenario())
+    assert len(received) == 2
+    assert "duplicates" not in gateway.counts
+    assert sorted(o.tenant_id for o in outcomes(s)) == ["acme", "globex"]
+
+
+def test_a_mark_written_before_marks_were_per_tenant_still_dedupes(
+    namespace: Callable[..., Settings],
+) -> None:
+    """A command sent by a gateway of the version before, read again by this one, is not sent twice."""
+    s = namespace()
+    received: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response(status=204)
+
+    async def scenario() -> GatewayRunner:
+        app_runner, base = await serve(handler)
+        command = commands(f"{base}/hook", 1)[0]
+        gateway = runner(s)
+        sent = {"state": "done", "status": "SENT", "reason": None, "attempt": 0, "emitted": True}
+        client = redis.asyncio.Redis.from_url(s.redis_url)
+        await client.set(gateway.marks.legacy_key(mark_ref(command)), json.dumps(sent), ex=60)
+        await client.aclose()
+        produce(s, [command])
+        await gateway.run(idle_exit_after=3)
+        await app_runner.cleanup()
+        return gateway
+
+    gateway = asyncio.run(scenario())
+    assert received == []
+    assert gateway.counts["duplicates"] == 1

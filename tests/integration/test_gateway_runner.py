@@ -19,6 +19,7 @@ import pytest
 import redis.asyncio
 from aiohttp import web
 
+from gateways.marks import mark_ref
 from gateways.runner import GatewayRunner, GatewaySettings
 from gateways.webhook.standard import StandardWebhook, WebhookSettings
 from tests.integration.conftest import read_all
@@ -371,7 +372,7 @@ def test_a_command_a_provider_cannot_take_fails_into_the_dlq_and_the_rest_flow(
         first = runner(s)
         await first.run(idle_exit_after=3)
         client = redis.asyncio.Redis.from_url(s.redis_url)
-        key = f"{s.topic_prefix}tidings:delivery:{batch[4].delivery_id}"
+        key = f"{s.topic_prefix}tidings:delivery:{mark_ref(batch[4])}"
         mark = json.loads(await client.get(key) or b"{}")
         await client.set(key, json.dumps(mark | {"emitted": False}))
         await client.aclose()
@@ -496,7 +497,7 @@ def test_a_claim_outlasts_the_wait_for_its_rate_limit_token(namespace: Callable[
         task = asyncio.create_task(gateway.run(idle_exit_after=2))
         client = redis.asyncio.Redis.from_url(s.redis_url)
         await asyncio.sleep(3.5)
-        seen = [await client.get(f"{s.topic_prefix}tidings:delivery:{c.delivery_id}") for c in batch]
+        seen = [await client.get(f"{s.topic_prefix}tidings:delivery:{mark_ref(c)}") for c in batch]
         await client.aclose()
         await task
         await app_runner.cleanup()
@@ -654,7 +655,7 @@ def test_a_send_longer_than_a_claims_lifetime_keeps_its_claim(namespace: Callabl
         await request.read()
         await asyncio.sleep(5)
         client = redis.asyncio.Redis.from_url(s.redis_url)
-        raw = await client.get(f"{s.topic_prefix}tidings:delivery:{command.delivery_id}")
+        raw = await client.get(f"{s.topic_prefix}tidings:delivery:{mark_ref(command)}")
         await client.aclose()
         marks.append(json.loads(raw)["state"] if raw else None)
         return web.Response(status=204)
