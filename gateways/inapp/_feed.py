@@ -22,7 +22,7 @@ SELECT %(delivery_id)s, %(notification_id)s, %(tenant_id)s, %(recipient_id)s, %(
        %(requested_at)s::timestamptz, %(expires_at)s::timestamptz
 WHERE NOT EXISTS (SELECT 1 FROM erasures WHERE tenant_id = %(tenant_id)s AND recipient_id = %(recipient_id)s
                   AND erased_at > %(requested_at)s)
-ON CONFLICT (delivery_id) DO NOTHING
+ON CONFLICT (tenant_id, delivery_id) DO NOTHING
 RETURNING seq
 """
 
@@ -47,7 +47,7 @@ def item_row(command: DeliveryCommand) -> dict[str, Any]:
     }
 
 
-EXISTING = "SELECT seq FROM inbox_items WHERE delivery_id = %s"
+EXISTING = "SELECT seq FROM inbox_items WHERE tenant_id = %(tenant_id)s AND delivery_id = %(delivery_id)s"
 LAST_READ = "GREATEST(s.last_read_at, s.read_at)"
 LAST_ARCHIVED = "GREATEST(s.last_archived_at, s.archived_at)"
 READ_NOW = f"CASE WHEN {LAST_READ} > COALESCE(s.unread_at, '-infinity') THEN {LAST_READ} END"

@@ -88,7 +88,7 @@ class Inbox(Provider):
         if self._conn is None or self._conn.closed:
             self._conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
         inserted = await (await self._conn.execute(INSERT, row)).fetchone()
-        found = inserted or await (await self._conn.execute(EXISTING, (row["delivery_id"],))).fetchone()
+        found = inserted or await (await self._conn.execute(EXISTING, row)).fetchone()
         return inserted is not None, str(found[0]) if found else None
 
     async def _drop_connection(self) -> None:

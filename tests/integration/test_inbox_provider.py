@@ -110,3 +110,25 @@ def test_a_retried_send_that_finds_its_row_rings_the_doorbell(database: Settings
             await listener.aclose()
 
     assert len(asyncio.run(scenario())) == 1, "the retry rings; the duplicate at the same attempt does not"
+
+
+def test_two_tenants_items_with_one_delivery_id_each_reach_their_feed(database: Settings) -> None:
+    """A delivery id derives from the notification id, which a producer may choose: the same id under
+    another tenant is another item, not a repeat of this one."""
+    s = database
+    acme = command("ada", "for acme")
+    globex = acme.model_copy(update={"tenant_id": "globex", "content": acme.content.model_copy()})
+
+    async def scenario() -> list[Sent]:
+        inbox = provider(s, 5.0)
+        try:
+            async with aiohttp.ClientSession() as session:
+                return [await inbox.send(session, c) for c in (acme, globex, globex)]
+        finally:
+            await inbox.close()
+
+    first, second, repeat = asyncio.run(scenario())
+    with psycopg.connect(s.postgres_dsn) as conn:
+        rows = conn.execute("SELECT tenant_id, seq::text FROM inbox_items ORDER BY seq").fetchall()
+    assert rows == [("acme", first.provider_message_id), ("globex", second.provider_message_id)]
+    assert repeat.provider_message_id == second.provider_message_id
