@@ -51,6 +51,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -96,8 +97,11 @@ SATISFIES: dict[type[Event], frozenset[str]] = {
 
 
 def timer_key(command: DeliveryCommand) -> str:
+    """`<due ms>/<the delivery id within its tenant>`: a delivery id derives from the notification id,
+    which a producer may choose, so two tenants' commands may share one, and one took the other's
+    timer. A name, not the tenant id itself: the notification index joins keys with spaces."""
     due = int(command.not_before.timestamp() * 1000) if command.not_before else 0
-    return f"{due:013d}/{command.delivery_id}"
+    return f"{due:013d}/{uuid.uuid5(command.delivery_id, command.tenant_id)}"
 
 
 class Timers:

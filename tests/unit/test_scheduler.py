@@ -108,6 +108,18 @@ def test_a_command_is_erased_when_its_request_came_before_the_erasure() -> None:
     assert legacy.requested_at is None and erased_before(erased_ms, legacy), "v2: planning time"
 
 
+def test_two_tenants_commands_with_one_delivery_id_each_keep_their_timer() -> None:
+    """A delivery id derives from the notification id, which a producer may choose."""
+    t = timers()
+    acme = command(EPOCH)
+    globex = acme.model_copy(update={"tenant_id": "globex inc"})
+    for c in [acme, globex, acme]:
+        add(t, c)
+    due = t.due(0, int(EPOCH.timestamp() * 1000))
+    assert sorted(c.tenant_id for c in due) == ["acme", "globex inc"]
+    assert t.store.keys(0) == []
+
+
 def test_cancel_takes_every_pending_command_of_the_notification_and_nothing_else() -> None:
     t = timers()
     nid, other = uuid.uuid4(), uuid.uuid4()
