@@ -22,13 +22,16 @@ turns three round trips per command into a few per batch.
 Marks are per tenant: a delivery id is derived from the notification id, which a producer may choose,
 so two tenants' deliveries can share one. Marks written before the tenant was part of the key
 (`<prefix>tidings:delivery:<delivery_id>`) are still read by a claim that finds no mark of its own,
-so a command in flight across the upgrade is not sent twice; they expire within `done_ttl`.
+so a command in flight across the upgrade is not sent twice; only for a command requested before the
+first claim made with per-tenant keys (`<prefix>tidings:marks:per-tenant-since`, set by that claim),
+since for a later one the old key can only be another tenant's mark. They expire within `done_ttl`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -47,7 +50,10 @@ and crash-looping for as long as the state lasts."""
 
 CLAIM = """
 local current = redis.call('GET', KEYS[1])
-if not current then current = redis.call('GET', KEYS[4]) end
+if not current then
+  redis.call('SET', KEYS[5], ARGV[7], 'NX')
+  if tonumber(ARGV[4]) < tonumber(redis.call('GET', KEYS[5])) then current = redis.call('GET', KEYS[4]) end
+end
 if current then
   local mark = cjson.decode(current)
   local retry_due = mark.state == 'retry' and tonumber(mark.attempt) == tonumber(ARGV[3])
@@ -134,6 +140,7 @@ class Marks:
         self.inflight_ttl, self.done_ttl = inflight_ttl, done_ttl
         self.pipelined = Pipelined(client)
         self.swap = client.register_script(SWAP)
+        self.per_tenant_since = f"{prefix}tidings:marks:per-tenant-since"
 
     def key(self, ref: str) -> str:
         return f"{self.prefix}tidings:delivery:{ref}"
@@ -163,9 +170,11 @@ class Marks:
         delivery whose in-flight mark is this gateway's own: one it claimed and then stopped handling
         (Redis failed after the claim), which it would otherwise wait a claim's lifetime for."""
         inflight = json.dumps({"state": "inflight", "owner": self.owner})
-        keys = [self.key(ref), dead_key, erased_key, self.legacy_key(ref)]
+        keys = [self.key(ref), dead_key, erased_key, self.legacy_key(ref), self.per_tenant_since]
+        now_ms = int(time.time() * 1000)
         args: list[str | int] = [inflight, self.inflight_ttl, attempt, requested_ms, replay, int(retake)]
-        current = await self.pipelined.call(lambda pipe: pipe.eval(CLAIM, 4, *keys, *args))
+        args.append(now_ms)
+        current = await self.pipelined.call(lambda pipe: pipe.eval(CLAIM, 5, *keys, *args))
         if current is None:
             return None
         mark: dict[str, Any] = json.loads(current)
