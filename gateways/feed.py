@@ -26,10 +26,12 @@ Each tenant signs with its own key, derived from that secret (`tidings.client.in
   the caller's, or not yet in the delivery-status projection, is 404.
 - `GET /v1/ws`: a WebSocket. The first frame is `{"token": "...", "cursor": 123}` (cursor optional),
   within 10 s, else the socket closes with 4401. The server answers `{"type": "items", "items": [...],
-  "cursor": n}` with everything after the cursor (or the newest 20), then again whenever the
-  recipient's Redis doorbell rings, and at least every 30 s. aiohttp pings every 25 s. On the same
-  looks, items this socket sent that were withdrawn since (their notification was cancelled) are named
-  in `{"type": "withdrawn", "ids": [...], "cursors": [...]}`, once each, so a live view can drop them.
+  "cursor": n}` with everything after the cursor (or the newest 20), 100 items a frame, then again
+  whenever the recipient's Redis doorbell rings, and at least every 30 s. PostgreSQL not answering
+  closes the socket with 1013 (try again later), and the client reconnects with its cursor. aiohttp
+  pings every 25 s. On the same looks, items this socket sent that were withdrawn since (their
+  notification was cancelled) are named in `{"type": "withdrawn", "ids": [...], "cursors": [...]}`,
+  once each, so a live view can drop them.
 
 Doorbells: one Redis pattern subscription per edge process fans out to its sockets; after a Redis
 reconnect every socket re-reads, so a lost doorbell costs latency, never an item. Each read also looks
@@ -53,7 +55,8 @@ from uuid import UUID
 
 import jwt
 from aiohttp import WSMsgType, web
-from psycopg_pool import AsyncConnectionPool
+from psycopg import errors as pg_errors
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateways import _pg as pg
 from gateways.inapp._doorbells import Doorbells
@@ -102,6 +105,7 @@ MAX_URL = 2048
 AUTH_TIMEOUT_S, REREAD_S, LOOKBACK_S, FIRST_PAGE, MAX_PAGE, MAX_BULK = 10.0, 30.0, 5.0, 20, 100, 1000
 KEPT = 500
 UNAUTHORIZED = 4401
+TRY_AGAIN_LATER = 1013
 TOKEN_LEEWAY_S = 30
 POOL: web.AppKey[AsyncConnectionPool] = web.AppKey("inbox_pool", AsyncConnectionPool)
 
@@ -259,14 +263,19 @@ def mount(
                 )
             greeted = not resumed
             async for _ in rings(ws, bell, until):
-                lookback = LOOKBACK_S if greeted else 0.0
-                rows = await query(SINCE, who | {"after": cursor, "lookback": lookback, "limit": MAX_PAGE})
-                fresh = [r for r in rows if r[0] not in sent]
-                cursor = max([cursor, *(r[0] for r in fresh)])
-                if fresh or not greeted:
-                    await ws.send_json({"type": "items", "items": [item(r) for r in fresh], "cursor": cursor})
-                    greeted = True
-                sent.update(dict.fromkeys((r[0] for r in fresh), time.monotonic()))
+                full = True
+                while full:
+                    lookback = LOOKBACK_S if greeted else 0.0
+                    look = who | {"after": cursor, "lookback": lookback, "limit": MAX_PAGE}
+                    rows = await query(SINCE, look)
+                    full = sum(1 for r in rows if r[0] > cursor) == MAX_PAGE
+                    fresh = sorted((r for r in rows if r[0] not in sent), key=lambda r: r[0])
+                    cursor = max([cursor, *(r[0] for r in fresh)])
+                    if fresh or not greeted:
+                        items = [item(r) for r in fresh]
+                        await ws.send_json({"type": "items", "items": items, "cursor": cursor})
+                        greeted = True
+                    sent.update(dict.fromkeys((r[0] for r in fresh), time.monotonic()))
                 gone = await query(WITHDRAWN, who | {"seqs": sorted(sent)}) if sent else []
                 if gone:
                     ids = sorted({str(r[1]) for r in gone})
@@ -277,6 +286,9 @@ def mount(
                         sent.pop(r[0], None)
                 if len(sent) > 2 * KEPT:
                     sent = kept(sent)
+        except (pg_errors.OperationalError, PoolTimeout) as exc:
+            log.warning("PostgreSQL did not answer a socket's look: %s", exc)
+            await ws.close(code=TRY_AGAIN_LATER, message=b"the inbox is unavailable")
         finally:
             application[DOORBELLS].unregister(channel, bell)
         return ws

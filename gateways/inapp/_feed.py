@@ -63,7 +63,9 @@ PAGE = f"""SELECT {COLUMNS} {FROM}
 ORDER BY i.seq DESC LIMIT %(limit)s"""
 SINCE = f"""SELECT {COLUMNS} {FROM}
   AND (i.seq > %(after)s OR i.created_at > now() - make_interval(secs => %(lookback)s))
-ORDER BY i.seq LIMIT %(limit)s"""
+ORDER BY i.seq > %(after)s DESC, i.seq LIMIT %(limit)s"""
+"""The items after the cursor first, then the look-back's: items the socket already sent, re-read by
+the look-back, must not fill the page ahead of the ones after the cursor."""
 MARK = """SELECT
   (SELECT max(seq) FROM inbox_items WHERE tenant_id = %(tenant)s AND recipient_id = %(recipient)s),
   ARRAY(SELECT seq FROM inbox_items WHERE tenant_id = %(tenant)s AND recipient_id = %(recipient)s

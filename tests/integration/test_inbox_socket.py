@@ -1,0 +1,101 @@
+"""The inbox WebSocket on the real stack when a look has more than a page to send, and when PostgreSQL
+does not answer."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import aiohttp
+import psycopg
+import pytest
+
+from gateways import feed as feed_module
+from gateways.inapp._feed import INSERT, item_row
+from tests.integration.test_inbox import command, inbox, serving, token
+from tidings.config import Settings
+
+
+def test_a_burst_larger_than_a_page_reaches_an_open_socket_at_once(
+    database: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eleven items committed together, then a twelfth that rings: the socket reads pages until one is
+    not full, and the items it already sent, which the look back in time reads again, do not fill the
+    pages ahead of the ones after its cursor."""
+    s = database
+    monkeypatch.setattr(feed_module, "MAX_PAGE", 5)
+    burst = [command("ada", f"B{i:02d}") for i in range(12)]
+
+    async def scenario(base: str) -> list[str]:
+        provider = inbox(s)
+        titles: list[str] = []
+        async with (
+            aiohttp.ClientSession() as session,
+            aiohttp.ClientSession() as http,
+            http.ws_connect(f"{base}/v1/ws") as ws,
+        ):
+            await ws.send_json({"token": token("ada")})
+            await ws.receive_json(timeout=5)
+            with psycopg.connect(s.postgres_dsn) as conn:
+                for c in burst[:-1]:
+                    conn.execute(INSERT, item_row(c))
+            await provider.send(session, burst[-1])
+            while len(titles) < len(burst):
+                frame = await ws.receive_json(timeout=5)
+                titles += [i["title"] for i in frame["items"]]
+        await provider.close()
+        return titles
+
+    titles = asyncio.run(serving(s, scenario))
+    assert titles == [c.content.title for c in burst]
+
+
+def test_a_resumed_socket_gets_everything_after_its_cursor_in_pages(
+    database: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = database
+    monkeypatch.setattr(feed_module, "MAX_PAGE", 5)
+    items = [command("ada", f"R{i:02d}") for i in range(13)]
+    with psycopg.connect(s.postgres_dsn) as conn:
+        for c in items:
+            conn.execute(INSERT, item_row(c))
+
+    async def scenario(base: str) -> list[int]:
+        sizes: list[int] = []
+        async with aiohttp.ClientSession() as http, http.ws_connect(f"{base}/v1/ws") as ws:
+            await ws.send_json({"token": token("ada"), "cursor": 0})
+            while sum(sizes) < len(items):
+                sizes.append(len((await ws.receive_json(timeout=5))["items"]))
+        return sizes
+
+    assert asyncio.run(serving(s, scenario)) == [5, 5, 3]
+
+
+def test_a_socket_whose_look_finds_postgresql_down_closes_to_be_tried_again(
+    database: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not an HTTP 503 written into the socket's stream, which the client reads as a broken frame."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dead = Settings(**(database.model_dump() | {"postgres_dsn": f"postgresql://x@127.0.0.1:{port}/x"}))
+    monkeypatch.setattr(feed_module.pg, "pool", pool_waiting(1.0))
+
+    async def scenario(base: str) -> tuple[object, object]:
+        async with aiohttp.ClientSession() as http, http.ws_connect(f"{base}/v1/ws") as ws:
+            await ws.send_json({"token": token("ada")})
+            message = await ws.receive(timeout=15)
+            return message.type, ws.close_code
+
+    kind, code = asyncio.run(serving(dead, scenario))
+    assert (kind, code) == (aiohttp.WSMsgType.CLOSE, feed_module.TRY_AGAIN_LATER)
+
+
+def pool_waiting(seconds: float) -> object:
+    """`pg.pool` with its wait for a connection cut to `seconds`."""
+    make = feed_module.pg.pool
+
+    def pool(*args: object, **kwargs: object) -> object:
+        return make(*args, **(kwargs | {"timeout": seconds}))  # type: ignore[arg-type]
+
+    return pool
