@@ -13,6 +13,10 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+STATEMENT_TIMEOUT_MS = 30_000
+"""The edge's reads: a statement blocked (behind a migration's lock, say) or slow gives its connection
+back within this, as a 503, rather than holding one of a few pooled connections for good."""
+
 
 def pool(
     dsn: str,

@@ -222,6 +222,10 @@ def mount(
         key = request.headers.get("Idempotency-Key")
         if key is not None and not 1 <= len(key.strip()) <= 255:
             raise Problem(problem(422, "Invalid Idempotency-Key", "1..255 characters besides white space"))
+        try:
+            (key or "").encode()
+        except UnicodeEncodeError:
+            raise Problem(problem(422, "Invalid Idempotency-Key", "the header is not UTF-8")) from None
         return key
 
     async def notify(request: web.Request, tenant: str) -> web.Response:
@@ -349,8 +353,13 @@ def mount(
         return web.json_response(view | {"updated_at": found[0]["updated_at"]})
 
     async def pool(app: web.Application) -> AsyncIterator[None]:
-        app[API_POOL] = pg.pool(settings.postgres_dsn, min_size=1, max_size=4, timeout=5, checked=True)
-        app[REPORTS_POOL] = pg.pool(settings.postgres_dsn, min_size=0, max_size=2, timeout=5, checked=True)
+        bounded = {"options": f"-c statement_timeout={pg.STATEMENT_TIMEOUT_MS}"}
+        app[API_POOL] = pg.pool(
+            settings.postgres_dsn, min_size=1, max_size=4, timeout=5, checked=True, kwargs=bounded
+        )
+        app[REPORTS_POOL] = pg.pool(
+            settings.postgres_dsn, min_size=0, max_size=2, timeout=5, checked=True, kwargs=bounded
+        )
         app[API_REDIS] = aioredis.Redis.from_url(
             settings.redis_url, socket_timeout=2, socket_connect_timeout=2
         )

@@ -294,7 +294,10 @@ def mount(
         return ws
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        app[POOL] = pg.pool(settings.postgres_dsn, min_size=1, max_size=8, timeout=10, checked=True)
+        bounded = {"options": f"-c statement_timeout={pg.STATEMENT_TIMEOUT_MS}"}
+        app[POOL] = pg.pool(
+            settings.postgres_dsn, min_size=1, max_size=8, timeout=10, checked=True, kwargs=bounded
+        )
         await app[POOL].open()
         app[DOORBELLS] = bells = Doorbells(settings.redis_url, prefix)
         bells.task = asyncio.create_task(bells.listen())

@@ -19,6 +19,7 @@ RecipientErased (erasure), or a JSON export read from the projections (access).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -36,6 +37,8 @@ from tidings.erasure import CATCH_UP_S, MEMBERSHIPS, STORED, behind, erasure
 from tidings.errors import KafkaUnavailable, UnknownTopic
 from tidings.kafka import end_offsets
 from tidings.topics import names
+
+log = logging.getLogger(__name__)
 
 Produce = Callable[..., Awaitable[None]]
 Accept = Callable[..., web.Response]
@@ -144,7 +147,8 @@ def operations(
         try:
             lag = await audiences_behind(settings, rows)
         except (KafkaUnavailable, UnknownTopic) as exc:
-            raise Problem(problem(503, "Kafka unavailable", str(exc))) from None
+            log.warning("could not read the audiences projection's lag: %s", exc)
+            raise Problem(problem(503, "Kafka unavailable", "retry later")) from None
         if lag:
             why = (
                 f"the audiences projection has {lag} membership records to apply, so the recipient's "
@@ -155,7 +159,9 @@ def operations(
             raise Problem(response)
         audiences = [r["audience_id"] for r in await rows(MEMBERSHIPS, tenant, recipient)]
         removals, erased = erasure(tenant=tenant, recipient=recipient, audiences=audiences, reason=reason)
-        await produce(request, *removals, erased)
+        if removals:
+            await produce(request, *removals)
+        await produce(request, erased)
         return accepted(event_id=erased.event_id, event_ids=[e.event_id for e in removals] or None)
 
     async def export_recipient(request: web.Request, tenant: str) -> web.Response:

@@ -61,9 +61,11 @@ def parse_cursor(text: str) -> tuple[str, str]:
     """ValueError unless `text` is a cursor a page gave out."""
     try:
         channel, address = json.loads(base64.urlsafe_b64decode(text.encode()))
+        channel, address = str(channel), str(address)
+        f"{channel}{address}".encode()
     except (binascii.Error, ValueError, TypeError, RecursionError) as exc:
         raise ValueError(str(exc) or type(exc).__name__) from None
-    return str(channel), str(address)
+    return channel, address
 
 
 def operations(

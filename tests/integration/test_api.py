@@ -3,6 +3,7 @@ topics (routed by the real router), reads come from the real projections, per te
 endpoints report the real dependencies."""
 
 import asyncio
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -174,6 +175,28 @@ def test_bad_keys_and_bad_bodies_get_problems_and_produce_nothing(topology: Sett
     assert "NaN is not JSON" in answers[9][1]["detail"]
     assert "recipient_id" in answers[5][1]["detail"]
     assert "larger than" in answers[6][1]["detail"]
+    assert decoded(s, names(s).requested) == []
+
+
+def test_an_idempotency_key_header_that_is_not_utf8_is_a_problem(topology: Settings) -> None:
+    """aiohttp hands such a header on with surrogates, which no key derivation can encode: a 500."""
+    s = topology
+    body = json.dumps(SHIPPED).encode()
+
+    async def scenario(base: str) -> bytes:
+        host, port = base.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        head = (
+            f"POST /v1/notifications HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {ACME}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
+        )
+        writer.write(head.encode() + b"Idempotency-Key: f\xfcr\r\n\r\n" + body)
+        answer = await reader.read()
+        writer.close()
+        return answer
+
+    answer = asyncio.run(serving(s, scenario))
+    assert answer.startswith(b"HTTP/1.1 422 ") and b"not UTF-8" in answer
     assert decoded(s, names(s).requested) == []
 
 

@@ -127,8 +127,8 @@ def test_a_cursor_that_history_did_not_give_out_is_a_value_error(text: str) -> N
 
 @pytest.mark.parametrize(
     "raw",
-    [b"garbage", b"[1, 2, 3]", b"[" * 100_000, b"\xff"],
-    ids=["text", "three", "nested", "binary"],
+    [b"garbage", b"[1, 2, 3]", b"[" * 100_000, b"\xff", b'["email", "\\ud800"]'],
+    ids=["text", "three", "nested", "binary", "surrogate"],
 )
 def test_a_suppressions_cursor_no_page_gave_out_is_a_value_error(raw: bytes) -> None:
     with pytest.raises(ValueError):
