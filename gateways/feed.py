@@ -179,7 +179,7 @@ def mount(
     async def engage(request: web.Request) -> web.Response:
         tenant, recipient = caller(request)
         kind, nid = action(request, ACTIONS, "notification_id")
-        rows = await query(DELIVERY, (tenant, recipient, nid))
+        rows = await query(DELIVERY, {"tenant": tenant, "recipient": recipient, "nid": nid})
         if not rows:
             raise web.HTTPNotFound(text="no such item in this inbox")
         event = kind(tenant_id=tenant, recipient_id=recipient, notification_id=nid, delivery_id=rows[0][0])
@@ -253,6 +253,8 @@ def mount(
             resumed = isinstance(cursor, int) and not isinstance(cursor, bool) and abs(cursor) < 2**63
             mark = who | {"cursor": cursor if resumed else None, "lookback": LOOKBACK_S, "limit": KEPT}
             [(latest, recent)] = await query(MARK, mark)
+            if isinstance(cursor, int) and resumed and cursor > (latest or 0):
+                cursor = latest or 0
             sent = dict.fromkeys(recent, time.monotonic())
             if not resumed:
                 rows = await query(PAGE, who | {"archived": False, "before": None, "limit": FIRST_PAGE})

@@ -83,8 +83,9 @@ BULK = {
 ORDER BY i.seq DESC LIMIT %(limit)s"""
     for action, condition in NOT_YET.items()
 }
-DELIVERY = """SELECT delivery_id FROM inbox_items
-WHERE tenant_id = %s AND recipient_id = %s AND notification_id = %s ORDER BY seq LIMIT 1"""
+DELIVERY = f"""SELECT i.delivery_id {FROM} AND i.notification_id = %(nid)s ORDER BY i.seq LIMIT 1"""
+"""The item a recipient marks: one the feed shows (not withdrawn, not expired), so marking one it hides
+is a 404, not an engagement that statistics, escalations and destinations would count."""
 
 
 def doorbell(prefix: str, tenant: str, recipient: str) -> str:

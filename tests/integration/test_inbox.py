@@ -244,6 +244,11 @@ def test_a_cancelled_notification_is_withdrawn_from_the_feed_and_the_unread_coun
         ):
             return await r.json()
 
+    async def mark_withdrawn(base: str) -> int:
+        url = f"{base}/v1/inbox/{withdrawn.notification_id}/read"
+        async with aiohttp.ClientSession() as http, http.post(url, headers=bearer(token("ada"))) as r:
+            return r.status
+
     asyncio.run(deliver())
     with Client(s) as client:
         client.cancel(tenant="globex", recipient="ada", notification_id=kept.notification_id)
@@ -255,6 +260,7 @@ def test_a_cancelled_notification_is_withdrawn_from_the_feed_and_the_unread_coun
     before = asyncio.run(serving(s, feed))
     project(s, "inbox")
     after = asyncio.run(serving(s, feed))
+    assert asyncio.run(serving(s, mark_withdrawn)) == 404, "an item the feed hides cannot be marked"
     with Client(s) as client:
         ids = {"tenant_id": "acme", "recipient_id": "ada", "notification_id": kept.notification_id}
         client.publish(InboxItemRead(**ids, delivery_id=kept.delivery_id))

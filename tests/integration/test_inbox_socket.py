@@ -1,5 +1,5 @@
-"""The inbox WebSocket on the real stack when a look has more than a page to send, and when PostgreSQL
-does not answer."""
+"""The inbox WebSocket on the real stack when a look has more than a page to send, when a client's
+cursor is past every item, and when PostgreSQL does not answer."""
 
 from __future__ import annotations
 
@@ -69,6 +69,31 @@ def test_a_resumed_socket_gets_everything_after_its_cursor_in_pages(
         return sizes
 
     assert asyncio.run(serving(s, scenario)) == [5, 5, 3]
+
+
+def test_a_resumed_socket_whose_cursor_is_past_the_newest_item_gets_the_next_one(
+    database: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cursor beyond every item (a database restored from a backup) is taken as the newest item's: a
+    lost doorbell then only delays the next item until the socket's periodic look, which finds it."""
+    s = database
+    monkeypatch.setattr(feed_module, "LOOKBACK_S", 0.0)
+    monkeypatch.setattr(feed_module, "REREAD_S", 0.5)
+    first, lost = command("ada", "first"), command("ada", "lost doorbell")
+    with psycopg.connect(s.postgres_dsn) as conn:
+        conn.execute(INSERT, item_row(first))
+
+    async def scenario(base: str) -> list[list[str]]:
+        frames: list[list[str]] = []
+        async with aiohttp.ClientSession() as http, http.ws_connect(f"{base}/v1/ws") as ws:
+            await ws.send_json({"token": token("ada"), "cursor": 10**12})
+            frames.append([i["title"] for i in (await ws.receive_json(timeout=5))["items"]])
+            with psycopg.connect(s.postgres_dsn) as conn:
+                conn.execute(INSERT, item_row(lost))
+            frames.append([i["title"] for i in (await ws.receive_json(timeout=5))["items"]])
+        return frames
+
+    assert asyncio.run(serving(s, scenario)) == [[], ["lost doorbell"]]
 
 
 def test_a_socket_whose_look_finds_postgresql_down_closes_to_be_tried_again(
