@@ -131,15 +131,27 @@ def recipient_of(token: str, master_secret: str) -> tuple[str, str] | None:
     return (tenant, recipient) if claims.get("tenant") == tenant and isinstance(recipient, str) else None
 
 
+def refused(
+    kind: type[web.HTTPException], title: str, detail: str | None = None, **headers: str
+) -> web.HTTPException:
+    """A problem document (RFC 9457), as the API's and the preference centre's errors are; a header
+    name's `_` is a `-`."""
+    document: dict[str, Any] = {"type": "about:blank", "title": title, "status": kind.status_code}
+    if detail is not None:
+        document["detail"] = detail
+    named = {name.replace("_", "-"): value for name, value in headers.items()}
+    return kind(text=json.dumps(document), content_type="application/problem+json", headers=named or None)
+
+
 def action(request: web.Request, kinds: dict[str, Any], id_name: str) -> tuple[Any, UUID]:
     """The event class the path's action names and the path's id; 404 for anything else."""
     kind = kinds.get(request.match_info["action"])
     try:
         found = UUID(request.match_info[id_name])
     except ValueError:
-        raise web.HTTPNotFound() from None
+        raise refused(web.HTTPNotFound, "Not found") from None
     if kind is None:
-        raise web.HTTPNotFound()
+        raise refused(web.HTTPNotFound, "Not found")
     return kind, found
 
 
@@ -152,9 +164,7 @@ def mount(
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         found = recipient_of(token, secret) if scheme.lower() == "bearer" else None
         if found is None:
-            raise web.HTTPUnauthorized(
-                headers={"WWW-Authenticate": "Bearer"}, text="a valid token is required"
-            )
+            raise refused(web.HTTPUnauthorized, "A valid token is required", WWW_Authenticate="Bearer")
         return found
 
     async def query(sql: str, args: dict[str, Any] | tuple[Any, ...]) -> list[tuple[Any, ...]]:
@@ -167,7 +177,7 @@ def mount(
             limit = min(max(int(request.query.get("limit", FIRST_PAGE)), 1), MAX_PAGE)
             before = int(request.query["before"]) if "before" in request.query else None
         except ValueError:
-            raise web.HTTPBadRequest(text="limit and before are integers") from None
+            raise refused(web.HTTPBadRequest, "Bad query", "limit and before are integers") from None
         archived = request.query.get("archived", "false").lower() in ("1", "true", "yes")
         who = {"tenant": tenant, "recipient": recipient}
         rows = await query(PAGE, who | {"archived": archived, "before": before, "limit": limit})
@@ -181,7 +191,7 @@ def mount(
         kind, nid = action(request, ACTIONS, "notification_id")
         rows = await query(DELIVERY, {"tenant": tenant, "recipient": recipient, "nid": nid})
         if not rows:
-            raise web.HTTPNotFound(text="no such item in this inbox")
+            raise refused(web.HTTPNotFound, "Not found", "no such item in this inbox")
         event = kind(tenant_id=tenant, recipient_id=recipient, notification_id=nid, delivery_id=rows[0][0])
         await request.app[producer].deliver(Output.event(engagement, event))
         return web.json_response({"status": "accepted", "event_id": str(event.event_id)}, status=202)
@@ -190,11 +200,11 @@ def mount(
         tenant, recipient = caller(request)
         name = request.match_info["action"]
         if name not in BULK:
-            raise web.HTTPNotFound()
+            raise refused(web.HTTPNotFound, "Not found")
         try:
             before = int(request.query["before"]) if "before" in request.query else None
         except ValueError:
-            raise web.HTTPBadRequest(text="before is an integer") from None
+            raise refused(web.HTTPBadRequest, "Bad query", "before is an integer") from None
         who = {"tenant": tenant, "recipient": recipient}
         rows = await query(BULK[name], who | {"before": before, "limit": MAX_BULK + 1})
         first: dict[UUID, UUID] = {}
@@ -219,12 +229,16 @@ def mount(
             try:
                 url = (await request.json()).get("url")
             except (ValueError, AttributeError, LookupError, RecursionError):
-                raise web.HTTPBadRequest(text='the body is {"url": "https://..."} or nothing') from None
+                raise refused(
+                    web.HTTPBadRequest, "Bad body", 'the body is {"url": "https://..."} or nothing'
+                ) from None
             if url is not None and (not isinstance(url, str) or len(url) > MAX_URL):
-                raise web.HTTPBadRequest(text=f"url is a string of at most {MAX_URL} characters")
+                raise refused(
+                    web.HTTPBadRequest, "Bad body", f"url is a string of at most {MAX_URL} characters"
+                )
         rows = await query(OWN_DELIVERY, (did, tenant, recipient))
         if not rows:
-            raise web.HTTPNotFound(text="no such delivery to this recipient")
+            raise refused(web.HTTPNotFound, "Not found", "no such delivery to this recipient")
         nid, channel = rows[0]
         fields = {"tenant_id": tenant, "recipient_id": recipient, "notification_id": nid, "delivery_id": did}
         event = kind(**fields, channel=channel, **({"url": url} if url else {}))

@@ -155,12 +155,15 @@ def test_recipients_read_their_feed_mark_items_and_get_new_ones_live(database: S
             ]:
                 async with http.get(f"{base}/v1/inbox", headers=headers) as r:
                     seen[name] = r.status
+                    if name == "none":
+                        seen["problem"] = (r.content_type, r.headers["WWW-Authenticate"], await r.json())
             async with http.get(f"{base}/v1/inbox?limit=1", headers=auth) as r:
                 seen["page"] = await r.json()
             async with http.post(f"{base}/v1/inbox/{first.notification_id}/read", headers=auth) as r:
                 seen["read"] = r.status
             async with http.post(f"{base}/v1/inbox/{bobs.notification_id}/read", headers=auth) as r:
                 seen["not_mine"] = r.status
+                seen["not_mine_type"] = r.content_type
             async with http.post(f"{base}/v1/inbox/{first.notification_id}/liked", headers=auth) as r:
                 seen["bad_action"] = r.status
 
@@ -190,6 +193,12 @@ def test_recipients_read_their_feed_mark_items_and_get_new_ones_live(database: S
     refused = ("none", "forged", "expired", "master_key", "other_tenants_key")
     assert {name: seen[name] for name in refused} == dict.fromkeys(refused, 401)
     assert seen["sdk"] == 200
+    assert seen["problem"] == (
+        "application/problem+json",
+        "Bearer",
+        {"type": "about:blank", "title": "A valid token is required", "status": 401},
+    )
+    assert seen["not_mine_type"] == "application/problem+json"
     assert [i["title"] for i in seen["page"]["items"]] == ["Cy mentioned you"]
     assert seen["page"]["unread"] == 2 and seen["page"]["next"] is not None
     assert (seen["read"], seen["not_mine"], seen["bad_action"]) == (202, 404, 404)
