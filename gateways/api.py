@@ -372,9 +372,23 @@ def mount(
 
     application.cleanup_ctx.append(pool)
     operations = [
-        Operation("POST", "/v1/notifications", notify, "Request a notification", NotificationBody, 202),
         Operation(
-            "POST", "/v1/notifications/batch", notify_batch, "Request up to 100 notifications", Batch, 202
+            "POST",
+            "/v1/notifications",
+            notify,
+            "Request a notification",
+            NotificationBody,
+            202,
+            idempotent=True,
+        ),
+        Operation(
+            "POST",
+            "/v1/notifications/batch",
+            notify_batch,
+            "Request up to 100 notifications",
+            Batch,
+            202,
+            idempotent=True,
         ),
         Operation("GET", "/v1/notifications/{notification_id}", get_notification, "Status and timeline"),
         Operation("POST", "/v1/notifications/{notification_id}/cancel", cancel, "Cancel", CancelBody, 202),
@@ -382,7 +396,13 @@ def mount(
             "GET", "/v1/recipients/{recipient}", get_recipient, "A recipient's contacts and preferences"
         ),
         Operation("PATCH", "/v1/recipients/{recipient}", patch_recipient, "Set contacts", RecipientBody, 202),
-        Operation("GET", "/v1/recipients/{recipient}/notifications", history, "A recipient's notifications"),
+        Operation(
+            "GET",
+            "/v1/recipients/{recipient}/notifications",
+            history,
+            "A recipient's notifications",
+            query=("limit", "before"),
+        ),
         Operation(
             "PATCH",
             "/v1/recipients/{recipient}/preferences",

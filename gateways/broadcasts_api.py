@@ -131,7 +131,13 @@ def operations(
 
     return [
         Operation("GET", "/v1/audiences/{audience}", get_audience, "An audience's size"),
-        Operation("GET", "/v1/audiences/{audience}/members", get_members, "An audience's members"),
+        Operation(
+            "GET",
+            "/v1/audiences/{audience}/members",
+            get_members,
+            "An audience's members",
+            query=("limit", "after"),
+        ),
         Operation(
             "GET",
             "/v1/broadcasts/{broadcast_id}",
@@ -147,7 +153,13 @@ def operations(
             202,
         ),
         Operation(
-            "POST", "/v1/broadcasts", broadcast, "Notify every member of an audience", BroadcastBody, 202
+            "POST",
+            "/v1/broadcasts",
+            broadcast,
+            "Notify every member of an audience",
+            BroadcastBody,
+            202,
+            idempotent=True,
         ),
         Operation(
             "POST",

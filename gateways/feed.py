@@ -330,7 +330,14 @@ def mount(
     token = "recipientToken"
     application.setdefault(OPERATIONS, []).extend(
         [
-            Operation("GET", "/v1/inbox", feed, "My inbox, newest first", security=token),
+            Operation(
+                "GET",
+                "/v1/inbox",
+                feed,
+                "My inbox, newest first",
+                security=token,
+                query=("limit", "before", "archived"),
+            ),
             Operation(
                 "POST",
                 "/v1/inbox/all/{action}",
@@ -338,6 +345,7 @@ def mount(
                 "Mark every item not yet seen, read or archived",
                 status=202,
                 security=token,
+                query=("before",),
             ),
             Operation(
                 "POST",

@@ -48,6 +48,32 @@ class Operation:
     body: type[BaseModel] | None = None
     status: int = 200
     security: str = "apiKey"
+    query: tuple[str, ...] = ()
+    """The query parameters it reads, each described in `QUERY`."""
+    idempotent: bool = False
+    """It takes an `Idempotency-Key` header and may answer 429 (the tenant's rate)."""
+
+
+QUERY = {
+    "limit": "Items per page (bounded by the route's maximum)",
+    "before": "The cursor of the previous page's last item: the page after it",
+    "after": "The `next` of the previous page: the page after it",
+    "archived": "true to include archived items",
+    "channel": "Only this channel",
+    "address": "Only this address (an email address in any case)",
+    "active": "true (default), false (lifted) or any",
+    "reason": "Why, kept on the record",
+    "from": "Window start, ISO 8601 (default: 24 hours before `to`)",
+    "to": "Window end, ISO 8601 (default: now)",
+    "type": "Only this notification type",
+}
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "The producer's own key (1..255 characters): a retry with it names the same ids",
+    "schema": {"type": "string"},
+}
 
 
 Check = Callable[[web.Application], Awaitable[Any]]
@@ -180,7 +206,12 @@ def openapi(operations: list[Operation], accepted: type[BaseModel]) -> dict[str,
             "summary": op.summary,
             "operationId": op.handler.__name__,
             "parameters": [
-                {"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names
+                *({"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names),
+                *(
+                    {"name": n, "in": "query", "description": QUERY[n], "schema": {"type": "string"}}
+                    for n in op.query
+                ),
+                *([IDEMPOTENCY_KEY] if op.idempotent else []),
             ],
             "responses": {
                 str(op.status): {
@@ -189,8 +220,16 @@ def openapi(operations: list[Operation], accepted: type[BaseModel]) -> dict[str,
                 },
                 "401": {"description": "No valid credentials", "content": problem},
                 "422": {"description": "Invalid fields", "content": problem},
+                "503": {"description": "Kafka or PostgreSQL unavailable: retry", "content": problem},
             },
         }
+        if op.query:
+            entry["responses"]["400"] = {"description": "Bad query", "content": problem}
+        if op.idempotent:
+            entry["responses"]["429"] = {
+                "description": "Over the tenant's rate: Retry-After",
+                "content": problem,
+            }
         if op.security != "apiKey":
             entry["security"] = [{op.security: []}]
         if op.body is not None:

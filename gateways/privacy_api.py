@@ -180,6 +180,10 @@ def operations(
 
     path = "/v1/recipients/{recipient}"
     return [
-        Operation("DELETE", path, erase_recipient, "Erase a recipient's personal data", None, 202),
-        Operation("GET", path + "/export", export_recipient, "Everything held about a recipient"),
+        Operation(
+            "DELETE", path, erase_recipient, "Erase a recipient's personal data", None, 202, query=("reason",)
+        ),
+        Operation(
+            "GET", path + "/export", export_recipient, "Everything held about a recipient", query=("limit",)
+        ),
     ]

@@ -40,4 +40,12 @@ def operations(pool: web.AppKey[Any]) -> list[Operation]:
         body = {"from": since.isoformat(), "to": until.isoformat(), "types": stats.report(found)}
         return web.json_response(body)
 
-    return [Operation("GET", "/v1/stats", get_stats, "Delivery analytics over a time window")]
+    return [
+        Operation(
+            "GET",
+            "/v1/stats",
+            get_stats,
+            "Delivery analytics over a time window",
+            query=("from", "to", "type"),
+        )
+    ]

@@ -111,7 +111,13 @@ def operations(
         return accepted(event_id=event.event_id)
 
     return [
-        Operation("GET", "/v1/suppressions", list_suppressions, "The tenant's suppressed addresses"),
+        Operation(
+            "GET",
+            "/v1/suppressions",
+            list_suppressions,
+            "The tenant's suppressed addresses",
+            query=("channel", "active", "address", "limit", "after"),
+        ),
         Operation(
             "POST",
             "/v1/recipients/{recipient}/suppressions/lift",

@@ -3,6 +3,8 @@ the inbox tokens' per-tenant keys."""
 
 import asyncio
 import base64
+import inspect
+import re
 import time
 import uuid
 from datetime import UTC, datetime
@@ -91,6 +93,25 @@ def test_the_openapi_document_is_valid_and_covers_every_mounted_route() -> None:
     inbox = document["paths"]["/v1/inbox"]["get"]
     assert inbox["security"] == [{"recipientToken": []}]
     assert "security" not in document["paths"]["/v1/notifications"]["post"]  # the document's default: apiKey
+
+
+def test_the_openapi_document_names_every_query_parameter_and_header_a_handler_reads() -> None:
+    """Read from each handler's source, so a parameter added to a handler and not to its Operation
+    fails here."""
+    edge = EdgeSettings(api_keys=SecretStr(f"acme:{KEY}"), inbox_jwt_secret=SecretStr("s" * 32))
+    operations = app(Settings(), edge=edge)[ops.OPERATIONS]
+    document = ops.openapi(operations, api_schema.Accepted)
+    reads = re.compile(r'(?:query|q)(?:\.get\(|\[)"(\w+)"|_time\(request, "(\w+)"\)|header_key\((request)\)')
+    for op in operations:
+        found = {a or b or "Idempotency-Key" for a, b, c in reads.findall(inspect.getsource(op.handler))}
+        entry = document["paths"][op.path][op.method.lower()]
+        named = {p["name"] for p in entry["parameters"] if p["in"] in ("query", "header")}
+        assert found == named, f"{op.method} {op.path}"
+    notify = document["paths"]["/v1/notifications"]["post"]
+    assert {"429", "503"} <= set(notify["responses"])
+    suppressions = document["paths"]["/v1/suppressions"]["get"]
+    names = [p["name"] for p in suppressions["parameters"]]
+    assert names == ["channel", "active", "address", "limit", "after"]
 
 
 def test_kafka_not_acknowledging_is_a_503_problem_and_is_counted() -> None:
