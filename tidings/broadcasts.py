@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, Required, TypedDict, Unpack
 from uuid import UUID
 
+from tidings.errors import InvalidEvent
 from tidings.events import (
     MAX_MEMBERS_PER_EVENT,
     AudienceMembersAdded,
@@ -87,10 +88,19 @@ def broadcast_request(*, source: str | None = None, **fields: Unpack[BroadcastFi
     )
 
 
+def ids(values: Sequence[str], field: str) -> Sequence[str]:
+    """`values`, unless it is one string: a str is a sequence of its characters, and `recipients="ada"`
+    added the members "a" and "d"."""
+    if isinstance(values, str):
+        raise InvalidEvent(f"{field} is a list of ids, not one id: [{values!r}]")
+    return values
+
+
 def membership(
     *, tenant: str, audience: str, recipients: Sequence[str], remove: bool = False
 ) -> list[AudienceMembersAdded | AudienceMembersRemoved]:
     """The events that add (or remove) recipients, at most MAX_MEMBERS_PER_EVENT each."""
+    ids(recipients, "recipients")
     model: type[AudienceMembersAdded | AudienceMembersRemoved] = (
         AudienceMembersRemoved if remove else AudienceMembersAdded
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tidings.broadcasts import membership
+from tidings.broadcasts import ids, membership
 from tidings.events import AudienceMembersRemoved, RecipientErased, validated
 
 MEMBERSHIPS = "SELECT audience_id FROM audience_members WHERE tenant_id = %s AND recipient_id = %s ORDER BY 1"
@@ -36,6 +36,7 @@ def erasure(
     *, tenant: str, recipient: str, audiences: Sequence[str], reason: str | None = None
 ) -> tuple[list[AudienceMembersRemoved], RecipientErased]:
     """The removals from `audiences` and the erasure, in the order to produce them."""
+    ids(audiences, "audiences")
     removals = [
         e
         for audience in audiences

@@ -386,3 +386,16 @@ def test_a_far_scheduled_broadcast_cancelled_midway_stays_a_duplicate_until_it_w
     h.x.finished.clock = lambda: time.time() + 31 * 24 * 3600
     assert h.feed(b) == []
     assert requested_to(h, b.broadcast_id) == ["u1"]
+
+
+def test_one_id_given_where_a_list_of_ids_is_expected_is_refused_not_spelled_out() -> None:
+    from tidings.broadcasts import membership
+    from tidings.erasure import erasure
+    from tidings.errors import InvalidEvent
+
+    with pytest.raises(InvalidEvent, match=r"recipients is a list of ids, not one id: \['ada'\]"):
+        membership(tenant="acme", audience="beta", recipients="ada")
+    with pytest.raises(InvalidEvent, match="audiences is a list of ids"):
+        erasure(tenant="acme", recipient="ada", audiences="beta")
+    [added] = membership(tenant="acme", audience="beta", recipients=["ada"])
+    assert added.recipient_ids == ["ada"]
