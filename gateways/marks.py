@@ -52,7 +52,8 @@ CLAIM = """
 local current = redis.call('GET', KEYS[1])
 if not current then
   redis.call('SET', KEYS[5], ARGV[7], 'NX')
-  if tonumber(ARGV[4]) < tonumber(redis.call('GET', KEYS[5])) then current = redis.call('GET', KEYS[4]) end
+  local since = tonumber(redis.call('GET', KEYS[5])) or 0
+  if tonumber(ARGV[4]) < since then current = redis.call('GET', KEYS[4]) end
 end
 if current then
   local mark = cjson.decode(current)
