@@ -11,11 +11,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis.asyncio
-from aiohttp import web
 
 from gateways.marks import mark_ref
 from gateways.runner import GatewayRunner
-from tests.integration.test_gateway_runner import commands, outcomes, produce, runner, serve
+from tests.integration.test_gateway_runner import accepting, commands, outcomes, produce, runner, serve
 from tidings.config import Settings
 
 
@@ -27,12 +26,8 @@ def test_a_copy_whose_claim_read_the_mark_before_its_emitted_flag_is_a_duplicate
     s = namespace()
     received: list[bytes] = []
 
-    async def handler(request: web.Request) -> web.Response:
-        received.append(await request.read())
-        return web.Response(status=204)
-
     async def scenario() -> GatewayRunner:
-        app_runner, base = await serve(handler)
+        app_runner, base = await serve(accepting(received))
         command = commands(f"{base}/hook", 1)[0]
         produce(s, [command, command])
         gateway = runner(s, busy_backoff=0.2)
@@ -72,12 +67,8 @@ def test_two_tenants_deliveries_with_one_id_are_each_sent(namespace: Callable[..
     s = namespace()
     received: list[bytes] = []
 
-    async def handler(request: web.Request) -> web.Response:
-        received.append(await request.read())
-        return web.Response(status=204)
-
     async def scenario() -> GatewayRunner:
-        app_runner, base = await serve(handler)
+        app_runner, base = await serve(accepting(received))
         command = commands(f"{base}/hook", 1)[0]
         produce(s, [command, command.model_copy(update={"tenant_id": "globex"})])
         gateway = runner(s)
@@ -100,12 +91,8 @@ def test_a_mark_written_before_marks_were_per_tenant_dedupes_only_what_was_reque
     s = namespace()
     received: list[bytes] = []
 
-    async def handler(request: web.Request) -> web.Response:
-        received.append(await request.read())
-        return web.Response(status=204)
-
     async def scenario() -> GatewayRunner:
-        app_runner, base = await serve(handler)
+        app_runner, base = await serve(accepting(received))
         since = datetime.now(UTC) - timedelta(minutes=1)
         old, new = commands(f"{base}/hook", 2)
         old = old.model_copy(update={"requested_at": since - timedelta(minutes=1)})
