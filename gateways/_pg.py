@@ -11,11 +11,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 STATEMENT_TIMEOUT_MS = 30_000
 """The edge's reads: a statement blocked (behind a migration's lock, say) or slow gives its connection
 back within this, as a 503, rather than holding one of a few pooled connections for good."""
+
+
+def bounded(dsn: str, statement_timeout_ms: int | None = None) -> dict[str, Any]:
+    """Connection `options` with `statement_timeout` appended to the DSN's own (an `options` given to
+    the pool replaces the DSN's: a `search_path` set there was lost)."""
+    ms = STATEMENT_TIMEOUT_MS if statement_timeout_ms is None else statement_timeout_ms
+    own = str(conninfo_to_dict(dsn).get("options") or "")
+    return {"options": " ".join(filter(None, [own, f"-c statement_timeout={ms}"]))}
 
 
 def pool(

@@ -353,7 +353,7 @@ def mount(
         return web.json_response(view | {"updated_at": found[0]["updated_at"]})
 
     async def pool(app: web.Application) -> AsyncIterator[None]:
-        bounded = {"options": f"-c statement_timeout={pg.STATEMENT_TIMEOUT_MS}"}
+        bounded = pg.bounded(settings.postgres_dsn)
         app[API_POOL] = pg.pool(
             settings.postgres_dsn, min_size=1, max_size=4, timeout=5, checked=True, kwargs=bounded
         )
@@ -380,6 +380,7 @@ def mount(
             NotificationBody,
             202,
             idempotent=True,
+            rated=True,
         ),
         Operation(
             "POST",
@@ -389,6 +390,7 @@ def mount(
             Batch,
             202,
             idempotent=True,
+            rated=True,
         ),
         Operation("GET", "/v1/notifications/{notification_id}", get_notification, "Status and timeline"),
         Operation("POST", "/v1/notifications/{notification_id}/cancel", cancel, "Cancel", CancelBody, 202),

@@ -310,7 +310,7 @@ def mount(
         return ws
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        bounded = {"options": f"-c statement_timeout={pg.STATEMENT_TIMEOUT_MS}"}
+        bounded = pg.bounded(settings.postgres_dsn)
         app[POOL] = pg.pool(
             settings.postgres_dsn, min_size=1, max_size=8, timeout=10, checked=True, kwargs=bounded
         )

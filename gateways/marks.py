@@ -23,8 +23,9 @@ Marks are per tenant: a delivery id is derived from the notification id, which a
 so two tenants' deliveries can share one. Marks written before the tenant was part of the key
 (`<prefix>tidings:delivery:<delivery_id>`) are still read by a claim that finds no mark of its own,
 so a command in flight across the upgrade is not sent twice; only for a command requested before the
-first claim made with per-tenant keys (`<prefix>tidings:marks:per-tenant-since`, set by that claim),
-since for a later one the old key can only be another tenant's mark. They expire within `done_ttl`.
+channel's first claim made with per-tenant keys (`<prefix>tidings:marks:<channel>:per-tenant-since`,
+set by that claim, `SINCE_MARGIN_MS` late for clocks apart), since for a later one the old key can only
+be another tenant's mark. They expire within `done_ttl`.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemor
 full): not the command's fault. Its partition waits and tries again rather than the process crashing,
 and crash-looping for as long as the state lasts."""
 
+SINCE_MARGIN_MS = 5 * 60 * 1000
+"""How much later than a channel's first per-tenant claim its old keys are still read: a command's
+request time is another machine's clock (the API's, the router's), and one requested just before the
+old gateways stopped is the one most likely to be read again."""
 CLAIM = """
 local current = redis.call('GET', KEYS[1])
 if not current then
@@ -135,13 +140,20 @@ def mark_ref(command: DeliveryCommand) -> str:
 
 class Marks:
     def __init__(
-        self, client: aioredis.Redis, prefix: str, owner: str, inflight_ttl: int, done_ttl: int
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        owner: str,
+        inflight_ttl: int,
+        done_ttl: int,
+        *,
+        channel: str = "",
     ) -> None:
         self.client, self.prefix, self.owner = client, prefix, owner
         self.inflight_ttl, self.done_ttl = inflight_ttl, done_ttl
         self.pipelined = Pipelined(client)
         self.swap = client.register_script(SWAP)
-        self.per_tenant_since = f"{prefix}tidings:marks:per-tenant-since"
+        self.per_tenant_since = f"{prefix}tidings:marks:{channel}:per-tenant-since"
 
     def key(self, ref: str) -> str:
         return f"{self.prefix}tidings:delivery:{ref}"
@@ -174,7 +186,7 @@ class Marks:
         keys = [self.key(ref), dead_key, erased_key, self.legacy_key(ref), self.per_tenant_since]
         now_ms = int(time.time() * 1000)
         args: list[str | int] = [inflight, self.inflight_ttl, attempt, requested_ms, replay, int(retake)]
-        args.append(now_ms)
+        args.append(now_ms + SINCE_MARGIN_MS)
         current = await self.pipelined.call(lambda pipe: pipe.eval(CLAIM, 5, *keys, *args))
         if current is None:
             return None

@@ -51,7 +51,9 @@ class Operation:
     query: tuple[str, ...] = ()
     """The query parameters it reads, each described in `QUERY`."""
     idempotent: bool = False
-    """It takes an `Idempotency-Key` header and may answer 429 (the tenant's rate)."""
+    """It takes an `Idempotency-Key` header."""
+    rated: bool = False
+    """It counts against the tenant's rate, and may answer 429."""
 
 
 QUERY = {
@@ -225,7 +227,7 @@ def openapi(operations: list[Operation], accepted: type[BaseModel]) -> dict[str,
         }
         if op.query:
             entry["responses"]["400"] = {"description": "Bad query", "content": problem}
-        if op.idempotent:
+        if op.rated:
             entry["responses"]["429"] = {
                 "description": "Over the tenant's rate: Retry-After",
                 "content": problem,

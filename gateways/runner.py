@@ -76,7 +76,7 @@ class GatewayRunner(Lanes):
         self.producer = AsyncProducer(settings)
         self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
         owner = f"{channel}/{uuid.uuid4()}"
-        self.marks = Marks(self.redis, self.prefix, owner, c.inflight_ttl, c.done_ttl)
+        self.marks = Marks(self.redis, self.prefix, owner, c.inflight_ttl, c.done_ttl, channel=channel)
         self.circuits = Circuits(c.circuit_failures, c.circuit_cooloff)
         self.buckets = {
             label: TokenBucket(self.redis, f"{self.prefix}tidings:rate:{channel}:{label}", rate, burst)

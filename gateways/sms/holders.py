@@ -125,9 +125,7 @@ def pool_options(dsn: str) -> dict[str, str | int]:
     `statement_timeout` appended, and its `connect_timeout` is kept when shorter (0, no limit in libpq,
     is not)."""
     own = conninfo_to_dict(dsn)
-    options = " ".join(
-        filter(None, [str(own.get("options") or ""), f"-c statement_timeout={int(TIMEOUT * 1000)}"])
-    )
+    options = pg.bounded(dsn, int(TIMEOUT * 1000))["options"]
     connect_timeout = max(2, int(TIMEOUT))
     try:
         theirs = int(float(str(own.get("connect_timeout") or 0)))

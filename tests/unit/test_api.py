@@ -107,6 +107,8 @@ def test_the_openapi_document_names_every_query_parameter_and_header_a_handler_r
         entry = document["paths"][op.path][op.method.lower()]
         named = {p["name"] for p in entry["parameters"] if p["in"] in ("query", "header")}
         assert found == named, f"{op.method} {op.path}"
+        rated = "admit(" in inspect.getsource(op.handler)
+        assert ("429" in entry["responses"]) == rated, f"{op.method} {op.path}: a 429 it cannot answer"
     notify = document["paths"]["/v1/notifications"]["post"]
     assert {"429", "503"} <= set(notify["responses"])
     suppressions = document["paths"]["/v1/suppressions"]["get"]
@@ -186,3 +188,11 @@ def test_the_cli_prints_a_tenants_keys_and_refuses_without_the_secret(
     assert isinstance(unknown.exception, TidingsError)
     slashed = CliRunner().invoke(cli.app, ["tenant-key", "ac/me", "--for", "postmark"])
     assert "not a valid tenant id" in str(slashed.exception)
+
+
+def test_the_edge_pools_bound_statements_and_keep_the_dsns_own_options() -> None:
+    from gateways import _pg as pg
+
+    kept = pg.bounded("host=db dbname=t options='-c search_path=app'")
+    assert kept == {"options": "-c search_path=app -c statement_timeout=30000"}
+    assert pg.bounded("postgresql://t@127.0.0.1/t", 500) == {"options": "-c statement_timeout=500"}
