@@ -61,11 +61,16 @@ WHERE i.tenant_id = %(tenant)s AND i.recipient_id = %(recipient)s AND s.withdraw
 PAGE = f"""SELECT {COLUMNS} {FROM}
   AND (%(archived)s OR ({ARCHIVED_NOW}) IS NULL) AND (%(before)s::bigint IS NULL OR i.seq < %(before)s)
 ORDER BY i.seq DESC LIMIT %(limit)s"""
-SINCE = f"""SELECT {COLUMNS} {FROM}
-  AND (i.seq > %(after)s OR i.created_at > now() - make_interval(secs => %(lookback)s))
-ORDER BY i.seq > %(after)s DESC, i.seq LIMIT %(limit)s"""
+SINCE = f"""SELECT * FROM (
+  (SELECT {COLUMNS} {FROM} AND i.seq > %(after)s ORDER BY i.seq LIMIT %(limit)s)
+  UNION ALL
+  (SELECT {COLUMNS} {FROM} AND i.seq <= %(after)s
+     AND i.created_at > now() - make_interval(secs => %(lookback)s) ORDER BY i.seq LIMIT %(limit)s)
+) page ORDER BY seq > %(after)s DESC, seq LIMIT %(limit)s"""
 """The items after the cursor first, then the look-back's: items the socket already sent, re-read by
-the look-back, must not fill the page ahead of the ones after the cursor."""
+the look-back, must not fill the page ahead of the ones after the cursor. Two ranges, each read from
+an index (`inbox_items_feed`, `inbox_items_recent`) up to the page's size, so a look costs a page,
+not the recipient's whole history."""
 MARK = """SELECT
   (SELECT max(seq) FROM inbox_items WHERE tenant_id = %(tenant)s AND recipient_id = %(recipient)s),
   ARRAY(SELECT seq FROM inbox_items WHERE tenant_id = %(tenant)s AND recipient_id = %(recipient)s
