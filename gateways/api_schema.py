@@ -144,10 +144,16 @@ class Accepted(BaseModel):
     event_ids: list[UUID] | None = None
 
 
-def problem(status: int, title: str, detail: str | None = None, **extra: Any) -> web.Response:
+def problem_document(status: int, title: str, detail: str | None = None, **extra: Any) -> dict[str, Any]:
+    """An RFC 9457 problem document."""
     document = {"type": "about:blank", "title": title, "status": status, **extra}
     if detail is not None:
         document["detail"] = detail
+    return document
+
+
+def problem(status: int, title: str, detail: str | None = None, **extra: Any) -> web.Response:
+    document = problem_document(status, title, detail, **extra)
     return web.json_response(document, status=status, content_type="application/problem+json")
 
 

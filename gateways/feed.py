@@ -59,6 +59,7 @@ from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateways import _pg as pg
+from gateways.api_schema import problem_document
 from gateways.inapp._doorbells import Doorbells
 from gateways.inapp._feed import (
     BULK,
@@ -136,9 +137,7 @@ def refused(
 ) -> web.HTTPException:
     """A problem document (RFC 9457), as the API's and the preference centre's errors are; a header
     name's `_` is a `-`."""
-    document: dict[str, Any] = {"type": "about:blank", "title": title, "status": kind.status_code}
-    if detail is not None:
-        document["detail"] = detail
+    document = problem_document(kind.status_code, title, detail)
     named = {name.replace("_", "-"): value for name, value in headers.items()}
     return kind(text=json.dumps(document), content_type="application/problem+json", headers=named or None)
 
