@@ -11,9 +11,11 @@ notifications.feedback when an operator lifts one.
   token, a disabled webhook endpoint. It is a ProviderFeedback `resubscribe` from provider `api` (the
   reason in its detail, so the lift is on the record), which the router applies to the recipient's
   state and the projection to the address's row; 202. The router keeps suppressions per recipient,
-  so the lift names the recipient. An address suppressed because its owner said so (unsubscribe,
-  spam complaint, SMS STOP) is 409: only the recipient lifts that (a resubscribe link, START, their
-  preferences), and an operator sending to them again would be mail they refused. A failure lifted
+  so the lift names the recipient: an address held for other recipients only is 409, naming them
+  (an address two recipients share stays suppressed until both are lifted). An address suppressed
+  because its owner said so (unsubscribe, spam complaint, SMS STOP) is 409: only the recipient lifts
+  that (a resubscribe link, START, their preferences), and an operator sending to them again would be
+  mail they refused. A failure lifted
   over an earlier refusal uncovers it (`processors.suppression`): the address stays suppressed for it.
 
 Both read the projection, so a suppression appears, and a lift shows, after the projection's delay.
@@ -31,7 +33,7 @@ from aiohttp import web
 
 from gateways.api_schema import LiftBody, Problem, body, problem
 from gateways.ops import Operation
-from processors.suppression import REFUSALS
+from processors.suppression import REFUSALS, AddressSuppression, Register
 from projections.suppressions import normalized
 from tidings.events import ProviderFeedback, validated
 from tidings.vocabulary import email_key
@@ -50,6 +52,11 @@ WHERE tenant_id = %s AND (channel, address) > (%s, %s)
 ORDER BY channel, address LIMIT %s
 """
 ONE = "SELECT reason, active FROM suppressions WHERE tenant_id = %s AND channel = %s AND address = %s"
+HELD = """
+SELECT recipient_id, registers FROM suppression_holders
+WHERE tenant_id = %s AND channel = %s AND address = %s AND active ORDER BY since, recipient_id LIMIT 21
+"""
+"""The recipients holding the address back, those a refusal names included (the 409 says who holds it)."""
 ACTIVE = {"true": True, "false": False, "any": None}
 
 
@@ -66,6 +73,13 @@ def parse_cursor(text: str) -> tuple[str, str]:
     except (binascii.Error, ValueError, TypeError, RecursionError) as exc:
         raise ValueError(str(exc) or type(exc).__name__) from None
     return channel, address
+
+
+def lifted_by(held: list[dict[str, Any]], recipient: str) -> list[Register]:
+    """The suppressions in force that a lift naming `recipient` reaches: its own, and those of the
+    holder `''` (feedback that named no recipient, rows kept before holders), whose owner is unknown."""
+    mine = [h["registers"] for h in held if h["recipient_id"] in ("", recipient)]
+    return [r for s in mine if (r := AddressSuppression.model_validate(s).effective()) is not None]
 
 
 def operations(
@@ -94,8 +108,14 @@ def operations(
         found = await rows(ONE, tenant, b.channel, address)
         if not found or not found[0]["active"]:
             raise Problem(problem(404, "Not suppressed", "the suppressions projection has no active row"))
-        if found[0]["reason"] in CONSENT:
-            why = f"suppressed by its owner ({found[0]['reason']}): only the recipient can lift it"
+        held = await rows(HELD, tenant, b.channel, address)
+        reasons = [r.reason for r in lifted_by(held, recipient)] if held else [found[0]["reason"]]
+        if not reasons:
+            names = ", ".join(sorted({json.dumps(h["recipient_id"]) for h in held if h["recipient_id"]})[:20])
+            why = f"the address is suppressed for recipient {names}, not this one: a lift names its holder"
+            raise Problem(problem(409, "Held for another recipient", why))
+        if all(reason in CONSENT for reason in reasons):
+            why = f"suppressed by its owner ({reasons[0]}): only the recipient can lift it"
             raise Problem(problem(409, "Not the operator's to lift", why))
         event = validated(
             ProviderFeedback,

@@ -11,11 +11,17 @@ however often the provider delivered it.
 A row is written under a transaction-scoped advisory lock on its address, taken in key order: feedback
 for one address can come from several partitions (one per recipient holding it), and two projection
 processes each counting the other's third soft bounce as not yet there missed the limit.
+
+The router keeps suppressions per recipient, so the registers are folded per recipient too, in
+`suppression_holders`: a lift lifts the holder it names (and the holder `''` of feedback that named no
+recipient and of rows kept before holders, whose owner is not known), and the address is suppressed while
+any holder is, shown with the suppression in force longest. One row per address lifted by a lift naming
+another recipient, or by one of two recipients' lifts, listed the address open while the router kept
+holding it back.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -39,6 +45,28 @@ VALUES (%(tenant)s, %(channel)s, %(address)s, %(active)s, %(reason)s, %(source)s
 ON CONFLICT (tenant_id, channel, address) DO UPDATE SET
     active = EXCLUDED.active, reason = EXCLUDED.reason, source = EXCLUDED.source, since = EXCLUDED.since,
     last_event_at = EXCLUDED.last_event_at, registers = EXCLUDED.registers
+"""
+HOLDERS = """
+SELECT recipient_id, registers FROM suppression_holders
+WHERE tenant_id = %s AND channel = %s AND address = %s AND recipient_id = ANY(%s)
+"""
+"""The holders a batch names, and the holder `''`: an address can be held by many recipients (one
+webhook endpoint for all of a tenant's), and reading them all made each feedback cost their number."""
+ANY_HOLDER = (
+    "SELECT 1 FROM suppression_holders WHERE tenant_id = %s AND channel = %s AND address = %s LIMIT 1"
+)
+HOLDER = """
+INSERT INTO suppression_holders AS h
+    (tenant_id, channel, address, recipient_id, registers, active, reason, since, source)
+VALUES (%(tenant)s, %(channel)s, %(address)s, %(recipient)s, %(registers)s, %(active)s, %(reason)s, %(since)s,
+        %(source)s)
+ON CONFLICT (tenant_id, channel, address, recipient_id) DO UPDATE SET
+    registers = EXCLUDED.registers, active = EXCLUDED.active, reason = EXCLUDED.reason,
+    since = EXCLUDED.since, source = EXCLUDED.source
+"""
+IN_FORCE = """
+SELECT reason, since, source FROM suppression_holders
+WHERE tenant_id = %s AND channel = %s AND address = %s AND active ORDER BY since, recipient_id LIMIT 1
 """
 BOUNCE = """
 INSERT INTO soft_bounces (tenant_id, channel, address, event_id, at)
@@ -71,7 +99,7 @@ def normalized(channel: str, address: str) -> str:
 
 class Suppressions(Projection):
     name = "suppressions"
-    tables = ("suppressions", "soft_bounces")
+    tables = ("suppressions", "suppression_holders", "soft_bounces")
     sources = ("feedback",)
 
     def apply(self, cur: Cursor, events: list[Event]) -> None:
@@ -91,17 +119,22 @@ class Suppressions(Projection):
 def _address(cur: Cursor, key: tuple[str, str, str], feedback: list[ProviderFeedback]) -> None:
     tenant, channel, address = key
     row = cur.execute(ROW, key).fetchone()
-    if row is None:
-        registers, shown = AddressSuppression(), None
-    else:
+    shown = None
+    holders: dict[str, AddressSuppression] = {}
+    named = sorted({f.recipient_id or "" for f in feedback} | {""})
+    for recipient, kept in cur.execute(HOLDERS, (*key, named)).fetchall():
+        holders[recipient] = AddressSuppression.model_validate(kept)
+    if row is not None:
         active, reason, source, since, last, kept = row
-        registers = (
-            AddressSuppression.model_validate(kept)
-            if kept is not None
-            else restored(reason if active else None, since if active else None, last, source)
-        )
-        shown = {"active": active, "reason": reason, "source": source, "since": since}
-    changed = False
+        shown = {"active": active, "reason": reason, "source": source, "since": since, "last": last}
+        if not holders and cur.execute(ANY_HOLDER, key).fetchone() is None:
+            holders[""] = (
+                AddressSuppression.model_validate(kept)
+                if kept is not None
+                else restored(reason if active else None, since if active else None, last, source)
+            )
+    changed: set[str] = set()
+    lift: tuple[str, str | None] | None = None
     for f in feedback:
         at = f.provider_timestamp or f.occurred_at
         kind: str = f.kind
@@ -114,29 +147,52 @@ def _address(cur: Cursor, key: tuple[str, str, str], feedback: list[ProviderFeed
             if not full or full[0] is None:
                 continue
             kind, at = "soft_bounce_limit", full[0]
-        registers = folded(registers, kind, at, f.provider)
-        shown = _shown(registers, shown, kind, f.provider)
-        changed = True
-    if changed and shown is not None:
-        last = registers.last_event_at
+        mine = f.recipient_id or ""
+        for holder in ({mine} | ({""} & holders.keys())) if kind in LIFTS else {mine}:
+            holders[holder] = folded(holders.get(holder, AddressSuppression()), kind, at, f.provider)
+            changed.add(holder)
+        if kind in LIFTS:
+            lift = (kind, f.provider)
+    for holder in sorted(changed):
+        h = holders[holder]
+        current = h.effective()
+        state = current or max((r for r in (h.refusal, h.failure) if r is not None), key=lambda r: r.since)
         cur.execute(
-            UPSERT,
-            {"tenant": tenant, "channel": channel, "address": address, **shown, "last": last}
-            | {"registers": Jsonb(registers.model_dump(mode="json"))},
+            HOLDER,
+            {"tenant": tenant, "channel": channel, "address": address, "recipient": holder}
+            | {"registers": Jsonb(h.model_dump(mode="json")), "active": current is not None}
+            | {"reason": state.reason, "since": state.since, "source": state.source},
         )
+    if changed:
+        _write(cur, key, holders, shown, lift)
 
 
-def _shown(
-    registers: AddressSuppression, before: dict[str, Any] | None, kind: str, provider: str | None
-) -> dict[str, Any]:
-    """The row's suppression in force: the register that suppresses, with the provider that set it, or,
-    lifted, the lift that did it (a row lifted before keeps what it showed)."""
-    current = registers.effective()
-    if current is not None:
-        kept = before is not None and before["active"] and before["reason"] == current.reason
-        source = current.source or (before["source"] if kept and before else provider)
-        return {"active": True, "reason": current.reason, "since": current.since, "source": source}
-    since: datetime = max(r.since for r in (registers.refusal, registers.failure) if r is not None)
-    if before is not None and not before["active"]:
-        return {"active": False, "reason": before["reason"], "since": since, "source": before["source"]}
-    return {"active": False, "reason": kind, "since": since, "source": provider}
+def _write(
+    cur: Cursor,
+    key: tuple[str, str, str],
+    holders: dict[str, AddressSuppression],
+    before: dict[str, Any] | None,
+    lift: tuple[str, str | None] | None,
+) -> None:
+    """The address's row: the suppression in force longest among its holders, with the provider that
+    set it, or, none in force, the lift that ended the last (a row lifted before keeps what it showed)."""
+    tenant, channel, address = key
+    times = [t for h in holders.values() if (t := h.last_event_at) is not None]
+    last = max([*times, *([before["last"]] if before else [])])
+    held = cur.execute(IN_FORCE, key).fetchone()
+    if held is not None:
+        reason, since, source = held
+        kept = before is not None and before["active"] and before["reason"] == reason
+        shown = {"active": True, "reason": reason, "since": since}
+        shown["source"] = source or (before["source"] if kept and before else None)
+    else:
+        since = max(r.since for h in holders.values() for r in (h.refusal, h.failure) if r is not None)
+        if before is not None and not before["active"]:
+            shown = {"active": False, "reason": before["reason"], "since": since, "source": before["source"]}
+        else:
+            kind, provider = lift or (None, None)
+            shown = {"active": False, "reason": kind or "lifted", "since": since, "source": provider}
+    cur.execute(
+        UPSERT,
+        {"tenant": tenant, "channel": channel, "address": address, **shown, "last": last, "registers": None},
+    )

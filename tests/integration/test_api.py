@@ -406,20 +406,23 @@ def test_a_recipients_notifications_page_newest_first_per_tenant(database: Setti
 
 def test_suppressions_are_listed_per_tenant_and_only_delivery_failures_are_lifted(database: Settings) -> None:
     """An operator sees why an address gets nothing, and lifts a hard bounce (a mailbox restored); an
-    unsubscribe or a spam complaint is the recipient's to lift, not the operator's."""
+    unsubscribe or a spam complaint is the recipient's to lift, not the operator's. The router keeps
+    suppressions per recipient, so a lift naming a recipient who does not hold the address is refused:
+    it was accepted, and the address was listed open while the router kept holding it back."""
     from tidings.client import Client
     from tidings.events import ProviderFeedback
 
     s = database
     with Client(s) as client:
-        for tenant, kind, address in (
-            ("acme", "hard_bounce", "Ada@Example.com"),
-            ("acme", "complaint", "bob@example.com"),
-            ("globex", "hard_bounce", "cy@example.com"),
+        for tenant, kind, address, recipient in (
+            ("acme", "hard_bounce", "Ada@Example.com", "ada"),
+            ("acme", "complaint", "bob@example.com", "ada"),
+            ("acme", "hard_bounce", "dan@example.com", "dan"),
+            ("globex", "hard_bounce", "cy@example.com", "ada"),
         ):
             client.publish(
                 ProviderFeedback(
-                    tenant_id=tenant, kind=kind, channel="email", address=address, recipient_id="r"
+                    tenant_id=tenant, kind=kind, channel="email", address=address, recipient_id=recipient
                 )
             )
     project(s, "suppressions")
@@ -434,6 +437,7 @@ def test_suppressions_are_listed_per_tenant_and_only_delivery_failures_are_lifte
                 await call(http, "GET", f"{base}/v1/suppressions?address=ADA@example.COM"),
                 await call(http, "POST", lift, json={"channel": "email", "address": "bob@example.com"}),
                 await call(http, "POST", lift, json={"channel": "email", "address": "cy@example.com"}),
+                await call(http, "POST", lift, json={"channel": "email", "address": "dan@example.com"}),
                 await call(
                     http,
                     "POST",
@@ -442,14 +446,16 @@ def test_suppressions_are_listed_per_tenant_and_only_delivery_failures_are_lifte
                 ),
             ]
 
-    listed, page, bad, found, consent, foreign, lifted = asyncio.run(serving(s, scenario))
+    listed, page, bad, found, consent, foreign, other, lifted = asyncio.run(serving(s, scenario))
     assert [r["address"] for r in found[1]["items"]] == ["ada@example.com"], "found without its channel"
     assert [(r["address"], r["reason"]) for r in listed[1]["items"]] == [
         ("ada@example.com", "hard_bounce"),
         ("bob@example.com", "complaint"),
+        ("dan@example.com", "hard_bounce"),
     ]
     assert len(page[1]["items"]) == 1 and page[1]["next"] is not None
-    assert (bad[0], consent[0], foreign[0], lifted[0]) == (400, 409, 404, 202)
+    assert (bad[0], consent[0], foreign[0], other[0], lifted[0]) == (400, 409, 404, 409, 202)
+    assert other[1]["title"] == "Held for another recipient" and '"dan"' in other[1]["detail"]
     [feedback] = [e for e in decoded(s, names(s).feedback) if getattr(e, "provider", None) == "api"]
     assert isinstance(feedback, ProviderFeedback) and feedback.kind == "resubscribe"
     assert (feedback.tenant_id, feedback.recipient_id, feedback.detail) == (
@@ -463,7 +469,10 @@ def test_suppressions_are_listed_per_tenant_and_only_delivery_failures_are_lifte
         async with aiohttp.ClientSession() as http:
             return await call(http, "GET", f"{base}/v1/suppressions")
 
-    assert [r["address"] for r in asyncio.run(serving(s, after))[1]["items"]] == ["bob@example.com"]
+    assert [r["address"] for r in asyncio.run(serving(s, after))[1]["items"]] == [
+        "bob@example.com",
+        "dan@example.com",
+    ]
 
 
 def test_a_cancellation_naming_another_recipient_than_the_notifications_is_refused(

@@ -17,10 +17,12 @@ T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 
 
-def feedback(kind: str, address: str, at: datetime, provider: str = "sendgrid") -> ProviderFeedback:
+def feedback(
+    kind: str, address: str, at: datetime, provider: str = "sendgrid", recipient: str | None = "u"
+) -> ProviderFeedback:
     return ProviderFeedback(
         tenant_id="acme",
-        recipient_id="u",
+        recipient_id=recipient,
         kind=kind,  # type: ignore[arg-type]
         channel="email",
         address=address,
@@ -104,3 +106,46 @@ def test_a_rebuild_that_cannot_reach_kafka_leaves_the_table_as_it_was(database: 
     finally:
         runner.close()
     assert rows(s, "SELECT address FROM suppressions") == [("kept@x.io",)]
+
+
+def test_an_address_two_recipients_share_is_suppressed_until_both_are_lifted(database: Settings) -> None:
+    """The router keeps suppressions per recipient: one row per address, lifted by either recipient's
+    lift (or by a lift naming a recipient who held nothing), listed the address open while the router
+    still held it back for the other. Feedback naming no recipient, and a row kept before holders, are
+    lifted by any recipient's lift, as they were."""
+    s = database
+    with psycopg.connect(s.postgres_dsn) as conn:
+        conn.execute(
+            "INSERT INTO suppressions (tenant_id, channel, address, active, reason, source, since,"
+            " last_event_at) VALUES ('acme', 'email', 'old@x.io', true, 'hard_bounce', 'ses', %s, %s)",
+            (T0, T0),
+        )
+    batches = [
+        [
+            feedback("hard_bounce", "two@x.io", T0, recipient="a"),
+            feedback("hard_bounce", "two@x.io", T0 + HOUR, recipient="b"),
+            feedback("hard_bounce", "anon@x.io", T0, recipient=None),
+        ],
+        [
+            feedback("resubscribe", "two@x.io", T0 + 2 * HOUR, OPERATOR, recipient="a"),
+            feedback("resubscribe", "two@x.io", T0 + 2 * HOUR, OPERATOR, recipient="c"),
+            feedback("resubscribe", "anon@x.io", T0 + HOUR, OPERATOR, recipient="z"),
+            feedback("resubscribe", "old@x.io", T0 + HOUR, OPERATOR, recipient="z"),
+        ],
+    ]
+    table = "SELECT address, active, reason, since FROM suppressions ORDER BY address"
+    holders = "SELECT recipient_id FROM suppression_holders WHERE address = 'two@x.io' AND active"
+    seen = []
+    for batch in [*batches, [feedback("resubscribe", "two@x.io", T0 + 3 * HOUR, OPERATOR, recipient="b")]]:
+        with psycopg.connect(s.postgres_dsn) as conn, conn.cursor() as cur:
+            Suppressions().apply(cur, batch)
+        seen.append((rows(s, table), rows(s, holders)))
+    assert seen[1] == (
+        [
+            ("anon@x.io", False, "resubscribe", T0 + HOUR),
+            ("old@x.io", False, "resubscribe", T0 + HOUR),
+            ("two@x.io", True, "hard_bounce", T0 + HOUR),
+        ],
+        [("b",)],
+    ), "lifted for a, two@x.io is still held for b, since b's bounce"
+    assert seen[2][0][2] == ("two@x.io", False, "resubscribe", T0 + 3 * HOUR) and seen[2][1] == []
