@@ -19,7 +19,10 @@ gateway's marks), but a send whose answer was lost (a timeout after FCM accepted
 `android.notification.tag` is the delivery id, so Android replaces the notification it shows instead
 of showing it twice (tags have no per-device limit); the app can drop a repeated data message by
 `tidings_delivery_id`. iOS (via FCM) keeps apns-collapse-id: APNs has no such limit and replaces a
-pending notification with the same id.
+pending notification with the same id. A data-only message (no title or body) goes to iOS as a
+background push (`content-available`, `apns-push-type: background`) at apns-priority 5 whatever its
+priority: FCM refuses a data message to Apple devices at priority 10 with INVALID_ARGUMENT ("Set the
+priority of a message"), which failed every urgent data-only push to iOS for good.
 
 Answers are google.rpc statuses `{"error": {code, status, message, details}}`, refined by the
 `FcmError.errorCode` of `details`:
@@ -34,8 +37,10 @@ Answers are google.rpc statuses `{"error": {code, status, message, details}}`, r
 * 429 / QUOTA_EXCEEDED: ProviderThrottled (Retry-After); over one device's rate (the message or a
   QuotaFailure violation names the device), that message retries after Retry-After or a minute
 * 5xx / UNAVAILABLE / INTERNAL: ProviderUnavailable (Retry-After as a floor)
-* THIRD_PARTY_AUTH_ERROR (401): ProviderUnavailable, no token refresh: the APNs or Web Push credentials
-  uploaded to Firebase were refused, not our token
+* THIRD_PARTY_AUTH_ERROR (401): no token refresh (the APNs or Web Push credentials uploaded to Firebase
+  were refused, not our token), and not an outage either: it is one platform's credentials, and five
+  in a row opened the circuit that Android pushes share. The message is retried through the tiers,
+  then dead-lettered (replay it once the credentials are fixed), like SENDER_ID_MISMATCH
 * 401 after one refresh, other 401/403, a refused token grant: ProviderUnavailable naming the credentials
 * 404 without UNREGISTERED: ProviderUnavailable (wrong project id or base URL)
 
@@ -177,6 +182,9 @@ def message(command: DeliveryCommand) -> dict[str, Any]:
     if notification:
         result["notification"] = notification
         android["notification"] = {"tag": str(command.delivery_id)}
+    else:
+        apns_headers |= {"apns-priority": "5", "apns-push-type": "background"}
+        result["apns"]["payload"] = {"aps": {"content-available": 1}}
     result["data"] = data_strings(content.data_json) | ids(command)
     return result
 
@@ -343,8 +351,8 @@ class Fcm(Provider):
         if status >= 500 or failure.code in ("UNAVAILABLE", "INTERNAL"):
             raise ProviderUnavailable(f"fcm failed ({status} {failure})", wait)
         if failure.code == "THIRD_PARTY_AUTH_ERROR":
-            raise ProviderUnavailable(
-                f"fcm: the APNs/Web Push credentials in Firebase were refused ({failure})"
+            raise DeliveryRejected(
+                f"fcm: the APNs/Web Push credentials in Firebase were refused ({failure})", permanent=False
             )
         if status in (401, 403):
             raise ProviderUnavailable(f"fcm refused the credentials ({status} {failure})")

@@ -84,13 +84,22 @@ def test_fcm_message_carries_data_priority_ttl_and_no_android_collapse_key(prior
         assert apns["apns-expiration"] == str(int(sent_command.expires_at.timestamp()))  # type: ignore[union-attr]
 
 
-def test_fcm_data_only_message_has_no_notification() -> None:
+@pytest.mark.parametrize("priority", ["normal", "critical"])
+def test_fcm_data_only_message_has_no_notification(priority: str) -> None:
+    """An urgent one too goes to iOS at apns-priority 5: FCM refuses data messages to Apple devices at
+    10 with INVALID_ARGUMENT, which failed it for good."""
+
     def command(server: FcmServer) -> DeliveryCommand:
-        return server.command(content=RenderedContent(data_json='{"sync": true, "n": [1, 2]}'))
+        return server.command(
+            content=RenderedContent(data_json='{"sync": true, "n": [1, 2]}'), priority=priority
+        )
 
     server, sent = with_fcm(send_one(command))
-    assert isinstance(sent, Sent)
+    assert isinstance(sent, Sent), sent
     assert "notification" not in server.accepted[0] and "notification" not in server.accepted[0]["android"]
+    apns = server.accepted[0]["apns"]
+    assert apns["payload"] == {"aps": {"content-available": 1}}
+    assert (apns["headers"]["apns-priority"], apns["headers"]["apns-push-type"]) == ("5", "background")
     data = server.accepted[0]["data"]
     assert {k: v for k, v in data.items() if not k.startswith("tidings_")} == {"sync": "true", "n": "[1,2]"}
     assert set(data) - {"sync", "n"} == {"tidings_notification_id", "tidings_delivery_id"}
@@ -177,12 +186,16 @@ def test_fcm_wrong_project_is_unavailable_naming_the_credentials() -> None:
     assert "PERMISSION_DENIED" in str(result) and server.accepted == []
 
 
-def test_fcm_third_party_auth_error_is_unavailable_without_a_token_refresh() -> None:
+def test_fcm_third_party_auth_error_is_retried_without_a_token_refresh_or_the_circuit() -> None:
+    """One platform's credentials (the APNs key uploaded to Firebase), not an outage: as
+    ProviderUnavailable it opened the circuit Android pushes share."""
+
     def apns_key_refused(server: FcmServer) -> None:
         server.third_party_refused = True
 
     server, result = with_fcm(send_one(lambda s: s.command()), apns_key_refused)
-    assert isinstance(result, ProviderUnavailable) and "THIRD_PARTY_AUTH_ERROR" in str(result), result
+    assert isinstance(result, DeliveryRejected) and "THIRD_PARTY_AUTH_ERROR" in str(result), result
+    assert not result.permanent and not result.address_dead
     assert server.exchanges == 1
 
 

@@ -352,6 +352,9 @@ class FcmServer(HttpApiServer):
         notification = message.get("notification", {})
         if not isinstance(notification, dict) or set(notification) - {"title", "body", "image"}:
             return "message.notification", "Invalid notification"
+        apns = message.get("apns", {}).get("headers", {})
+        if not notification and apns.get("apns-priority", "10") != "5":
+            return "message.apns.headers", "Data messages to Apple devices must be sent with apns-priority 5"
         android = message.get("android", {})
         if android.get("priority", "NORMAL") not in ("NORMAL", "HIGH"):
             return (
