@@ -22,7 +22,8 @@ Vonage account-wide receipt URL) still suppresses dead numbers, for every recipi
 
 * `twilio_status`: the form-encoded status callback (`MessageStatus`, `ErrorCode`, `To`), signed like
   every Twilio webhook (`inbound.verified_twilio_form`). Dead: 30005 (unknown handset), 30006 (landline
-  or unreachable carrier), 21211 (invalid number), 21614 (not a mobile); refused: 21610 (STOP).
+  or unreachable carrier), 21211 (invalid number), 21614 (not a mobile), 21635 (landline); refused: 21610
+  (STOP).
 * `vonage_receipt`: the DLR (`status`, `err-code`, `msisdn`, `client-ref`, `message-timestamp`) as a
   query string (GET), form or JSON body (POST), signed (`inbound.verify_vonage`) when the secret is set.
   `client-ref` is the delivery id the sender set and must match the URL's. Statuses `failed`,
@@ -57,6 +58,7 @@ TWILIO_DEAD: dict[str, Dead] = {
     "21610": ("sms_stop", "recipient replied STOP"),
     "21211": ("hard_bounce", "invalid 'To' number"),
     "21614": ("hard_bounce", "not a mobile number"),
+    "21635": ("hard_bounce", "landline, not a mobile number"),
 }
 TWILIO_UNDELIVERED = frozenset({"undelivered", "failed"})
 VONAGE_DEAD: dict[str, Dead] = {

@@ -10,18 +10,20 @@ request (`_segments.checked_text`).
 
 Answers: 201 is Sent with the message `sid`. Errors are JSON `{code, message, more_info, status}`:
 
-* 21211 (invalid `To`) and 21614 (`To` is not a mobile number): permanent with `address_dead`, so the
+* 21211 (invalid `To`), 21614 (`To` is not a mobile number) and 21635 (`To` is a landline, the code
+  Twilio split from 21614 in July 2024): permanent with `address_dead`, so the
   runner emits `hard_bounce` feedback and the number is suppressed until an operator lifts it or it is
   set again; 21610 (the recipient replied STOP): permanent and `refused`, so the feedback is
   `sms_stop`, which only the recipient's START lifts.
-* 21212 / 21606 / 21603 (the `From` number is malformed, not this account's, or missing):
-  ProviderUnavailable. The account is misconfigured, not the message wrong; a permanent refusal would
-  end the chain and fail every message until someone fixes the console, while failing over lets
-  another provider deliver them.
-* 21408 (sending to the destination's region is not enabled): a rejection that is not permanent, so the
-  next provider of the chain is tried and the message retried, without counting against the circuit:
-  it is about the destination's country, and five sends to one country opened the circuit for every
-  other message of every tenant.
+* 21212 / 21603 (the `From` number is malformed or missing): ProviderUnavailable. The account is
+  misconfigured, not the message wrong; a permanent refusal would end the chain and fail every message
+  until someone fixes the console, while failing over lets another provider deliver them.
+* 21408 (sending to the destination's region is not enabled), 21606 (the `From` number cannot send to
+  this destination: a short code abroad, or not this account's) and 21612 (this `To` and `From` cannot
+  be connected): a rejection that is not permanent, so the next provider of the chain is tried and the
+  message retried, without counting against the circuit. They are about the destination, and five
+  sends to one country opened the circuit for every other message of every tenant; a sender that is
+  wrong for every destination still fails over, one request later.
 * 21611 (the sender's queue is full): ProviderThrottled after `throttle_retry_seconds`.
 * any other 4xx: permanent. 401/403 (20003): ProviderUnavailable naming the credentials, as for the
   email APIs; 404 (an unknown account SID or base URL): ProviderUnavailable, a configuration error too.
@@ -46,10 +48,14 @@ from gateways.sms.receipts import receipt_url
 from tidings.events import DeliveryCommand
 
 USER_AGENT = "tidings-sms/0.1"
-DEAD_ADDRESS = {21211: "invalid 'To' number", 21614: "not a mobile"}
+DEAD_ADDRESS = {21211: "invalid 'To' number", 21614: "not a mobile", 21635: "landline, not a mobile"}
 REFUSED = {21610: "recipient unsubscribed (STOP)"}
-MISCONFIGURED = {21212, 21603, 21606}
-REGION_DISABLED = 21408
+MISCONFIGURED = {21212, 21603}
+UNROUTED = {
+    21408: "may not send to this number's region",
+    21606: "sender cannot reach",
+    21612: "cannot route",
+}
 QUEUE_FULL = 21611
 
 
@@ -142,8 +148,8 @@ class Twilio(Provider):
             raise DeliveryRejected(f"twilio {REFUSED[code]} {detail}", refused=True)
         if code in MISCONFIGURED:
             raise ProviderUnavailable(f"twilio sender or account misconfigured {detail}")
-        if code == REGION_DISABLED:
-            raise DeliveryRejected(f"twilio may not send to this number's region {detail}", permanent=False)
+        if code in UNROUTED:
+            raise DeliveryRejected(f"twilio {UNROUTED[code]} {detail}", permanent=False)
         if code == QUEUE_FULL:
             raise ProviderThrottled(
                 f"twilio sender queue full {detail}", self.settings.throttle_retry_seconds

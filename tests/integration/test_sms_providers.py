@@ -53,8 +53,13 @@ def test_twilio_settings_need_a_sender() -> None:
             "invalid",
             False,
         ),
+        (
+            lambda s: setattr(s, "force_error", (400, 21635, "'To' number cannot be a landline")),
+            "landline",
+            False,
+        ),
     ],
-    ids=["21610 unsubscribed", "21614 landline", "21211 invalid number"],
+    ids=["21610 unsubscribed", "21614 not a mobile", "21211 invalid number", "21635 landline"],
 )
 def test_twilio_dead_recipients_are_permanent_and_address_dead(
     setup: Callable[[Any], None], dead: str, refused: bool
@@ -77,17 +82,22 @@ def test_twilio_account_misconfiguration_is_unavailable(status: int, code: int) 
     assert f"code {code}" in str(result)
 
 
-def test_twilio_a_region_not_enabled_fails_over_that_message_without_opening_the_circuit() -> None:
-    """21408 is about the destination's country: as ProviderUnavailable, five sends to one country
-    opened the circuit for every tenant's messages."""
-    result, _ = send(TwilioServer, setup=lambda s: setattr(s, "force_error", (400, 21408, "region")))
+@pytest.mark.parametrize("code", [21408, 21612])
+def test_twilio_a_destination_it_cannot_reach_fails_over_that_message_without_opening_the_circuit(
+    code: int,
+) -> None:
+    """21408 (region) and 21612 (no route) are about the destination: as ProviderUnavailable, five sends
+    to one country opened the circuit for every tenant's messages."""
+    result, _ = send(TwilioServer, setup=lambda s: setattr(s, "force_error", (400, code, "unrouted")))
     assert isinstance(result, DeliveryRejected) and not result.permanent and not result.address_dead, result
-    assert "code 21408" in result.reason
+    assert f"code {code}" in result.reason
 
 
-def test_twilio_from_number_not_owned_is_unavailable() -> None:
+def test_twilio_a_sender_that_cannot_reach_the_destination_fails_over_without_the_circuit() -> None:
+    """21606 says the From number is not message-capable "for this destination": since Twilio split
+    the account-wide causes into their own codes (July 2024), it is the destination's, like 21408."""
     result, server = send(TwilioServer, from_number="+15005550001")
-    assert isinstance(result, ProviderUnavailable) and "21606" in str(result), result
+    assert isinstance(result, DeliveryRejected) and not result.permanent and "21606" in str(result), result
     assert server.accepted == []
 
 

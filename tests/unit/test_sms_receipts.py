@@ -82,6 +82,8 @@ def test_twilio_undelivered_fails_the_delivery_and_dead_numbers_are_suppressed()
     kinds, found = twilio("undelivered", "21610")
     assert [k for k, *_ in kinds] == ["undelivered", "sms_stop"]
     assert "recipient replied STOP" in (found[1].detail or "")
+    kinds, found = twilio("failed", "21635")
+    assert [k for k, *_ in kinds] == ["undelivered", "hard_bounce"], "a landline (split from 21614)"
 
 
 @pytest.mark.parametrize("status", ["queued", "sending", "sent", "accepted", "read", ""])
