@@ -25,7 +25,8 @@ once a send to `base_url` has succeeded, or been answered 410, since start: Appl
 token of the other environment, so a sandbox URL with production tokens would mark every device dead;
 before that it is a rejection that is not permanent, naming the environment: the message is retried,
 and the chain's next provider tried, an APNs profile for the other host if there is one, without
-counting against the circuit, which five stale tokens in a row after a restart would open), and so is
+counting against the circuit, which five stale tokens in a row after a restart would open; always so
+with `other_environment_follows`, set on a profile the other environment's profile follows), and so is
 DeviceTokenNotForTopic for a device's own `app_id`; with the setting's topic it is retried and a
 refused topic (BadTopic, TopicDisallowed, MissingTopic) is ProviderUnavailable (`TOPIC_REASONS`);
 other 400 and 413 are permanent; 403
@@ -87,6 +88,12 @@ class ApnsSettings(BaseSettings):
     default_expiration: int = Field(
         default=86_400, ge=0, description="Seconds APNs stores a push for an offline device; 0 = try once."
     )
+    other_environment_follows: bool = False
+    """A profile for the other environment follows this one in the chain (`apns,apns@sandbox`, for an
+    app whose development builds register sandbox tokens): BadDeviceToken is then never a dead token
+    here, only the other environment's token, and the next profile is tried; the last profile's answer
+    decides. Without it, once this host had one success, a development build's token was marked dead
+    at the production host and the sandbox profile behind it never tried."""
 
 
 class ProviderToken:
@@ -210,6 +217,12 @@ class Apns(Provider):
         if 200 <= status < 300:
             return Sent(self.name, answer_headers.get("apns-id") or str(command.delivery_id))
         why = reason(data) or "no reason"
+        if status == 400 and why == "BadDeviceToken" and self.settings.other_environment_follows:
+            raise DeliveryRejected(
+                f"apns refused the device token ({status} {why}) at {self.settings.base_url}: it may be"
+                " for the other environment, whose profile follows",
+                permanent=False,
+            )
         if status == 400 and why == "BadDeviceToken" and not self.confirmed:
             raise DeliveryRejected(
                 f"apns refused the device token ({status} {why}) before any send to {self.settings.base_url}"

@@ -195,6 +195,19 @@ def test_apns_bad_device_tokens_before_any_success_are_the_environment_not_dead_
     assert isinstance(bad, DeliveryRejected) and bad.address_dead, "a 410 says the host knows the tokens"
 
 
+def test_apns_a_profile_the_other_environment_follows_never_marks_a_bad_token_dead() -> None:
+    """A development build's sandbox token at the production host, after production sends succeeded,
+    was marked dead, and the sandbox profile behind it in the chain never tried."""
+
+    async def scenario(server: ApnsServer, provider: Apns) -> list[Any]:
+        return [await attempt(provider, c) for c in (server.command(), push_command("apns", "ab" * 32))]
+
+    _, [sent, bad] = with_apns(scenario, other_environment_follows=True)
+    assert isinstance(sent, Sent), sent
+    assert isinstance(bad, DeliveryRejected) and not bad.permanent and not bad.address_dead, bad
+    assert bad.failover and "other environment" in bad.reason
+
+
 @pytest.mark.parametrize("token", ["not-hex", "../../3/device/" + "ab" * 32, "ab" * 8])
 def test_apns_token_that_is_not_a_device_token_is_dead_without_a_request(token: str) -> None:
     server, result = with_apns(send_one(lambda s: push_command("apns", token)))
