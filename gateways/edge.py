@@ -28,7 +28,7 @@ bounce endpoint would let anyone suppress any address), with the tenant in the p
   (Postmark does not sign): the user `TIDINGS_EDGE_POSTMARK_USERNAME`, the password the tenant's own,
   derived from `TIDINGS_EDGE_POSTMARK_PASSWORD` (`tidings tenant-key TENANT --for postmark`), so a
   tenant who sees its Postmark settings cannot post bounces into another tenant's path;
-- `POST /inbound/twilio/{tenant}` and `POST /inbound/vonage/{tenant}`: inbound SMS, STOP/START
+- `POST /inbound/twilio/{tenant}` and `GET|POST /inbound/vonage/{tenant}`: inbound SMS, STOP/START
   (`TIDINGS_EDGE_TWILIO_AUTH_TOKEN`, `TIDINGS_EDGE_VONAGE_SIGNATURE_SECRET`). Twilio signs the URL it
   called: behind a proxy set `TIDINGS_EDGE_PUBLIC_URL` to the scheme and host Twilio sees. The opt-out is
   produced once per recipient holding the number, looked up in the recipients projection
@@ -104,6 +104,7 @@ PAGE = """<!doctype html><html lang="en"><meta charset="utf-8"><title>{title}</t
 <h1>{title}</h1><p>{text}</p>{form}</body></html>"""
 FORM = '<form method="post"><button name="List-Unsubscribe" value="One-Click">Unsubscribe</button></form>'
 VONAGE_RECEIPTS = "/callbacks/vonage/status/{tenant}"
+VONAGE_INBOUND = "/inbound/vonage/{tenant}"
 TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
 
@@ -247,16 +248,18 @@ def parsers(edge: EdgeSettings) -> dict[str, Parse]:
         mounted["/callbacks/twilio/status/{tenant}/{recipient}/{notification}/{delivery}"] = twilio_receipt
     if (secret := edge.vonage_signature_secret) is not None:
         method = edge.vonage_signature_method
-        mounted["/inbound/vonage/{tenant}"] = lambda r, body, tenant: inbound.vonage(
+        mounted[VONAGE_INBOUND] = lambda r, body, tenant: inbound.vonage(
             body,
             tenant_id=tenant,
             signature_secret=secret.get_secret_value(),
             signature_method=method,
+            query=r.query,
+            content_type=r.content_type,
         )
 
         def vonage_receipt(r: web.Request, body: bytes, tenant: str) -> list[ProviderFeedback]:
             return receipts.vonage_receipt(
-                receipts.vonage_params_of(r.query, body, r.content_type),
+                inbound.vonage_params_of(r.query, body, r.content_type),
                 tenant_id=tenant,
                 signature_secret=secret.get_secret_value(),
                 signature_method=method,
@@ -383,7 +386,7 @@ def app(
             else (lambda: web.Response(status=204))
         )
         application.router.add_post(path, webhook(parse, answer))
-        if path.startswith(VONAGE_RECEIPTS):
+        if path.startswith((VONAGE_RECEIPTS, VONAGE_INBOUND)):
             application.router.add_get(path, webhook(parse, answer))
         log.info("mounted %s", path)
     if (ses := ses_route(edge, fetch)) is not None:

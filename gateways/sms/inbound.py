@@ -14,7 +14,8 @@ messages carry no recipient id: the edge produces the feedback once per recipien
   URL is also tried without its port and with the scheme's default port, because Twilio's signing is
   inconsistent there. An `OptOutType` parameter (Advanced Opt-Out: Twilio matched the message against
   the messaging service's own keywords, in any language) decides over our keyword list.
-* `vonage`: the JSON inbound-message webhook (`msisdn`, `text`, ...). When `signature_secret` is given,
+* `vonage`: the inbound-message webhook (`msisdn`, `text`, ...) as the account's webhook method sends it:
+  a query string (GET), a form or a JSON body (POST; `vonage_params_of`). When `signature_secret` is given,
   the signed-webhook `sig` is verified with the account's method: `md5hash` (MD5 of the sorted
   `&name=value` string followed by the secret, `&` and `=` in values replaced by `_`) or an HMAC (`md5`,
   `sha1`, `sha256`, `sha512`) of that string keyed with the secret. Vonage signs only when support has
@@ -174,8 +175,12 @@ def vonage(
     signature_method: VonageMethod = "md5hash",
     max_age: float | None = None,
     now: float | None = None,
+    query: Mapping[str, str] | None = None,
+    content_type: str = "application/json",
 ) -> list[ProviderFeedback]:
-    params = vonage_params(body, "Vonage inbound message")
+    """`query` and `content_type` are the request's: only the JSON method was read, so an account set to
+    GET or form POST (Vonage's default) had every STOP refused, and after a day of retries lost."""
+    params = vonage_params_of(query or {}, body, content_type, "Vonage inbound message")
     if signature_secret is not None:
         verify_vonage(params, signature_secret, signature_method, max_age, now)
     if params.get("concat") == "true":
@@ -187,6 +192,22 @@ def vonage(
     at = vonage_time(params.get("message-timestamp", ""))
     sender = "+" + params.get("msisdn", "").removeprefix("+")
     return [sms_feedback(kind, sender, tenant_id=tenant_id, provider="vonage", at=at, detail=detail)]
+
+
+def vonage_params_of(
+    query: Mapping[str, str], body: bytes, content_type: str, what: str = "Vonage delivery receipt"
+) -> dict[str, str]:
+    """A Vonage webhook's parameters, wherever the account's webhook method put them."""
+    if not body:
+        if not query:
+            raise InvalidEvent(f"{what} has no parameters (no body, no query string)")
+        return dict(query)
+    if content_type == "application/x-www-form-urlencoded":
+        try:
+            return dict(parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=True))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InvalidEvent(f"{what} is not a form body: {exc}") from None
+    return vonage_params(body, what)
 
 
 def vonage_params(body: bytes, what: str) -> dict[str, str]:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from urllib.parse import parse_qsl, quote
+from urllib.parse import quote
 from uuid import UUID
 
 from gateways.sms.inbound import (
@@ -44,7 +44,6 @@ from gateways.sms.inbound import (
     sms_feedback,
     verified_twilio_form,
     verify_vonage,
-    vonage_params,
     vonage_time,
 )
 from tidings.errors import InvalidEvent
@@ -136,18 +135,6 @@ def twilio_status(
     return _receipt(
         status, dead, error, number, ids, tenant_id=tenant_id, recipient=recipient, provider="twilio", at=None
     )
-
-
-def vonage_params_of(query: Mapping[str, str], body: bytes, content_type: str) -> dict[str, str]:
-    """The receipt's parameters, wherever the account's webhook method put them."""
-    if not body:
-        return dict(query)
-    if content_type == "application/x-www-form-urlencoded":
-        try:
-            return dict(parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=True))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise InvalidEvent(f"Vonage delivery receipt is not a form body: {exc}") from None
-    return vonage_params(body, "Vonage delivery receipt")
 
 
 def vonage_receipt(

@@ -102,6 +102,9 @@ def test_one_click_unsubscribe_opts_the_category_out(topology: Settings) -> None
     assert [c.channel for c in commands(s) if c.notification_id == invoice] == ["email"]
 
 
+FORM = "application/x-www-form-urlencoded"
+
+
 def test_provider_webhooks_become_feedback_only_when_authentic(topology: Settings) -> None:
     s, key = topology, ec.generate_private_key(ec.SECP256R1())
     edge = EdgeSettings(
@@ -125,6 +128,8 @@ def test_provider_webhooks_become_feedback_only_when_authentic(topology: Setting
 
     acmes = tenant_key("pm-secret", "postmark", "acme")
     stop = vonage_body("STOP", sign="md5hash", timestamp=str(int(time.time()) - 3600))  # retried an hour late
+    form_stop = json.loads(vonage_body("stop", msisdn="447700900666", sign="md5hash"))
+    query_stop = json.loads(vonage_body("STOP", msisdn="447700900777", sign="md5hash"))
 
     async def calls(base: str) -> list[tuple[int, str]]:
         form = twilio_form("STOP", sender="+447700900555")
@@ -145,16 +150,19 @@ def test_provider_webhooks_become_feedback_only_when_authentic(topology: Setting
                 },
             ),
             ("/inbound/vonage/acme", stop, {"Content-Type": "application/json"}),
+            ("/inbound/vonage/acme", urlencode(form_stop).encode(), {"Content-Type": FORM}),
         ]
         answers = []
         async with aiohttp.ClientSession() as http:
             for path, body, extra in requests:
                 async with http.post(base + path, data=body, headers=extra) as r:
                     answers.append((r.status, await r.text()))
+            async with http.get(f"{base}/inbound/vonage/acme", params=query_stop) as r:
+                answers.append((r.status, await r.text()))
         return answers
 
     statuses = [status for status, _ in asyncio.run(serving(s, calls, edge))]
-    assert statuses == [204, 400, 204, 400, 400, 400, 200, 204]
+    assert statuses == [204, 400, 204, 400, 400, 400, 200, 204, 204, 204], "Vonage's GET and form methods too"
     found = [f for f in decoded(s, names(s).feedback) if isinstance(f, ProviderFeedback)]
     assert sorted((f.provider, f.kind, f.channel, f.address) for f in found) == [
         ("postmark", "hard_bounce", "email", "a@example.com"),
@@ -162,6 +170,8 @@ def test_provider_webhooks_become_feedback_only_when_authentic(topology: Setting
         ("sendgrid", "hard_bounce", "email", "a@example.com"),
         ("twilio", "sms_stop", "sms", "+447700900555"),
         ("vonage", "sms_stop", "sms", "+447700900123"),
+        ("vonage", "sms_stop", "sms", "+447700900666"),
+        ("vonage", "sms_stop", "sms", "+447700900777"),
     ]
     assert {f.tenant_id for f in found} == {"acme"}
     bounced = [o for o in decoded(s, names(s).outcomes) if isinstance(o, DeliveryOutcome)]

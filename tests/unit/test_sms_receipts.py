@@ -8,7 +8,8 @@ from uuid import uuid4
 import pytest
 
 from gateways.outputs import reported_outcome
-from gateways.sms.receipts import receipt_url, twilio_status, vonage_params_of, vonage_receipt
+from gateways.sms.inbound import vonage_params_of
+from gateways.sms.receipts import receipt_url, twilio_status, vonage_receipt
 from tests.servers.sms import sms_command
 from tests.servers.sms_receipts import twilio_signed, vonage_signed
 from tidings.errors import InvalidEvent
