@@ -28,6 +28,9 @@ from tidings.errors import TidingsError
 from tidings.vocabulary import MAX_LOCALE_LENGTH
 
 MAX_OUTPUT = {"subject": 998, "title": 256, "body": 64 * 1024, "html": 512 * 1024, "data_json": 4 * 1024}
+"""Each rendered field's cap, in characters while it renders (a runaway loop stops early) and in UTF-8
+bytes once whole: in characters alone, an HTML part of emoji was 2 MiB, and its command too large for
+the broker."""
 MAX_RANGE = 10_000
 MAX_RANGE_STEPS = 100_000
 MAX_REPEAT = 100_000
@@ -266,6 +269,8 @@ def _render_field(field: str, source: str, parent: dict[str, Any]) -> str:
     finally:
         _RANGE_LEFT.reset(budget)
     text = "".join(parts)
+    if len(text) * 4 > cap and len(text.encode("utf-8", "surrogatepass")) > cap:
+        raise RenderError(f"{field}: output larger than {cap} bytes in UTF-8")
     if field == "data_json":
         try:
             if not isinstance(json.loads(text), dict):

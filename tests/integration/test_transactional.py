@@ -66,6 +66,39 @@ def ids_in(s: Settings, topic: str) -> Counter[uuid.UUID]:
     return counts
 
 
+def test_an_output_too_large_for_the_broker_dead_letters_its_record_and_the_loop_goes_on(
+    stack: Settings, topic_factory: Callable[..., str], group_id: str
+) -> None:
+    """produce() refused it after the handler returned, outside the record's poison handling: the loop
+    stopped, and stopped again on the same record at every restart."""
+    source, target = topic_factory("in"), topic_factory("out")
+    good = requests(6)
+    big = good[2].notification_id
+    produce(stack, source, [Output.event(source, e) for e in good])
+    handle = outcome_handler(target)
+
+    def bloated(record: Incoming) -> list[Output]:
+        [out] = handle(record)
+        event = record.decode()
+        assert isinstance(event, NotificationRequested)
+        if event.notification_id == big:
+            return [Output(out.topic, out.key, b"x" * 2_100_000, out.headers)]
+        return [out]
+
+    loop = TransactionalLoop(
+        stack, group_id=group_id, topics=[source], handle=bloated, transactional_id=f"{group_id}-0"
+    )
+    loop.run(idle_exit_after=3)
+
+    assert ids_in(stack, target) == Counter({e.notification_id: 1 for e in good if e.notification_id != big})
+    [letter] = [
+        header_map(r.headers)
+        for r in read_all(stack, DLQ)
+        if header_map(r.headers).get("tidings.source.topic") == source
+    ]
+    assert letter["tidings.error.type"] == "InvalidEvent" and "2100" in letter["tidings.error.message"]
+
+
 def test_poison_records_are_dead_lettered_and_valid_ones_flow(
     stack: Settings, topic_factory: Callable[..., str], group_id: str
 ) -> None:

@@ -131,6 +131,10 @@ def test_ordinary_loops_tabs_and_batches_stay_within_the_bounds() -> None:
 def test_output_cap() -> None:
     with pytest.raises(RenderError, match="larger than"):
         render_field("subject", "{{ s }}", {"s": "x" * (MAX_OUTPUT["subject"] + 1)})
+    emoji = "\U0001f600" * (MAX_OUTPUT["html"] // 4 + 1)
+    with pytest.raises(RenderError, match="bytes in UTF-8"):
+        render_field("html", "{{ s }}", {"s": emoji})
+    assert render_field("html", "{{ s }}", {"s": emoji[1:]}) == emoji[1:]
 
 
 def test_data_json_must_render_to_an_object() -> None:

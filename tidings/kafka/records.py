@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tidings.codec import Codec, default_codec
+from tidings.errors import InvalidEvent
 from tidings.events import Event
 from tidings.topics import DLQ
 from tidings.tracing import TRACEPARENT, new_traceparent
@@ -109,6 +110,25 @@ class Output:
         value = (codec or default_codec()).encode(event)
         trace = traceparent or new_traceparent().encode()
         return cls(topic, event.key.encode(), value, [(TRACEPARENT, trace)])
+
+
+MAX_RECORD_BYTES = 1_000_000
+"""The largest record a handler may produce (key, value and headers): under the broker's default
+`message.max.bytes` (1 MiB) even uncompressed. A larger output failed `produce()` after the handler had
+returned, outside the record's poison handling, so the processor stopped on it at every restart; now it
+makes the record that asked for it poison (a dead letter, and the handler's `on_poison`)."""
+
+
+def size_checked(outputs: Iterable[Output]) -> list[Output]:
+    """The outputs, or InvalidEvent naming the first over `MAX_RECORD_BYTES`."""
+    found = list(outputs)
+    for out in found:
+        size = len(out.key or b"") + len(out.value or b"") + sum(len(k) + len(v) for k, v in out.headers)
+        if size > MAX_RECORD_BYTES:
+            raise InvalidEvent(
+                f"a record for {out.topic} would be {size} bytes, over the {MAX_RECORD_BYTES} a record may be"
+            )
+    return found
 
 
 Handler = Callable[[Incoming], Iterable[Output]]

@@ -36,7 +36,7 @@ from tidings.config import Settings
 from tidings.kafka import config, guard
 from tidings.kafka.align import Aligner
 from tidings.kafka.messages import first_offsets, is_retriable, lag_of, next_offsets, to_incoming
-from tidings.kafka.records import Handler, Incoming, Output, PoisonHandler, dead_letter
+from tidings.kafka.records import Handler, Incoming, Output, PoisonHandler, dead_letter, size_checked
 from tidings.kafka.stores import TransactionalState as TransactionalState
 from tidings.kafka.txn import MAX_COMMIT_RETRIES as MAX_COMMIT_RETRIES
 from tidings.kafka.txn import TXN_TIMEOUT_S as TXN_TIMEOUT_S
@@ -306,7 +306,7 @@ class TransactionalLoop:
 
     def _outputs(self, record: Incoming) -> Iterable[Output]:
         try:
-            outputs = list(self.handle(record))
+            outputs = size_checked(self.handle(record))
             for store in self.stores:
                 store.record_done()
             return outputs
