@@ -61,6 +61,9 @@ from tidings.tracing import TRACEPARENT, child_traceparent
 log = logging.getLogger(__name__)
 GROUP = "tidings.router"
 URGENT = frozenset({"critical", "high"})
+CANCELLED = "cancelled"
+"""The dedupe mark of a cancelled request: alone, cancelled before it was seen; `cancelled after <mark>`,
+after."""
 
 
 class Router(Digests):
@@ -179,7 +182,8 @@ class Router(Digests):
         seen_key = f"{event.tenant_id}/{event.notification_id}"
         previous = self.seen.get(record.partition, seen_key)
         if previous is not None:
-            return [self._skipped(event, "cancelled" if previous == "cancelled" else "duplicate", trace)]
+            again = "cancelled" if previous.startswith(CANCELLED) else "duplicate"
+            return [self._skipped(event, again, trace)]
         now = self.clock()
         state = self.recipients.get(record.partition, key)
         if (why := gate(event, state, self.catalog)) is not None:
@@ -226,14 +230,17 @@ class Router(Digests):
         the dedupe window, scheduled further ahead than that, whose timers only the scheduler holds.
         The mark keeps the request's mark's time left (a deferred request's lasts until a day after it
         is due), at least the dedupe window; kept 401 days for every cancellation, a broadcast withdrawn
-        from a million members held a million marks for a year."""
+        from a million members held a million marks for a year. A repeated cancellation (a client
+        retrying its DELETE) changes nothing: the mark says whether the request had been seen, where a
+        second cancellation of a request sent already reported it CANCELLED."""
         seen_key = f"{event.tenant_id}/{event.notification_id}"
         already = self.seen.get(record.partition, seen_key)
-        if already in ("throttled", "skipped"):
+        if already in ("throttled", "skipped") or (already is not None and already.startswith(CANCELLED)):
             return []
         left = self.seen.left(record.partition, seen_key)
-        self.seen.put(record.partition, seen_key, "cancelled", ttl=max(DEDUPE_TTL, left or DEDUPE_TTL))
-        if already is not None and already != "cancelled":
+        mark = CANCELLED if already is None else f"{CANCELLED} after {already}"
+        self.seen.put(record.partition, seen_key, mark, ttl=max(DEDUPE_TTL, left or DEDUPE_TTL))
+        if already is not None:
             outputs = [self._event(self.names.scheduled, event, trace)]
             if already.startswith("digest "):
                 outputs += self._uncollect(record.partition, event, already.removeprefix("digest "), trace)
