@@ -71,11 +71,22 @@ def state_bytes(state: RecipientState | None) -> int:
     return 0 if state is None else len(state.__pydantic_serializer__.to_json(state))
 
 
-def oversized(before: RecipientState | None, folded: RecipientState) -> int | None:
-    """The size of `folded` when an event may not make it: over MAX_STATE_BYTES and grown. An event
-    that shrinks a state already over it is taken, so the removals the refusal asks for can be made."""
+CONSENT_HEADROOM = 128 * 1024
+"""Room over MAX_STATE_BYTES kept for what stops sending: feedback (a complaint, an unsubscribe, a bounce)
+and preference changes. With one limit for all, a state filled to it by properties dead-lettered the
+next complaint, and mail went on to someone who had complained; 640 KiB is still well under 1 MiB."""
+
+
+def oversized(
+    before: RecipientState | None, folded: RecipientState, event: Event | None = None
+) -> tuple[int, int] | None:
+    """The size of `folded` and the limit it passes when `event` may not make it: over MAX_STATE_BYTES
+    (plus CONSENT_HEADROOM for feedback and preferences) and grown. An event that shrinks a state already
+    over it is taken, so the removals the refusal asks for can be made."""
+    consent = isinstance(event, ProviderFeedback | PreferencesUpdated)
+    limit = MAX_STATE_BYTES + (CONSENT_HEADROOM if consent else 0)
     size = state_bytes(folded)
-    return size if size > MAX_STATE_BYTES and size > state_bytes(before) else None
+    return (size, limit) if size > limit and size > state_bytes(before) else None
 
 
 class Device(BaseModel):

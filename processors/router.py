@@ -36,7 +36,7 @@ from pydantic import ValidationError
 
 from processors import digest, throttle
 from processors.plan import Catalog, gate, plan
-from processors.recipients import MAX_STATE_BYTES, RecipientState, fold, oversized
+from processors.recipients import RecipientState, fold, oversized
 from processors.router_digests import DEDUPE_TTL, MARK_MARGIN, Digests
 from tidings.codec import Codec, default_codec
 from tidings.config import Settings
@@ -167,9 +167,9 @@ class Router(Digests):
                 return self._erase(record, event, key)
             before = self.recipients.get(record.partition, key)
             folded = fold(before, event)
-            if (size := oversized(before, folded)) is not None:
+            if (sized := oversized(before, folded, event)) is not None:
                 raise InvalidEvent(
-                    f"{type(event).__name__} would make {key}'s state {size} bytes, over {MAX_STATE_BYTES}: "
+                    f"{type(event).__name__} would make {key}'s state {sized[0]} bytes, over {sized[1]}: "
                     "remove devices, endpoints or properties first"
                 )
             self.recipients.put(record.partition, key, folded)

@@ -78,7 +78,7 @@ class Recipients(Projection):
                 erase(cur, e)
                 continue
             folded = fold(states.get(k), e)
-            if oversized(states.get(k), folded) is not None:
+            if oversized(states.get(k), folded, e) is not None:
                 continue
             states[k] = folded
             updated[k] = (states[k], e.occurred_at)

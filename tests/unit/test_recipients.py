@@ -166,3 +166,31 @@ def test_turning_a_category_on_lifts_only_that_categorys_unsubscribes() -> None:
     assert list(fold(s, on).unsubscribed_categories) == ["news/weekly/email"]
     only_sms = on.model_copy(update={"rules": [on.rules[0].model_copy(update={"channel": "sms"})]})
     assert sorted(fold(s, only_sms).unsubscribed_categories) == ["news/email", "news/weekly/email"]
+
+
+def test_a_state_full_of_properties_still_takes_a_complaint_and_an_opt_out() -> None:
+    """One limit for every event dead-lettered the complaint that came after the properties filled it,
+    and mail went on to someone who had complained."""
+    from processors.recipients import MAX_STATE_BYTES, oversized, state_bytes
+
+    state = fold(None, RecipientUpdated(tenant_id="acme", recipient_id="r", email="r@example.com"))
+    for i in range(3):
+        filler = min(200_000, MAX_STATE_BYTES - state_bytes(state) - 50)
+        update = RecipientUpdated(
+            tenant_id="acme", recipient_id="r", properties_json=f'{{"p{i}": "{"x" * filler}"}}'
+        )
+        state = fold(state, update)
+    assert MAX_STATE_BYTES - 100 < state_bytes(state) <= MAX_STATE_BYTES
+    complaint = ProviderFeedback(
+        tenant_id="acme", recipient_id="r", kind="complaint", channel="email", address="r@example.com"
+    )
+    opt_out = PreferencesUpdated(
+        tenant_id="acme",
+        recipient_id="r",
+        rules=[{"scope": "category", "key": "marketing", "channel": "email", "enabled": False}],  # type: ignore[list-item]
+    )
+    more = RecipientUpdated(tenant_id="acme", recipient_id="r", properties_json=f'{{"q": "{"y" * 200}"}}')
+    for event in (complaint, opt_out):
+        folded = fold(state, event)
+        assert state_bytes(folded) > MAX_STATE_BYTES and oversized(state, folded, event) is None, event
+    assert oversized(state, fold(state, more), more) == (state_bytes(fold(state, more)), MAX_STATE_BYTES)
