@@ -21,7 +21,7 @@ still knows of; so does a suppression and a lift at one instant. Given in time o
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict
 
@@ -126,10 +126,16 @@ def folded(s: AddressSuppression, kind: str, at: datetime, provider: str | None)
 
 def cleared(s: AddressSuppression) -> AddressSuppression:
     """The address set again (a changed email or phone, a device registered with the token, an endpoint
-    updated): nothing suppresses it, and feedback no newer than what it had taken still loses."""
+    updated): nothing suppresses it, and feedback no newer than what it had taken still loses. The lift
+    is a millisecond (provider times' precision) after the newest event taken: at that event's own time,
+    the suppression won the tie, and a provider delivering the old bounce again suppressed the address
+    the recipient had just set."""
 
     def lifted(r: Register | None) -> Register | None:
-        return None if r is None else Register(reason=None, since=r.at, at=r.at, after=r.at)
+        if r is None:
+            return None
+        after = r.at + timedelta(milliseconds=1)
+        return Register(reason=None, since=after, at=after, after=r.at)
 
     return AddressSuppression(refusal=lifted(s.refusal), failure=lifted(s.failure))
 

@@ -72,6 +72,9 @@ def test_one_hard_bounce_suppresses_and_a_new_address_lifts() -> None:
     assert address_key("email", "a@x.io") in s.suppressions
     s = fold(s, RecipientUpdated(tenant_id="t", recipient_id="r", email="a@x.io"))
     assert s.suppressions == {}
+    assert fold(s, fb("hard_bounce")).suppressions == {}, "the same bounce delivered again loses to the lift"
+    later = T0 + timedelta(milliseconds=1)
+    assert address_key("email", "a@x.io") in fold(s, fb("hard_bounce", at=later)).suppressions
 
 
 def test_soft_bounces_below_and_at_the_limit() -> None:
