@@ -66,7 +66,11 @@ class Bucket(BaseModel):
 
     @property
     def due_key(self) -> str:
-        return f"{int(self.due.timestamp() * 1000):013d}/{self.key}"
+        return self.due_key_under(self.key)
+
+    def due_key_under(self, key: str) -> str:
+        """The due entry of this bucket stored under `key` (an earlier release's form of its key)."""
+        return f"{int(self.due.timestamp() * 1000):013d}/{key}"
 
     @property
     def digest_id(self) -> UUID:
@@ -83,6 +87,12 @@ class Bucket(BaseModel):
 
 
 def bucket_key(tenant: str, recipient: str, notification_type: str) -> str:
+    """`tenant/recipient/type`, or NUL-separated when the recipient or type holds a `/` (ids hold no
+    control characters): recipient `team/2` with type `x` and recipient `team` with type `2/x` shared
+    one bucket, and one recipient's digest carried the other's items. Ids without a `/` keep the key
+    they had, so the buckets open at an upgrade still close."""
+    if "/" in recipient or "/" in notification_type:
+        return f"{tenant}\0{recipient}\0{notification_type}"
     return f"{tenant}/{recipient}/{notification_type}"
 
 

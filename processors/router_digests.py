@@ -140,8 +140,9 @@ class Digests:
             for due_key in taken:
                 key = self.digest_due.get(partition, due_key)
                 bucket = self.digests.get(partition, key) if key else None
-                if bucket is not None and bucket.due_key == due_key:
-                    self.digests.delete(partition, bucket.key)
+                if key and bucket is not None and bucket.due_key_under(key) == due_key:
+                    self.digests.delete(partition, key)
+                    self.digest_due.delete(partition, due_key)
                     outputs += self._closed(partition, bucket, now)
                 else:
                     self.digest_due.delete(partition, due_key)

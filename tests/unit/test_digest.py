@@ -260,3 +260,14 @@ def test_items_of_a_channel_the_types_digest_lost_while_open_are_skipped_not_tol
     ]
     gone, outcomes = close(bucket, NOW + timedelta(hours=1), frozenset())
     assert gone == [] and {(o.status, o.reason) for o in outcomes} == {("SKIPPED", "no_template")}
+
+
+def test_bucket_keys_of_ids_holding_a_slash_do_not_meet() -> None:
+    """`team/2` with type `x` and `team` with type `2/x` shared one bucket: one recipient's digest
+    carried the other's items. Ids without a slash keep the key a bucket open at an upgrade has."""
+    from processors.digest import bucket_key
+
+    assert bucket_key("acme", "team/2", "x") != bucket_key("acme", "team", "2/x")
+    assert bucket_key("acme", "ada", "order.shipped") == "acme/ada/order.shipped"
+    keys = {bucket_key("acme", r, t) for r in ("a", "a/b", "a/b/c") for t in ("c", "b/c", "x")}
+    assert len(keys) == 9
