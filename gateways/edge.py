@@ -88,7 +88,7 @@ from gateways import api, api_schema, feed, ops, prefs, track
 from gateways.email import callbacks
 from gateways.email._message import EmailSettings, loopback, unsubscribe_claims
 from gateways.outputs import reported_outcome
-from gateways.sms import holders, inbound, receipts
+from gateways.sms import holders, inbound, receipts, vonage_routes
 from tidings.client import tenant_key
 from tidings.config import Settings
 from tidings.errors import InvalidEvent
@@ -103,8 +103,6 @@ PAGE = """<!doctype html><html lang="en"><meta charset="utf-8"><title>{title}</t
 <body style="font-family:sans-serif;max-width:32em;margin:4em auto">
 <h1>{title}</h1><p>{text}</p>{form}</body></html>"""
 FORM = '<form method="post"><button name="List-Unsubscribe" value="One-Click">Unsubscribe</button></form>'
-VONAGE_RECEIPTS = "/callbacks/vonage/status/{tenant}"
-VONAGE_INBOUND = "/inbound/vonage/{tenant}"
 TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
 
@@ -135,7 +133,7 @@ class EdgeSettings(BaseSettings):
         return value
 
 
-Parse = Callable[[web.Request, bytes, str], list[ProviderFeedback]]
+Parse = Callable[[web.Request, bytes, str], list[ProviderFeedback] | Awaitable[list[ProviderFeedback]]]
 Fetch = Callable[[str], Awaitable[bytes]]
 MAX_FETCH_BYTES = 64 * 1024
 MAX_CERTIFICATES = 16
@@ -247,29 +245,7 @@ def parsers(edge: EdgeSettings) -> dict[str, Parse]:
 
         mounted["/callbacks/twilio/status/{tenant}/{recipient}/{notification}/{delivery}"] = twilio_receipt
     if (secret := edge.vonage_signature_secret) is not None:
-        method = edge.vonage_signature_method
-        mounted[VONAGE_INBOUND] = lambda r, body, tenant: inbound.vonage(
-            body,
-            tenant_id=tenant,
-            signature_secret=secret.get_secret_value(),
-            signature_method=method,
-            query=r.query,
-            content_type=r.content_type,
-        )
-
-        def vonage_receipt(r: web.Request, body: bytes, tenant: str) -> list[ProviderFeedback]:
-            return receipts.vonage_receipt(
-                inbound.vonage_params_of(r.query, body, r.content_type),
-                tenant_id=tenant,
-                signature_secret=secret.get_secret_value(),
-                signature_method=method,
-                recipient=r.match_info.get("recipient"),
-                notification=r.match_info.get("notification"),
-                delivery=r.match_info.get("delivery"),
-            )
-
-        mounted[VONAGE_RECEIPTS] = vonage_receipt
-        mounted[VONAGE_RECEIPTS + "/{recipient}/{notification}/{delivery}"] = vonage_receipt
+        mounted |= vonage_routes.parsers(secret.get_secret_value(), edge.vonage_signature_method)
     return mounted
 
 
@@ -386,7 +362,7 @@ def app(
             else (lambda: web.Response(status=204))
         )
         application.router.add_post(path, webhook(parse, answer))
-        if path.startswith((VONAGE_RECEIPTS, VONAGE_INBOUND)):
+        if path.startswith((vonage_routes.RECEIPTS, vonage_routes.INBOUND)):
             application.router.add_get(path, webhook(parse, answer))
         log.info("mounted %s", path)
     if (ses := ses_route(edge, fetch)) is not None:

@@ -22,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
+from uuid import UUID
 
 import psycopg
 from aiohttp import web
@@ -34,6 +36,7 @@ from tidings.config import Settings
 from tidings.events import ProviderFeedback
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 NUMBER_KINDS = {"sms_stop", "sms_start", "hard_bounce"}
 """Feedback about a number itself, which holds for every recipient holding it."""
@@ -43,6 +46,7 @@ HOLDERS = f"""
 SELECT recipient_id FROM recipients WHERE tenant_id = %s AND phone = %s
 ORDER BY recipient_id LIMIT {MAX_HOLDERS}
 """
+DELIVERY = "SELECT notification_id, recipient_id FROM deliveries WHERE tenant_id = %s AND delivery_id = %s"
 POOL: web.AppKey[AsyncConnectionPool] = web.AppKey("holders_pool", AsyncConnectionPool)
 
 
@@ -68,22 +72,49 @@ async def _holders(pool: AsyncConnectionPool, report: ProviderFeedback) -> list[
         return [row[0] for row in await cursor.fetchall()]
 
 
-_ABANDONED: set[asyncio.Future[list[str]]] = set()
+async def _delivery(pool: AsyncConnectionPool, tenant: str, delivery: UUID) -> tuple[UUID, str | None] | None:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(DELIVERY, (tenant, delivery))
+        row = await cursor.fetchone()
+        return None if row is None else (row[0], row[1])
 
 
-def _abandoned(task: asyncio.Future[list[str]]) -> None:
+async def delivery_of(pool: AsyncConnectionPool, tenant: str, ref: str) -> tuple[UUID, str | None] | None:
+    """The notification and recipient of the tenant's delivery `ref` (a receipt's `client-ref`), from
+    the delivery-status projection; None when it is not a delivery id, not there (yet), or the lookup
+    failed: the receipt is then taken as one that names no delivery, as before the lookup."""
+    try:
+        delivery = UUID(ref)
+    except ValueError:
+        return None
+    try:
+        return await bounded(_delivery(pool, tenant, delivery))
+    except (TimeoutError, psycopg.Error) as exc:
+        log.warning("could not look up the delivery of a receipt, taking it without: %r", exc)
+        return None
+
+
+_ABANDONED: set[asyncio.Future[Any]] = set()
+
+
+def _abandoned(task: asyncio.Future[Any]) -> None:
     _ABANDONED.discard(task)
     if not task.cancelled():
         task.exception()
 
 
 async def lookup(pool: AsyncConnectionPool, report: ProviderFeedback) -> list[str]:
-    """Who holds `report`'s number, or TimeoutError after `TIMEOUT`. A lookup past its time is cancelled
-    and left to end in the background: psycopg cancels a running query by asking the server on a new
-    connection and waits for that, which against a PostgreSQL that stopped answering took `TIMEOUT`
-    plus up to 10 s more when the lookup awaited its own cancellation.
+    """Who holds `report`'s number, or TimeoutError after `TIMEOUT`."""
+    return await bounded(_holders(pool, report))
+
+
+async def bounded(query: Coroutine[Any, Any, T]) -> T:
+    """`query`'s answer, or TimeoutError after `TIMEOUT`. A query past its time is cancelled and left to
+    end in the background: psycopg cancels a running query by asking the server on a new connection and
+    waits for that, which against a PostgreSQL that stopped answering took `TIMEOUT` plus up to 10 s
+    more when the lookup awaited its own cancellation.
     """
-    task = asyncio.ensure_future(_holders(pool, report))
+    task = asyncio.ensure_future(query)
     try:
         done, _ = await asyncio.wait({task}, timeout=TIMEOUT)
     except asyncio.CancelledError:

@@ -16,9 +16,11 @@ A receipt becomes:
 
 The ids come from the URL and are checked against the number the receipt names: the delivery id is
 `uuid5(notification, "sms/" + number)` (`tidings.ids.delivery_id`), so a receipt cannot be pointed at
-another notification's delivery, even on an unsigned route. A receipt at the bare `/{tenant}` path (a
-Vonage account-wide receipt URL) still suppresses dead numbers, for every recipient holding the number
-(`holders`), but names no delivery.
+another notification's delivery, even on an unsigned route. A Vonage receipt at the bare `/{tenant}`
+path (the account-wide receipt URL, or the sender's when the full path does not fit the 100 characters
+Vonage takes) names its delivery by `client-ref`, looked up in the delivery-status projection
+(`vonage_routes`); one not found there still suppresses dead numbers, for every recipient holding the
+number (`holders`), but names no delivery.
 
 * `twilio_status`: the form-encoded status callback (`MessageStatus`, `ErrorCode`, `To`), signed like
   every Twilio webhook (`inbound.verified_twilio_form`). Dead: 30005 (unknown handset), 30006 (landline

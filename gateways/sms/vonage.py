@@ -4,7 +4,10 @@ The request carries `api_key` and `api_secret`, the configured sender as `from`,
 without its "+" as `to`, `text`, `type` (`unicode` when the text needs UCS-2, else `text`: Vonage would
 otherwise send a non-GSM text as GSM and garble it) and the delivery id as `client-ref`, which Vonage
 copies into every delivery receipt of every part. With `status_callback_url` (the edge's
-`/callbacks/vonage/status`) each message asks for its receipt there (`callback`, `status-report-req`).
+`/callbacks/vonage/status`) each message asks for its receipt there (`callback`, `status-report-req`):
+at `/{tenant}/{recipient}/{notification}/{delivery}` when that fits the 100 characters Vonage takes for
+`callback`, else at `/{tenant}`, where the edge finds the delivery by its `client-ref` (`vonage_callback`).
+Two UUIDs alone are 74 characters: with the full path every message with a receipt was refused.
 Texts without a body, addresses that are not E.164 and texts longer than `max_segments` are refused
 before any request (`_segments.checked_text`).
 
@@ -34,7 +37,7 @@ statuses, timeouts and connection errors are ProviderUnavailable; other 4xx are 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -65,6 +68,10 @@ UNAVAILABLE = {
 }
 
 
+MAX_CALLBACK = 100
+"""Characters Vonage takes in `callback` (SMS API reference, "Max 100 characters")."""
+
+
 class VonageSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TIDINGS_VONAGE_", frozen=True)
 
@@ -72,19 +79,29 @@ class VonageSettings(BaseSettings):
     api_secret: SecretStr = Field(min_length=1)
     sender: str = Field(min_length=1)
     base_url: str = "https://rest.nexmo.com"
-    status_callback_url: str | None = Field(default=None, pattern=r"^https?://[^?#]+$")
+    status_callback_url: str | None = Field(
+        default=None, pattern=r"^https?://[^?#]+$", max_length=MAX_CALLBACK - 9
+    )
+    """At most 91 characters, so a short tenant's path fits the 100 Vonage takes."""
     max_segments: int = Field(default=10, ge=1)
     throttle_retry_seconds: float = Field(default=1.0, gt=0)
     timeout: float = Field(default=10.0, gt=0)
     max_response_bytes: int = Field(default=64 * 1024, gt=0)
 
 
+def vonage_callback(base: str, command: DeliveryCommand) -> str | None:
+    """Where this message's receipt goes: the full receipt URL when it fits, else the tenant's path, else
+    None (the receipt goes where the account's dashboard says)."""
+    full = receipt_url(base, command)
+    if len(full) <= MAX_CALLBACK:
+        return full
+    tenant = f"{base.rstrip('/')}/{quote(command.tenant_id, safe='')}"
+    return tenant if len(tenant) <= MAX_CALLBACK else None
+
+
 def form(command: DeliveryCommand, settings: VonageSettings, text: str, unicode: bool) -> dict[str, str]:
-    receipts = (
-        {"callback": receipt_url(settings.status_callback_url, command), "status-report-req": "1"}
-        if settings.status_callback_url
-        else {}
-    )
+    callback = settings.status_callback_url and vonage_callback(settings.status_callback_url, command)
+    receipts = {"callback": callback, "status-report-req": "1"} if callback else {}
     return receipts | {
         "api_key": settings.api_key,
         "api_secret": settings.api_secret.get_secret_value(),

@@ -171,10 +171,7 @@ class TwilioServer(SmsApiServer):
         if self.force_error is not None:
             return self.error(*self.force_error)
         if self.mode == "reject":
-            sender = form.get("From") or form.get("MessagingServiceSid")
-            return self.error(
-                400, 21612, f"The 'To' phone number: {to}, is not currently reachable using {sender} via SMS."
-            )
+            return self.error(400, 21617, "The concatenated message body exceeds the 1600 character limit.")
         self.accepted.append(form)
         resource = self.resource(form)
         if url := form.get("StatusCallback"):
@@ -342,4 +339,6 @@ class VonageServer(SmsApiServer):
             return self.refusal("3", "Invalid client-ref: maximum length is 100")
         if "callback" in params and not URL.match(params["callback"]):
             return self.refusal("3", "Invalid callback URL")
+        if len(params.get("callback", "")) > 100:
+            return self.refusal("3", "Invalid callback: maximum length is 100")
         return None

@@ -181,3 +181,18 @@ def test_a_receipt_at_the_bare_tenant_path_names_no_delivery_but_still_suppresse
     )
     assert [(f.kind, f.recipient_id) for f in named] == [("undelivered", "ada"), ("hard_bounce", "ada")]
     assert reported_outcome(found[0]) is None
+
+
+def test_the_vonage_callback_fits_the_100_characters_vonage_takes() -> None:
+    """The full receipt path holds two UUIDs (74 characters): Vonage refused every message asking for it."""
+    from gateways.sms.vonage import MAX_CALLBACK, vonage_callback
+    from tests.servers.sms import sms_command
+
+    command = sms_command(address=NUMBER).model_copy(update={"tenant_id": "acme", "recipient_id": "ada"})
+    assert vonage_callback("https://e.io/v", command) == receipt_url("https://e.io/v", command)
+    base = "https://edge.example.com/callbacks/vonage/status"
+    assert vonage_callback(base, command) == f"{base}/acme"
+    long_tenant = command.model_copy(update={"tenant_id": "t" * 60})
+    assert vonage_callback(base, long_tenant) is None
+    for c in (command, long_tenant):
+        assert len(vonage_callback("https://e.io/v", c) or "") <= MAX_CALLBACK
