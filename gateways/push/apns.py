@@ -30,8 +30,10 @@ with `other_environment_follows`, set on a profile the other environment's profi
 DeviceTokenNotForTopic for a device's own `app_id`; with the setting's topic it is retried and a
 refused topic (BadTopic, TopicDisallowed, MissingTopic) is ProviderUnavailable (`TOPIC_REASONS`);
 other 400 and 413 are permanent; 403
-ExpiredProviderToken / InvalidProviderToken discard the token and, like any other 403 (certificate,
-forbidden), are ProviderUnavailable naming the credentials; 429 TooManyRequests is one device's limit, so
+ExpiredProviderToken is sent again at once with a new token when the old one may be renewed (at least
+20 minutes old: every send it refused counted against the circuit before); ExpiredProviderToken after
+that and InvalidProviderToken discard the token and, like any other 403 (certificate, forbidden), are
+ProviderUnavailable naming the credentials; 429 TooManyRequests is one device's limit, so
 that message alone is retried later (a rejection that is not permanent: the provider's circuit stays
 closed for every other device); any other 429 (TooManyProviderTokenUpdates) is ProviderThrottled
 (Retry-After if any); 5xx, timeouts and broken connections are ProviderUnavailable. A device token that
@@ -61,6 +63,7 @@ from tidings.events import DeliveryCommand
 
 DEVICE_TOKEN = re.compile(r"[0-9a-fA-F]{32,200}")
 DEAD_REASONS = frozenset({"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered"})
+MIN_RENEWAL_S = 1200.0
 TOKEN_REASONS = frozenset({"ExpiredProviderToken", "InvalidProviderToken", "MissingProviderToken"})
 TOPIC_REASONS = frozenset({"BadTopic", "TopicDisallowed", "MissingTopic"})
 """Refusals of `apns-topic`: with the setting's topic, our configuration (every device answers so), and
@@ -121,6 +124,13 @@ class ProviderToken:
     def discard(self, value: str) -> None:
         if self.value == value:
             self.value = None
+
+    def renewable(self, value: str) -> bool:
+        """Whether a send refused with `value` as ExpiredProviderToken may try again with a new token at
+        once: another send renewed it already, or it is old enough to renew. APNs refuses renewals more
+        often than every 20 minutes (TooManyProviderTokenUpdates), and a token that young called expired
+        is a clock apart, which a new one would not mend."""
+        return self.value != value or time.time() - self.issued_at >= MIN_RENEWAL_S
 
 
 def payload(command: DeliveryCommand) -> dict[str, Any]:
@@ -208,10 +218,14 @@ class Apns(Provider):
                 "apns refused the device token (BadDeviceToken: not hex)", address_dead=True
             )
         body = payload(command)
+        raw, alert = json.dumps(body).encode(), "alert" in body["aps"]
         token = self.token.current()
-        headers = self.headers(command, "alert" in body["aps"], token)
         url = f"{self.settings.base_url.rstrip('/')}/3/device/{device}"
-        status, answer_headers, data = await self._post(url, headers, json.dumps(body).encode())
+        status, answer_headers, data = await self._post(url, self.headers(command, alert, token), raw)
+        if status == 403 and reason(data) == "ExpiredProviderToken" and self.token.renewable(token):
+            self.token.discard(token)
+            token = self.token.current()
+            status, answer_headers, data = await self._post(url, self.headers(command, alert, token), raw)
         if 200 <= status < 300 or status == 410:
             self.confirmed = True
         if 200 <= status < 300:

@@ -127,6 +127,21 @@ def test_apns_expired_provider_token_is_unavailable_and_the_next_send_uses_a_new
     assert isinstance(sent, Sent) and len(server.tokens) == 1 and server.tokens[0] not in server.expired
 
 
+def test_apns_an_old_token_called_expired_is_renewed_and_the_send_made_at_once() -> None:
+    """Each send APNs refused as ExpiredProviderToken was an outage counted against the circuit; a token
+    old enough to renew (20 minutes) is renewed and the same send made again."""
+
+    async def scenario(server: ApnsServer, provider: Apns) -> Any:
+        old = provider.token.current()
+        provider.token.issued_at -= 1800
+        server.expired.add(old)
+        return await attempt(provider, server.command())
+
+    server, sent = with_apns(scenario)
+    assert isinstance(sent, Sent), sent
+    assert len(server.tokens) == 1 and server.tokens[0] not in server.expired and len(server.accepted) == 1
+
+
 def test_apns_token_signed_with_another_key_is_unavailable_naming_the_credentials() -> None:
     other = pem(ec.generate_private_key(ec.SECP256R1()))
     server, result = with_apns(send_one(lambda s: s.command()), private_key=other)
