@@ -119,7 +119,7 @@ class Suppressions(Projection):
 def _address(cur: Cursor, key: tuple[str, str, str], feedback: list[ProviderFeedback]) -> None:
     tenant, channel, address = key
     row = cur.execute(ROW, key).fetchone()
-    shown = None
+    shown, restoring = None, False
     holders: dict[str, AddressSuppression] = {}
     named = sorted({f.recipient_id or "" for f in feedback} | {""})
     for recipient, kept in cur.execute(HOLDERS, (*key, named)).fetchall():
@@ -128,12 +128,13 @@ def _address(cur: Cursor, key: tuple[str, str, str], feedback: list[ProviderFeed
         active, reason, source, since, last, kept = row
         shown = {"active": active, "reason": reason, "source": source, "since": since, "last": last}
         if not holders and cur.execute(ANY_HOLDER, key).fetchone() is None:
+            restoring = True
             holders[""] = (
                 AddressSuppression.model_validate(kept)
                 if kept is not None
                 else restored(reason if active else None, since if active else None, last, source)
             )
-    changed: set[str] = set()
+    changed: set[str] = {""} if restoring else set()
     lift: tuple[str, str | None] | None = None
     for f in feedback:
         at = f.provider_timestamp or f.occurred_at
@@ -155,6 +156,8 @@ def _address(cur: Cursor, key: tuple[str, str, str], feedback: list[ProviderFeed
             lift = (kind, f.provider)
     for holder in sorted(changed):
         h = holders[holder]
+        if h.refusal is None and h.failure is None:
+            continue
         current = h.effective()
         state = current or max((r for r in (h.refusal, h.failure) if r is not None), key=lambda r: r.since)
         cur.execute(

@@ -112,16 +112,19 @@ def test_an_address_two_recipients_share_is_suppressed_until_both_are_lifted(dat
     """The router keeps suppressions per recipient: one row per address, lifted by either recipient's
     lift (or by a lift naming a recipient who held nothing), listed the address open while the router
     still held it back for the other. Feedback naming no recipient, and a row kept before holders, are
-    lifted by any recipient's lift, as they were."""
+    lifted by any recipient's lift, as they were; a refusal kept before holders stays under a
+    recipient's bounce lifted since."""
     s = database
     with psycopg.connect(s.postgres_dsn) as conn:
         conn.execute(
             "INSERT INTO suppressions (tenant_id, channel, address, active, reason, source, since,"
-            " last_event_at) VALUES ('acme', 'email', 'old@x.io', true, 'hard_bounce', 'ses', %s, %s)",
-            (T0, T0),
+            " last_event_at) VALUES ('acme', 'email', 'old@x.io', true, 'hard_bounce', 'ses', %s, %s),"
+            " ('acme', 'email', 'kept@x.io', true, 'complaint', 'ses', %s, %s)",
+            (T0, T0, T0, T0),
         )
     batches = [
         [
+            feedback("hard_bounce", "kept@x.io", T0 + HOUR, recipient="b"),
             feedback("hard_bounce", "two@x.io", T0, recipient="a"),
             feedback("hard_bounce", "two@x.io", T0 + HOUR, recipient="b"),
             feedback("hard_bounce", "anon@x.io", T0, recipient=None),
@@ -131,6 +134,7 @@ def test_an_address_two_recipients_share_is_suppressed_until_both_are_lifted(dat
             feedback("resubscribe", "two@x.io", T0 + 2 * HOUR, OPERATOR, recipient="c"),
             feedback("resubscribe", "anon@x.io", T0 + HOUR, OPERATOR, recipient="z"),
             feedback("resubscribe", "old@x.io", T0 + HOUR, OPERATOR, recipient="z"),
+            feedback("resubscribe", "kept@x.io", T0 + 2 * HOUR, OPERATOR, recipient="b"),
         ],
     ]
     table = "SELECT address, active, reason, since FROM suppressions ORDER BY address"
@@ -143,9 +147,10 @@ def test_an_address_two_recipients_share_is_suppressed_until_both_are_lifted(dat
     assert seen[1] == (
         [
             ("anon@x.io", False, "resubscribe", T0 + HOUR),
+            ("kept@x.io", True, "complaint", T0),
             ("old@x.io", False, "resubscribe", T0 + HOUR),
             ("two@x.io", True, "hard_bounce", T0 + HOUR),
         ],
         [("b",)],
     ), "lifted for a, two@x.io is still held for b, since b's bounce"
-    assert seen[2][0][2] == ("two@x.io", False, "resubscribe", T0 + 3 * HOUR) and seen[2][1] == []
+    assert seen[2][0][3] == ("two@x.io", False, "resubscribe", T0 + 3 * HOUR) and seen[2][1] == []
