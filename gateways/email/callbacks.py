@@ -60,6 +60,7 @@ SNS_FIELDS = {
 SNS_FIELDS["UnsubscribeConfirmation"] = SNS_FIELDS["SubscriptionConfirmation"]
 SNS_HASHES: dict[str, type[hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": hashes.SHA256}
 MESSAGE_ID = re.compile(r"^<([0-9a-fA-F-]{36})@[^>]+>$")
+SES_PIECE = re.compile(r"(.+)_b64_([0-9]{1,2})")
 POSTMARK_KINDS: dict[str, FeedbackKind] = {
     "HardBounce": "hard_bounce",
     "BadEmailAddress": "hard_bounce",
@@ -207,18 +208,32 @@ def _verify_sns(envelope: Mapping[str, Any], certificate_pem: bytes | None) -> N
         raise InvalidEvent("SNS signature does not match the message") from None
 
 
+def _b64(value: str) -> str | None:
+    try:
+        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
 def _ses_ids(mail: Mapping[str, Any]) -> dict[str, str]:
+    """The ids the sender tagged: as they are, `<name>_b64`, or pieces `<name>_b64_<i>` (`ses.email_tags`)."""
     ids: dict[str, str] = {}
+    pieces: dict[str, dict[int, str]] = {}
     tags = _dict(mail.get("tags"))
     for name, values in tags.items():
         value = values[0] if isinstance(values, list) and values else values
-        if name.endswith("_b64"):
-            try:
-                ids[name[:-4]] = base64.urlsafe_b64decode(str(value) + "=" * (-len(str(value)) % 4)).decode()
-            except (binascii.Error, UnicodeDecodeError):
-                continue
+        if (piece := SES_PIECE.fullmatch(name)) is not None:
+            pieces.setdefault(piece.group(1), {})[int(piece.group(2))] = str(value)
+        elif name.endswith("_b64"):
+            if (decoded := _b64(str(value))) is not None:
+                ids[name[:-4]] = decoded
         elif isinstance(value, str):
             ids[name] = value
+    for name, parts in pieces.items():
+        if sorted(parts) == list(range(len(parts))) and (
+            decoded := _b64("".join(parts[i] for i in sorted(parts)))
+        ):
+            ids[name] = decoded
     common = _dict(mail.get("commonHeaders"))
     found = MESSAGE_ID.match(str(common.get("messageId", "")))
     if "delivery_id" not in ids and found:

@@ -5,17 +5,19 @@ text and HTML parts and the RFC 8058 unsubscribe headers are ours byte for byte.
 replaces a `Message-ID` it is given with its own (and keeps the original in bounce/complaint notifications
 that include headers), so the delivery is tied back through `EmailTags` instead: `delivery_id` and
 `notification_id`, plus `tenant_id` and `recipient_id`. Tag values may only hold ASCII letters, digits,
-`_` and `-`; an id with other characters goes base64url-encoded under `<name>_b64` (when that fits) and
-`callbacks.ses_sns` decodes it. The request is signed with SigV4 (service `ses`) by botocore.
+`_` and `-`; an id with other characters goes base64url-encoded under `<name>_b64`, in 256-character
+pieces under `<name>_b64_<i>` when longer, and `callbacks.ses_sns` decodes it. The request is signed with
+SigV4 (service `ses`) by botocore.
 
-Answers (rest-json: the error code is the `x-amzn-ErrorType` header, the text the body's `message`):
-2xx is Sent with `MessageId`; `TooManyRequestsException` (429) and `LimitExceededException` are
-ProviderThrottled; `AccountSuspendedException` and `SendingPausedException` are ProviderUnavailable: the
-account, not this message, cannot send, so the runner should fail over to the next provider and retry
-later instead of failing every command permanently; 5xx, timeouts and connection errors are
-ProviderUnavailable; 401/403 (bad signature, unknown or expired key, denied) are ProviderUnavailable
-naming the credentials, as for SendGrid; every other 4xx (`MessageRejected`,
-`MailFromDomainNotVerifiedException`, `BadRequestException`, ...) is a permanent DeliveryRejected.
+Answers (rest-json: the error code is the `x-amzn-ErrorType` header, the text the body's `message`): 2xx
+is Sent with `MessageId`; `TooManyRequestsException` (429) and `LimitExceededException` are
+ProviderThrottled; `AccountSuspendedException`, `SendingPausedException`,
+`MailFromDomainNotVerifiedException` and `MessageRejected` "Email address is not verified" (the sender's
+identity, lapsed or of another region) are ProviderUnavailable: the account, not this message, cannot
+send, so the runner should fail over to the next provider and retry later instead of failing every command
+permanently; 5xx, timeouts and connection errors are ProviderUnavailable; 401/403 (bad signature, unknown
+or expired key, denied) are ProviderUnavailable naming the credentials, as for SendGrid; every other 4xx
+(`MessageRejected`, `BadRequestException`, ...) is a permanent DeliveryRejected.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ ACCOUNT_CANNOT_SEND = frozenset(
 """The account or its setup, not the message: suspended or paused sending, a MAIL FROM domain not
 verified, a configuration set that does not exist (NotFoundException). Every message fails alike, so
 the next provider takes them instead of each being FAILED for good."""
+UNVERIFIED = "not verified"
+"""In a `MessageRejected`: "Email address is not verified. The following identities failed the check in
+region ...", the sender's identity (lapsed, or verified in another region): every message fails alike."""
 
 
 class SesSettings(BaseSettings):
@@ -75,6 +80,10 @@ class SesSettings(BaseSettings):
 
 
 def email_tags(command: DeliveryCommand) -> list[dict[str, str]]:
+    """The ids as tags: as they are, base64url under `<name>_b64`, or, longer than the 256 characters a
+    tag value may hold, in pieces under `<name>_b64_<i>`. Dropped when too long, a tenant id over about
+    190 bytes left its bounces to the tenant of the callback URL, and the tenant went on mailing the
+    address."""
     tags = [
         {"Name": "delivery_id", "Value": str(command.delivery_id)},
         {"Name": "notification_id", "Value": str(command.notification_id)},
@@ -82,10 +91,13 @@ def email_tags(command: DeliveryCommand) -> list[dict[str, str]]:
     for name, value in (("tenant_id", command.tenant_id), ("recipient_id", command.recipient_id)):
         if TAG_VALUE.match(value):
             tags.append({"Name": name, "Value": value})
-        else:
-            encoded = base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
-            if len(encoded) <= 256:
-                tags.append({"Name": f"{name}_b64", "Value": encoded})
+            continue
+        encoded = base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+        if len(encoded) <= 256:
+            tags.append({"Name": f"{name}_b64", "Value": encoded})
+            continue
+        pieces = [encoded[i : i + 256] for i in range(0, len(encoded), 256)]
+        tags += [{"Name": f"{name}_b64_{i}", "Value": piece} for i, piece in enumerate(pieces)]
     return tags
 
 
@@ -152,7 +164,7 @@ class Ses(Provider):
             raise ProviderThrottled(
                 f"ses throttled: {code or status}", retry_after(response_headers.get("Retry-After"))
             )
-        if code in ACCOUNT_CANNOT_SEND:
+        if code in ACCOUNT_CANNOT_SEND or (code == "MessageRejected" and UNVERIFIED in message):
             raise ProviderUnavailable(f"ses account cannot send: {code}: {message}")
         if status >= 500:
             raise ProviderUnavailable(f"ses failed ({status}): {code}")

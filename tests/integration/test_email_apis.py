@@ -178,6 +178,21 @@ def test_ses_unknown_configuration_set_is_our_setup_and_fails_over() -> None:
     assert isinstance(result, ProviderUnavailable) and "NotFoundException" in str(result), result
 
 
+def test_ses_a_sender_identity_not_verified_is_our_setup_and_fails_over() -> None:
+    """MessageRejected "Email address is not verified" names the sender, lapsed or verified in another
+    region: every message was FAILED for good, and no other provider of the chain tried."""
+
+    def unverified(server: SesServer) -> None:
+        server.mode = "unverified"
+
+    result, _ = send(SesServer, setup=unverified)
+    assert isinstance(result, ProviderUnavailable) and "not verified" in str(result), result
+    rejected, _ = send(SesServer, setup=lambda server: setattr(server, "mode", "reject"))
+    assert isinstance(rejected, DeliveryRejected) and rejected.permanent, (
+        "a message SES refuses stays refused"
+    )
+
+
 def test_postmark_a_sender_not_on_the_account_is_our_setup_and_fails_over() -> None:
     def unconfirmed(server: PostmarkServer) -> None:
         server.senders = {"someone@example.com"}

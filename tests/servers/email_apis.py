@@ -250,8 +250,12 @@ class SesServer(HttpApiServer):
         if problem is not None:
             return problem
         if self.mode == "reject":
-            unverified = request_json.get("FromEmailAddress") or message["From"]
-            return self.error(400, "MessageRejected", f"Email address is not verified: {unverified}")
+            return self.error(400, "MessageRejected", "Illegal address")
+        if self.mode == "unverified":
+            sender = request_json.get("FromEmailAddress") or message["From"]
+            why = "Email address is not verified. The following identities failed the check in region "
+            why += f"US-EAST-1: {sender}"
+            return self.error(400, "MessageRejected", why)
         self.accepted.append({"request": request_json, "message": message})
         return web.json_response({"MessageId": f"0102{secrets.token_hex(6)}-{uuid.uuid4()}-000000"})
 

@@ -153,6 +153,19 @@ def test_ses_tags_written_by_the_provider_come_back(rsa_key: rsa.RSAPrivateKey, 
     assert (got.delivery_id, got.notification_id) == (command.delivery_id, command.notification_id)
 
 
+def test_ses_ids_too_long_for_one_tag_come_back_in_pieces(rsa_key: rsa.RSAPrivateKey, cert: bytes) -> None:
+    """A tag value holds 256 characters: a tenant id over about 190 bytes was dropped, and its bounces
+    went to the tenant of the callback URL."""
+    tenant, recipient = "東京都港区" * 13, "r" * 200 + "/ü"
+    command = email_command().model_copy(update={"recipient_id": recipient, "tenant_id": tenant})
+    tags = email_tags(command)
+    assert all(len(t["Value"]) <= 256 for t in tags) and "tenant_id_b64_1" in {t["Name"] for t in tags}
+    note = ses_bounce("Permanent", "a@example.com", tags=False)
+    note["mail"]["tags"] = {t["Name"]: [t["Value"]] for t in reversed(tags)}
+    (got,) = parse_sns(sns(rsa_key, note), cert)
+    assert (got.tenant_id, got.recipient_id) == (tenant, recipient)
+
+
 def test_ses_complaint_and_delivery_events(rsa_key: rsa.RSAPrivateKey, cert: bytes) -> None:
     recipients = [{"emailAddress": "c@example.com"}]
     feedback = {
