@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import idna
 import jwt
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateways.base import DeliveryRejected
@@ -65,6 +65,17 @@ class EmailSettings(BaseSettings):
     tracking_url: str = Field(
         default="http://127.0.0.1:8080/t", description="The edge's tracking routes, as recipients reach them."
     )
+
+    @field_validator("from_address")
+    @classmethod
+    def _ascii_domain(cls, value: str) -> str:
+        """The sender's domain in IDNA (`bücher.de` as `xn--bcher-kva.de`), as recipients' are: in
+        Unicode it failed every send (formataddr raised, and each command was dead-lettered), and SES
+        takes 7-bit addresses only."""
+        try:
+            return deliverable(value)
+        except DeliveryRejected as exc:
+            raise ValueError(str(exc)) from None
 
     @property
     def tracking(self) -> bool:

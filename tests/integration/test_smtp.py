@@ -135,6 +135,20 @@ def test_an_internationalised_domain_goes_out_in_idna() -> None:
     assert message["To"] == "ann@xn--bcher-kva.de"
 
 
+def test_a_sender_with_an_internationalised_domain_goes_out_in_idna(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`formataddr` raised on `benachrichtigung@bücher.de`: every send was dead-lettered."""
+    monkeypatch.setenv("TIDINGS_EMAIL_FROM_ADDRESS", "benachrichtigung@bücher.de")
+
+    async def scenario() -> tuple[SmtpServer, list[Any]]:
+        async with SmtpServer() as server:
+            return server, await send_all(server, server.provider(), 1)
+
+    server, [sent] = asyncio.run(scenario())
+    assert isinstance(sent, Sent), sent
+    [message] = server.accepted
+    assert message["From"] == "tidings <benachrichtigung@xn--bcher-kva.de>"
+
+
 def test_the_unsubscribe_header_goes_over_the_wire_as_one_plain_url_and_body_lines_keep_to_76() -> None:
     """aiosmtplib's send_message wrote the message with its own policy, folding the long one-click URL
     into RFC 2047 encoded words, which mail clients do not read as a URL (parsing the header back hid
