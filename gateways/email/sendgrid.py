@@ -54,8 +54,17 @@ def custom_args(command: DeliveryCommand) -> dict[str, str]:
     }
 
 
+def fallback_subject(text: str) -> str:
+    """A subject for a message whose template has none: SendGrid refuses mail without one ("The subject
+    is required"), which failed it for good where SMTP, SES and Postmark send it. The text's first line,
+    cut to 78 characters."""
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return (first[:77] + "…" if len(first) > 78 else first) or "(no subject)"
+
+
 def payload(command: DeliveryCommand, email: EmailSettings) -> dict[str, Any]:
     subject, text, html = parts(command, email)
+    subject = subject or fallback_subject(text)
     content = [{"type": "text/plain", "value": text}] if text else []
     if html:
         content.append({"type": "text/html", "value": html})

@@ -120,10 +120,19 @@ def test_sendgrid_wrong_key_fails_over_naming_the_credentials() -> None:
 
 
 def test_sendgrid_validation_errors_are_reported() -> None:
-    command = email_command().model_copy(update={"content": RenderedContent(body="no subject")})
+    command = email_command().model_copy(update={"address": "ann@localhost"})
     result, server = send(SendGridServer, command)
-    assert isinstance(result, DeliveryRejected) and result.permanent
-    assert "The subject is required." in result.reason and server.accepted == []
+    assert isinstance(result, DeliveryRejected) and result.permanent, result
+    assert "Does not contain a valid address." in result.reason and server.accepted == []
+
+
+def test_sendgrid_a_message_without_a_subject_takes_its_first_line() -> None:
+    """SendGrid refuses mail without a subject, which SMTP, SES and Postmark send: it was FAILED for good."""
+    body = "\n  Your code is 123456, valid for ten minutes from now, so use it soon please, thank you.\nbye"
+    command = email_command().model_copy(update={"content": RenderedContent(body=body)})
+    result, server = send(SendGridServer, command)
+    assert isinstance(result, Sent), result
+    assert server.accepted[0]["subject"] == body.split("\n")[1].strip()[:77] + "…"
 
 
 def test_sendgrid_throttle_falls_back_to_the_rate_limit_reset() -> None:
