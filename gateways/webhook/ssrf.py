@@ -12,8 +12,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
+
+import idna
 
 from gateways.base import DeliveryRejected
 
@@ -64,6 +69,59 @@ def forbidden(ip: IP, allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network
     return not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified
 
 
+def ascii_host(host: str) -> str:
+    """The host name in IDNA 2008 (UTS #46), the form DNS, the Host header and TLS all get: left in
+    Unicode, Python encoded it by IDNA 2003, which maps `straße.de` to `strasse.de`, another domain, whose
+    owner then received the signed payload over a valid TLS connection."""
+    if host.isascii():
+        return host
+    try:
+        return idna.encode(host, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise DeliveryRejected(f"webhook host is not a valid name: {exc}") from None
+
+
+LOOKUPS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="webhook-dns")
+"""Lookups run here, not on the loop's default pool: a lookup that times out keeps its thread until the
+system resolver gives up, and a tenant's name server that never answers filled the default pool (6
+threads on 2 cores), so every tenant's hosts failed to resolve in time."""
+SILENT_FOR = 60.0
+_inflight: dict[tuple[asyncio.AbstractEventLoop, str, int], asyncio.Future[list[Any]]] = {}
+_silent: dict[str, float] = {}
+"""Hosts whose lookup timed out, until when they are not looked up again: without it each send to the
+host took a thread for the resolver's whole timeout."""
+
+
+async def _resolved(host: str, port: int, resolve_timeout: float | None) -> list[IP]:
+    """The host's addresses. One lookup per host at a time (concurrent sends share it), and a host that
+    did not answer within `resolve_timeout` fails at once for `SILENT_FOR` seconds."""
+    if _silent.get(host, 0.0) > time.monotonic():
+        raise DeliveryRejected(
+            f"webhook host did not resolve lately (within {SILENT_FOR:g}s)", permanent=False
+        )
+    loop = asyncio.get_running_loop()
+    key = (loop, host, port)
+    lookup = _inflight.get(key)
+    if lookup is None:
+        lookup = loop.run_in_executor(LOOKUPS, socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+        _inflight[key] = lookup
+        lookup.add_done_callback(lambda _: _inflight.pop(key, None))
+    try:
+        infos = await asyncio.wait_for(asyncio.shield(lookup), resolve_timeout)
+    except TimeoutError:
+        _silent[host] = time.monotonic() + SILENT_FOR
+        if len(_silent) > 10_000:
+            _silent.clear()
+        raise DeliveryRejected(
+            f"webhook host did not resolve within {resolve_timeout:g}s", permanent=False
+        ) from None
+    except socket.gaierror as exc:
+        raise DeliveryRejected(f"webhook host does not resolve: {exc}", permanent=False) from None
+    except UnicodeError as exc:
+        raise DeliveryRejected(f"webhook host is not a valid name: {exc}") from None
+    return [ipaddress.ip_address(info[4][0]) for info in infos]
+
+
 async def check(
     url: str,
     allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (),
@@ -90,18 +148,8 @@ async def check(
     if address is not None:
         candidates = [address]
     else:
-        try:
-            lookup = asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            infos = await asyncio.wait_for(lookup, resolve_timeout)
-        except TimeoutError:
-            raise DeliveryRejected(
-                f"webhook host did not resolve within {resolve_timeout:g}s", permanent=False
-            ) from None
-        except socket.gaierror as exc:
-            raise DeliveryRejected(f"webhook host does not resolve: {exc}", permanent=False) from None
-        except UnicodeError as exc:
-            raise DeliveryRejected(f"webhook host is not a valid name: {exc}") from None
-        candidates = [ipaddress.ip_address(info[4][0]) for info in infos]
+        host = ascii_host(host)
+        candidates = await _resolved(host, port, resolve_timeout)
     if not candidates or any(forbidden(ip, allow) for ip in candidates):
         raise DeliveryRejected("webhook target is not a public address (SSRF guard)")
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")

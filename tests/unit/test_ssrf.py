@@ -90,26 +90,70 @@ def test_allow_list_is_explicit() -> None:
         asyncio.run(check("http://127.0.0.2:9999/in", allow))
 
 
-def test_a_name_server_that_never_answers_holds_the_send_no_longer_than_the_timeout() -> None:
+def test_a_name_server_that_never_answers_holds_no_send_long_and_starves_no_other_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lookup that times out keeps its thread until the resolver gives up: sends to a tenant's silent
+    name server filled the loop's default pool, and every other tenant's host failed to resolve in time.
+    Concurrent sends to one host share a lookup, and a silent host fails at once for a while."""
+    import socket
+    import threading
     import time
 
-    async def scenario() -> tuple[BaseException | None, float]:
-        loop = asyncio.get_running_loop()
+    from gateways.webhook import ssrf
 
-        async def silent(*args: object, **kwargs: object) -> list[object]:
-            await asyncio.sleep(30)
-            return []
+    release, asked = threading.Event(), []
 
-        loop.getaddrinfo = silent  # type: ignore[method-assign]
+    def resolver(host: str, port: int, *args: object) -> list[object]:
+        asked.append(host)
+        if host.startswith("silent"):
+            release.wait(10)
+            raise socket.gaierror("gave up")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+
+    async def scenario() -> tuple[
+        list[BaseException | ssrf.Target], float, ssrf.Target, BaseException | None
+    ]:
         started = time.monotonic()
+        silent = [check(f"https://silent{i % 8}.example/x", resolve_timeout=0.2) for i in range(64)]
+        refused = await asyncio.gather(*silent, return_exceptions=True)
+        took = time.monotonic() - started
+        good = await check("https://hooks.example.com/x", resolve_timeout=0.2)
         try:
-            await check("https://hooks.example.com/x", resolve_timeout=0.2)
-        except DeliveryRejected as exc:
-            return exc, time.monotonic() - started
-        return None, time.monotonic() - started
+            await check("https://silent0.example/x", resolve_timeout=0.2)
+        except DeliveryRejected as again:
+            return refused, took, good, again
+        return refused, took, good, None
 
-    refused, took = asyncio.run(scenario())
-    assert (
-        isinstance(refused, DeliveryRejected) and not refused.permanent and "resolve within" in refused.reason
+    try:
+        refused, took, good, again = asyncio.run(scenario())
+    finally:
+        release.set()
+    assert all(isinstance(r, DeliveryRejected) and not r.permanent and "within" in r.reason for r in refused)
+    assert took < 2 and good.ip == "93.184.216.34"
+    assert sorted(h for h in asked if h.startswith("silent")) == sorted(
+        f"silent{i}.example" for i in range(8)
     )
-    assert took < 2
+    assert isinstance(again, DeliveryRejected) and "lately" in again.reason, (
+        "a silent host is not asked again"
+    )
+
+
+def test_an_internationalised_host_is_looked_up_and_named_in_idna_2008(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Left in Unicode, Python encoded `straße.de` by IDNA 2003 as `strasse.de`, another domain, whose
+    owner received the signed payload over a valid TLS connection."""
+    import socket
+
+    asked: list[str] = []
+
+    def resolver(host: str, port: int, *args: object) -> list[object]:
+        asked.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    target = asyncio.run(check("https://straße.de/hook", resolve_timeout=1))
+    assert (target.host, asked) == ("xn--strae-oqa.de", ["xn--strae-oqa.de"])
