@@ -375,7 +375,9 @@ class CommandHandling:
             await self.redis.set(dead_key(self.prefix, command), reason, ex=self.config.suppress_ttl)
 
     async def _endpoint_failed(self, command: DeliveryCommand) -> str | None:
-        """Counts a webhook endpoint's exhausted deliveries; disables it after sustained failure."""
+        """Counts a webhook endpoint's exhausted deliveries; disables it after sustained failure, and
+        forgets the count then: kept, the endpoint re-enabled by its owner was disabled again by the
+        first delivery to exhaust its retries."""
         if self.channel != "webhook":
             return None
         key, now = failing_key(self.prefix, command), time.time()
@@ -390,4 +392,6 @@ class CommandHandling:
             return None
         reason = f"endpoint failing since {int(float(since))}: {failures} deliveries exhausted retries"
         await self._refuse_address(command, reason)
+        with contextlib.suppress(*REDIS_DOWN):
+            await self.redis.delete(key)
         return reason

@@ -4,7 +4,9 @@
 send time, `webhook-signature` one `v1,<base64 HMAC-SHA256>` per secret (several during rotation:
 `address_params["secret"]` may hold space-separated `whsec_` secrets). The target passes the SSRF guard
 and is connected to by its checked IP with the original Host header and TLS server name; redirects are
-refused, and at most `max_response_bytes` of the answer is read.
+refused, and at most `max_response_bytes` of the answer is read. Answers: 2xx Sent; 410 gone (the
+address is dead); 429 throttled; 400/413/414/422 (`PAYLOAD_REFUSED`) permanent; any other (3xx, 401,
+403, 404, 5xx, ...) ProviderUnavailable, retried through the tiers.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ from gateways.webhook.ssrf import check
 from tidings.events import DeliveryCommand
 
 USER_AGENT = "tidings-webhooks/0.1"
+PAYLOAD_REFUSED = frozenset({400, 413, 414, 422})
+"""Answers about the request itself, which the same bytes would get again: permanent. Every other
+non-2xx but 410 and 429 is retried through the tiers and counts towards disabling the endpoint, as
+Standard Webhooks asks: a 404 or 401 during a receiver's deploy or secret rotation, permanent, lost the
+events with nothing to replay, and an endpoint answering 404 for good was never disabled."""
 
 
 class WebhookSettings(BaseSettings):
@@ -117,9 +124,9 @@ class StandardWebhook(Provider):
             raise DeliveryRejected("endpoint gone (410)", address_dead=True)
         if status == 429:
             raise ProviderThrottled("endpoint throttled (429)", retry_after(retry_header))
+        if status in PAYLOAD_REFUSED:
+            raise DeliveryRejected(f"endpoint refused the payload ({status})")
         if 300 <= status < 400:
-            raise DeliveryRejected(f"redirect refused ({status})")
-        if status == 408 or status >= 500:
-            wait = retry_after(retry_header) if status == 503 else None
-            raise ProviderUnavailable(f"endpoint failed ({status})", wait)
-        raise DeliveryRejected(f"endpoint refused ({status})")
+            raise ProviderUnavailable(f"endpoint redirected ({status}): redirects are not followed")
+        wait = retry_after(retry_header) if status == 503 else None
+        raise ProviderUnavailable(f"endpoint {'failed' if status >= 500 else 'refused'} ({status})", wait)

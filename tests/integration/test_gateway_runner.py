@@ -227,11 +227,19 @@ def test_endpoint_disabled_after_sustained_failure(namespace: Callable[..., Sett
         await runner(s, **config).run(idle_exit_after=2)
         await app_runner.cleanup()
 
+    async def failing_counts() -> list[bytes]:
+        client = redis.asyncio.Redis.from_url(s.redis_url)
+        try:
+            return [k async for k in client.scan_iter(f"{s.topic_prefix}tidings:failing:*")]
+        finally:
+            await client.aclose()
+
     asyncio.run(scenario())
     assert len(calls) == 4, "the disabled endpoint was called again"
     feedback = [default_codec().decode(r.value or b"") for r in read_all(s, names(s).feedback)]
     [disabled] = [f for f in feedback if isinstance(f, ProviderFeedback)]
     assert disabled.kind == "endpoint_disabled" and disabled.address.endswith("/broken")
+    assert asyncio.run(failing_counts()) == [], "kept, a re-enabled endpoint was disabled at one failure"
     statuses = [(o.status, o.reason) for o in outcomes(s)]
     assert statuses.count(("FAILED", "retries_exhausted")) == 2
     assert statuses.count(("SUPPRESSED", "address_dead")) == 1

@@ -121,11 +121,14 @@ def test_error_responses_map_to_typed_errors() -> None:
     assert isinstance(gone, DeliveryRejected) and gone.permanent and gone.address_dead
     refused, _, _ = run(status(400))
     assert isinstance(refused, DeliveryRejected) and refused.permanent and not refused.address_dead
+    for code in (401, 404, 409):
+        missing, _, _ = run(status(code))
+        assert isinstance(missing, ProviderUnavailable), "a receiver's deploy or secret rotation: retried"
 
 
 def test_redirects_are_not_followed() -> None:
     result, seen, _ = run(status(302, Location="http://169.254.169.254/latest/meta-data/"))
-    assert isinstance(result, DeliveryRejected) and "redirect" in str(result)
+    assert isinstance(result, ProviderUnavailable) and "redirect" in str(result)
     assert len(seen) == 1
 
 
