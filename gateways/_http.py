@@ -30,12 +30,19 @@ class Answer:
 async def post(
     session: aiohttp.ClientSession, what: str, url: str, *, body: bytes, limit: int, **options: Any
 ) -> Answer:
-    """POST `body` without following redirects; at most `limit` bytes of the answer are read."""
+    """POST `body` without following redirects; at most `limit` bytes of the answer are read. A 2xx whose
+    body then stalls or breaks is the 2xx, with what was read: the receiver had accepted it, and taken
+    for a failure it was sent again (a duplicate), counted against the circuit and, for a webhook,
+    towards disabling the endpoint."""
     try:
         async with session.post(url, data=body, allow_redirects=False, **options) as response:
             data = b""
-            while len(data) < limit and (chunk := await response.content.read(limit - len(data))):
-                data += chunk
+            try:
+                while len(data) < limit and (chunk := await response.content.read(limit - len(data))):
+                    data += chunk
+            except (TimeoutError, aiohttp.ClientError):
+                if not 200 <= response.status < 300:
+                    raise
             return Answer(response.status, response.headers, data)
     except TimeoutError as exc:
         raise ProviderUnavailable(f"{what} timed out: {type(exc).__name__}") from None

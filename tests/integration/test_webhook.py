@@ -146,6 +146,17 @@ def test_timeouts_and_huge_answers() -> None:
     result, _, _ = run(huge)
     assert isinstance(result, Sent)
 
+    async def dripping(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=200)
+        await response.prepare(request)
+        for _ in range(40):
+            await response.write(b"ok\n")
+            await asyncio.sleep(0.1)
+        return response
+
+    accepted, _, _ = run(dripping)
+    assert isinstance(accepted, Sent), "accepted, then a slow body: a failure sent it again"
+
 
 def test_a_local_receiver_is_refused_without_the_test_allow_list() -> None:
     result, seen, _ = run(ok, settings=WebhookSettings())
