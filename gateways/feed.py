@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -72,6 +73,7 @@ from gateways.inapp._feed import (
     doorbell,
     item,
 )
+from gateways.limits import Pace
 from gateways.ops import OPERATIONS, Operation
 from tidings.client import inbox_signing_key
 from tidings.config import Settings
@@ -103,6 +105,11 @@ REPORTS: dict[str, type[NotificationOpened] | type[NotificationClicked]] = {
 OWN_DELIVERY = """SELECT notification_id, channel FROM deliveries
 WHERE delivery_id = %s AND tenant_id = %s AND recipient_id = %s"""
 MAX_URL = 2048
+MARKS_PER_S = 10.0
+"""Engagement events one recipient may produce a second on one edge, after a burst of `MARKS_BURST` (a
+mark-all of a full page): each is a Kafka record and a webhook to every destination of the tenant, and
+a token's holder looping `/read` produced them without bound. Over it: 429 with `Retry-After`."""
+MARKS_BURST = 1000
 AUTH_TIMEOUT_S, REREAD_S, LOOKBACK_S, FIRST_PAGE, MAX_PAGE, MAX_BULK = 10.0, 30.0, 5.0, 20, 100, 1000
 KEPT = 500
 UNAUTHORIZED = 4401
@@ -158,6 +165,7 @@ def mount(
     application: web.Application, settings: Settings, secret: str, producer: web.AppKey[AsyncProducer]
 ) -> None:
     prefix, engagement = settings.topic_prefix, names(settings).engagement
+    pace = Pace(MARKS_PER_S, MARKS_BURST)
 
     def caller(request: web.Request) -> tuple[str, str]:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -165,6 +173,14 @@ def mount(
         if found is None:
             raise refused(web.HTTPUnauthorized, "A valid token is required", WWW_Authenticate="Bearer")
         return found
+
+    def marking(request: web.Request, cost: int = 1) -> tuple[str, str]:
+        """The caller, if its recipient may produce `cost` more engagement events now (`MARKS_PER_S`)."""
+        tenant, recipient = caller(request)
+        if (wait := pace.take((tenant, recipient), cost)) is not None:
+            why = f"at most {MARKS_PER_S:g} marks a second for one recipient"
+            raise refused(web.HTTPTooManyRequests, "Too many marks", why, Retry_After=str(math.ceil(wait)))
+        return tenant, recipient
 
     async def query(sql: str, args: dict[str, Any] | tuple[Any, ...]) -> list[tuple[Any, ...]]:
         async with application[POOL].connection() as conn:
@@ -186,7 +202,7 @@ def mount(
         return web.json_response({"items": items, "unread": unread, "next": after})
 
     async def engage(request: web.Request) -> web.Response:
-        tenant, recipient = caller(request)
+        tenant, recipient = marking(request)
         kind, nid = action(request, ACTIONS, "notification_id")
         rows = await query(DELIVERY, {"tenant": tenant, "recipient": recipient, "nid": nid})
         if not rows:
@@ -214,6 +230,7 @@ def mount(
             kind(tenant_id=tenant, recipient_id=recipient, notification_id=nid, delivery_id=did)
             for nid, did in first.items()
         ]
+        marking(request, len(events))
         await request.app[producer].deliver(*(Output.event(engagement, e) for e in events))
         more = len(rows) > MAX_BULK
         after = rows[MAX_BULK - 1][2] if more else None
@@ -221,7 +238,7 @@ def mount(
         return web.json_response(body, status=202)
 
     async def report(request: web.Request) -> web.Response:
-        tenant, recipient = caller(request)
+        tenant, recipient = marking(request)
         kind, did = action(request, REPORTS, "delivery_id")
         url = None
         if kind is NotificationClicked and request.can_read_body:
@@ -344,6 +361,7 @@ def mount(
                 "Mark every item not yet seen, read or archived",
                 status=202,
                 security=token,
+                rated=True,
                 query=("before",),
             ),
             Operation(
@@ -353,6 +371,7 @@ def mount(
                 "Mark seen, read, archived, unread or unarchived",
                 status=202,
                 security=token,
+                rated=True,
             ),
             Operation(
                 "GET", "/v1/ws", socket, "WebSocket: send {token, cursor?} first", status=101, security=token
@@ -364,6 +383,7 @@ def mount(
                 "Report a push (or other delivery) opened or clicked",
                 status=202,
                 security=token,
+                rated=True,
             ),
         ]
     )

@@ -184,3 +184,24 @@ class Slots:
                 waiter.set_result(None)
                 return
         self.free += 1
+
+
+class Pace:
+    """Token buckets per key in this process, for callers no provider contract bounds: an end user's
+    inbox token looping `POST /v1/inbox/{id}/read` produced an engagement event (and a webhook to each
+    of the tenant's destinations) per call. `take` spends `cost` tokens, or answers the seconds until
+    they are there; the least recently used of more than `max_keys` keys is forgotten (a full bucket)."""
+
+    def __init__(self, rate: float, burst: float, max_keys: int = 100_000) -> None:
+        self.rate, self.burst, self.max_keys = rate, burst, max_keys
+        self._buckets: dict[object, tuple[float, float]] = {}
+
+    def take(self, key: object, cost: float = 1.0) -> float | None:
+        now = time.monotonic()
+        tokens, at = self._buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        wait = None if tokens >= min(cost, self.burst) else (min(cost, self.burst) - tokens) / self.rate
+        self._buckets[key] = (tokens - cost if wait is None else tokens, now)
+        if len(self._buckets) > self.max_keys:
+            del self._buckets[next(iter(self._buckets))]
+        return wait

@@ -434,6 +434,40 @@ def test_mark_all_read_marks_only_the_callers_unread_items_in_pages(
     assert sorted(str(e.notification_id) for e in reads) == sorted(str(c.notification_id) for c in adas)
 
 
+def test_one_recipient_marking_in_a_loop_is_paced_and_another_is_not(
+    database: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each mark is a Kafka record and a webhook to every destination of the tenant: a token's holder
+    looping `/read` produced them without bound."""
+    s = database
+    monkeypatch.setattr(feed_module, "MARKS_BURST", 3)
+    monkeypatch.setattr(feed_module, "MARKS_PER_S", 0.5)
+    ada, bob = command("ada", "item"), command("bob", "item")
+
+    async def deliver() -> None:
+        provider = inbox(s)
+        async with aiohttp.ClientSession() as session:
+            for c in (ada, bob):
+                await provider.send(session, c)
+        await provider.close()
+
+    async def loop(base: str) -> list[tuple[int, str | None]]:
+        answers = []
+        async with aiohttp.ClientSession() as http:
+            for who, c in [("ada", ada)] * 5 + [("bob", bob)]:
+                url = f"{base}/v1/inbox/{c.notification_id}/read"
+                async with http.post(url, headers=bearer(token(who))) as r:
+                    answers.append((r.status, r.headers.get("Retry-After")))
+        return answers
+
+    asyncio.run(deliver())
+    answers = asyncio.run(serving(s, loop))
+    assert [status for status, _ in answers] == [202, 202, 202, 429, 429, 202]
+    assert answers[3][1] is not None and 1 <= int(answers[3][1]) <= 2
+    reads = [e for e in decoded(s, names(s).engagement) if isinstance(e, InboxItemRead)]
+    assert len(reads) == 4
+
+
 def test_an_open_socket_is_told_of_a_withdrawn_item_once(database: Settings) -> None:
     s = database
     kept, withdrawn = command("ada", "Bo mentioned you"), command("ada", "Cy mentioned you")

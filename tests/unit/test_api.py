@@ -107,7 +107,7 @@ def test_the_openapi_document_names_every_query_parameter_and_header_a_handler_r
         entry = document["paths"][op.path][op.method.lower()]
         named = {p["name"] for p in entry["parameters"] if p["in"] in ("query", "header")}
         assert found == named, f"{op.method} {op.path}"
-        rated = "admit(" in inspect.getsource(op.handler)
+        rated = any(gate in inspect.getsource(op.handler) for gate in ("admit(", "marking("))
         assert ("429" in entry["responses"]) == rated, f"{op.method} {op.path}: a 429 it cannot answer"
     notify = document["paths"]["/v1/notifications"]["post"]
     assert {"429", "503"} <= set(notify["responses"])
