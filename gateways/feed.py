@@ -60,7 +60,6 @@ from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateways import _pg as pg
-from gateways.api_schema import problem_document
 from gateways.inapp._doorbells import Doorbells
 from gateways.inapp._feed import (
     BULK,
@@ -73,9 +72,10 @@ from gateways.inapp._feed import (
     doorbell,
     item,
 )
+from gateways.inapp._http import TOKEN_LEEWAY_S, action, refused
+from gateways.inapp._http import recipient_of as recipient_of
 from gateways.limits import Pace
 from gateways.ops import OPERATIONS, Operation
-from tidings.client import inbox_signing_key
 from tidings.config import Settings
 from tidings.events import (
     InboxItemArchived,
@@ -114,51 +114,15 @@ AUTH_TIMEOUT_S, REREAD_S, LOOKBACK_S, FIRST_PAGE, MAX_PAGE, MAX_BULK = 10.0, 30.
 KEPT = 500
 UNAUTHORIZED = 4401
 TRY_AGAIN_LATER = 1013
-TOKEN_LEEWAY_S = 30
+POLICY_VIOLATION = 1008
+MAX_SOCKETS = 20
+"""Sockets one recipient may hold open on one edge (tabs, devices): each looks at the feed every 30 s
+and on every doorbell, from one pool of 8 connections, and one token opening thousands filled it, so
+every other recipient's socket closed with 1013. One more is closed with 1008."""
 POOL: web.AppKey[AsyncConnectionPool] = web.AppKey("inbox_pool", AsyncConnectionPool)
 
 
 DOORBELLS: web.AppKey[Doorbells] = web.AppKey("inbox_doorbells", Doorbells)
-
-
-def recipient_of(token: str, master_secret: str) -> tuple[str, str] | None:
-    """The (tenant, recipient) of a token signed with that tenant's own key (`inbox_signing_key`);
-    the unverified `tenant` claim only picks the key, which then has to verify the whole token."""
-    try:
-        tenant = jwt.decode(token, options={"verify_signature": False}).get("tenant")
-        if not isinstance(tenant, str) or not tenant:
-            raise jwt.InvalidTokenError("no tenant claim")
-        key = inbox_signing_key(master_secret, tenant)
-        claims = jwt.decode(
-            token, key, algorithms=["HS256"], options={"require": ["exp", "sub"]}, leeway=TOKEN_LEEWAY_S
-        )
-    except (jwt.InvalidTokenError, UnicodeError) as exc:
-        log.info("refused an inbox token: %s", exc)
-        return None
-    recipient = claims.get("sub")
-    return (tenant, recipient) if claims.get("tenant") == tenant and isinstance(recipient, str) else None
-
-
-def refused(
-    kind: type[web.HTTPException], title: str, detail: str | None = None, **headers: str
-) -> web.HTTPException:
-    """A problem document (RFC 9457), as the API's and the preference centre's errors are; a header
-    name's `_` is a `-`."""
-    document = problem_document(kind.status_code, title, detail)
-    named = {name.replace("_", "-"): value for name, value in headers.items()}
-    return kind(text=json.dumps(document), content_type="application/problem+json", headers=named or None)
-
-
-def action(request: web.Request, kinds: dict[str, Any], id_name: str) -> tuple[Any, UUID]:
-    """The event class the path's action names and the path's id; 404 for anything else."""
-    kind = kinds.get(request.match_info["action"])
-    try:
-        found = UUID(request.match_info[id_name])
-    except ValueError:
-        raise refused(web.HTTPNotFound, "Not found") from None
-    if kind is None:
-        raise refused(web.HTTPNotFound, "Not found")
-    return kind, found
 
 
 def mount(
@@ -166,6 +130,7 @@ def mount(
 ) -> None:
     prefix, engagement = settings.topic_prefix, names(settings).engagement
     pace = Pace(MARKS_PER_S, MARKS_BURST)
+    sockets: dict[tuple[str, str], int] = {}
 
     def caller(request: web.Request) -> tuple[str, str]:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -274,11 +239,15 @@ def mount(
             await ws.close(code=UNAUTHORIZED, message=b"unauthorized")
             return ws
         tenant, recipient = found
+        if sockets.get(found, 0) >= MAX_SOCKETS:
+            await ws.close(code=POLICY_VIOLATION, message=b"too many sockets for this recipient")
+            return ws
         until = float(jwt.decode(first["token"], options={"verify_signature": False})["exp"]) + TOKEN_LEEWAY_S
         cursor = first.get("cursor")
         channel = doorbell(prefix, tenant, recipient)
         bell = application[DOORBELLS].register(channel)
         who = {"tenant": tenant, "recipient": recipient}
+        sockets[found] = sockets.get(found, 0) + 1
         try:
             resumed = isinstance(cursor, int) and not isinstance(cursor, bool) and abs(cursor) < 2**63
             mark = who | {"cursor": cursor if resumed else None, "lookback": LOOKBACK_S, "limit": KEPT}
@@ -323,6 +292,8 @@ def mount(
             await ws.close(code=TRY_AGAIN_LATER, message=b"the inbox is unavailable")
         finally:
             application[DOORBELLS].unregister(channel, bell)
+            if (left := sockets.pop(found) - 1) > 0:
+                sockets[found] = left
         return ws
 
     async def resources(app: web.Application) -> AsyncIterator[None]:

@@ -124,3 +124,36 @@ def pool_waiting(seconds: float) -> object:
         return make(*args, **(kwargs | {"timeout": seconds}))  # type: ignore[arg-type]
 
     return pool
+
+
+def test_one_recipient_holds_a_bounded_number_of_sockets(
+    database: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each socket looks at the feed from one shared pool: one token opening thousands filled it, and
+    every other recipient's socket closed with 1013."""
+    s = database
+    monkeypatch.setattr(feed_module, "MAX_SOCKETS", 2)
+
+    async def scenario(base: str) -> list[object]:
+        async with aiohttp.ClientSession() as http:
+
+            async def opened(who: str) -> aiohttp.ClientWebSocketResponse:
+                ws = await http.ws_connect(f"{base}/v1/ws")
+                await ws.send_json({"token": token(who)})
+                return ws
+
+            first, second, third, bobs = [await opened(w) for w in ("ada", "ada", "ada", "bob")]
+            greeted = [(await ws.receive_json(timeout=5))["type"] for ws in (first, second, bobs)]
+            refused = await third.receive(timeout=5)
+            await first.close()
+            await asyncio.sleep(0.2)
+            again = await opened("ada")
+            answer = (await again.receive_json(timeout=5))["type"]
+            for ws in (second, bobs, again):
+                await ws.close()
+            return [greeted, (refused.type, refused.data), answer]
+
+    greeted, refused, answer = asyncio.run(serving(s, scenario))
+    assert greeted == ["items"] * 3
+    assert refused == (aiohttp.WSMsgType.CLOSE, feed_module.POLICY_VIOLATION)
+    assert answer == "items", "a socket closed makes room"
