@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import email.policy
 import ipaddress
+import json
+import logging
 import re
 from datetime import UTC, datetime
 from email.headerregistry import Address
@@ -35,7 +37,12 @@ from gateways.base import DeliveryRejected
 from gateways.email.tracking import tracked
 from tidings.events import DeliveryCommand
 
+log = logging.getLogger(__name__)
 ONE_CLICK = "List-Unsubscribe=One-Click"
+MAX_LINE = 998
+"""Octets a header line may hold (RFC 5322 2.1.1; SES refuses longer lines). The unsubscribe link is
+one unfolded line: ids long enough to pass it (a 256-character tenant and recipient) leave the message
+without the header rather than refused for good, and the warning names the delivery."""
 POLICY = email.policy.SMTP.clone(refold_source="none")
 """What the message is written with: headers folded at 78, so a non-ASCII subject or sender name is
 encoded words of at most 75 characters (RFC 2047); `List-Unsubscribe` is set raw (`build`) and written
@@ -125,7 +132,16 @@ def unsubscribe_token(command: DeliveryCommand, settings: EmailSettings) -> str:
         "channel": command.channel,
         "address": command.address,
     }
-    return jwt.encode(claims, settings.unsubscribe_secret.get_secret_value(), algorithm="HS256")
+    secret = settings.unsubscribe_secret.get_secret_value()
+    return jwt.encode(claims, secret, algorithm="HS256", json_encoder=_Utf8)
+
+
+class _Utf8(json.JSONEncoder):
+    """Claims in UTF-8 rather than `\\u` escapes, which cost a non-ASCII id six bytes a character before
+    base64, and pushed the one-line List-Unsubscribe header over the 998 octets a line may hold."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**(options | {"ensure_ascii": False}))
 
 
 def unsubscribe_claims(token: str, settings: EmailSettings) -> dict[str, Any]:
@@ -140,8 +156,14 @@ def headers(command: DeliveryCommand, settings: EmailSettings) -> dict[str, str]
     """The headers beyond From/To/Subject that every provider must pass through."""
     out = {"Message-ID": message_id(command, settings)}
     if command.priority != "critical":
-        out["List-Unsubscribe"] = f"<{settings.unsubscribe_url}/{unsubscribe_token(command, settings)}>"
-        out["List-Unsubscribe-Post"] = ONE_CLICK
+        link = f"<{settings.unsubscribe_url}/{unsubscribe_token(command, settings)}>"
+        if len(f"List-Unsubscribe: {link}".encode()) <= MAX_LINE:
+            out["List-Unsubscribe"] = link
+            out["List-Unsubscribe-Post"] = ONE_CLICK
+        else:
+            log.warning(
+                "no List-Unsubscribe on delivery %s: its link is too long for one line", command.delivery_id
+            )
     return out
 
 

@@ -187,6 +187,24 @@ def test_ses_unknown_configuration_set_is_our_setup_and_fails_over() -> None:
     assert isinstance(result, ProviderUnavailable) and "NotFoundException" in str(result), result
 
 
+def test_ses_takes_messages_for_the_longest_ids_with_every_line_within_998_octets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The one-line unsubscribe link carries the ids in a signed token: with non-ASCII ids escaped as
+    `\\uXXXX` its line passed the 1,000 characters SES takes, and the message was refused for good.
+    Longer still, the message goes without the header rather than not at all."""
+    japanese = email_command().model_copy(update={"recipient_id": "山田太郎のアカウント" * 10})
+    result, server = send(SesServer, japanese)
+    assert isinstance(result, Sent), result
+    assert "List-Unsubscribe" in server.accepted[0]["message"]
+    monkeypatch.setenv("TIDINGS_EMAIL_UNSUBSCRIBE_URL", "https://unsubscribe.example.com/" + "u" * 100)
+    monkeypatch.setenv("TIDINGS_EMAIL_UNSUBSCRIBE_SECRET", "a-secret-of-our-own-" + "s" * 32)
+    longest = email_command().model_copy(update={"recipient_id": "ü" * 256, "tenant_id": "t" * 256})
+    result, server = send(SesServer, longest)
+    assert isinstance(result, Sent), result
+    assert "List-Unsubscribe" not in server.accepted[0]["message"]
+
+
 def test_ses_a_sender_identity_not_verified_is_our_setup_and_fails_over() -> None:
     """MessageRejected "Email address is not verified" names the sender, lapsed or verified in another
     region: every message was FAILED for good, and no other provider of the chain tried."""
