@@ -245,9 +245,14 @@ def deliverable(address: str) -> str:
 
 
 def build(command: DeliveryCommand, settings: EmailSettings) -> EmailMessage:
+    """The message. A non-ASCII local part (`jürgen@example.de`) is written as it is, for a server that
+    takes SMTPUTF8 (`smtp.py` asks for it, and refuses the send when the server has not got it): parsed
+    from the address text it was refused as invalid before any server was asked."""
     subject, text, html = parts(command, settings)
+    address = deliverable(command.address)
+    local, _, domain = address.rpartition("@")
     try:
-        to = Address(addr_spec=deliverable(command.address))
+        to = Address(addr_spec=address) if local.isascii() else Address(username=local, domain=domain)
     except (ValueError, IndexError) as exc:
         raise DeliveryRejected(f"invalid email address: {exc}") from None
     msg = EmailMessage(policy=BODY_POLICY)

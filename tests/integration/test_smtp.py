@@ -135,6 +135,21 @@ def test_an_internationalised_domain_goes_out_in_idna() -> None:
     assert message["To"] == "ann@xn--bcher-kva.de"
 
 
+def test_a_non_ascii_local_part_goes_to_a_server_that_takes_smtputf8_and_no_other() -> None:
+    """`jürgen@example.de` was refused as an invalid address before any server was asked."""
+
+    async def scenario(smtputf8: bool) -> tuple[SmtpServer, list[Any]]:
+        async with SmtpServer() as server:
+            server.smtputf8 = smtputf8
+            return server, await send_all(server, server.provider(), 1, address="jürgen@example.de")
+
+    server, [sent] = asyncio.run(scenario(True))
+    assert isinstance(sent, Sent), sent
+    assert server.envelopes[0][1] == ["jürgen@example.de"] and server.accepted[0]["To"] == "jürgen@example.de"
+    _, [refused] = asyncio.run(scenario(False))
+    assert isinstance(refused, DeliveryRejected) and "SMTPUTF8" in refused.reason, refused
+
+
 def test_a_sender_with_an_internationalised_domain_goes_out_in_idna(monkeypatch: pytest.MonkeyPatch) -> None:
     """`formataddr` raised on `benachrichtigung@bücher.de`: every send was dead-lettered."""
     monkeypatch.setenv("TIDINGS_EMAIL_FROM_ADDRESS", "benachrichtigung@bücher.de")

@@ -95,6 +95,7 @@ class SmtpServer:
         self.attempts = 0
         self.port = port
         self.protocols: list[SMTPProtocol] = []
+        self.smtputf8 = False
         self.server: asyncio.Server | None = None
 
     def _protocol(self) -> SMTPProtocol:
@@ -106,6 +107,7 @@ class SmtpServer:
             auth_required=self.login is not None,
             auth_require_tls=self.tls is not None,
             authenticator=self._authenticate if self.login else None,
+            enable_SMTPUTF8=self.smtputf8,
         )
         self.protocols.append(protocol)
         return protocol
