@@ -96,6 +96,19 @@ def bucket_key(tenant: str, recipient: str, notification_type: str) -> str:
     return f"{tenant}/{recipient}/{notification_type}"
 
 
+def found_bucket(
+    get: Any, partition: int, tenant: str, recipient: str, notification_type: str
+) -> tuple[str, Bucket | None]:
+    """The key and bucket `get(partition, key)` finds: under the key, or under the one an earlier release
+    gave a bucket of ids holding a `/`, open at an upgrade (a cancellation or an erasure missed it)."""
+    key = bucket_key(tenant, recipient, notification_type)
+    legacy = f"{tenant}/{recipient}/{notification_type}"
+    for k in dict.fromkeys((key, legacy)):
+        if (bucket := get(partition, k)) is not None:
+            return k, bucket
+    return key, None
+
+
 def window_end(rule: DigestRule, choice: str | None, timezone: str | None, opened: datetime) -> datetime:
     """When a window opened at `opened` closes, by the recipient's choice or else the type's window."""
     if choice == "hourly":

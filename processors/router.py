@@ -270,12 +270,13 @@ class Router(Digests):
         outputs = [self._event(self.names.scheduled, stamped, trace)]
         outputs += [self._event(self.names.delivery(c, urgent=True), stamped, trace) for c in CHANNELS]
         for type_ in sorted(self.catalog.type_keys(event.tenant_id)):
-            bucket_key = digest.bucket_key(event.tenant_id, event.recipient_id, type_)
-            bucket = self.digests.get(record.partition, bucket_key)
+            bucket_key, bucket = digest.found_bucket(
+                self.digests.get, record.partition, event.tenant_id, event.recipient_id, type_
+            )
             if bucket is None:
                 continue
             self.digests.delete(record.partition, bucket_key)
-            self.digest_due.delete(record.partition, bucket.due_key)
+            self.digest_due.delete(record.partition, bucket.due_key_under(bucket_key))
             outputs += [
                 self._event(self.names.outcomes, self._erased_item(bucket, i.notification_id, c), trace)
                 for i in bucket.items

@@ -95,15 +95,16 @@ class Digests:
     def _uncollect(
         self, partition: int, event: NotificationCancelled, notification_type: str, trace: bytes
     ) -> list[Output]:
-        key = digest.bucket_key(event.tenant_id, event.recipient_id, notification_type)
-        bucket = self.digests.get(partition, key)
+        key, bucket = digest.found_bucket(
+            self.digests.get, partition, event.tenant_id, event.recipient_id, notification_type
+        )
         joined = digest.channels_of(bucket, event.notification_id) if bucket is not None else []
         if bucket is None or not joined:
             return []
         rest = digest.without(bucket, event.notification_id)
         if rest is None:
             self.digests.delete(partition, key)
-            self.digest_due.delete(partition, bucket.due_key)
+            self.digest_due.delete(partition, bucket.due_key_under(key))
         else:
             self.digests.put(partition, key, rest)
         reason, now = event.reason or "cancelled", self.clock()

@@ -49,6 +49,7 @@ def parsers(secret: str, method: inbound.VonageMethod) -> dict[str, Callable[...
 
     async def tenant_receipt(r: web.Request, body: bytes, tenant: str) -> list[ProviderFeedback]:
         params = inbound.vonage_params_of(r.query, body, r.content_type)
+        inbound.verify_vonage(params, secret, method, None, None, "Vonage delivery receipt")
         ref = params.get("client-ref", "")
         found = await holders.delivery_of(r.app[holders.POOL], tenant, ref) if ref else None
         named = {"recipient": found[1], "notification": str(found[0]), "delivery": ref} if found else {}

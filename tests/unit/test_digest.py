@@ -271,3 +271,14 @@ def test_bucket_keys_of_ids_holding_a_slash_do_not_meet() -> None:
     assert bucket_key("acme", "ada", "order.shipped") == "acme/ada/order.shipped"
     keys = {bucket_key("acme", r, t) for r in ("a", "a/b", "a/b/c") for t in ("c", "b/c", "x")}
     assert len(keys) == 9
+
+
+def test_a_bucket_open_under_its_earlier_key_is_still_found() -> None:
+    """A cancellation or an erasure looking under the new key only missed a bucket opened before the
+    upgrade, and its digest went out with the cancelled item or after the erasure."""
+    from processors.digest import found_bucket
+
+    store = {(0, "acme/team/2/x"): "legacy bucket"}
+    get = lambda partition, key: store.get((partition, key))  # noqa: E731
+    assert found_bucket(get, 0, "acme", "team/2", "x") == ("acme/team/2/x", "legacy bucket")
+    assert found_bucket(get, 0, "acme", "team", "2/y") == ("acme\0team\0" + "2/y", None)
