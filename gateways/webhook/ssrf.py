@@ -92,6 +92,19 @@ _silent: dict[str, float] = {}
 host took a thread for the resolver's whole timeout."""
 
 
+_started: dict[tuple[str, int], float] = {}
+"""When each running lookup left the queue: only a host whose own lookup ran out of time is silent,
+not one that waited for a thread behind others (it was put aside for a minute, whoever's it was)."""
+
+
+def _lookup(host: str, port: int) -> list[Any]:
+    _started[(host, port)] = time.monotonic()
+    try:
+        return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    finally:
+        _started.pop((host, port), None)
+
+
 async def _resolved(host: str, port: int, resolve_timeout: float | None) -> list[IP]:
     """The host's addresses. One lookup per host at a time (concurrent sends share it), and a host that
     did not answer within `resolve_timeout` fails at once for `SILENT_FOR` seconds."""
@@ -103,15 +116,17 @@ async def _resolved(host: str, port: int, resolve_timeout: float | None) -> list
     key = (loop, host, port)
     lookup = _inflight.get(key)
     if lookup is None:
-        lookup = loop.run_in_executor(LOOKUPS, socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+        lookup = loop.run_in_executor(LOOKUPS, _lookup, host, port)
         _inflight[key] = lookup
         lookup.add_done_callback(lambda _: _inflight.pop(key, None))
     try:
         infos = await asyncio.wait_for(asyncio.shield(lookup), resolve_timeout)
     except TimeoutError:
-        _silent[host] = time.monotonic() + SILENT_FOR
-        if len(_silent) > 10_000:
-            _silent.clear()
+        started = _started.get((host, port))
+        if started is not None and time.monotonic() - started >= (resolve_timeout or 0.0):
+            _silent[host] = time.monotonic() + SILENT_FOR
+            if len(_silent) > 10_000:
+                _silent.clear()
         raise DeliveryRejected(
             f"webhook host did not resolve within {resolve_timeout:g}s", permanent=False
         ) from None

@@ -94,8 +94,9 @@ def test_a_name_server_that_never_answers_holds_no_send_long_and_starves_no_othe
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A lookup that times out keeps its thread until the resolver gives up: sends to a tenant's silent
-    name server filled the loop's default pool, and every other tenant's host failed to resolve in time.
-    Concurrent sends to one host share a lookup, and a silent host fails at once for a while."""
+    name server filled the loop's default pool (6 threads), and every other tenant's host failed to resolve
+    in time. Concurrent sends to one host share a lookup, so 64 sends to 8 silent hosts hold 8 of the
+    pool's 16 threads; and a silent host fails at once for a while."""
     import socket
     import threading
     import time
@@ -157,3 +158,37 @@ def test_an_internationalised_host_is_looked_up_and_named_in_idna_2008(
     monkeypatch.setattr(socket, "getaddrinfo", resolver)
     target = asyncio.run(check("https://straße.de/hook", resolve_timeout=1))
     assert (target.host, asked) == ("xn--strae-oqa.de", ["xn--strae-oqa.de"])
+
+
+def test_a_host_that_waited_behind_silent_ones_is_not_put_aside(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every lookup thread held by silent name servers, a host queued behind them ran out of time
+    too, and was then refused for a minute as if its own name server were silent."""
+    import socket
+    import threading
+
+    from gateways.webhook import ssrf
+
+    release = threading.Event()
+
+    def resolver(host: str, port: int, *args: object) -> list[object]:
+        if host.startswith("mute"):
+            release.wait(10)
+            raise socket.gaierror("gave up")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+
+    async def scenario() -> tuple[BaseException | ssrf.Target, ssrf.Target]:
+        held = [check(f"https://mute{i}.example/x", resolve_timeout=0.2) for i in range(20)]
+        waiting = check("https://queued.example.com/x", resolve_timeout=0.2)
+        *_, queued = await asyncio.gather(*held, waiting, return_exceptions=True)
+        release.set()
+        await asyncio.sleep(0.3)
+        return queued, await check("https://queued.example.com/x", resolve_timeout=1)
+
+    try:
+        queued, later = asyncio.run(scenario())
+    finally:
+        release.set()
+    assert isinstance(queued, DeliveryRejected) and "within" in queued.reason
+    assert later.ip == "93.184.216.34", "not refused for a minute as silent"
