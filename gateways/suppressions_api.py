@@ -34,7 +34,7 @@ from aiohttp import web
 from gateways.api_schema import LiftBody, Problem, body, problem
 from gateways.ops import Operation
 from processors.suppression import REFUSALS, AddressSuppression, Register
-from projections.suppressions import normalized
+from projections.suppressions import EARLIER, UNNAMED, normalized
 from tidings.events import ProviderFeedback, validated
 from tidings.vocabulary import email_key
 
@@ -54,10 +54,17 @@ ORDER BY channel, address LIMIT %s
 ONE = "SELECT reason, active FROM suppressions WHERE tenant_id = %s AND channel = %s AND address = %s"
 HELD = """
 SELECT recipient_id, registers FROM suppression_holders
-WHERE tenant_id = %s AND channel = %s AND address = %s AND active ORDER BY since, recipient_id LIMIT 21
+WHERE tenant_id = %s AND channel = %s AND address = %s AND active AND recipient_id = ANY(%s)
 """
-"""The recipients holding the address back, those a refusal names included (the 409 says who holds it)."""
+"""The suppressions in force a lift naming a recipient reaches: its own, and those of holders whose owner
+is not known (`UNNAMED`, `EARLIER`)."""
+HOLDING = """
+SELECT recipient_id FROM suppression_holders
+WHERE tenant_id = %s AND channel = %s AND address = %s AND active ORDER BY since, recipient_id LIMIT 20
+"""
+ANY_HELD = "SELECT 1 FROM suppression_holders WHERE tenant_id = %s AND channel = %s AND address = %s LIMIT 1"
 ACTIVE = {"true": True, "false": False, "any": None}
+UNKNOWN = (UNNAMED, EARLIER)
 
 
 def cursor(row: dict[str, Any]) -> str:
@@ -75,11 +82,11 @@ def parse_cursor(text: str) -> tuple[str, str]:
     return channel, address
 
 
-def lifted_by(held: list[dict[str, Any]], recipient: str) -> list[Register]:
-    """The suppressions in force that a lift naming `recipient` reaches: its own, and those of the
-    holder `''` (feedback that named no recipient, rows kept before holders), whose owner is unknown."""
-    mine = [h["registers"] for h in held if h["recipient_id"] in ("", recipient)]
-    return [r for s in mine if (r := AddressSuppression.model_validate(s).effective()) is not None]
+def lifted_by(held: list[dict[str, Any]]) -> list[Register]:
+    """The suppressions in force among the holders a lift reaches (`HELD`)."""
+    return [
+        r for h in held if (r := AddressSuppression.model_validate(h["registers"]).effective()) is not None
+    ]
 
 
 def operations(
@@ -108,10 +115,14 @@ def operations(
         found = await rows(ONE, tenant, b.channel, address)
         if not found or not found[0]["active"]:
             raise Problem(problem(404, "Not suppressed", "the suppressions projection has no active row"))
-        held = await rows(HELD, tenant, b.channel, address)
-        reasons = [r.reason for r in lifted_by(held, recipient)] if held else [found[0]["reason"]]
+        held = await rows(HELD, tenant, b.channel, address, [recipient, UNNAMED, EARLIER])
+        known = held or await rows(ANY_HELD, tenant, b.channel, address)
+        reasons = [r.reason for r in lifted_by(held)] if known else [found[0]["reason"]]
         if not reasons:
-            names = ", ".join(sorted({json.dumps(h["recipient_id"]) for h in held if h["recipient_id"]})[:20])
+            holding = await rows(HOLDING, tenant, b.channel, address)
+            names = ", ".join(
+                json.dumps(h["recipient_id"]) for h in holding if h["recipient_id"] not in UNKNOWN
+            )
             why = f"the address is suppressed for recipient {names}, not this one: a lift names its holder"
             raise Problem(problem(409, "Held for another recipient", why))
         if all(reason in CONSENT for reason in reasons):

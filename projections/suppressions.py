@@ -13,9 +13,9 @@ for one address can come from several partitions (one per recipient holding it),
 processes each counting the other's third soft bounce as not yet there missed the limit.
 
 The router keeps suppressions per recipient, so the registers are folded per recipient too, in
-`suppression_holders`: a lift lifts the holder it names (and the holder `''` of feedback that named no
-recipient and of rows kept before holders, whose owner is not known), and the address is suppressed while
-any holder is, shown with the suppression in force longest. One row per address lifted by a lift naming
+`suppression_holders`: a lift lifts the holder it names (and `UNNAMED` and `EARLIER`, whose owners are
+not known), and the address is suppressed while any holder is, shown with the suppression in force
+longest; lifted, with the latest lift of any holder. One row per address lifted by a lift naming
 another recipient, or by one of two recipients' lifts, listed the address open while the router kept
 holding it back.
 """
@@ -64,6 +64,16 @@ ON CONFLICT (tenant_id, channel, address, recipient_id) DO UPDATE SET
     registers = EXCLUDED.registers, active = EXCLUDED.active, reason = EXCLUDED.reason,
     since = EXCLUDED.since, source = EXCLUDED.source
 """
+LATEST = "SELECT max(since) FROM suppression_holders WHERE tenant_id = %s AND channel = %s AND address = %s"
+UNNAMED = ""
+"""The holder of feedback that named no recipient (a provider callback without our ids), which the
+router cannot apply: listed, and lifted by any recipient's lift, which it also keeps when it does not
+exist yet, so an older suppression arriving later loses to it, whatever the order."""
+EARLIER = "\x1fearlier"
+"""The holder of a row kept before holders, whose recipients are not known (no recipient id holds a
+control character): a recipient's first
+feedback starts from its registers (a lift kept there still beats an older suppression redelivered
+after the upgrade), and any recipient's lift lifts it."""
 IN_FORCE = """
 SELECT reason, since, source FROM suppression_holders
 WHERE tenant_id = %s AND channel = %s AND address = %s AND active ORDER BY since, recipient_id LIMIT 1
@@ -121,7 +131,7 @@ def _address(cur: Cursor, key: tuple[str, str, str], feedback: list[ProviderFeed
     row = cur.execute(ROW, key).fetchone()
     shown, restoring = None, False
     holders: dict[str, AddressSuppression] = {}
-    named = sorted({f.recipient_id or "" for f in feedback} | {""})
+    named = sorted({f.recipient_id or "" for f in feedback} | {UNNAMED, EARLIER})
     for recipient, kept in cur.execute(HOLDERS, (*key, named)).fetchall():
         holders[recipient] = AddressSuppression.model_validate(kept)
     if row is not None:
@@ -129,12 +139,12 @@ def _address(cur: Cursor, key: tuple[str, str, str], feedback: list[ProviderFeed
         shown = {"active": active, "reason": reason, "source": source, "since": since, "last": last}
         if not holders and cur.execute(ANY_HOLDER, key).fetchone() is None:
             restoring = True
-            holders[""] = (
+            holders[EARLIER] = (
                 AddressSuppression.model_validate(kept)
                 if kept is not None
                 else restored(reason if active else None, since if active else None, last, source)
             )
-    changed: set[str] = {""} if restoring else set()
+    changed: set[str] = {EARLIER} if restoring else set()
     lift: tuple[str, str | None] | None = None
     for f in feedback:
         at = f.provider_timestamp or f.occurred_at
@@ -148,9 +158,10 @@ def _address(cur: Cursor, key: tuple[str, str, str], feedback: list[ProviderFeed
             if not full or full[0] is None:
                 continue
             kind, at = "soft_bounce_limit", full[0]
-        mine = f.recipient_id or ""
-        for holder in ({mine} | ({""} & holders.keys())) if kind in LIFTS else {mine}:
-            holders[holder] = folded(holders.get(holder, AddressSuppression()), kind, at, f.provider)
+        mine = f.recipient_id or UNNAMED
+        for holder in ({mine, UNNAMED} | ({EARLIER} & holders.keys())) if kind in LIFTS else {mine}:
+            start = holders.get(EARLIER, AddressSuppression()) if holder not in (UNNAMED, EARLIER) else None
+            holders[holder] = folded(holders.get(holder, start or AddressSuppression()), kind, at, f.provider)
             changed.add(holder)
         if kind in LIFTS:
             lift = (kind, f.provider)
@@ -189,7 +200,7 @@ def _write(
         shown = {"active": True, "reason": reason, "since": since}
         shown["source"] = source or (before["source"] if kept and before else None)
     else:
-        since = max(r.since for h in holders.values() for r in (h.refusal, h.failure) if r is not None)
+        [(since,)] = cur.execute(LATEST, key).fetchall()
         if before is not None and not before["active"]:
             shown = {"active": False, "reason": before["reason"], "since": since, "source": before["source"]}
         else:

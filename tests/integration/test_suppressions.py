@@ -154,3 +154,42 @@ def test_an_address_two_recipients_share_is_suppressed_until_both_are_lifted(dat
         [("b",)],
     ), "lifted for a, two@x.io is still held for b, since b's bounce"
     assert seen[2][0][3] == ("two@x.io", False, "resubscribe", T0 + 3 * HOUR) and seen[2][1] == []
+
+
+def test_holders_converge_whatever_the_order_and_a_lift_kept_before_holders_still_wins(
+    database: Settings,
+) -> None:
+    """Found by review: a row lifted before holders was suppressed again by an older bounce for one
+    recipient redelivered after the upgrade; a lift reached feedback naming no recipient only if that
+    came first; and a row lifted showed the latest lift of the holders its batch read, not of all."""
+    s = database
+    with psycopg.connect(s.postgres_dsn) as conn:
+        conn.execute(
+            "INSERT INTO suppressions (tenant_id, channel, address, active, reason, source, since,"
+            " last_event_at) VALUES ('acme', 'email', 'was@x.io', false, 'resubscribe', 'api', %s, %s)",
+            (T0 + 10 * HOUR, T0 + 10 * HOUR),
+        )
+    anon_bounce = feedback("hard_bounce", "anon@x.io", T0 + 5 * HOUR, recipient=None)
+    anon_lift = feedback("resubscribe", "anon@x.io", T0 + 10 * HOUR, OPERATOR, recipient="r")
+    anon2_bounce = anon_bounce.model_copy(update={"address": "anon2@x.io"})
+    anon2_lift = anon_lift.model_copy(update={"address": "anon2@x.io"})
+    batches = [
+        [feedback("hard_bounce", "was@x.io", T0 + 5 * HOUR, recipient="r")],
+        [anon_bounce],
+        [anon_lift],
+        [anon2_lift],
+        [anon2_bounce],
+        [feedback("hard_bounce", "late@x.io", T0, recipient=who) for who in ("a", "b")],
+        [feedback("resubscribe", "late@x.io", T0 + 20 * HOUR, OPERATOR, recipient="a")],
+        [feedback("resubscribe", "late@x.io", T0 + 15 * HOUR, OPERATOR, recipient="b")],
+    ]
+    for batch in batches:
+        with psycopg.connect(s.postgres_dsn) as conn, conn.cursor() as cur:
+            Suppressions().apply(cur, batch)
+    table = rows(s, "SELECT address, active, since FROM suppressions ORDER BY address")
+    assert table == [
+        ("anon2@x.io", False, T0 + 10 * HOUR),
+        ("anon@x.io", False, T0 + 10 * HOUR),
+        ("late@x.io", False, T0 + 20 * HOUR),
+        ("was@x.io", False, T0 + 10 * HOUR),
+    ]
