@@ -77,6 +77,15 @@ def command(recipient: str, title: str) -> DeliveryCommand:
     )
 
 
+async def delivered(s: Settings, *commands: DeliveryCommand) -> None:
+    """The commands through the inbox provider, one after another."""
+    provider = inbox(s)
+    async with aiohttp.ClientSession() as session:
+        for c in commands:
+            await provider.send(session, c)
+    await provider.close()
+
+
 async def serving(s: Settings, scenario: Callable[[str], Awaitable[Any]]) -> Any:
     return await edge_serving(s, scenario, EdgeSettings(inbox_jwt_secret=SecretStr(SECRET)))
 
@@ -239,13 +248,6 @@ def test_a_cancelled_notification_is_withdrawn_from_the_feed_and_the_unread_coun
     s = database
     kept, withdrawn = command("ada", "Bo mentioned you"), command("ada", "Cy mentioned you")
 
-    async def deliver() -> None:
-        provider = inbox(s)
-        async with aiohttp.ClientSession() as session:
-            for c in (kept, withdrawn):
-                await provider.send(session, c)
-        await provider.close()
-
     async def feed(base: str) -> Any:
         async with (
             aiohttp.ClientSession() as http,
@@ -258,7 +260,7 @@ def test_a_cancelled_notification_is_withdrawn_from_the_feed_and_the_unread_coun
         async with aiohttp.ClientSession() as http, http.post(url, headers=bearer(token("ada"))) as r:
             return r.status
 
-    asyncio.run(deliver())
+    asyncio.run(delivered(s, kept, withdrawn))
     with Client(s) as client:
         client.cancel(tenant="globex", recipient="ada", notification_id=kept.notification_id)
         client.cancel(tenant="acme", recipient="bob", notification_id=kept.notification_id)
@@ -444,13 +446,6 @@ def test_one_recipient_marking_in_a_loop_is_paced_and_another_is_not(
     monkeypatch.setattr(feed_module, "MARKS_PER_S", 0.5)
     ada, bob = command("ada", "item"), command("bob", "item")
 
-    async def deliver() -> None:
-        provider = inbox(s)
-        async with aiohttp.ClientSession() as session:
-            for c in (ada, bob):
-                await provider.send(session, c)
-        await provider.close()
-
     async def loop(base: str) -> list[tuple[int, str | None]]:
         answers = []
         async with aiohttp.ClientSession() as http:
@@ -460,7 +455,7 @@ def test_one_recipient_marking_in_a_loop_is_paced_and_another_is_not(
                     answers.append((r.status, r.headers.get("Retry-After")))
         return answers
 
-    asyncio.run(deliver())
+    asyncio.run(delivered(s, ada, bob))
     answers = asyncio.run(serving(s, loop))
     assert [status for status, _ in answers] == [202, 202, 202, 429, 429, 202]
     assert answers[3][1] is not None and 1 <= int(answers[3][1]) <= 2
