@@ -148,8 +148,16 @@ class Client:
     `wait=False`; then call `flush()` to wait for everything sent so far."""
 
     def __init__(
-        self, settings: Settings | None = None, *, source: str | None = None, codec: Codec | None = None
+        self,
+        settings: Settings | None = None,
+        *,
+        source: str | None = None,
+        codec: Codec | None = None,
+        timeout: float = 30.0,
     ) -> None:
+        """`timeout`: how long a waited send, `flush()` and `close()` wait for the broker's
+        acknowledgement before `KafkaUnavailable`."""
+        self.timeout = timeout
         self.settings = settings or default_settings()
         self.source = source
         self.codec = codec or default_codec()
@@ -375,16 +383,24 @@ class Client:
                 self._producer.produce(Output.event(target, event, codec=self.codec), waited=wait)
             )
         for delivery in deliveries if wait else ():
-            self._producer.wait(delivery)
+            self._producer.wait(delivery, self.timeout)
 
-    def flush(self, timeout: float = 30.0) -> None:
-        self._producer.flush(timeout)
+    def flush(self, timeout: float | None = None) -> None:
+        self._producer.flush(self.timeout if timeout is None else timeout)
 
     def close(self) -> None:
-        self._producer.close()
+        self._producer.close(self.timeout)
 
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        """Closing after a failure keeps that failure: a flush timing out on the way out replaced the
+        `KafkaUnavailable` naming the notification id, so a retry without `--id` requested it twice."""
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except TidingsError as closing:
+            exc.add_note(f"and closing the client failed too: {closing}")

@@ -101,5 +101,11 @@ class EventProducer:
     def __enter__(self) -> EventProducer:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except TidingsError as closing:
+            exc.add_note(f"and closing the producer failed too: {closing}")
