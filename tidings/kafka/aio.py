@@ -221,8 +221,10 @@ class AsyncProducer:
             self._connecting.cancel()
             await asyncio.gather(self._connecting, return_exceptions=True)
         if self._producer is not None:
-            await self.flush()
-            await self._producer.stop()
+            try:
+                await self.flush()
+            finally:
+                await self._producer.stop()
 
     async def send(self, out: Output) -> asyncio.Future[Any]:
         """Queues a record; the returned future resolves when the broker acknowledged it."""
@@ -244,8 +246,15 @@ class AsyncProducer:
             raise KafkaUnavailable(f"Kafka did not acknowledge: {exc}") from exc
 
     async def flush(self) -> None:
+        """Until every record still in flight is settled, then the first failure among them. A record
+        settled before the call is its sender's to handle: `send()` hands out the future, and the
+        gateways and `deliver()` await their own."""
         pending, self._pending = self._pending, []
-        await asyncio.gather(*pending)
+        failures = [
+            r for r in await asyncio.gather(*pending, return_exceptions=True) if isinstance(r, BaseException)
+        ]
+        if failures:
+            raise failures[0]
 
     async def reachable(self) -> int:
         """The number of brokers in a fresh metadata response; raises KafkaUnavailable without one."""
