@@ -101,8 +101,23 @@ def fast_rules() -> list[NotificationTypePublished]:
 
 def demo(
     rounds: int = typer.Option(1, "--rounds", min=1, help="Send the demo requests this many times."),
+    external: bool = typer.Option(
+        False,
+        "--external",
+        help="Run on the services the TIDINGS_* variables name. Never a live deployment: the demo "
+        "publishes its example types for every tenant, migrates the database and joins the router's "
+        "and the gateways' consumer groups, sending their email to its own mail sink.",
+    ),
 ) -> None:
     """Run the pipeline end to end on the local stack and show what was decided and sent."""
+    named = [devstack.EXTERNAL_ENV[svc] for svc in devstack.EXTERNAL_ENV if devstack.is_external(svc)]
+    if named and not external:
+        console.print(
+            f"[red]refused:[/] {', '.join(named)} name services the demo would not start; it would publish "
+            "example types over the catalog's, migrate that database and take live commands into its "
+            "mail sink. Unset them to use the local stack, or pass --external for a stack of your own."
+        )
+        raise typer.Exit(2)
     s, n = settings(), names(settings())
     with MailSink() as mail, WebhookSink(WEBHOOK_SECRET) as hooks:
         run_demo(s, n, rounds, mail, hooks)
