@@ -49,6 +49,11 @@ class DatabaseUnavailable(TidingsError):
     retriable = True
 
 
+class HistoryLost(TidingsError):
+    """A rebuild would drop rows for good: its topics no longer hold their first records (retention,
+    `TIDINGS_PERSONAL_DATA_DAYS`, deleted records), and the tables are the only copy left of them."""
+
+
 class StaleOffsets(TidingsError):
     """Another writer stored offsets past this batch: a consumer the group has replaced, or a rebuild
     and a running projection at once. Retriable: the loop rewinds to the offsets PostgreSQL holds."""
@@ -279,8 +284,13 @@ class Runner:
         )
         return [committed, *lag_samples(loop.lag if loop else {})]
 
-    def rebuild(self, progress: Callable[[int, int], None] = lambda done, total: None) -> tuple[int, float]:
-        """Truncate and replay from offset 0; returns (records, seconds). The topics' ends are read
+    def rebuild(
+        self, progress: Callable[[int, int], None] = lambda done, total: None, *, drop_lost: bool = False
+    ) -> tuple[int, float]:
+        """Truncate and replay from offset 0; returns (records, seconds). HistoryLost, before anything is
+        truncated, when a topic no longer starts at offset 0, unless `drop_lost`: outcomes are kept 30
+        days, so a rebuild emptied every older notification's deliveries and timeline without a word.
+        The topics' ends are read
         first: truncating before the broker answered left the tables empty through a Kafka outage (the
         recipients table inbound STOP is matched against, the suppressions the API lists). So is
         each topic's existence: a wrong prefix or cluster emptied the tables and reported success, and
@@ -291,6 +301,14 @@ class Runner:
         try:
             if missing := [f.topic for f in followers if not f.exists]:
                 raise UnknownTopic(unknown_topic(self.settings, ", ".join(missing)))
+            lost = {f.topic: n for f in followers if (n := f.start_total())}
+            if lost and not drop_lost:
+                raise HistoryLost(
+                    f"{self.projection.name}: "
+                    + ", ".join(f"{n:,} records of {t}" for t, n in sorted(lost.items()))
+                    + " are gone from Kafka (retention), and the rows made from them would go with the "
+                    "truncate; rebuild only to drop them"
+                )
             total = sum(f.end_total() for f in followers)
             with self.transaction() as cur:
                 cur.execute(f"TRUNCATE {', '.join(self.projection.tables)}".encode())

@@ -60,3 +60,39 @@ def test_a_rebuild_under_a_prefix_without_the_topics_stops_before_emptying_the_t
         runner.close()
     assert rows(s, "SELECT recipient_id FROM notifications") == [("ada",)]
     assert rows(s, "SELECT count(*) FROM projection_offsets") != [(0,)]
+
+
+def test_a_rebuild_refuses_to_drop_rows_whose_records_retention_deleted(database: Settings) -> None:
+    """Outcomes are kept 30 days: a rebuild truncated the tables and replayed what was left, so every
+    older notification lost its deliveries and timeline, and the rebuild reported success."""
+    import pytest
+    from confluent_kafka import TopicPartition
+
+    from projections.base import HistoryLost, Projection, Runner
+    from tidings.kafka import end_offsets
+    from tidings.kafka.admin import admin
+
+    s = database
+    old, new = uuid.uuid4(), uuid.uuid4()
+    with EventProducer(s) as producer:
+        for nid in (old, new):
+            request = NotificationRequested(
+                tenant_id="acme", notification_id=nid, recipient_id="ada", notification_type="invoice.due"
+            )
+            producer.produce(Output.event(names(s).requested, request))
+    project(s, "delivery_status")
+    assert len(rows(s, "SELECT notification_id FROM notifications")) == 2
+    [(held, end)] = [(p, e) for p, e in end_offsets(s, names(s).requested).items() if e]
+    assert end == 2
+    client = admin(s)
+    for future in client.delete_records([TopicPartition(names(s).requested, held, 1)]).values():
+        future.result(timeout=30)
+    runner = Runner(s, Projection.registry["delivery_status"]())
+    try:
+        with pytest.raises(HistoryLost, match=r"1 records of .*notifications\.requested are gone"):
+            runner.rebuild()
+        assert len(rows(s, "SELECT notification_id FROM notifications")) == 2
+        runner.rebuild(drop_lost=True)
+    finally:
+        runner.close()
+    assert rows(s, "SELECT notification_id FROM notifications") == [(new,)]

@@ -70,15 +70,26 @@ def run_projection(
 
 
 @projections_app.command("rebuild")
-def rebuild(name: str = typer.Argument(..., help=PROJECTIONS)) -> None:
-    """Truncate a projection's tables and replay its topics from offset 0 to their current end."""
+def rebuild(
+    name: str = typer.Argument(..., help=PROJECTIONS),
+    drop_lost: bool = typer.Option(
+        False,
+        "--drop-lost",
+        help="Rebuild even though retention deleted some of the topics' records: the rows made from "
+        "them are dropped for good.",
+    ),
+) -> None:
+    """Truncate a projection's tables and replay its topics from offset 0 to their current end. Refused
+    when the topics no longer hold their first records, unless --drop-lost."""
     from projections import Runner
 
     runner = Runner(settings(), _projection(name))
     columns = (TextColumn(f"rebuild {name}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:
         task = bar.add_task(name, total=None)
-        done, seconds = runner.rebuild(lambda n, total: bar.update(task, completed=n, total=total))
+        done, seconds = runner.rebuild(
+            lambda n, total: bar.update(task, completed=n, total=total), drop_lost=drop_lost
+        )
     runner.close()
     console.print(
         f"[green]rebuilt[/] {name}: {done} records in {seconds:.1f}s "

@@ -275,6 +275,11 @@ class TopicFollower:
             total += max(0, high - max(low, 0))
         return total
 
+    def start_total(self) -> int:
+        """How many records the topic no longer holds: its partitions' start offsets, moved on by
+        retention or deleted records."""
+        return sum(self._start(p) for p in self.partitions)
+
     def batches(self, size: int = 500, timeout: float = 60.0) -> Iterator[list[Incoming]]:
         """Batches up to the topic's end as of the call; `timeout` bounds a stretch without progress.
 
