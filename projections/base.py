@@ -74,10 +74,12 @@ def transient(exc: psycopg.Error) -> bool:
     return exc.sqlstate[:2] in TRANSIENT
 
 
-def refused(exc: psycopg.Error) -> bool:
-    """Whether PostgreSQL (or psycopg, before sending) refused a value; any other error (a missing
-    column before `tidings db migrate`, a permission) is the setup's and stops the projection rather
-    than dead-letter every record."""
+def refused(exc: psycopg.Error | ValueError) -> bool:
+    """Whether PostgreSQL (or psycopg, before sending) refused a value, or the fold did (a ValueError:
+    a value no serializer takes); any other error (a missing column before `tidings db migrate`, a
+    permission) is the setup's and stops the projection rather than dead-letter every record."""
+    if isinstance(exc, ValueError):
+        return True
     if exc.sqlstate is None:
         return isinstance(exc, psycopg.DataError)
     return exc.sqlstate[:2] in REFUSED
@@ -203,7 +205,7 @@ class Runner:
     def write(self, prepared: Prepared) -> None:
         try:
             self._commit(prepared.events, prepared.offsets, prepared.batch.first_offsets())
-        except psycopg.Error as exc:
+        except (psycopg.Error, ValueError) as exc:
             if not refused(exc):
                 raise
             log.warning("%s: batch refused (%s), writing it one record at a time", self.projection.name, exc)
@@ -217,7 +219,7 @@ class Runner:
             offsets, first = {tp: record.offset + 1}, {tp: record.offset}
             try:
                 self._commit([event], offsets, first)
-            except psycopg.Error as exc:
+            except (psycopg.Error, ValueError) as exc:
                 if not refused(exc):
                     raise
                 where = (record.topic, record.partition, record.offset)

@@ -156,7 +156,18 @@ def _json_object(value: str) -> str:
         raise ValueError(f"not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):
         raise ValueError("must be a JSON object")
+    if SURROGATE_ESCAPE.search(value):
+        try:
+            json.dumps(parsed, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise ValueError("holds a lone UTF-16 surrogate (\\ud800-\\udfff not in a pair)") from None
     return value
+
+
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+"""`"\\ud800"` is JSON's syntax but no character: Python reads it as a lone surrogate, which no UTF-8
+encoder, PostgreSQL's jsonb or pydantic's serializer takes. It went through the API and the SDK, and the
+recipients projection, folding the properties, stopped on it at every restart."""
 
 
 def _e164(value: str) -> str:

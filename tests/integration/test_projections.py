@@ -257,6 +257,33 @@ def test_a_record_postgresql_refuses_goes_to_the_dlq_and_the_rest_is_stored(data
     ]
 
 
+def test_a_lone_surrogate_in_properties_is_dead_lettered_and_the_rest_is_stored(database: Settings) -> None:
+    """`{"nick": "\\ud800"}` is JSON's syntax, and the API and SDK let it through; folded into the
+    recipient's state it failed pydantic's serializer, not PostgreSQL, and the projection stopped on it
+    at every restart."""
+    from tests.integration.conftest import read_all
+    from tidings.events import RecipientUpdated
+    from tidings.kafka import EventProducer, Output
+    from tidings.kafka.records import header_map
+    from tidings.topics import names
+
+    s = database
+    fields = RecipientUpdated(tenant_id="acme", recipient_id="ada").model_dump()
+    poison = RecipientUpdated.model_construct(**fields | {"properties_json": '{"nick": "\\ud800"}'})
+    later = RecipientUpdated(
+        tenant_id="acme", recipient_id="ada", name="Ada", properties_json='{"n": "\\ud83d\\ude00"}'
+    )
+    with EventProducer(s) as producer:
+        producer.produce(Output.event(names(s).recipients, poison))
+        producer.produce(Output.event(names(s).recipients, later))
+    project(s, "recipients")
+    assert rows(s, "SELECT name, state->'properties' FROM recipients") == [("Ada", {"n": "\U0001f600"})]
+    letters = [header_map(r.headers) for r in read_all(s, names(s).dlq)]
+    assert [(x["tidings.error.type"], x["tidings.source.topic"]) for x in letters] == [
+        ("InvalidEvent", names(s).recipients)
+    ]
+
+
 def test_a_writer_behind_the_stored_offsets_writes_nothing(database: Settings) -> None:
     """A consumer the group replaced can still hold a batch the new owner has written past; its write
     would move the offsets back and older rows over newer ones."""

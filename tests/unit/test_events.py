@@ -212,3 +212,24 @@ def test_text_and_times_no_record_can_hold_are_invalid_events_not_crashes() -> N
         deep = [deep]
     with pytest.raises(InvalidEvent, match="JSON"):
         data_json_of({"x": deep})
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ('{"nick": "\\ud800"}', False),
+        ('{"nick": "a\\uDC00b"}', False),
+        ('{"\\ud83d": 1}', False),
+        ('{"nick": "\\ud83d\\ude00"}', True),
+        ('{"nick": "\\\\ud800"}', True),
+        ('{"nick": "\\u00e9"}', True),
+    ],
+)
+def test_json_data_refuses_a_lone_surrogate_and_takes_pairs(text: str, ok: bool) -> None:
+    """A lone surrogate is JSON's syntax and no character: no UTF-8 encoder or jsonb takes it."""
+    make = lambda: RecipientUpdated(tenant_id="acme", recipient_id="ada", properties_json=text)  # noqa: E731
+    if ok:
+        assert make().properties_json == text
+    else:
+        with pytest.raises(ValidationError, match="lone UTF-16 surrogate"):
+            make()
