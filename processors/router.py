@@ -219,9 +219,12 @@ class Router(Digests):
             return None
         key = rule.key(request.tenant_id, request.recipient_id, t)
         before = self.throttles.get(partition, key) or []
-        passed, times = throttle.admit(rule, before, min(request.occurred_at, now))
+        due = max(min(request.occurred_at, now), request.scheduled_at or request.occurred_at)
+        passed, times = throttle.admit(rule, before, due, now)
         if times != before:
-            self.throttles.put(partition, key, times, ttl=timedelta(seconds=rule.window_seconds))
+            last = max(times, default=0) / 1000 - now.timestamp()
+            ttl = timedelta(seconds=max(last, 0) + rule.window_seconds)
+            self.throttles.put(partition, key, times, ttl=ttl)
         return None if passed else rule.describe(t)
 
     def _cancel(self, record: Incoming, event: NotificationCancelled, trace: bytes) -> list[Output]:

@@ -13,10 +13,15 @@ choice, and a capped password-reset code is the usual reason. Digests the router
 throttled (their items were). Pure: `admit(rule, times, at)`; the router keeps `times` in its
 `throttles` store.
 
-`at` is the request's `occurred_at` (never later than the router's clock), so a backlog after an outage
-is judged by when the requests were made, not by how fast the router catches up. Requests that arrive
-out of order by more than a window are counted approximately: a time older than `at - window` is
-forgotten when a later one is admitted.
+`at` is when the request is due: its `scheduled_at`, else its `occurred_at` (never later than the
+router's clock), so a backlog after an outage is judged by when the requests were made, not by how fast
+the router catches up, and a request scheduled for Monday 09:00 counts on Monday, against what else
+reaches the recipient then (counted when made, it let a request on Monday 09:01 through beside it, and
+refused one scheduled a week after it). A quiet-hours deferral is decided after the throttle and is not
+counted: requests admitted over a night can arrive together when it ends. Times are kept until the
+clock (`now`) is a window past them, scheduled ones included; requests that arrive out of order by
+more than a window are counted approximately: a time older than `at - window` is forgotten when a
+later one is admitted.
 """
 
 from __future__ import annotations
@@ -26,11 +31,23 @@ from datetime import datetime
 from tidings.catalog import ThrottleRule
 
 
-def admit(rule: ThrottleRule, times: list[int], at: datetime) -> tuple[bool, list[int]]:
-    """Whether a request at `at` passes, and the epoch-ms times to keep: those still inside the window,
-    plus `at` when it passes: never more than the limit that admitted them."""
-    now_ms = int(at.timestamp() * 1000)
-    recent = [t for t in times if now_ms - t < rule.window_seconds * 1000]
-    if len(recent) >= rule.limit:
-        return False, recent
-    return True, [*recent, now_ms]
+def admit(
+    rule: ThrottleRule, times: list[int], at: datetime, now: datetime | None = None
+) -> tuple[bool, list[int]]:
+    """Whether a request due at `at` passes: no window of the rule's length holding `at` holds `limit`
+    kept times already. Returns the epoch-ms times to keep (those still able to share a window with a
+    later request, plus `at` when it passes)."""
+    at_ms = _ms(at)
+    span = rule.window_seconds * 1000
+    horizon = min(at_ms, _ms(now) if now is not None else at_ms) - span
+    kept = [t for t in times if t > horizon]
+    near = [t for t in kept if abs(t - at_ms) < span]
+    starts = {at_ms, *(t for t in near if t <= at_ms), *(t - span + 1 for t in near if t > at_ms)}
+    busiest = max(sum(1 for t in near if s <= t < s + span) for s in starts)
+    if busiest >= rule.limit:
+        return False, kept
+    return True, [*kept, at_ms]
+
+
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)

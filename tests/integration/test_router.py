@@ -253,6 +253,33 @@ def test_a_throttled_type_passes_its_limit_per_recipient_and_keeps_counting_acro
     assert decoded(s, names(s).scheduled) == []
 
 
+def test_a_scheduled_request_counts_against_its_throttle_when_it_is_due(topology: Settings) -> None:
+    """password.reset allows 3 per 15 minutes: three scheduled a day ahead left no room for one now,
+    and took room from a fourth due at the same time only if counted when made."""
+    from datetime import UTC, datetime, timedelta
+
+    s = topology
+    publish_catalog(s)
+    link = {"link": "https://x/r"}
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    with Client(s) as client:
+        client.update_recipient(tenant="acme", recipient="ada", email="ada@example.com")
+        ahead = [
+            client.send(
+                tenant="acme", recipient="ada", type="password.reset", data=link, scheduled_at=tomorrow
+            )
+            for _ in range(4)
+        ]
+        now = [
+            client.send(tenant="acme", recipient="ada", type="password.reset", data=link) for _ in range(2)
+        ]
+    run_router(s)
+    outcomes = [o for o in decoded(s, names(s).outcomes) if isinstance(o, DeliveryOutcome)]
+    assert {o.notification_id for o in outcomes if o.reason == "throttled"} == {ahead[3]}
+    assert {c.notification_id for c in commands(s)} == set(now)
+    assert {e.notification_id for e in decoded(s, names(s).scheduled)} == set(ahead[:3])
+
+
 def test_an_event_that_would_outgrow_the_recipients_state_record_is_dead_lettered(topology: Settings) -> None:
     """Properties merge: nine updates of 200 KB each made a 1.8 MB changelog record, which failed every
     transaction that carried it. The updates that would pass 512 KiB (in UTF-8: 40,000 CJK characters

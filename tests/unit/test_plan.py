@@ -266,6 +266,20 @@ def test_locale_fallback_from_request_then_recipient() -> None:
     assert p.commands[0].locale == "default"
 
 
+def test_a_types_expiry_counts_from_when_a_scheduled_request_is_due() -> None:
+    """Counted from when it was made, a type kept an hour could not be scheduled a day ahead: it
+    EXPIRED when planned. A request's own `expires_at` stays where it is."""
+    at = NOW + timedelta(days=1)
+    p = plan(request(scheduled_at=at), recipient(), catalog(expires_after="1h"), NOW)
+    assert [o.status for o in p.outcomes] == ["DEFERRED"] * 4
+    assert {c.expires_at for c in p.deferred} == {at + timedelta(hours=1)}
+    own = plan(request(scheduled_at=at, expires_at=NOW + timedelta(hours=2)), recipient(), catalog(), NOW)
+    assert own.deferred == [] and {o.status for o in own.outcomes} == {"EXPIRED"}
+    quiet = recipient(quiet_hours=QuietHours(start="11:00", end="18:00"), timezone="UTC")
+    night = plan(request(), quiet, catalog(expires_after="1h"), NOW)
+    assert {o.channel for o in night.outcomes if o.status == "EXPIRED"} == {"push", "sms"}
+
+
 def test_scheduled_at_defers_every_channel() -> None:
     at = NOW + timedelta(hours=3)
     p = plan(request(scheduled_at=at), recipient(), catalog(), NOW)

@@ -111,3 +111,45 @@ def test_no_window_ever_holds_more_than_the_limit_and_only_a_full_window_refuses
         assert len(times) <= limit
     for i, first in enumerate(admitted):
         assert sum(1 for a in admitted[i:] if a - first < window * 1000) <= limit
+
+
+def test_a_scheduled_request_counts_when_it_is_due() -> None:
+    """One marketing message a day: one scheduled on Friday for Monday 09:00 let another through at
+    09:01 on Monday, and refused one scheduled a week after it, both counted when made."""
+    rule = ThrottleRule(limit=1, window_seconds=86_400, per="category")
+    friday, monday = T0, T0 + timedelta(days=3, hours=8)
+    passed, times = admit(rule, [], monday, friday)
+    assert passed
+    assert not admit(rule, times, monday + timedelta(minutes=1), monday + timedelta(minutes=1))[0]
+    passed, times = admit(rule, times, friday + timedelta(days=10), friday)
+    assert passed
+    passed, times = admit(rule, times, friday + timedelta(hours=1), friday + timedelta(hours=1))
+    assert passed
+    assert not admit(rule, times, friday + timedelta(days=10, hours=-2), friday + timedelta(hours=2))[0]
+    assert admit(rule, times, monday + timedelta(days=1), monday + timedelta(days=1))[0]
+
+
+@given(
+    limit=st.integers(1, 4),
+    window=st.integers(1, 5),
+    steps=st.lists(st.tuples(st.integers(0, 4_000), st.integers(0, 15_000)), min_size=1, max_size=50),
+)
+def test_scheduled_requests_never_fill_a_window_past_the_limit_and_only_a_full_one_refuses(
+    limit: int, window: int, steps: list[tuple[int, int]]
+) -> None:
+    rule = ThrottleRule(limit=limit, window_seconds=window, per="type")
+    span = window * 1000
+    times: list[int] = []
+    admitted: list[int] = []
+    now = T0
+    for gap, ahead in steps:
+        now += timedelta(milliseconds=gap)
+        due = now + timedelta(milliseconds=ahead)
+        ms = int(due.timestamp() * 1000)
+        passed, times = admit(rule, times, due, now)
+        fullest = max(sum(1 for a in admitted if s <= a < s + span) for s in range(ms - span + 1, ms + 1))
+        assert passed == (fullest < limit)
+        if passed:
+            admitted.append(ms)
+    for first in admitted:
+        assert sum(1 for a in admitted if first <= a < first + span) <= limit
