@@ -172,3 +172,33 @@ def test_destinations_are_written_through_the_api_per_tenant(topology: Settings)
     ]
     assert isinstance(events[0], DestinationUpdated) and events[0].statuses == ["FAILED"]
     assert events[0].engagements == ["clicked"]
+
+
+def test_a_relay_started_at_the_end_keeps_that_start_through_a_restart(topology: Settings) -> None:
+    """A new relay group starts at the end of the outcomes; a partition it had read nothing from had no
+    committed offset, so after a restart it started at the end again, past the outcomes produced while
+    it was down."""
+    import uuid
+
+    from tidings.events import DeliveryOutcome
+    from tidings.kafka import EventProducer, Output
+
+    s = topology
+    group = f"relay-latest-{s.topic_prefix}"
+    with Client(s) as client:
+        client.set_destination(
+            tenant="acme", destination_id="all", url="https://example.com/x", secret=SECRET
+        )
+    Relay(s, instance="0", group_id=group).run(idle_exit_after=3.0)
+    outcomes = [
+        DeliveryOutcome(tenant_id="acme", notification_id=uuid.uuid4(), recipient_id=f"r{i}", status="SENT")
+        for i in range(6)
+    ]
+    with EventProducer(s) as producer:
+        for o in outcomes:
+            producer.produce(Output.event(names(s).outcomes, o))
+    again = Relay(s, instance="0", group_id=group)
+    again.run(idle_exit_after=3.0)
+    assert again.relayed == 6
+    relayed = [c for c in commands(s) if c.recipient_id.startswith(RELAY_RECIPIENT)]
+    assert len(relayed) == 6

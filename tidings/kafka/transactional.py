@@ -33,6 +33,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from tidings.config import Settings
+from tidings.errors import KafkaUnavailable
 from tidings.kafka import config, guard
 from tidings.kafka.align import Aligner
 from tidings.kafka.messages import first_offsets, is_retriable, lag_of, next_offsets, to_incoming
@@ -135,11 +136,28 @@ class TransactionalLoop:
             for store in self.stores:
                 keys = store.restore(number, read_partition(self.settings, store.topic, number))
                 log.info("restored %s[%d]: %d keys", store.topic, number, keys)
+        if self._consumer_config.get("auto.offset.reset") == "latest":
+            self._pin_start(partitions)
         if self.punctuate is not None:
             self._seed_fence(partitions)
         self._assigned_at = time.monotonic()
         if self._on_assign:
             self._on_assign([(p.topic, p.partition) for p in partitions])
+
+    def _pin_start(self, partitions: list[TopicPartition]) -> None:
+        """Commits the end of each assigned partition the group has no offset for, where `latest` starts
+        it: otherwise that start held only until a restart, which began at the end again, past whatever
+        reached the partition meanwhile (the relay lost the outcomes of every partition it had not
+        relayed from yet). Left to `latest` if the coordinator does not answer."""
+        from tidings.kafka.consumer import high_watermark
+
+        try:
+            unset = [tp for tp in self.consumer.committed(partitions, timeout=30) if tp.offset < 0]
+            ends = [TopicPartition(tp.topic, tp.partition, high_watermark(self.consumer, tp)) for tp in unset]
+            if ends:
+                self.consumer.commit(offsets=ends, asynchronous=False)
+        except (KafkaException, KafkaUnavailable) as exc:
+            log.warning("start offsets not committed, a restart may start later: %s", exc)
 
     def _seed_fence(self, partitions: list[TopicPartition]) -> None:
         """The committed offsets of newly assigned partitions (the low watermark where the group has
