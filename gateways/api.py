@@ -54,7 +54,7 @@ from pydantic import TypeAdapter, ValidationError
 from redis.exceptions import RedisError
 
 from gateways import _pg as pg
-from gateways import broadcasts_api, destinations_api, privacy_api, stats_api, suppressions_api
+from gateways import broadcasts_api, destinations_api, idempotency, privacy_api, stats_api, suppressions_api
 from gateways.api_schema import (
     Accepted,
     Batch,
@@ -228,8 +228,17 @@ def mount(
             raise Problem(problem(422, "Invalid Idempotency-Key", "the header is not UTF-8")) from None
         return key
 
+    async def same_request(tenant: str, kind: str, key: str | None, request: Any) -> None:
+        await idempotency.same_request(
+            application[API_REDIS], settings.topic_prefix, tenant, kind, key, request
+        )
+
     async def notify(request: web.Request, tenant: str) -> web.Response:
-        event = request_of(await body(request, NotificationBody), tenant, header_key(request))
+        b, key = await body(request, NotificationBody), header_key(request)
+        event = request_of(b, tenant, key)
+        await same_request(
+            tenant, "one", b.idempotency_key or key, b.model_dump(mode="json", exclude={"idempotency_key"})
+        )
         await admit(tenant, 1)
         await produce(request, event)
         response = accepted(notification_id=event.notification_id)
@@ -242,6 +251,11 @@ def mount(
             request_of(b, tenant, None, batch_item_id(tenant, key, i) if key is not None else None)
             for i, b in enumerate(batch.notifications)
         ]
+        await same_request(tenant, "batch", key, batch.model_dump(mode="json"))
+        for b in batch.notifications:
+            await same_request(
+                tenant, "one", b.idempotency_key, b.model_dump(mode="json", exclude={"idempotency_key"})
+            )
         await admit(tenant, len(events))
         await produce(request, *events)
         return accepted(notification_ids=[e.notification_id for e in events])

@@ -105,6 +105,46 @@ def test_a_retried_batch_with_an_idempotency_key_gets_the_same_ids(topology: Set
     assert first["notification_ids"][0] == str(batch_item_id("acme", "b", 0))
 
 
+def test_an_idempotency_key_reused_for_a_different_request_is_refused(topology: Settings) -> None:
+    """The key derives the id and the router drops an id it has seen: another recipient's request under
+    a used key was answered 202 and then dropped as a duplicate, or sent under the first one's id."""
+    s = topology
+    reordered = SHIPPED | {"data": {"carrier": "DHL", "order": "A-1"}}
+
+    async def scenario(base: str) -> list[tuple[int, Any, dict[str, str]]]:
+        url = f"{base}/v1/notifications"
+        one = {"Idempotency-Key": "order-123"}
+        async with aiohttp.ClientSession() as http:
+            return [
+                await call(http, "POST", url, json=SHIPPED, headers=one),
+                await call(http, "POST", url, json=reordered, headers=one),
+                await call(http, "POST", url, json=SHIPPED | {"recipient": "bob"}, headers=one),
+                await call(http, "POST", url, json=SHIPPED | {"recipient": "bob"}, headers=one, key=GLOBEX),
+                await call(http, "POST", f"{url}/batch", json={"notifications": [SHIPPED]}, headers=one),
+                await call(
+                    http, "POST", f"{url}/batch", json={"notifications": [SHIPPED, SHIPPED]}, headers=one
+                ),
+                await call(
+                    http,
+                    "POST",
+                    f"{url}/batch",
+                    json={"notifications": [SHIPPED | {"recipient": "eve", "idempotency_key": "order-123"}]},
+                ),
+            ]
+
+    answers = asyncio.run(serving(s, scenario))
+    assert [status for status, _, _ in answers] == [202, 202, 422, 202, 202, 422, 422]
+    assert answers[2][1]["title"] == "Idempotency-Key reused"
+    assert answers[0][1] == answers[1][1]
+    requested = [e for e in decoded(s, names(s).requested) if isinstance(e, NotificationRequested)]
+    assert sorted((e.tenant_id, e.recipient_id) for e in requested) == [
+        ("acme", "ada"),
+        ("acme", "ada"),
+        ("acme", "ada"),
+        ("globex", "bob"),
+    ]
+
+
 def test_bad_keys_and_bad_bodies_get_problems_and_produce_nothing(topology: Settings) -> None:
     s = topology
 
