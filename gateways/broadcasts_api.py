@@ -15,8 +15,8 @@ Routes of the server-side API (`gateways/api.py` mounts them, with its authentic
   delivery-status projection). These read projections, so they lag the topics by the projections' delay.
 - `POST /v1/audiences/{audience}/broadcasts/{broadcast_id}/cancel`: members not yet reached get
   nothing, the others' notifications are cancelled. The audience is in the path because a broadcast
-  lives in its audience's partition: a cancellation naming another audience cannot find it (the
-  processor dead-letters one that meets the broadcast under the wrong audience).
+  lives in its audience's partition: a cancellation naming another audience cannot find it, so one
+  naming another audience than the projection knows the broadcast under is 409.
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ BROADCAST = """
 SELECT * FROM broadcasts WHERE tenant_id = %s AND broadcast_id = %s
 ORDER BY requested_at IS NULL, requested_at, audience_id LIMIT 1
 """
+AUDIENCES_OF = "SELECT audience_id FROM broadcasts WHERE tenant_id = %s AND broadcast_id = %s"
+"""The audiences the projection knows a broadcast under: a cancellation naming another went to that
+audience's partition, found nothing there, and was answered 202 while the broadcast went on."""
 IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
 MEMBERS = """
 SELECT recipient_id, joined_at FROM audience_members
@@ -83,11 +86,16 @@ def operations(
             bid = UUID(request.match_info["broadcast_id"])
         except ValueError:
             return problem(404, "Unknown broadcast", "broadcast ids are UUIDs")
+        audience = request.match_info["audience"]
+        known = {r["audience_id"] for r in await rows(AUDIENCES_OF, tenant, bid)}
+        if known and audience not in known:
+            why = f"the broadcast is to {', '.join(sorted(known))}; cancel it under that audience"
+            return problem(409, "Wrong audience", why)
         event = validated(
             BroadcastCancelled,
             tenant_id=tenant,
             correlation_id=str(bid),
-            audience_id=request.match_info["audience"],
+            audience_id=audience,
             broadcast_id=bid,
             reason=b.reason,
         )

@@ -145,9 +145,11 @@ def test_the_audiences_projection_answers_reads_and_rebuilds_identically(databas
                 await call(http, "GET", f"{base}/v1/broadcasts/{never}"),
                 await call(http, "GET", f"{base}/v1/broadcasts/{first}", key=GLOBEX),
                 await call(http, "GET", f"{base}/v1/audiences/fans/members?after=%00"),
+                await call(http, "POST", f"{base}/v1/audiences/gone/broadcasts/{first}/cancel", json={}),
             ]
 
-    size, page1, page2, one, other, foreign, nul = asyncio.run(serving(s, scenario))
+    size, page1, page2, one, other, foreign, nul, elsewhere = asyncio.run(serving(s, scenario))
+    assert elsewhere[0] == 409 and "the broadcast is to fans" in elsewhere[1]["detail"]
     assert size[1] == {"audience_id": "fans", "members": 5}
     assert [m["recipient_id"] for m in page1[1]["items"]] == ["f1", "f2", "f3"] and page1[1]["next"] == "f3"
     assert [m["recipient_id"] for m in page2[1]["items"]] == ["late"] and page2[1]["next"] is None
