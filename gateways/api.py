@@ -93,6 +93,7 @@ from tidings.events import (
 from tidings.ids import batch_item_id
 from tidings.kafka import Output
 from tidings.kafka.aio import AsyncProducer
+from tidings.kafka.records import size_checked
 
 log = logging.getLogger(__name__)
 IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
@@ -203,7 +204,8 @@ def mount(
         return wrapped
 
     async def produce(request: web.Request, *events: Event) -> None:
-        await request.app[producer].deliver(*(Output.event(topics[type(e).__name__], e) for e in events))
+        outputs = size_checked(Output.event(topics[type(e).__name__], e) for e in events)
+        await request.app[producer].deliver(*outputs)
 
     def accepted(**fields: Any) -> web.Response:
         return web.json_response(Accepted(**fields).model_dump(mode="json", exclude_none=True), status=202)

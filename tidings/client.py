@@ -42,6 +42,7 @@ from tidings.events import (
 )
 from tidings.ids import chosen_id, notification_id_for
 from tidings.kafka import EventProducer, Output
+from tidings.kafka.records import size_checked
 from tidings.topics import registry
 
 
@@ -373,15 +374,14 @@ class Client:
         """With `wait`, until each is acknowledged, raising only their own failures: a `flush()` here
         handed out and cleared the failures of records sent before without waiting, whose own `flush()`
         then passed (the refused record lost without a word)."""
-        deliveries = []
+        outputs = []
         for event in events:
             name = type(event).__name__
             target = topic or self._topics.get(name)
             if target is None:
                 raise InvalidEvent(f"{name} goes to several topics; pass topic=")
-            deliveries.append(
-                self._producer.produce(Output.event(target, event, codec=self.codec), waited=wait)
-            )
+            outputs.append(Output.event(target, event, codec=self.codec))
+        deliveries = [self._producer.produce(out, waited=wait) for out in size_checked(outputs)]
         for delivery in deliveries if wait else ():
             self._producer.wait(delivery, self.timeout)
 

@@ -576,3 +576,19 @@ def test_a_cancellation_naming_another_recipient_than_the_notifications_is_refus
     assert (wrong[0], right[0], unknown[0]) == (409, 202, 202)
     cancelled = [e for e in decoded(s, names(s).requested) if isinstance(e, NotificationCancelled)]
     assert sorted(c.recipient_id for c in cancelled) == ["ada", "bob"]
+
+
+def test_a_body_that_makes_a_record_over_the_brokers_limit_is_refused_not_retried(topology: Settings) -> None:
+    """A device token of a megabyte fits the body limit but not a record: aiokafka's size check raised,
+    and the client was told 503 "retry with the same key", forever."""
+    s = topology
+
+    async def scenario(base: str) -> tuple[int, Any, dict[str, str]]:
+        async with aiohttp.ClientSession() as http:
+            device = {"platform": "fcm", "token": "x" * 1_000_100}
+            return await call(http, "PUT", f"{base}/v1/recipients/ada/devices/d1", json=device)
+
+    status, problem_body, _ = asyncio.run(serving(s, scenario))
+    assert status == 422, problem_body
+    assert "over the 1000000 a record may be" in problem_body["detail"]
+    assert decoded(s, names(s).recipients) == []
