@@ -92,10 +92,14 @@ def mount(
         url = claims.get("u") if claims is not None else None
         if claims is None or not isinstance(url, str) or not url.lower().startswith(("https://", "http://")):
             return web.Response(status=400, text="This link is not valid.", headers=NO_STORE)
+        try:
+            redirect = web.HTTPFound(url, headers=NO_STORE)
+        except ValueError:
+            return web.Response(status=400, text="This link's address is not valid.", headers=NO_STORE)
         delivery = UUID(claims["d"])
         clicked = NotificationClicked(event_id=uuid5(delivery, f"clicked/{url}"), **fields(claims), url=url)
         await record(request, clicked)
-        raise web.HTTPFound(url, headers=NO_STORE)
+        raise redirect
 
     application.router.add_get("/t/o/{token}", opened)
     application.router.add_get("/t/c/{token}", clicked)

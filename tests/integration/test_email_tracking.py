@@ -100,6 +100,18 @@ def test_opens_and_clicks_are_recorded_once_and_redirect_to_the_signed_url(
     assert found[1].url == "https://shop.example.com/o/1?x=1&y=2"
 
 
+def test_a_signed_link_no_redirect_can_carry_is_refused_and_records_no_click(
+    topology: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A template's `https://h:99999/` is signed like any link; the click was recorded, then building
+    the redirect raised and the reader got a 500."""
+    s = topology
+    monkeypatch.setattr(track, "RECORD_TIMEOUT_S", 30.0)
+    answers, _ = asyncio.run(scenario(s, '<p><a href="https://shop.example.com:99999/o">o</a></p>'))
+    assert answers[2] == (400, None) and answers[3] == 400
+    assert not [e for e in decoded(s, names(s).engagement) if isinstance(e, NotificationClicked)]
+
+
 def test_tracking_needs_a_secret_of_ones_own_and_is_not_served_without_it(topology: Settings) -> None:
     with pytest.raises(ValidationError, match="TIDINGS_EMAIL_UNSUBSCRIBE_SECRET"):
         EmailSettings(track_clicks=True)
