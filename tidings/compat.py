@@ -4,10 +4,18 @@ Events must be BACKWARD_TRANSITIVE (the newest reader reads every older writer).
 in both directions against every older version (FULL_TRANSITIVE, stricter than FULL), because gateways
 of two releases consume the same command topics during a rolling deploy. A lock file pins the fingerprint
 of every released version, so a released schema can only be superseded, never edited in place.
+
+The fingerprint is taken over the parsing canonical form, which leaves out `logicalType` and `default`
+(and Apache avro's checker ignores logical types): `timestamp-millis` edited to `timestamp-micros` in a
+released version kept its fingerprint, and every record written before was read a thousand times off
+(2026 as 1970). So the lock also pins a digest of each version's whole text but its docs, and two
+versions of a record may not share a fingerprint (the codec finds a writer's schema by it: the newer
+would decode the older's records).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +64,15 @@ def check_compatibility(schemas: SchemaSet) -> list[Problem]:
         full = name in COMMAND_RECORDS
         for i, newer in enumerate(versions):
             for older in versions[:i]:
+                if older.fingerprint == newer.fingerprint:
+                    problems.append(
+                        Problem(
+                            name,
+                            f"v{newer.version} has the fingerprint of v{older.version} "
+                            f"({newer.fingerprint.hex()}): only a logical type, default or doc differs, "
+                            f"and records of v{older.version} would be decoded as v{newer.version}",
+                        )
+                    )
                 if msg := _incompatible(newer, older):
                     problems.append(Problem(name, f"BACKWARD: {msg}"))
                 if full and (msg := _incompatible(older, newer)):
@@ -71,20 +88,36 @@ def read_lock(directory: Path) -> dict[str, str]:
     return data
 
 
+def pin(sv: SchemaVersion) -> str:
+    """`<fingerprint> <digest>`: the digest covers the whole schema (logical types, defaults, aliases)
+    but its docs, which decode nothing."""
+    text = json.dumps(_undocumented(sv.raw), sort_keys=True, separators=(",", ":"))
+    return f"{sv.fingerprint.hex()} {hashlib.sha256(text.encode()).hexdigest()[:32]}"
+
+
+def _undocumented(node: object) -> object:
+    if isinstance(node, dict):
+        return {k: _undocumented(v) for k, v in node.items() if k != "doc"}
+    if isinstance(node, list):
+        return [_undocumented(v) for v in node]
+    return node
+
+
 def check_released(schemas: SchemaSet, directory: Path) -> list[Problem]:
-    """Every released version still exists with the fingerprint it was released with."""
+    """Every released version still exists as it was released: its fingerprint, and its digest where
+    the lock has one (pins written before digests hold the fingerprint alone)."""
     problems = []
-    present = {f"{v.name}.v{v.version}": v.fingerprint.hex() for vs in schemas.versions.values() for v in vs}
-    for label, fp in sorted(read_lock(directory).items()):
+    present = {f"{v.name}.v{v.version}": pin(v) for vs in schemas.versions.values() for v in vs}
+    for label, pinned in sorted(read_lock(directory).items()):
         record = label.split(".v")[0]
         if label not in present:
             problems.append(Problem(record, f"released version {label} was deleted"))
-        elif present[label] != fp:
+        elif present[label] != pinned and present[label].split()[0] != pinned:
             problems.append(
                 Problem(
                     record,
-                    f"released version {label} was edited (fingerprint {fp} -> "
-                    f"{present[label]}); add a new version instead",
+                    f"released version {label} was edited ({pinned} -> {present[label]}); "
+                    "add a new version instead",
                 )
             )
     return problems
@@ -98,8 +131,10 @@ def release(schemas: SchemaSet, directory: Path) -> list[str]:
         for v in versions:
             label = f"{v.name}.v{v.version}"
             if label not in lock:
-                lock[label] = v.fingerprint.hex()
+                lock[label] = pin(v)
                 added.append(label)
+            elif lock[label] == v.fingerprint.hex():
+                lock[label] = pin(v)
     (directory / LOCK_FILE).write_text(json.dumps(dict(sorted(lock.items())), indent=2) + "\n")
     return sorted(added)
 

@@ -1,6 +1,7 @@
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -85,3 +86,49 @@ def test_cli_exit_codes(schema_dir: Path) -> None:
     broken = runner.invoke(app, ["schemas", "check", "--dir", str(schema_dir)])
     assert broken.exit_code == 1
     assert "NotificationRequested" in broken.output
+
+
+def _retyped(raw: dict[str, Any], field: str, logical: str) -> dict[str, Any]:
+    fields = [
+        {**f, "type": {**f["type"], "logicalType": logical}} if f["name"] == field else f
+        for f in raw["fields"]
+    ]
+    return {**raw, "fields": fields}
+
+
+def test_a_logical_type_edited_in_a_released_version_is_refused(schema_dir: Path) -> None:
+    """The fingerprint leaves logical types out: millis edited to micros passed, and every record
+    written before decoded a thousand times off."""
+    path = schema_dir / "DeliveryCommand.v3.avsc"
+    raw = json.loads(path.read_text())
+    assert any(f["name"] == "occurred_at" for f in raw["fields"])
+    path.write_text(json.dumps(_retyped(raw, "occurred_at", "timestamp-micros")))
+    problems = check(schema_dir)
+    assert [p.record for p in problems] == ["DeliveryCommand"] and "DeliveryCommand.v3 was edited" in str(
+        problems[0]
+    )
+
+
+def test_a_doc_edited_in_a_released_version_passes(schema_dir: Path) -> None:
+    path = schema_dir / "DeviceRemoved.v1.avsc"
+    raw = json.loads(path.read_text())
+    path.write_text(json.dumps({**raw, "doc": "A device was removed; says more now."}))
+    assert check(schema_dir) == []
+
+
+def test_a_new_version_that_differs_only_in_a_logical_type_is_refused(schema_dir: Path) -> None:
+    raw = json.loads((schema_dir / "DeliveryCommand.v3.avsc").read_text())
+    (schema_dir / "DeliveryCommand.v4.avsc").write_text(
+        json.dumps(_retyped(raw, "occurred_at", "timestamp-micros"))
+    )
+    problems = check(schema_dir)
+    assert any("v4 has the fingerprint of v3" in str(p) for p in problems), problems
+
+
+def test_pins_of_fingerprints_alone_still_hold_and_release_adds_the_digest(schema_dir: Path) -> None:
+    lock = schema_dir / "released.lock.json"
+    old = {label: pinned.split()[0] for label, pinned in json.loads(lock.read_text()).items()}
+    lock.write_text(json.dumps(old))
+    assert check(schema_dir) == []
+    assert release(SchemaSet.load(schema_dir), schema_dir) == []
+    assert all(len(p.split()) == 2 for p in json.loads(lock.read_text()).values())

@@ -34,7 +34,7 @@ def check(directory: Path | None = DirOption) -> None:
 
 @app.command()
 def release(directory: Path | None = DirOption) -> None:
-    """Pin every new version's fingerprint in released.lock.json (after `check` passes)."""
+    """Pin every new version (fingerprint and digest) in released.lock.json (after `check` passes)."""
     directory = directory or default_schema_dir()
     if problems := check_dir(directory):
         raise typer.BadParameter("; ".join(map(str, problems)))
