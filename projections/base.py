@@ -182,7 +182,8 @@ class Runner:
     def prepare(self, batch: Batch) -> Prepared:
         """Decode a batch outside the transaction; poison records go to the DLQ, acknowledged. Decoding
         is pure, so any error in it is the record's, whatever its type: raised, it stopped the loop
-        before the offset moved, and every restart met the same record."""
+        before the offset moved, and every restart met the same record. But for MemoryError: under
+        `TIDINGS_MEMORY_LIMIT_MB` it is the process's, and a valid record was dead-lettered for it."""
         events: list[Any] = []
         kept: list[int] = []
         poison = []
@@ -191,6 +192,8 @@ class Runner:
             try:
                 events.append(p.decode_record(batch.record(i)) if p.by_record else p.decode(value))
                 kept.append(i)
+            except MemoryError:
+                raise
             except Exception as exc:
                 poison.append(dead_letter(batch.record(i), exc, self.group, self.dlq))
         self._dead_letter(poison)
