@@ -188,6 +188,7 @@ def mount(
                 response = problem(401, "A valid API key is required")
                 response.headers["WWW-Authenticate"] = "Bearer"
                 return response
+            pg.TENANT.set(tenant)
             try:
                 return await handler(request, tenant)
             except Problem as exc:

@@ -10,7 +10,16 @@ from pydantic import Field
 
 from tidings.envelope import Event, Record
 from tidings.ids import outcome_id
-from tidings.vocabulary import Channel, Engagement, Identifier, JsonObject, Millis, OutcomeStatus, Priority
+from tidings.vocabulary import (
+    INT32_MAX,
+    Channel,
+    Engagement,
+    Identifier,
+    JsonObject,
+    Millis,
+    OutcomeStatus,
+    Priority,
+)
 
 
 class RenderedContent(Record):
@@ -33,8 +42,8 @@ class DeliveryCommand(Event):
     address_params: dict[str, str] = {}
     content: RenderedContent
     locale: str | None = None
-    template_version: int | None = None
-    attempt: int = Field(default=0, ge=0)
+    template_version: int | None = Field(default=None, le=INT32_MAX)
+    attempt: int = Field(default=0, ge=0, le=INT32_MAX)
     not_before: Millis | None = None
     expires_at: Millis | None = None
     unless: Engagement | None = None
@@ -55,8 +64,8 @@ class DeliveryOutcome(Event):
     reason: str | None = None
     provider: str | None = None
     provider_message_id: str | None = None
-    attempt: int = Field(default=0, ge=0)
-    template_version: int | None = None
+    attempt: int = Field(default=0, ge=0, le=INT32_MAX)
+    template_version: int | None = Field(default=None, le=INT32_MAX)
     detail: str | None = None
 
     @property

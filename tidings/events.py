@@ -23,6 +23,7 @@ from tidings.errors import InvalidEvent
 from tidings.vocabulary import (
     CHANNELS,
     EMAIL_PATTERN,
+    INT32_MAX,
     MAX_DATA_BYTES,
     MAX_ID_LENGTH,
     MAX_MEMBERS_PER_EVENT,
@@ -239,7 +240,7 @@ class ChannelTemplate(Record):
 
 class NotificationTypePublished(Event):
     notification_type: Identifier
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=INT32_MAX)
     category: Identifier
     priority: Priority = "normal"
     critical: bool = False

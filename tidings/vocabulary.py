@@ -53,6 +53,9 @@ FeedbackKind = Literal[
 ]
 MAX_ID_LENGTH = 256
 _CONTROL = re.compile(r"[\x00-\x1f]")
+INT32_MAX = 2**31 - 1
+"""The largest Avro `int`: Python's encoder writes a larger one as a long, which it reads back, and
+Java's and Go's readers refuse."""
 MAX_DATA_BYTES = 256 * 1024
 MAX_MEMBERS_PER_EVENT = 1000
 

@@ -233,3 +233,16 @@ def test_json_data_refuses_a_lone_surrogate_and_takes_pairs(text: str, ok: bool)
     else:
         with pytest.raises(ValidationError, match="lone UTF-16 surrogate"):
             make()
+
+
+def test_avro_int_fields_refuse_what_an_int_cannot_hold() -> None:
+    """fastavro writes 2**40 into an `int` field and reads it back; Java's and Go's readers refuse it."""
+    from uuid import uuid4
+
+    from tidings.events import DeliveryOutcome
+
+    fields = {"tenant_id": "acme", "notification_id": uuid4(), "status": "SENT"}
+    assert DeliveryOutcome(**fields, attempt=2**31 - 1, template_version=2**31 - 1).attempt == 2**31 - 1
+    for field in ("attempt", "template_version"):
+        with pytest.raises(ValidationError, match="less than or equal to 2147483647"):
+            DeliveryOutcome(**fields | {field: 2**31})
