@@ -22,6 +22,7 @@ from psycopg.types.json import Jsonb
 
 from processors.recipients import RecipientState, fold, oversized
 from projections.base import Cursor, Projection
+from projections.suppressions import forget
 from tidings.events import Event, RecipientErased
 from tidings.kafka import Incoming
 from tidings.kafka.records import log_time
@@ -97,3 +98,4 @@ def erase(cur: Cursor, event: RecipientErased) -> None:
     cur.execute(ERASE, params)
     for sql in FORGET:
         cur.execute(sql, params)
+    forget(cur, event.tenant_id, event.recipient_id, event.occurred_at)

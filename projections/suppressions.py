@@ -18,10 +18,16 @@ not known), and the address is suppressed while any holder is, shown with the su
 longest; lifted, with the latest lift of any holder. One row per address lifted by a lift naming
 another recipient, or by one of two recipients' lifts, listed the address open while the router kept
 holding it back.
+
+An erasure (`forget`, run by the recipients projection) deletes the recipient's holders and the rows of
+the addresses nobody else holds; feedback naming a recipient erased after it is skipped here (a lift
+still lifts `UNNAMED` and `EARLIER`), so the order the two projections read in, and a rebuild, leave
+the same holders.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -103,6 +109,16 @@ looking at no others keeps a bounce's cost independent of the address's history 
 square: 1.5 s per bounce at 2,000 bounces)."""
 
 
+ERASED = """
+SELECT e.tenant_id, e.recipient_id, e.erased_at FROM erasures e
+JOIN unnest(%s::text[], %s::text[]) AS b (tenant_id, recipient_id) USING (tenant_id, recipient_id)
+"""
+HELD_BY = """
+SELECT channel, address, registers FROM suppression_holders WHERE tenant_id = %s AND recipient_id = %s
+ORDER BY channel, address
+"""
+
+
 def normalized(channel: str, address: str) -> str:
     return email_key(address) if channel == "email" else address
 
@@ -114,9 +130,19 @@ class Suppressions(Projection):
 
     def apply(self, cur: Cursor, events: list[Event]) -> None:
         by_address: dict[tuple[str, str, str], list[ProviderFeedback]] = {}
-        for f in grouped(events, ProviderFeedback):
+        feedback = grouped(events, ProviderFeedback)
+        named = sorted({(f.tenant_id, f.recipient_id) for f in feedback if f.recipient_id})
+        erased = {
+            (t, r): at
+            for t, r, at in cur.execute(ERASED, ([t for t, _ in named], [r for _, r in named])).fetchall()
+        }
+        for f in feedback:
             if f.category and f.kind in ("unsubscribe", "resubscribe"):
                 continue
+            if (at := erased.get((f.tenant_id, f.recipient_id or ""))) and _time(f) <= at:
+                if f.kind not in LIFTS:
+                    continue
+                f = f.model_copy(update={"recipient_id": None})
             if f.kind in REFUSALS | FAILURES | LIFTS or f.kind == "soft_bounce":
                 by_address.setdefault((f.tenant_id, f.channel, normalized(f.channel, f.address)), []).append(
                     f
@@ -147,7 +173,7 @@ def _address(cur: Cursor, key: tuple[str, str, str], feedback: list[ProviderFeed
     changed: set[str] = {EARLIER} if restoring else set()
     lift: tuple[str, str | None] | None = None
     for f in feedback:
-        at = f.provider_timestamp or f.occurred_at
+        at = _time(f)
         kind: str = f.kind
         if kind == "soft_bounce":
             params = {"tenant": tenant, "channel": channel, "address": address, "at": at}
@@ -210,3 +236,41 @@ def _write(
         UPSERT,
         {"tenant": tenant, "channel": channel, "address": address, **shown, "last": last, "registers": None},
     )
+
+
+def _time(f: ProviderFeedback) -> datetime:
+    return f.provider_timestamp or f.occurred_at
+
+
+def forget(cur: Cursor, tenant: str, recipient: str, erased_at: datetime) -> None:
+    """An erased recipient's holders go, and with them its link to its addresses: each address's row is
+    shown again from the holders left, and goes too, with its soft bounces, when none is left (the
+    address is the erased recipient's contact data, not a provider report about someone else's). The
+    router forgot the recipient's suppressions with its state; `Suppressions` skips feedback naming it
+    from before the erasure, so a rebuild, or feedback read after this, makes the same rows. Holders
+    with feedback after the erasure belong to a recipient created again under the same id, and stay
+    (a replayed erasure must not take them)."""
+    gone = [
+        (channel, address)
+        for channel, address, kept in cur.execute(HELD_BY, (tenant, recipient)).fetchall()
+        if (last := AddressSuppression.model_validate(kept).last_event_at) is None or last <= erased_at
+    ]
+    for channel, address in gone:
+        key = (tenant, channel, address)
+        cur.execute(LOCK, key)
+        cur.execute(
+            "DELETE FROM suppression_holders WHERE tenant_id = %s AND channel = %s AND address = %s "
+            "AND recipient_id = %s",
+            (*key, recipient),
+        )
+        row = cur.execute(ROW, key).fetchone()
+        if cur.execute(ANY_HOLDER, key).fetchone() is None:
+            for table in ("suppressions", "soft_bounces"):
+                cur.execute(
+                    f"DELETE FROM {table} WHERE tenant_id = %s AND channel = %s AND address = %s".encode(),
+                    key,
+                )
+        elif row is not None:
+            active, reason, source, since, last, _ = row
+            shown = {"active": active, "reason": reason, "source": source, "since": since, "last": last}
+            _write(cur, key, {}, shown, None)

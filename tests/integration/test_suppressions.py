@@ -193,3 +193,65 @@ def test_holders_converge_whatever_the_order_and_a_lift_kept_before_holders_stil
         ("late@x.io", False, T0 + 20 * HOUR),
         ("was@x.io", False, T0 + 10 * HOUR),
     ]
+
+
+@pytest.mark.parametrize("erased_first", [False, True])
+def test_an_erasure_takes_the_recipients_holders_and_the_addresses_only_it_held(
+    database: Settings, erased_first: bool
+) -> None:
+    """Holders named the erased recipient beside its addresses for good (the router had forgotten its
+    suppressions). Whichever projection reads first, and after a rebuild, the same rows are left:
+    another recipient's hold on a shared address, a lift's effect on feedback naming nobody, and what
+    a recipient created again under the id reported after the erasure."""
+    from projections.base import Projection, Runner
+    from tests.integration.conftest import table_checksums
+
+    s = database
+    before = [
+        feedback("hard_bounce", "shared@x.io", T0, recipient="ada"),
+        feedback("hard_bounce", "shared@x.io", T0 + HOUR, recipient="bob"),
+        feedback("complaint", "own@x.io", T0, recipient="ada"),
+        feedback("soft_bounce", "own@x.io", T0 + HOUR, recipient="ada"),
+        feedback("hard_bounce", "nobody@x.io", T0, recipient=None),
+        feedback("resubscribe", "nobody@x.io", T0 + 2 * HOUR, recipient="ada"),
+    ]
+    again = feedback("hard_bounce", "again@x.io", datetime.now(UTC) + timedelta(days=1), recipient="ada")
+
+    def publish(events: list[ProviderFeedback]) -> None:
+        with Client(s) as client:
+            for e in events:
+                client.publish(e, wait=False)
+
+    if not erased_first:
+        publish(before)
+        project(s, "suppressions")
+    with Client(s) as client:
+        client.erase_recipient(tenant="acme", recipient="ada")
+    project(s, "recipients")
+    publish(([] if not erased_first else before) + [again])
+    project(s, "suppressions")
+
+    tables = ["suppressions", "suppression_holders", "soft_bounces"]
+    assert rows(s, "SELECT address, recipient_id FROM suppression_holders ORDER BY 1, 2") == [
+        ("again@x.io", "ada"),
+        ("nobody@x.io", ""),
+        ("shared@x.io", "bob"),
+    ]
+    assert rows(s, "SELECT address, active FROM suppressions ORDER BY 1") == [
+        ("again@x.io", True),
+        ("nobody@x.io", False),
+        ("shared@x.io", True),
+    ]
+    assert rows(s, "SELECT count(*) FROM soft_bounces") == [(0,)]
+    kept = table_checksums(s, tables)
+    runner = Runner(s, Projection.registry["suppressions"]())
+    try:
+        runner.rebuild()
+    finally:
+        runner.close()
+    assert table_checksums(s, tables)["suppression_holders"] == kept["suppression_holders"]
+    assert rows(s, "SELECT address, active FROM suppressions ORDER BY 1") == [
+        ("again@x.io", True),
+        ("nobody@x.io", False),
+        ("shared@x.io", True),
+    ]
