@@ -87,16 +87,33 @@ def letter_id(record: Incoming) -> str:
     return f"{record.partition}/{record.offset}"
 
 
-def replayed_letters(s: Settings) -> set[str]:
-    """The dead letters `tidings dlq replay` re-injected before. Without this memory every run
-    re-injected every letter again: requests came through again once the router's 7-day dedupe had
-    passed, and old recipient updates were applied over newer ones. A letter whose copy failed again
-    has a letter of its own, which a later run replays once in turn."""
-    return {r.key.decode() for r in read_all(s, names(s).dlq_replayed) if r.key and r.value}
+def replayed_letters(s: Settings) -> tuple[set[str], set[str]]:
+    """The dead letters `tidings dlq replay` re-injected before, and the source records they held
+    (`origin`). Without this memory every run re-injected every letter again: requests came through
+    again once the router's 7-day dedupe had passed, and old recipient updates were applied over newer
+    ones. The origins matter as well: a projection rebuilt dead-letters its poison records again, as
+    new letters of the same records, and a later run re-injected them. A letter whose copy failed
+    again has a letter of its own (its origin is the copy), which a later run replays once in turn."""
+    letters, origins = set(), set()
+    for r in read_all(s, names(s).dlq_replayed):
+        if r.key and r.value:
+            letters.add(r.key.decode())
+            if source := json.loads(r.value).get("origin"):
+                origins.add(source)
+    return letters, origins
+
+
+def origin(headers: dict[str, str]) -> str | None:
+    """`topic/partition/offset` of the record a letter holds, None when the letter does not say."""
+    where = [
+        w for k in ("topic", "partition", "offset") if (w := headers.get(f"tidings.source.{k}")) is not None
+    ]
+    return "/".join(where) if len(where) == 3 else None
 
 
 def note_replayed(producer: EventProducer, s: Settings, record: Incoming, source: str) -> None:
-    note = json.dumps({"to": source, "at": datetime.now(UTC).isoformat()}).encode()
+    found = origin(header_map(record.headers))
+    note = json.dumps({"to": source, "at": datetime.now(UTC).isoformat(), "origin": found}).encode()
     producer.produce(Output(names(s).dlq_replayed, letter_id(record).encode(), note, []))
 
 

@@ -16,6 +16,7 @@ from tidings.audit import (
     letter_id,
     matches,
     note_replayed,
+    origin,
     read_all,
     replay_dead_letter,
     replayed_letters,
@@ -148,7 +149,7 @@ def dlq_replay(
     reads that copy. A letter that holds no record of its topic (a broadcast's progress) is left."""
     s = settings()
     count, copies, before, unfit, done = 0, 0, 0, 0, set()
-    replayed = replayed_letters(s)
+    replayed, origins = replayed_letters(s)
     with EventProducer(s) as producer:
         for record, h in dead_letters(s):
             if (source and h.get("tidings.source.topic") != source) or (
@@ -161,13 +162,18 @@ def dlq_replay(
             if h.get(REPLAYABLE) == "false" or "tidings.source.topic" not in h:
                 unfit += 1
                 continue
-            origin = tuple(h.get(f"tidings.source.{k}") for k in ("topic", "partition", "offset"))
-            if origin[2] is not None and origin in done:
+            source_record = origin(h)
+            if source_record is not None and source_record in origins:
+                before += 1
+                if not dry_run:
+                    note_replayed(producer, s, record, h["tidings.source.topic"])
+                continue
+            if source_record is not None and source_record in done:
                 copies += 1
                 if not dry_run:
                     note_replayed(producer, s, record, h["tidings.source.topic"])
                 continue
-            done.add(origin)
+            done.add(source_record)
             count += 1
             if not dry_run:
                 target = replay_dead_letter(producer, record)
