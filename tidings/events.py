@@ -386,8 +386,21 @@ def validated(model: type[E], **fields: Any) -> E:
 
 
 def data_json_of(data: Mapping[str, Any] | None) -> str:
-    """`data` as the compact JSON object text of a `data_json` field."""
+    """`data` as the compact JSON object text of a `data_json` field. Keys must be strings: json writes
+    `{1: "a", "1": "b"}` as an object with the key "1" twice, whose reader keeps one of them."""
     try:
+        _string_keys(data or {})
         return json.dumps(dict(data or {}), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidEvent(f"data is not JSON-serialisable: {exc}") from None
+
+
+def _string_keys(value: Any) -> None:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"keys must be strings, not {type(key).__name__} ({key!r})")
+            _string_keys(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _string_keys(item)

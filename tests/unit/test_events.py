@@ -246,3 +246,13 @@ def test_avro_int_fields_refuse_what_an_int_cannot_hold() -> None:
     for field in ("attempt", "template_version"):
         with pytest.raises(ValidationError, match="less than or equal to 2147483647"):
             DeliveryOutcome(**fields | {field: 2**31})
+
+
+def test_data_with_a_key_that_is_not_a_string_is_refused() -> None:
+    """json writes {1: "a", "1": "b"} with the key "1" twice; readers keep one of them."""
+    with pytest.raises(InvalidEvent, match=r"keys must be strings, not int \(1\)"):
+        notification_request(tenant="acme", recipient="ada", type="t", data={1: "a", "1": "b"})
+    with pytest.raises(InvalidEvent, match="keys must be strings"):
+        notification_request(tenant="acme", recipient="ada", type="t", data={"items": [{None: 1}]})
+    ok = notification_request(tenant="acme", recipient="ada", type="t", data={"items": [{"n": 1}]})
+    assert json.loads(ok.data_json) == {"items": [{"n": 1}]}
