@@ -30,7 +30,7 @@ from fastavro import parse_schema, schemaless_reader
 from tidings.codec import HEADER_SIZE, Codec, default_codec
 from tidings.errors import TruncatedRecord
 from tidings.events import CHANNELS, DeliveryOutcome, Event, OutcomeStatus
-from tidings.vocabulary import _tenant, _utc_millis
+from tidings.vocabulary import INT32_MAX, _tenant, _utc_millis
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ COLUMNS = (
     "recipient_id",
     "provider_message_id",
 )
-FIELDS_DIGEST = "2a8153d0db3882fb6386ed055baceb6494865daa86d374e43bb9df7fe8637f99"
+FIELDS_DIGEST = "4bd2fee82fcaece6a9735016686f6b7c5bc27a1b24d8c9c10035b9945bfcb87f"
 STRIPPED = {
     "event_id": "uuid",
     "occurred_at": "timestamp-millis",
@@ -158,7 +158,9 @@ class OutcomeDecoder:
         if not (_uuid(event_id) and _uuid(notification_id) and (delivery_id is None or _uuid(delivery_id))):
             return None
         status, channel, tenant = r["status"], r["channel"], r["tenant_id"]
-        if status not in STATUSES or (channel is not None and channel not in CHANNEL_SET) or r["attempt"] < 0:
+        if status not in STATUSES or (channel is not None and channel not in CHANNEL_SET):
+            return None
+        if not 0 <= r["attempt"] <= INT32_MAX or (r["template_version"] or 0) > INT32_MAX:
             return None
         if tenant not in self.tenants:
             try:
