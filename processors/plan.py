@@ -317,7 +317,8 @@ def plan(
         ):
             digest = frozenset(rules.digest.templates)
     escalation = rules.escalation if request.digest_of is None else {}
-    priority = "critical" if t.critical else (request.priority or t.priority)
+    asked = request.priority or t.priority
+    priority = "critical" if t.critical else ("high" if asked == "critical" else asked)
     locale = request.locale or state.locale
     candidates = [c for c in t.default_channels if request.channels is None or c in request.channels]
     candidates += [c for c in dict.fromkeys(request.channels or []) if c not in candidates]

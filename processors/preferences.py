@@ -71,10 +71,25 @@ def opted_out(channel: str, t: NotificationTypePublished, state: RecipientState)
                 continue
             if not decision:
                 return f"{scope} {key} off for {ch or 'every channel'}"
-            changed = state.rules_at.get(rule_key(scope, key, ch))
-            if unsubscribed is None or (changed is not None and changed >= unsubscribed):
+            if unsubscribed is None or _opted_in_since(unsubscribed, channel, t, state):
                 return None
             return f"unsubscribed from {t.category} {channel}"
     if unsubscribed is not None:
         return f"unsubscribed from {t.category} {channel}"
     return None
+
+
+def _opted_in_since(
+    unsubscribed: datetime, channel: str, t: NotificationTypePublished, state: RecipientState
+) -> bool:
+    """Whether a rule that lets this type through on this channel was turned on after the unsubscribe:
+    the most specific rule decides whether it is off, but any of them turned on later is the newer
+    consent. Only the first one found was weighed: a type rule for email from before an unsubscribe
+    outweighed the same type turned on for every channel after it."""
+    return any(
+        changed >= unsubscribed
+        for scope, key in (("type", t.notification_type), ("category", t.category))
+        for ch in (channel, None)
+        if state.rule(scope, key, ch)
+        and (changed := state.rules_at.get(rule_key(scope, key, ch))) is not None
+    )

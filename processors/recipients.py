@@ -250,7 +250,11 @@ def _preferences(state: RecipientState, event: PreferencesUpdated) -> RecipientS
         if state.rules.get(key) != r.enabled:
             changed_at[key] = event.occurred_at
             if r.scope == "category" and r.enabled:
-                unsubscribed = {c: at for c, at in unsubscribed.items() if not _covers(r.key, r.channel, c)}
+                unsubscribed = {
+                    c: at
+                    for c, at in unsubscribed.items()
+                    if not _covers(r.key, r.channel, c) or at > event.occurred_at
+                }
         elif key in state.rules_at:
             changed_at[key] = state.rules_at[key]
     quiet = None if event.clear_quiet_hours else (event.quiet_hours or base.quiet_hours)

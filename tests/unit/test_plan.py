@@ -681,6 +681,44 @@ def test_an_opt_in_after_an_unsubscribe_wins() -> None:
     assert email_fate(toggled) is None
 
 
+def test_a_broader_opt_in_after_an_unsubscribe_wins_over_an_older_narrower_one() -> None:
+    """The first rule found decided alone: a type rule for email from before the unsubscribe outweighed
+    the same type turned on for every channel after it, and the opted-in recipient got nothing."""
+    early, late = NOW - timedelta(days=2), NOW - timedelta(days=1)
+    narrow = ("type", "order.shipped", "email", True)
+    state = opted_in_then(prefs(early - timedelta(days=1), narrow), unsubscribe(early), prefs(late, TYPE_ON))
+    assert email_fate(state) is None
+    assert (
+        email_fate(opted_in_then(prefs(early - timedelta(days=1), narrow), unsubscribe(early))) == "opted_out"
+    )
+    off = ("type", "order.shipped", "email", False)
+    assert email_fate(opted_in_then(prefs(early, off), prefs(late, TYPE_ON))) == "opted_out"
+
+
+def test_a_category_opt_in_does_not_lift_a_later_unsubscribe_read_before_it() -> None:
+    """An unsubscribe at t10 folded before a category turned on at t5 was erased by it: the outcome
+    depended on the order the two were read in."""
+    early, late = NOW - timedelta(days=2), NOW - timedelta(days=1)
+    for events in (
+        (unsubscribe(late), prefs(early, ORDERS_EMAIL_ON)),
+        (prefs(early, ORDERS_EMAIL_ON), unsubscribe(late)),
+    ):
+        state = recipient()
+        for event in events:
+            state = fold(state, event)
+        assert email_fate(state) == "opted_out", events
+
+
+def test_a_request_cannot_make_a_type_critical() -> None:
+    """A gateway leaves the unsubscribe headers and tracking out of critical mail: a request (or a
+    broadcast) asking priority critical for a marketing type sent it without them."""
+    p = plan(request(priority="critical"), recipient(), catalog(), NOW)
+    assert {c.priority for c in p.commands} == {"high"}
+    assert {c.priority for c in plan(request(), recipient(), catalog(critical=True), NOW).commands} == {
+        "critical"
+    }
+
+
 @pytest.mark.parametrize(
     "changes",
     [
