@@ -54,7 +54,15 @@ from pydantic import TypeAdapter, ValidationError
 from redis.exceptions import RedisError
 
 from gateways import _pg as pg
-from gateways import broadcasts_api, destinations_api, idempotency, privacy_api, stats_api, suppressions_api
+from gateways import (
+    broadcasts_api,
+    destinations_api,
+    devices_api,
+    idempotency,
+    privacy_api,
+    stats_api,
+    suppressions_api,
+)
 from gateways.api_schema import (
     Accepted,
     Batch,
@@ -78,7 +86,6 @@ from tidings.client import home_topics, notification_request, recipient_update
 from tidings.config import Settings
 from tidings.errors import InvalidEvent, KafkaUnavailable
 from tidings.events import (
-    DeviceRegistered,
     DeviceRemoved,
     Event,
     Identifier,
@@ -312,7 +319,6 @@ def mount(
         handle.__name__ = name
         return handle
 
-    put_device = resource("put_device", DeviceRegistered, "device_id", "device", DeviceBody)
     delete_device = resource("delete_device", DeviceRemoved, "device_id", "device", None, reason="api")
     put_webhook = resource("put_webhook", WebhookEndpointUpdated, "endpoint_id", "endpoint", WebhookBody)
     delete_webhook = resource(
@@ -324,6 +330,8 @@ def mount(
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(sql, args)
             return [jsonable(r) for r in await cur.fetchall()]
+
+    put_device = devices_api.put_device(produce, accepted, rows)
 
     async def get_notification(request: web.Request, tenant: str) -> web.Response:
         nid = notification_id(request)

@@ -592,3 +592,40 @@ def test_a_body_that_makes_a_record_over_the_brokers_limit_is_refused_not_retrie
     assert status == 422, problem_body
     assert "over the 1000000 a record may be" in problem_body["detail"]
     assert decoded(s, names(s).recipients) == []
+
+
+def test_a_token_registered_for_another_recipient_is_taken_from_the_first(topology: Settings) -> None:
+    """A push token names an app install: when bob signs in on ada's old phone, the app registers the
+    same token for him, and ada's notifications went on to the phone he now holds."""
+    from tests.integration.test_projections import project
+    from tidings.client import Client
+
+    s = topology
+    publish_catalog(s)
+    token = {"platform": "fcm", "token": "shared-install-token"}
+
+    async def register(base: str, recipient: str, device: str, key: str = ACME) -> int:
+        async with aiohttp.ClientSession() as http:
+            url = f"{base}/v1/recipients/{recipient}/devices/{device}"
+            status, _, _ = await call(http, "PUT", url, key=key, json=token)
+            return status
+
+    async def first(base: str) -> list[int]:
+        return [await register(base, "ada", "d1"), await register(base, "eve", "e1", GLOBEX)]
+
+    assert asyncio.run(serving(s, first)) == [202, 202]
+    project(s, "devices")
+
+    async def second(base: str) -> list[int]:
+        return [await register(base, "bob", "d2"), await register(base, "bob", "d2")]
+
+    assert asyncio.run(serving(s, second)) == [202, 202]
+    removed = [e for e in decoded(s, names(s).recipients) if isinstance(e, DeviceRemoved)]
+    assert {(e.tenant_id, e.recipient_id, e.device_id, e.reason) for e in removed} == {
+        ("acme", "ada", "d1", "token registered to another recipient")
+    }, "bob's own device is not taken, nor another tenant's"
+    with Client(s) as client:
+        for r in ("ada", "bob"):
+            client.send(tenant="acme", recipient=r, type="order.shipped", data={"order": "A", "carrier": "B"})
+    run_router(s)
+    assert sorted(c.recipient_id for c in commands(s) if c.channel == "push") == ["bob"]
