@@ -294,6 +294,8 @@ def _feedback(state: RecipientState, event: ProviderFeedback) -> RecipientState:
             if len(devices) == len(state.devices):
                 return state
             update["devices"] = devices
+            if any(d.token == event.address for d in devices.values()):
+                return state.model_copy(update=update)
         suppress = Suppression(reason=event.kind, since=at)
     elif event.kind == "soft_bounce":
         if at in state.soft_bounces.get(key, []):

@@ -149,6 +149,27 @@ def test_token_invalid_removes_device_unless_registered_later() -> None:
     assert replay(reg, DeviceRemoved(tenant_id="t", recipient_id="r", device_id="d")).devices == {}
 
 
+def test_a_late_dead_token_report_spares_a_newer_device_holding_the_token() -> None:
+    """d1 and d2 hold the same token, d2 registered after the provider's report: d1 went, and the
+    token's suppression blocked d2 too, critical pushes included."""
+
+    def reg(device: str, hours: int) -> DeviceRegistered:
+        return DeviceRegistered(
+            tenant_id="t",
+            recipient_id="r",
+            device_id=device,
+            platform="fcm",
+            token="tok",
+            occurred_at=T0 + timedelta(hours=hours),
+        )
+
+    s = replay(reg("d1", 0), reg("d2", 2), fb("token_invalid", "tok", "push", at=T0 + timedelta(hours=1)))
+    assert list(s.devices) == ["d2"]
+    assert address_key("push", "tok") not in s.suppressions
+    gone = replay(reg("d1", 0), fb("token_invalid", "tok", "push", at=T0 + timedelta(hours=1)))
+    assert gone.devices == {} and address_key("push", "tok") in gone.suppressions
+
+
 @given(st.permutations([fb("hard_bounce"), fb("hard_bounce"), fb("complaint")]))
 def test_duplicate_and_reordered_permanent_feedback_agree(events: list[ProviderFeedback]) -> None:
     s = replay(*events)
