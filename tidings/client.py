@@ -42,6 +42,7 @@ from tidings.events import (
 )
 from tidings.ids import chosen_id, notification_id_for
 from tidings.kafka import EventProducer, Output
+from tidings.kafka.producer import closed_after
 from tidings.kafka.records import size_checked
 from tidings.topics import registry
 
@@ -397,10 +398,4 @@ class Client:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         """Closing after a failure keeps that failure: a flush timing out on the way out replaced the
         `KafkaUnavailable` naming the notification id, so a retry without `--id` requested it twice."""
-        if exc is None:
-            self.close()
-            return
-        try:
-            self.close()
-        except TidingsError as closing:
-            exc.add_note(f"and closing the client failed too: {closing}")
+        closed_after(self.close, exc, "client")

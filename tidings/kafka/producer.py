@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 from confluent_kafka import KafkaError, Producer
@@ -102,10 +103,16 @@ class EventProducer:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if exc is None:
-            self.close()
-            return
-        try:
-            self.close()
-        except TidingsError as closing:
-            exc.add_note(f"and closing the producer failed too: {closing}")
+        closed_after(self.close, exc, "producer")
+
+
+def closed_after(close: Callable[[], None], exc: BaseException | None, what: str) -> None:
+    """`close()` on leaving a `with` block; while `exc` propagates, a failure to close becomes a note on
+    it instead of replacing it (a flush timing out hid the send's error and the id to retry with)."""
+    if exc is None:
+        close()
+        return
+    try:
+        close()
+    except TidingsError as closing:
+        exc.add_note(f"and closing the {what} failed too: {closing}")
