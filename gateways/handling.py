@@ -377,16 +377,21 @@ class CommandHandling:
     async def _endpoint_failed(self, command: DeliveryCommand) -> str | None:
         """Counts a webhook endpoint's exhausted deliveries; disables it after sustained failure, and
         forgets the count then: kept, the endpoint re-enabled by its owner was disabled again by the
-        first delivery to exhaust its retries."""
+        first delivery to exhaust its retries. Redis not answering leaves the count as it is: the sends
+        were made, and raising here held the partition and sent the command again past its budget."""
         if self.channel != "webhook":
             return None
         key, now = failing_key(self.prefix, command), time.time()
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(key, "since", now)
-            pipe.hincrby(key, "failures", 1)
-            pipe.hget(key, "since")
-            pipe.expire(key, self.config.done_ttl)
-            _, failures, since, _ = await pipe.execute()
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hsetnx(key, "since", now)
+                pipe.hincrby(key, "failures", 1)
+                pipe.hget(key, "since")
+                pipe.expire(key, self.config.done_ttl)
+                _, failures, since, _ = await pipe.execute()
+        except REDIS_DOWN as exc:
+            log.warning("endpoint failure not counted, Redis unavailable (the send stands): %s", exc)
+            return None
         c = self.config
         if failures < c.endpoint_disable_failures or now - float(since) < c.endpoint_disable_after:
             return None

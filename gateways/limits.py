@@ -36,7 +36,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens = tonumber(state[1]) or burst
 local at = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + (now - at) * rate / 1000) - 1
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000) - 1
 redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now)
 redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) * 1000 / rate) + 1000)
 if tokens >= 0 then return 0 end
@@ -49,7 +49,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens = tonumber(state[1]) or burst
-tokens = math.min(burst, tokens + (now - (tonumber(state[2]) or now)) * rate / 1000)
+tokens = math.min(burst, tokens + math.max(0, now - (tonumber(state[2]) or now)) * rate / 1000)
 local wait = 0
 if tokens >= cost then tokens = tokens - cost else wait = math.ceil((cost - tokens) * 1000 / rate) end
 redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now)
@@ -143,9 +143,12 @@ class Circuits:
         now = time.monotonic()
         if isinstance(error, ProviderThrottled):
             wait = self.cooloff if error.retry_after is None else error.retry_after
-            circuit.open_until, circuit.opened_at = now + wait, now
         elif circuit.failures >= self.failures:
-            circuit.open_until, circuit.opened_at = now + self.cooloff, now
+            wait = self.cooloff
+        else:
+            return
+        if now + wait > circuit.open_until:
+            circuit.open_until, circuit.opened_at = now + wait, now
 
     def reopens_at(self, labels: list[str]) -> float:
         """When the first of these circuits lets a send go, as an epoch time."""

@@ -39,15 +39,18 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ReadOnlyError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tidings.events import DeliveryCommand
 
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemoryError)
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemoryError, ResponseError)
 """Redis not answering, or refusing writes for a state of its own (a failover's demoted primary, memory
-full): not the command's fault. Its partition waits and tries again rather than the process crashing,
-and crash-looping for as long as the state lasts."""
+full, `MISCONF` after a failed snapshot, `NOREPLICAS`, `MASTERDOWN`): not the command's fault. Its
+partition waits and tries again rather than the process crashing, and crash-looping for as long as the
+state lasts; a send already made is recorded as sent without its mark. redis-py raises the last three
+as plain `ResponseError` (`MasterDownError` is one), which is also what a script error is: paused on
+rather than a crash loop that re-sends every claim in flight when its mark outlives the process."""
 
 SINCE_MARGIN_MS = 5 * 60 * 1000
 """How much later than a channel's first per-tenant claim its old keys are still read: a command's

@@ -241,3 +241,19 @@ def email_command(content: Any) -> Any:
         priority="normal",
         content=content,
     )
+
+
+def test_a_later_failure_never_cuts_a_throttles_retry_after_short() -> None:
+    """A 429 asking an hour, then a failure from a send already in flight (a 429 without the header,
+    or timeouts after SMTP's 4.7.x): the circuit reopened after the 30 s cool-off."""
+    from gateways.base import ProviderUnavailable
+
+    circuits = Circuits(failures=2, cooloff=30.0)
+    circuits.failure("p", ProviderThrottled("429", retry_after=3600.0))
+    circuits.failure("p", ProviderThrottled("429"))
+    for _ in range(4):
+        circuits.failure("p", ProviderUnavailable("timeout"))
+    assert circuits.reopens_at(["p"]) - time.time() > 3500
+    circuits.failure("q", ProviderThrottled("429", retry_after=5.0))
+    circuits.failure("q", ProviderThrottled("429", retry_after=600.0))
+    assert circuits.reopens_at(["q"]) - time.time() > 500
