@@ -257,3 +257,16 @@ def test_a_later_failure_never_cuts_a_throttles_retry_after_short() -> None:
     circuits.failure("q", ProviderThrottled("429", retry_after=5.0))
     circuits.failure("q", ProviderThrottled("429", retry_after=600.0))
     assert circuits.reopens_at(["q"]) - time.time() > 500
+
+
+def test_open_circuits_past_the_cap_keep_those_reopening_last(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only closed circuits were dropped past the cap: a day of 429s from a push service, one circuit
+    per subscription, grew the dict without bound and rebuilt it at every failure."""
+    from gateways import limits
+
+    monkeypatch.setattr(limits, "MAX_CIRCUITS", 100)
+    circuits = Circuits(cooloff=30.0)
+    for i in range(1000):
+        circuits.failure(f"sub-{i}", ProviderThrottled("429", retry_after=60.0 + i))
+    assert len(circuits.state) <= 100
+    assert not circuits.closed("sub-999") and circuits.closed("sub-0")
