@@ -193,7 +193,7 @@ def context(
             "id": request.recipient_id,
             "name": state.name,
             "locale": state.locale,
-            **({"properties": state.properties} if state.properties else {}),
+            "properties": state.properties,
         },
         "notification": {
             "id": str(request.notification_id),

@@ -56,11 +56,15 @@ class _Environment(ImmutableSandboxedEnvironment):
     build a large string in many steps (widths inside format strings, `replace`, `join`), so templates
     are trusted catalog input (docs/catalog.md); a MemoryError is a render failure, not a crash. A JSON
     object's key wins over a dict method of the same name, so `data.items` or `data.keys` is the
-    request's field, not `dict.items`."""
+    request's field, not `dict.items`; a field the object lacks is missing even when a dict method has
+    its name (printing a bound method, or a condition on one holding), and only a call (`data.values()`)
+    reaches the method."""
 
     intercepted_binops = frozenset({"*", "**"})
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(__obj, Undefined) and type(__obj._undefined_obj) is dict and __obj._undefined_name:
+            __obj = super().getattr(__obj._undefined_obj, __obj._undefined_name)
         owner = getattr(__obj, "__self__", None)
         name = getattr(__obj, "__name__", "")
         if isinstance(owner, str | bytes) and name in PADDING:
@@ -70,9 +74,14 @@ class _Environment(ImmutableSandboxedEnvironment):
         return super().call(__context, __obj, *args, **kwargs)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
-        if type(obj) is dict and attribute in obj:
-            return obj[attribute]
+        if type(obj) is dict:
+            return obj[attribute] if attribute in obj else self.undefined(obj=obj, name=attribute)
         return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        if type(obj) is dict and isinstance(argument, str) and argument not in obj:
+            return self.undefined(obj=obj, name=argument)
+        return super().getitem(obj, argument)
 
     def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
         if operator_ == "**":

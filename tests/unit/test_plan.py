@@ -739,3 +739,19 @@ def test_malformed_rules_from_another_producer_are_invalid_not_a_crash(changes: 
     assert t2 is not None
     with pytest.raises(InvalidEvent, match=r"order\.shipped"):
         broken.rules(t2)
+
+
+@pytest.mark.parametrize("properties", [{}, {"team": "x"}])
+def test_a_template_can_default_a_property_whether_or_not_the_recipient_has_properties(
+    properties: dict[str, Any],
+) -> None:
+    c = catalog(
+        channels=["email"],
+        templates={
+            "email": {
+                "default": {"subject": "Plan {{ recipient.properties.plan|default('free') }}", "body": "b"}
+            }
+        },
+    )
+    (email,) = plan(request(), recipient(properties=properties), c, NOW).commands
+    assert email.content.subject == "Plan free"

@@ -4,6 +4,7 @@ from tidings.render import (
     MAX_OUTPUT,
     RenderError,
     check_template,
+    holds,
     locale_chain,
     pick_locale,
     render,
@@ -64,6 +65,21 @@ def test_a_json_key_wins_over_a_dict_method_of_the_same_name() -> None:
     data = {"items": 3, "keys": "k"}
     assert render_field("subject", "{{ data.items }} {{ data.keys }}", {"data": data}) == "3 k"
     assert render_field("subject", "{{ data.values()|list }}", {"data": data}) == "[3, 'k']"
+
+
+@pytest.mark.parametrize("template", ["{{ data.items }}", "{{ data['keys'] }}", "{{ data.get }}"])
+def test_a_field_the_request_lacks_is_missing_even_when_a_dict_method_has_its_name(template: str) -> None:
+    with pytest.raises(RenderError, match="has no attribute"):
+        render_field("subject", template, {"data": {"order": 1}})
+    assert render_field("subject", "{{ data.get('order') }}", {"data": {"order": 1}}) == "1"
+
+
+@pytest.mark.parametrize("condition", ["data.items", "data.items > 0", "data.keys != 'x'"])
+def test_a_condition_on_a_field_the_request_lacks_does_not_hold_when_a_dict_method_has_its_name(
+    condition: str,
+) -> None:
+    assert holds(condition, {"data": {}})[0] is False
+    assert holds("data.values()|list|length == 1", {"data": {"a": 1}}) == (True, None)
 
 
 def test_ordinary_widths_and_format_strings_still_format() -> None:
