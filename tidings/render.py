@@ -4,9 +4,8 @@ Templates come from the catalog (tenant-authored); data comes from producers. Th
 attribute tricks (`''.__class__.__mro__`), `StrictUndefined` turns a missing variable into an error
 instead of an empty string, `range()` is limited to 10,000 items and the steps of loops over ranges to
 100,000 per field rendered (nested loops multiply), string, bytes and list repetition (`*`, `**`),
-padding, tab expansion and the `batch` filter's fill are capped, and output is streamed and cut off at
-a size cap. Locales fall
-back `de-AT` → `de` → `default`.
+padding, tab expansion and the `batch` and `slice` filters' counts are capped, `lipsum` is not offered,
+and output is streamed and cut off at a size cap. Locales fall back `de-AT` → `de` → `default`.
 Catalog conditions are Jinja2 expressions in the same sandbox, with lenient undefined values (`holds`).
 """
 
@@ -14,7 +13,7 @@ from __future__ import annotations
 
 import json
 import operator
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
@@ -22,6 +21,7 @@ from typing import Any
 
 from jinja2 import ChainableUndefined, StrictUndefined, Template, TemplateError, Undefined, UndefinedError
 from jinja2.exceptions import SecurityError
+from jinja2.filters import sync_do_slice
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from tidings.errors import TidingsError
@@ -100,8 +100,9 @@ class _Environment(ImmutableSandboxedEnvironment):
 
 class _Range(Sequence[int]):
     """A `range()` of a template: at most MAX_RANGE items, and each item taken from it in a loop counts
-    against the render's budget of MAX_RANGE_STEPS, however often the range is walked: counting at the
-    call let `{% set r = range(10000) %}` be walked inside itself, 100 million steps."""
+        against the render's budget of MAX_RANGE_STEPS, however often the range is walked: counting at the
+        call let `{% set r = range(10000) %}` be walked inside itself, 100 million steps. A slice of it is one
+    too, and walking it backwards (`|reverse`) counts as walking it."""
 
     def __init__(self, r: range) -> None:
         self.r = r
@@ -113,11 +114,19 @@ class _Range(Sequence[int]):
         return repr(self.r)
 
     def __getitem__(self, index: Any) -> Any:
-        return self.r[index]
+        item = self.r[index]
+        return _Range(item) if isinstance(item, range) else item
 
     def __iter__(self) -> Iterator[int]:
+        return self._counted(self.r)
+
+    def __reversed__(self) -> Iterator[int]:
+        return self._counted(reversed(self.r))
+
+    @staticmethod
+    def _counted(items: Iterable[int]) -> Iterator[int]:
         left = _RANGE_LEFT.get()
-        for item in self.r:
+        for item in items:
             if left is not None:
                 left[0] -= 1
                 if left[0] < 0:
@@ -152,6 +161,8 @@ def _environment(autoescape: bool, undefined: type[Undefined] = StrictUndefined)
     for name in ("center", "indent"):
         env.filters[name] = _guarded(env.filters[name], _bounded_width)
     env.filters["batch"] = _guarded(env.filters["batch"], _bounded_batch)
+    env.filters["slice"] = _guarded(sync_do_slice, _bounded_batch)
+    del env.globals["lipsum"]
     env.policies["json.dumps_kwargs"] = {"sort_keys": True, "ensure_ascii": False}
     return env
 

@@ -123,6 +123,10 @@ def test_data_is_never_evaluated_as_a_template() -> None:
         "{{ [1]|batch(10**8, 0)|first|length }}",
         "{% for i in range(5000) %}{% for j in range(5000) %}{% endfor %}{% endfor %}",
         "{% set r = range(10000) %}{% for a in r %}{% for b in r %}{% endfor %}{% endfor %}",
+        "{% for i in range(10000)|reverse %}{% for j in range(300)|reverse %}{% endfor %}{% endfor %}",
+        "{% for i in range(10000)[:] %}{% for j in range(300)[::-1] %}{% endfor %}{% endfor %}",
+        "{{ [1]|slice(10**7)|list|length }}",
+        "{{ lipsum(1, False, 300000, 300001)|length }}",
     ],
 )
 def test_injection_and_resource_payloads_are_refused_safely(template: str) -> None:
@@ -142,6 +146,9 @@ def test_ordinary_loops_tabs_and_batches_stay_within_the_bounds() -> None:
     assert render_field("body", "{{ 'a\tb'.expandtabs(4) }}|{{ [1, 2, 3]|batch(2, 0)|list }}", {}) == (
         "a   b|[[1, 2], [3, 0]]"
     )
+    reordered = "{{ range(5)|reverse|list }} {{ range(5)[1:3]|list }} {{ range(5)[-1] }}"
+    reordered += " {{ [1, 2, 3]|slice(2)|list }}"
+    assert render_field("body", reordered, {}) == "[4, 3, 2, 1, 0] [1, 2] 4 [[1, 2], [3]]"
 
 
 def test_output_cap() -> None:
