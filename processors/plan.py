@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
+
 from processors.preferences import opted_out, quiet_until
 from processors.recipients import RecipientState, address_key
 from tidings.catalog import (
@@ -346,9 +348,9 @@ def plan(
             continue
         try:
             rendered = render(templates[channel], locale, ctx)
-        except RenderError as exc:
+            content = RenderedContent(**rendered.fields)
+        except (RenderError, ValidationError) as exc:
             raise InvalidEvent(f"template {t.notification_type} v{t.version} {channel}: {exc}") from exc
-        content = RenderedContent(**rendered.fields)
         step = escalation.get(channel)
         deferrals = [(scheduled, "scheduled")]
         if step is not None:

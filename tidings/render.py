@@ -11,7 +11,6 @@ Catalog conditions are Jinja2 expressions in the same sandbox, with lenient unde
 
 from __future__ import annotations
 
-import json
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
@@ -25,7 +24,7 @@ from jinja2.filters import sync_do_slice
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from tidings.errors import TidingsError
-from tidings.vocabulary import MAX_LOCALE_LENGTH
+from tidings.vocabulary import MAX_LOCALE_LENGTH, json_object
 
 MAX_OUTPUT = {"subject": 998, "title": 256, "body": 64 * 1024, "html": 512 * 1024, "data_json": 4 * 1024}
 """Each rendered field's cap, in characters while it renders (a runaway loop stops early) and in UTF-8
@@ -274,9 +273,9 @@ def _render_field(field: str, source: str, parent: dict[str, Any]) -> str:
     cap = MAX_OUTPUT[field]
     parts: list[str] = []
     size = 0
-    template = _compiled(field, source)
     budget = _RANGE_LEFT.set([MAX_RANGE_STEPS])
     try:
+        template = _compiled(field, source)
         for chunk in template.root_render_func(template.new_context(parent, shared=True)):
             size += len(chunk)
             if size > cap:
@@ -293,8 +292,7 @@ def _render_field(field: str, source: str, parent: dict[str, Any]) -> str:
         raise RenderError(f"{field}: output larger than {cap} bytes in UTF-8")
     if field == "data_json":
         try:
-            if not isinstance(json.loads(text), dict):
-                raise ValueError("not an object")
+            json_object(text)
         except ValueError as exc:
             raise RenderError(f"data_json: rendered text is not a JSON object: {exc}") from exc
     return text

@@ -150,7 +150,7 @@ def finite_float(text: str) -> float:
     return number
 
 
-def _json_object(value: str) -> str:
+def json_object(value: str) -> str:
     if len(value.encode()) > MAX_DATA_BYTES:
         raise ValueError(f"JSON is larger than {MAX_DATA_BYTES} bytes")
     try:
@@ -234,7 +234,7 @@ Millis = Annotated[datetime, AfterValidator(_utc_millis)]
 Identifier = Annotated[str, AfterValidator(_identifier)]
 TenantId = Annotated[str, AfterValidator(_tenant)]
 AudienceId = Annotated[str, AfterValidator(_audience)]
-JsonObject = Annotated[str, AfterValidator(_json_object)]
+JsonObject = Annotated[str, AfterValidator(json_object)]
 PhoneNumber = Annotated[str, AfterValidator(_e164)]
 WebhookSecrets = Annotated[str, AfterValidator(_webhook_secrets)]
 

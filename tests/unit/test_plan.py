@@ -755,3 +755,15 @@ def test_a_template_can_default_a_property_whether_or_not_the_recipient_has_prop
     )
     (email,) = plan(request(), recipient(properties=properties), c, NOW).commands
     assert email.content.subject == "Plan free"
+
+
+@pytest.mark.parametrize("amount", ["inf", "nan", "1e400"])
+def test_a_rendered_data_json_no_command_could_carry_rejects_the_request(amount: str) -> None:
+    c = catalog(
+        channels=["in_app"],
+        templates={"in_app": {"default": {"title": "t", "data_json": '{"a": {{ (amount|float)|tojson }}}'}}},
+    )
+    with pytest.raises(InvalidEvent, match="data_json"):
+        plan(request(data_json=json.dumps({"amount": amount})), recipient(), c, NOW)
+    ok = plan(request(data_json='{"amount": "1.5"}'), recipient(), c, NOW).commands
+    assert [x.content.data_json for x in ok] == ['{"a": 1.5}']

@@ -164,6 +164,14 @@ def test_data_json_must_render_to_an_object() -> None:
     assert render_field("data_json", '{"order": {{ order|tojson }}}', {"order": "A"}) == '{"order": "A"}'
     with pytest.raises(RenderError, match="JSON object"):
         render_field("data_json", "[{{ order|tojson }}]", {"order": "A"})
+    for text in ('{"a": Infinity}', '{"a": 1e400}', '{"a": "\\ud800"}'):
+        with pytest.raises(RenderError, match="data_json"):
+            render_field("data_json", text, {})
+
+
+def test_a_template_that_does_not_compile_fails_as_a_render_error() -> None:
+    with pytest.raises(RenderError, match="TemplateSyntaxError"):
+        render_field("body", "{% if %}", {})
 
 
 def test_check_template_reports_syntax_errors() -> None:
