@@ -4,6 +4,7 @@ only requests the candidate catalog changes are reported, channel by channel."""
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from processors.plan import Catalog
 from processors.recipients import RecipientState, WebhookEndpoint
 from tests.unit.test_plan import TEMPLATES, catalog, request
 from tidings.catalog import parse_type
@@ -134,14 +135,26 @@ def test_requests_older_than_the_oldest_kept_catalog_version_are_planned_with_it
     assert change.before == (("email", "QUEUED", ""), ("in_app", "QUEUED", ""))
 
 
-def test_a_request_plan_cannot_build_is_rejected_by_type_without_quoting_its_data() -> None:
+def test_a_request_plan_cannot_build_is_rejected_with_the_render_check_s_reason() -> None:
     data = catalog(
         channels=["webhook"], templates={"webhook": {"default": {"data_json": '{"a": {{ amount }}}'}}}
     )
     state = RecipientState(webhooks={"h": WebhookEndpoint(url="https://h.example.com/x", secret="whsec_x")})
     req = request(data_json='{"amount": "NaN"}', channels=["webhook"])
     [(channel, status, reason)] = decisions(req, state, data, T0)
-    assert (channel, status, reason) == ("*", "REJECTED", "ValidationError")
+    assert (channel, status) == ("*", "REJECTED")
+    assert reason == "template order.shipped v1 webhook: data_json: rendered text is not a JSON object: " + (
+        "not valid JSON: NaN is not JSON"
+    )
+
+
+def test_a_request_plan_raises_an_unknown_error_for_is_rejected_by_type_without_quoting_its_data() -> None:
+    class Broken(Catalog):
+        def get(self, tenant: str, key: str) -> Any:
+            raise RuntimeError(f"secret {key}")
+
+    [(channel, status, reason)] = decisions(request(), RecipientState(), Broken(), T0)
+    assert (channel, status, reason) == ("*", "REJECTED", "RuntimeError")
 
 
 def test_a_new_condition_shows_which_past_requests_it_would_hold_back() -> None:
