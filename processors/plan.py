@@ -92,10 +92,17 @@ class Catalog:
         self._rules: dict[tuple[str, str, int], Rules] = {}
 
     def apply(self, published: NotificationTypePublished) -> None:
+        """Keep the newest version; one published again under the same number replaces it, as it does
+        in the compacted topic a restarted router reads, so the rules and templates made from the
+        replaced record are dropped with it (they stayed, and running routers kept sending the first
+        content while restarted ones sent the second)."""
         key = (published.tenant_id, published.notification_type)
         current = self._types.get(key)
         if current is None or published.version >= current.version:
             self._types[key] = published
+            if current is not None:
+                self._templates.pop((*key, current.version), None)
+                self._rules.pop((*key, current.version), None)
 
     def follow(self, records: Iterable[Incoming], codec: Codec) -> None:
         """Apply the catalog topic's records (undecodable ones skipped, see `table_events`)."""

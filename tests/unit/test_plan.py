@@ -767,3 +767,18 @@ def test_a_rendered_data_json_no_command_could_carry_rejects_the_request(amount:
         plan(request(data_json=json.dumps({"amount": amount})), recipient(), c, NOW)
     ok = plan(request(data_json='{"amount": "1.5"}'), recipient(), c, NOW).commands
     assert [x.content.data_json for x in ok] == ['{"a": 1.5}']
+
+
+def test_a_type_published_again_under_the_same_version_replaces_its_templates_and_rules() -> None:
+    c = catalog(channels=["sms"])
+    assert [x.content.body for x in plan(request(), recipient(), c, NOW).commands] == ["Order A-1"]
+    again = {
+        "key": "order.shipped",
+        "category": "orders",
+        "channels": ["sms"],
+        "throttle": {"limit": 1, "window": "15m"},
+    }
+    c.apply(parse_type("*", again | {"templates": {"sms": {"default": {"body": "Sent {{ order }}"}}}}))
+    assert [x.content.body for x in plan(request(), recipient(), c, NOW).commands] == ["Sent A-1"]
+    t = c.get("acme", "order.shipped")
+    assert t is not None and c.rules(t).throttle is not None
