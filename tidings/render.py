@@ -154,8 +154,18 @@ def _guarded(original: Callable[..., Any], check: Callable[..., None]) -> Callab
     return bounded
 
 
+def _not_null(value: Any) -> Any:
+    """Printing a null fails like printing a missing value: "Hi None" for a recipient without a name,
+    or a request's `"code": null`, was sent as written."""
+    if value is None:
+        raise UndefinedError("a value printed is null (give it a default: `x or 'there'`)")
+    return value
+
+
 def _environment(autoescape: bool, undefined: type[Undefined] = StrictUndefined) -> _Environment:
-    env = _Environment(undefined=undefined, autoescape=autoescape, keep_trailing_newline=False)
+    env = _Environment(
+        undefined=undefined, autoescape=autoescape, keep_trailing_newline=False, finalize=_not_null
+    )
     env.globals["range"] = _bounded_range
     for name in ("center", "indent"):
         env.filters[name] = _guarded(env.filters[name], _bounded_width)

@@ -28,7 +28,7 @@ push = "express"
 
 [type.templates.email.default]
 subject = "Order {{{{ order }}}}"
-html = "<p>Hi {{{{ recipient.name }}}}, <b>{{{{ order }}}}</b></p>"
+html = "<p>Hi {{{{ recipient.name or 'there' }}}}, <b>{{{{ order }}}}</b></p>"
 
 [type.templates.email.de]
 subject = "Bestellung {{{{ order }}}} mit {{{{ carrier }}}}"
@@ -87,6 +87,13 @@ def test_a_data_json_that_is_not_an_object_is_found_at_publish(tmp_path: Path) -
     path = write(tmp_path, '[type.example]\norder = "A-1"\ncarrier = "D"\n')
     path.write_text(path.read_text().replace("""'{"order": {{ order|tojson }}}'""", "'[{{ order|tojson }}]'"))
     with pytest.raises(InvalidEvent, match="push: data_json: rendered text is not a JSON object"):
+        load_checked(path, "*")
+
+
+def test_a_template_printing_the_name_an_example_recipient_lacks_is_found_at_publish(tmp_path: Path) -> None:
+    path = write(tmp_path, '[type.example]\norder = "A-1"\ncarrier = "D"\n')
+    path.write_text(path.read_text().replace("recipient.name or 'there'", "recipient.name"))
+    with pytest.raises(InvalidEvent, match="email: html: UndefinedError: a value printed is null"):
         load_checked(path, "*")
 
 

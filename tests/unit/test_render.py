@@ -195,3 +195,10 @@ def test_a_template_cannot_change_the_data_other_fields_see() -> None:
     with pytest.raises(RenderError):
         render({"default": {"subject": "{{ meta.update({'k': 'x'}) }}"}}, None, data)
     assert data == {"items": ["a"], "meta": {"k": "v"}}
+
+
+def test_printing_a_null_fails_like_printing_a_missing_value() -> None:
+    with pytest.raises(RenderError, match="null"):
+        render_field("body", "Hi {{ recipient.name }}", {"recipient": {"name": None}})
+    shown = "Hi {{ recipient.name or 'there' }} {{ code|tojson }}{% if code %}{{ code }}{% endif %}"
+    assert render_field("body", shown, {"recipient": {"name": None}, "code": None}) == "Hi there null"
