@@ -12,6 +12,7 @@ Catalog conditions are Jinja2 expressions in the same sandbox, with lenient unde
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -40,6 +41,9 @@ class RenderError(TidingsError):
     """A template failed on this data; permanent for this request."""
 
 
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+"""A template's string literal can spell one (`'\\ud800'`); refused here, every gateway can encode its
+content as UTF-8 (push payloads are sent unescaped, a third the size of `\\u` escapes)."""
 PADDING = frozenset({"center", "ljust", "rjust", "zfill"})
 _RANGE_LEFT: ContextVar[list[int] | None] = ContextVar("range_left", default=None)
 
@@ -298,7 +302,9 @@ def _render_field(field: str, source: str, parent: dict[str, Any]) -> str:
     finally:
         _RANGE_LEFT.reset(budget)
     text = "".join(parts)
-    if len(text) * 4 > cap and len(text.encode("utf-8", "surrogatepass")) > cap:
+    if LONE_SURROGATE.search(text):
+        raise RenderError(f"{field}: output holds a lone UTF-16 surrogate, which no encoding carries")
+    if len(text) * 4 > cap and len(text.encode("utf-8")) > cap:
         raise RenderError(f"{field}: output larger than {cap} bytes in UTF-8")
     if field == "data_json":
         try:

@@ -218,7 +218,8 @@ class Apns(Provider):
                 "apns refused the device token (BadDeviceToken: not hex)", address_dead=True
             )
         body = payload(command)
-        raw, alert = json.dumps(body).encode(), "alert" in body["aps"]
+        raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        alert = "alert" in body["aps"]
         token = self.token.current()
         url = f"{self.settings.base_url.rstrip('/')}/3/device/{device}"
         status, answer_headers, data = await self._post(url, self.headers(command, alert, token), raw)

@@ -154,7 +154,8 @@ def message(command: DeliveryCommand) -> bytes:
         fields["data"] = json.loads(content.data_json)
     fields["delivery_id"] = str(command.delivery_id)
     fields["notification_id"] = str(command.notification_id)
-    return json.dumps({k: v for k, v in fields.items() if v is not None}, separators=(",", ":")).encode()
+    kept = {k: v for k, v in fields.items() if v is not None}
+    return json.dumps(kept, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def topic(command: DeliveryCommand) -> str:

@@ -55,6 +55,18 @@ def test_apns_request_carries_topic_priority_expiration_collapse_id_and_payload(
     assert server.accepted == [{"aps": {"alert": alert}, "invoice": 17, "url": "/i/17", "tidings": ids}]
 
 
+def test_apns_payload_carries_non_ascii_text_unescaped_within_the_size_limit() -> None:
+    """800 Cyrillic letters are 1,600 bytes in UTF-8 and 4,800 as `\\u` escapes (over the 4,096 limit)."""
+    body = "Ж" * 800
+
+    def command(server: ApnsServer) -> DeliveryCommand:
+        return server.command(content=RenderedContent(title="t", body=body))
+
+    server, sent = with_apns(send_one(command))
+    assert isinstance(sent, Sent), sent
+    assert [m["aps"]["alert"]["body"] for m in server.accepted] == [body]
+
+
 def test_apns_default_expiration_setting_stores_the_notification_for_that_long() -> None:
     server, sent = with_apns(send_one(lambda s: s.command()), default_expiration=3600)
     assert isinstance(sent, Sent), sent

@@ -90,6 +90,18 @@ def test_webpush_accepts_a_raw_base64url_vapid_key() -> None:
     assert len(server.accepted) == 1
 
 
+def test_webpush_payload_carries_non_ascii_text_unescaped_within_the_size_limit() -> None:
+    """800 Cyrillic letters are 1,600 bytes in UTF-8 and 4,800 as `\\u` escapes (over the 4,096 limit)."""
+    body = "Ж" * 800
+
+    def cyrillic(server: WebPushServer) -> DeliveryCommand:
+        return server.command(content=RenderedContent(title="t", body=body))
+
+    server, result = with_webpush(send_one(cyrillic))
+    assert isinstance(result, Sent), result
+    assert [m["body"] for m in server.accepted] == [body]
+
+
 def test_webpush_payload_too_large_is_permanent_but_not_dead() -> None:
     def big(server: WebPushServer) -> DeliveryCommand:
         return server.command(content=RenderedContent(title="t", data_json=json.dumps({"blob": "x" * 5000})))

@@ -169,6 +169,12 @@ def test_data_json_must_render_to_an_object() -> None:
             render_field("data_json", text, {})
 
 
+def test_a_lone_surrogate_in_the_output_is_refused() -> None:
+    with pytest.raises(RenderError, match="lone UTF-16 surrogate"):
+        render_field("body", "{{ '\\ud800' }}", {})
+    assert render_field("body", "{{ '\U0001f600' }} {{ s }}", {"s": "\u0416"}) == "\U0001f600 \u0416"
+
+
 def test_a_template_that_does_not_compile_fails_as_a_render_error() -> None:
     with pytest.raises(RenderError, match="TemplateSyntaxError"):
         render_field("body", "{% if %}", {})
