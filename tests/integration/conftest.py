@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,15 @@ from tidings.kafka import TopicFollower, apply_topics, delete_topics, read_topic
 from tidings.kafka.records import Incoming
 from tidings.topics import TopicSpec, registry
 
-pytestmark = pytest.mark.integration
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks this directory's tests `integration` (`pytestmark` in a conftest marks nothing, so
+    `-m "not integration"` still started the stack)."""
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

@@ -141,6 +141,18 @@ def test_the_config_lets_prometheus_scrape_and_replicates_topics() -> None:
     assert all(isinstance(v, str) for v in data.values())
 
 
+def test_provider_callbacks_behind_the_ingress_are_mounted_and_verified_on_the_public_url() -> None:
+    """Twilio signs the URL it called (https, the public host): behind the Ingress the edge sees http and
+    the pod's host, so without the public URL every inbound SMS and receipt failed its signature. The
+    Postmark route is mounted only with both its user and password."""
+    data, secret = config_data(), next(r for r in resources() if r["kind"] == "Secret")["stringData"]
+    public = urlsplit(data["TIDINGS_EDGE_PUBLIC_URL"])
+    for key in ("TIDINGS_TWILIO_STATUS_CALLBACK_URL", "TIDINGS_VONAGE_STATUS_CALLBACK_URL"):
+        called = urlsplit(data[key])
+        assert (called.scheme, called.netloc) == (public.scheme, public.netloc) == ("https", called.netloc)
+    assert data["TIDINGS_EDGE_POSTMARK_USERNAME"] and secret["TIDINGS_EDGE_POSTMARK_PASSWORD"]
+
+
 def test_exactly_once_processors_are_statefulsets_named_by_their_pod() -> None:
     from tidings.kafka.transactional import TXN_TIMEOUT_S
 
