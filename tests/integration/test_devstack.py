@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
 from tidings.config import Settings
+from tidings.devstack import kafka
+from tidings.devstack.common import pid_alive
+from tidings.errors import DevStackError
 
 TIDINGS = str(Path(sys.executable).with_name("tidings"))
 
@@ -54,3 +58,30 @@ def test_external_services_are_used_not_started(stack: Settings, tmp_path: Path)
     assert result.returncode == 0 and result.stderr.count("external, not started") == 3
     status = subprocess.run([TIDINGS, "dev", "status"], capture_output=True, text=True, timeout=60, env=env)
     assert status.returncode == 0 and status.stdout.count("external") == 3
+
+
+def _processes_under(root: Path) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(root).encode() in cmdline:
+                found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.timeout(120)
+def test_a_broker_missing_its_readiness_deadline_is_stopped_not_left_running(
+    stack: Settings, tmp_path: Path
+) -> None:
+    """A broker that is not ready in time was left running with its pid file: a slow start in a test
+    fixture kept a 1 GB JVM for the rest of the session, and the next `up` found a half-started one."""
+    root, port, controller = tmp_path / "kafka", free_port(), free_port()
+    slow = Settings(kafka_bootstrap=f"127.0.0.1:{port}")
+    with pytest.raises(DevStackError, match="Kafka"):
+        kafka.up(slow, timeout=0.5, root=root, port=port, controller=controller)
+    assert pid_alive(root / "pid") is None and not (root / "pid").exists()
+    assert _processes_under(root) == []

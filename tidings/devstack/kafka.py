@@ -94,6 +94,12 @@ def home() -> Path:
     return path
 
 
+FETCH_ATTEMPTS = 3
+MAVEN_NETWORK = ["-Dmaven.wagon.rto=60000", "-Dmaven.wagon.http.retryHandler.count=5"]
+"""A read stalled for a minute is retried (Maven's default waits 30 minutes, past the fetch's own limit,
+and one stalled download from Central failed the whole stack)."""
+
+
 def libs_dir() -> Path:
     """The jars, fetched once per pom content by Maven into a cache outside the repo."""
     target = cache_dir() / f"kafka-{short_hash(POM.read_text())}"
@@ -103,12 +109,15 @@ def libs_dir() -> Path:
     mvn = require("mvn", ["maven"], why="fetching Kafka from Maven Central")
     require("java", ["openjdk-17-jre-headless"], why="running Kafka")
     staging = target / "staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    run(
-        [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies", f"-DoutputDirectory={staging}"],
-        what="Maven fetching the Kafka jars",
-        timeout=900,
-    )
+    fetch = [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies", f"-DoutputDirectory={staging}"]
+    for attempt in range(1, FETCH_ATTEMPTS + 1):
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            run([*fetch, *MAVEN_NETWORK], what="Maven fetching the Kafka jars", timeout=600)
+            break
+        except DevStackError:
+            if attempt == FETCH_ATTEMPTS:
+                raise
     shutil.rmtree(libs, ignore_errors=True)
     staging.rename(libs)
     (target / ".complete").touch()
@@ -208,13 +217,17 @@ def up(
     if (previous := _children.pop(root, None)) is not None:
         previous.poll()
     _children[root] = proc
-    wait_for(
-        lambda: _ready(settings, port),
-        timeout=timeout,
-        what="Kafka",
-        log=logs / "server.log",
-        alive=lambda: proc.poll() is None,
-    )
+    try:
+        wait_for(
+            lambda: _ready(settings, port),
+            timeout=timeout,
+            what="Kafka",
+            log=logs / "server.log",
+            alive=lambda: proc.poll() is None,
+        )
+    except BaseException:
+        stop_pid(pid_file, timeout=10)
+        raise
     return f"started (pid {proc.pid})"
 
 
