@@ -165,9 +165,16 @@ def _templates(key: str, raw: dict[str, Any], publishing: bool = True) -> list[C
     for channel, locales in sorted(raw.items()):
         if channel not in CHANNELS:
             raise InvalidEvent(f"{key}: unknown channel {channel!r} in templates")
+        if not isinstance(locales, dict):
+            raise InvalidEvent(f"{key}: templates.{channel} must be a table of locales")
         if "default" not in locales:
             raise InvalidEvent(f"{key}: channel {channel} has no 'default' locale template")
         for locale, fields in sorted(locales.items()):
+            if not isinstance(fields, dict):
+                raise InvalidEvent(f"{key}: templates.{channel}.{locale} must be a table of fields")
+            wrong = sorted(f for f, source in fields.items() if not isinstance(source, str | None))
+            if wrong:
+                raise InvalidEvent(f"{key}: {channel}/{locale}: template fields {wrong} must be strings")
             unknown = set(fields) - set(FIELDS)
             if unknown:
                 raise InvalidEvent(f"{key}: {channel}/{locale}: unknown template fields {sorted(unknown)}")

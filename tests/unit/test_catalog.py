@@ -39,6 +39,12 @@ def base(**changes: object) -> dict[str, object]:
         ),
         (base(channels=["sms"], templates={"sms": {"default": {"title": "Hi"}}}), "sms/default: needs body"),
         (base(templates={"email": {"default": {"footer": "x"}}}), "unknown template fields"),
+        (
+            base(templates={"email": {"default": {"subject": "s", "body": 5}}}),
+            r"fields \['body'\] must be str",
+        ),
+        (base(templates={"email": {"default": "body"}}), "templates.email.default must be a table of fields"),
+        (base(templates={"email": "body"}), "templates.email must be a table of locales"),
         (base(priority="urgent"), "^t: priority: Input should be 'low', 'normal', 'high' or 'critical'$"),
         (base(colour="blue"), "unknown fields"),
         (base(expires_after="3w"), "^t: expires_after '3w' is not a duration like 10s"),
