@@ -235,6 +235,24 @@ def test_json_data_refuses_a_lone_surrogate_and_takes_pairs(text: str, ok: bool)
             make()
 
 
+@pytest.mark.parametrize("depth", [64, 65, 250])
+def test_json_data_nested_deeper_than_the_stores_can_keep_is_refused(depth: int) -> None:
+    """Nested 250 deep is 1.8 KB that `json.loads` reads and pydantic cannot write: a digest holding it
+    stopped the router's commit at every start."""
+    data: object = 1
+    for level in range(depth):
+        data = {"a": data} if level % 2 or level == depth - 1 else [data]
+    text = json.dumps(data)
+    if depth <= 64:
+        assert make(data_json=text).data_json == text
+        assert RecipientUpdated(tenant_id="acme", recipient_id="ada", properties_json=text)
+    else:
+        with pytest.raises(ValidationError, match="nested deeper than 64 levels"):
+            make(data_json=text)
+        with pytest.raises(ValidationError, match="nested deeper than 64 levels"):
+            RecipientUpdated(tenant_id="acme", recipient_id="ada", properties_json=text)
+
+
 def test_avro_int_fields_refuse_what_an_int_cannot_hold() -> None:
     """fastavro writes 2**40 into an `int` field and reads it back; Java's and Go's readers refuse it."""
     from uuid import uuid4
