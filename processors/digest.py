@@ -195,6 +195,14 @@ def requested_ms(items: list[Item]) -> int | None:
     return max((i.requested_ms for i in items if i.requested_ms is not None), default=None)
 
 
+def expiry(items: list[Item]) -> datetime | None:
+    """A digest is worth sending until its last item expires, and for ever if one never does: a digest
+    that quiet hours held past every item's expiry was sent hours late (a code kept 30 minutes, sent in
+    the morning)."""
+    times = [i.expires_at for i in items]
+    return None if any(t is None for t in times) else max(t for t in times if t is not None)
+
+
 def close(
     bucket: Bucket, now: datetime, templated: frozenset[str] | None = None
 ) -> tuple[list[tuple[NotificationRequested, int | None]], list[DeliveryOutcome]]:
@@ -257,6 +265,7 @@ def close(
             data_json=_json({"items": [i.data for i in fits], "count": len(fits)}),
             channels=channels,
             digest_of=[i.notification_id for i in fits],
+            expires_at=expiry(fits),
             source="tidings.digest",
         )
         requests.append((request, requested_ms(fits)))

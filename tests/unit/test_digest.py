@@ -94,6 +94,17 @@ def test_items_that_expired_in_the_window_are_expired_not_digested() -> None:
     assert sorted(o.status for o in outcomes) == ["EXPIRED", "QUEUED"]
 
 
+def test_a_digest_expires_with_its_last_item_and_never_when_one_item_never_does() -> None:
+    soon, later = NOW + timedelta(hours=2), NOW + timedelta(hours=3)
+    bucket, _ = join(None, request(1, expires_at=later), ["email"], NOW + timedelta(hours=1), NOW)
+    bucket, _ = join(bucket, request(2, expires_at=soon), ["email"], NOW, NOW)
+    digest, _ = single(bucket, bucket.due)
+    assert digest is not None and digest.expires_at == later
+    bucket, _ = join(bucket, request(3), ["email"], NOW, NOW)
+    digest, _ = single(bucket, bucket.due)
+    assert digest is not None and digest.expires_at is None
+
+
 def test_a_full_bucket_closes_early_and_a_new_window_opens() -> None:
     bucket: Bucket | None = None
     closed = []
