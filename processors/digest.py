@@ -5,8 +5,9 @@ A bucket collects one recipient's requests of one type for the channels that hav
 The first request opens it; the window ends after the type's `digest.window`, or on the recipient's
 choice for the category: `hourly` (an hour after the first request), `daily` (the next 09:00 in the
 recipient's time zone), `weekly` (the next Monday 09:00); `off` sends every request at once. A bucket
-also closes early when it holds `MAX_ITEMS` requests or `MAX_BYTES` of their data, so a digest stays
-one bounded record. Sizes are counted as the digest writes the data (compact JSON, ASCII with escapes),
+also closes early, when the next request arrives, once it holds `MAX_ITEMS` requests or has no room
+for that request's data in `MAX_BYTES`, so a digest stays one bounded record; a full bucket nothing
+joins goes out at its window's end. Sizes are counted as the digest writes the data (compact JSON, ASCII with escapes),
 not as the requests' text: a character outside ASCII takes up to 12 bytes there. A bucket a previous
 release filled past the request limit digests what fits; each item left over is REJECTED.
 
