@@ -7,9 +7,10 @@ choice for the category: `hourly` (an hour after the first request), `daily` (th
 recipient's time zone), `weekly` (the next Monday 09:00); `off` sends every request at once. A bucket
 also closes early, when the next request arrives, once it holds `MAX_ITEMS` requests or has no room
 for that request's data in `MAX_BYTES`, so a digest stays one bounded record; a full bucket nothing
-joins goes out at its window's end. Sizes are counted as the digest writes the data (compact JSON, ASCII with escapes),
-not as the requests' text: a character outside ASCII takes up to 12 bytes there. A bucket a previous
-release filled past the request limit digests what fits; each item left over is REJECTED.
+joins goes out at its window's end. Sizes are counted as the digest writes the data (compact JSON,
+ASCII with escapes), not as the requests' text: a character outside ASCII takes up to 12 bytes there.
+A bucket a previous release filled past the request limit digests what fits; each item left over is
+REJECTED.
 
 Closing produces a `NotificationRequested` with `digest_of` (the items' ids) and the data
 `{"items": [...each request's data], "count": n}` on `notifications.requested`, keyed like its items:
@@ -134,8 +135,12 @@ def join(
     expires_at: datetime | None = None,
 ) -> tuple[Bucket, Bucket | None]:
     """Add a request to its open bucket, or open one; returns the open bucket and, when the old one
-    had no room left, that one to close now. `expires_at` is the request's expiry as planning saw it
-    (its type's `expires_after` included); the request's own field when not given."""
+        had no room left, that one to close now. `expires_at` is the request's expiry as planning saw it
+        (its type's `expires_after` included); the request's own field when not given. A request already
+    in the bucket is not added again: its dedupe mark lasts a day past the bucket's due time, and a
+    router that lagged longer took a retried request twice."""
+    if bucket is not None and any(i.notification_id == request.notification_id for i in bucket.items):
+        return bucket, None
     size = len(_json(request.data))
     closed = None
     if bucket is not None and (len(bucket.items) >= MAX_ITEMS or bucket.size + size > MAX_BYTES):

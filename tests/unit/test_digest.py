@@ -105,6 +105,15 @@ def test_a_digest_expires_with_its_last_item_and_never_when_one_item_never_does(
     assert digest is not None and digest.expires_at is None
 
 
+def test_a_request_already_in_the_bucket_is_not_added_again() -> None:
+    first = request(1)
+    bucket, _ = join(None, first, ["email"], NOW + timedelta(hours=1), NOW)
+    again, closed = join(bucket, first, ["email"], NOW + timedelta(hours=1), NOW + timedelta(days=2))
+    assert again == bucket and closed is None
+    digest, _ = single(again, again.due)
+    assert digest is not None and json.loads(digest.data_json)["count"] == 1
+
+
 def test_a_full_bucket_closes_early_and_a_new_window_opens() -> None:
     bucket: Bucket | None = None
     closed = []
