@@ -11,7 +11,8 @@ RecipientErased (erasure), or a JSON export read from the projections (access).
   notifications with their deliveries, its in-app items with their content, and an erasure. The newest
   `limit` notifications and items (1,000 by default, at most 10,000), with `truncated` saying whether
   there were more. Push tokens and webhook secrets are left out as in every read. The topics hold the
-  same events until their retention: `tidings replay TOPIC ... --filter recipient_id=R` reads those.
+  same events until their retention: `tidings replay TOPIC ... --filter tenant_id=T --filter
+  recipient_id=R` reads those.
 
 `tidings recipients erase` and `tidings recipients export` do the same from the command line.
 """

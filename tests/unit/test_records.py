@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tidings.cli.io import parse_data
+from tidings.cli.io import notification_id_arg, parse_data
 from tidings.errors import InvalidEvent, KafkaUnavailable
 from tidings.kafka import Incoming
 from tidings.kafka.messages import first_offsets, next_offsets
@@ -89,3 +89,16 @@ def test_log_time_of_any_header_and_timestamp_is_a_time_or_none_never_an_error(
     assert at is None or at.tzinfo is UTC
     if 0 < timestamp <= 253_402_300_799_999:
         assert at is not None
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "0190F3A2-7C1B-7E4D-9A2B-3C4D5E6F7A8B",
+        "0190f3a27c1b7e4d9a2b3c4d5e6f7a8b",
+        "urn:uuid:0190f3a2-7c1b-7e4d-9a2b-3c4d5e6f7a8b",
+    ],
+)
+def test_a_notification_id_argument_is_read_in_canonical_form(given: str) -> None:
+    """`tidings audit` compares the id with the events' ids as text: found nothing for these."""
+    assert notification_id_arg(given) == "0190f3a2-7c1b-7e4d-9a2b-3c4d5e6f7a8b"

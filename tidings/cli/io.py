@@ -100,12 +100,13 @@ def when(at: str | None, after: str | None) -> datetime | None:
 
 
 def notification_id_arg(value: str) -> str:
-    """A notification id argument, refused as a usage error (exit 2) unless it is a UUID."""
+    """A notification id argument, refused as a usage error (exit 2) unless it is a UUID; returned in
+    canonical form (`tidings audit` compares it with the events' ids as text, and found nothing for an
+    id in capitals or without hyphens)."""
     try:
-        UUID(value)
+        return str(UUID(value))
     except ValueError:
         raise typer.BadParameter(f"{value!r} is not a notification id (a UUID)") from None
-    return value
 
 
 def cancel(
