@@ -135,8 +135,8 @@ def join(
     expires_at: datetime | None = None,
 ) -> tuple[Bucket, Bucket | None]:
     """Add a request to its open bucket, or open one; returns the open bucket and, when the old one
-        had no room left, that one to close now. `expires_at` is the request's expiry as planning saw it
-        (its type's `expires_after` included); the request's own field when not given. A request already
+    had no room left, that one to close now. `expires_at` is the request's expiry as planning saw it
+    (its type's `expires_after` included); the request's own field when not given. A request already
     in the bucket is not added again: its dedupe mark lasts a day past the bucket's due time, and a
     router that lagged longer took a retried request twice."""
     if bucket is not None and any(i.notification_id == request.notification_id for i in bucket.items):

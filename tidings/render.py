@@ -103,9 +103,9 @@ class _Environment(ImmutableSandboxedEnvironment):
 
 class _Range(Sequence[int]):
     """A `range()` of a template: at most MAX_RANGE items, and each item taken from it in a loop counts
-        against the render's budget of MAX_RANGE_STEPS, however often the range is walked: counting at the
-        call let `{% set r = range(10000) %}` be walked inside itself, 100 million steps. A slice of it is one
-    too, and walking it backwards (`|reverse`) counts as walking it."""
+    against the render's budget of MAX_RANGE_STEPS, however often the range is walked: counting at the
+    call let `{% set r = range(10000) %}` be walked inside itself, 100 million steps. A slice of it is
+    one too, and walking it backwards (`|reverse`) counts as walking it."""
 
     def __init__(self, r: range) -> None:
         self.r = r
