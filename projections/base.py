@@ -30,7 +30,7 @@ from tidings.codec import default_codec
 from tidings.config import Settings
 from tidings.errors import TidingsError, TopicRecreated, TruncatedRecord, UnknownTopic
 from tidings.events import Event
-from tidings.kafka import EventProducer, Incoming, StoredOffsetsLoop, TopicFollower
+from tidings.kafka import EventProducer, Incoming, StoredOffsetsLoop, TopicFollower, log_ordered
 from tidings.kafka.consumer import unknown_topic
 from tidings.kafka.records import dead_letter
 from tidings.kafka.stored import Batch, RecordBatch
@@ -292,7 +292,8 @@ class Runner:
     def rebuild(
         self, progress: Callable[[int, int], None] = lambda done, total: None, *, drop_lost: bool = False
     ) -> tuple[int, float]:
-        """Truncate and replay from offset 0; returns (records, seconds). HistoryLost, before anything is
+        """Truncate and replay from offset 0, each partition number's records of the sources in log-time
+        order (`log_ordered`); returns (records, seconds). HistoryLost, before anything is
         truncated, when a topic no longer starts at offset 0, unless `drop_lost`: outcomes are kept 30
         days, so a rebuild emptied every older notification's deliveries and timeline without a word.
         The topics' ends are read
@@ -319,17 +320,16 @@ class Runner:
                 cur.execute(f"TRUNCATE {', '.join(self.projection.tables)}".encode())
                 cur.execute("DELETE FROM projection_offsets WHERE projection = %s", (self.projection.name,))
                 cur.execute("DELETE FROM projection_topics WHERE projection = %s", (self.projection.name,))
-            for follower in followers:
-                for batch in follower.batches(self.batch_size):
-                    try:
-                        self.store(batch)
-                    except StaleOffsets as exc:
-                        raise StaleOffsets(
-                            f"another process writes {self.projection.name}: stop `tidings run projection "
-                            f"{self.projection.name}` before rebuilding it, then rebuild again ({exc})"
-                        ) from None
-                    done += len(batch)
-                    progress(done, total)
+            for batch in log_ordered(followers, self.batch_size):
+                try:
+                    self.store(batch)
+                except StaleOffsets as exc:
+                    raise StaleOffsets(
+                        f"another process writes {self.projection.name}: stop `tidings run projection "
+                        f"{self.projection.name}` before rebuilding it, then rebuild again ({exc})"
+                    ) from None
+                done += len(batch)
+                progress(done, total)
         finally:
             for f in followers:
                 f.close()

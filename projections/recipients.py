@@ -1,9 +1,15 @@
-"""Consumes notifications.recipients; produces the recipients table (contacts and preferences, for reads).
+"""Consumes notifications.recipients and notifications.feedback; produces the recipients table (contacts,
+preferences, suppressions and category unsubscribes, for reads).
 
-The state column is the same fold the router keeps (`processors.recipients.fold`), so API reads and
-routing decisions agree; an event the router refuses for the state's size limit (and dead-letters) is
-skipped here too. Near the limit the two can still differ: the router's state also holds what feedback
-adds and removes (suppressions, soft bounces, dead tokens), which this topic does not carry. One topic, keyed by recipient, so each row sees its events in order.
+The state column is the same fold the router keeps (`processors.recipients.fold`) of the same two
+co-partitioned topics, so API reads and routing decisions agree: the suppressions and category
+unsubscribes `GET /v1/recipients/{id}`, the preference centre and the export show are the ones the
+router applies (read from the recipients topic alone, they were always empty). An event the router
+refuses for the state's size limit (and dead-letters) is skipped here too. Both topics are keyed by
+recipient, so each row sees each topic's events in order.
+
+Feedback naming a recipient, dated at or before its erasure, is skipped, as the suppressions
+projection skips it: a bounce reported after the erasure must not bring the erased address back.
 
 A `RecipientErased` deletes the recipient's row and its inbox items requested before the erasure (by
 log time: the record timestamps the router orders requests and erasures by), and notes the erasure in
@@ -22,8 +28,8 @@ from psycopg.types.json import Jsonb
 
 from processors.recipients import RecipientState, fold, oversized
 from projections.base import Cursor, Projection
-from projections.suppressions import forget
-from tidings.events import Event, RecipientErased
+from projections.suppressions import feedback_time, forget
+from tidings.events import Event, ProviderFeedback, RecipientErased
 from tidings.kafka import Incoming
 from tidings.kafka.records import log_time
 
@@ -39,6 +45,10 @@ INSERT INTO erasures AS e (tenant_id, recipient_id, erased_at, reason) VALUES (%
 ON CONFLICT (tenant_id, recipient_id) DO UPDATE SET erased_at = GREATEST(e.erased_at, EXCLUDED.erased_at),
     reason = CASE WHEN EXCLUDED.erased_at >= e.erased_at THEN EXCLUDED.reason ELSE e.reason END
 """
+ERASED = """
+SELECT tenant_id, recipient_id, erased_at FROM erasures
+WHERE (tenant_id, recipient_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
+"""
 FORGET = [
     "DELETE FROM recipients WHERE tenant_id = %(t)s AND recipient_id = %(r)s",
     "DELETE FROM inbox_items WHERE tenant_id = %(t)s AND recipient_id = %(r)s AND requested_at < %(at)s",
@@ -48,7 +58,7 @@ FORGET = [
 class Recipients(Projection):
     name = "recipients"
     tables = ("recipients",)
-    sources = ("recipients",)
+    sources = ("recipients", "feedback")
     by_record = True
 
     def decode_record(self, record: Incoming) -> Any:
@@ -70,6 +80,11 @@ class Recipients(Projection):
             ([k[0] for k in keys], [k[1] for k in keys]),
         ).fetchall():
             states[(tenant, recipient)] = RecipientState.model_validate(state)
+        named = sorted({(e.tenant_id, e.recipient_id) for e in relevant if isinstance(e, ProviderFeedback)})
+        erased = {
+            (t, r): at
+            for t, r, at in cur.execute(ERASED, ([k[0] for k in named], [k[1] for k in named])).fetchall()
+        }
         updated: dict[tuple[str, str], tuple[RecipientState, Any]] = {}
         for e in relevant:
             k = (e.tenant_id, e.recipient_id)  # type: ignore[attr-defined]
@@ -77,6 +92,9 @@ class Recipients(Projection):
                 states.pop(k, None)
                 updated.pop(k, None)
                 erase(cur, e)
+                erased[k] = max(e.occurred_at, erased.get(k, e.occurred_at))
+                continue
+            if isinstance(e, ProviderFeedback) and (at := erased.get(k)) and feedback_time(e) <= at:
                 continue
             folded = fold(states.get(k), e)
             if oversized(states.get(k), folded, e) is not None:

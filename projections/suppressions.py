@@ -139,7 +139,7 @@ class Suppressions(Projection):
         for f in feedback:
             if f.category and f.kind in ("unsubscribe", "resubscribe"):
                 continue
-            if (at := erased.get((f.tenant_id, f.recipient_id or ""))) and _time(f) <= at:
+            if (at := erased.get((f.tenant_id, f.recipient_id or ""))) and feedback_time(f) <= at:
                 if f.kind not in LIFTS:
                     continue
                 f = f.model_copy(update={"recipient_id": None})
@@ -173,7 +173,7 @@ def _address(cur: Cursor, key: tuple[str, str, str], feedback: list[ProviderFeed
     changed: set[str] = {EARLIER} if restoring else set()
     lift: tuple[str, str | None] | None = None
     for f in feedback:
-        at = _time(f)
+        at = feedback_time(f)
         kind: str = f.kind
         if kind == "soft_bounce":
             params = {"tenant": tenant, "channel": channel, "address": address, "at": at}
@@ -238,7 +238,7 @@ def _write(
     )
 
 
-def _time(f: ProviderFeedback) -> datetime:
+def feedback_time(f: ProviderFeedback) -> datetime:
     return f.provider_timestamp or f.occurred_at
 
 

@@ -7,7 +7,14 @@ from aiokafka.errors import KafkaError as AsyncKafkaError
 from confluent_kafka import KafkaException
 
 from tidings.kafka.admin import TopicReport, apply_topics, delete_topics, group_lag, wait_until_ready
-from tidings.kafka.consumer import AtLeastOnceLoop, TopicFollower, end_offsets, read_partition, read_topic
+from tidings.kafka.consumer import (
+    AtLeastOnceLoop,
+    TopicFollower,
+    end_offsets,
+    log_ordered,
+    read_partition,
+    read_topic,
+)
 from tidings.kafka.producer import EventProducer
 from tidings.kafka.records import Handler, Incoming, Output, PoisonHandler
 from tidings.kafka.stored import StoredOffsetsLoop
@@ -36,6 +43,7 @@ __all__ = [
     "delete_topics",
     "end_offsets",
     "group_lag",
+    "log_ordered",
     "read_partition",
     "read_topic",
     "wait_until_ready",

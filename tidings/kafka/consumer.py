@@ -8,6 +8,8 @@ failed record and retries it after a back-off, so nothing after it is committed 
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
 import time
@@ -280,26 +282,38 @@ class TopicFollower:
         retention or deleted records."""
         return sum(self._start(p) for p in self.partitions)
 
-    def batches(self, size: int = 500, timeout: float = 60.0) -> Iterator[list[Incoming]]:
-        """Batches up to the topic's end as of the call; `timeout` bounds a stretch without progress.
+    def batches(
+        self, size: int = 500, timeout: float = 60.0, partitions: Sequence[int] | None = None
+    ) -> Iterator[list[Incoming]]:
+        """Batches up to the topic's end as of the call; `timeout` bounds a stretch without progress
+        while the caller reads (not while it holds the iterator between batches). `partitions` reads
+        those alone, from their start.
 
         A partition retention emptied (start == end > 0: a quiet partition of a topic kept 30 days)
         has nothing to read, and its position stays unset (librdkafka reports no position before a
         record is consumed): waiting for it to reach the end stalled `tidings audit`, `replay`, `dlq`
         and `projections rebuild` for the whole timeout, then failed them."""
-        ends = {p: high_watermark(self.consumer, TopicPartition(self.topic, p)) for p in self.partitions}
-        empty = {p for p in self.partitions if self._start(p) >= ends[p]}
+        chosen = self.partitions if partitions is None else sorted(partitions)
+        if partitions is not None:
+            self.consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in chosen])
+        ends = {p: high_watermark(self.consumer, TopicPartition(self.topic, p)) for p in chosen}
+        empty = {p for p in chosen if self._start(p) >= ends[p]}
         deadline = time.monotonic() + timeout
         while True:
             got = self.poll(size, timeout=0.2)
             if got:
-                deadline = time.monotonic() + timeout
                 yield got
-            positions = self.consumer.position([TopicPartition(self.topic, p) for p in self.partitions])
+                deadline = time.monotonic() + timeout
+            positions = self.consumer.position([TopicPartition(self.topic, p) for p in chosen])
             if all(tp.offset >= ends[tp.partition] or tp.partition in empty for tp in positions):
                 return
             if time.monotonic() > deadline:
                 raise KafkaUnavailable(f"{self.topic} not read to its end: no progress for {timeout:.0f}s")
+
+    def records(self, partition: int, size: int = 500) -> Iterator[Incoming]:
+        """One partition's records from its start to its end as of the call."""
+        for batch in self.batches(size, partitions=[partition]):
+            yield from batch
 
     def _start(self, partition: int) -> int:
         low, _ = self.consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=10)
@@ -310,3 +324,18 @@ class TopicFollower:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+def log_ordered(followers: Sequence[TopicFollower], size: int = 500) -> Iterator[list[Incoming]]:
+    """The followers' topics to their ends as of the call, in batches of at most `size`, partition
+    number by partition number: the co-partitioned records of one number merged by timestamp, the
+    followers' order breaking ties, as the router's `Aligner` releases them. A projection rebuilt from
+    two topics (recipients and feedback) then folds each key's events in the order the router did;
+    read one topic after the other, an address set again after a bounce to it came back suppressed.
+    Each topic's own order is kept, whatever its timestamps."""
+    rank = {f.topic: i for i, f in enumerate(followers)}
+    for number in sorted({p for f in followers for p in f.partitions}):
+        streams = [f.records(number, size) for f in followers if number in f.partitions]
+        merged = heapq.merge(*streams, key=lambda r: (r.timestamp_ms, rank[r.topic]))
+        while batch := list(itertools.islice(merged, size)):
+            yield batch
