@@ -332,15 +332,15 @@ class Lanes(CommandHandling):
 
     def _due(self, record: Incoming) -> float | None:
         """When a retry comes due (epoch seconds), at most the longest tier after the record was written:
-        a header no number can be read from is due now, and one far ahead (a writer's clock years off)
-        would otherwise hold its partition for good. The command is good either way; only the wait is
-        not."""
+        a header no number can be read from (or none a float holds) is due now, and one far ahead (a
+        writer's clock years off) would otherwise hold its partition for good. The command is good
+        either way; only the wait is not."""
         due = record.header(DUE)
         if due is None:
             return None
         try:
             at = int(due) / 1000
-        except ValueError:
+        except (ValueError, OverflowError):
             log.warning("%s[%d]@%d: unreadable due %r", record.topic, record.partition, record.offset, due)
             return None
         if not record.timestamp_ms or not self.tiers:

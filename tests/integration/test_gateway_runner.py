@@ -561,15 +561,20 @@ def test_a_retry_whose_due_cannot_be_read_or_is_years_out_is_sent_not_a_crash_or
 
     async def scenario() -> None:
         app_runner, base = await serve(handler)
-        unreadable, far = commands(f"{base}/hook", 2)
-        for command, due in ((unreadable, b"1.7e12"), (far, b"32503680000000")):
+        unreadable, far, overflowing, long = commands(f"{base}/hook", 4)
+        for command, due in (
+            (unreadable, b"1.7e12"),
+            (far, b"32503680000000"),
+            (overflowing, b"1" + b"0" * 400),
+            (long, b"9" * 5000),
+        ):
             produce_due(s, names(s).retry("webhook", "1s"), command, due)
         await runner(s, concurrency=1).run(idle_exit_after=5)
         await app_runner.cleanup()
 
     asyncio.run(scenario())
-    assert len(hits) == 2
-    assert [o.status for o in outcomes(s)] == ["SENT", "SENT"]
+    assert len(hits) == 4, "a due no float holds stopped the gateway at every start"
+    assert [o.status for o in outcomes(s)] == ["SENT"] * 4
 
 
 def test_redis_refusing_writes_when_full_pauses_the_gateway_instead_of_stopping_it(

@@ -42,6 +42,9 @@ digest of earlier requests, a dead letter replayed. `log_time` prefers it to the
 
 MAX_LOG_MS = 253_402_300_799_999
 """The last millisecond of year 9999, the last a datetime holds."""
+LOG_MS_DIGITS = len(str(MAX_LOG_MS))
+"""Longer headers are not read: `int()` refuses over 4,300 digits, and an erasure whose header held
+5,000 nines was dead-lettered instead of dated by its record."""
 
 
 def log_time(record: Incoming) -> datetime | None:
@@ -51,7 +54,8 @@ def log_time(record: Incoming) -> datetime | None:
     record has no timestamp, or none a datetime can hold (a producer sets both: a header of year 10,000
     crash-looped the recipients projection on an erasure)."""
     stated = record.header(REQUESTED_AT)
-    ms = int(stated) if stated is not None and stated.isascii() and stated.isdigit() else None
+    readable = stated is not None and stated.isascii() and stated.isdigit() and len(stated) <= LOG_MS_DIGITS
+    ms = int(stated) if readable and stated is not None else None
     if ms is None or not 0 < ms <= MAX_LOG_MS:
         ms = record.timestamp_ms
     if not 0 < ms <= MAX_LOG_MS:
