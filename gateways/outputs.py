@@ -16,6 +16,7 @@ from tidings.events import DeliveryCommand, DeliveryOutcome, FeedbackKind, Outco
 from tidings.ids import outcome_id
 from tidings.kafka import Output
 from tidings.topics import Names
+from tidings.vocabulary import INT32_MAX
 
 DUE = "tidings.due"
 REPORTED: dict[FeedbackKind, tuple[OutcomeStatus, str]] = {
@@ -46,12 +47,19 @@ def outcome(
     **fields: Any,
 ) -> Output:
     """Provider text (a reason, a detail, a message id) is made `printable`: a mark written before it
-    was, or text from a provider's JSON `\\ud800` escape, would otherwise fail this outcome forever."""
+    was, or text from a provider's JSON `\\ud800` escape, would otherwise fail this outcome forever. The
+    outcome counts attempts from 1, at most INT32_MAX: a command of attempt INT32_MAX (produced to a
+    lane directly) was sent, and then its outcome failed validation at every start of the gateway."""
     attempt = command.attempt if attempt is None else attempt
     reason = None if reason is None else printable(reason)
     fields = {k: printable(v) if isinstance(v, str) else v for k, v in fields.items()}
     event = DeliveryOutcome.of_command(
-        command, status, reason, id_reason=f"{reason}/{attempt}", attempt=attempt + 1, **fields
+        command,
+        status,
+        reason,
+        id_reason=f"{reason}/{attempt}",
+        attempt=min(attempt + 1, INT32_MAX),
+        **fields,
     )
     return Output.event(names.outcomes, event)
 

@@ -5,8 +5,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gateways.outputs import reported_outcome
-from tidings.events import ProviderFeedback
+from gateways.outputs import outcome, reported_outcome
+from tidings.codec import default_codec
+from tidings.events import DeliveryCommand, DeliveryOutcome, ProviderFeedback, RenderedContent
+from tidings.topics import Names
+from tidings.vocabulary import INT32_MAX
 
 DELIVERY, NOTIFICATION = uuid.uuid4(), uuid.uuid4()
 AT = datetime(2026, 11, 25, 17, 0, tzinfo=UTC)
@@ -59,3 +62,24 @@ def test_reports_that_imply_no_status_yield_nothing(kind: str) -> None:
 def test_a_report_without_our_ids_yields_nothing() -> None:
     assert reported_outcome(report("delivered", delivery_id=None)) is None
     assert reported_outcome(report("hard_bounce", notification_id=None)) is None
+
+
+def test_the_outcome_of_a_command_at_the_last_attempt_number_is_valid() -> None:
+    """Outcomes count attempts from 1: a command of attempt INT32_MAX was sent, and its outcome then
+    failed validation at every start of the gateway."""
+    command = DeliveryCommand(
+        tenant_id="acme",
+        delivery_id=DELIVERY,
+        notification_id=NOTIFICATION,
+        recipient_id="ada",
+        notification_type="order.shipped",
+        channel="email",
+        priority="normal",
+        address="a@example.com",
+        content=RenderedContent(subject="s", body="b"),
+        attempt=INT32_MAX,
+    )
+    for status, reason in (("SENT", None), ("FAILED", "bounced")):
+        out = outcome(Names(), command, status, reason)  # type: ignore[arg-type]
+        decoded = default_codec().decode(out.value)
+        assert isinstance(decoded, DeliveryOutcome) and decoded.attempt == INT32_MAX

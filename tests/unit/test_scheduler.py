@@ -46,6 +46,14 @@ def test_timer_keys_sort_by_due_time_and_the_due_ones_are_a_prefix(offsets_ms: l
     assert all(d > now for d in dues[len(due) :])
 
 
+def test_a_timer_due_after_year_2286_is_not_due_now() -> None:
+    """Its key had 14 digits and sorted before every 13-digit one: it fired at once."""
+    far = command(datetime(2300, 1, 1, tzinfo=UTC))
+    now = int(datetime(2026, 11, 28, tzinfo=UTC).timestamp() * 1000)
+    assert not timer_key(far) <= due_bound(now)
+    assert timer_key(far) > timer_key(command(datetime(2286, 1, 1, tzinfo=UTC)))
+
+
 def test_release_picks_the_lane_and_says_queued() -> None:
     normal, critical = command(EPOCH), command(EPOCH, priority="critical")
     [out, queued] = release(N, normal, EPOCH.timestamp())
