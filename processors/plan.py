@@ -242,11 +242,16 @@ def checked(request: NotificationRequested, rules: Rules) -> Conditions | None:
 def expiry(request: NotificationRequested, t: NotificationTypePublished) -> datetime | None:
     """When a request stops being worth sending: its own `expires_at`, else its type's `expires_after`
     from when it is due (its `scheduled_at`, else when it was requested). From the request alone, a
-    type kept 30 minutes could not be scheduled further ahead: every scheduled send EXPIRED at once."""
+    type kept 30 minutes could not be scheduled further ahead: every scheduled send EXPIRED at once.
+    An `expires_after` past the last date a datetime holds is no expiry: every request of such a type
+    was REJECTED (date value out of range)."""
     if request.expires_at is not None or not t.expires_after_seconds:
         return request.expires_at
     due = max(request.occurred_at, request.scheduled_at or request.occurred_at)
-    return due + timedelta(seconds=t.expires_after_seconds)
+    try:
+        return due + timedelta(seconds=t.expires_after_seconds)
+    except OverflowError:
+        return None
 
 
 def plan(

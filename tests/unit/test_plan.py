@@ -280,6 +280,12 @@ def test_a_types_expiry_counts_from_when_a_scheduled_request_is_due() -> None:
     assert {o.channel for o in night.outcomes if o.status == "EXPIRED"} == {"push", "sms"}
 
 
+def test_a_type_kept_longer_than_a_date_can_hold_never_expires() -> None:
+    """Every request of a type published with `expires_after = "100000000d"` was REJECTED."""
+    p = plan(request(channels=["email"]), recipient(), catalog(expires_after="100000000d"), NOW)
+    assert [o.status for o in p.outcomes] == ["QUEUED"] and p.commands[0].expires_at is None
+
+
 def test_scheduled_at_defers_every_channel() -> None:
     at = NOW + timedelta(hours=3)
     p = plan(request(scheduled_at=at), recipient(), catalog(), NOW)
