@@ -152,7 +152,7 @@ def reported_outcome(report: ProviderFeedback) -> DeliveryOutcome | None:
         reason,
         channel=report.channel,
         delivery_id=report.delivery_id,
-        occurred_at=report.provider_timestamp or report.occurred_at,
+        occurred_at=report.at,
         tenant_id=report.tenant_id,
         recipient_id=report.recipient_id,
         provider=report.provider,

@@ -282,7 +282,7 @@ def _feedback(state: RecipientState, event: ProviderFeedback) -> RecipientState:
     that followed it) changes nothing, and at the same instant suppressing wins. A category's
     resubscribe lifts that category's unsubscribe only, not the address's complaint or bounce."""
     key = address_key(event.channel, event.address)
-    at = event.provider_timestamp or event.occurred_at
+    at = event.at
     suppressions = dict(state.suppressions)
     update: dict[str, Any] = {}
     suppress: Suppression | None = None

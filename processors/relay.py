@@ -236,7 +236,7 @@ def disabled(
     current = destinations.get(feedback.tenant_id, recipient.removeprefix(RELAY_RECIPIENT))
     if current is None or not current.enabled or current.url != feedback.address:
         return None
-    if current.occurred_at > (feedback.provider_timestamp or feedback.occurred_at):
+    if current.occurred_at > feedback.at:
         return None
     update = {
         "event_id": uuid5(feedback.event_id, "destination-disabled"),

@@ -79,5 +79,5 @@ class Devices(Projection):
             elif isinstance(e, ProviderFeedback) and e.kind == "token_invalid":
                 cur.execute(
                     INVALIDATE,
-                    {"tenant": e.tenant_id, "token": e.address, "at": e.provider_timestamp or e.occurred_at},
+                    {"tenant": e.tenant_id, "token": e.address, "at": e.at},
                 )

@@ -239,7 +239,7 @@ def _write(
 
 
 def feedback_time(f: ProviderFeedback) -> datetime:
-    return f.provider_timestamp or f.occurred_at
+    return f.at
 
 
 def forget(cur: Cursor, tenant: str, recipient: str, erased_at: datetime) -> None:

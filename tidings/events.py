@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar
 from uuid import UUID
 
@@ -111,6 +111,9 @@ __all__ = [
     "utcnow",
     "validated",
 ]
+
+
+UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class NotificationRequested(Event):
@@ -303,6 +306,18 @@ class ProviderFeedback(Event):
     provider_timestamp: Millis | None = None
     category: str | None = None
     detail: str | None = None
+
+    @property
+    def at(self) -> datetime:
+        """When the feedback happened, by which suppressions fold it: the provider's time, unless that
+        is before 1970 or over a day after we received it (a provider clock gone wrong, or a callback
+        dated 9999-12-31): then when we received it. The folds add and subtract windows and a
+        millisecond to it; at the ends of the calendar that overflowed, and every later change to the
+        recipient's address was dead-lettered."""
+        stated = self.provider_timestamp
+        if stated is None or stated < UNIX_EPOCH or stated - self.occurred_at > timedelta(days=1):
+            return self.occurred_at
+        return stated
 
 
 class _AudienceEvent(Event):

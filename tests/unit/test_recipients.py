@@ -218,3 +218,20 @@ def test_a_state_full_of_properties_still_takes_a_complaint_and_an_opt_out() -> 
         folded = fold(state, event)
         assert state_bytes(folded) > MAX_STATE_BYTES and oversized(state, folded, event) is None, event
     assert oversized(state, fold(state, more), more) == (state_bytes(fold(state, more)), MAX_STATE_BYTES)
+
+
+def test_feedback_dated_at_the_ends_of_the_calendar_is_dated_when_received() -> None:
+    """A bounce stated 9999-12-31T23:59:59.999 made every later change of the address overflow (and be
+    dead-lettered), and a soft bounce stated in year 1 overflowed its window."""
+    last = datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
+    first = datetime(1, 1, 1, tzinfo=UTC)
+    s = replay(
+        RecipientUpdated(tenant_id="t", recipient_id="r", email="a@x.io"),
+        fb("hard_bounce", provider_timestamp=last),
+        fb("soft_bounce", address="b@x.io", provider_timestamp=first),
+        RecipientUpdated(tenant_id="t", recipient_id="r", email="b@x.io"),
+        RecipientUpdated(tenant_id="t", recipient_id="r", email="a@x.io"),
+    )
+    assert s.email == "a@x.io" and s.suppressions == {}
+    assert fb("hard_bounce", provider_timestamp=last).at == T0
+    assert fb("hard_bounce", provider_timestamp=T0 - timedelta(days=3)).at == T0 - timedelta(days=3)
