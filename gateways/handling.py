@@ -34,9 +34,9 @@ from gateways.limits import Circuits, TokenBucket
 from gateways.marks import REDIS_DOWN, Marks, mark_ref
 from gateways.outputs import from_mark
 from gateways.settings import GatewaySettings
-from processors.relay import RELAY_RECIPIENT as DESTINATION_RECIPIENT
 from tidings.codec import default_codec
 from tidings.errors import CodecError, InvalidEvent
+from tidings.events import RELAY_RECIPIENT as DESTINATION_RECIPIENT
 from tidings.events import DeliveryCommand, RecipientErased
 from tidings.kafka import Incoming, Output
 from tidings.kafka.records import dead_letter

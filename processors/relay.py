@@ -46,6 +46,7 @@ from tidings.codec import Codec, default_codec
 from tidings.config import Settings
 from tidings.errors import InvalidEvent
 from tidings.events import (
+    RELAY_RECIPIENT,
     DeliveryCommand,
     DeliveryOutcome,
     DestinationRemoved,
@@ -71,7 +72,6 @@ from tidings.topics import names
 
 log = logging.getLogger(__name__)
 GROUP = "tidings.relay"
-RELAY_RECIPIENT = "tidings:destination:"
 OUTCOME_TYPE = "tidings.outcome"
 MAX_AGE = timedelta(days=1)
 ENGAGEMENTS: dict[type[Event], EngagementKind] = {

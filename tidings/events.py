@@ -364,8 +364,14 @@ class BroadcastCancelled(_AudienceEvent):
     reason: str | None = None
 
 
+RELAY_RECIPIENT = "tidings:destination:"
+"""The recipient id of the relay's webhook deliveries to a destination is this and the destination id."""
+
+
 class _DestinationEvent(Event):
-    destination_id: Identifier
+    destination_id: Identifier = Field(max_length=MAX_ID_LENGTH - len(RELAY_RECIPIENT))
+    """At most 236 characters, so the relay's recipient id for it is an identifier: a longer one was
+    taken, and every outcome for the tenant was then dead-lettered, its other destinations' too."""
 
     @property
     def key(self) -> str:

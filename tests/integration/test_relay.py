@@ -11,12 +11,12 @@ from standardwebhooks import Webhook
 
 from gateways.runner import GatewayRunner
 from gateways.webhook.standard import StandardWebhook, WebhookSettings
-from processors.relay import RELAY_RECIPIENT, Relay
+from processors.relay import Relay
 from tests.integration.test_api import GLOBEX, call, serving
 from tests.integration.test_router import commands, decoded, publish_catalog, run_router
 from tidings.client import Client
 from tidings.config import Settings
-from tidings.events import DestinationUpdated, InboxItemMarkedUnread, InboxItemRead
+from tidings.events import RELAY_RECIPIENT, DestinationUpdated, InboxItemMarkedUnread, InboxItemRead
 from tidings.topics import names
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

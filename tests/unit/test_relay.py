@@ -5,8 +5,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from processors.relay import RELAY_RECIPIENT, Destinations, disabled, relay, relay_engagement
+import pytest
+from pydantic import ValidationError
+
+from processors.relay import Destinations, disabled, relay, relay_engagement
 from tidings.events import (
+    RELAY_RECIPIENT,
     DeliveryOutcome,
     DestinationRemoved,
     DestinationUpdated,
@@ -60,6 +64,16 @@ def test_an_outcome_goes_to_each_enabled_destination_of_its_tenant_that_wants_it
         "https://hooks.example.com/all",
         "https://hooks.example.com/failures",
     ]
+
+
+def test_a_destination_id_whose_relay_recipient_is_no_identifier_is_refused() -> None:
+    """At 237 characters the relay's recipient id (`tidings:destination:<id>`) passes 256: the
+    destination was taken, and every outcome of the tenant was then dead-lettered."""
+    longest = destination("d" * 236)
+    [command] = relay(outcome(), table(longest), NOW)
+    assert command.recipient_id == RELAY_RECIPIENT + "d" * 236
+    with pytest.raises(ValidationError):
+        destination("d" * 237)
 
 
 def test_the_command_is_a_signed_webhook_of_the_outcome_with_derived_ids() -> None:
