@@ -23,8 +23,9 @@ Quiet hours do not hold email, in-app or webhooks, which do not interrupt anyone
 
 A channel with an escalation step is deferred by its `after` and carries `unless`, so the scheduler
 drops it if the notification is engaged with first. A channel with a digest template is not sent but
-listed in `Plan.digested` (non-critical types, no future `scheduled_at`, data up to `DIGEST_ITEM_BYTES`,
-unless the recipient turned the category's digest off); the router collects it (`processors/digest.py`).
+listed in `Plan.digested` (non-critical types, no future `scheduled_at`, data up to `DIGEST_ITEM_BYTES`
+and `DIGEST_ITEM_DEPTH`, unless the recipient turned the category's digest off); the router collects it
+(`processors/digest.py`).
 A digest request (`digest_of` set) renders with the digest templates and is never digested again.
 """
 
@@ -66,13 +67,26 @@ from tidings.events import (
 from tidings.ids import command_id, delivery_id
 from tidings.kafka.records import Incoming, table_events
 from tidings.render import RenderError, holds, render
-from tidings.vocabulary import MAX_SCHEDULE_AHEAD, check_overrides
+from tidings.vocabulary import MAX_JSON_DEPTH, MAX_SCHEDULE_AHEAD, check_overrides, json_depth
 
 log = logging.getLogger(__name__)
 
 INTERRUPTING = frozenset({"push", "sms"})
 DIGEST_ITEM_BYTES = 8 * 1024
 """A request with more data than this is not digested: it is sent on its own."""
+DIGEST_ITEM_DEPTH = MAX_JSON_DEPTH - 2
+"""Nor one nested deeper than this: the digest's data holds each item two levels down (`{"items":
+[...]}`), and one item nested 63 deep made the whole digest too deep, every item in it REJECTED."""
+
+
+def digestible(request: NotificationRequested) -> bool:
+    text = request.data_json
+    if len(text) > DIGEST_ITEM_BYTES:
+        return False
+    return (
+        text.count("{") + text.count("[") <= DIGEST_ITEM_DEPTH
+        or json_depth(request.data) <= DIGEST_ITEM_DEPTH
+    )
 
 
 @dataclass(frozen=True)
@@ -326,7 +340,7 @@ def plan(
             rules.digest is not None
             and not t.critical
             and scheduled is None
-            and len(request.data_json) <= DIGEST_ITEM_BYTES
+            and digestible(request)
             and state.digest.get(t.category) != "off"
         ):
             digest = frozenset(rules.digest.templates)

@@ -157,7 +157,8 @@ request nested 250 deep (1.8 KB, valid to `json.loads`) stopped the router's com
 its restore, at every start."""
 
 
-def _depth(value: Any) -> int:
+def json_depth(value: Any) -> int:
+    """How deep JSON data nests: 1 for `{}`, 2 for `{"a": []}`."""
     deepest, level = 0, [(value, 1)]
     while level:
         item, depth = level.pop()
@@ -176,7 +177,7 @@ def json_object(value: str) -> str:
         raise ValueError(f"not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):
         raise ValueError("must be a JSON object")
-    if value.count("{") + value.count("[") > MAX_JSON_DEPTH and _depth(parsed) > MAX_JSON_DEPTH:
+    if value.count("{") + value.count("[") > MAX_JSON_DEPTH and json_depth(parsed) > MAX_JSON_DEPTH:
         raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
     if SURROGATE_ESCAPE.search(value):
         try:

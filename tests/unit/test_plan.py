@@ -574,6 +574,13 @@ def test_digested_channels_are_listed_not_sent() -> None:
     assert not [o for o in p.outcomes if o.channel == "email"]
 
 
+def nested(levels: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
 @pytest.mark.parametrize(
     "type_changes,request_changes,state_changes",
     [
@@ -581,8 +588,9 @@ def test_digested_channels_are_listed_not_sent() -> None:
         ({}, {"scheduled_at": NOW + timedelta(hours=2)}, {}),
         ({}, {}, {"digest": {"orders": "off"}}),
         ({}, {"data_json": json.dumps({"order": "A-1", "blob": "x" * 9000})}, {}),
+        ({}, {"data_json": json.dumps({"order": "A-1", "n": nested(62)})}, {}),
     ],
-    ids=["critical", "scheduled", "recipient-off", "too-big"],
+    ids=["critical", "scheduled", "recipient-off", "too-big", "too-deep-for-the-digest-data"],
 )
 def test_requests_that_are_not_digested(
     type_changes: dict[str, Any], request_changes: dict[str, Any], state_changes: dict[str, Any]
