@@ -442,7 +442,7 @@ def mount(
         Operation("DELETE", DEVICE, delete_device, "Remove a push device", None, 202),
         Operation("PUT", WEBHOOK, put_webhook, "Create or change a webhook endpoint", WebhookBody, 202),
         Operation("DELETE", WEBHOOK, delete_webhook, "Remove a webhook endpoint", None, 202),
-        *broadcasts_api.operations(produce, accepted, header_key, rows),
+        *broadcasts_api.operations(produce, accepted, header_key, rows, same_request),
         *destinations_api.operations(produce, accepted),
         *privacy_api.operations(
             settings, produce, accepted, rows, recipient_id, lambda r: r.app[REPORTS_POOL].connection()

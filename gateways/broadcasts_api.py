@@ -6,8 +6,10 @@ Routes of the server-side API (`gateways/api.py` mounts them, with its authentic
   produced as events of at most 1,000 members, adds before removes, in one acknowledged write.
 - `POST /v1/broadcasts`: one notification to every current member of `audience`; 202 with the
   broadcast id. Idempotent like `POST /v1/notifications`: an `Idempotency-Key` (header or body) derives
-  the id, and the audience processor ignores a broadcast id it has seen (30 days). Each member's
-  notification id is uuid5(broadcast id, recipient), readable with `GET /v1/notifications/{id}`.
+  the id, and the audience processor ignores a broadcast id it has seen (30 days); a key first used for
+  another broadcast is 422 `Idempotency-Key reused` (it was 202, and the new broadcast was dropped).
+  Each member's notification id is uuid5(broadcast id, recipient), readable with
+  `GET /v1/notifications/{id}`.
 - `GET /v1/audiences/{audience}`: its size now; `GET /v1/audiences/{audience}/members?limit=100&after=`:
   its members by recipient id, a page at a time; `GET /v1/broadcasts/{broadcast_id}`: the broadcast,
   the number of members it covered, its cancellation, and `delivery`: its member notifications by
@@ -42,6 +44,7 @@ from tidings.events import BroadcastCancelled, Event, Identifier, validated
 Produce = Callable[..., Awaitable[None]]
 Accept = Callable[..., web.Response]
 Rows = Callable[..., Awaitable[list[dict[str, Any]]]]
+SameRequest = Callable[[str, str, str | None, Any], Awaitable[None]]
 BROADCAST = """
 SELECT * FROM broadcasts WHERE tenant_id = %s AND broadcast_id = %s
 ORDER BY requested_at IS NULL, requested_at, audience_id LIMIT 1
@@ -57,7 +60,11 @@ WHERE tenant_id = %s AND audience_id = %s AND recipient_id > %s ORDER BY recipie
 
 
 def operations(
-    produce: Produce, accepted: Accept, header_key: Callable[[web.Request], str | None], rows: Rows
+    produce: Produce,
+    accepted: Accept,
+    header_key: Callable[[web.Request], str | None],
+    rows: Rows,
+    same_request: SameRequest,
 ) -> list[Operation]:
     async def audience_members(request: web.Request, tenant: str) -> web.Response:
         b = await body(request, MembersBody)
@@ -77,6 +84,12 @@ def operations(
             raise Problem(problem(422, "Two different idempotency keys", "header and body disagree"))
         fields: dict[str, Any] = b.model_dump(exclude={"idempotency_key"})
         event = broadcast_request(tenant=tenant, idempotency_key=b.idempotency_key or key, **fields)
+        await same_request(
+            tenant,
+            "broadcast",
+            b.idempotency_key or key,
+            b.model_dump(mode="json", exclude={"idempotency_key"}),
+        )
         await produce(request, event)
         return accepted(broadcast_id=event.broadcast_id)
 

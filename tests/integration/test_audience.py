@@ -60,11 +60,14 @@ def test_a_posted_broadcast_reaches_every_member_once_and_the_router_plans_each(
             key = {"Idempotency-Key": "launch-1"}
             first = await call(http, "POST", f"{base}/v1/broadcasts", json=shipped, headers=key)
             again = await call(http, "POST", f"{base}/v1/broadcasts", json=shipped, headers=key)
+            other = shipped | {"data": {"order": "A-2", "carrier": "DHL"}}
+            reused = await call(http, "POST", f"{base}/v1/broadcasts", json=other, headers=key)
             empty = await call(http, "POST", url, json={})
-            return [joined, left, first, again, empty]
+            return [joined, left, first, again, reused, empty]
 
-    joined, left, first, again, empty = asyncio.run(serving(s, scenario))
+    joined, left, first, again, reused, empty = asyncio.run(serving(s, scenario))
     assert (joined[0], left[0], first[0], again[0], empty[0]) == (202, 202, 202, 202, 422)
+    assert (reused[0], reused[1]["title"]) == (422, "Idempotency-Key reused"), "the new broadcast was dropped"
     assert len(joined[1]["event_ids"]) == 3
     bid = UUID(first[1]["broadcast_id"])
     assert again[1]["broadcast_id"] == str(bid)
