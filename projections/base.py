@@ -134,6 +134,7 @@ class Runner:
         self.conn: Connection = connect(self.settings.postgres_dsn)
         self.producer = EventProducer(self.settings)
         self.dlq = names(self.settings).dlq
+        self.dead_letters = 0
         self.group = f"{self.settings.topic_prefix}tidings.projection.{self.projection.name}"
 
     @contextmanager
@@ -204,6 +205,7 @@ class Runner:
             self.producer.produce(letter)
         if letters:
             self.producer.flush()
+            self.dead_letters += len(letters)
 
     def write(self, prepared: Prepared) -> None:
         try:
@@ -284,10 +286,10 @@ class Runner:
 
     def samples(self) -> list[Sample]:
         loop = getattr(self, "_loop", None)
-        committed = Sample(
-            "records_committed", loop.handled if loop else 0, labels={"projection": self.projection.name}
-        )
-        return [committed, *lag_samples(loop.lag if loop else {})]
+        labels = {"projection": self.projection.name}
+        committed = Sample("records_committed", loop.handled if loop else 0, labels=labels)
+        dead = Sample("dead_letters", self.dead_letters, labels=labels)
+        return [committed, dead, *lag_samples(loop.lag if loop else {})]
 
     def rebuild(
         self, progress: Callable[[int, int], None] = lambda done, total: None, *, drop_lost: bool = False

@@ -65,3 +65,5 @@ def test_any_decoding_error_is_the_records_dead_letter_not_a_stopped_projection(
     assert rows(s, "SELECT recipient_id FROM recipients ORDER BY 1") == [("ada",), ("bob",)]
     letters = [header_map(r.headers) for r in read_all(s, names(s).dlq)]
     assert [h["tidings.error.type"] for h in letters] == ["KeyError"]
+    counted = {x.name: x.value for x in runner.samples() if x.labels == {"projection": "recipients"}}
+    assert counted["dead_letters"] == 1, "the dead-letter alert never fired for a projection"
