@@ -261,7 +261,7 @@ def run_gateway(
     asyncio.run(main())
 
 
-@run_app.command("api", help="The same as `tidings run edge` (the name docs/DESIGN use for it).")
+@run_app.command("api", help="The same as `tidings run edge` (the name the design brief uses for it).")
 @run_app.command("edge")
 def run_edge(
     port: int | None = typer.Option(None, "--port", help="Default: TIDINGS_EDGE_PORT or 8080."),
