@@ -8,7 +8,7 @@ from tidings.cli.io import notification_id_arg, parse_data
 from tidings.errors import InvalidEvent, KafkaUnavailable
 from tidings.kafka import Incoming
 from tidings.kafka.messages import first_offsets, next_offsets
-from tidings.kafka.records import REQUESTED_AT, dead_letter, header_map, log_time
+from tidings.kafka.records import REQUESTED_AT, dead_letter, header_map, log_time, size_checked
 from tidings.topics import DLQ
 from tidings.tracing import child_traceparent, new_traceparent
 
@@ -107,3 +107,20 @@ def test_log_time_of_any_header_and_timestamp_is_a_time_or_none_never_an_error(
 def test_a_notification_id_argument_is_read_in_canonical_form(given: str) -> None:
     """`tidings audit` compares the id with the events' ids as text: found nothing for these."""
     assert notification_id_arg(given) == "0190f3a2-7c1b-7e4d-9a2b-3c4d5e6f7a8b"
+
+
+def test_a_dead_letter_too_large_to_produce_leaves_the_value_out_and_says_where_it_is() -> None:
+    """Copied whole with the error headers, a record near the size limit failed `produce()`, and the
+    consumer stopped on it at every restart."""
+    record = Incoming("notifications.requested", 1, 7, b"acme/u1", b"x" * 999_000, [("h", b"y" * 5000)], 99)
+    out = dead_letter(record, InvalidEvent("bad"), "router")
+    headers = header_map(out.headers)
+    assert out.value is None and "h" not in headers and out.key == b"acme/u1"
+    assert (headers["tidings.dlq.value_left_out"], headers["tidings.replayable"]) == ("true", "false")
+    assert (headers["tidings.source.topic"], headers["tidings.source.offset"]) == (
+        "notifications.requested",
+        "7",
+    )
+    assert size_checked([out]) == [out]
+    small = dead_letter(Incoming("t", 0, 1, b"k", b"v" * 990_000, [], 99), InvalidEvent("bad"), "g")
+    assert small.value == b"v" * 990_000

@@ -35,6 +35,12 @@ REPLAYABLE = "tidings.replayable"
 `tidings dlq replay` leaves it, where re-injecting it wrote that value into the topic."""
 
 
+VALUE_LEFT_OUT = "tidings.dlq.value_left_out"
+"""`true` on a dead letter of a record too large to copy with the error headers (its value, its
+headers and most of its key left out): read it at its source topic, partition and offset. Copied,
+it failed `produce()` and the consumer stopped on the record at every restart."""
+
+
 REQUESTED_AT = "tidings.requested_at"
 """Header: the log time (epoch ms) a request counts as made at, where its record was written later: a
 digest of earlier requests, a dead letter replayed. `log_time` prefers it to the record's timestamp."""
@@ -123,11 +129,15 @@ returned, outside the record's poison handling, so the processor stopped on it a
 makes the record that asked for it poison (a dead letter, and the handler's `on_poison`)."""
 
 
+def _size(out: Output) -> int:
+    return len(out.key or b"") + len(out.value or b"") + sum(len(k) + len(v) for k, v in out.headers)
+
+
 def size_checked(outputs: Iterable[Output]) -> list[Output]:
     """The outputs, or InvalidEvent naming the first over `MAX_RECORD_BYTES`."""
     found = list(outputs)
     for out in found:
-        size = len(out.key or b"") + len(out.value or b"") + sum(len(k) + len(v) for k, v in out.headers)
+        size = _size(out)
         if size > MAX_RECORD_BYTES:
             raise InvalidEvent(
                 f"a record for {out.topic} would be {size} bytes, over the {MAX_RECORD_BYTES} a record may be"
@@ -158,7 +168,11 @@ def dead_letter(
         (FAILED_AT, datetime.now(UTC).isoformat().encode()),
         (FAILED_HOST, f"{socket.gethostname()}:{os.getpid()}".encode()),
     ]
-    return Output(topic, record.key, record.value, headers)
+    letter = Output(topic, record.key, record.value, headers)
+    if _size(letter) <= MAX_RECORD_BYTES:
+        return letter
+    kept = [*headers[len(record.headers) :], (REPLAYABLE, b"false"), (VALUE_LEFT_OUT, b"true")]
+    return Output(topic, (record.key or b"")[:MAX_ERROR_MESSAGE] or None, None, kept)
 
 
 def header_map(headers: Headers) -> dict[str, str]:
