@@ -37,7 +37,7 @@ REPLAYABLE = "tidings.replayable"
 
 VALUE_LEFT_OUT = "tidings.dlq.value_left_out"
 """`true` on a dead letter of a record too large to copy with the error headers (its value, its
-headers and most of its key left out): read it at its source topic, partition and offset. Copied,
+headers and most of its key left out): read it at its source topic, partition, offset and time. Copied,
 it failed `produce()` and the consumer stopped on the record at every restart."""
 
 
