@@ -16,15 +16,19 @@ from tidings.events import DeliveryCommand
 
 INSERT = """
 INSERT INTO inbox_items (delivery_id, notification_id, tenant_id, recipient_id, notification_type, category,
-                         priority, title, body, data_json, locale, requested_at, expires_at)
+                         priority, title, body, data_json, locale, requested_at, expires_at, created_at)
 SELECT %(delivery_id)s, %(notification_id)s, %(tenant_id)s, %(recipient_id)s, %(notification_type)s,
        %(category)s, %(priority)s, %(title)s, %(body)s, %(data_json)s, %(locale)s,
-       %(requested_at)s::timestamptz, %(expires_at)s::timestamptz
+       %(requested_at)s::timestamptz, %(expires_at)s::timestamptz, clock_timestamp()
 WHERE NOT EXISTS (SELECT 1 FROM erasures WHERE tenant_id = %(tenant_id)s AND recipient_id = %(recipient_id)s
                   AND erased_at > %(requested_at)s)
 ON CONFLICT (tenant_id, delivery_id) DO NOTHING
 RETURNING seq
 """
+"""`created_at` is when the row is made, not when the statement started (`now()`, the column's
+default): an insert that waited for the table lock an erasure holds took its `seq` after the wait, and
+with a start time older than the feed's look-back, a socket whose cursor had passed that `seq` never
+sent the item."""
 
 
 def item_row(command: DeliveryCommand) -> dict[str, Any]:

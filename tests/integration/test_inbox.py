@@ -7,7 +7,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -133,6 +133,29 @@ def test_the_gateway_fills_the_inbox_once_and_rings_the_doorbell(database: Setti
         o for o in decoded(s, names(s).outcomes) if isinstance(o, DeliveryOutcome) and o.channel == "in_app"
     ]
     assert sorted((o.status, o.provider) for o in outcomes if o.status == "SENT") == [("SENT", "inbox")] * 2
+
+
+def test_an_item_that_waited_for_an_erasures_lock_is_dated_when_it_was_written(database: Settings) -> None:
+    """Dated when its statement started (`now()`), an item that waited out an erasure's lock took its
+    seq after the wait with a time older than the feed's 5 s look-back: a socket whose cursor had
+    passed that seq never sent it."""
+    s = database
+
+    async def scenario() -> datetime:
+        with psycopg.connect(s.postgres_dsn) as locker:
+            locker.execute("LOCK TABLE inbox_items IN SHARE ROW EXCLUSIVE MODE")
+            waiting = asyncio.create_task(delivered(s, command("ada", "late")))
+            await asyncio.sleep(1.5)
+            assert not waiting.done(), "the insert waits for the erasure's lock"
+            released = datetime.now(UTC)
+            locker.commit()
+        await waiting
+        return released
+
+    released = asyncio.run(scenario())
+    with psycopg.connect(s.postgres_dsn) as conn:
+        [(created,)] = conn.execute("SELECT created_at FROM inbox_items").fetchall()
+    assert created >= released - timedelta(milliseconds=200), (created, released)
 
 
 def test_recipients_read_their_feed_mark_items_and_get_new_ones_live(database: Settings) -> None:
