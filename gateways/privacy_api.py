@@ -7,8 +7,9 @@ RecipientErased (erasure), or a JSON export read from the projections (access).
   projections carry it out (docs/architecture.md, "Erasure"). `reason` is kept for the audit trail (a
   ticket id) and must not hold personal data itself.
 - `GET /v1/recipients/{recipient}/export[?limit=N]` (Art. 15 access, Art. 20 portability): what the
-  tables hold about the recipient: contacts, properties and preferences, devices, audiences, its
-  notifications with their deliveries, its in-app items with their content, and an erasure. The newest
+  tables hold about the recipient: contacts, properties, preferences, suppressions and unsubscribes,
+  devices, audiences, its notifications with their deliveries and its engagement with them, its in-app
+  items with their content, and an erasure. The newest
   `limit` notifications and items (1,000 by default, at most 10,000), with `truncated` saying whether
   there were more. Push tokens and webhook secrets are left out as in every read. The topics hold the
   same events until their retention: `tidings replay TOPIC ... --filter tenant_id=T --filter
@@ -50,10 +51,15 @@ DEFAULT_LIMIT, MAX_LIMIT = 1_000, 10_000
 PROFILE = "SELECT state, updated_at FROM recipients WHERE tenant_id = %s AND recipient_id = %s"
 DEVICES = """SELECT device_id, platform, app_id, active, registered_at, invalidated_at FROM devices
 WHERE tenant_id = %s AND recipient_id = %s ORDER BY device_id"""
-NOTIFICATIONS = """SELECT notification_id, notification_type, priority, requested_at, status, terminal_at,
-       broadcast_id
-FROM notifications WHERE tenant_id = %s AND recipient_id = %s
-ORDER BY requested_at DESC NULLS LAST, notification_id DESC LIMIT %s"""
+NOTIFICATIONS = """SELECT n.notification_id, n.notification_type, n.priority, n.requested_at, n.status,
+       n.terminal_at, n.broadcast_id, s.seen_at, s.read_at, s.archived_at
+FROM notifications n LEFT JOIN inbox_states s
+  ON s.tenant_id = n.tenant_id AND s.recipient_id = n.recipient_id AND s.notification_id = n.notification_id
+WHERE n.tenant_id = %s AND n.recipient_id = %s
+ORDER BY n.requested_at DESC NULLS LAST, n.notification_id DESC LIMIT %s"""
+"""With the recipient's engagement (seen, read, archived; an email or push opened counts as read),
+which `inbox_states` keeps for every notification, not only those with an in-app item: the export
+left it out for the others."""
 DELIVERIES = """SELECT notification_id, delivery_id, channel, provider, status, reason, attempts, first_at,
        last_at
 FROM deliveries WHERE tenant_id = %s AND notification_id = ANY(%s) ORDER BY notification_id, channel"""

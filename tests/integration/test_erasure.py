@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import uuid4
 
 import aiohttp
 import psycopg
@@ -33,7 +34,7 @@ from tidings.catalog import parse_type
 from tidings.client import Client
 from tidings.codec import default_codec
 from tidings.config import Settings
-from tidings.events import DeliveryCommand, RecipientErased
+from tidings.events import DeliveryCommand, NotificationOpened, RecipientErased
 from tidings.kafka.records import log_time
 from tidings.topics import names
 
@@ -278,7 +279,16 @@ def test_an_export_holds_what_the_tables_hold_and_an_erasure_leaves_the_delivery
             for o in ("A-1", "A-2")
         ]
     run_router(s)
-    for name in ("delivery_status", "recipients", "devices", "audiences"):
+    with Client(s) as client:
+        opened = NotificationOpened(
+            tenant_id="acme",
+            recipient_id="ada",
+            notification_id=sent[0],
+            delivery_id=uuid4(),
+            channel="email",
+        )
+        client.publish(opened)
+    for name in ("delivery_status", "recipients", "devices", "audiences", "inbox"):
         project(s, name)
     asyncio.run(send_all(s, [command("ada", "hello")]))
 
@@ -297,6 +307,8 @@ def test_an_export_holds_what_the_tables_hold_and_an_erasure_leaves_the_delivery
     assert body["audiences"] == ["beta"]
     assert {n["notification_id"] for n in body["notifications"]} == {str(n) for n in sent}
     assert all("email" in {d["channel"] for d in n["deliveries"]} for n in body["notifications"])
+    read = {n["notification_id"]: n["read_at"] for n in body["notifications"]}
+    assert read[str(sent[0])] is not None and read[str(sent[1])] is None, "an email opened is engagement"
     assert [i["title"] for i in body["inbox"]] == ["hello"]
     assert (body["erased"], body["truncated"]) == (None, False)
     assert (len(one[1]["notifications"]), one[1]["truncated"]) == (1, True)
