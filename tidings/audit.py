@@ -44,8 +44,10 @@ def history_topics(s: Settings) -> list[str]:
 
 def history(s: Settings, notification_id: str, tenant: str | None = None) -> list[tuple[Incoming, Event]]:
     """Every event about one notification across the pipeline's topics (the retried commands of the
-    configured tiers included), in event-time order, including the digest request that summarised it;
-    with `tenant`, only that tenant's. Ids come from callers, so another tenant's records may name it."""
+    configured tiers included), in the order they were written (record time, then event time),
+    including the digest request that summarised it; with `tenant`, only that tenant's. Ids come from
+    callers, so another tenant's records may name it. Not by event time alone: a retried or released
+    command keeps the time it was planned, and was listed before the outcomes that came before it."""
     found: list[tuple[Incoming, Event]] = []
     optional = set(retry_topics(s))
     for topic in history_topics(s):
@@ -64,7 +66,7 @@ def history(s: Settings, notification_id: str, tenant: str | None = None) -> lis
         except UnknownTopic:
             if topic not in optional:
                 raise
-    found.sort(key=lambda pair: (pair[1].occurred_at, pair[0].topic, pair[0].offset))
+    found.sort(key=lambda pair: (pair[0].timestamp_ms, pair[1].occurred_at, pair[0].topic, pair[0].offset))
     return found
 
 

@@ -69,6 +69,7 @@ def test_audit_replay_and_dead_letter_round_trip(topology: Settings) -> None:
     assert {x["value"]["tenant_id"] for x in acme} == {"acme"}
     retried = [x for x in acme if x["topic"] == names(s).retry("email", "10s")]
     assert [x["value"]["attempt"] for x in retried] == [2], "the retried command is part of the history"
+    assert acme[-1] == retried[0], "listed when it was written, not at the time its command was planned"
 
     since = (datetime.now(UTC) - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S")
     replayed = cli(
