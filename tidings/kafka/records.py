@@ -35,6 +35,10 @@ REPLAYABLE = "tidings.replayable"
 `tidings dlq replay` leaves it, where re-injecting it wrote that value into the topic."""
 
 
+MAX_LETTER_BYTES = 1_048_576 - 1024
+"""The largest dead letter copied whole: the broker's default `message.max.bytes` (1 MiB, also aiokafka's
+`max_request_size`) less room for the batch's overhead. The record it holds fit its topic; the error
+headers (up to about 3 KB) could take the copy over."""
 VALUE_LEFT_OUT = "tidings.dlq.value_left_out"
 """`true` on a dead letter of a record too large to copy with the error headers (its value, its
 headers and most of its key left out): read it at its source topic, partition, offset and time. Copied,
@@ -169,7 +173,7 @@ def dead_letter(
         (FAILED_HOST, f"{socket.gethostname()}:{os.getpid()}".encode()),
     ]
     letter = Output(topic, record.key, record.value, headers)
-    if _size(letter) <= MAX_RECORD_BYTES:
+    if _size(letter) <= MAX_LETTER_BYTES:
         return letter
     kept = [*headers[len(record.headers) :], (REPLAYABLE, b"false"), (VALUE_LEFT_OUT, b"true")]
     return Output(topic, (record.key or b"")[:MAX_ERROR_MESSAGE] or None, None, kept)
