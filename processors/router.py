@@ -52,7 +52,7 @@ from tidings.events import (
     utcnow,
 )
 from tidings.kafka import Incoming, Output, TopicFollower, TransactionalLoop, default_slot
-from tidings.kafka.records import log_time
+from tidings.kafka.records import log_time, misplaced
 from tidings.metrics import Sample
 from tidings.state import DueKeys, Store
 from tidings.topics import names
@@ -160,6 +160,10 @@ class Router(Digests):
     def handle(self, record: Incoming) -> list[Output]:
         event = record.decode(self.codec)
         key = f"{event.tenant_id}/{getattr(event, 'recipient_id', '')}"
+        if getattr(event, "recipient_id", None) and (
+            wrong := misplaced(record, key, self.loop.partition_counts.get(record.topic))
+        ):
+            raise InvalidEvent(wrong)
         if record.topic != self.names.requested:
             if not getattr(event, "recipient_id", None):
                 return []

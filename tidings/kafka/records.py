@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from aiokafka.partitioner import murmur2
+
 from tidings.codec import Codec, default_codec
 from tidings.errors import InvalidEvent
 from tidings.events import Event
@@ -135,6 +137,29 @@ makes the record that asked for it poison (a dead letter, and the handler's `on_
 
 def _size(out: Output) -> int:
     return len(out.key or b"") + len(out.value or b"") + sum(len(k) + len(v) for k, v in out.headers)
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """The partition the Java client's default partitioner (and aiokafka's, and librdkafka's
+    `murmur2_random`) gives a key."""
+    hashed: int = murmur2(key.encode())
+    return (hashed & 0x7FFFFFFF) % partitions
+
+
+def misplaced(record: Incoming, key: str, partitions: int | None) -> str | None:
+    """Why `record` is not on the partition Kafka's murmur2 partitioner gives `key` (the key its
+    handler keeps state under) among the topic's `partitions` (None: not known, nothing checked), or
+    None when it is. A producer hashing another way (librdkafka's default CRC32, sarama's FNV-1a) or
+    keying records otherwise put a recipient's events on a partition whose processor did not hold its
+    state: a request went out without the recipient's preferences and suppressions, and an opt-out was
+    folded into a state no request read."""
+    if not partitions or (wanted := partition_for(key, partitions)) == record.partition:
+        return None
+    return (
+        f"on partition {record.partition}, but Kafka's default (murmur2) partitioner puts key {key!r} on "
+        f"{wanted} of {partitions}: produce with the event's key and a murmur2 partitioner "
+        "(docs/producing.md), then replay it (tidings dlq replay)"
+    )
 
 
 def size_checked(outputs: Iterable[Output]) -> list[Output]:

@@ -124,6 +124,7 @@ class TransactionalLoop:
         self.recovered = 0
         self.lag: dict[tuple[str, int], int] = {}
         self._lag_at = 0.0
+        self.partition_counts: dict[str, int] = {}
 
     @property
     def producer(self) -> Producer:
@@ -140,6 +141,9 @@ class TransactionalLoop:
             self._pin_start(partitions)
         if self.punctuate is not None:
             self._seed_fence(partitions)
+        for topic in sorted({p.topic for p in partitions}):
+            meta = self.consumer.list_topics(topic, timeout=30).topics[topic]
+            self.partition_counts[topic] = len(meta.partitions)
         self._assigned_at = time.monotonic()
         if self._on_assign:
             self._on_assign([(p.topic, p.partition) for p in partitions])
