@@ -223,8 +223,8 @@ class Router(Digests):
             return None
         key = rule.key(request.tenant_id, request.recipient_id, t)
         before = self.throttles.get(partition, key) or []
-        due = max(min(request.occurred_at, now), request.scheduled_at or request.occurred_at)
-        passed, times = throttle.admit(rule, before, due, now)
+        at = throttle.due(request.occurred_at, request.scheduled_at, now)
+        passed, times = throttle.admit(rule, before, at, now)
         if times != before:
             last = max(times, default=0) / 1000 - now.timestamp()
             ttl = timedelta(seconds=max(last, 0) + rule.window_seconds)

@@ -31,6 +31,14 @@ from datetime import datetime
 from tidings.catalog import ThrottleRule
 
 
+def due(occurred_at: datetime, scheduled_at: datetime | None, now: datetime) -> datetime:
+    """When a request counts (`at` above): its `scheduled_at`, else its `occurred_at`, never later than
+    the router's clock. A producer whose clock ran ahead was counted in the future, taking budget from
+    the requests really made then."""
+    made = min(occurred_at, now)
+    return max(made, scheduled_at or made)
+
+
 def admit(
     rule: ThrottleRule, times: list[int], at: datetime, now: datetime | None = None
 ) -> tuple[bool, list[int]]:

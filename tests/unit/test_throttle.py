@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.throttle import admit
+from processors.throttle import admit, due
 from tidings.catalog import ThrottleRule, parse_type, throttle_rule
 from tidings.errors import InvalidEvent
 
@@ -153,3 +153,14 @@ def test_scheduled_requests_never_fill_a_window_past_the_limit_and_only_a_full_o
             admitted.append(ms)
     for first in admitted:
         assert sum(1 for a in admitted if first <= a < first + span) <= limit
+
+
+def test_a_request_counts_when_it_is_due_and_never_after_the_routers_clock() -> None:
+    """Without `scheduled_at`, an `occurred_at` ahead of the router's clock was counted in the future,
+    taking the budget of requests really made then."""
+    now = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
+    ahead, later = now + timedelta(minutes=50), now + timedelta(days=1)
+    assert due(ahead, None, now) == now
+    assert due(now - timedelta(hours=2), None, now) == now - timedelta(hours=2)
+    assert due(ahead, later, now) == later
+    assert due(now, now - timedelta(hours=1), now) == now
