@@ -23,9 +23,9 @@ Quiet hours do not hold email, in-app or webhooks, which do not interrupt anyone
 
 A channel with an escalation step is deferred by its `after` and carries `unless`, so the scheduler
 drops it if the notification is engaged with first. A channel with a digest template is not sent but
-listed in `Plan.digested` (non-critical types, no future `scheduled_at`, data up to `DIGEST_ITEM_BYTES`
-and `DIGEST_ITEM_DEPTH`, unless the recipient turned the category's digest off); the router collects it
-(`processors/digest.py`).
+listed in `Plan.digested` (non-critical types, no future `scheduled_at`, no `recipient_overrides`, data
+up to `DIGEST_ITEM_BYTES` and `DIGEST_ITEM_DEPTH`, unless the recipient turned the category's digest off);
+the router collects it (`processors/digest.py`).
 A digest request (`digest_of` set) renders with the digest templates and is never digested again.
 """
 
@@ -80,8 +80,11 @@ DIGEST_ITEM_DEPTH = MAX_JSON_DEPTH - 2
 
 
 def digestible(request: NotificationRequested) -> bool:
+    """A request with its own addresses (`recipient_overrides`, the API's `to`) is not digested either:
+    the digest goes to the recipient's, and took the mail meant for the address the producer named to
+    the profile's (or to none, after the item was QUEUED)."""
     text = request.data_json
-    if len(text) > DIGEST_ITEM_BYTES:
+    if len(text) > DIGEST_ITEM_BYTES or request.recipient_overrides:
         return False
     return (
         text.count("{") + text.count("[") <= DIGEST_ITEM_DEPTH

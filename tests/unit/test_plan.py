@@ -589,8 +589,9 @@ def nested(levels: int) -> dict[str, Any]:
         ({}, {}, {"digest": {"orders": "off"}}),
         ({}, {"data_json": json.dumps({"order": "A-1", "blob": "x" * 9000})}, {}),
         ({}, {"data_json": json.dumps({"order": "A-1", "n": nested(62)})}, {}),
+        ({}, {"recipient_overrides": {"email": "ops@example.com"}}, {}),
     ],
-    ids=["critical", "scheduled", "recipient-off", "too-big", "too-deep-for-the-digest-data"],
+    ids=["critical", "scheduled", "recipient-off", "too-big", "too-deep-for-the-digest-data", "own-address"],
 )
 def test_requests_that_are_not_digested(
     type_changes: dict[str, Any], request_changes: dict[str, Any], state_changes: dict[str, Any]
