@@ -56,10 +56,12 @@ NOTIFICATIONS = """SELECT n.notification_id, n.notification_type, n.priority, n.
 FROM notifications n LEFT JOIN inbox_states s
   ON s.tenant_id = n.tenant_id AND s.recipient_id = n.recipient_id AND s.notification_id = n.notification_id
 WHERE n.tenant_id = %s AND n.recipient_id = %s
-ORDER BY n.requested_at DESC NULLS LAST, n.notification_id DESC LIMIT %s"""
+ORDER BY n.requested_at DESC, n.notification_id DESC LIMIT %s"""
 """With the recipient's engagement (seen, read, archived; an email or push opened counts as read),
 which `inbox_states` keeps for every notification, not only those with an in-app item: the export
-left it out for the others."""
+left it out for the others. In the order of `notifications_recipient_history` (a notification whose
+request is not projected yet, `requested_at` NULL, first): NULLS LAST, which no index has, sorted all of
+the recipient's notifications for the newest `limit`."""
 DELIVERIES = """SELECT notification_id, delivery_id, channel, provider, status, reason, attempts, first_at,
        last_at
 FROM deliveries WHERE tenant_id = %s AND notification_id = ANY(%s) ORDER BY notification_id, channel"""
