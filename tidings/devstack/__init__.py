@@ -1,7 +1,6 @@
 """The local stack: Kafka, PostgreSQL and Redis on loopback ports, data under `.devstack/`.
 
-A service whose `TIDINGS_*` variable names another address than the stack's own is external: it is
-used as it is, never started or stopped.
+A service whose `TIDINGS_*` variable is set is external: it is used as it is, never started or stopped.
 """
 
 from __future__ import annotations
@@ -23,12 +22,7 @@ _DOWN: dict[str, Callable[[], bool]] = {"kafka": kafka.down, "postgres": postgre
 
 
 def is_external(service: str) -> bool:
-    """Whether the service's variable names another address than the local stack's: `eval "$(tidings
-    dev env)"` exports the local stack's own, and with them `dev up`, `dev down` and the demo left the
-    stack alone as external."""
-    name = EXTERNAL_ENV[service]
-    local = Settings.model_fields[name.removeprefix("TIDINGS_").lower()].default
-    return name in os.environ and os.environ[name] != local
+    return EXTERNAL_ENV[service] in os.environ
 
 
 def up(settings: Settings, report: Callable[[str, str], None] = lambda s, m: None) -> None:
