@@ -50,6 +50,7 @@ def status() -> None:
 
 @app.command()
 def env() -> None:
-    """Print the TIDINGS_* variables as shell exports: eval "$(tidings dev env)"."""
+    """Print the TIDINGS_* variables as shell exports: eval "$(tidings dev env)". A shell that has
+    them counts the services as external: `dev up`/`down` leave them alone, `demo` wants --external."""
     for name, value in devstack.env(settings()).items():
         print(f"export {name}={shlex.quote(value)}")
