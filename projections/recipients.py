@@ -10,6 +10,8 @@ recipient, so each row sees each topic's events in order.
 
 Feedback naming a recipient, dated at or before its erasure, is skipped, as the suppressions
 projection skips it: a bounce reported after the erasure must not bring the erased address back.
+Feedback that changes nothing (a delivery receipt, an open) writes nothing: one per message sent,
+each rewrote the recipient's row, and made a row for a recipient only ever addressed directly.
 
 A `RecipientErased` deletes the recipient's row and its inbox items requested before the erasure (by
 log time: the record timestamps the router orders requests and erasures by), and notes the erasure in
@@ -96,8 +98,11 @@ class Recipients(Projection):
                 continue
             if isinstance(e, ProviderFeedback) and (at := erased.get(k)) and feedback_time(e) <= at:
                 continue
-            folded = fold(states.get(k), e)
-            if oversized(states.get(k), folded, e) is not None:
+            before = states.get(k)
+            folded = fold(before, e)
+            if isinstance(e, ProviderFeedback) and folded == (before or RecipientState()):
+                continue
+            if oversized(before, folded, e) is not None:
                 continue
             states[k] = folded
             updated[k] = (states[k], e.occurred_at)

@@ -55,12 +55,14 @@ def test_reads_show_the_suppressions_and_unsubscribes_the_router_applies(databas
             feedback("unsubscribe", "ada", "ada@example.com", category="social"),
             feedback("resubscribe", "ada", "ada@example.com", category="social"),
             feedback("complaint", None, "ada@example.com"),
+            feedback("delivered", "dan", "dan@example.com"),
             feedback("hard_bounce", "bob", "bob@example.com", at=erased_at - timedelta(seconds=1)),
         ):
             client.publish(event, wait=False)
     project(s, "recipients")
     assert rows(s, "SELECT recipient_id FROM recipients ORDER BY 1") == [("ada",)], (
-        "feedback from before bob's erasure does not bring his address back"
+        "feedback from before bob's erasure does not bring his address back, and a receipt for a "
+        "recipient addressed directly makes no row"
     )
 
     async def reads(base: str) -> list[tuple[int, Any]]:
