@@ -96,6 +96,7 @@ class CommandHandling:
 
     async def handle(self, record: Incoming) -> Handled | Blocked:
         try:
+            record.check_headers()
             command = record.decode(default_codec())
             if isinstance(command, RecipientErased) and record.topic == self.urgent:
                 return await self._erased(command)

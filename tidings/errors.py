@@ -7,6 +7,7 @@
     - UnknownFingerprint
     - TruncatedRecord
     - CorruptRecord
+    - UnreadableHeaders
   + InvalidEvent                a decoded record that breaks a rule (poison: dead-letter it)
   + SchemaCompatibilityError    a schema change would break readers or writers
   + UnknownTopic                a topic asked for by name is not in the cluster
@@ -54,6 +55,11 @@ class TruncatedRecord(CodecError):
 
 class CorruptRecord(CodecError):
     pass
+
+
+class UnreadableHeaders(CodecError):
+    """A header key is not UTF-8. Kafka's header keys are strings, but a producer that writes bytes
+    (sarama, franz-go) can put anything there, and neither Python client reads such a record."""
 
 
 class InvalidEvent(TidingsError):

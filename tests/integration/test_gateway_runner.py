@@ -708,3 +708,37 @@ def test_a_command_that_expires_while_waiting_for_its_rate_limit_token_is_not_se
     statuses = Counter(o.status for o in outcomes(s))
     assert len(hits) == statuses["SENT"] and 1 <= len(hits) <= 3
     assert statuses["EXPIRED"] == 4 - len(hits)
+
+
+def test_a_command_whose_header_key_is_not_utf8_is_dead_lettered_and_none_around_it_is_lost(
+    namespace: Callable[..., Settings],
+) -> None:
+    """aiokafka fails every fetch of such a record's partition, and drops the records it drained before
+    it in the same call: the gateway stopped at every start, and a restart could skip those records."""
+    from tests.raw_headers import RAW_KEY, Raw, produce_raw
+
+    s = namespace()
+    received: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        received.append(request.headers["webhook-id"])
+        return web.Response(status=204)
+
+    async def scenario() -> tuple[GatewayRunner, list[Output]]:
+        app_runner, base = await serve(handler)
+        topic = names(s).delivery("webhook")
+        outputs = [Output.event(topic, c) for c in commands(f"{base}/hook", 30)]
+        produce_raw(s, [Raw(out, RAW_KEY if i == 15 else None) for i, out in enumerate(outputs)])
+        gateway = runner(s)
+        await gateway.run(idle_exit_after=3)
+        await app_runner.cleanup()
+        return gateway, outputs
+
+    gateway, outputs = asyncio.run(scenario())
+    ids = [str(default_codec().decode(out.value or b"").delivery_id) for out in outputs]  # type: ignore[attr-defined]
+    assert sorted(received) == sorted(ids[:15] + ids[16:])
+    assert gateway.counts["dead_letters"] == 1
+    [letter] = read_all(s, names(s).dlq)
+    assert letter.value == outputs[15].value
+    assert header_map(letter.headers)["tidings.error.type"] == "UnreadableHeaders"

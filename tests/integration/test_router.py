@@ -13,7 +13,7 @@ from tidings.catalog import load
 from tidings.client import Client
 from tidings.codec import default_codec
 from tidings.config import Settings
-from tidings.events import DeliveryCommand, DeliveryOutcome, Event
+from tidings.events import DeliveryCommand, DeliveryOutcome, Event, NotificationRequested
 from tidings.ids import new_notification_id
 from tidings.kafka import EventProducer, Output
 from tidings.kafka.records import header_map
@@ -301,3 +301,42 @@ def test_an_event_that_would_outgrow_the_recipients_state_record_is_dead_lettere
     assert [x["tidings.error.type"] for x in letters] == ["InvalidEvent"] * 2
     assert all("over 524288" in x["tidings.error.message"] for x in letters)
     assert {c.channel for c in commands(s) if c.notification_id == nid} >= {"email"}
+
+
+def test_a_request_whose_header_key_is_not_utf8_is_dead_lettered_and_the_rest_flow(
+    topology: Settings,
+) -> None:
+    """confluent-kafka raises on reading such headers: the router stopped on the record at every start."""
+    from tests.raw_headers import RAW_KEY, Raw, produce_raw
+
+    s = topology
+    n = names(s)
+    publish_catalog(s)
+    sent = [
+        NotificationRequested(
+            tenant_id="acme",
+            notification_id=new_notification_id(),
+            recipient_id="u1",
+            notification_type="order.shipped",
+            data_json='{"order": "X", "carrier": "Y"}',
+            channels=["in_app"],
+        )
+        for _ in range(3)
+    ]
+    outputs = [Output.event(n.requested, r) for r in sent]
+    produce_raw(s, [Raw(outputs[0]), Raw(outputs[1], RAW_KEY), Raw(outputs[2])])
+    router = run_router(s)
+
+    assert {c.notification_id for c in commands(s)} == {sent[0].notification_id, sent[2].notification_id}
+    [letter] = read_all(s, n.dlq)
+    headers = header_map(letter.headers)
+    assert letter.value == outputs[1].value
+    assert headers["tidings.error.type"] == "UnreadableHeaders"
+    assert "not UTF-8" in headers["tidings.error.message"]
+    rejected = [
+        o.notification_id
+        for o in decoded(s, n.outcomes)
+        if isinstance(o, DeliveryOutcome) and o.status == "REJECTED"
+    ]
+    assert rejected == [sent[1].notification_id]
+    assert router.loop.dead_letters == 1

@@ -16,7 +16,8 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from tidings.config import Settings
 from tidings.errors import KafkaUnavailable
-from tidings.kafka.records import Incoming, Output
+from tidings.kafka.consumer import read_to_unreadable
+from tidings.kafka.records import Incoming, Output, as_headers
 
 TP = tuple[str, int]
 COMMIT_TIMEOUT_S = 30.0
@@ -48,7 +49,9 @@ class AsyncConsumer:
         max_records: int = 500,
         on_revoked: Callable[[list[TP]], None] | None = None,
     ) -> None:
-        self._listener = None if on_revoked is None else _Revoked(on_revoked)
+        self._settings, self._max_records, self._on_revoked = settings, max_records, on_revoked
+        self._given: dict[TP, int] = {}
+        self._listener = _Revoked(self._revoked)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=group_id,
@@ -66,6 +69,12 @@ class AsyncConsumer:
         """Read these topics instead of those given at construction (before `start`)."""
         self._consumer.subscribe(topics=list(topics), listener=self._listener)
 
+    def _revoked(self, tps: list[TP]) -> None:
+        for tp in tps:
+            self._given.pop(tp, None)
+        if self._on_revoked is not None:
+            self._on_revoked(tps)
+
     async def start(self) -> None:
         await self._consumer.start()
 
@@ -73,22 +82,58 @@ class AsyncConsumer:
         await self._consumer.stop()
 
     async def batch(self, timeout_ms: int = 200) -> dict[TP, list[Incoming]]:
-        fetched = await self._consumer.getmany(timeout_ms=timeout_ms)
-        return {
-            (tp.topic, tp.partition): [
-                Incoming(
-                    m.topic,
-                    m.partition,
-                    m.offset,
-                    m.key,
-                    m.value,
-                    [(k, v) for k, v in m.headers],
-                    m.timestamp,
-                )
-                for m in messages
-            ]
-            for tp, messages in fetched.items()
-        }
+        try:
+            fetched = await self._consumer.getmany(timeout_ms=timeout_ms)
+        except UnicodeDecodeError as exc:
+            log.warning("a fetched record's header key is not UTF-8 (%s); reading around it", exc)
+            return self._handed(await self._salvage())
+        return self._handed(
+            {
+                (tp.topic, tp.partition): [
+                    Incoming(
+                        m.topic,
+                        m.partition,
+                        m.offset,
+                        m.key,
+                        m.value,
+                        as_headers(m.headers),
+                        m.timestamp,
+                    )
+                    for m in messages
+                ]
+                for tp, messages in fetched.items()
+            }
+        )
+
+    def _handed(self, batch: dict[TP, list[Incoming]]) -> dict[TP, list[Incoming]]:
+        for tp, records in batch.items():
+            if records:
+                self._given[tp] = records[-1].offset + 1
+        return batch
+
+    async def _salvage(self) -> dict[TP, list[Incoming]]:
+        """aiokafka decodes header keys strictly: a record with a key that is not UTF-8 fails every fetch
+        of its partition, and the records drained before it in the same call are dropped with their
+        positions moved on. Each assigned partition is read again with confluent-kafka from the offset
+        after the last record handed out (the committed one before any), up to and including such a
+        record (`unreadable` set, for the caller to dead-letter); aiokafka resumes after what is
+        returned."""
+        starts: dict[TP, int | None] = {}
+        for held in list(self._consumer.assignment()):
+            tp = (held.topic, held.partition)
+            starts[tp] = self._given.get(tp)
+            if starts[tp] is None:
+                starts[tp] = await self._consumer.committed(held)
+        found = await asyncio.to_thread(read_to_unreadable, self._settings, starts, self._max_records)
+        for tp, start in starts.items():
+            for held in self._held([tp]):
+                if found[tp]:
+                    self._consumer.seek(held, found[tp][-1].offset + 1)
+                elif start is None:
+                    await self._consumer.seek_to_beginning(held)
+                else:
+                    self._consumer.seek(held, start)
+        return {tp: records for tp, records in found.items() if records}
 
     async def commit(self, offsets: dict[TP, int]) -> bool:
         """Commits the offsets of the partitions still assigned; False when a rebalance took them all

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -92,6 +92,7 @@ class AtLeastOnceLoop:
             if tp in failed:
                 continue
             try:
+                record.check_headers()
                 self.handle(record)
                 self.handled += 1
             except Exception as exc:
@@ -190,6 +191,39 @@ def read_partition(
                 )
     finally:
         consumer.close()
+
+
+def read_to_unreadable(
+    settings: Settings, starts: dict[tuple[str, int], int | None], limit: int, timeout: float = 10.0
+) -> dict[tuple[str, int], list[Incoming]]:
+    """Each partition's records from its start (None: the beginning), read_committed, up to `limit`, its
+    end, or its first record whose headers cannot be read, which is the last returned."""
+    consumer = Consumer(
+        config.consumer(settings, f"tidings-salvage-{uuid.uuid4()}", **{"enable.partition.eof": True})
+    )
+    found: dict[tuple[str, int], list[Incoming]] = {tp: [] for tp in starts}
+    reading = set(starts)
+    try:
+        consumer.assign(
+            [TopicPartition(t, p, OFFSET_BEGINNING if o is None else o) for (t, p), o in starts.items()]
+        )
+        deadline = time.monotonic() + timeout
+        while reading and time.monotonic() < deadline:
+            for msg in consumer.consume(limit, 0.2):
+                tp = (cast(str, msg.topic()), cast(int, msg.partition()))
+                if tp not in reading:
+                    continue
+                if (err := msg.error()) is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        reading.discard(tp)
+                    continue
+                record = to_incoming(msg)
+                found[tp].append(record)
+                if record.unreadable is not None or len(found[tp]) >= limit:
+                    reading.discard(tp)
+    finally:
+        consumer.close()
+    return found
 
 
 def settled_end(settings: Settings, committed: Consumer, tp: TopicPartition, settle: float) -> int:

@@ -4,6 +4,7 @@ rewind to, and the consumer's lag. Shared by the transactional, at-least-once an
 from __future__ import annotations
 
 import logging
+import operator
 from typing import cast
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
@@ -13,15 +14,32 @@ from tidings.kafka.records import Incoming, Output, as_headers
 log = logging.getLogger(__name__)
 
 
+_read_headers = operator.methodcaller("headers")
+"""`Message.headers()` called through the C API, which checks what it returns. On a header key that is not
+UTF-8, confluent-kafka returns a list holding a NULL with the UnicodeDecodeError pending: a call checked
+raises SystemError from it, but the interpreter's specialised call (once a call site is warm) hands the
+list on, and reading it crashed the process (SIGSEGV). A later call returns the cached list unchecked,
+so a message's headers are read once."""
+
+
 def to_incoming(msg: Message) -> Incoming:
+    """The record, with `unreadable` set and no headers when a header key is not UTF-8 (a producer
+    writing byte keys, as sarama and franz-go can); reading those headers crashed the consumer on the
+    record at every restart."""
+    unreadable = None
+    try:
+        headers = as_headers(_read_headers(msg))
+    except (SystemError, UnicodeDecodeError) as exc:
+        headers, unreadable = [], f"a header key is not UTF-8 ({exc.__cause__ or exc})"
     return Incoming(
         cast(str, msg.topic()),
         cast(int, msg.partition()),
         cast(int, msg.offset()),
         msg.key(),
         msg.value(),
-        as_headers(msg.headers()),
+        headers,
         msg.timestamp()[1],
+        unreadable,
     )
 
 

@@ -84,6 +84,16 @@ class Incoming:
     value: bytes | None
     headers: Headers = field(default_factory=list)
     timestamp_ms: int = 0
+    unreadable: str | None = None
+    """Why the record's headers could not be read (they are left empty); None when they were."""
+
+    def check_headers(self) -> None:
+        """Raises UnreadableHeaders for a record whose headers could not be read: a processor must not
+        act on a record without the metadata its producer gave it, so it is dead-lettered instead."""
+        from tidings.errors import UnreadableHeaders
+
+        if self.unreadable is not None:
+            raise UnreadableHeaders(self.unreadable)
 
     def header(self, name: str) -> bytes | None:
         for k, v in self.headers:

@@ -328,6 +328,7 @@ class TransactionalLoop:
 
     def _outputs(self, record: Incoming) -> Iterable[Output]:
         try:
+            record.check_headers()
             outputs = size_checked(self.handle(record))
             for store in self.stores:
                 store.record_done()
