@@ -42,6 +42,7 @@ from tidings.events import (
     PreferencesUpdated,
     ProviderFeedback,
     QuietHours,
+    RecipientErased,
     RecipientUpdated,
     WebhookEndpointRemoved,
     WebhookEndpointUpdated,
@@ -135,6 +136,10 @@ class RecipientState(BaseModel):
     soft_bounces: dict[str, list[datetime]] = {}
     feedback_at: dict[str, datetime] = {}
     """The newest feedback per address, from states written before `addresses` was kept."""
+    erased_at: datetime | None = None
+    """When the recipient was erased (the erasure's `occurred_at`, as the recipients projection keeps
+    it). The router keeps a state of only this instead of nothing: feedback dated before the erasure and
+    reported after it (a late bounce) made a state holding the erased address again."""
 
     def rule(self, scope: str, key: str, channel: str | None) -> bool | None:
         return self.rules.get(rule_key(scope, key, channel))
@@ -170,6 +175,8 @@ def address_key(channel: str, address: str) -> str:
 
 def fold(state: RecipientState | None, event: Event) -> RecipientState:
     state = state or RecipientState()
+    if isinstance(event, RecipientErased):
+        return RecipientState(erased_at=max(event.occurred_at, state.erased_at or event.occurred_at))
     if isinstance(event, RecipientUpdated):
         return _profile(state, event)
     if isinstance(event, PreferencesUpdated):
@@ -207,6 +214,8 @@ def fold(state: RecipientState | None, event: Event) -> RecipientState:
             update={"webhooks": {k: v for k, v in state.webhooks.items() if k != event.endpoint_id}}
         )
     if isinstance(event, ProviderFeedback):
+        if state.erased_at is not None and event.at <= state.erased_at:
+            return state
         return _feedback(state, event)
     return state
 

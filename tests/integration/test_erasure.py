@@ -19,6 +19,7 @@ from gateways.base import DeliveryRejected
 from gateways.inapp._feed import INSERT, item_row
 from gateways.runner import GatewayRunner
 from processors import digest
+from processors.recipients import RecipientState
 from processors.router import Router
 from processors.scheduler import Scheduler
 from projections import Projection, Runner
@@ -34,7 +35,8 @@ from tidings.catalog import parse_type
 from tidings.client import Client
 from tidings.codec import default_codec
 from tidings.config import Settings
-from tidings.events import DeliveryCommand, NotificationOpened, RecipientErased
+from tidings.events import DeliveryCommand, NotificationOpened, ProviderFeedback, RecipientErased
+from tidings.kafka import EventProducer, Output
 from tidings.kafka.records import log_time
 from tidings.topics import names
 
@@ -65,7 +67,19 @@ def test_the_router_and_scheduler_drop_what_waits_for_an_erased_recipient(topolo
             )
             waiting[who] = [*liked, scheduled]
         pause()
+        erased_at = datetime.now(UTC)
         client.erase_recipient(tenant="acme", recipient="ada", reason="ticket 42")
+        pause()
+        late = ProviderFeedback(
+            tenant_id="acme",
+            recipient_id="ada",
+            kind="hard_bounce",
+            channel="email",
+            address="ada@example.com",
+            occurred_at=erased_at - timedelta(minutes=5),
+        )
+        with EventProducer(s) as producer:
+            producer.produce(Output.event(names(s).feedback, late))
         pause()
         after = client.send(
             tenant="acme", recipient="ada", type="order.shipped", data={"order": "A-2", "carrier": "D"}
@@ -74,11 +88,11 @@ def test_the_router_and_scheduler_drop_what_waits_for_an_erased_recipient(topolo
     thread = threading.Thread(target=router.run)
     thread.start()
     deadline = time.monotonic() + 120
-    while router.loop.committed_records < 3 + 7 and time.monotonic() < deadline:
+    while router.loop.committed_records < 3 + 8 and time.monotonic() < deadline:
         time.sleep(0.05)
     router.stop()
     thread.join(timeout=60)
-    assert not thread.is_alive() and router.loop.committed_records == 10, "bob's digest stays open (1h)"
+    assert not thread.is_alive() and router.loop.committed_records == 11, "bob's digest stays open (1h)"
     two_hours_on = Scheduler(
         s, instance="0", group_id=f"scheduler-{s.topic_prefix}", clock=lambda: time.time() + 2 * 3600
     )
@@ -101,7 +115,12 @@ def test_the_router_and_scheduler_drop_what_waits_for_an_erased_recipient(topolo
     assert ("in_app", "QUEUED", None) in fresh, "a request after the erasure is planned afresh"
 
     changelog = read_all(s, names(s).changelog("router", "recipients"))
-    assert [r.value for r in changelog if r.key == b"acme/ada"][-1] is None, "a tombstone, for compaction"
+    last = [r.value for r in changelog if r.key == b"acme/ada"][-1]
+    assert last is not None and b"ada@example.com" not in last, last
+    kept = RecipientState.model_validate_json(last[8:])  # after the store's 8-byte expiry
+    assert kept == RecipientState(erased_at=kept.erased_at) and kept.erased_at is not None, (
+        "the erasure's time only: a bounce from before it, reported after it, brought the address back"
+    )
 
 
 def test_the_projections_forget_contacts_devices_and_inbox_items_and_rebuild_identically(

@@ -10,6 +10,7 @@ from tidings.events import (
     PreferenceRule,
     PreferencesUpdated,
     ProviderFeedback,
+    RecipientErased,
     RecipientUpdated,
 )
 
@@ -235,3 +236,22 @@ def test_feedback_dated_at_the_ends_of_the_calendar_is_dated_when_received() -> 
     assert s.email == "a@x.io" and s.suppressions == {}
     assert fb("hard_bounce", provider_timestamp=last).at == T0
     assert fb("hard_bounce", provider_timestamp=T0 - timedelta(days=3)).at == T0 - timedelta(days=3)
+
+
+def test_feedback_dated_before_an_erasure_changes_nothing_and_later_feedback_counts() -> None:
+    """The router keeps an erased recipient's state as its erasure's time only: a bounce from before the
+    erasure, reported after it, made a state holding the erased address again."""
+    known = fold(None, RecipientUpdated(tenant_id="t", recipient_id="r", email="a@x.io", name="Ada"))
+    erased = fold(known, RecipientErased(tenant_id="t", recipient_id="r", occurred_at=T0))
+    assert erased == RecipientState(erased_at=T0)
+    assert (
+        fold(erased, RecipientErased(tenant_id="t", recipient_id="r", occurred_at=T0 - timedelta(1)))
+        == erased
+    )
+    assert fold(erased, fb("hard_bounce", at=T0 - timedelta(hours=1))) == erased
+    assert fold(erased, fb("complaint", at=T0)) == erased
+    again = fold(erased, RecipientUpdated(tenant_id="t", recipient_id="r", email="a@x.io"))
+    assert again.erased_at == T0 and again.email == "a@x.io"
+    assert fold(again, fb("hard_bounce", at=T0 - timedelta(minutes=1))) == again
+    later = fold(again, fb("hard_bounce", at=T0 + timedelta(minutes=1)))
+    assert later.suppressions[address_key("email", "a@x.io")].reason == "hard_bounce"
