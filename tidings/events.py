@@ -114,6 +114,9 @@ __all__ = [
 
 
 UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FEEDBACK_UNTIL = datetime(3000, 1, 1, tzinfo=UTC)
+"""Feedback is dated when we received it; outside 1970 to this, its `occurred_at` is not a time we
+received anything, and the folds' arithmetic on it overflowed at the ends of the calendar."""
 
 
 class NotificationRequested(Event):
@@ -306,6 +309,13 @@ class ProviderFeedback(Event):
     provider_timestamp: Millis | None = None
     category: str | None = None
     detail: str | None = None
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _received(cls, value: datetime) -> datetime:
+        if not UNIX_EPOCH <= value < FEEDBACK_UNTIL:
+            raise ValueError(f"feedback dated {value.isoformat()}: received between 1970 and 3000")
+        return value
 
     @property
     def at(self) -> datetime:

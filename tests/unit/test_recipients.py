@@ -1,10 +1,15 @@
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from processors.recipients import RecipientState, address_key, fold
+from tidings.codec import default_codec
+from tidings.errors import InvalidEvent
 from tidings.events import (
+    UNIX_EPOCH,
     DeviceRegistered,
     DeviceRemoved,
     PreferenceRule,
@@ -236,6 +241,20 @@ def test_feedback_dated_at_the_ends_of_the_calendar_is_dated_when_received() -> 
     assert s.email == "a@x.io" and s.suppressions == {}
     assert fb("hard_bounce", provider_timestamp=last).at == T0
     assert fb("hard_bounce", provider_timestamp=T0 - timedelta(days=3)).at == T0 - timedelta(days=3)
+
+
+def test_feedback_received_at_the_ends_of_the_calendar_is_refused() -> None:
+    """With no provider time it is folded at `occurred_at`, which any producer of the feedback topic sets:
+    year 1 overflowed a soft bounce's window and 9999-12-31 the lift after it, and the recipients
+    projection stopped on the record at every restart."""
+    codec = default_codec()
+    for when in (datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)):
+        with pytest.raises(ValidationError, match="received between 1970 and 3000"):
+            fb("soft_bounce", at=when)
+        record = fb("soft_bounce").to_avro() | {"occurred_at": when}
+        with pytest.raises(InvalidEvent):
+            codec.decode(codec.encode_record("ProviderFeedback", record))
+    assert fb("soft_bounce", at=UNIX_EPOCH).at == UNIX_EPOCH
 
 
 def test_feedback_dated_before_an_erasure_changes_nothing_and_later_feedback_counts() -> None:
