@@ -36,6 +36,8 @@ WINDOW = 1_000
 """Commands a partition may have started and not handed on (behind one slow send) before it waits."""
 UNACKNOWLEDGED = 10_000
 """Outputs handed on and not yet acknowledged by Kafka before the lanes start no more commands."""
+UNTIERED_WAIT_S = 6 * 3600.0
+"""The longest a retry waits when no tiers are configured: the default tiers' longest."""
 Handover = tuple[list[Output], dict[str, dict[str, Any]], dict[TP, int]]
 
 
@@ -334,7 +336,9 @@ class Lanes(CommandHandling):
         """When a retry comes due (epoch seconds), at most the longest tier after the record was written:
         a header no number can be read from (or none a float holds) is due now, and one far ahead (a
         writer's clock years off) would otherwise hold its partition for good. The command is good
-        either way; only the wait is not."""
+        either way; only the wait is not. A record with no timestamp is due now (counted from when it is
+        read, a held record read again would never come due), and with no tiers configured (retired
+        tiers still read) the cap is `UNTIERED_WAIT_S`: either held its partition for good before."""
         due = record.header(DUE)
         if due is None:
             return None
@@ -343,9 +347,10 @@ class Lanes(CommandHandling):
         except (ValueError, OverflowError):
             log.warning("%s[%d]@%d: unreadable due %r", record.topic, record.partition, record.offset, due)
             return None
-        if not record.timestamp_ms or not self.tiers:
-            return at
-        return min(at, record.timestamp_ms / 1000 + tier_seconds(self.tiers[-1]))
+        if record.timestamp_ms <= 0:
+            return None
+        longest = tier_seconds(self.tiers[-1]) if self.tiers else UNTIERED_WAIT_S
+        return min(at, record.timestamp_ms / 1000 + longest)
 
     async def _guarded(self, record: Incoming) -> Handled | Blocked:
         """Redis unreachable is not the command's fault: its partition waits and tries again, rather

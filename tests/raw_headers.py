@@ -1,9 +1,11 @@
 """Produces records with a header key that is not UTF-8, as a producer writing byte keys (sarama,
-franz-go) can. Neither Python client writes one: this runs aiokafka's pure-Python record builder in a
-subprocess (the C builder is chosen at import), with a key whose `encode` gives the raw bytes.
+franz-go) can, or with a timestamp of the caller's choosing. Neither Python client writes such a key:
+this runs aiokafka's pure-Python record builder in a subprocess (the C builder is chosen at import),
+with a key whose `encode` gives the raw bytes.
 
-`python -m tests.raw_headers BOOTSTRAP TOPIC` reads JSON lines {key, value, partition, raw_key} (bytes as
-hex, `raw_key` null for a record with readable headers) and produces them in order.
+`python -m tests.raw_headers BOOTSTRAP` reads JSON lines {topic, key, value, partition, headers, raw_key,
+timestamp_ms} (bytes as hex; `raw_key` null for readable headers only, `timestamp_ms` null for now) and
+produces them in order.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ RAW_KEY = b"\xff\xfetrace"
 class Raw:
     output: Output
     raw_key: bytes | None = None
+    timestamp_ms: int | None = None
 
 
 def produce_raw(s: Settings, records: list[Raw]) -> None:
@@ -37,6 +40,7 @@ def produce_raw(s: Settings, records: list[Raw]) -> None:
                 "partition": r.output.partition,
                 "headers": [[k, v.hex()] for k, v in r.output.headers],
                 "raw_key": None if r.raw_key is None else r.raw_key.hex(),
+                "timestamp_ms": r.timestamp_ms,
             }
         )
         + "\n"
@@ -77,6 +81,7 @@ async def _produce(bootstrap: str, lines: list[dict[str, object]]) -> None:
                 key=bytes.fromhex(str(line["key"])) or None,
                 partition=line["partition"],  # type: ignore[arg-type]
                 headers=headers,
+                timestamp_ms=line.get("timestamp_ms"),  # type: ignore[arg-type]
             )
     finally:
         await producer.stop()

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -554,7 +555,10 @@ def test_a_retry_whose_due_cannot_be_read_or_is_years_out_is_sent_not_a_crash_or
 ) -> None:
     """`tidings.due` comes from another process: unreadable, it stopped the gateway on every restart;
     years ahead (a writer's clock), it held its tier partition for good. Each waits at most the
-    longest tier."""
+    longest tier after it was written; one without a time is due at once."""
+    from gateways.outputs import DUE
+    from tests.raw_headers import Raw, produce_raw
+
     s = namespace(retry_tiers="1s,2s", partitions=1)
     hits: list[bytes] = []
     handler = accepting(hits)
@@ -569,12 +573,15 @@ def test_a_retry_whose_due_cannot_be_read_or_is_years_out_is_sent_not_a_crash_or
             (long, b"9" * 5000),
         ):
             produce_due(s, names(s).retry("webhook", "1s"), command, due)
+        undated = Output.event(names(s).retry("webhook", "1s"), commands(f"{base}/hook", 1)[0])
+        far_and_undated = replace(undated, headers=[*undated.headers, (DUE, b"9999999999999999")])
+        produce_raw(s, [Raw(far_and_undated, timestamp_ms=0)])
         await runner(s, concurrency=1).run(idle_exit_after=5)
         await app_runner.cleanup()
 
     asyncio.run(scenario())
-    assert len(hits) == 4, "a due no float holds stopped the gateway at every start"
-    assert [o.status for o in outcomes(s)] == ["SENT"] * 4
+    assert len(hits) == 5, "a due no float holds stopped the gateway at every start"
+    assert [o.status for o in outcomes(s)] == ["SENT"] * 5
 
 
 def test_redis_refusing_writes_when_full_pauses_the_gateway_instead_of_stopping_it(
