@@ -30,6 +30,12 @@ from datetime import datetime
 
 from tidings.catalog import ThrottleRule
 
+MAX_TIMES = 10_000
+"""The most times one throttle key keeps: a request that would keep more is refused, as over the rule.
+Times ahead are kept until they pass, and requests scheduled one window apart over 400 days were each
+admitted: the list grew past what a changelog record holds (2 MB, about 130,000 times), and the
+router stopped on the request that took it over at every restart. 10,000 is about 150 KB."""
+
 
 def due(occurred_at: datetime, scheduled_at: datetime | None, now: datetime) -> datetime:
     """When a request counts (`at` above): its `scheduled_at`, else its `occurred_at`, never later than
@@ -52,7 +58,7 @@ def admit(
     near = [t for t in kept if abs(t - at_ms) < span]
     starts = {at_ms, *(t for t in near if t <= at_ms), *(t - span + 1 for t in near if t > at_ms)}
     busiest = max(sum(1 for t in near if s <= t < s + span) for s in starts)
-    if busiest >= rule.limit:
+    if busiest >= rule.limit or len(kept) >= MAX_TIMES:
         return False, kept
     return True, [*kept, at_ms]
 

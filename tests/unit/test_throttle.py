@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.throttle import admit, due
+from processors.throttle import MAX_TIMES, admit, due
 from tidings.catalog import ThrottleRule, parse_type, throttle_rule
 from tidings.errors import InvalidEvent
 
@@ -164,3 +164,16 @@ def test_a_request_counts_when_it_is_due_and_never_after_the_routers_clock() -> 
     assert due(now - timedelta(hours=2), None, now) == now - timedelta(hours=2)
     assert due(ahead, later, now) == later
     assert due(now, now - timedelta(hours=1), now) == now
+
+
+def test_a_key_keeps_at_most_max_times_and_refuses_requests_past_them() -> None:
+    """Requests scheduled a window apart each pass and each is kept until it is due: over 400 days of
+    10-minute windows the list outgrew a changelog record and stopped the router at every restart."""
+    rule = ThrottleRule(limit=1, window_seconds=600, per="type")
+    times = [int((T0 + timedelta(minutes=10 * i + 10)).timestamp() * 1000) for i in range(MAX_TIMES - 1)]
+    passed, times = admit(rule, times, T0 + timedelta(minutes=10 * MAX_TIMES), T0)
+    assert passed and len(times) == MAX_TIMES
+    passed, kept = admit(rule, times, T0 + timedelta(minutes=10 * MAX_TIMES + 10), T0)
+    assert not passed and kept == times and len(json.dumps(kept)) < 200_000
+    later = T0 + timedelta(minutes=10 * MAX_TIMES // 2)
+    assert admit(rule, times, later + timedelta(days=400), later)[0], "times passed are forgotten"
