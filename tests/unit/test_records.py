@@ -124,3 +124,18 @@ def test_a_dead_letter_too_large_to_produce_leaves_the_value_out_and_says_where_
     assert size_checked([out]) == [out]
     small = dead_letter(Incoming("t", 0, 1, b"k", b"v" * 1_040_000, [], 99), InvalidEvent("bad"), "g")
     assert small.value == b"v" * 1_040_000, "a letter the broker takes keeps the record whole"
+
+
+def test_a_dead_letter_copied_whole_fits_the_producers_request_size_however_many_headers() -> None:
+    """Counted by their bytes alone, 600 empty headers kept a letter under `MAX_LETTER_BYTES` and took
+    it past aiokafka's 1 MiB request size by their length prefixes: the gateway stopped at every start."""
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    cases = ((1_046_900, 600, False), (1_030_000, 600, True), (1_040_000, 0, True), (10, 5_000, True))
+    for value_bytes, header_count, whole in cases:
+        headers = [(f"h{i}" if header_count == 5_000 else "", b"") for i in range(header_count)]
+        record = Incoming("notifications.delivery.email", 0, 3, b"k", b"x" * value_bytes, headers, 99)
+        out = dead_letter(record, InvalidEvent("bad"), "gateway")
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(out.key, out.value, out.headers)
+        assert size <= 1_048_576, (value_bytes, header_count, size)
+        assert (out.value is not None) == whole, (value_bytes, header_count)
