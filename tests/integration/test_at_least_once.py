@@ -42,3 +42,24 @@ def test_handles_everything_once_dead_letters_poison_and_retries_transient_failu
     )
     second.run(idle_exit_after=3)
     assert again == [], "committed offsets must cover everything handled"
+
+
+def test_a_record_whose_header_key_is_not_utf8_is_dead_lettered_and_the_rest_handled(
+    stack: Settings, topic_factory: Callable[..., str], group_id: str
+) -> None:
+    """Its headers cannot be read (confluent-kafka's `headers()` crashed a warm call site)."""
+    from tests.raw_headers import RAW_KEY, Raw, produce_raw
+
+    source = topic_factory("in", partitions=1)
+    good = requests(100)
+    outputs = [Output.event(source, e) for e in good]
+    produce_raw(stack, [Raw(out, RAW_KEY if i in (40, 70) else None) for i, out in enumerate(outputs)])
+    handled: list[Incoming] = []
+    loop = AtLeastOnceLoop(
+        stack, group_id=group_id, topics=[source], handle=lambda r: handled.append(r) or []
+    )
+    loop.run(idle_exit_after=3)
+    assert [r.value for r in handled] == [o.value for i, o in enumerate(outputs) if i not in (40, 70)]
+    letters = [r for r in read_all(stack, DLQ) if header_map(r.headers).get("tidings.source.topic") == source]
+    assert [r.value for r in letters] == [outputs[40].value, outputs[70].value]
+    assert {header_map(r.headers)["tidings.error.type"] for r in letters} == {"UnreadableHeaders"}
