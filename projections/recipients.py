@@ -30,7 +30,7 @@ from psycopg.types.json import Jsonb
 
 from processors.recipients import RecipientState, fold, oversized
 from projections.base import Cursor, Projection
-from projections.suppressions import feedback_time, forget
+from projections.suppressions import forget
 from tidings.events import Event, ProviderFeedback, RecipientErased
 from tidings.kafka import Incoming
 from tidings.kafka.records import log_time
@@ -96,7 +96,7 @@ class Recipients(Projection):
                 erase(cur, e)
                 erased[k] = max(e.occurred_at, erased.get(k, e.occurred_at))
                 continue
-            if isinstance(e, ProviderFeedback) and (at := erased.get(k)) and feedback_time(e) <= at:
+            if isinstance(e, ProviderFeedback) and (at := erased.get(k)) and e.at <= at:
                 continue
             before = states.get(k)
             folded = fold(before, e)

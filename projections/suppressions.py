@@ -139,7 +139,7 @@ class Suppressions(Projection):
         for f in feedback:
             if f.category and f.kind in ("unsubscribe", "resubscribe"):
                 continue
-            if (at := erased.get((f.tenant_id, f.recipient_id or ""))) and feedback_time(f) <= at:
+            if (at := erased.get((f.tenant_id, f.recipient_id or ""))) and f.at <= at:
                 if f.kind not in LIFTS:
                     continue
                 f = f.model_copy(update={"recipient_id": None})
@@ -173,7 +173,7 @@ def _address(cur: Cursor, key: tuple[str, str, str], feedback: list[ProviderFeed
     changed: set[str] = {EARLIER} if restoring else set()
     lift: tuple[str, str | None] | None = None
     for f in feedback:
-        at = feedback_time(f)
+        at = f.at
         kind: str = f.kind
         if kind == "soft_bounce":
             params = {"tenant": tenant, "channel": channel, "address": address, "at": at}
@@ -236,10 +236,6 @@ def _write(
         UPSERT,
         {"tenant": tenant, "channel": channel, "address": address, **shown, "last": last, "registers": None},
     )
-
-
-def feedback_time(f: ProviderFeedback) -> datetime:
-    return f.at
 
 
 def forget(cur: Cursor, tenant: str, recipient: str, erased_at: datetime) -> None:
