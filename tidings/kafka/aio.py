@@ -117,9 +117,10 @@ class AsyncConsumer:
         positions moved on. Each assigned partition is read again with confluent-kafka from the offset
         after the last record handed out (the committed one before any), up to and including such a
         record (`unreadable` set, for the caller to dead-letter); aiokafka resumes after what is
-        returned."""
+        returned. Paused partitions are left: aiokafka hands out nothing of theirs either."""
         starts: dict[TP, int | None] = {}
-        for held in list(self._consumer.assignment()):
+        paused = self._consumer.paused()
+        for held in [tp for tp in self._consumer.assignment() if tp not in paused]:
             tp = (held.topic, held.partition)
             starts[tp] = self._given.get(tp)
             if starts[tp] is None:
@@ -169,6 +170,7 @@ class AsyncConsumer:
     def seek(self, tp: TP, offset: int) -> None:
         for held in self._held([tp]):
             self._consumer.seek(held, offset)
+            self._given[tp] = offset
 
     def pause(self, tps: Sequence[TP]) -> None:
         self._consumer.pause(*self._held(tps))
