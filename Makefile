@@ -42,4 +42,5 @@ test: lint typecheck up
 	$(BIN)/pytest tests -q
 
 clean:
+	-if [ -x $(VENV)/bin/tidings ]; then $(VENV)/bin/tidings dev down; fi
 	rm -rf $(VENV) .devstack .pytest_cache .mypy_cache .ruff_cache .hypothesis
