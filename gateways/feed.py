@@ -268,8 +268,8 @@ def mount(
                 while full:
                     lookback = LOOKBACK_S if greeted else 0.0
                     look = who | {"after": cursor, "lookback": lookback, "limit": MAX_PAGE}
-                    rows = await query(SINCE, look)
-                    full = sum(1 for r in rows if r[0] > cursor) == MAX_PAGE
+                    rows = await query(SINCE, look | {"sent": sorted(sent)})
+                    full = len(rows) == MAX_PAGE
                     fresh = sorted((r for r in rows if r[0] not in sent), key=lambda r: r[0])
                     cursor = max([cursor, *(r[0] for r in fresh)])
                     if fresh or not greeted:

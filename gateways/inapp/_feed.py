@@ -68,11 +68,12 @@ ORDER BY i.seq DESC LIMIT %(limit)s"""
 SINCE = f"""SELECT * FROM (
   (SELECT {COLUMNS} {FROM} AND i.seq > %(after)s ORDER BY i.seq LIMIT %(limit)s)
   UNION ALL
-  (SELECT {COLUMNS} {FROM} AND i.seq <= %(after)s
+  (SELECT {COLUMNS} {FROM} AND i.seq <= %(after)s AND i.seq <> ALL(%(sent)s::bigint[])
      AND i.created_at > now() - make_interval(secs => %(lookback)s) ORDER BY i.seq LIMIT %(limit)s)
 ) page ORDER BY seq > %(after)s DESC, seq LIMIT %(limit)s"""
-"""The items after the cursor first, then the look-back's: items the socket already sent, re-read by
-the look-back, must not fill the page ahead of the ones after the cursor. Two ranges, each read from
+"""The items after the cursor first, then the look-back's that the socket has not sent (`sent`): items
+it sent, re-read by the look-back, filled the page ahead of the ones after the cursor, and in a burst
+of more than a page ahead of an item committed late, which was never sent. Two ranges, each read from
 an index (`inbox_items_feed`, `inbox_items_recent`) up to the page's size, so a look costs a page,
 not the recipient's whole history."""
 MARK = """SELECT

@@ -157,3 +157,44 @@ def test_one_recipient_holds_a_bounded_number_of_sockets(
     assert greeted == ["items"] * 3
     assert refused == (aiohttp.WSMsgType.CLOSE, feed_module.POLICY_VIOLATION)
     assert answer == "items", "a socket closed makes room"
+
+
+def test_an_item_committed_late_reaches_the_socket_behind_a_full_page_of_items_it_sent(
+    database: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An item whose transaction commits after items with later `seq`s is found by the look back in
+    time: that look read the oldest items of the last seconds first, and when more than a page of them
+    had been sent already (a burst), the late one was never sent."""
+    s = database
+    monkeypatch.setattr(feed_module, "MAX_PAGE", 5)
+    before = [command("ada", f"E{i:02d}") for i in range(6)]
+    late, after, ring = command("ada", "late"), command("ada", "after"), command("ada", "ring")
+
+    async def scenario(base: str) -> list[str]:
+        provider = inbox(s)
+        titles: list[str] = []
+        async with (
+            aiohttp.ClientSession() as session,
+            aiohttp.ClientSession() as http,
+            http.ws_connect(f"{base}/v1/ws") as ws,
+        ):
+            await ws.send_json({"token": token("ada")})
+            await ws.receive_json(timeout=5)
+            with psycopg.connect(s.postgres_dsn, autocommit=True) as conn:
+                for c in before:
+                    conn.execute(INSERT, item_row(c))
+            slow = psycopg.connect(s.postgres_dsn)
+            slow.execute(INSERT, item_row(late))
+            await provider.send(session, after)
+            while "after" not in titles:
+                titles += [i["title"] for i in (await ws.receive_json(timeout=5))["items"]]
+            slow.commit()
+            slow.close()
+            await provider.send(session, ring)
+            while "late" not in titles or "ring" not in titles:
+                titles += [i["title"] for i in (await ws.receive_json(timeout=5))["items"]]
+        await provider.close()
+        return titles
+
+    titles = asyncio.run(serving(s, scenario))
+    assert sorted(titles) == sorted(c.content.title for c in [*before, late, after, ring])
