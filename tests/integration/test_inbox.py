@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -88,6 +88,21 @@ async def delivered(s: Settings, *commands: DeliveryCommand) -> None:
 
 async def serving(s: Settings, scenario: Callable[[str], Awaitable[Any]]) -> Any:
     return await edge_serving(s, scenario, EdgeSettings(inbox_jwt_secret=SecretStr(SECRET)))
+
+
+@contextlib.asynccontextmanager
+async def greeted_socket(
+    base: str, recipient: str = "ada"
+) -> AsyncIterator[tuple[aiohttp.ClientSession, aiohttp.ClientWebSocketResponse]]:
+    """A session for the provider, and a socket signed in as `recipient` whose first frame was read."""
+    async with (
+        aiohttp.ClientSession() as session,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{base}/v1/ws") as ws,
+    ):
+        await ws.send_json({"token": token(recipient)})
+        await ws.receive_json(timeout=5)
+        yield session, ws
 
 
 def test_the_gateway_fills_the_inbox_once_and_rings_the_doorbell(database: Settings) -> None:
@@ -609,13 +624,7 @@ def test_a_socket_that_sent_many_items_still_names_its_recent_ones_withdrawn(
     async def scenario(base: str) -> list[Any]:
         provider = inbox(s)
         frames = []
-        async with (
-            aiohttp.ClientSession() as session,
-            aiohttp.ClientSession() as http,
-            http.ws_connect(f"{base}/v1/ws") as ws,
-        ):
-            await ws.send_json({"token": token("ada")})
-            await ws.receive_json(timeout=5)
+        async with greeted_socket(base) as (session, ws):
             for c in adas:
                 if c is adas[-1]:
                     await asyncio.sleep(0.5)

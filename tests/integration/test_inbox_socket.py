@@ -12,7 +12,7 @@ import pytest
 
 from gateways import feed as feed_module
 from gateways.inapp._feed import INSERT, item_row
-from tests.integration.test_inbox import command, inbox, serving, token
+from tests.integration.test_inbox import command, greeted_socket, inbox, serving, token
 from tidings.config import Settings
 
 
@@ -29,13 +29,7 @@ def test_a_burst_larger_than_a_page_reaches_an_open_socket_at_once(
     async def scenario(base: str) -> list[str]:
         provider = inbox(s)
         titles: list[str] = []
-        async with (
-            aiohttp.ClientSession() as session,
-            aiohttp.ClientSession() as http,
-            http.ws_connect(f"{base}/v1/ws") as ws,
-        ):
-            await ws.send_json({"token": token("ada")})
-            await ws.receive_json(timeout=5)
+        async with greeted_socket(base) as (session, ws):
             with psycopg.connect(s.postgres_dsn) as conn:
                 for c in burst[:-1]:
                     conn.execute(INSERT, item_row(c))
@@ -173,13 +167,7 @@ def test_an_item_committed_late_reaches_the_socket_behind_a_full_page_of_items_i
     async def scenario(base: str) -> list[str]:
         provider = inbox(s)
         titles: list[str] = []
-        async with (
-            aiohttp.ClientSession() as session,
-            aiohttp.ClientSession() as http,
-            http.ws_connect(f"{base}/v1/ws") as ws,
-        ):
-            await ws.send_json({"token": token("ada")})
-            await ws.receive_json(timeout=5)
+        async with greeted_socket(base) as (session, ws):
             with psycopg.connect(s.postgres_dsn, autocommit=True) as conn:
                 for c in before:
                     conn.execute(INSERT, item_row(c))
