@@ -38,6 +38,13 @@ class Settings(BaseSettings):
         "events, commands, outcomes, feedback, dead letters): an erasure is complete in Kafka after this "
         "long. Unset, each topic keeps its own retention (requests and recipient events forever).",
     )
+    history_days: int | None = Field(
+        default=None,
+        ge=7,
+        description="Days of history `tidings db prune` keeps in PostgreSQL (notifications, deliveries, "
+        "timelines, in-app items, soft bounces). At least the 7-day soft-bounce window. Unset, nothing is "
+        "pruned unless `--older-than` says how much to keep.",
+    )
     metrics_port: int | None = Field(default=None, description="Serve /metrics of `tidings run` here.")
     metrics_host: str = "127.0.0.1"
     memory_limit_mb: int | None = Field(

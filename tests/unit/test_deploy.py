@@ -32,7 +32,8 @@ K8S = DEPLOY / "k8s"
 KUBERNETES_VERSION = "1.30"
 IMAGE = "ghcr.io/tidings/tidings"
 PROCESSORS = ("router", "scheduler", "audience", "relay")
-WORKLOADS = ("Deployment", "StatefulSet", "Job")
+WORKLOADS = ("Deployment", "StatefulSet", "Job", "CronJob")
+BATCH = ("Job", "CronJob")
 
 
 def manifest_files() -> list[Path]:
@@ -54,6 +55,8 @@ def workloads() -> list[dict[str, Any]]:
 
 
 def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    if workload["kind"] == "CronJob":
+        workload = workload["spec"]["jobTemplate"]
     spec: dict[str, Any] = workload["spec"]["template"]["spec"]
     return spec
 
@@ -67,7 +70,7 @@ def by_component() -> dict[str, dict[str, Any]]:
     return {
         w["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]: w
         for w in workloads()
-        if w["kind"] != "Job"
+        if w["kind"] not in BATCH
     }
 
 
@@ -237,6 +240,16 @@ def test_setup_job_applies_topics_migrates_and_publishes_the_catalog() -> None:
         ["tidings", "catalog", "publish", "/app/catalog"],
     ]
     assert (ROOT / "catalog").is_dir()
+
+
+def test_a_daily_job_prunes_the_history_the_config_keeps() -> None:
+    [cron] = [w for w in workloads() if w["kind"] == "CronJob"]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    assert [c["command"] for c in containers(cron)] == [["tidings", "db", "prune"]]
+    from tidings.config import Settings
+
+    days = Settings.model_validate({"history_days": config_data()["TIDINGS_HISTORY_DAYS"]}).history_days
+    assert days is not None and days >= 30
 
 
 def container_commands() -> list[list[str]]:

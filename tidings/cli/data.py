@@ -50,6 +50,26 @@ def migrate() -> None:
     console.print("applied: " + (", ".join(applied) if applied else "nothing, up to date"))
 
 
+@db_app.command("prune")
+def prune(
+    older_than: int | None = typer.Option(
+        None, "--older-than", min=7, help="Days of history to keep (default: TIDINGS_HISTORY_DAYS)."
+    ),
+    batch: int = typer.Option(5_000, "--batch", min=1, help="Rows per transaction."),
+) -> None:
+    """Delete history older than the days kept (projections/retention.py); prints the rows per table."""
+    from projections.retention import prune as delete_before
+
+    days = older_than if older_than is not None else settings().history_days
+    if days is None:
+        raise typer.BadParameter(
+            "set TIDINGS_HISTORY_DAYS or pass --older-than DAYS", param_hint="--older-than"
+        )
+    cutoff = datetime.now(UTC) - timedelta(days=days)
+    counts = delete_before(settings().postgres_dsn, cutoff, batch=batch)
+    typer.echo(json.dumps({"cutoff": cutoff.isoformat(), "deleted": counts}))
+
+
 def run_projection(
     name: str = typer.Argument(..., help=PROJECTIONS),
     idle_exit: float | None = typer.Option(None, "--idle-exit"),
