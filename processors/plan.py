@@ -22,7 +22,9 @@ zone (not for critical types) defer the command to `notifications.scheduled`.
 Quiet hours do not hold email, in-app or webhooks, which do not interrupt anyone.
 
 A channel with an escalation step is deferred by its `after` and carries `unless`, so the scheduler
-drops it if the notification is engaged with first. A channel with a digest template is not sent but
+drops it if the notification is engaged with first. When no other channel sends a notice (none
+allowed, no address), the escalation is the notice: the first step goes at once and later steps keep
+their distance from it, as a fallback channel would. A channel with a digest template is not sent but
 listed in `Plan.digested` (non-critical types, no future `scheduled_at`, no `recipient_overrides`, data
 up to `DIGEST_ITEM_BYTES` and `DIGEST_ITEM_DEPTH`, unless the recipient turned the category's digest off);
 the router collects it (`processors/digest.py`).
@@ -256,6 +258,10 @@ def checked(request: NotificationRequested, rules: Rules) -> Conditions | None:
     return rules.conditions if request.digest_of is None else None
 
 
+def _after(step: EscalationStep | None) -> int:
+    return 0 if step is None else step.after_seconds
+
+
 def expiry(request: NotificationRequested, t: NotificationTypePublished) -> datetime | None:
     """When a request stops being worth sending: its own `expires_at`, else its type's `expires_after`
     from when it is due (its `scheduled_at`, else when it was requested). From the request alone, a
@@ -358,7 +364,11 @@ def plan(
     released: list[datetime] = []
     """When each command of a channel that is not escalated goes out: an escalation counts from the
     first of them, so it backs up a notice the recipient had `after` to see."""
-    for channel in sorted(candidates, key=lambda c: c in escalation):
+    ladder: datetime | None = None
+    """With no such notice, when the escalation's first step with an address goes out less its `after`.
+    A digested channel is a notice too, sent when its digest closes (types published before digests and
+    escalations were exclusive): its escalation counts from the request, as it did."""
+    for channel in sorted(candidates, key=lambda c: (c in escalation, _after(escalation.get(c)))):
         if channel not in templates:
             outcome("SKIPPED", "no_template", channel)
             continue
@@ -383,8 +393,11 @@ def plan(
         step = escalation.get(channel)
         deferrals = [(scheduled, "scheduled")]
         if step is not None:
-            first = min(released, default=scheduled or now)
-            deferrals.append((first + timedelta(seconds=step.after_seconds), "escalation"))
+            if not released and not result.digested and ladder is None:
+                ladder = (scheduled or now) - timedelta(seconds=step.after_seconds)
+            first = min(released) if released else ladder or scheduled or now
+            if (escalate_at := first + timedelta(seconds=step.after_seconds)) > now:
+                deferrals.append((escalate_at, "escalation"))
         not_before, reason = max(
             ((d, r) for d, r in deferrals if d is not None), default=(None, None), key=lambda x: x[0]
         )

@@ -40,3 +40,36 @@ def test_an_escalation_counts_from_the_end_of_the_quiet_hours_that_held_its_noti
 def test_an_escalation_counts_from_the_first_notice_that_goes_out() -> None:
     got = due(["in_app", "push", "email"], "email", quiet=True)
     assert got == {"in_app": None, "push": NOW.replace(hour=20), "email": NOW + timedelta(minutes=5)}
+
+
+def test_with_no_notice_to_back_up_the_escalation_goes_at_once() -> None:
+    """A push escalated by email for someone with no device: waiting 5 minutes for a `seen` that
+    nothing can bring only delayed the one message that could reach them."""
+    c = catalog(
+        channels=["push", "email"], escalation=[{"after": "5m", "channel": "email", "unless": "seen"}]
+    )
+    p = plan(request(), recipient().model_copy(update={"devices": {}}), c, NOW)
+    [email] = p.commands
+    assert (email.channel, email.not_before, p.deferred) == ("email", None, [])
+    at = NOW + timedelta(hours=3)
+    scheduled = plan(request(scheduled_at=at), recipient().model_copy(update={"devices": {}}), c, NOW)
+    assert [(d.channel, d.not_before) for d in scheduled.deferred] == [("email", at)]
+
+
+def test_with_no_notice_later_steps_keep_their_distance_from_the_first() -> None:
+    c = catalog(
+        channels=["in_app", "email", "sms"],
+        escalation=[
+            {"after": "30m", "channel": "sms", "unless": "read"},
+            {"after": "5m", "channel": "email", "unless": "read"},
+        ],
+    )
+    p = plan(request(channels=["email", "sms"]), recipient(), c, NOW)
+    got = {cmd.channel: cmd.not_before for cmd in [*p.commands, *p.deferred]}
+    assert got == {"email": None, "sms": NOW + timedelta(minutes=25)}
+    with_inbox = plan(request(), recipient(), c, NOW)
+    assert {cmd.channel: cmd.not_before for cmd in [*with_inbox.commands, *with_inbox.deferred]} == {
+        "in_app": None,
+        "email": NOW + timedelta(minutes=5),
+        "sms": NOW + timedelta(minutes=30),
+    }
