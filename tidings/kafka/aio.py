@@ -51,6 +51,7 @@ class AsyncConsumer:
     ) -> None:
         self._settings, self._max_records, self._on_revoked = settings, max_records, on_revoked
         self._given: dict[TP, int] = {}
+        self._rebalances = 0
         self._listener = _Revoked(self._revoked)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
@@ -70,6 +71,7 @@ class AsyncConsumer:
         self._consumer.subscribe(topics=list(topics), listener=self._listener)
 
     def _revoked(self, tps: list[TP]) -> None:
+        self._rebalances += 1
         for tp in tps:
             self._given.pop(tp, None)
         if self._on_revoked is not None:
@@ -117,7 +119,14 @@ class AsyncConsumer:
         positions moved on. Each assigned partition is read again with confluent-kafka from the offset
         after the last record handed out (the committed one before any), up to and including such a
         record (`unreadable` set, for the caller to dead-letter); aiokafka resumes after what is
-        returned. Paused partitions are left: aiokafka hands out nothing of theirs either."""
+        returned. Paused partitions are left: aiokafka hands out nothing of theirs either.
+
+        The caller runs meanwhile. What it did to a partition while the read went on stands, and the
+        read's records of that partition are dropped: a hold (a pause and a seek back to a command to
+        retry) overwritten by the seek past the read lost that command. After a rebalance everything
+        read is dropped: partitions given back start again from their committed offsets, and one now
+        another member's was handed out here too."""
+        rebalances, given = self._rebalances, dict(self._given)
         starts: dict[TP, int | None] = {}
         paused = self._consumer.paused()
         for held in [tp for tp in self._consumer.assignment() if tp not in paused]:
@@ -126,15 +135,21 @@ class AsyncConsumer:
             if starts[tp] is None:
                 starts[tp] = await self._consumer.committed(held)
         found = await asyncio.to_thread(read_to_unreadable, self._settings, starts, self._max_records)
+        if self._rebalances != rebalances:
+            return {}
+        paused, kept = self._consumer.paused(), {}
         for tp, start in starts.items():
             for held in self._held([tp]):
+                if held in paused or self._given.get(tp) != given.get(tp):
+                    continue
                 if found[tp]:
                     self._consumer.seek(held, found[tp][-1].offset + 1)
+                    kept[tp] = found[tp]
                 elif start is None:
                     await self._consumer.seek_to_beginning(held)
                 else:
                     self._consumer.seek(held, start)
-        return {tp: records for tp, records in found.items() if records}
+        return kept
 
     async def commit(self, offsets: dict[TP, int]) -> bool:
         """Commits the offsets of the partitions still assigned; False when a rebalance took them all
