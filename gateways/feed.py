@@ -137,6 +137,7 @@ def mount(
         found = recipient_of(token, secret) if scheme.lower() == "bearer" else None
         if found is None:
             raise refused(web.HTTPUnauthorized, "A valid token is required", WWW_Authenticate="Bearer")
+        pg.TENANT.set(found[0])
         return found
 
     def marking(request: web.Request, cost: int = 1) -> tuple[str, str]:
@@ -239,6 +240,7 @@ def mount(
             await ws.close(code=UNAUTHORIZED, message=b"unauthorized")
             return ws
         tenant, recipient = found
+        pg.TENANT.set(tenant)
         if sockets.get(found, 0) >= MAX_SOCKETS:
             await ws.close(code=POLICY_VIOLATION, message=b"too many sockets for this recipient")
             return ws

@@ -20,6 +20,7 @@ from aiohttp import web
 from psycopg import errors as pg_errors
 from psycopg_pool import PoolTimeout
 
+from gateways import _pg as pg
 from gateways.api_schema import PreferencesBody, Problem, body, problem, recipient_view
 from gateways.feed import POOL, recipient_of
 from gateways.ops import OPERATIONS, Operation
@@ -48,6 +49,7 @@ def mount(
             response = problem(401, "A valid token is required")
             response.headers["WWW-Authenticate"] = "Bearer"
             raise Problem(response)
+        pg.TENANT.set(found[0])
         return found
 
     async def read(request: web.Request) -> web.Response:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
+import aiohttp
 import pytest
 from psycopg_pool import PoolTimeout
 
 from gateways import _pg as pg
+from tests.integration.test_inbox import bearer, serving, token
 from tidings.config import Settings
 
 
@@ -56,3 +59,33 @@ def test_a_tenant_holding_its_share_waits_and_others_still_get_connections(datab
     assert other < 0.9
     assert 0.9 <= waited < 3
     assert after == 1
+
+
+def test_the_inbox_routes_take_connections_as_their_tenant(
+    database: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The feed, the socket and the preference centre share the inbox pool; without their tenant set,
+    one tenant's recipients (it mints their tokens) could hold all 8 connections and every other
+    tenant's feeds answered 503."""
+    lent: list[str | None] = []
+    lend = pg.SharedPool.connection
+
+    def recorded(self: pg.SharedPool, timeout: float | None = None) -> Any:
+        lent.append(pg.TENANT.get())
+        return lend(self, timeout)
+
+    monkeypatch.setattr(pg.SharedPool, "connection", recorded)
+
+    async def scenario(base: str) -> list[int]:
+        statuses = []
+        async with aiohttp.ClientSession() as http:
+            for path in ("/v1/inbox", "/v1/me/preferences"):
+                async with http.get(f"{base}{path}", headers=bearer(token("ada", tenant="globex"))) as r:
+                    statuses.append(r.status)
+            async with http.ws_connect(f"{base}/v1/ws") as ws:
+                await ws.send_json({"token": token("ada", tenant="globex")})
+                statuses.append(len((await ws.receive_json(timeout=5))["items"]))
+        return statuses
+
+    assert asyncio.run(serving(database, scenario)) == [200, 200, 0]
+    assert lent and set(lent) == {"globex"}
