@@ -137,9 +137,10 @@ class RecipientState(BaseModel):
     feedback_at: dict[str, datetime] = {}
     """The newest feedback per address, from states written before `addresses` was kept."""
     erased_at: datetime | None = None
-    """When the recipient was erased (the erasure's `occurred_at`, as the recipients projection keeps
-    it). The router keeps a state of only this instead of nothing: feedback dated before the erasure and
-    reported after it (a late bounce) made a state holding the erased address again."""
+    """When the recipient was erased: the router folds the erasure dated by its record's log time, the
+    time the recipients projection keeps. The router keeps a state of only this instead of nothing:
+    feedback dated before the erasure and reported after it (a late bounce) made a state holding the
+    erased address again."""
 
     def rule(self, scope: str, key: str, channel: str | None) -> bool | None:
         return self.rules.get(rule_key(scope, key, channel))

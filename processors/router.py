@@ -268,12 +268,15 @@ class Router(Digests):
         """Forget the recipient (its state becomes only the erasure's time), cancel its open digests and
         forward the erasure to the scheduler, which drops its deferred commands, and to every channel's
         urgent lane, whose gateway then cancels the commands it has not sent yet (a lane's backlog, retry
-        tiers). The forwarded copies' `occurred_at` is the erasure record's timestamp, the clock of commands'
-        `requested_at`. The digests are looked up by the catalog's types, not found by scanning the
-        store, so an erasure costs the same however many digests are open."""
+        tiers). The state's erasure time and the forwarded copies' `occurred_at` are the erasure record's
+        timestamp, the clock of commands' `requested_at` and the time the recipients projection keeps (the
+        producer's `occurred_at` let a bounce dated between it and a late produce, or a DLQ replay, bring
+        the address back here while the projections ignored it). The digests are looked up by the
+        catalog's types, not found by scanning the store, so an erasure costs the same however many
+        digests are open."""
         trace = child_traceparent(record.header(TRACEPARENT)).encode()
-        self.recipients.put(record.partition, key, fold(self.recipients.get(record.partition, key), event))
         stamped = event.model_copy(update={"occurred_at": log_time(record) or event.occurred_at})
+        self.recipients.put(record.partition, key, fold(self.recipients.get(record.partition, key), stamped))
         outputs = [self._event(self.names.scheduled, stamped, trace)]
         outputs += [self._event(self.names.delivery(c, urgent=True), stamped, trace) for c in CHANNELS]
         for type_ in sorted(self.catalog.type_keys(event.tenant_id)):

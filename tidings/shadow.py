@@ -39,7 +39,7 @@ from tidings.audit import read_all
 from tidings.codec import Codec, default_codec
 from tidings.config import Settings
 from tidings.errors import CodecError, InvalidEvent
-from tidings.events import Event, NotificationRequested, NotificationTypePublished
+from tidings.events import Event, NotificationRequested, NotificationTypePublished, RecipientErased
 from tidings.kafka import Incoming
 from tidings.topics import names
 
@@ -134,6 +134,8 @@ class Shadow:
         if not recipient:
             return None
         key = (event.tenant_id, recipient)
+        if isinstance(event, RecipientErased):
+            event = event.model_copy(update={"occurred_at": at})
         if not isinstance(event, NotificationRequested):
             self.states[key] = fold(self.states.get(key), event)
             return None

@@ -68,7 +68,13 @@ def test_the_router_and_scheduler_drop_what_waits_for_an_erased_recipient(topolo
             waiting[who] = [*liked, scheduled]
         pause()
         erased_at = datetime.now(UTC)
-        client.erase_recipient(tenant="acme", recipient="ada", reason="ticket 42")
+        erasure = RecipientErased(
+            tenant_id="acme",
+            recipient_id="ada",
+            reason="ticket 42",
+            occurred_at=erased_at - timedelta(hours=1),
+        )
+        client.publish(erasure)
         pause()
         late = ProviderFeedback(
             tenant_id="acme",
@@ -121,6 +127,7 @@ def test_the_router_and_scheduler_drop_what_waits_for_an_erased_recipient(topolo
     assert kept == RecipientState(erased_at=kept.erased_at) and kept.erased_at is not None, (
         "the erasure's time only: a bounce from before it, reported after it, brought the address back"
     )
+    assert kept.erased_at >= erased_at, "dated when it reached Kafka, as the projections date it"
 
 
 def test_the_projections_forget_contacts_devices_and_inbox_items_and_rebuild_identically(
