@@ -9,6 +9,12 @@ A record whose handler raises a non-retriable error is a poison record: it is de
 same transaction and the loop goes on. A retriable error aborts the transaction, rewinds the batch and
 retries it after a back-off. After an abort the batch is re-read from its first offset.
 
+A record whose headers cannot be read (a header key that is not UTF-8) is handled without them, as the
+projections apply it: the processors here read headers for trace context only, and an erasure or an
+opt-out dead-lettered by the router but applied by the projections left the person routed to while the
+API showed them erased (review, session 27). The gateways, whose commands carry retry times in headers,
+dead-letter such a record instead.
+
 `transactional_id` must be stable per process slot (say `router-0`), so a restarted process fences its
 killed predecessor at once instead of waiting for the broker to time its transaction out. With
 `static_membership` it is also the consumer's `group.instance.id`: a restart reclaims the same partitions
@@ -327,8 +333,15 @@ class TransactionalLoop:
         return False
 
     def _outputs(self, record: Incoming) -> Iterable[Output]:
+        if record.unreadable is not None:
+            log.warning(
+                "%s[%d]@%d applied without its headers: %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                record.unreadable,
+            )
         try:
-            record.check_headers()
             outputs = size_checked(self.handle(record))
             for store in self.stores:
                 store.record_done()
