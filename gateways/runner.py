@@ -96,10 +96,9 @@ class GatewayRunner(Lanes):
     async def _read_retired_tiers(self) -> None:
         """Also read the retry topics of tiers no longer configured: records in them would otherwise
         stay RETRYING for good after TIDINGS_RETRY_TIERS changed. Each is read as a retry tier; a
-        command failing again whose attempt is past the new tiers fails as exhausted."""
-        prefix = self.retries[0].rsplit(".", 1)[0] + "." if self.retries else None
-        if prefix is None:
-            return
+        command failing again whose attempt is past the new tiers fails as exhausted. With no tiers
+        configured at all they are read too (until session 27 they were not)."""
+        prefix = self.names.retry(self.channel, "")
         found = await asyncio.to_thread(topics_starting, self.settings, prefix)
         retired = [t for t in found if t not in self.retries]
         if retired:
