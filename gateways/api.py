@@ -83,7 +83,7 @@ from gateways.limits import TokenBucket
 from gateways.ops import OPERATIONS, Operation
 from processors.recipients import RecipientState
 from tidings.client import home_topics, notification_request, recipient_update
-from tidings.config import Settings
+from tidings.config import PLACEHOLDER, Settings
 from tidings.errors import InvalidEvent, KafkaUnavailable
 from tidings.events import (
     DeviceRemoved,
@@ -133,6 +133,8 @@ def parse_keys(spec: str) -> dict[str, str]:
         tenant, _, key = entry.partition(":")
         if not tenant or len(key) < 24:
             raise ValueError("TIDINGS_EDGE_API_KEYS wants tenant:key pairs, each key at least 24 characters")
+        if PLACEHOLDER in key:
+            raise ValueError(f"TIDINGS_EDGE_API_KEYS: {tenant}'s key is still the example's placeholder")
         try:
             TypeAdapter(TenantId).validate_python(tenant)
         except ValidationError:

@@ -81,7 +81,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import jwt
 from aiohttp import web
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateways import api, api_schema, feed, ops, prefs, track
@@ -90,7 +90,7 @@ from gateways.email._message import EmailSettings, loopback, unsubscribe_claims
 from gateways.outputs import reported_outcome
 from gateways.sms import holders, inbound, receipts, vonage_routes
 from tidings.client import tenant_key
-from tidings.config import Settings
+from tidings.config import Settings, own_secret
 from tidings.errors import InvalidEvent
 from tidings.events import ProviderFeedback
 from tidings.kafka import Output
@@ -124,6 +124,13 @@ class EdgeSettings(BaseSettings):
     inbox_jwt_secret: SecretStr | None = Field(default=None, min_length=32)
     api_keys: SecretStr | None = None
     api_rate: float | None = Field(default=None, gt=0, description="Notifications/s per tenant.")
+
+    @field_validator("inbox_jwt_secret", "postmark_password")
+    @classmethod
+    def _own(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is not None:
+            own_secret(value.get_secret_value(), f"TIDINGS_EDGE_{str(info.field_name).upper()}")
+        return value
 
     @field_validator("api_keys")
     @classmethod

@@ -18,6 +18,22 @@ DEV_POSTGRES_PORT = int(os.environ.get("TIDINGS_DEV_POSTGRES_PORT", "15432"))
 DEV_REDIS_PORT = int(os.environ.get("TIDINGS_DEV_REDIS_PORT", "16379"))
 
 
+PLACEHOLDER = "CHANGE-ME"
+MIN_SECRET = 32
+
+
+def own_secret(value: str, name: str) -> str:
+    """A secret tidings signs tokens or derives tenants' keys with: at least `MIN_SECRET` characters,
+    since anyone holding a token signed with it (every email's unsubscribe link) or a key derived from it
+    (a tenant's Postmark password) can guess a short one offline, and never the example Secret's
+    placeholder, which is public (deployed unchanged, it passed the length check)."""
+    if PLACEHOLDER in value:
+        raise ValueError(f"{name} is still the example's {PLACEHOLDER} placeholder")
+    if len(value) < MIN_SECRET:
+        raise ValueError(f"{name} must be at least {MIN_SECRET} characters")
+    return value
+
+
 class Settings(BaseSettings):
     """Example: `TIDINGS_KAFKA_BOOTSTRAP=broker:9092 tidings topics apply`."""
 

@@ -35,6 +35,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateways.base import DeliveryRejected
 from gateways.email.tracking import tracked
+from tidings.config import own_secret
 from tidings.events import DeliveryCommand
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,8 @@ class EmailSettings(BaseSettings):
         """Click links redirect to the URL in their token, and an unsubscribe token opts its address out:
         signed with the public default secret, anyone could mint them. The default does for links to
         this machine only (development)."""
+        if not self.dev_secret:
+            own_secret(self.unsubscribe_secret.get_secret_value(), "TIDINGS_EMAIL_UNSUBSCRIBE_SECRET")
         if self.tracking and self.dev_secret:
             raise ValueError("tracking needs TIDINGS_EMAIL_UNSUBSCRIBE_SECRET set to a secret of your own")
         if self.dev_secret and not loopback(urlsplit(self.unsubscribe_url).hostname):

@@ -103,6 +103,7 @@ def test_one_click_unsubscribe_opts_the_category_out(topology: Settings) -> None
 
 
 FORM = "application/x-www-form-urlencoded"
+PM_SECRET = "pm-secret-of-at-least-32-characters"
 
 
 def test_provider_webhooks_become_feedback_only_when_authentic(topology: Settings) -> None:
@@ -110,7 +111,7 @@ def test_provider_webhooks_become_feedback_only_when_authentic(topology: Setting
     edge = EdgeSettings(
         sendgrid_verification_key=sendgrid_public(key),
         postmark_username="pm",
-        postmark_password=SecretStr("pm-secret"),
+        postmark_password=SecretStr(PM_SECRET),
         twilio_auth_token=SecretStr(TWILIO_TOKEN),
         vonage_signature_secret=SecretStr(VONAGE_SECRET),
     )
@@ -126,7 +127,7 @@ def test_provider_webhooks_become_feedback_only_when_authentic(topology: Setting
     def postmark_auth(password: str) -> dict[str, str]:
         return {"Authorization": "Basic " + base64.b64encode(f"pm:{password}".encode()).decode()}
 
-    acmes = tenant_key("pm-secret", "postmark", "acme")
+    acmes = tenant_key(PM_SECRET, "postmark", "acme")
     stop = vonage_body("STOP", sign="md5hash", timestamp=str(int(time.time()) - 3600))  # retried an hour late
     form_stop = json.loads(vonage_body("stop", msisdn="447700900666", sign="md5hash"))
     query_stop = json.loads(vonage_body("STOP", msisdn="447700900777", sign="md5hash"))
@@ -139,7 +140,7 @@ def test_provider_webhooks_become_feedback_only_when_authentic(topology: Setting
             ("/callbacks/sendgrid/acme", grid, forged),
             ("/callbacks/postmark/acme", postmark_body, postmark_auth(acmes)),
             ("/callbacks/postmark/acme", postmark_body, {"Authorization": "Basic cG06d3Jvbmc="}),
-            ("/callbacks/postmark/acme", postmark_body, postmark_auth("pm-secret")),
+            ("/callbacks/postmark/acme", postmark_body, postmark_auth(PM_SECRET)),
             ("/callbacks/postmark/globex", postmark_body, postmark_auth(acmes)),
             (
                 "/inbound/twilio/acme",

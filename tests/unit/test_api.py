@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 from openapi_spec_validator import validate
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from typer.testing import CliRunner
 
 from gateways import api, api_schema, ops, suppressions_api
@@ -196,3 +196,31 @@ def test_the_edge_pools_bound_statements_and_keep_the_dsns_own_options() -> None
     kept = pg.bounded("host=db dbname=t options='-c search_path=app'")
     assert kept == {"options": "-c search_path=app -c statement_timeout=30000"}
     assert pg.bounded("postgresql://t@127.0.0.1/t", 500) == {"options": "-c statement_timeout=500"}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "why"),
+    [
+        ("TIDINGS_EDGE_POSTMARK_PASSWORD", "short", "at least 32"),
+        ("TIDINGS_EDGE_POSTMARK_PASSWORD", "CHANGE-ME-and-make-it-32-characters-long", "placeholder"),
+        ("TIDINGS_EDGE_INBOX_JWT_SECRET", "CHANGE-ME-at-least-32-random-characters", "placeholder"),
+        ("TIDINGS_EDGE_API_KEYS", "acme:CHANGE-ME-a-random-key-of-32-chars", "placeholder"),
+    ],
+)
+def test_the_edge_refuses_weak_and_example_secrets(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, why: str
+) -> None:
+    """A tenant holding its derived Postmark password could guess a short master offline and compute
+    every other tenant's; the example Secret's placeholders are public, yet passed the length checks."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError, match=why):
+        EdgeSettings()
+
+
+def test_the_unsubscribe_secret_is_the_development_default_or_a_strong_one_of_your_own() -> None:
+    from gateways.email._message import DEV_SECRET, EmailSettings
+
+    assert EmailSettings(unsubscribe_secret=SecretStr(DEV_SECRET)).dev_secret
+    for weak, why in (("hunter2", "at least 32"), ("CHANGE-ME-at-least-32-random-characters", "placeholder")):
+        with pytest.raises(ValidationError, match=why):
+            EmailSettings(unsubscribe_secret=SecretStr(weak))
