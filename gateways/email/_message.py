@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import email.errors
 import email.policy
 import ipaddress
 import json
@@ -237,14 +238,21 @@ def deliverable(address: str) -> str:
     SMTP server without SMTPUTF8 refused it, which read as the provider down (retried through every tier,
     counted against the circuit), SES takes 7-bit addresses only, and in a To header the domain became
     an RFC 2047 encoded word, which RFC 2047 forbids in an address. Raises DeliveryRejected (permanent)
-    for a domain IDNA refuses."""
+    for a domain IDNA refuses, and for an address that is no addr-spec (`<a@x.com`, `a@[x.com`): the
+    recipient events' pattern lets them through, and the header parser's errors (not ValueErrors) became
+    a `provider_error` with a stack trace on every send, or the provider's own refusal."""
     local, at, domain = address.rpartition("@")
-    if not at or domain.isascii():
-        return address
+    if at and not domain.isascii():
+        try:
+            domain = idna.encode(domain, uts46=True).decode("ascii")
+        except idna.IDNAError as exc:
+            raise DeliveryRejected(f"invalid email domain: {exc}") from None
+    wire = f"{local}@{domain}" if at else address
     try:
-        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
-    except idna.IDNAError as exc:
-        raise DeliveryRejected(f"invalid email domain: {exc}") from None
+        Address(addr_spec=wire) if local.isascii() else Address(username=local, domain=domain)
+    except (ValueError, IndexError, AttributeError, email.errors.MessageError) as exc:
+        raise DeliveryRejected(f"invalid email address: {exc}") from None
+    return wire
 
 
 def build(command: DeliveryCommand, settings: EmailSettings) -> EmailMessage:
@@ -254,10 +262,7 @@ def build(command: DeliveryCommand, settings: EmailSettings) -> EmailMessage:
     subject, text, html = parts(command, settings)
     address = deliverable(command.address)
     local, _, domain = address.rpartition("@")
-    try:
-        to = Address(addr_spec=address) if local.isascii() else Address(username=local, domain=domain)
-    except (ValueError, IndexError) as exc:
-        raise DeliveryRejected(f"invalid email address: {exc}") from None
+    to = Address(addr_spec=address) if local.isascii() else Address(username=local, domain=domain)
     msg = EmailMessage(policy=BODY_POLICY)
     msg["From"] = sender(settings)
     msg["To"] = str(to)

@@ -237,10 +237,13 @@ def test_postmark_inactive_recipient_marks_the_address_dead() -> None:
 
 
 def test_postmark_invalid_request_is_permanent_but_not_dead() -> None:
-    command = email_command(address="not-an-address")
+    command = email_command(address="ada@localhost")
     result, _ = send(PostmarkServer, command)
     assert isinstance(result, DeliveryRejected) and result.permanent and not result.address_dead
     assert "ErrorCode 300" in result.reason
+    refused, server = send(PostmarkServer, email_command(address="not-an-address"))
+    assert isinstance(refused, DeliveryRejected) and "invalid email address" in refused.reason
+    assert server.requests == 0, "refused before any request"
 
 
 def test_postmark_wrong_token_and_metadata() -> None:
