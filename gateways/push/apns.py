@@ -62,6 +62,10 @@ from gateways.base import DeliveryRejected, Provider, ProviderThrottled, Provide
 from tidings.events import DeliveryCommand
 
 DEVICE_TOKEN = re.compile(r"[0-9a-fA-F]{32,200}")
+BUNDLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,254}")
+"""The `apns-topic` a device's `app_id` gives (a bundle id, maybe with `.voip` or `.complication`): one
+with other characters (non-ASCII, a line break) raised in the HTTP client on every push, a
+`provider_error` with a stack trace, or went out in the header."""
 DEAD_REASONS = frozenset({"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered"})
 MIN_RENEWAL_S = 1200.0
 TOKEN_REASONS = frozenset({"ExpiredProviderToken", "InvalidProviderToken", "MissingProviderToken"})
@@ -217,6 +221,8 @@ class Apns(Provider):
             raise DeliveryRejected(
                 "apns refused the device token (BadDeviceToken: not hex)", address_dead=True
             )
+        if (app_id := command.address_params.get("app_id")) and not BUNDLE_ID.fullmatch(app_id):
+            raise DeliveryRejected(f"the device's app_id {app_id[:200]!r} is no bundle id (apns-topic)")
         body = payload(command)
         raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         alert = "alert" in body["aps"]

@@ -99,6 +99,20 @@ def test_apns_app_id_of_the_device_overrides_the_topic() -> None:
     assert server.received[0]["apns-topic"] == "com.example.other"
 
 
+@pytest.mark.parametrize("app_id", ["com.é.app", "com.example.app\r\nx-injected: 1", " com.example.app"])
+def test_apns_an_app_id_that_is_no_bundle_id_is_refused_for_good_without_a_request(app_id: str) -> None:
+    """Non-ASCII raised in the HTTP client on every push (a `provider_error` with a stack trace); a line
+    break went out inside the header."""
+
+    def odd_app(server: ApnsServer) -> DeliveryCommand:
+        return push_command("apns", server.register("com.example.app"), params={"app_id": app_id})
+
+    server, refused = with_apns(send_one(odd_app))
+    assert isinstance(refused, DeliveryRejected) and "no bundle id" in refused.reason, refused
+    assert refused.permanent and not refused.address_dead
+    assert server.received == []
+
+
 def test_apns_speaks_http2_and_the_server_refuses_http1() -> None:
     async def scenario(server: ApnsServer, provider: Apns) -> Any:
         results = [await attempt(provider, server.command()) for _ in range(2)]
