@@ -21,7 +21,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_router import publish_catalog
 from tests.ports import free_port
-from tests.unit.test_deploy import by_component, expressions, metric_names, pod_spec, workloads
+from tests.unit.test_deploy import (
+    BATCH,
+    by_component,
+    expressions,
+    metric_names,
+    pod_spec,
+    pod_template,
+    workloads,
+)
 from tidings.client import Client
 from tidings.config import Settings
 from tidings.devstack.tools import promtool
@@ -71,9 +79,9 @@ def pod_targets() -> list[dict[str, Any]]:
         meta = {
             "__meta_kubernetes_namespace": "prod",
             "__meta_kubernetes_pod_name": pod,
-            "__meta_kubernetes_pod_phase": "Succeeded" if workload["kind"] == "Job" else "Running",
+            "__meta_kubernetes_pod_phase": "Succeeded" if workload["kind"] in BATCH else "Running",
         }
-        for key, value in workload["spec"]["template"]["metadata"]["labels"].items():
+        for key, value in pod_template(workload)["metadata"]["labels"].items():
             meta[f"__meta_kubernetes_pod_label_{sanitized(key)}"] = value
         spec = pod_spec(workload)
         for c in [*spec.get("initContainers", []), *spec["containers"]]:

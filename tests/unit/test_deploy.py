@@ -54,10 +54,15 @@ def workloads() -> list[dict[str, Any]]:
     return [r for r in resources() if r["kind"] in WORKLOADS]
 
 
-def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+def pod_template(workload: dict[str, Any]) -> dict[str, Any]:
     if workload["kind"] == "CronJob":
         workload = workload["spec"]["jobTemplate"]
-    spec: dict[str, Any] = workload["spec"]["template"]["spec"]
+    template: dict[str, Any] = workload["spec"]["template"]
+    return template
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = pod_template(workload)["spec"]
     return spec
 
 
