@@ -365,7 +365,8 @@ def plan(
     """When each command of a channel that is not escalated goes out: an escalation counts from the
     first of them, so it backs up a notice the recipient had `after` to see."""
     ladder: datetime | None = None
-    """With no such notice, when the escalation's first step with an address goes out less its `after`.
+    """With no such notice, when the escalation's first step with an address goes out (after quiet hours:
+    an email step after a push held by them went out hours before it) less its `after`.
     A digested channel is a notice too, sent when its digest closes (types published before digests and
     escalations were exclusive): its escalation counts from the request, as it did."""
     for channel in sorted(candidates, key=lambda c: (c in escalation, _after(escalation.get(c)))):
@@ -392,9 +393,8 @@ def plan(
             raise InvalidEvent(f"template {t.notification_type} v{t.version} {channel}: {exc}") from exc
         step = escalation.get(channel)
         deferrals = [(scheduled, "scheduled")]
-        if step is not None:
-            if not released and not result.digested and ladder is None:
-                ladder = (scheduled or now) - timedelta(seconds=step.after_seconds)
+        leads = step is not None and not released and not result.digested and ladder is None
+        if step is not None and not leads:
             first = min(released) if released else ladder or scheduled or now
             if (escalate_at := first + timedelta(seconds=step.after_seconds)) > now:
                 deferrals.append((escalate_at, "escalation"))
@@ -405,6 +405,8 @@ def plan(
             quiet_end = quiet_until(state.quiet_hours, state.timezone, not_before or now)
             if quiet_end is not None:
                 not_before, reason = quiet_end, "quiet_hours_deferred"
+        if leads and step is not None:
+            ladder = (not_before or now) - timedelta(seconds=step.after_seconds)
         for address, params in targets:
             did = delivery_id(nid, channel, address)
             suppression = state.suppressions.get(address_key(channel, address))

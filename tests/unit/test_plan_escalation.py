@@ -73,3 +73,20 @@ def test_with_no_notice_later_steps_keep_their_distance_from_the_first() -> None
         "email": NOW + timedelta(minutes=5),
         "sms": NOW + timedelta(minutes=30),
     }
+
+
+def test_with_no_notice_later_steps_count_from_the_first_step_held_by_quiet_hours() -> None:
+    """Push at 5 minutes and email at 30 for someone with no email address but a device, inside quiet
+    hours: the push goes at their end, and the email backing it up 25 minutes later, not at 12:25."""
+    c = catalog(
+        channels=["sms", "push", "email"],
+        escalation=[
+            {"after": "5m", "channel": "push", "unless": "seen"},
+            {"after": "30m", "channel": "email", "unless": "seen"},
+        ],
+    )
+    state = recipient(quiet_hours=QUIET).model_copy(update={"phone": None})
+    p = plan(request(), state, c, NOW)
+    evening = NOW.replace(hour=20)
+    got = {cmd.channel: cmd.not_before for cmd in [*p.commands, *p.deferred]}
+    assert got == {"push": evening, "email": evening + timedelta(minutes=25)}
