@@ -9,7 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TIDINGS_GATEWAY_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_GATEWAY_", frozen=True, hide_input_in_errors=True)
 
     concurrency: int = Field(default=64, ge=1, description="Sends in flight per gateway process.")
     inflight_ttl: int = Field(default=60, ge=1, description="Seconds a crashed sender's claim lasts.")

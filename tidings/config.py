@@ -37,7 +37,7 @@ def own_secret(value: str, name: str) -> str:
 class Settings(BaseSettings):
     """Example: `TIDINGS_KAFKA_BOOTSTRAP=broker:9092 tidings topics apply`."""
 
-    model_config = SettingsConfigDict(env_prefix="TIDINGS_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_", frozen=True, hide_input_in_errors=True)
 
     kafka_bootstrap: str = f"127.0.0.1:{DEV_KAFKA_PORT}"
     postgres_dsn: str = f"postgresql://postgres@127.0.0.1:{DEV_POSTGRES_PORT}/tidings"

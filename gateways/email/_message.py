@@ -60,7 +60,7 @@ DEV_SECRET = "dev-only-unsubscribe-secret-change-me"
 class EmailSettings(BaseSettings):
     """Sender identity and unsubscribe links shared by every email provider (`TIDINGS_EMAIL_*`)."""
 
-    model_config = SettingsConfigDict(env_prefix="TIDINGS_EMAIL_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_EMAIL_", frozen=True, hide_input_in_errors=True)
 
     from_address: str = "notifications@tidings.localhost"
     from_name: str = "tidings"

@@ -42,7 +42,7 @@ MAX_METADATA_VALUE = 80
 
 
 class PostmarkSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TIDINGS_POSTMARK_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_POSTMARK_", frozen=True, hide_input_in_errors=True)
 
     server_token: SecretStr
     base_url: str = "https://api.postmarkapp.com"

@@ -37,7 +37,7 @@ USER_AGENT = "tidings-email/0.1"
 
 
 class SendGridSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TIDINGS_SENDGRID_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_SENDGRID_", frozen=True, hide_input_in_errors=True)
 
     api_key: SecretStr
     base_url: str = "https://api.sendgrid.com"

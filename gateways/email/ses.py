@@ -59,7 +59,7 @@ region ...", the sender's identity (lapsed, or verified in another region): ever
 
 
 class SesSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TIDINGS_SES_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_SES_", frozen=True, hide_input_in_errors=True)
 
     region: str
     access_key_id: str

@@ -56,7 +56,7 @@ STAGES: dict[type[Exception], Stage] = {
 
 
 class SmtpSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TIDINGS_SMTP_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_SMTP_", frozen=True, hide_input_in_errors=True)
 
     host: str = "127.0.0.1"
     port: int = Field(default=587, gt=0, lt=65536)

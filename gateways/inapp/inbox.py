@@ -43,7 +43,7 @@ BUSY_MESSAGES = ("too many clients", "remaining connection slots are reserved")
 class InboxSettings(BaseSettings):
     """Defaults to the stack's own PostgreSQL, Redis and topic prefix (`TIDINGS_POSTGRES_DSN`, ...)."""
 
-    model_config = SettingsConfigDict(env_prefix="TIDINGS_INBOX_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_INBOX_", frozen=True, hide_input_in_errors=True)
 
     postgres_dsn: str | None = None
     redis_url: str | None = None

@@ -79,7 +79,7 @@ With a device's own `app_id` they are about that device."""
 class ApnsSettings(BaseSettings):
     """`private_key` is the PEM text of the .p8 key; `ca_file` adds a trusted CA (tests)."""
 
-    model_config = SettingsConfigDict(env_prefix="TIDINGS_APNS_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_APNS_", frozen=True, hide_input_in_errors=True)
 
     key_id: str
     team_id: str

@@ -87,7 +87,7 @@ every tenant's pushes (QUOTA_EXCEEDED covers the project's, a device's and a top
 class FcmSettings(BaseSettings):
     """The service account key as JSON text (`TIDINGS_FCM_SERVICE_ACCOUNT_JSON`) or a file path."""
 
-    model_config = SettingsConfigDict(env_prefix="TIDINGS_FCM_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_FCM_", frozen=True, hide_input_in_errors=True)
 
     service_account_json: SecretStr | None = None
     service_account_file: Path | None = None

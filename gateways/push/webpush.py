@@ -61,7 +61,7 @@ class WebPushSettings(BaseSettings):
     """`vapid_private_key` is PEM or the raw 32-byte P-256 scalar in base64url (as web-push tools print);
     `allow_cidrs` and `ca_file` exist for tests (a local push service), never for production."""
 
-    model_config = SettingsConfigDict(env_prefix="TIDINGS_WEBPUSH_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_WEBPUSH_", frozen=True, hide_input_in_errors=True)
 
     vapid_private_key: SecretStr
     subject: str = Field(pattern=r"^(mailto:|https://)\S+$")

@@ -60,7 +60,7 @@ QUEUE_FULL = 21611
 
 
 class TwilioSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TIDINGS_TWILIO_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_TWILIO_", frozen=True, hide_input_in_errors=True)
 
     account_sid: str = Field(pattern=r"^AC[0-9a-fA-F]{32}$")
     auth_token: SecretStr

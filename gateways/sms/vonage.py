@@ -73,7 +73,7 @@ MAX_CALLBACK = 100
 
 
 class VonageSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TIDINGS_VONAGE_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_VONAGE_", frozen=True, hide_input_in_errors=True)
 
     api_key: str = Field(min_length=1)
     api_secret: SecretStr = Field(min_length=1)

@@ -37,7 +37,7 @@ events with nothing to replay, and an endpoint answering 404 for good was never 
 class WebhookSettings(BaseSettings):
     """`TIDINGS_WEBHOOK_ALLOW_CIDRS=127.0.0.1/32` lets tests reach a local receiver; never in production."""
 
-    model_config = SettingsConfigDict(env_prefix="TIDINGS_WEBHOOK_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_WEBHOOK_", frozen=True, hide_input_in_errors=True)
 
     connect_timeout: float = Field(default=5.0, gt=0)
     read_timeout: float = Field(default=10.0, gt=0)

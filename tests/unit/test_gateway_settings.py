@@ -1,8 +1,10 @@
 import pytest
 from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 
 from gateways.runner import GatewayRunner, GatewaySettings, dead_key, failing_key
 from tests.integration.test_gateway_runner import commands
+from tests.unit.test_deploy import settings_classes
 from tidings.config import Settings
 
 
@@ -50,3 +52,17 @@ def test_rates_must_be_positive_numbers(rates: str) -> None:
     with pytest.raises(ValidationError, match="rates"):
         GatewaySettings(rates=rates)
     assert GatewaySettings(rates="smtp=0.5,ses=10:20").rate_limits() == {"smtp": (0.5, 1), "ses": (10.0, 20)}
+
+
+@pytest.mark.parametrize("cls", settings_classes(), ids=lambda c: f"{c.__module__}.{c.__name__}")
+def test_a_settings_error_never_prints_what_it_was_given(cls: type[BaseSettings]) -> None:
+    """A refused secret (too short, the public default) ended in the crash log of every pod: pydantic
+    prints each error's input, for a model check the whole input with every other secret in it."""
+    marker = "s3cr3t-" + "x" * 8
+    with pytest.raises(ValidationError) as refused:
+        cls(**{name: {"value": marker} for name in cls.model_fields})
+    assert refused.value.errors() and marker not in str(refused.value)
+    for short in cls.model_fields.keys() & {"unsubscribe_secret", "inbox_jwt_secret"}:
+        with pytest.raises(ValidationError) as refused:
+            cls(**{short: marker})
+        assert marker not in str(refused.value)
