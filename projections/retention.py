@@ -4,11 +4,14 @@ The tables keep every notification, delivery, timeline event and in-app item for
 like the topics they come from; a deployment that must not (storage, GDPR's storage limitation) runs
 this daily with `TIDINGS_HISTORY_DAYS` or `--older-than`. What goes:
 - a notification, its deliveries and its timeline, once its request and every delivery's last event
-  are older than the cutoff and none of its deliveries still waits (DEFERRED, QUEUED, RETRYING): a
-  request scheduled months ahead keeps its row until it is sent. A delivery that waits longer than the
-  furthest `scheduled_at` may be (400 days) past the cutoff waits for nothing, and goes;
-- an in-app item created before the cutoff, or past its `expires_at` (the feed never shows it again),
-  with its seen/read/archived state once no item of that notification is left for the recipient;
+  are older than the cutoff and nothing of it still waits: no delivery DEFERRED, QUEUED or RETRYING, no
+  item in an open digest (its `DEFERRED digest` outcome names no delivery). A request scheduled months
+  ahead keeps its row until it is sent. What waits longer than anything can (`WAITS_AT_MOST`) past the
+  cutoff waits for nothing, and goes. A partial row (outcomes whose request is gone or never came) goes
+  once it is terminal before the cutoff;
+- an in-app item created before the cutoff, or past its `expires_at` (the feed never shows it again);
+- a recipient's seen/read/archived state of a notification once all its times are older than the cutoff
+  and no in-app item of it is left: it also holds push opens and email clicks, which statistics count;
 - soft bounces older than the cutoff (they count only within a window of days).
 
 Each batch is its own short transaction, so projections and the in-app gateway keep writing meanwhile.
@@ -24,10 +27,14 @@ from uuid import UUID
 import psycopg
 
 from projections.db import connect
+from tidings.catalog import MAX_WINDOW_SECONDS
 from tidings.vocabulary import MAX_SCHEDULE_AHEAD
 
 WAITING_RANK = 4
 """Deliveries ranked below SENT (DEFERRED, QUEUED, RETRYING) still wait (projections.delivery_status)."""
+WAITS_AT_MOST = MAX_SCHEDULE_AHEAD + 2 * timedelta(seconds=MAX_WINDOW_SECONDS) + timedelta(days=2)
+"""The longest a request can wait to be sent: `scheduled_at` 400 days ahead, then a digest window or an
+escalation's `after` (31 days at most each), and quiet hours."""
 
 TENANTS = """WITH RECURSIVE t AS (
   (SELECT tenant_id FROM notifications ORDER BY tenant_id LIMIT 1)
@@ -42,16 +49,28 @@ WHERE tenant_id = %(tenant)s AND requested_at < %(cutoff)s
 ORDER BY requested_at, notification_id LIMIT %(batch)s"""
 """A page of the tenant's notifications requested before the cutoff (index `notifications_requested`);
 the page moves on whether or not its rows go, so rows kept do not make every page read them again."""
+PARTIAL_NOTIFICATIONS = """SELECT requested_at, notification_id FROM notifications
+WHERE tenant_id = %(tenant)s AND requested_at IS NULL AND notification_id > %(id)s
+ORDER BY notification_id LIMIT %(batch)s"""
+"""A page of the tenant's rows made by outcomes alone (a late report about a pruned notification, a
+cancellation of an unknown id): they have no request time to be found by."""
 DELETE_NOTIFICATIONS = """WITH doomed AS (
   SELECT n.tenant_id, n.notification_id FROM notifications n
   WHERE n.tenant_id = %(tenant)s AND n.notification_id = ANY(%(ids)s)
-    AND (n.terminal_at IS NULL OR n.terminal_at < %(cutoff)s)
+    AND (n.terminal_at < %(cutoff)s OR (n.terminal_at IS NULL AND n.requested_at IS NOT NULL))
     AND NOT EXISTS (
       SELECT 1 FROM deliveries d WHERE d.tenant_id = n.tenant_id AND d.notification_id = n.notification_id
         AND (d.last_at >= %(cutoff)s OR (d.status_rank < %(waiting)s AND n.requested_at >= %(stale)s)))
     AND NOT EXISTS (
       SELECT 1 FROM delivery_events e WHERE e.tenant_id = n.tenant_id AND e.notification_id = n.notification_id
         AND e.occurred_at >= %(cutoff)s)
+    AND NOT EXISTS (
+      SELECT 1 FROM delivery_events e WHERE e.tenant_id = n.tenant_id AND e.notification_id = n.notification_id
+        AND e.delivery_id IS NULL AND e.status = 'DEFERRED' AND n.requested_at >= %(stale)s
+        AND NOT EXISTS (
+          SELECT 1 FROM delivery_events x WHERE x.tenant_id = e.tenant_id AND x.notification_id = e.notification_id
+            AND x.delivery_id IS NULL AND x.channel IS NOT DISTINCT FROM e.channel AND x.status <> 'DEFERRED'
+            AND x.occurred_at >= e.occurred_at))
   FOR UPDATE SKIP LOCKED
 ), events AS (
   DELETE FROM delivery_events e USING doomed
@@ -65,7 +84,9 @@ DELETE_NOTIFICATIONS = """WITH doomed AS (
 )
 SELECT (SELECT count(*) FROM notes), (SELECT count(*) FROM gone), (SELECT count(*) FROM events)"""
 """`FOR UPDATE SKIP LOCKED`: a row the delivery-status projection is folding right now is left for the
-next run rather than waited for (and a late outcome folded after the delete makes a new, partial row)."""
+next run rather than waited for (and a late outcome folded after the delete makes a new, partial row).
+A digested item waits while its channel's last outcome without a delivery is `DEFERRED digest`: its
+`QUEUED digested` (or EXPIRED, CANCELLED) comes when the digest closes, up to 31 days later."""
 DELETE_ITEMS = """WITH doomed AS (
   SELECT tenant_id, delivery_id FROM inbox_items WHERE created_at < %(cutoff)s
   ORDER BY created_at LIMIT %(batch)s FOR UPDATE SKIP LOCKED
@@ -75,20 +96,28 @@ DELETE_ITEMS = """WITH doomed AS (
 ), items AS (
   DELETE FROM inbox_items i USING (SELECT * FROM doomed UNION SELECT * FROM expired) x
   WHERE i.tenant_id = x.tenant_id AND i.delivery_id = x.delivery_id
-  RETURNING i.tenant_id, i.recipient_id, i.notification_id, i.delivery_id
-), states AS (
-  DELETE FROM inbox_states s USING (SELECT DISTINCT tenant_id, recipient_id, notification_id FROM items) k
-  WHERE s.tenant_id = k.tenant_id AND s.recipient_id = k.recipient_id AND s.notification_id = k.notification_id
-    AND NOT EXISTS (
-      SELECT 1 FROM inbox_items i WHERE i.tenant_id = k.tenant_id AND i.recipient_id = k.recipient_id
-        AND i.notification_id = k.notification_id
-        AND NOT EXISTS (SELECT 1 FROM items x WHERE x.tenant_id = i.tenant_id AND x.delivery_id = i.delivery_id))
   RETURNING 1
 )
-SELECT (SELECT count(*) FROM items), (SELECT count(*) FROM states)"""
-"""An item's state goes with the recipient's last item of that notification (an in-app command per
-notification and recipient makes one, but a producer may reuse a notification id). Every part of the
-statement sees the table as it was before its delete, hence the exclusion of the deleted items."""
+SELECT count(*) FROM items"""
+LATEST = (
+    "GREATEST(seen_at, read_at, archived_at, withdrawn_at, last_read_at, unread_at, last_archived_at,"
+    " unarchived_at)"
+)
+DELETE_STATES = f"""WITH gone AS (
+  DELETE FROM inbox_states s USING (
+    SELECT tenant_id, recipient_id, notification_id FROM inbox_states WHERE {LATEST} < %(cutoff)s
+    ORDER BY {LATEST} LIMIT %(batch)s FOR UPDATE SKIP LOCKED
+  ) x WHERE s.tenant_id = x.tenant_id AND s.recipient_id = x.recipient_id
+    AND s.notification_id = x.notification_id
+    AND NOT EXISTS (
+      SELECT 1 FROM inbox_items i WHERE i.tenant_id = s.tenant_id AND i.recipient_id = s.recipient_id
+        AND i.notification_id = s.notification_id)
+  RETURNING 1
+) SELECT count(*) FROM gone"""
+"""A recipient's state of a notification goes by its own times (index `inbox_states_latest`), not with
+its in-app item: it holds the push opens and email clicks of notifications with no in-app item too, and
+an item gone at its `expires_at` took yesterday's engagement out of the statistics with it. A state
+kept for an item still there is read again by every batch: a recipient reads items after they come."""
 DELETE_BOUNCES = """WITH gone AS (
   DELETE FROM soft_bounces b USING (
     SELECT tenant_id, channel, address, event_id FROM soft_bounces WHERE at < %(cutoff)s
@@ -114,7 +143,9 @@ def prune(dsn: str, cutoff: datetime, *, batch: int = 5_000) -> dict[str, int]:
         for tenant in tenants:
             _notifications(conn, tenant, cutoff, batch, counts)
         params = {"cutoff": cutoff, "batch": batch}
-        while _deleted(conn, DELETE_ITEMS, params, ("inbox_items", "inbox_states"), counts):
+        while _deleted(conn, DELETE_ITEMS, params, ("inbox_items",), counts):
+            pass
+        while _deleted(conn, DELETE_STATES, params, ("inbox_states",), counts):
             pass
         while _deleted(conn, DELETE_BOUNCES, params, ("soft_bounces",), counts):
             pass
@@ -124,11 +155,18 @@ def prune(dsn: str, cutoff: datetime, *, batch: int = 5_000) -> dict[str, int]:
 def _notifications(
     conn: psycopg.Connection[Any], tenant: str, cutoff: datetime, batch: int, counts: Counter[str]
 ) -> None:
+    for query in (OLD_NOTIFICATIONS, PARTIAL_NOTIFICATIONS):
+        _pages(conn, query, tenant, cutoff, batch, counts)
+
+
+def _pages(
+    conn: psycopg.Connection[Any], query: str, tenant: str, cutoff: datetime, batch: int, counts: Counter[str]
+) -> None:
     at, last = datetime.min.replace(tzinfo=cutoff.tzinfo), UUID(int=0)
-    stale = cutoff - MAX_SCHEDULE_AHEAD - timedelta(days=1)
+    stale = cutoff - WAITS_AT_MOST
     while True:
         page = conn.execute(
-            OLD_NOTIFICATIONS, {"tenant": tenant, "cutoff": cutoff, "at": at, "id": last, "batch": batch}
+            query, {"tenant": tenant, "cutoff": cutoff, "at": at, "id": last, "batch": batch}
         ).fetchall()
         conn.commit()
         if not page:

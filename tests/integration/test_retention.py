@@ -77,6 +77,26 @@ def item(
     return nid
 
 
+def outcome(conn: psycopg.Connection[Any], nid: uuid.UUID, status: str, at: datetime) -> None:
+    """An outcome about no delivery (a digested item's), on the email channel."""
+    conn.execute(
+        "INSERT INTO delivery_events (event_id, notification_id, tenant_id, channel, status, attempt,"
+        " occurred_at) VALUES (%s, %s, 'acme', 'email', %s, 0, %s)",
+        (uuid.uuid4(), nid, status, at),
+    )
+
+
+def state(conn: psycopg.Connection[Any], read: datetime) -> uuid.UUID:
+    """A recipient's state of a notification with no in-app item: an email clicked, a push opened."""
+    nid = uuid.uuid4()
+    conn.execute(
+        "INSERT INTO inbox_states (notification_id, tenant_id, recipient_id, seen_at, read_at, last_read_at)"
+        " VALUES (%s, 'acme', 'ada', %s, %s, %s)",
+        (nid, read, read, read),
+    )
+    return nid
+
+
 def left(conn: psycopg.Connection[Any], table: str, column: str = "notification_id") -> set[Any]:
     return {r[0] for r in conn.execute(f"SELECT {column} FROM {table}".encode())}
 
@@ -103,6 +123,19 @@ def test_prune_deletes_finished_history_before_the_cutoff_and_keeps_what_still_w
         same_id_recent = notification(
             conn, tenant="globex", nid=done, requested=ago(1), deliveries=[("SENT", 4, ago(1))]
         )
+        in_digest = notification(conn, requested=ago(100), deliveries=[])
+        outcome(conn, in_digest, "DEFERRED", ago(100))
+        digest_sent = notification(conn, requested=ago(100), deliveries=[])
+        outcome(conn, digest_sent, "DEFERRED", ago(100))
+        outcome(conn, digest_sent, "QUEUED", ago(99))
+        late, late_recent = (
+            notification(conn, requested=ago(d), deliveries=[("DELIVERED", 6, ago(d))]) for d in (60, 5)
+        )
+        conn.execute(
+            "UPDATE notifications SET requested_at = NULL WHERE notification_id IN (%s, %s)",
+            (late, late_recent),
+        )
+        clicked_long_ago, clicked_recently = state(conn, ago(60)), state(conn, ago(2))
         old_item = item(conn, created=ago(60))
         new_item = item(conn, created=ago(1))
         expired_item = item(conn, created=ago(1), expires=ago(0.5))
@@ -123,26 +156,26 @@ def test_prune_deletes_finished_history_before_the_cutoff_and_keeps_what_still_w
         }
         assert notifications == {
             *(("acme", n) for n in kept_waiting),
+            ("acme", in_digest),
+            ("acme", late_recent),
             ("acme", touched),
             ("acme", recent),
             ("globex", same_id_recent),
         }
         assert stuck not in left(conn, "deliveries") and rejected not in left(conn, "notifications")
         assert other not in left(conn, "delivery_events")
-        assert (
-            left(conn, "deliveries")
-            == left(conn, "delivery_events")
-            == {*kept_waiting, touched, recent, same_id_recent}
-        )
+        kept = {*kept_waiting, touched, recent, same_id_recent, late_recent}
+        assert left(conn, "deliveries") == kept and left(conn, "delivery_events") == {*kept, in_digest}
         assert left(conn, "inbox_items") == {new_item, shared}
-        assert left(conn, "inbox_states") == {new_item, shared}
+        assert left(conn, "inbox_states") == {new_item, shared, expired_item, clicked_recently}
+        assert clicked_long_ago not in left(conn, "inbox_states")
         assert expired_item not in left(conn, "inbox_items") and old_item not in left(conn, "inbox_states")
         [(bounce_at,)] = conn.execute("SELECT at FROM soft_bounces").fetchall()
         assert bounce_at == ago(2)
     assert counts == {
-        "notifications": 4,
-        "deliveries": 4,
-        "delivery_events": 4,
+        "notifications": 6,
+        "deliveries": 5,
+        "delivery_events": 7,
         "inbox_items": 3,
         "inbox_states": 2,
         "soft_bounces": 1,
