@@ -12,7 +12,9 @@ this daily with `TIDINGS_HISTORY_DAYS` or `--older-than`. What goes:
 - an in-app item created before the cutoff, or past its `expires_at` (the feed never shows it again);
 - a recipient's seen/read/archived state of a notification once all its times are older than the cutoff
   and no in-app item of it is left: it also holds push opens and email clicks, which statistics count;
-- soft bounces older than the cutoff (they count only within a window of days).
+- soft bounces older than the cutoff and two soft-bounce windows (they count only within one: a
+  bounce the suppressions projection folds days late still finds the window's earlier bounces, as the
+  router, which keeps its own, does).
 
 Each batch is its own short transaction, so projections and the in-app gateway keep writing meanwhile.
 Rows a rebuild replays from topics that still hold their events come back: prune after a rebuild."""
@@ -20,12 +22,13 @@ Rows a rebuild replays from topics that still hold their events come back: prune
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 import psycopg
 
+from processors.recipients import SOFT_BOUNCE_WINDOW
 from projections.db import connect
 from tidings.catalog import MAX_WINDOW_SECONDS
 from tidings.vocabulary import MAX_SCHEDULE_AHEAD
@@ -147,7 +150,8 @@ def prune(dsn: str, cutoff: datetime, *, batch: int = 5_000) -> dict[str, int]:
             pass
         while _deleted(conn, DELETE_STATES, params, ("inbox_states",), counts):
             pass
-        while _deleted(conn, DELETE_BOUNCES, params, ("soft_bounces",), counts):
+        bounces = params | {"cutoff": min(cutoff, datetime.now(UTC) - 2 * SOFT_BOUNCE_WINDOW)}
+        while _deleted(conn, DELETE_BOUNCES, bounces, ("soft_bounces",), counts):
             pass
     return {table: counts[table] for table in TABLES}
 

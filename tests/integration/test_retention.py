@@ -198,3 +198,18 @@ def test_the_command_prunes_by_the_days_kept_and_refuses_without_them(database: 
     assert json.loads(pruned.stdout)["deleted"]["notifications"] == 1
     with psycopg.connect(s.postgres_dsn) as conn:
         assert left(conn, "notifications") == {young} != {old}
+
+
+def test_soft_bounces_stay_two_windows_whatever_the_cutoff(database: Settings) -> None:
+    """A bounce folded a day late counts the window before it: with 7 days kept, the first of three
+    bounces 6 days apart was gone, and the projection missed the limit the router saw."""
+    with psycopg.connect(database.postgres_dsn, autocommit=True) as conn:
+        for days in (9, 13, 15):
+            conn.execute(
+                "INSERT INTO soft_bounces (tenant_id, channel, address, event_id, at)"
+                " VALUES ('acme', 'email', 'bo@example.com', %s, %s)",
+                (uuid.uuid4(), ago(days)),
+            )
+    assert prune(database.postgres_dsn, ago(7))["soft_bounces"] == 1
+    with psycopg.connect(database.postgres_dsn) as conn:
+        assert sorted(at for [at] in conn.execute("SELECT at FROM soft_bounces")) == [ago(13), ago(9)]
