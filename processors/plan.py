@@ -365,8 +365,8 @@ def plan(
     """When each command of a channel that is not escalated goes out: an escalation counts from the
     first of them, so it backs up a notice the recipient had `after` to see."""
     ladder: datetime | None = None
-    """With no such notice, when the escalation's first step with an address goes out (after quiet hours:
-    an email step after a push held by them went out hours before it) less its `after`.
+    """With no such notice, when the escalation's first step that sends goes out (after quiet hours: an
+    email step after a push held by them went out hours before it) less its `after`.
     A digested channel is a notice too, sent when its digest closes (types published before digests and
     escalations were exclusive): its escalation counts from the request, as it did."""
     for channel in sorted(candidates, key=lambda c: (c in escalation, _after(escalation.get(c)))):
@@ -405,8 +405,6 @@ def plan(
             quiet_end = quiet_until(state.quiet_hours, state.timezone, not_before or now)
             if quiet_end is not None:
                 not_before, reason = quiet_end, "quiet_hours_deferred"
-        if leads and step is not None:
-            ladder = (not_before or now) - timedelta(seconds=step.after_seconds)
         for address, params in targets:
             did = delivery_id(nid, channel, address)
             suppression = state.suppressions.get(address_key(channel, address))
@@ -440,6 +438,8 @@ def plan(
             )
             if step is None:
                 released.append(not_before or now)
+            elif leads:
+                ladder = (not_before or now) - timedelta(seconds=step.after_seconds)
             if not_before is not None:
                 result.deferred.append(command)
                 why = f"sent at {not_before.isoformat()} unless {step.unless} by then" if step else None

@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 from processors.plan import plan
+from processors.recipients import Suppression, address_key
 from tests.unit.test_plan import NOW, catalog, recipient, request
 from tidings.events import QuietHours
 
@@ -90,3 +91,17 @@ def test_with_no_notice_later_steps_count_from_the_first_step_held_by_quiet_hour
     evening = NOW.replace(hour=20)
     got = {cmd.channel: cmd.not_before for cmd in [*p.commands, *p.deferred]}
     assert got == {"push": evening, "email": evening + timedelta(minutes=25)}
+
+
+def test_with_no_notice_a_step_that_sends_nothing_is_no_notice_either() -> None:
+    """The push step's only device is suppressed: the email step is the first message, so it goes."""
+    c = catalog(
+        channels=["push", "email"],
+        escalation=[
+            {"after": "5m", "channel": "push", "unless": "seen"},
+            {"after": "30m", "channel": "email", "unless": "seen"},
+        ],
+    )
+    dead = {address_key("push", "fcm-token"): Suppression(reason="token_invalid", since=NOW)}
+    p = plan(request(), recipient().model_copy(update={"suppressions": dead}), c, NOW)
+    assert [(cmd.channel, cmd.not_before) for cmd in [*p.commands, *p.deferred]] == [("email", None)]
