@@ -108,19 +108,20 @@ LATEST = (
 )
 DELETE_STATES = f"""WITH gone AS (
   DELETE FROM inbox_states s USING (
-    SELECT tenant_id, recipient_id, notification_id FROM inbox_states WHERE {LATEST} < %(cutoff)s
+    SELECT tenant_id, recipient_id, notification_id FROM inbox_states k WHERE {LATEST} < %(cutoff)s
+      AND NOT EXISTS (
+        SELECT 1 FROM inbox_items i WHERE i.tenant_id = k.tenant_id AND i.recipient_id = k.recipient_id
+          AND i.notification_id = k.notification_id)
     ORDER BY {LATEST} LIMIT %(batch)s FOR UPDATE SKIP LOCKED
   ) x WHERE s.tenant_id = x.tenant_id AND s.recipient_id = x.recipient_id
     AND s.notification_id = x.notification_id
-    AND NOT EXISTS (
-      SELECT 1 FROM inbox_items i WHERE i.tenant_id = s.tenant_id AND i.recipient_id = s.recipient_id
-        AND i.notification_id = s.notification_id)
   RETURNING 1
 ) SELECT count(*) FROM gone"""
 """A recipient's state of a notification goes by its own times (index `inbox_states_latest`), not with
 its in-app item: it holds the push opens and email clicks of notifications with no in-app item too, and
 an item gone at its `expires_at` took yesterday's engagement out of the statistics with it. A state
-kept for an item still there is read again by every batch: a recipient reads items after they come."""
+kept for an item still there is read again by every batch (and does not count towards it, or enough of
+them would end the run early): a recipient reads items after they come, so there are few."""
 DELETE_BOUNCES = """WITH gone AS (
   DELETE FROM soft_bounces b USING (
     SELECT tenant_id, channel, address, event_id FROM soft_bounces WHERE at < %(cutoff)s
