@@ -9,11 +9,15 @@ committed the insert and timed out before ringing.
 One connection per provider, used by one send at a time: an insert takes well under a millisecond,
 and a pool would hide why a connection failed. PostgreSQL refusing connections for load (SQLSTATE
 53300, too many clients) is `ProviderThrottled` (pause `throttle_pause` seconds); unreachable, starting
-up, timing out or dropping the connection is `ProviderUnavailable` (retry tiers); a row the database
-refuses (a NUL byte in a text) is rejected permanently. So is an item requested before its recipient
-was erased (the `erasures` ledger, see projections/recipients.py): FAILED `erased`, nothing stored. (Once
-the gateway has read the erasure from its urgent lane, the claim cancels such an item first: CANCELLED
-`erased`.)
+up, timing out or dropping the connection is `ProviderUnavailable` (retry tiers), and so is any other
+error of the database rather than of the row: a read-only server (a standby left in the DSN after a
+failover, SQLSTATE 25006) or a missing table (migrations not yet run) failed every item permanently,
+where the same items went in once the database was put right. The connection is dropped, so the next
+send connects afresh (to the new primary, with a multi-host DSN and `target_session_attrs=read-write`).
+A row the database refuses (a NUL byte in a text, a constraint) is rejected permanently. So is an item
+requested before its recipient was erased (the `erasures` ledger, see projections/recipients.py): FAILED
+`erased`, nothing stored. (Once the gateway has read the erasure from its urgent lane, the claim cancels
+such an item first: CANCELLED `erased`.)
 """
 
 from __future__ import annotations
@@ -78,7 +82,9 @@ class Inbox(Provider):
             raise TimeoutError(f"waited {self.settings.timeout:g}s for the inbox connection") from None
         try:
             return await asyncio.wait_for(self._insert_now(row), self.settings.timeout)
-        except (TimeoutError, OSError, psycopg.InterfaceError, psycopg.OperationalError):
+        except (psycopg.DataError, psycopg.IntegrityError):
+            raise
+        except (TimeoutError, OSError, psycopg.Error):
             await self._drop_connection()
             raise
         finally:
@@ -101,13 +107,13 @@ class Inbox(Provider):
         row = item_row(command)
         try:
             inserted, seq = await self._insert(row)
-        except psycopg.DataError as exc:
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
             raise DeliveryRejected(f"inbox refused the item: {exc}", permanent=True) from exc
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:
             if exc.sqlstate == TOO_MANY_CONNECTIONS or any(m in str(exc) for m in BUSY_MESSAGES):
                 raise ProviderThrottled(f"inbox database busy: {exc}", self.settings.throttle_pause) from exc
             raise ProviderUnavailable(f"inbox database: {exc}") from exc
-        except (TimeoutError, OSError, psycopg.InterfaceError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise ProviderUnavailable(f"inbox database: {str(exc) or type(exc).__name__}") from exc
         if seq is None:
             raise DeliveryRejected("erased", permanent=True)

@@ -132,3 +132,37 @@ def test_two_tenants_items_with_one_delivery_id_each_reach_their_feed(database: 
         rows = conn.execute("SELECT tenant_id, seq::text FROM inbox_items ORDER BY seq").fetchall()
     assert rows == [("acme", first.provider_message_id), ("globex", second.provider_message_id)]
     assert repeat.provider_message_id == second.provider_message_id
+
+
+def test_a_read_only_database_is_unavailable_and_the_next_send_connects_afresh(database: Settings) -> None:
+    """A standby left in the DSN after a failover refuses every insert (SQLSTATE 25006): each item
+    failed permanently, where it went in once the DSN reached a primary again."""
+    s = database
+    name = s.postgres_dsn.rsplit("/", 1)[1]
+
+    def read_only(on: bool) -> None:
+        with psycopg.connect(s.postgres_dsn, autocommit=True) as conn:
+            setting = "on" if on else "off"
+            conn.execute("SET default_transaction_read_only = off")
+            conn.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = {setting}".encode())
+
+    async def scenario() -> list[object]:
+        inbox = provider(s, 5.0)
+        results: list[object] = []
+        try:
+            async with aiohttp.ClientSession() as session:
+                for i, writable in enumerate([False, True]):
+                    read_only(not writable)
+                    try:
+                        results.append(await inbox.send(session, command("ada", f"item {i}")))
+                    except ProviderUnavailable as exc:
+                        results.append(exc)
+        finally:
+            await inbox.close()
+        return results
+
+    refused, sent = asyncio.run(scenario())
+    assert isinstance(refused, ProviderUnavailable) and "read-only" in str(refused), refused
+    assert isinstance(sent, Sent), sent
+    with psycopg.connect(s.postgres_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM inbox_items").fetchone() == (1,)
