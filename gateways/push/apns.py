@@ -42,6 +42,7 @@ is not hex is refused as BadDeviceToken without a request: it is put into the UR
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import ssl
@@ -285,16 +286,21 @@ class Apns(Provider):
         raise DeliveryRejected(f"apns rejected the message ({status} {why})")
 
     async def _post(self, url: str, headers: dict[str, str], body: bytes) -> tuple[int, httpx.Headers, bytes]:
+        """httpx's timeout bounds each read, not the exchange: an answer trickled a byte at a time held
+        the send (and its slot) for as long as the server kept trickling. `timeout` bounds the whole."""
         limit = self.settings.max_response_bytes
         try:
-            async with self.client().stream("POST", url, headers=headers, content=body) as response:
+            async with (
+                asyncio.timeout(self.settings.timeout),
+                self.client().stream("POST", url, headers=headers, content=body) as response,
+            ):
                 data = b""
                 async for chunk in response.aiter_bytes():
                     data += chunk
                     if len(data) >= limit:
                         break
                 return response.status_code, response.headers, data[:limit]
-        except httpx.TimeoutException as exc:
+        except (httpx.TimeoutException, TimeoutError) as exc:
             raise ProviderUnavailable(f"apns timed out: {type(exc).__name__}") from None
         except httpx.TransportError as exc:
             raise ProviderUnavailable(f"apns connection failed: {type(exc).__name__}: {exc}") from None

@@ -126,6 +126,20 @@ def test_apns_speaks_http2_and_the_server_refuses_http1() -> None:
     assert refused == 505 and server.versions == ["2", "2", "1.1"] and len(server.accepted) == 2
 
 
+def test_apns_an_answer_trickled_a_byte_at_a_time_times_out_within_the_timeout() -> None:
+    """Each byte came within httpx's read timeout, so the send waited as long as the server trickled."""
+
+    async def scenario(server: ApnsServer, provider: Apns) -> tuple[Any, float]:
+        server.trickle = True
+        started = time.monotonic()
+        result = await attempt(provider, server.command())
+        return result, time.monotonic() - started
+
+    _, (result, took) = with_apns(scenario)
+    assert isinstance(result, ProviderUnavailable) and "timed out" in str(result), result
+    assert took < 4.0, f"2 s timeout; the server trickles for 7 s: took {took:.1f}s"
+
+
 def test_apns_provider_token_is_reused_then_regenerated_after_50_minutes() -> None:
     async def scenario(server: ApnsServer, provider: Apns) -> list[Any]:
         results = [await attempt(provider, server.command()) for _ in range(2)]

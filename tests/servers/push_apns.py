@@ -84,6 +84,8 @@ class ApnsServer:
         self.busy: set[str] = set()
         """Device tokens answered 429 TooManyRequests (too many notifications to that device)."""
         self.timeout = 1.0
+        self.trickle = False
+        """Answer 200 with a body sent a byte at a time, each within the provider's read timeout."""
         self.accepted: list[dict[str, Any]] = []
         self.received: list[dict[str, str]] = []
         self.versions: list[str] = []
@@ -169,6 +171,14 @@ class ApnsServer:
         headers = {name.decode().lower(): value.decode() for name, value in scope["headers"]}
         if self.mode == "reset":
             self.listener.cut()
+            return
+        if self.trickle:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            deadline = time.monotonic() + self.timeout + 5
+            while time.monotonic() < deadline and not self._closing.is_set():
+                await send({"type": "http.response.body", "body": b" ", "more_body": True})
+                await asyncio.sleep(self.timeout / 4)
+            await send({"type": "http.response.body", "body": b""})
             return
         if self.mode == "timeout":
             with contextlib.suppress(TimeoutError):
