@@ -293,8 +293,13 @@ def wait_for_progress(s: Settings, component: Supervised, at_least: int, timeout
         time.sleep(0.1)
 
 
-def test_webhook_gateway_rides_out_two_broker_kills(broker: PrivateBroker, tmp_path: Path) -> None:
-    s, n = broker.settings, names(broker.settings)
+def webhook_gateway_through(
+    broker: PrivateBroker, tmp_path: Path, count: int, outages: list[tuple[int, float]]
+) -> tuple[set[str], Counter[str], int]:
+    """A supervised webhook gateway sending `count` commands to a local receiver; at each (received,
+    seconds) the broker is SIGKILLed and started again that many seconds later. The ids sent, how often
+    the receiver got each, and how often the gateway exited."""
+    s = broker.settings
     apply_topics(s, registry(s))
     received: Counter[str] = Counter()
 
@@ -311,40 +316,67 @@ def test_webhook_gateway_rides_out_two_broker_kills(broker: PrivateBroker, tmp_p
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-        sent = commands(url, 3000)
+        sent = commands(url, count)
         produce_commands(s, sent)
         ids = {str(c.delivery_id) for c in sent}
         env = environment(s) | {"TIDINGS_WEBHOOK_ALLOW_CIDRS": "127.0.0.1/32", "TIDINGS_RETRY_TIERS": "10s"}
         gateway = Supervised(env, tmp_path / "gateway.log", "gateway", "webhook")
         try:
-            for at in (800, 1800):
+            for at, away in outages:
                 stalled = time.monotonic() + 120
                 while len(received) < at:
                     assert time.monotonic() < stalled, f"{len(received)} received, waiting for {at}"
                     gateway.check()
                     await asyncio.sleep(0.01)
                 await asyncio.to_thread(broker.kill)
-                await asyncio.sleep(2)
+                until = time.monotonic() + away
+                while time.monotonic() < until:
+                    gateway.check()
+                    await asyncio.sleep(0.1)
                 await asyncio.to_thread(broker.start)
             deadline = time.monotonic() + 240
             while set(received) != ids and time.monotonic() < deadline:
                 gateway.check()
                 await asyncio.sleep(0.1)
             await asyncio.sleep(3)
+            gateway.check()
         finally:
             await asyncio.to_thread(gateway.stop)
             await runner.cleanup()
         return ids, gateway.restarts
 
     ids, restarts = asyncio.run(scenario())
-    assert set(received) == ids, f"lost: {len(ids - set(received))}"
-    twice = sum(1 for count in received.values() if count > 1)
+    return ids, received, restarts
+
+
+def terminal_outcomes(s: Settings) -> dict[str, set[Any]]:
     terminal: dict[str, set[Any]] = {}
-    for r in read_all(s, n.outcomes):
+    for r in read_all(s, names(s).outcomes):
         o = default_codec().decode(r.value or b"")
         if isinstance(o, DeliveryOutcome) and o.status in {"SENT", "FAILED", "EXPIRED"}:
             terminal.setdefault(str(o.delivery_id), set()).add((o.event_id, o.status))
+    return terminal
+
+
+def test_webhook_gateway_rides_out_two_broker_kills(broker: PrivateBroker, tmp_path: Path) -> None:
+    ids, received, restarts = webhook_gateway_through(broker, tmp_path, 3000, [(800, 2.0), (1800, 2.0)])
+    assert set(received) == ids, f"lost: {len(ids - set(received))}"
+    twice = sum(1 for count in received.values() if count > 1)
+    terminal = terminal_outcomes(broker.settings)
     print(f"webhook gateway, broker killed twice: {len(ids)} sent, {twice} twice, restarts {restarts}")
     assert set(terminal) == ids
     assert {len(v) for v in terminal.values()} == {1}
     assert restarts <= 2, "the gateway crash-looped after the broker came back"
+
+
+def test_webhook_gateway_waits_out_a_broker_away_longer_than_its_producer_timeout(
+    broker: PrivateBroker, tmp_path: Path
+) -> None:
+    """The outcomes of the sends made just before the kill went unacknowledged past the producer's
+    request timeout (40 s): the gateway exited, and a supervisor restarted it into the same outage."""
+    ids, received, restarts = webhook_gateway_through(broker, tmp_path, 1500, [(600, 50.0)])
+    assert set(received) == ids, f"lost: {len(ids - set(received))}"
+    terminal = terminal_outcomes(broker.settings)
+    print(f"webhook gateway, broker away 50 s: {len(ids)} sent, restarts {restarts}")
+    assert set(terminal) == ids
+    assert restarts == 0, "the gateway exited during the outage instead of waiting it out"
