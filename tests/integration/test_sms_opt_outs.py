@@ -156,6 +156,13 @@ class Freezer:
             relay.cancel()
         await asyncio.gather(*self.relays, return_exceptions=True)
 
+    async def cut(self) -> None:
+        """Close every connection relayed so far (a server that went down under them)."""
+        relays, self.relays = self.relays, set()
+        for relay in relays:
+            relay.cancel()
+        await asyncio.gather(*relays, return_exceptions=True)
+
     async def relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.refusing.is_set():
             writer.close()

@@ -48,6 +48,7 @@ TP = tuple[str, int]
 OffsetLoader = Callable[[list[TP]], dict[TP, int]]
 TopicPinner = Callable[[dict[str, str]], None]
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Batch(Protocol):
@@ -151,18 +152,31 @@ class StoredOffsetsLoop(Generic[T]):
         self.last_batch_at: float | None = None
         self.lag: dict[tuple[str, int], int] = {}
         self._lag_at = 0.0
+        self.assigned_at = 0.0
+        """When partitions were last assigned: the wait for the stored offsets is not idleness."""
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Reads the stored offsets, asking again while the sink fails retriably: raised here, a
+        database down at a rebalance left the consumer's callback and stopped the process, which then
+        crash-looped under its supervisor until the database came back. Nothing is assigned when
+        asked to stop meanwhile."""
         self._drain()
         if self.pin_topics is not None and partitions:
+            pin = self.pin_topics
             self._admin = self._admin or admin(self.settings)
-            self.pin_topics(topic_ids(self._admin, sorted({p.topic for p in partitions})))
-        stored = self.load_offsets([(p.topic, p.partition) for p in partitions])
+            ids = topic_ids(self._admin, sorted({p.topic for p in partitions}))
+            if not self._retrying("pinning the topics", lambda: pin(ids) or True):
+                return
+        wanted = [(p.topic, p.partition) for p in partitions]
+        stored = self._retrying("loading the stored offsets", lambda: self.load_offsets(wanted))
+        if stored is None:
+            return
         for p in partitions:
             p.offset = stored.get((p.topic, p.partition), OFFSET_BEGINNING)
             if p.offset > 0:
                 self._check_end(consumer, p)
         consumer.assign(partitions)
+        self.assigned_at = time.monotonic()
 
     def _check_end(self, consumer: Consumer, tp: TopicPartition) -> None:
         """A stored offset past the partition's end would reset the consumer to the start, and every
@@ -197,7 +211,7 @@ class StoredOffsetsLoop(Generic[T]):
                         messages.append(m)
                     elif config.is_fatal(err):
                         raise KafkaException(err)
-                if messages or not self.consumer.assignment():
+                if messages or not self.consumer.assignment() or self.assigned_at > last_input:
                     last_input = time.monotonic()
                 if time.monotonic() - self._lag_at >= 1.0:
                     self.lag, self._lag_at = lag_of(self.consumer), time.monotonic()
@@ -252,19 +266,27 @@ class StoredOffsetsLoop(Generic[T]):
         self.last_batch_at = written_at
         return True
 
-    def _rewind(self) -> None:
+    def _retrying(self, what: str, call: Callable[[], R]) -> R | None:
+        """`call()`, again every `retry_backoff` seconds while it fails retriably; None once stopping."""
         while not self.stopping.is_set():
-            time.sleep(self.retry_backoff)
-            assigned = self.consumer.assignment()
             try:
-                stored = self.load_offsets([(p.topic, p.partition) for p in assigned])
+                return call()
             except Exception as exc:
                 if not is_retriable(exc):
                     raise
-                log.warning("retriable failure loading the stored offsets: %s", exc)
-                continue
-            for p in assigned:
-                self.consumer.seek(
-                    TopicPartition(p.topic, p.partition, stored.get((p.topic, p.partition), OFFSET_BEGINNING))
-                )
+                log.warning("retriable failure %s: %s", what, exc)
+            self.stopping.wait(self.retry_backoff)
+        return None
+
+    def _rewind(self) -> None:
+        if self.stopping.wait(self.retry_backoff):
             return
+        assigned = self.consumer.assignment()
+        held = [(p.topic, p.partition) for p in assigned]
+        stored = self._retrying("loading the stored offsets", lambda: self.load_offsets(held))
+        if stored is None:
+            return
+        for p in assigned:
+            self.consumer.seek(
+                TopicPartition(p.topic, p.partition, stored.get((p.topic, p.partition), OFFSET_BEGINNING))
+            )
