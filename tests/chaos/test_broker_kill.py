@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psycopg
 import pytest
 from aiohttp import web
@@ -43,6 +44,7 @@ from tests.chaos.test_router_kill import (
     requests,
 )
 from tests.integration.conftest import read_all, table_checksums
+from tests.integration.test_api import SHIPPED, call, serving
 from tests.integration.test_gateway_runner import commands
 from tests.integration.test_gateway_runner import produce as produce_commands
 from tests.ports import free_port
@@ -55,7 +57,7 @@ from tidings.config import Settings, settings
 from tidings.devstack import kafka
 from tidings.devstack.common import pid_alive
 from tidings.errors import KafkaUnavailable
-from tidings.events import DeliveryCommand, DeliveryOutcome
+from tidings.events import DeliveryCommand, DeliveryOutcome, NotificationRequested
 from tidings.kafka import EventProducer, Output, apply_topics
 from tidings.topics import names, registry
 
@@ -380,3 +382,40 @@ def test_webhook_gateway_waits_out_a_broker_away_longer_than_its_producer_timeou
     print(f"webhook gateway, broker away 50 s: {len(ids)} sent, restarts {restarts}")
     assert set(terminal) == ids
     assert restarts == 0, "the gateway exited during the outage instead of waiting it out"
+
+
+def test_the_edge_answers_503_in_time_while_the_broker_is_away_then_accepts_the_retry(
+    broker: PrivateBroker, databases: tuple[Settings, Settings]
+) -> None:
+    """aiokafka retries a batch for as long as its broker is away: a POST waited out the whole outage,
+    and its client gave up first, not knowing whether the request was accepted."""
+    s, _ = databases
+    apply_topics(s, registry(s))
+    keyed = {"Idempotency-Key": "outage-1"}
+
+    async def scenario(base: str) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            seen["before"] = await call(http, "POST", f"{base}/v1/notifications", json=SHIPPED)
+            await asyncio.to_thread(broker.kill)
+            started = time.monotonic()
+            seen["away"] = await call(http, "POST", f"{base}/v1/notifications", json=SHIPPED, headers=keyed)
+            seen["took"] = time.monotonic() - started
+            await asyncio.to_thread(broker.start)
+            deadline = time.monotonic() + 60
+            post = f"{base}/v1/notifications"
+            while (retried := await call(http, "POST", post, json=SHIPPED, headers=keyed))[0] != 202:
+                assert time.monotonic() < deadline, f"never accepted after the broker came back: {retried}"
+                await asyncio.sleep(0.5)
+            seen["retried"] = retried
+        return seen
+
+    seen = asyncio.run(serving(s, scenario))
+    assert seen["before"][0] == 202, seen["before"]
+    code, problem, _ = seen["away"]
+    assert code == 503 and problem["title"] == "Not accepted", seen["away"]
+    assert seen["took"] < 20, f"answered after {seen['took']:.1f} s (deadline 10 s)"
+    accepted = seen["retried"][1]["notification_id"]
+    events = [default_codec().decode(r.value or b"") for r in read_all(s, names(s).requested)]
+    ids = [str(e.notification_id) for e in events if isinstance(e, NotificationRequested)]
+    assert ids.count(accepted) >= 1 and len(set(ids)) == 2, ids

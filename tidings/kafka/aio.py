@@ -21,6 +21,7 @@ from tidings.kafka.records import Incoming, Output, as_headers
 
 TP = tuple[str, int]
 COMMIT_TIMEOUT_S = 30.0
+DELIVER_TIMEOUT_S = 10.0
 log = logging.getLogger(__name__)
 
 
@@ -297,13 +298,26 @@ class AsyncProducer:
         self._pending.append(future)
         return future
 
-    async def deliver(self, *records: Output) -> None:
+    async def deliver(self, *records: Output, timeout: float = DELIVER_TIMEOUT_S) -> None:
         """Send the records and wait until the broker acknowledged every one; KafkaUnavailable if it
-        did not (the caller answers "try again": an idempotent retry produces nothing twice)."""
+        did not within `timeout` seconds (the caller answers "try again": an idempotent retry produces
+        nothing twice). aiokafka retries a batch for as long as its broker is away: without the
+        deadline a request waited out the whole outage, and its client gave up first, not knowing
+        whether it was accepted. A record not acknowledged in time stays queued, and may still be
+        written: the retry's duplicate is what idempotency keys and event ids are for."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
-            acks = [await self.send(r) for r in records]
+            async with asyncio.timeout(timeout):
+                acks = [await self.send(r) for r in records]
+            if acks:
+                _, waiting = await asyncio.wait(acks, timeout=max(0.0, deadline - loop.time()))
+                if waiting:
+                    raise TimeoutError
             for ack in acks:
-                await ack
+                ack.result()
+        except TimeoutError:
+            raise KafkaUnavailable(f"Kafka did not acknowledge within {timeout:g} s") from None
         except KafkaError as exc:
             raise KafkaUnavailable(f"Kafka did not acknowledge: {exc}") from exc
 
