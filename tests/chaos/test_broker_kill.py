@@ -419,3 +419,26 @@ def test_the_edge_answers_503_in_time_while_the_broker_is_away_then_accepts_the_
     events = [default_codec().decode(r.value or b"") for r in read_all(s, names(s).requested)]
     ids = [str(e.notification_id) for e in events if isinstance(e, NotificationRequested)]
     assert ids.count(accepted) >= 1 and len(set(ids)) == 2, ids
+
+
+def test_the_edge_stops_in_time_while_the_broker_is_away(
+    broker: PrivateBroker, databases: tuple[Settings, Settings]
+) -> None:
+    """The edge's producer waited for its records in flight without end when stopped with the broker
+    away: a process asked to stop never did, until its supervisor killed it."""
+    s, _ = databases
+    apply_topics(s, registry(s))
+    stopping: dict[str, float] = {}
+
+    async def scenario(base: str) -> tuple[int, Any, dict[str, str]]:
+        async with aiohttp.ClientSession() as http:
+            assert (await call(http, "POST", f"{base}/v1/notifications", json=SHIPPED))[0] == 202
+            await asyncio.to_thread(broker.kill)
+            refused = await call(http, "POST", f"{base}/v1/notifications", json=SHIPPED)
+        stopping["at"] = time.monotonic()
+        return refused
+
+    code, _, _ = asyncio.run(serving(s, scenario))
+    took = time.monotonic() - stopping["at"]
+    assert code == 503
+    assert took < 20, f"the edge took {took:.1f} s to stop (at most 10 s for the records in flight)"

@@ -22,6 +22,7 @@ from tidings.kafka.records import Incoming, Output, as_headers
 TP = tuple[str, int]
 COMMIT_TIMEOUT_S = 30.0
 DELIVER_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
 log = logging.getLogger(__name__)
 
 
@@ -279,15 +280,27 @@ class AsyncProducer:
             raise KafkaUnavailable(f"not connected to Kafka at {self._settings.kafka_bootstrap} yet")
         return self._producer
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Waits up to `timeout` seconds for the records in flight, then closes. With the broker away
+        the wait had no end, and a process asked to stop never did: its supervisor killed it at the end
+        of its grace period. Nothing is lost by giving up: every sender awaits its own record's
+        acknowledgement before it reports success or commits what the record answers for. A record
+        that failed is logged: it was its sender's to handle, and raised here it skipped the closing
+        of the process's other clients."""
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
             await asyncio.gather(self._connecting, return_exceptions=True)
-        if self._producer is not None:
-            try:
-                await self.flush()
-            finally:
+        if self._producer is None:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                try:
+                    await self.flush()
+                except KafkaError as exc:
+                    log.warning("a record in flight at the stop was not acknowledged: %s", exc)
                 await self._producer.stop()
+        except TimeoutError:
+            log.warning("Kafka did not acknowledge the records in flight within %g s; closed anyway", timeout)
 
     async def send(self, out: Output) -> asyncio.Future[Any]:
         """Queues a record; the returned future resolves when the broker acknowledged it."""
