@@ -19,6 +19,8 @@ from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from tidings.pg import sturdy
+
 STATEMENT_TIMEOUT_MS = 30_000
 """The edge's reads: a statement blocked (behind a migration's lock, say) or slow gives its connection
 back within this, as a 503, rather than holding one of a few pooled connections for good."""
@@ -89,9 +91,9 @@ def pool(
 ) -> AsyncConnectionPool:
     """A pool to `open()`; `checked`: test each connection before lending it (one more round trip), so
     one left dead by a PostgreSQL restart is replaced instead of failing its request. Shared by
-    tenants (`SharedPool`) where `TENANT` is set."""
+    tenants (`SharedPool`) where `TENANT` is set. Keepalives and timeouts from `tidings.pg`."""
     return SharedPool(
-        dsn,
+        sturdy(dsn),
         min_size=min_size,
         max_size=max_size,
         open=False,

@@ -11,6 +11,8 @@ from psycopg.abc import Buffer
 from psycopg.types.json import set_json_dumps
 from psycopg.types.string import StrBinaryDumper, StrDumperUnknown
 
+from tidings.pg import sturdy
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 LOCK_ID = 7_133_001
 
@@ -46,8 +48,9 @@ def nul_safe_dumps(value: Any) -> str:
 
 def connect(dsn: str) -> psycopg.Connection[tuple[object, ...]]:
     """A projection's connection: NUL-safe text and jsonb, and UTC, so a timestamp read back does not
-    depend on the server's zone (a year-1 time a provider reported cannot be shown in New York's)."""
-    conn = psycopg.connect(dsn, autocommit=False)
+    depend on the server's zone (a year-1 time a provider reported cannot be shown in New York's); with
+    keepalives and timeouts (`tidings.pg`), so a vanished host is noticed."""
+    conn = psycopg.connect(sturdy(dsn), autocommit=False)
     conn.adapters.register_dumper(str, NulSafeText)
     conn.adapters.register_dumper(str, NulSafeBinary)
     set_json_dumps(nul_safe_dumps, conn)

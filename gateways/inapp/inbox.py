@@ -37,6 +37,7 @@ from gateways.base import DeliveryRejected, Provider, ProviderThrottled, Provide
 from gateways.inapp._feed import EXISTING, INSERT, doorbell, item_row
 from tidings.config import settings as tidings_settings
 from tidings.events import DeliveryCommand
+from tidings.pg import sturdy
 
 log = logging.getLogger(__name__)
 TOO_MANY_CONNECTIONS = "53300"
@@ -92,7 +93,7 @@ class Inbox(Provider):
 
     async def _insert_now(self, row: dict[str, Any]) -> tuple[bool, str | None]:
         if self._conn is None or self._conn.closed:
-            self._conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+            self._conn = await psycopg.AsyncConnection.connect(sturdy(self.dsn), autocommit=True)
         inserted = await (await self._conn.execute(INSERT, row)).fetchone()
         found = inserted or await (await self._conn.execute(EXISTING, row)).fetchone()
         return inserted is not None, str(found[0]) if found else None

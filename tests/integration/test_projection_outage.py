@@ -9,11 +9,13 @@ import uuid
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from projections.base import Projection, Runner
+from projections.db import connect
 from tests.integration.test_projections import rows
 from tests.integration.test_sms_opt_outs import Freezer
 from tidings.config import Settings
 from tidings.events import NotificationRequested
 from tidings.kafka import EventProducer, Output
+from tidings.pg import DEFAULTS
 from tidings.topics import names
 
 
@@ -58,3 +60,10 @@ def test_a_projection_given_its_partitions_while_postgresql_is_down_waits_for_it
 
     asyncio.run(scenario())
     assert {str(r[0]) for r in rows(s, "SELECT notification_id FROM notifications")} == sent
+
+
+def test_a_projections_connection_has_keepalives_and_a_connect_timeout(database: Settings) -> None:
+    """Without keepalives a connection to a host that vanished waited for ever for its answer."""
+    with connect(database.postgres_dsn) as conn:
+        got = conn.info.get_parameters()
+    assert {k: got.get(k) for k in DEFAULTS} == DEFAULTS, got
