@@ -160,8 +160,12 @@ def test_recipients_set_refuses_what_the_router_could_not_use(topology: Settings
             refused.stderr,
         )
         assert "Traceback" not in refused.stderr
-    tail = run("tail", f"{s.topic_prefix}notifications.recipients", "--from-beginning", "--timeout", "3")
-    assert "cli-checked" not in tail.stdout
+    accepted = run("recipients", "set", "-t", "acme", "-r", "cli-accepted", "--locale", "de-AT", s=s)
+    assert accepted.returncode == 0, accepted.stderr
+    tail = run("tail", f"{s.topic_prefix}notifications.recipients", "--from-beginning", "--timeout", "5")
+    assert tail.returncode == 0, tail.stderr
+    recipients = {(json.loads(line)["value"] or {}).get("recipient_id") for line in tail.stdout.splitlines()}
+    assert "cli-accepted" in recipients and "cli-checked" not in recipients, recipients
 
 
 def test_recipients_set_digest_choice_and_refuse_unknown_ones(topology: Settings) -> None:
