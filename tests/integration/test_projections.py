@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+import pytest
 
 from projections import Projection, Runner
 from tests.integration.conftest import table_checksums
@@ -118,9 +119,10 @@ def test_feedback_rules(database: Settings) -> None:
     assert rows(s, "SELECT since FROM suppressions WHERE address = 'dup@x.io'") == [(T0 - day,)]
 
 
-def test_devices_invalidated_unless_registered_later_in_any_order(database: Settings) -> None:
+@pytest.mark.parametrize("first", ["feedback", "devices"])
+def test_devices_invalidated_unless_registered_later_in_any_order(database: Settings, first: str) -> None:
+    """Each group projected before the other is read: the feedback before the registrations, or after."""
     s = database
-    n = s.topic_prefix
     later = DeviceRegistered(
         tenant_id="acme",
         recipient_id="u",
@@ -132,14 +134,13 @@ def test_devices_invalidated_unless_registered_later_in_any_order(database: Sett
     early = DeviceRegistered(
         tenant_id="acme", recipient_id="v", device_id="tab", platform="apns", token="old", occurred_at=T0
     )
-    with Client(s) as client:
-        client.publish(feedback("token_invalid", "old", "push", at=T0 + timedelta(hours=1)), wait=False)
-        client.publish(feedback("token_invalid", "tok", "push", at=T0 + timedelta(hours=1)), wait=False)
-        client.flush()
-        client.publish(later, wait=False)
-        client.publish(early, wait=False)
-    assert n
-    project(s, "devices")
+    invalid = [feedback("token_invalid", t, "push", at=T0 + timedelta(hours=1)) for t in ("old", "tok")]
+    groups = [invalid, [later, early]] if first == "feedback" else [[later, early], invalid]
+    for group in groups:
+        with Client(s) as client:
+            for event in group:
+                client.publish(event, wait=False)
+        project(s, "devices")
     assert rows(s, "SELECT device_id, active FROM devices ORDER BY 1") == [("phone", True), ("tab", False)]
 
 
