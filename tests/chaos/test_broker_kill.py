@@ -442,3 +442,48 @@ def test_the_edge_stops_in_time_while_the_broker_is_away(
     took = time.monotonic() - stopping["at"]
     assert code == 503
     assert took < 20, f"the edge took {took:.1f} s to stop (at most 10 s for the records in flight)"
+
+
+def test_the_router_rides_out_a_broker_kill_while_it_restores_its_stores(
+    broker: PrivateBroker, tmp_path: Path
+) -> None:
+    """The stores are restored inside the consumer's assignment callback: a broker lost then raised from
+    it, and the router exited, for its supervisor to restart into the same outage."""
+    s, rng = broker.settings, random.Random(5)
+    apply_topics(s, registry(s))
+    env = environment(s)
+    catalog_types, catalog = load(ROOT / "catalog"), Catalog()
+    for t in catalog_types:
+        catalog.apply(t)
+    people = profiles(rng, 30000)
+    with Client(s) as client:
+        produce(s, [*catalog_types, *people], client)
+    log = tmp_path / "router.log"
+    first = Supervised(env, log, "router", "--instance", "0")
+    try:
+        wait_for_lag(s, first, below=0)
+    finally:
+        first.stop()
+    size = log.stat().st_size
+    router = Supervised(env, log, "router", "--instance", "0")
+    try:
+        deadline = time.monotonic() + 60
+        while "restored" not in log.read_bytes()[size:].decode(errors="replace"):
+            assert time.monotonic() < deadline, "the router never restored a store"
+            time.sleep(0.005)
+        broker.kill()
+        time.sleep(2)
+        broker.start()
+        batch = requests(rng, 500, 30000)
+        with Client(s) as client:
+            produce(s, batch, client)
+        wait_for_lag(s, router, below=0)
+        router.check()
+    finally:
+        router.stop()
+    print(f"broker killed while restoring: restarts {router.restarts}, in-process {router.recoveries()}")
+    assert router.restarts == 0, "the router exited instead of recovering in-process"
+    assert router.recoveries() >= 1, "the kill missed the restore: nothing was tested"
+    expected = expected_commands(catalog, (people, batch))
+    assert len(expected) > 300
+    assert_exactly(expected, committed_commands(s), phase_a=set())

@@ -25,7 +25,9 @@ the broker was down, a producer fenced after its transaction timed out) is repla
 as a restart would: new consumer and producer, `init_transactions` aborts whatever was open, the state
 stores are dropped and restored on the new assignment, and input is re-read from the committed offsets.
 More than `MAX_RECOVERIES` within `RECOVERY_WINDOW_S` raises instead, so a persistent fault still stops
-the process with its error rather than spinning.
+the process with its error rather than spinning. A Kafka error while partitions are being assigned (the
+broker lost while the stores restore) is recovered the same way: raised from the assignment callback, it
+stopped the process, which its supervisor restarted into the same outage.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ class TransactionalLoop:
         self.eager = eager
         self._eager_after = 0.0
         self._assigned_at = 0.0
+        self._assigning: list[TopicPartition] = []
         self._committed: dict[tuple[str, int], int] = {}
         self._assigned_high: dict[tuple[str, int], int] = {}
         self._punctuated = 0.0
@@ -139,6 +142,7 @@ class TransactionalLoop:
     def _assigned(self, _c: Consumer, partitions: list[TopicPartition]) -> None:
         from tidings.kafka.consumer import read_partition
 
+        self._assigning = list(partitions)
         for number in sorted({p.partition for p in partitions}):
             for store in self.stores:
                 keys = store.restore(number, read_partition(self.settings, store.topic, number))
@@ -151,6 +155,7 @@ class TransactionalLoop:
             meta = self.consumer.list_topics(topic, timeout=30).topics[topic]
             self.partition_counts[topic] = len(meta.partitions)
         self._assigned_at = time.monotonic()
+        self._assigning = []
         if self._on_assign:
             self._on_assign([(p.topic, p.partition) for p in partitions])
 
@@ -206,8 +211,9 @@ class TransactionalLoop:
             while not self.stopping.is_set():
                 try:
                     last_input = self._step(last_input)
-                except KafkaException as exc:
-                    if not config.is_fatal(exc.args[0]):
+                except (KafkaException, KafkaUnavailable) as exc:
+                    fatal = isinstance(exc, KafkaException) and config.is_fatal(exc.args[0])
+                    if not (fatal or self._assigning):
                         raise
                     self._recover(exc)
                     last_input = time.monotonic()
@@ -223,7 +229,7 @@ class TransactionalLoop:
             self.topics, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
         )
 
-    def _recover(self, exc: KafkaException) -> None:
+    def _recover(self, exc: KafkaException | KafkaUnavailable) -> None:
         now = time.monotonic()
         self.recoveries = [t for t in self.recoveries if now - t < RECOVERY_WINDOW_S] + [now]
         if len(self.recoveries) > MAX_RECOVERIES:
@@ -236,6 +242,9 @@ class TransactionalLoop:
             assigned = self.consumer.assignment()
         except KafkaException:
             assigned = []
+        held = {(p.topic, p.partition) for p in assigned}
+        assigned += [p for p in self._assigning if (p.topic, p.partition) not in held]
+        self._assigning = []
         self._revoked(self.consumer, assigned)
         self._committed.clear()
         if self.aligner:
