@@ -116,6 +116,8 @@ class Postmark(Provider):
             )
         if status >= 500:
             raise ProviderUnavailable(f"postmark failed ({status})")
+        if status < 400:
+            raise ProviderUnavailable(f"postmark answered {status}, no answer of its API: check the base URL")
         if status == 401:
             raise ProviderUnavailable(f"postmark refused the credentials (401, ErrorCode {code}): {message}")
         if code == INACTIVE_RECIPIENT:

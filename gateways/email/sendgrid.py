@@ -79,12 +79,14 @@ def payload(command: DeliveryCommand, email: EmailSettings) -> dict[str, Any]:
 
 
 def retry_after(response_headers: CIMultiDictProxy[str]) -> float | None:
+    """`Retry-After`, else the wait until `X-RateLimit-Reset` (epoch seconds), both capped alike: a
+    reset in milliseconds, or `inf`, held SendGrid's circuit open until a restart."""
     seconds = http_retry_after(response_headers.get("Retry-After"))
     if seconds is not None:
         return seconds
     reset = response_headers.get("X-RateLimit-Reset")
     try:
-        return max(0.0, float(reset) - time.time()) if reset else None
+        return http_retry_after(repr(float(reset) - time.time())) if reset else None
     except ValueError:
         return None
 
@@ -135,6 +137,8 @@ class SendGrid(Provider):
             raise ProviderThrottled("sendgrid throttled (429)", retry_after(response_headers))
         if status >= 500:
             raise ProviderUnavailable(f"sendgrid failed ({status})")
+        if status < 400:
+            raise ProviderUnavailable(f"sendgrid answered {status}, no answer of its API: check the base URL")
         if status in (401, 403):
             raise ProviderUnavailable(f"sendgrid refused the credentials ({status}): {errors(body)}")
         raise DeliveryRejected(f"sendgrid rejected the message ({status}): {errors(body)}")

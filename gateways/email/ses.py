@@ -168,6 +168,8 @@ class Ses(Provider):
             raise ProviderUnavailable(f"ses account cannot send: {code}: {message}")
         if status >= 500:
             raise ProviderUnavailable(f"ses failed ({status}): {code}")
+        if status < 400:
+            raise ProviderUnavailable(f"ses answered {status}, no answer of its API: check the endpoint")
         if status in (401, 403):
             raise ProviderUnavailable(f"ses refused the credentials ({status} {code}): {message}")
         raise DeliveryRejected(f"ses rejected the message ({status} {code}): {message}")

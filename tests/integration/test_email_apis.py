@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateways._http import MAX_RETRY_AFTER_S
 from gateways.base import DeliveryRejected, ProviderThrottled, ProviderUnavailable, Sent
 from gateways.email._message import ONE_CLICK, EmailSettings, unsubscribe_claims
 from tests.servers.email_apis import HttpApiServer, PostmarkServer, SendGridServer, SesServer, email_command
@@ -142,6 +143,30 @@ def test_sendgrid_throttle_falls_back_to_the_rate_limit_reset() -> None:
     result, _ = send(SendGridServer, setup=no_retry_after)
     assert isinstance(result, ProviderThrottled) and result.retry_after is not None
     assert 28 <= result.retry_after <= 30
+
+
+def test_sendgrid_a_rate_limit_reset_far_ahead_waits_at_most_a_day() -> None:
+    """A reset in milliseconds (or `inf`) held the circuit open for as long: email stayed on the backup
+    until a restart."""
+
+    def far_reset(server: SendGridServer) -> None:
+        server.mode, server.send_retry_after, server.retry_after = "throttle", False, 10**12
+
+    result, _ = send(SendGridServer, setup=far_reset)
+    assert isinstance(result, ProviderThrottled) and result.retry_after == MAX_RETRY_AFTER_S, result
+
+
+@pytest.mark.parametrize("name", sorted(SERVERS))
+def test_a_redirect_is_our_setup_and_fails_over_not_the_message(name: str) -> None:
+    """An API that answers 308 (a base URL with http:// behind a redirecting proxy) refused nothing of the
+    message: SendGrid and SES failed every email for good, with no failover and no retry."""
+
+    def moved(server: HttpApiServer) -> None:
+        server.moved = "https://api.example.com/"
+
+    result, server = send(SERVERS[name], setup=moved)
+    assert isinstance(result, ProviderUnavailable) and "308" in str(result), result
+    assert server.accepted == []
 
 
 def test_ses_request_is_raw_mime_with_tags_and_configuration_set() -> None:

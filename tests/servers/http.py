@@ -29,6 +29,8 @@ class VendorServer:
         self.requests = 0
         self.port = 0
         self.timeout = 1.0
+        self.moved: str | None = None
+        """Answer every request 308 to this URL (an API moved, or a proxy redirecting http:// to https)."""
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
 
@@ -63,6 +65,8 @@ class VendorServer:
             assert request.transport is not None
             request.transport.abort()
             raise asyncio.CancelledError
+        if self.moved is not None:
+            return web.Response(status=308, headers={"Location": self.moved})
         if self.mode == "timeout":
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), self.timeout + 5)
