@@ -358,4 +358,6 @@ class Fcm(Provider):
             raise ProviderUnavailable(f"fcm refused the credentials ({status} {failure})")
         if status == 404:
             raise ProviderUnavailable(f"fcm project or endpoint not found ({status} {failure})")
+        if status < 400:
+            raise ProviderUnavailable(f"fcm answered {status}, no answer of its API: check the base URL")
         raise DeliveryRejected(f"fcm rejected the message ({status} {failure})")

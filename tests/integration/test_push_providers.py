@@ -282,3 +282,14 @@ def test_fcm_settings_need_exactly_one_service_account_source(tmp_path: Path) ->
         FcmSettings()
     with pytest.raises(ValidationError, match="exactly one"):
         FcmSettings(service_account_json=SecretStr("{}"), service_account_file=tmp_path / "key.json")
+
+
+def test_fcm_a_redirect_is_our_setup_and_fails_over_not_the_message() -> None:
+    """A 308 (a base URL behind a redirecting proxy) refused nothing of the message: it failed for good."""
+
+    def moved(server: FcmServer) -> None:
+        server.moved = "https://fcm.example.com/"
+
+    server, result = with_fcm(send_one(lambda s: s.command()), moved)
+    assert isinstance(result, ProviderUnavailable) and "308" in str(result), result
+    assert server.accepted == []
