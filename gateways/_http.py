@@ -25,6 +25,8 @@ class Answer:
     status: int
     headers: CIMultiDictProxy[str]
     body: bytes
+    cut: bool = False
+    """The body broke off or stalled (a 2xx only: any other status raises): `body` is what came."""
 
 
 async def post(
@@ -36,14 +38,15 @@ async def post(
     towards disabling the endpoint."""
     try:
         async with session.post(url, data=body, allow_redirects=False, **options) as response:
-            data = b""
+            data, cut = b"", False
             try:
                 while len(data) < limit and (chunk := await response.content.read(limit - len(data))):
                     data += chunk
             except (TimeoutError, aiohttp.ClientError):
                 if not 200 <= response.status < 300:
                     raise
-            return Answer(response.status, response.headers, data)
+                cut = True
+            return Answer(response.status, response.headers, data, cut)
     except TimeoutError as exc:
         raise ProviderUnavailable(f"{what} timed out: {type(exc).__name__}") from None
     except aiohttp.ClientError as exc:

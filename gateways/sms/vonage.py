@@ -31,11 +31,14 @@ is retried whole: the recipient may see some parts twice, which beats losing the
 
 HTTP 429 is ProviderThrottled (`Retry-After`, else `throttle_retry_seconds`); 401/403 name the
 credentials and 404 the URL (ProviderUnavailable); 5xx, an unexpected 3xx, a 2xx without message
-statuses, timeouts and connection errors are ProviderUnavailable; other 4xx are permanent.
+statuses, timeouts and connection errors are ProviderUnavailable; other 4xx are permanent. A 2xx whose
+answer broke off before any status could be read is Sent without a message id (its receipt still finds
+the delivery by `client-ref`): as a failure the text was sent again, and the recipient got it twice.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -50,6 +53,7 @@ from gateways.sms._segments import checked_text
 from gateways.sms.receipts import receipt_url
 from tidings.events import DeliveryCommand
 
+log = logging.getLogger(__name__)
 USER_AGENT = "tidings-sms/0.1"
 THROTTLED = {"1": "throttled", "10": "too many existing binds"}
 DEAD_ADDRESS = {"33": "number de-activated"}
@@ -142,7 +146,11 @@ class Vonage(Provider):
             timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
         )
         if 200 <= answer.status < 300:
-            return self._outcome(messages_of(answer.body))
+            messages = messages_of(answer.body)
+            if not messages and answer.cut:
+                log.warning("vonage accepted %s; its answer broke off, so no message id", command.delivery_id)
+                return Sent(self.name, None)
+            return self._outcome(messages)
         return self._refused(answer.status, answer.headers, answer.body)
 
     def _outcome(self, messages: list[dict[str, Any]]) -> Sent:

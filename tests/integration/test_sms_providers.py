@@ -230,6 +230,14 @@ def test_vonage_http_level_answers(http_status: int, expected: type[Exception]) 
     assert type(result) is expected, result
 
 
+def test_vonage_an_acceptance_whose_answer_breaks_off_is_sent_not_sent_again() -> None:
+    """A 200 cut short before its statuses was ProviderUnavailable: the text went out again by the next
+    provider or retry, and the recipient got it twice."""
+    result, server = send(VonageServer, setup=lambda s: setattr(s, "cut_answer", True))
+    assert isinstance(result, Sent) and result.provider_message_id is None, result
+    assert len(server.accepted) == 1
+
+
 def test_vonage_http_429_prefers_retry_after_over_the_setting() -> None:
     def throttle(server: Any) -> None:
         server.http_status, server.retry_after = 429, 3

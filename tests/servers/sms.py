@@ -237,6 +237,8 @@ class VonageServer(SmsApiServer):
         self.http_status: int | None = None
         self.signature_secret = secrets.token_urlsafe(16)
         self.dlr_method = "POST"
+        self.cut_answer = False
+        """Accept the message, then send half of the answer and drop the connection."""
 
     def provider(self, *, timeout: float, **settings: Any) -> Provider:
         self.timeout = timeout
@@ -325,7 +327,16 @@ class VonageServer(SmsApiServer):
             self.report(
                 vonage_receipts(params, ids, self.api_key, self.signature_secret, self.dlr_method, error)
             )
-        return web.json_response({"message-count": str(count), "messages": messages})
+        answer = json.dumps({"message-count": str(count), "messages": messages}).encode()
+        if self.cut_answer:
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            response.content_length = len(answer)
+            await response.prepare(request)
+            await response.write(answer[: len(answer) // 2])
+            assert request.transport is not None
+            request.transport.abort()
+            return response
+        return web.Response(body=answer, content_type="application/json")
 
     def invalid(self, params: dict[str, str]) -> web.Response | None:
         for name in ("from", "to", "text"):
