@@ -158,8 +158,9 @@ class StoredOffsetsLoop(Generic[T]):
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Reads the stored offsets, asking again while the sink fails retriably: raised here, a
         database down at a rebalance left the consumer's callback and stopped the process, which then
-        crash-looped under its supervisor until the database came back. Nothing is assigned when
-        asked to stop meanwhile."""
+        crash-looped under its supervisor until the database came back. Asked to stop meanwhile, it
+        returns without assigning: librdkafka then assigns the partitions at their Kafka defaults, so
+        the loop stops before handling anything that poll returned."""
         self._drain()
         if self.pin_topics is not None and partitions:
             pin = self.pin_topics
@@ -211,6 +212,8 @@ class StoredOffsetsLoop(Generic[T]):
                         messages.append(m)
                     elif config.is_fatal(err):
                         raise KafkaException(err)
+                if self.stopping.is_set():
+                    break
                 if messages or not self.consumer.assignment() or self.assigned_at > last_input:
                     last_input = time.monotonic()
                 if time.monotonic() - self._lag_at >= 1.0:
