@@ -1,5 +1,5 @@
-"""600 likes for 30 recipients trickle in over ~6 s with a 1 s digest window; the router process is
-SIGKILLed three times meanwhile.
+"""600 likes for 30 recipients trickle in over ~15 s with a 1 s digest window; the router process is
+SIGKILLed three times meanwhile, each time after it has planned at least 20 more likes.
 
 Reading the topics read_committed afterwards must show every like in exactly one digest request, each
 digest request planned into exactly one email, and every like's in-app command exactly once.
@@ -20,6 +20,7 @@ from uuid import UUID
 
 import pytest
 
+from tests.chaos.conftest import Committed
 from tests.integration.test_digest_escalation import LIKED as BASE_LIKED
 from tests.integration.test_router import commands, decoded
 from tidings.catalog import parse_type
@@ -29,7 +30,7 @@ from tidings.events import NotificationRequested
 from tidings.topics import names
 
 TIDINGS = str(Path(sys.executable).with_name("tidings"))
-LIKES, RECIPIENTS, SPREAD_S = 600, 30, 6.0
+LIKES, RECIPIENTS, SPREAD_S, STEP = 600, 30, 15.0, 20
 pytestmark = pytest.mark.timeout(600)
 LIKED = BASE_LIKED | {"digest": {**BASE_LIKED["digest"], "window": "1s"}}
 
@@ -62,13 +63,19 @@ def test_router_killed_three_times_puts_every_like_in_exactly_one_digest(topolog
     argv = [TIDINGS, "run", "router", "--instance", "0", "--idle-exit", "5"]
     producer = threading.Thread(target=trickle)
     producer.start()
-    started = time.monotonic()
-    for kill_at in (1.5, 3.0, 4.5):
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(max(0.0, started + kill_at - time.monotonic()))
-        assert proc.poll() is None, "the router exited before the kill"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    n = names(s)
+    planned = Committed(s, [n.delivery("in_app"), n.delivery("in_app", urgent=True)])
+    try:
+        for _ in range(3):
+            before = planned.count()
+            proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            after = planned.beyond(before + STEP)
+            assert proc.poll() is None, "the router exited before the kill"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            assert after >= before + STEP, f"the router planned {after - before} likes before the kill"
+    finally:
+        planned.close()
     producer.join()
     final = subprocess.run(argv, env=env, timeout=300, capture_output=True, text=True)
     assert final.returncode == 0, final.stderr[-2000:]

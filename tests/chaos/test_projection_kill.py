@@ -113,10 +113,11 @@ def test_kill_9_three_times_then_rebuilds_are_identical(database: Settings) -> N
             stderr=subprocess.DEVNULL,
         ) as proc:
             deadline = time.monotonic() + 120
-            while progress(s) < before + 4000 and time.monotonic() < deadline:
+            while (done := progress(s)) < before + 4000 and time.monotonic() < deadline:
                 time.sleep(0.05)
             proc.send_signal(signal.SIGKILL)
             kills += proc.wait() == -signal.SIGKILL
+            assert done >= before + 4000, f"the projection stored {done - before} offsets before the kill"
     assert kills == 3
     final = subprocess.run(
         [TIDINGS, "run", "projection", "delivery_status", "--idle-exit", "4"],

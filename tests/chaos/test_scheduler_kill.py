@@ -1,4 +1,5 @@
-"""1,500 deferred commands due over ~8 s; the scheduler process is SIGKILLed three times meanwhile.
+"""1,500 deferred commands due over ~15 s; the scheduler process is SIGKILLed three times meanwhile,
+each time after it has released at least 50 more of them.
 
 Reading the delivery lanes read_committed afterwards must show every command exactly once, none
 released before it was due, and one QUEUED `released` outcome per command.
@@ -11,7 +12,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.chaos.conftest import Committed
 from tests.integration.conftest import read_all
 from tidings.codec import default_codec
 from tidings.config import Settings
@@ -28,7 +29,7 @@ from tidings.kafka import EventProducer, Output
 from tidings.topics import names
 
 TIDINGS = str(Path(sys.executable).with_name("tidings"))
-COUNT = 1500
+COUNT, SPREAD_MS, STEP = 1500, 15_000, 50
 pytestmark = pytest.mark.timeout(600)
 
 
@@ -47,7 +48,7 @@ def test_scheduler_killed_three_times_releases_each_timer_once_and_on_time(topol
             priority=rng.choice(["normal", "high"]),
             address="+4915112345678",
             content=RenderedContent(title="t", body=f"b{i}"),
-            not_before=start + timedelta(milliseconds=rng.randrange(0, 8000)),
+            not_before=start + timedelta(milliseconds=rng.randrange(0, SPREAD_MS)),
         )
         for i in range(COUNT)
     ]
@@ -60,12 +61,19 @@ def test_scheduler_killed_three_times_releases_each_timer_once_and_on_time(topol
         "TIDINGS_RETRY_TIERS": s.retry_tiers,
     }
     argv = [TIDINGS, "run", "scheduler", "--instance", "0", "--idle-exit", "3"]
-    for kill_at in (2.5, 4.5, 6.5):
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(max(0.0, (start + timedelta(seconds=kill_at) - datetime.now(UTC)).total_seconds()))
-        assert proc.poll() is None, "the scheduler exited before the kill"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    lanes = [n.delivery(c, urgent=u) for c in ("push", "sms") for u in (False, True)]
+    released_so_far = Committed(s, lanes)
+    try:
+        for _ in range(3):
+            before = released_so_far.count()
+            proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            after = released_so_far.beyond(before + STEP)
+            assert proc.poll() is None, "the scheduler exited before the kill"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            assert after >= before + STEP, f"the scheduler released {after - before} before the kill"
+    finally:
+        released_so_far.close()
     final = subprocess.run(argv, env=env, timeout=300, capture_output=True, text=True)
     assert final.returncode == 0, final.stderr[-2000:]
 
