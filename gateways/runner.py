@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -37,6 +37,16 @@ from tidings.metrics import Sample, lag_samples
 from tidings.topics import names, parse_tiers, tier_seconds
 
 log = logging.getLogger(__name__)
+
+
+async def _release(what: str, step: Awaitable[object]) -> None:
+    """One step of the shutdown; a failure is logged and the steps after it still run. A provider's
+    `close()` raising skipped the rest: the consumer stayed in its group until its session timed out,
+    holding its partitions from the other gateways for that long."""
+    try:
+        await step
+    except Exception:
+        log.exception("shutdown: %s failed; the other steps go on", what)
 
 
 class GatewayRunner(Lanes):
@@ -151,12 +161,12 @@ class GatewayRunner(Lanes):
             if not hand_on.done():
                 self.drained = True
                 self.wake.set()
-                await hand_on
+                await _release("handing on the last outputs", hand_on)
             for provider in self.providers:
-                await provider.close()
-            await self.producer.stop()
-            await self.consumer.stop()
-            await self.redis.aclose()
+                await _release(f"closing provider {provider.label}", provider.close())
+            await _release("stopping the producer", self.producer.stop())
+            await _release("leaving the consumer group", self.consumer.stop())
+            await _release("closing Redis", self.redis.aclose())
 
     def stop(self) -> None:
         self.stopping.set()
