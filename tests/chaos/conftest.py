@@ -1,13 +1,24 @@
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from tests.integration.conftest import database, group_id, namespace, stack, topic_factory, topology
 from tidings.config import Settings
 from tidings.kafka.consumer import TopicFollower
 
-__all__ = ["Committed", "database", "group_id", "namespace", "stack", "topic_factory", "topology"]
+__all__ = [
+    "Committed",
+    "database",
+    "group_id",
+    "kill_mid_work",
+    "namespace",
+    "stack",
+    "topic_factory",
+    "topology",
+]
 
 
 class Committed:
@@ -33,3 +44,22 @@ class Committed:
     def close(self) -> None:
         for f in self.followers:
             f.close()
+
+
+def kill_mid_work(
+    s: Settings, argv: Sequence[str], env: Mapping[str, str], outputs: Sequence[str], step: int
+) -> None:
+    """Starts `argv` three times, each time SIGKILLing it once it has committed at least `step` more
+    records to `outputs` (asserting that it did, within two minutes)."""
+    committed = Committed(s, outputs)
+    try:
+        for _ in range(3):
+            before = committed.count()
+            proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            after = committed.beyond(before + step)
+            assert proc.poll() is None, f"{argv[1:3]} exited before the kill"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            assert after >= before + step, f"{argv[1:3]} committed {after - before} records before the kill"
+    finally:
+        committed.close()

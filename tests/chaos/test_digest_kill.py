@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ from uuid import UUID
 
 import pytest
 
-from tests.chaos.conftest import Committed
+from tests.chaos.conftest import kill_mid_work
 from tests.integration.test_digest_escalation import LIKED as BASE_LIKED
 from tests.integration.test_router import commands, decoded
 from tidings.catalog import parse_type
@@ -64,18 +63,7 @@ def test_router_killed_three_times_puts_every_like_in_exactly_one_digest(topolog
     producer = threading.Thread(target=trickle)
     producer.start()
     n = names(s)
-    planned = Committed(s, [n.delivery("in_app"), n.delivery("in_app", urgent=True)])
-    try:
-        for _ in range(3):
-            before = planned.count()
-            proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            after = planned.beyond(before + STEP)
-            assert proc.poll() is None, "the router exited before the kill"
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            assert after >= before + STEP, f"the router planned {after - before} likes before the kill"
-    finally:
-        planned.close()
+    kill_mid_work(s, argv, env, [n.delivery("in_app"), n.delivery("in_app", urgent=True)], STEP)
     producer.join()
     final = subprocess.run(argv, env=env, timeout=300, capture_output=True, text=True)
     assert final.returncode == 0, final.stderr[-2000:]

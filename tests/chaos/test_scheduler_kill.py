@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import uuid
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.chaos.conftest import Committed
+from tests.chaos.conftest import kill_mid_work
 from tests.integration.conftest import read_all
 from tidings.codec import default_codec
 from tidings.config import Settings
@@ -62,18 +61,7 @@ def test_scheduler_killed_three_times_releases_each_timer_once_and_on_time(topol
     }
     argv = [TIDINGS, "run", "scheduler", "--instance", "0", "--idle-exit", "3"]
     lanes = [n.delivery(c, urgent=u) for c in ("push", "sms") for u in (False, True)]
-    released_so_far = Committed(s, lanes)
-    try:
-        for _ in range(3):
-            before = released_so_far.count()
-            proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            after = released_so_far.beyond(before + STEP)
-            assert proc.poll() is None, "the scheduler exited before the kill"
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            assert after >= before + STEP, f"the scheduler released {after - before} before the kill"
-    finally:
-        released_so_far.close()
+    kill_mid_work(s, argv, env, lanes, STEP)
     final = subprocess.run(argv, env=env, timeout=300, capture_output=True, text=True)
     assert final.returncode == 0, final.stderr[-2000:]
 
