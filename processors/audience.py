@@ -65,6 +65,7 @@ from tidings.kafka.records import (
     REPLAYABLE,
     SOURCE_PARTITION,
     SOURCE_TOPIC,
+    misplaced,
 )
 from tidings.metrics import Sample
 from tidings.state import Store
@@ -82,6 +83,7 @@ BATCH = 5
 """Input records per transaction: a membership event of 1,000 members writes 2,000 changelog records, so
 the loop's usual 500 records could make a million-record transaction that never commits in time."""
 DONE_TTL = timedelta(days=30)
+AUDIENCE_EVENTS = (AudienceMembersAdded, AudienceMembersRemoved, BroadcastRequested, BroadcastCancelled)
 
 
 class Expander:
@@ -105,13 +107,21 @@ class Expander:
         self.stores: list[TransactionalState] = [self.store, self.jobs, self.finished]
         self.requests_made = self.cancellations_made = self.duplicates = 0
         self._last: tuple[int, str] = (-1, "")
+        self.partition_counts: dict[str, int] = {}
+        """Partitions per input topic, filled in by the loop; empty (no partition check) without one."""
 
     def pending(self) -> bool:
         return any(self.jobs.size(p) for p in self.jobs.partitions())
 
     def handle(self, record: Incoming) -> list[Output]:
+        """An event on the partition its `tenant/audience` key does not hash to is dead-lettered: its
+        audience's members are on another partition, and a broadcast read here went to nobody."""
         event = record.decode(self.codec)
         p = record.partition
+        if isinstance(event, AUDIENCE_EVENTS) and (
+            wrong := misplaced(record, event.key, self.partition_counts.get(record.topic))
+        ):
+            raise InvalidEvent(wrong)
         if isinstance(event, AudienceMembersAdded):
             self.members.add(p, event.tenant_id, event.audience_id, event.recipient_ids)
             return []
@@ -319,6 +329,7 @@ class Audience:
             eager=self.expander.pending,
             batch_size=BATCH,
         )
+        self.expander.partition_counts = self.loop.partition_counts
 
     def run(self, *, idle_exit_after: float | None = None) -> None:
         self.catalog.follow(self.follower.catch_up(), self.codec)

@@ -28,6 +28,7 @@ from tidings.events import (
     NotificationRequested,
 )
 from tidings.kafka import Incoming, Output
+from tidings.kafka.records import partition_for
 from tidings.topics import Names
 
 NAMES = Names("t.")
@@ -413,3 +414,26 @@ def test_one_id_given_where_a_list_of_ids_is_expected_is_refused_not_spelled_out
         erasure(tenant="acme", recipient="ada", audiences="beta")
     [added] = membership(tenant="acme", audience="beta", recipients=["ada"])
     assert added.recipient_ids == ["ada"]
+
+
+def test_an_event_on_another_partition_than_its_key_hashes_to_is_refused_not_sent_to_nobody() -> None:
+    x = Expander(NAMES, catalog(), CODEC)
+    x.partition_counts = {NAMES.broadcasts: 3}
+    for store in x.stores:
+        for p in range(3):
+            store.restore(p, [])
+    right = partition_for("acme/all", 3)
+    wrong = (right + 1) % 3
+
+    def on(p: int, event: Event) -> list[Output]:
+        outputs = x.handle(Incoming(NAMES.broadcasts, p, 0, event.key.encode(), CODEC.encode(event)))
+        for store in x.stores:
+            store.record_done()
+            store.committed()
+        return outputs
+
+    on(right, added("u1", "u2"))
+    for event in (added("u3"), broadcast(), removed("u1"), cancelled(uuid4())):
+        with pytest.raises(InvalidEvent, match=f"on partition {wrong}, but .* 'acme/all' on {right} of 3"):
+            on(wrong, event)
+    assert len(on(right, broadcast())) == 2
