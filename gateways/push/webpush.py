@@ -215,7 +215,7 @@ class WebPush(Provider):
             raise DeliveryRejected("web push subscription has no p256dh/auth keys", address_dead=True)
         body = encrypt(message(command), p256dh, auth)
         try:
-            target = await check(command.address, self.settings.allowed)
+            target = await check(command.address, self.settings.allowed, self.settings.connect_timeout)
         except DeliveryRejected as exc:
             raise DeliveryRejected(
                 f"web push endpoint refused: {exc.reason}", permanent=exc.permanent

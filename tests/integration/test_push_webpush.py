@@ -231,3 +231,36 @@ def test_one_subscription_throttling_holds_up_no_other_push(namespace: Callable[
     assert gateway.counts.get("circuit_open", 0) == 0 and gateway.counts["sent"] == 5
     decoded = [default_codec().decode(r.value or b"") for r in read_all(s, names(s).outcomes)]
     assert sorted(getattr(o, "status", "") for o in decoded) == ["RETRYING"] + ["SENT"] * 5
+
+
+def test_webpush_endpoint_whose_name_server_never_answers_fails_within_the_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Subscription endpoints are the browser's to name: a host whose lookup hangs held the send (and a
+    thread of the lookup pool) for the system resolver's whole timeout."""
+    import socket
+    import threading
+    import time
+
+    release = threading.Event()
+    resolve = socket.getaddrinfo
+
+    def resolver(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host.endswith(".mute.example"):
+            release.wait(30)
+            raise socket.gaierror("gave up")
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+
+    def command(server: WebPushServer) -> DeliveryCommand:
+        return server.command().model_copy(update={"address": "https://push.mute.example/p/1"})
+
+    started = time.monotonic()
+    try:
+        server, result = with_webpush(send_one(command))
+    finally:
+        release.set()
+    assert time.monotonic() - started < 10
+    assert isinstance(result, DeliveryRejected) and not result.permanent, result
+    assert "did not resolve within 2s" in result.reason and server.requests == 0
