@@ -66,6 +66,7 @@ from tidings.kafka.records import (
     SOURCE_PARTITION,
     SOURCE_TOPIC,
     misplaced,
+    size_checked,
 )
 from tidings.metrics import Sample
 from tidings.state import Store
@@ -159,7 +160,7 @@ class Expander:
             traceparent=trace,
             scheduled_ms=int(event.scheduled_at.timestamp() * 1000) if event.scheduled_at else None,
         )
-        return self._advance(p, job, SLICE)
+        return self._advance(p, job, SLICE, MAX_TXN_BYTES // BATCH)
 
     def _cancelled(self, p: int, event: BroadcastCancelled, trace: str) -> list[Output]:
         key = job_key(event.tenant_id, event.broadcast_id)
@@ -198,7 +199,10 @@ class Expander:
         """Take the job up to `budget` members (and about `max_bytes` of records) further and store
         where it stands. The records' size is the first one's, with room for a longer member id: all
         but the member are the broadcast's, and counting its data alone let a 900 KB `source` make a
-        transaction of 450 MB."""
+        transaction of 450 MB. A broadcast read from the topic starts with a `BATCH`th of a
+        transaction: each of a batch's broadcasts took all of it (83 MB for five of 250 KB). A member
+        request over the record limit is refused here (a broadcast within a few hundred bytes of the
+        limit): made by a punctuation, it failed the commit that every pending broadcast shares."""
         request = request_template(self._request(p, job)) if job.action == "expand" else None
         room = MAX_TXN_BYTES if max_bytes is None else max_bytes
         end = min(job.upto, job.next + MAX_SCAN)
@@ -212,6 +216,7 @@ class Expander:
             event = member_request(request, member) if request else member_cancellation(job, member)
             out = Output.event(self.names.requested, event, traceparent=trace, codec=self.codec)
             if not outputs:
+                size_checked([out])
                 size = len(out.value or b"") + sum(len(k) + len(v) for k, v in out.headers) + 1024
                 budget = min(budget, max(1, room // size))
             outputs.append(out)
