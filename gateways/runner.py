@@ -32,7 +32,7 @@ from gateways.marks import REDIS_DOWN, Marks
 from gateways.settings import GatewaySettings as GatewaySettings
 from tidings.config import Settings
 from tidings.kafka.admin import topics_starting
-from tidings.kafka.aio import TP, AsyncConsumer, AsyncProducer
+from tidings.kafka.aio import STOP_TIMEOUT_S, TP, AsyncConsumer, AsyncProducer
 from tidings.metrics import Sample, lag_samples
 from tidings.topics import names, parse_tiers, tier_seconds
 
@@ -42,7 +42,10 @@ log = logging.getLogger(__name__)
 async def _release(what: str, step: Awaitable[object]) -> None:
     """One step of the shutdown; a failure is logged and the steps after it still run. A provider's
     `close()` raising skipped the rest: the consumer stayed in its group until its session timed out,
-    holding its partitions from the other gateways for that long."""
+    holding its partitions from the other gateways for that long. Handing on the last outputs waits
+    at most `STOP_TIMEOUT_S`: with the broker away the idempotent producer never gives up a batch, and
+    a gateway asked to stop never did. What is left is not lost: its offsets are not committed and
+    its commands not flagged emitted, so the next owner of the partition emits them."""
     try:
         await step
     except Exception:
@@ -161,7 +164,7 @@ class GatewayRunner(Lanes):
             if not hand_on.done():
                 self.drained = True
                 self.wake.set()
-                await _release("handing on the last outputs", hand_on)
+                await _release("handing on the last outputs", asyncio.wait_for(hand_on, STOP_TIMEOUT_S))
             for provider in self.providers:
                 await _release(f"closing provider {provider.label}", provider.close())
             await _release("stopping the producer", self.producer.stop())
