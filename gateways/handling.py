@@ -90,6 +90,7 @@ class CommandHandling:
     """Deliveries (`mark_ref`) whose chain is being walked: their claims are held until it ends."""
     active: Counter[str]
     """Deliveries being handled, by copies: a second copy of one in flight here waits for the first."""
+    stopping: asyncio.Event
 
     def _count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
@@ -195,9 +196,21 @@ class CommandHandling:
         await self.marks.release(mark_ref(command), command.attempt)
         return Blocked(reopens)
 
+    async def _turn(self, wait: float) -> bool:
+        """Waits `wait` seconds for a rate-limit token; False when the gateway is stopping first. A stop
+        waited out every send's token, minutes at a low rate with many sends queued on one bucket,
+        and ended in the supervisor's SIGKILL; the command, not sent, is read again by the next run."""
+        if wait <= 0:
+            return True
+        try:
+            await asyncio.wait_for(self.stopping.wait(), wait)
+        except TimeoutError:
+            return True
+        return False
+
     async def _walk(
         self, record: Incoming, command: DeliveryCommand, chain: list[Provider], circuit: dict[str, str]
-    ) -> Handled | None:
+    ) -> Handled | Blocked | None:
         """Try the chain's providers in turn; the claim is held meanwhile (`sending`). A provider's
         half-open probe is taken just before its send: taken while the chain was built, it went to
         commands another provider then served, and the commands that needed this one were refused.
@@ -210,7 +223,10 @@ class CommandHandling:
                 wait = await bucket.wait()
                 if wait > self.config.inflight_ttl / 2:
                     await self.marks.hold(mark_ref(command), wait + self.config.inflight_ttl)
-                await asyncio.sleep(wait)
+                if not await self._turn(wait):
+                    await self.marks.release(mark_ref(command), command.attempt)
+                    self._count("unsent_at_stop")
+                    return Blocked(time.time())
                 if command.expires_at is not None and command.expires_at.timestamp() <= time.time():
                     return await self._finish(command, "EXPIRED", "expired while waiting for its turn")
             if not self.circuits.closed(circuit[provider.label]):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from collections.abc import Callable
 
 import pytest
@@ -49,3 +51,39 @@ def test_a_provider_whose_close_raises_leaves_the_group_and_closes_the_rest(
     client = admin(s)
     group = client.describe_consumer_groups([gateway.group])[gateway.group].result(timeout=10)
     assert group.members == [], "the consumer stayed in its group after the stop"
+
+
+def test_a_stop_does_not_wait_out_the_rate_limit_and_the_next_run_sends_the_rest(
+    namespace: Callable[..., Settings],
+) -> None:
+    """Sends queued on a token bucket each waited out their turn before a stop could finish: at 1/s
+    with 8 slots, 8 s; at a low rate across many gateways, minutes."""
+    s = namespace(retry_tiers="1s")
+    bodies: list[bytes] = []
+
+    async def scenario() -> float:
+        app_runner, base = await serve(accepting(bodies))
+        produce(s, commands(f"{base}/hook", 12))
+        provider = StandardWebhook(WebhookSettings(allow_cidrs="127.0.0.1/32", read_timeout=2))
+        gateway = GatewayRunner(
+            s, "webhook", [provider], GatewaySettings(concurrency=8), rates={"standard": (1.0, 1)}
+        )
+        running = asyncio.create_task(gateway.run())
+        while len(bodies) < 2:
+            assert not running.done(), running
+            await asyncio.sleep(0.01)
+        gateway.stop()
+        started = time.monotonic()
+        await running
+        took = time.monotonic() - started
+        assert gateway.counts.get("unsent_at_stop", 0) >= 4, gateway.counts
+        again = StandardWebhook(WebhookSettings(allow_cidrs="127.0.0.1/32", read_timeout=2))
+        await GatewayRunner(s, "webhook", [again], GatewaySettings()).run(idle_exit_after=3)
+        await app_runner.cleanup()
+        return took
+
+    took = asyncio.run(scenario())
+    assert took < 2.5, f"the stop took {took:.1f} s"
+    ids = [json.loads(b)["i"] for b in bodies]
+    assert sorted(ids) == list(range(12)), "each command sent once"
+    assert [o.status for o in outcomes(s)].count("SENT") == 12
