@@ -57,7 +57,7 @@ from datetime import timedelta
 
 from tidings.codec import Codec, default_codec
 from tidings.config import Settings
-from tidings.errors import InvalidEvent
+from tidings.errors import CodecError, InvalidEvent, TidingsError
 from tidings.events import (
     DeliveryCommand,
     DeliveryOutcome,
@@ -74,6 +74,7 @@ from tidings.events import (
     RecipientErased,
 )
 from tidings.kafka import Incoming, Output, TransactionalLoop, default_slot
+from tidings.kafka.records import dead_letter
 from tidings.metrics import Sample
 from tidings.state import DueKeys, Store
 from tidings.topics import Names, names
@@ -118,6 +119,19 @@ class Timers:
         self.store, self.codec = store, codec
         self.due_keys = DueKeys(store, accept=lambda key: not key.startswith("n/"))
         self._snapshots: dict[int, tuple[int, list[str]]] = {}
+        self.unreadable: list[tuple[int, bytes, TidingsError]] = []
+        """Due timers that could not be read, taken out of the store: (partition, value, why)."""
+
+    def _read(self, value: bytes | None) -> DeliveryCommand | None:
+        """The stored command, or None: a value this release cannot read (written by a newer one,
+        before a rollback) is passed over by cancellations and erasure walks, and dead-lettered by
+        `take_due` once due. Raised, it stopped the punctuation, and so the scheduler, at every
+        restart: no timer of any of its partitions went out."""
+        try:
+            command = self.codec.decode(value) if value is not None else None
+        except (CodecError, InvalidEvent):
+            return None
+        return command if isinstance(command, DeliveryCommand) else None
 
     def _index(self, partition: int, notification_id: object) -> tuple[str, list[str]]:
         key = f"n/{notification_id}"
@@ -160,7 +174,12 @@ class Timers:
                 break
             key = keys[0]
             value = self.store.get(partition, key)
-            command = self.codec.decode(value) if value is not None else None
+            try:
+                command = self.codec.decode(value) if value is not None else None
+            except (CodecError, InvalidEvent) as exc:
+                self.store.delete(partition, key)
+                self.unreadable.append((partition, value or b"", exc))
+                continue
             if isinstance(command, DeliveryCommand) and hold is not None and hold(command):
                 held.append(key)
                 continue
@@ -198,9 +217,8 @@ class Timers:
         start = bisect.bisect_right(keys, after)
         walked, taken = keys[start : start + budget], []
         for key in walked:
-            value = self.store.get(partition, key)
-            command = self.codec.decode(value) if value is not None else None
-            if isinstance(command, DeliveryCommand) and drop(command):
+            command = self._read(self.store.get(partition, key))
+            if command is not None and drop(command):
                 self._forget(partition, key, command)
                 taken.append(command)
         if start + budget >= len(keys):
@@ -216,8 +234,10 @@ class Timers:
         taken, kept = [], []
         for key in keys:
             value = self.store.get(partition, key)
-            command = self.codec.decode(value) if value is not None else None
-            if not isinstance(command, DeliveryCommand):
+            command = self._read(value)
+            if command is None:
+                if value is not None:
+                    kept.append(key)
                 continue
             if which is None or which(command):
                 self.store.delete(partition, key)
@@ -392,6 +412,7 @@ class Scheduler:
         now = self.clock()
         outputs: list[Output] = []
         room, budget, self.more_due = MAX_RELEASES_PER_TICK, MAX_RELEASE_BYTES, False
+        self.timers.unreadable.clear()
         partitions = self.store.partitions()
         self._turn = (self._turn + 1) % max(1, len(partitions))
         for partition in partitions[self._turn :] + partitions[: self._turn]:
@@ -413,7 +434,19 @@ class Scheduler:
                 outputs += release(self.names, command, now)
                 self.released += 1
             outputs += self._sweep(partition)
-        return outputs
+        return outputs + self._unreadable()
+
+    def _unreadable(self) -> list[Output]:
+        """Dead letters of the due timers that could not be read, each replayable to
+        notifications.scheduled once the scheduler reads its version (without its key: the record's
+        key is in the part that could not be read)."""
+        letters = []
+        for partition, value, exc in self.timers.unreadable:
+            log.error("a due timer on partition %d cannot be read, dead-lettered: %s", partition, exc)
+            record = Incoming(self.names.scheduled, partition, -1, None, value)
+            letters.append(dead_letter(record, exc, self.loop.group_id, self.names.dlq))
+        self.timers.unreadable.clear()
+        return letters
 
     def _sweep(self, partition: int) -> list[Output]:
         """The next `SWEEP_BUDGET` pending timers of a partition with an erasure to carry out, the

@@ -287,3 +287,25 @@ def test_an_erasure_starts_a_walk_or_has_the_one_under_way_start_over_once() -> 
     assert next_walk("0 ") == "0 ", "a walk not yet started covers the new erasure"
     assert next_walk("0 0000000000001/x") == "1 0000000000001/x"
     assert next_walk("1 0000000000001/x") == "1 0000000000001/x"
+
+
+def test_a_timer_this_release_cannot_read_is_passed_over_then_taken_out_when_due() -> None:
+    """A newer release's timer, restored after a rollback: its decode error stopped every punctuation."""
+    t = timers()
+    nid = uuid.uuid4()
+    newer, readable = (command(EPOCH + timedelta(minutes=m), notification_id=nid) for m in (1, 2))
+    add(t, newer)
+    add(t, readable)
+    unknown = b"\xc3\x01" + bytes(8) + b"a field this release has no schema for"
+    t.store.put(0, timer_key(newer), unknown)
+    t.store.record_done()
+    t.store.committed()
+    assert t.sweep(0, "", 10, lambda c: True) == ([readable], None)
+    add(t, readable)
+    assert t.cancel(0, nid) == [readable]
+    assert t.store.keys(0) == [timer_key(newer), f"n/{nid}"], "kept for a release that reads it"
+    now = int((EPOCH + timedelta(hours=1)).timestamp() * 1000)
+    assert t.due(0, now) == []
+    [(partition, value, error)] = t.unreadable
+    assert (partition, value, type(error).__name__) == (0, unknown, "UnknownFingerprint")
+    assert timer_key(newer) not in t.store.keys(0)
