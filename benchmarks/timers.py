@@ -20,7 +20,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from processors.scheduler import SWEEP_BUDGET, Timers
+from processors.scheduler import SWEEP_BUDGET
+from processors.timers import Timers
 from tidings.codec import default_codec
 from tidings.events import DeliveryCommand, RenderedContent
 from tidings.state import Store, due_bound

@@ -48,16 +48,15 @@ mention whose `seen` waits unread behind it.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
+from processors.timers import Timers
 from tidings.codec import Codec, default_codec
 from tidings.config import Settings
-from tidings.errors import CodecError, InvalidEvent, TidingsError
+from tidings.errors import InvalidEvent
 from tidings.events import (
     DeliveryCommand,
     DeliveryOutcome,
@@ -76,7 +75,7 @@ from tidings.events import (
 from tidings.kafka import Incoming, Output, TransactionalLoop, default_slot
 from tidings.kafka.records import dead_letter
 from tidings.metrics import Sample
-from tidings.state import DueKeys, Store
+from tidings.state import Store
 from tidings.topics import Names, names
 
 log = logging.getLogger(__name__)
@@ -95,161 +94,6 @@ SATISFIES: dict[type[Event], frozenset[str]] = {
     NotificationOpened: frozenset({"seen", "read"}),
     NotificationClicked: frozenset({"seen", "read", "clicked"}),
 }
-
-
-MAX_DUE_MS = 10**13 - 1
-
-
-def timer_key(command: DeliveryCommand) -> str:
-    """`<due ms>/<the delivery id within its tenant>`: a delivery id derives from the notification id,
-    which a producer may choose, so two tenants' commands may share one, and one took the other's
-    timer. A name, not the tenant id itself: the notification index joins keys with spaces. A due past
-    the 13 digits (year 2286, produced to the topic directly: the router refuses beyond 400 days) is
-    kept at the last 13-digit millisecond; its 14 digits sorted before every other key, and it fired
-    at once."""
-    due = int(command.not_before.timestamp() * 1000) if command.not_before else 0
-    return f"{min(due, MAX_DUE_MS):013d}/{uuid.uuid5(command.delivery_id, command.tenant_id)}"
-
-
-class Timers:
-    """The pending commands of each partition in a store, with a per-notification index and the timer
-    keys in a `DueKeys` heap."""
-
-    def __init__(self, store: Store[bytes], codec: Codec) -> None:
-        self.store, self.codec = store, codec
-        self.due_keys = DueKeys(store, accept=lambda key: not key.startswith("n/"))
-        self._snapshots: dict[int, tuple[int, list[str]]] = {}
-        self.unreadable: list[tuple[int, bytes, TidingsError]] = []
-        """Due timers that could not be read, taken out of the store: (partition, value, why)."""
-
-    def _read(self, value: bytes | None) -> DeliveryCommand | None:
-        """The stored command, or None: a value this release cannot read (written by a newer one,
-        before a rollback) is passed over by cancellations and erasure walks, and dead-lettered by
-        `take_due` once due. Raised, it stopped the punctuation, and so the scheduler, at every
-        restart: no timer of any of its partitions went out."""
-        try:
-            command = self.codec.decode(value) if value is not None else None
-        except (CodecError, InvalidEvent):
-            return None
-        return command if isinstance(command, DeliveryCommand) else None
-
-    def _index(self, partition: int, notification_id: object) -> tuple[str, list[str]]:
-        key = f"n/{notification_id}"
-        value = self.store.get(partition, key)
-        return key, value.decode().split() if value else []
-
-    def add(self, partition: int, command: DeliveryCommand, value: bytes) -> None:
-        key = timer_key(command)
-        self.due_keys.add(partition, key)
-        self.store.put(partition, key, value)
-        index, keys = self._index(partition, command.notification_id)
-        if key not in keys:
-            self.store.put(partition, index, " ".join([*keys, key]).encode())
-
-    def due(
-        self, partition: int, now_ms: int, hold: Callable[[DeliveryCommand], bool] | None = None
-    ) -> list[DeliveryCommand]:
-        """Take the commands due at `now_ms`, except those `hold` keeps for later."""
-        return self.take_due(partition, now_ms, hold)[0]
-
-    def take_due(
-        self,
-        partition: int,
-        now_ms: int,
-        hold: Callable[[DeliveryCommand], bool] | None = None,
-        limit: int | None = None,
-        budget: int | None = None,
-    ) -> tuple[list[DeliveryCommand], bool, int]:
-        """The commands due at `now_ms`, except those `hold` keeps for later, in due order: at most
-        `limit`, and no more once their encoded sizes reach `budget`; whether more are due; and the
-        sum of their encoded sizes."""
-        taken: list[DeliveryCommand] = []
-        held: list[str] = []
-        size = 0
-        more = False
-        while keys := self.due_keys.take(partition, now_ms, 1):
-            if (limit is not None and len(taken) >= limit) or (budget is not None and size >= budget):
-                self.due_keys.add(partition, keys[0])
-                more = True
-                break
-            key = keys[0]
-            value = self.store.get(partition, key)
-            try:
-                command = self.codec.decode(value) if value is not None else None
-            except (CodecError, InvalidEvent) as exc:
-                self.store.delete(partition, key)
-                self.unreadable.append((partition, value or b"", exc))
-                continue
-            if isinstance(command, DeliveryCommand) and hold is not None and hold(command):
-                held.append(key)
-                continue
-            if not isinstance(command, DeliveryCommand):
-                self.store.delete(partition, key)
-                continue
-            self._forget(partition, key, command)
-            taken.append(command)
-            size += len(value or b"")
-        for key in held:
-            self.due_keys.add(partition, key)
-        return taken, more, size
-
-    def _forget(self, partition: int, key: str, command: DeliveryCommand) -> None:
-        self.store.delete(partition, key)
-        index, keys = self._index(partition, command.notification_id)
-        rest = [k for k in keys if k != key]
-        if rest:
-            self.store.put(partition, index, " ".join(rest).encode())
-        else:
-            self.store.delete(partition, index)
-
-    def sweep(
-        self, partition: int, after: str, budget: int, drop: Callable[[DeliveryCommand], bool]
-    ) -> tuple[list[DeliveryCommand], str | None]:
-        """Walk up to `budget` pending timers after the key `after` ("" for the first), in key order,
-        taking those `drop` picks. Returns them and the key to go on after, or None at the end. The
-        walk follows a sorted snapshot of the timer keys, made when a walk starts ("") or the store's
-        `version` moved; timers added since were checked as they arrived."""
-        snapshot = self._snapshots.get(partition)
-        if after == "" or snapshot is None or snapshot[0] != self.store.version:
-            keys = [k for k in self.store.keys(partition) if not k.startswith("n/")]
-            snapshot = self._snapshots[partition] = (self.store.version, keys)
-        keys = snapshot[1]
-        start = bisect.bisect_right(keys, after)
-        walked, taken = keys[start : start + budget], []
-        for key in walked:
-            command = self._read(self.store.get(partition, key))
-            if command is not None and drop(command):
-                self._forget(partition, key, command)
-                taken.append(command)
-        if start + budget >= len(keys):
-            self._snapshots.pop(partition, None)
-            return taken, None
-        return taken, walked[-1]
-
-    def cancel(
-        self, partition: int, notification_id: object, which: Callable[[DeliveryCommand], bool] | None = None
-    ) -> list[DeliveryCommand]:
-        """Take every pending command of a notification, or those `which` picks."""
-        index, keys = self._index(partition, notification_id)
-        taken, kept = [], []
-        for key in keys:
-            value = self.store.get(partition, key)
-            command = self._read(value)
-            if command is None:
-                if value is not None:
-                    kept.append(key)
-                continue
-            if which is None or which(command):
-                self.store.delete(partition, key)
-                taken.append(command)
-            else:
-                kept.append(key)
-        if kept != keys:
-            if kept:
-                self.store.put(partition, index, " ".join(kept).encode())
-            else:
-                self.store.delete(partition, index)
-        return taken
 
 
 def next_walk(walking: str | None) -> str:

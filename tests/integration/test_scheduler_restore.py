@@ -8,7 +8,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from processors.scheduler import Scheduler, timer_key
+from processors.scheduler import Scheduler
+from processors.timers import timer_key
 from tests.integration.conftest import read_all
 from tests.integration.test_inbox import command
 from tidings.codec import default_codec

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.scheduler import Timers, erased_before, next_walk, release, timer_key
+from processors.scheduler import erased_before, next_walk, release
+from processors.timers import Timers, timer_key
 from tidings.codec import default_codec
 from tidings.events import DeliveryCommand, DeliveryOutcome, RenderedContent
 from tidings.state import Store, due_bound
