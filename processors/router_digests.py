@@ -16,7 +16,7 @@ from processors import digest
 from processors.plan import Catalog, expiry
 from processors.recipients import RecipientState
 from tidings.codec import Codec
-from tidings.errors import InvalidEvent
+from tidings.errors import InvalidEvent, UnreadableState
 from tidings.events import Channel, DeliveryOutcome, Event, NotificationCancelled, NotificationRequested
 from tidings.kafka import Output, TransactionalLoop
 from tidings.kafka.records import REQUESTED_AT
@@ -140,7 +140,12 @@ class Digests:
             self.more_due = self.more_due or room == 0
             for due_key in taken:
                 key = self.digest_due.get(partition, due_key)
-                bucket = self.digests.get(partition, key) if key else None
+                try:
+                    bucket = self.digests.get(partition, key) if key else None
+                except UnreadableState as exc:
+                    log.error("a due digest cannot be read by this release, dropped: %s", exc)
+                    self.digests.delete(partition, key or "")
+                    bucket = None
                 if key and bucket is not None and bucket.due_key_under(key) == due_key:
                     self.digests.delete(partition, key)
                     self.digest_due.delete(partition, due_key)

@@ -66,6 +66,11 @@ class InvalidEvent(TidingsError):
     """A record decoded but its content is not acceptable (missing or malformed fields)."""
 
 
+class UnreadableState(InvalidEvent):
+    """A processor's stored value this release cannot decode (a newer release wrote it, before a
+    rollback): a record that needs it is dead-lettered; the rest of the state is used as usual."""
+
+
 class SchemaCompatibilityError(TidingsError):
     pass
 

@@ -18,16 +18,29 @@ punctuation, which has no per-record rollback), so a rebuild per poison record w
 from __future__ import annotations
 
 import heapq
+import logging
 import struct
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
+from tidings.errors import UnreadableState
 from tidings.kafka.records import Incoming, Output
 
 V = TypeVar("V")
 _EXPIRY = struct.Struct(">q")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """A restored value `decode` refused, kept in its key's place: `get` raises UnreadableState for it."""
+
+    why: str
+
+
 _MISSING = object()
 PURGE_INTERVAL_S = 60.0
 
@@ -64,7 +77,10 @@ class Store(Generic[V]):
         staged = self._staged.get((partition, key))
         if staged is not None:
             return self._live(staged)
-        return self._live(self._data.get(partition, {}).get(key))
+        value = self._live(self._data.get(partition, {}).get(key))
+        if isinstance(value, _Unreadable):
+            raise UnreadableState(f"{self.topic}: the stored value of {key!r} is unreadable: {value.why}")
+        return value
 
     def left(self, partition: int, key: str) -> timedelta | None:
         """How long a live entry has left before it expires (None: no entry, or one kept for good)."""
@@ -140,9 +156,14 @@ class Store(Generic[V]):
 
         A key whose entry expired while no process held the partition is kept, undecoded and never
         read, until the next purge writes its tombstone: dropped here, it was never deleted from the
-        compacted changelog (compaction keeps a key's last value), and every restore read it again."""
+        compacted changelog (compaction keeps a key's last value), and every restore read it again.
+
+        A value `decode` refuses (written by a newer release, before a rollback) is kept as unreadable,
+        and `get` raises UnreadableState for it: raised here, in the consumer's assignment, it stopped
+        the processor at every restart, for every partition."""
         data: dict[str, tuple[V, int]] = {}
         now = self._now_ms()
+        refused: list[str] = []
         for r in records:
             key = (r.key or b"").decode()
             if r.value is None:
@@ -151,8 +172,21 @@ class Store(Generic[V]):
             (expiry,) = _EXPIRY.unpack_from(r.value)
             if expiry and expiry <= now:
                 data[key] = (None, expiry)  # type: ignore[assignment]
-            else:
+                continue
+            try:
                 data[key] = (self.decode(r.value[_EXPIRY.size :]), expiry)
+            except Exception as exc:
+                data[key] = (cast(V, _Unreadable(f"{type(exc).__name__}: {exc}"[:300])), expiry)
+                refused.append(key)
+        if refused:
+            log.error(
+                "%s[%d]: %d stored values cannot be read by this release (the first: %r); records that "
+                "need them are dead-lettered",
+                self.topic,
+                partition,
+                len(refused),
+                refused[0],
+            )
         expired = sum(1 for _, expiry in data.values() if expiry and expiry <= now)
         self._data[partition] = data
         self.version += 1

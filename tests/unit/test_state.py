@@ -1,10 +1,12 @@
 import json
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tidings.errors import InvalidEvent, UnreadableState
 from tidings.kafka import Incoming
 from tidings.state import DueKeys, Store
 
@@ -169,3 +171,25 @@ def test_due_keys_are_taken_at_most_a_limit_at_a_time_in_order() -> None:
     assert due.take(0, 500, limit=2) == ["0000000000100/k100", "0000000000200/k200"]
     assert due.take(0, 500, limit=2) == ["0000000000300/k300"]
     assert due.take(0, 1_000) == ["0000000000900/k900"]
+
+
+def test_a_value_this_release_cannot_decode_fails_only_the_reads_of_its_key() -> None:
+    """A newer release's value, restored after a rollback, raised out of the restore (the consumer's
+    assignment), and the processor stopped at every restart."""
+    writer = store()
+    writer.put(0, "readable", {"n": 1})
+    writer.put(0, "newer", {"n": 2})
+    records = as_incoming(writer.changelog())
+    records = [
+        r if r.key != b"newer" else replace(r, value=(r.value or b"")[:8] + b"{not json") for r in records
+    ]
+    reader = store()
+    assert reader.restore(0, records) == 2
+    assert reader.get(0, "readable") == {"n": 1}
+    with pytest.raises(UnreadableState, match="'newer' is unreadable: JSONDecodeError"):
+        reader.get(0, "newer")
+    assert isinstance(UnreadableState("x"), InvalidEvent), "a record that needs it is dead-lettered"
+    reader.put(0, "newer", {"n": 3})
+    reader.record_done()
+    reader.committed()
+    assert reader.get(0, "newer") == {"n": 3}, "a write replaces it"

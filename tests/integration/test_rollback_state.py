@@ -1,5 +1,5 @@
-"""A scheduler restoring timers that a newer release wrote (a rollback during an upgrade): the ones it
-cannot read are dead-lettered when due, and the rest go out."""
+"""Processors restoring state that a newer release wrote (a rollback during an upgrade): what they
+cannot read is dead-lettered when it is needed, and the rest goes on."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from datetime import UTC, datetime, timedelta
 from processors.scheduler import Scheduler
 from processors.timers import timer_key
 from tests.integration.conftest import read_all
+from tests.integration.test_cancellation import SHIPPED
 from tests.integration.test_inbox import command
+from tests.integration.test_router import commands, publish_catalog, run_router
+from tidings.client import Client
 from tidings.codec import default_codec
 from tidings.config import Settings
 from tidings.events import DeliveryCommand
@@ -53,3 +56,37 @@ def test_a_timer_written_by_a_newer_release_is_dead_lettered_and_the_others_are_
     assert letter.value == unknown and headers["tidings.error.type"] == "UnknownFingerprint"
     assert headers["tidings.source.topic"] == n.scheduled
     assert scheduler.released == 1 and time.time() >= due.timestamp()
+
+
+def test_a_recipient_state_written_by_a_newer_release_dead_letters_only_that_recipients_requests(
+    namespace: Callable[..., Settings],
+) -> None:
+    """Restoring it raised out of the consumer's assignment: the router stopped at every restart."""
+    s = namespace(partitions=1)
+    n = names(s)
+    publish_catalog(s)
+    with Client(s) as client:
+        for who in ("ada", "bob"):
+            client.update_recipient(tenant="acme", recipient=who, email=f"{who}@example.com", wait=False)
+        client.flush()
+    run_router(s)
+    newer: Store[bytes] = Store(n.changelog("router", "recipients"), encode=bytes, decode=bytes)
+    newer.restore(0, [])
+    newer.put(0, "acme/ada", b'{"email": "ada@example.com", "quiet_hours": [{"start": "22:00"}]}')
+    with EventProducer(s) as producer:
+        for out in newer.changelog():
+            producer.produce(out)
+    with Client(s) as client:
+        sent = {
+            who: client.send(tenant="acme", recipient=who, type="order.shipped", data=SHIPPED, wait=False)
+            for who in ("ada", "bob")
+        }
+        client.flush()
+    run_router(s)
+
+    planned = {c.notification_id for c in commands(s)}
+    assert sent["bob"] in planned and sent["ada"] not in planned
+    [letter] = read_all(s, n.dlq)
+    headers = header_map(letter.headers)
+    assert headers["tidings.error.type"] == "UnreadableState"
+    assert "'acme/ada' is unreadable" in headers["tidings.error.message"]
