@@ -227,7 +227,7 @@ class Router(Digests):
         passed, times = throttle.admit(rule, before, at, now)
         if times != before:
             last = max(times, default=0) / 1000 - now.timestamp()
-            ttl = timedelta(seconds=max(last, 0) + rule.window_seconds)
+            ttl = timedelta(seconds=max(last, 0) + 2 * rule.window_seconds)
             self.throttles.put(partition, key, times, ttl=ttl)
         return None if passed else rule.describe(t)
 

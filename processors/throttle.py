@@ -19,9 +19,10 @@ the router catches up, and a request scheduled for Monday 09:00 counts on Monday
 reaches the recipient then (counted when made, it let a request on Monday 09:01 through beside it, and
 refused one scheduled a week after it). A quiet-hours deferral is decided after the throttle and is not
 counted: requests admitted over a night can arrive together when it ends. Times are kept until the
-clock (`now`) is a window past them, scheduled ones included; requests that arrive out of order by
-more than a window are counted approximately: a time older than `at - window` is forgotten when a
-later one is admitted.
+clock (`now`) is two windows past them, scheduled ones included, so a request that arrives up to a
+window late is judged against every time it could share a window with (kept for one window, a request
+half a window late passed beside two already admitted, over a limit of 2). Requests out of order by
+more than a window are counted approximately.
 """
 
 from __future__ import annotations
@@ -49,11 +50,11 @@ def admit(
     rule: ThrottleRule, times: list[int], at: datetime, now: datetime | None = None
 ) -> tuple[bool, list[int]]:
     """Whether a request due at `at` passes: no window of the rule's length holding `at` holds `limit`
-    kept times already. Returns the epoch-ms times to keep (those still able to share a window with a
-    later request, plus `at` when it passes)."""
+    kept times already. Returns the epoch-ms times to keep (those that can still share a window with
+    a request up to a window late, plus `at` when it passes)."""
     at_ms = _ms(at)
     span = rule.window_seconds * 1000
-    horizon = min(at_ms, _ms(now) if now is not None else at_ms) - span
+    horizon = min(at_ms, _ms(now) if now is not None else at_ms) - 2 * span
     kept = [t for t in times if t > horizon]
     near = [t for t in kept if abs(t - at_ms) < span]
     starts = {at_ms, *(t for t in near if t <= at_ms), *(t - span + 1 for t in near if t > at_ms)}

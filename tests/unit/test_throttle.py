@@ -76,7 +76,7 @@ def test_the_window_slides_rather_than_resetting_on_the_hour() -> None:
         passed, times = admit(rule, times, T0 + timedelta(minutes=minutes))
         decisions.append(passed)
     assert decisions == [True, True, False, True, True, False]
-    assert len(times) == 2
+    assert len(times) == 4, "kept for two windows, for requests up to a window late"
 
 
 def test_a_refused_request_does_not_count() -> None:
@@ -108,7 +108,7 @@ def test_no_window_ever_holds_more_than_the_limit_and_only_a_full_window_refuses
         assert passed == (len(in_window) < limit)
         if passed:
             admitted.append(ms)
-        assert len(times) <= limit
+        assert len(times) <= 2 * limit
     for i, first in enumerate(admitted):
         assert sum(1 for a in admitted[i:] if a - first < window * 1000) <= limit
 
@@ -177,3 +177,32 @@ def test_a_key_keeps_at_most_max_times_and_refuses_requests_past_them() -> None:
     assert not passed and kept == times and len(json.dumps(kept)) < 200_000
     later = T0 + timedelta(minutes=10 * MAX_TIMES // 2)
     assert admit(rule, times, later + timedelta(days=400), later)[0], "times passed are forgotten"
+
+
+@given(
+    limit=st.integers(1, 4),
+    window=st.integers(1, 5),
+    steps=st.lists(st.tuples(st.integers(0, 3_000), st.integers(0, 999)), min_size=1, max_size=40),
+)
+def test_a_request_less_than_a_window_late_never_fills_a_window_past_the_limit(
+    limit: int, window: int, steps: list[tuple[int, int]]
+) -> None:
+    """Each request arrives `gap` ms after the last one, dated up to `late` thousandths of a window before
+    its arrival. Kept for one window, a request half a window late passed beside two admitted ones."""
+    rule = ThrottleRule(limit=limit, window_seconds=window, per="type")
+    span = window * 1000
+    times: list[int] = []
+    admitted: list[int] = []
+    now = T0
+    for gap, late in steps:
+        now += timedelta(milliseconds=gap)
+        at = now - timedelta(milliseconds=late * span // 1000)
+        passed, times = admit(rule, times, at, now)
+        ms = int(at.timestamp() * 1000)
+        if passed:
+            admitted.append(ms)
+        else:
+            assert sum(1 for a in admitted if abs(a - ms) < span) >= 1
+    admitted.sort()
+    for i, first in enumerate(admitted):
+        assert sum(1 for a in admitted[i:] if a - first < span) <= limit
