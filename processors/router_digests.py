@@ -48,6 +48,7 @@ class Digests:
     digest_due: Store[str]
     due_digests: DueKeys
     more_due: bool
+    digest_turn: int = 0
 
     def _event(self, topic: str, event: Event, trace: bytes) -> Output:
         raise NotImplementedError
@@ -123,12 +124,16 @@ class Digests:
         """At most MAX_DIGESTS_PER_TICK buckets per transaction; while more may be due the loop
         punctuates again after every poll (`eager`). Every daily digest of a zone falls due at 09:00:
         tens of thousands in one transaction outlasted the transaction timeout, and its retry, the same
-        transaction, failed the same way, so no digest of the partition went out again."""
+        transaction, failed the same way, so no digest of the partition went out again. Each tick starts
+        at the next partition, as the scheduler's do: starting at the lowest, a burst of due digests
+        there (everyone's daily digest at 09:00) held back every other partition's until it was done."""
         now = self.clock()
         now_ms = int(now.timestamp() * 1000)
         outputs: list[Output] = []
         room, self.more_due = MAX_DIGESTS_PER_TICK, False
-        for partition in self.digest_due.partitions():
+        partitions = self.digest_due.partitions()
+        self.digest_turn = (self.digest_turn + 1) % max(1, len(partitions))
+        for partition in partitions[self.digest_turn :] + partitions[: self.digest_turn]:
             inputs = (self.names.requested, self.names.recipients)
             if not all(self.loop.caught_up(t, partition) for t in inputs):
                 continue

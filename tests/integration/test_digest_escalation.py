@@ -11,6 +11,7 @@ import pytest
 
 from processors import router_digests
 from processors.router import Router
+from tests.integration.conftest import read_all
 from tests.integration.scheduling import SkewedScheduler
 from tests.integration.test_router import commands, decoded, publish_catalog, run_router
 from tidings.audit import history
@@ -27,6 +28,7 @@ from tidings.events import (
     NotificationRequested,
 )
 from tidings.ids import delivery_id, new_notification_id
+from tidings.kafka.records import partition_for
 from tidings.topics import names
 
 LIKED: dict[str, Any] = {
@@ -115,6 +117,38 @@ def test_digests_due_together_close_a_few_per_transaction_and_all_go_out(
     run_router(s, idle=6.0)
     emails = Counter(c.recipient_id for c in commands(s) if c.channel == "email")
     assert emails == dict.fromkeys(people, 1)
+
+
+def test_a_burst_of_due_digests_in_one_partition_does_not_hold_back_another_partitions(
+    topology: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each tick started at the lowest partition: everyone's daily digest due at 09:00 there held back
+    every other partition's digests until the burst was drained."""
+    s = topology
+    monkeypatch.setattr(router_digests, "MAX_DIGESTS_PER_TICK", 1)
+    hourly = LIKED | {"digest": LIKED["digest"] | {"window": "1h"}}
+    on = {p: [r for r in (f"r{i}" for i in range(200)) if partition_for(f"acme/{r}", 3) == p] for p in (0, 2)}
+    crowd, lonely = on[0][:6], on[2][0]
+    with Client(s) as client:
+        client.publish(parse_type("*", hourly))
+        for r in [*crowd, lonely]:
+            client.update_recipient(tenant="acme", recipient=r, email=f"{r}@example.com", wait=False)
+            client.send(
+                tenant="acme", recipient=r, type="post.liked", data={"by": "Cy", "post": "P"}, wait=False
+            )
+        client.flush()
+    run_skewed(s, 0, records=14)
+    run_skewed(s, 1)
+    digested = [
+        (r.timestamp_ms, request.recipient_id)
+        for r in read_all(s, names(s).requested)
+        if isinstance(request := default_codec().decode(r.value or b""), NotificationRequested)
+        and request.digest_of
+    ]
+    assert sorted(who for _, who in digested) == sorted([*crowd, lonely])
+    at = dict((who, ts) for ts, who in digested)
+    ahead = [who for who in crowd if at[who] < at[lonely]]
+    assert len(ahead) <= 1, f"{len(ahead)} of the crowd's digests went out before the lonely one"
 
 
 def run_skewed(s: Settings, days: int, records: int | None = None) -> None:
