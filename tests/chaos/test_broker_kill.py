@@ -47,7 +47,7 @@ from tests.chaos.test_router_kill import (
 )
 from tests.integration.conftest import read_all, table_checksums
 from tests.integration.test_api import SHIPPED, call, serving
-from tests.integration.test_gateway_runner import commands
+from tests.integration.test_gateway_runner import commands, serve
 from tests.integration.test_gateway_runner import produce as produce_commands
 from tests.ports import free_port
 from tests.servers.webhook import SECRET
@@ -464,12 +464,8 @@ def test_a_webhook_gateway_stops_in_time_while_the_broker_is_away(broker: Privat
         return GatewayRunner(s, "webhook", [provider], GatewaySettings())
 
     async def scenario() -> tuple[set[str], float]:
-        app = web.Application()
-        app.router.add_post("/hook", receiver)
-        runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        sent = commands(f"http://127.0.0.1:{runner.addresses[0][1]}/hook", 400)
+        runner, base = await serve(receiver)
+        sent = commands(f"{base}/hook", 400)
         produce_commands(s, sent)
         first = gateway()
         running = asyncio.create_task(first.run())
