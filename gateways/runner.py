@@ -39,17 +39,20 @@ from tidings.topics import names, parse_tiers, tier_seconds
 log = logging.getLogger(__name__)
 
 
-async def _release(what: str, step: Awaitable[object]) -> None:
+async def _release(what: str, step: Awaitable[object]) -> Exception | None:
     """One step of the shutdown; a failure is logged and the steps after it still run. A provider's
     `close()` raising skipped the rest: the consumer stayed in its group until its session timed out,
     holding its partitions from the other gateways for that long. Handing on the last outputs waits
     at most `STOP_TIMEOUT_S`: with the broker away it waited for the producer's request timeout (39 s
     measured), past a 30 s grace period. What is left is not lost: its offsets are not committed and
-    its commands not flagged emitted, so the next owner of the partition emits them."""
+    its commands not flagged emitted, so the next owner of the partition emits them (again, with the
+    same event ids, for any acknowledged just before the cut). Returns the failure, if any."""
     try:
         await step
-    except Exception:
+    except Exception as exc:
         log.exception("shutdown: %s failed; the other steps go on", what)
+        return exc
+    return None
 
 
 class GatewayRunner(Lanes):
@@ -140,6 +143,7 @@ class GatewayRunner(Lanes):
         hand_on = asyncio.create_task(self._hand_on())
         hand_on.add_done_callback(self._watch)
         last_input = time.monotonic()
+        ended = False
         try:
             async with aiohttp.ClientSession() as session:
                 self.session = session
@@ -159,17 +163,23 @@ class GatewayRunner(Lanes):
                     await self._close()
             if self.failure is not None:
                 raise self.failure
+            ended = True
         finally:
             keeper.cancel()
+            drain: Exception | None = None
             if not hand_on.done():
                 self.drained = True
                 self.wake.set()
-                await _release("handing on the last outputs", asyncio.wait_for(hand_on, STOP_TIMEOUT_S))
+                drain = await _release(
+                    "handing on the last outputs", asyncio.wait_for(hand_on, STOP_TIMEOUT_S)
+                )
             for provider in self.providers:
                 await _release(f"closing provider {provider.label}", provider.close())
             await _release("stopping the producer", self.producer.stop())
             await _release("leaving the consumer group", self.consumer.stop())
             await _release("closing Redis", self.redis.aclose())
+            if ended and drain is not None and not isinstance(drain, TimeoutError):
+                raise drain
 
     def stop(self) -> None:
         self.stopping.set()

@@ -103,12 +103,17 @@ def found_bucket(
 ) -> tuple[str, Bucket | None]:
     """The key and bucket `get(partition, key)` finds: under the key, or under the one an earlier release
     gave a bucket of ids holding a `/`, open at an upgrade (a cancellation or an erasure missed it)."""
-    key = bucket_key(tenant, recipient, notification_type)
-    legacy = f"{tenant}/{recipient}/{notification_type}"
-    for k in dict.fromkeys((key, legacy)):
+    keys = bucket_keys(tenant, recipient, notification_type)
+    for k in keys:
         if (bucket := get(partition, k)) is not None:
             return k, bucket
-    return key, None
+    return keys[0], None
+
+
+def bucket_keys(tenant: str, recipient: str, notification_type: str) -> list[str]:
+    """The keys a bucket may be under: its own, then the one an earlier release used."""
+    legacy = f"{tenant}/{recipient}/{notification_type}"
+    return list(dict.fromkeys((bucket_key(tenant, recipient, notification_type), legacy)))
 
 
 def window_end(rule: DigestRule, choice: str | None, timezone: str | None, opened: datetime) -> datetime:

@@ -40,7 +40,7 @@ from processors.recipients import RecipientState, fold, oversized
 from processors.router_digests import DEDUPE_TTL, MARK_MARGIN, Digests
 from tidings.codec import Codec, default_codec
 from tidings.config import Settings
-from tidings.errors import CodecError, InvalidEvent
+from tidings.errors import CodecError, InvalidEvent, UnreadableState
 from tidings.events import (
     CHANNELS,
     DeliveryOutcome,
@@ -273,16 +273,28 @@ class Router(Digests):
         producer's `occurred_at` let a bounce dated between it and a late produce, or a DLQ replay, bring
         the address back here while the projections ignored it). The digests are looked up by the
         catalog's types, not found by scanning the store, so an erasure costs the same however many
-        digests are open."""
+        digests are open. State this release cannot read (a newer release's) is replaced all the same:
+        an erasure needs nothing of it, and dead-lettered it would leave the recipient's data and
+        deferred commands in place."""
         trace = child_traceparent(record.header(TRACEPARENT)).encode()
         stamped = event.model_copy(update={"occurred_at": log_time(record) or event.occurred_at})
-        self.recipients.put(record.partition, key, fold(self.recipients.get(record.partition, key), stamped))
+        try:
+            before = self.recipients.get(record.partition, key)
+        except UnreadableState:
+            before = None
+        self.recipients.put(record.partition, key, fold(before, stamped))
         outputs = [self._event(self.names.scheduled, stamped, trace)]
         outputs += [self._event(self.names.delivery(c, urgent=True), stamped, trace) for c in CHANNELS]
         for type_ in sorted(self.catalog.type_keys(event.tenant_id)):
-            bucket_key, bucket = digest.found_bucket(
-                self.digests.get, record.partition, event.tenant_id, event.recipient_id, type_
-            )
+            try:
+                bucket_key, bucket = digest.found_bucket(
+                    self.digests.get, record.partition, event.tenant_id, event.recipient_id, type_
+                )
+            except UnreadableState as exc:
+                log.error("erasing %s: a digest this release cannot read is deleted unsent: %s", key, exc)
+                for k in digest.bucket_keys(event.tenant_id, event.recipient_id, type_):
+                    self.digests.delete(record.partition, k)
+                continue
             if bucket is None:
                 continue
             self.digests.delete(record.partition, bucket_key)

@@ -78,13 +78,17 @@ class Timers:
     ) -> tuple[list[DeliveryCommand], bool, int]:
         """The commands due at `now_ms`, except those `hold` keeps for later, in due order: at most
         `limit`, and no more once their encoded sizes reach `budget`; whether more are due; and the
-        sum of their encoded sizes."""
+        sum of their encoded sizes. Unreadable timers taken out for dead letters count against both: a
+        rollback can leave every pending timer unreadable, and all their letters in one punctuation
+        outlasted the transaction timeout, as all releases at once did."""
         taken: list[DeliveryCommand] = []
         held: list[str] = []
-        size = 0
+        size = lettered = 0
         more = False
         while keys := self.due_keys.take(partition, now_ms, 1):
-            if (limit is not None and len(taken) >= limit) or (budget is not None and size >= budget):
+            if (limit is not None and len(taken) + lettered >= limit) or (
+                budget is not None and size >= budget
+            ):
                 self.due_keys.add(partition, keys[0])
                 more = True
                 break
@@ -95,6 +99,8 @@ class Timers:
             except (CodecError, InvalidEvent) as exc:
                 self.store.delete(partition, key)
                 self.unreadable.append((partition, value or b"", exc))
+                lettered += 1
+                size += len(value or b"")
                 continue
             if isinstance(command, DeliveryCommand) and hold is not None and hold(command):
                 held.append(key)

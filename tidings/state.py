@@ -206,12 +206,16 @@ class Store(Generic[V]):
         return len(self._data.get(partition, {}))
 
     def keys(self, partition: int) -> list[str]:
-        """Live keys of a partition, staged writes of the open batch included, in sorted order."""
+        """Live keys of a partition, staged writes of the open batch included, in sorted order (those
+        whose values cannot be read too: listing them reads no value)."""
         keys = set(self._data.get(partition, {}))
         for (p, key), entry in self._staged.items():
             if p == partition:
                 (keys.add if entry[0] is not None else keys.discard)(key)
-        return sorted(k for k in keys if self.get(partition, k) is not None)
+        data = self._data.get(partition, {})
+        return sorted(
+            k for k in keys if self._live(self._staged.get((partition, k)) or data.get(k)) is not None
+        )
 
     def known_keys(self, partition: int) -> list[str]:
         """Every key the partition holds or the open batch has touched, staged deletes included, in

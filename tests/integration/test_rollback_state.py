@@ -13,11 +13,11 @@ from processors.timers import timer_key
 from tests.integration.conftest import read_all
 from tests.integration.test_cancellation import SHIPPED
 from tests.integration.test_inbox import command
-from tests.integration.test_router import commands, publish_catalog, run_router
+from tests.integration.test_router import commands, decoded, publish_catalog, run_router
 from tidings.client import Client
 from tidings.codec import default_codec
 from tidings.config import Settings
-from tidings.events import DeliveryCommand
+from tidings.events import DeliveryCommand, RecipientErased
 from tidings.kafka import EventProducer, Output
 from tidings.kafka.records import header_map
 from tidings.state import Store
@@ -90,3 +90,10 @@ def test_a_recipient_state_written_by_a_newer_release_dead_letters_only_that_rec
     headers = header_map(letter.headers)
     assert headers["tidings.error.type"] == "UnreadableState"
     assert "'acme/ada' is unreadable" in headers["tidings.error.message"]
+
+    with Client(s) as client:
+        client.erase_recipient(tenant="acme", recipient="ada")
+    run_router(s)
+    forwarded = [e for e in decoded(s, n.scheduled) if isinstance(e, RecipientErased)]
+    assert [e.recipient_id for e in forwarded] == ["ada"], "an erasure needs nothing of the state it replaces"
+    assert len(read_all(s, n.dlq)) == 1

@@ -310,3 +310,22 @@ def test_a_timer_this_release_cannot_read_is_passed_over_then_taken_out_when_due
     [(partition, value, error)] = t.unreadable
     assert (partition, value, type(error).__name__) == (0, unknown, "UnknownFingerprint")
     assert timer_key(newer) not in t.store.keys(0)
+
+
+def test_unreadable_timers_count_against_a_punctuations_limit_and_budget() -> None:
+    """A rollback can leave every pending timer unreadable: all their dead letters in one punctuation
+    made the transaction the limits are there to prevent."""
+    t = timers()
+    unknown = b"\xc3\x01" + bytes(8) + b"x" * 100
+    for m in range(5):
+        key = timer_key(command(EPOCH + timedelta(minutes=m)))
+        t.store.put(0, key, unknown)
+        t.due_keys.add(0, key)
+    t.store.record_done()
+    t.store.committed()
+    now = int((EPOCH + timedelta(hours=1)).timestamp() * 1000)
+    taken, more, size = t.take_due(0, now, limit=2)
+    assert (taken, more, len(t.unreadable), size) == ([], True, 2, 2 * len(unknown))
+    t.unreadable.clear()
+    taken, more, size = t.take_due(0, now, budget=150)
+    assert (taken, more, len(t.unreadable)) == ([], True, 2)

@@ -186,6 +186,7 @@ def test_a_value_this_release_cannot_decode_fails_only_the_reads_of_its_key() ->
     reader = store()
     assert reader.restore(0, records) == 2
     assert reader.get(0, "readable") == {"n": 1}
+    assert reader.keys(0) == ["newer", "readable"], "listing reads no value"
     with pytest.raises(UnreadableState, match="'newer' is unreadable: JSONDecodeError"):
         reader.get(0, "newer")
     assert isinstance(UnreadableState("x"), InvalidEvent), "a record that needs it is dead-lettered"
